@@ -1,0 +1,320 @@
+//! The typed configuration: what the rest of the program reads once the file has been
+//! parsed and validated (see [`super::load`]).
+//!
+//! Every section but `cluster`, `atms` and `services` has defaults (SPEC.md). The types derive
+//! `Serialize` so that the running config has a canonical form whose SHA-256 is the digest
+//! carried in heartbeats; no map with a random order appears anywhere in them.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+/// Default UDP heartbeat port (seed 001).
+pub const DEFAULT_HEARTBEAT_PORT: u16 = 17100;
+/// Default TCP admin port (seed 001).
+pub const DEFAULT_ADMIN_PORT: u16 = 17101;
+/// Default location of the config file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/clusterserver/clusterserver.json5";
+
+/// The whole validated configuration.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Config {
+    pub cluster: Cluster,
+    /// Order matters: the first listed ATM that is up becomes primary.
+    pub atms: Vec<Atm>,
+    pub timers: Timers,
+    pub arp: Arp,
+    pub arbitration: Arbitration,
+    pub table: Table,
+    pub sync: SyncSettings,
+    pub security: Security,
+    pub services: Vec<Service>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Cluster {
+    pub name: String,
+    /// Keeps two clusters on one subnet apart; carried in every heartbeat.
+    pub id: u32,
+    /// `None`: from /etc/services (`clusterserver`), else 17100.
+    pub heartbeat_port: Option<u16>,
+    /// `None`: from /etc/services (`clusterserveradm`), else 17101.
+    pub admin_port: Option<u16>,
+    /// File holding the cluster secret (HMAC key for heartbeats and connection sync).
+    pub secret_file: PathBuf,
+    /// Where heartbeats go.
+    pub heartbeat_mode: HeartbeatMode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeartbeatMode {
+    /// Broadcast on the ATM subnet and unicast to each listed ATM (default).
+    Both,
+    Broadcast,
+    Unicast,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Atm {
+    pub name: String,
+    pub address: IpAddr,
+    pub interface: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Timers {
+    pub heartbeat_ms: u64,
+    /// Heartbeats missed before a primary is declared dead.
+    pub dead_after: u32,
+    /// A returning higher-listed ATM takes the primary role back.
+    pub preempt: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Arp {
+    pub gratuitous_count: u32,
+    pub gratuitous_interval_ms: u64,
+    /// Periodic re-announcement while primary; 0 disables.
+    pub refresh_s: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Arbitration {
+    /// Hosts normally reachable from every ATM (seed 004).
+    pub reachlist: Vec<IpAddr>,
+    /// Fewer reachable hosts than this: do not promote, and demote.
+    pub min_reachable: u32,
+    pub probe_interval_ms: u64,
+    pub probe_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Table {
+    pub max_connections: u32,
+    pub tcp_timeout_s: u64,
+    pub tcp_fin_timeout_s: u64,
+    pub tcp_syn_timeout_s: u64,
+    pub udp_timeout_s: u64,
+    pub icmp_timeout_s: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SyncSettings {
+    /// Stream connection-table changes from the primary to the backups.
+    pub connections: bool,
+    /// UDP port of the connection-sync stream; `None`: heartbeat port + 2.
+    pub port: Option<u16>,
+    /// Upper bound on sync datagrams per second.
+    pub max_datagrams_per_s: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Security {
+    /// First match of allow/deny wins.
+    pub admin_allow: Vec<IpNet>,
+    pub admin_deny: Vec<IpNet>,
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Forwarding {
+    Nat,
+    Dr,
+    Tunnel,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SchedulerKind {
+    Rr,
+    Wrr,
+    Lc,
+    Wlc,
+    Sh,
+    Mh,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDown {
+    /// Existing connections to a failed server stay in the table.
+    Keep,
+    /// Existing connections to a failed server are reset.
+    Reset,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Service {
+    pub name: String,
+    pub vip: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub forwarding: Forwarding,
+    pub scheduler: SchedulerKind,
+    /// Client affinity; 0 disables.
+    pub persistence_s: u64,
+    /// NAT only: the server-side address that moves with the primary.
+    pub gateway_vip: Option<IpAddr>,
+    pub on_down: OnDown,
+    pub servers: Vec<Server>,
+    pub checks: Vec<Check>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Server {
+    pub name: String,
+    pub address: IpAddr,
+    pub port: u16,
+    /// 0 drains: no new connections, existing ones continue.
+    pub weight: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    Ping,
+    Tcp,
+    Http,
+    Https,
+    Exec,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Check {
+    pub kind: CheckKind,
+    /// http/https: request path.
+    pub path: Option<String>,
+    /// http/https: expected status.
+    pub expect_status: Option<u16>,
+    /// exec: argv, `{address}` and `{port}` substituted.
+    pub command: Vec<String>,
+    /// Port to check if not the server's.
+    pub port: Option<u16>,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+impl Config {
+    /// Every address an ATM takes when it is primary: each service's VIP and NAT gateway VIP,
+    /// deduplicated, in config order.
+    pub fn vips(&self) -> Vec<IpAddr> {
+        let mut out: Vec<IpAddr> = Vec::new();
+        for s in &self.services {
+            for a in std::iter::once(s.vip).chain(s.gateway_vip) {
+                if !out.contains(&a) {
+                    out.push(a);
+                }
+            }
+        }
+        out
+    }
+
+    /// Position of the ATM with this address in the config, if any.
+    pub fn atm_index_by_address(&self, address: IpAddr) -> Option<usize> {
+        self.atms.iter().position(|a| a.address == address)
+    }
+
+    /// SHA-256 of the canonical (serialised) typed config: equal configs have equal digests
+    /// whatever their formatting or comments.
+    pub fn digest(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let canonical = serde_json::to_vec(self).expect("config serialises");
+        Sha256::digest(&canonical).into()
+    }
+
+    /// The heartbeat UDP port, defaulting as SPEC.md says (the /etc/services lookup is the
+    /// platform's job and happens before this is called).
+    pub fn heartbeat_port(&self) -> u16 {
+        self.cluster
+            .heartbeat_port
+            .unwrap_or(DEFAULT_HEARTBEAT_PORT)
+    }
+
+    /// The connection-sync UDP port.
+    pub fn sync_port(&self) -> u16 {
+        self.sync
+            .port
+            .unwrap_or(self.heartbeat_port().wrapping_add(2))
+    }
+}
+
+// Defaults of the optional sections. The loader takes missing keys from these, so this is
+// the one place where a default is written down.
+
+impl Default for Timers {
+    fn default() -> Self {
+        Timers {
+            heartbeat_ms: 100,
+            dead_after: 3,
+            preempt: false,
+        }
+    }
+}
+
+impl Default for Arp {
+    fn default() -> Self {
+        Arp {
+            gratuitous_count: 3,
+            gratuitous_interval_ms: 100,
+            refresh_s: 30,
+        }
+    }
+}
+
+impl Default for Arbitration {
+    fn default() -> Self {
+        Arbitration {
+            reachlist: Vec::new(),
+            min_reachable: 0,
+            probe_interval_ms: 500,
+            probe_timeout_ms: 300,
+        }
+    }
+}
+
+impl Default for Table {
+    fn default() -> Self {
+        Table {
+            max_connections: 1_000_000,
+            tcp_timeout_s: 900,
+            tcp_fin_timeout_s: 120,
+            tcp_syn_timeout_s: 30,
+            udp_timeout_s: 300,
+            icmp_timeout_s: 30,
+        }
+    }
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        SyncSettings {
+            connections: true,
+            port: None,
+            max_datagrams_per_s: 2000,
+        }
+    }
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        let net = |s: &str| s.parse::<IpNet>().expect("literal CIDR");
+        Security {
+            admin_allow: vec![net("127.0.0.1/32"), net("::1/128")],
+            admin_deny: vec![net("0.0.0.0/0"), net("::/0")],
+            token_file: None,
+        }
+    }
+}

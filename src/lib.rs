@@ -1,0 +1,30 @@
+//! # clusterserver
+//!
+//! A high-availability layer-4 load balancer: primary/backup traffic managers (ATMs) that
+//! elect a primary over authenticated UDP heartbeats, move virtual IPs with gratuitous ARP,
+//! and forward to real servers by NAT, direct routing or IP-in-IP from a user-space data
+//! plane on TUN/TAP.
+//!
+//! ## Architecture: three layers, one direction
+//!
+//! ```text
+//!   core/, dataplane/ (sans-IO)   <-   driver (async glue)   <-   platform/ (side effects)
+//! ```
+//!
+//! * [`core`] holds the state machines (heartbeat codec, election, node). They take
+//!   `(now, input)` and emit actions; they never read a clock or touch a socket, so the
+//!   simulator (`clustersim`) runs exactly this code under a virtual clock and network.
+//! * [`dataplane`] is the packet engine: `process(now, rx, tx) -> Verdict`, allocation-free.
+//! * [`driver`] turns actions into platform calls and timeouts into sleeps; it is generic
+//!   over [`platform::Platform`], implemented for Linux here and for turmoil in the simulator.
+//! * [`config`] parses and validates the operator's JSON5 file into typed structs.
+//!
+//! Time is [`time::Instant`], a number; randomness comes from a seed passed in.
+
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod core;
+pub mod dataplane;
+pub mod platform;
+pub mod time;

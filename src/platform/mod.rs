@@ -1,0 +1,1 @@
+//! Side effects behind traits: sockets, VIPs, gratuitous ARP, reachability probes.
