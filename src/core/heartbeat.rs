@@ -97,9 +97,12 @@ pub enum DecodeError {
     /// from an earlier run of the sender (stale incarnation)
     #[error("from an earlier run of the sender (stale incarnation)")]
     StaleIncarnation,
-    /// claims to come from this ATM itself
+    /// claims to come from this ATM itself (its own broadcast looped back, or a replay of it)
     #[error("claims to come from this ATM itself")]
     FromSelf,
+    /// a second copy of the newest heartbeat (sent both by broadcast and by unicast)
+    #[error("a second copy of the newest heartbeat")]
+    Duplicate,
 }
 
 impl DecodeError {
@@ -117,11 +120,12 @@ impl DecodeError {
             DecodeError::Replay => "replay",
             DecodeError::StaleIncarnation => "stale_incarnation",
             DecodeError::FromSelf => "from_self",
+            DecodeError::Duplicate => "duplicate",
         }
     }
 
     /// Every reason, for exporting counters.
-    pub const ALL: [DecodeError; 11] = [
+    pub const ALL: [DecodeError; 12] = [
         DecodeError::Length,
         DecodeError::Magic,
         DecodeError::Version,
@@ -133,7 +137,15 @@ impl DecodeError {
         DecodeError::Replay,
         DecodeError::StaleIncarnation,
         DecodeError::FromSelf,
+        DecodeError::Duplicate,
     ];
+
+    /// Whether the datagram is a normal by-product of the protocol (own broadcast looped
+    /// back, the second copy of a heartbeat sent two ways) rather than a sign of trouble:
+    /// counted, never logged.
+    pub fn is_benign(self) -> bool {
+        matches!(self, DecodeError::FromSelf | DecodeError::Duplicate)
+    }
 }
 
 type HmacSha256 = Hmac<Sha256>;
@@ -265,6 +277,9 @@ impl ReplayWindow {
             return Ok(());
         }
         let back = self.top - seq;
+        if back == 0 {
+            return Err(DecodeError::Duplicate);
+        }
         if back >= Self::WIDTH || self.seen & (1 << back) != 0 {
             return Err(DecodeError::Replay);
         }
@@ -334,7 +349,7 @@ mod tests {
     fn replay_window() {
         let mut w = ReplayWindow::default();
         assert_eq!(w.check_and_update(5, 1), Ok(()));
-        assert_eq!(w.check_and_update(5, 1), Err(DecodeError::Replay));
+        assert_eq!(w.check_and_update(5, 1), Err(DecodeError::Duplicate));
         assert_eq!(w.check_and_update(5, 3), Ok(()));
         assert_eq!(
             w.check_and_update(5, 2),
@@ -342,6 +357,7 @@ mod tests {
             "late but inside the window"
         );
         assert_eq!(w.check_and_update(5, 2), Err(DecodeError::Replay));
+        assert_eq!(w.check_and_update(5, 3), Err(DecodeError::Duplicate));
         assert_eq!(w.check_and_update(5, 200), Ok(()));
         assert_eq!(
             w.check_and_update(5, 136),

@@ -84,7 +84,7 @@ impl AtmNode {
                     .unwrap_or(0);
                 self.stats.rejected[i] += 1;
                 let count = self.stats.rejected[i];
-                if count.is_power_of_two() {
+                if !reason.is_benign() && count.is_power_of_two() {
                     self.pending
                         .push_back(Action::Event(Event::Rejected { reason, count }));
                 }
