@@ -63,7 +63,7 @@ impl Outcome {
 /// Builds and runs `scenario` with `seed`.
 pub fn run(scenario: &Scenario, seed: u64) -> anyhow::Result<Outcome> {
     let duration_ms = scenario.duration_ms();
-    let tick = Duration::from_millis(1);
+    let tick = Duration::from_millis(5);
     let mut sim = turmoil::Builder::new()
         .simulation_duration(Duration::from_millis(duration_ms + 1000))
         .tick_duration(tick)

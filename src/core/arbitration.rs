@@ -13,7 +13,10 @@
 //! and unicast, count once) and waits for `k` missed heartbeats, the smallest `k >=
 //! dead_after` with `p^k <= 1e-9` (at most `4 × dead_after`). On a clean link `k =
 //! dead_after`: failover is as fast as configured; on a lossy one it is slower but does not
-//! flap.
+//! flap. The estimate starts from a 1 % prior (so `k = 5` for the first two seconds or so of
+//! a new peer, until its heartbeats have shown the link clean), learns fast over the first 32
+//! heartbeats (weight 1/8), then moves slowly (weight 1/64) so that a long clean stretch
+//! between two losses does not bring `k` back down to where a burst would flap it.
 
 /// Probes remembered per reachlist host.
 pub const REACH_WINDOW: u32 = 3;
@@ -58,17 +61,28 @@ impl Reach {
 }
 
 /// Estimates the loss rate of one sender's heartbeats from its sequence numbers.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct LossEstimator {
     incarnation: u64,
     last_seq: u64,
     /// Exponentially weighted loss rate, in millionths.
     loss_ppm: u32,
+    samples: u32,
+}
+
+impl Default for LossEstimator {
+    /// A prior of 1 % loss: until the link has shown itself clean (about 20 heartbeats), a
+    /// backup waits a little longer than `dead_after` (see the module docs).
+    fn default() -> Self {
+        LossEstimator { incarnation: 0, last_seq: 0, loss_ppm: 10_000, samples: 0 }
+    }
 }
 
 impl LossEstimator {
-    /// Weight of one observation: 1/32.
-    const SHIFT: u32 = 5;
+    /// Weight of one observation: 1/8 while learning (first 32), then 1/64 (steady).
+    const LEARN_SHIFT: u32 = 3;
+    const STEADY_SHIFT: u32 = 6;
+    const LEARN_SAMPLES: u32 = 32;
 
     /// Feeds one authenticated heartbeat (duplicates and reordering are ignored).
     pub fn observe(&mut self, incarnation: u64, seq: u64) {
@@ -92,8 +106,10 @@ impl LossEstimator {
     }
 
     fn push(&mut self, sample_ppm: u32) {
+        let shift = if self.samples < Self::LEARN_SAMPLES { Self::LEARN_SHIFT } else { Self::STEADY_SHIFT };
+        self.samples = self.samples.saturating_add(1);
         let cur = i64::from(self.loss_ppm);
-        let next = cur + ((i64::from(sample_ppm) - cur) >> Self::SHIFT);
+        let next = cur + ((i64::from(sample_ppm) - cur) >> shift);
         self.loss_ppm = next.clamp(0, 1_000_000) as u32;
     }
 
