@@ -169,18 +169,32 @@ impl<'a> Fields<'a> {
         }
     }
 
-    /// A key with a default.
+    /// A key with a default. A bad value is reported and the default stands in for it, so
+    /// that the relation rules still run on the rest of the object (no `Config` comes out
+    /// of a walk with errors, so a stand-in never reaches the program).
     pub fn or<T>(
         &self,
         cx: &mut Cx,
         key: &str,
         default: T,
         f: impl FnOnce(&mut Cx, &'a Node, &str) -> Option<T>,
-    ) -> Option<T> {
+    ) -> T {
         match self.node(key) {
-            Some(n) => f(cx, n, &self.child(key)),
-            None => Some(default),
+            Some(n) => f(cx, n, &self.child(key)).unwrap_or(default),
+            None => default,
         }
+    }
+
+    /// A required key that no relation rule reads: after a missing or bad value has been
+    /// reported, `stand_in` replaces it so that the rest of the object is still checked.
+    pub fn req_or<T>(
+        &self,
+        cx: &mut Cx,
+        key: &str,
+        stand_in: T,
+        f: impl FnOnce(&mut Cx, &'a Node, &str) -> Option<T>,
+    ) -> T {
+        self.req(cx, key, f).unwrap_or(stand_in)
     }
 
     /// A key that may be unset (absent or `null`): `Some(None)` then, `None` on error.

@@ -19,12 +19,12 @@ use super::validate;
 pub(crate) struct Draft {
     pub cluster: Option<Cluster>,
     pub atms: Option<Vec<Option<Atm>>>,
-    pub timers: Option<Timers>,
-    pub arp: Option<Arp>,
-    pub arbitration: Option<Arbitration>,
-    pub table: Option<Table>,
-    pub sync: Option<SyncSettings>,
-    pub security: Option<Security>,
+    pub timers: Timers,
+    pub arp: Arp,
+    pub arbitration: Arbitration,
+    pub table: Table,
+    pub sync: SyncSettings,
+    pub security: Security,
     pub services: Option<Vec<Option<Service>>>,
 }
 
@@ -33,12 +33,12 @@ impl Draft {
         Some(Config {
             cluster: self.cluster?,
             atms: self.atms?.into_iter().collect::<Option<_>>()?,
-            timers: self.timers?,
-            arp: self.arp?,
-            arbitration: self.arbitration?,
-            table: self.table?,
-            sync: self.sync?,
-            security: self.security?,
+            timers: self.timers,
+            arp: self.arp,
+            arbitration: self.arbitration,
+            table: self.table,
+            sync: self.sync,
+            security: self.security,
             services: self.services?.into_iter().collect::<Option<_>>()?,
         })
     }
@@ -108,7 +108,7 @@ fn cluster(cx: &mut Cx, node: &Node, path: &str) -> Option<Cluster> {
     ];
     let f = object(cx, node, path, keys)?;
     let name = f.req(cx, "name", name);
-    let id = f.req(cx, "id", int(0, i128::from(u32::MAX)));
+    let id = f.req_or(cx, "id", 0, int(0, i128::from(u32::MAX)));
     let heartbeat_port = f.maybe(cx, "heartbeat_port", port);
     let admin_port = f.maybe(cx, "admin_port", port);
     let secret_file = f.req(cx, "secret_file", file_path);
@@ -120,11 +120,11 @@ fn cluster(cx: &mut Cx, node: &Node, path: &str) -> Option<Cluster> {
     );
     Some(Cluster {
         name: name?,
-        id: id?,
+        id,
         heartbeat_port: heartbeat_port?,
         admin_port: admin_port?,
         secret_file: secret_file?,
-        heartbeat_mode: mode?,
+        heartbeat_mode: mode,
     })
 }
 
@@ -174,9 +174,9 @@ fn timers(cx: &mut Cx, node: &Node, path: &str) -> Option<Timers> {
     let dead_after = f.or(cx, "dead_after", d.dead_after, int(2, 100));
     let preempt = f.or(cx, "preempt", d.preempt, boolean);
     Some(Timers {
-        heartbeat_ms: heartbeat_ms?,
-        dead_after: dead_after?,
-        preempt: preempt?,
+        heartbeat_ms,
+        dead_after,
+        preempt,
     })
 }
 
@@ -194,9 +194,9 @@ fn arp(cx: &mut Cx, node: &Node, path: &str) -> Option<Arp> {
     );
     let refresh_s = f.or(cx, "refresh_s", d.refresh_s, int(0, 86_400));
     Some(Arp {
-        gratuitous_count: count?,
-        gratuitous_interval_ms: interval?,
-        refresh_s: refresh_s?,
+        gratuitous_count: count,
+        gratuitous_interval_ms: interval,
+        refresh_s,
     })
 }
 
@@ -220,10 +220,10 @@ fn arbitration(cx: &mut Cx, node: &Node, path: &str) -> Option<Arbitration> {
     );
     let timeout = f.or(cx, "probe_timeout_ms", d.probe_timeout_ms, int(1, 60_000));
     let a = Arbitration {
-        reachlist: reachlist?,
-        min_reachable: min_reachable?,
-        probe_interval_ms: interval?,
-        probe_timeout_ms: timeout?,
+        reachlist,
+        min_reachable,
+        probe_interval_ms: interval,
+        probe_timeout_ms: timeout,
     };
     validate::arbitration(cx, &f.path, &a);
     Some(a)
@@ -247,12 +247,12 @@ fn table(cx: &mut Cx, node: &Node, path: &str) -> Option<Table> {
     let udp = f.or(cx, "udp_timeout_s", d.udp_timeout_s, int(1, 86_400));
     let icmp = f.or(cx, "icmp_timeout_s", d.icmp_timeout_s, int(1, 3_600));
     Some(Table {
-        max_connections: max?,
-        tcp_timeout_s: tcp?,
-        tcp_fin_timeout_s: fin?,
-        tcp_syn_timeout_s: syn?,
-        udp_timeout_s: udp?,
-        icmp_timeout_s: icmp?,
+        max_connections: max,
+        tcp_timeout_s: tcp,
+        tcp_fin_timeout_s: fin,
+        tcp_syn_timeout_s: syn,
+        udp_timeout_s: udp,
+        icmp_timeout_s: icmp,
     })
 }
 
@@ -269,9 +269,9 @@ fn sync(cx: &mut Cx, node: &Node, path: &str) -> Option<SyncSettings> {
     let rate = int(1, 1_000_000);
     let max = f.or(cx, "max_datagrams_per_s", d.max_datagrams_per_s, rate);
     Some(SyncSettings {
-        connections: connections?,
+        connections,
         port: port?,
-        max_datagrams_per_s: max?,
+        max_datagrams_per_s: max,
     })
 }
 
@@ -292,8 +292,8 @@ fn security(cx: &mut Cx, node: &Node, path: &str) -> Option<Security> {
     );
     let token_file = f.maybe(cx, "token_file", file_path);
     Some(Security {
-        admin_allow: allow?,
-        admin_deny: deny?,
+        admin_allow: allow,
+        admin_deny: deny,
         token_file: token_file?,
     })
 }

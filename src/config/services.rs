@@ -116,14 +116,14 @@ fn service(cx: &mut Cx, node: &Node, path: &str) -> Option<Service> {
         name: name?,
         vip: vip?,
         port: port?,
-        protocol: protocol?,
+        protocol,
         forwarding: forwarding?,
-        scheduler: scheduler?,
-        persistence_s: persistence_s?,
+        scheduler,
+        persistence_s,
         gateway_vip: gateway_vip?,
-        on_down: on_down?,
+        on_down,
         servers: servers?,
-        checks: checks?,
+        checks,
     };
     validate::service(cx, &f.path, &service);
     Some(service)
@@ -166,7 +166,7 @@ fn server(cx: &mut Cx, node: &Node, path: &str, default_port: Option<u16>) -> Op
         name: name?,
         address: address?,
         port: port?,
-        weight: weight?,
+        weight,
     })
 }
 
@@ -191,10 +191,10 @@ fn check(cx: &mut Cx, node: &Node, path: &str) -> Option<Check> {
         expect_status,
         command,
         port: port?,
-        interval_ms: interval_ms?,
-        timeout_ms: timeout_ms?,
-        rise: rise?,
-        fall: fall?,
+        interval_ms,
+        timeout_ms,
+        rise,
+        fall,
     };
     validate::check(cx, &f.path, &check);
     Some(check)
@@ -228,8 +228,8 @@ fn kind_fields(cx: &mut Cx, f: &Fields<'_>, kind: CheckKind) -> Option<KindField
     if http {
         let check_path = f.or(cx, "path", DEFAULT_HTTP_PATH.to_string(), http_path);
         let status = f.or(cx, "expect_status", DEFAULT_HTTP_STATUS, int(100, 599));
-        out.0 = Some(check_path?);
-        out.1 = Some(status?);
+        out.0 = Some(check_path);
+        out.1 = Some(status);
     }
     if exec {
         out.2 = f.req(cx, "command", list((1, 64), "arguments", string))?;

@@ -142,16 +142,16 @@ pub(crate) fn whole(cx: &mut Cx, d: &Draft) {
                 cx.error_at(&format!("atms[{i}].address"), msg);
             }
         }
-        ports(cx, c, d.sync.as_ref());
+        ports(cx, c, &d.sync);
     }
 }
 
 /// The heartbeat, admin and connection-sync ports must differ.
-fn ports(cx: &mut Cx, c: &Cluster, sync: Option<&SyncSettings>) {
+fn ports(cx: &mut Cx, c: &Cluster, sync: &SyncSettings) {
     let mut used: Vec<(String, u16)> = Vec::new();
     if let Some(hb) = c.heartbeat_port {
         used.push(("cluster.heartbeat_port".into(), hb));
-        let implicit = sync.is_some_and(|s| s.port.is_none());
+        let implicit = sync.port.is_none();
         if implicit && hb > 65_533 {
             let msg = "the sync port defaults to heartbeat_port + 2, above 65535: set sync.port";
             cx.error_at("cluster.heartbeat_port", msg);
@@ -162,7 +162,7 @@ fn ports(cx: &mut Cx, c: &Cluster, sync: Option<&SyncSettings>) {
     if let Some(p) = c.admin_port {
         used.push(("cluster.admin_port".into(), p));
     }
-    if let Some(p) = sync.and_then(|s| s.port) {
+    if let Some(p) = sync.port {
         used.push(("sync.port".into(), p));
     }
     unique(cx, used, "port");
@@ -174,7 +174,7 @@ pub(crate) fn files(cx: &mut Cx, d: &Draft, base_dir: &Path) {
     if let Some(c) = &d.cluster {
         file(cx, "cluster.secret_file", &c.secret_file, base_dir);
     }
-    if let Some(t) = d.security.as_ref().and_then(|s| s.token_file.as_ref()) {
+    if let Some(t) = &d.security.token_file {
         file(cx, "security.token_file", t, base_dir);
     }
 }
