@@ -50,6 +50,16 @@ impl Cx {
         self.error(pos, path, message);
     }
 
+    /// Whether no error was reported at `path` or below it: the relation rules only read
+    /// values that decoded, never the defaults that stand in for bad ones.
+    pub fn clean(&self, path: &str) -> bool {
+        !self.errors.iter().any(|e| {
+            e.path
+                .strip_prefix(path)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+        })
+    }
+
     fn span_of(&self, path: &str) -> Pos {
         let mut p = path;
         loop {

@@ -15,13 +15,17 @@ use super::sections::Draft;
 use super::types::*;
 
 pub(crate) fn arbitration(cx: &mut Cx, path: &str, a: &Arbitration) {
+    // Decided before this function reports anything itself.
+    let clean = |key: &str| cx.clean(&format!("{path}.{key}"));
+    let count_ok = clean("reachlist") && clean("min_reachable");
+    let probe_ok = clean("probe_interval_ms") && clean("probe_timeout_ms");
     let hosts = a.reachlist.iter().enumerate();
     unique(
         cx,
         hosts.map(|(i, ip)| (format!("{path}.reachlist[{i}]"), ip)),
         "reachlist host",
     );
-    if a.min_reachable as usize > a.reachlist.len() {
+    if count_ok && a.min_reachable as usize > a.reachlist.len() {
         let msg = format!(
             "expected at most the number of reachlist hosts ({}), found {}",
             a.reachlist.len(),
@@ -29,7 +33,7 @@ pub(crate) fn arbitration(cx: &mut Cx, path: &str, a: &Arbitration) {
         );
         cx.error_at(&format!("{path}.min_reachable"), msg);
     }
-    if a.probe_timeout_ms >= a.probe_interval_ms {
+    if probe_ok && a.probe_timeout_ms >= a.probe_interval_ms {
         let msg = format!(
             "expected less than probe_interval_ms ({}), found {}",
             a.probe_interval_ms, a.probe_timeout_ms
@@ -39,7 +43,8 @@ pub(crate) fn arbitration(cx: &mut Cx, path: &str, a: &Arbitration) {
 }
 
 pub(crate) fn check(cx: &mut Cx, path: &str, c: &Check) {
-    if c.timeout_ms >= c.interval_ms {
+    let clean = cx.clean(&format!("{path}.interval_ms")) && cx.clean(&format!("{path}.timeout_ms"));
+    if clean && c.timeout_ms >= c.interval_ms {
         let msg = format!(
             "expected less than interval_ms ({}), found {}",
             c.interval_ms, c.timeout_ms
@@ -151,7 +156,7 @@ fn ports(cx: &mut Cx, c: &Cluster, sync: &SyncSettings) {
     let mut used: Vec<(String, u16)> = Vec::new();
     if let Some(hb) = c.heartbeat_port {
         used.push(("cluster.heartbeat_port".into(), hb));
-        let implicit = sync.port.is_none();
+        let implicit = sync.port.is_none() && cx.clean("sync");
         if implicit && hb > 65_533 {
             let msg = "the sync port defaults to heartbeat_port + 2, above 65535: set sync.port";
             cx.error_at("cluster.heartbeat_port", msg);
