@@ -4,7 +4,8 @@
 //! `json5` crate's serde interface forgets positions once a value is deserialised. The
 //! grammar is small (<https://spec.json5.org>): comments, trailing commas, unquoted
 //! (identifier) keys, single-quoted strings, escapes and line continuations, hex numbers,
-//! leading/trailing decimal points, explicit `+`, `Infinity` and `NaN`.
+//! leading/trailing decimal points, explicit `+`, `Infinity` and `NaN`. Not supported:
+//! `\uXXXX` escapes inside unquoted keys (quote such a key instead).
 //!
 //! Contract: [`parse`] never panics and never recurses deeper than [`MAX_DEPTH`] (a fuzzed
 //! file cannot overflow the stack). It stops at the first syntax error: past one, positions

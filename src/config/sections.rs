@@ -13,8 +13,10 @@ use super::services::services;
 use super::types::*;
 use super::validate;
 
-/// What the walk produced: `None` where a section (or list item) had errors. The whole-config
-/// rules run on what is there; a [`Config`] is built only when nothing is missing.
+/// What the walk produced. Required sections and list items are `None` where they had
+/// errors; optional sections hold their defaults in place of bad values. The whole-config
+/// rules run on what is there; a [`Config`] is built only when nothing is missing (and is
+/// returned only when no error at all was reported).
 #[derive(Debug, Default)]
 pub(crate) struct Draft {
     pub cluster: Option<Cluster>,
