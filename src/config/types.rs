@@ -1,5 +1,5 @@
 //! The typed configuration: what the rest of the program reads once the file has been
-//! parsed and validated (see [`super::load`]).
+//! parsed and validated (see [`super::load_file`]).
 //!
 //! Every section but `cluster`, `atms` and `services` has defaults (SPEC.md). The types derive
 //! `Serialize` so that the running config has a canonical form whose SHA-256 is the digest
