@@ -28,11 +28,7 @@ fn check_accepts_an_example() {
 
 #[test]
 fn check_refuses_a_bad_config_and_prints_every_error() {
-    let out = run(&[
-        "--check",
-        "--config",
-        "tests/bad-configs/unknown-keys.json5",
-    ]);
+    let out = run(&["--check", "--config", "tests/bad-configs/unknown-keys.json5"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     let settings = {
@@ -45,11 +41,7 @@ fn check_refuses_a_bad_config_and_prints_every_error() {
 
 #[test]
 fn check_reports_an_unreadable_file() {
-    let out = run(&[
-        "--check",
-        "--config",
-        "tests/bad-configs/does-not-exist.json5",
-    ]);
+    let out = run(&["--check", "--config", "tests/bad-configs/does-not-exist.json5"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.starts_with("tests/bad-configs/does-not-exist.json5:1:1: (root): cannot read"));

@@ -18,16 +18,9 @@ fn settings() -> insta::Settings {
 #[test]
 fn every_bad_config_fails_with_its_snapshotted_errors() {
     let files = json5_files("tests/bad-configs");
-    assert!(
-        files.len() >= 20,
-        "the corpus shrank to {} files",
-        files.len()
-    );
+    assert!(files.len() >= 20, "the corpus shrank to {} files", files.len());
     let dir = secrets_dir("bad-configs");
-    let opts = LoadOptions {
-        check_files: true,
-        base_dir: dir.path().to_path_buf(),
-    };
+    let opts = LoadOptions { check_files: true, base_dir: dir.path().to_path_buf() };
     for path in &files {
         let name = stem(path);
         let origin = format!("tests/bad-configs/{name}.json5");
@@ -48,16 +41,8 @@ fn every_bad_config_fails_with_its_snapshotted_errors() {
 
 #[test]
 fn many_errors_are_reported_at_once() {
-    let path = format!(
-        "{}/tests/bad-configs/many-errors.json5",
-        support::MANIFEST_DIR
-    );
+    let path = format!("{}/tests/bad-configs/many-errors.json5", support::MANIFEST_DIR);
     let text = std::fs::read_to_string(path).expect("read");
-    let errors =
-        parse_str("many-errors.json5", &text, &LoadOptions::default()).expect_err("many errors");
-    assert!(
-        errors.len() >= 15,
-        "only {} errors:\n{errors}",
-        errors.len()
-    );
+    let errors = parse_str("many-errors.json5", &text, &LoadOptions::default()).expect_err("many errors");
+    assert!(errors.len() >= 15, "only {} errors:\n{errors}", errors.len());
 }

@@ -20,10 +20,7 @@ fn every_example_loads_with_files_checked() {
     let examples = json5_files("config");
     let names: Vec<String> = examples.iter().map(|p| stem(p)).collect();
     for wanted in ["nat-2atm", "dr-2atm", "tunnel-2atm", "nat-3atm", "dr-3atm"] {
-        assert!(
-            names.iter().any(|n| n == wanted),
-            "config/{wanted}.json5 is missing"
-        );
+        assert!(names.iter().any(|n| n == wanted), "config/{wanted}.json5 is missing");
     }
     let dir = secrets_dir("examples");
     for path in &examples {
@@ -57,14 +54,8 @@ fn example_without_its_secret_file_is_refused() {
     std::fs::copy(&path, &copy).expect("copy example");
     let errors = load_file(&copy).expect_err("secret files are missing");
     let text = errors.to_string();
-    assert!(
-        text.contains("cluster.secret_file: file \"secret\" does not exist"),
-        "{text}"
-    );
-    assert!(
-        text.contains("security.token_file: file \"admin.token\" does not exist"),
-        "{text}"
-    );
+    assert!(text.contains("cluster.secret_file: file \"secret\" does not exist"), "{text}");
+    assert!(text.contains("security.token_file: file \"admin.token\" does not exist"), "{text}");
 }
 
 #[test]
@@ -74,10 +65,7 @@ fn defaults_fill_what_the_example_leaves_out() {
     let config = load_example(&path, &dir);
     assert_eq!(config.table, Default::default());
     assert_eq!(config.arp, Default::default());
-    assert_eq!(
-        config.security.admin_allow,
-        clusterserver::config::Security::default().admin_allow
-    );
+    assert_eq!(config.security.admin_allow, clusterserver::config::Security::default().admin_allow);
     let http = &config.services[0];
     assert!(http.servers.iter().all(|s| s.port == 80));
     assert_eq!(http.checks[1].timeout_ms, 2000);

@@ -100,7 +100,11 @@ impl Platform for SimAtm {
                 h.role = Some(Role::Backup);
                 h.epoch = epoch;
             }
-            Event::Rejected { .. } => w.rejected_total += 1,
+            Event::Rejected { reason, count } => {
+                let key = (self.name.clone(), reason.name());
+                let prev = w.rejected.insert(key, count).unwrap_or(0);
+                w.rejected_total += count - prev;
+            }
             _ => {}
         }
     }

@@ -27,7 +27,11 @@ const UCAST_PROBES: u32 = 3;
 const ANSWER_WITHIN_MS: u64 = 50;
 
 /// The software of a client host.
-pub fn software(world: Shared, name: String, vip: IpAddr) -> impl Fn() -> Pin<Box<dyn Future<Output = turmoil::Result>>> {
+pub fn software(
+    world: Shared,
+    name: String,
+    vip: IpAddr,
+) -> impl Fn() -> Pin<Box<dyn Future<Output = turmoil::Result>>> {
     move || {
         let (world, name) = (world.clone(), name.clone());
         Box::pin(async move {
@@ -120,8 +124,18 @@ fn h_remove(w: &mut crate::world::World, name: &str, vip: IpAddr) {
 }
 
 /// An answer from the service: confirms the neighbour entry and counts for the outage.
-fn on_answer(world: &Shared, name: &str, now: u64, msg: &[u8], from: IpAddr, vip: IpAddr, sent: &mut BTreeMap<u64, u64>) {
-    let Some(seq) = std::str::from_utf8(msg).ok().and_then(|t| t.strip_prefix("RSP ")).and_then(|s| s.parse().ok()) else {
+fn on_answer(
+    world: &Shared,
+    name: &str,
+    now: u64,
+    msg: &[u8],
+    from: IpAddr,
+    vip: IpAddr,
+    sent: &mut BTreeMap<u64, u64>,
+) {
+    let Some(seq) =
+        std::str::from_utf8(msg).ok().and_then(|t| t.strip_prefix("RSP ")).and_then(|s| s.parse().ok())
+    else {
         return;
     };
     if sent.remove(&seq).is_none() {

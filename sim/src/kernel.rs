@@ -9,7 +9,10 @@ use crate::world::{Neigh, Shared};
 
 /// The software of a host that only has a kernel (a real server, until the simulated data
 /// plane forwards to them).
-pub fn software(world: Shared, name: String) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = turmoil::Result>>> {
+pub fn software(
+    world: Shared,
+    name: String,
+) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = turmoil::Result>>> {
     move || {
         let (world, name) = (world.clone(), name.clone());
         Box::pin(async move {
@@ -63,7 +66,13 @@ fn on_arp(world: &Shared, name: &str, ms: u64, msg: &[u8], from: SocketAddr) -> 
     match verb {
         "WHO" if h.vips.contains(&vip) => Some((format!("ISAT {vip}"), SocketAddr::new(from.ip(), ARP_PORT))),
         "ISAT" => {
-            let fresh = Neigh { owner: from.ip(), confirmed_ms: ms, reachable_ms: reach_ms, probes: 0, next_probe_ms: 0 };
+            let fresh = Neigh {
+                owner: from.ip(),
+                confirmed_ms: ms,
+                reachable_ms: reach_ms,
+                probes: 0,
+                next_probe_ms: 0,
+            };
             let changed = h.neigh.get(&vip).is_none_or(|n| n.owner != from.ip());
             h.neigh.insert(vip, fresh);
             if changed {

@@ -72,7 +72,10 @@ pub struct SimClock {
 impl SimClock {
     /// Must be created inside a host, at the start of its software.
     pub fn start() -> SimClock {
-        SimClock { origin: tokio::time::Instant::now(), origin_sim: turmoil::sim_elapsed().unwrap_or_default() }
+        SimClock {
+            origin: tokio::time::Instant::now(),
+            origin_sim: turmoil::sim_elapsed().unwrap_or_default(),
+        }
     }
 
     pub fn now(&self) -> Instant {

@@ -8,8 +8,8 @@ use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use clusterserver::driver::Command;
 use clusterserver::core::election::AdminRequest;
+use clusterserver::driver::Command;
 
 use crate::client::PROBE_MS;
 use crate::scenario::{Scenario, Step};
@@ -63,7 +63,7 @@ impl Outcome {
 /// Builds and runs `scenario` with `seed`.
 pub fn run(scenario: &Scenario, seed: u64) -> anyhow::Result<Outcome> {
     let duration_ms = scenario.duration_ms();
-    let tick = Duration::from_millis(5);
+    let tick = Duration::from_millis(2);
     let mut sim = turmoil::Builder::new()
         .simulation_duration(Duration::from_millis(duration_ms + 1000))
         .tick_duration(tick)
@@ -92,7 +92,8 @@ pub fn run(scenario: &Scenario, seed: u64) -> anyhow::Result<Outcome> {
             break;
         }
         while let Some(step) = steps.next_if(|s| s.at_ms <= now_ms) {
-            apply(&mut sim, &world, &mut state, step, now_ms).with_context(|| format!("step at {} ms", step.at_ms))?;
+            apply(&mut sim, &world, &mut state, step, now_ms)
+                .with_context(|| format!("step at {} ms", step.at_ms))?;
         }
         sim.step().map_err(|e| anyhow::anyhow!("simulation error at {now_ms} ms: {e}"))?;
         state.observe(&world, sim.elapsed().as_millis() as u64);
@@ -100,7 +101,12 @@ pub fn run(scenario: &Scenario, seed: u64) -> anyhow::Result<Outcome> {
     Ok(state.finish(scenario, seed, &world, duration_ms))
 }
 
-fn register_hosts(sim: &mut turmoil::Sim, s: &Scenario, world: &Shared, addr: &BTreeMap<String, IpAddr>) -> anyhow::Result<()> {
+fn register_hosts(
+    sim: &mut turmoil::Sim,
+    s: &Scenario,
+    world: &Shared,
+    addr: &BTreeMap<String, IpAddr>,
+) -> anyhow::Result<()> {
     let pick = |prefix: &str| -> Vec<(String, IpAddr)> {
         s.host_names().into_iter().filter(|n| n.starts_with(prefix)).map(|n| (n.clone(), addr[&n])).collect()
     };
@@ -112,14 +118,21 @@ fn register_hosts(sim: &mut turmoil::Sim, s: &Scenario, world: &Shared, addr: &B
     let cfg = Rc::new(cluster_config(s, CLUSTER_ID, &atms, reachlist.clone(), vip, &nodes));
     for (i, (name, _)) in atms.iter().enumerate() {
         world.borrow_mut().host(name).cluster = Some(CLUSTER_ID);
-        sim.host(name.as_str(), crate::atm::software(world.clone(), name.clone(), cfg.clone(), i, SECRET.to_vec()));
+        sim.host(
+            name.as_str(),
+            crate::atm::software(world.clone(), name.clone(), cfg.clone(), i, SECRET.to_vec()),
+        );
     }
     if s.topology.second_cluster {
         let others = pick("other");
-        let ocfg = Rc::new(cluster_config(s, OTHER_CLUSTER_ID, &others, reachlist.clone(), OTHER_VIP.parse()?, &[]));
+        let ocfg =
+            Rc::new(cluster_config(s, OTHER_CLUSTER_ID, &others, reachlist.clone(), OTHER_VIP.parse()?, &[]));
         for (i, (name, _)) in others.iter().enumerate() {
             world.borrow_mut().host(name).cluster = Some(OTHER_CLUSTER_ID);
-            sim.host(name.as_str(), crate::atm::software(world.clone(), name.clone(), ocfg.clone(), i, OTHER_SECRET.to_vec()));
+            sim.host(
+                name.as_str(),
+                crate::atm::software(world.clone(), name.clone(), ocfg.clone(), i, OTHER_SECRET.to_vec()),
+            );
         }
     }
     for (name, _) in routers.iter().chain(&pick("client")) {
@@ -129,7 +142,8 @@ fn register_hosts(sim: &mut turmoil::Sim, s: &Scenario, world: &Shared, addr: &B
         sim.host(name.as_str(), crate::kernel::software(world.clone(), name.clone()));
     }
     if s.topology.rogue {
-        let targets: Vec<SocketAddr> = atms.iter().map(|(_, a)| SocketAddr::new(*a, cfg.heartbeat_port())).collect();
+        let targets: Vec<SocketAddr> =
+            atms.iter().map(|(_, a)| SocketAddr::new(*a, cfg.heartbeat_port())).collect();
         sim.host("rogue", crate::rogue::software(world.clone(), CLUSTER_ID, cfg.heartbeat_port(), targets));
     }
     Ok(())
@@ -264,13 +278,29 @@ impl RunState {
     ) {
         let e = &s.expect;
         let v = &mut self.violations;
-        if let Some(max) = e.max_outage_ms {
-            for (c, o) in outage.iter().filter(|(_, o)| **o > max) {
+        for (c, o) in outage {
+            if let Some(max) = e.client_outage_ms.get(c).copied().or(e.max_outage_ms).filter(|m| o > m) {
                 v.push(format!("{c}: outage {o} ms > {max} ms"));
             }
         }
+        if s.topology.second_cluster {
+            let other = w.primaries().get(&OTHER_CLUSTER_ID).cloned().unwrap_or_default();
+            let flips: usize = w
+                .hosts
+                .values()
+                .filter(|h| h.cluster == Some(OTHER_CLUSTER_ID))
+                .map(|h| h.promotions.len())
+                .sum();
+            if other.len() != 1 || flips != 1 {
+                v.push(format!("the second cluster was disturbed: primaries {other:?}, {flips} promotions"));
+            }
+        }
         if let Some(n) = e.primaries_after_heal.filter(|n| *n != final_primaries.len()) {
-            v.push(format!("{} primaries at the end ({}), expected {n}", final_primaries.len(), final_primaries.join("+")));
+            v.push(format!(
+                "{} primaries at the end ({}), expected {n}",
+                final_primaries.len(),
+                final_primaries.join("+")
+            ));
         }
         if let Some(p) = e.final_primary.as_ref().filter(|p| final_primaries != [(*p).clone()]) {
             v.push(format!("final primary {:?}, expected {p}", final_primaries));
@@ -292,7 +322,13 @@ impl RunState {
     }
 }
 
-fn apply(sim: &mut turmoil::Sim, world: &Shared, st: &mut RunState, step: &Step, now: u64) -> anyhow::Result<()> {
+fn apply(
+    sim: &mut turmoil::Sim,
+    world: &Shared,
+    st: &mut RunState,
+    step: &Step,
+    now: u64,
+) -> anyhow::Result<()> {
     let kind = step.kind()?;
     let log = |text: String| world.borrow_mut().log(now, "sim", text);
     match kind {
@@ -313,7 +349,12 @@ fn apply(sim: &mut turmoil::Sim, world: &Shared, st: &mut RunState, step: &Step,
             log(format!("fault: {kind} {h}"));
         }
         "stop" | "promote" | "demote" => {
-            let h = step.stop.as_deref().or(step.promote.as_deref()).or(step.demote.as_deref()).unwrap_or_default();
+            let h = step
+                .stop
+                .as_deref()
+                .or(step.promote.as_deref())
+                .or(step.demote.as_deref())
+                .unwrap_or_default();
             let cmd = match kind {
                 "stop" => Command::Shutdown,
                 "promote" => Command::Admin(AdminRequest::Promote),
@@ -410,7 +451,9 @@ fn apply(sim: &mut turmoil::Sim, world: &Shared, st: &mut RunState, step: &Step,
             world.borrow_mut().host(&m.client).miss_garp = m.count;
             log(format!("fault: {} misses its next {} gratuitous ARP(s)", m.client, m.count));
         }
-        other => bail!("the simulator cannot perform `{other}` steps yet (no real servers in the simulated data plane)"),
+        other => bail!(
+            "the simulator cannot perform `{other}` steps yet (no real servers in the simulated data plane)"
+        ),
     }
     Ok(())
 }

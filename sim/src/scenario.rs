@@ -189,6 +189,9 @@ impl Step {
 pub struct Expect {
     /// Longest client-observed outage (gap between answered probes, less one probe interval).
     pub max_outage_ms: Option<u64>,
+    /// Per-client bounds that override `max_outage_ms`.
+    #[serde(default)]
+    pub client_outage_ms: std::collections::BTreeMap<String, u64>,
     /// Primaries at the end of the run.
     pub primaries_after_heal: Option<usize>,
     /// Long-lived connections lost (needs the data plane in the run).
@@ -260,7 +263,8 @@ impl Scenario {
                 known(h, s.at_ms)?;
             }
         }
-        for h in self.expect.never_primary.iter().chain(&self.expect.final_primary) {
+        let e = &self.expect;
+        for h in e.never_primary.iter().chain(&e.final_primary).chain(e.client_outage_ms.keys()) {
             known(h, 0).context("expect")?;
         }
         Ok(())
@@ -277,8 +281,17 @@ impl Step {
     pub fn hosts(&self) -> Vec<&String> {
         let mut v: Vec<&String> = Vec::new();
         for h in [
-            &self.crash, &self.restart, &self.freeze, &self.thaw, &self.stop, &self.link_down,
-            &self.link_up, &self.server_down, &self.server_up, &self.promote, &self.demote,
+            &self.crash,
+            &self.restart,
+            &self.freeze,
+            &self.thaw,
+            &self.stop,
+            &self.link_down,
+            &self.link_up,
+            &self.server_down,
+            &self.server_up,
+            &self.promote,
+            &self.demote,
         ]
         .into_iter()
         .flatten()

@@ -18,7 +18,14 @@ pub const OTHER_SECRET: &[u8] = b"the other cluster's secret";
 
 /// A cluster config for the ATMs `atms` (name, address), generated like an operator would
 /// write it, with the scenario's overrides.
-pub fn cluster_config(s: &Scenario, id: u32, atms: &[(String, IpAddr)], reachlist: Vec<IpAddr>, vip: IpAddr, nodes: &[(String, IpAddr)]) -> Config {
+pub fn cluster_config(
+    s: &Scenario,
+    id: u32,
+    atms: &[(String, IpAddr)],
+    reachlist: Vec<IpAddr>,
+    vip: IpAddr,
+    nodes: &[(String, IpAddr)],
+) -> Config {
     let o = &s.cluster;
     let forwarding = match s.topology.forwarding.as_str() {
         "dr" => Forwarding::Dr,
@@ -40,7 +47,10 @@ pub fn cluster_config(s: &Scenario, id: u32, atms: &[(String, IpAddr)], reachlis
             secret_file: PathBuf::from("/dev/null"),
             heartbeat_mode: mode,
         },
-        atms: atms.iter().map(|(n, a)| Atm { name: n.clone(), address: *a, interface: "eth0".into() }).collect(),
+        atms: atms
+            .iter()
+            .map(|(n, a)| Atm { name: n.clone(), address: *a, interface: "eth0".into() })
+            .collect(),
         timers: Timers {
             heartbeat_ms: o.heartbeat_ms.unwrap_or(100),
             dead_after: o.dead_after.unwrap_or(3),

@@ -72,7 +72,9 @@ pub struct World {
     pub loss_link: BTreeMap<(String, String), f64>,
     pub forge_queue: VecDeque<Forge>,
     pub captured: Vec<Vec<u8>>,
+    /// Heartbeats rejected (as far as the damped log reports them), and by (host, reason).
     pub rejected_total: u64,
+    pub rejected: BTreeMap<(String, &'static str), u64>,
 }
 
 impl World {
@@ -88,6 +90,7 @@ impl World {
             forge_queue: VecDeque::new(),
             captured: Vec::new(),
             rejected_total: 0,
+            rejected: BTreeMap::new(),
         }))
     }
 

@@ -28,10 +28,7 @@ enum Parsed {
 }
 
 fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Parsed, String> {
-    let mut args = Args {
-        config: PathBuf::from(DEFAULT_CONFIG_PATH),
-        check: false,
-    };
+    let mut args = Args { config: PathBuf::from(DEFAULT_CONFIG_PATH), check: false };
     while let Some(arg) = argv.next() {
         match arg.as_str() {
             "-h" | "--help" => {

@@ -26,11 +26,7 @@ pub(crate) struct Cx {
 
 impl Cx {
     pub fn new(file: &str) -> Self {
-        Cx {
-            file: file.to_string(),
-            errors: Vec::new(),
-            spans: BTreeMap::new(),
-        }
+        Cx { file: file.to_string(), errors: Vec::new(), spans: BTreeMap::new() }
     }
 
     pub fn error(&mut self, pos: Pos, path: &str, message: impl Into<String>) {
@@ -54,9 +50,7 @@ impl Cx {
     /// values that decoded, never the defaults that stand in for bad ones.
     pub fn clean(&self, path: &str) -> bool {
         !self.errors.iter().any(|e| {
-            e.path
-                .strip_prefix(path)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+            e.path.strip_prefix(path).is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
         })
     }
 
@@ -91,12 +85,7 @@ pub(crate) struct Fields<'a> {
 }
 
 /// Checks that `node` is an object with only `known` keys, each at most once.
-pub(crate) fn object<'a>(
-    cx: &mut Cx,
-    node: &'a Node,
-    path: &str,
-    known: &[&str],
-) -> Option<Fields<'a>> {
+pub(crate) fn object<'a>(cx: &mut Cx, node: &'a Node, path: &str, known: &[&str]) -> Option<Fields<'a>> {
     let Value::Object(members) = &node.value else {
         cx.expected(node, path, "an object");
         return None;
@@ -115,18 +104,11 @@ pub(crate) fn object<'a>(
             map.insert(&m.key, m);
         }
     }
-    Some(Fields {
-        path: path.to_string(),
-        pos: node.pos,
-        map,
-    })
+    Some(Fields { path: path.to_string(), pos: node.pos, map })
 }
 
 fn unknown_key(key: &str, known: &[&str]) -> String {
-    let close = known
-        .iter()
-        .filter(|k| edit_distance(key, k) <= 2)
-        .min_by_key(|k| edit_distance(key, k));
+    let close = known.iter().filter(|k| edit_distance(key, k) <= 2).min_by_key(|k| edit_distance(key, k));
     let hint = match close {
         Some(k) => format!("did you mean `{k}`? "),
         None => String::new(),
@@ -286,10 +268,7 @@ pub(crate) fn string(cx: &mut Cx, node: &Node, path: &str) -> Option<String> {
 }
 
 /// An integer in `lo..=hi`, converted to the field's type.
-pub(crate) fn int<T: TryFrom<i128>>(
-    lo: i128,
-    hi: i128,
-) -> impl Fn(&mut Cx, &Node, &str) -> Option<T> {
+pub(crate) fn int<T: TryFrom<i128>>(lo: i128, hi: i128) -> impl Fn(&mut Cx, &Node, &str) -> Option<T> {
     move |cx: &mut Cx, node: &Node, path: &str| {
         let what = format!("an integer in {lo}..={hi}");
         match node.value {
@@ -354,11 +333,7 @@ pub(crate) fn cidr(cx: &mut Cx, node: &Node, path: &str) -> Option<IpNet> {
         Err(_) => match s.parse::<IpAddr>() {
             Ok(ip) => IpNet::from(ip),
             Err(_) => {
-                cx.expected(
-                    node,
-                    path,
-                    "a CIDR such as \"10.0.0.0/24\" or an IP address",
-                );
+                cx.expected(node, path, "a CIDR such as \"10.0.0.0/24\" or an IP address");
                 return None;
             }
         },
@@ -376,8 +351,7 @@ pub(crate) fn name(cx: &mut Cx, node: &Node, path: &str) -> Option<String> {
     let s = string(cx, node, path)?;
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
     if s.len() > 63 || !s.chars().all(ok_char) {
-        let msg =
-            format!("expected a name of 1 to 63 letters, digits, '.', '_' or '-', found {s:?}");
+        let msg = format!("expected a name of 1 to 63 letters, digits, '.', '_' or '-', found {s:?}");
         cx.error(node.pos, path, msg);
         return None;
     }
@@ -388,11 +362,7 @@ pub(crate) fn name(cx: &mut Cx, node: &Node, path: &str) -> Option<String> {
 pub(crate) fn file_path(cx: &mut Cx, node: &Node, path: &str) -> Option<std::path::PathBuf> {
     let s = string(cx, node, path)?;
     if s.contains('\0') {
-        cx.error(
-            node.pos,
-            path,
-            "expected a file name, found a string with a NUL character",
-        );
+        cx.error(node.pos, path, "expected a file name, found a string with a NUL character");
         return None;
     }
     Some(std::path::PathBuf::from(s))

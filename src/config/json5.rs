@@ -63,21 +63,13 @@ pub const MAX_DEPTH: usize = 64;
 
 /// Parses a whole JSON5 document.
 pub fn parse(text: &str) -> Result<Node, SyntaxError> {
-    let mut p = Parser {
-        src: text,
-        i: 0,
-        pos: Pos { line: 1, column: 1 },
-        path: String::new(),
-    };
+    let mut p = Parser { src: text, i: 0, pos: Pos { line: 1, column: 1 }, path: String::new() };
     p.skip_blank()?;
     let node = p.value(0)?;
     p.skip_blank()?;
     match p.peek() {
         None => Ok(node),
-        Some(c) => Err(p.error(format!(
-            "expected the end of the document, found {}",
-            show(Some(c))
-        ))),
+        Some(c) => Err(p.error(format!("expected the end of the document, found {}", show(Some(c))))),
     }
 }
 
@@ -98,11 +90,7 @@ impl Value {
 
 /// Appends `.key` to a key path (just `key` at the root).
 pub fn join_key(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
-    }
+    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
 }
 
 /// Appends `[index]` to a key path.
@@ -174,11 +162,7 @@ impl Parser<'_> {
     }
 
     fn error_at(&self, pos: Pos, message: impl Into<String>) -> SyntaxError {
-        SyntaxError {
-            pos,
-            path: show_path(&self.path).to_string(),
-            message: message.into(),
-        }
+        SyntaxError { pos, path: show_path(&self.path).to_string(), message: message.into() }
     }
 
     /// Skips white space and comments.
@@ -240,10 +224,9 @@ impl Parser<'_> {
             "false" => Ok(Value::Bool(false)),
             "Infinity" => Ok(Value::Float(f64::INFINITY)),
             "NaN" => Ok(Value::Float(f64::NAN)),
-            _ => Err(self.error_at(
-                start,
-                format!("expected a value, found `{ident}` (strings need quotes)"),
-            )),
+            _ => {
+                Err(self.error_at(start, format!("expected a value, found `{ident}` (strings need quotes)")))
+            }
         }
     }
 
@@ -282,11 +265,7 @@ impl Parser<'_> {
             self.path = join_key(&self.path, &key);
             let value = self.value(depth + 1)?;
             self.path.truncate(saved);
-            members.push(Member {
-                key,
-                key_pos,
-                value,
-            });
+            members.push(Member { key, key_pos, value });
             if !self.separator('}')? {
                 self.bump();
                 return Ok(Value::Object(members));

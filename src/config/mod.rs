@@ -105,10 +105,7 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let opts = LoadOptions {
-        check_files: true,
-        base_dir,
-    };
+    let opts = LoadOptions { check_files: true, base_dir };
     parse_str(&origin, &text, &opts)
 }
 

@@ -5,8 +5,7 @@
 //! what decoded, so that an error in one server does not hide a duplicate name in another.
 
 use super::decode::{
-    Cx, boolean, cidr, file_path, host_ip, int, items, list, name, object, one_of, port, string,
-    unique,
+    Cx, boolean, cidr, file_path, host_ip, int, items, list, name, object, one_of, port, string, unique,
 };
 use super::json5::Node;
 use super::services::services;
@@ -62,17 +61,8 @@ pub const DEFAULT_CHECK_FALL: u32 = 3;
 pub const DEFAULT_HTTP_PATH: &str = "/";
 pub const DEFAULT_HTTP_STATUS: u16 = 200;
 
-const TOP: &[&str] = &[
-    "cluster",
-    "atms",
-    "timers",
-    "arp",
-    "arbitration",
-    "table",
-    "sync",
-    "security",
-    "services",
-];
+const TOP: &[&str] =
+    &["cluster", "atms", "timers", "arp", "arbitration", "table", "sync", "security", "services"];
 
 /// Walks the document.
 pub(crate) fn draft(cx: &mut Cx, root: &Node) -> Draft {
@@ -100,26 +90,14 @@ const HEARTBEAT_MODES: &[(&str, HeartbeatMode)] = &[
 ];
 
 fn cluster(cx: &mut Cx, node: &Node, path: &str) -> Option<Cluster> {
-    let keys = &[
-        "name",
-        "id",
-        "heartbeat_port",
-        "admin_port",
-        "secret_file",
-        "heartbeat_mode",
-    ];
+    let keys = &["name", "id", "heartbeat_port", "admin_port", "secret_file", "heartbeat_mode"];
     let f = object(cx, node, path, keys)?;
     let name = f.req(cx, "name", name);
     let id = f.req_or(cx, "id", 0, int(0, i128::from(u32::MAX)));
     let heartbeat_port = f.maybe(cx, "heartbeat_port", port);
     let admin_port = f.maybe(cx, "admin_port", port);
     let secret_file = f.req(cx, "secret_file", file_path);
-    let mode = f.or(
-        cx,
-        "heartbeat_mode",
-        HeartbeatMode::Both,
-        one_of(HEARTBEAT_MODES),
-    );
+    let mode = f.or(cx, "heartbeat_mode", HeartbeatMode::Both, one_of(HEARTBEAT_MODES));
     Some(Cluster {
         name: name?,
         id,
@@ -136,9 +114,7 @@ fn atms(cx: &mut Cx, node: &Node, path: &str) -> Option<Vec<Option<Atm>>> {
     let named = items.iter().zip(&atms);
     let ok = named.filter_map(|((p, _), a)| a.as_ref().map(|a| (p, a)));
     let ok: Vec<_> = ok.collect();
-    let names = ok
-        .iter()
-        .map(|(p, a)| (format!("{p}.name"), format!("{:?}", a.name)));
+    let names = ok.iter().map(|(p, a)| (format!("{p}.name"), format!("{:?}", a.name)));
     unique(cx, names, "ATM name");
     let addrs = ok.iter().map(|(p, a)| (format!("{p}.address"), a.address));
     unique(cx, addrs, "ATM address");
@@ -150,11 +126,7 @@ fn atm(cx: &mut Cx, node: &Node, path: &str) -> Option<Atm> {
     let name = f.req(cx, "name", name);
     let address = f.req(cx, "address", host_ip);
     let interface = f.req(cx, "interface", interface);
-    Some(Atm {
-        name: name?,
-        address: address?,
-        interface: interface?,
-    })
+    Some(Atm { name: name?, address: address?, interface: interface? })
 }
 
 /// A Linux interface name: 1..=15 bytes, no '/', ':' or white space.
@@ -175,11 +147,7 @@ fn timers(cx: &mut Cx, node: &Node, path: &str) -> Option<Timers> {
     let heartbeat_ms = f.or(cx, "heartbeat_ms", d.heartbeat_ms, int(10, 60_000));
     let dead_after = f.or(cx, "dead_after", d.dead_after, int(2, 100));
     let preempt = f.or(cx, "preempt", d.preempt, boolean);
-    Some(Timers {
-        heartbeat_ms,
-        dead_after,
-        preempt,
-    })
+    Some(Timers { heartbeat_ms, dead_after, preempt })
 }
 
 fn arp(cx: &mut Cx, node: &Node, path: &str) -> Option<Arp> {
@@ -188,45 +156,21 @@ fn arp(cx: &mut Cx, node: &Node, path: &str) -> Option<Arp> {
     let f = object(cx, node, path, keys)?;
     let count = f.or(cx, "gratuitous_count", d.gratuitous_count, int(1, 100));
     let interval_ms = int(10, 10_000);
-    let interval = f.or(
-        cx,
-        "gratuitous_interval_ms",
-        d.gratuitous_interval_ms,
-        interval_ms,
-    );
+    let interval = f.or(cx, "gratuitous_interval_ms", d.gratuitous_interval_ms, interval_ms);
     let refresh_s = f.or(cx, "refresh_s", d.refresh_s, int(0, 86_400));
-    Some(Arp {
-        gratuitous_count: count,
-        gratuitous_interval_ms: interval,
-        refresh_s,
-    })
+    Some(Arp { gratuitous_count: count, gratuitous_interval_ms: interval, refresh_s })
 }
 
 fn arbitration(cx: &mut Cx, node: &Node, path: &str) -> Option<Arbitration> {
     let d = Arbitration::default();
-    let keys = &[
-        "reachlist",
-        "min_reachable",
-        "probe_interval_ms",
-        "probe_timeout_ms",
-    ];
+    let keys = &["reachlist", "min_reachable", "probe_interval_ms", "probe_timeout_ms"];
     let f = object(cx, node, path, keys)?;
     let reach = list((0, 64), "IP addresses", host_ip);
     let reachlist = f.or(cx, "reachlist", d.reachlist, reach);
     let min_reachable = f.or(cx, "min_reachable", d.min_reachable, int(0, 64));
-    let interval = f.or(
-        cx,
-        "probe_interval_ms",
-        d.probe_interval_ms,
-        int(10, 60_000),
-    );
+    let interval = f.or(cx, "probe_interval_ms", d.probe_interval_ms, int(10, 60_000));
     let timeout = f.or(cx, "probe_timeout_ms", d.probe_timeout_ms, int(1, 60_000));
-    let a = Arbitration {
-        reachlist,
-        min_reachable,
-        probe_interval_ms: interval,
-        probe_timeout_ms: timeout,
-    };
+    let a = Arbitration { reachlist, min_reachable, probe_interval_ms: interval, probe_timeout_ms: timeout };
     validate::arbitration(cx, &f.path, &a);
     Some(a)
 }
@@ -260,42 +204,19 @@ fn table(cx: &mut Cx, node: &Node, path: &str) -> Option<Table> {
 
 fn sync(cx: &mut Cx, node: &Node, path: &str) -> Option<SyncSettings> {
     let d = SyncSettings::default();
-    let f = object(
-        cx,
-        node,
-        path,
-        &["connections", "port", "max_datagrams_per_s"],
-    )?;
+    let f = object(cx, node, path, &["connections", "port", "max_datagrams_per_s"])?;
     let connections = f.or(cx, "connections", d.connections, boolean);
     let port = f.maybe(cx, "port", port);
     let rate = int(1, 1_000_000);
     let max = f.or(cx, "max_datagrams_per_s", d.max_datagrams_per_s, rate);
-    Some(SyncSettings {
-        connections,
-        port: port?,
-        max_datagrams_per_s: max,
-    })
+    Some(SyncSettings { connections, port: port?, max_datagrams_per_s: max })
 }
 
 fn security(cx: &mut Cx, node: &Node, path: &str) -> Option<Security> {
     let d = Security::default();
     let f = object(cx, node, path, &["admin_allow", "admin_deny", "token_file"])?;
-    let allow = f.or(
-        cx,
-        "admin_allow",
-        d.admin_allow,
-        list((0, 256), "CIDRs", cidr),
-    );
-    let deny = f.or(
-        cx,
-        "admin_deny",
-        d.admin_deny,
-        list((0, 256), "CIDRs", cidr),
-    );
+    let allow = f.or(cx, "admin_allow", d.admin_allow, list((0, 256), "CIDRs", cidr));
+    let deny = f.or(cx, "admin_deny", d.admin_deny, list((0, 256), "CIDRs", cidr));
     let token_file = f.maybe(cx, "token_file", file_path);
-    Some(Security {
-        admin_allow: allow,
-        admin_deny: deny,
-        token_file: token_file?,
-    })
+    Some(Security { admin_allow: allow, admin_deny: deny, token_file: token_file? })
 }

@@ -5,9 +5,7 @@
 //! check runs every 2000 ms with a 1000 ms timeout, rise 2, fall 3, and an http(s) check
 //! asks for `/` and expects 200.
 
-use super::decode::{
-    Cx, Fields, host_ip, int, items, list, name, object, one_of, port, string, unique,
-};
+use super::decode::{Cx, Fields, host_ip, int, items, list, name, object, one_of, port, string, unique};
 use super::json5::{Node, Value};
 use super::sections::{
     DEFAULT_CHECK_FALL, DEFAULT_CHECK_INTERVAL_MS, DEFAULT_CHECK_RISE, DEFAULT_CHECK_TIMEOUT_MS,
@@ -18,11 +16,8 @@ use super::validate;
 
 const PROTOCOLS: &[(&str, Protocol)] = &[("tcp", Protocol::Tcp), ("udp", Protocol::Udp)];
 
-const FORWARDINGS: &[(&str, Forwarding)] = &[
-    ("nat", Forwarding::Nat),
-    ("dr", Forwarding::Dr),
-    ("tunnel", Forwarding::Tunnel),
-];
+const FORWARDINGS: &[(&str, Forwarding)] =
+    &[("nat", Forwarding::Nat), ("dr", Forwarding::Dr), ("tunnel", Forwarding::Tunnel)];
 
 const SCHEDULERS: &[(&str, SchedulerKind)] = &[
     ("rr", SchedulerKind::Rr),
@@ -57,36 +52,18 @@ const SERVICE_KEYS: &[&str] = &[
     "checks",
 ];
 
-const CHECK_KEYS: &[&str] = &[
-    "kind",
-    "path",
-    "expect_status",
-    "command",
-    "port",
-    "interval_ms",
-    "timeout_ms",
-    "rise",
-    "fall",
-];
+const CHECK_KEYS: &[&str] =
+    &["kind", "path", "expect_status", "command", "port", "interval_ms", "timeout_ms", "rise", "fall"];
 
 pub(crate) fn services(cx: &mut Cx, node: &Node, path: &str) -> Option<Vec<Option<Service>>> {
     let items = items(cx, node, path, (1, MAX_SERVICES), "services")?;
     let out: Vec<Option<Service>> = items.iter().map(|(p, n)| service(cx, n, p)).collect();
-    let ok: Vec<(&String, &Service)> = items
-        .iter()
-        .zip(&out)
-        .filter_map(|((p, _), s)| s.as_ref().map(|s| (p, s)))
-        .collect();
-    let names = ok
-        .iter()
-        .map(|(p, s)| (format!("{p}.name"), format!("{:?}", s.name)));
+    let ok: Vec<(&String, &Service)> =
+        items.iter().zip(&out).filter_map(|((p, _), s)| s.as_ref().map(|s| (p, s))).collect();
+    let names = ok.iter().map(|(p, s)| (format!("{p}.name"), format!("{:?}", s.name)));
     unique(cx, names, "service name");
     let endpoints = ok.iter().map(|(p, s)| {
-        let proto = if s.protocol == Protocol::Tcp {
-            "tcp"
-        } else {
-            "udp"
-        };
+        let proto = if s.protocol == Protocol::Tcp { "tcp" } else { "udp" };
         let ep = std::net::SocketAddr::new(s.vip, s.port);
         (format!("{p}.vip"), format!("{proto} {ep}"))
     });
@@ -106,12 +83,7 @@ fn service(cx: &mut Cx, node: &Node, path: &str) -> Option<Service> {
     let gateway_vip = f.maybe(cx, "gateway_vip", host_ip);
     let on_down = f.or(cx, "on_down", OnDown::Keep, one_of(ON_DOWN));
     let servers = f.req(cx, "servers", |cx, n, p| servers(cx, n, p, port));
-    let checks = f.or(
-        cx,
-        "checks",
-        Vec::new(),
-        list((0, MAX_CHECKS), "checks", check),
-    );
+    let checks = f.or(cx, "checks", Vec::new(), list((0, MAX_CHECKS), "checks", check));
     let service = Service {
         name: name?,
         vip: vip?,
@@ -132,18 +104,10 @@ fn service(cx: &mut Cx, node: &Node, path: &str) -> Option<Service> {
 /// The servers of a service whose port is `default_port` (`None`: it had an error).
 fn servers(cx: &mut Cx, node: &Node, path: &str, default_port: Option<u16>) -> Option<Vec<Server>> {
     let items = items(cx, node, path, (1, MAX_SERVERS), "servers")?;
-    let out: Vec<Option<Server>> = items
-        .iter()
-        .map(|(p, n)| server(cx, n, p, default_port))
-        .collect();
-    let ok: Vec<(&String, &Server)> = items
-        .iter()
-        .zip(&out)
-        .filter_map(|((p, _), s)| s.as_ref().map(|s| (p, s)))
-        .collect();
-    let names = ok
-        .iter()
-        .map(|(p, s)| (format!("{p}.name"), format!("{:?}", s.name)));
+    let out: Vec<Option<Server>> = items.iter().map(|(p, n)| server(cx, n, p, default_port)).collect();
+    let ok: Vec<(&String, &Server)> =
+        items.iter().zip(&out).filter_map(|((p, _), s)| s.as_ref().map(|s| (p, s))).collect();
+    let names = ok.iter().map(|(p, s)| (format!("{p}.name"), format!("{:?}", s.name)));
     unique(cx, names, "server name");
     let endpoints = ok.iter().map(|(p, s)| {
         let ep = std::net::SocketAddr::new(s.address, s.port);
@@ -162,12 +126,7 @@ fn server(cx: &mut Cx, node: &Node, path: &str, default_port: Option<u16>) -> Op
         false => default_port,
     };
     let weight = f.or(cx, "weight", 1, int(0, 65_535));
-    Some(Server {
-        name: name?,
-        address: address?,
-        port: port?,
-        weight,
-    })
+    Some(Server { name: name?, address: address?, port: port?, weight })
 }
 
 fn check(cx: &mut Cx, node: &Node, path: &str) -> Option<Check> {
@@ -176,12 +135,7 @@ fn check(cx: &mut Cx, node: &Node, path: &str) -> Option<Check> {
     let port = f.maybe(cx, "port", port);
     let interval = int(100, 3_600_000);
     let interval_ms = f.or(cx, "interval_ms", DEFAULT_CHECK_INTERVAL_MS, interval);
-    let timeout_ms = f.or(
-        cx,
-        "timeout_ms",
-        DEFAULT_CHECK_TIMEOUT_MS,
-        int(10, 3_600_000),
-    );
+    let timeout_ms = f.or(cx, "timeout_ms", DEFAULT_CHECK_TIMEOUT_MS, int(10, 3_600_000));
     let rise = f.or(cx, "rise", DEFAULT_CHECK_RISE, int(1, 100));
     let fall = f.or(cx, "fall", DEFAULT_CHECK_FALL, int(1, 100));
     let (check_path, expect_status, command) = kind_fields(cx, &f, kind?)?;
@@ -209,11 +163,7 @@ fn kind_fields(cx: &mut Cx, f: &Fields<'_>, kind: CheckKind) -> Option<KindField
     let exec = kind == CheckKind::Exec;
     let misplaced = [
         ("path", !http, "only http and https checks take a path"),
-        (
-            "expect_status",
-            !http,
-            "only http and https checks take expect_status",
-        ),
+        ("expect_status", !http, "only http and https checks take expect_status"),
         ("command", !exec, "only exec checks take a command"),
         ("port", kind == CheckKind::Ping, "ping checks take no port"),
     ];

@@ -38,10 +38,7 @@ fn minimal_config_takes_every_default() {
     assert_eq!(c.sync, SyncSettings::default());
     assert_eq!(c.security, Security::default());
     let s = &c.services[0];
-    assert_eq!(
-        (s.protocol, s.scheduler, s.on_down),
-        (Protocol::Tcp, SchedulerKind::Wlc, OnDown::Keep)
-    );
+    assert_eq!((s.protocol, s.scheduler, s.on_down), (Protocol::Tcp, SchedulerKind::Wlc, OnDown::Keep));
     assert_eq!((s.persistence_s, s.gateway_vip), (0, None));
     assert_eq!((s.servers[0].port, s.servers[0].weight), (80, 1));
     assert!(s.checks.is_empty());
@@ -55,10 +52,7 @@ fn heartbeat_modes_are_all_accepted() {
         ("broadcast", HeartbeatMode::Broadcast),
         ("unicast", HeartbeatMode::Unicast),
     ] {
-        let t = MINIMAL.replace(
-            "secret_file:",
-            &format!("heartbeat_mode: '{text}', secret_file:"),
-        );
+        let t = MINIMAL.replace("secret_file:", &format!("heartbeat_mode: '{text}', secret_file:"));
         assert_eq!(ok(&t).cluster.heartbeat_mode, mode);
     }
 }
@@ -70,17 +64,9 @@ fn check_defaults_depend_on_kind() {
         r#"checks: [ { kind: "http" }, { kind: "exec", command: ["/bin/true"] } ], servers:"#,
     );
     let c = ok(&t);
-    let [http, exec] = &c.services[0].checks[..] else {
-        panic!("two checks")
-    };
-    assert_eq!(
-        (http.path.as_deref(), http.expect_status),
-        (Some("/"), Some(200))
-    );
-    assert_eq!(
-        (http.interval_ms, http.timeout_ms, http.rise, http.fall),
-        (2000, 1000, 2, 3)
-    );
+    let [http, exec] = &c.services[0].checks[..] else { panic!("two checks") };
+    assert_eq!((http.path.as_deref(), http.expect_status), (Some("/"), Some(200)));
+    assert_eq!((http.interval_ms, http.timeout_ms, http.rise, http.fall), (2000, 1000, 2, 3));
     assert_eq!((exec.path.as_deref(), exec.expect_status), (None, None));
     assert_eq!(exec.command, vec!["/bin/true".to_string()]);
 }
@@ -104,9 +90,7 @@ fn json5_syntax_is_accepted() {
 
 #[test]
 fn errors_print_file_line_column_path_message_in_order() {
-    let t = MINIMAL
-        .replace("port: 80", "port: 0")
-        .replace("id: 7", "id: 7, colour: 'blue'");
+    let t = MINIMAL.replace("port: 80", "port: 0").replace("id: 7", "id: 7, colour: 'blue'");
     let e = errors(&t);
     assert_eq!(
         e,
@@ -121,36 +105,22 @@ fn errors_print_file_line_column_path_message_in_order() {
 #[test]
 fn syntax_error_is_one_positioned_error() {
     let e = errors("{\n  cluster: { name: 'web' id: 1 },\n}");
-    assert_eq!(
-        e,
-        vec!["t.json5:2:26: cluster: syntax error: expected ',' or '}', found 'i'"]
-    );
+    assert_eq!(e, vec!["t.json5:2:26: cluster: syntax error: expected ',' or '}', found 'i'"]);
 }
 
 #[test]
 fn relative_files_resolve_against_base_dir_and_absolute_stay() {
-    let opts = LoadOptions {
-        check_files: false,
-        base_dir: PathBuf::from("/etc/clusterserver"),
-    };
-    let t = MINIMAL.replace(
-        "secret_file: \"secret\"",
-        "secret_file: \"secret\" },\nsecurity: { token_file: \"/run/t\"",
-    );
+    let opts = LoadOptions { check_files: false, base_dir: PathBuf::from("/etc/clusterserver") };
+    let t = MINIMAL
+        .replace("secret_file: \"secret\"", "secret_file: \"secret\" },\nsecurity: { token_file: \"/run/t\"");
     let c = parse_str("t.json5", &t, &opts).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        c.cluster.secret_file,
-        PathBuf::from("/etc/clusterserver/secret")
-    );
+    assert_eq!(c.cluster.secret_file, PathBuf::from("/etc/clusterserver/secret"));
     assert_eq!(c.security.token_file, Some(PathBuf::from("/run/t")));
 }
 
 #[test]
 fn file_checks_only_when_asked() {
-    let opts = LoadOptions {
-        check_files: true,
-        base_dir: PathBuf::from("/nonexistent-clusterserver-dir"),
-    };
+    let opts = LoadOptions { check_files: true, base_dir: PathBuf::from("/nonexistent-clusterserver-dir") };
     let e = parse_str("t.json5", MINIMAL, &opts).expect_err("secret missing");
     assert_eq!(e.len(), 1);
     assert_eq!(e.errors[0].path, "cluster.secret_file");
@@ -160,9 +130,7 @@ fn file_checks_only_when_asked() {
 #[test]
 fn formatting_does_not_change_the_digest() {
     let a = ok(MINIMAL);
-    let b = ok(&MINIMAL
-        .replace("  ", "\t")
-        .replace("{ name", "{ /* x */ name"));
+    let b = ok(&MINIMAL.replace("  ", "\t").replace("{ name", "{ /* x */ name"));
     assert_eq!(a.digest(), b.digest());
     let c = ok(&MINIMAL.replace("id: 7", "id: 8"));
     assert_ne!(a.digest(), c.digest());
@@ -177,8 +145,5 @@ fn zero_weight_drains_and_is_valid() {
 #[test]
 fn unknown_key_suggests_a_close_one() {
     let e = errors(&MINIMAL.replace("forwarding:", "fowarding: 'dr', forwarding:"));
-    assert!(
-        e[0].contains("services[0].fowarding: unknown key; did you mean `forwarding`?"),
-        "{e:?}"
-    );
+    assert!(e[0].contains("services[0].fowarding: unknown key; did you mean `forwarding`?"), "{e:?}");
 }

@@ -20,11 +20,7 @@ pub(crate) fn arbitration(cx: &mut Cx, path: &str, a: &Arbitration) {
     let count_ok = clean("reachlist") && clean("min_reachable");
     let probe_ok = clean("probe_interval_ms") && clean("probe_timeout_ms");
     let hosts = a.reachlist.iter().enumerate();
-    unique(
-        cx,
-        hosts.map(|(i, ip)| (format!("{path}.reachlist[{i}]"), ip)),
-        "reachlist host",
-    );
+    unique(cx, hosts.map(|(i, ip)| (format!("{path}.reachlist[{i}]"), ip)), "reachlist host");
     if count_ok && a.min_reachable as usize > a.reachlist.len() {
         let msg = format!(
             "expected at most the number of reachlist hosts ({}), found {}",
@@ -45,10 +41,7 @@ pub(crate) fn arbitration(cx: &mut Cx, path: &str, a: &Arbitration) {
 pub(crate) fn check(cx: &mut Cx, path: &str, c: &Check) {
     let clean = cx.clean(&format!("{path}.interval_ms")) && cx.clean(&format!("{path}.timeout_ms"));
     if clean && c.timeout_ms >= c.interval_ms {
-        let msg = format!(
-            "expected less than interval_ms ({}), found {}",
-            c.interval_ms, c.timeout_ms
-        );
+        let msg = format!("expected less than interval_ms ({}), found {}", c.interval_ms, c.timeout_ms);
         cx.error_at(&format!("{path}.timeout_ms"), msg);
     }
 }
@@ -62,24 +55,13 @@ pub(crate) fn service(cx: &mut Cx, path: &str, s: &Service) {
     for (i, srv) in s.servers.iter().enumerate() {
         let at = format!("{path}.servers[{i}]");
         if srv.address.is_ipv4() != s.vip.is_ipv4() {
-            let msg = format!(
-                "expected an {} address like the VIP, found {}",
-                family(s.vip),
-                srv.address
-            );
+            let msg = format!("expected an {} address like the VIP, found {}", family(s.vip), srv.address);
             cx.error_at(&format!("{at}.address"), msg);
         } else if srv.address == s.vip {
-            cx.error_at(
-                &format!("{at}.address"),
-                "a real server cannot have the service's VIP",
-            );
+            cx.error_at(&format!("{at}.address"), "a real server cannot have the service's VIP");
         }
         if s.forwarding != Forwarding::Nat && srv.port != s.port {
-            let how = if s.forwarding == Forwarding::Dr {
-                "direct routing"
-            } else {
-                "tunnel"
-            };
+            let how = if s.forwarding == Forwarding::Dr { "direct routing" } else { "tunnel" };
             let msg = format!(
                 "{how} forwarding cannot change the port: expected the service port {}, found {}",
                 s.port, srv.port
@@ -98,16 +80,10 @@ fn gateway(cx: &mut Cx, path: &str, s: &Service) {
             "missing required key (NAT services need gateway_vip, the servers' default gateway)",
         ),
         (Forwarding::Nat, Some(g)) if g == s.vip => {
-            cx.error_at(
-                &at,
-                "expected an address on the server side, different from the vip",
-            );
+            cx.error_at(&at, "expected an address on the server side, different from the vip");
         }
         (Forwarding::Nat, Some(g)) if g.is_ipv4() != s.vip.is_ipv4() => {
-            let msg = format!(
-                "expected an {} address like the VIP, found {g}",
-                family(s.vip)
-            );
+            let msg = format!("expected an {} address like the VIP, found {g}", family(s.vip));
             cx.error_at(&at, msg);
         }
         (Forwarding::Dr | Forwarding::Tunnel, Some(_)) => {
@@ -120,21 +96,15 @@ fn gateway(cx: &mut Cx, path: &str, s: &Service) {
 /// Rules across sections, on whatever decoded.
 pub(crate) fn whole(cx: &mut Cx, d: &Draft) {
     let atms: Vec<(usize, &Atm)> = match &d.atms {
-        Some(a) => a
-            .iter()
-            .enumerate()
-            .filter_map(|(i, a)| Some((i, a.as_ref()?)))
-            .collect(),
+        Some(a) => a.iter().enumerate().filter_map(|(i, a)| Some((i, a.as_ref()?))).collect(),
         None => Vec::new(),
     };
     for (i, s) in d.services.iter().flatten().enumerate() {
         let Some(s) = s else { continue };
-        let addrs =
-            std::iter::once(("vip", s.vip)).chain(s.gateway_vip.map(|g| ("gateway_vip", g)));
+        let addrs = std::iter::once(("vip", s.vip)).chain(s.gateway_vip.map(|g| ("gateway_vip", g)));
         for (key, ip) in addrs {
             if let Some((j, _)) = atms.iter().find(|(_, a)| a.address == ip) {
-                let msg =
-                    format!("{ip} is the address of atms[{j}]; a VIP must be an extra address");
+                let msg = format!("{ip} is the address of atms[{j}]; a VIP must be an extra address");
                 cx.error_at(&format!("services[{i}].{key}"), msg);
             }
         }
@@ -142,8 +112,7 @@ pub(crate) fn whole(cx: &mut Cx, d: &Draft) {
     if let Some(c) = &d.cluster {
         if c.heartbeat_mode == HeartbeatMode::Broadcast {
             for (i, _) in atms.iter().filter(|(_, a)| a.address.is_ipv6()) {
-                let msg =
-                    "broadcast heartbeats need IPv4 ATM addresses (use \"both\" or \"unicast\")";
+                let msg = "broadcast heartbeats need IPv4 ATM addresses (use \"both\" or \"unicast\")";
                 cx.error_at(&format!("atms[{i}].address"), msg);
             }
         }

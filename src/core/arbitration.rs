@@ -6,6 +6,10 @@
 //! not move the score. Until every host has been probed once the score is *unknown* and the
 //! node does not promote.
 //!
+//! A backup about to promote because the primary went silent asks for a fresh round of probes
+//! and decides on those results alone ([`Reach::fresh`]): the partition that silenced the
+//! primary may also have cut reachlist hosts, and the smoothed score would not show it yet.
+//!
 //! **Loss-adaptive dead interval.** With `dead_after = 3` and 100 ms heartbeats, a 20 % loss
 //! rate on the heartbeat path loses three in a row about once a minute (0.2³ per heartbeat)
 //! and a backup would promote for nothing. The backup therefore estimates the loss rate `p`
@@ -18,6 +22,8 @@
 //! heartbeats (weight 1/8), then moves slowly (weight 1/64) so that a long clean stretch
 //! between two losses does not bring `k` back down to where a burst would flap it.
 
+use crate::time::Instant;
+
 /// Probes remembered per reachlist host.
 pub const REACH_WINDOW: u32 = 3;
 
@@ -26,17 +32,20 @@ pub const REACH_WINDOW: u32 = 3;
 pub struct Reach {
     /// Per host: bit i set = probe i back succeeded; `probed` = probes recorded (capped).
     hosts: Vec<(u8, u32)>,
+    /// Per host: the latest result and when it arrived.
+    latest: Vec<Option<(bool, Instant)>>,
 }
 
 impl Reach {
     pub fn new(total: usize) -> Self {
-        Reach {
-            hosts: vec![(0, 0); total],
-        }
+        Reach { hosts: vec![(0, 0); total], latest: vec![None; total] }
     }
 
-    /// Records one probe result; out-of-range targets are ignored.
-    pub fn record(&mut self, target: usize, ok: bool) {
+    /// Records one probe result, arrived at `now`; out-of-range targets are ignored.
+    pub fn record(&mut self, target: usize, ok: bool, now: Instant) {
+        if let Some(l) = self.latest.get_mut(target) {
+            *l = Some((ok, now));
+        }
         if let Some((bits, probed)) = self.hosts.get_mut(target) {
             *bits = (*bits << 1) | u8::from(ok);
             *bits &= (1u8 << REACH_WINDOW) - 1;
@@ -57,6 +66,20 @@ impl Reach {
     /// Hosts currently counted as reachable.
     pub fn reachable(&self) -> usize {
         self.hosts.iter().filter(|&&(bits, _)| bits != 0).count()
+    }
+
+    /// Hosts whose latest probe, answered at or after `since`, succeeded; `None` until every
+    /// host has a result that recent. A backup about to promote decides on this, not on the
+    /// smoothed score: the smoothing would hide a loss that came with the primary's silence.
+    pub fn fresh(&self, since: Instant) -> Option<usize> {
+        let mut ok = 0;
+        for l in &self.latest {
+            match l {
+                Some((good, at)) if *at >= since => ok += usize::from(*good),
+                _ => return None,
+            }
+        }
+        Some(ok)
     }
 }
 
@@ -87,11 +110,7 @@ impl LossEstimator {
     /// Feeds one authenticated heartbeat (duplicates and reordering are ignored).
     pub fn observe(&mut self, incarnation: u64, seq: u64) {
         if incarnation != self.incarnation {
-            *self = LossEstimator {
-                incarnation,
-                last_seq: seq,
-                loss_ppm: self.loss_ppm,
-            };
+            *self = LossEstimator { incarnation, last_seq: seq, ..*self };
             return;
         }
         if seq <= self.last_seq {
@@ -140,22 +159,22 @@ mod tests {
 
     #[test]
     fn reach_window_smooths_single_failures() {
+        let t = Instant::from_millis;
         let mut r = Reach::new(2);
         assert!(!r.known());
-        r.record(0, true);
-        r.record(1, false);
+        r.record(0, true, t(1));
+        r.record(1, false, t(1));
         assert!(r.known());
         assert_eq!(r.reachable(), 1);
-        r.record(0, false);
-        r.record(0, false);
-        assert_eq!(
-            r.reachable(),
-            1,
-            "one success among the last three still counts"
-        );
-        r.record(0, false);
-        assert_eq!(r.reachable(), 0);
-        r.record(7, true); // ignored
+        r.record(0, false, t(2));
+        r.record(0, false, t(3));
+        assert_eq!(r.reachable(), 1, "one success among the last three still counts");
+        assert_eq!(r.fresh(t(2)), None, "host 1 has no result since 2 ms");
+        r.record(1, true, t(4));
+        assert_eq!(r.fresh(t(2)), Some(1), "latest results only: host 0 failed, host 1 answered");
+        r.record(0, false, t(5));
+        assert_eq!(r.reachable(), 1);
+        r.record(7, true, t(6)); // ignored
         assert_eq!(r.total(), 2);
     }
 
@@ -173,10 +192,7 @@ mod tests {
             }
         }
         let k = e.dead_after(3);
-        assert!(
-            (12..=12).contains(&k),
-            "20 % loss needs p^k <= 1e-9 capped at 4x: got {k}"
-        );
+        assert!((12..=12).contains(&k), "20 % loss needs p^k <= 1e-9 capped at 4x: got {k}");
         let mut e = LossEstimator::default();
         for seq in 1..=2000u64 {
             if seq % 25 != 0 {
@@ -184,9 +200,6 @@ mod tests {
             }
         }
         let k = e.dead_after(3);
-        assert!(
-            (6..=8).contains(&k),
-            "4 % loss: p^k <= 1e-9 gives about 7, got {k}"
-        );
+        assert!((6..=8).contains(&k), "4 % loss: p^k <= 1e-9 gives about 7, got {k}");
     }
 }

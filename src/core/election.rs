@@ -46,7 +46,13 @@ use crate::config::Config;
 use crate::time::Instant;
 
 /// Dead intervals a peer's reported reachability score keeps counting after it was last heard.
-pub const ARBITRATION_HOLD: u32 = 5;
+///
+/// 100 dead intervals (30 s with the defaults): a backup that reaches fewer reachlist hosts
+/// than the primary last said it did does not take over at once, because the primary is
+/// probably alive and better connected (seed 004); promoting would be the split brain the
+/// rule exists to avoid. If the primary really died, the degraded backup takes over after
+/// the hold, a slow failover rather than none.
+pub const ARBITRATION_HOLD: u32 = 100;
 
 /// What an ATM needs to know from the config.
 #[derive(Clone, Debug, PartialEq)]
@@ -229,6 +235,7 @@ pub struct Election {
     incarnation: u64,
     next_heartbeat: Instant,
     next_probe: Instant,
+    last_probe_round: Option<Instant>,
     reach: Reach,
     garp_left: u32,
     next_garp: Instant,
@@ -256,6 +263,7 @@ impl Election {
             incarnation,
             next_heartbeat: now,
             next_probe: now,
+            last_probe_round: None,
             reach,
             garp_left: 0,
             next_garp: now,
@@ -280,11 +288,7 @@ impl Election {
 
     /// Peers heard within their dead interval (not counting this ATM).
     pub fn peers_up(&self) -> impl Iterator<Item = usize> + '_ {
-        self.peers
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| p.up)
-            .map(|(i, _)| i)
+        self.peers.iter().enumerate().filter(|(_, p)| p.up).map(|(i, _)| i)
     }
 
     /// Next action to carry out, in order.
@@ -315,10 +319,7 @@ impl Election {
             }
         }
         if self.role == Role::Backup {
-            let base = self
-                .last_primary_seen
-                .unwrap_or(self.started)
-                .max(self.started);
+            let base = self.last_primary_seen.unwrap_or(self.started).max(self.started);
             let due = base + dead * (1 + self.my_rank() as u32);
             if due > self.last_call {
                 consider(due);
@@ -343,8 +344,7 @@ impl Election {
         let digest_differs = hb.digest != self.cfg.digest;
         let p = &mut self.peers[from];
         if digest_differs && !p.digest_differs {
-            self.actions
-                .push_back(Action::Event(Event::ConfigMismatch { peer: from }));
+            self.actions.push_back(Action::Event(Event::ConfigMismatch { peer: from }));
         }
         p.digest_differs = digest_differs;
         p.last_heard = Some(now);
@@ -355,6 +355,10 @@ impl Election {
         p.handover = hb.has(FLAG_HANDOVER);
         p.handover_to = hb.handover_to;
         p.loss.observe(hb.incarnation, hb.seq);
+        if hb.epoch > self.max_epoch_seen && self.role == Role::Backup {
+            // Someone was promoted that we did not hear of: a primary is probably up.
+            self.last_primary_seen = Some(now);
+        }
         self.max_epoch_seen = self.max_epoch_seen.max(hb.epoch);
         self.update_peers(now);
         if hb.role == WireRole::Primary {
@@ -380,10 +384,7 @@ impl Election {
                     let reason = if handed {
                         DemoteReason::HandedOver
                     } else {
-                        DemoteReason::HigherPrimary {
-                            peer: from,
-                            epoch: hb.epoch,
-                        }
+                        DemoteReason::HigherPrimary { peer: from, epoch: hb.epoch }
                     };
                     self.demote(now, reason);
                 } else {
@@ -398,13 +399,10 @@ impl Election {
     pub fn handle_probe(&mut self, now: Instant, target: usize, ok: bool) {
         self.enter(now);
         let before = (self.reach.known(), self.reach.reachable());
-        self.reach.record(target, ok);
+        self.reach.record(target, ok, now);
         let after = (self.reach.known(), self.reach.reachable());
         if before != after && after.0 {
-            let ev = Event::ReachChanged {
-                reachable: after.1,
-                total: self.reach.total(),
-            };
+            let ev = Event::ReachChanged { reachable: after.1, total: self.reach.total() };
             self.actions.push_back(Action::Event(ev));
         }
         self.evaluate(now);
@@ -446,8 +444,7 @@ impl Election {
     }
 
     fn refuse(&mut self, what: &'static str, why: &'static str) {
-        self.actions
-            .push_back(Action::Event(Event::Refused { what, why }));
+        self.actions.push_back(Action::Event(Event::Refused { what, why }));
     }
 
     fn exit(&mut self) {
@@ -459,8 +456,7 @@ impl Election {
     fn start_handover(&mut self, now: Instant, to: usize, exit: bool) {
         let deadline = now + self.dead_interval() * 2;
         self.leaving = Some(Leaving { to, deadline, exit });
-        self.actions
-            .push_back(Action::Event(Event::HandoverStarted { to }));
+        self.actions.push_back(Action::Event(Event::HandoverStarted { to }));
         self.queue_heartbeat(now);
     }
 
@@ -512,11 +508,13 @@ impl Election {
             let up = p.last_heard.is_some_and(|h| now.saturating_since(h) < dead);
             if up != p.up {
                 p.up = up;
-                let ev = if up {
-                    Event::PeerUp { peer: i }
-                } else {
-                    Event::PeerDown { peer: i }
-                };
+                if up && self.role == Role::Primary {
+                    // A returning peer may have announced the VIPs while it could not hear
+                    // us: announce again.
+                    self.garp_left = self.cfg.garp_count;
+                    self.next_garp = now;
+                }
+                let ev = if up { Event::PeerUp { peer: i } } else { Event::PeerDown { peer: i } };
                 self.actions.push_back(Action::Event(ev));
             }
         }
@@ -527,6 +525,7 @@ impl Election {
             return;
         }
         self.next_probe = now + self.cfg.probe_interval;
+        self.last_probe_round = Some(now);
         for target in 0..self.cfg.reach_total {
             self.actions.push_back(Action::Probe { target });
         }
@@ -575,19 +574,15 @@ impl Election {
 
     /// Rank of this ATM among the eligible ATMs that are up (0 = first listed).
     fn my_rank(&self) -> usize {
-        (0..self.cfg.me)
-            .filter(|&i| self.peers[i].up && self.peers[i].eligible)
-            .count()
+        (0..self.cfg.me).filter(|&i| self.peers[i].up && self.peers[i].eligible).count()
     }
 
     fn successor(&self, _now: Instant) -> Option<usize> {
-        (0..self.peers.len())
-            .find(|&i| i != self.cfg.me && self.peers[i].up && self.peers[i].eligible)
+        (0..self.peers.len()).find(|&i| i != self.cfg.me && self.peers[i].up && self.peers[i].eligible)
     }
 
     fn primary_peer_up(&self) -> Option<usize> {
-        (0..self.peers.len())
-            .find(|&i| self.peers[i].up && self.peers[i].role == Some(WireRole::Primary))
+        (0..self.peers.len()).find(|&i| self.peers[i].up && self.peers[i].role == Some(WireRole::Primary))
     }
 
     fn consider_promotion(&mut self, now: Instant) {
@@ -601,13 +596,31 @@ impl Election {
             }
             return;
         }
-        let base = self
-            .last_primary_seen
-            .unwrap_or(self.started)
-            .max(self.started);
+        let base = self.last_primary_seen.unwrap_or(self.started).max(self.started);
         let wait = self.dead_interval() * (1 + self.my_rank() as u32);
-        if now.saturating_since(base) >= wait {
+        if now.saturating_since(base) >= wait && self.fresh_arbitration(now, base) {
             self.promote(now, PromoteReason::NoPrimary);
+        }
+    }
+
+    /// The reachlist rule on probe results newer than `since` (the primary's last sign of
+    /// life); asks for a probe round when there are none yet.
+    fn fresh_arbitration(&mut self, now: Instant, since: Instant) -> bool {
+        if self.cfg.reach_total == 0 {
+            return true;
+        }
+        match self.reach.fresh(since) {
+            Some(ok) => {
+                (ok as u64) >= u64::from(self.cfg.min_reachable)
+                    && (self.cfg.atm_count != 2 || ok >= self.peer_reported_reach(now))
+            }
+            None => {
+                if self.last_probe_round.is_none_or(|t| t < since) {
+                    self.next_probe = now;
+                    self.run_probes(now);
+                }
+                false
+            }
         }
     }
 
@@ -615,12 +628,8 @@ impl Election {
         self.epoch = self.max_epoch_seen.max(self.epoch) + 1;
         self.max_epoch_seen = self.epoch;
         self.role = Role::Primary;
-        self.actions.push_back(Action::Event(Event::Promoted {
-            epoch: self.epoch,
-            reason,
-        }));
-        self.actions
-            .push_back(Action::TakeVips(self.cfg.vips.clone()));
+        self.actions.push_back(Action::Event(Event::Promoted { epoch: self.epoch, reason }));
+        self.actions.push_back(Action::TakeVips(self.cfg.vips.clone()));
         self.garp_left = self.cfg.garp_count;
         self.next_garp = now;
         self.next_refresh = None;
@@ -633,12 +642,8 @@ impl Election {
             return;
         }
         self.role = Role::Backup;
-        self.actions
-            .push_back(Action::ReleaseVips(self.cfg.vips.clone()));
-        self.actions.push_back(Action::Event(Event::Demoted {
-            epoch: self.epoch,
-            reason,
-        }));
+        self.actions.push_back(Action::ReleaseVips(self.cfg.vips.clone()));
+        self.actions.push_back(Action::Event(Event::Demoted { epoch: self.epoch, reason }));
         self.garp_left = 0;
         self.next_refresh = None;
         // Wait a full dead interval before considering promotion again.
@@ -648,8 +653,7 @@ impl Election {
 
     fn run_garp(&mut self, now: Instant) {
         if self.garp_left > 0 && now >= self.next_garp {
-            self.actions
-                .push_back(Action::SendGarp(self.cfg.vips.clone()));
+            self.actions.push_back(Action::SendGarp(self.cfg.vips.clone()));
             self.garp_left -= 1;
             self.next_garp = now + self.cfg.garp_interval;
             if self.garp_left == 0 {
@@ -657,8 +661,7 @@ impl Election {
             }
         }
         if let Some(r) = self.next_refresh.filter(|&r| now >= r) {
-            self.actions
-                .push_back(Action::SendGarp(self.cfg.vips.clone()));
+            self.actions.push_back(Action::SendGarp(self.cfg.vips.clone()));
             self.next_refresh = self.cfg.garp_refresh.map(|p| r.max(now) + p);
         }
     }

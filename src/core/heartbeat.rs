@@ -204,9 +204,7 @@ impl Heartbeat {
         if be32(8) != cluster_id {
             return Err(DecodeError::OtherCluster);
         }
-        mac_over(secret, &b[..BODY_LEN])
-            .verify_slice(&b[BODY_LEN..])
-            .map_err(|_| DecodeError::BadMac)?;
+        mac_over(secret, &b[..BODY_LEN]).verify_slice(&b[BODY_LEN..]).map_err(|_| DecodeError::BadMac)?;
         let role = match b[40] {
             0 => WireRole::Backup,
             1 => WireRole::Primary,
@@ -256,22 +254,14 @@ impl ReplayWindow {
             return Err(DecodeError::StaleIncarnation);
         }
         if incarnation > self.incarnation {
-            *self = ReplayWindow {
-                incarnation,
-                top: 0,
-                seen: 0,
-            };
+            *self = ReplayWindow { incarnation, top: 0, seen: 0 };
         }
         if seq == 0 {
             return Err(DecodeError::Replay);
         }
         if seq > self.top {
             let shift = seq - self.top;
-            self.seen = if shift >= Self::WIDTH {
-                0
-            } else {
-                self.seen << shift
-            };
+            self.seen = if shift >= Self::WIDTH { 0 } else { self.seen << shift };
             self.seen |= 1;
             self.top = seq;
             return Ok(());
@@ -322,24 +312,15 @@ mod tests {
     #[test]
     fn rejections_in_order() {
         let bytes = sample().encode(KEY);
-        assert_eq!(
-            Heartbeat::decode(&bytes[..95], 7, KEY),
-            Err(DecodeError::Length)
-        );
+        assert_eq!(Heartbeat::decode(&bytes[..95], 7, KEY), Err(DecodeError::Length));
         let mut b = bytes;
         b[0] = b'X';
         assert_eq!(Heartbeat::decode(&b, 7, KEY), Err(DecodeError::Magic));
         let mut b = bytes;
         b[4] = 2;
         assert_eq!(Heartbeat::decode(&b, 7, KEY), Err(DecodeError::Version));
-        assert_eq!(
-            Heartbeat::decode(&bytes, 8, KEY),
-            Err(DecodeError::OtherCluster)
-        );
-        assert_eq!(
-            Heartbeat::decode(&bytes, 7, b"other"),
-            Err(DecodeError::BadMac)
-        );
+        assert_eq!(Heartbeat::decode(&bytes, 8, KEY), Err(DecodeError::OtherCluster));
+        assert_eq!(Heartbeat::decode(&bytes, 7, b"other"), Err(DecodeError::BadMac));
         let mut b = bytes;
         b[33] ^= 1; // epoch tampered
         assert_eq!(Heartbeat::decode(&b, 7, KEY), Err(DecodeError::BadMac));
@@ -351,29 +332,14 @@ mod tests {
         assert_eq!(w.check_and_update(5, 1), Ok(()));
         assert_eq!(w.check_and_update(5, 1), Err(DecodeError::Duplicate));
         assert_eq!(w.check_and_update(5, 3), Ok(()));
-        assert_eq!(
-            w.check_and_update(5, 2),
-            Ok(()),
-            "late but inside the window"
-        );
+        assert_eq!(w.check_and_update(5, 2), Ok(()), "late but inside the window");
         assert_eq!(w.check_and_update(5, 2), Err(DecodeError::Replay));
         assert_eq!(w.check_and_update(5, 3), Err(DecodeError::Duplicate));
         assert_eq!(w.check_and_update(5, 200), Ok(()));
-        assert_eq!(
-            w.check_and_update(5, 136),
-            Err(DecodeError::Replay),
-            "older than the window"
-        );
+        assert_eq!(w.check_and_update(5, 136), Err(DecodeError::Replay), "older than the window");
         assert_eq!(w.check_and_update(5, 137), Ok(()));
-        assert_eq!(
-            w.check_and_update(4, 1000),
-            Err(DecodeError::StaleIncarnation)
-        );
-        assert_eq!(
-            w.check_and_update(6, 1),
-            Ok(()),
-            "a restart starts a new window"
-        );
+        assert_eq!(w.check_and_update(4, 1000), Err(DecodeError::StaleIncarnation));
+        assert_eq!(w.check_and_update(6, 1), Ok(()), "a restart starts a new window");
         assert_eq!(w.check_and_update(6, 0), Err(DecodeError::Replay));
     }
 

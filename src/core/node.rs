@@ -23,10 +23,7 @@ pub struct NodeStats {
 impl NodeStats {
     /// Rejections for one reason.
     pub fn rejected_for(&self, reason: DecodeError) -> u64 {
-        let i = DecodeError::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .unwrap_or(0);
+        let i = DecodeError::ALL.iter().position(|r| *r == reason).unwrap_or(0);
         self.rejected[i]
     }
 }
@@ -78,15 +75,11 @@ impl AtmNode {
                 self.election.handle_heartbeat(now, &hb);
             }
             Err(reason) => {
-                let i = DecodeError::ALL
-                    .iter()
-                    .position(|r| *r == reason)
-                    .unwrap_or(0);
+                let i = DecodeError::ALL.iter().position(|r| *r == reason).unwrap_or(0);
                 self.stats.rejected[i] += 1;
                 let count = self.stats.rejected[i];
                 if !reason.is_benign() && count.is_power_of_two() {
-                    self.pending
-                        .push_back(Action::Event(Event::Rejected { reason, count }));
+                    self.pending.push_back(Action::Event(Event::Rejected { reason, count }));
                 }
                 // Time still moves for the election (stall detection, timers).
                 self.election.handle_timeout(now);
@@ -101,10 +94,7 @@ impl AtmNode {
         if sender == cfg.me {
             return Err(DecodeError::FromSelf);
         }
-        let window = self
-            .windows
-            .get_mut(sender)
-            .ok_or(DecodeError::UnknownSender)?;
+        let window = self.windows.get_mut(sender).ok_or(DecodeError::UnknownSender)?;
         window.check_and_update(hb.incarnation, hb.seq)?;
         Ok(hb)
     }
@@ -127,10 +117,7 @@ impl AtmNode {
 
     /// Next action. Heartbeats come out signed: see [`AtmNode::seal`].
     pub fn poll_action(&mut self) -> Option<Action> {
-        let a = self
-            .pending
-            .pop_front()
-            .or_else(|| self.election.poll_action())?;
+        let a = self.pending.pop_front().or_else(|| self.election.poll_action())?;
         if matches!(a, Action::SendHeartbeat(_)) {
             self.stats.heartbeats_sent += 1;
         }

@@ -18,10 +18,7 @@ impl TempDir {
     pub fn new(label: &str) -> Self {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "clusterserver-test-{label}-{}-{n}",
-            std::process::id()
-        ));
+        let dir = std::env::temp_dir().join(format!("clusterserver-test-{label}-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("create temp dir");
         TempDir(dir)
@@ -70,8 +67,5 @@ pub fn json5_files(dir: &str) -> Vec<PathBuf> {
 }
 
 pub fn stem(path: &Path) -> String {
-    path.file_stem()
-        .expect("file stem")
-        .to_string_lossy()
-        .into_owned()
+    path.file_stem().expect("file stem").to_string_lossy().into_owned()
 }

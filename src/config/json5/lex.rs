@@ -69,8 +69,7 @@ impl Parser<'_> {
         let pos = self.pos;
         let hi = self.hex_digits(4)?;
         if !(0xD800..0xDC00).contains(&hi) {
-            return char::from_u32(hi)
-                .ok_or_else(|| self.error_at(pos, "\\u escape of a lone surrogate"));
+            return char::from_u32(hi).ok_or_else(|| self.error_at(pos, "\\u escape of a lone surrogate"));
         }
         if self.peek() != Some('\\') || self.peek2() != Some('u') {
             return Err(self.error_at(pos, "\\u escape of a lone surrogate"));
@@ -194,9 +193,7 @@ impl Parser<'_> {
                 return Ok(Value::Int(i));
             }
         }
-        text.parse::<f64>()
-            .map(Value::Float)
-            .map_err(|_| self.error_at(start, "invalid number"))
+        text.parse::<f64>().map(Value::Float).map_err(|_| self.error_at(start, "invalid number"))
     }
 
     /// Appends ASCII digits to `text`; returns how many.
