@@ -148,6 +148,9 @@ pub fn software(
         let (world, name, cfg, secret) = (world.clone(), name.clone(), cfg.clone(), secret.clone());
         Box::pin(async move {
             world.borrow_mut().host_started(&name);
+            // Machines do not boot on the same millisecond: start 0-149 ms late (from the seed).
+            let delay = world.borrow_mut().rng.next_u64() % 150;
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
             tokio::task::spawn_local(crate::kernel::kernel(world.clone(), name.clone()));
             let (tx, rx) = mpsc::unbounded_channel();
             world.borrow_mut().host(&name).commands = Some(tx);

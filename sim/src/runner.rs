@@ -63,7 +63,7 @@ impl Outcome {
 /// Builds and runs `scenario` with `seed`.
 pub fn run(scenario: &Scenario, seed: u64) -> anyhow::Result<Outcome> {
     let duration_ms = scenario.duration_ms();
-    let tick = Duration::from_millis(2);
+    let tick = Duration::from_millis(4);
     let mut sim = turmoil::Builder::new()
         .simulation_duration(Duration::from_millis(duration_ms + 1000))
         .tick_duration(tick)
@@ -85,13 +85,17 @@ pub fn run(scenario: &Scenario, seed: u64) -> anyhow::Result<Outcome> {
     }
     register_hosts(&mut sim, scenario, &world, &addr)?;
     let mut state = RunState::new(scenario, &world);
-    let mut steps = scenario.steps.iter().peekable();
+    // Each fault lands 0-99 ms after its nominal time, drawn from the seed, so a sweep
+    // crosses every phase of the heartbeat cycle.
+    let mut jitter = crate::rng::SplitMix64::derive(seed, "steps");
+    let timed: Vec<(u64, &Step)> = scenario.steps.iter().map(|s| (s.at_ms + jitter.next_u64() % 100, s)).collect();
+    let mut steps = timed.into_iter().peekable();
     loop {
         let now_ms = sim.elapsed().as_millis() as u64;
         if now_ms >= duration_ms {
             break;
         }
-        while let Some(step) = steps.next_if(|s| s.at_ms <= now_ms) {
+        while let Some((_, step)) = steps.next_if(|(at, _)| *at <= now_ms) {
             apply(&mut sim, &world, &mut state, step, now_ms)
                 .with_context(|| format!("step at {} ms", step.at_ms))?;
         }

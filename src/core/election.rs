@@ -236,6 +236,8 @@ pub struct Election {
     next_heartbeat: Instant,
     next_probe: Instant,
     last_probe_round: Option<Instant>,
+    /// When the current silence of the primary was noticed (cleared when one is heard).
+    suspect_since: Option<Instant>,
     reach: Reach,
     garp_left: u32,
     next_garp: Instant,
@@ -264,6 +266,7 @@ impl Election {
             next_heartbeat: now,
             next_probe: now,
             last_probe_round: None,
+            suspect_since: None,
             reach,
             garp_left: 0,
             next_garp: now,
@@ -371,6 +374,7 @@ impl Election {
         match self.role {
             Role::Backup => {
                 self.last_primary_seen = Some(now);
+                self.suspect_since = None;
                 let to_me = hb.has(FLAG_HANDOVER) && usize::from(hb.handover_to) == self.cfg.me;
                 if to_me && self.eligible(now) {
                     self.promote(now, PromoteReason::Handover);
@@ -598,7 +602,13 @@ impl Election {
         }
         let base = self.last_primary_seen.unwrap_or(self.started).max(self.started);
         let wait = self.dead_interval() * (1 + self.my_rank() as u32);
-        if now.saturating_since(base) >= wait && self.fresh_arbitration(now, base) {
+        if now.saturating_since(base) < wait {
+            return;
+        }
+        // The primary went silent: decide on probes sent from now on, not on results from
+        // before the silence (the same fault may have cut reachlist hosts too).
+        let since = *self.suspect_since.get_or_insert(now);
+        if self.fresh_arbitration(now, since) {
             self.promote(now, PromoteReason::NoPrimary);
         }
     }
@@ -628,6 +638,7 @@ impl Election {
         self.epoch = self.max_epoch_seen.max(self.epoch) + 1;
         self.max_epoch_seen = self.epoch;
         self.role = Role::Primary;
+        self.suspect_since = None;
         self.actions.push_back(Action::Event(Event::Promoted { epoch: self.epoch, reason }));
         self.actions.push_back(Action::TakeVips(self.cfg.vips.clone()));
         self.garp_left = self.cfg.garp_count;
