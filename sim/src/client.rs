@@ -150,6 +150,11 @@ fn on_answer(
     }
     let c = &mut h.client;
     c.answered += 1;
+    let bucket = (now / 100) as usize;
+    if c.buckets.len() <= bucket {
+        c.buckets.resize(bucket + 1, 0);
+    }
+    c.buckets[bucket] += 1;
     c.first_ok_ms.get_or_insert(now);
     let gap = c.last_ok_ms.map_or(0, |last| now - last);
     c.last_ok_ms = Some(now);

@@ -13,6 +13,7 @@
 //! * [`runner`]: one run with its invariant checks; [`sweep`]: many seeds on all cores.
 
 pub mod atm;
+pub mod chart;
 pub mod client;
 pub mod kernel;
 pub mod net;

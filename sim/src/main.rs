@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use clustersim::scenario::Scenario;
 use clustersim::{runner, sweep};
 
-const USAGE: &str = "usage: clustersim run SCENARIO [--seed N | --seeds A..B] [--jobs N] [--quiet]
+const USAGE: &str = "usage: clustersim run SCENARIO [--seed N | --seeds A..B] [--jobs N] [--quiet] [--chart FILE.svg]
        clustersim list
 SCENARIO is a path or a name in sim/scenarios/ (e.g. primary-crash).";
 
@@ -53,13 +53,14 @@ fn real_main() -> anyhow::Result<bool> {
 fn run(args: &[String]) -> anyhow::Result<bool> {
     let mut it = args.iter();
     let arg = it.next().context(USAGE)?;
-    let (mut seed, mut seeds, mut jobs, mut quiet) = (None, None, None, false);
+    let (mut seed, mut seeds, mut jobs, mut quiet, mut chart) = (None, None, None, false, None);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--seed" => seed = Some(it.next().context("--seed N")?.parse::<u64>()?),
             "--seeds" => seeds = Some(sweep::parse_range(it.next().context("--seeds A..B")?)?),
             "--jobs" => jobs = Some(it.next().context("--jobs N")?.parse::<usize>()?),
             "--quiet" => quiet = true,
+            "--chart" => chart = Some(PathBuf::from(it.next().context("--chart FILE.svg")?)),
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
@@ -95,6 +96,10 @@ fn run(args: &[String]) -> anyhow::Result<bool> {
         }
     }
     print!("{}", o.summary());
+    if let Some(path) = chart {
+        std::fs::write(&path, clustersim::chart::svg(&o)).with_context(|| format!("writing {}", path.display()))?;
+        println!("chart: {}", path.display());
+    }
     if !o.passed() {
         println!("replay: {}", replay(seed));
     }

@@ -31,6 +31,11 @@ pub struct Outcome {
     pub promotions: usize,
     pub rejected: u64,
     pub violations: Vec<String>,
+    /// Answered probes per 100 ms, per client (chart).
+    pub series: BTreeMap<String, Vec<u32>>,
+    /// Faults applied: (ms, description).
+    pub faults: Vec<(u64, String)>,
+    pub duration_ms: u64,
 }
 
 impl Outcome {
@@ -230,6 +235,7 @@ impl RunState {
         let vip: IpAddr = VIP.parse().expect("literal");
         let mut outage_ms = BTreeMap::new();
         let mut arp_owner = BTreeMap::new();
+        let mut series = BTreeMap::new();
         for (name, h) in w.hosts.iter().filter(|(n, _)| n.starts_with("client")) {
             let c = &h.client;
             let out = match c.last_ok_ms {
@@ -237,6 +243,7 @@ impl RunState {
                 None => end,
             };
             outage_ms.insert(name.clone(), out);
+            series.insert(name.clone(), c.buckets.clone());
             let owner = h.neigh.get(&vip).map_or("none".to_string(), |n| w.name_of(n.owner));
             arp_owner.insert(name.clone(), owner);
         }
@@ -268,6 +275,9 @@ impl RunState {
             promotions,
             rejected: w.rejected_total,
             violations: self.violations,
+            series,
+            faults: w.faults.clone(),
+            duration_ms: end,
         }
     }
 
@@ -334,7 +344,11 @@ fn apply(
     now: u64,
 ) -> anyhow::Result<()> {
     let kind = step.kind()?;
-    let log = |text: String| world.borrow_mut().log(now, "sim", text);
+    let log = |text: String| {
+        let mut w = world.borrow_mut();
+        w.faults.push((now, text.clone()));
+        w.log(now, "sim", text);
+    };
     match kind {
         "crash" => {
             let h = step.crash.as_deref().unwrap_or_default();
@@ -428,7 +442,9 @@ fn apply(
                 }
                 _ => bail!("loss.between: expected two hosts or none"),
             }
-            w.log(now, "sim", format!("fault: loss {}% {:?}", l.percent, l.between));
+            let text = format!("fault: loss {}% {:?}", l.percent, l.between);
+            w.faults.push((now, text.clone()));
+            w.log(now, "sim", text);
         }
         "latency" => {
             let l = step.latency.clone().expect("kind checked");

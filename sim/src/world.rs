@@ -39,6 +39,8 @@ pub struct ClientStats {
     pub max_gap_ms: u64,
     pub answered: u64,
     pub sent: u64,
+    /// Answered probes per 100 ms bucket (for the chart).
+    pub buckets: Vec<u32>,
 }
 
 /// What the world knows of one host.
@@ -75,6 +77,8 @@ pub struct World {
     /// Heartbeats rejected (as far as the damped log reports them), and by (host, reason).
     pub rejected_total: u64,
     pub rejected: BTreeMap<(String, &'static str), u64>,
+    /// Faults applied: (ms, description).
+    pub faults: Vec<(u64, String)>,
 }
 
 impl World {
@@ -91,6 +95,7 @@ impl World {
             captured: Vec::new(),
             rejected_total: 0,
             rejected: BTreeMap::new(),
+            faults: Vec::new(),
         }))
     }
 
