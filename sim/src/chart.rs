@@ -108,7 +108,13 @@ fn axes(s: &mut String, end: f64, max_rate: f64, x: &dyn Fn(f64) -> f64, y: &dyn
     let step = if end > 20_000.0 { 5_000.0 } else { 1_000.0 };
     let mut t = 0.0;
     while t <= end {
-        let _ = writeln!(s, r#"<text x="{:.1}" y="{}" text-anchor="middle">{}s</text>"#, x(t), PLOT_BOTTOM + 16.0, t / 1000.0);
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{}s</text>"#,
+            x(t),
+            PLOT_BOTTOM + 16.0,
+            t / 1000.0
+        );
         t += step;
     }
 }

@@ -93,7 +93,8 @@ pub fn run(scenario: &Scenario, seed: u64) -> anyhow::Result<Outcome> {
     // Each fault lands 0-99 ms after its nominal time, drawn from the seed, so a sweep
     // crosses every phase of the heartbeat cycle.
     let mut jitter = crate::rng::SplitMix64::derive(seed, "steps");
-    let timed: Vec<(u64, &Step)> = scenario.steps.iter().map(|s| (s.at_ms + jitter.next_u64() % 100, s)).collect();
+    let timed: Vec<(u64, &Step)> =
+        scenario.steps.iter().map(|s| (s.at_ms + jitter.next_u64() % 100, s)).collect();
     let mut steps = timed.into_iter().peekable();
     loop {
         let now_ms = sim.elapsed().as_millis() as u64;
