@@ -1,3 +1,4 @@
 //! The data plane: a sans-IO packet engine (parse, schedule, rewrite) and its I/O shell.
 
 pub mod wire;
+pub mod conntrack;
