@@ -234,7 +234,11 @@ impl<A: FlowAddr> ConnTable<A> {
         let cap = cfg.max_connections.clamp(1, u32::MAX - 1);
         let mut entries = vec![Entry::free(); cap as usize];
         for (i, e) in entries.iter_mut().enumerate() {
-            e.next = if i + 1 < cap as usize { i as u32 + 1 } else { NIL };
+            e.next = if i + 1 < cap as usize {
+                i as u32 + 1
+            } else {
+                NIL
+            };
         }
         let s = |secs: u64| secs.saturating_mul(NANOS_PER_S);
         ConnTable {
@@ -324,16 +328,18 @@ impl<A: FlowAddr> ConnTable<A> {
     #[inline]
     pub fn find_fwd(&self, k: &FwdKey<A>) -> Option<u32> {
         let entries = &self.entries;
-        self.fwd
-            .find(self.fwd_hash(k), |s| Self::fwd_key(&entries[s as usize]) == *k)
+        self.fwd.find(self.fwd_hash(k), |s| {
+            Self::fwd_key(&entries[s as usize]) == *k
+        })
     }
 
     /// The slot of the NAT entry with this reverse key.
     #[inline]
     pub fn find_rev(&self, k: &RevKey<A>) -> Option<u32> {
         let entries = &self.entries;
-        self.rev
-            .find(self.rev_hash(k), |s| Self::rev_key(&entries[s as usize]) == *k)
+        self.rev.find(self.rev_hash(k), |s| {
+            Self::rev_key(&entries[s as usize]) == *k
+        })
     }
 
     pub fn get(&self, slot: u32) -> &Entry<A> {
@@ -467,7 +473,8 @@ impl<A: FlowAddr> ConnTable<A> {
         for l in &self.lists {
             if l.head != NIL
                 && (best == NIL
-                    || self.entries[l.head as usize].linked_s < self.entries[best as usize].linked_s)
+                    || self.entries[l.head as usize].linked_s
+                        < self.entries[best as usize].linked_s)
             {
                 best = l.head;
             }

@@ -116,9 +116,11 @@ fn syn_flood_does_not_evict_established() {
         tab.set_state(s, State::Established, t(1));
     }
     for n in 1000..5000 {
-        tab.insert(entry(n, State::SynSent, 0), t(2 + u64::from(n) / 1000), &mut |e| {
-            evicted.push(e.state)
-        });
+        tab.insert(
+            entry(n, State::SynSent, 0),
+            t(2 + u64::from(n) / 1000),
+            &mut |e| evicted.push(e.state),
+        );
     }
     assert_eq!(tab.len(), 100);
     assert!(evicted.iter().all(|s| *s == State::SynSent));

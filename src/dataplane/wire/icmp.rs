@@ -25,7 +25,10 @@ pub mod kind {
 pub fn is_error(t: u8) -> bool {
     matches!(
         t,
-        kind::DEST_UNREACHABLE | kind::SOURCE_QUENCH | kind::TIME_EXCEEDED | kind::PARAMETER_PROBLEM
+        kind::DEST_UNREACHABLE
+            | kind::SOURCE_QUENCH
+            | kind::TIME_EXCEEDED
+            | kind::PARAMETER_PROBLEM
     )
 }
 
@@ -113,10 +116,17 @@ mod tests {
         let mut b = [0u8; 36];
         b[8] = 0x45;
         let mut p = IcmpPacket::new_checked(&mut b[..]).unwrap();
-        p.emit_error(kind::DEST_UNREACHABLE, kind::CODE_FRAG_NEEDED, [0, 0, 0x05, 0xc8]);
+        p.emit_error(
+            kind::DEST_UNREACHABLE,
+            kind::CODE_FRAG_NEEDED,
+            [0, 0, 0x05, 0xc8],
+        );
         assert!(p.verify_checksum());
         assert_eq!(p.next_hop_mtu(), 1480);
         assert!(is_error(p.msg_type()));
-        assert_eq!(IcmpPacket::new_checked(&b[..7]).unwrap_err(), Error::Truncated);
+        assert_eq!(
+            IcmpPacket::new_checked(&b[..7]).unwrap_err(),
+            Error::Truncated
+        );
     }
 }
