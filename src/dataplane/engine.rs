@@ -56,6 +56,20 @@
 //! direction → `Closing`; a client SYN on a `Closing` entry reuses it (`SynSent`, same
 //! server). UDP flows are `Udp` throughout.
 //!
+//! # Driving it
+//!
+//! The shell calls [`Engine::process`] per packet and [`Engine::expire`] from a periodic
+//! timer (say every 100 ms with a budget of a few thousand): `process` also reclaims a few
+//! expired entries every 16 packets, but an idle engine only expires through `expire`.
+//! Health and weight changes go through [`Engine::set_server_state`]; connection sync
+//! through [`Engine::poll_sync`] (primary) and [`Engine::apply_sync`] (backup), usually
+//! via [`crate::dataplane::sync`].
+//!
+//! `process` assumes complete transport checksums. A shell using vnet-header offloads must
+//! hand it packets whose checksums are complete (or resolve `NEEDS_CSUM` itself): a partial
+//! (pseudo-header) checksum is patched differently. It also hands whole super-packets
+//! (GSO) to the tunnel MTU check, which must then use the segment size, not the total.
+//!
 //! # Active and shadow
 //!
 //! An inactive engine (a backup) forwards nothing (`Inactive`) but applies connection-sync

@@ -558,3 +558,23 @@ proptest! {
         let _ = e.process(t(0), &bytes, &mut tx);
     }
 }
+
+#[test]
+fn tcp_state_table() {
+    use State::*;
+    let cases = [
+        // (state, flags, from_client, nat) -> next
+        (SynSent, SYN | ACK, false, true, SynRecv),
+        (SynSent, ACK, true, true, SynSent), // NAT waits for the server's SYN-ACK
+        (SynSent, ACK, true, false, Established), // DR/tunnel: client ACK ends the handshake
+        (SynRecv, ACK, true, true, Established),
+        (Established, ACK, true, true, Established),
+        (Established, FIN | ACK, false, true, Closing),
+        (Established, wire::tcp::flags::RST, true, false, Closing),
+        (Closing, SYN, true, false, SynSent),
+        (Closing, ACK, true, false, Closing),
+    ];
+    for (s, fl, c, nat, want) in cases {
+        assert_eq!(tcp_next(s, fl, c, nat), want, "{s:?} {fl:#x} {c} {nat}");
+    }
+}
