@@ -81,6 +81,6 @@ fuzz_target!(|data: &[u8]| {
         // A short tx buffer must be refused, never overrun.
         let _ = e.process(Instant::from_nanos(now), &pkt, &mut tx[..usize::from(len) % 64]);
     }
-    while e.poll_sync().is_some() {}
+    while e.poll_sync(Instant::from_nanos(now)).is_some() {}
     let _ = e.stats();
 });

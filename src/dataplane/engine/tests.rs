@@ -1,9 +1,9 @@
 use super::*;
 use crate::config::{Protocol, SchedulerKind, Server, Service};
 use crate::dataplane::sync::{SyncReceiver, SyncSender};
-use crate::dataplane::wire::build;
 use crate::dataplane::wire::icmp::kind;
 use crate::dataplane::wire::tcp::flags::{ACK, FIN, SYN};
+use crate::dataplane::wire::{self, build};
 use proptest::prelude::*;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
@@ -577,4 +577,22 @@ fn tcp_state_table() {
     for (s, fl, c, nat, want) in cases {
         assert_eq!(tcp_next(s, fl, c, nat), want, "{s:?} {fl:#x} {c} {nat}");
     }
+}
+
+#[test]
+fn full_resync_walks_live_entries_once() {
+    let mut e = engine(Forwarding::Dr);
+    e.set_sync(true);
+    for port in 1..=5u16 {
+        run(&mut e, t(0), &build::udp((CLIENT, port), (VIP, 80), b"q"));
+    }
+    run(&mut e, t(0), &build::tcp((CLIENT, 9), (VIP, 80), SYN, b"")); // half-open: not synced
+    while e.poll_sync(t(1)).is_some() {}
+    e.start_full_sync();
+    let mut ports: Vec<u16> = std::iter::from_fn(|| e.poll_sync(t(1)))
+        .map(|r| r.client.port())
+        .collect();
+    ports.sort_unstable();
+    assert_eq!(ports, vec![1, 2, 3, 4, 5]);
+    assert_eq!(e.poll_sync(t(1)), None);
 }
