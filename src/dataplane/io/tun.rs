@@ -1,0 +1,306 @@
+//! The TUN shell proper: device, queues, worker threads, steering set-up and teardown.
+//!
+//! ## Contract
+//!
+//! * [`Shell::start`] runs on a thread that is already in the right network namespace (it
+//!   creates the TUN, a netlink socket and the workers there; TECH-NOTES: never on a tokio
+//!   worker that was moved with `setns`). It first removes leftovers of a crashed run with the
+//!   same TUN name, table id and rule priority.
+//! * Each queue gets one worker thread with its own current-thread runtime and its own
+//!   processor from the factory (`factory(queue_index)`). A worker reads a batch (one
+//!   `recv_multiple`: up to [`IDEAL_BATCH_SIZE`] packets, a split super-packet), processes
+//!   every packet, and writes the `Tun` outputs back in one `send_multiple` (GRO-coalesced).
+//! * [`Shell::stop`] (or drop) signals the workers, joins them (their TUN queues close, so the
+//!   non-persistent device disappears) and removes the routes and rules. Errors are returned,
+//!   never panics; per-packet trouble is counted in [`ShellStats`].
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use tokio::sync::watch;
+use tun_rs::{
+    AsyncDevice, DeviceBuilder, GROTable, IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN,
+};
+
+use super::dr::DrSender;
+use super::netlink::{self, SteerRule};
+use super::{
+    Disposition, MAX_PACKET, PacketProcessor, ShellConfig, ShellError, ShellStats, StatsSnapshot,
+};
+use crate::time::Instant;
+
+/// Room in front of every output packet for the virtio-net header `send_multiple` writes.
+const TX_OFFSET: usize = VIRTIO_NET_HDR_LEN;
+/// Largest IP packet a TUN read can return (one non-GSO packet, or a whole super-packet).
+const MAX_READ: usize = 65535;
+
+/// A running shell. Stop it with [`Shell::stop`]; dropping it stops it too (errors ignored).
+#[derive(Debug)]
+pub struct Shell {
+    cfg: ShellConfig,
+    steer: Vec<SteerRule>,
+    stop_tx: watch::Sender<bool>,
+    workers: Vec<JoinHandle<Result<(), ShellError>>>,
+    stats: Arc<ShellStats>,
+    rt: tokio::runtime::Runtime,
+    handle: rtnetlink::Handle,
+    stopped: bool,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ShellError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ShellError::Runtime)
+}
+
+impl Shell {
+    /// Creates the TUN with `cfg.queues` queues, installs `steer`, and starts one worker per
+    /// queue with the processor `factory(queue)`.
+    pub fn start<P, F>(
+        cfg: ShellConfig,
+        steer: Vec<SteerRule>,
+        mut factory: F,
+    ) -> Result<Shell, ShellError>
+    where
+        P: PacketProcessor + 'static,
+        F: FnMut(usize) -> P,
+    {
+        if cfg.queues == 0 || cfg.queues > 64 || cfg.mtu < 576 || cfg.mtu > 1500 {
+            return Err(ShellError::Config(format!(
+                "queues {} (1..=64), mtu {} (576..=1500)",
+                cfg.queues, cfg.mtu
+            )));
+        }
+        let rt = runtime()?;
+        let handle = rt.block_on(async {
+            let h = netlink::connect()?;
+            netlink::cleanup(&h, &cfg.tun_name, cfg.table_id, cfg.rule_priority).await?;
+            Ok::<_, ShellError>(h)
+        })?;
+        let tun_err = |source| ShellError::Tun {
+            name: cfg.tun_name.clone(),
+            source,
+        };
+        let first = DeviceBuilder::new()
+            .name(cfg.tun_name.clone())
+            .mtu(cfg.mtu)
+            .offload(cfg.offload)
+            .multi_queue(cfg.queues > 1)
+            .enable(true)
+            .build_sync()
+            .map_err(tun_err)?;
+        let index = first.if_index().map_err(tun_err)?;
+        let mut devices = Vec::with_capacity(cfg.queues);
+        for _ in 1..cfg.queues {
+            devices.push(first.try_clone().map_err(tun_err)?);
+        }
+        devices.insert(0, first);
+        let (stop_tx, _) = watch::channel(false);
+        let mut shell = Shell {
+            cfg,
+            steer,
+            stop_tx,
+            workers: Vec::new(),
+            stats: Arc::new(ShellStats::default()),
+            rt,
+            handle,
+            stopped: false,
+        };
+        // From here on, dropping `shell` on an error tears down whatever was set up.
+        netlink::set_loose_rp_filter(&shell.cfg.tun_name)?;
+        shell.rt.block_on(netlink::install(
+            &shell.handle,
+            index,
+            shell.cfg.table_id,
+            shell.cfg.rule_priority,
+            &shell.steer,
+        ))?;
+        let origin = tokio::time::Instant::now();
+        for (q, dev) in devices.into_iter().enumerate() {
+            let worker = Worker {
+                queue: q,
+                processor: factory(q),
+                stop: shell.stop_tx.subscribe(),
+                stats: Arc::clone(&shell.stats),
+                dr_interface: shell.cfg.dr_interface.clone(),
+                origin,
+            };
+            let h = std::thread::Builder::new()
+                .name(format!("cs-tun-q{q}"))
+                .spawn(move || worker.run(dev))
+                .map_err(ShellError::Runtime)?;
+            shell.workers.push(h);
+        }
+        Ok(shell)
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Stops the workers, removes the steering and returns the final counters. The first
+    /// worker error, if any, is returned after the teardown has been done.
+    pub fn stop(mut self) -> Result<StatsSnapshot, ShellError> {
+        self.shutdown()?;
+        Ok(self.stats.snapshot())
+    }
+
+    fn shutdown(&mut self) -> Result<(), ShellError> {
+        if self.stopped {
+            return Ok(());
+        }
+        self.stopped = true;
+        // Receivers may all be gone already (workers that failed): nothing to tell then.
+        let _ = self.stop_tx.send(true);
+        let mut first_err = None;
+        for w in self.workers.drain(..) {
+            let r = w.join().unwrap_or(Err(ShellError::WorkerPanicked));
+            if let (Err(e), None) = (r, &first_err) {
+                first_err = Some(e);
+            }
+        }
+        let removed = self.rt.block_on(netlink::remove(
+            &self.handle,
+            &self.cfg.tun_name,
+            self.cfg.table_id,
+            self.cfg.rule_priority,
+        ));
+        match (first_err, removed) {
+            (Some(e), _) | (None, Err(e)) => Err(e),
+            (None, Ok(_)) => Ok(()),
+        }
+    }
+}
+
+impl Drop for Shell {
+    fn drop(&mut self) {
+        // Best effort: an explicit `stop` reports errors; a drop cannot.
+        let _ = self.shutdown();
+    }
+}
+
+/// One queue's loop.
+struct Worker<P> {
+    queue: usize,
+    processor: P,
+    stop: watch::Receiver<bool>,
+    stats: Arc<ShellStats>,
+    dr_interface: Option<String>,
+    origin: tokio::time::Instant,
+}
+
+/// The buffers of one worker, allocated once.
+struct Buffers {
+    /// virtio-net header + one raw read.
+    original: Vec<u8>,
+    /// Split packets.
+    rx: Vec<Vec<u8>>,
+    sizes: Vec<usize>,
+    /// Outputs for the TUN, each `TX_OFFSET` + packet (lengths change per batch).
+    tx: Vec<Vec<u8>>,
+    gro: GROTable,
+}
+
+impl Buffers {
+    fn new() -> Self {
+        Buffers {
+            original: vec![0; VIRTIO_NET_HDR_LEN + MAX_READ],
+            rx: vec![vec![0; MAX_READ]; IDEAL_BATCH_SIZE],
+            sizes: vec![0; IDEAL_BATCH_SIZE],
+            tx: (0..IDEAL_BATCH_SIZE)
+                .map(|_| Vec::with_capacity(TX_OFFSET + MAX_PACKET))
+                .collect(),
+            gro: GROTable::new(),
+        }
+    }
+}
+
+impl<P: PacketProcessor> Worker<P> {
+    fn run(self, dev: SyncDevice) -> Result<(), ShellError> {
+        let rt = runtime()?;
+        rt.block_on(self.run_async(dev))
+    }
+
+    fn now(&self) -> Instant {
+        Instant::from_nanos(u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    async fn run_async(mut self, dev: SyncDevice) -> Result<(), ShellError> {
+        let name = format!("queue {}", self.queue);
+        let dev = AsyncDevice::new(dev).map_err(|source| ShellError::Tun { name, source })?;
+        let mut dr = match &self.dr_interface {
+            Some(iface) => Some(DrSender::open(iface).await?),
+            None => None,
+        };
+        let mut b = Buffers::new();
+        loop {
+            let read = tokio::select! {
+                biased;
+                _ = self.stop.changed() => return Ok(()),
+                r = dev.recv_multiple(&mut b.original, &mut b.rx, &mut b.sizes, 0) => r,
+            };
+            let n = match read {
+                Ok(n) => n,
+                // A device error (it went away, or is broken): stop this worker.
+                Err(e) if e.raw_os_error().is_some() => {
+                    return Err(ShellError::Tun {
+                        name: format!("queue {} read", self.queue),
+                        source: e,
+                    });
+                }
+                // A malformed super-packet tun-rs could not split: count, go on.
+                Err(_) => {
+                    ShellStats::add(&self.stats.rx_errors, 1);
+                    continue;
+                }
+            };
+            ShellStats::add(&self.stats.rx_batches, 1);
+            ShellStats::add(&self.stats.rx_packets, n as u64);
+            let n_out = self.process_batch(&mut b, n, dr.as_mut()).await;
+            if n_out > 0 {
+                match dev
+                    .send_multiple(&mut b.gro, &mut b.tx[..n_out], TX_OFFSET)
+                    .await
+                {
+                    Ok(_) => ShellStats::add(&self.stats.tx_tun_packets, n_out as u64),
+                    Err(_) => ShellStats::add(&self.stats.tx_tun_errors, 1),
+                }
+            }
+        }
+    }
+
+    /// Runs the processor over `n` received packets; returns how many TUN outputs are queued
+    /// in `b.tx[..]` (L2 outputs are sent at once).
+    async fn process_batch(
+        &mut self,
+        b: &mut Buffers,
+        n: usize,
+        mut dr: Option<&mut DrSender>,
+    ) -> usize {
+        let now = self.now();
+        let mut n_out = 0;
+        for i in 0..n {
+            let rx = &b.rx[i][..b.sizes[i]];
+            let tx = &mut b.tx[n_out];
+            tx.clear();
+            tx.resize(TX_OFFSET + MAX_PACKET, 0);
+            match self.processor.process(now, rx, &mut tx[TX_OFFSET..]) {
+                Disposition::Tun { len } if len > 0 && len <= MAX_PACKET => {
+                    tx.truncate(TX_OFFSET + len);
+                    n_out += 1;
+                }
+                Disposition::L2 { len, next_hop } if len > 0 && len <= MAX_PACKET => {
+                    let packet = &tx[TX_OFFSET..TX_OFFSET + len];
+                    match dr.as_deref_mut() {
+                        Some(d) => d.send(now, packet, next_hop, &self.stats).await,
+                        None => ShellStats::add(&self.stats.dropped, 1),
+                    }
+                }
+                _ => ShellStats::add(&self.stats.dropped, 1),
+            }
+        }
+        n_out
+    }
+}

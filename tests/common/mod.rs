@@ -1,0 +1,66 @@
+//! Test helpers shared by the namespace tests.
+
+use std::net::Ipv4Addr;
+
+use clusterserver::dataplane::io::{Disposition, PacketProcessor};
+use clusterserver::time::Instant;
+
+/// A minimal NAT processor for one VIP and one server on one TCP port: requests to the VIP
+/// get the server as destination, replies from the server get the VIP as source; checksums
+/// are patched incrementally (RFC 1624). Everything else is dropped.
+#[derive(Debug)]
+pub struct MiniNat {
+    vip: [u8; 4],
+    server: [u8; 4],
+    port: u16,
+}
+
+impl MiniNat {
+    pub fn new(vip: Ipv4Addr, server: Ipv4Addr, port: u16) -> Self {
+        MiniNat {
+            vip: vip.octets(),
+            server: server.octets(),
+            port,
+        }
+    }
+}
+
+/// Adds the change `old -> new` (16-bit words) to the checksum stored at `at`.
+fn patch(p: &mut [u8], at: usize, old: [u8; 4], new: [u8; 4]) {
+    let mut sum = u32::from(!u16::from_be_bytes([p[at], p[at + 1]]));
+    for k in [0, 2] {
+        sum += u32::from(!u16::from_be_bytes([old[k], old[k + 1]]));
+        sum += u32::from(u16::from_be_bytes([new[k], new[k + 1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    p[at..at + 2].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+}
+
+impl PacketProcessor for MiniNat {
+    fn process(&mut self, _now: Instant, rx: &[u8], tx: &mut [u8]) -> Disposition {
+        if rx.len() < 40 || rx[0] >> 4 != 4 || rx[9] != 6 || tx.len() < rx.len() {
+            return Disposition::Drop;
+        }
+        let ihl = usize::from(rx[0] & 0xf) * 4;
+        if rx.len() < ihl + 20 {
+            return Disposition::Drop;
+        }
+        let p = &mut tx[..rx.len()];
+        p.copy_from_slice(rx);
+        let sport = u16::from_be_bytes([p[ihl], p[ihl + 1]]);
+        let dport = u16::from_be_bytes([p[ihl + 2], p[ihl + 3]]);
+        let (field, old, new) = if p[16..20] == self.vip && dport == self.port {
+            (16, self.vip, self.server)
+        } else if p[12..16] == self.server && sport == self.port {
+            (12, self.server, self.vip)
+        } else {
+            return Disposition::Drop;
+        };
+        p[field..field + 4].copy_from_slice(&new);
+        patch(p, 10, old, new);
+        patch(p, ihl + 16, old, new);
+        Disposition::Tun { len: rx.len() }
+    }
+}

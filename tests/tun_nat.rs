@@ -1,0 +1,354 @@
+//! Real TCP through the TUN shell in NAT mode, on namespaces this test creates (SPEC.md, lab
+//! safety): `csl-tn<pid>-client` -- `csl-tn<pid>-atm` -- `csl-tn<pid>-server`, veth pairs
+//! created directly inside the namespaces (no end ever in the root namespace).
+//!
+//! The shell runs on a dedicated thread that enters the ATM namespace before creating its
+//! runtime, TUN and sockets. The server is this test binary re-executed inside the server
+//! namespace (`ip netns exec`, helper test `helper_echo_server`): a Rust TCP echo server. The
+//! client runs on another dedicated thread inside the client namespace, connects to the VIP,
+//! sends a bounded, patterned payload and checks every byte that comes back.
+//!
+//! Skips loudly without root or `/dev/net/tun`. Everything (namespaces, the server process,
+//! by PID) is removed by a drop guard on success, failure and panic; stale namespaces of
+//! earlier runs of *this* test (whose PID is gone) are removed first.
+#![allow(clippy::disallowed_methods)] // reason: a real-network test measures and waits on the wall clock
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use clusterserver::dataplane::io::netlink::SteerRule;
+use clusterserver::dataplane::io::tun::Shell;
+use clusterserver::dataplane::io::{PacketProcessor, ShellConfig, StatsSnapshot};
+use clusterserver::platform::linux::netsys::enter_netns;
+
+mod common;
+use common::MiniNat;
+
+const SERVER: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 2);
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 9, 1);
+const PORT: u16 = 8080;
+const PAYLOAD: usize = 10 * 1024 * 1024;
+const HELPER_ENV: &str = "CSL_TN_HELPER";
+
+fn can_run() -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false);
+    let ok =
+        root && Path::new("/dev/net/tun").exists() && Command::new("ip").arg("-V").output().is_ok();
+    if !ok {
+        println!("SKIPPED: needs root/TUN (and iproute2)");
+        eprintln!("SKIPPED: needs root/TUN (and iproute2)");
+    }
+    ok
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn in_ns(ns: &str, args: &[&str]) {
+    let mut all = vec!["netns", "exec", ns];
+    all.extend_from_slice(args);
+    let out = Command::new("ip")
+        .args(&all)
+        .output()
+        .expect("run ip netns exec");
+    assert!(
+        out.status.success(),
+        "{all:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The lab: namespaces and child processes, all removed on drop.
+struct Lab {
+    prefix: String,
+    namespaces: Vec<String>,
+    children: Vec<Child>,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        remove_stale();
+        Lab {
+            prefix: format!("csl-tn{:x}", std::process::id()),
+            namespaces: Vec::new(),
+            children: Vec::new(),
+        }
+    }
+
+    fn ns(&mut self, role: &str) -> String {
+        let name = format!("{}-{role}", self.prefix);
+        ip(&["netns", "add", &name]);
+        self.namespaces.push(name.clone());
+        in_ns(&name, &["ip", "link", "set", "lo", "up"]);
+        name
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            // Only processes this test started, by PID.
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Deletes `csl-tn<pid>-*` namespaces whose creating test process is gone.
+fn remove_stale() {
+    let Ok(dir) = std::fs::read_dir("/var/run/netns") else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("csl-tn") else {
+            continue;
+        };
+        let pid = rest
+            .split('-')
+            .next()
+            .and_then(|p| u32::from_str_radix(p, 16).ok());
+        if let Some(pid) = pid
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        }
+    }
+}
+
+/// client (c0) -- (a0) atm (a1) -- (s0) server; routes via the ATM both ways.
+fn topology(lab: &mut Lab) -> (String, String, String) {
+    let (c, a, s) = (lab.ns("client"), lab.ns("atm"), lab.ns("server"));
+    ip(&[
+        "link", "add", "c0", "netns", &c, "type", "veth", "peer", "name", "a0", "netns", &a,
+    ]);
+    ip(&[
+        "link", "add", "s0", "netns", &s, "type", "veth", "peer", "name", "a1", "netns", &a,
+    ]);
+    for (ns, dev, addr) in [
+        (&c, "c0", "10.77.1.2/24"),
+        (&a, "a0", "10.77.1.1/24"),
+        (&a, "a1", "10.77.2.1/24"),
+        (&s, "s0", "10.77.2.2/24"),
+    ] {
+        in_ns(ns, &["ip", "addr", "add", addr, "dev", dev]);
+        in_ns(ns, &["ip", "link", "set", dev, "up"]);
+    }
+    in_ns(&c, &["ip", "route", "add", "default", "via", "10.77.1.1"]);
+    in_ns(&s, &["ip", "route", "add", "default", "via", "10.77.2.1"]);
+    in_ns(&a, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    in_ns(&a, &["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"]);
+    (c, a, s)
+}
+
+/// Starts the shell on a thread inside `ns`; returns a stop sender and the stats receiver.
+fn start_shell<P: PacketProcessor + 'static>(
+    ns: &str,
+    cfg: ShellConfig,
+    steer: Vec<SteerRule>,
+    make: impl FnMut(usize) -> P + Send + 'static,
+) -> (
+    mpsc::Sender<()>,
+    mpsc::Receiver<Result<StatsSnapshot, String>>,
+) {
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    let (done_tx, done_rx) = mpsc::channel();
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        if let Err(e) = enter_netns(Path::new(&path)) {
+            let _ = ready_tx.send(Err(format!("setns: {e}")));
+            return;
+        }
+        let shell = match Shell::start(cfg, steer, make) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = ready_tx.send(Err(e.to_string()));
+                return;
+            }
+        };
+        let _ = ready_tx.send(Ok(()));
+        // Stop on request or when the test thread goes away (panic): the sender drops.
+        let _ = stop_rx.recv();
+        let _ = done_tx.send(shell.stop().map_err(|e| e.to_string()));
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("shell start timed out")
+        .expect("shell start");
+    (stop_tx, done_rx)
+}
+
+fn pattern(i: usize) -> u8 {
+    (i.wrapping_mul(31) ^ (i >> 11)) as u8
+}
+
+/// Client: connect to `addr` from inside `ns`, send PAYLOAD bytes, read them echoed back.
+fn run_client(ns: &str, addr: SocketAddr) -> Result<(usize, Duration), String> {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        enter_netns(Path::new(&path)).map_err(|e| format!("setns: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let stream = loop {
+            match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() > deadline => return Err(format!("connect: {e}")),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .map_err(|e| e.to_string())?;
+        stream
+            .set_write_timeout(Some(Duration::from_secs(20)))
+            .map_err(|e| e.to_string())?;
+        let start = Instant::now();
+        let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+        let sender = std::thread::spawn(move || -> std::io::Result<()> {
+            let chunk: Vec<u8> = (0..65536).map(pattern).collect();
+            let mut sent = 0;
+            while sent < PAYLOAD {
+                let n = (PAYLOAD - sent).min(chunk.len());
+                // Chunk boundaries are multiples of 65536, a multiple of the pattern period.
+                writer.write_all(&chunk[..n])?;
+                sent += n;
+            }
+            writer.shutdown(std::net::Shutdown::Write)
+        });
+        let mut reader = stream;
+        let mut buf = vec![0u8; 65536];
+        let mut got = 0usize;
+        loop {
+            let n = reader
+                .read(&mut buf)
+                .map_err(|e| format!("read after {got}: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            for (k, b) in buf[..n].iter().enumerate() {
+                if *b != pattern((got + k) % 65536) {
+                    return Err(format!("byte {} differs", got + k));
+                }
+            }
+            got += n;
+        }
+        sender
+            .join()
+            .map_err(|_| "sender panicked")?
+            .map_err(|e| format!("send: {e}"))?;
+        Ok((got, start.elapsed()))
+    })
+    .join()
+    .map_err(|_| "client panicked".to_string())?
+}
+
+/// Helper process: a TCP echo server on `CSL_TN_HELPER=ADDR`, one connection, then exit.
+#[test]
+fn helper_echo_server() {
+    let Ok(addr) = std::env::var(HELPER_ENV) else {
+        return; // not a helper run
+    };
+    let listener = TcpListener::bind(&addr).expect("bind");
+    println!("LISTENING");
+    let (mut s, _) = listener.accept().expect("accept");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut w = s.try_clone().expect("clone");
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n = s.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        w.write_all(&buf[..n]).expect("write");
+    }
+    let _ = w.shutdown(std::net::Shutdown::Write);
+}
+
+fn spawn_server(lab: &mut Lab, ns: &str) {
+    let exe = std::env::current_exe().expect("current exe");
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(exe)
+        .args([
+            "helper_echo_server",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(HELPER_ENV, format!("{SERVER}:{PORT}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn server");
+    lab.children.push(child);
+}
+
+fn shell_config(offload: bool) -> ShellConfig {
+    ShellConfig {
+        tun_name: "cstun0".into(),
+        queues: 1,
+        offload,
+        mtu: 1500,
+        table_id: 7700,
+        rule_priority: 7700,
+        dr_interface: None,
+    }
+}
+
+fn nat_run<P: PacketProcessor + 'static>(
+    offload: bool,
+    make: impl FnMut(usize) -> P + Send + 'static,
+) {
+    let mut lab = Lab::new();
+    let (c, a, s) = topology(&mut lab);
+    spawn_server(&mut lab, &s);
+    let cfg = shell_config(offload);
+    let steer = vec![
+        SteerRule::to_vip(VIP),
+        SteerRule::nat_replies(SERVER.into()),
+    ];
+    let (stop, done) = start_shell(&a, cfg, steer, make);
+    let result = run_client(&c, SocketAddr::from((VIP, PORT)));
+    let _ = stop.send(());
+    let stats = done
+        .recv_timeout(Duration::from_secs(10))
+        .expect("shell stop")
+        .expect("shell");
+    let (bytes, elapsed) = result.expect("client");
+    assert_eq!(bytes, PAYLOAD);
+    let mbit = (2 * bytes) as f64 * 8.0 / elapsed.as_secs_f64() / 1e6;
+    println!(
+        "NAT via TUN (offload {offload}): {bytes} bytes each way in {elapsed:?} ({mbit:.0} Mbit/s total); shell {stats:?}"
+    );
+    assert!(stats.rx_packets > 0 && stats.tx_tun_packets > 0);
+}
+
+/// The minimal NAT processor (one VIP, one server) proves the shell, the steering and the
+/// kernel configuration, independently of the engine.
+#[test]
+fn tcp_through_tun_nat_mini() {
+    if std::env::var(HELPER_ENV).is_ok() || !can_run() {
+        return;
+    }
+    nat_run(true, |_| MiniNat::new(VIP, SERVER, PORT));
+}
