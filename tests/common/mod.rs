@@ -64,3 +64,66 @@ impl PacketProcessor for MiniNat {
         Disposition::Tun { len: rx.len() }
     }
 }
+
+/// A minimal tunnel-mode processor: TCP to the VIP's port is wrapped in an outer IPv4 header
+/// (protocol 4) from `local` to `node`; everything else is dropped. The outer header allows
+/// fragmentation (DF clear), so a full-sized inner packet still crosses a 1500-byte link.
+#[derive(Debug)]
+pub struct MiniTunnel {
+    vip: [u8; 4],
+    port: u16,
+    local: [u8; 4],
+    node: [u8; 4],
+    id: u16,
+}
+
+impl MiniTunnel {
+    pub fn new(vip: Ipv4Addr, port: u16, local: Ipv4Addr, node: Ipv4Addr) -> Self {
+        MiniTunnel {
+            vip: vip.octets(),
+            port,
+            local: local.octets(),
+            node: node.octets(),
+            id: 0,
+        }
+    }
+}
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+impl PacketProcessor for MiniTunnel {
+    fn process(&mut self, _now: Instant, rx: &[u8], tx: &mut [u8]) -> Disposition {
+        let total = rx.len() + 20;
+        if rx.len() < 40 || rx[0] >> 4 != 4 || rx[9] != 6 || tx.len() < total || total > 65535 {
+            return Disposition::Drop;
+        }
+        let ihl = usize::from(rx[0] & 0xf) * 4;
+        let dport = u16::from_be_bytes([rx[ihl + 2], rx[ihl + 3]]);
+        if rx[16..20] != self.vip || dport != self.port {
+            return Disposition::Drop;
+        }
+        self.id = self.id.wrapping_add(1);
+        let h = &mut tx[..20];
+        h.fill(0);
+        h[0] = 0x45;
+        h[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        h[4..6].copy_from_slice(&self.id.to_be_bytes());
+        h[8] = 64;
+        h[9] = 4;
+        h[12..16].copy_from_slice(&self.local);
+        h[16..20].copy_from_slice(&self.node);
+        let c = checksum(h);
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+        tx[20..total].copy_from_slice(rx);
+        Disposition::Tun { len: total }
+    }
+}

@@ -5,8 +5,8 @@
 //! raw socket receives every IPv4 packet of protocol 4 addressed to this host, outer header
 //! included; [`Decapsulator`] validates and strips it; the inner packet is written to the TUN,
 //! so the node's stack receives it as if it had arrived on that interface and delivers it to
-//! the VIP on the loopback. The TUN gets loose reverse-path filtering (the client's address
-//! routes elsewhere). One thread, one packet per syscall: tunnel traffic is the request
+//! the VIP on the loopback. The TUN gets reverse-path filtering off (the client's address
+//! routes elsewhere; see [`super::netlink::tune_tun_sysctls`]). One thread, one packet per syscall: tunnel traffic is the request
 //! direction only, the heavy replies leave the node directly.
 
 use std::sync::Arc;
@@ -46,7 +46,7 @@ impl DecapShell {
             .enable(true)
             .build_sync()
             .map_err(tun_err)?;
-        netlink::set_loose_rp_filter(tun_name)?;
+        netlink::tune_tun_sysctls(tun_name)?;
         let raw = Socket::new(
             Domain::IPV4,
             Type::RAW,

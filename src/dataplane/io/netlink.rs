@@ -259,18 +259,37 @@ pub async fn neighbour_mac(
     Ok(None)
 }
 
-/// Sets loose reverse-path filtering on `iface` (packets the shell writes to the TUN carry
-/// client source addresses whose route points elsewhere: strict mode would drop them). The
-/// kernel uses the larger of `all` and the interface's value, and 2 is the largest: loose.
-pub fn set_loose_rp_filter(iface: &str) -> Result<(), ShellError> {
-    if iface.contains('/') || iface.contains("..") {
+/// Tunes the TUN's IPv4 sysctls for packets the shell writes into it:
+///
+/// * `rp_filter = 0`: they carry client source addresses whose route points elsewhere (strict
+///   mode drops them), and in tunnel mode this host's own address, which even loose mode
+///   refuses on an interface without addresses (measured: `TcpExtIPReversePathFilter`).
+/// * `accept_local = 1`: tunnel-mode outer headers carry this host's own address as source, a
+///   "martian" without it.
+///
+/// The kernel filters with `max(all, interface)`: when `net.ipv4.conf.all.rp_filter` is not 0
+/// the TUN is filtered anyway. Loose mode (2) still passes NAT and DR (tested); tunnel mode
+/// needs `all = 0`. The shell does not change host-wide settings: it warns.
+pub fn tune_tun_sysctls(iface: &str) -> Result<(), ShellError> {
+    if iface.is_empty() || iface.contains('/') || iface.contains("..") {
         return Err(ShellError::Config(format!("bad interface name {iface:?}")));
     }
-    let path = format!("/proc/sys/net/ipv4/conf/{iface}/rp_filter");
-    std::fs::write(&path, "2").map_err(|source| ShellError::Tun {
-        name: iface.to_string(),
-        source,
-    })
+    for (key, value) in [("rp_filter", "0"), ("accept_local", "1")] {
+        let path = format!("/proc/sys/net/ipv4/conf/{iface}/{key}");
+        std::fs::write(&path, value).map_err(|source| ShellError::Tun {
+            name: format!("{iface} ({key})"),
+            source,
+        })?;
+    }
+    let all = std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/rp_filter").unwrap_or_default();
+    if all.trim() != "0" {
+        tracing::warn!(
+            iface,
+            all_rp_filter = all.trim(),
+            "net.ipv4.conf.all.rp_filter is not 0: the kernel filters the TUN anyway; tunnel mode needs 0"
+        );
+    }
+    Ok(())
 }
 
 /// Whether the running kernel has IP-in-IP (`ipip`) support loaded or built in: then a node

@@ -108,7 +108,7 @@ impl Shell {
             stopped: false,
         };
         // From here on, dropping `shell` on an error tears down whatever was set up.
-        netlink::set_loose_rp_filter(&shell.cfg.tun_name)?;
+        netlink::tune_tun_sysctls(&shell.cfg.tun_name)?;
         shell.rt.block_on(netlink::install(
             &shell.handle,
             index,
