@@ -26,7 +26,7 @@ use clusterserver::dataplane::io::{PacketProcessor, ShellConfig, StatsSnapshot};
 use clusterserver::platform::linux::netsys::enter_netns;
 
 mod common;
-use common::{MiniNat, MiniTunnel};
+use common::{MiniDr, MiniNat, MiniTunnel};
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 2);
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 9, 1);
@@ -466,6 +466,49 @@ fn tcp_through_tun_tunnel_and_decap() {
         "tunnel via TUN + user-space decap: {bytes} bytes each way in {elapsed:?} ({mbit:.0} Mbit/s total); shell {shell:?}; decap {decap:?}"
     );
     assert!(decap.decapsulated > 0);
+}
+
+/// Direct routing end to end: the shell sends requests unchanged in Ethernet frames to the
+/// server's MAC (AF_PACKET, MAC from the neighbour table; the first SYN finds no entry, pokes
+/// the kernel into ARP and is retransmitted), the server holds the VIP on its loopback and
+/// answers the client directly.
+#[test]
+fn tcp_through_tun_direct_routing() {
+    if std::env::var(HELPER_ENV).is_ok() || !can_run() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let (c, a, s) = topology(&mut lab);
+    in_ns(
+        &s,
+        &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"],
+    );
+    spawn_server(&mut lab, &s, VIP);
+    let mut cfg = shell_config(true);
+    cfg.queues = 2;
+    cfg.dr_interface = Some("a1".into());
+    let (stop, done) = start_shell(&a, cfg, vec![SteerRule::to_vip(VIP)], |_| {
+        MiniDr::new(VIP, PORT, SERVER)
+    });
+    let result = run_client(&c, SocketAddr::from((VIP, PORT)));
+    let _ = stop.send(());
+    let shell = done
+        .recv_timeout(Duration::from_secs(10))
+        .expect("shell stop")
+        .expect("shell");
+    let (bytes, elapsed) = result.unwrap_or_else(|e| {
+        panic!(
+            "client: {e}; shell {shell:?}\natm:\n{}\nserver:\n{}",
+            diag(&a),
+            diag(&s)
+        )
+    });
+    assert_eq!(bytes, PAYLOAD);
+    let mbit = (2 * bytes) as f64 * 8.0 / elapsed.as_secs_f64() / 1e6;
+    println!(
+        "direct routing via TUN + AF_PACKET: {bytes} bytes each way in {elapsed:?} ({mbit:.0} Mbit/s total); shell {shell:?}"
+    );
+    assert!(shell.tx_l2_packets > 0);
 }
 
 /// Leftovers of a crashed run (rules with our priority and table, routes in our table, the

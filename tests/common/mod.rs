@@ -127,3 +127,40 @@ impl PacketProcessor for MiniTunnel {
         Disposition::Tun { len: total }
     }
 }
+
+/// A minimal direct-routing processor: TCP to the VIP's port leaves unchanged, in a frame to
+/// `server`'s MAC; everything else is dropped.
+#[derive(Debug)]
+pub struct MiniDr {
+    vip: [u8; 4],
+    port: u16,
+    server: Ipv4Addr,
+}
+
+impl MiniDr {
+    pub fn new(vip: Ipv4Addr, port: u16, server: Ipv4Addr) -> Self {
+        MiniDr {
+            vip: vip.octets(),
+            port,
+            server,
+        }
+    }
+}
+
+impl PacketProcessor for MiniDr {
+    fn process(&mut self, _now: Instant, rx: &[u8], tx: &mut [u8]) -> Disposition {
+        if rx.len() < 40 || rx[0] >> 4 != 4 || rx[9] != 6 || tx.len() < rx.len() {
+            return Disposition::Drop;
+        }
+        let ihl = usize::from(rx[0] & 0xf) * 4;
+        let dport = u16::from_be_bytes([rx[ihl + 2], rx[ihl + 3]]);
+        if rx[16..20] != self.vip || dport != self.port {
+            return Disposition::Drop;
+        }
+        tx[..rx.len()].copy_from_slice(rx);
+        Disposition::L2 {
+            len: rx.len(),
+            next_hop: self.server,
+        }
+    }
+}

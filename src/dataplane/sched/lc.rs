@@ -49,14 +49,14 @@ impl Scheduler for LeastConn {
         }
         let start = self.last % n;
         let mut best: Option<usize> = None;
-        // Scan in rotation order, starting after the last pick: strict improvement only, so
-        // the first tied server in rotation order wins.
-        for k in 1..=n {
-            let i = (start + k) % n;
-            if !servers[i].eligible() {
+        // Scan in rotation order, starting after the last pick (two ranges, no modulo in the
+        // loop): strict improvement only, so the first tied server in rotation order wins.
+        for i in (start + 1..n).chain(0..=start) {
+            let s = &servers[i];
+            if !s.eligible() {
                 continue;
             }
-            if best.is_none_or(|b| self.compare(&servers[i], &servers[b]) == Ordering::Less) {
+            if best.is_none_or(|b| self.compare(s, &servers[b]) == Ordering::Less) {
                 best = Some(i);
             }
         }

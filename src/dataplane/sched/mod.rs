@@ -199,7 +199,11 @@ pub fn server_key(name: &str, address: IpAddr, port: u16) -> u64 {
 /// The next eligible index strictly after `after` (wrapping), scanning at most `len` slots.
 fn next_eligible(servers: &[ServerSlot], after: usize) -> Option<usize> {
     let n = servers.len();
-    (1..=n)
-        .map(|k| (after.wrapping_add(k)) % n)
+    if n == 0 {
+        return None;
+    }
+    let after = after.min(n - 1);
+    (after + 1..n)
+        .chain(0..=after)
         .find(|&i| servers[i].eligible())
 }
