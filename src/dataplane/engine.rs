@@ -1,0 +1,796 @@
+//! The sans-IO packet engine: `process(now, rx, tx) -> Verdict`.
+//!
+//! One call handles one IPv4 packet from the I/O shell: parse (checked views), classify
+//! (client → VIP, NAT reply, ICMP error), look up or create the connection, rewrite into
+//! the caller's `tx` buffer, and say what to do with it. Nothing allocates, locks, logs or
+//! reads a clock on this path; every dropped packet is counted by [`DropReason`].
+//!
+//! # Forwarding methods
+//!
+//! * **NAT**: client → VIP:port becomes client → server:port ([`Verdict::Tun`]); the
+//!   server's reply (routed through the ATM by policy routing) matches the table's reverse
+//!   index and leaves as VIP:port → client.
+//! * **Direct routing**: the packet is copied unchanged and returned as [`Verdict::L2`] with
+//!   the server as next hop: the shell frames it to the server's MAC.
+//! * **IP-in-IP**: an outer header (protocol 4, `local_addr` → server, DF copied from the
+//!   inner packet) is prepended. If the result would exceed `path_mtu` and the inner packet
+//!   has DF set, the client gets ICMP fragmentation-needed with MTU `path_mtu - 20`
+//!   instead; without DF the outer packet is sent and the kernel fragments it.
+//!
+//! # Validation and drops
+//!
+//! The IPv4 header checksum is verified (20 bytes, cheap); transport checksums are not
+//! (end hosts verify them, and TUN offloads may hand us partial ones) but are patched
+//! incrementally (RFC 1624) so a valid checksum stays valid. Malformed, truncated or unknown
+//! packets are dropped and counted; no input makes `process` panic (fuzzed).
+//!
+//! # Fragments
+//!
+//! A *first* fragment (offset 0, more-fragments set) carries the transport header: it
+//! follows its flow like any packet (the incremental checksum patch is valid for a partial
+//! segment). **Later fragments (offset > 0) are counted and dropped**
+//! ([`DropReason::LaterFragment`]): they carry no ports, and matching them would need
+//! per-datagram reassembly state (memory an attacker could exhaust). TCP avoids
+//! fragmentation through path-MTU discovery, which works through the balancer because ICMP
+//! errors are translated (below); fragmented UDP to a VIP is not supported.
+//!
+//! # ICMP
+//!
+//! ICMP errors (destination unreachable including fragmentation-needed, time exceeded,
+//! parameter problem, source quench) that quote a tracked flow are translated with it: from
+//! the server side (quoting client → server of a NAT flow) the outer source and the quoted
+//! destination become the VIP; from the client side (to the VIP, quoting VIP → client) the
+//! error goes to the flow's server (rewritten for NAT, framed for DR, encapsulated for
+//! tunnels). Other ICMP (echo) is dropped and counted: the VIP's owner kernel answers pings.
+//!
+//! # TCP state and timeouts
+//!
+//! See [`conntrack`](super::conntrack) for the states and their timeouts. A TCP entry is
+//! created only by a SYN without ACK; any other segment without an entry is dropped
+//! (`NoConnection`). Transitions: client SYN → `SynSent`; server SYN-ACK → `SynRecv` (NAT
+//! only); then a client ACK → `Established`. In **DR and tunnel modes** the engine never sees
+//! the server's packets, so a client ACK after the SYN is taken as the handshake's end
+//! (`SynSent` → `Established`) and only the client's FIN/RST moves an entry to `Closing`:
+//! a connection the server closes first stays `Established` until the client's FIN
+//! (which normally follows at once) or its idle timeout. FIN or RST in either visible
+//! direction → `Closing`; a client SYN on a `Closing` entry reuses it (`SynSent`, same
+//! server). UDP flows are `Udp` throughout.
+//!
+//! # Active and shadow
+//!
+//! An inactive engine (a backup) forwards nothing (`Inactive`) but applies connection-sync
+//! records to its table; after [`Engine::set_active`]`(true)` those entries are live.
+
+mod affinity;
+mod apply;
+mod forward;
+mod icmp;
+pub mod select;
+#[cfg(test)]
+mod tests;
+
+use core::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::collections::VecDeque;
+
+use crate::config::{self, Forwarding, OnDown};
+use crate::dataplane::conntrack::{ConnTable, Entry, FLAG_NAT, FwdKey, RevKey, State};
+use crate::dataplane::sync::SyncRecord;
+use crate::dataplane::wire::{self, Ipv4Packet, TcpPacket, UdpPacket, proto, tcp::flags};
+use crate::time::Instant;
+pub use select::{Select, ServerSlot};
+
+/// What the engine is built from.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub services: Vec<config::Service>,
+    pub table: config::Table,
+    /// The ATM's own address: source of tunnel outer headers and of ICMP errors it makes.
+    pub local_addr: Ipv4Addr,
+    /// Path MTU towards tunnelled servers.
+    pub path_mtu: u16,
+    /// Seeds the table's hash and the schedulers.
+    pub seed: u64,
+}
+
+/// What to do with a processed packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// `tx[..len]` is an IP packet to hand back to the kernel through the TUN device (NAT
+    /// toward the server, NAT reply toward the client, IP-in-IP outer packet, ICMP error to
+    /// the client).
+    Tun { len: usize },
+    /// `tx[..len]` is the client's IP packet, VIP untouched, to be sent in an Ethernet frame
+    /// to `next_hop`'s MAC (direct routing).
+    L2 { len: usize, next_hop: Ipv4Addr },
+    /// Dropped; counted under this reason.
+    Drop(DropReason),
+}
+
+/// Why a packet was dropped. Each has a counter in [`EngineStats::drops`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum DropReason {
+    /// Shorter than a header or a length field says.
+    Truncated,
+    /// Impossible header field (version, lengths).
+    BadHeader,
+    /// IPv4 header checksum wrong.
+    BadChecksum,
+    /// Not TCP, UDP or ICMP over IPv4 (IPv6 included, for now).
+    UnsupportedProtocol,
+    /// A fragment with offset > 0 (see the module docs).
+    LaterFragment,
+    /// TTL already 0.
+    TtlExceeded,
+    /// Neither to a VIP service nor a reply of a tracked NAT flow.
+    NoService,
+    /// TCP segment other than a SYN with no connection entry.
+    NoConnection,
+    /// No server is up with a weight above 0.
+    NoServer,
+    /// A NAT flow whose reply tuple is already used by another flow.
+    NatConflict,
+    /// The flow's server is down and the service resets connections (`on_down: reset`).
+    ServerDown,
+    /// An ICMP error quoting no tracked flow.
+    IcmpNoFlow,
+    /// ICMP that is not an error (echo...).
+    IcmpNotError,
+    /// The packet cannot grow by an outer header (over 65535 bytes).
+    TooBig,
+    /// The caller's `tx` buffer cannot hold the result.
+    BufferTooSmall,
+    /// The engine is a backup (inactive).
+    Inactive,
+}
+
+impl DropReason {
+    /// Every reason, in counter order.
+    pub const ALL: [DropReason; 16] = [
+        DropReason::Truncated,
+        DropReason::BadHeader,
+        DropReason::BadChecksum,
+        DropReason::UnsupportedProtocol,
+        DropReason::LaterFragment,
+        DropReason::TtlExceeded,
+        DropReason::NoService,
+        DropReason::NoConnection,
+        DropReason::NoServer,
+        DropReason::NatConflict,
+        DropReason::ServerDown,
+        DropReason::IcmpNoFlow,
+        DropReason::IcmpNotError,
+        DropReason::TooBig,
+        DropReason::BufferTooSmall,
+        DropReason::Inactive,
+    ];
+
+    /// A snake_case name for metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Truncated => "truncated",
+            DropReason::BadHeader => "bad_header",
+            DropReason::BadChecksum => "bad_checksum",
+            DropReason::UnsupportedProtocol => "unsupported_protocol",
+            DropReason::LaterFragment => "later_fragment",
+            DropReason::TtlExceeded => "ttl_exceeded",
+            DropReason::NoService => "no_service",
+            DropReason::NoConnection => "no_connection",
+            DropReason::NoServer => "no_server",
+            DropReason::NatConflict => "nat_conflict",
+            DropReason::ServerDown => "server_down",
+            DropReason::IcmpNoFlow => "icmp_no_flow",
+            DropReason::IcmpNotError => "icmp_not_error",
+            DropReason::TooBig => "too_big",
+            DropReason::BufferTooSmall => "buffer_too_small",
+            DropReason::Inactive => "inactive",
+        }
+    }
+}
+
+impl From<wire::Error> for DropReason {
+    fn from(e: wire::Error) -> Self {
+        match e {
+            wire::Error::Truncated => DropReason::Truncated,
+            wire::Error::Malformed => DropReason::BadHeader,
+        }
+    }
+}
+
+/// Counters, all monotonic except `table_len`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub packets: u64,
+    pub nat_to_server: u64,
+    pub nat_to_client: u64,
+    pub direct_routed: u64,
+    pub tunnelled: u64,
+    pub icmp_translated: u64,
+    pub frag_needed_sent: u64,
+    pub new_connections: u64,
+    pub table_len: u64,
+    pub table_expired: u64,
+    pub evicted_embryonic: u64,
+    pub evicted_other: u64,
+    pub sync_queued: u64,
+    pub sync_overflow: u64,
+    pub sync_applied: u64,
+    /// Indexed by `DropReason as usize` (see [`DropReason::ALL`]).
+    pub drops: [u64; 16],
+}
+
+impl EngineStats {
+    pub fn dropped(&self, r: DropReason) -> u64 {
+        self.drops[r as usize]
+    }
+}
+
+/// Control-plane errors of the engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    #[error("no server {server} in service {service}")]
+    NoSuchServer { service: usize, server: usize },
+    #[error("sync record: {0}")]
+    Sync(&'static str),
+}
+
+/// A configured service as the engine keeps it.
+#[derive(Debug)]
+struct Svc {
+    /// `None` for non-IPv4 VIPs (kept so indices match the config; never matched).
+    vip: Option<Ipv4Addr>,
+    port: u16,
+    proto: u8,
+    forwarding: Forwarding,
+    persistence_s: u32,
+    on_down: OnDown,
+    servers: Vec<ServerSlot>,
+    /// IPv4 address of each server (`UNSPECIFIED` for others: never picked).
+    addrs: Vec<Ipv4Addr>,
+    sched: Box<dyn Select>,
+}
+
+/// Capacity of the queue of changes waiting for connection sync.
+const SYNC_QUEUE: usize = 16_384;
+/// Expiry work: every `EXPIRE_EVERY` packets, up to `EXPIRE_BUDGET` entries.
+const EXPIRE_EVERY: u64 = 16;
+const EXPIRE_BUDGET: usize = 32;
+
+/// The packet engine. See the module docs.
+#[derive(Debug)]
+pub struct Engine {
+    svcs: Vec<Svc>,
+    table: ConnTable<Ipv4Addr>,
+    affinity: affinity::Affinity<Ipv4Addr>,
+    local_addr: Ipv4Addr,
+    path_mtu: u16,
+    seed: u64,
+    ident: u16,
+    active: bool,
+    sync_enabled: bool,
+    sync_queue: VecDeque<SyncRecord>,
+    stats: EngineStats,
+}
+
+fn secs(now: Instant) -> u32 {
+    u32::try_from(now.as_nanos() / 1_000_000_000).unwrap_or(u32::MAX)
+}
+
+fn l4_proto(p: config::Protocol) -> u8 {
+    match p {
+        config::Protocol::Tcp => proto::TCP,
+        config::Protocol::Udp => proto::UDP,
+    }
+}
+
+/// Decrements the active count of the server an entry pointed at.
+fn release(svcs: &mut [Svc], e: &Entry<Ipv4Addr>) {
+    if let Some(s) = svcs
+        .get_mut(usize::from(e.service))
+        .and_then(|s| s.servers.get_mut(usize::from(e.server_idx)))
+    {
+        s.active = s.active.saturating_sub(1);
+    }
+}
+
+impl Engine {
+    /// Builds an engine: allocates the table (and the affinity table if any service uses
+    /// persistence) once, here. The engine starts active, with sync disabled.
+    pub fn new(cfg: &EngineConfig) -> Engine {
+        let svcs: Vec<Svc> = cfg
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let servers: Vec<ServerSlot> =
+                    s.servers.iter().map(ServerSlot::from_config).collect();
+                let addrs = s
+                    .servers
+                    .iter()
+                    .map(|srv| match srv.address {
+                        IpAddr::V4(a) => a,
+                        IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+                    })
+                    .collect();
+                let sched = select::build(s.scheduler, &servers, cfg.seed ^ i as u64);
+                Svc {
+                    vip: match s.vip {
+                        IpAddr::V4(a) => Some(a),
+                        IpAddr::V6(_) => None,
+                    },
+                    port: s.port,
+                    proto: l4_proto(s.protocol),
+                    forwarding: s.forwarding,
+                    persistence_s: u32::try_from(s.persistence_s).unwrap_or(u32::MAX),
+                    on_down: s.on_down,
+                    servers,
+                    addrs,
+                    sched,
+                }
+            })
+            .collect();
+        let persist = svcs.iter().any(|s| s.persistence_s > 0);
+        let aff_records = if persist {
+            (cfg.table.max_connections as usize / 4).max(1024)
+        } else {
+            0
+        };
+        Engine {
+            svcs,
+            table: ConnTable::new(&cfg.table, cfg.seed),
+            affinity: affinity::Affinity::new(aff_records, cfg.seed.rotate_left(17)),
+            local_addr: cfg.local_addr,
+            path_mtu: cfg.path_mtu,
+            seed: cfg.seed,
+            ident: cfg.seed as u16,
+            active: true,
+            sync_enabled: false,
+            sync_queue: VecDeque::with_capacity(SYNC_QUEUE),
+            stats: EngineStats::default(),
+        }
+    }
+
+    /// Processes one IPv4 packet. `tx` should hold at least `rx.len() + 20` bytes (tunnel
+    /// outer header) or 576 (ICMP errors); a smaller one drops with `BufferTooSmall`.
+    pub fn process(&mut self, now: Instant, rx: &[u8], tx: &mut [u8]) -> Verdict {
+        self.stats.packets += 1;
+        if self.stats.packets % EXPIRE_EVERY == 0 {
+            self.expire(now, EXPIRE_BUDGET);
+        }
+        let v = self.dispatch(now, rx, tx);
+        match v {
+            Verdict::Drop(r) => self.stats.drops[r as usize] += 1,
+            Verdict::L2 { .. } => self.stats.direct_routed += 1,
+            Verdict::Tun { .. } => {}
+        }
+        v
+    }
+
+    /// Reclaims up to `budget` expired entries; the shell may call it when idle.
+    pub fn expire(&mut self, now: Instant, budget: usize) -> usize {
+        let svcs = &mut self.svcs;
+        self.table.expire(now, budget, &mut |e| release(svcs, e))
+    }
+
+    fn dispatch(&mut self, now: Instant, rx: &[u8], tx: &mut [u8]) -> Verdict {
+        if !self.active {
+            return Verdict::Drop(DropReason::Inactive);
+        }
+        match rx.first() {
+            None => return Verdict::Drop(DropReason::Truncated),
+            Some(b) if b >> 4 == 6 => return Verdict::Drop(DropReason::UnsupportedProtocol),
+            Some(_) => {}
+        }
+        let ip = match Ipv4Packet::new_checked(rx) {
+            Ok(p) => p,
+            Err(e) => return Verdict::Drop(e.into()),
+        };
+        if !ip.verify_checksum() {
+            return Verdict::Drop(DropReason::BadChecksum);
+        }
+        if ip.frag_offset() != 0 {
+            return Verdict::Drop(DropReason::LaterFragment);
+        }
+        if ip.ttl() == 0 {
+            return Verdict::Drop(DropReason::TtlExceeded);
+        }
+        match ip.protocol() {
+            proto::TCP | proto::UDP => self.transport(now, &ip, tx),
+            proto::ICMP => icmp::handle(self, now, &ip, tx),
+            _ => Verdict::Drop(DropReason::UnsupportedProtocol),
+        }
+    }
+
+    fn find_service(&self, vip: Ipv4Addr, port: u16, proto: u8) -> Option<usize> {
+        self.svcs
+            .iter()
+            .position(|s| s.vip == Some(vip) && s.port == port && s.proto == proto)
+    }
+
+    /// The slot of a live entry; an expired one found on the way is reclaimed.
+    fn lookup_fwd(&mut self, key: &FwdKey<Ipv4Addr>, now: Instant) -> Option<u32> {
+        let slot = self.table.find_fwd(key)?;
+        if self.table.is_expired(slot, now) {
+            self.remove_slot(slot);
+            return None;
+        }
+        Some(slot)
+    }
+
+    fn lookup_rev(&mut self, key: &RevKey<Ipv4Addr>, now: Instant) -> Option<u32> {
+        let slot = self.table.find_rev(key)?;
+        if self.table.is_expired(slot, now) {
+            self.remove_slot(slot);
+            return None;
+        }
+        Some(slot)
+    }
+
+    fn remove_slot(&mut self, slot: u32) {
+        let e = self.table.remove(slot);
+        release(&mut self.svcs, &e);
+    }
+
+    fn transport(&mut self, now: Instant, ip: &Ipv4Packet<&[u8]>, tx: &mut [u8]) -> Verdict {
+        let p = ip.protocol();
+        let (sport, dport, fl) = match l4_ports(p, ip.payload()) {
+            Ok(x) => x,
+            Err(r) => return Verdict::Drop(r),
+        };
+        let (src, dst) = (ip.src_addr(), ip.dst_addr());
+        if let Some(svc) = self.find_service(dst, dport, p) {
+            let key = FwdKey {
+                proto: p,
+                client: src,
+                client_port: sport,
+                vip: dst,
+                vip_port: dport,
+            };
+            return self.client_packet(now, ip, tx, svc, &key, fl);
+        }
+        let rk = RevKey {
+            proto: p,
+            server: src,
+            server_port: sport,
+            client: dst,
+            client_port: dport,
+        };
+        match self.lookup_rev(&rk, now) {
+            Some(slot) => self.nat_reply(now, ip, tx, slot, fl),
+            None => Verdict::Drop(DropReason::NoService),
+        }
+    }
+
+    fn client_packet(
+        &mut self,
+        now: Instant,
+        ip: &Ipv4Packet<&[u8]>,
+        tx: &mut [u8],
+        svc: usize,
+        key: &FwdKey<Ipv4Addr>,
+        fl: u8,
+    ) -> Verdict {
+        let slot = match self.lookup_fwd(key, now) {
+            Some(slot) => {
+                let e = self.table.get(slot);
+                let s = &self.svcs[svc];
+                if !s.servers[usize::from(e.server_idx)].up && s.on_down == OnDown::Reset {
+                    self.remove_slot(slot);
+                    match self.new_flow(now, svc, key, fl) {
+                        Ok(slot) => slot,
+                        Err(_) => return Verdict::Drop(DropReason::ServerDown),
+                    }
+                } else {
+                    self.hit(now, slot, fl, true);
+                    slot
+                }
+            }
+            None => match self.new_flow(now, svc, key, fl) {
+                Ok(slot) => slot,
+                Err(r) => return Verdict::Drop(r),
+            },
+        };
+        let e = *self.table.get(slot);
+        let server = self.svcs[svc].addrs[usize::from(e.server_idx)];
+        match self.svcs[svc].forwarding {
+            Forwarding::Nat => {
+                let v = forward::rewrite(ip, tx, forward::Side::Dst, server, e.server_port);
+                if matches!(v, Verdict::Tun { .. }) {
+                    self.stats.nat_to_server += 1;
+                }
+                v
+            }
+            Forwarding::Dr => forward::direct(ip, tx, server),
+            Forwarding::Tunnel => self.tunnel(ip, tx, server, true),
+        }
+    }
+
+    /// Encapsulates towards `server`; an oversized DF packet gets frag-needed instead when
+    /// `may_reply` (never in answer to an ICMP error).
+    fn tunnel(
+        &mut self,
+        ip: &Ipv4Packet<&[u8]>,
+        tx: &mut [u8],
+        server: Ipv4Addr,
+        may_reply: bool,
+    ) -> Verdict {
+        let len = usize::from(ip.total_len());
+        if len + 20 > usize::from(self.path_mtu) && ip.dont_frag() && may_reply {
+            let v = forward::frag_needed(ip, tx, self.local_addr, self.path_mtu.saturating_sub(20));
+            if matches!(v, Verdict::Tun { .. }) {
+                self.stats.frag_needed_sent += 1;
+            }
+            return v;
+        }
+        self.ident = self.ident.wrapping_add(1);
+        let v = forward::encapsulate(ip, tx, self.local_addr, server, self.ident);
+        if matches!(v, Verdict::Tun { .. }) {
+            self.stats.tunnelled += 1;
+        }
+        v
+    }
+
+    fn nat_reply(
+        &mut self,
+        now: Instant,
+        ip: &Ipv4Packet<&[u8]>,
+        tx: &mut [u8],
+        slot: u32,
+        fl: u8,
+    ) -> Verdict {
+        self.hit(now, slot, fl, false);
+        let e = *self.table.get(slot);
+        let v = forward::rewrite(ip, tx, forward::Side::Src, e.vip, e.vip_port);
+        if matches!(v, Verdict::Tun { .. }) {
+            self.stats.nat_to_client += 1;
+        }
+        v
+    }
+
+    /// Updates state and idle time of a hit, offering changes to sync.
+    #[inline]
+    fn hit(&mut self, now: Instant, slot: u32, fl: u8, from_client: bool) {
+        let e = self.table.get(slot);
+        let next = if e.proto == proto::TCP {
+            tcp_next(e.state, fl, from_client, e.flags & FLAG_NAT != 0)
+        } else {
+            e.state
+        };
+        if next != e.state {
+            self.table.set_state(slot, next, now);
+            self.offer_sync(slot, now, true);
+        } else {
+            self.table.touch(slot, now);
+            self.offer_sync(slot, now, false);
+        }
+    }
+
+    fn new_flow(
+        &mut self,
+        now: Instant,
+        svc_idx: usize,
+        key: &FwdKey<Ipv4Addr>,
+        fl: u8,
+    ) -> Result<u32, DropReason> {
+        if key.proto == proto::TCP
+            && fl & (flags::SYN | flags::ACK | flags::RST | flags::FIN) != flags::SYN
+        {
+            return Err(DropReason::NoConnection);
+        }
+        let now_s = secs(now);
+        let svc_id = u16::try_from(svc_idx).map_err(|_| DropReason::NoService)?;
+        let svc = &mut self.svcs[svc_idx];
+        let sticky = if svc.persistence_s > 0 {
+            self.affinity
+                .get(svc_id, key.client, now_s)
+                .map(usize::from)
+                .filter(|&i| svc.servers.get(i).is_some_and(ServerSlot::available))
+        } else {
+            None
+        };
+        let idx = match sticky {
+            Some(i) => i,
+            None => {
+                let h = flow_hash(self.seed, key);
+                svc.sched
+                    .pick(h, IpAddr::V4(key.client), &svc.servers)
+                    .filter(|&i| i < svc.servers.len())
+                    .ok_or(DropReason::NoServer)?
+            }
+        };
+        let server = svc.addrs[idx];
+        if server.is_unspecified() {
+            return Err(DropReason::NoServer);
+        }
+        let server_idx = u16::try_from(idx).map_err(|_| DropReason::NoServer)?;
+        if svc.persistence_s > 0 {
+            self.affinity
+                .put(svc_id, key.client, server_idx, now_s, svc.persistence_s);
+        }
+        let server_port = svc.servers[idx].port;
+        let nat = svc.forwarding == Forwarding::Nat;
+        if nat {
+            let rk = RevKey {
+                proto: key.proto,
+                server,
+                server_port,
+                client: key.client,
+                client_port: key.client_port,
+            };
+            if self.lookup_rev(&rk, now).is_some() {
+                return Err(DropReason::NatConflict);
+            }
+        }
+        let state = if key.proto == proto::TCP {
+            State::SynSent
+        } else {
+            State::Udp
+        };
+        let entry = Entry::new(
+            key.proto,
+            (key.client, key.client_port),
+            (key.vip, key.vip_port),
+            (server, server_port),
+            svc_id,
+            server_idx,
+            state,
+            if nat { FLAG_NAT } else { 0 },
+        );
+        let slot = self.insert(entry, now);
+        self.stats.new_connections += 1;
+        self.offer_sync(slot, now, true);
+        Ok(slot)
+    }
+
+    fn insert(&mut self, entry: Entry<Ipv4Addr>, now: Instant) -> u32 {
+        let svcs = &mut self.svcs;
+        let slot = self.table.insert(entry, now, &mut |e| release(svcs, e));
+        if let Some(s) = self.svcs[usize::from(entry.service)]
+            .servers
+            .get_mut(usize::from(entry.server_idx))
+        {
+            s.active += 1;
+        }
+        slot
+    }
+
+    /// Queues the entry for connection sync when its state changed (`force`) or its last
+    /// offer is older than half its timeout. Half-open entries are never synced: a SYN
+    /// flood must not flood the sync channel too.
+    fn offer_sync(&mut self, slot: u32, now: Instant, force: bool) {
+        if !self.sync_enabled {
+            return;
+        }
+        let e = self.table.get(slot);
+        if matches!(e.state, State::SynSent | State::SynRecv) {
+            return;
+        }
+        let now16 = secs(now) as u16;
+        let refresh_s = (self.table.timeout_ns(e.state) / 2_000_000_000).clamp(1, 30_000) as u16;
+        if !force && now16.wrapping_sub(e.synced_s) < refresh_s {
+            return;
+        }
+        let rec = SyncRecord {
+            proto: e.proto,
+            state: e.state,
+            client: SocketAddr::from((e.client, e.client_port)),
+            vip: SocketAddr::from((e.vip, e.vip_port)),
+            server: SocketAddr::from((e.server, e.server_port)),
+            remaining_ms: u32::try_from(self.table.remaining_ns(slot, now) / 1_000_000)
+                .unwrap_or(u32::MAX),
+        };
+        self.table.get_mut(slot).synced_s = now16;
+        if self.sync_queue.len() < SYNC_QUEUE {
+            self.sync_queue.push_back(rec);
+            self.stats.sync_queued += 1;
+        } else {
+            self.stats.sync_overflow += 1;
+        }
+    }
+
+    /// The next change waiting for connection sync (see [`crate::dataplane::sync`]).
+    pub fn poll_sync(&mut self) -> Option<SyncRecord> {
+        self.sync_queue.pop_front()
+    }
+
+    /// Turns the recording of changes for connection sync on or off (off at start).
+    pub fn set_sync(&mut self, enabled: bool) {
+        self.sync_enabled = enabled;
+        if !enabled {
+            self.sync_queue.clear();
+        }
+    }
+
+    /// Active (primary: forwards) or shadow (backup: drops with `Inactive`, applies sync).
+    pub fn set_active(&mut self, active: bool) {
+        self.active = active;
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.active
+    }
+
+    /// Applies a health or weight change. Weight 0 drains (no new connections); a server
+    /// going down leaves its connections in place unless the service's `on_down` is
+    /// `reset`, in which case they are dropped on their next packet.
+    pub fn set_server_state(
+        &mut self,
+        service: usize,
+        server: usize,
+        weight: u32,
+        up: bool,
+    ) -> Result<(), EngineError> {
+        let svc = self
+            .svcs
+            .get_mut(service)
+            .filter(|s| server < s.servers.len())
+            .ok_or(EngineError::NoSuchServer { service, server })?;
+        svc.servers[server].weight = weight;
+        svc.servers[server].up = up;
+        svc.sched.update(&svc.servers);
+        Ok(())
+    }
+
+    /// The servers of a service as the scheduler sees them (with active counts).
+    pub fn servers(&self, service: usize) -> &[ServerSlot] {
+        self.svcs.get(service).map_or(&[], |s| &s.servers)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> EngineStats {
+        let t = self.table.stats();
+        EngineStats {
+            table_len: self.table.len() as u64,
+            table_expired: t.expired,
+            evicted_embryonic: t.evicted_embryonic,
+            evicted_other: t.evicted_other,
+            ..self.stats
+        }
+    }
+
+    /// The connection table (read-only: listings, memory figures).
+    pub fn table(&self) -> &ConnTable<Ipv4Addr> {
+        &self.table
+    }
+
+    /// Heap bytes of the table and the affinity table.
+    pub fn memory_bytes(&self) -> usize {
+        self.table.memory_bytes() + self.affinity.memory_bytes()
+    }
+}
+
+/// Ports and TCP flags of a transport header.
+fn l4_ports(p: u8, l4: &[u8]) -> Result<(u16, u16, u8), DropReason> {
+    if p == proto::TCP {
+        let t = TcpPacket::new_checked(l4)?;
+        Ok((t.src_port(), t.dst_port(), t.flags()))
+    } else {
+        let u = UdpPacket::new_checked(l4)?;
+        Ok((u.src_port(), u.dst_port(), 0))
+    }
+}
+
+/// A seeded hash of a flow for hashing schedulers.
+fn flow_hash(seed: u64, k: &FwdKey<Ipv4Addr>) -> u64 {
+    let a = u64::from(k.client.to_bits()) << 32 | u64::from(k.vip.to_bits());
+    let b = u64::from(k.client_port) << 24 | u64::from(k.vip_port) << 8 | u64::from(k.proto);
+    let h = (a ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let h = (h.rotate_left(27) ^ b).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    h ^ (h >> 31)
+}
+
+/// The TCP state after a segment with flags `fl` (module docs).
+fn tcp_next(state: State, fl: u8, from_client: bool, nat: bool) -> State {
+    let syn = fl & flags::SYN != 0;
+    let ack = fl & flags::ACK != 0;
+    if fl & (flags::RST | flags::FIN) != 0 {
+        return State::Closing;
+    }
+    match (state, from_client) {
+        (State::SynSent, false) if syn && ack => State::SynRecv,
+        (State::SynSent, true) if !nat && ack && !syn => State::Established,
+        (State::SynRecv, true) if ack && !syn => State::Established,
+        (State::Closing, true) if syn && !ack => State::SynSent,
+        (s, _) => s,
+    }
+}

@@ -1,0 +1,151 @@
+//! The packet transforms: NAT rewrite, direct-routing copy, IP-in-IP encapsulation and the
+//! fragmentation-needed error. Each writes into the caller's `tx` and returns the verdict;
+//! checksums are patched incrementally (RFC 1624), never recomputed over the payload.
+
+use core::net::Ipv4Addr;
+
+use super::{DropReason, Verdict};
+use crate::dataplane::wire::icmp::kind;
+use crate::dataplane::wire::ipv4::{HEADER_LEN, Ipv4Repr};
+use crate::dataplane::wire::{IcmpPacket, Ipv4Packet, TcpPacket, UdpPacket, proto};
+
+/// Which endpoint a NAT rewrite changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Side {
+    /// Reply: server → client becomes VIP → client.
+    Src,
+    /// Request: client → VIP becomes client → server.
+    Dst,
+}
+
+/// Most of the offending datagram quoted in an ICMP error we make (RFC 1812: as much as
+/// fits in 576 bytes).
+const MAX_QUOTE: usize = 576 - HEADER_LEN - 8;
+
+fn copy_in<'a>(ip: &Ipv4Packet<&[u8]>, tx: &'a mut [u8], at: usize) -> Option<&'a mut [u8]> {
+    let pkt = ip.packet();
+    let out = tx.get_mut(at..at + pkt.len())?;
+    out.copy_from_slice(pkt);
+    Some(out)
+}
+
+/// NAT: copies the packet and rewrites one endpoint (address and port), patching the IP
+/// and transport checksums.
+pub(super) fn rewrite(
+    ip: &Ipv4Packet<&[u8]>,
+    tx: &mut [u8],
+    side: Side,
+    addr: Ipv4Addr,
+    port: u16,
+) -> Verdict {
+    let Some(out) = copy_in(ip, tx, 0) else {
+        return Verdict::Drop(DropReason::BufferTooSmall);
+    };
+    let len = out.len();
+    let mut p = Ipv4Packet::new_unchecked(out);
+    let old = match side {
+        Side::Src => p.src_bytes(),
+        Side::Dst => p.dst_bytes(),
+    };
+    match side {
+        Side::Src => p.set_src_addr(addr),
+        Side::Dst => p.set_dst_addr(addr),
+    }
+    let new = addr.octets();
+    let l4 = p.protocol();
+    let seg = p.payload_mut();
+    match l4 {
+        proto::TCP => {
+            let mut t = TcpPacket::new_unchecked(seg);
+            t.patch_pseudo_addr(&old, &new);
+            match side {
+                Side::Src => t.set_src_port(port),
+                Side::Dst => t.set_dst_port(port),
+            }
+        }
+        proto::UDP => {
+            let mut u = UdpPacket::new_unchecked(seg);
+            u.patch_pseudo_addr(&old, &new);
+            match side {
+                Side::Src => u.set_src_port(port),
+                Side::Dst => u.set_dst_port(port),
+            }
+        }
+        _ => {}
+    }
+    Verdict::Tun { len }
+}
+
+/// Direct routing: the packet unchanged, framed to the server by the shell.
+pub(super) fn direct(ip: &Ipv4Packet<&[u8]>, tx: &mut [u8], server: Ipv4Addr) -> Verdict {
+    match copy_in(ip, tx, 0) {
+        Some(out) => Verdict::L2 {
+            len: out.len(),
+            next_hop: server,
+        },
+        None => Verdict::Drop(DropReason::BufferTooSmall),
+    }
+}
+
+/// IP-in-IP (RFC 2003): a 20-byte outer header from `local` to `server`, DF copied from
+/// the inner packet.
+pub(super) fn encapsulate(
+    ip: &Ipv4Packet<&[u8]>,
+    tx: &mut [u8],
+    local: Ipv4Addr,
+    server: Ipv4Addr,
+    ident: u16,
+) -> Verdict {
+    let inner = usize::from(ip.total_len());
+    let Ok(total) = u16::try_from(inner + HEADER_LEN) else {
+        return Verdict::Drop(DropReason::TooBig);
+    };
+    if copy_in(ip, tx, HEADER_LEN).is_none() {
+        return Verdict::Drop(DropReason::BufferTooSmall);
+    }
+    Ipv4Packet::new_unchecked(&mut tx[..HEADER_LEN]).emit_header(&Ipv4Repr {
+        src: local,
+        dst: server,
+        protocol: proto::IPIP,
+        total_len: total,
+        ident,
+        ttl: 64,
+        dont_frag: ip.dont_frag(),
+    });
+    Verdict::Tun {
+        len: usize::from(total),
+    }
+}
+
+/// ICMP destination unreachable / fragmentation needed (RFC 1191) to the packet's source,
+/// quoting the start of the packet.
+pub(super) fn frag_needed(
+    ip: &Ipv4Packet<&[u8]>,
+    tx: &mut [u8],
+    local: Ipv4Addr,
+    mtu: u16,
+) -> Verdict {
+    let pkt = ip.packet();
+    let quote = pkt.len().min(MAX_QUOTE);
+    let total = HEADER_LEN + 8 + quote;
+    let Some(out) = tx.get_mut(..total) else {
+        return Verdict::Drop(DropReason::BufferTooSmall);
+    };
+    out[HEADER_LEN + 8..].copy_from_slice(&pkt[..quote]);
+    let m = mtu.to_be_bytes();
+    IcmpPacket::new_unchecked(&mut out[HEADER_LEN..]).emit_error(
+        kind::DEST_UNREACHABLE,
+        kind::CODE_FRAG_NEEDED,
+        [0, 0, m[0], m[1]],
+    );
+    Ipv4Packet::new_unchecked(&mut out[..]).emit_header(&Ipv4Repr {
+        src: local,
+        dst: ip.src_addr(),
+        protocol: proto::ICMP,
+        total_len: total as u16,
+        ident: 0,
+        ttl: 64,
+        dont_frag: false,
+    });
+    Verdict::Tun { len: total }
+}
