@@ -171,16 +171,16 @@ fn topology(lab: &mut Lab) -> (String, String, String) {
     (c, a, s)
 }
 
+/// What the shell thread reports when it stops: counters and processors, or an error.
+type ShellOutcome<P> = Result<(StatsSnapshot, Vec<P>), String>;
+
 /// Starts the shell on a thread inside `ns`; returns a stop sender and the stats receiver.
 fn start_shell<P: PacketProcessor + 'static>(
     ns: &str,
     cfg: ShellConfig,
     steer: Vec<SteerRule>,
     make: impl FnMut(usize) -> P + Send + 'static,
-) -> (
-    mpsc::Sender<()>,
-    mpsc::Receiver<Result<StatsSnapshot, String>>,
-) {
+) -> (mpsc::Sender<()>, mpsc::Receiver<ShellOutcome<P>>) {
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let (done_tx, done_rx) = mpsc::channel();
@@ -346,7 +346,7 @@ fn shell_config(offload: bool) -> ShellConfig {
 fn nat_run<P: PacketProcessor + 'static>(
     offload: bool,
     make: impl FnMut(usize) -> P + Send + 'static,
-) {
+) -> Vec<P> {
     let mut lab = Lab::new();
     let (c, a, s) = topology(&mut lab);
     spawn_server(&mut lab, &s, SERVER);
@@ -358,7 +358,7 @@ fn nat_run<P: PacketProcessor + 'static>(
     let (stop, done) = start_shell(&a, cfg, steer, make);
     let result = run_client(&c, SocketAddr::from((VIP, PORT)));
     let _ = stop.send(());
-    let stats = done
+    let (stats, processors) = done
         .recv_timeout(Duration::from_secs(10))
         .expect("shell stop")
         .expect("shell");
@@ -369,6 +369,7 @@ fn nat_run<P: PacketProcessor + 'static>(
         "NAT via TUN (offload {offload}): {bytes} bytes each way in {elapsed:?} ({mbit:.0} Mbit/s total); shell {stats:?}"
     );
     assert!(stats.rx_packets > 0 && stats.tx_tun_packets > 0);
+    processors
 }
 
 /// The minimal NAT processor (one VIP, one server) proves the shell, the steering and the
@@ -379,6 +380,51 @@ fn tcp_through_tun_nat_mini() {
         return;
     }
     nat_run(true, |_| MiniNat::new(VIP, SERVER, PORT));
+}
+
+/// The done-criterion of issue 3: real TCP through the real packet engine in NAT mode.
+#[test]
+fn tcp_through_tun_nat_engine() {
+    use clusterserver::config::{
+        Forwarding, OnDown, Protocol, SchedulerKind, Server, Service, Table,
+    };
+    use clusterserver::dataplane::engine::{Engine, EngineConfig};
+    if std::env::var(HELPER_ENV).is_ok() || !can_run() {
+        return;
+    }
+    let cfg = EngineConfig {
+        services: vec![Service {
+            name: "echo".into(),
+            vip: VIP.into(),
+            port: PORT,
+            protocol: Protocol::Tcp,
+            forwarding: Forwarding::Nat,
+            scheduler: SchedulerKind::Wlc,
+            persistence_s: 0,
+            gateway_vip: None,
+            on_down: OnDown::Keep,
+            servers: vec![Server {
+                name: "s1".into(),
+                address: SERVER.into(),
+                port: PORT,
+                weight: 1,
+            }],
+            checks: Vec::new(),
+        }],
+        table: Table {
+            max_connections: 4096,
+            tcp_timeout_s: 900,
+            tcp_fin_timeout_s: 120,
+            tcp_syn_timeout_s: 30,
+            udp_timeout_s: 300,
+            icmp_timeout_s: 30,
+        },
+        local_addr: Ipv4Addr::new(10, 77, 2, 1),
+        path_mtu: 1500,
+        seed: 7,
+    };
+    let engines = nat_run(true, move |_| Engine::new(&cfg));
+    println!("engine stats: {:?}", engines[0].stats());
 }
 
 /// The same without virtio offloads (one packet per read and write).
@@ -445,7 +491,7 @@ fn tcp_through_tun_tunnel_and_decap() {
     let result = run_client(&c, SocketAddr::from((VIP, PORT)));
     let _ = stop.send(());
     let _ = stop_tx.send(());
-    let shell = done
+    let (shell, _) = done
         .recv_timeout(Duration::from_secs(10))
         .expect("shell stop")
         .expect("shell");
@@ -492,7 +538,7 @@ fn tcp_through_tun_direct_routing() {
     });
     let result = run_client(&c, SocketAddr::from((VIP, PORT)));
     let _ = stop.send(());
-    let shell = done
+    let (shell, _) = done
         .recv_timeout(Duration::from_secs(10))
         .expect("shell stop")
         .expect("shell");

@@ -193,6 +193,19 @@ impl ShellStats {
     }
 }
 
+/// The real packet engine: its verdicts map one to one; drop reasons stay counted in the
+/// engine's own statistics.
+impl PacketProcessor for crate::dataplane::engine::Engine {
+    fn process(&mut self, now: Instant, rx: &[u8], tx: &mut [u8]) -> Disposition {
+        use crate::dataplane::engine::Verdict;
+        match crate::dataplane::engine::Engine::process(self, now, rx, tx) {
+            Verdict::Tun { len } => Disposition::Tun { len },
+            Verdict::L2 { len, next_hop } => Disposition::L2 { len, next_hop },
+            Verdict::Drop(_) => Disposition::Drop,
+        }
+    }
+}
+
 /// A processor that returns every packet unchanged to the TUN (for tests of the shell).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Echo;

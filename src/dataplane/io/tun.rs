@@ -10,14 +10,17 @@
 //!   processor from the factory (`factory(queue_index)`). A worker reads a batch (one
 //!   `recv_multiple`: up to [`IDEAL_BATCH_SIZE`] packets, a split super-packet), processes
 //!   every packet, and writes the `Tun` outputs back in one `send_multiple` (GRO-coalesced).
+//! * [`Shell::apply`] runs a closure on every worker's processor between two batches (server
+//!   state, weights, active/backup: the control plane's changes reach the engines without a
+//!   lock on the packet path). Bounded: a worker holds at most [`CONTROL_QUEUE`] pending.
 //! * [`Shell::stop`] (or drop) signals the workers, joins them (their TUN queues close, so the
-//!   non-persistent device disappears) and removes the routes and rules. Errors are returned,
-//!   never panics; per-packet trouble is counted in [`ShellStats`].
+//!   non-persistent device disappears), removes the routes and rules and hands the processors
+//!   back. Errors are returned, never panics; per-packet trouble is counted in [`ShellStats`].
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tun_rs::{
     AsyncDevice, DeviceBuilder, GROTable, IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN,
 };
@@ -34,13 +37,19 @@ const TX_OFFSET: usize = VIRTIO_NET_HDR_LEN;
 /// Largest IP packet a TUN read can return (one non-GSO packet, or a whole super-packet).
 const MAX_READ: usize = 65535;
 
+/// Pending control closures per worker.
+pub const CONTROL_QUEUE: usize = 64;
+
+/// A change applied to each worker's processor by [`Shell::apply`].
+pub type Control<P> = Arc<dyn Fn(&mut P) + Send + Sync>;
+
 /// A running shell. Stop it with [`Shell::stop`]; dropping it stops it too (errors ignored).
-#[derive(Debug)]
-pub struct Shell {
+pub struct Shell<P: PacketProcessor + 'static> {
     cfg: ShellConfig,
     steer: Vec<SteerRule>,
     stop_tx: watch::Sender<bool>,
-    workers: Vec<JoinHandle<Result<(), ShellError>>>,
+    controls: Vec<mpsc::Sender<Control<P>>>,
+    workers: Vec<JoinHandle<Result<P, ShellError>>>,
     stats: Arc<ShellStats>,
     rt: tokio::runtime::Runtime,
     handle: rtnetlink::Handle,
@@ -54,16 +63,26 @@ fn runtime() -> Result<tokio::runtime::Runtime, ShellError> {
         .map_err(ShellError::Runtime)
 }
 
-impl Shell {
+impl<P: PacketProcessor + 'static> core::fmt::Debug for Shell<P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Shell")
+            .field("cfg", &self.cfg)
+            .field("steer", &self.steer)
+            .field("workers", &self.workers.len())
+            .field("stopped", &self.stopped)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: PacketProcessor + 'static> Shell<P> {
     /// Creates the TUN with `cfg.queues` queues, installs `steer`, and starts one worker per
     /// queue with the processor `factory(queue)`.
-    pub fn start<P, F>(
+    pub fn start<F>(
         cfg: ShellConfig,
         steer: Vec<SteerRule>,
         mut factory: F,
-    ) -> Result<Shell, ShellError>
+    ) -> Result<Self, ShellError>
     where
-        P: PacketProcessor + 'static,
         F: FnMut(usize) -> P,
     {
         if cfg.queues == 0 || cfg.queues > 64 || cfg.mtu < 576 || cfg.mtu > 1500 {
@@ -101,6 +120,7 @@ impl Shell {
             cfg,
             steer,
             stop_tx,
+            controls: Vec::new(),
             workers: Vec::new(),
             stats: Arc::new(ShellStats::default()),
             rt,
@@ -118,10 +138,13 @@ impl Shell {
         ))?;
         let origin = tokio::time::Instant::now();
         for (q, dev) in devices.into_iter().enumerate() {
+            let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
+            shell.controls.push(control_tx);
             let worker = Worker {
                 queue: q,
                 processor: factory(q),
                 stop: shell.stop_tx.subscribe(),
+                control: control_rx,
                 stats: Arc::clone(&shell.stats),
                 dr_interface: shell.cfg.dr_interface.clone(),
                 origin,
@@ -140,25 +163,39 @@ impl Shell {
         self.stats.snapshot()
     }
 
-    /// Stops the workers, removes the steering and returns the final counters. The first
-    /// worker error, if any, is returned after the teardown has been done.
-    pub fn stop(mut self) -> Result<StatsSnapshot, ShellError> {
-        self.shutdown()?;
-        Ok(self.stats.snapshot())
+    /// Runs `f` on every worker's processor, between two batches. Fails if a worker has
+    /// stopped or already holds [`CONTROL_QUEUE`] pending changes (the caller retries).
+    pub fn apply(&self, f: Control<P>) -> Result<(), ShellError> {
+        for c in &self.controls {
+            c.try_send(Arc::clone(&f))
+                .map_err(|e| ShellError::Config(format!("control queue: {e}")))?;
+        }
+        Ok(())
     }
 
-    fn shutdown(&mut self) -> Result<(), ShellError> {
+    /// Stops the workers, removes the steering and returns the final counters and the
+    /// processors (one per queue). The first worker error, if any, is returned after the
+    /// teardown has been done.
+    pub fn stop(mut self) -> Result<(StatsSnapshot, Vec<P>), ShellError> {
+        let processors = self.shutdown()?;
+        Ok((self.stats.snapshot(), processors))
+    }
+
+    fn shutdown(&mut self) -> Result<Vec<P>, ShellError> {
         if self.stopped {
-            return Ok(());
+            return Ok(Vec::new());
         }
         self.stopped = true;
         // Receivers may all be gone already (workers that failed): nothing to tell then.
         let _ = self.stop_tx.send(true);
         let mut first_err = None;
+        let mut processors = Vec::new();
         for w in self.workers.drain(..) {
-            let r = w.join().unwrap_or(Err(ShellError::WorkerPanicked));
-            if let (Err(e), None) = (r, &first_err) {
-                first_err = Some(e);
+            match w.join().unwrap_or(Err(ShellError::WorkerPanicked)) {
+                Ok(p) => processors.push(p),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
             }
         }
         let removed = self.rt.block_on(netlink::remove(
@@ -169,12 +206,12 @@ impl Shell {
         ));
         match (first_err, removed) {
             (Some(e), _) | (None, Err(e)) => Err(e),
-            (None, Ok(_)) => Ok(()),
+            (None, Ok(_)) => Ok(processors),
         }
     }
 }
 
-impl Drop for Shell {
+impl<P: PacketProcessor + 'static> Drop for Shell<P> {
     fn drop(&mut self) {
         // Best effort: an explicit `stop` reports errors; a drop cannot.
         let _ = self.shutdown();
@@ -186,6 +223,7 @@ struct Worker<P> {
     queue: usize,
     processor: P,
     stop: watch::Receiver<bool>,
+    control: mpsc::Receiver<Control<P>>,
     stats: Arc<ShellStats>,
     dr_interface: Option<String>,
     origin: tokio::time::Instant,
@@ -218,7 +256,7 @@ impl Buffers {
 }
 
 impl<P: PacketProcessor> Worker<P> {
-    fn run(self, dev: SyncDevice) -> Result<(), ShellError> {
+    fn run(self, dev: SyncDevice) -> Result<P, ShellError> {
         let rt = runtime()?;
         rt.block_on(self.run_async(dev))
     }
@@ -227,7 +265,7 @@ impl<P: PacketProcessor> Worker<P> {
         Instant::from_nanos(u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX))
     }
 
-    async fn run_async(mut self, dev: SyncDevice) -> Result<(), ShellError> {
+    async fn run_async(mut self, dev: SyncDevice) -> Result<P, ShellError> {
         let name = format!("queue {}", self.queue);
         let dev = AsyncDevice::new(dev).map_err(|source| ShellError::Tun { name, source })?;
         let mut dr = match &self.dr_interface {
@@ -238,7 +276,11 @@ impl<P: PacketProcessor> Worker<P> {
         loop {
             let read = tokio::select! {
                 biased;
-                _ = self.stop.changed() => return Ok(()),
+                _ = self.stop.changed() => return Ok(self.processor),
+                Some(f) = self.control.recv() => {
+                    f(&mut self.processor);
+                    continue;
+                }
                 r = dev.recv_multiple(&mut b.original, &mut b.rx, &mut b.sizes, 0) => r,
             };
             let n = match read {
