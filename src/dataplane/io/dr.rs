@@ -6,7 +6,8 @@
 //! MAC comes from the kernel's neighbour table (rtnetlink), cached per worker for
 //! [`NEIGHBOUR_TTL`]. On a miss the sender pokes the kernel into resolving the address (a
 //! one-byte UDP datagram to the discard port, which makes the kernel ARP for it), drops the
-//! packet and counts `l2_no_neighbour`: the client's retransmission finds the entry. Health
+//! packet and counts `l2_no_neighbour`; the miss is remembered for [`MISS_TTL`], after which
+//! the client's retransmission finds the entry. Health
 //! checks normally keep servers' entries fresh, so misses are rare.
 
 use std::collections::BTreeMap;
@@ -22,6 +23,9 @@ use crate::time::Instant;
 
 /// How long a neighbour MAC is trusted before it is read again.
 pub const NEIGHBOUR_TTL: Duration = Duration::from_secs(30);
+/// How long a miss is remembered (packets to that next hop drop without a netlink dump, so
+/// an unreachable server cannot turn every packet into a neighbour-table read).
+pub const MISS_TTL: Duration = Duration::from_secs(1);
 /// Bound on the per-worker neighbour cache (it is cleared when full).
 const MAX_NEIGHBOURS: usize = 4096;
 
@@ -32,7 +36,8 @@ pub struct DrSender {
     ifindex: u32,
     src_mac: [u8; 6],
     handle: rtnetlink::Handle,
-    cache: BTreeMap<Ipv4Addr, ([u8; 6], Instant)>,
+    /// Next hop -> (MAC, or `None` for a remembered miss; when it was read).
+    cache: BTreeMap<Ipv4Addr, (Option<[u8; 6]>, Instant)>,
     frame: Vec<u8>,
     poke: Option<UdpSocket>,
 }
@@ -88,27 +93,31 @@ impl DrSender {
     }
 
     async fn resolve(&mut self, now: Instant, ip: Ipv4Addr) -> Option<[u8; 6]> {
-        if let Some((mac, at)) = self.cache.get(&ip)
-            && now.saturating_since(*at) < NEIGHBOUR_TTL
+        if let Some((mac, at)) = self.cache.get(&ip) {
+            let ttl = if mac.is_some() {
+                NEIGHBOUR_TTL
+            } else {
+                MISS_TTL
+            };
+            if now.saturating_since(*at) < ttl {
+                return *mac;
+            }
+        }
+        let mac = netlink::neighbour_mac(&self.handle, self.ifindex, ip)
+            .await
+            .ok()
+            .flatten();
+        if mac.is_none()
+            && let Some(p) = &self.poke
         {
-            return Some(*mac);
+            // Errors don't matter: the point is the kernel's ARP request.
+            let _ = p.send_to(&[0], SocketAddrV4::new(ip, 9));
         }
-        match netlink::neighbour_mac(&self.handle, self.ifindex, ip).await {
-            Ok(Some(mac)) => {
-                if self.cache.len() >= MAX_NEIGHBOURS {
-                    self.cache.clear();
-                }
-                self.cache.insert(ip, (mac, now));
-                Some(mac)
-            }
-            _ => {
-                if let Some(p) = &self.poke {
-                    // Errors don't matter: the point is the kernel's ARP request.
-                    let _ = p.send_to(&[0], SocketAddrV4::new(ip, 9));
-                }
-                None
-            }
+        if self.cache.len() >= MAX_NEIGHBOURS {
+            self.cache.clear();
         }
+        self.cache.insert(ip, (mac, now));
+        mac
     }
 }
 

@@ -45,7 +45,23 @@
 //! second queue with offloads is small here (~7.6 -> ~8.0 Gbit/s, TECH-NOTES), not worth a lock
 //! on every packet or an eBPF loader. Direct routing and tunnelling only see the request
 //! direction, whose flow hash is stable per connection, so they use one queue per core with an
-//! engine per queue. eBPF steering is the way to lift the NAT limit later.
+//! engine per queue. eBPF steering is the way to lift the NAT limit later. (The kernel's own
+//! TUN flow table, which learns a flow's queue from the packets user space writes, would send
+//! many replies to the right queue by luck of a symmetric hash, but its entries expire after a
+//! few idle seconds: not a correctness guarantee.)
+//!
+//! ## Measured (tests/tun_nat.rs, release build, 10 MB each way on one connection, 2 shared vCPUs)
+//!
+//! | path | time | total |
+//! | --- | --- | --- |
+//! | NAT, real engine, offloads | 98 ms | ~1.7 Gbit/s |
+//! | NAT, minimal processor, offloads / no offloads | 83 / 102 ms | ~2.0 / ~1.6 Gbit/s |
+//! | tunnel (encapsulate) + node user-space decapsulator | 111 ms | ~1.5 Gbit/s |
+//! | direct routing (AF_PACKET out) | 40 ms | ~4.2 Gbit/s |
+//!
+//! Short runs where connection set-up weighs: indicative, not a benchmark. With NAT both
+//! directions cross the TUN and forwarded segments arrive mostly un-coalesced (~4 packets per
+//! read); in DR the requests come in batches of ~25 segments.
 
 pub mod decap_loop;
 pub mod dr;
@@ -219,5 +235,39 @@ impl PacketProcessor for Echo {
             }
             None => Disposition::Drop,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nat_runs_one_queue() {
+        assert_eq!(ShellConfig::queues_for(Forwarding::Nat, 8), 1);
+        assert_eq!(ShellConfig::queues_for(Forwarding::Dr, 2), 2);
+        assert_eq!(ShellConfig::queues_for(Forwarding::Tunnel, 0), 1);
+    }
+
+    #[test]
+    fn echo_copies_or_drops() {
+        let mut tx = [0u8; 4];
+        assert_eq!(
+            Echo.process(Instant::ZERO, &[1, 2, 3], &mut tx),
+            Disposition::Tun { len: 3 }
+        );
+        assert_eq!(&tx[..3], &[1, 2, 3]);
+        assert_eq!(
+            Echo.process(Instant::ZERO, &[0; 5], &mut tx),
+            Disposition::Drop
+        );
+    }
+
+    #[test]
+    fn stats_snapshot_sums() {
+        let s = ShellStats::default();
+        ShellStats::add(&s.rx_packets, 3);
+        ShellStats::add(&s.rx_packets, 2);
+        assert_eq!(s.snapshot().rx_packets, 5);
     }
 }
