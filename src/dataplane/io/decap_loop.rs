@@ -24,6 +24,33 @@ use crate::dataplane::decap::{DecapPolicy, DecapStats, Decapsulator, IPPROTO_IPI
 /// Reads per wake-up before yielding (bounds one iteration of the loop).
 const BURST: usize = 64;
 
+/// How this node decapsulates: the kernel's `ipip` where present, else user space.
+#[derive(Debug)]
+pub enum NodeDecap {
+    /// The kernel decapsulates on this device (see [`netlink::enable_kernel_ipip`]).
+    Kernel { device: String },
+    /// The user-space loop runs.
+    User(DecapShell),
+}
+
+impl NodeDecap {
+    /// Chooses and starts the decapsulation for this node, in the calling thread's namespace.
+    pub fn start(tun_name: &str, policy: DecapPolicy) -> Result<NodeDecap, ShellError> {
+        if !netlink::kernel_has_ipip() {
+            return DecapShell::start(tun_name, policy).map(NodeDecap::User);
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(ShellError::Runtime)?;
+        let device = rt.block_on(async {
+            let handle = netlink::connect()?;
+            netlink::enable_kernel_ipip(&handle).await
+        })?;
+        Ok(NodeDecap::Kernel { device })
+    }
+}
+
 /// A running decapsulator. Stop it with [`DecapShell::stop`].
 #[derive(Debug)]
 pub struct DecapShell {

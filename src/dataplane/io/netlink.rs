@@ -18,7 +18,7 @@ use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
 use rtnetlink::packet_route::route::RouteAttribute;
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
-use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
+use rtnetlink::{Handle, IpVersion, LinkIpIp, LinkUnspec, RouteMessageBuilder};
 
 use super::ShellError;
 
@@ -299,6 +299,42 @@ pub fn kernel_has_ipip() -> bool {
         || std::fs::read_to_string("/proc/net/dev")
             .map(|s| s.contains("tunl0"))
             .unwrap_or(false)
+}
+
+/// Name of the IP-in-IP device [`enable_kernel_ipip`] creates when the kernel has no
+/// fallback `tunl0` in this namespace.
+pub const KERNEL_IPIP_DEVICE: &str = "csipip0";
+
+/// Lets the kernel decapsulate IP-in-IP: brings up the fallback device `tunl0` (which receives
+/// tunnel packets from any source to any local address), or creates an any-to-any
+/// [`KERNEL_IPIP_DEVICE`] where `tunl0` is absent (`fb_tunnels_only_for_init_net`), and tunes
+/// its sysctls like the shell's TUN. Returns the device's name. Only when
+/// [`kernel_has_ipip`]; the kernel path does not filter outer sources (use a firewall).
+pub async fn enable_kernel_ipip(handle: &Handle) -> Result<String, ShellError> {
+    let name = match link_index(handle, "tunl0").await? {
+        Some(index) => {
+            handle
+                .link()
+                .set(LinkUnspec::new_with_index(index).up().build())
+                .execute()
+                .await
+                .map_err(nl("set tunl0 up"))?;
+            "tunl0".to_string()
+        }
+        None => {
+            if link_index(handle, KERNEL_IPIP_DEVICE).await?.is_none() {
+                handle
+                    .link()
+                    .add(LinkIpIp::new(KERNEL_IPIP_DEVICE).up().build())
+                    .execute()
+                    .await
+                    .map_err(nl(format!("add ipip link {KERNEL_IPIP_DEVICE}")))?;
+            }
+            KERNEL_IPIP_DEVICE.to_string()
+        }
+    };
+    tune_tun_sysctls(&name)?;
+    Ok(name)
 }
 
 /// An address as an IPv4 host prefix, if it is IPv4.
