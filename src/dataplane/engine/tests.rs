@@ -1,1 +1,560 @@
+use super::*;
+use crate::config::{Protocol, SchedulerKind, Server, Service};
+use crate::dataplane::sync::{SyncReceiver, SyncSender};
+use crate::dataplane::wire::build;
+use crate::dataplane::wire::icmp::kind;
+use crate::dataplane::wire::tcp::flags::{ACK, FIN, SYN};
+use proptest::prelude::*;
 
+const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+const LOCAL: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+const S1: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 3);
+const S2: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 4);
+
+fn service(forwarding: Forwarding, protocol: Protocol) -> Service {
+    let server = |name: &str, a: Ipv4Addr| Server {
+        name: name.into(),
+        address: IpAddr::V4(a),
+        port: 8080,
+        weight: 1,
+    };
+    Service {
+        name: "web".into(),
+        vip: IpAddr::V4(VIP),
+        port: 80,
+        protocol,
+        forwarding,
+        scheduler: SchedulerKind::Rr,
+        persistence_s: 0,
+        gateway_vip: None,
+        on_down: OnDown::Keep,
+        servers: vec![server("s1", S1), server("s2", S2)],
+        checks: vec![],
+    }
+}
+
+pub(crate) fn engine_with(services: Vec<Service>, max: u32) -> Engine {
+    Engine::new(&EngineConfig {
+        services,
+        table: config::Table {
+            max_connections: max,
+            ..config::Table::default()
+        },
+        local_addr: LOCAL,
+        path_mtu: 1500,
+        seed: 42,
+    })
+}
+
+fn engine(f: Forwarding) -> Engine {
+    engine_with(
+        vec![service(f, Protocol::Tcp), service(f, Protocol::Udp)],
+        1000,
+    )
+}
+
+fn t(ms: u64) -> Instant {
+    Instant::from_millis(ms)
+}
+
+fn run(e: &mut Engine, now: Instant, pkt: &[u8]) -> (Verdict, Vec<u8>) {
+    let mut tx = vec![0u8; 2048];
+    let v = e.process(now, pkt, &mut tx);
+    let len = match v {
+        Verdict::Tun { len } | Verdict::L2 { len, .. } => len,
+        Verdict::Drop(_) => 0,
+    };
+    tx.truncate(len);
+    (v, tx)
+}
+
+fn addrs(pkt: &[u8]) -> (Ipv4Addr, u16, Ipv4Addr, u16) {
+    let p = Ipv4Packet::new_checked(pkt).unwrap();
+    let l4 = p.payload();
+    (
+        p.src_addr(),
+        wire::be16(l4, 0),
+        p.dst_addr(),
+        wire::be16(l4, 2),
+    )
+}
+
+#[test]
+fn nat_round_trip_tracks_tcp_state() {
+    let mut e = engine(Forwarding::Nat);
+    let syn = build::tcp((CLIENT, 40000), (VIP, 80), SYN, b"");
+    let (v, out) = run(&mut e, t(0), &syn);
+    assert!(matches!(v, Verdict::Tun { .. }), "{v:?}");
+    assert!(build::checksums_valid(&out));
+    assert_eq!(addrs(&out), (CLIENT, 40000, S1, 8080));
+    let slot = e
+        .table
+        .find_fwd(&FwdKey {
+            proto: 6,
+            client: CLIENT,
+            client_port: 40000,
+            vip: VIP,
+            vip_port: 80,
+        })
+        .unwrap();
+    assert_eq!(e.table.get(slot).state, State::SynSent);
+
+    let synack = build::tcp((S1, 8080), (CLIENT, 40000), SYN | ACK, b"");
+    let (v, out) = run(&mut e, t(1), &synack);
+    assert!(matches!(v, Verdict::Tun { .. }));
+    assert!(build::checksums_valid(&out));
+    assert_eq!(addrs(&out), (VIP, 80, CLIENT, 40000));
+    assert_eq!(e.table.get(slot).state, State::SynRecv);
+
+    let ack = build::tcp((CLIENT, 40000), (VIP, 80), ACK, b"GET / HTTP/1.0\r\n\r\n");
+    let (_, out) = run(&mut e, t(2), &ack);
+    assert!(build::checksums_valid(&out));
+    assert_eq!(e.table.get(slot).state, State::Established);
+    assert_eq!(e.servers(0)[0].active, 1);
+
+    let fin = build::tcp((S1, 8080), (CLIENT, 40000), FIN | ACK, b"");
+    run(&mut e, t(3), &fin);
+    assert_eq!(e.table.get(slot).state, State::Closing);
+    let s = e.stats();
+    assert_eq!(
+        (s.nat_to_server, s.nat_to_client, s.new_connections),
+        (2, 2, 1)
+    );
+}
+
+#[test]
+fn round_robin_spreads_new_flows() {
+    let mut e = engine(Forwarding::Nat);
+    let a = run(&mut e, t(0), &build::tcp((CLIENT, 1), (VIP, 80), SYN, b"")).1;
+    let b = run(&mut e, t(0), &build::tcp((CLIENT, 2), (VIP, 80), SYN, b"")).1;
+    assert_eq!((addrs(&a).2, addrs(&b).2), (S1, S2));
+}
+
+#[test]
+fn udp_nat_and_zero_checksum() {
+    let mut e = engine(Forwarding::Nat);
+    let mut d = build::udp((CLIENT, 5353), (VIP, 80), b"query");
+    let (_, out) = run(&mut e, t(0), &d);
+    assert!(build::checksums_valid(&out));
+    assert_eq!(addrs(&out).2, S1);
+    d[26] = 0;
+    d[27] = 0; // no checksum
+    let (_, out) = run(&mut e, t(1), &d);
+    assert_eq!(&out[26..28], &[0, 0]);
+    let reply = build::udp((S1, 8080), (CLIENT, 5353), b"answer");
+    let (_, out) = run(&mut e, t(2), &reply);
+    assert_eq!(addrs(&out), (VIP, 80, CLIENT, 5353));
+    assert!(build::checksums_valid(&out));
+}
+
+#[test]
+fn direct_routing_keeps_the_packet() {
+    let mut e = engine(Forwarding::Dr);
+    let syn = build::tcp((CLIENT, 40000), (VIP, 80), SYN, b"");
+    let (v, out) = run(&mut e, t(0), &syn);
+    assert_eq!(
+        v,
+        Verdict::L2 {
+            len: syn.len(),
+            next_hop: S1
+        }
+    );
+    assert_eq!(out, syn);
+    let ack = build::tcp((CLIENT, 40000), (VIP, 80), ACK, b"");
+    run(&mut e, t(1), &ack);
+    let (_, e0) = e.table.iter().next().unwrap();
+    assert_eq!(e0.state, State::Established);
+    assert_eq!(e.stats().direct_routed, 2);
+}
+
+#[test]
+fn tunnel_encapsulates_or_says_frag_needed() {
+    let mut e = engine(Forwarding::Tunnel);
+    let syn = build::tcp((CLIENT, 40000), (VIP, 80), SYN, b"");
+    let (v, out) = run(&mut e, t(0), &syn);
+    assert_eq!(
+        v,
+        Verdict::Tun {
+            len: syn.len() + 20
+        }
+    );
+    let outer = Ipv4Packet::new_checked(&out[..]).unwrap();
+    assert!(outer.verify_checksum());
+    assert_eq!(
+        (outer.src_addr(), outer.dst_addr(), outer.protocol()),
+        (LOCAL, S1, proto::IPIP)
+    );
+    assert!(outer.dont_frag());
+    assert_eq!(outer.payload(), &syn[..]);
+
+    // 1481 bytes + 20 > 1500 with DF: the client learns MTU 1480.
+    let big = build::tcp((CLIENT, 40000), (VIP, 80), ACK, &[7u8; 1441]);
+    let (v, out) = run(&mut e, t(1), &big);
+    assert!(matches!(v, Verdict::Tun { .. }));
+    assert!(build::checksums_valid(&out));
+    let ip = Ipv4Packet::new_checked(&out[..]).unwrap();
+    assert_eq!(
+        (ip.src_addr(), ip.dst_addr(), ip.protocol()),
+        (LOCAL, CLIENT, proto::ICMP)
+    );
+    let icmp = wire::IcmpPacket::new_checked(ip.payload()).unwrap();
+    assert_eq!(
+        (icmp.msg_type(), icmp.code(), icmp.next_hop_mtu()),
+        (3, 4, 1480)
+    );
+    assert_eq!(&icmp.payload()[..40], &big[..40]);
+    assert_eq!(e.stats().frag_needed_sent, 1);
+
+    // Without DF the outer packet goes out (the kernel fragments it), DF clear.
+    let mut nodf = big.clone();
+    let p = Ipv4Packet::new_checked(&nodf[..]).unwrap();
+    let w = wire::be16(p.header(), 6) & !0x4000;
+    let c = wire::checksum::update16(p.checksum(), 0x4000, w);
+    wire::put16(&mut nodf, 6, w);
+    wire::put16(&mut nodf, 10, c);
+    let (v, out) = run(&mut e, t(2), &nodf);
+    assert_eq!(
+        v,
+        Verdict::Tun {
+            len: nodf.len() + 20
+        }
+    );
+    assert!(!Ipv4Packet::new_checked(&out[..]).unwrap().dont_frag());
+}
+
+#[test]
+fn fragments_first_follows_later_dropped() {
+    let mut e = engine(Forwarding::Nat);
+    let mut first = build::udp((CLIENT, 5000), (VIP, 80), &[1u8; 64]);
+    set_frag(&mut first, 0x2000); // MF, offset 0
+    let (v, out) = run(&mut e, t(0), &first);
+    assert!(matches!(v, Verdict::Tun { .. }));
+    assert_eq!(addrs(&out).2, S1);
+    let mut later = build::udp((CLIENT, 5000), (VIP, 80), &[1u8; 64]);
+    set_frag(&mut later, 0x0009); // offset 72
+    assert_eq!(
+        run(&mut e, t(0), &later).0,
+        Verdict::Drop(DropReason::LaterFragment)
+    );
+    assert_eq!(e.stats().dropped(DropReason::LaterFragment), 1);
+}
+
+fn set_frag(pkt: &mut [u8], word: u16) {
+    let old = wire::be16(pkt, 6);
+    let c = wire::checksum::update16(wire::be16(pkt, 10), old, word);
+    wire::put16(pkt, 6, word);
+    wire::put16(pkt, 10, c);
+}
+
+#[test]
+fn bad_packets_are_counted_by_reason() {
+    let mut e = engine(Forwarding::Nat);
+    let syn = build::tcp((CLIENT, 1), (VIP, 80), SYN, b"");
+    let cases: Vec<(Vec<u8>, DropReason)> = vec![
+        (vec![], DropReason::Truncated),
+        (syn[..10].to_vec(), DropReason::Truncated),
+        (syn[..30].to_vec(), DropReason::Truncated),
+        (
+            {
+                let mut b = syn.clone();
+                b[0] = 0x60;
+                b
+            },
+            DropReason::UnsupportedProtocol,
+        ),
+        (
+            {
+                let mut b = syn.clone();
+                b[0] = 0x43;
+                b
+            },
+            DropReason::BadHeader,
+        ),
+        (
+            {
+                let mut b = syn.clone();
+                b[15] ^= 1;
+                b
+            },
+            DropReason::BadChecksum,
+        ),
+        (
+            build::tcp((CLIENT, 1), (VIP, 81), SYN, b""),
+            DropReason::NoService,
+        ),
+        (
+            build::tcp((CLIENT, 1), (VIP, 80), ACK, b""),
+            DropReason::NoConnection,
+        ),
+        (
+            build::tcp((S1, 8080), (CLIENT, 9), ACK, b""),
+            DropReason::NoService,
+        ),
+        (
+            {
+                let mut b = syn.clone();
+                b[9] = 47;
+                let c = wire::checksum::update16(wire::be16(&b, 10), 0x4006, 0x402f);
+                wire::put16(&mut b, 10, c);
+                b
+            },
+            DropReason::UnsupportedProtocol,
+        ),
+        (
+            {
+                let mut b = syn.clone();
+                b[32] = 0x40;
+                b
+            },
+            DropReason::BadHeader,
+        ),
+    ];
+    for (pkt, reason) in &cases {
+        assert_eq!(run(&mut e, t(0), pkt).0, Verdict::Drop(*reason), "{pkt:?}");
+    }
+    let total: u64 = e.stats().drops.iter().sum();
+    assert_eq!(total, cases.len() as u64);
+    let mut small = [0u8; 8];
+    assert_eq!(
+        e.process(t(0), &syn, &mut small),
+        Verdict::Drop(DropReason::BufferTooSmall)
+    );
+}
+
+#[test]
+fn icmp_frag_needed_from_server_side_is_translated() {
+    let mut e = engine(Forwarding::Nat);
+    let syn = build::tcp((CLIENT, 40000), (VIP, 80), SYN, b"");
+    let (_, to_server) = run(&mut e, t(0), &syn);
+    let router = Ipv4Addr::new(10, 0, 1, 254);
+    let err = build::icmp_error(
+        router,
+        CLIENT,
+        kind::DEST_UNREACHABLE,
+        kind::CODE_FRAG_NEEDED,
+        [0, 0, 5, 0],
+        &to_server,
+    );
+    let (v, out) = run(&mut e, t(1), &err);
+    assert!(matches!(v, Verdict::Tun { .. }), "{v:?}");
+    assert!(build::checksums_valid(&out));
+    let ip = Ipv4Packet::new_checked(&out[..]).unwrap();
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (VIP, CLIENT));
+    let quoted = &ip.payload()[8..];
+    assert_eq!(quoted, &syn[..], "the quote is what the client sent");
+    assert_eq!(e.stats().icmp_translated, 1);
+}
+
+#[test]
+fn icmp_from_client_side_reaches_the_server() {
+    let mut e = engine(Forwarding::Nat);
+    run(
+        &mut e,
+        t(0),
+        &build::tcp((CLIENT, 40000), (VIP, 80), SYN, b""),
+    );
+    let (_, reply) = run(
+        &mut e,
+        t(1),
+        &build::tcp((S1, 8080), (CLIENT, 40000), SYN | ACK, b""),
+    );
+    let router = Ipv4Addr::new(203, 0, 113, 1);
+    let err = build::icmp_error(
+        router,
+        VIP,
+        kind::DEST_UNREACHABLE,
+        kind::CODE_FRAG_NEEDED,
+        [0, 0, 5, 0],
+        &reply,
+    );
+    let (v, out) = run(&mut e, t(2), &err);
+    assert!(matches!(v, Verdict::Tun { .. }), "{v:?}");
+    assert!(build::checksums_valid(&out));
+    let ip = Ipv4Packet::new_checked(&out[..]).unwrap();
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (router, S1));
+    let q = Ipv4Packet::new_checked(&ip.payload()[8..]).unwrap();
+    assert!(q.verify_checksum());
+    assert_eq!((q.src_addr(), q.dst_addr()), (S1, CLIENT));
+    // Unrelated errors and echo requests are dropped.
+    let other = build::icmp_error(
+        router,
+        VIP,
+        3,
+        1,
+        [0; 4],
+        &build::tcp((VIP, 80), (CLIENT, 1), ACK, b""),
+    );
+    assert_eq!(
+        run(&mut e, t(3), &other).0,
+        Verdict::Drop(DropReason::IcmpNoFlow)
+    );
+    let echo = build::icmp_error(router, VIP, kind::ECHO_REQUEST, 0, [0; 4], &[0u8; 28]);
+    assert_eq!(
+        run(&mut e, t(3), &echo).0,
+        Verdict::Drop(DropReason::IcmpNotError)
+    );
+}
+
+#[test]
+fn persistence_keeps_a_client_on_its_server() {
+    let mut svc = service(Forwarding::Nat, Protocol::Tcp);
+    svc.persistence_s = 60;
+    let mut e = engine_with(vec![svc], 100);
+    let first = run(&mut e, t(0), &build::tcp((CLIENT, 1), (VIP, 80), SYN, b"")).1;
+    let other = Ipv4Addr::new(198, 51, 100, 8);
+    run(&mut e, t(0), &build::tcp((other, 1), (VIP, 80), SYN, b""));
+    let again = run(
+        &mut e,
+        t(1000),
+        &build::tcp((CLIENT, 2), (VIP, 80), SYN, b""),
+    )
+    .1;
+    assert_eq!(addrs(&first).2, addrs(&again).2);
+    // After the timeout the scheduler decides again (round robin moves on).
+    let third = Ipv4Addr::new(198, 51, 100, 9);
+    run(
+        &mut e,
+        t(200_000),
+        &build::tcp((third, 1), (VIP, 80), SYN, b""),
+    );
+    let later = run(
+        &mut e,
+        t(200_000),
+        &build::tcp((CLIENT, 3), (VIP, 80), SYN, b""),
+    )
+    .1;
+    assert_ne!(addrs(&later).2, addrs(&first).2);
+}
+
+#[test]
+fn drain_down_and_reset() {
+    let mut svc = service(Forwarding::Nat, Protocol::Tcp);
+    svc.on_down = OnDown::Reset;
+    let mut e = engine_with(vec![svc], 100);
+    run(&mut e, t(0), &build::tcp((CLIENT, 1), (VIP, 80), SYN, b""));
+    e.set_server_state(0, 1, 0, true).unwrap(); // drain S2
+    let b = run(&mut e, t(0), &build::tcp((CLIENT, 2), (VIP, 80), SYN, b"")).1;
+    assert_eq!(addrs(&b).2, S1);
+    e.set_server_state(0, 0, 1, false).unwrap(); // S1 down, reset
+    let ack = build::tcp((CLIENT, 1), (VIP, 80), ACK, b"");
+    assert_eq!(
+        run(&mut e, t(1), &ack).0,
+        Verdict::Drop(DropReason::ServerDown)
+    );
+    assert_eq!(
+        run(&mut e, t(1), &build::tcp((CLIENT, 3), (VIP, 80), SYN, b"")).0,
+        Verdict::Drop(DropReason::NoServer)
+    );
+    assert!(e.set_server_state(0, 9, 1, true).is_err());
+}
+
+#[test]
+fn entries_expire_and_release_servers() {
+    let mut e = engine(Forwarding::Nat);
+    run(&mut e, t(0), &build::tcp((CLIENT, 1), (VIP, 80), SYN, b""));
+    assert_eq!(e.servers(0)[0].active, 1);
+    assert_eq!(e.expire(t(31_000), 10), 1);
+    assert_eq!(e.servers(0)[0].active, 0);
+    assert_eq!(e.stats().table_expired, 1);
+}
+
+/// The primary's changes reach a backup through the sync sender and receiver; after
+/// promotion the backup forwards mid-connection packets to the same server.
+#[test]
+fn sync_then_promote() {
+    let mut primary = engine(Forwarding::Nat);
+    primary.set_sync(true);
+    let mut backup = engine(Forwarding::Nat);
+    backup.set_active(false);
+    let secret = b"cluster secret";
+    let mut sender = SyncSender::new(secret, 7, 1, 1000);
+    let mut receiver = SyncReceiver::new(secret, 7);
+    for port in 1..=3u16 {
+        run(
+            &mut primary,
+            t(0),
+            &build::tcp((CLIENT, port), (VIP, 80), SYN, b""),
+        );
+    }
+    let srv = |p: u16| if p % 2 == 1 { S1 } else { S2 };
+    for port in 1..=3u16 {
+        run(
+            &mut primary,
+            t(1),
+            &build::tcp((srv(port), 8080), (CLIENT, port), SYN | ACK, b""),
+        );
+        run(
+            &mut primary,
+            t(2),
+            &build::tcp((CLIENT, port), (VIP, 80), ACK, b""),
+        );
+    }
+    let mut buf = vec![0u8; crate::dataplane::sync::MAX_DATAGRAM];
+    assert_eq!(
+        sender.poll_transmit(t(3), &mut primary, &mut buf),
+        None,
+        "waits to batch"
+    );
+    let due = sender.poll_timeout().unwrap();
+    let len = sender.poll_transmit(due, &mut primary, &mut buf).unwrap();
+    assert_eq!(receiver.handle(t(60), &buf[..len], &mut backup), Ok(3));
+    assert_eq!(
+        receiver.handle(t(61), &buf[..len], &mut backup),
+        Err(crate::dataplane::sync::SyncError::Replay)
+    );
+    let ack = build::tcp((CLIENT, 2), (VIP, 80), ACK, b"x");
+    assert_eq!(
+        run(&mut backup, t(62), &ack).0,
+        Verdict::Drop(DropReason::Inactive)
+    );
+    backup.set_active(true);
+    let (v, out) = run(&mut backup, t(63), &ack);
+    assert!(matches!(v, Verdict::Tun { .. }));
+    assert_eq!(addrs(&out).2, S2);
+    assert_eq!(backup.servers(0)[1].active, 1);
+    let reply = build::tcp((S2, 8080), (CLIENT, 2), ACK, b"y");
+    assert_eq!(addrs(&run(&mut backup, t(64), &reply).1).0, VIP);
+}
+
+proptest! {
+    /// NAT rewrite then the reverse rewrite gives back the original bytes, and every
+    /// intermediate checksum equals a full recomputation.
+    #[test]
+    fn nat_rewrite_reverses_to_identity(
+        client in any::<u32>(), cport in 1u16.., server in any::<u32>(), sport in 1u16..,
+        tcp in any::<bool>(), fl in any::<u8>(),
+        payload in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let (client, server) = (Ipv4Addr::from_bits(client), Ipv4Addr::from_bits(server));
+        let pkt = if tcp {
+            build::tcp((client, cport), (VIP, 80), fl, &payload)
+        } else {
+            build::udp((client, cport), (VIP, 80), &payload)
+        };
+        let ip = Ipv4Packet::new_checked(&pkt[..]).unwrap();
+        let mut tx = vec![0u8; pkt.len()];
+        let v = forward::rewrite(&ip, &mut tx, forward::Side::Dst, server, sport);
+        prop_assert_eq!(v, Verdict::Tun { len: pkt.len() });
+        prop_assert!(build::checksums_valid(&tx));
+        let ip2 = Ipv4Packet::new_checked(&tx[..]).unwrap();
+        let mut back = vec![0u8; pkt.len()];
+        forward::rewrite(&ip2, &mut back, forward::Side::Dst, VIP, 80);
+        prop_assert_eq!(&back, &pkt);
+        // The reply direction too.
+        let reply = if tcp { build::tcp((server, sport), (client, cport), fl, &payload) } else { build::udp((server, sport), (client, cport), &payload) };
+        let ip3 = Ipv4Packet::new_checked(&reply[..]).unwrap();
+        let mut out = vec![0u8; reply.len()];
+        forward::rewrite(&ip3, &mut out, forward::Side::Src, VIP, 80);
+        prop_assert!(build::checksums_valid(&out));
+    }
+
+    /// Arbitrary bytes never panic the engine, in any forwarding mode.
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200), mode in 0u8..3) {
+        let f = [Forwarding::Nat, Forwarding::Dr, Forwarding::Tunnel][usize::from(mode)];
+        let mut e = engine(f);
+        let mut tx = vec![0u8; 256];
+        let _ = e.process(t(0), &bytes, &mut tx);
+    }
+}

@@ -1,1 +1,172 @@
+use super::*;
+use proptest::prelude::*;
 
+const SECRET: &[u8] = b"s3cret";
+
+fn rec(n: u16) -> SyncRecord {
+    SyncRecord {
+        proto: 6,
+        state: State::Established,
+        client: SocketAddr::from(([198, 51, 100, 7], 40000 + n)),
+        vip: SocketAddr::from(([192, 0, 2, 10], 80)),
+        server: SocketAddr::from(([10, 0, 1, 3], 8080)),
+        remaining_ms: 900_000 - u32::from(n),
+    }
+}
+
+fn header(seq: u64) -> BatchHeader {
+    BatchHeader {
+        cluster_id: 7,
+        session: 5,
+        seq,
+    }
+}
+
+#[test]
+fn round_trip() {
+    let recs: Vec<_> = (0..MAX_RECORDS as u16).map(rec).collect();
+    let mut buf = [0u8; MAX_DATAGRAM];
+    let len = encode(SECRET, &header(1), &recs, &mut buf).unwrap();
+    assert_eq!(len, MAX_DATAGRAM);
+    const { assert!(MAX_DATAGRAM <= 1400) };
+    let b = decode(SECRET, 7, &buf[..len]).unwrap();
+    assert_eq!(b.header, header(1));
+    assert_eq!(b.records().collect::<Vec<_>>(), recs);
+}
+
+#[test]
+fn refuses_tampering_wrong_key_and_cluster() {
+    let mut buf = [0u8; MAX_DATAGRAM];
+    let len = encode(SECRET, &header(1), &[rec(1)], &mut buf).unwrap();
+    for i in [5, 10, 30, len - 1] {
+        let mut d = buf[..len].to_vec();
+        d[i] ^= 0x80;
+        assert_eq!(
+            decode(SECRET, 7, &d).unwrap_err(),
+            SyncError::BadMac,
+            "byte {i}"
+        );
+    }
+    assert_eq!(
+        decode(b"other", 7, &buf[..len]).unwrap_err(),
+        SyncError::BadMac
+    );
+    assert_eq!(
+        decode(SECRET, 8, &buf[..len]).unwrap_err(),
+        SyncError::WrongCluster(7)
+    );
+    assert_eq!(
+        decode(SECRET, 7, &buf[..20]).unwrap_err(),
+        SyncError::TooShort
+    );
+    let mut d = buf[..len].to_vec();
+    d[4] = 2;
+    assert_eq!(
+        decode(SECRET, 7, &d).unwrap_err(),
+        SyncError::UnsupportedVersion(2)
+    );
+    let ipv6 = SyncRecord {
+        client: "[2001:db8::1]:1".parse().unwrap(),
+        ..rec(1)
+    };
+    let len = encode(SECRET, &header(1), &[ipv6, rec(2)], &mut buf).unwrap();
+    assert_eq!(decode(SECRET, 7, &buf[..len]).unwrap().len(), 1);
+}
+
+#[test]
+fn replay_window() {
+    let mut r = SyncReceiver::new(SECRET, 7);
+    assert!(r.admit(5, 10));
+    assert!(!r.admit(5, 10));
+    assert!(r.admit(5, 8)); // reordered, inside the window
+    assert!(!r.admit(5, 8));
+    assert!(r.admit(5, 100));
+    assert!(!r.admit(5, 30)); // too old
+    assert!(!r.admit(4, 1000)); // older session
+    assert!(r.admit(6, 1)); // sender restarted
+    assert!(!r.admit(6, 1));
+}
+
+#[test]
+fn sender_batches_and_respects_the_rate() {
+    use crate::dataplane::engine::{Engine, EngineConfig};
+    use crate::dataplane::wire::build;
+    use core::net::Ipv4Addr;
+    let vip = Ipv4Addr::new(192, 0, 2, 10);
+    let svc = crate::config::Service {
+        name: "u".into(),
+        vip: IpAddr::V4(vip),
+        port: 53,
+        protocol: crate::config::Protocol::Udp,
+        forwarding: crate::config::Forwarding::Dr,
+        scheduler: crate::config::SchedulerKind::Rr,
+        persistence_s: 0,
+        gateway_vip: None,
+        on_down: crate::config::OnDown::Keep,
+        servers: vec![crate::config::Server {
+            name: "a".into(),
+            address: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3)),
+            port: 53,
+            weight: 1,
+        }],
+        checks: vec![],
+    };
+    let mut e = Engine::new(&EngineConfig {
+        services: vec![svc],
+        table: crate::config::Table::default(),
+        local_addr: Ipv4Addr::new(10, 0, 0, 1),
+        path_mtu: 1500,
+        seed: 1,
+    });
+    e.set_sync(true);
+    let mut tx = [0u8; 256];
+    for p in 0..200u16 {
+        let d = build::udp((Ipv4Addr::new(198, 51, 100, 1), 1000 + p), (vip, 53), b"q");
+        e.process(Instant::ZERO, &d, &mut tx);
+    }
+    let mut s = SyncSender::new(SECRET, 7, 1, 10); // 10 datagrams/s
+    let mut out = [0u8; MAX_DATAGRAM];
+    let mut sent = Vec::new();
+    let mut now = Instant::ZERO;
+    for _ in 0..100 {
+        while let Some(len) = s.poll_transmit(now, &mut e, &mut out) {
+            sent.push((now, decode(SECRET, 7, &out[..len]).unwrap().len()));
+        }
+        match s.poll_timeout() {
+            Some(t) => now = t,
+            None => break,
+        }
+    }
+    let counts: Vec<usize> = sent.iter().map(|&(_, n)| n).collect();
+    assert_eq!(counts, vec![48, 48, 48, 48, 8]);
+    for w in sent.windows(2) {
+        assert!(w[1].0.as_nanos() - w[0].0.as_nanos() >= 100_000_000);
+    }
+    assert_eq!(s.stats().records, 200);
+}
+
+proptest! {
+    /// The decoder is total on arbitrary bytes.
+    #[test]
+    fn decode_never_panics(d in proptest::collection::vec(any::<u8>(), 0..400)) {
+        let _ = decode(SECRET, 7, &d);
+    }
+
+    /// ...and on authenticated datagrams with arbitrary bodies (past the MAC check).
+    #[test]
+    fn decode_authenticated_garbage(body in proptest::collection::vec(any::<u8>(), 0..300), count in any::<u16>()) {
+        let mut d = Vec::from(&MAGIC[..]);
+        d.push(VERSION);
+        d.push(0);
+        d.extend_from_slice(&count.to_be_bytes());
+        d.extend_from_slice(&7u32.to_be_bytes());
+        d.extend_from_slice(&[0u8; 16]);
+        d.extend_from_slice(&body);
+        let mut m = mac_for(SECRET);
+        m.update(&d);
+        d.extend_from_slice(&m.finalize().into_bytes());
+        if let Ok(b) = decode(SECRET, 7, &d) {
+            prop_assert_eq!(b.records().count(), b.len());
+        }
+    }
+}

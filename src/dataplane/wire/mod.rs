@@ -9,6 +9,7 @@
 //! and the transport views are already address-family neutral (their pseudo-header updates
 //! take byte slices of either address length).
 
+pub mod build;
 pub mod checksum;
 pub mod icmp;
 pub mod ipv4;
