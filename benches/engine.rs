@@ -52,7 +52,10 @@ fn engine(forwarding: Forwarding) -> Engine {
 }
 
 fn client(n: u32) -> (Ipv4Addr, u16) {
-    (Ipv4Addr::from_bits(0x0A00_0000u32.wrapping_add(n >> 4)), 10_000 + (n & 15) as u16)
+    (
+        Ipv4Addr::from_bits(0x0A00_0000u32.wrapping_add(n >> 4)),
+        10_000 + (n & 15) as u16,
+    )
 }
 
 /// An engine of the given method holding `FLOWS` connections, and an ACK of one of them

@@ -13,6 +13,8 @@ pub struct MiniNat {
     vip: [u8; 4],
     server: [u8; 4],
     port: u16,
+    /// Housekeeping ticks seen (the shell calls `on_tick` periodically).
+    pub ticks: u64,
 }
 
 impl MiniNat {
@@ -21,6 +23,7 @@ impl MiniNat {
             vip: vip.octets(),
             server: server.octets(),
             port,
+            ticks: 0,
         }
     }
 }
@@ -62,6 +65,10 @@ impl PacketProcessor for MiniNat {
         patch(p, 10, old, new);
         patch(p, ihl + 16, old, new);
         Disposition::Tun { len: rx.len() }
+    }
+
+    fn on_tick(&mut self, _now: Instant) {
+        self.ticks += 1;
     }
 }
 

@@ -91,7 +91,14 @@ pub enum Disposition {
 /// [`MAX_PACKET`] bytes; the processor writes its output into `tx` and never blocks.
 pub trait PacketProcessor: Send {
     fn process(&mut self, now: Instant, rx: &[u8], tx: &mut [u8]) -> Disposition;
+
+    /// Housekeeping, called every [`TICK`] whether or not packets flow (the engine expires
+    /// idle connections here, so a quiet ATM's table still empties). Bounded work.
+    fn on_tick(&mut self, _now: Instant) {}
 }
+
+/// Period of [`PacketProcessor::on_tick`].
+pub const TICK: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Largest packet a processor may emit (an MTU-sized packet plus an encapsulation header).
 pub const MAX_PACKET: usize = 1500 + 128;
@@ -219,6 +226,11 @@ impl PacketProcessor for crate::dataplane::engine::Engine {
             Verdict::L2 { len, next_hop } => Disposition::L2 { len, next_hop },
             Verdict::Drop(_) => Disposition::Drop,
         }
+    }
+
+    fn on_tick(&mut self, now: Instant) {
+        // Bounded: at most this many entries per tick (10k per second per queue).
+        self.expire(now, 1024);
     }
 }
 

@@ -29,6 +29,7 @@ use super::dr::DrSender;
 use super::netlink::{self, SteerRule};
 use super::{
     Disposition, MAX_PACKET, PacketProcessor, ShellConfig, ShellError, ShellStats, StatsSnapshot,
+    TICK,
 };
 use crate::time::Instant;
 
@@ -273,10 +274,17 @@ impl<P: PacketProcessor> Worker<P> {
             None => None,
         };
         let mut b = Buffers::new();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let read = tokio::select! {
                 biased;
                 _ = self.stop.changed() => return Ok(self.processor),
+                _ = tick.tick() => {
+                    let now = self.now();
+                    self.processor.on_tick(now);
+                    continue;
+                }
                 Some(f) = self.control.recv() => {
                     f(&mut self.processor);
                     continue;
