@@ -660,3 +660,36 @@ fn netlink_cleanup_removes_leftovers() {
         .expect("ip link");
     assert!(!String::from_utf8_lossy(&links.stdout).contains("cstun9"));
 }
+
+/// A worker that cannot set up (DR interface missing) makes `Shell::start` fail, and the
+/// failed start leaves no rule, route or TUN behind.
+#[test]
+fn shell_start_failure_cleans_up() {
+    use clusterserver::dataplane::io::Echo;
+    if std::env::var(HELPER_ENV).is_ok() || !can_run() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let a = lab.ns("atm");
+    let path = format!("/var/run/netns/{a}");
+    let err = std::thread::spawn(move || {
+        enter_netns(Path::new(&path)).expect("setns");
+        let mut cfg = shell_config(true);
+        cfg.dr_interface = Some("nope0".into());
+        Shell::start(cfg, vec![SteerRule::to_vip(VIP)], |_| Echo).map(|_| ())
+    })
+    .join()
+    .expect("thread")
+    .expect_err("start must fail");
+    assert!(err.to_string().contains("nope0"), "{err}");
+    let show = |args: &[&str]| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &a])
+            .args(args)
+            .output()
+            .expect("ip");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(!show(&["ip", "rule", "show"]).contains("7700:"));
+    assert!(!show(&["ip", "link", "show"]).contains("cstun0"));
+}

@@ -37,6 +37,8 @@ use crate::time::Instant;
 const TX_OFFSET: usize = VIRTIO_NET_HDR_LEN;
 /// Largest IP packet a TUN read can return (one non-GSO packet, or a whole super-packet).
 const MAX_READ: usize = 65535;
+/// How long [`Shell::start`] waits for each worker to be reading.
+const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Pending control closures per worker.
 pub const CONTROL_QUEUE: usize = 64;
@@ -138,6 +140,7 @@ impl<P: PacketProcessor + 'static> Shell<P> {
             &shell.steer,
         ))?;
         let origin = tokio::time::Instant::now();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         for (q, dev) in devices.into_iter().enumerate() {
             let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
             shell.controls.push(control_tx);
@@ -149,12 +152,21 @@ impl<P: PacketProcessor + 'static> Shell<P> {
                 stats: Arc::clone(&shell.stats),
                 dr_interface: shell.cfg.dr_interface.clone(),
                 origin,
+                ready: ready_tx.clone(),
             };
             let h = std::thread::Builder::new()
                 .name(format!("cs-tun-q{q}"))
                 .spawn(move || worker.run(dev))
                 .map_err(ShellError::Runtime)?;
             shell.workers.push(h);
+        }
+        drop(ready_tx);
+        // Return only once every queue reads (or report the first worker's set-up error).
+        for _ in 0..shell.workers.len() {
+            if ready_rx.recv_timeout(START_TIMEOUT) != Ok(true) {
+                shell.shutdown()?;
+                return Err(ShellError::Config("a worker did not start".into()));
+            }
         }
         Ok(shell)
     }
@@ -228,6 +240,8 @@ struct Worker<P> {
     stats: Arc<ShellStats>,
     dr_interface: Option<String>,
     origin: tokio::time::Instant,
+    /// `true` once reading, `false` if set-up failed.
+    ready: std::sync::mpsc::Sender<bool>,
 }
 
 /// The buffers of one worker, allocated once.
@@ -267,11 +281,15 @@ impl<P: PacketProcessor> Worker<P> {
     }
 
     async fn run_async(mut self, dev: SyncDevice) -> Result<P, ShellError> {
-        let name = format!("queue {}", self.queue);
-        let dev = AsyncDevice::new(dev).map_err(|source| ShellError::Tun { name, source })?;
-        let mut dr = match &self.dr_interface {
-            Some(iface) => Some(DrSender::open(iface).await?),
-            None => None,
+        let (dev, mut dr) = match self.setup(dev).await {
+            Ok(x) => {
+                let _ = self.ready.send(true);
+                x
+            }
+            Err(e) => {
+                let _ = self.ready.send(false);
+                return Err(e);
+            }
         };
         let mut b = Buffers::new();
         let mut tick = tokio::time::interval(TICK);
@@ -319,6 +337,16 @@ impl<P: PacketProcessor> Worker<P> {
                 }
             }
         }
+    }
+
+    async fn setup(&self, dev: SyncDevice) -> Result<(AsyncDevice, Option<DrSender>), ShellError> {
+        let name = format!("queue {}", self.queue);
+        let dev = AsyncDevice::new(dev).map_err(|source| ShellError::Tun { name, source })?;
+        let dr = match &self.dr_interface {
+            Some(iface) => Some(DrSender::open(iface).await?),
+            None => None,
+        };
+        Ok((dev, dr))
     }
 
     /// Runs the processor over `n` received packets; returns how many TUN outputs are queued
