@@ -30,11 +30,16 @@ impl LeastConn {
     }
 
     /// `Less` when `a` is the better choice than `b`.
+    #[inline]
     fn compare(&self, a: &ServerSlot, b: &ServerSlot) -> Ordering {
         if self.weighted {
             let la = u64::from(a.active_conns) * u64::from(b.weight);
             let lb = u64::from(b.active_conns) * u64::from(a.weight);
-            la.cmp(&lb).then(b.weight.cmp(&a.weight))
+            if la != lb {
+                la.cmp(&lb)
+            } else {
+                b.weight.cmp(&a.weight)
+            }
         } else {
             a.active_conns.cmp(&b.active_conns)
         }
@@ -49,16 +54,20 @@ impl Scheduler for LeastConn {
         }
         let start = self.last % n;
         let mut best: Option<usize> = None;
-        // Scan in rotation order, starting after the last pick (two ranges, no modulo in the
-        // loop): strict improvement only, so the first tied server in rotation order wins.
-        for i in (start + 1..n).chain(0..=start) {
+        // Scan in rotation order, starting after the last pick (two plain ranges: no modulo
+        // and no chained iterator in the loop): strict improvement only, so the first tied
+        // server in rotation order wins.
+        let mut consider = |i: usize| {
             let s = &servers[i];
-            if !s.eligible() {
-                continue;
-            }
-            if best.is_none_or(|b| self.compare(s, &servers[b]) == Ordering::Less) {
+            if s.eligible() && best.is_none_or(|b| self.compare(s, &servers[b]) == Ordering::Less) {
                 best = Some(i);
             }
+        };
+        for i in start + 1..n {
+            consider(i);
+        }
+        for i in 0..=start {
+            consider(i);
         }
         let b = best?;
         self.last = b;

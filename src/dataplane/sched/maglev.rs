@@ -12,7 +12,8 @@
 //! each round a server earns `weight / max_weight` of a turn and takes a turn whenever it has
 //! earned a whole one, keeping the remainder; so the heaviest server claims a slot every
 //! round, a server of half its weight every other round, and each server ends up with a share
-//! of the `M` slots proportional to its weight (to within one slot per round of rounding).
+//! of the `M` slots proportional to its weight, to within `2 + N w / W` slots (whole-turn
+//! rounding, the partial last round, and this server's part of the others' rounding).
 //! Down and drained (weight 0) servers have no permutation at all: they own no slot.
 //!
 //! Lookups are one modulo and one load. The build costs `O(M log M)` slot probes for equal

@@ -105,8 +105,12 @@ proptest! {
         let m = table.entries().len() as f64;
         for (i, s) in servers.iter().enumerate() {
             let owned = table.entries().iter().filter(|&&e| e as usize == i).count() as f64;
-            let ideal = m * expected_weight(SchedulerKind::Mh, s) as f64 / total as f64;
-            prop_assert!((owned - ideal).abs() <= 2.0, "server {} owns {} ideal {}", i, owned, ideal);
+            let w = expected_weight(SchedulerKind::Mh, s) as f64;
+            let ideal = m * w / total as f64;
+            // Rounding of whole turns (< 1), the partial last round (<= 1), and the share of
+            // everyone's rounding this server absorbs (<= N w / W); see maglev.rs.
+            let tol = 2.0 + servers.len() as f64 * w / total as f64;
+            prop_assert!((owned - ideal).abs() <= tol, "server {} owns {} ideal {}", i, owned, ideal);
         }
         for kind in [SchedulerKind::Sh, SchedulerKind::Mh] {
             let mut copy = servers.clone();
