@@ -1,4 +1,6 @@
-//! Test helpers shared by the namespace tests.
+//! Test helpers shared by the namespace tests: minimal processors here, the lab in [`lab`].
+
+pub mod lab;
 
 use std::net::Ipv4Addr;
 
