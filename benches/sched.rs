@@ -2,6 +2,20 @@
 //! and of building a Maglev table (paid on every weight or health change).
 //!
 //! `cargo bench --bench sched`
+//!
+//! Medians measured on the shared 2-vCPU VM (servers of weights 1, 51, 101, 151 in turn):
+//!
+//! | pick | 10 servers | 100 servers |
+//! | --- | --- | --- |
+//! | rr | 3.4 ns | 5.4 ns |
+//! | wrr | 20.6 ns | 185 ns |
+//! | lc | 14.7 ns | 117 ns |
+//! | wlc | 15.9 ns | 136 ns |
+//! | sh | 10.7 ns | 10.7 ns |
+//! | mh | 5.4 ns | 5.4 ns |
+//!
+//! Maglev build, M = 65537: 10 servers ~1.9 ms, 100 ~3.3 ms, 1000 ~3.8 ms (fastest of 10;
+//! medians up to 2x on the busy machine).
 
 use std::net::{IpAddr, Ipv4Addr};
 
