@@ -21,7 +21,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use clusterserver::dataplane::io::netlink::SteerRule;
-use clusterserver::dataplane::io::tun::Shell;
+use clusterserver::dataplane::io::tun::{Control, Shell};
 use clusterserver::dataplane::io::{PacketProcessor, ShellConfig};
 use clusterserver::platform::linux::netsys::enter_netns;
 
@@ -94,6 +94,7 @@ fn shell_config(offload: bool) -> ShellConfig {
 fn nat_run<P: PacketProcessor + 'static>(
     offload: bool,
     make: impl FnMut(usize) -> P + Send + 'static,
+    change: Option<Control<P>>,
 ) -> Vec<P> {
     let mut lab = Lab::new();
     let (c, a, s) = topology(&mut lab);
@@ -105,7 +106,10 @@ fn nat_run<P: PacketProcessor + 'static>(
     ];
     let (stop, done) = start_shell(&a, cfg, steer, make);
     let result = run_client(&c, SocketAddr::from((VIP, PORT)));
-    let _ = stop.send(());
+    if let Some(change) = change {
+        let _ = stop.send(Some(change));
+    }
+    let _ = stop.send(None);
     let (stats, processors) = done
         .recv_timeout(Duration::from_secs(10))
         .expect("shell stop")
@@ -127,8 +131,10 @@ fn tcp_through_tun_nat_mini() {
     if std::env::var(HELPER_ENV).is_ok() || !can_run() {
         return;
     }
-    let nats = nat_run(true, |_| MiniNat::new(VIP, SERVER, PORT));
+    let mark: Control<MiniNat> = std::sync::Arc::new(|p: &mut MiniNat| p.marked = true);
+    let nats = nat_run(true, |_| MiniNat::new(VIP, SERVER, PORT), Some(mark));
     assert!(nats[0].ticks > 0, "on_tick never ran");
+    assert!(nats[0].marked, "Shell::apply did not reach the processor");
 }
 
 /// The done-criterion of issue 3: real TCP through the real packet engine in NAT mode.
@@ -172,7 +178,7 @@ fn tcp_through_tun_nat_engine() {
         path_mtu: 1500,
         seed: 7,
     };
-    let engines = nat_run(true, move |_| Engine::new(&cfg));
+    let engines = nat_run(true, move |_| Engine::new(&cfg), None);
     println!("engine stats: {:?}", engines[0].stats());
 }
 
@@ -182,7 +188,7 @@ fn tcp_through_tun_nat_mini_no_offload() {
     if std::env::var(HELPER_ENV).is_ok() || !can_run() {
         return;
     }
-    nat_run(false, |_| MiniNat::new(VIP, SERVER, PORT));
+    nat_run(false, |_| MiniNat::new(VIP, SERVER, PORT), None);
 }
 
 /// Tunnel mode end to end: the ATM's shell wraps requests in IP-in-IP (minimal processor,
@@ -244,7 +250,7 @@ fn tcp_through_tun_tunnel_and_decap() {
         MiniTunnel::new(VIP, PORT, Ipv4Addr::new(10, 77, 2, 1), SERVER)
     });
     let result = run_client(&c, SocketAddr::from((VIP, PORT)));
-    let _ = stop.send(());
+    let _ = stop.send(None);
     let _ = stop_tx.send(());
     let (shell, _) = done
         .recv_timeout(Duration::from_secs(10))
@@ -294,7 +300,7 @@ fn tcp_through_tun_direct_routing() {
         MiniDr::new(VIP, PORT, SERVER)
     });
     let result = run_client(&c, SocketAddr::from((VIP, PORT)));
-    let _ = stop.send(());
+    let _ = stop.send(None);
     let (shell, _) = done
         .recv_timeout(Duration::from_secs(10))
         .expect("shell stop")

@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clusterserver::dataplane::io::netlink::SteerRule;
-use clusterserver::dataplane::io::tun::Shell;
+use clusterserver::dataplane::io::tun::{Control, Shell};
 use clusterserver::dataplane::io::{PacketProcessor, ShellConfig, StatsSnapshot};
 use clusterserver::platform::linux::netsys::enter_netns;
 
@@ -163,14 +163,18 @@ pub fn topology(lab: &mut Lab) -> (String, String, String) {
 /// What the shell thread reports when it stops: counters and processors, or an error.
 pub type ShellOutcome<P> = Result<(StatsSnapshot, Vec<P>), String>;
 
-/// Starts the shell on a thread inside `ns`; returns a stop sender and the stats receiver.
+/// Starts the shell on a thread inside `ns`; returns a control sender (`Some(change)` applies
+/// a change to the processors, `None` stops) and the outcome receiver.
 pub fn start_shell<P: PacketProcessor + 'static>(
     ns: &str,
     cfg: ShellConfig,
     steer: Vec<SteerRule>,
     make: impl FnMut(usize) -> P + Send + 'static,
-) -> (mpsc::Sender<()>, mpsc::Receiver<ShellOutcome<P>>) {
-    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+) -> (
+    mpsc::Sender<Option<Control<P>>>,
+    mpsc::Receiver<ShellOutcome<P>>,
+) {
+    let (stop_tx, stop_rx) = mpsc::channel::<Option<Control<P>>>();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let (done_tx, done_rx) = mpsc::channel();
     let path = format!("/var/run/netns/{ns}");
@@ -187,8 +191,11 @@ pub fn start_shell<P: PacketProcessor + 'static>(
             }
         };
         let _ = ready_tx.send(Ok(()));
-        // Stop on request or when the test thread goes away (panic): the sender drops.
-        let _ = stop_rx.recv();
+        // `Some(change)`: apply it to every processor. Stop on `None`, or when the test thread
+        // goes away (panic): the sender drops.
+        while let Ok(Some(change)) = stop_rx.recv() {
+            shell.apply(change).expect("apply");
+        }
         let _ = done_tx.send(shell.stop().map_err(|e| e.to_string()));
     });
     ready_rx

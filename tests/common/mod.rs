@@ -17,6 +17,8 @@ pub struct MiniNat {
     port: u16,
     /// Housekeeping ticks seen (the shell calls `on_tick` periodically).
     pub ticks: u64,
+    /// Set by a control change (tests `Shell::apply`).
+    pub marked: bool,
 }
 
 impl MiniNat {
@@ -26,6 +28,7 @@ impl MiniNat {
             server: server.octets(),
             port,
             ticks: 0,
+            marked: false,
         }
     }
 }

@@ -297,14 +297,15 @@ impl<P: PacketProcessor> Worker<P> {
         loop {
             let read = tokio::select! {
                 biased;
+                // Changes queued before a stop are applied before it.
+                Some(f) = self.control.recv() => {
+                    f(&mut self.processor);
+                    continue;
+                }
                 _ = self.stop.changed() => return Ok(self.processor),
                 _ = tick.tick() => {
                     let now = self.now();
                     self.processor.on_tick(now);
-                    continue;
-                }
-                Some(f) = self.control.recv() => {
-                    f(&mut self.processor);
                     continue;
                 }
                 r = dev.recv_multiple(&mut b.original, &mut b.rx, &mut b.sizes, 0) => r,
