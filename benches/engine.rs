@@ -80,25 +80,25 @@ fn hit(bencher: Bencher, forwarding: Forwarding) {
 }
 
 /// NAT, client → server, connection hit.
-#[divan::bench]
+#[divan::bench(sample_count = 100, sample_size = 2000)]
 fn nat_hit(bencher: Bencher) {
     hit(bencher, Forwarding::Nat);
 }
 
 /// Direct routing, connection hit.
-#[divan::bench]
+#[divan::bench(sample_count = 100, sample_size = 2000)]
 fn dr_hit(bencher: Bencher) {
     hit(bencher, Forwarding::Dr);
 }
 
 /// IP-in-IP encapsulation, connection hit.
-#[divan::bench]
+#[divan::bench(sample_count = 100, sample_size = 2000)]
 fn tunnel_hit(bencher: Bencher) {
     hit(bencher, Forwarding::Tunnel);
 }
 
 /// NAT hits spread over 65,536 of the 100,000 flows (cache-cold entries).
-#[divan::bench]
+#[divan::bench(sample_count = 100, sample_size = 2000)]
 fn nat_hit_spread(bencher: Bencher) {
     let (mut e, _) = warmed(Forwarding::Nat);
     let pkts: Vec<Vec<u8>> = (0..65_536u32)
@@ -115,7 +115,7 @@ fn nat_hit_spread(bencher: Bencher) {
 
 /// NAT, a SYN of a new flow: miss, round-robin pick, insert (evicting the oldest
 /// half-open entry once the table is full), rewrite.
-#[divan::bench]
+#[divan::bench(sample_count = 100, sample_size = 2000)]
 fn nat_miss_schedule(bencher: Bencher) {
     let (mut e, _) = warmed(Forwarding::Nat);
     let mut tx = vec![0u8; 2048];

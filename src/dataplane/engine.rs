@@ -56,28 +56,44 @@
 //! direction → `Closing`; a client SYN on a `Closing` entry reuses it (`SynSent`, same
 //! server). UDP flows are `Udp` throughout.
 //!
+//! # Driving it
+//!
+//! The shell calls [`Engine::process`] per packet and [`Engine::expire`] from a periodic
+//! timer (say every 100 ms with a budget of a few thousand): `process` also reclaims a few
+//! expired entries every 16 packets, but an idle engine only expires through `expire`.
+//! Health and weight changes go through [`Engine::set_server_state`]; connection sync
+//! through [`Engine::poll_sync`] (primary) and [`Engine::apply_sync`] (backup), usually
+//! via [`crate::dataplane::sync`].
+//!
+//! `process` assumes complete transport checksums. A shell using vnet-header offloads must
+//! hand it packets whose checksums are complete (or resolve `NEEDS_CSUM` itself): a partial
+//! (pseudo-header) checksum is patched differently. It also hands whole super-packets
+//! (GSO) to the tunnel MTU check, which must then use the segment size, not the total.
+//!
 //! # Active and shadow
 //!
 //! An inactive engine (a backup) forwards nothing (`Inactive`) but applies connection-sync
 //! records to its table; after [`Engine::set_active`]`(true)` those entries are live.
 
 mod affinity;
-mod apply;
 mod forward;
 mod icmp;
 pub mod select;
+mod syncing;
 #[cfg(test)]
 mod tests;
+mod verdict;
 
-use core::net::{IpAddr, Ipv4Addr, SocketAddr};
+use core::net::{IpAddr, Ipv4Addr};
 use std::collections::VecDeque;
 
 use crate::config::{self, Forwarding, OnDown};
 use crate::dataplane::conntrack::{ConnTable, Entry, FLAG_NAT, FwdKey, RevKey, State};
 use crate::dataplane::sync::SyncRecord;
-use crate::dataplane::wire::{self, Ipv4Packet, TcpPacket, UdpPacket, proto, tcp::flags};
+use crate::dataplane::wire::{Ipv4Packet, TcpPacket, UdpPacket, proto, tcp::flags};
 use crate::time::Instant;
 pub use select::{Select, ServerSlot};
+pub use verdict::{DropReason, EngineError, EngineStats, Verdict};
 
 /// What the engine is built from.
 #[derive(Clone, Debug)]
@@ -90,148 +106,6 @@ pub struct EngineConfig {
     pub path_mtu: u16,
     /// Seeds the table's hash and the schedulers.
     pub seed: u64,
-}
-
-/// What to do with a processed packet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// `tx[..len]` is an IP packet to hand back to the kernel through the TUN device (NAT
-    /// toward the server, NAT reply toward the client, IP-in-IP outer packet, ICMP error to
-    /// the client).
-    Tun { len: usize },
-    /// `tx[..len]` is the client's IP packet, VIP untouched, to be sent in an Ethernet frame
-    /// to `next_hop`'s MAC (direct routing).
-    L2 { len: usize, next_hop: Ipv4Addr },
-    /// Dropped; counted under this reason.
-    Drop(DropReason),
-}
-
-/// Why a packet was dropped. Each has a counter in [`EngineStats::drops`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum DropReason {
-    /// Shorter than a header or a length field says.
-    Truncated,
-    /// Impossible header field (version, lengths).
-    BadHeader,
-    /// IPv4 header checksum wrong.
-    BadChecksum,
-    /// Not TCP, UDP or ICMP over IPv4 (IPv6 included, for now).
-    UnsupportedProtocol,
-    /// A fragment with offset > 0 (see the module docs).
-    LaterFragment,
-    /// TTL already 0.
-    TtlExceeded,
-    /// Neither to a VIP service nor a reply of a tracked NAT flow.
-    NoService,
-    /// TCP segment other than a SYN with no connection entry.
-    NoConnection,
-    /// No server is up with a weight above 0.
-    NoServer,
-    /// A NAT flow whose reply tuple is already used by another flow.
-    NatConflict,
-    /// The flow's server is down and the service resets connections (`on_down: reset`).
-    ServerDown,
-    /// An ICMP error quoting no tracked flow.
-    IcmpNoFlow,
-    /// ICMP that is not an error (echo...).
-    IcmpNotError,
-    /// The packet cannot grow by an outer header (over 65535 bytes).
-    TooBig,
-    /// The caller's `tx` buffer cannot hold the result.
-    BufferTooSmall,
-    /// The engine is a backup (inactive).
-    Inactive,
-}
-
-impl DropReason {
-    /// Every reason, in counter order.
-    pub const ALL: [DropReason; 16] = [
-        DropReason::Truncated,
-        DropReason::BadHeader,
-        DropReason::BadChecksum,
-        DropReason::UnsupportedProtocol,
-        DropReason::LaterFragment,
-        DropReason::TtlExceeded,
-        DropReason::NoService,
-        DropReason::NoConnection,
-        DropReason::NoServer,
-        DropReason::NatConflict,
-        DropReason::ServerDown,
-        DropReason::IcmpNoFlow,
-        DropReason::IcmpNotError,
-        DropReason::TooBig,
-        DropReason::BufferTooSmall,
-        DropReason::Inactive,
-    ];
-
-    /// A snake_case name for metrics.
-    pub fn name(self) -> &'static str {
-        match self {
-            DropReason::Truncated => "truncated",
-            DropReason::BadHeader => "bad_header",
-            DropReason::BadChecksum => "bad_checksum",
-            DropReason::UnsupportedProtocol => "unsupported_protocol",
-            DropReason::LaterFragment => "later_fragment",
-            DropReason::TtlExceeded => "ttl_exceeded",
-            DropReason::NoService => "no_service",
-            DropReason::NoConnection => "no_connection",
-            DropReason::NoServer => "no_server",
-            DropReason::NatConflict => "nat_conflict",
-            DropReason::ServerDown => "server_down",
-            DropReason::IcmpNoFlow => "icmp_no_flow",
-            DropReason::IcmpNotError => "icmp_not_error",
-            DropReason::TooBig => "too_big",
-            DropReason::BufferTooSmall => "buffer_too_small",
-            DropReason::Inactive => "inactive",
-        }
-    }
-}
-
-impl From<wire::Error> for DropReason {
-    fn from(e: wire::Error) -> Self {
-        match e {
-            wire::Error::Truncated => DropReason::Truncated,
-            wire::Error::Malformed => DropReason::BadHeader,
-        }
-    }
-}
-
-/// Counters, all monotonic except `table_len`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct EngineStats {
-    pub packets: u64,
-    pub nat_to_server: u64,
-    pub nat_to_client: u64,
-    pub direct_routed: u64,
-    pub tunnelled: u64,
-    pub icmp_translated: u64,
-    pub frag_needed_sent: u64,
-    pub new_connections: u64,
-    pub table_len: u64,
-    pub table_expired: u64,
-    pub evicted_embryonic: u64,
-    pub evicted_other: u64,
-    pub sync_queued: u64,
-    pub sync_overflow: u64,
-    pub sync_applied: u64,
-    /// Indexed by `DropReason as usize` (see [`DropReason::ALL`]).
-    pub drops: [u64; 16],
-}
-
-impl EngineStats {
-    pub fn dropped(&self, r: DropReason) -> u64 {
-        self.drops[r as usize]
-    }
-}
-
-/// Control-plane errors of the engine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum EngineError {
-    #[error("no server {server} in service {service}")]
-    NoSuchServer { service: usize, server: usize },
-    #[error("sync record: {0}")]
-    Sync(&'static str),
 }
 
 /// A configured service as the engine keeps it.
@@ -269,6 +143,8 @@ pub struct Engine {
     active: bool,
     sync_enabled: bool,
     sync_queue: VecDeque<SyncRecord>,
+    /// Next slot of a full resync in progress.
+    resync_cursor: Option<u32>,
     stats: EngineStats,
 }
 
@@ -346,6 +222,7 @@ impl Engine {
             active: true,
             sync_enabled: false,
             sync_queue: VecDeque::with_capacity(SYNC_QUEUE),
+            resync_cursor: None,
             stats: EngineStats::default(),
         }
     }
@@ -652,53 +529,6 @@ impl Engine {
             s.active += 1;
         }
         slot
-    }
-
-    /// Queues the entry for connection sync when its state changed (`force`) or its last
-    /// offer is older than half its timeout. Half-open entries are never synced: a SYN
-    /// flood must not flood the sync channel too.
-    fn offer_sync(&mut self, slot: u32, now: Instant, force: bool) {
-        if !self.sync_enabled {
-            return;
-        }
-        let e = self.table.get(slot);
-        if matches!(e.state, State::SynSent | State::SynRecv) {
-            return;
-        }
-        let now16 = secs(now) as u16;
-        let refresh_s = (self.table.timeout_ns(e.state) / 2_000_000_000).clamp(1, 30_000) as u16;
-        if !force && now16.wrapping_sub(e.synced_s) < refresh_s {
-            return;
-        }
-        let rec = SyncRecord {
-            proto: e.proto,
-            state: e.state,
-            client: SocketAddr::from((e.client, e.client_port)),
-            vip: SocketAddr::from((e.vip, e.vip_port)),
-            server: SocketAddr::from((e.server, e.server_port)),
-            remaining_ms: u32::try_from(self.table.remaining_ns(slot, now) / 1_000_000)
-                .unwrap_or(u32::MAX),
-        };
-        self.table.get_mut(slot).synced_s = now16;
-        if self.sync_queue.len() < SYNC_QUEUE {
-            self.sync_queue.push_back(rec);
-            self.stats.sync_queued += 1;
-        } else {
-            self.stats.sync_overflow += 1;
-        }
-    }
-
-    /// The next change waiting for connection sync (see [`crate::dataplane::sync`]).
-    pub fn poll_sync(&mut self) -> Option<SyncRecord> {
-        self.sync_queue.pop_front()
-    }
-
-    /// Turns the recording of changes for connection sync on or off (off at start).
-    pub fn set_sync(&mut self, enabled: bool) {
-        self.sync_enabled = enabled;
-        if !enabled {
-            self.sync_queue.clear();
-        }
     }
 
     /// Active (primary: forwards) or shadow (backup: drops with `Inactive`, applies sync).

@@ -312,7 +312,9 @@ impl SyncSender {
         out: &mut [u8],
     ) -> Option<usize> {
         while self.pending.len() < MAX_RECORDS {
-            let Some(r) = engine.poll_sync() else { break };
+            let Some(r) = engine.poll_sync(now) else {
+                break;
+            };
             if self.pending.is_empty() {
                 self.first_pending_at = now;
             }

@@ -1,9 +1,9 @@
 use super::*;
 use crate::config::{Protocol, SchedulerKind, Server, Service};
 use crate::dataplane::sync::{SyncReceiver, SyncSender};
-use crate::dataplane::wire::build;
 use crate::dataplane::wire::icmp::kind;
 use crate::dataplane::wire::tcp::flags::{ACK, FIN, SYN};
+use crate::dataplane::wire::{self, build};
 use proptest::prelude::*;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
@@ -557,4 +557,42 @@ proptest! {
         let mut tx = vec![0u8; 256];
         let _ = e.process(t(0), &bytes, &mut tx);
     }
+}
+
+#[test]
+fn tcp_state_table() {
+    use State::*;
+    let cases = [
+        // (state, flags, from_client, nat) -> next
+        (SynSent, SYN | ACK, false, true, SynRecv),
+        (SynSent, ACK, true, true, SynSent), // NAT waits for the server's SYN-ACK
+        (SynSent, ACK, true, false, Established), // DR/tunnel: client ACK ends the handshake
+        (SynRecv, ACK, true, true, Established),
+        (Established, ACK, true, true, Established),
+        (Established, FIN | ACK, false, true, Closing),
+        (Established, wire::tcp::flags::RST, true, false, Closing),
+        (Closing, SYN, true, false, SynSent),
+        (Closing, ACK, true, false, Closing),
+    ];
+    for (s, fl, c, nat, want) in cases {
+        assert_eq!(tcp_next(s, fl, c, nat), want, "{s:?} {fl:#x} {c} {nat}");
+    }
+}
+
+#[test]
+fn full_resync_walks_live_entries_once() {
+    let mut e = engine(Forwarding::Dr);
+    e.set_sync(true);
+    for port in 1..=5u16 {
+        run(&mut e, t(0), &build::udp((CLIENT, port), (VIP, 80), b"q"));
+    }
+    run(&mut e, t(0), &build::tcp((CLIENT, 9), (VIP, 80), SYN, b"")); // half-open: not synced
+    while e.poll_sync(t(1)).is_some() {}
+    e.start_full_sync();
+    let mut ports: Vec<u16> = std::iter::from_fn(|| e.poll_sync(t(1)))
+        .map(|r| r.client.port())
+        .collect();
+    ports.sort_unstable();
+    assert_eq!(ports, vec![1, 2, 3, 4, 5]);
+    assert_eq!(e.poll_sync(t(1)), None);
 }

@@ -1,5 +1,14 @@
-//! Applying connection-sync records to a (shadow) engine.
+//! The engine's side of connection sync: recording changes (primary) and applying
+//! records (backup).
 //!
+//! A primary queues a record when an entry becomes established or closing, when a UDP
+//! flow starts, and again whenever a live entry's last record is older than half its
+//! timeout (so backups' copies never expire while the flow lives). Half-open entries are
+//! never queued: a SYN flood must not flood the sync channel too. The queue is bounded
+//! (overflow counted); [`Engine::start_full_sync`] walks the whole table once, lazily, for
+//! a backup that (re)joins.
+//!
+//! On the backup:
 //! Records name addresses, not indices: the receiver resolves the service from the VIP,
 //! port and protocol and the server from its address and port in its own config, so a
 //! record for a service or server it does not know is refused rather than misapplied. The
@@ -9,7 +18,7 @@
 
 use core::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use super::{Engine, EngineError};
+use super::{Engine, EngineError, SYNC_QUEUE, secs};
 use crate::config::Forwarding;
 use crate::dataplane::conntrack::{Entry, FLAG_NAT, FwdKey, State};
 use crate::dataplane::sync::SyncRecord;
@@ -24,6 +33,84 @@ fn v4(a: SocketAddr) -> Result<(Ipv4Addr, u16), EngineError> {
 }
 
 impl Engine {
+    fn record(&self, slot: u32, now: Instant) -> SyncRecord {
+        let e = self.table.get(slot);
+        SyncRecord {
+            proto: e.proto,
+            state: e.state,
+            client: SocketAddr::from((e.client, e.client_port)),
+            vip: SocketAddr::from((e.vip, e.vip_port)),
+            server: SocketAddr::from((e.server, e.server_port)),
+            remaining_ms: u32::try_from(self.table.remaining_ns(slot, now) / 1_000_000)
+                .unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Queues the entry for connection sync when its state changed (`force`) or its last
+    /// offer is older than half its timeout. Half-open entries are never synced: a SYN
+    /// flood must not flood the sync channel too.
+    pub(super) fn offer_sync(&mut self, slot: u32, now: Instant, force: bool) {
+        if !self.sync_enabled {
+            return;
+        }
+        let e = self.table.get(slot);
+        if matches!(e.state, State::SynSent | State::SynRecv) {
+            return;
+        }
+        let now16 = secs(now) as u16;
+        let refresh_s = (self.table.timeout_ns(e.state) / 2_000_000_000).clamp(1, 30_000) as u16;
+        if !force && now16.wrapping_sub(e.synced_s) < refresh_s {
+            return;
+        }
+        let rec = self.record(slot, now);
+        self.table.get_mut(slot).synced_s = now16;
+        if self.sync_queue.len() < SYNC_QUEUE {
+            self.sync_queue.push_back(rec);
+            self.stats.sync_queued += 1;
+        } else {
+            self.stats.sync_overflow += 1;
+        }
+    }
+
+    /// The next change waiting for connection sync (see [`crate::dataplane::sync`]); then,
+    /// during a full resync, the next live synchronisable entry of the table. A resync
+    /// walks the slab once in total (about 1 ms per 100,000 empty slots), spread over calls.
+    pub fn poll_sync(&mut self, now: Instant) -> Option<SyncRecord> {
+        if let Some(r) = self.sync_queue.pop_front() {
+            return Some(r);
+        }
+        let mut slot = self.resync_cursor?;
+        let cap = self.table.capacity() as u32;
+        while slot < cap {
+            let e = self.table.get(slot);
+            if !matches!(e.state, State::Free | State::SynSent | State::SynRecv)
+                && !self.table.is_expired(slot, now)
+            {
+                self.resync_cursor = Some(slot + 1);
+                return Some(self.record(slot, now));
+            }
+            slot += 1;
+        }
+        self.resync_cursor = None;
+        None
+    }
+
+    /// Starts (or restarts) sending every live entry, for a backup that (re)joins.
+    pub fn start_full_sync(&mut self) {
+        if self.sync_enabled {
+            self.resync_cursor = Some(0);
+        }
+    }
+
+    /// Turns the recording of changes for connection sync on or off (off at start).
+    pub fn set_sync(&mut self, enabled: bool) {
+        self.sync_enabled = enabled;
+        if !enabled {
+            self.sync_queue.clear();
+            self.resync_cursor = None;
+        }
+    }
+
     /// Inserts or refreshes the entry a sync record describes. Works whether or not the
     /// engine is active (a primary ignores nothing it is given).
     pub fn apply_sync(&mut self, now: Instant, rec: &SyncRecord) -> Result<(), EngineError> {
@@ -94,7 +181,7 @@ impl Engine {
             .saturating_add(remaining)
             .saturating_sub(timeout);
         self.table.set_last_seen(slot, last_seen);
-        self.table.get_mut(slot).synced_s = super::secs(now) as u16;
+        self.table.get_mut(slot).synced_s = secs(now) as u16;
         self.stats.sync_applied += 1;
         Ok(())
     }

@@ -1,0 +1,86 @@
+//! Feeds arbitrary packets to `Engine::process` in NAT, DR and tunnel modes.
+//!
+//! Input: a control byte, then packets as `[len][bytes]`. Control bits: 0-1 forwarding
+//! method, 2 prime the table with a handshake of a known flow (client 198.51.100.7:40000 →
+//! VIP 192.0.2.10:80, server 10.0.1.3:8080) so fuzzed packets can hit it, 3 fix each
+//! packet's IPv4 header checksum (otherwise nearly every input stops at the checksum), 4 a
+//! tiny table (evictions). Each packet advances time by a second.
+#![no_main]
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use clusterserver::config::{self, Forwarding, OnDown, Protocol, SchedulerKind, Server, Service};
+use clusterserver::dataplane::engine::{Engine, EngineConfig};
+use clusterserver::dataplane::wire::{build, checksum, tcp::flags};
+use clusterserver::time::Instant;
+use libfuzzer_sys::fuzz_target;
+
+const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+const S1: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 3);
+
+fn engine(forwarding: Forwarding, max: u32) -> Engine {
+    let svc = |protocol, persistence_s| Service {
+        name: "s".into(),
+        vip: IpAddr::V4(VIP),
+        port: 80,
+        protocol,
+        forwarding,
+        scheduler: SchedulerKind::Rr,
+        persistence_s,
+        gateway_vip: None,
+        on_down: OnDown::Reset,
+        servers: vec![Server { name: "a".into(), address: IpAddr::V4(S1), port: 8080, weight: 1 }],
+        checks: vec![],
+    };
+    Engine::new(&EngineConfig {
+        services: vec![svc(Protocol::Tcp, 0), svc(Protocol::Udp, 30)],
+        table: config::Table { max_connections: max, ..config::Table::default() },
+        local_addr: Ipv4Addr::new(10, 0, 0, 1),
+        path_mtu: 576,
+        seed: 3,
+    })
+}
+
+fn fix_ip_checksum(p: &mut [u8]) {
+    if p.len() < 20 {
+        return;
+    }
+    let hl = usize::from(p[0] & 0x0F) * 4;
+    if hl < 20 || hl > p.len() {
+        return;
+    }
+    p[10] = 0;
+    p[11] = 0;
+    let c = checksum::checksum(&p[..hl]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&ctl, mut rest)) = data.split_first() else { return };
+    let forwarding = [Forwarding::Nat, Forwarding::Dr, Forwarding::Tunnel, Forwarding::Nat][usize::from(ctl & 3)];
+    let mut e = engine(forwarding, if ctl & 16 != 0 { 4 } else { 1024 });
+    e.set_sync(true);
+    let mut tx = vec![0u8; 2048];
+    let mut now = 0u64;
+    if ctl & 4 != 0 {
+        let _ = e.process(Instant::ZERO, &build::tcp((CLIENT, 40000), (VIP, 80), flags::SYN, b""), &mut tx);
+        let _ = e.process(Instant::ZERO, &build::tcp((S1, 8080), (CLIENT, 40000), flags::SYN | flags::ACK, b""), &mut tx);
+    }
+    let mut pkt = Vec::with_capacity(256);
+    while let Some((&len, tail)) = rest.split_first() {
+        let n = usize::from(len).min(tail.len());
+        pkt.clear();
+        pkt.extend_from_slice(&tail[..n]);
+        rest = &tail[n..];
+        if ctl & 8 != 0 {
+            fix_ip_checksum(&mut pkt);
+        }
+        now += 1_000_000_000;
+        let _ = e.process(Instant::from_nanos(now), &pkt, &mut tx);
+        // A short tx buffer must be refused, never overrun.
+        let _ = e.process(Instant::from_nanos(now), &pkt, &mut tx[..usize::from(len) % 64]);
+    }
+    while e.poll_sync(Instant::from_nanos(now)).is_some() {}
+    let _ = e.stats();
+});

@@ -1,0 +1,50 @@
+//! The connection-sync decoder on arbitrary bytes, raw and with a valid MAC appended (so
+//! the record parser behind the authentication check is reached), then applied to a shadow
+//! engine through the receiver.
+#![no_main]
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use clusterserver::config::{self, Forwarding, OnDown, Protocol, SchedulerKind, Server, Service};
+use clusterserver::dataplane::engine::{Engine, EngineConfig};
+use clusterserver::dataplane::sync::{SyncReceiver, decode};
+use clusterserver::time::Instant;
+use hmac::{Hmac, KeyInit, Mac};
+use libfuzzer_sys::fuzz_target;
+use sha2::Sha256;
+
+const SECRET: &[u8] = b"fuzz";
+
+fuzz_target!(|data: &[u8]| {
+    let _ = decode(SECRET, 7, data);
+    let mut signed = data.to_vec();
+    let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(SECRET).unwrap();
+    m.update(data);
+    signed.extend_from_slice(&m.finalize().into_bytes());
+    if let Ok(b) = decode(SECRET, 7, &signed) {
+        assert_eq!(b.records().count(), b.len());
+    }
+    let svc = Service {
+        name: "s".into(),
+        vip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)),
+        port: 80,
+        protocol: Protocol::Tcp,
+        forwarding: Forwarding::Nat,
+        scheduler: SchedulerKind::Rr,
+        persistence_s: 0,
+        gateway_vip: None,
+        on_down: OnDown::Keep,
+        servers: vec![Server { name: "a".into(), address: IpAddr::V4(Ipv4Addr::new(10, 0, 1, 3)), port: 8080, weight: 1 }],
+        checks: vec![],
+    };
+    let mut e = Engine::new(&EngineConfig {
+        services: vec![svc],
+        table: config::Table { max_connections: 8, ..config::Table::default() },
+        local_addr: Ipv4Addr::new(10, 0, 0, 1),
+        path_mtu: 1500,
+        seed: 1,
+    });
+    e.set_active(false);
+    let mut r = SyncReceiver::new(SECRET, 7);
+    let _ = r.handle(Instant::from_millis(5), &signed, &mut e);
+});
