@@ -5,7 +5,9 @@
 //! * [`Shell::start`] runs on a thread that is already in the right network namespace (it
 //!   creates the TUN, a netlink socket and the workers there; TECH-NOTES: never on a tokio
 //!   worker that was moved with `setns`). It first removes leftovers of a crashed run with the
-//!   same TUN name, table id and rule priority.
+//!   same TUN name, table id and rule priority. It owns a small current-thread runtime for
+//!   its netlink calls, so `start`, `stop` and drop must happen on a plain thread, never inside
+//!   an async task (tokio panics on a nested `block_on` or a runtime dropped in async context).
 //! * Each queue gets one worker thread with its own current-thread runtime and its own
 //!   processor from the factory (`factory(queue_index)`). A worker reads a batch (one
 //!   `recv_multiple`: up to [`IDEAL_BATCH_SIZE`] packets, a split super-packet), processes
