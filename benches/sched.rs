@@ -19,9 +19,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use clusterserver::dataplane::sched::{
-    SchedulerKind, ServerSlot, build, maglev::MaglevTable, server_key,
-};
+use clusterserver::dataplane::sched::{SchedulerKind, ServerSlot, build, maglev::MaglevTable, server_key};
 
 fn main() {
     divan::main();
@@ -33,11 +31,7 @@ fn servers(n: usize) -> Vec<ServerSlot> {
             weight: 1 + (i as u32 % 4) * 50,
             up: true,
             active_conns: (i as u32 * 7919) % 1000,
-            key: server_key(
-                &format!("s{i}"),
-                IpAddr::V4(Ipv4Addr::new(10, 1, (i >> 8) as u8, i as u8)),
-                80,
-            ),
+            key: server_key(&format!("s{i}"), IpAddr::V4(Ipv4Addr::new(10, 1, (i >> 8) as u8, i as u8)), 80),
         })
         .collect()
 }

@@ -26,5 +26,6 @@
 pub mod config;
 pub mod core;
 pub mod dataplane;
+pub mod driver;
 pub mod platform;
 pub mod time;

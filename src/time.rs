@@ -84,10 +84,7 @@ mod tests {
         assert_eq!(t + Duration::from_millis(3), Instant::from_millis(8));
         assert_eq!(Instant::ZERO - t, Duration::ZERO);
         assert_eq!(t - Duration::from_secs(1), Instant::ZERO);
-        assert_eq!(
-            Instant::from_nanos(u64::MAX) + Duration::from_secs(1),
-            Instant::from_nanos(u64::MAX)
-        );
+        assert_eq!(Instant::from_nanos(u64::MAX) + Duration::from_secs(1), Instant::from_nanos(u64::MAX));
         assert_eq!(t.as_millis(), 5);
     }
 }

@@ -27,8 +27,7 @@ use clusterserver::platform::linux::netsys::enter_netns;
 
 mod common;
 use common::lab::{
-    HELPER_ENV, Lab, PAYLOAD, PORT, SERVER, VIP, can_run, diag, in_ns, run_client, start_shell,
-    topology,
+    HELPER_ENV, Lab, PAYLOAD, PORT, SERVER, VIP, can_run, diag, in_ns, run_client, start_shell, topology,
 };
 use common::{MiniDr, MiniNat, MiniTunnel};
 
@@ -46,8 +45,7 @@ fn helper_echo_server() {
     let listener = TcpListener::bind(&addr).expect("bind");
     println!("LISTENING");
     let (mut s, _) = listener.accept().expect("accept");
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
     let mut w = s.try_clone().expect("clone");
     let mut buf = vec![0u8; 65536];
     loop {
@@ -65,12 +63,7 @@ fn spawn_server(lab: &mut Lab, ns: &str, listen: Ipv4Addr) {
     let child = Command::new("ip")
         .args(["netns", "exec", ns])
         .arg(exe)
-        .args([
-            "helper_echo_server",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["helper_echo_server", "--exact", "--nocapture", "--test-threads=1"])
         .env(HELPER_ENV, format!("{listen}:{PORT}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -100,20 +93,14 @@ fn nat_run<P: PacketProcessor + 'static>(
     let (c, a, s) = topology(&mut lab);
     spawn_server(&mut lab, &s, SERVER);
     let cfg = shell_config(offload);
-    let steer = vec![
-        SteerRule::to_vip(VIP),
-        SteerRule::nat_replies(SERVER.into()),
-    ];
+    let steer = vec![SteerRule::to_vip(VIP), SteerRule::nat_replies(SERVER.into())];
     let (stop, done) = start_shell(&a, cfg, steer, make);
     let result = run_client(&c, SocketAddr::from((VIP, PORT)));
     if let Some(change) = change {
         let _ = stop.send(Some(change));
     }
     let _ = stop.send(None);
-    let (stats, processors) = done
-        .recv_timeout(Duration::from_secs(10))
-        .expect("shell stop")
-        .expect("shell");
+    let (stats, processors) = done.recv_timeout(Duration::from_secs(10)).expect("shell stop").expect("shell");
     let (bytes, elapsed) = result.expect("client");
     assert_eq!(bytes, PAYLOAD);
     let mbit = (2 * bytes) as f64 * 8.0 / elapsed.as_secs_f64() / 1e6;
@@ -140,9 +127,7 @@ fn tcp_through_tun_nat_mini() {
 /// The done-criterion of issue 3: real TCP through the real packet engine in NAT mode.
 #[test]
 fn tcp_through_tun_nat_engine() {
-    use clusterserver::config::{
-        Forwarding, OnDown, Protocol, SchedulerKind, Server, Service, Table,
-    };
+    use clusterserver::config::{Forwarding, OnDown, Protocol, SchedulerKind, Server, Service, Table};
     use clusterserver::dataplane::engine::{Engine, EngineConfig};
     if std::env::var(HELPER_ENV).is_ok() || !can_run() {
         return;
@@ -158,12 +143,7 @@ fn tcp_through_tun_nat_engine() {
             persistence_s: 0,
             gateway_vip: None,
             on_down: OnDown::Keep,
-            servers: vec![Server {
-                name: "s1".into(),
-                address: SERVER.into(),
-                port: PORT,
-                weight: 1,
-            }],
+            servers: vec![Server { name: "s1".into(), address: SERVER.into(), port: PORT, weight: 1 }],
             checks: Vec::new(),
         }],
         table: Table {
@@ -204,10 +184,7 @@ fn tcp_through_tun_tunnel_and_decap() {
     }
     let mut lab = Lab::new();
     let (c, a, s) = topology(&mut lab);
-    in_ns(
-        &s,
-        &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"],
-    );
+    in_ns(&s, &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
     spawn_server(&mut lab, &s, VIP);
     // The node's decapsulator, on its own thread inside the server namespace.
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
@@ -240,10 +217,7 @@ fn tcp_through_tun_tunnel_and_decap() {
             }
         }
     });
-    ready_rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("decap start timed out")
-        .expect("decap start");
+    ready_rx.recv_timeout(Duration::from_secs(10)).expect("decap start timed out").expect("decap start");
     let mut cfg = shell_config(true);
     cfg.queues = 2; // tunnel mode sees one direction only: multi-queue is safe
     let (stop, done) = start_shell(&a, cfg, vec![SteerRule::to_vip(VIP)], |_| {
@@ -252,20 +226,10 @@ fn tcp_through_tun_tunnel_and_decap() {
     let result = run_client(&c, SocketAddr::from((VIP, PORT)));
     let _ = stop.send(None);
     let _ = stop_tx.send(());
-    let (shell, _) = done
-        .recv_timeout(Duration::from_secs(10))
-        .expect("shell stop")
-        .expect("shell");
-    let decap = done_rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("decap stop")
-        .expect("decap");
+    let (shell, _) = done.recv_timeout(Duration::from_secs(10)).expect("shell stop").expect("shell");
+    let decap = done_rx.recv_timeout(Duration::from_secs(10)).expect("decap stop").expect("decap");
     let (bytes, elapsed) = result.unwrap_or_else(|e| {
-        panic!(
-            "client: {e}; shell {shell:?}; decap {decap:?}\natm:\n{}\nserver:\n{}",
-            diag(&a),
-            diag(&s)
-        )
+        panic!("client: {e}; shell {shell:?}; decap {decap:?}\natm:\n{}\nserver:\n{}", diag(&a), diag(&s))
     });
     assert_eq!(bytes, PAYLOAD);
     let mbit = (2 * bytes) as f64 * 8.0 / elapsed.as_secs_f64() / 1e6;
@@ -288,29 +252,17 @@ fn tcp_through_tun_direct_routing() {
     }
     let mut lab = Lab::new();
     let (c, a, s) = topology(&mut lab);
-    in_ns(
-        &s,
-        &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"],
-    );
+    in_ns(&s, &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
     spawn_server(&mut lab, &s, VIP);
     let mut cfg = shell_config(true);
     cfg.queues = 2;
     cfg.dr_interface = Some("a1".into());
-    let (stop, done) = start_shell(&a, cfg, vec![SteerRule::to_vip(VIP)], |_| {
-        MiniDr::new(VIP, PORT, SERVER)
-    });
+    let (stop, done) = start_shell(&a, cfg, vec![SteerRule::to_vip(VIP)], |_| MiniDr::new(VIP, PORT, SERVER));
     let result = run_client(&c, SocketAddr::from((VIP, PORT)));
     let _ = stop.send(None);
-    let (shell, _) = done
-        .recv_timeout(Duration::from_secs(10))
-        .expect("shell stop")
-        .expect("shell");
+    let (shell, _) = done.recv_timeout(Duration::from_secs(10)).expect("shell stop").expect("shell");
     let (bytes, elapsed) = result.unwrap_or_else(|e| {
-        panic!(
-            "client: {e}; shell {shell:?}\natm:\n{}\nserver:\n{}",
-            diag(&a),
-            diag(&s)
-        )
+        panic!("client: {e}; shell {shell:?}\natm:\n{}\nserver:\n{}", diag(&a), diag(&s))
     });
     assert_eq!(bytes, PAYLOAD);
     let mbit = (2 * bytes) as f64 * 8.0 / elapsed.as_secs_f64() / 1e6;
@@ -332,61 +284,14 @@ fn netlink_cleanup_removes_leftovers() {
     let a = lab.ns("atm");
     in_ns(&a, &["ip", "tuntap", "add", "cstun9", "mode", "tun"]);
     in_ns(&a, &["ip", "link", "set", "cstun9", "up"]);
-    in_ns(
-        &a,
-        &[
-            "ip", "route", "add", "default", "dev", "cstun9", "table", "7701",
-        ],
-    );
-    in_ns(
-        &a,
-        &[
-            "ip",
-            "rule",
-            "add",
-            "to",
-            "10.77.9.1",
-            "lookup",
-            "7701",
-            "pref",
-            "7701",
-        ],
-    );
-    in_ns(
-        &a,
-        &[
-            "ip",
-            "rule",
-            "add",
-            "from",
-            "10.77.2.2",
-            "lookup",
-            "7701",
-            "pref",
-            "7701",
-        ],
-    );
-    in_ns(
-        &a,
-        &[
-            "ip",
-            "rule",
-            "add",
-            "to",
-            "10.77.9.2",
-            "lookup",
-            "7701",
-            "pref",
-            "7702",
-        ],
-    );
+    in_ns(&a, &["ip", "route", "add", "default", "dev", "cstun9", "table", "7701"]);
+    in_ns(&a, &["ip", "rule", "add", "to", "10.77.9.1", "lookup", "7701", "pref", "7701"]);
+    in_ns(&a, &["ip", "rule", "add", "from", "10.77.2.2", "lookup", "7701", "pref", "7701"]);
+    in_ns(&a, &["ip", "rule", "add", "to", "10.77.9.2", "lookup", "7701", "pref", "7702"]);
     let path = format!("/var/run/netns/{a}");
     let removed = std::thread::spawn(move || {
         enter_netns(Path::new(&path)).expect("setns");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         rt.block_on(async {
             let h = netlink::connect().expect("netlink");
             netlink::cleanup(&h, "cstun9", 7701, 7701).await
@@ -396,17 +301,12 @@ fn netlink_cleanup_removes_leftovers() {
     .expect("thread")
     .expect("cleanup");
     assert_eq!(removed, 4, "2 rules + 1 route + 1 link");
-    let out = Command::new("ip")
-        .args(["netns", "exec", &a, "ip", "rule", "show"])
-        .output()
-        .expect("ip rule");
+    let out = Command::new("ip").args(["netns", "exec", &a, "ip", "rule", "show"]).output().expect("ip rule");
     let rules = String::from_utf8_lossy(&out.stdout);
     assert!(!rules.contains("7701:"), "{rules}");
     assert!(rules.contains("7702:"), "{rules}");
-    let links = Command::new("ip")
-        .args(["netns", "exec", &a, "ip", "link", "show"])
-        .output()
-        .expect("ip link");
+    let links =
+        Command::new("ip").args(["netns", "exec", &a, "ip", "link", "show"]).output().expect("ip link");
     assert!(!String::from_utf8_lossy(&links.stdout).contains("cstun9"));
 }
 
@@ -432,11 +332,7 @@ fn shell_start_failure_cleans_up() {
     .expect_err("start must fail");
     assert!(err.to_string().contains("nope0"), "{err}");
     let show = |args: &[&str]| {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &a])
-            .args(args)
-            .output()
-            .expect("ip");
+        let out = Command::new("ip").args(["netns", "exec", &a]).args(args).output().expect("ip");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     assert!(!show(&["ip", "rule", "show"]).contains("7700:"));

@@ -1,1 +1,110 @@
-fn main() {}
+//! `clustersim run SCENARIO [--seed N | --seeds A..B] [--jobs N] [--quiet]`
+//!
+//! One seed prints the trace and the outcome figures; a sweep prints each failing seed with
+//! the command that replays it. Exit status 1 when an invariant or expectation fails.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clustersim::scenario::Scenario;
+use clustersim::{runner, sweep};
+
+const USAGE: &str =
+    "usage: clustersim run SCENARIO [--seed N | --seeds A..B] [--jobs N] [--quiet] [--chart FILE.svg]
+       clustersim list
+SCENARIO is a path or a name in sim/scenarios/ (e.g. primary-crash).";
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("clustersim: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn scenarios_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios")
+}
+
+fn resolve(arg: &str) -> PathBuf {
+    let p = PathBuf::from(arg);
+    if p.exists() { p } else { scenarios_dir().join(format!("{arg}.json5")) }
+}
+
+fn real_main() -> anyhow::Result<bool> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("list") => {
+            let mut names: Vec<String> = std::fs::read_dir(scenarios_dir())?
+                .filter_map(|e| e.ok()?.path().file_stem()?.to_str().map(String::from))
+                .collect();
+            names.sort();
+            println!("{}", names.join("\n"));
+            Ok(true)
+        }
+        Some("run") => run(&args[1..]),
+        _ => bail!("{USAGE}"),
+    }
+}
+
+fn run(args: &[String]) -> anyhow::Result<bool> {
+    let mut it = args.iter();
+    let arg = it.next().context(USAGE)?;
+    let (mut seed, mut seeds, mut jobs, mut quiet, mut chart) = (None, None, None, false, None);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--seed" => seed = Some(it.next().context("--seed N")?.parse::<u64>()?),
+            "--seeds" => seeds = Some(sweep::parse_range(it.next().context("--seeds A..B")?)?),
+            "--jobs" => jobs = Some(it.next().context("--jobs N")?.parse::<usize>()?),
+            "--quiet" => quiet = true,
+            "--chart" => chart = Some(PathBuf::from(it.next().context("--chart FILE.svg")?)),
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    let path = resolve(arg);
+    let scenario = Scenario::from_file(&path)?;
+    let replay = |s: u64| format!("cargo run --release -p clustersim -- run {} --seed {s}", path.display());
+    if let Some(range) = seeds {
+        let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let n = range.end - range.start;
+        #[allow(clippy::disallowed_methods)] // the sweep's own wall time, printed; never inside a run
+        let started = std::time::Instant::now();
+        let results = sweep::sweep(&scenario, range, jobs);
+        let secs = started.elapsed().as_secs_f64();
+        let failed: Vec<_> = results.iter().filter(|r| !r.failures.is_empty()).collect();
+        for r in &failed {
+            println!("FAIL seed {}: {}\n  replay: {}", r.seed, r.failures.join("; "), replay(r.seed));
+        }
+        let worst = results.iter().map(|r| r.max_outage_ms).max().unwrap_or(0);
+        println!(
+            "{}: {n} seeds, {} passed, {} failed, worst outage {worst} ms, {secs:.1} s ({:.1} seeds/s, {jobs} jobs)",
+            scenario.name,
+            n as usize - failed.len(),
+            failed.len(),
+            n as f64 / secs
+        );
+        return Ok(failed.is_empty());
+    }
+    let seed = seed.unwrap_or(1);
+    let o = runner::run(&scenario, seed)?;
+    if !quiet {
+        println!("# {} seed {seed}", scenario.name);
+        for line in &o.trace {
+            println!("{line}");
+        }
+    }
+    print!("{}", o.summary());
+    if let Some(path) = chart {
+        std::fs::write(&path, clustersim::chart::svg(&o))
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("chart: {}", path.display());
+    }
+    if !o.passed() {
+        println!("replay: {}", replay(seed));
+    }
+    Ok(o.passed())
+}

@@ -1,5 +1,5 @@
 //! The typed configuration: what the rest of the program reads once the file has been
-//! parsed and validated (see [`super::load`]).
+//! parsed and validated (see [`super::load_file`]).
 //!
 //! Every section but `cluster`, `atms` and `services` has defaults (SPEC.md). The types derive
 //! `Serialize` so that the running config has a canonical form whose SHA-256 is the digest
@@ -238,16 +238,12 @@ impl Config {
     /// The heartbeat UDP port, defaulting as SPEC.md says (the /etc/services lookup is the
     /// platform's job and happens before this is called).
     pub fn heartbeat_port(&self) -> u16 {
-        self.cluster
-            .heartbeat_port
-            .unwrap_or(DEFAULT_HEARTBEAT_PORT)
+        self.cluster.heartbeat_port.unwrap_or(DEFAULT_HEARTBEAT_PORT)
     }
 
     /// The connection-sync UDP port.
     pub fn sync_port(&self) -> u16 {
-        self.sync
-            .port
-            .unwrap_or(self.heartbeat_port().wrapping_add(2))
+        self.sync.port.unwrap_or(self.heartbeat_port().wrapping_add(2))
     }
 }
 
@@ -256,32 +252,19 @@ impl Config {
 
 impl Default for Timers {
     fn default() -> Self {
-        Timers {
-            heartbeat_ms: 100,
-            dead_after: 3,
-            preempt: false,
-        }
+        Timers { heartbeat_ms: 100, dead_after: 3, preempt: false }
     }
 }
 
 impl Default for Arp {
     fn default() -> Self {
-        Arp {
-            gratuitous_count: 3,
-            gratuitous_interval_ms: 100,
-            refresh_s: 30,
-        }
+        Arp { gratuitous_count: 3, gratuitous_interval_ms: 100, refresh_s: 30 }
     }
 }
 
 impl Default for Arbitration {
     fn default() -> Self {
-        Arbitration {
-            reachlist: Vec::new(),
-            min_reachable: 0,
-            probe_interval_ms: 500,
-            probe_timeout_ms: 300,
-        }
+        Arbitration { reachlist: Vec::new(), min_reachable: 0, probe_interval_ms: 500, probe_timeout_ms: 300 }
     }
 }
 
@@ -300,11 +283,7 @@ impl Default for Table {
 
 impl Default for SyncSettings {
     fn default() -> Self {
-        SyncSettings {
-            connections: true,
-            port: None,
-            max_datagrams_per_s: 2000,
-        }
+        SyncSettings { connections: true, port: None, max_datagrams_per_s: 2000 }
     }
 }
 

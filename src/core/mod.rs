@@ -1,5 +1,18 @@
 //! The control core: pure, synchronous, deterministic state machines (STYLE.md).
 //!
 //! Nothing here imports tokio, reads a clock, or opens a file or socket: inputs arrive with
-//! the `now` they happened at, and outputs are [`Action`](election::Action) values that the
-//! driver carries out.
+//! the `now` they happened at, and outputs are [`election::Action`] values that the driver
+//! carries out.
+//!
+//! * [`heartbeat`]: the authenticated heartbeat datagram and the replay window.
+//! * [`arbitration`]: reachlist scores and the loss-adaptive dead interval.
+//! * [`election`]: the primary/backup state machine.
+//! * [`node`]: an ATM = election + heartbeat authentication + counters.
+
+pub mod arbitration;
+pub mod election;
+pub mod heartbeat;
+pub mod node;
+
+#[cfg(test)]
+mod election_tests;

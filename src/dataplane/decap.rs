@@ -92,10 +92,7 @@ pub struct Decapsulator {
 impl Decapsulator {
     /// A decapsulator enforcing `policy`.
     pub fn new(policy: DecapPolicy) -> Self {
-        Decapsulator {
-            policy,
-            stats: DecapStats::default(),
-        }
+        Decapsulator { policy, stats: DecapStats::default() }
     }
 
     /// Counters so far.
@@ -166,10 +163,8 @@ fn ipv4_header(p: &[u8]) -> Option<Header> {
     }
     let header_len = usize::from(first & 0x0f) * 4;
     let total_len = usize::from(u16::from_be_bytes([p[2], p[3]]));
-    (header_len >= 20 && header_len <= total_len && total_len <= p.len()).then_some(Header {
-        header_len,
-        total_len,
-    })
+    (header_len >= 20 && header_len <= total_len && total_len <= p.len())
+        .then_some(Header { header_len, total_len })
 }
 
 /// The Internet checksum of `data` (0 when a header with its checksum field is valid).
@@ -230,10 +225,8 @@ mod tests {
         let i = inner(b"hello");
         let mut o = outer(&i);
         o.extend_from_slice(&[0xee; 3]); // link-layer padding after the outer total length
-        let mut d = Decapsulator::new(DecapPolicy {
-            allowed_sources: vec![ATM],
-            allowed_destinations: vec![VIP],
-        });
+        let mut d =
+            Decapsulator::new(DecapPolicy { allowed_sources: vec![ATM], allowed_destinations: vec![VIP] });
         assert_eq!(d.decapsulate(&o), Ok(&i[..]));
         assert_eq!(d.stats().decapsulated, 1);
     }
@@ -241,10 +234,8 @@ mod tests {
     #[test]
     fn drops_are_counted() {
         let i = inner(b"x");
-        let mut d = Decapsulator::new(DecapPolicy {
-            allowed_sources: vec![ATM],
-            allowed_destinations: vec![VIP],
-        });
+        let mut d =
+            Decapsulator::new(DecapPolicy { allowed_sources: vec![ATM], allowed_destinations: vec![VIP] });
         let mut bad_sum = outer(&i);
         bad_sum[10] ^= 1;
         let mut frag = outer(&i);

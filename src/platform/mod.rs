@@ -1,4 +1,63 @@
-//! Side effects behind traits: sockets, VIPs, gratuitous ARP, reachability probes.
+//! Side effects behind traits: the heartbeat socket, VIPs, gratuitous ARP, reachability
+//! probes, the clock and the event log.
+//!
+//! The [`crate::driver`] is generic over [`Platform`]. The daemon's implementation (Linux:
+//! tokio sockets, rtnetlink, AF_PACKET, ICMP) arrives with the daemon; the simulator
+//! (`clustersim`) implements it over turmoil's sockets and an in-memory LAN. A trait rather
+//! than a cargo feature: features merge across a workspace build, and the real binary must
+//! never end up with simulated sockets.
 
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use crate::core::election::Event;
+use crate::time::Instant;
+
+/// A bound UDP socket.
+pub trait DatagramSocket {
+    fn recv_from(&self, buf: &mut [u8]) -> impl Future<Output = io::Result<(usize, SocketAddr)>>;
+    fn send_to(&self, buf: &[u8], to: SocketAddr) -> impl Future<Output = io::Result<usize>>;
+}
+
+/// Everything the ATM driver needs from the outside world.
+pub trait Platform {
+    type Socket: DatagramSocket;
+
+    /// The current time, on the clock the traces use.
+    fn now(&self) -> Instant;
+
+    /// A number that grows across restarts of this node (heartbeat incarnation).
+    fn incarnation(&self) -> u64;
+
+    /// Binds the heartbeat socket on `port`, broadcast allowed.
+    fn bind_heartbeat(&self, port: u16) -> impl Future<Output = io::Result<Self::Socket>>;
+
+    /// The broadcast address heartbeats go to, if broadcasting is possible here.
+    fn broadcast_address(&self) -> Option<IpAddr>;
+
+    /// Adds the VIPs to this host (idempotent).
+    fn take_vips(&self, vips: &[IpAddr]) -> impl Future<Output = io::Result<()>>;
+
+    /// Removes the VIPs from this host (idempotent).
+    fn release_vips(&self, vips: &[IpAddr]) -> impl Future<Output = io::Result<()>>;
+
+    /// Announces the VIPs with one gratuitous ARP each.
+    fn send_garp(&self, vips: &[IpAddr]) -> impl Future<Output = io::Result<()>>;
+
+    /// Whether `target` answers within `timeout`.
+    fn probe(&self, target: IpAddr, timeout: Duration) -> impl Future<Output = bool>;
+
+    /// Records an event (the daemon logs it; the simulator also writes it to its trace).
+    fn record(&self, now: Instant, event: &Event);
+
+    /// Reports a failed side effect (the driver carries on: the next heartbeat or
+    /// announcement retries).
+    fn record_error(&self, now: Instant, what: &str, err: &io::Error);
+}
+
+/// Linux system calls without a safe binding (setns, AF_PACKET bind), for the data-plane
+/// shell and the namespace tests.
 #[cfg(target_os = "linux")]
 pub mod linux;

@@ -27,13 +27,9 @@ static LABS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::ne
 
 pub fn can_run() -> bool {
     let root = std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
         .unwrap_or(false);
-    let ok =
-        root && Path::new("/dev/net/tun").exists() && Command::new("ip").arg("-V").output().is_ok();
+    let ok = root && Path::new("/dev/net/tun").exists() && Command::new("ip").arg("-V").output().is_ok();
     if !ok {
         println!("SKIPPED: needs root/TUN (and iproute2)");
         eprintln!("SKIPPED: needs root/TUN (and iproute2)");
@@ -43,26 +39,14 @@ pub fn can_run() -> bool {
 
 pub fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
 }
 
 pub fn in_ns(ns: &str, args: &[&str]) {
     let mut all = vec!["netns", "exec", ns];
     all.extend_from_slice(args);
-    let out = Command::new("ip")
-        .args(&all)
-        .output()
-        .expect("run ip netns exec");
-    assert!(
-        out.status.success(),
-        "{all:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("ip").args(&all).output().expect("run ip netns exec");
+    assert!(out.status.success(), "{all:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// The lab: namespaces and child processes, all removed on drop.
@@ -118,10 +102,7 @@ pub fn remove_stale() {
         let Some(rest) = name.strip_prefix("csl-tn") else {
             continue;
         };
-        let pid = rest
-            .split('-')
-            .next()
-            .and_then(|p| u32::from_str_radix(p, 16).ok());
+        let pid = rest.split('-').next().and_then(|p| u32::from_str_radix(p, 16).ok());
         if let Some(pid) = pid
             && !Path::new(&format!("/proc/{pid}")).exists()
         {
@@ -139,12 +120,8 @@ pub fn topology(lab: &mut Lab) -> (String, String, String) {
         in_ns(ns, &["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"]);
         in_ns(ns, &["sysctl", "-qw", "net.ipv4.conf.default.rp_filter=0"]);
     }
-    ip(&[
-        "link", "add", "c0", "netns", &c, "type", "veth", "peer", "name", "a0", "netns", &a,
-    ]);
-    ip(&[
-        "link", "add", "s0", "netns", &s, "type", "veth", "peer", "name", "a1", "netns", &a,
-    ]);
+    ip(&["link", "add", "c0", "netns", &c, "type", "veth", "peer", "name", "a0", "netns", &a]);
+    ip(&["link", "add", "s0", "netns", &s, "type", "veth", "peer", "name", "a1", "netns", &a]);
     for (ns, dev, addr) in [
         (&c, "c0", "10.77.1.2/24"),
         (&a, "a0", "10.77.1.1/24"),
@@ -170,10 +147,7 @@ pub fn start_shell<P: PacketProcessor + 'static>(
     cfg: ShellConfig,
     steer: Vec<SteerRule>,
     make: impl FnMut(usize) -> P + Send + 'static,
-) -> (
-    mpsc::Sender<Option<Control<P>>>,
-    mpsc::Receiver<ShellOutcome<P>>,
-) {
+) -> (mpsc::Sender<Option<Control<P>>>, mpsc::Receiver<ShellOutcome<P>>) {
     let (stop_tx, stop_rx) = mpsc::channel::<Option<Control<P>>>();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let (done_tx, done_rx) = mpsc::channel();
@@ -198,28 +172,17 @@ pub fn start_shell<P: PacketProcessor + 'static>(
         }
         let _ = done_tx.send(shell.stop().map_err(|e| e.to_string()));
     });
-    ready_rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("shell start timed out")
-        .expect("shell start");
+    ready_rx.recv_timeout(Duration::from_secs(10)).expect("shell start timed out").expect("shell start");
     (stop_tx, done_rx)
 }
 
 /// Interface and protocol counters of a namespace, for failure messages.
 pub fn diag(ns: &str) -> String {
     let run = |args: &[&str]| {
-        let out = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(args)
-            .output();
-        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
+        let out = Command::new("ip").args(["netns", "exec", ns]).args(args).output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
     };
-    format!(
-        "{}{}",
-        run(&["ip", "-s", "-br", "link"]),
-        run(&["nstat", "-as"])
-    )
+    format!("{}{}", run(&["ip", "-s", "-br", "link"]), run(&["nstat", "-as"]))
 }
 
 pub fn pattern(i: usize) -> u8 {
@@ -239,12 +202,8 @@ pub fn run_client(ns: &str, addr: SocketAddr) -> Result<(usize, Duration), Strin
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }
         };
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .map_err(|e| e.to_string())?;
-        stream
-            .set_write_timeout(Some(Duration::from_secs(20)))
-            .map_err(|e| e.to_string())?;
+        stream.set_read_timeout(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
+        stream.set_write_timeout(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
         let start = Instant::now();
         let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
         let sender = std::thread::spawn(move || -> std::io::Result<()> {
@@ -262,9 +221,7 @@ pub fn run_client(ns: &str, addr: SocketAddr) -> Result<(usize, Duration), Strin
         let mut buf = vec![0u8; 65536];
         let mut got = 0usize;
         loop {
-            let n = reader
-                .read(&mut buf)
-                .map_err(|e| format!("read after {got}: {e}"))?;
+            let n = reader.read(&mut buf).map_err(|e| format!("read after {got}: {e}"))?;
             if n == 0 {
                 break;
             }
@@ -275,10 +232,7 @@ pub fn run_client(ns: &str, addr: SocketAddr) -> Result<(usize, Duration), Strin
             }
             got += n;
         }
-        sender
-            .join()
-            .map_err(|_| "sender panicked")?
-            .map_err(|e| format!("send: {e}"))?;
+        sender.join().map_err(|_| "sender panicked")?.map_err(|e| format!("send: {e}"))?;
         Ok((got, start.elapsed()))
     })
     .join()

@@ -23,13 +23,7 @@ pub struct MiniNat {
 
 impl MiniNat {
     pub fn new(vip: Ipv4Addr, server: Ipv4Addr, port: u16) -> Self {
-        MiniNat {
-            vip: vip.octets(),
-            server: server.octets(),
-            port,
-            ticks: 0,
-            marked: false,
-        }
+        MiniNat { vip: vip.octets(), server: server.octets(), port, ticks: 0, marked: false }
     }
 }
 
@@ -91,21 +85,13 @@ pub struct MiniTunnel {
 
 impl MiniTunnel {
     pub fn new(vip: Ipv4Addr, port: u16, local: Ipv4Addr, node: Ipv4Addr) -> Self {
-        MiniTunnel {
-            vip: vip.octets(),
-            port,
-            local: local.octets(),
-            node: node.octets(),
-            id: 0,
-        }
+        MiniTunnel { vip: vip.octets(), port, local: local.octets(), node: node.octets(), id: 0 }
     }
 }
 
 fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
+    let mut sum: u32 =
+        data.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -151,11 +137,7 @@ pub struct MiniDr {
 
 impl MiniDr {
     pub fn new(vip: Ipv4Addr, port: u16, server: Ipv4Addr) -> Self {
-        MiniDr {
-            vip: vip.octets(),
-            port,
-            server,
-        }
+        MiniDr { vip: vip.octets(), port, server }
     }
 }
 
@@ -170,9 +152,6 @@ impl PacketProcessor for MiniDr {
             return Disposition::Drop;
         }
         tx[..rx.len()].copy_from_slice(rx);
-        Disposition::L2 {
-            len: rx.len(),
-            next_hop: self.server,
-        }
+        Disposition::L2 { len: rx.len(), next_hop: self.server }
     }
 }

@@ -63,10 +63,7 @@ impl DecapShell {
     /// Creates the TUN `tun_name` and the raw socket in the calling thread's namespace and
     /// starts the loop on its own thread.
     pub fn start(tun_name: &str, policy: DecapPolicy) -> Result<DecapShell, ShellError> {
-        let tun_err = |source| ShellError::Tun {
-            name: tun_name.to_string(),
-            source,
-        };
+        let tun_err = |source| ShellError::Tun { name: tun_name.to_string(), source };
         let dev = DeviceBuilder::new()
             .name(tun_name.to_string())
             .mtu(1500)
@@ -74,12 +71,8 @@ impl DecapShell {
             .build_sync()
             .map_err(tun_err)?;
         netlink::tune_tun_sysctls(tun_name)?;
-        let raw = Socket::new(
-            Domain::IPV4,
-            Type::RAW,
-            Some(Protocol::from(i32::from(IPPROTO_IPIP))),
-        )
-        .map_err(ShellError::RawSocket)?;
+        let raw = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(i32::from(IPPROTO_IPIP))))
+            .map_err(ShellError::RawSocket)?;
         raw.set_nonblocking(true).map_err(ShellError::RawSocket)?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let ready = Arc::new(AtomicBool::new(false));
@@ -94,11 +87,7 @@ impl DecapShell {
                 rt.block_on(run(dev, raw, policy, stop_rx, ready2))
             })
             .map_err(ShellError::Runtime)?;
-        Ok(DecapShell {
-            stop_tx,
-            thread: Some(thread),
-            ready,
-        })
+        Ok(DecapShell { stop_tx, thread: Some(thread), ready })
     }
 
     /// Whether the loop has registered its descriptors and is reading.
@@ -132,14 +121,11 @@ async fn run(
     mut stop: watch::Receiver<bool>,
     ready: Arc<AtomicBool>,
 ) -> Result<DecapStats, ShellError> {
-    let dev = AsyncDevice::new(dev).map_err(|source| ShellError::Tun {
-        name: "decap".into(),
-        source,
-    })?;
+    let dev = AsyncDevice::new(dev).map_err(|source| ShellError::Tun { name: "decap".into(), source })?;
     // A raw IP socket read with recv(2) is what a datagram socket does: tokio's UdpSocket
     // wrapper gives readiness without an unsafe registration (`recv` returns one packet).
-    let raw = tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(raw))
-        .map_err(ShellError::RawSocket)?;
+    let raw =
+        tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(raw)).map_err(ShellError::RawSocket)?;
     let mut decap = Decapsulator::new(policy);
     let mut buf = vec![0u8; 65535];
     ready.store(true, Ordering::Release);

@@ -53,13 +53,9 @@ impl DrSender {
         let src_mac = netlink::link_mac(&handle, ifindex)
             .await?
             .ok_or_else(|| ShellError::NoInterface(format!("{iface} (no MAC)")))?;
-        let perr = |source| ShellError::PacketSocket {
-            iface: iface.to_string(),
-            source,
-        };
+        let perr = |source| ShellError::PacketSocket { iface: iface.to_string(), source };
         // Protocol 0: this socket only sends; it receives nothing.
-        let socket =
-            Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(0))).map_err(perr)?;
+        let socket = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(0))).map_err(perr)?;
         bind_packet_socket(&socket, ifindex, ETH_P_IP).map_err(perr)?;
         socket.set_nonblocking(true).map_err(perr)?;
         Ok(DrSender {
@@ -74,13 +70,7 @@ impl DrSender {
     }
 
     /// Sends `packet` to `next_hop`'s MAC; failures are counted in `stats`.
-    pub async fn send(
-        &mut self,
-        now: Instant,
-        packet: &[u8],
-        next_hop: Ipv4Addr,
-        stats: &ShellStats,
-    ) {
+    pub async fn send(&mut self, now: Instant, packet: &[u8], next_hop: Ipv4Addr, stats: &ShellStats) {
         let Some(mac) = self.resolve(now, next_hop).await else {
             ShellStats::add(&stats.l2_no_neighbour, 1);
             return;
@@ -94,19 +84,12 @@ impl DrSender {
 
     async fn resolve(&mut self, now: Instant, ip: Ipv4Addr) -> Option<[u8; 6]> {
         if let Some((mac, at)) = self.cache.get(&ip) {
-            let ttl = if mac.is_some() {
-                NEIGHBOUR_TTL
-            } else {
-                MISS_TTL
-            };
+            let ttl = if mac.is_some() { NEIGHBOUR_TTL } else { MISS_TTL };
             if now.saturating_since(*at) < ttl {
                 return *mac;
             }
         }
-        let mac = netlink::neighbour_mac(&self.handle, self.ifindex, ip)
-            .await
-            .ok()
-            .flatten();
+        let mac = netlink::neighbour_mac(&self.handle, self.ifindex, ip).await.ok().flatten();
         if mac.is_none()
             && let Some(p) = &self.poke
         {

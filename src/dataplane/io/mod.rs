@@ -137,24 +137,15 @@ impl ShellConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ShellError {
     #[error("tun device {name}: {source}")]
-    Tun {
-        name: String,
-        source: std::io::Error,
-    },
+    Tun { name: String, source: std::io::Error },
     #[error("netlink: {what}: {source}")]
-    Netlink {
-        what: String,
-        source: rtnetlink::Error,
-    },
+    Netlink { what: String, source: rtnetlink::Error },
     #[error("netlink: {0}")]
     NetlinkIo(std::io::Error),
     #[error("interface {0} not found")]
     NoInterface(String),
     #[error("packet socket on {iface}: {source}")]
-    PacketSocket {
-        iface: String,
-        source: std::io::Error,
-    },
+    PacketSocket { iface: String, source: std::io::Error },
     #[error("raw socket: {0}")]
     RawSocket(std::io::Error),
     #[error("runtime: {0}")]
@@ -264,15 +255,9 @@ mod tests {
     #[test]
     fn echo_copies_or_drops() {
         let mut tx = [0u8; 4];
-        assert_eq!(
-            Echo.process(Instant::ZERO, &[1, 2, 3], &mut tx),
-            Disposition::Tun { len: 3 }
-        );
+        assert_eq!(Echo.process(Instant::ZERO, &[1, 2, 3], &mut tx), Disposition::Tun { len: 3 });
         assert_eq!(&tx[..3], &[1, 2, 3]);
-        assert_eq!(
-            Echo.process(Instant::ZERO, &[0; 5], &mut tx),
-            Disposition::Drop
-        );
+        assert_eq!(Echo.process(Instant::ZERO, &[0; 5], &mut tx), Disposition::Drop);
     }
 
     #[test]

@@ -35,20 +35,12 @@ pub struct SteerRule {
 impl SteerRule {
     /// Requests to a VIP.
     pub fn to_vip(vip: Ipv4Addr) -> Self {
-        SteerRule {
-            to: Some(Ipv4Net::from(vip)),
-            from: None,
-            iif: None,
-        }
+        SteerRule { to: Some(Ipv4Net::from(vip)), from: None, iif: None }
     }
 
     /// NAT replies from real servers in `servers`.
     pub fn nat_replies(servers: Ipv4Net) -> Self {
-        SteerRule {
-            to: None,
-            from: Some(servers),
-            iif: None,
-        }
+        SteerRule { to: None, from: Some(servers), iif: None }
     }
 }
 
@@ -80,10 +72,7 @@ pub async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, Shel
 /// The MAC address of interface `index`.
 pub async fn link_mac(handle: &Handle, index: u32) -> Result<Option<[u8; 6]>, ShellError> {
     let mut links = handle.link().get().match_index(index).execute();
-    let link = links
-        .try_next()
-        .await
-        .map_err(nl(format!("get link #{index}")))?;
+    let link = links.try_next().await.map_err(nl(format!("get link #{index}")))?;
     Ok(link.and_then(|l| {
         l.attributes.into_iter().find_map(|a| match a {
             LinkAttribute::Address(mac) => mac.try_into().ok(),
@@ -112,12 +101,7 @@ pub async fn install(
         .await
         .map_err(nl(format!("add default route to table {table_id}")))?;
     for r in rules {
-        let mut add = handle
-            .rule()
-            .add()
-            .action(RuleAction::ToTable)
-            .table_id(table_id)
-            .priority(priority);
+        let mut add = handle.rule().add().action(RuleAction::ToTable).table_id(table_id).priority(priority);
         if let Some(iif) = &r.iif {
             add = add.input_interface(iif.clone());
         }
@@ -160,21 +144,11 @@ pub async fn remove(
     priority: u32,
 ) -> Result<usize, ShellError> {
     let mut deleted = 0;
-    let rules: Vec<RuleMessage> = handle
-        .rule()
-        .get(IpVersion::V4)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(nl("list rules"))?;
+    let rules: Vec<RuleMessage> =
+        handle.rule().get(IpVersion::V4).execute().try_collect().await.map_err(nl("list rules"))?;
     for r in rules {
         if rule_table(&r) == table_id && rule_priority(&r) == Some(priority) {
-            handle
-                .rule()
-                .del(r)
-                .execute()
-                .await
-                .map_err(nl("delete rule"))?;
+            handle.rule().del(r).execute().await.map_err(nl("delete rule"))?;
             deleted += 1;
         }
     }
@@ -195,12 +169,7 @@ pub async fn remove(
             })
             .unwrap_or(u32::from(r.header.table));
         if table == table_id {
-            handle
-                .route()
-                .del(r)
-                .execute()
-                .await
-                .map_err(nl("delete route"))?;
+            handle.route().del(r).execute().await.map_err(nl("delete route"))?;
             deleted += 1;
         }
     }
@@ -276,10 +245,8 @@ pub fn tune_tun_sysctls(iface: &str) -> Result<(), ShellError> {
     }
     for (key, value) in [("rp_filter", "0"), ("accept_local", "1")] {
         let path = format!("/proc/sys/net/ipv4/conf/{iface}/{key}");
-        std::fs::write(&path, value).map_err(|source| ShellError::Tun {
-            name: format!("{iface} ({key})"),
-            source,
-        })?;
+        std::fs::write(&path, value)
+            .map_err(|source| ShellError::Tun { name: format!("{iface} ({key})"), source })?;
     }
     let all = std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/rp_filter").unwrap_or_default();
     if all.trim() != "0" {
@@ -296,9 +263,7 @@ pub fn tune_tun_sysctls(iface: &str) -> Result<(), ShellError> {
 /// should let the kernel decapsulate rather than run [`super::decap_loop`].
 pub fn kernel_has_ipip() -> bool {
     std::path::Path::new("/sys/module/ipip").exists()
-        || std::fs::read_to_string("/proc/net/dev")
-            .map(|s| s.contains("tunl0"))
-            .unwrap_or(false)
+        || std::fs::read_to_string("/proc/net/dev").map(|s| s.contains("tunl0")).unwrap_or(false)
 }
 
 /// Name of the IP-in-IP device [`enable_kernel_ipip`] creates when the kernel has no

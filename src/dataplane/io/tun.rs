@@ -23,15 +23,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, watch};
-use tun_rs::{
-    AsyncDevice, DeviceBuilder, GROTable, IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN,
-};
+use tun_rs::{AsyncDevice, DeviceBuilder, GROTable, IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN};
 
 use super::dr::DrSender;
 use super::netlink::{self, SteerRule};
 use super::{
-    Disposition, MAX_PACKET, PacketProcessor, ShellConfig, ShellError, ShellStats, StatsSnapshot,
-    TICK,
+    Disposition, MAX_PACKET, PacketProcessor, ShellConfig, ShellError, ShellStats, StatsSnapshot, TICK,
 };
 use crate::time::Instant;
 
@@ -62,10 +59,7 @@ pub struct Shell<P: PacketProcessor + 'static> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ShellError> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(ShellError::Runtime)
+    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(ShellError::Runtime)
 }
 
 impl<P: PacketProcessor + 'static> core::fmt::Debug for Shell<P> {
@@ -82,11 +76,7 @@ impl<P: PacketProcessor + 'static> core::fmt::Debug for Shell<P> {
 impl<P: PacketProcessor + 'static> Shell<P> {
     /// Creates the TUN with `cfg.queues` queues, installs `steer`, and starts one worker per
     /// queue with the processor `factory(queue)`.
-    pub fn start<F>(
-        cfg: ShellConfig,
-        steer: Vec<SteerRule>,
-        mut factory: F,
-    ) -> Result<Self, ShellError>
+    pub fn start<F>(cfg: ShellConfig, steer: Vec<SteerRule>, mut factory: F) -> Result<Self, ShellError>
     where
         F: FnMut(usize) -> P,
     {
@@ -102,10 +92,7 @@ impl<P: PacketProcessor + 'static> Shell<P> {
             netlink::cleanup(&h, &cfg.tun_name, cfg.table_id, cfg.rule_priority).await?;
             Ok::<_, ShellError>(h)
         })?;
-        let tun_err = |source| ShellError::Tun {
-            name: cfg.tun_name.clone(),
-            source,
-        };
+        let tun_err = |source| ShellError::Tun { name: cfg.tun_name.clone(), source };
         let first = DeviceBuilder::new()
             .name(cfg.tun_name.clone())
             .mtu(cfg.mtu)
@@ -182,8 +169,7 @@ impl<P: PacketProcessor + 'static> Shell<P> {
     /// stopped or already holds [`CONTROL_QUEUE`] pending changes (the caller retries).
     pub fn apply(&self, f: Control<P>) -> Result<(), ShellError> {
         for c in &self.controls {
-            c.try_send(Arc::clone(&f))
-                .map_err(|e| ShellError::Config(format!("control queue: {e}")))?;
+            c.try_send(Arc::clone(&f)).map_err(|e| ShellError::Config(format!("control queue: {e}")))?;
         }
         Ok(())
     }
@@ -264,9 +250,7 @@ impl Buffers {
             original: vec![0; VIRTIO_NET_HDR_LEN + MAX_READ],
             rx: vec![vec![0; MAX_READ]; IDEAL_BATCH_SIZE],
             sizes: vec![0; IDEAL_BATCH_SIZE],
-            tx: (0..IDEAL_BATCH_SIZE)
-                .map(|_| Vec::with_capacity(TX_OFFSET + MAX_PACKET))
-                .collect(),
+            tx: (0..IDEAL_BATCH_SIZE).map(|_| Vec::with_capacity(TX_OFFSET + MAX_PACKET)).collect(),
             gro: GROTable::new(),
         }
     }
@@ -316,10 +300,7 @@ impl<P: PacketProcessor> Worker<P> {
                 Ok(n) => n,
                 // A device error (it went away, or is broken): stop this worker.
                 Err(e) if e.raw_os_error().is_some() => {
-                    return Err(ShellError::Tun {
-                        name: format!("queue {} read", self.queue),
-                        source: e,
-                    });
+                    return Err(ShellError::Tun { name: format!("queue {} read", self.queue), source: e });
                 }
                 // A malformed super-packet tun-rs could not split: count, go on.
                 Err(_) => {
@@ -331,10 +312,7 @@ impl<P: PacketProcessor> Worker<P> {
             ShellStats::add(&self.stats.rx_packets, n as u64);
             let n_out = self.process_batch(&mut b, n, dr.as_mut()).await;
             if n_out > 0 {
-                match dev
-                    .send_multiple(&mut b.gro, &mut b.tx[..n_out], TX_OFFSET)
-                    .await
-                {
+                match dev.send_multiple(&mut b.gro, &mut b.tx[..n_out], TX_OFFSET).await {
                     Ok(_) => ShellStats::add(&self.stats.tx_tun_packets, n_out as u64),
                     Err(_) => ShellStats::add(&self.stats.tx_tun_errors, 1),
                 }
@@ -354,12 +332,7 @@ impl<P: PacketProcessor> Worker<P> {
 
     /// Runs the processor over `n` received packets; returns how many TUN outputs are queued
     /// in `b.tx[..]` (L2 outputs are sent at once).
-    async fn process_batch(
-        &mut self,
-        b: &mut Buffers,
-        n: usize,
-        mut dr: Option<&mut DrSender>,
-    ) -> usize {
+    async fn process_batch(&mut self, b: &mut Buffers, n: usize, mut dr: Option<&mut DrSender>) -> usize {
         let now = self.now();
         let mut n_out = 0;
         for i in 0..n {

@@ -23,10 +23,7 @@ pub struct LeastConn {
 impl LeastConn {
     /// `weighted`: `wlc` rather than `lc`.
     pub fn new(servers: &[ServerSlot], weighted: bool) -> Self {
-        LeastConn {
-            weighted,
-            last: servers.len().saturating_sub(1),
-        }
+        LeastConn { weighted, last: servers.len().saturating_sub(1) }
     }
 
     /// `Less` when `a` is the better choice than `b`.
@@ -35,11 +32,7 @@ impl LeastConn {
         if self.weighted {
             let la = u64::from(a.active_conns) * u64::from(b.weight);
             let lb = u64::from(b.active_conns) * u64::from(a.weight);
-            if la != lb {
-                la.cmp(&lb)
-            } else {
-                b.weight.cmp(&a.weight)
-            }
+            if la != lb { la.cmp(&lb) } else { b.weight.cmp(&a.weight) }
         } else {
             a.active_conns.cmp(&b.active_conns)
         }
@@ -75,10 +68,6 @@ impl Scheduler for LeastConn {
     }
 
     fn kind(&self) -> SchedulerKind {
-        if self.weighted {
-            SchedulerKind::Wlc
-        } else {
-            SchedulerKind::Lc
-        }
+        if self.weighted { SchedulerKind::Wlc } else { SchedulerKind::Lc }
     }
 }

@@ -68,9 +68,7 @@ impl MaglevTable {
         // depends on the set of servers, not on their order in the config.
         perm.sort_by_key(|t| (servers[t.index as usize].key, t.index));
         let Some(max_weight) = perm.iter().map(|t| t.weight).max() else {
-            return Ok(MaglevTable {
-                entries: Vec::new(),
-            });
+            return Ok(MaglevTable { entries: Vec::new() });
         };
         let mut entries = vec![EMPTY; size];
         let mut filled = 0usize;
@@ -145,9 +143,7 @@ pub struct MaglevHash {
 impl MaglevHash {
     /// Builds the lookup table (the expensive part; `pick` is a table load).
     pub fn new(servers: &[ServerSlot], table_size: usize) -> Result<Self, SchedError> {
-        Ok(MaglevHash {
-            table: MaglevTable::build(servers, table_size)?,
-        })
+        Ok(MaglevHash { table: MaglevTable::build(servers, table_size)? })
     }
 
     /// The table, for measurements.

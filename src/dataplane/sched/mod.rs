@@ -109,9 +109,7 @@ pub struct SchedOptions {
 
 impl Default for SchedOptions {
     fn default() -> Self {
-        SchedOptions {
-            table_size: maglev::DEFAULT_TABLE_SIZE,
-        }
+        SchedOptions { table_size: maglev::DEFAULT_TABLE_SIZE }
     }
 }
 
@@ -203,7 +201,5 @@ fn next_eligible(servers: &[ServerSlot], after: usize) -> Option<usize> {
         return None;
     }
     let after = after.min(n - 1);
-    (after + 1..n)
-        .chain(0..=after)
-        .find(|&i| servers[i].eligible())
+    (after + 1..n).chain(0..=after).find(|&i| servers[i].eligible())
 }

@@ -19,9 +19,7 @@ pub struct RoundRobin {
 impl RoundRobin {
     /// A round robin that starts with the first eligible server.
     pub fn new(servers: &[ServerSlot]) -> Self {
-        RoundRobin {
-            last: servers.len().saturating_sub(1),
-        }
+        RoundRobin { last: servers.len().saturating_sub(1) }
     }
 }
 

@@ -17,9 +17,7 @@ pub struct SourceHash {
 impl SourceHash {
     /// Builds the lookup table.
     pub fn new(servers: &[ServerSlot], table_size: usize) -> Result<Self, SchedError> {
-        Ok(SourceHash {
-            table: MaglevTable::build(servers, table_size)?,
-        })
+        Ok(SourceHash { table: MaglevTable::build(servers, table_size)? })
     }
 }
 

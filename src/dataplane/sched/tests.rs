@@ -25,21 +25,13 @@ fn slot(i: usize, weight: u32, up: bool) -> ServerSlot {
         weight,
         up,
         active_conns: 0,
-        key: server_key(
-            &format!("s{i}"),
-            IpAddr::V4(Ipv4Addr::new(10, 1, (i >> 8) as u8, i as u8)),
-            80,
-        ),
+        key: server_key(&format!("s{i}"), IpAddr::V4(Ipv4Addr::new(10, 1, (i >> 8) as u8, i as u8)), 80),
     }
 }
 
 fn servers_strategy() -> impl Strategy<Value = Vec<ServerSlot>> {
-    prop::collection::vec((0u32..8, prop::bool::weighted(0.85)), 1..12).prop_map(|v| {
-        v.into_iter()
-            .enumerate()
-            .map(|(i, (w, up))| slot(i, w, up))
-            .collect()
-    })
+    prop::collection::vec((0u32..8, prop::bool::weighted(0.85)), 1..12)
+        .prop_map(|v| v.into_iter().enumerate().map(|(i, (w, up))| slot(i, w, up)).collect())
 }
 
 fn client(n: u64) -> IpAddr {
@@ -53,10 +45,7 @@ fn run(kind: SchedulerKind, servers: &mut [ServerSlot], picks: u64) -> Vec<u64> 
     let mut counts = vec![0u64; servers.len()];
     for n in 0..picks {
         if let Some(i) = s.pick(maglev::mix64(n ^ 0x5eed), client(n), servers) {
-            assert!(
-                servers[i].eligible(),
-                "{kind:?} picked an ineligible server"
-            );
+            assert!(servers[i].eligible(), "{kind:?} picked an ineligible server");
             counts[i] += 1;
             servers[i].active_conns += 1;
         } else {
@@ -190,16 +179,12 @@ const DEFAULT_TABLE_SIZE_FOR_TESTS: usize = maglev::DEFAULT_TABLE_SIZE;
 fn wrr_is_smooth() {
     let servers = [slot(0, 5, true), slot(1, 1, true), slot(2, 1, true)];
     let mut s = build(SchedulerKind::Wrr, &servers);
-    let seq: Vec<usize> = (0..7)
-        .map(|n| s.pick(n, client(n), &servers).unwrap())
-        .collect();
+    let seq: Vec<usize> = (0..7).map(|n| s.pick(n, client(n), &servers).unwrap()).collect();
     assert_eq!(seq, [0, 0, 1, 0, 2, 0, 0]);
     // Equal weights: strict alternation, never the same server twice in a row.
     let servers = [slot(0, 3, true), slot(1, 3, true)];
     let mut s = build(SchedulerKind::Wrr, &servers);
-    let seq: Vec<usize> = (0..6)
-        .map(|n| s.pick(n, client(n), &servers).unwrap())
-        .collect();
+    let seq: Vec<usize> = (0..6).map(|n| s.pick(n, client(n), &servers).unwrap()).collect();
     assert_eq!(seq, [0, 1, 0, 1, 0, 1]);
 }
 
@@ -233,10 +218,7 @@ fn stale_table_skips_down_server() {
 /// Hashes are pinned: a change here remaps every client on every ATM (see `HASH_KEYS`).
 #[test]
 fn hashes_are_stable() {
-    assert_eq!(
-        client_hash(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))),
-        PINNED_CLIENT_HASH
-    );
+    assert_eq!(client_hash(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))), PINNED_CLIENT_HASH);
     let v6: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
     assert_eq!(client_hash(v6), PINNED_CLIENT_HASH);
     let servers: Vec<ServerSlot> = (0..5).map(|i| slot(i, 1, true)).collect();

@@ -21,9 +21,7 @@ pub struct SmoothWeighted {
 impl SmoothWeighted {
     /// All credits start at zero: the heaviest server (first on ties) goes first.
     pub fn new(servers: &[ServerSlot]) -> Self {
-        SmoothWeighted {
-            credit: vec![0; servers.len()],
-        }
+        SmoothWeighted { credit: vec![0; servers.len()] }
     }
 }
 

@@ -23,11 +23,7 @@ pub fn enter_netns(path: &Path) -> io::Result<()> {
     // SAFETY: `file` is an open descriptor for the whole call; setns only reads it and changes
     // the calling thread's namespace; no Rust invariant depends on the namespace.
     let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 /// Binds a packet socket to interface `ifindex` for protocol `ethertype` (host order), so

@@ -1,0 +1,193 @@
+//! A simulated ATM: the real [`clusterserver::driver::run_atm`] over [`SimAtm`], a
+//! [`Platform`] made of turmoil sockets and the world's LAN, plus the service responder that
+//! stands in for the forwarded service (it answers the clients' probes while this host's
+//! kernel holds the VIP and its process runs).
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::time::Duration;
+
+use clusterserver::config::Config;
+use clusterserver::core::election::{DemoteReason, Event, Role};
+use clusterserver::driver::run_atm;
+use clusterserver::platform::Platform;
+use clusterserver::time::Instant;
+use tokio::sync::mpsc;
+
+use crate::net::{ARP_PORT, BROADCAST, ECHO_PORT, Freezable, SERVICE_PORT, SimClock, SimSocket};
+use crate::world::Shared;
+
+/// The simulator's platform for one ATM.
+#[derive(Debug)]
+pub struct SimAtm {
+    world: Shared,
+    name: String,
+    clock: SimClock,
+    incarnation: u64,
+    atm_names: Vec<String>,
+}
+
+impl SimAtm {
+    fn log(&self, text: impl AsRef<str>) {
+        self.world.borrow_mut().log(self.clock.ms(), &self.name, text);
+    }
+}
+
+impl Platform for SimAtm {
+    type Socket = SimSocket;
+
+    fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
+    fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    async fn bind_heartbeat(&self, port: u16) -> io::Result<SimSocket> {
+        SimSocket::bind(&self.world, &self.name, port).await
+    }
+
+    fn broadcast_address(&self) -> Option<IpAddr> {
+        Some(BROADCAST)
+    }
+
+    async fn take_vips(&self, vips: &[IpAddr]) -> io::Result<()> {
+        self.world.borrow_mut().host(&self.name).vips.extend(vips.iter().copied());
+        Ok(())
+    }
+
+    async fn release_vips(&self, vips: &[IpAddr]) -> io::Result<()> {
+        let mut w = self.world.borrow_mut();
+        let h = w.host(&self.name);
+        for v in vips {
+            h.vips.remove(v);
+        }
+        Ok(())
+    }
+
+    async fn send_garp(&self, vips: &[IpAddr]) -> io::Result<()> {
+        let sock = SimSocket::bind(&self.world, &self.name, 0).await?;
+        for v in vips {
+            sock.send(format!("GARP {v}").as_bytes(), SocketAddr::new(BROADCAST, ARP_PORT)).await?;
+        }
+        Ok(())
+    }
+
+    async fn probe(&self, target: IpAddr, timeout: Duration) -> bool {
+        let Ok(sock) = SimSocket::bind(&self.world, &self.name, 0).await else { return false };
+        if sock.send(b"PING", SocketAddr::new(target, ECHO_PORT)).await.is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 16];
+        matches!(tokio::time::timeout(timeout, sock.recv(&mut buf)).await, Ok(Ok(_)))
+    }
+
+    fn record(&self, now: Instant, event: &Event) {
+        let mut w = self.world.borrow_mut();
+        let text = describe(&self.atm_names, event);
+        w.log(now.as_millis(), &self.name, text);
+        let h = w.host(&self.name);
+        match *event {
+            Event::Promoted { epoch, .. } => {
+                h.role = Some(Role::Primary);
+                h.epoch = epoch;
+                h.promotions.push((now.as_millis(), epoch));
+            }
+            Event::Demoted { epoch, .. } => {
+                h.role = Some(Role::Backup);
+                h.epoch = epoch;
+            }
+            Event::Rejected { reason, count } => {
+                let key = (self.name.clone(), reason.name());
+                let prev = w.rejected.insert(key, count).unwrap_or(0);
+                w.rejected_total += count - prev;
+            }
+            _ => {}
+        }
+    }
+
+    fn record_error(&self, _now: Instant, what: &str, err: &io::Error) {
+        self.log(format!("error: {what}: {err}"));
+    }
+}
+
+/// Trace text of an event, with peer indexes turned into names.
+fn describe(names: &[String], event: &Event) -> String {
+    let n = |i: &usize| names.get(*i).cloned().unwrap_or_else(|| format!("atm#{i}"));
+    match event {
+        Event::Promoted { epoch, reason } => format!("promoted epoch={epoch} reason={reason:?}"),
+        Event::Demoted { epoch, reason } => match reason {
+            DemoteReason::HigherPrimary { peer, epoch: theirs } => {
+                format!("demoted epoch={epoch} reason=HigherPrimary({} epoch={theirs})", n(peer))
+            }
+            r => format!("demoted epoch={epoch} reason={r:?}"),
+        },
+        Event::PeerUp { peer } => format!("peer {} up", n(peer)),
+        Event::PeerDown { peer } => format!("peer {} down", n(peer)),
+        Event::ConfigMismatch { peer } => format!("peer {} runs a different config", n(peer)),
+        Event::ReachChanged { reachable, total } => format!("reachlist {reachable}/{total}"),
+        Event::HandoverStarted { to } => format!("handing over to {}", n(to)),
+        Event::Refused { what, why } => format!("refused {what}: {why}"),
+        Event::Rejected { reason, count } => format!("rejected heartbeat: {} (#{count})", reason.name()),
+        Event::Exiting => "exiting".to_string(),
+    }
+}
+
+/// The software of an ATM host: kernel + (freezable) daemon + service responder.
+pub fn software(
+    world: Shared,
+    name: String,
+    cfg: Rc<Config>,
+    me: usize,
+    secret: Vec<u8>,
+) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = turmoil::Result>>> {
+    move || {
+        let (world, name, cfg, secret) = (world.clone(), name.clone(), cfg.clone(), secret.clone());
+        Box::pin(async move {
+            world.borrow_mut().host_started(&name);
+            // Machines do not boot on the same millisecond: start 0-149 ms late (from the seed).
+            let delay = world.borrow_mut().rng.next_u64() % 150;
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+            tokio::task::spawn_local(crate::kernel::kernel(world.clone(), name.clone()));
+            let (tx, rx) = mpsc::unbounded_channel();
+            world.borrow_mut().host(&name).commands = Some(tx);
+            let clock = SimClock::start();
+            let incarnation = turmoil::since_epoch().unwrap_or_default().as_millis() as u64;
+            let atm_names = cfg.atms.iter().map(|a| a.name.clone()).collect();
+            let platform = SimAtm { world: world.clone(), name: name.clone(), clock, incarnation, atm_names };
+            let daemon = async {
+                tokio::select! {
+                    biased;
+                    r = run_atm(&platform, &cfg, me, secret, rx) => r.map(|_| ()),
+                    r = responder(world.clone(), name.clone()) => r,
+                }
+            };
+            let result = Freezable::new(&world, &name, daemon).await;
+            world.borrow_mut().host(&name).running = false;
+            result.map_err(|e| e.into())
+        })
+    }
+}
+
+/// Answers `REQ <seq> <vip>` with `RSP <seq>` while this host holds the VIP.
+async fn responder(world: Shared, name: String) -> io::Result<()> {
+    let sock = SimSocket::bind(&world, &name, SERVICE_PORT).await?;
+    let mut buf = [0u8; 128];
+    loop {
+        let (n, from) = sock.recv(&mut buf).await?;
+        let Some((seq, vip)) = std::str::from_utf8(&buf[..n])
+            .ok()
+            .and_then(|t| t.strip_prefix("REQ "))
+            .and_then(|t| t.split_once(' '))
+        else {
+            continue;
+        };
+        let held = vip.parse::<IpAddr>().is_ok_and(|v| world.borrow_mut().host(&name).vips.contains(&v));
+        if held {
+            let _ = sock.send(format!("RSP {seq}").as_bytes(), from).await;
+        }
+    }
+}

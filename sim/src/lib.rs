@@ -1,0 +1,26 @@
+//! # clustersim: the deterministic simulator
+//!
+//! Runs the real control code of clusterserver (the [`clusterserver::driver`] and the
+//! [`clusterserver::core`] state machines) on several simulated hosts under turmoil, on a
+//! simulated LAN with ARP caches, and injects a scenario's faults. A run is a pure function
+//! of (scenario, seed): every random choice comes from the seed, every `select!` is biased,
+//! no map iterates in a random order, and nothing reads the wall clock.
+//!
+//! * [`scenario`]: the scenario file format shared with the labs.
+//! * [`world`], [`net`], [`kernel`]: the simulated LAN, sockets with loss, frozen processes,
+//!   and what each host's kernel does (ARP, echo).
+//! * [`atm`], [`client`], [`rogue`]: the hosts' software.
+//! * [`runner`]: one run with its invariant checks; [`sweep`]: many seeds on all cores.
+
+pub mod atm;
+pub mod chart;
+pub mod client;
+pub mod kernel;
+pub mod net;
+pub mod rng;
+pub mod rogue;
+pub mod runner;
+pub mod scenario;
+pub mod sweep;
+pub mod topology;
+pub mod world;

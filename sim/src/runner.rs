@@ -1,0 +1,488 @@
+//! Runs one scenario at one seed: builds the turmoil simulation, steps it tick by tick,
+//! applies the scenario's faults on time, checks the invariants between ticks, and returns
+//! the trace and the outcome figures.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use clusterserver::core::election::AdminRequest;
+use clusterserver::driver::Command;
+
+use crate::client::PROBE_MS;
+use crate::scenario::{Scenario, Step};
+use crate::topology::*;
+use crate::world::{Shared, World};
+
+/// What one run produced.
+#[derive(Debug)]
+pub struct Outcome {
+    pub scenario: String,
+    pub seed: u64,
+    pub trace: Vec<String>,
+    /// Longest outage seen by each client, ms.
+    pub outage_ms: BTreeMap<String, u64>,
+    /// Primaries of the cluster under test over time: (ms, names joined by '+', or "none").
+    pub primaries: Vec<(u64, String)>,
+    /// Owner of the VIP in each client's ARP cache at the end.
+    pub arp_owner: BTreeMap<String, String>,
+    pub promotions: usize,
+    pub rejected: u64,
+    pub violations: Vec<String>,
+    /// Answered probes per 100 ms, per client (chart).
+    pub series: BTreeMap<String, Vec<u32>>,
+    /// Faults applied: (ms, description).
+    pub faults: Vec<(u64, String)>,
+    pub duration_ms: u64,
+}
+
+impl Outcome {
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    /// The outcome figures, one per line.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let timeline: Vec<String> = self.primaries.iter().map(|(t, p)| format!("{t}ms:{p}")).collect();
+        s += &format!("primaries over time: {}\n", timeline.join(" "));
+        for (c, o) in &self.outage_ms {
+            s += &format!("outage {c}: {o} ms\n");
+        }
+        for (c, o) in &self.arp_owner {
+            s += &format!("arp owner {c}: {o}\n");
+        }
+        s += &format!("promotions: {}\nheartbeats rejected: {}\n", self.promotions, self.rejected);
+        if self.violations.is_empty() {
+            s += "invariants: all hold\n";
+        }
+        for v in &self.violations {
+            s += &format!("VIOLATION: {v}\n");
+        }
+        s
+    }
+}
+
+/// Builds and runs `scenario` with `seed`.
+pub fn run(scenario: &Scenario, seed: u64) -> anyhow::Result<Outcome> {
+    let duration_ms = scenario.duration_ms();
+    let tick = Duration::from_millis(4);
+    let mut sim = turmoil::Builder::new()
+        .simulation_duration(Duration::from_millis(duration_ms + 1000))
+        .tick_duration(tick)
+        .epoch(UNIX_EPOCH + Duration::from_secs(1_800_000_000))
+        .min_message_latency(Duration::from_micros(200))
+        .max_message_latency(Duration::from_millis(2))
+        .udp_capacity(256)
+        .rng_seed(seed)
+        .build();
+    let world = World::new(seed);
+    let names = scenario.host_names();
+    let addr: BTreeMap<String, IpAddr> = names.iter().map(|n| (n.clone(), sim.lookup(n.as_str()))).collect();
+    {
+        let mut w = world.borrow_mut();
+        for (n, a) in &addr {
+            w.by_addr.insert(*a, n.clone());
+            w.host(n).addr = Some(*a);
+        }
+    }
+    register_hosts(&mut sim, scenario, &world, &addr)?;
+    let mut state = RunState::new(scenario, &world);
+    // Each fault lands 0-99 ms after its nominal time, drawn from the seed, so a sweep
+    // crosses every phase of the heartbeat cycle.
+    let mut jitter = crate::rng::SplitMix64::derive(seed, "steps");
+    let timed: Vec<(u64, &Step)> =
+        scenario.steps.iter().map(|s| (s.at_ms + jitter.next_u64() % 100, s)).collect();
+    let mut steps = timed.into_iter().peekable();
+    loop {
+        let now_ms = sim.elapsed().as_millis() as u64;
+        if now_ms >= duration_ms {
+            break;
+        }
+        while let Some((_, step)) = steps.next_if(|(at, _)| *at <= now_ms) {
+            apply(&mut sim, &world, &mut state, step, now_ms)
+                .with_context(|| format!("step at {} ms", step.at_ms))?;
+        }
+        sim.step().map_err(|e| anyhow::anyhow!("simulation error at {now_ms} ms: {e}"))?;
+        state.observe(&world, sim.elapsed().as_millis() as u64);
+    }
+    Ok(state.finish(scenario, seed, &world, duration_ms))
+}
+
+fn register_hosts(
+    sim: &mut turmoil::Sim,
+    s: &Scenario,
+    world: &Shared,
+    addr: &BTreeMap<String, IpAddr>,
+) -> anyhow::Result<()> {
+    let pick = |prefix: &str| -> Vec<(String, IpAddr)> {
+        s.host_names().into_iter().filter(|n| n.starts_with(prefix)).map(|n| (n.clone(), addr[&n])).collect()
+    };
+    let routers = pick("router");
+    let reachlist: Vec<IpAddr> = routers.iter().map(|(_, a)| *a).collect();
+    let vip: IpAddr = VIP.parse()?;
+    let atms = pick("atm");
+    let nodes = pick("node");
+    let cfg = Rc::new(cluster_config(s, CLUSTER_ID, &atms, reachlist.clone(), vip, &nodes));
+    for (i, (name, _)) in atms.iter().enumerate() {
+        world.borrow_mut().host(name).cluster = Some(CLUSTER_ID);
+        sim.host(
+            name.as_str(),
+            crate::atm::software(world.clone(), name.clone(), cfg.clone(), i, SECRET.to_vec()),
+        );
+    }
+    if s.topology.second_cluster {
+        let others = pick("other");
+        let ocfg =
+            Rc::new(cluster_config(s, OTHER_CLUSTER_ID, &others, reachlist.clone(), OTHER_VIP.parse()?, &[]));
+        for (i, (name, _)) in others.iter().enumerate() {
+            world.borrow_mut().host(name).cluster = Some(OTHER_CLUSTER_ID);
+            sim.host(
+                name.as_str(),
+                crate::atm::software(world.clone(), name.clone(), ocfg.clone(), i, OTHER_SECRET.to_vec()),
+            );
+        }
+    }
+    for (name, _) in routers.iter().chain(&pick("client")) {
+        sim.host(name.as_str(), crate::client::software(world.clone(), name.clone(), vip));
+    }
+    for (name, _) in &nodes {
+        sim.host(name.as_str(), crate::kernel::software(world.clone(), name.clone()));
+    }
+    if s.topology.rogue {
+        let targets: Vec<SocketAddr> =
+            atms.iter().map(|(_, a)| SocketAddr::new(*a, cfg.heartbeat_port())).collect();
+        sim.host("rogue", crate::rogue::software(world.clone(), CLUSTER_ID, cfg.heartbeat_port(), targets));
+    }
+    Ok(())
+}
+
+/// Faults in force and invariant bookkeeping.
+struct RunState {
+    all: Vec<String>,
+    /// Directional blocks from partitions.
+    blocked: BTreeSet<(String, String)>,
+    links_down: BTreeSet<String>,
+    dual_since: BTreeMap<(String, String), u64>,
+    settle_ms: u64,
+    last_primaries: Option<String>,
+    last_change_ms: u64,
+    primaries: Vec<(u64, String)>,
+    violations: Vec<String>,
+}
+
+impl RunState {
+    fn new(s: &Scenario, world: &Shared) -> Self {
+        let _ = world;
+        let hb = s.cluster.heartbeat_ms.unwrap_or(100);
+        let dead = hb * u64::from(s.cluster.dead_after.unwrap_or(3));
+        RunState {
+            all: s.host_names(),
+            blocked: BTreeSet::new(),
+            links_down: BTreeSet::new(),
+            dual_since: BTreeMap::new(),
+            settle_ms: 4 * dead + 2 * hb,
+            last_primaries: None,
+            last_change_ms: 0,
+            primaries: Vec::new(),
+            violations: Vec::new(),
+        }
+    }
+
+    fn cut(&self, a: &str, b: &str) -> bool {
+        self.links_down.contains(a)
+            || self.links_down.contains(b)
+            || self.blocked.contains(&(a.to_string(), b.to_string()))
+            || self.blocked.contains(&(b.to_string(), a.to_string()))
+    }
+
+    /// Between ticks: primaries timeline and the dual-primary invariant.
+    fn observe(&mut self, world: &Shared, now: u64) {
+        let by_cluster = world.borrow().primaries();
+        let mine = by_cluster.get(&CLUSTER_ID).cloned().unwrap_or_default();
+        let label = if mine.is_empty() { "none".to_string() } else { mine.join("+") };
+        if self.last_primaries.as_deref() != Some(&label) {
+            world.borrow_mut().log(now, "sim", format!("primaries: {label}"));
+            self.primaries.push((now, label.clone()));
+            self.last_primaries = Some(label);
+            self.last_change_ms = now;
+        }
+        let mut seen = BTreeSet::new();
+        for list in by_cluster.values() {
+            for (i, a) in list.iter().enumerate() {
+                for b in &list[i + 1..] {
+                    if self.cut(a, b) {
+                        continue;
+                    }
+                    let key = (a.clone(), b.clone());
+                    seen.insert(key.clone());
+                    let since = *self.dual_since.entry(key).or_insert(now);
+                    if now - since == self.settle_ms {
+                        self.violations.push(format!(
+                            "two primaries that can hear each other: {a} and {b} since {since} ms (> {} ms)",
+                            self.settle_ms
+                        ));
+                    }
+                }
+            }
+        }
+        self.dual_since.retain(|k, _| seen.contains(k));
+    }
+
+    fn finish(mut self, s: &Scenario, seed: u64, world: &Shared, end: u64) -> Outcome {
+        let w = world.borrow();
+        let vip: IpAddr = VIP.parse().expect("literal");
+        let mut outage_ms = BTreeMap::new();
+        let mut arp_owner = BTreeMap::new();
+        let mut series = BTreeMap::new();
+        for (name, h) in w.hosts.iter().filter(|(n, _)| n.starts_with("client")) {
+            let c = &h.client;
+            let out = match c.last_ok_ms {
+                Some(last) => c.max_gap_ms.max(end - last).saturating_sub(PROBE_MS),
+                None => end,
+            };
+            outage_ms.insert(name.clone(), out);
+            series.insert(name.clone(), c.buckets.clone());
+            let owner = h.neigh.get(&vip).map_or("none".to_string(), |n| w.name_of(n.owner));
+            arp_owner.insert(name.clone(), owner);
+        }
+        let promotions: usize =
+            w.hosts.values().filter(|h| h.cluster == Some(CLUSTER_ID)).map(|h| h.promotions.len()).sum();
+        for (name, h) in &w.hosts {
+            if h.promotions.windows(2).any(|p| p[1].1 <= p[0].1) {
+                self.violations.push(format!("{name}: promotion epochs not increasing: {:?}", h.promotions));
+            }
+        }
+        let final_primaries = w.primaries().get(&CLUSTER_ID).cloned().unwrap_or_default();
+        self.check_expect(s, &outage_ms, &final_primaries, promotions, w.rejected_total, &w);
+        if let [p] = final_primaries.as_slice()
+            && end.saturating_sub(self.last_change_ms) > 2_000
+        {
+            for (c, owner) in &arp_owner {
+                if owner != p && !self.cut(c, p) {
+                    self.violations.push(format!("{c}'s ARP cache points at {owner}, the primary is {p}"));
+                }
+            }
+        }
+        Outcome {
+            scenario: s.name.clone(),
+            seed,
+            trace: w.trace.clone(),
+            outage_ms,
+            primaries: self.primaries,
+            arp_owner,
+            promotions,
+            rejected: w.rejected_total,
+            violations: self.violations,
+            series,
+            faults: w.faults.clone(),
+            duration_ms: end,
+        }
+    }
+
+    fn check_expect(
+        &mut self,
+        s: &Scenario,
+        outage: &BTreeMap<String, u64>,
+        final_primaries: &[String],
+        promotions: usize,
+        rejected: u64,
+        w: &World,
+    ) {
+        let e = &s.expect;
+        let v = &mut self.violations;
+        for (c, o) in outage {
+            if let Some(max) = e.client_outage_ms.get(c).copied().or(e.max_outage_ms).filter(|m| o > m) {
+                v.push(format!("{c}: outage {o} ms > {max} ms"));
+            }
+        }
+        if s.topology.second_cluster {
+            let other = w.primaries().get(&OTHER_CLUSTER_ID).cloned().unwrap_or_default();
+            let flips: usize = w
+                .hosts
+                .values()
+                .filter(|h| h.cluster == Some(OTHER_CLUSTER_ID))
+                .map(|h| h.promotions.len())
+                .sum();
+            if other.len() != 1 || flips != 1 {
+                v.push(format!("the second cluster was disturbed: primaries {other:?}, {flips} promotions"));
+            }
+        }
+        if let Some(n) = e.primaries_after_heal.filter(|n| *n != final_primaries.len()) {
+            v.push(format!(
+                "{} primaries at the end ({}), expected {n}",
+                final_primaries.len(),
+                final_primaries.join("+")
+            ));
+        }
+        if let Some(p) = e.final_primary.as_ref().filter(|p| final_primaries != [(*p).clone()]) {
+            v.push(format!("final primary {:?}, expected {p}", final_primaries));
+        }
+        if let Some(m) = e.max_promotions.filter(|m| promotions > *m) {
+            v.push(format!("{promotions} promotions, at most {m} expected (flapping)"));
+        }
+        for n in &e.never_primary {
+            if w.hosts.get(n).is_some_and(|h| !h.promotions.is_empty()) {
+                v.push(format!("{n} became primary"));
+            }
+        }
+        if let Some(m) = e.min_rejected.filter(|m| rejected < *m) {
+            v.push(format!("{rejected} heartbeats rejected, at least {m} expected"));
+        }
+        if e.long_lived_lost.is_some() {
+            v.push("expect.long_lived_lost: the simulator does not run long-lived flows yet".into());
+        }
+    }
+}
+
+fn apply(
+    sim: &mut turmoil::Sim,
+    world: &Shared,
+    st: &mut RunState,
+    step: &Step,
+    now: u64,
+) -> anyhow::Result<()> {
+    let kind = step.kind()?;
+    let log = |text: String| {
+        let mut w = world.borrow_mut();
+        w.faults.push((now, text.clone()));
+        w.log(now, "sim", text);
+    };
+    match kind {
+        "crash" => {
+            let h = step.crash.as_deref().unwrap_or_default();
+            sim.crash(h);
+            world.borrow_mut().host_crashed(h);
+            log(format!("fault: crash {h}"));
+        }
+        "restart" => {
+            let h = step.restart.as_deref().unwrap_or_default();
+            log(format!("fault: restart {h}"));
+            sim.bounce(h);
+        }
+        "freeze" | "thaw" => {
+            let h = step.freeze.as_deref().or(step.thaw.as_deref()).unwrap_or_default();
+            world.borrow_mut().set_frozen(h, kind == "freeze");
+            log(format!("fault: {kind} {h}"));
+        }
+        "stop" | "promote" | "demote" => {
+            let h = step
+                .stop
+                .as_deref()
+                .or(step.promote.as_deref())
+                .or(step.demote.as_deref())
+                .unwrap_or_default();
+            let cmd = match kind {
+                "stop" => Command::Shutdown,
+                "promote" => Command::Admin(AdminRequest::Promote),
+                _ => Command::Admin(AdminRequest::Demote),
+            };
+            let sent = world.borrow_mut().host(h).commands.as_ref().is_some_and(|tx| tx.send(cmd).is_ok());
+            if !sent {
+                bail!("{kind} {h}: the host's daemon is not running");
+            }
+            log(format!("operator: {kind} {h}"));
+        }
+        "partition" => {
+            let groups = step.partition.clone().unwrap_or_default();
+            for (i, g) in groups.iter().enumerate() {
+                for other in &groups[i + 1..] {
+                    for a in g {
+                        for b in other {
+                            sim.partition(a.as_str(), b.as_str());
+                            st.blocked.insert((a.clone(), b.clone()));
+                            st.blocked.insert((b.clone(), a.clone()));
+                        }
+                    }
+                }
+            }
+            log(format!("fault: partition {groups:?}"));
+        }
+        "partition_oneway" => {
+            let o = step.partition_oneway.clone().expect("kind checked");
+            for a in &o.from {
+                for b in &o.to {
+                    sim.partition_oneway(a.as_str(), b.as_str());
+                    st.blocked.insert((a.clone(), b.clone()));
+                }
+            }
+            log(format!("fault: partition one way {:?} -> {:?}", o.from, o.to));
+        }
+        "heal" => {
+            for (a, b) in std::mem::take(&mut st.blocked) {
+                sim.repair(a.as_str(), b.as_str());
+            }
+            reapply_links_down(sim, st);
+            log("fault: heal".into());
+        }
+        "link_down" | "link_up" => {
+            let h = step.link_down.as_deref().or(step.link_up.as_deref()).unwrap_or_default().to_string();
+            if kind == "link_down" {
+                st.links_down.insert(h.clone());
+            } else {
+                st.links_down.remove(&h);
+                for o in st.all.iter().filter(|o| **o != h) {
+                    if !st.cut(&h, o) {
+                        sim.repair(h.as_str(), o.as_str());
+                    }
+                }
+            }
+            reapply_links_down(sim, st);
+            log(format!("fault: {kind} {h}"));
+        }
+        "loss" => {
+            let l = step.loss.clone().expect("kind checked");
+            let mut w = world.borrow_mut();
+            match l.between.as_slice() {
+                [] => w.loss_all = l.percent / 100.0,
+                [a, b] => {
+                    let key = if a < b { (a.clone(), b.clone()) } else { (b.clone(), a.clone()) };
+                    w.loss_link.insert(key, l.percent / 100.0);
+                }
+                _ => bail!("loss.between: expected two hosts or none"),
+            }
+            let text = format!("fault: loss {}% {:?}", l.percent, l.between);
+            w.faults.push((now, text.clone()));
+            w.log(now, "sim", text);
+        }
+        "latency" => {
+            let l = step.latency.clone().expect("kind checked");
+            let (min, max) = (Duration::from_millis(l.ms), Duration::from_millis(l.ms + l.jitter_ms));
+            match l.between.as_slice() {
+                [] => sim.set_max_message_latency(max),
+                [a, b] => {
+                    sim.set_link_latency(a.as_str(), b.as_str(), min);
+                    sim.set_link_max_message_latency(a.as_str(), b.as_str(), max);
+                }
+                _ => bail!("latency.between: expected two hosts or none"),
+            }
+            log(format!("fault: latency {} ms +{} ms {:?}", l.ms, l.jitter_ms, l.between));
+        }
+        "forge" => {
+            if !st.all.iter().any(|h| h == "rogue") {
+                bail!("forge needs topology.rogue: true");
+            }
+            world.borrow_mut().forge_queue.push_back(step.forge.clone().expect("kind checked"));
+            log("fault: forge queued".into());
+        }
+        "miss_garp" => {
+            let m = step.miss_garp.clone().expect("kind checked");
+            world.borrow_mut().host(&m.client).miss_garp = m.count;
+            log(format!("fault: {} misses its next {} gratuitous ARP(s)", m.client, m.count));
+        }
+        other => bail!(
+            "the simulator cannot perform `{other}` steps yet (no real servers in the simulated data plane)"
+        ),
+    }
+    Ok(())
+}
+
+fn reapply_links_down(sim: &mut turmoil::Sim, st: &RunState) {
+    for h in &st.links_down {
+        for o in st.all.iter().filter(|o| *o != h) {
+            sim.partition(h.as_str(), o.as_str());
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! Scenario files (SPEC.md): one JSON5 format for the simulator and the labs.
+//!
+//! Parsing is strict: unknown keys are errors, and each step must name exactly one kind.
+//! Host names are checked against the topology, so a typo fails before anything runs.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub topology: Topology,
+    #[serde(default)]
+    pub load: Load,
+    /// Overrides of the generated cluster config.
+    #[serde(default)]
+    pub cluster: ClusterOverrides,
+    /// Length of the run; default: last step + 6 s.
+    pub duration_ms: Option<u64>,
+    #[serde(default)]
+    pub steps: Vec<Step>,
+    #[serde(default)]
+    pub expect: Expect,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    pub atms: usize,
+    #[serde(default)]
+    pub nodes: usize,
+    #[serde(default = "one")]
+    pub clients: usize,
+    #[serde(default = "nat")]
+    pub forwarding: String,
+    /// Routers on the reachlist (default 1; they are also upstream clients of the VIP).
+    #[serde(default = "one")]
+    pub routers: usize,
+    /// A rogue host on the LAN (for `forge` steps).
+    #[serde(default)]
+    pub rogue: bool,
+    /// A second cluster (id + 1, same ports, own secret and VIP) on the same subnet.
+    #[serde(default)]
+    pub second_cluster: bool,
+}
+
+fn one() -> usize {
+    1
+}
+fn nat() -> String {
+    "nat".into()
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Load {
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub connections_per_s: u32,
+    #[serde(default)]
+    pub long_lived: u32,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterOverrides {
+    pub preempt: Option<bool>,
+    pub heartbeat_ms: Option<u64>,
+    pub dead_after: Option<u32>,
+    pub heartbeat_mode: Option<String>,
+    pub min_reachable: Option<u32>,
+    pub gratuitous_count: Option<u32>,
+    pub refresh_s: Option<u64>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OneWay {
+    pub from: Vec<String>,
+    pub to: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkSetting {
+    /// Percentage for `loss`, milliseconds for `latency`.
+    #[serde(default)]
+    pub percent: f64,
+    #[serde(default)]
+    pub ms: u64,
+    #[serde(default)]
+    pub jitter_ms: u64,
+    /// Two hosts (one link), or absent for every link.
+    #[serde(default)]
+    pub between: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Forge {
+    /// `bad_mac` (signed with a wrong secret) or `replay` (captured heartbeats sent again).
+    pub kind: String,
+    #[serde(default = "ten")]
+    pub count: u32,
+    #[serde(default = "hundred")]
+    pub interval_ms: u64,
+}
+fn ten() -> u32 {
+    10
+}
+fn hundred() -> u64 {
+    100
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MissGarp {
+    pub client: String,
+    pub count: u32,
+}
+
+/// One fault, at `at_ms`. Exactly one of the kinds is set.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    pub at_ms: u64,
+    pub crash: Option<String>,
+    pub restart: Option<String>,
+    pub freeze: Option<String>,
+    pub thaw: Option<String>,
+    pub stop: Option<String>,
+    pub partition: Option<Vec<Vec<String>>>,
+    pub partition_oneway: Option<OneWay>,
+    pub heal: Option<bool>,
+    pub loss: Option<LinkSetting>,
+    pub latency: Option<LinkSetting>,
+    pub link_down: Option<String>,
+    pub link_up: Option<String>,
+    pub forge: Option<Forge>,
+    pub server_down: Option<String>,
+    pub server_up: Option<String>,
+    /// Simulator and lab: the client ignores its next `count` gratuitous ARPs.
+    pub miss_garp: Option<MissGarp>,
+    /// Operator actions through the control core.
+    pub promote: Option<String>,
+    pub demote: Option<String>,
+}
+
+impl Step {
+    /// The step's kind name; errors unless exactly one kind is set.
+    pub fn kind(&self) -> anyhow::Result<&'static str> {
+        let set = [
+            ("crash", self.crash.is_some()),
+            ("restart", self.restart.is_some()),
+            ("freeze", self.freeze.is_some()),
+            ("thaw", self.thaw.is_some()),
+            ("stop", self.stop.is_some()),
+            ("partition", self.partition.is_some()),
+            ("partition_oneway", self.partition_oneway.is_some()),
+            ("heal", self.heal.is_some()),
+            ("loss", self.loss.is_some()),
+            ("latency", self.latency.is_some()),
+            ("link_down", self.link_down.is_some()),
+            ("link_up", self.link_up.is_some()),
+            ("forge", self.forge.is_some()),
+            ("server_down", self.server_down.is_some()),
+            ("server_up", self.server_up.is_some()),
+            ("miss_garp", self.miss_garp.is_some()),
+            ("promote", self.promote.is_some()),
+            ("demote", self.demote.is_some()),
+        ];
+        let kinds: Vec<&str> = set.iter().filter(|(_, s)| *s).map(|(k, _)| *k).collect();
+        match kinds.as_slice() {
+            [k] => Ok(k),
+            [] => bail!("step at {} ms names no kind", self.at_ms),
+            more => bail!("step at {} ms names several kinds: {}", self.at_ms, more.join(", ")),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// Longest client-observed outage (gap between answered probes, less one probe interval).
+    pub max_outage_ms: Option<u64>,
+    /// Per-client bounds that override `max_outage_ms`.
+    #[serde(default)]
+    pub client_outage_ms: std::collections::BTreeMap<String, u64>,
+    /// Primaries at the end of the run.
+    pub primaries_after_heal: Option<usize>,
+    /// Long-lived connections lost (needs the data plane in the run).
+    pub long_lived_lost: Option<u64>,
+    /// The ATM that must be primary at the end.
+    pub final_primary: Option<String>,
+    /// Most promotions allowed over the run (the first election included).
+    pub max_promotions: Option<usize>,
+    /// ATMs that must never become primary.
+    #[serde(default)]
+    pub never_primary: Vec<String>,
+    /// At least this many heartbeats rejected (forged or foreign) across the ATMs.
+    pub min_rejected: Option<u64>,
+}
+
+impl Scenario {
+    pub fn from_file(path: &Path) -> anyhow::Result<Scenario> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Scenario::parse(&text).with_context(|| format!("scenario {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Scenario> {
+        let s: Scenario = json5::from_str(text)?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Host names of the topology, in registration order.
+    pub fn host_names(&self) -> Vec<String> {
+        let t = &self.topology;
+        let mut v = Vec::new();
+        v.extend((1..=t.routers).map(|i| if i == 1 { "router".to_string() } else { format!("router{i}") }));
+        v.extend((1..=t.atms).map(|i| format!("atm{i}")));
+        v.extend((1..=t.nodes).map(|i| format!("node{i}")));
+        v.extend((1..=t.clients).map(|i| format!("client{i}")));
+        if t.rogue {
+            v.push("rogue".into());
+        }
+        if t.second_cluster {
+            v.extend(["other1".to_string(), "other2".to_string()]);
+        }
+        v
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let t = &self.topology;
+        if !(1..=16).contains(&t.atms) {
+            bail!("topology.atms: expected 1 to 16, got {}", t.atms);
+        }
+        if !["nat", "dr", "tunnel"].contains(&t.forwarding.as_str()) {
+            bail!("topology.forwarding: expected nat, dr or tunnel, got {:?}", t.forwarding);
+        }
+        let names = self.host_names();
+        let known = |h: &String, at: u64| -> anyhow::Result<()> {
+            if names.contains(h) {
+                Ok(())
+            } else {
+                bail!("step at {at} ms: unknown host {h:?} (hosts: {})", names.join(", "))
+            }
+        };
+        let mut last = 0;
+        for s in &self.steps {
+            s.kind()?;
+            if s.at_ms < last {
+                bail!("step at {} ms comes after a step at {last} ms: steps must be in time order", s.at_ms);
+            }
+            last = s.at_ms;
+            for h in s.hosts() {
+                known(h, s.at_ms)?;
+            }
+        }
+        let e = &self.expect;
+        for h in e.never_primary.iter().chain(&e.final_primary).chain(e.client_outage_ms.keys()) {
+            known(h, 0).context("expect")?;
+        }
+        Ok(())
+    }
+
+    /// Duration of the run.
+    pub fn duration_ms(&self) -> u64 {
+        self.duration_ms.unwrap_or_else(|| self.steps.last().map_or(0, |s| s.at_ms) + 6000)
+    }
+}
+
+impl Step {
+    /// Every host name the step mentions.
+    pub fn hosts(&self) -> Vec<&String> {
+        let mut v: Vec<&String> = Vec::new();
+        for h in [
+            &self.crash,
+            &self.restart,
+            &self.freeze,
+            &self.thaw,
+            &self.stop,
+            &self.link_down,
+            &self.link_up,
+            &self.server_down,
+            &self.server_up,
+            &self.promote,
+            &self.demote,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            v.push(h);
+        }
+        if let Some(p) = &self.partition {
+            v.extend(p.iter().flatten());
+        }
+        if let Some(o) = &self.partition_oneway {
+            v.extend(o.from.iter().chain(&o.to));
+        }
+        for l in [&self.loss, &self.latency].into_iter().flatten() {
+            v.extend(&l.between);
+        }
+        if let Some(m) = &self.miss_garp {
+            v.push(&m.client);
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_bad_scenarios_clearly() {
+        let base = |steps: &str| format!("{{ name: 'x', topology: {{ atms: 2 }}, steps: [{steps}] }}");
+        assert!(Scenario::parse(&base("{ at_ms: 1, crash: 'atm1' }")).is_ok());
+        let e = Scenario::parse(&base("{ at_ms: 1, crash: 'atm9' }")).unwrap_err();
+        assert!(format!("{e:#}").contains("unknown host \"atm9\""), "{e:#}");
+        let e = Scenario::parse(&base("{ at_ms: 1 }")).unwrap_err();
+        assert!(format!("{e:#}").contains("names no kind"));
+        let e = Scenario::parse(&base("{ at_ms: 1, crash: 'atm1', heal: true }")).unwrap_err();
+        assert!(format!("{e:#}").contains("several kinds: crash, heal"));
+        let e = Scenario::parse(&base("{ at_ms: 1, explode: 'atm1' }")).unwrap_err();
+        assert!(format!("{e:#}").contains("explode"), "{e:#}");
+        let e = Scenario::parse(&base("{ at_ms: 5, heal: true }, { at_ms: 1, heal: true }")).unwrap_err();
+        assert!(format!("{e:#}").contains("time order"));
+    }
+}

@@ -1,0 +1,85 @@
+//! From a scenario's topology to hosts and cluster configs.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clusterserver::config::*;
+
+use crate::scenario::Scenario;
+
+/// The VIP of the cluster under test, and of the second cluster.
+pub const VIP: &str = "10.0.0.99";
+pub const OTHER_VIP: &str = "10.0.0.199";
+/// Cluster ids.
+pub const CLUSTER_ID: u32 = 7;
+pub const OTHER_CLUSTER_ID: u32 = 8;
+pub const SECRET: &[u8] = b"simulated cluster secret";
+pub const OTHER_SECRET: &[u8] = b"the other cluster's secret";
+
+/// A cluster config for the ATMs `atms` (name, address), generated like an operator would
+/// write it, with the scenario's overrides.
+pub fn cluster_config(
+    s: &Scenario,
+    id: u32,
+    atms: &[(String, IpAddr)],
+    reachlist: Vec<IpAddr>,
+    vip: IpAddr,
+    nodes: &[(String, IpAddr)],
+) -> Config {
+    let o = &s.cluster;
+    let forwarding = match s.topology.forwarding.as_str() {
+        "dr" => Forwarding::Dr,
+        "tunnel" => Forwarding::Tunnel,
+        _ => Forwarding::Nat,
+    };
+    let mode = match o.heartbeat_mode.as_deref() {
+        Some("broadcast") => HeartbeatMode::Broadcast,
+        Some("unicast") => HeartbeatMode::Unicast,
+        _ => HeartbeatMode::Both,
+    };
+    let min_reachable = o.min_reachable.unwrap_or(u32::from(!reachlist.is_empty()));
+    Config {
+        cluster: Cluster {
+            name: format!("sim{id}"),
+            id,
+            heartbeat_port: Some(DEFAULT_HEARTBEAT_PORT),
+            admin_port: Some(DEFAULT_ADMIN_PORT),
+            secret_file: PathBuf::from("/dev/null"),
+            heartbeat_mode: mode,
+        },
+        atms: atms
+            .iter()
+            .map(|(n, a)| Atm { name: n.clone(), address: *a, interface: "eth0".into() })
+            .collect(),
+        timers: Timers {
+            heartbeat_ms: o.heartbeat_ms.unwrap_or(100),
+            dead_after: o.dead_after.unwrap_or(3),
+            preempt: o.preempt.unwrap_or(false),
+        },
+        arp: Arp {
+            gratuitous_count: o.gratuitous_count.unwrap_or(3),
+            gratuitous_interval_ms: 100,
+            refresh_s: o.refresh_s.unwrap_or(30),
+        },
+        arbitration: Arbitration { reachlist, min_reachable, probe_interval_ms: 500, probe_timeout_ms: 300 },
+        table: Table::default(),
+        sync: SyncSettings::default(),
+        security: Security::default(),
+        services: vec![Service {
+            name: "svc".into(),
+            vip,
+            port: 80,
+            protocol: Protocol::Tcp,
+            forwarding,
+            scheduler: SchedulerKind::Wlc,
+            persistence_s: 0,
+            gateway_vip: None,
+            on_down: OnDown::Keep,
+            servers: nodes
+                .iter()
+                .map(|(n, a)| Server { name: n.clone(), address: *a, port: 80, weight: 100 })
+                .collect(),
+            checks: Vec::new(),
+        }],
+    }
+}

@@ -1,0 +1,169 @@
+//! The simulated LAN's shared state: what the hosts' "kernels" hold (VIPs, ARP caches), the
+//! faults in force (loss, blocked links, frozen processes), and the trace.
+//!
+//! Everything a simulated run does happens on one thread in an order fixed by turmoil and
+//! the seed, so a `Rc<RefCell<World>>` shared by the hosts is deterministic. Maps are
+//! `BTreeMap`s: nothing iterates in a random order.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::task::Waker;
+
+use clusterserver::core::election::Role;
+use clusterserver::driver::Command;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::rng::SplitMix64;
+use crate::scenario::Forge;
+
+pub type Shared = Rc<RefCell<World>>;
+
+/// A client's neighbour entry for the VIP (a simplified Linux NUD state machine).
+#[derive(Clone, Debug)]
+pub struct Neigh {
+    pub owner: IpAddr,
+    pub confirmed_ms: u64,
+    pub reachable_ms: u64,
+    /// Unicast probes sent since the entry went stale (0 = not probing yet).
+    pub probes: u32,
+    pub next_probe_ms: u64,
+}
+
+/// Per-client service observations.
+#[derive(Clone, Debug, Default)]
+pub struct ClientStats {
+    pub first_ok_ms: Option<u64>,
+    pub last_ok_ms: Option<u64>,
+    pub max_gap_ms: u64,
+    pub answered: u64,
+    pub sent: u64,
+    /// Answered probes per 100 ms bucket (for the chart).
+    pub buckets: Vec<u32>,
+}
+
+/// What the world knows of one host.
+#[derive(Debug, Default)]
+pub struct HostState {
+    pub addr: Option<IpAddr>,
+    /// Cluster id for ATMs.
+    pub cluster: Option<u32>,
+    pub vips: BTreeSet<IpAddr>,
+    pub frozen: bool,
+    pub thaw: Option<Waker>,
+    pub running: bool,
+    pub role: Option<Role>,
+    pub epoch: u64,
+    pub commands: Option<UnboundedSender<Command>>,
+    pub promotions: Vec<(u64, u64)>,
+    pub neigh: BTreeMap<IpAddr, Neigh>,
+    pub miss_garp: u32,
+    pub client: ClientStats,
+}
+
+/// The shared world of one run.
+#[derive(Debug)]
+pub struct World {
+    pub trace: Vec<String>,
+    pub rng: SplitMix64,
+    pub seed: u64,
+    pub hosts: BTreeMap<String, HostState>,
+    pub by_addr: BTreeMap<IpAddr, String>,
+    pub loss_all: f64,
+    pub loss_link: BTreeMap<(String, String), f64>,
+    pub forge_queue: VecDeque<Forge>,
+    pub captured: Vec<Vec<u8>>,
+    /// Heartbeats rejected (as far as the damped log reports them), and by (host, reason).
+    pub rejected_total: u64,
+    pub rejected: BTreeMap<(String, &'static str), u64>,
+    /// Faults applied: (ms, description).
+    pub faults: Vec<(u64, String)>,
+}
+
+impl World {
+    pub fn new(seed: u64) -> Shared {
+        Rc::new(RefCell::new(World {
+            trace: Vec::new(),
+            rng: SplitMix64::derive(seed, "world"),
+            seed,
+            hosts: BTreeMap::new(),
+            by_addr: BTreeMap::new(),
+            loss_all: 0.0,
+            loss_link: BTreeMap::new(),
+            forge_queue: VecDeque::new(),
+            captured: Vec::new(),
+            rejected_total: 0,
+            rejected: BTreeMap::new(),
+            faults: Vec::new(),
+        }))
+    }
+
+    /// One trace line: time, host, event.
+    pub fn log(&mut self, ms: u64, host: &str, text: impl AsRef<str>) {
+        self.trace.push(format!("{ms:>7} {host:<8} {}", text.as_ref()));
+    }
+
+    pub fn host(&mut self, name: &str) -> &mut HostState {
+        self.hosts.entry(name.to_string()).or_default()
+    }
+
+    pub fn name_of(&self, addr: IpAddr) -> String {
+        self.by_addr.get(&addr).cloned().unwrap_or_else(|| addr.to_string())
+    }
+
+    /// Whether a datagram from `from` to `to` is lost to the configured loss rate.
+    pub fn lose(&mut self, from: IpAddr, to: &str) -> bool {
+        let from = self.name_of(from);
+        let key = if from.as_str() < to { (from, to.to_string()) } else { (to.to_string(), from) };
+        let p = self.loss_link.get(&key).copied().unwrap_or(self.loss_all);
+        self.rng.chance(p)
+    }
+
+    /// A host's software (re)started: a fresh kernel holds no VIP and no ARP state.
+    pub fn host_started(&mut self, name: &str) {
+        let h = self.host(name);
+        h.vips.clear();
+        h.neigh.clear();
+        h.frozen = false;
+        h.thaw = None;
+        h.running = true;
+        if h.cluster.is_some() {
+            h.role = Some(Role::Backup);
+        }
+    }
+
+    /// The host crashed (machine down): everything it held is gone.
+    pub fn host_crashed(&mut self, name: &str) {
+        let h = self.host(name);
+        h.vips.clear();
+        h.running = false;
+        h.frozen = false;
+        h.commands = None;
+        if h.cluster.is_some() {
+            h.role = Some(Role::Backup);
+        }
+        if let Some(w) = h.thaw.take() {
+            w.wake();
+        }
+    }
+
+    pub fn set_frozen(&mut self, name: &str, frozen: bool) {
+        let h = self.host(name);
+        h.frozen = frozen;
+        if !frozen && let Some(w) = h.thaw.take() {
+            w.wake();
+        }
+    }
+
+    /// ATMs that act as primary now (running, not frozen, primary), by cluster.
+    pub fn primaries(&self) -> BTreeMap<u32, Vec<String>> {
+        let mut out: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+        for (name, h) in &self.hosts {
+            if let (Some(c), Some(Role::Primary), true, false) = (h.cluster, h.role, h.running, h.frozen) {
+                out.entry(c).or_default().push(name.clone());
+            }
+        }
+        out
+    }
+}

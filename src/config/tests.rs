@@ -1,0 +1,149 @@
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use super::*;
+
+const MINIMAL: &str = r#"{
+  cluster: { name: "web", id: 7, secret_file: "secret" },
+  atms: [ { name: "atm1", address: "10.0.0.1", interface: "eth0" } ],
+  services: [{
+    name: "http", vip: "10.0.0.99", port: 80, forwarding: "dr",
+    servers: [ { name: "web1", address: "10.0.0.3" } ],
+  }],
+}"#;
+
+fn ok(text: &str) -> Config {
+    parse_str("t.json5", text, &LoadOptions::default()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn errors(text: &str) -> Vec<String> {
+    let e = parse_str("t.json5", text, &LoadOptions::default()).expect_err("should fail");
+    e.iter().map(ToString::to_string).collect()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("literal address")
+}
+
+#[test]
+fn minimal_config_takes_every_default() {
+    let c = ok(MINIMAL);
+    assert_eq!(c.cluster.heartbeat_mode, HeartbeatMode::Both);
+    assert_eq!(c.cluster.heartbeat_port, None);
+    assert_eq!(c.cluster.secret_file, PathBuf::from("secret"));
+    assert_eq!(c.timers, Timers::default());
+    assert_eq!(c.arp, Arp::default());
+    assert_eq!(c.arbitration, Arbitration::default());
+    assert_eq!(c.table, Table::default());
+    assert_eq!(c.sync, SyncSettings::default());
+    assert_eq!(c.security, Security::default());
+    let s = &c.services[0];
+    assert_eq!((s.protocol, s.scheduler, s.on_down), (Protocol::Tcp, SchedulerKind::Wlc, OnDown::Keep));
+    assert_eq!((s.persistence_s, s.gateway_vip), (0, None));
+    assert_eq!((s.servers[0].port, s.servers[0].weight), (80, 1));
+    assert!(s.checks.is_empty());
+    assert_eq!(c.vips(), vec![ip("10.0.0.99")]);
+}
+
+#[test]
+fn heartbeat_modes_are_all_accepted() {
+    for (text, mode) in [
+        ("both", HeartbeatMode::Both),
+        ("broadcast", HeartbeatMode::Broadcast),
+        ("unicast", HeartbeatMode::Unicast),
+    ] {
+        let t = MINIMAL.replace("secret_file:", &format!("heartbeat_mode: '{text}', secret_file:"));
+        assert_eq!(ok(&t).cluster.heartbeat_mode, mode);
+    }
+}
+
+#[test]
+fn check_defaults_depend_on_kind() {
+    let t = MINIMAL.replace(
+        "servers:",
+        r#"checks: [ { kind: "http" }, { kind: "exec", command: ["/bin/true"] } ], servers:"#,
+    );
+    let c = ok(&t);
+    let [http, exec] = &c.services[0].checks[..] else { panic!("two checks") };
+    assert_eq!((http.path.as_deref(), http.expect_status), (Some("/"), Some(200)));
+    assert_eq!((http.interval_ms, http.timeout_ms, http.rise, http.fall), (2000, 1000, 2, 3));
+    assert_eq!((exec.path.as_deref(), exec.expect_status), (None, None));
+    assert_eq!(exec.command, vec!["/bin/true".to_string()]);
+}
+
+#[test]
+fn null_unsets_an_optional_key() {
+    let t = MINIMAL.replace("id: 7,", "id: 7, heartbeat_port: null,");
+    assert_eq!(ok(&t).cluster.heartbeat_port, None);
+}
+
+#[test]
+fn json5_syntax_is_accepted() {
+    let t = "// comment\n{ 'cluster': { name: 'web', id: 0x10, secret_file: 's', },\n\
+             atms: [{name: 'a', address: '::1', interface: 'lo',},],\n\
+             services: [{name: 's', vip: '::2', port: +80, forwarding: 'tunnel',\n\
+             servers: [{name: 'x', address: '::3', weight: 0}]}] /* end */ }";
+    let c = ok(t);
+    assert_eq!(c.cluster.id, 16);
+    assert_eq!(c.services[0].servers[0].weight, 0);
+}
+
+#[test]
+fn errors_print_file_line_column_path_message_in_order() {
+    let t = MINIMAL.replace("port: 80", "port: 0").replace("id: 7", "id: 7, colour: 'blue'");
+    let e = errors(&t);
+    assert_eq!(
+        e,
+        vec![
+            "t.json5:2:34: cluster.colour: unknown key; expected one of: name, id, \
+             heartbeat_port, admin_port, secret_file, heartbeat_mode",
+            "t.json5:5:43: services[0].port: expected an integer in 1..=65535, found number 0",
+        ]
+    );
+}
+
+#[test]
+fn syntax_error_is_one_positioned_error() {
+    let e = errors("{\n  cluster: { name: 'web' id: 1 },\n}");
+    assert_eq!(e, vec!["t.json5:2:26: cluster: syntax error: expected ',' or '}', found 'i'"]);
+}
+
+#[test]
+fn relative_files_resolve_against_base_dir_and_absolute_stay() {
+    let opts = LoadOptions { check_files: false, base_dir: PathBuf::from("/etc/clusterserver") };
+    let t = MINIMAL
+        .replace("secret_file: \"secret\"", "secret_file: \"secret\" },\nsecurity: { token_file: \"/run/t\"");
+    let c = parse_str("t.json5", &t, &opts).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.cluster.secret_file, PathBuf::from("/etc/clusterserver/secret"));
+    assert_eq!(c.security.token_file, Some(PathBuf::from("/run/t")));
+}
+
+#[test]
+fn file_checks_only_when_asked() {
+    let opts = LoadOptions { check_files: true, base_dir: PathBuf::from("/nonexistent-clusterserver-dir") };
+    let e = parse_str("t.json5", MINIMAL, &opts).expect_err("secret missing");
+    assert_eq!(e.len(), 1);
+    assert_eq!(e.errors[0].path, "cluster.secret_file");
+    assert!(e.errors[0].message.contains("does not exist"));
+}
+
+#[test]
+fn formatting_does_not_change_the_digest() {
+    let a = ok(MINIMAL);
+    let b = ok(&MINIMAL.replace("  ", "\t").replace("{ name", "{ /* x */ name"));
+    assert_eq!(a.digest(), b.digest());
+    let c = ok(&MINIMAL.replace("id: 7", "id: 8"));
+    assert_ne!(a.digest(), c.digest());
+}
+
+#[test]
+fn zero_weight_drains_and_is_valid() {
+    let t = MINIMAL.replace("address: \"10.0.0.3\"", "address: \"10.0.0.3\", weight: 0");
+    assert_eq!(ok(&t).services[0].servers[0].weight, 0);
+}
+
+#[test]
+fn unknown_key_suggests_a_close_one() {
+    let e = errors(&MINIMAL.replace("forwarding:", "fowarding: 'dr', forwarding:"));
+    assert!(e[0].contains("services[0].fowarding: unknown key; did you mean `forwarding`?"), "{e:?}");
+}

@@ -1,0 +1,714 @@
+//! Primary election and heartbeats: one state machine per ATM (sans-IO).
+//!
+//! # Contract
+//!
+//! Feed inputs with the time they happened (`handle_*`), then drain [`Election::poll_action`]
+//! until it returns `None`, then sleep until [`Election::poll_timeout`] and call
+//! [`Election::handle_timeout`]. `now` never goes back. Heartbeats given to
+//! [`Election::handle_heartbeat`] are already authenticated and replay-checked (see
+//! [`super::node`]).
+//!
+//! # Rules (SPEC.md, "Roles and behaviour")
+//!
+//! * Every ATM starts as **backup** and heartbeats to its peers (backups too: peers learn who
+//!   is up, and their reachability score, from it).
+//! * When no primary has been heard for the dead interval (`dead_after` heartbeats, stretched
+//!   on a lossy link, see [`super::arbitration`]), the **first listed eligible ATM that is up**
+//!   promotes with an epoch greater than every epoch it has seen. An ATM of rank `r` among the
+//!   eligible ones that are up waits `r` extra dead intervals, so a lower-listed ATM still takes
+//!   over if the first one cannot.
+//! * **Eligible** means: the reachlist score is known and at least `min_reachable`; with 2 ATMs,
+//!   not lower than the peer's last reported score (seed 004: the node reaching fewer hosts
+//!   stands down; a report counts for [`ARBITRATION_HOLD`] dead intervals after the peer was
+//!   last heard); with 3 or more ATMs, a majority of ATMs (itself included) is heard.
+//!   A primary that stops being eligible demotes itself.
+//! * Epochs only grow. A primary that hears a primary of higher epoch, or of equal epoch and
+//!   earlier config position, steps down at once; the winner heartbeats at once.
+//! * `preempt`: a backup listed before the running primary takes over (epoch + 1).
+//! * A primary whose own clock jumped by more than the dead interval between two calls (the
+//!   process was stopped, or starved) steps down: someone else has probably taken over, and
+//!   fighting would flap the VIP.
+//! * Graceful stop: a primary names a successor (first eligible peer that is up) in its
+//!   heartbeats; the successor promotes at once, and the old primary releases its VIPs when it
+//!   hears the successor as primary (or after two dead intervals), then exits. No dead interval,
+//!   and the VIP always has an owner.
+//! * On promotion: take the VIPs, heartbeat, and send `gratuitous_count` gratuitous ARPs
+//!   `gratuitous_interval` apart, then one every `refresh` while primary. On demotion the VIPs
+//!   are released first.
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use super::arbitration::{LossEstimator, Reach};
+use super::heartbeat::{FLAG_ELIGIBLE, FLAG_HANDOVER, Heartbeat, NO_HANDOVER, WireRole};
+use crate::config::Config;
+use crate::time::Instant;
+
+/// Dead intervals a peer's reported reachability score keeps counting after it was last heard.
+///
+/// 100 dead intervals (30 s with the defaults): a backup that reaches fewer reachlist hosts
+/// than the primary last said it did does not take over at once, because the primary is
+/// probably alive and better connected (seed 004); promoting would be the split brain the
+/// rule exists to avoid. If the primary really died, the degraded backup takes over after
+/// the hold, a slow failover rather than none.
+pub const ARBITRATION_HOLD: u32 = 100;
+
+/// What an ATM needs to know from the config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ElectionConfig {
+    pub cluster_id: u32,
+    /// This ATM's position in the config's `atms` list.
+    pub me: usize,
+    pub atm_count: usize,
+    pub heartbeat: Duration,
+    pub dead_after: u32,
+    pub preempt: bool,
+    pub reach_total: usize,
+    pub min_reachable: u32,
+    pub probe_interval: Duration,
+    pub garp_count: u32,
+    pub garp_interval: Duration,
+    /// `None`: no periodic re-announcement.
+    pub garp_refresh: Option<Duration>,
+    pub vips: Vec<IpAddr>,
+    pub digest: [u8; 16],
+}
+
+impl ElectionConfig {
+    /// From a validated config, for the ATM at position `me`.
+    pub fn from_config(cfg: &Config, me: usize) -> Self {
+        let mut digest = [0u8; 16];
+        digest.copy_from_slice(&cfg.digest()[..16]);
+        ElectionConfig {
+            cluster_id: cfg.cluster.id,
+            me,
+            atm_count: cfg.atms.len(),
+            heartbeat: Duration::from_millis(cfg.timers.heartbeat_ms),
+            dead_after: cfg.timers.dead_after,
+            preempt: cfg.timers.preempt,
+            reach_total: cfg.arbitration.reachlist.len(),
+            min_reachable: cfg.arbitration.min_reachable,
+            probe_interval: Duration::from_millis(cfg.arbitration.probe_interval_ms),
+            garp_count: cfg.arp.gratuitous_count,
+            garp_interval: Duration::from_millis(cfg.arp.gratuitous_interval_ms),
+            garp_refresh: (cfg.arp.refresh_s > 0).then(|| Duration::from_secs(cfg.arp.refresh_s)),
+            vips: cfg.vips(),
+            digest,
+        }
+    }
+}
+
+/// An ATM's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    Backup,
+    Primary,
+}
+
+/// Why an ATM promoted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PromoteReason {
+    /// No primary heard for the dead interval.
+    NoPrimary,
+    /// The primary handed over to this ATM.
+    Handover,
+    /// `preempt`: this ATM is listed before the running primary.
+    Preempt,
+    /// An operator asked for it.
+    Admin,
+}
+
+/// Why an ATM demoted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DemoteReason {
+    /// Heard a primary that wins (higher epoch, or equal epoch and listed earlier).
+    HigherPrimary { peer: usize, epoch: u64 },
+    /// Reachlist score or majority lost.
+    LostArbitration,
+    /// Its own clock jumped past the dead interval (stopped or starved process).
+    Stalled,
+    /// Handed over on shutdown or on an operator's demote.
+    HandedOver,
+    /// Stopped with no successor to hand over to.
+    Shutdown,
+}
+
+/// Something worth a line in the log or the simulator's trace.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    Promoted {
+        epoch: u64,
+        reason: PromoteReason,
+    },
+    Demoted {
+        epoch: u64,
+        reason: DemoteReason,
+    },
+    PeerUp {
+        peer: usize,
+    },
+    PeerDown {
+        peer: usize,
+    },
+    /// The peer runs a config whose digest differs from ours.
+    ConfigMismatch {
+        peer: usize,
+    },
+    ReachChanged {
+        reachable: usize,
+        total: usize,
+    },
+    HandoverStarted {
+        to: usize,
+    },
+    /// An operator request that was not carried out.
+    Refused {
+        what: &'static str,
+        why: &'static str,
+    },
+    /// A datagram was dropped; logged at the first of each reason and at powers of two.
+    Rejected {
+        reason: super::heartbeat::DecodeError,
+        count: u64,
+    },
+    Exiting,
+}
+
+/// What the driver must do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Send to every peer (broadcast and/or unicast, per config).
+    SendHeartbeat(Heartbeat),
+    TakeVips(Vec<IpAddr>),
+    ReleaseVips(Vec<IpAddr>),
+    SendGarp(Vec<IpAddr>),
+    /// Probe reachlist host `target` and report with [`Election::handle_probe`].
+    Probe {
+        target: usize,
+    },
+    Event(Event),
+    /// The node is done (graceful stop finished).
+    Exit,
+}
+
+/// Operator requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdminRequest {
+    Promote,
+    Demote,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Peer {
+    last_heard: Option<Instant>,
+    up: bool,
+    role: Option<WireRole>,
+    epoch: u64,
+    eligible: bool,
+    reach_ok: u8,
+    handover_to: u16,
+    handover: bool,
+    digest_differs: bool,
+    loss: LossEstimator,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Leaving {
+    to: usize,
+    deadline: Instant,
+    exit: bool,
+}
+
+/// The election state machine of one ATM. See the module docs for the contract and rules.
+#[derive(Debug)]
+pub struct Election {
+    cfg: ElectionConfig,
+    role: Role,
+    epoch: u64,
+    max_epoch_seen: u64,
+    peers: Vec<Peer>,
+    started: Instant,
+    last_primary_seen: Option<Instant>,
+    last_call: Instant,
+    seq: u64,
+    incarnation: u64,
+    next_heartbeat: Instant,
+    next_probe: Instant,
+    last_probe_round: Option<Instant>,
+    /// When the current silence of the primary was noticed (cleared when one is heard).
+    suspect_since: Option<Instant>,
+    reach: Reach,
+    garp_left: u32,
+    next_garp: Instant,
+    next_refresh: Option<Instant>,
+    leaving: Option<Leaving>,
+    exited: bool,
+    actions: VecDeque<Action>,
+}
+
+impl Election {
+    /// A new ATM, starting as backup at `now`.
+    pub fn new(cfg: ElectionConfig, incarnation: u64, now: Instant) -> Self {
+        let peers = vec![Peer::default(); cfg.atm_count];
+        let reach = Reach::new(cfg.reach_total);
+        Election {
+            cfg,
+            role: Role::Backup,
+            epoch: 0,
+            max_epoch_seen: 0,
+            peers,
+            started: now,
+            last_primary_seen: None,
+            last_call: now,
+            seq: 0,
+            incarnation,
+            next_heartbeat: now,
+            next_probe: now,
+            last_probe_round: None,
+            suspect_since: None,
+            reach,
+            garp_left: 0,
+            next_garp: now,
+            next_refresh: None,
+            leaving: None,
+            exited: false,
+            actions: VecDeque::new(),
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn config(&self) -> &ElectionConfig {
+        &self.cfg
+    }
+
+    /// Peers heard within their dead interval (not counting this ATM).
+    pub fn peers_up(&self) -> impl Iterator<Item = usize> + '_ {
+        self.peers.iter().enumerate().filter(|(_, p)| p.up).map(|(i, _)| i)
+    }
+
+    /// Next action to carry out, in order.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`Election::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.exited {
+            return None;
+        }
+        let dead = self.dead_interval();
+        let mut t = self.next_heartbeat.min(self.next_probe);
+        let mut consider = |x: Instant| t = t.min(x);
+        if self.garp_left > 0 {
+            consider(self.next_garp);
+        }
+        if let Some(r) = self.next_refresh {
+            consider(r);
+        }
+        if let Some(l) = self.leaving {
+            consider(l.deadline);
+        }
+        for p in &self.peers {
+            if let (true, Some(h)) = (p.up, p.last_heard) {
+                consider(h + self.peer_dead_interval(p));
+            }
+        }
+        if self.role == Role::Backup {
+            let base = self.last_primary_seen.unwrap_or(self.started).max(self.started);
+            let due = base + dead * (1 + self.my_rank() as u32);
+            if due > self.last_call {
+                consider(due);
+            }
+        }
+        Some(t)
+    }
+
+    /// Timers: heartbeats, probes, gratuitous ARPs, peer expiry, promotion.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.enter(now);
+        self.evaluate(now);
+    }
+
+    /// An authenticated heartbeat from peer `hb.sender`.
+    pub fn handle_heartbeat(&mut self, now: Instant, hb: &Heartbeat) {
+        self.enter(now);
+        let from = usize::from(hb.sender);
+        if from >= self.peers.len() || from == self.cfg.me || self.exited {
+            return;
+        }
+        let digest_differs = hb.digest != self.cfg.digest;
+        let p = &mut self.peers[from];
+        if digest_differs && !p.digest_differs {
+            self.actions.push_back(Action::Event(Event::ConfigMismatch { peer: from }));
+        }
+        p.digest_differs = digest_differs;
+        p.last_heard = Some(now);
+        p.role = Some(hb.role);
+        p.epoch = hb.epoch;
+        p.eligible = hb.has(FLAG_ELIGIBLE);
+        p.reach_ok = hb.reach_ok;
+        p.handover = hb.has(FLAG_HANDOVER);
+        p.handover_to = hb.handover_to;
+        p.loss.observe(hb.incarnation, hb.seq);
+        if hb.epoch > self.max_epoch_seen && self.role == Role::Backup {
+            // Someone was promoted that we did not hear of: a primary is probably up.
+            self.last_primary_seen = Some(now);
+        }
+        self.max_epoch_seen = self.max_epoch_seen.max(hb.epoch);
+        self.update_peers(now);
+        if hb.role == WireRole::Primary {
+            self.on_primary_heard(now, from, hb);
+        }
+        self.evaluate(now);
+    }
+
+    fn on_primary_heard(&mut self, now: Instant, from: usize, hb: &Heartbeat) {
+        match self.role {
+            Role::Backup => {
+                self.last_primary_seen = Some(now);
+                self.suspect_since = None;
+                let to_me = hb.has(FLAG_HANDOVER) && usize::from(hb.handover_to) == self.cfg.me;
+                if to_me && self.eligible(now) {
+                    self.promote(now, PromoteReason::Handover);
+                }
+            }
+            Role::Primary => {
+                let theirs = (hb.epoch, std::cmp::Reverse(from));
+                let mine = (self.epoch, std::cmp::Reverse(self.cfg.me));
+                if theirs > mine {
+                    let handed = self.leaving.is_some_and(|l| l.to == from);
+                    let reason = if handed {
+                        DemoteReason::HandedOver
+                    } else {
+                        DemoteReason::HigherPrimary { peer: from, epoch: hb.epoch }
+                    };
+                    self.demote(now, reason);
+                } else {
+                    // We win: tell the other primary now rather than at the next tick.
+                    self.queue_heartbeat(now);
+                }
+            }
+        }
+    }
+
+    /// Result of a reachability probe of reachlist host `target`.
+    pub fn handle_probe(&mut self, now: Instant, target: usize, ok: bool) {
+        self.enter(now);
+        let before = (self.reach.known(), self.reach.reachable());
+        self.reach.record(target, ok, now);
+        let after = (self.reach.known(), self.reach.reachable());
+        if before != after && after.0 {
+            let ev = Event::ReachChanged { reachable: after.1, total: self.reach.total() };
+            self.actions.push_back(Action::Event(ev));
+        }
+        self.evaluate(now);
+    }
+
+    /// An operator's promote or demote.
+    pub fn handle_admin(&mut self, now: Instant, req: AdminRequest) {
+        self.enter(now);
+        match (req, self.role) {
+            (AdminRequest::Promote, Role::Backup) if self.eligible(now) => {
+                self.promote(now, PromoteReason::Admin)
+            }
+            (AdminRequest::Promote, Role::Backup) => self.refuse("promote", "not eligible"),
+            (AdminRequest::Promote, Role::Primary) => self.refuse("promote", "already primary"),
+            (AdminRequest::Demote, Role::Backup) => self.refuse("demote", "not primary"),
+            (AdminRequest::Demote, Role::Primary) => match self.successor(now) {
+                Some(to) => self.start_handover(now, to, false),
+                None => self.refuse("demote", "no eligible backup to hand over to"),
+            },
+        }
+        self.evaluate(now);
+    }
+
+    /// Graceful stop (SIGTERM): hand over if primary, then [`Action::Exit`].
+    pub fn handle_shutdown(&mut self, now: Instant) {
+        self.enter(now);
+        if self.exited {
+            return;
+        }
+        match (self.role, self.successor(now)) {
+            (Role::Primary, Some(to)) => self.start_handover(now, to, true),
+            (Role::Primary, None) => {
+                self.demote(now, DemoteReason::Shutdown);
+                self.exit();
+            }
+            (Role::Backup, _) => self.exit(),
+        }
+        self.evaluate(now);
+    }
+
+    fn refuse(&mut self, what: &'static str, why: &'static str) {
+        self.actions.push_back(Action::Event(Event::Refused { what, why }));
+    }
+
+    fn exit(&mut self) {
+        self.exited = true;
+        self.actions.push_back(Action::Event(Event::Exiting));
+        self.actions.push_back(Action::Exit);
+    }
+
+    fn start_handover(&mut self, now: Instant, to: usize, exit: bool) {
+        let deadline = now + self.dead_interval() * 2;
+        self.leaving = Some(Leaving { to, deadline, exit });
+        self.actions.push_back(Action::Event(Event::HandoverStarted { to }));
+        self.queue_heartbeat(now);
+    }
+
+    /// Common entry: stall detection.
+    fn enter(&mut self, now: Instant) {
+        let gap = now.saturating_since(self.last_call);
+        self.last_call = self.last_call.max(now);
+        if self.role == Role::Primary && gap > self.dead_interval() {
+            self.demote(now, DemoteReason::Stalled);
+        }
+    }
+
+    fn dead_interval(&self) -> Duration {
+        self.cfg.heartbeat * self.cfg.dead_after
+    }
+
+    fn peer_dead_interval(&self, p: &Peer) -> Duration {
+        self.cfg.heartbeat * p.loss.dead_after(self.cfg.dead_after)
+    }
+
+    /// Everything time-driven, in a fixed order.
+    fn evaluate(&mut self, now: Instant) {
+        if self.exited {
+            return;
+        }
+        self.update_peers(now);
+        self.run_probes(now);
+        self.check_leaving(now);
+        if self.exited {
+            return;
+        }
+        match self.role {
+            Role::Primary if !self.eligible(now) => self.demote(now, DemoteReason::LostArbitration),
+            Role::Primary => {}
+            Role::Backup => self.consider_promotion(now),
+        }
+        if self.role == Role::Primary {
+            self.run_garp(now);
+        }
+        if now >= self.next_heartbeat {
+            self.queue_heartbeat(now);
+        }
+    }
+
+    fn update_peers(&mut self, now: Instant) {
+        for i in 0..self.peers.len() {
+            let dead = self.peer_dead_interval(&self.peers[i]);
+            let p = &mut self.peers[i];
+            let up = p.last_heard.is_some_and(|h| now.saturating_since(h) < dead);
+            if up != p.up {
+                p.up = up;
+                if up && self.role == Role::Primary {
+                    // A returning peer may have announced the VIPs while it could not hear
+                    // us: announce again.
+                    self.garp_left = self.cfg.garp_count;
+                    self.next_garp = now;
+                }
+                let ev = if up { Event::PeerUp { peer: i } } else { Event::PeerDown { peer: i } };
+                self.actions.push_back(Action::Event(ev));
+            }
+        }
+    }
+
+    fn run_probes(&mut self, now: Instant) {
+        if now < self.next_probe || self.cfg.reach_total == 0 {
+            return;
+        }
+        self.next_probe = now + self.cfg.probe_interval;
+        self.last_probe_round = Some(now);
+        for target in 0..self.cfg.reach_total {
+            self.actions.push_back(Action::Probe { target });
+        }
+    }
+
+    fn check_leaving(&mut self, now: Instant) {
+        let Some(l) = self.leaving else { return };
+        if self.role == Role::Backup || now >= l.deadline {
+            if self.role == Role::Primary {
+                self.demote(now, DemoteReason::HandedOver);
+            }
+            self.leaving = None;
+            if l.exit {
+                self.exit();
+            }
+        }
+    }
+
+    /// Whether this ATM passes the arbitration rules (module docs).
+    fn eligible(&self, now: Instant) -> bool {
+        if self.cfg.reach_total > 0 {
+            let ok = self.reach.reachable();
+            if !self.reach.known() || (ok as u64) < u64::from(self.cfg.min_reachable) {
+                return false;
+            }
+            if self.cfg.atm_count == 2 && ok < self.peer_reported_reach(now) {
+                return false;
+            }
+        }
+        if self.cfg.atm_count >= 3 {
+            let heard = 1 + self.peers.iter().filter(|p| p.up).count();
+            return heard * 2 > self.cfg.atm_count;
+        }
+        true
+    }
+
+    fn peer_reported_reach(&self, now: Instant) -> usize {
+        let hold = self.dead_interval() * ARBITRATION_HOLD;
+        self.peers
+            .iter()
+            .filter(|p| p.last_heard.is_some_and(|h| now.saturating_since(h) < hold))
+            .map(|p| usize::from(p.reach_ok))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Rank of this ATM among the eligible ATMs that are up (0 = first listed).
+    fn my_rank(&self) -> usize {
+        (0..self.cfg.me).filter(|&i| self.peers[i].up && self.peers[i].eligible).count()
+    }
+
+    fn successor(&self, _now: Instant) -> Option<usize> {
+        (0..self.peers.len()).find(|&i| i != self.cfg.me && self.peers[i].up && self.peers[i].eligible)
+    }
+
+    fn primary_peer_up(&self) -> Option<usize> {
+        (0..self.peers.len()).find(|&i| self.peers[i].up && self.peers[i].role == Some(WireRole::Primary))
+    }
+
+    fn consider_promotion(&mut self, now: Instant) {
+        if !self.eligible(now) {
+            return;
+        }
+        if let Some(p) = self.primary_peer_up() {
+            let stable = now.saturating_since(self.started) >= self.dead_interval();
+            if self.cfg.preempt && p > self.cfg.me && stable && !self.peers[p].handover {
+                self.promote(now, PromoteReason::Preempt);
+            }
+            return;
+        }
+        let base = self.last_primary_seen.unwrap_or(self.started).max(self.started);
+        let wait = self.dead_interval() * (1 + self.my_rank() as u32);
+        if now.saturating_since(base) < wait {
+            return;
+        }
+        // The primary went silent: decide on probes sent from now on, not on results from
+        // before the silence (the same fault may have cut reachlist hosts too).
+        let since = *self.suspect_since.get_or_insert(now);
+        if self.fresh_arbitration(now, since) {
+            self.promote(now, PromoteReason::NoPrimary);
+        }
+    }
+
+    /// The reachlist rule on probe results newer than `since` (the primary's last sign of
+    /// life); asks for a probe round when there are none yet.
+    fn fresh_arbitration(&mut self, now: Instant, since: Instant) -> bool {
+        if self.cfg.reach_total == 0 {
+            return true;
+        }
+        match self.reach.fresh(since) {
+            Some(ok) => {
+                (ok as u64) >= u64::from(self.cfg.min_reachable)
+                    && (self.cfg.atm_count != 2 || ok >= self.peer_reported_reach(now))
+            }
+            None => {
+                if self.last_probe_round.is_none_or(|t| t < since) {
+                    self.next_probe = now;
+                    self.run_probes(now);
+                }
+                false
+            }
+        }
+    }
+
+    fn promote(&mut self, now: Instant, reason: PromoteReason) {
+        self.epoch = self.max_epoch_seen.max(self.epoch) + 1;
+        self.max_epoch_seen = self.epoch;
+        self.role = Role::Primary;
+        self.suspect_since = None;
+        self.actions.push_back(Action::Event(Event::Promoted { epoch: self.epoch, reason }));
+        self.actions.push_back(Action::TakeVips(self.cfg.vips.clone()));
+        self.garp_left = self.cfg.garp_count;
+        self.next_garp = now;
+        self.next_refresh = None;
+        self.run_garp(now);
+        self.queue_heartbeat(now);
+    }
+
+    fn demote(&mut self, now: Instant, reason: DemoteReason) {
+        if self.role != Role::Primary {
+            return;
+        }
+        self.role = Role::Backup;
+        self.actions.push_back(Action::ReleaseVips(self.cfg.vips.clone()));
+        self.actions.push_back(Action::Event(Event::Demoted { epoch: self.epoch, reason }));
+        self.garp_left = 0;
+        self.next_refresh = None;
+        // Wait a full dead interval before considering promotion again.
+        self.last_primary_seen = Some(now);
+        self.queue_heartbeat(now);
+    }
+
+    fn run_garp(&mut self, now: Instant) {
+        if self.garp_left > 0 && now >= self.next_garp {
+            self.actions.push_back(Action::SendGarp(self.cfg.vips.clone()));
+            self.garp_left -= 1;
+            self.next_garp = now + self.cfg.garp_interval;
+            if self.garp_left == 0 {
+                self.next_refresh = self.cfg.garp_refresh.map(|r| now + r);
+            }
+        }
+        if let Some(r) = self.next_refresh.filter(|&r| now >= r) {
+            self.actions.push_back(Action::SendGarp(self.cfg.vips.clone()));
+            self.next_refresh = self.cfg.garp_refresh.map(|p| r.max(now) + p);
+        }
+    }
+
+    fn queue_heartbeat(&mut self, now: Instant) {
+        self.seq += 1;
+        self.next_heartbeat = now + self.cfg.heartbeat;
+        let eligible = self.eligible(now);
+        let mut flags = if eligible { FLAG_ELIGIBLE } else { 0 };
+        let mut handover_to = NO_HANDOVER;
+        if let Some(l) = self.leaving.filter(|_| self.role == Role::Primary) {
+            flags |= FLAG_HANDOVER;
+            handover_to = l.to as u16;
+        }
+        let clamp = |n: usize| u8::try_from(n).unwrap_or(u8::MAX);
+        let hb = Heartbeat {
+            cluster_id: self.cfg.cluster_id,
+            sender: self.cfg.me as u16,
+            incarnation: self.incarnation,
+            seq: self.seq,
+            // A primary speaks for its own term; a backup reports the newest it has seen.
+            epoch: match self.role {
+                Role::Primary => self.epoch,
+                Role::Backup => self.epoch.max(self.max_epoch_seen),
+            },
+            role: match self.role {
+                Role::Primary => WireRole::Primary,
+                Role::Backup => WireRole::Backup,
+            },
+            flags,
+            reach_ok: clamp(self.reach.reachable()),
+            reach_total: clamp(self.reach.total()),
+            peers_up: clamp(1 + self.peers.iter().filter(|p| p.up).count()),
+            handover_to,
+            digest: self.cfg.digest,
+        };
+        self.actions.push_back(Action::SendHeartbeat(hb));
+    }
+}

@@ -1,0 +1,378 @@
+//! Table tests of the election rules: each test is a list of (time, input) rows and the
+//! actions each row must produce, rendered as short strings (`hb` lines show role/epoch/flags).
+
+use std::time::Duration;
+
+use super::election::*;
+use super::heartbeat::*;
+use crate::time::Instant;
+
+#[derive(Clone, Copy, Debug)]
+enum In {
+    Tick,
+    /// Heartbeat from peer: (sender, primary?, epoch, flags, handover_to).
+    Hb(u16, bool, u64, u16, u16),
+    Probe(usize, bool),
+    Admin(AdminRequest),
+    Shutdown,
+}
+
+const E: u16 = FLAG_ELIGIBLE;
+const NONE: u16 = NO_HANDOVER;
+
+fn cfg(me: usize, n: usize, reach: usize, preempt: bool) -> ElectionConfig {
+    ElectionConfig {
+        cluster_id: 7,
+        me,
+        atm_count: n,
+        heartbeat: Duration::from_millis(100),
+        dead_after: 3,
+        preempt,
+        reach_total: reach,
+        min_reachable: u32::from(reach > 0),
+        probe_interval: Duration::from_millis(500),
+        garp_count: 2,
+        garp_interval: Duration::from_millis(100),
+        garp_refresh: None,
+        vips: vec!["10.0.0.99".parse().unwrap()],
+        digest: [1; 16],
+    }
+}
+
+fn render(a: &Action) -> String {
+    match a {
+        Action::SendHeartbeat(h) => {
+            let role = if h.role == WireRole::Primary { "P" } else { "B" };
+            let mut s = format!("hb {role}{}", h.epoch);
+            if h.has(FLAG_ELIGIBLE) {
+                s.push_str(" elig");
+            }
+            if h.has(FLAG_HANDOVER) {
+                s.push_str(&format!(" handover->{}", h.handover_to));
+            }
+            s
+        }
+        Action::TakeVips(_) => "take".into(),
+        Action::ReleaseVips(_) => "release".into(),
+        Action::SendGarp(_) => "garp".into(),
+        Action::Probe { target } => format!("probe{target}"),
+        Action::Event(ev) => format!("{ev:?}"),
+        Action::Exit => "exit".into(),
+    }
+}
+
+/// Runs rows against a fresh election and checks each row's rendered actions.
+fn run(cfg: ElectionConfig, rows: &[(u64, In, &str)]) {
+    let mut seqs = [0u64; 8];
+    let mut e = Election::new(cfg, 1, Instant::ZERO);
+    for (ms, input, want) in rows {
+        let now = Instant::from_millis(*ms);
+        match *input {
+            In::Tick => e.handle_timeout(now),
+            In::Hb(from, primary, epoch, flags, to) => {
+                seqs[usize::from(from)] += 1;
+                let hb = Heartbeat {
+                    cluster_id: 7,
+                    sender: from,
+                    incarnation: 1,
+                    seq: seqs[usize::from(from)],
+                    epoch,
+                    role: if primary { WireRole::Primary } else { WireRole::Backup },
+                    flags,
+                    reach_ok: 1,
+                    reach_total: 1,
+                    peers_up: 2,
+                    handover_to: to,
+                    digest: [1; 16],
+                };
+                e.handle_heartbeat(now, &hb)
+            }
+            In::Probe(t, ok) => e.handle_probe(now, t, ok),
+            In::Admin(r) => e.handle_admin(now, r),
+            In::Shutdown => e.handle_shutdown(now),
+        }
+        let got: Vec<String> = std::iter::from_fn(|| e.poll_action()).map(|a| render(&a)).collect();
+        assert_eq!(got.join(", "), *want, "at {ms} ms after {input:?}");
+    }
+}
+
+#[test]
+fn starts_backup_and_promotes_after_dead_interval() {
+    run(
+        cfg(0, 2, 0, false),
+        &[
+            (0, In::Tick, "hb B0 elig"),
+            (100, In::Tick, "hb B0 elig"),
+            (200, In::Tick, "hb B0 elig"),
+            (299, In::Tick, ""),
+            (300, In::Tick, "Promoted { epoch: 1, reason: NoPrimary }, take, garp, hb P1 elig"),
+            (400, In::Tick, "garp, hb P1 elig"),
+            (500, In::Tick, "hb P1 elig"),
+        ],
+    );
+}
+
+#[test]
+fn backup_stays_while_primary_heard_then_takes_over() {
+    run(
+        cfg(1, 2, 0, false),
+        &[
+            (0, In::Tick, "hb B0 elig"),
+            (50, In::Hb(0, true, 4, E, NONE), "PeerUp { peer: 0 }"),
+            (100, In::Tick, "hb B4 elig"),
+            (150, In::Hb(0, true, 4, E, NONE), ""),
+            (400, In::Tick, "hb B4 elig"),
+            (500, In::Tick, "hb B4 elig"),
+            (600, In::Tick, "hb B4 elig"),
+            // A new peer's link is not yet known to be clean: 5 heartbeats, not 3 (arbitration.rs).
+            (649, In::Tick, ""),
+            (
+                650,
+                In::Tick,
+                "PeerDown { peer: 0 }, Promoted { epoch: 5, reason: NoPrimary }, take, garp, hb P5 elig",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn lower_listed_atm_waits_its_rank() {
+    // ATM 2 of 3 hears ATM 1 (eligible backup) but no primary: ATM 1 goes first; ATM 2
+    // waits a second dead interval and promotes only if ATM 1 did not.
+    run(
+        cfg(2, 3, 0, false),
+        &[
+            (0, In::Hb(1, false, 0, E, NONE), "PeerUp { peer: 1 }, hb B0 elig"),
+            (100, In::Hb(1, false, 0, E, NONE), "hb B0 elig"),
+            (200, In::Hb(1, false, 0, E, NONE), "hb B0 elig"),
+            (300, In::Hb(1, false, 0, E, NONE), "hb B0 elig"),
+            (400, In::Hb(1, true, 1, E, NONE), "hb B1 elig"),
+        ],
+    );
+    run(
+        cfg(2, 3, 0, false),
+        &[
+            (0, In::Hb(1, false, 0, E, NONE), "PeerUp { peer: 1 }, hb B0 elig"),
+            (200, In::Hb(1, false, 0, E, NONE), "hb B0 elig"),
+            (400, In::Hb(1, false, 0, E, NONE), "hb B0 elig"),
+            (
+                600,
+                In::Hb(1, false, 0, E, NONE),
+                "Promoted { epoch: 1, reason: NoPrimary }, take, garp, hb P1 elig",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn higher_epoch_primary_wins_and_loser_steps_down() {
+    run(
+        cfg(0, 2, 0, false),
+        &[
+            (0, In::Tick, "hb B0 elig"),
+            (300, In::Tick, "Promoted { epoch: 1, reason: NoPrimary }, take, garp, hb P1 elig"),
+            (310, In::Hb(1, true, 1, E, NONE), "PeerUp { peer: 1 }, hb P1 elig, garp"),
+            (
+                320,
+                In::Hb(1, true, 2, E, NONE),
+                "release, Demoted { epoch: 1, reason: HigherPrimary { peer: 1, epoch: 2 } }, hb B2 elig",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn equal_epoch_earlier_position_wins() {
+    run(
+        cfg(1, 2, 0, false),
+        &[
+            (0, In::Tick, "hb B0 elig"),
+            (300, In::Tick, "Promoted { epoch: 1, reason: NoPrimary }, take, garp, hb P1 elig"),
+            (
+                310,
+                In::Hb(0, true, 1, E, NONE),
+                "PeerUp { peer: 0 }, release, Demoted { epoch: 1, reason: HigherPrimary { peer: 0, epoch: 1 } }, hb B1 elig",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn no_preempt_by_default_and_preempt_when_set() {
+    let rows = |want: &'static str| {
+        [
+            (0, In::Hb(1, true, 3, E, NONE), "PeerUp { peer: 0 }, hb B3 elig"),
+            (100, In::Hb(1, true, 3, E, NONE), "hb B3 elig"),
+            (200, In::Hb(1, true, 3, E, NONE), "hb B3 elig"),
+            (300, In::Hb(1, true, 3, E, NONE), want),
+        ]
+    };
+    let fix = |mut r: [(u64, In, &'static str); 4]| {
+        r[0].2 = "PeerUp { peer: 1 }, hb B3 elig";
+        r
+    };
+    run(cfg(0, 2, 0, false), &fix(rows("hb B3 elig")));
+    run(cfg(0, 2, 0, true), &fix(rows("Promoted { epoch: 4, reason: Preempt }, take, garp, hb P4 elig")));
+}
+
+#[test]
+fn reachlist_gates_promotion_and_demotes_isolated_primary() {
+    run(
+        cfg(0, 2, 1, false),
+        &[
+            (0, In::Tick, "probe0, hb B0"),
+            (300, In::Tick, "hb B0"),
+            (
+                310,
+                In::Probe(0, true),
+                "ReachChanged { reachable: 1, total: 1 }, Promoted { epoch: 1, reason: NoPrimary }, take, garp, hb P1 elig",
+            ),
+            (500, In::Tick, "probe0, garp, hb P1 elig"),
+            (510, In::Probe(0, false), ""),
+            (700, In::Tick, "hb P1 elig"),
+            (1000, In::Tick, "probe0, hb P1 elig"),
+            (1010, In::Probe(0, false), ""),
+            (1200, In::Tick, "hb P1 elig"),
+            (1500, In::Tick, "probe0, hb P1 elig"),
+            (
+                1510,
+                In::Probe(0, false),
+                "ReachChanged { reachable: 0, total: 1 }, release, Demoted { epoch: 1, reason: LostArbitration }, hb B1",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn two_atms_backup_reaching_fewer_than_peer_does_not_promote() {
+    let mut c = cfg(1, 2, 2, false);
+    c.min_reachable = 1;
+    // The peer (primary) last reported reach_ok = 1 (see `run`); we reach 0 of 2 → never eligible.
+    run(
+        c,
+        &[
+            (0, In::Hb(0, true, 1, E, NONE), "PeerUp { peer: 0 }, probe0, probe1, hb B1"),
+            (10, In::Probe(0, false), ""),
+            (10, In::Probe(1, false), "ReachChanged { reachable: 0, total: 2 }"),
+            (400, In::Tick, "hb B1"),
+            (500, In::Tick, "PeerDown { peer: 0 }, probe0, probe1, hb B1"),
+        ],
+    );
+}
+
+#[test]
+fn three_atms_need_a_majority() {
+    run(
+        cfg(0, 3, 0, false),
+        &[
+            (0, In::Tick, "hb B0"),
+            (300, In::Tick, "hb B0"),
+            (
+                350,
+                In::Hb(2, false, 0, E, NONE),
+                "PeerUp { peer: 2 }, Promoted { epoch: 1, reason: NoPrimary }, take, garp, hb P1 elig",
+            ),
+            (450, In::Tick, "garp, hb P1 elig"),
+            (550, In::Tick, "hb P1 elig"),
+            (650, In::Tick, "hb P1 elig"),
+            (750, In::Tick, "hb P1 elig"),
+            (849, In::Tick, ""),
+            (
+                850,
+                In::Tick,
+                "PeerDown { peer: 2 }, release, Demoted { epoch: 1, reason: LostArbitration }, hb B1",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn stalled_primary_steps_down() {
+    run(
+        cfg(0, 2, 0, false),
+        &[
+            (0, In::Tick, "hb B0 elig"),
+            (300, In::Tick, "Promoted { epoch: 1, reason: NoPrimary }, take, garp, hb P1 elig"),
+            (5300, In::Tick, "release, Demoted { epoch: 1, reason: Stalled }, hb B1 elig"),
+        ],
+    );
+}
+
+#[test]
+fn graceful_handover_has_no_dead_interval() {
+    // Old primary (ATM 0) hands over to ATM 1 and exits once ATM 1 is primary.
+    run(
+        cfg(0, 2, 0, false),
+        &[
+            (0, In::Tick, "hb B0 elig"),
+            (300, In::Tick, "Promoted { epoch: 1, reason: NoPrimary }, take, garp, hb P1 elig"),
+            (350, In::Hb(1, false, 1, E, NONE), "PeerUp { peer: 1 }, garp"),
+            (360, In::Shutdown, "HandoverStarted { to: 1 }, hb P1 elig handover->1"),
+            (
+                365,
+                In::Hb(1, true, 2, E, NONE),
+                "release, Demoted { epoch: 1, reason: HandedOver }, hb B2 elig, Exiting, exit",
+            ),
+        ],
+    );
+    // The successor promotes on the first handover heartbeat.
+    run(
+        cfg(1, 2, 0, false),
+        &[
+            (0, In::Hb(0, true, 1, E, NONE), "PeerUp { peer: 0 }, hb B1 elig"),
+            (
+                50,
+                In::Hb(0, true, 1, E | FLAG_HANDOVER, 1),
+                "Promoted { epoch: 2, reason: Handover }, take, garp, hb P2 elig",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn shutdown_without_successor_releases_and_exits() {
+    run(
+        cfg(0, 2, 0, false),
+        &[
+            (0, In::Tick, "hb B0 elig"),
+            (300, In::Tick, "Promoted { epoch: 1, reason: NoPrimary }, take, garp, hb P1 elig"),
+            (310, In::Shutdown, "release, Demoted { epoch: 1, reason: Shutdown }, hb B1 elig, Exiting, exit"),
+        ],
+    );
+}
+
+#[test]
+fn admin_requests_are_checked() {
+    run(
+        cfg(1, 2, 0, false),
+        &[
+            (
+                0,
+                In::Admin(AdminRequest::Demote),
+                "Refused { what: \"demote\", why: \"not primary\" }, hb B0 elig",
+            ),
+            (10, In::Hb(0, true, 3, E, NONE), "PeerUp { peer: 0 }"),
+            (
+                20,
+                In::Admin(AdminRequest::Promote),
+                "Promoted { epoch: 4, reason: Admin }, take, garp, hb P4 elig",
+            ),
+            (30, In::Admin(AdminRequest::Promote), "Refused { what: \"promote\", why: \"already primary\" }"),
+        ],
+    );
+}
+
+#[test]
+fn epochs_never_decrease() {
+    run(
+        cfg(0, 2, 0, false),
+        &[
+            (0, In::Hb(1, false, 9, E, NONE), "PeerUp { peer: 1 }, hb B9 elig"),
+            (
+                300,
+                In::Hb(1, false, 2, E, NONE),
+                "Promoted { epoch: 10, reason: NoPrimary }, take, garp, hb P10 elig",
+            ),
+        ],
+    );
+}

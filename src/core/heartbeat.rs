@@ -1,0 +1,379 @@
+//! The heartbeat datagram: a fixed 96-byte, versioned, authenticated message.
+//!
+//! ```text
+//!  0      4    5    6       8          12     14     16            24     32      40
+//!  | "CSHB" | ver| kind| flags | cluster id | sender | rsvd | incarnation | seq | epoch |
+//!  40   41        42           43        44          46     48           64        96
+//!  | role | reach ok | reach total | peers up | handover to | rsvd | digest[16] | HMAC[32] |
+//! ```
+//!
+//! All integers are big-endian. The HMAC-SHA256 covers bytes 0..64 with the cluster secret.
+//! Receivers check, in this order and each failure counted under its own reason: length,
+//! magic, version, cluster id (a datagram of another cluster is not even authenticated: it
+//! may use another secret), the MAC (constant-time), then the replay window of the sender
+//! ([`ReplayWindow`]).
+//!
+//! The decoder is total: any byte string gives a [`Heartbeat`] or a [`DecodeError`].
+//!
+//! `incarnation` identifies one run of the sender (the daemon derives it from the wall clock
+//! at start, the simulator from its virtual clock): it only grows across restarts, so the
+//! sequence number can restart at 1 without letting an old datagram be replayed.
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+/// Length of every heartbeat datagram.
+pub const HEARTBEAT_LEN: usize = 96;
+const BODY_LEN: usize = 64;
+const MAGIC: [u8; 4] = *b"CSHB";
+/// Wire version written and accepted.
+pub const VERSION: u8 = 1;
+const KIND_HEARTBEAT: u8 = 1;
+/// `handover_to` value meaning "nobody".
+pub const NO_HANDOVER: u16 = u16::MAX;
+
+/// Flag: the sender passes its arbitration rules (reachlist, majority) and may be primary.
+pub const FLAG_ELIGIBLE: u16 = 1 << 0;
+/// Flag: the sender is shutting down and hands over to `handover_to`.
+pub const FLAG_HANDOVER: u16 = 1 << 1;
+
+/// The role a sender claims.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum WireRole {
+    Backup = 0,
+    Primary = 1,
+}
+
+/// A decoded (or to-be-encoded) heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub cluster_id: u32,
+    /// The sender's position in the config's `atms` list.
+    pub sender: u16,
+    pub incarnation: u64,
+    pub seq: u64,
+    pub epoch: u64,
+    pub role: WireRole,
+    pub flags: u16,
+    pub reach_ok: u8,
+    pub reach_total: u8,
+    /// ATMs (the sender included) the sender currently hears.
+    pub peers_up: u8,
+    pub handover_to: u16,
+    /// First 16 bytes of the SHA-256 of the sender's running config.
+    pub digest: [u8; 16],
+}
+
+/// Why a datagram was not accepted. Each variant is a counter in the node's statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, thiserror::Error)]
+pub enum DecodeError {
+    /// wrong length: heartbeats are exactly 96 bytes
+    #[error("wrong length: heartbeats are exactly 96 bytes")]
+    Length,
+    /// not a clusterserver heartbeat (bad magic)
+    #[error("not a clusterserver heartbeat (bad magic)")]
+    Magic,
+    /// unsupported heartbeat version
+    #[error("unsupported heartbeat version")]
+    Version,
+    /// unknown message kind
+    #[error("unknown message kind")]
+    Kind,
+    /// heartbeat of another cluster id
+    #[error("heartbeat of another cluster id")]
+    OtherCluster,
+    /// authentication failed (HMAC mismatch)
+    #[error("authentication failed (HMAC mismatch)")]
+    BadMac,
+    /// invalid role byte
+    #[error("invalid role byte")]
+    Role,
+    /// sender is not an ATM of this cluster's config
+    #[error("sender is not an ATM of this cluster's config")]
+    UnknownSender,
+    /// replayed or too old (sequence outside the replay window)
+    #[error("replayed or too old (sequence outside the replay window)")]
+    Replay,
+    /// from an earlier run of the sender (stale incarnation)
+    #[error("from an earlier run of the sender (stale incarnation)")]
+    StaleIncarnation,
+    /// claims to come from this ATM itself (its own broadcast looped back, or a replay of it)
+    #[error("claims to come from this ATM itself")]
+    FromSelf,
+    /// a second copy of the newest heartbeat (sent both by broadcast and by unicast)
+    #[error("a second copy of the newest heartbeat")]
+    Duplicate,
+}
+
+impl DecodeError {
+    /// Short stable name for counters and traces.
+    pub fn name(self) -> &'static str {
+        match self {
+            DecodeError::Length => "length",
+            DecodeError::Magic => "magic",
+            DecodeError::Version => "version",
+            DecodeError::Kind => "kind",
+            DecodeError::OtherCluster => "other_cluster",
+            DecodeError::BadMac => "bad_mac",
+            DecodeError::Role => "role",
+            DecodeError::UnknownSender => "unknown_sender",
+            DecodeError::Replay => "replay",
+            DecodeError::StaleIncarnation => "stale_incarnation",
+            DecodeError::FromSelf => "from_self",
+            DecodeError::Duplicate => "duplicate",
+        }
+    }
+
+    /// Every reason, for exporting counters.
+    pub const ALL: [DecodeError; 12] = [
+        DecodeError::Length,
+        DecodeError::Magic,
+        DecodeError::Version,
+        DecodeError::Kind,
+        DecodeError::OtherCluster,
+        DecodeError::BadMac,
+        DecodeError::Role,
+        DecodeError::UnknownSender,
+        DecodeError::Replay,
+        DecodeError::StaleIncarnation,
+        DecodeError::FromSelf,
+        DecodeError::Duplicate,
+    ];
+
+    /// Whether the datagram is a normal by-product of the protocol (own broadcast looped
+    /// back, the second copy of a heartbeat sent two ways) rather than a sign of trouble:
+    /// counted, never logged.
+    pub fn is_benign(self) -> bool {
+        matches!(self, DecodeError::FromSelf | DecodeError::Duplicate)
+    }
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+fn mac_over(secret: &[u8], body: &[u8]) -> HmacSha256 {
+    // HMAC accepts keys of any length; `new_from_slice` cannot fail for it.
+    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(body);
+    mac
+}
+
+impl Heartbeat {
+    /// Encodes and signs with `secret`.
+    pub fn encode(&self, secret: &[u8]) -> [u8; HEARTBEAT_LEN] {
+        let mut out = [0u8; HEARTBEAT_LEN];
+        out[0..4].copy_from_slice(&MAGIC);
+        out[4] = VERSION;
+        out[5] = KIND_HEARTBEAT;
+        out[6..8].copy_from_slice(&self.flags.to_be_bytes());
+        out[8..12].copy_from_slice(&self.cluster_id.to_be_bytes());
+        out[12..14].copy_from_slice(&self.sender.to_be_bytes());
+        out[16..24].copy_from_slice(&self.incarnation.to_be_bytes());
+        out[24..32].copy_from_slice(&self.seq.to_be_bytes());
+        out[32..40].copy_from_slice(&self.epoch.to_be_bytes());
+        out[40] = self.role as u8;
+        out[41] = self.reach_ok;
+        out[42] = self.reach_total;
+        out[43] = self.peers_up;
+        out[44..46].copy_from_slice(&self.handover_to.to_be_bytes());
+        out[48..64].copy_from_slice(&self.digest);
+        let tag = mac_over(secret, &out[..BODY_LEN]).finalize().into_bytes();
+        out[BODY_LEN..].copy_from_slice(&tag);
+        out
+    }
+
+    /// Decodes and authenticates a datagram of cluster `cluster_id` signed with `secret`.
+    /// Total: never panics, whatever `bytes` holds. Replay is checked separately.
+    pub fn decode(bytes: &[u8], cluster_id: u32, secret: &[u8]) -> Result<Heartbeat, DecodeError> {
+        let b: &[u8; HEARTBEAT_LEN] = bytes.try_into().map_err(|_| DecodeError::Length)?;
+        if b[0..4] != MAGIC {
+            return Err(DecodeError::Magic);
+        }
+        if b[4] != VERSION {
+            return Err(DecodeError::Version);
+        }
+        if b[5] != KIND_HEARTBEAT {
+            return Err(DecodeError::Kind);
+        }
+        let be16 = |i: usize| u16::from_be_bytes([b[i], b[i + 1]]);
+        let be32 = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let be64 = |i: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[i..i + 8]);
+            u64::from_be_bytes(a)
+        };
+        if be32(8) != cluster_id {
+            return Err(DecodeError::OtherCluster);
+        }
+        mac_over(secret, &b[..BODY_LEN]).verify_slice(&b[BODY_LEN..]).map_err(|_| DecodeError::BadMac)?;
+        let role = match b[40] {
+            0 => WireRole::Backup,
+            1 => WireRole::Primary,
+            _ => return Err(DecodeError::Role),
+        };
+        let mut digest = [0u8; 16];
+        digest.copy_from_slice(&b[48..64]);
+        Ok(Heartbeat {
+            cluster_id,
+            sender: be16(12),
+            incarnation: be64(16),
+            seq: be64(24),
+            epoch: be64(32),
+            role,
+            flags: be16(6),
+            reach_ok: b[41],
+            reach_total: b[42],
+            peers_up: b[43],
+            handover_to: be16(44),
+            digest,
+        })
+    }
+
+    /// Whether a flag bit is set.
+    pub fn has(&self, flag: u16) -> bool {
+        self.flags & flag != 0
+    }
+}
+
+/// Per-sender anti-replay state: the highest sequence seen in the newest incarnation and a
+/// 64-entry bitmap of the sequences just below it (as in IPsec's window).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplayWindow {
+    incarnation: u64,
+    top: u64,
+    seen: u64,
+}
+
+impl ReplayWindow {
+    /// Width of the window, in sequence numbers.
+    pub const WIDTH: u64 = 64;
+
+    /// Accepts `(incarnation, seq)` once; a repeat, a sequence older than the window, or an
+    /// older incarnation is refused. Sequence 0 is never valid (senders start at 1).
+    pub fn check_and_update(&mut self, incarnation: u64, seq: u64) -> Result<(), DecodeError> {
+        if incarnation < self.incarnation {
+            return Err(DecodeError::StaleIncarnation);
+        }
+        if incarnation > self.incarnation {
+            *self = ReplayWindow { incarnation, top: 0, seen: 0 };
+        }
+        if seq == 0 {
+            return Err(DecodeError::Replay);
+        }
+        if seq > self.top {
+            let shift = seq - self.top;
+            self.seen = if shift >= Self::WIDTH { 0 } else { self.seen << shift };
+            self.seen |= 1;
+            self.top = seq;
+            return Ok(());
+        }
+        let back = self.top - seq;
+        if back == 0 {
+            return Err(DecodeError::Duplicate);
+        }
+        if back >= Self::WIDTH || self.seen & (1 << back) != 0 {
+            return Err(DecodeError::Replay);
+        }
+        self.seen |= 1 << back;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const KEY: &[u8] = b"cluster secret";
+
+    fn sample() -> Heartbeat {
+        Heartbeat {
+            cluster_id: 7,
+            sender: 1,
+            incarnation: 1_700_000_000_000,
+            seq: 42,
+            epoch: 3,
+            role: WireRole::Primary,
+            flags: FLAG_ELIGIBLE,
+            reach_ok: 2,
+            reach_total: 2,
+            peers_up: 2,
+            handover_to: NO_HANDOVER,
+            digest: [9; 16],
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let hb = sample();
+        let bytes = hb.encode(KEY);
+        assert_eq!(Heartbeat::decode(&bytes, 7, KEY), Ok(hb));
+    }
+
+    #[test]
+    fn rejections_in_order() {
+        let bytes = sample().encode(KEY);
+        assert_eq!(Heartbeat::decode(&bytes[..95], 7, KEY), Err(DecodeError::Length));
+        let mut b = bytes;
+        b[0] = b'X';
+        assert_eq!(Heartbeat::decode(&b, 7, KEY), Err(DecodeError::Magic));
+        let mut b = bytes;
+        b[4] = 2;
+        assert_eq!(Heartbeat::decode(&b, 7, KEY), Err(DecodeError::Version));
+        assert_eq!(Heartbeat::decode(&bytes, 8, KEY), Err(DecodeError::OtherCluster));
+        assert_eq!(Heartbeat::decode(&bytes, 7, b"other"), Err(DecodeError::BadMac));
+        let mut b = bytes;
+        b[33] ^= 1; // epoch tampered
+        assert_eq!(Heartbeat::decode(&b, 7, KEY), Err(DecodeError::BadMac));
+    }
+
+    #[test]
+    fn replay_window() {
+        let mut w = ReplayWindow::default();
+        assert_eq!(w.check_and_update(5, 1), Ok(()));
+        assert_eq!(w.check_and_update(5, 1), Err(DecodeError::Duplicate));
+        assert_eq!(w.check_and_update(5, 3), Ok(()));
+        assert_eq!(w.check_and_update(5, 2), Ok(()), "late but inside the window");
+        assert_eq!(w.check_and_update(5, 2), Err(DecodeError::Replay));
+        assert_eq!(w.check_and_update(5, 3), Err(DecodeError::Duplicate));
+        assert_eq!(w.check_and_update(5, 200), Ok(()));
+        assert_eq!(w.check_and_update(5, 136), Err(DecodeError::Replay), "older than the window");
+        assert_eq!(w.check_and_update(5, 137), Ok(()));
+        assert_eq!(w.check_and_update(4, 1000), Err(DecodeError::StaleIncarnation));
+        assert_eq!(w.check_and_update(6, 1), Ok(()), "a restart starts a new window");
+        assert_eq!(w.check_and_update(6, 0), Err(DecodeError::Replay));
+    }
+
+    proptest! {
+        #[test]
+        fn decode_is_total(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = Heartbeat::decode(&bytes, 7, KEY);
+        }
+
+        #[test]
+        fn decode_is_total_on_valid_shapes(mut bytes in proptest::collection::vec(any::<u8>(), 96..=96)) {
+            bytes[0..4].copy_from_slice(b"CSHB");
+            bytes[4] = 1;
+            bytes[5] = 1;
+            bytes[8..12].copy_from_slice(&7u32.to_be_bytes());
+            prop_assert_eq!(Heartbeat::decode(&bytes, 7, KEY), Err(DecodeError::BadMac));
+        }
+
+        #[test]
+        fn any_bit_flip_is_rejected(byte in 0usize..96, bit in 0u8..8) {
+            let mut bytes = sample().encode(KEY);
+            bytes[byte] ^= 1 << bit;
+            prop_assert!(Heartbeat::decode(&bytes, 7, KEY).is_err());
+        }
+
+        #[test]
+        fn window_accepts_each_sequence_once(seqs in proptest::collection::vec(1u64..300, 1..200)) {
+            let mut w = ReplayWindow::default();
+            let mut accepted = std::collections::BTreeSet::new();
+            for s in seqs {
+                if w.check_and_update(1, s).is_ok() {
+                    prop_assert!(accepted.insert(s), "sequence {} accepted twice", s);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! An ATM's control node: the election state machine behind heartbeat authentication.
+//!
+//! [`AtmNode`] takes raw datagrams, checks them (codec, cluster id, HMAC, known sender, replay
+//! window), counts every rejection by reason, and hands good heartbeats to the
+//! [`Election`]. It signs outgoing heartbeats. Same contract as [`Election`]: feed inputs,
+//! drain [`AtmNode::poll_action`], sleep until [`AtmNode::poll_timeout`].
+
+use std::collections::VecDeque;
+
+use super::election::{Action, AdminRequest, Election, ElectionConfig, Event, Role};
+use super::heartbeat::{DecodeError, HEARTBEAT_LEN, Heartbeat, ReplayWindow};
+use crate::time::Instant;
+
+/// Counters of one node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    pub heartbeats_sent: u64,
+    pub heartbeats_accepted: u64,
+    /// Indexed like [`DecodeError::ALL`].
+    pub rejected: [u64; DecodeError::ALL.len()],
+}
+
+impl NodeStats {
+    /// Rejections for one reason.
+    pub fn rejected_for(&self, reason: DecodeError) -> u64 {
+        let i = DecodeError::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        self.rejected[i]
+    }
+}
+
+/// One ATM: authentication + election. See the module docs.
+#[derive(Debug)]
+pub struct AtmNode {
+    election: Election,
+    secret: Vec<u8>,
+    windows: Vec<ReplayWindow>,
+    stats: NodeStats,
+    pending: VecDeque<Action>,
+}
+
+impl AtmNode {
+    /// A node for ATM `cfg.me`, signing with `secret`; `incarnation` must grow across restarts.
+    pub fn new(cfg: ElectionConfig, secret: Vec<u8>, incarnation: u64, now: Instant) -> Self {
+        let windows = vec![ReplayWindow::default(); cfg.atm_count];
+        AtmNode {
+            election: Election::new(cfg, incarnation, now),
+            secret,
+            windows,
+            stats: NodeStats::default(),
+            pending: VecDeque::new(),
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        self.election.role()
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.election.epoch()
+    }
+
+    pub fn stats(&self) -> &NodeStats {
+        &self.stats
+    }
+
+    pub fn election(&self) -> &Election {
+        &self.election
+    }
+
+    /// A datagram arrived on the heartbeat port.
+    pub fn handle_datagram(&mut self, now: Instant, bytes: &[u8]) {
+        match self.accept(bytes) {
+            Ok(hb) => {
+                self.stats.heartbeats_accepted += 1;
+                self.election.handle_heartbeat(now, &hb);
+            }
+            Err(reason) => {
+                let i = DecodeError::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+                self.stats.rejected[i] += 1;
+                let count = self.stats.rejected[i];
+                if !reason.is_benign() && count.is_power_of_two() {
+                    self.pending.push_back(Action::Event(Event::Rejected { reason, count }));
+                }
+                // Time still moves for the election (stall detection, timers).
+                self.election.handle_timeout(now);
+            }
+        }
+    }
+
+    fn accept(&mut self, bytes: &[u8]) -> Result<Heartbeat, DecodeError> {
+        let cfg = self.election.config();
+        let hb = Heartbeat::decode(bytes, cfg.cluster_id, &self.secret)?;
+        let sender = usize::from(hb.sender);
+        if sender == cfg.me {
+            return Err(DecodeError::FromSelf);
+        }
+        let window = self.windows.get_mut(sender).ok_or(DecodeError::UnknownSender)?;
+        window.check_and_update(hb.incarnation, hb.seq)?;
+        Ok(hb)
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.election.handle_timeout(now);
+    }
+
+    pub fn handle_probe(&mut self, now: Instant, target: usize, ok: bool) {
+        self.election.handle_probe(now, target, ok);
+    }
+
+    pub fn handle_admin(&mut self, now: Instant, req: AdminRequest) {
+        self.election.handle_admin(now, req);
+    }
+
+    pub fn handle_shutdown(&mut self, now: Instant) {
+        self.election.handle_shutdown(now);
+    }
+
+    /// Next action. Heartbeats come out signed: see [`AtmNode::seal`].
+    pub fn poll_action(&mut self) -> Option<Action> {
+        let a = self.pending.pop_front().or_else(|| self.election.poll_action())?;
+        if matches!(a, Action::SendHeartbeat(_)) {
+            self.stats.heartbeats_sent += 1;
+        }
+        Some(a)
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.election.poll_timeout()
+    }
+
+    /// Signs a heartbeat for the wire.
+    pub fn seal(&self, hb: &Heartbeat) -> [u8; HEARTBEAT_LEN] {
+        hb.encode(&self.secret)
+    }
+}

@@ -1,0 +1,117 @@
+//! The async glue between the control core and a [`Platform`].
+//!
+//! [`run_atm`] owns one [`AtmNode`]: it carries out the node's actions through the platform,
+//! feeds it datagrams, probe results, operator commands and timeouts, and turns
+//! `poll_timeout` into a sleep. It holds no decision of its own. Every `select!` is `biased`
+//! (inputs before timers, in a fixed order) so that a simulated run is a pure function of its
+//! seed: an unbiased `select!` picks branches at random.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::pin;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio::sync::mpsc;
+
+use crate::config::{Config, HeartbeatMode};
+use crate::core::election::{Action, AdminRequest, ElectionConfig};
+use crate::core::heartbeat::HEARTBEAT_LEN;
+use crate::core::node::AtmNode;
+use crate::platform::{DatagramSocket, Platform};
+
+/// Requests from outside the node (signals, the admin channel, the simulator).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Graceful stop: hand over, then return.
+    Shutdown,
+    Admin(AdminRequest),
+}
+
+/// Where heartbeats go: the broadcast address and/or every other ATM, per config.
+pub fn heartbeat_targets(cfg: &Config, me: usize, broadcast: Option<IpAddr>, port: u16) -> Vec<SocketAddr> {
+    let mode = cfg.cluster.heartbeat_mode;
+    let mut out = Vec::new();
+    if mode != HeartbeatMode::Unicast {
+        out.extend(broadcast.map(|b| SocketAddr::new(b, port)));
+    }
+    if mode != HeartbeatMode::Broadcast {
+        let peers = cfg.atms.iter().enumerate().filter(|(i, _)| *i != me);
+        out.extend(peers.map(|(_, a)| SocketAddr::new(a.address, port)));
+    }
+    out
+}
+
+/// Runs ATM `me` of `cfg` until a [`Command::Shutdown`] has been carried out (or the command
+/// channel closes, which counts as a shutdown). Returns the node for inspection.
+pub async fn run_atm<P: Platform>(
+    platform: &P,
+    cfg: &Config,
+    me: usize,
+    secret: Vec<u8>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) -> io::Result<AtmNode> {
+    let port = cfg.heartbeat_port();
+    let sock = platform.bind_heartbeat(port).await?;
+    let targets = heartbeat_targets(cfg, me, platform.broadcast_address(), port);
+    let reachlist = cfg.arbitration.reachlist.clone();
+    let probe_timeout = Duration::from_millis(cfg.arbitration.probe_timeout_ms);
+    let ecfg = ElectionConfig::from_config(cfg, me);
+    let mut node = AtmNode::new(ecfg, secret, platform.incarnation(), platform.now());
+    let mut probes = FuturesUnordered::new();
+    let mut commands_open = true;
+    let mut buf = [0u8; 2048];
+    loop {
+        while let Some(action) = node.poll_action() {
+            match action {
+                Action::SendHeartbeat(hb) => {
+                    let bytes: [u8; HEARTBEAT_LEN] = node.seal(&hb);
+                    for t in &targets {
+                        if let Err(e) = sock.send_to(&bytes, *t).await {
+                            platform.record_error(platform.now(), "send heartbeat", &e);
+                        }
+                    }
+                }
+                Action::TakeVips(v) => report(platform, "take VIPs", platform.take_vips(&v).await),
+                Action::ReleaseVips(v) => report(platform, "release VIPs", platform.release_vips(&v).await),
+                Action::SendGarp(v) => report(platform, "gratuitous ARP", platform.send_garp(&v).await),
+                Action::Probe { target } => {
+                    if let Some(&addr) = reachlist.get(target) {
+                        probes.push(async move { (target, platform.probe(addr, probe_timeout).await) });
+                    }
+                }
+                Action::Event(ev) => platform.record(platform.now(), &ev),
+                Action::Exit => return Ok(node),
+            }
+        }
+        let now = platform.now();
+        let wait = node.poll_timeout().map_or(Duration::from_secs(3600), |t| t.saturating_since(now));
+        let mut sleep = pin!(tokio::time::sleep(wait));
+        tokio::select! {
+            biased;
+            r = sock.recv_from(&mut buf) => match r {
+                Ok((n, _)) => node.handle_datagram(platform.now(), &buf[..n]),
+                Err(e) => platform.record_error(platform.now(), "receive heartbeat", &e),
+            },
+            cmd = commands.recv(), if commands_open => match cmd {
+                Some(Command::Admin(r)) => node.handle_admin(platform.now(), r),
+                Some(Command::Shutdown) => node.handle_shutdown(platform.now()),
+                None => {
+                    commands_open = false;
+                    node.handle_shutdown(platform.now());
+                }
+            },
+            Some((target, ok)) = probes.next(), if !probes.is_empty() => {
+                node.handle_probe(platform.now(), target, ok);
+            }
+            _ = &mut sleep => node.handle_timeout(platform.now()),
+        }
+    }
+}
+
+fn report<P: Platform>(platform: &P, what: &str, r: io::Result<()>) {
+    if let Err(e) = r {
+        platform.record_error(platform.now(), what, &e);
+    }
+}

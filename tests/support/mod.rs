@@ -1,0 +1,71 @@
+//! Shared by the config tests: a temporary directory holding the secret and token files
+//! that example and bad configs name (git keeps no 0600 modes, so they are made here).
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
+
+/// A directory removed on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("clusterserver-test-{label}-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn write(&self, name: &str, contents: &str, mode: u32) {
+        let path = self.0.join(name);
+        fs::write(&path, contents).expect("write file");
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The files configs refer to: good ones (`secret`, `admin.token`, mode 0600) and bad ones
+/// (`world-readable.secret` 0644, `group-readable.token` 0640, `empty.secret`, and the
+/// directory `secret.d`). `missing.secret` and `missing.token` are left out on purpose.
+pub fn secrets_dir(label: &str) -> TempDir {
+    let dir = TempDir::new(label);
+    dir.write("secret", "0123456789abcdef0123456789abcdef\n", 0o600);
+    dir.write("admin.token", "test-admin-token\n", 0o600);
+    dir.write("world-readable.secret", "0123456789abcdef\n", 0o644);
+    dir.write("group-readable.token", "token\n", 0o640);
+    dir.write("empty.secret", "", 0o600);
+    fs::create_dir(dir.path().join("secret.d")).expect("mkdir");
+    dir
+}
+
+/// `*.json5` files of a directory under the crate, sorted by name.
+pub fn json5_files(dir: &str) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = fs::read_dir(Path::new(MANIFEST_DIR).join(dir))
+        .expect("read dir")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json5"))
+        .collect();
+    out.sort();
+    out
+}
+
+pub fn stem(path: &Path) -> String {
+    path.file_stem().expect("file stem").to_string_lossy().into_owned()
+}
