@@ -1,6 +1,10 @@
 //! The data plane: a sans-IO packet engine (parse, schedule, rewrite) and its I/O shell.
 
 pub mod conntrack;
+pub mod decap;
 pub mod engine;
+#[cfg(target_os = "linux")]
+pub mod io;
+pub mod sched;
 pub mod sync;
 pub mod wire;

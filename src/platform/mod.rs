@@ -56,3 +56,8 @@ pub trait Platform {
     /// announcement retries).
     fn record_error(&self, now: Instant, what: &str, err: &io::Error);
 }
+
+/// Linux system calls without a safe binding (setns, AF_PACKET bind), for the data-plane
+/// shell and the namespace tests.
+#[cfg(target_os = "linux")]
+pub mod linux;

@@ -1,0 +1,129 @@
+//! Direct-routing output: the packet leaves in an Ethernet frame addressed to the real
+//! server's MAC, its IP header untouched (destination still the VIP, which the server holds on
+//! its loopback with ARP hidden).
+//!
+//! The frame goes out through an `AF_PACKET` socket bound to the DR interface. The server's
+//! MAC comes from the kernel's neighbour table (rtnetlink), cached per worker for
+//! [`NEIGHBOUR_TTL`]. On a miss the sender pokes the kernel into resolving the address (a
+//! one-byte UDP datagram to the discard port, which makes the kernel ARP for it), drops the
+//! packet and counts `l2_no_neighbour`; the miss is remembered for [`MISS_TTL`], after which
+//! the client's retransmission finds the entry. Health
+//! checks normally keep servers' entries fresh, so misses are rare.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::netlink;
+use super::{ShellError, ShellStats};
+use crate::platform::linux::netsys::{ETH_P_IP, bind_packet_socket};
+use crate::time::Instant;
+
+/// How long a neighbour MAC is trusted before it is read again.
+pub const NEIGHBOUR_TTL: Duration = Duration::from_secs(30);
+/// How long a miss is remembered (packets to that next hop drop without a netlink dump, so
+/// an unreachable server cannot turn every packet into a neighbour-table read).
+pub const MISS_TTL: Duration = Duration::from_secs(1);
+/// Bound on the per-worker neighbour cache (it is cleared when full).
+const MAX_NEIGHBOURS: usize = 4096;
+
+/// Sends packets to next hops' MACs on one interface.
+#[derive(Debug)]
+pub struct DrSender {
+    socket: Socket,
+    ifindex: u32,
+    src_mac: [u8; 6],
+    handle: rtnetlink::Handle,
+    /// Next hop -> (MAC, or `None` for a remembered miss; when it was read).
+    cache: BTreeMap<Ipv4Addr, (Option<[u8; 6]>, Instant)>,
+    frame: Vec<u8>,
+    poke: Option<UdpSocket>,
+}
+
+impl DrSender {
+    /// Opens the packet socket on `iface` (needs `CAP_NET_RAW`) and a netlink handle on the
+    /// current runtime, in the calling thread's namespace.
+    pub async fn open(iface: &str) -> Result<Self, ShellError> {
+        let handle = netlink::connect()?;
+        let ifindex = netlink::link_index(&handle, iface)
+            .await?
+            .ok_or_else(|| ShellError::NoInterface(iface.to_string()))?;
+        let src_mac = netlink::link_mac(&handle, ifindex)
+            .await?
+            .ok_or_else(|| ShellError::NoInterface(format!("{iface} (no MAC)")))?;
+        let perr = |source| ShellError::PacketSocket { iface: iface.to_string(), source };
+        // Protocol 0: this socket only sends; it receives nothing.
+        let socket = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(0))).map_err(perr)?;
+        bind_packet_socket(&socket, ifindex, ETH_P_IP).map_err(perr)?;
+        socket.set_nonblocking(true).map_err(perr)?;
+        Ok(DrSender {
+            socket,
+            ifindex,
+            src_mac,
+            handle,
+            cache: BTreeMap::new(),
+            frame: Vec::with_capacity(14 + super::MAX_PACKET),
+            poke: UdpSocket::bind("0.0.0.0:0").ok(),
+        })
+    }
+
+    /// Sends `packet` to `next_hop`'s MAC; failures are counted in `stats`.
+    pub async fn send(&mut self, now: Instant, packet: &[u8], next_hop: Ipv4Addr, stats: &ShellStats) {
+        let Some(mac) = self.resolve(now, next_hop).await else {
+            ShellStats::add(&stats.l2_no_neighbour, 1);
+            return;
+        };
+        build_frame(mac, self.src_mac, packet, &mut self.frame);
+        match self.socket.send(&self.frame) {
+            Ok(_) => ShellStats::add(&stats.tx_l2_packets, 1),
+            Err(_) => ShellStats::add(&stats.tx_l2_errors, 1),
+        }
+    }
+
+    async fn resolve(&mut self, now: Instant, ip: Ipv4Addr) -> Option<[u8; 6]> {
+        if let Some((mac, at)) = self.cache.get(&ip) {
+            let ttl = if mac.is_some() { NEIGHBOUR_TTL } else { MISS_TTL };
+            if now.saturating_since(*at) < ttl {
+                return *mac;
+            }
+        }
+        let mac = netlink::neighbour_mac(&self.handle, self.ifindex, ip).await.ok().flatten();
+        if mac.is_none()
+            && let Some(p) = &self.poke
+        {
+            // Errors don't matter: the point is the kernel's ARP request.
+            let _ = p.send_to(&[0], SocketAddrV4::new(ip, 9));
+        }
+        if self.cache.len() >= MAX_NEIGHBOURS {
+            self.cache.clear();
+        }
+        self.cache.insert(ip, (mac, now));
+        mac
+    }
+}
+
+/// Writes an Ethernet II frame (`dst`, `src`, IPv4 ethertype, `packet`) into `out`.
+pub fn build_frame(dst: [u8; 6], src: [u8; 6], packet: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&dst);
+    out.extend_from_slice(&src);
+    out.extend_from_slice(&ETH_P_IP.to_be_bytes());
+    out.extend_from_slice(packet);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_layout() {
+        let mut out = Vec::new();
+        build_frame([1; 6], [2; 6], &[0x45, 0, 0, 20], &mut out);
+        assert_eq!(&out[..6], &[1; 6]);
+        assert_eq!(&out[6..12], &[2; 6]);
+        assert_eq!(&out[12..14], &[0x08, 0x00]);
+        assert_eq!(&out[14..], &[0x45, 0, 0, 20]);
+    }
+}

@@ -1,0 +1,360 @@
+//! The TUN shell proper: device, queues, worker threads, steering set-up and teardown.
+//!
+//! ## Contract
+//!
+//! * [`Shell::start`] runs on a thread that is already in the right network namespace (it
+//!   creates the TUN, a netlink socket and the workers there; TECH-NOTES: never on a tokio
+//!   worker that was moved with `setns`). It first removes leftovers of a crashed run with the
+//!   same TUN name, table id and rule priority. It owns a small current-thread runtime for
+//!   its netlink calls, so `start`, `stop` and drop must happen on a plain thread, never inside
+//!   an async task (tokio panics on a nested `block_on` or a runtime dropped in async context).
+//! * Each queue gets one worker thread with its own current-thread runtime and its own
+//!   processor from the factory (`factory(queue_index)`). A worker reads a batch (one
+//!   `recv_multiple`: up to [`IDEAL_BATCH_SIZE`] packets, a split super-packet), processes
+//!   every packet, and writes the `Tun` outputs back in one `send_multiple` (GRO-coalesced).
+//! * [`Shell::apply`] runs a closure on every worker's processor between two batches (server
+//!   state, weights, active/backup: the control plane's changes reach the engines without a
+//!   lock on the packet path). Bounded: a worker holds at most [`CONTROL_QUEUE`] pending.
+//! * [`Shell::stop`] (or drop) signals the workers, joins them (their TUN queues close, so the
+//!   non-persistent device disappears), removes the routes and rules and hands the processors
+//!   back. Errors are returned, never panics; per-packet trouble is counted in [`ShellStats`].
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use tokio::sync::{mpsc, watch};
+use tun_rs::{AsyncDevice, DeviceBuilder, GROTable, IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN};
+
+use super::dr::DrSender;
+use super::netlink::{self, SteerRule};
+use super::{
+    Disposition, MAX_PACKET, PacketProcessor, ShellConfig, ShellError, ShellStats, StatsSnapshot, TICK,
+};
+use crate::time::Instant;
+
+/// Room in front of every output packet for the virtio-net header `send_multiple` writes.
+const TX_OFFSET: usize = VIRTIO_NET_HDR_LEN;
+/// Largest IP packet a TUN read can return (one non-GSO packet, or a whole super-packet).
+const MAX_READ: usize = 65535;
+/// How long [`Shell::start`] waits for each worker to be reading.
+const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Pending control closures per worker.
+pub const CONTROL_QUEUE: usize = 64;
+
+/// A change applied to each worker's processor by [`Shell::apply`].
+pub type Control<P> = Arc<dyn Fn(&mut P) + Send + Sync>;
+
+/// A running shell. Stop it with [`Shell::stop`]; dropping it stops it too (errors ignored).
+pub struct Shell<P: PacketProcessor + 'static> {
+    cfg: ShellConfig,
+    steer: Vec<SteerRule>,
+    stop_tx: watch::Sender<bool>,
+    controls: Vec<mpsc::Sender<Control<P>>>,
+    workers: Vec<JoinHandle<Result<P, ShellError>>>,
+    stats: Arc<ShellStats>,
+    rt: tokio::runtime::Runtime,
+    handle: rtnetlink::Handle,
+    stopped: bool,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ShellError> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(ShellError::Runtime)
+}
+
+impl<P: PacketProcessor + 'static> core::fmt::Debug for Shell<P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Shell")
+            .field("cfg", &self.cfg)
+            .field("steer", &self.steer)
+            .field("workers", &self.workers.len())
+            .field("stopped", &self.stopped)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: PacketProcessor + 'static> Shell<P> {
+    /// Creates the TUN with `cfg.queues` queues, installs `steer`, and starts one worker per
+    /// queue with the processor `factory(queue)`.
+    pub fn start<F>(cfg: ShellConfig, steer: Vec<SteerRule>, mut factory: F) -> Result<Self, ShellError>
+    where
+        F: FnMut(usize) -> P,
+    {
+        if cfg.queues == 0 || cfg.queues > 64 || cfg.mtu < 576 || cfg.mtu > 1500 {
+            return Err(ShellError::Config(format!(
+                "queues {} (1..=64), mtu {} (576..=1500)",
+                cfg.queues, cfg.mtu
+            )));
+        }
+        let rt = runtime()?;
+        let handle = rt.block_on(async {
+            let h = netlink::connect()?;
+            netlink::cleanup(&h, &cfg.tun_name, cfg.table_id, cfg.rule_priority).await?;
+            Ok::<_, ShellError>(h)
+        })?;
+        let tun_err = |source| ShellError::Tun { name: cfg.tun_name.clone(), source };
+        let first = DeviceBuilder::new()
+            .name(cfg.tun_name.clone())
+            .mtu(cfg.mtu)
+            .offload(cfg.offload)
+            .multi_queue(cfg.queues > 1)
+            .enable(true)
+            .build_sync()
+            .map_err(tun_err)?;
+        let index = first.if_index().map_err(tun_err)?;
+        let mut devices = Vec::with_capacity(cfg.queues);
+        for _ in 1..cfg.queues {
+            devices.push(first.try_clone().map_err(tun_err)?);
+        }
+        devices.insert(0, first);
+        let (stop_tx, _) = watch::channel(false);
+        let mut shell = Shell {
+            cfg,
+            steer,
+            stop_tx,
+            controls: Vec::new(),
+            workers: Vec::new(),
+            stats: Arc::new(ShellStats::default()),
+            rt,
+            handle,
+            stopped: false,
+        };
+        // From here on, dropping `shell` on an error tears down whatever was set up.
+        netlink::tune_tun_sysctls(&shell.cfg.tun_name)?;
+        shell.rt.block_on(netlink::install(
+            &shell.handle,
+            index,
+            shell.cfg.table_id,
+            shell.cfg.rule_priority,
+            &shell.steer,
+        ))?;
+        let origin = tokio::time::Instant::now();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        for (q, dev) in devices.into_iter().enumerate() {
+            let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
+            shell.controls.push(control_tx);
+            let worker = Worker {
+                queue: q,
+                processor: factory(q),
+                stop: shell.stop_tx.subscribe(),
+                control: control_rx,
+                stats: Arc::clone(&shell.stats),
+                dr_interface: shell.cfg.dr_interface.clone(),
+                origin,
+                ready: ready_tx.clone(),
+            };
+            let h = std::thread::Builder::new()
+                .name(format!("cs-tun-q{q}"))
+                .spawn(move || worker.run(dev))
+                .map_err(ShellError::Runtime)?;
+            shell.workers.push(h);
+        }
+        drop(ready_tx);
+        // Return only once every queue reads (or report the first worker's set-up error).
+        for _ in 0..shell.workers.len() {
+            if ready_rx.recv_timeout(START_TIMEOUT) != Ok(true) {
+                shell.shutdown()?;
+                return Err(ShellError::Config("a worker did not start".into()));
+            }
+        }
+        Ok(shell)
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Runs `f` on every worker's processor, between two batches. Fails if a worker has
+    /// stopped or already holds [`CONTROL_QUEUE`] pending changes (the caller retries).
+    pub fn apply(&self, f: Control<P>) -> Result<(), ShellError> {
+        for c in &self.controls {
+            c.try_send(Arc::clone(&f)).map_err(|e| ShellError::Config(format!("control queue: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Stops the workers, removes the steering and returns the final counters and the
+    /// processors (one per queue). The first worker error, if any, is returned after the
+    /// teardown has been done.
+    pub fn stop(mut self) -> Result<(StatsSnapshot, Vec<P>), ShellError> {
+        let processors = self.shutdown()?;
+        Ok((self.stats.snapshot(), processors))
+    }
+
+    fn shutdown(&mut self) -> Result<Vec<P>, ShellError> {
+        if self.stopped {
+            return Ok(Vec::new());
+        }
+        self.stopped = true;
+        // Receivers may all be gone already (workers that failed): nothing to tell then.
+        let _ = self.stop_tx.send(true);
+        let mut first_err = None;
+        let mut processors = Vec::new();
+        for w in self.workers.drain(..) {
+            match w.join().unwrap_or(Err(ShellError::WorkerPanicked)) {
+                Ok(p) => processors.push(p),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        let removed = self.rt.block_on(netlink::remove(
+            &self.handle,
+            &self.cfg.tun_name,
+            self.cfg.table_id,
+            self.cfg.rule_priority,
+        ));
+        match (first_err, removed) {
+            (Some(e), _) | (None, Err(e)) => Err(e),
+            (None, Ok(_)) => Ok(processors),
+        }
+    }
+}
+
+impl<P: PacketProcessor + 'static> Drop for Shell<P> {
+    fn drop(&mut self) {
+        // Best effort: an explicit `stop` reports errors; a drop cannot.
+        let _ = self.shutdown();
+    }
+}
+
+/// One queue's loop.
+struct Worker<P> {
+    queue: usize,
+    processor: P,
+    stop: watch::Receiver<bool>,
+    control: mpsc::Receiver<Control<P>>,
+    stats: Arc<ShellStats>,
+    dr_interface: Option<String>,
+    origin: tokio::time::Instant,
+    /// `true` once reading, `false` if set-up failed.
+    ready: std::sync::mpsc::Sender<bool>,
+}
+
+/// The buffers of one worker, allocated once.
+struct Buffers {
+    /// virtio-net header + one raw read.
+    original: Vec<u8>,
+    /// Split packets.
+    rx: Vec<Vec<u8>>,
+    sizes: Vec<usize>,
+    /// Outputs for the TUN, each `TX_OFFSET` + packet (lengths change per batch).
+    tx: Vec<Vec<u8>>,
+    gro: GROTable,
+}
+
+impl Buffers {
+    fn new() -> Self {
+        Buffers {
+            original: vec![0; VIRTIO_NET_HDR_LEN + MAX_READ],
+            rx: vec![vec![0; MAX_READ]; IDEAL_BATCH_SIZE],
+            sizes: vec![0; IDEAL_BATCH_SIZE],
+            tx: (0..IDEAL_BATCH_SIZE).map(|_| Vec::with_capacity(TX_OFFSET + MAX_PACKET)).collect(),
+            gro: GROTable::new(),
+        }
+    }
+}
+
+impl<P: PacketProcessor> Worker<P> {
+    fn run(self, dev: SyncDevice) -> Result<P, ShellError> {
+        let rt = runtime()?;
+        rt.block_on(self.run_async(dev))
+    }
+
+    fn now(&self) -> Instant {
+        Instant::from_nanos(u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    async fn run_async(mut self, dev: SyncDevice) -> Result<P, ShellError> {
+        let (dev, mut dr) = match self.setup(dev).await {
+            Ok(x) => {
+                let _ = self.ready.send(true);
+                x
+            }
+            Err(e) => {
+                let _ = self.ready.send(false);
+                return Err(e);
+            }
+        };
+        let mut b = Buffers::new();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let read = tokio::select! {
+                biased;
+                // Changes queued before a stop are applied before it.
+                Some(f) = self.control.recv() => {
+                    f(&mut self.processor);
+                    continue;
+                }
+                _ = self.stop.changed() => return Ok(self.processor),
+                _ = tick.tick() => {
+                    let now = self.now();
+                    self.processor.on_tick(now);
+                    continue;
+                }
+                r = dev.recv_multiple(&mut b.original, &mut b.rx, &mut b.sizes, 0) => r,
+            };
+            let n = match read {
+                Ok(n) => n,
+                // A device error (it went away, or is broken): stop this worker.
+                Err(e) if e.raw_os_error().is_some() => {
+                    return Err(ShellError::Tun { name: format!("queue {} read", self.queue), source: e });
+                }
+                // A malformed super-packet tun-rs could not split: count, go on.
+                Err(_) => {
+                    ShellStats::add(&self.stats.rx_errors, 1);
+                    continue;
+                }
+            };
+            ShellStats::add(&self.stats.rx_batches, 1);
+            ShellStats::add(&self.stats.rx_packets, n as u64);
+            let n_out = self.process_batch(&mut b, n, dr.as_mut()).await;
+            if n_out > 0 {
+                match dev.send_multiple(&mut b.gro, &mut b.tx[..n_out], TX_OFFSET).await {
+                    Ok(_) => ShellStats::add(&self.stats.tx_tun_packets, n_out as u64),
+                    Err(_) => ShellStats::add(&self.stats.tx_tun_errors, 1),
+                }
+            }
+        }
+    }
+
+    async fn setup(&self, dev: SyncDevice) -> Result<(AsyncDevice, Option<DrSender>), ShellError> {
+        let name = format!("queue {}", self.queue);
+        let dev = AsyncDevice::new(dev).map_err(|source| ShellError::Tun { name, source })?;
+        let dr = match &self.dr_interface {
+            Some(iface) => Some(DrSender::open(iface).await?),
+            None => None,
+        };
+        Ok((dev, dr))
+    }
+
+    /// Runs the processor over `n` received packets; returns how many TUN outputs are queued
+    /// in `b.tx[..]` (L2 outputs are sent at once).
+    async fn process_batch(&mut self, b: &mut Buffers, n: usize, mut dr: Option<&mut DrSender>) -> usize {
+        let now = self.now();
+        let mut n_out = 0;
+        for i in 0..n {
+            let rx = &b.rx[i][..b.sizes[i]];
+            let tx = &mut b.tx[n_out];
+            tx.clear();
+            tx.resize(TX_OFFSET + MAX_PACKET, 0);
+            match self.processor.process(now, rx, &mut tx[TX_OFFSET..]) {
+                Disposition::Tun { len } if len > 0 && len <= MAX_PACKET => {
+                    tx.truncate(TX_OFFSET + len);
+                    n_out += 1;
+                }
+                Disposition::L2 { len, next_hop } if len > 0 && len <= MAX_PACKET => {
+                    let packet = &tx[TX_OFFSET..TX_OFFSET + len];
+                    match dr.as_deref_mut() {
+                        Some(d) => d.send(now, packet, next_hop, &self.stats).await,
+                        None => ShellStats::add(&self.stats.dropped, 1),
+                    }
+                }
+                _ => ShellStats::add(&self.stats.dropped, 1),
+            }
+        }
+        n_out
+    }
+}

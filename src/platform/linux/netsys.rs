@@ -1,0 +1,45 @@
+//! Thin, audited wrappers over the few system calls the data-plane shell and the namespace
+//! tests need that have no safe binding: `setns(2)` and binding an `AF_PACKET` socket to an
+//! interface (`sockaddr_ll`). Everything else uses safe crates (socket2, tun-rs, rtnetlink).
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::io;
+use std::mem;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use socket2::{SockAddr, SockAddrStorage, Socket};
+
+/// `ETH_P_IP` in host order.
+pub const ETH_P_IP: u16 = 0x0800;
+
+/// Moves the **calling thread** into the network namespace at `path` (e.g.
+/// `/var/run/netns/NAME`). Only call this on a thread you own and that runs no async tasks
+/// (TECH-NOTES: setns on a tokio worker leaks the namespace into unrelated tasks); sockets and
+/// TUN devices created afterwards on this thread, and threads it spawns, belong to it.
+pub fn enter_netns(path: &Path) -> io::Result<()> {
+    let file = File::open(path)?;
+    // SAFETY: `file` is an open descriptor for the whole call; setns only reads it and changes
+    // the calling thread's namespace; no Rust invariant depends on the namespace.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Binds a packet socket to interface `ifindex` for protocol `ethertype` (host order), so
+/// frames written with `send` leave through that interface.
+pub fn bind_packet_socket(socket: &Socket, ifindex: u32, ethertype: u16) -> io::Result<()> {
+    let ifindex = i32::try_from(ifindex).map_err(|_| io::Error::other("ifindex out of range"))?;
+    let mut storage = SockAddrStorage::zeroed();
+    // SAFETY: `sockaddr_ll` is smaller than `sockaddr_storage` and has no alignment stricter
+    // than it (checked by socket2's `view_as` contract); the storage is zeroed, a valid value
+    // for every field of this plain C struct.
+    let ll: &mut libc::sockaddr_ll = unsafe { storage.view_as() };
+    ll.sll_family = libc::AF_PACKET as u16;
+    ll.sll_protocol = ethertype.to_be();
+    ll.sll_ifindex = ifindex;
+    let len = mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+    // SAFETY: the storage holds an initialised `sockaddr_ll` of exactly `len` bytes.
+    let addr = unsafe { SockAddr::new(storage, len) };
+    socket.bind(&addr)
+}

@@ -1,0 +1,240 @@
+//! The namespace lab of the TUN tests: namespaces, veth topology, the shell on a thread in a
+//! namespace, and a checking TCP client (SPEC.md, lab safety: `csl-` names, no veth end in
+//! the root namespace, bounded loads, everything removed by a drop guard).
+#![allow(clippy::disallowed_methods)] // reason: a real-network test measures and waits on the wall clock
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use clusterserver::dataplane::io::netlink::SteerRule;
+use clusterserver::dataplane::io::tun::{Control, Shell};
+use clusterserver::dataplane::io::{PacketProcessor, ShellConfig, StatsSnapshot};
+use clusterserver::platform::linux::netsys::enter_netns;
+
+pub const SERVER: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 2);
+pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 9, 1);
+pub const PORT: u16 = 8080;
+/// Bytes the client sends (and expects back).
+pub const PAYLOAD: usize = 10 * 1024 * 1024;
+/// Set in the environment of the helper server process (its listen address).
+pub const HELPER_ENV: &str = "CSL_TN_HELPER";
+/// Distinguishes the labs of tests running in parallel in one process.
+static LABS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+pub fn can_run() -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false);
+    let ok = root && Path::new("/dev/net/tun").exists() && Command::new("ip").arg("-V").output().is_ok();
+    if !ok {
+        println!("SKIPPED: needs root/TUN (and iproute2)");
+        eprintln!("SKIPPED: needs root/TUN (and iproute2)");
+    }
+    ok
+}
+
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+pub fn in_ns(ns: &str, args: &[&str]) {
+    let mut all = vec!["netns", "exec", ns];
+    all.extend_from_slice(args);
+    let out = Command::new("ip").args(&all).output().expect("run ip netns exec");
+    assert!(out.status.success(), "{all:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The lab: namespaces and child processes, all removed on drop.
+pub struct Lab {
+    prefix: String,
+    namespaces: Vec<String>,
+    pub children: Vec<Child>,
+}
+
+impl Lab {
+    pub fn new() -> Lab {
+        remove_stale();
+        Lab {
+            prefix: format!(
+                "csl-tn{:x}-{}",
+                std::process::id(),
+                LABS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
+            namespaces: Vec::new(),
+            children: Vec::new(),
+        }
+    }
+
+    pub fn ns(&mut self, role: &str) -> String {
+        let name = format!("{}-{role}", self.prefix);
+        ip(&["netns", "add", &name]);
+        self.namespaces.push(name.clone());
+        in_ns(&name, &["ip", "link", "set", "lo", "up"]);
+        name
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            // Only processes this test started, by PID.
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Deletes `csl-tn<pid>-*` namespaces whose creating test process is gone.
+pub fn remove_stale() {
+    let Ok(dir) = std::fs::read_dir("/var/run/netns") else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("csl-tn") else {
+            continue;
+        };
+        let pid = rest.split('-').next().and_then(|p| u32::from_str_radix(p, 16).ok());
+        if let Some(pid) = pid
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        }
+    }
+}
+
+/// client (c0) -- (a0) atm (a1) -- (s0) server; routes via the ATM both ways.
+pub fn topology(lab: &mut Lab) -> (String, String, String) {
+    let (c, a, s) = (lab.ns("client"), lab.ns("atm"), lab.ns("server"));
+    // Before the links exist, so they inherit it: the ATM forwards packets whose source
+    // routes through another interface (the TUN), and the kernel takes max(all, dev).
+    for ns in [&a, &s] {
+        in_ns(ns, &["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"]);
+        in_ns(ns, &["sysctl", "-qw", "net.ipv4.conf.default.rp_filter=0"]);
+    }
+    ip(&["link", "add", "c0", "netns", &c, "type", "veth", "peer", "name", "a0", "netns", &a]);
+    ip(&["link", "add", "s0", "netns", &s, "type", "veth", "peer", "name", "a1", "netns", &a]);
+    for (ns, dev, addr) in [
+        (&c, "c0", "10.77.1.2/24"),
+        (&a, "a0", "10.77.1.1/24"),
+        (&a, "a1", "10.77.2.1/24"),
+        (&s, "s0", "10.77.2.2/24"),
+    ] {
+        in_ns(ns, &["ip", "addr", "add", addr, "dev", dev]);
+        in_ns(ns, &["ip", "link", "set", dev, "up"]);
+    }
+    in_ns(&c, &["ip", "route", "add", "default", "via", "10.77.1.1"]);
+    in_ns(&s, &["ip", "route", "add", "default", "via", "10.77.2.1"]);
+    in_ns(&a, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    (c, a, s)
+}
+
+/// What the shell thread reports when it stops: counters and processors, or an error.
+pub type ShellOutcome<P> = Result<(StatsSnapshot, Vec<P>), String>;
+
+/// Starts the shell on a thread inside `ns`; returns a control sender (`Some(change)` applies
+/// a change to the processors, `None` stops) and the outcome receiver.
+pub fn start_shell<P: PacketProcessor + 'static>(
+    ns: &str,
+    cfg: ShellConfig,
+    steer: Vec<SteerRule>,
+    make: impl FnMut(usize) -> P + Send + 'static,
+) -> (mpsc::Sender<Option<Control<P>>>, mpsc::Receiver<ShellOutcome<P>>) {
+    let (stop_tx, stop_rx) = mpsc::channel::<Option<Control<P>>>();
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    let (done_tx, done_rx) = mpsc::channel();
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        if let Err(e) = enter_netns(Path::new(&path)) {
+            let _ = ready_tx.send(Err(format!("setns: {e}")));
+            return;
+        }
+        let shell = match Shell::start(cfg, steer, make) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = ready_tx.send(Err(e.to_string()));
+                return;
+            }
+        };
+        let _ = ready_tx.send(Ok(()));
+        // `Some(change)`: apply it to every processor. Stop on `None`, or when the test thread
+        // goes away (panic): the sender drops.
+        while let Ok(Some(change)) = stop_rx.recv() {
+            shell.apply(change).expect("apply");
+        }
+        let _ = done_tx.send(shell.stop().map_err(|e| e.to_string()));
+    });
+    ready_rx.recv_timeout(Duration::from_secs(10)).expect("shell start timed out").expect("shell start");
+    (stop_tx, done_rx)
+}
+
+/// Interface and protocol counters of a namespace, for failure messages.
+pub fn diag(ns: &str) -> String {
+    let run = |args: &[&str]| {
+        let out = Command::new("ip").args(["netns", "exec", ns]).args(args).output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+    };
+    format!("{}{}", run(&["ip", "-s", "-br", "link"]), run(&["nstat", "-as"]))
+}
+
+pub fn pattern(i: usize) -> u8 {
+    (i.wrapping_mul(31) ^ (i >> 11)) as u8
+}
+
+/// Client: connect to `addr` from inside `ns`, send PAYLOAD bytes, read them echoed back.
+pub fn run_client(ns: &str, addr: SocketAddr) -> Result<(usize, Duration), String> {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        enter_netns(Path::new(&path)).map_err(|e| format!("setns: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let stream = loop {
+            match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() > deadline => return Err(format!("connect: {e}")),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        stream.set_read_timeout(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
+        stream.set_write_timeout(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
+        let start = Instant::now();
+        let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+        let sender = std::thread::spawn(move || -> std::io::Result<()> {
+            let chunk: Vec<u8> = (0..65536).map(pattern).collect();
+            let mut sent = 0;
+            while sent < PAYLOAD {
+                let n = (PAYLOAD - sent).min(chunk.len());
+                // Chunk boundaries are multiples of 65536, a multiple of the pattern period.
+                writer.write_all(&chunk[..n])?;
+                sent += n;
+            }
+            writer.shutdown(std::net::Shutdown::Write)
+        });
+        let mut reader = stream;
+        let mut buf = vec![0u8; 65536];
+        let mut got = 0usize;
+        loop {
+            let n = reader.read(&mut buf).map_err(|e| format!("read after {got}: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            for (k, b) in buf[..n].iter().enumerate() {
+                if *b != pattern((got + k) % 65536) {
+                    return Err(format!("byte {} differs", got + k));
+                }
+            }
+            got += n;
+        }
+        sender.join().map_err(|_| "sender panicked")?.map_err(|e| format!("send: {e}"))?;
+        Ok((got, start.elapsed()))
+    })
+    .join()
+    .map_err(|_| "client panicked".to_string())?
+}
