@@ -52,10 +52,7 @@ fn engine(forwarding: Forwarding) -> Engine {
 }
 
 fn client(n: u32) -> (Ipv4Addr, u16) {
-    (
-        Ipv4Addr::from_bits(0x0A00_0000u32.wrapping_add(n >> 4)),
-        10_000 + (n & 15) as u16,
-    )
+    (Ipv4Addr::from_bits(0x0A00_0000u32.wrapping_add(n >> 4)), 10_000 + (n & 15) as u16)
 }
 
 /// An engine of the given method holding `FLOWS` connections, and an ACK of one of them
@@ -101,9 +98,8 @@ fn tunnel_hit(bencher: Bencher) {
 #[divan::bench(sample_count = 100, sample_size = 2000)]
 fn nat_hit_spread(bencher: Bencher) {
     let (mut e, _) = warmed(Forwarding::Nat);
-    let pkts: Vec<Vec<u8>> = (0..65_536u32)
-        .map(|i| build::tcp(client(i * 3 % FLOWS), (VIP, 80), ACK, &[0x55; 100]))
-        .collect();
+    let pkts: Vec<Vec<u8>> =
+        (0..65_536u32).map(|i| build::tcp(client(i * 3 % FLOWS), (VIP, 80), ACK, &[0x55; 100])).collect();
     let mut tx = vec![0u8; 2048];
     let now = Instant::from_millis(1);
     let mut i = 0usize;

@@ -161,9 +161,8 @@ fn l4_proto(p: config::Protocol) -> u8 {
 
 /// Decrements the active count of the server an entry pointed at.
 fn release(svcs: &mut [Svc], e: &Entry<Ipv4Addr>) {
-    if let Some(s) = svcs
-        .get_mut(usize::from(e.service))
-        .and_then(|s| s.servers.get_mut(usize::from(e.server_idx)))
+    if let Some(s) =
+        svcs.get_mut(usize::from(e.service)).and_then(|s| s.servers.get_mut(usize::from(e.server_idx)))
     {
         s.active = s.active.saturating_sub(1);
     }
@@ -178,8 +177,7 @@ impl Engine {
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let servers: Vec<ServerSlot> =
-                    s.servers.iter().map(ServerSlot::from_config).collect();
+                let servers: Vec<ServerSlot> = s.servers.iter().map(ServerSlot::from_config).collect();
                 let addrs = s
                     .servers
                     .iter()
@@ -206,11 +204,7 @@ impl Engine {
             })
             .collect();
         let persist = svcs.iter().any(|s| s.persistence_s > 0);
-        let aff_records = if persist {
-            (cfg.table.max_connections as usize / 4).max(1024)
-        } else {
-            0
-        };
+        let aff_records = if persist { (cfg.table.max_connections as usize / 4).max(1024) } else { 0 };
         Engine {
             svcs,
             table: ConnTable::new(&cfg.table, cfg.seed),
@@ -279,9 +273,7 @@ impl Engine {
     }
 
     fn find_service(&self, vip: Ipv4Addr, port: u16, proto: u8) -> Option<usize> {
-        self.svcs
-            .iter()
-            .position(|s| s.vip == Some(vip) && s.port == port && s.proto == proto)
+        self.svcs.iter().position(|s| s.vip == Some(vip) && s.port == port && s.proto == proto)
     }
 
     /// The slot of a live entry; an expired one found on the way is reclaimed.
@@ -316,22 +308,10 @@ impl Engine {
         };
         let (src, dst) = (ip.src_addr(), ip.dst_addr());
         if let Some(svc) = self.find_service(dst, dport, p) {
-            let key = FwdKey {
-                proto: p,
-                client: src,
-                client_port: sport,
-                vip: dst,
-                vip_port: dport,
-            };
+            let key = FwdKey { proto: p, client: src, client_port: sport, vip: dst, vip_port: dport };
             return self.client_packet(now, ip, tx, svc, &key, fl);
         }
-        let rk = RevKey {
-            proto: p,
-            server: src,
-            server_port: sport,
-            client: dst,
-            client_port: dport,
-        };
+        let rk = RevKey { proto: p, server: src, server_port: sport, client: dst, client_port: dport };
         match self.lookup_rev(&rk, now) {
             Some(slot) => self.nat_reply(now, ip, tx, slot, fl),
             None => Verdict::Drop(DropReason::NoService),
@@ -449,9 +429,7 @@ impl Engine {
         key: &FwdKey<Ipv4Addr>,
         fl: u8,
     ) -> Result<u32, DropReason> {
-        if key.proto == proto::TCP
-            && fl & (flags::SYN | flags::ACK | flags::RST | flags::FIN) != flags::SYN
-        {
+        if key.proto == proto::TCP && fl & (flags::SYN | flags::ACK | flags::RST | flags::FIN) != flags::SYN {
             return Err(DropReason::NoConnection);
         }
         let now_s = secs(now);
@@ -481,8 +459,7 @@ impl Engine {
         }
         let server_idx = u16::try_from(idx).map_err(|_| DropReason::NoServer)?;
         if svc.persistence_s > 0 {
-            self.affinity
-                .put(svc_id, key.client, server_idx, now_s, svc.persistence_s);
+            self.affinity.put(svc_id, key.client, server_idx, now_s, svc.persistence_s);
         }
         let server_port = svc.servers[idx].port;
         let nat = svc.forwarding == Forwarding::Nat;
@@ -498,11 +475,7 @@ impl Engine {
                 return Err(DropReason::NatConflict);
             }
         }
-        let state = if key.proto == proto::TCP {
-            State::SynSent
-        } else {
-            State::Udp
-        };
+        let state = if key.proto == proto::TCP { State::SynSent } else { State::Udp };
         let entry = Entry::new(
             key.proto,
             (key.client, key.client_port),
@@ -522,9 +495,7 @@ impl Engine {
     fn insert(&mut self, entry: Entry<Ipv4Addr>, now: Instant) -> u32 {
         let svcs = &mut self.svcs;
         let slot = self.table.insert(entry, now, &mut |e| release(svcs, e));
-        if let Some(s) = self.svcs[usize::from(entry.service)]
-            .servers
-            .get_mut(usize::from(entry.server_idx))
+        if let Some(s) = self.svcs[usize::from(entry.service)].servers.get_mut(usize::from(entry.server_idx))
         {
             s.active += 1;
         }

@@ -114,9 +114,7 @@ pub struct Batch<'a> {
 impl<'a> Batch<'a> {
     /// The records, in order.
     pub fn records(&self) -> impl Iterator<Item = SyncRecord> + 'a {
-        self.records
-            .chunks_exact(RECORD_V4)
-            .filter_map(|r| read_record(r).ok())
+        self.records.chunks_exact(RECORD_V4).filter_map(|r| read_record(r).ok())
     }
 
     pub fn len(&self) -> usize {
@@ -164,10 +162,7 @@ fn read_record(b: &[u8]) -> Result<SyncRecord, ()> {
     let state = State::from_u8(b[2]).ok_or(())?;
     let addr = |at: usize, port_at: usize| {
         let ip = Ipv4Addr::new(b[at], b[at + 1], b[at + 2], b[at + 3]);
-        SocketAddr::new(
-            IpAddr::V4(ip),
-            u16::from_be_bytes([b[port_at], b[port_at + 1]]),
-        )
+        SocketAddr::new(IpAddr::V4(ip), u16::from_be_bytes([b[port_at], b[port_at + 1]]))
     };
     Ok(SyncRecord {
         proto: b[1],
@@ -305,12 +300,7 @@ impl SyncSender {
     }
 
     /// The next datagram into `out` (at least [`MAX_DATAGRAM`] bytes), if one is due.
-    pub fn poll_transmit(
-        &mut self,
-        now: Instant,
-        engine: &mut Engine,
-        out: &mut [u8],
-    ) -> Option<usize> {
+    pub fn poll_transmit(&mut self, now: Instant, engine: &mut Engine, out: &mut [u8]) -> Option<usize> {
         while self.pending.len() < MAX_RECORDS {
             let Some(r) = engine.poll_sync(now) else {
                 break;
@@ -323,18 +313,13 @@ impl SyncSender {
         if self.pending.is_empty() || now < self.due_at()? {
             return None;
         }
-        let h = BatchHeader {
-            cluster_id: self.cluster_id,
-            session: self.session,
-            seq: self.seq + 1,
-        };
+        let h = BatchHeader { cluster_id: self.cluster_id, session: self.session, seq: self.seq + 1 };
         let len = encode_with(&self.mac, &h, &self.pending, out).ok()?;
         self.seq += 1;
         self.stats.datagrams += 1;
         self.stats.records += self.pending.len() as u64;
         self.pending.clear();
-        self.next_send_at =
-            Instant::from_nanos(now.as_nanos().saturating_add(self.min_interval_ns));
+        self.next_send_at = Instant::from_nanos(now.as_nanos().saturating_add(self.min_interval_ns));
         Some(len)
     }
 
@@ -345,11 +330,7 @@ impl SyncSender {
         let flush = if self.pending.len() >= MAX_RECORDS {
             self.first_pending_at
         } else {
-            Instant::from_nanos(
-                self.first_pending_at
-                    .as_nanos()
-                    .saturating_add(FLUSH_AFTER_MS * 1_000_000),
-            )
+            Instant::from_nanos(self.first_pending_at.as_nanos().saturating_add(FLUSH_AFTER_MS * 1_000_000))
         };
         Some(flush.max(self.next_send_at))
     }
@@ -382,12 +363,7 @@ pub struct SyncReceiver {
 
 impl SyncReceiver {
     pub fn new(secret: &[u8], cluster_id: u32) -> Self {
-        SyncReceiver {
-            mac: mac_for(secret),
-            cluster_id,
-            window: None,
-            stats: ReceiverStats::default(),
-        }
+        SyncReceiver { mac: mac_for(secret), cluster_id, window: None, stats: ReceiverStats::default() }
     }
 
     pub fn stats(&self) -> ReceiverStats {
@@ -395,12 +371,7 @@ impl SyncReceiver {
     }
 
     /// Checks and applies one datagram; returns how many records were applied.
-    pub fn handle(
-        &mut self,
-        now: Instant,
-        d: &[u8],
-        engine: &mut Engine,
-    ) -> Result<usize, SyncError> {
+    pub fn handle(&mut self, now: Instant, d: &[u8], engine: &mut Engine) -> Result<usize, SyncError> {
         let batch = match decode_with(&self.mac, self.cluster_id, d) {
             Ok(b) => b,
             Err(e) => {

@@ -27,13 +27,7 @@ impl Index {
         let n = (u64::from(max_entries.max(1)) * 2).next_power_of_two();
         let n = usize::try_from(n).expect("index size fits in usize");
         Index {
-            buckets: vec![
-                Bucket {
-                    hash: 0,
-                    slot: EMPTY
-                };
-                n
-            ],
+            buckets: vec![Bucket { hash: 0, slot: EMPTY }; n],
             mask: u32::try_from(n - 1).expect("index size fits in u32"),
         }
     }
@@ -104,10 +98,7 @@ impl Index {
             }
             j = (j + 1) & self.mask;
         }
-        self.buckets[hole as usize] = Bucket {
-            hash: 0,
-            slot: EMPTY,
-        };
+        self.buckets[hole as usize] = Bucket { hash: 0, slot: EMPTY };
         true
     }
 }

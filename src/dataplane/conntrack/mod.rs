@@ -234,11 +234,7 @@ impl<A: FlowAddr> ConnTable<A> {
         let cap = cfg.max_connections.clamp(1, u32::MAX - 1);
         let mut entries = vec![Entry::free(); cap as usize];
         for (i, e) in entries.iter_mut().enumerate() {
-            e.next = if i + 1 < cap as usize {
-                i as u32 + 1
-            } else {
-                NIL
-            };
+            e.next = if i + 1 < cap as usize { i as u32 + 1 } else { NIL };
         }
         let s = |secs: u64| secs.saturating_mul(NANOS_PER_S);
         ConnTable {
@@ -247,10 +243,7 @@ impl<A: FlowAddr> ConnTable<A> {
             len: 0,
             fwd: Index::with_capacity(cap),
             rev: Index::with_capacity(cap),
-            lists: [List {
-                head: NIL,
-                tail: NIL,
-            }; CLASSES],
+            lists: [List { head: NIL, tail: NIL }; CLASSES],
             timeout_ns: [
                 s(cfg.tcp_syn_timeout_s),
                 s(cfg.tcp_timeout_s),
@@ -328,18 +321,14 @@ impl<A: FlowAddr> ConnTable<A> {
     #[inline]
     pub fn find_fwd(&self, k: &FwdKey<A>) -> Option<u32> {
         let entries = &self.entries;
-        self.fwd.find(self.fwd_hash(k), |s| {
-            Self::fwd_key(&entries[s as usize]) == *k
-        })
+        self.fwd.find(self.fwd_hash(k), |s| Self::fwd_key(&entries[s as usize]) == *k)
     }
 
     /// The slot of the NAT entry with this reverse key.
     #[inline]
     pub fn find_rev(&self, k: &RevKey<A>) -> Option<u32> {
         let entries = &self.entries;
-        self.rev.find(self.rev_hash(k), |s| {
-            Self::rev_key(&entries[s as usize]) == *k
-        })
+        self.rev.find(self.rev_hash(k), |s| Self::rev_key(&entries[s as usize]) == *k)
     }
 
     pub fn get(&self, slot: u32) -> &Entry<A> {
@@ -361,9 +350,7 @@ impl<A: FlowAddr> ConnTable<A> {
     /// Remaining lifetime of an entry at `now`, nanoseconds.
     pub fn remaining_ns(&self, slot: u32, now: Instant) -> u64 {
         let e = &self.entries[slot as usize];
-        e.last_seen
-            .saturating_add(self.timeout_ns[e.state.class()])
-            .saturating_sub(now.as_nanos())
+        e.last_seen.saturating_add(self.timeout_ns[e.state.class()]).saturating_sub(now.as_nanos())
     }
 
     fn unlink(&mut self, slot: u32) {
@@ -473,8 +460,7 @@ impl<A: FlowAddr> ConnTable<A> {
         for l in &self.lists {
             if l.head != NIL
                 && (best == NIL
-                    || self.entries[l.head as usize].linked_s
-                        < self.entries[best as usize].linked_s)
+                    || self.entries[l.head as usize].linked_s < self.entries[best as usize].linked_s)
             {
                 best = l.head;
             }
@@ -504,12 +490,7 @@ impl<A: FlowAddr> ConnTable<A> {
 
     /// Removes up to `budget` expired entries (oldest first in each class), passing each to
     /// `on_removed`. Returns how many were removed.
-    pub fn expire(
-        &mut self,
-        now: Instant,
-        budget: usize,
-        on_removed: &mut impl FnMut(&Entry<A>),
-    ) -> usize {
+    pub fn expire(&mut self, now: Instant, budget: usize, on_removed: &mut impl FnMut(&Entry<A>)) -> usize {
         let mut done = 0;
         for class in 0..CLASSES {
             while done < budget {
@@ -528,11 +509,7 @@ impl<A: FlowAddr> ConnTable<A> {
 
     /// Live entries in slot order (deterministic), for status listings and full resyncs.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &Entry<A>)> {
-        self.entries
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.state != State::Free)
-            .map(|(i, e)| (i as u32, e))
+        self.entries.iter().enumerate().filter(|(_, e)| e.state != State::Free).map(|(i, e)| (i as u32, e))
     }
 }
 

@@ -2,10 +2,7 @@ use super::*;
 use crate::dataplane::wire::proto;
 
 fn cfg(max: u32) -> config::Table {
-    config::Table {
-        max_connections: max,
-        ..config::Table::default()
-    }
+    config::Table { max_connections: max, ..config::Table::default() }
 }
 
 fn ip(n: u32) -> Ipv4Addr {
@@ -67,9 +64,8 @@ fn million_entries_fit() {
 fn insert_find_remove() {
     let mut tab = ConnTable::<Ipv4Addr>::new(&cfg(100), 1);
     let mut sink = |_: &Entry<Ipv4Addr>| {};
-    let slots: Vec<u32> = (0..50)
-        .map(|n| tab.insert(entry(n, State::SynSent, (n % 2) as u8), t(0), &mut sink))
-        .collect();
+    let slots: Vec<u32> =
+        (0..50).map(|n| tab.insert(entry(n, State::SynSent, (n % 2) as u8), t(0), &mut sink)).collect();
     for (n, &s) in slots.iter().enumerate() {
         let e = entry(n as u32, State::SynSent, 0);
         assert_eq!(tab.find_fwd(&fwd(&e)), Some(s));
@@ -116,11 +112,7 @@ fn syn_flood_does_not_evict_established() {
         tab.set_state(s, State::Established, t(1));
     }
     for n in 1000..5000 {
-        tab.insert(
-            entry(n, State::SynSent, 0),
-            t(2 + u64::from(n) / 1000),
-            &mut |e| evicted.push(e.state),
-        );
+        tab.insert(entry(n, State::SynSent, 0), t(2 + u64::from(n) / 1000), &mut |e| evicted.push(e.state));
     }
     assert_eq!(tab.len(), 100);
     assert!(evicted.iter().all(|s| *s == State::SynSent));

@@ -30,21 +30,9 @@ impl<A: FlowAddr> Affinity<A> {
     /// A table of about `records` records (rounded up to a power of two; 0 allocates nothing
     /// and remembers nothing).
     pub fn new(records: usize, seed: u64) -> Self {
-        let n = if records == 0 {
-            0
-        } else {
-            (records.div_ceil(WAYS)).next_power_of_two()
-        };
-        let empty = Record {
-            client: A::UNSPECIFIED,
-            service: 0,
-            server_idx: 0,
-            expires_s: 0,
-        };
-        Affinity {
-            sets: vec![[empty; WAYS]; n],
-            seed,
-        }
+        let n = if records == 0 { 0 } else { (records.div_ceil(WAYS)).next_power_of_two() };
+        let empty = Record { client: A::UNSPECIFIED, service: 0, server_idx: 0, expires_s: 0 };
+        Affinity { sets: vec![[empty; WAYS]; n], seed }
     }
 
     /// Heap bytes held.
@@ -53,8 +41,7 @@ impl<A: FlowAddr> Affinity<A> {
     }
 
     fn set_of(&self, service: u16, client: A) -> usize {
-        let h = (client.word() ^ (u64::from(service) << 48) ^ self.seed)
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let h = (client.word() ^ (u64::from(service) << 48) ^ self.seed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         ((h >> 32) as usize) & (self.sets.len() - 1)
     }
 
@@ -80,12 +67,7 @@ impl<A: FlowAddr> Affinity<A> {
             .iter()
             .position(|r| r.expires_s > now_s && r.service == service && r.client == client)
             .unwrap_or_else(|| (0..WAYS).min_by_key(|&w| set[w].expires_s).unwrap_or(0));
-        set[way] = Record {
-            client,
-            service,
-            server_idx,
-            expires_s: now_s.saturating_add(ttl_s).max(1),
-        };
+        set[way] = Record { client, service, server_idx, expires_s: now_s.saturating_add(ttl_s).max(1) };
     }
 }
 
@@ -111,13 +93,7 @@ mod tests {
     fn full_sets_replace_soonest_expiring() {
         let mut a = Affinity::<Ipv4Addr>::new(4, 1);
         for n in 0..5u8 {
-            a.put(
-                0,
-                Ipv4Addr::new(10, 0, 0, n),
-                u16::from(n),
-                0,
-                100 + u32::from(n),
-            );
+            a.put(0, Ipv4Addr::new(10, 0, 0, n), u16::from(n), 0, 100 + u32::from(n));
         }
         assert_eq!(a.get(0, Ipv4Addr::new(10, 0, 0, 0), 1), None);
         assert_eq!(a.get(0, Ipv4Addr::new(10, 0, 0, 4), 1), Some(4));

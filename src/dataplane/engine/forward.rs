@@ -79,10 +79,7 @@ pub(super) fn rewrite(
 /// Direct routing: the packet unchanged, framed to the server by the shell.
 pub(super) fn direct(ip: &Ipv4Packet<&[u8]>, tx: &mut [u8], server: Ipv4Addr) -> Verdict {
     match copy_in(ip, tx, 0) {
-        Some(out) => Verdict::L2 {
-            len: out.len(),
-            next_hop: server,
-        },
+        Some(out) => Verdict::L2 { len: out.len(), next_hop: server },
         None => Verdict::Drop(DropReason::BufferTooSmall),
     }
 }
@@ -112,19 +109,12 @@ pub(super) fn encapsulate(
         ttl: 64,
         dont_frag: ip.dont_frag(),
     });
-    Verdict::Tun {
-        len: usize::from(total),
-    }
+    Verdict::Tun { len: usize::from(total) }
 }
 
 /// ICMP destination unreachable / fragmentation needed (RFC 1191) to the packet's source,
 /// quoting the start of the packet.
-pub(super) fn frag_needed(
-    ip: &Ipv4Packet<&[u8]>,
-    tx: &mut [u8],
-    local: Ipv4Addr,
-    mtu: u16,
-) -> Verdict {
+pub(super) fn frag_needed(ip: &Ipv4Packet<&[u8]>, tx: &mut [u8], local: Ipv4Addr, mtu: u16) -> Verdict {
     let pkt = ip.packet();
     let quote = pkt.len().min(MAX_QUOTE);
     let total = HEADER_LEN + 8 + quote;

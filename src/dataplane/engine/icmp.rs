@@ -49,12 +49,7 @@ fn parse_quoted(b: &[u8]) -> Result<Quoted, DropReason> {
     })
 }
 
-pub(super) fn handle(
-    eng: &mut Engine,
-    now: Instant,
-    ip: &Ipv4Packet<&[u8]>,
-    tx: &mut [u8],
-) -> Verdict {
+pub(super) fn handle(eng: &mut Engine, now: Instant, ip: &Ipv4Packet<&[u8]>, tx: &mut [u8]) -> Verdict {
     let msg = match IcmpPacket::new_checked(ip.payload()) {
         Ok(m) => m,
         Err(e) => return Verdict::Drop(e.into()),
@@ -67,13 +62,8 @@ pub(super) fn handle(
         Err(r) => return Verdict::Drop(r),
     };
     // From the server side, about a packet we NAT'd towards a server.
-    let rk = RevKey {
-        proto: q.proto,
-        server: q.dst,
-        server_port: q.dport,
-        client: q.src,
-        client_port: q.sport,
-    };
+    let rk =
+        RevKey { proto: q.proto, server: q.dst, server_port: q.dport, client: q.src, client_port: q.sport };
     if ip.dst_addr() == q.src
         && let Some(slot) = eng.lookup_rev(&rk, now)
     {
@@ -81,13 +71,7 @@ pub(super) fn handle(
         return count(eng, translate(ip, tx, &q, true, e.vip, e.vip_port));
     }
     // From the client side, to the VIP, about a reply the client got from the VIP.
-    let fk = FwdKey {
-        proto: q.proto,
-        client: q.dst,
-        client_port: q.dport,
-        vip: q.src,
-        vip_port: q.sport,
-    };
+    let fk = FwdKey { proto: q.proto, client: q.dst, client_port: q.dport, vip: q.src, vip_port: q.sport };
     if ip.dst_addr() == q.src
         && let Some(slot) = eng.lookup_fwd(&fk, now)
     {
@@ -139,19 +123,11 @@ fn translate(
     let ohl = ip.header_len();
     {
         let mut p = Ipv4Packet::new_unchecked(&mut out[..]);
-        if to_client {
-            p.set_src_addr(addr)
-        } else {
-            p.set_dst_addr(addr)
-        }
+        if to_client { p.set_src_addr(addr) } else { p.set_dst_addr(addr) }
     }
     let m = &mut out[ohl..];
     let qo = 8;
-    let (addr_at, port_at) = if to_client {
-        (qo + 16, qo + q.hl + 2)
-    } else {
-        (qo + 12, qo + q.hl)
-    };
+    let (addr_at, port_at) = if to_client { (qo + 16, qo + q.hl + 2) } else { (qo + 12, qo + q.hl) };
     let mut old_addr = [0u8; 4];
     old_addr.copy_from_slice(&m[addr_at..addr_at + 4]);
     let new_addr = addr.octets();

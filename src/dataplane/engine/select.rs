@@ -27,13 +27,7 @@ pub struct ServerSlot {
 impl ServerSlot {
     /// A slot for a configured server, up, with no connections.
     pub fn from_config(s: &Server) -> Self {
-        ServerSlot {
-            address: s.address,
-            port: s.port,
-            weight: s.weight,
-            up: true,
-            active: 0,
-        }
+        ServerSlot { address: s.address, port: s.port, weight: s.weight, up: true, active: 0 }
     }
 
     /// Whether the server may take new connections.
@@ -84,13 +78,7 @@ mod tests {
     use super::*;
 
     fn slot(up: bool, weight: u32) -> ServerSlot {
-        ServerSlot {
-            address: IpAddr::from([10, 0, 0, 1]),
-            port: 80,
-            weight,
-            up,
-            active: 0,
-        }
+        ServerSlot { address: IpAddr::from([10, 0, 0, 1]), port: 80, weight, up, active: 0 }
     }
 
     #[test]

@@ -41,8 +41,7 @@ impl Engine {
             client: SocketAddr::from((e.client, e.client_port)),
             vip: SocketAddr::from((e.vip, e.vip_port)),
             server: SocketAddr::from((e.server, e.server_port)),
-            remaining_ms: u32::try_from(self.table.remaining_ns(slot, now) / 1_000_000)
-                .unwrap_or(u32::MAX),
+            remaining_ms: u32::try_from(self.table.remaining_ns(slot, now) / 1_000_000).unwrap_or(u32::MAX),
         }
     }
 
@@ -125,9 +124,7 @@ impl Engine {
         if !ok_state {
             return Err(EngineError::Sync("state does not fit protocol"));
         }
-        let svc_idx = self
-            .find_service(vip, vport, rec.proto)
-            .ok_or(EngineError::Sync("unknown service"))?;
+        let svc_idx = self.find_service(vip, vport, rec.proto).ok_or(EngineError::Sync("unknown service"))?;
         let svc = &self.svcs[svc_idx];
         let server_idx = svc
             .servers
@@ -135,13 +132,7 @@ impl Engine {
             .position(|s| s.address == IpAddr::V4(server) && s.port == sport)
             .ok_or(EngineError::Sync("unknown server"))?;
         let nat = svc.forwarding == Forwarding::Nat;
-        let key = FwdKey {
-            proto: rec.proto,
-            client,
-            client_port: cport,
-            vip,
-            vip_port: vport,
-        };
+        let key = FwdKey { proto: rec.proto, client, client_port: cport, vip, vip_port: vport };
         let slot = match self.table.find_fwd(&key) {
             Some(slot) if usize::from(self.table.get(slot).server_idx) == server_idx => {
                 self.table.set_state(slot, rec.state, now);
@@ -176,10 +167,7 @@ impl Engine {
         };
         let timeout = self.table.timeout_ns(rec.state);
         let remaining = (u64::from(rec.remaining_ms) * 1_000_000).min(timeout);
-        let last_seen = now
-            .as_nanos()
-            .saturating_add(remaining)
-            .saturating_sub(timeout);
+        let last_seen = now.as_nanos().saturating_add(remaining).saturating_sub(timeout);
         self.table.set_last_seen(slot, last_seen);
         self.table.get_mut(slot).synced_s = secs(now) as u16;
         self.stats.sync_applied += 1;

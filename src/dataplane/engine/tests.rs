@@ -13,12 +13,8 @@ const S1: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 3);
 const S2: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 4);
 
 fn service(forwarding: Forwarding, protocol: Protocol) -> Service {
-    let server = |name: &str, a: Ipv4Addr| Server {
-        name: name.into(),
-        address: IpAddr::V4(a),
-        port: 8080,
-        weight: 1,
-    };
+    let server =
+        |name: &str, a: Ipv4Addr| Server { name: name.into(), address: IpAddr::V4(a), port: 8080, weight: 1 };
     Service {
         name: "web".into(),
         vip: IpAddr::V4(VIP),
@@ -37,10 +33,7 @@ fn service(forwarding: Forwarding, protocol: Protocol) -> Service {
 pub(crate) fn engine_with(services: Vec<Service>, max: u32) -> Engine {
     Engine::new(&EngineConfig {
         services,
-        table: config::Table {
-            max_connections: max,
-            ..config::Table::default()
-        },
+        table: config::Table { max_connections: max, ..config::Table::default() },
         local_addr: LOCAL,
         path_mtu: 1500,
         seed: 42,
@@ -48,10 +41,7 @@ pub(crate) fn engine_with(services: Vec<Service>, max: u32) -> Engine {
 }
 
 fn engine(f: Forwarding) -> Engine {
-    engine_with(
-        vec![service(f, Protocol::Tcp), service(f, Protocol::Udp)],
-        1000,
-    )
+    engine_with(vec![service(f, Protocol::Tcp), service(f, Protocol::Udp)], 1000)
 }
 
 fn t(ms: u64) -> Instant {
@@ -72,12 +62,7 @@ fn run(e: &mut Engine, now: Instant, pkt: &[u8]) -> (Verdict, Vec<u8>) {
 fn addrs(pkt: &[u8]) -> (Ipv4Addr, u16, Ipv4Addr, u16) {
     let p = Ipv4Packet::new_checked(pkt).unwrap();
     let l4 = p.payload();
-    (
-        p.src_addr(),
-        wire::be16(l4, 0),
-        p.dst_addr(),
-        wire::be16(l4, 2),
-    )
+    (p.src_addr(), wire::be16(l4, 0), p.dst_addr(), wire::be16(l4, 2))
 }
 
 #[test]
@@ -90,13 +75,7 @@ fn nat_round_trip_tracks_tcp_state() {
     assert_eq!(addrs(&out), (CLIENT, 40000, S1, 8080));
     let slot = e
         .table
-        .find_fwd(&FwdKey {
-            proto: 6,
-            client: CLIENT,
-            client_port: 40000,
-            vip: VIP,
-            vip_port: 80,
-        })
+        .find_fwd(&FwdKey { proto: 6, client: CLIENT, client_port: 40000, vip: VIP, vip_port: 80 })
         .unwrap();
     assert_eq!(e.table.get(slot).state, State::SynSent);
 
@@ -117,10 +96,7 @@ fn nat_round_trip_tracks_tcp_state() {
     run(&mut e, t(3), &fin);
     assert_eq!(e.table.get(slot).state, State::Closing);
     let s = e.stats();
-    assert_eq!(
-        (s.nat_to_server, s.nat_to_client, s.new_connections),
-        (2, 2, 1)
-    );
+    assert_eq!((s.nat_to_server, s.nat_to_client, s.new_connections), (2, 2, 1));
 }
 
 #[test]
@@ -153,13 +129,7 @@ fn direct_routing_keeps_the_packet() {
     let mut e = engine(Forwarding::Dr);
     let syn = build::tcp((CLIENT, 40000), (VIP, 80), SYN, b"");
     let (v, out) = run(&mut e, t(0), &syn);
-    assert_eq!(
-        v,
-        Verdict::L2 {
-            len: syn.len(),
-            next_hop: S1
-        }
-    );
+    assert_eq!(v, Verdict::L2 { len: syn.len(), next_hop: S1 });
     assert_eq!(out, syn);
     let ack = build::tcp((CLIENT, 40000), (VIP, 80), ACK, b"");
     run(&mut e, t(1), &ack);
@@ -173,18 +143,10 @@ fn tunnel_encapsulates_or_says_frag_needed() {
     let mut e = engine(Forwarding::Tunnel);
     let syn = build::tcp((CLIENT, 40000), (VIP, 80), SYN, b"");
     let (v, out) = run(&mut e, t(0), &syn);
-    assert_eq!(
-        v,
-        Verdict::Tun {
-            len: syn.len() + 20
-        }
-    );
+    assert_eq!(v, Verdict::Tun { len: syn.len() + 20 });
     let outer = Ipv4Packet::new_checked(&out[..]).unwrap();
     assert!(outer.verify_checksum());
-    assert_eq!(
-        (outer.src_addr(), outer.dst_addr(), outer.protocol()),
-        (LOCAL, S1, proto::IPIP)
-    );
+    assert_eq!((outer.src_addr(), outer.dst_addr(), outer.protocol()), (LOCAL, S1, proto::IPIP));
     assert!(outer.dont_frag());
     assert_eq!(outer.payload(), &syn[..]);
 
@@ -194,15 +156,9 @@ fn tunnel_encapsulates_or_says_frag_needed() {
     assert!(matches!(v, Verdict::Tun { .. }));
     assert!(build::checksums_valid(&out));
     let ip = Ipv4Packet::new_checked(&out[..]).unwrap();
-    assert_eq!(
-        (ip.src_addr(), ip.dst_addr(), ip.protocol()),
-        (LOCAL, CLIENT, proto::ICMP)
-    );
+    assert_eq!((ip.src_addr(), ip.dst_addr(), ip.protocol()), (LOCAL, CLIENT, proto::ICMP));
     let icmp = wire::IcmpPacket::new_checked(ip.payload()).unwrap();
-    assert_eq!(
-        (icmp.msg_type(), icmp.code(), icmp.next_hop_mtu()),
-        (3, 4, 1480)
-    );
+    assert_eq!((icmp.msg_type(), icmp.code(), icmp.next_hop_mtu()), (3, 4, 1480));
     assert_eq!(&icmp.payload()[..40], &big[..40]);
     assert_eq!(e.stats().frag_needed_sent, 1);
 
@@ -214,12 +170,7 @@ fn tunnel_encapsulates_or_says_frag_needed() {
     wire::put16(&mut nodf, 6, w);
     wire::put16(&mut nodf, 10, c);
     let (v, out) = run(&mut e, t(2), &nodf);
-    assert_eq!(
-        v,
-        Verdict::Tun {
-            len: nodf.len() + 20
-        }
-    );
+    assert_eq!(v, Verdict::Tun { len: nodf.len() + 20 });
     assert!(!Ipv4Packet::new_checked(&out[..]).unwrap().dont_frag());
 }
 
@@ -233,10 +184,7 @@ fn fragments_first_follows_later_dropped() {
     assert_eq!(addrs(&out).2, S1);
     let mut later = build::udp((CLIENT, 5000), (VIP, 80), &[1u8; 64]);
     set_frag(&mut later, 0x0009); // offset 72
-    assert_eq!(
-        run(&mut e, t(0), &later).0,
-        Verdict::Drop(DropReason::LaterFragment)
-    );
+    assert_eq!(run(&mut e, t(0), &later).0, Verdict::Drop(DropReason::LaterFragment));
     assert_eq!(e.stats().dropped(DropReason::LaterFragment), 1);
 }
 
@@ -279,18 +227,9 @@ fn bad_packets_are_counted_by_reason() {
             },
             DropReason::BadChecksum,
         ),
-        (
-            build::tcp((CLIENT, 1), (VIP, 81), SYN, b""),
-            DropReason::NoService,
-        ),
-        (
-            build::tcp((CLIENT, 1), (VIP, 80), ACK, b""),
-            DropReason::NoConnection,
-        ),
-        (
-            build::tcp((S1, 8080), (CLIENT, 9), ACK, b""),
-            DropReason::NoService,
-        ),
+        (build::tcp((CLIENT, 1), (VIP, 81), SYN, b""), DropReason::NoService),
+        (build::tcp((CLIENT, 1), (VIP, 80), ACK, b""), DropReason::NoConnection),
+        (build::tcp((S1, 8080), (CLIENT, 9), ACK, b""), DropReason::NoService),
         (
             {
                 let mut b = syn.clone();
@@ -316,10 +255,7 @@ fn bad_packets_are_counted_by_reason() {
     let total: u64 = e.stats().drops.iter().sum();
     assert_eq!(total, cases.len() as u64);
     let mut small = [0u8; 8];
-    assert_eq!(
-        e.process(t(0), &syn, &mut small),
-        Verdict::Drop(DropReason::BufferTooSmall)
-    );
+    assert_eq!(e.process(t(0), &syn, &mut small), Verdict::Drop(DropReason::BufferTooSmall));
 }
 
 #[test]
@@ -349,25 +285,11 @@ fn icmp_frag_needed_from_server_side_is_translated() {
 #[test]
 fn icmp_from_client_side_reaches_the_server() {
     let mut e = engine(Forwarding::Nat);
-    run(
-        &mut e,
-        t(0),
-        &build::tcp((CLIENT, 40000), (VIP, 80), SYN, b""),
-    );
-    let (_, reply) = run(
-        &mut e,
-        t(1),
-        &build::tcp((S1, 8080), (CLIENT, 40000), SYN | ACK, b""),
-    );
+    run(&mut e, t(0), &build::tcp((CLIENT, 40000), (VIP, 80), SYN, b""));
+    let (_, reply) = run(&mut e, t(1), &build::tcp((S1, 8080), (CLIENT, 40000), SYN | ACK, b""));
     let router = Ipv4Addr::new(203, 0, 113, 1);
-    let err = build::icmp_error(
-        router,
-        VIP,
-        kind::DEST_UNREACHABLE,
-        kind::CODE_FRAG_NEEDED,
-        [0, 0, 5, 0],
-        &reply,
-    );
+    let err =
+        build::icmp_error(router, VIP, kind::DEST_UNREACHABLE, kind::CODE_FRAG_NEEDED, [0, 0, 5, 0], &reply);
     let (v, out) = run(&mut e, t(2), &err);
     assert!(matches!(v, Verdict::Tun { .. }), "{v:?}");
     assert!(build::checksums_valid(&out));
@@ -377,23 +299,10 @@ fn icmp_from_client_side_reaches_the_server() {
     assert!(q.verify_checksum());
     assert_eq!((q.src_addr(), q.dst_addr()), (S1, CLIENT));
     // Unrelated errors and echo requests are dropped.
-    let other = build::icmp_error(
-        router,
-        VIP,
-        3,
-        1,
-        [0; 4],
-        &build::tcp((VIP, 80), (CLIENT, 1), ACK, b""),
-    );
-    assert_eq!(
-        run(&mut e, t(3), &other).0,
-        Verdict::Drop(DropReason::IcmpNoFlow)
-    );
+    let other = build::icmp_error(router, VIP, 3, 1, [0; 4], &build::tcp((VIP, 80), (CLIENT, 1), ACK, b""));
+    assert_eq!(run(&mut e, t(3), &other).0, Verdict::Drop(DropReason::IcmpNoFlow));
     let echo = build::icmp_error(router, VIP, kind::ECHO_REQUEST, 0, [0; 4], &[0u8; 28]);
-    assert_eq!(
-        run(&mut e, t(3), &echo).0,
-        Verdict::Drop(DropReason::IcmpNotError)
-    );
+    assert_eq!(run(&mut e, t(3), &echo).0, Verdict::Drop(DropReason::IcmpNotError));
 }
 
 #[test]
@@ -404,26 +313,12 @@ fn persistence_keeps_a_client_on_its_server() {
     let first = run(&mut e, t(0), &build::tcp((CLIENT, 1), (VIP, 80), SYN, b"")).1;
     let other = Ipv4Addr::new(198, 51, 100, 8);
     run(&mut e, t(0), &build::tcp((other, 1), (VIP, 80), SYN, b""));
-    let again = run(
-        &mut e,
-        t(1000),
-        &build::tcp((CLIENT, 2), (VIP, 80), SYN, b""),
-    )
-    .1;
+    let again = run(&mut e, t(1000), &build::tcp((CLIENT, 2), (VIP, 80), SYN, b"")).1;
     assert_eq!(addrs(&first).2, addrs(&again).2);
     // After the timeout the scheduler decides again (round robin moves on).
     let third = Ipv4Addr::new(198, 51, 100, 9);
-    run(
-        &mut e,
-        t(200_000),
-        &build::tcp((third, 1), (VIP, 80), SYN, b""),
-    );
-    let later = run(
-        &mut e,
-        t(200_000),
-        &build::tcp((CLIENT, 3), (VIP, 80), SYN, b""),
-    )
-    .1;
+    run(&mut e, t(200_000), &build::tcp((third, 1), (VIP, 80), SYN, b""));
+    let later = run(&mut e, t(200_000), &build::tcp((CLIENT, 3), (VIP, 80), SYN, b"")).1;
     assert_ne!(addrs(&later).2, addrs(&first).2);
 }
 
@@ -438,10 +333,7 @@ fn drain_down_and_reset() {
     assert_eq!(addrs(&b).2, S1);
     e.set_server_state(0, 0, 1, false).unwrap(); // S1 down, reset
     let ack = build::tcp((CLIENT, 1), (VIP, 80), ACK, b"");
-    assert_eq!(
-        run(&mut e, t(1), &ack).0,
-        Verdict::Drop(DropReason::ServerDown)
-    );
+    assert_eq!(run(&mut e, t(1), &ack).0, Verdict::Drop(DropReason::ServerDown));
     assert_eq!(
         run(&mut e, t(1), &build::tcp((CLIENT, 3), (VIP, 80), SYN, b"")).0,
         Verdict::Drop(DropReason::NoServer)
@@ -471,31 +363,15 @@ fn sync_then_promote() {
     let mut sender = SyncSender::new(secret, 7, 1, 1000);
     let mut receiver = SyncReceiver::new(secret, 7);
     for port in 1..=3u16 {
-        run(
-            &mut primary,
-            t(0),
-            &build::tcp((CLIENT, port), (VIP, 80), SYN, b""),
-        );
+        run(&mut primary, t(0), &build::tcp((CLIENT, port), (VIP, 80), SYN, b""));
     }
     let srv = |p: u16| if p % 2 == 1 { S1 } else { S2 };
     for port in 1..=3u16 {
-        run(
-            &mut primary,
-            t(1),
-            &build::tcp((srv(port), 8080), (CLIENT, port), SYN | ACK, b""),
-        );
-        run(
-            &mut primary,
-            t(2),
-            &build::tcp((CLIENT, port), (VIP, 80), ACK, b""),
-        );
+        run(&mut primary, t(1), &build::tcp((srv(port), 8080), (CLIENT, port), SYN | ACK, b""));
+        run(&mut primary, t(2), &build::tcp((CLIENT, port), (VIP, 80), ACK, b""));
     }
     let mut buf = vec![0u8; crate::dataplane::sync::MAX_DATAGRAM];
-    assert_eq!(
-        sender.poll_transmit(t(3), &mut primary, &mut buf),
-        None,
-        "waits to batch"
-    );
+    assert_eq!(sender.poll_transmit(t(3), &mut primary, &mut buf), None, "waits to batch");
     let due = sender.poll_timeout().unwrap();
     let len = sender.poll_transmit(due, &mut primary, &mut buf).unwrap();
     assert_eq!(receiver.handle(t(60), &buf[..len], &mut backup), Ok(3));
@@ -504,10 +380,7 @@ fn sync_then_promote() {
         Err(crate::dataplane::sync::SyncError::Replay)
     );
     let ack = build::tcp((CLIENT, 2), (VIP, 80), ACK, b"x");
-    assert_eq!(
-        run(&mut backup, t(62), &ack).0,
-        Verdict::Drop(DropReason::Inactive)
-    );
+    assert_eq!(run(&mut backup, t(62), &ack).0, Verdict::Drop(DropReason::Inactive));
     backup.set_active(true);
     let (v, out) = run(&mut backup, t(63), &ack);
     assert!(matches!(v, Verdict::Tun { .. }));
@@ -589,9 +462,7 @@ fn full_resync_walks_live_entries_once() {
     run(&mut e, t(0), &build::tcp((CLIENT, 9), (VIP, 80), SYN, b"")); // half-open: not synced
     while e.poll_sync(t(1)).is_some() {}
     e.start_full_sync();
-    let mut ports: Vec<u16> = std::iter::from_fn(|| e.poll_sync(t(1)))
-        .map(|r| r.client.port())
-        .collect();
+    let mut ports: Vec<u16> = std::iter::from_fn(|| e.poll_sync(t(1))).map(|r| r.client.port()).collect();
     ports.sort_unstable();
     assert_eq!(ports, vec![1, 2, 3, 4, 5]);
     assert_eq!(e.poll_sync(t(1)), None);

@@ -15,11 +15,7 @@ fn rec(n: u16) -> SyncRecord {
 }
 
 fn header(seq: u64) -> BatchHeader {
-    BatchHeader {
-        cluster_id: 7,
-        session: 5,
-        seq,
-    }
+    BatchHeader { cluster_id: 7, session: 5, seq }
 }
 
 #[test]
@@ -41,34 +37,15 @@ fn refuses_tampering_wrong_key_and_cluster() {
     for i in [5, 10, 30, len - 1] {
         let mut d = buf[..len].to_vec();
         d[i] ^= 0x80;
-        assert_eq!(
-            decode(SECRET, 7, &d).unwrap_err(),
-            SyncError::BadMac,
-            "byte {i}"
-        );
+        assert_eq!(decode(SECRET, 7, &d).unwrap_err(), SyncError::BadMac, "byte {i}");
     }
-    assert_eq!(
-        decode(b"other", 7, &buf[..len]).unwrap_err(),
-        SyncError::BadMac
-    );
-    assert_eq!(
-        decode(SECRET, 8, &buf[..len]).unwrap_err(),
-        SyncError::WrongCluster(7)
-    );
-    assert_eq!(
-        decode(SECRET, 7, &buf[..20]).unwrap_err(),
-        SyncError::TooShort
-    );
+    assert_eq!(decode(b"other", 7, &buf[..len]).unwrap_err(), SyncError::BadMac);
+    assert_eq!(decode(SECRET, 8, &buf[..len]).unwrap_err(), SyncError::WrongCluster(7));
+    assert_eq!(decode(SECRET, 7, &buf[..20]).unwrap_err(), SyncError::TooShort);
     let mut d = buf[..len].to_vec();
     d[4] = 2;
-    assert_eq!(
-        decode(SECRET, 7, &d).unwrap_err(),
-        SyncError::UnsupportedVersion(2)
-    );
-    let ipv6 = SyncRecord {
-        client: "[2001:db8::1]:1".parse().unwrap(),
-        ..rec(1)
-    };
+    assert_eq!(decode(SECRET, 7, &d).unwrap_err(), SyncError::UnsupportedVersion(2));
+    let ipv6 = SyncRecord { client: "[2001:db8::1]:1".parse().unwrap(), ..rec(1) };
     let len = encode(SECRET, &header(1), &[ipv6, rec(2)], &mut buf).unwrap();
     assert_eq!(decode(SECRET, 7, &buf[..len]).unwrap().len(), 1);
 }

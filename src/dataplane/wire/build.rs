@@ -57,14 +57,7 @@ fn ip(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, mut seg: Vec<u8>, csum_at: usi
 }
 
 /// An ICMP error from `src` to `dst` quoting `quoted` (at most 548 bytes of it).
-pub fn icmp_error(
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    kind: u8,
-    code: u8,
-    rest: [u8; 4],
-    quoted: &[u8],
-) -> Vec<u8> {
+pub fn icmp_error(src: Ipv4Addr, dst: Ipv4Addr, kind: u8, code: u8, rest: [u8; 4], quoted: &[u8]) -> Vec<u8> {
     let q = &quoted[..quoted.len().min(548)];
     let total = HEADER_LEN + 8 + q.len();
     let mut out = vec![0u8; total];
@@ -97,12 +90,8 @@ pub fn checksums_valid(pkt: &[u8]) -> bool {
             if p.protocol() == proto::UDP && seg.len() >= 8 && seg[6] == 0 && seg[7] == 0 {
                 return true;
             }
-            let acc = checksum::pseudo_header_v4(
-                p.src_bytes(),
-                p.dst_bytes(),
-                p.protocol(),
-                seg.len() as u16,
-            );
+            let acc =
+                checksum::pseudo_header_v4(p.src_bytes(), p.dst_bytes(), p.protocol(), seg.len() as u16);
             checksum::fold(checksum::sum(acc, seg)) == 0xFFFF
         }
         proto::ICMP => checksum::checksum(seg) == 0,

@@ -23,13 +23,7 @@ pub mod kind {
 
 /// Whether an ICMP type is an error that quotes the datagram that caused it.
 pub fn is_error(t: u8) -> bool {
-    matches!(
-        t,
-        kind::DEST_UNREACHABLE
-            | kind::SOURCE_QUENCH
-            | kind::TIME_EXCEEDED
-            | kind::PARAMETER_PROBLEM
-    )
+    matches!(t, kind::DEST_UNREACHABLE | kind::SOURCE_QUENCH | kind::TIME_EXCEEDED | kind::PARAMETER_PROBLEM)
 }
 
 /// A view of an ICMP message.
@@ -116,17 +110,10 @@ mod tests {
         let mut b = [0u8; 36];
         b[8] = 0x45;
         let mut p = IcmpPacket::new_checked(&mut b[..]).unwrap();
-        p.emit_error(
-            kind::DEST_UNREACHABLE,
-            kind::CODE_FRAG_NEEDED,
-            [0, 0, 0x05, 0xc8],
-        );
+        p.emit_error(kind::DEST_UNREACHABLE, kind::CODE_FRAG_NEEDED, [0, 0, 0x05, 0xc8]);
         assert!(p.verify_checksum());
         assert_eq!(p.next_hop_mtu(), 1480);
         assert!(is_error(p.msg_type()));
-        assert_eq!(
-            IcmpPacket::new_checked(&b[..7]).unwrap_err(),
-            Error::Truncated
-        );
+        assert_eq!(IcmpPacket::new_checked(&b[..7]).unwrap_err(), Error::Truncated);
     }
 }

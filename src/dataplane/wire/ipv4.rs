@@ -201,11 +201,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         b[1] = 0;
         put16(b, field::TOTAL_LEN, repr.total_len);
         put16(b, field::IDENT, repr.ident);
-        put16(
-            b,
-            field::FLAGS_FRAG,
-            if repr.dont_frag { FLAG_DF } else { 0 },
-        );
+        put16(b, field::FLAGS_FRAG, if repr.dont_frag { FLAG_DF } else { 0 });
         b[field::TTL] = repr.ttl;
         b[field::PROTOCOL] = repr.protocol;
         put16(b, field::CHECKSUM, 0);
@@ -260,24 +256,12 @@ mod tests {
     #[test]
     fn rejects_bad_lengths() {
         let mut b = sample();
-        assert_eq!(
-            Ipv4Packet::new_checked(&b[..10]).unwrap_err(),
-            Error::Truncated
-        );
-        assert_eq!(
-            Ipv4Packet::new_checked(&b[..27]).unwrap_err(),
-            Error::Truncated
-        );
+        assert_eq!(Ipv4Packet::new_checked(&b[..10]).unwrap_err(), Error::Truncated);
+        assert_eq!(Ipv4Packet::new_checked(&b[..27]).unwrap_err(), Error::Truncated);
         b[0] = 0x44;
-        assert_eq!(
-            Ipv4Packet::new_checked(&b[..]).unwrap_err(),
-            Error::Malformed
-        );
+        assert_eq!(Ipv4Packet::new_checked(&b[..]).unwrap_err(), Error::Malformed);
         b[0] = 0x65;
-        assert_eq!(
-            Ipv4Packet::new_checked(&b[..]).unwrap_err(),
-            Error::Malformed
-        );
+        assert_eq!(Ipv4Packet::new_checked(&b[..]).unwrap_err(), Error::Malformed);
         b[0] = 0x4F; // 60-byte header in a 28-byte packet
         assert!(Ipv4Packet::new_checked(&b[..]).is_err());
     }

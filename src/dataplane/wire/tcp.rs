@@ -117,19 +117,10 @@ mod tests {
         let mut b = [0u8; 24];
         b[12] = 0x50;
         assert!(TcpPacket::new_checked(&b[..]).is_ok());
-        assert_eq!(
-            TcpPacket::new_checked(&b[..19]).unwrap_err(),
-            Error::Truncated
-        );
+        assert_eq!(TcpPacket::new_checked(&b[..19]).unwrap_err(), Error::Truncated);
         b[12] = 0x40;
-        assert_eq!(
-            TcpPacket::new_checked(&b[..]).unwrap_err(),
-            Error::Malformed
-        );
+        assert_eq!(TcpPacket::new_checked(&b[..]).unwrap_err(), Error::Malformed);
         b[12] = 0x70;
-        assert_eq!(
-            TcpPacket::new_checked(&b[..]).unwrap_err(),
-            Error::Truncated
-        );
+        assert_eq!(TcpPacket::new_checked(&b[..]).unwrap_err(), Error::Truncated);
     }
 }

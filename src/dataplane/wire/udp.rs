@@ -102,9 +102,6 @@ mod tests {
     #[test]
     fn bad_length_field() {
         let b = [0u8, 1, 0, 2, 0, 7, 0, 0];
-        assert_eq!(
-            UdpPacket::new_checked(&b[..]).unwrap_err(),
-            Error::Malformed
-        );
+        assert_eq!(UdpPacket::new_checked(&b[..]).unwrap_err(), Error::Malformed);
     }
 }
