@@ -1,7 +1,6 @@
 //! A simulated ATM: the real [`clusterserver::driver::run_atm`] over [`SimAtm`], a
-//! [`Platform`] made of turmoil sockets and the world's LAN, plus the service responder that
-//! stands in for the forwarded service (it answers the clients' probes while this host's
-//! kernel holds the VIP and its process runs).
+//! [`Platform`] made of turmoil sockets and the world's LAN, beside the real packet engine
+//! ([`crate::dataplane`]).
 
 use std::future::Future;
 use std::io;
@@ -16,7 +15,8 @@ use clusterserver::platform::Platform;
 use clusterserver::time::Instant;
 use tokio::sync::mpsc;
 
-use crate::net::{ARP_PORT, BROADCAST, ECHO_PORT, Freezable, SERVICE_PORT, SimClock, SimSocket};
+use crate::dataplane::DataplaneSpec;
+use crate::net::{ARP_PORT, BROADCAST, ECHO_PORT, Freezable, SimClock, SimSocket};
 use crate::world::Shared;
 
 /// The simulator's platform for one ATM.
@@ -96,6 +96,7 @@ impl Platform for SimAtm {
                 h.epoch = epoch;
                 h.promotions.push((now.as_millis(), epoch));
             }
+            Event::PeerUp { .. } => h.resync = true,
             Event::Demoted { epoch, .. } => {
                 h.role = Some(Role::Backup);
                 h.epoch = epoch;
@@ -136,7 +137,7 @@ fn describe(names: &[String], event: &Event) -> String {
     }
 }
 
-/// The software of an ATM host: kernel + (freezable) daemon + service responder.
+/// The software of an ATM host: kernel + (freezable) daemon and data plane.
 pub fn software(
     world: Shared,
     name: String,
@@ -157,37 +158,18 @@ pub fn software(
             let clock = SimClock::start();
             let incarnation = turmoil::since_epoch().unwrap_or_default().as_millis() as u64;
             let atm_names = cfg.atms.iter().map(|a| a.name.clone()).collect();
+            let spec = DataplaneSpec { cfg: cfg.clone(), me, secret: secret.clone(), session: incarnation };
             let platform = SimAtm { world: world.clone(), name: name.clone(), clock, incarnation, atm_names };
             let daemon = async {
                 tokio::select! {
                     biased;
                     r = run_atm(&platform, &cfg, me, secret, rx) => r.map(|_| ()),
-                    r = responder(world.clone(), name.clone()) => r,
+                    r = crate::dataplane::run(world.clone(), name.clone(), spec, clock) => r,
                 }
             };
             let result = Freezable::new(&world, &name, daemon).await;
             world.borrow_mut().host(&name).running = false;
             result.map_err(|e| e.into())
         })
-    }
-}
-
-/// Answers `REQ <seq> <vip>` with `RSP <seq>` while this host holds the VIP.
-async fn responder(world: Shared, name: String) -> io::Result<()> {
-    let sock = SimSocket::bind(&world, &name, SERVICE_PORT).await?;
-    let mut buf = [0u8; 128];
-    loop {
-        let (n, from) = sock.recv(&mut buf).await?;
-        let Some((seq, vip)) = std::str::from_utf8(&buf[..n])
-            .ok()
-            .and_then(|t| t.strip_prefix("REQ "))
-            .and_then(|t| t.split_once(' '))
-        else {
-            continue;
-        };
-        let held = vip.parse::<IpAddr>().is_ok_and(|v| world.borrow_mut().host(&name).vips.contains(&v));
-        if held {
-            let _ = sock.send(format!("RSP {seq}").as_bytes(), from).await;
-        }
     }
 }

@@ -37,6 +37,10 @@ pub fn software(
         Box::pin(async move {
             world.borrow_mut().host_started(&name);
             tokio::task::spawn_local(crate::kernel::kernel(world.clone(), name.clone()));
+            let flows = world.borrow_mut().host(&name).flows_expected;
+            if flows > 0 {
+                tokio::task::spawn_local(crate::flows::run(world.clone(), name.clone(), vip, flows));
+            }
             probe_loop(world, name, vip).await?;
             Ok(())
         })
@@ -45,12 +49,11 @@ pub fn software(
 
 async fn probe_loop(world: Shared, name: String, vip: IpAddr) -> std::io::Result<()> {
     let sock = SimSocket::bind(&world, &name, 0).await?;
-    let arp = SimSocket::bind(&world, &name, 0).await?;
+    let mut neigh = Neighbours::bind(&world, &name).await?;
     let clock = SimClock::start();
     let mut sent: BTreeMap<u64, u64> = BTreeMap::new();
     let mut seq = 0u64;
     let mut next_probe = clock.ms();
-    let mut next_broadcast = 0u64;
     let mut buf = [0u8; 128];
     loop {
         let wait = Duration::from_millis(next_probe.saturating_sub(clock.ms()));
@@ -67,20 +70,41 @@ async fn probe_loop(world: Shared, name: String, vip: IpAddr) -> std::io::Result
                 sent.insert(seq, now);
                 sent.retain(|_, t| now - *t <= ANSWER_WITHIN_MS);
                 world.borrow_mut().host(&name).client.sent += 1;
-                match resolve(&world, &name, now, vip) {
-                    Resolve::Send(owner) => {
-                        let _ = sock.send(format!("REQ {seq} {vip}").as_bytes(), SocketAddr::new(owner, SERVICE_PORT)).await;
-                    }
-                    Resolve::Probe(owner) => {
-                        let _ = sock.send(format!("REQ {seq} {vip}").as_bytes(), SocketAddr::new(owner, SERVICE_PORT)).await;
-                        let _ = arp.send(format!("WHO {vip}").as_bytes(), SocketAddr::new(owner, ARP_PORT)).await;
-                    }
-                    Resolve::Broadcast if now >= next_broadcast => {
-                        next_broadcast = now + RETRANS_MS;
-                        let _ = arp.send(format!("WHO {vip}").as_bytes(), SocketAddr::new(BROADCAST, ARP_PORT)).await;
-                    }
-                    Resolve::Broadcast => {}
+                if let Some(owner) = neigh.lookup(&world, &name, now, vip).await {
+                    let _ = sock.send(format!("REQ {seq} {vip}").as_bytes(), SocketAddr::new(owner, SERVICE_PORT)).await;
                 }
+            }
+        }
+    }
+}
+
+/// A host's use of its ARP cache: where to send a packet for `ip` now, with the ARP
+/// requests the neighbour state machine calls for (broadcasts at most once a second).
+#[derive(Debug)]
+pub struct Neighbours {
+    arp: SimSocket,
+    next_broadcast: u64,
+}
+
+impl Neighbours {
+    pub async fn bind(world: &Shared, name: &str) -> std::io::Result<Neighbours> {
+        Ok(Neighbours { arp: SimSocket::bind(world, name, 0).await?, next_broadcast: 0 })
+    }
+
+    /// The owner to send to now, if the cache has one.
+    pub async fn lookup(&mut self, world: &Shared, name: &str, now: u64, ip: IpAddr) -> Option<IpAddr> {
+        match resolve(world, name, now, ip) {
+            Resolve::Send(owner) => Some(owner),
+            Resolve::Probe(owner) => {
+                let _ = self.arp.send(format!("WHO {ip}").as_bytes(), SocketAddr::new(owner, ARP_PORT)).await;
+                Some(owner)
+            }
+            Resolve::Broadcast => {
+                if now >= self.next_broadcast {
+                    self.next_broadcast = now + RETRANS_MS;
+                    let _ = self.arp.send(format!("WHO {ip}").as_bytes(), SocketAddr::new(BROADCAST, ARP_PORT)).await;
+                }
+                None
             }
         }
     }

@@ -7,22 +7,6 @@ use std::net::{IpAddr, SocketAddr};
 use crate::net::{ARP_PORT, ECHO_PORT, SimClock, SimSocket};
 use crate::world::{Neigh, Shared};
 
-/// The software of a host that only has a kernel (a real server, until the simulated data
-/// plane forwards to them).
-pub fn software(
-    world: Shared,
-    name: String,
-) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = turmoil::Result>>> {
-    move || {
-        let (world, name) = (world.clone(), name.clone());
-        Box::pin(async move {
-            world.borrow_mut().host_started(&name);
-            kernel(world, name).await;
-            Ok(())
-        })
-    }
-}
-
 /// Runs the host's kernel until the host crashes.
 pub async fn kernel(world: Shared, name: String) {
     let (Ok(arp), Ok(echo)) =

@@ -15,6 +15,8 @@
 pub mod atm;
 pub mod chart;
 pub mod client;
+pub mod dataplane;
+pub mod flows;
 pub mod kernel;
 pub mod net;
 pub mod rng;

@@ -30,6 +30,9 @@ pub struct Outcome {
     pub arp_owner: BTreeMap<String, String>,
     pub promotions: usize,
     pub rejected: u64,
+    /// Long-lived flows run and lost (server changed, or no longer answered).
+    pub long_lived: u64,
+    pub long_lived_lost: u64,
     pub violations: Vec<String>,
     /// Answered probes per 100 ms, per client (chart).
     pub series: BTreeMap<String, Vec<u32>>,
@@ -55,6 +58,9 @@ impl Outcome {
             s += &format!("arp owner {c}: {o}\n");
         }
         s += &format!("promotions: {}\nheartbeats rejected: {}\n", self.promotions, self.rejected);
+        if self.long_lived > 0 {
+            s += &format!("long-lived flows: {} run, {} lost\n", self.long_lived, self.long_lived_lost);
+        }
         if self.violations.is_empty() {
             s += "invariants: all hold\n";
         }
@@ -145,11 +151,19 @@ fn register_hosts(
             );
         }
     }
-    for (name, _) in routers.iter().chain(&pick("client")) {
+    let clients = pick("client");
+    let total = s.load.long_lived as usize;
+    for (i, (name, _)) in clients.iter().enumerate() {
+        let share = total / clients.len() + usize::from(i < total % clients.len());
+        world.borrow_mut().host(name).flows_expected = u16::try_from(share).unwrap_or(u16::MAX);
+    }
+    for (name, _) in routers.iter().chain(&clients) {
         sim.host(name.as_str(), crate::client::software(world.clone(), name.clone(), vip));
     }
+    let IpAddr::V4(vip4) = vip else { bail!("the simulated VIP is IPv4") };
+    let spec = crate::dataplane::NodeSpec { vip: vip4, port: 80, gateway: cfg.services[0].gateway_vip };
     for (name, _) in &nodes {
-        sim.host(name.as_str(), crate::kernel::software(world.clone(), name.clone()));
+        sim.host(name.as_str(), crate::dataplane::node_software(world.clone(), name.clone(), spec));
     }
     if s.topology.rogue {
         let targets: Vec<SocketAddr> =
@@ -248,6 +262,9 @@ impl RunState {
             let owner = h.neigh.get(&vip).map_or("none".to_string(), |n| w.name_of(n.owner));
             arp_owner.insert(name.clone(), owner);
         }
+        let long_lived: u64 = w.hosts.values().map(|h| u64::from(h.flows_expected)).sum();
+        let long_lived_lost: u64 =
+            w.hosts.values().map(|h| crate::flows::lost(&h.flows, h.flows_expected, end)).sum();
         let promotions: usize =
             w.hosts.values().filter(|h| h.cluster == Some(CLUSTER_ID)).map(|h| h.promotions.len()).sum();
         for (name, h) in &w.hosts {
@@ -257,6 +274,9 @@ impl RunState {
         }
         let final_primaries = w.primaries().get(&CLUSTER_ID).cloned().unwrap_or_default();
         self.check_expect(s, &outage_ms, &final_primaries, promotions, w.rejected_total, &w);
+        if let Some(max) = s.expect.long_lived_lost.filter(|m| long_lived_lost > *m) {
+            self.violations.push(format!("{long_lived_lost} of {long_lived} long-lived flows lost, at most {max}"));
+        }
         if let [p] = final_primaries.as_slice()
             && end.saturating_sub(self.last_change_ms) > 2_000
         {
@@ -275,6 +295,8 @@ impl RunState {
             arp_owner,
             promotions,
             rejected: w.rejected_total,
+            long_lived,
+            long_lived_lost,
             violations: self.violations,
             series,
             faults: w.faults.clone(),
@@ -331,8 +353,8 @@ impl RunState {
         if let Some(m) = e.min_rejected.filter(|m| rejected < *m) {
             v.push(format!("{rejected} heartbeats rejected, at least {m} expected"));
         }
-        if e.long_lived_lost.is_some() {
-            v.push("expect.long_lived_lost: the simulator does not run long-lived flows yet".into());
+        if e.long_lived_lost.is_some() && s.load.long_lived == 0 {
+            v.push("expect.long_lived_lost needs load.long_lived > 0".into());
         }
     }
 }

@@ -77,6 +77,8 @@ pub struct ClusterOverrides {
     pub min_reachable: Option<u32>,
     pub gratuitous_count: Option<u32>,
     pub refresh_s: Option<u64>,
+    /// `sync.connections` (default true).
+    pub sync_connections: Option<bool>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -10,6 +10,9 @@ use crate::scenario::Scenario;
 /// The VIP of the cluster under test, and of the second cluster.
 pub const VIP: &str = "10.0.0.99";
 pub const OTHER_VIP: &str = "10.0.0.199";
+/// The NAT servers' default gateway, which moves with the primary.
+pub const GATEWAY_VIP: &str = "10.0.1.254";
+pub const OTHER_GATEWAY_VIP: &str = "10.0.1.253";
 /// Cluster ids.
 pub const CLUSTER_ID: u32 = 7;
 pub const OTHER_CLUSTER_ID: u32 = 8;
@@ -63,7 +66,7 @@ pub fn cluster_config(
         },
         arbitration: Arbitration { reachlist, min_reachable, probe_interval_ms: 500, probe_timeout_ms: 300 },
         table: Table::default(),
-        sync: SyncSettings::default(),
+        sync: SyncSettings { connections: o.sync_connections.unwrap_or(true), ..SyncSettings::default() },
         security: Security::default(),
         services: vec![Service {
             name: "svc".into(),
@@ -73,7 +76,10 @@ pub fn cluster_config(
             forwarding,
             scheduler: SchedulerKind::Wlc,
             persistence_s: 0,
-            gateway_vip: None,
+            gateway_vip: (forwarding == Forwarding::Nat).then(|| {
+                let gw = if id == CLUSTER_ID { GATEWAY_VIP } else { OTHER_GATEWAY_VIP };
+                gw.parse().expect("literal")
+            }),
             on_down: OnDown::Keep,
             servers: nodes
                 .iter()

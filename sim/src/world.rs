@@ -60,6 +60,12 @@ pub struct HostState {
     pub neigh: BTreeMap<IpAddr, Neigh>,
     pub miss_garp: u32,
     pub client: ClientStats,
+    /// Long-lived flows of a client, by source port.
+    pub flows: BTreeMap<u16, crate::flows::FlowRec>,
+    /// Long-lived flows this client runs.
+    pub flows_expected: u16,
+    /// An ATM's data plane should stream its whole table (a peer came back).
+    pub resync: bool,
 }
 
 /// The shared world of one run.

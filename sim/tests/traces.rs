@@ -48,3 +48,15 @@ fn different_seeds_differ_somewhere() {
     let traces: Vec<Vec<String>> = (1..=4).map(|seed| runner::run(&s, seed).expect("run").trace).collect();
     assert!(traces.windows(2).any(|w| w[0] != w[1]), "four seeds gave the same trace: the seed is not used");
 }
+
+#[test]
+fn without_connection_sync_long_lived_flows_are_lost() {
+    // The invariant can fail: the same failover with connection sync switched off must lose
+    // the flows (the new primary's engine has no entry for them and drops their segments).
+    let (_, mut s) = scenarios().into_iter().find(|(n, _)| n == "long-lived-failover").expect("scenario");
+    s.cluster.sync_connections = Some(false);
+    let o = runner::run(&s, 1).expect("run");
+    assert_eq!(o.long_lived, 30);
+    assert_eq!(o.long_lived_lost, 30, "{}", o.summary());
+    assert!(!o.passed());
+}

@@ -1,0 +1,204 @@
+//! The simulated ATM's data plane: the real [`Engine`] forwards the clients' flows to the real
+//! servers, and the real connection-sync codec streams the primary's table to the backups.
+//!
+//! Frames of the simulated LAN are turmoil datagrams: a client sends its IPv4 packet to the
+//! address its ARP cache gives for the VIP, on [`SERVICE_PORT`]; the engine's output goes to
+//! the server on [`NODE_PORT`] (the next hop for direct routing, the packet's destination for
+//! NAT and tunnels). The engine is active exactly while this host's kernel holds the VIPs,
+//! as the daemon will wire it; a backup's engine applies sync records to its shadow table.
+//!
+//! Servers answer as they would for real: with direct routing and tunnels straight to the
+//! client from the VIP; with NAT from their own address to their default gateway, the
+//! `gateway_vip` that moves with the primary (resolved through the server's own ARP cache),
+//! whose engine rewrites the reply back to the VIP.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::time::Duration;
+
+use clusterserver::config::{Config, Table};
+use clusterserver::dataplane::engine::{Engine, EngineConfig, Verdict};
+use clusterserver::dataplane::sync::{MAX_DATAGRAM, SyncReceiver, SyncSender};
+use clusterserver::dataplane::wire::build;
+
+use crate::net::{SERVICE_PORT, SimClock, SimSocket};
+use crate::world::Shared;
+
+/// Port on which simulated real servers receive forwarded packets.
+pub const NODE_PORT: u16 = 9000;
+/// Connection-table capacity of a simulated engine (the production default would allocate
+/// tens of MB per engine per seed).
+const SIM_TABLE: u32 = 4096;
+
+/// Everything the data plane needs to know about its ATM.
+#[derive(Debug, Clone)]
+pub struct DataplaneSpec {
+    pub cfg: Rc<Config>,
+    pub me: usize,
+    pub secret: Vec<u8>,
+    pub session: u64,
+}
+
+/// Runs the ATM's data plane until the host crashes or the daemon exits.
+pub async fn run(world: Shared, name: String, spec: DataplaneSpec, clock: SimClock) -> io::Result<()> {
+    let cfg = &spec.cfg;
+    let svc = SimSocket::bind(&world, &name, SERVICE_PORT).await?;
+    let sync = SimSocket::bind(&world, &name, cfg.sync_port()).await?;
+    let fwd = SimSocket::bind(&world, &name, 0).await?;
+    let local = match cfg.atms[spec.me].address {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+    };
+    let table = Table { max_connections: SIM_TABLE, ..cfg.table.clone() };
+    let seed = world.borrow().seed;
+    let ecfg = EngineConfig { services: cfg.services.clone(), table, local_addr: local, path_mtu: 1500, seed };
+    let mut engine = Engine::new(&ecfg);
+    engine.set_active(false);
+    engine.set_sync(cfg.sync.connections);
+    let mut sender = SyncSender::new(&spec.secret, cfg.cluster.id, spec.session, cfg.sync.max_datagrams_per_s);
+    let mut receiver = SyncReceiver::new(&spec.secret, cfg.cluster.id);
+    let peers: Vec<SocketAddr> = cfg
+        .atms
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != spec.me)
+        .map(|(_, a)| SocketAddr::new(a.address, cfg.sync_port()))
+        .collect();
+    let servers: Vec<IpAddr> = cfg.services.iter().flat_map(|s| s.servers.iter().map(|x| x.address)).collect();
+    let (mut buf, mut sbuf, mut tx, mut out) = ([0u8; 2048], vec![0u8; MAX_DATAGRAM], [0u8; 2048], vec![0u8; MAX_DATAGRAM]);
+    loop {
+        follow_role(&world, &name, &mut engine);
+        let wait = sender.poll_timeout().map_or(Duration::from_millis(100), |t| t.saturating_since(clock.now()));
+        tokio::select! {
+            biased;
+            r = svc.recv(&mut buf) => {
+                let (n, from) = r?;
+                let pkt = &buf[..n];
+                if pkt.first().is_some_and(|b| b >> 4 == 4) {
+                    if let Some((len, to)) = forward(&mut engine, clock, &servers, pkt, &mut tx) {
+                        let _ = fwd.send(&tx[..len], to).await;
+                    }
+                } else if let Some(answer) = probe_answer(&world, &name, pkt) {
+                    let _ = svc.send(answer.as_bytes(), from).await;
+                }
+            }
+            r = sync.recv(&mut sbuf) => {
+                let (n, _) = r?;
+                if !engine.is_active() {
+                    let _ = receiver.handle(clock.now(), &sbuf[..n], &mut engine);
+                }
+            }
+            _ = tokio::time::sleep(wait.min(Duration::from_millis(100))) => {
+                engine.expire(clock.now(), 1024);
+            }
+        }
+        while let Some(len) = sender.poll_transmit(clock.now(), &mut engine, &mut out) {
+            for p in &peers {
+                let _ = sync.send(&out[..len], *p).await;
+            }
+        }
+    }
+}
+
+/// The engine forwards while this host holds the VIPs; a primary whose peer came back
+/// streams its whole table to it.
+fn follow_role(world: &Shared, name: &str, engine: &mut Engine) {
+    let mut w = world.borrow_mut();
+    let h = w.host(name);
+    let active = !h.vips.is_empty();
+    if active != engine.is_active() {
+        engine.set_active(active);
+    }
+    if std::mem::take(&mut h.resync) && active {
+        engine.start_full_sync();
+    }
+}
+
+/// Runs the engine on one packet; returns the bytes' length and where they go: a server's
+/// [`NODE_PORT`], or (a NAT reply) the client's [`crate::flows::FLOW_PORT`].
+fn forward(engine: &mut Engine, clock: SimClock, servers: &[IpAddr], pkt: &[u8], tx: &mut [u8]) -> Option<(usize, SocketAddr)> {
+    match engine.process(clock.now(), pkt, tx) {
+        Verdict::L2 { len, next_hop } => Some((len, SocketAddr::new(IpAddr::V4(next_hop), NODE_PORT))),
+        Verdict::Tun { len } if len >= 20 => {
+            let dst = IpAddr::V4(Ipv4Addr::new(tx[16], tx[17], tx[18], tx[19]));
+            let port = if servers.contains(&dst) { NODE_PORT } else { crate::flows::FLOW_PORT };
+            Some((len, SocketAddr::new(dst, port)))
+        }
+        _ => None,
+    }
+}
+
+/// The service probe (`REQ <seq> <vip>`): answered while this host holds the VIP.
+fn probe_answer(world: &Shared, name: &str, pkt: &[u8]) -> Option<String> {
+    let (seq, vip) = std::str::from_utf8(pkt).ok()?.strip_prefix("REQ ")?.split_once(' ')?;
+    let vip: IpAddr = vip.parse().ok()?;
+    world.borrow_mut().host(name).vips.contains(&vip).then(|| format!("RSP {seq}"))
+}
+
+/// What a simulated real server knows of the service.
+#[derive(Clone, Copy, Debug)]
+pub struct NodeSpec {
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    /// NAT: replies go to whoever holds this address (the servers' default gateway).
+    pub gateway: Option<IpAddr>,
+}
+
+/// The software of a real server: its kernel and the TCP responder.
+pub fn node_software(world: Shared, name: String, spec: NodeSpec) -> impl Fn() -> Pin<Box<dyn Future<Output = turmoil::Result>>> {
+    move || {
+        let (world, name) = (world.clone(), name.clone());
+        Box::pin(async move {
+            world.borrow_mut().host_started(&name);
+            tokio::task::spawn_local(crate::kernel::kernel(world.clone(), name.clone()));
+            server(world, name, spec).await?;
+            Ok(())
+        })
+    }
+}
+
+/// Answers every forwarded TCP segment: a SYN with a SYN-ACK, anything else with an ACK
+/// carrying the server's name. With direct routing and tunnels the answer leaves from the
+/// VIP straight to the client; with NAT it leaves from the server's own address towards its
+/// gateway (the primary), whose engine rewrites it back to the VIP.
+async fn server(world: Shared, name: String, spec: NodeSpec) -> io::Result<()> {
+    let sock = SimSocket::bind(&world, &name, NODE_PORT).await?;
+    let mut neigh = crate::client::Neighbours::bind(&world, &name).await?;
+    let clock = SimClock::start();
+    let me = match world.borrow().hosts.get(&name).and_then(|h| h.addr) {
+        Some(IpAddr::V4(a)) => a,
+        _ => return Ok(()),
+    };
+    let mut buf = [0u8; 2048];
+    loop {
+        let (n, _) = sock.recv(&mut buf).await?;
+        let Some((client, port, syn)) = client_of(&buf[..n]) else { continue };
+        let flags = if syn { 0x12 } else { 0x10 };
+        let (pkt, to) = match spec.gateway {
+            Some(gw) => {
+                let Some(owner) = neigh.lookup(&world, &name, clock.ms(), gw).await else { continue };
+                (build::tcp((me, spec.port), (client, port), flags, name.as_bytes()), SocketAddr::new(owner, SERVICE_PORT))
+            }
+            None => (
+                build::tcp((spec.vip, spec.port), (client, port), flags, name.as_bytes()),
+                SocketAddr::new(IpAddr::V4(client), crate::flows::FLOW_PORT),
+            ),
+        };
+        let _ = sock.send(&pkt, to).await;
+    }
+}
+
+/// Source address and port of a forwarded packet (unwrapping IP-in-IP), and whether it is
+/// a SYN.
+fn client_of(pkt: &[u8]) -> Option<(Ipv4Addr, u16, bool)> {
+    let ihl = usize::from(pkt.first()? & 0x0f) * 4;
+    let inner = if *pkt.get(9)? == 4 { pkt.get(ihl..)? } else { pkt };
+    let ihl = usize::from(inner.first()? & 0x0f) * 4;
+    let src = Ipv4Addr::new(*inner.get(12)?, inner[13], inner[14], inner[15]);
+    let port = u16::from_be_bytes([*inner.get(ihl)?, *inner.get(ihl + 1)?]);
+    let flags = *inner.get(ihl + 13)?;
+    Some((src, port, flags & 0x12 == 0x02))
+}

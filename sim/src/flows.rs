@@ -1,0 +1,120 @@
+//! Long-lived client flows: each is a real TCP connection's packets (SYN, then an ACK with a
+//! byte of data every [`SEGMENT_MS`]) sent to the VIP through the client's ARP cache and
+//! forwarded by the primary's engine. The server that answers each flow is recorded; a flow
+//! whose server changes, or that stops being answered, is lost.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use clusterserver::dataplane::wire::build;
+
+use crate::net::{SERVICE_PORT, SimClock, SimSocket};
+use crate::world::Shared;
+
+/// Port on which clients receive their servers' answers.
+pub const FLOW_PORT: u16 = 9100;
+/// Interval between two segments of a flow.
+pub const SEGMENT_MS: u64 = 250;
+const FIRST_PORT: u16 = 40_000;
+const SYN: u8 = 0x02;
+const ACK_PSH: u8 = 0x18;
+
+/// One flow as the client sees it.
+#[derive(Clone, Debug, Default)]
+pub struct FlowRec {
+    pub server: Option<String>,
+    pub last_answer_ms: Option<u64>,
+    /// Set when another server answered than the first.
+    pub moved_at_ms: Option<u64>,
+}
+
+/// Runs `count` flows from this client until the host stops.
+pub async fn run(world: Shared, name: String, vip: IpAddr, count: u16) -> std::io::Result<()> {
+    let sock = SimSocket::bind(&world, &name, FLOW_PORT).await?;
+    let clock = SimClock::start();
+    let me = match world.borrow().hosts.get(&name).and_then(|h| h.addr) {
+        Some(IpAddr::V4(a)) => a,
+        _ => return Ok(()),
+    };
+    let IpAddr::V4(vip4) = vip else { return Ok(()) };
+    let mut next = clock.ms();
+    let mut buf = [0u8; 256];
+    loop {
+        let wait = Duration::from_millis(next.saturating_sub(clock.ms()));
+        tokio::select! {
+            biased;
+            r = sock.recv(&mut buf) => {
+                let (n, _) = r?;
+                on_answer(&world, &name, clock.ms(), &buf[..n]);
+            }
+            _ = tokio::time::sleep(wait) => {
+                next = clock.ms() + SEGMENT_MS;
+                send_round(&world, &name, &sock, me, vip4, count).await;
+            }
+        }
+    }
+}
+
+/// One segment per flow to the VIP's current owner: a SYN until the flow is answered.
+async fn send_round(world: &Shared, name: &str, sock: &SimSocket, me: Ipv4Addr, vip: Ipv4Addr, count: u16) {
+    let (owner, started) = {
+        let mut w = world.borrow_mut();
+        let h = w.host(name);
+        let owner = h.neigh.get(&IpAddr::V4(vip)).map(|n| n.owner);
+        (owner, h.flows.clone())
+    };
+    let Some(owner) = owner else { return };
+    for i in 0..count {
+        let port = FIRST_PORT + i;
+        let answered = started.get(&port).is_some_and(|f| f.server.is_some());
+        let flags = if answered { ACK_PSH } else { SYN };
+        let payload: &[u8] = if answered { b"x" } else { b"" };
+        let pkt = build::tcp((me, port), (vip, 80), flags, payload);
+        let _ = sock.send(&pkt, SocketAddr::new(owner, SERVICE_PORT)).await;
+    }
+}
+
+/// An answer: a TCP segment from the VIP whose payload names the server.
+fn on_answer(world: &Shared, name: &str, now: u64, pkt: &[u8]) {
+    let Some((port, server)) = parse_answer(pkt) else { return };
+    let mut w = world.borrow_mut();
+    let f = w.host(name).flows.entry(port).or_default();
+    f.last_answer_ms = Some(now);
+    match &f.server {
+        None => f.server = Some(server),
+        Some(s) if *s != server && f.moved_at_ms.is_none() => {
+            f.moved_at_ms = Some(now);
+            let first = s.clone();
+            w.log(now, name, format!("flow {port} moved from {first} to {server}"));
+        }
+        Some(_) => {}
+    }
+}
+
+/// (destination port, payload as text) of an IPv4/TCP packet.
+fn parse_answer(pkt: &[u8]) -> Option<(u16, String)> {
+    let ihl = usize::from(pkt.first()? & 0x0f) * 4;
+    let tcp = pkt.get(ihl..)?;
+    let port = u16::from_be_bytes([*tcp.get(2)?, *tcp.get(3)?]);
+    let off = usize::from(tcp.get(12)? >> 4) * 4;
+    let payload = std::str::from_utf8(tcp.get(off..)?).ok()?;
+    (!payload.is_empty()).then(|| (port, payload.to_string()))
+}
+
+/// Flows counted as lost at the end of a run of `end` ms: moved, never answered, or silent
+/// for the last two seconds.
+pub fn lost(flows: &BTreeMap<u16, FlowRec>, expected: u16, end: u64) -> u64 {
+    (0..expected)
+        .filter(|i| {
+            flows.get(&(FIRST_PORT + i)).is_none_or(|f| {
+                f.moved_at_ms.is_some() || f.last_answer_ms.is_none_or(|t| end.saturating_sub(t) > 2_000)
+            })
+        })
+        .count() as u64
+}
+
+/// Lowest port used by flows (for tests).
+pub const fn first_port() -> u16 {
+    FIRST_PORT
+}
