@@ -7,7 +7,9 @@ use core::net::Ipv4Addr;
 use super::{DropReason, Verdict};
 use crate::dataplane::wire::icmp::kind;
 use crate::dataplane::wire::ipv4::{HEADER_LEN, Ipv4Repr};
-use crate::dataplane::wire::{IcmpPacket, Ipv4Packet, TcpPacket, UdpPacket, proto};
+use crate::dataplane::wire::{
+    IcmpPacket, Ipv4Packet, TcpPacket, UdpPacket, be16, checksum, proto, put16,
+};
 
 /// Which endpoint a NAT rewrite changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,13 +32,16 @@ fn copy_in<'a>(ip: &Ipv4Packet<&[u8]>, tx: &'a mut [u8], at: usize) -> Option<&'
 }
 
 /// NAT: copies the packet and rewrites one endpoint (address and port), patching the IP
-/// and transport checksums.
+/// and transport checksums. With `partial`, the transport checksum field holds only the
+/// pseudo-header sum (checksum offload, `NEEDS_CSUM`): the address change is applied to
+/// it and the port change is not (the device sums the ports itself).
 pub(super) fn rewrite(
     ip: &Ipv4Packet<&[u8]>,
     tx: &mut [u8],
     side: Side,
     addr: Ipv4Addr,
     port: u16,
+    partial: bool,
 ) -> Verdict {
     let Some(out) = copy_in(ip, tx, 0) else {
         return Verdict::Drop(DropReason::BufferTooSmall);
@@ -54,6 +59,13 @@ pub(super) fn rewrite(
     let new = addr.octets();
     let l4 = p.protocol();
     let seg = p.payload_mut();
+    if partial {
+        let at = if l4 == proto::TCP { 16 } else { 6 };
+        let c = checksum::update_partial(be16(seg, at), &old, &new);
+        put16(seg, at, c);
+        put16(seg, if side == Side::Src { 0 } else { 2 }, port);
+        return Verdict::Tun { len };
+    }
     match l4 {
         proto::TCP => {
             let mut t = TcpPacket::new_unchecked(seg);
