@@ -73,6 +73,14 @@
 //!
 //! # Active and shadow
 //!
+//! # Failed servers
+//!
+//! A server marked down takes no new connections. With `on_down: keep` its connections
+//! stay; with `on_down: reset` the next packet of one removes the entry: a UDP flow is
+//! rescheduled to a healthy server, a TCP connection gets a RST from the VIP (RFC 9293
+//! reset generation) so the client fails fast instead of hanging, and a SYN reusing the
+//! tuple is scheduled afresh.
+//!
 //! An inactive engine (a backup) forwards nothing (`Inactive`) but applies connection-sync
 //! records to its table; after [`Engine::set_active`]`(true)` those entries are live.
 
@@ -370,6 +378,13 @@ impl Engine {
                     self.remove_slot(slot);
                     match self.new_flow(now, svc, key, fl) {
                         Ok(slot) => slot,
+                        Err(_) if key.proto == proto::TCP && fl & flags::RST == 0 => {
+                            let v = forward::tcp_reset(ip, tx);
+                            if matches!(v, Verdict::Tun { .. }) {
+                                self.stats.resets_sent += 1;
+                            }
+                            return v;
+                        }
                         Err(_) => return Verdict::Drop(DropReason::ServerDown),
                     }
                 } else {

@@ -8,7 +8,7 @@ use super::{DropReason, Verdict};
 use crate::dataplane::wire::icmp::kind;
 use crate::dataplane::wire::ipv4::{HEADER_LEN, Ipv4Repr};
 use crate::dataplane::wire::{
-    IcmpPacket, Ipv4Packet, TcpPacket, UdpPacket, be16, checksum, proto, put16,
+    IcmpPacket, Ipv4Packet, TcpPacket, UdpPacket, be16, checksum, proto, put16, tcp,
 };
 
 /// Which endpoint a NAT rewrite changes.
@@ -160,4 +160,48 @@ pub(super) fn frag_needed(
         dont_frag: false,
     });
     Verdict::Tun { len: total }
+}
+
+/// A TCP RST answering `ip` (a TCP segment), from its destination to its source (RFC 9293
+/// section 3.10.7.1: `<SEQ=SEG.ACK><CTL=RST>` if it had ACK, else
+/// `<SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>`).
+pub(super) fn tcp_reset(ip: &Ipv4Packet<&[u8]>, tx: &mut [u8]) -> Verdict {
+    let Ok(seg) = TcpPacket::new_checked(ip.payload()) else {
+        return Verdict::Drop(DropReason::Truncated);
+    };
+    const TOTAL: usize = HEADER_LEN + 20;
+    let Some(out) = tx.get_mut(..TOTAL) else {
+        return Verdict::Drop(DropReason::BufferTooSmall);
+    };
+    let fl = seg.flags();
+    let (seq, ack, flags) = if fl & tcp::flags::ACK != 0 {
+        (seg.ack_number(), 0, tcp::flags::RST)
+    } else {
+        let data = ip.payload().len().saturating_sub(seg.header_len()) as u32;
+        let ctl = u32::from(fl & tcp::flags::SYN != 0) + u32::from(fl & tcp::flags::FIN != 0);
+        let ack = seg.seq_number().wrapping_add(data).wrapping_add(ctl);
+        (0, ack, tcp::flags::RST | tcp::flags::ACK)
+    };
+    let t = &mut out[HEADER_LEN..];
+    t.fill(0);
+    put16(t, 0, seg.dst_port());
+    put16(t, 2, seg.src_port());
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    t[8..12].copy_from_slice(&ack.to_be_bytes());
+    t[12] = 0x50;
+    t[13] = flags;
+    let (src, dst) = (ip.dst_addr(), ip.src_addr());
+    let acc = checksum::pseudo_header_v4(src.octets(), dst.octets(), proto::TCP, 20);
+    let c = !checksum::fold(checksum::sum(acc, t));
+    put16(t, 16, c);
+    Ipv4Packet::new_unchecked(&mut out[..]).emit_header(&Ipv4Repr {
+        src,
+        dst,
+        protocol: proto::TCP,
+        total_len: TOTAL as u16,
+        ident: 0,
+        ttl: 64,
+        dont_frag: true,
+    });
+    Verdict::Tun { len: TOTAL }
 }

@@ -438,9 +438,25 @@ fn drain_down_and_reset() {
     assert_eq!(addrs(&b).2, S1);
     e.set_server_state(0, 0, 1, false).unwrap(); // S1 down, reset
     let ack = build::tcp((CLIENT, 1), (VIP, 80), ACK, b"");
+    let (v, rst) = run(&mut e, t(1), &ack);
+    assert_eq!(v, Verdict::Tun { len: 40 });
+    assert!(build::checksums_valid(&rst));
+    assert_eq!(addrs(&rst), (VIP, 80, CLIENT, 1));
+    let seg = wire::TcpPacket::new_checked(&rst[20..]).unwrap();
+    assert_eq!(
+        (seg.flags(), seg.seq_number()),
+        (wire::tcp::flags::RST, 0x0a0b_0c0d)
+    );
+    assert_eq!(e.stats().resets_sent, 1);
+    assert_eq!(
+        e.servers(0)[0].active,
+        1,
+        "the other S1 connection waits for its next packet"
+    );
+    // The entry is gone: later segments of that connection have none.
     assert_eq!(
         run(&mut e, t(1), &ack).0,
-        Verdict::Drop(DropReason::ServerDown)
+        Verdict::Drop(DropReason::NoConnection)
     );
     assert_eq!(
         run(&mut e, t(1), &build::tcp((CLIENT, 3), (VIP, 80), SYN, b"")).0,
