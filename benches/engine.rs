@@ -130,3 +130,26 @@ fn nat_miss_schedule(bencher: Bencher) {
         })
         .bench_local_refs(|syn| black_box(e.process(Instant::from_millis(1), syn, &mut tx)));
 }
+
+/// Reference point, not the engine: one dependent random read in a 64 MB array (a pointer
+/// chase), i.e. the cost of a single cache and TLB miss on this machine. A cold table hit
+/// needs two such reads (index bucket, then entry).
+#[divan::bench(sample_count = 100, sample_size = 2000)]
+fn reference_dram_miss(bencher: Bencher) {
+    const N: usize = 16 << 20;
+    let mut next: Vec<u32> = (0..N as u32).collect();
+    // Sattolo's algorithm with a fixed LCG: one cycle through every element.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in (1..N).rev() {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let j = (x >> 33) as usize % i;
+        next.swap(i, j);
+    }
+    let mut at = 0u32;
+    bencher.bench_local(|| {
+        at = next[at as usize];
+        black_box(at)
+    });
+}
