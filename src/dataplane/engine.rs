@@ -24,6 +24,10 @@
 //! incrementally (RFC 1624) so a valid checksum stays valid. Malformed, truncated or unknown
 //! packets are dropped and counted; no input makes `process` panic (fuzzed).
 //!
+//! The TTL is not decremented: NAT and tunnel packets go back to the kernel, which
+//! decrements it when it routes them on; a direct-routed frame crosses one LAN hop like a
+//! bridge's. A packet arriving with TTL 0 is dropped (`TtlExceeded`).
+//!
 //! # Fragments
 //!
 //! A *first* fragment (offset 0, more-fragments set) carries the transport header: it
