@@ -7,6 +7,10 @@
 //! tiny table (evictions), 5 use `process_offloaded` (partial checksums), 6 mark the server
 //! down (with `on_down: reset`: RSTs and rescheduling). Each packet advances time by a
 //! second.
+//!
+//! `fuzz/seeds/engine/` holds hand-made seeds (valid flows, ICMP errors, fragments in each
+//! mode) that take coverage from ~650 to ~1000 edges in minutes:
+//! `cargo +nightly fuzz run engine fuzz/corpus/engine fuzz/seeds/engine`.
 #![no_main]
 
 use std::net::{IpAddr, Ipv4Addr};
