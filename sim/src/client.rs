@@ -102,7 +102,10 @@ impl Neighbours {
             Resolve::Broadcast => {
                 if now >= self.next_broadcast {
                     self.next_broadcast = now + RETRANS_MS;
-                    let _ = self.arp.send(format!("WHO {ip}").as_bytes(), SocketAddr::new(BROADCAST, ARP_PORT)).await;
+                    let _ = self
+                        .arp
+                        .send(format!("WHO {ip}").as_bytes(), SocketAddr::new(BROADCAST, ARP_PORT))
+                        .await;
                 }
                 None
             }

@@ -14,8 +14,8 @@
 
 use std::future::Future;
 use std::io;
-use std::pin::Pin;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -54,11 +54,13 @@ pub async fn run(world: Shared, name: String, spec: DataplaneSpec, clock: SimClo
     };
     let table = Table { max_connections: SIM_TABLE, ..cfg.table.clone() };
     let seed = world.borrow().seed;
-    let ecfg = EngineConfig { services: cfg.services.clone(), table, local_addr: local, path_mtu: 1500, seed };
+    let ecfg =
+        EngineConfig { services: cfg.services.clone(), table, local_addr: local, path_mtu: 1500, seed };
     let mut engine = Engine::new(&ecfg);
     engine.set_active(false);
     engine.set_sync(cfg.sync.connections);
-    let mut sender = SyncSender::new(&spec.secret, cfg.cluster.id, spec.session, cfg.sync.max_datagrams_per_s);
+    let mut sender =
+        SyncSender::new(&spec.secret, cfg.cluster.id, spec.session, cfg.sync.max_datagrams_per_s);
     let mut receiver = SyncReceiver::new(&spec.secret, cfg.cluster.id);
     let peers: Vec<SocketAddr> = cfg
         .atms
@@ -67,11 +69,14 @@ pub async fn run(world: Shared, name: String, spec: DataplaneSpec, clock: SimClo
         .filter(|(i, _)| *i != spec.me)
         .map(|(_, a)| SocketAddr::new(a.address, cfg.sync_port()))
         .collect();
-    let servers: Vec<IpAddr> = cfg.services.iter().flat_map(|s| s.servers.iter().map(|x| x.address)).collect();
-    let (mut buf, mut sbuf, mut tx, mut out) = ([0u8; 2048], vec![0u8; MAX_DATAGRAM], [0u8; 2048], vec![0u8; MAX_DATAGRAM]);
+    let servers: Vec<IpAddr> =
+        cfg.services.iter().flat_map(|s| s.servers.iter().map(|x| x.address)).collect();
+    let (mut buf, mut sbuf, mut tx, mut out) =
+        ([0u8; 2048], vec![0u8; MAX_DATAGRAM], [0u8; 2048], vec![0u8; MAX_DATAGRAM]);
     loop {
         follow_role(&world, &name, &mut engine);
-        let wait = sender.poll_timeout().map_or(Duration::from_millis(100), |t| t.saturating_since(clock.now()));
+        let wait =
+            sender.poll_timeout().map_or(Duration::from_millis(100), |t| t.saturating_since(clock.now()));
         tokio::select! {
             biased;
             r = svc.recv(&mut buf) => {
@@ -119,7 +124,13 @@ fn follow_role(world: &Shared, name: &str, engine: &mut Engine) {
 
 /// Runs the engine on one packet; returns the bytes' length and where they go: a server's
 /// [`NODE_PORT`], or (a NAT reply) the client's [`crate::flows::FLOW_PORT`].
-fn forward(engine: &mut Engine, clock: SimClock, servers: &[IpAddr], pkt: &[u8], tx: &mut [u8]) -> Option<(usize, SocketAddr)> {
+fn forward(
+    engine: &mut Engine,
+    clock: SimClock,
+    servers: &[IpAddr],
+    pkt: &[u8],
+    tx: &mut [u8],
+) -> Option<(usize, SocketAddr)> {
     match engine.process(clock.now(), pkt, tx) {
         Verdict::L2 { len, next_hop } => Some((len, SocketAddr::new(IpAddr::V4(next_hop), NODE_PORT))),
         Verdict::Tun { len } if len >= 20 => {
@@ -148,7 +159,11 @@ pub struct NodeSpec {
 }
 
 /// The software of a real server: its kernel and the TCP responder.
-pub fn node_software(world: Shared, name: String, spec: NodeSpec) -> impl Fn() -> Pin<Box<dyn Future<Output = turmoil::Result>>> {
+pub fn node_software(
+    world: Shared,
+    name: String,
+    spec: NodeSpec,
+) -> impl Fn() -> Pin<Box<dyn Future<Output = turmoil::Result>>> {
     move || {
         let (world, name) = (world.clone(), name.clone());
         Box::pin(async move {
@@ -180,7 +195,10 @@ async fn server(world: Shared, name: String, spec: NodeSpec) -> io::Result<()> {
         let (pkt, to) = match spec.gateway {
             Some(gw) => {
                 let Some(owner) = neigh.lookup(&world, &name, clock.ms(), gw).await else { continue };
-                (build::tcp((me, spec.port), (client, port), flags, name.as_bytes()), SocketAddr::new(owner, SERVICE_PORT))
+                (
+                    build::tcp((me, spec.port), (client, port), flags, name.as_bytes()),
+                    SocketAddr::new(owner, SERVICE_PORT),
+                )
             }
             None => (
                 build::tcp((spec.vip, spec.port), (client, port), flags, name.as_bytes()),

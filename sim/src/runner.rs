@@ -275,7 +275,8 @@ impl RunState {
         let final_primaries = w.primaries().get(&CLUSTER_ID).cloned().unwrap_or_default();
         self.check_expect(s, &outage_ms, &final_primaries, promotions, w.rejected_total, &w);
         if let Some(max) = s.expect.long_lived_lost.filter(|m| long_lived_lost > *m) {
-            self.violations.push(format!("{long_lived_lost} of {long_lived} long-lived flows lost, at most {max}"));
+            self.violations
+                .push(format!("{long_lived_lost} of {long_lived} long-lived flows lost, at most {max}"));
         }
         if let [p] = final_primaries.as_slice()
             && end.saturating_sub(self.last_change_ms) > 2_000

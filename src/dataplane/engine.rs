@@ -24,6 +24,10 @@
 //! incrementally (RFC 1624) so a valid checksum stays valid. Malformed, truncated or unknown
 //! packets are dropped and counted; no input makes `process` panic (fuzzed).
 //!
+//! The TTL is not decremented: NAT and tunnel packets go back to the kernel, which
+//! decrements it when it routes them on; a direct-routed frame crosses one LAN hop like a
+//! bridge's. A packet arriving with TTL 0 is dropped (`TtlExceeded`).
+//!
 //! # Fragments
 //!
 //! A *first* fragment (offset 0, more-fragments set) carries the transport header: it
@@ -65,12 +69,21 @@
 //! through [`Engine::poll_sync`] (primary) and [`Engine::apply_sync`] (backup), usually
 //! via [`crate::dataplane::sync`].
 //!
-//! `process` assumes complete transport checksums. A shell using vnet-header offloads must
-//! hand it packets whose checksums are complete (or resolve `NEEDS_CSUM` itself): a partial
-//! (pseudo-header) checksum is patched differently. It also hands whole super-packets
-//! (GSO) to the tunnel MTU check, which must then use the segment size, not the total.
+//! `process` assumes complete transport checksums; a shell using vnet-header offloads
+//! passes packets flagged `NEEDS_CSUM` to [`Engine::process_offloaded`] instead, which
+//! patches the partial (pseudo-header) sum. A GSO super-packet in tunnel mode meets the
+//! MTU check with its total length: the shell should segment (or clear GSO) for tunnel
+//! services, since the check cannot see the segment size.
 //!
 //! # Active and shadow
+//!
+//! # Failed servers
+//!
+//! A server marked down takes no new connections. With `on_down: keep` its connections
+//! stay; with `on_down: reset` the next packet of one removes the entry: a UDP flow is
+//! rescheduled to a healthy server, a TCP connection gets a RST from the VIP (RFC 9293
+//! reset generation) so the client fails fast instead of hanging, and a SYN reusing the
+//! tuple is scheduled afresh.
 //!
 //! An inactive engine (a backup) forwards nothing (`Inactive`) but applies connection-sync
 //! records to its table; after [`Engine::set_active`]`(true)` those entries are live.
@@ -143,6 +156,8 @@ pub struct Engine {
     active: bool,
     sync_enabled: bool,
     sync_queue: VecDeque<SyncRecord>,
+    /// The packet being processed carries partial transport checksums (offload).
+    partial_csum: bool,
     /// Next slot of a full resync in progress.
     resync_cursor: Option<u32>,
     stats: EngineStats,
@@ -217,6 +232,7 @@ impl Engine {
             sync_enabled: false,
             sync_queue: VecDeque::with_capacity(SYNC_QUEUE),
             resync_cursor: None,
+            partial_csum: false,
             stats: EngineStats::default(),
         }
     }
@@ -234,6 +250,17 @@ impl Engine {
             Verdict::L2 { .. } => self.stats.direct_routed += 1,
             Verdict::Tun { .. } => {}
         }
+        v
+    }
+
+    /// Like [`Engine::process`] for a packet whose TCP/UDP checksum field holds only the
+    /// pseudo-header sum, to be finished by the device (vnet-header `NEEDS_CSUM` with
+    /// checksum offload): NAT patches that partial sum for the address change and leaves
+    /// the port change to the device. The shell keeps the packet's vnet header.
+    pub fn process_offloaded(&mut self, now: Instant, rx: &[u8], tx: &mut [u8]) -> Verdict {
+        self.partial_csum = true;
+        let v = self.process(now, rx, tx);
+        self.partial_csum = false;
         v
     }
 
@@ -335,6 +362,13 @@ impl Engine {
                     self.remove_slot(slot);
                     match self.new_flow(now, svc, key, fl) {
                         Ok(slot) => slot,
+                        Err(_) if key.proto == proto::TCP && fl & flags::RST == 0 => {
+                            let v = forward::tcp_reset(ip, tx);
+                            if matches!(v, Verdict::Tun { .. }) {
+                                self.stats.resets_sent += 1;
+                            }
+                            return v;
+                        }
                         Err(_) => return Verdict::Drop(DropReason::ServerDown),
                     }
                 } else {
@@ -351,7 +385,8 @@ impl Engine {
         let server = self.svcs[svc].addrs[usize::from(e.server_idx)];
         match self.svcs[svc].forwarding {
             Forwarding::Nat => {
-                let v = forward::rewrite(ip, tx, forward::Side::Dst, server, e.server_port);
+                let v =
+                    forward::rewrite(ip, tx, forward::Side::Dst, server, e.server_port, self.partial_csum);
                 if matches!(v, Verdict::Tun { .. }) {
                     self.stats.nat_to_server += 1;
                 }
@@ -397,7 +432,7 @@ impl Engine {
     ) -> Verdict {
         self.hit(now, slot, fl, false);
         let e = *self.table.get(slot);
-        let v = forward::rewrite(ip, tx, forward::Side::Src, e.vip, e.vip_port);
+        let v = forward::rewrite(ip, tx, forward::Side::Src, e.vip, e.vip_port, self.partial_csum);
         if matches!(v, Verdict::Tun { .. }) {
             self.stats.nat_to_client += 1;
         }

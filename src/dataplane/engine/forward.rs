@@ -7,7 +7,9 @@ use core::net::Ipv4Addr;
 use super::{DropReason, Verdict};
 use crate::dataplane::wire::icmp::kind;
 use crate::dataplane::wire::ipv4::{HEADER_LEN, Ipv4Repr};
-use crate::dataplane::wire::{IcmpPacket, Ipv4Packet, TcpPacket, UdpPacket, proto};
+use crate::dataplane::wire::{
+    IcmpPacket, Ipv4Packet, TcpPacket, UdpPacket, be16, checksum, proto, put16, tcp,
+};
 
 /// Which endpoint a NAT rewrite changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,13 +32,16 @@ fn copy_in<'a>(ip: &Ipv4Packet<&[u8]>, tx: &'a mut [u8], at: usize) -> Option<&'
 }
 
 /// NAT: copies the packet and rewrites one endpoint (address and port), patching the IP
-/// and transport checksums.
+/// and transport checksums. With `partial`, the transport checksum field holds only the
+/// pseudo-header sum (checksum offload, `NEEDS_CSUM`): the address change is applied to
+/// it and the port change is not (the device sums the ports itself).
 pub(super) fn rewrite(
     ip: &Ipv4Packet<&[u8]>,
     tx: &mut [u8],
     side: Side,
     addr: Ipv4Addr,
     port: u16,
+    partial: bool,
 ) -> Verdict {
     let Some(out) = copy_in(ip, tx, 0) else {
         return Verdict::Drop(DropReason::BufferTooSmall);
@@ -54,6 +59,13 @@ pub(super) fn rewrite(
     let new = addr.octets();
     let l4 = p.protocol();
     let seg = p.payload_mut();
+    if partial {
+        let at = if l4 == proto::TCP { 16 } else { 6 };
+        let c = checksum::update_partial(be16(seg, at), &old, &new);
+        put16(seg, at, c);
+        put16(seg, if side == Side::Src { 0 } else { 2 }, port);
+        return Verdict::Tun { len };
+    }
     match l4 {
         proto::TCP => {
             let mut t = TcpPacket::new_unchecked(seg);
@@ -138,4 +150,48 @@ pub(super) fn frag_needed(ip: &Ipv4Packet<&[u8]>, tx: &mut [u8], local: Ipv4Addr
         dont_frag: false,
     });
     Verdict::Tun { len: total }
+}
+
+/// A TCP RST answering `ip` (a TCP segment), from its destination to its source (RFC 9293
+/// section 3.10.7.1: `<SEQ=SEG.ACK><CTL=RST>` if it had ACK, else
+/// `<SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>`).
+pub(super) fn tcp_reset(ip: &Ipv4Packet<&[u8]>, tx: &mut [u8]) -> Verdict {
+    let Ok(seg) = TcpPacket::new_checked(ip.payload()) else {
+        return Verdict::Drop(DropReason::Truncated);
+    };
+    const TOTAL: usize = HEADER_LEN + 20;
+    let Some(out) = tx.get_mut(..TOTAL) else {
+        return Verdict::Drop(DropReason::BufferTooSmall);
+    };
+    let fl = seg.flags();
+    let (seq, ack, flags) = if fl & tcp::flags::ACK != 0 {
+        (seg.ack_number(), 0, tcp::flags::RST)
+    } else {
+        let data = ip.payload().len().saturating_sub(seg.header_len()) as u32;
+        let ctl = u32::from(fl & tcp::flags::SYN != 0) + u32::from(fl & tcp::flags::FIN != 0);
+        let ack = seg.seq_number().wrapping_add(data).wrapping_add(ctl);
+        (0, ack, tcp::flags::RST | tcp::flags::ACK)
+    };
+    let t = &mut out[HEADER_LEN..];
+    t.fill(0);
+    put16(t, 0, seg.dst_port());
+    put16(t, 2, seg.src_port());
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    t[8..12].copy_from_slice(&ack.to_be_bytes());
+    t[12] = 0x50;
+    t[13] = flags;
+    let (src, dst) = (ip.dst_addr(), ip.src_addr());
+    let acc = checksum::pseudo_header_v4(src.octets(), dst.octets(), proto::TCP, 20);
+    let c = !checksum::fold(checksum::sum(acc, t));
+    put16(t, 16, c);
+    Ipv4Packet::new_unchecked(&mut out[..]).emit_header(&Ipv4Repr {
+        src,
+        dst,
+        protocol: proto::TCP,
+        total_len: TOTAL as u16,
+        ident: 0,
+        ttl: 64,
+        dont_frag: true,
+    });
+    Verdict::Tun { len: TOTAL }
 }

@@ -333,7 +333,16 @@ fn drain_down_and_reset() {
     assert_eq!(addrs(&b).2, S1);
     e.set_server_state(0, 0, 1, false).unwrap(); // S1 down, reset
     let ack = build::tcp((CLIENT, 1), (VIP, 80), ACK, b"");
-    assert_eq!(run(&mut e, t(1), &ack).0, Verdict::Drop(DropReason::ServerDown));
+    let (v, rst) = run(&mut e, t(1), &ack);
+    assert_eq!(v, Verdict::Tun { len: 40 });
+    assert!(build::checksums_valid(&rst));
+    assert_eq!(addrs(&rst), (VIP, 80, CLIENT, 1));
+    let seg = wire::TcpPacket::new_checked(&rst[20..]).unwrap();
+    assert_eq!((seg.flags(), seg.seq_number()), (wire::tcp::flags::RST, 0x0a0b_0c0d));
+    assert_eq!(e.stats().resets_sent, 1);
+    assert_eq!(e.servers(0)[0].active, 1, "the other S1 connection waits for its next packet");
+    // The entry is gone: later segments of that connection have none.
+    assert_eq!(run(&mut e, t(1), &ack).0, Verdict::Drop(DropReason::NoConnection));
     assert_eq!(
         run(&mut e, t(1), &build::tcp((CLIENT, 3), (VIP, 80), SYN, b"")).0,
         Verdict::Drop(DropReason::NoServer)
@@ -407,18 +416,18 @@ proptest! {
         };
         let ip = Ipv4Packet::new_checked(&pkt[..]).unwrap();
         let mut tx = vec![0u8; pkt.len()];
-        let v = forward::rewrite(&ip, &mut tx, forward::Side::Dst, server, sport);
+        let v = forward::rewrite(&ip, &mut tx, forward::Side::Dst, server, sport, false);
         prop_assert_eq!(v, Verdict::Tun { len: pkt.len() });
         prop_assert!(build::checksums_valid(&tx));
         let ip2 = Ipv4Packet::new_checked(&tx[..]).unwrap();
         let mut back = vec![0u8; pkt.len()];
-        forward::rewrite(&ip2, &mut back, forward::Side::Dst, VIP, 80);
+        forward::rewrite(&ip2, &mut back, forward::Side::Dst, VIP, 80, false);
         prop_assert_eq!(&back, &pkt);
         // The reply direction too.
         let reply = if tcp { build::tcp((server, sport), (client, cport), fl, &payload) } else { build::udp((server, sport), (client, cport), &payload) };
         let ip3 = Ipv4Packet::new_checked(&reply[..]).unwrap();
         let mut out = vec![0u8; reply.len()];
-        forward::rewrite(&ip3, &mut out, forward::Side::Src, VIP, 80);
+        forward::rewrite(&ip3, &mut out, forward::Side::Src, VIP, 80, false);
         prop_assert!(build::checksums_valid(&out));
     }
 
@@ -466,4 +475,45 @@ fn full_resync_walks_live_entries_once() {
     ports.sort_unstable();
     assert_eq!(ports, vec![1, 2, 3, 4, 5]);
     assert_eq!(e.poll_sync(t(1)), None);
+}
+
+/// Offloaded packets: the partial checksum patched by the engine, then finished as the
+/// device would, verifies.
+#[test]
+fn offloaded_partial_checksums() {
+    let mut e = engine(Forwarding::Nat);
+    let to_partial = |mut p: Vec<u8>, at: usize| {
+        let ip = Ipv4Packet::new_checked(&p[..]).unwrap();
+        let len = ip.payload().len() as u16;
+        let partial = wire::checksum::fold(wire::checksum::pseudo_header_v4(
+            ip.src_bytes(),
+            ip.dst_bytes(),
+            ip.protocol(),
+            len,
+        ));
+        wire::put16(&mut p, 20 + at, partial);
+        p
+    };
+    let finish = |mut p: Vec<u8>, at: usize| {
+        let c = wire::checksum::checksum(&p[20..]);
+        wire::put16(&mut p, 20 + at, c);
+        p
+    };
+    let syn = to_partial(build::tcp((CLIENT, 7), (VIP, 80), SYN, b"hello"), 16);
+    let (v, out) = {
+        let mut tx = vec![0u8; 2048];
+        let v = e.process_offloaded(t(0), &syn, &mut tx);
+        tx.truncate(syn.len());
+        (v, tx)
+    };
+    assert!(matches!(v, Verdict::Tun { .. }));
+    assert_eq!(addrs(&out), (CLIENT, 7, S1, 8080));
+    assert!(build::checksums_valid(&finish(out, 16)));
+    let reply = to_partial(build::udp((S1, 8080), (CLIENT, 9), b"x"), 6);
+    run(&mut e, t(0), &build::udp((CLIENT, 9), (VIP, 80), b"x"));
+    let mut tx = vec![0u8; 2048];
+    e.process_offloaded(t(1), &reply, &mut tx);
+    tx.truncate(reply.len());
+    assert_eq!(addrs(&tx), (VIP, 80, CLIENT, 9));
+    assert!(build::checksums_valid(&finish(tx, 6)));
 }

@@ -119,6 +119,8 @@ pub struct EngineStats {
     pub tunnelled: u64,
     pub icmp_translated: u64,
     pub frag_needed_sent: u64,
+    /// RSTs sent to clients of a failed server (`on_down: reset`).
+    pub resets_sent: u64,
     pub new_connections: u64,
     pub table_len: u64,
     pub table_expired: u64,

@@ -62,6 +62,14 @@ pub fn update_bytes(hc: u16, old: &[u8], new: &[u8]) -> u16 {
     !fold(acc)
 }
 
+/// The *partial* checksum (the folded, uncomplemented pseudo-header sum that a packet with
+/// checksum offload carries until the device finishes it) after pseudo-header bytes went
+/// from `old` to `new`.
+#[inline]
+pub fn update_partial(partial: u16, old: &[u8], new: &[u8]) -> u16 {
+    !update_bytes(!partial, old, new)
+}
+
 /// Like [`update16`] for a UDP checksum, where `0` means "no checksum" and must stay `0`,
 /// and a computed `0` is sent as `0xFFFF` (RFC 768).
 #[inline]
@@ -94,6 +102,19 @@ mod tests {
     }
 
     proptest! {
+        /// Patching a partial (pseudo-header) checksum then finishing it over the segment
+        /// equals the full checksum of the rewritten packet.
+        #[test]
+        fn partial_update_then_finish(
+            seg in proptest::collection::vec(any::<u8>(), 8..64),
+            a in any::<[u8; 4]>(), b in any::<[u8; 4]>(), n in any::<[u8; 4]>(),
+        ) {
+            let len = seg.len() as u16;
+            let partial = fold(pseudo_header_v4(a, b, 6, len));
+            let patched = update_partial(partial, &b, &n);
+            prop_assert_eq!(patched, fold(pseudo_header_v4(a, n, 6, len)));
+        }
+
         /// Changing any word and patching the checksum incrementally equals recomputing it.
         #[test]
         fn incremental_equals_full(
