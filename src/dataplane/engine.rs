@@ -151,7 +151,6 @@ pub struct Engine {
     affinity: affinity::Affinity<Ipv4Addr>,
     local_addr: Ipv4Addr,
     path_mtu: u16,
-    seed: u64,
     ident: u16,
     active: bool,
     sync_enabled: bool,
@@ -226,7 +225,6 @@ impl Engine {
             affinity: affinity::Affinity::new(aff_records, cfg.seed.rotate_left(17)),
             local_addr: cfg.local_addr,
             path_mtu: cfg.path_mtu,
-            seed: cfg.seed,
             ident: cfg.seed as u16,
             active: true,
             sync_enabled: false,
@@ -481,7 +479,7 @@ impl Engine {
         let idx = match sticky {
             Some(i) => i,
             None => {
-                let h = flow_hash(self.seed, key);
+                let h = flow_hash(key);
                 svc.sched
                     .pick(h, IpAddr::V4(key.client), &svc.servers)
                     .filter(|&i| i < svc.servers.len())
@@ -606,11 +604,12 @@ fn l4_ports(p: u8, l4: &[u8]) -> Result<(u16, u16, u8), DropReason> {
     }
 }
 
-/// A seeded hash of a flow for hashing schedulers.
-fn flow_hash(seed: u64, k: &FwdKey<Ipv4Addr>) -> u64 {
+/// The hash of a flow for hashing schedulers. Unseeded on purpose: every ATM must map a flow
+/// to the same Maglev slot (the table index uses its own seeded hash against collisions).
+fn flow_hash(k: &FwdKey<Ipv4Addr>) -> u64 {
     let a = u64::from(k.client.to_bits()) << 32 | u64::from(k.vip.to_bits());
     let b = u64::from(k.client_port) << 24 | u64::from(k.vip_port) << 8 | u64::from(k.proto);
-    let h = (a ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let h = a.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let h = (h.rotate_left(27) ^ b).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
     h ^ (h >> 31)
 }

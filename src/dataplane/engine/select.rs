@@ -1,14 +1,16 @@
 //! The one boundary between the engine and server selection.
 //!
 //! The engine asks a [`Select`] for a server only on a connection miss (a new flow); hits
-//! never consult it. The real schedulers (`rr`, `wrr`, `lc`, `wlc`, `sh`, `mh`) live in
-//! `dataplane::sched` and land separately: integrating them means changing [`build`] (and
-//! possibly forwarding [`Select`] to their trait) in this file only. Until then every kind
-//! maps to [`RoundRobin`] over available servers.
+//! never consult it. [`build`] wraps the scheduler of the configured kind from
+//! [`crate::dataplane::sched`] (`rr`, `wrr`, `lc`, `wlc`, `sh`, `mh`): the adapter mirrors the
+//! engine's server slots into the scheduler's (weight, health, active connections, and a
+//! stable key from the server's address and port, so Maglev tables agree across ATMs) and
+//! rebuilds the scheduler whole when a weight or health changes.
 
 use core::net::IpAddr;
 
 use crate::config::{SchedulerKind, Server};
+use crate::dataplane::sched;
 
 /// What a scheduler sees of a real server. The engine owns these and updates `weight`,
 /// `up` (health, from `Engine::set_server_state`) and `active` (connections in the table).
@@ -46,14 +48,48 @@ pub trait Select: core::fmt::Debug + Send {
     fn update(&mut self, _servers: &[ServerSlot]) {}
 }
 
-/// Builds the selector of a service.
-pub fn build(_kind: SchedulerKind, servers: &[ServerSlot], _seed: u64) -> Box<dyn Select> {
-    let mut rr = RoundRobin::default();
-    rr.update(servers);
-    Box::new(rr)
+/// Builds the selector of a service: the scheduler of `kind` over `servers`.
+pub fn build(kind: SchedulerKind, servers: &[ServerSlot], _seed: u64) -> Box<dyn Select> {
+    let mut s = SchedSelect { kind, slots: Vec::with_capacity(servers.len()), inner: None };
+    s.update(servers);
+    Box::new(s)
 }
 
-/// Plain round robin over available servers (the interim selector).
+/// A [`sched::Scheduler`] behind the engine's [`Select`] boundary.
+#[derive(Debug)]
+pub struct SchedSelect {
+    kind: SchedulerKind,
+    slots: Vec<sched::ServerSlot>,
+    inner: Option<Box<dyn sched::Scheduler>>,
+}
+
+impl Select for SchedSelect {
+    fn pick(&mut self, flow_hash: u64, client: IpAddr, servers: &[ServerSlot]) -> Option<usize> {
+        if servers.len() != self.slots.len() {
+            self.update(servers);
+        }
+        // Only the live fields move between rebuilds; copying them keeps `pick` allocation-free.
+        for (mine, theirs) in self.slots.iter_mut().zip(servers) {
+            mine.active_conns = theirs.active;
+            mine.up = theirs.up;
+            mine.weight = theirs.weight;
+        }
+        self.inner.as_mut()?.pick(flow_hash, client, &self.slots)
+    }
+
+    fn update(&mut self, servers: &[ServerSlot]) {
+        self.slots.clear();
+        self.slots.extend(servers.iter().map(|s| sched::ServerSlot {
+            weight: s.weight,
+            up: s.up,
+            active_conns: s.active,
+            key: sched::server_key("", s.address, s.port),
+        }));
+        self.inner = Some(sched::build(self.kind, &self.slots));
+    }
+}
+
+/// Plain round robin over available servers (kept as the simplest [`Select`]).
 #[derive(Debug, Default)]
 pub struct RoundRobin {
     next: usize,
@@ -82,9 +118,49 @@ mod tests {
     }
 
     #[test]
+    fn every_kind_honours_health_and_drain() {
+        let servers = [slot(true, 1), slot(false, 1), slot(true, 0), slot(true, 5)];
+        let c = IpAddr::from([1, 2, 3, 4]);
+        for kind in [
+            SchedulerKind::Rr,
+            SchedulerKind::Wrr,
+            SchedulerKind::Lc,
+            SchedulerKind::Wlc,
+            SchedulerKind::Sh,
+            SchedulerKind::Mh,
+        ] {
+            let mut s = build(kind, &servers, 0);
+            for h in 0..50u64 {
+                let i = s.pick(h.wrapping_mul(0x9E37_79B9_7F4A_7C15), c, &servers).expect("a server is up");
+                assert!(i == 0 || i == 3, "{kind:?} picked down or drained server {i}");
+            }
+            assert_eq!(s.pick(0, c, &[slot(false, 1)]), None, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn maglev_agrees_across_engines() {
+        let servers: Vec<ServerSlot> = (1..=5u8)
+            .map(|i| ServerSlot {
+                address: IpAddr::from([10, 0, 0, i]),
+                port: 80,
+                weight: 1,
+                up: true,
+                active: 0,
+            })
+            .collect();
+        let (mut a, mut b) = (build(SchedulerKind::Mh, &servers, 1), build(SchedulerKind::Mh, &servers, 2));
+        let c = IpAddr::from([1, 2, 3, 4]);
+        for h in 0..1000u64 {
+            let h = h.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            assert_eq!(a.pick(h, c, &servers), b.pick(h, c, &servers));
+        }
+    }
+
+    #[test]
     fn round_robin_skips_unavailable() {
         let servers = [slot(true, 1), slot(false, 1), slot(true, 0), slot(true, 5)];
-        let mut rr = build(SchedulerKind::Rr, &servers, 0);
+        let mut rr: Box<dyn Select> = Box::new(RoundRobin::default());
         let c = IpAddr::from([1, 2, 3, 4]);
         let picks: Vec<_> = (0..4).map(|_| rr.pick(0, c, &servers).unwrap()).collect();
         assert_eq!(picks, vec![0, 3, 0, 3]);
