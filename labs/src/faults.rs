@@ -1,0 +1,122 @@
+//! Network faults with nftables, inside the lab's host namespaces only.
+//!
+//! Each host gets `table inet csl` with empty regular chains that the hook chains jump to:
+//! `part_in`/`part_out` (partitions), `loss_in` (random loss with `numgen`), `srv_in` (a
+//! real server that stops answering). `heal` flushes the partition chains. The tables go
+//! with their namespaces.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, bail};
+use clustersim::scenario::{LinkSetting, OneWay};
+
+use crate::ns;
+use crate::topology::{Plan, STREAM_PORT};
+
+const BASE: &str = "table inet csl {
+  chain part_in {}
+  chain part_out {}
+  chain loss_in {}
+  chain srv_in {}
+  chain input { type filter hook input priority 0; policy accept; jump part_in; jump loss_in; jump srv_in; }
+  chain forward { type filter hook forward priority 0; policy accept; jump part_in; jump part_out; jump loss_in; }
+  chain output { type filter hook output priority 0; policy accept; jump part_out; }
+}
+";
+
+/// Installs the base table in every host namespace.
+pub fn install(plan: &Plan) -> anyhow::Result<()> {
+    for h in plan.hosts.values() {
+        nft(&h.ns, BASE).with_context(|| format!("nftables base table on {}", h.name))?;
+    }
+    Ok(())
+}
+
+fn nft(nsname: &str, script: &str) -> anyhow::Result<()> {
+    ns::exec_input(nsname, &["nft", "-f", "-"], Some(script)).map(|_| ())
+}
+
+fn addrs(plan: &Plan, hosts: &[String]) -> anyhow::Result<Vec<Ipv4Addr>> {
+    let mut v = Vec::new();
+    for h in hosts {
+        v.extend(plan.host(h)?.ifaces.iter().map(|i| i.addr));
+    }
+    Ok(v)
+}
+
+fn set(a: &[Ipv4Addr]) -> String {
+    let v: Vec<String> = a.iter().map(ToString::to_string).collect();
+    format!("{{ {} }}", v.join(", "))
+}
+
+/// Blocks `from` → `to` (packets from `from`'s hosts to `to`'s hosts are dropped, both at the
+/// sender's output and the receiver's input).
+fn block(plan: &Plan, from: &[String], to: &[String]) -> anyhow::Result<()> {
+    let (fa, ta) = (addrs(plan, from)?, addrs(plan, to)?);
+    for h in from {
+        nft(&plan.host(h)?.ns, &format!("add rule inet csl part_out ip daddr {} drop\n", set(&ta)))?;
+    }
+    for h in to {
+        nft(&plan.host(h)?.ns, &format!("add rule inet csl part_in ip saddr {} drop\n", set(&fa)))?;
+    }
+    Ok(())
+}
+
+/// Groups that cannot reach each other (both ways).
+pub fn partition(plan: &Plan, groups: &[Vec<String>]) -> anyhow::Result<()> {
+    for (i, a) in groups.iter().enumerate() {
+        for b in &groups[i + 1..] {
+            block(plan, a, b)?;
+            block(plan, b, a)?;
+        }
+    }
+    Ok(())
+}
+
+pub fn partition_oneway(plan: &Plan, o: &OneWay) -> anyhow::Result<()> {
+    block(plan, &o.from, &o.to)
+}
+
+/// Removes every partition rule.
+pub fn heal(plan: &Plan) -> anyhow::Result<()> {
+    for h in plan.hosts.values() {
+        nft(&h.ns, "flush chain inet csl part_in\nflush chain inet csl part_out\n")?;
+    }
+    Ok(())
+}
+
+/// Random loss on input: on every host, or between two hosts (each drops that share of what
+/// it receives from the other). 0 % clears.
+pub fn loss(plan: &Plan, l: &LinkSetting) -> anyhow::Result<()> {
+    let pct = l.percent.round().clamp(0.0, 100.0) as u32;
+    let rule = |src: Option<&[Ipv4Addr]>| {
+        let m = src.map(|a| format!("ip saddr {} ", set(a))).unwrap_or_default();
+        if pct == 0 { String::new() } else { format!("add rule inet csl loss_in {m}numgen random mod 100 < {pct} drop\n") }
+    };
+    match l.between.as_slice() {
+        [] => {
+            for h in plan.hosts.values() {
+                nft(&h.ns, &format!("flush chain inet csl loss_in\n{}", rule(None)))?;
+            }
+        }
+        [a, b] => {
+            for (x, y) in [(a, b), (b, a)] {
+                let src = addrs(plan, std::slice::from_ref(y))?;
+                nft(&plan.host(x)?.ns, &rule(Some(&src)))?;
+            }
+        }
+        _ => bail!("loss.between: expected two hosts or none"),
+    }
+    Ok(())
+}
+
+/// A real server stops (`down`) or resumes answering: its service ports drop input.
+pub fn server(plan: &Plan, host: &str, down: bool) -> anyhow::Result<()> {
+    let h = plan.host(host)?;
+    let script = if down {
+        format!("add rule inet csl srv_in tcp dport {{ 80, {STREAM_PORT} }} drop\n")
+    } else {
+        "flush chain inet csl srv_in\n".to_string()
+    };
+    nft(&h.ns, &script)
+}

@@ -1,0 +1,158 @@
+//! The lab guard: owns the namespaces and processes of one run and removes them all on drop
+//! (normal exit, error, panic) and on Ctrl-C / SIGTERM ([`install_signal_handler`] sets a
+//! flag that the runner polls; it returns an error, and unwinding drops the guard).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::ns;
+use crate::topology::{self, Plan};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Ctrl-C and SIGTERM set a flag instead of killing the process, so cleanup runs.
+pub fn install_signal_handler() {
+    let _ = ctrlc::set_handler(|| {
+        eprintln!("clusterlab: interrupted, cleaning up");
+        INTERRUPTED.store(true, Ordering::SeqCst);
+    });
+}
+
+/// Fails once Ctrl-C or SIGTERM was received.
+pub fn check_interrupted() -> anyhow::Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// One process the lab started, inside a lab namespace.
+#[derive(Debug)]
+pub struct Proc {
+    pub child: Child,
+    pub host: String,
+    pub log: PathBuf,
+}
+
+/// Namespaces and processes of one run; everything removed on drop.
+#[derive(Debug)]
+pub struct Lab {
+    pub plan: Plan,
+    pub dir: PathBuf,
+    namespaces: Vec<String>,
+    /// Keyed by a label like `atm1/daemon`.
+    procs: BTreeMap<String, Proc>,
+    /// Processes stopped or crashed on purpose, kept to be reaped.
+    dead: Vec<Child>,
+}
+
+impl Lab {
+    /// Removes stale lab namespaces, then builds `plan`'s topology.
+    pub fn up(plan: Plan, dir: &Path) -> anyhow::Result<Lab> {
+        let stale = ns::remove_stale();
+        if !stale.is_empty() {
+            eprintln!("clusterlab: removed stale namespaces of finished runs: {}", stale.join(" "));
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut lab =
+            Lab { plan, dir: dir.to_path_buf(), namespaces: Vec::new(), procs: BTreeMap::new(), dead: Vec::new() };
+        let plan = lab.plan.clone();
+        topology::build(&plan, &mut lab.namespaces)?;
+        Ok(lab)
+    }
+
+    /// Starts `program args` inside `host`'s namespace as `label`, output to `DIR/label.log`.
+    pub fn spawn(&mut self, label: &str, host: &str, program: &Path, args: &[String]) -> anyhow::Result<u32> {
+        check_interrupted()?;
+        let nsname = self.plan.host(host)?.ns.clone();
+        let log = self.dir.join(format!("{}.log", label.replace('/', "-")));
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &nsname])
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {} in {nsname}", program.display()))?;
+        let pid = child.id();
+        if let Some(old) = self.procs.insert(label.into(), Proc { child, host: host.into(), log }) {
+            self.dead.push(old.child);
+        }
+        Ok(pid)
+    }
+
+    pub fn pid(&self, label: &str) -> anyhow::Result<u32> {
+        self.procs.get(label).map(|p| p.child.id()).with_context(|| format!("no process {label}"))
+    }
+
+    pub fn log_of(&self, label: &str) -> Option<&Path> {
+        self.procs.get(label).map(|p| p.log.as_path())
+    }
+
+    /// Sends `sig` to the process `label` (only processes this lab started, by PID).
+    pub fn signal(&mut self, label: &str, sig: Signal) -> anyhow::Result<()> {
+        let pid = self.pid(label)?;
+        kill(Pid::from_raw(pid as i32), sig).with_context(|| format!("{sig} to {label} ({pid})"))
+    }
+
+    /// Whether `label` has exited (and its status).
+    pub fn exited(&mut self, label: &str) -> Option<std::process::ExitStatus> {
+        self.procs.get_mut(label).and_then(|p| p.child.try_wait().ok().flatten())
+    }
+
+    /// Waits up to `ms` for `label` to exit; kills it after.
+    pub fn wait_or_kill(&mut self, label: &str, ms: u64) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        let steps = ms / 10;
+        for _ in 0..steps {
+            if let Some(st) = self.exited(label) {
+                return Ok(Some(st));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if let Some(p) = self.procs.get_mut(label) {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+        Ok(None)
+    }
+
+    /// Namespaces created so far.
+    pub fn namespaces(&self) -> &[String] {
+        &self.namespaces
+    }
+
+    /// Kills every process, deletes every namespace. Idempotent.
+    pub fn teardown(&mut self) {
+        for (_, p) in std::mem::take(&mut self.procs) {
+            let mut c = p.child;
+            // A stopped process must be woken to die promptly of SIGKILL? SIGKILL works on
+            // stopped processes; SIGCONT anyway so nothing lingers in T state.
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGCONT);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for mut c in std::mem::take(&mut self.dead) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for name in std::mem::take(&mut self.namespaces).iter().rev() {
+            if let Err(e) = ns::delete(name) {
+                eprintln!("clusterlab: cleanup: {e:#}");
+            }
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}

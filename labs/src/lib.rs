@@ -1,0 +1,23 @@
+//! # clusterlab: the namespace labs
+//!
+//! Runs a scenario of the simulator's format (`clustersim::scenario`) on real Linux network
+//! namespaces: the topology is built with netlink ([`topology`], [`ns`]), the real
+//! `clusterserverd` runs in the ATM namespaces, nginx and the lab's stream server on the real
+//! servers, the lab's own load generator on the clients ([`traffic`]); faults are real
+//! (signals, links, nftables: [`faults`], [`rogue`]), and the figures are measured from the
+//! kernel and the clients ([`measure`]) into the simulator's outcome shape ([`report`]).
+//!
+//! Lab safety (SPEC.md): everything lives in `csl-lab<pid>x<n>-*` namespaces, owned by a
+//! [`lab::Lab`] guard that kills its processes (by PID) and deletes its namespaces on drop,
+//! error, panic and Ctrl-C; stale namespaces of finished runs are removed at start.
+#![allow(clippy::disallowed_methods)] // reason: a real lab waits on and timestamps with the wall clock
+
+pub mod faults;
+pub mod lab;
+pub mod measure;
+pub mod ns;
+pub mod report;
+pub mod rogue;
+pub mod runner;
+pub mod topology;
+pub mod traffic;

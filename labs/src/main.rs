@@ -1,0 +1,137 @@
+//! `clusterlab run SCENARIO [--out DIR]` | `clusterlab compare SCENARIO [--seed N] [--out DIR]`
+//!
+//! Helpers run inside lab namespaces by the runner: `stream-server`, `load`, `forge`.
+#![allow(clippy::disallowed_methods)] // reason: the lab's helpers use the wall clock
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clusterlab::{lab, report, rogue, runner, traffic};
+use clustersim::scenario::Scenario;
+
+const USAGE: &str = "usage: clusterlab run SCENARIO [--out DIR]
+       clusterlab compare SCENARIO [--seed N] [--out DIR]
+SCENARIO is a path or a name in sim/scenarios/ (e.g. primary-crash). Needs root.";
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("clusterlab: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn resolve(arg: &str) -> PathBuf {
+    let p = PathBuf::from(arg);
+    if p.exists() {
+        p
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../sim/scenarios").join(format!("{arg}.json5"))
+    }
+}
+
+fn real_main() -> anyhow::Result<bool> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| args.get(i).cloned().with_context(|| USAGE.to_string());
+    match args.first().map(String::as_str) {
+        Some("run") | Some("compare") => scenario_cmd(&args),
+        Some("stream-server") => {
+            traffic::stream_server(arg(1)?.parse()?, &arg(2)?, arg(3)?.parse()?)?;
+            Ok(true)
+        }
+        Some("load") => {
+            let spec = traffic::LoadSpec {
+                vip: arg(1)?.parse()?,
+                stream: arg(2)?.parse()?,
+                rate: arg(3)?.parse()?,
+                duration_ms: arg(4)?.parse::<u64>()?.min(600_000),
+                flows: arg(5)?.parse::<u32>()?.min(256),
+                out: PathBuf::from(arg(6)?),
+            };
+            traffic::load(&spec)?;
+            Ok(true)
+        }
+        Some("forge") => {
+            let spec = rogue::ForgeSpec {
+                kind: arg(1)?,
+                count: arg(2)?.parse::<u32>()?.min(10_000),
+                interval_ms: arg(3)?.parse()?,
+                cluster_id: arg(4)?.parse()?,
+                port: arg(5)?.parse()?,
+                targets: args[6..].iter().map(|t| t.parse()).collect::<Result<_, _>>()?,
+            };
+            rogue::forge(&spec)?;
+            Ok(true)
+        }
+        _ => bail!("{USAGE}"),
+    }
+}
+
+fn scenario_cmd(args: &[String]) -> anyhow::Result<bool> {
+    let compare = args[0] == "compare";
+    let mut it = args[1..].iter();
+    let path = resolve(it.next().context(USAGE)?);
+    let (mut seed, mut out) = (1u64, None);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--seed" => seed = it.next().context("--seed N")?.parse()?,
+            "--out" => out = Some(PathBuf::from(it.next().context("--out DIR")?)),
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    let s = Scenario::from_file(&path)?;
+    let dir = out.unwrap_or_else(|| PathBuf::from(format!("target/clusterlab/{}", s.name)));
+    lab::install_signal_handler();
+    let sim = if compare { Some(clustersim::runner::run(&s, seed)?) } else { None };
+    let lo = match runner::run(&s, &dir) {
+        Ok(lo) => lo,
+        Err(e) if compare => {
+            let sim = sim.as_ref().context("sim")?;
+            println!("{}", compare_table(&s, sim, None));
+            println!("lab: FAILED: {e:#}");
+            return Ok(false);
+        }
+        Err(e) => return Err(e),
+    };
+    report::write(&lo)?;
+    match &sim {
+        Some(sim) => println!("{}", compare_table(&s, sim, Some(&lo.outcome))),
+        None => {
+            println!("# {} on namespaces ({})", s.name, dir.display());
+            print!("{}", report::summary(&lo));
+        }
+    }
+    println!("report: {}  chart: {}", dir.join("report.json").display(), dir.join("chart.svg").display());
+    let sim_ok = sim.as_ref().is_none_or(|o| o.passed());
+    Ok(lo.outcome.passed() && sim_ok)
+}
+
+fn compare_table(s: &Scenario, sim: &clustersim::runner::Outcome, lab: Option<&clustersim::runner::Outcome>) -> String {
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+    let both = |f: &dyn Fn(&clustersim::runner::Outcome) -> String| (f(sim), lab.map_or("-".into(), f));
+    let mut push = |k: &str, (a, b): (String, String)| rows.push((k.into(), a, b));
+    let clients: Vec<String> = sim.outage_ms.keys().cloned().collect();
+    for c in &clients {
+        push(&format!("outage {c} (ms)"), both(&|o| o.outage_ms.get(c).map_or("-".into(), u64::to_string)));
+    }
+    for c in &clients {
+        push(&format!("arp owner {c}"), both(&|o| o.arp_owner.get(c).cloned().unwrap_or("-".into())));
+    }
+    push("primaries over time", both(&|o| o.primaries.iter().map(|(t, p)| format!("{t}:{p}")).collect::<Vec<_>>().join(" ")));
+    push("final primary", both(&|o| o.primaries.last().map_or("-".into(), |p| p.1.clone())));
+    push("promotions", both(&|o| o.promotions.to_string()));
+    push("long-lived lost", both(&|o| format!("{}/{}", o.long_lived_lost, o.long_lived)));
+    push("heartbeats rejected", (sim.rejected.to_string(), lab.map_or("-".into(), |_| "n/a".into())));
+    push("expectations", both(&|o| if o.passed() { "pass".into() } else { format!("FAIL: {}", o.violations.join("; ")) }));
+    let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(10);
+    let mut t = format!("# {}: simulator (seed {}) vs lab\n{:w0$}  {:w1$}  lab\n", s.name, sim.seed, "figure", "simulator");
+    for (k, a, b) in rows {
+        t += &format!("{k:w0$}  {a:w1$}  {b}\n");
+    }
+    t
+}

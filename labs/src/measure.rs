@@ -1,0 +1,260 @@
+//! Measurements: pollers of kernel state inside namespaces (each client's neighbour entry for
+//! the VIP, which ATM holds the VIP address), the client's per-request CSV, and the ARP
+//! packets of a tcpdump capture.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
+
+use crate::ns;
+use crate::traffic::unix_ms;
+
+const POLL_MS: u64 = 50;
+const MAX_SAMPLES: usize = 100_000;
+
+/// What a poller reads.
+#[derive(Clone, Copy, Debug)]
+pub enum Probe {
+    /// The MAC of the VIP in the namespace's neighbour table.
+    NeighbourMac(Ipv4Addr),
+    /// Whether the namespace has the address.
+    HasAddress(Ipv4Addr),
+}
+
+/// A thread polling one namespace; its changes are `(unix ms, value)`.
+#[derive(Debug)]
+pub struct Poller {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<anyhow::Result<Vec<(u64, String)>>>>,
+}
+
+impl Poller {
+    pub fn start(nsname: &str, probe: Probe) -> Poller {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, n) = (stop.clone(), nsname.to_string());
+        let thread = std::thread::spawn(move || {
+            ns::netlink_in(&n, move |handle| async move {
+                let mut changes: Vec<(u64, String)> = Vec::new();
+                while !s.load(Ordering::Relaxed) && changes.len() < MAX_SAMPLES {
+                    let v = match probe {
+                        Probe::NeighbourMac(ip) => neighbour(&handle, ip).await?,
+                        Probe::HasAddress(ip) => has_address(&handle, ip).await?.to_string(),
+                    };
+                    if changes.last().is_none_or(|(_, last)| *last != v) {
+                        changes.push((unix_ms(), v));
+                    }
+                    tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+                }
+                Ok(changes)
+            })
+        });
+        Poller { stop, thread: Some(thread) }
+    }
+
+    pub fn finish(mut self) -> anyhow::Result<Vec<(u64, String)>> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(r)) => r,
+            _ => anyhow::bail!("poller thread panicked"),
+        }
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+pub fn mac_text(m: &[u8]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+async fn neighbour(handle: &rtnetlink::Handle, ip: Ipv4Addr) -> anyhow::Result<String> {
+    let mut list = handle.neighbours().get().execute();
+    while let Some(n) = list.try_next().await? {
+        if matches!(n.header.state, NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None) {
+            continue;
+        }
+        let (mut dst, mut mac) = (None, None);
+        for a in &n.attributes {
+            match a {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => dst = Some(*d),
+                NeighbourAttribute::LinkLayerAddress(m) => mac = Some(mac_text(m)),
+                _ => {}
+            }
+        }
+        if dst == Some(ip)
+            && let Some(m) = mac
+        {
+            return Ok(m);
+        }
+    }
+    Ok("none".into())
+}
+
+async fn has_address(handle: &rtnetlink::Handle, ip: Ipv4Addr) -> anyhow::Result<bool> {
+    let mut list = handle.address().get().execute();
+    while let Some(a) = list.try_next().await? {
+        for attr in &a.attributes {
+            if let AddressAttribute::Address(IpAddr::V4(x)) | AddressAttribute::Local(IpAddr::V4(x)) = attr
+                && *x == ip
+            {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// One client's results.
+#[derive(Debug, Default, Clone)]
+pub struct ClientResult {
+    pub start_ms: u64,
+    pub end_ms: u64,
+    /// (start, end, ok, server or error) in unix ms.
+    pub requests: Vec<(u64, u64, bool, String)>,
+    pub flows: u64,
+    pub flows_lost: u64,
+    pub flow_notes: Vec<String>,
+}
+
+impl ClientResult {
+    pub fn parse(text: &str) -> ClientResult {
+        let mut r = ClientResult::default();
+        for line in text.lines() {
+            let f: Vec<&str> = line.split(',').collect();
+            let num = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+            match f.first() {
+                Some(&"start") => (r.start_ms, r.end_ms) = (num(1), num(2)),
+                Some(&"req") => r.requests.push((num(1), num(2), num(3) == 1, f.get(4).unwrap_or(&"").to_string())),
+                Some(&"flow") => {
+                    r.flows += 1;
+                    if num(5) == 1 {
+                        r.flows_lost += 1;
+                        r.flow_notes.push(format!(
+                            "flow {}: servers {:?}, {} replies, {}",
+                            f.get(1).unwrap_or(&"?"),
+                            f.get(6).unwrap_or(&""),
+                            num(4),
+                            f.get(7).unwrap_or(&"")
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        r
+    }
+
+    /// Longest client-observed outage, like the simulator: the longest gap between answered
+    /// requests (by completion time), the end of the run included, less one probe interval.
+    pub fn outage_ms(&self, rate: u32) -> u64 {
+        let probe = 1000 / u64::from(rate.max(1));
+        let mut ok: Vec<u64> = self.requests.iter().filter(|r| r.2).map(|r| r.1).collect();
+        ok.sort_unstable();
+        let Some(&last) = ok.last() else { return self.end_ms.saturating_sub(self.start_ms) };
+        let first = ok[0];
+        let gap = ok.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+        gap.max(self.end_ms.saturating_sub(last)).max(first.saturating_sub(self.start_ms)).saturating_sub(probe)
+    }
+
+    /// Answered requests per 100 ms from `t0` for `buckets` buckets.
+    pub fn series(&self, t0: u64, buckets: usize) -> Vec<u32> {
+        let mut v = vec![0u32; buckets];
+        for r in self.requests.iter().filter(|r| r.2) {
+            let b = (r.1.saturating_sub(t0) / 100) as usize;
+            if let Some(x) = v.get_mut(b) {
+                *x += 1;
+            }
+        }
+        v
+    }
+
+    /// Requests answered by each server.
+    pub fn by_server(&self) -> BTreeMap<String, u64> {
+        let mut m = BTreeMap::new();
+        for r in self.requests.iter().filter(|r| r.2) {
+            *m.entry(r.3.clone()).or_insert(0) += 1;
+        }
+        m
+    }
+}
+
+/// ARP packets about `ip` (as sender) in a pcap file: (unix ms, sender MAC, gratuitous).
+pub fn pcap_arp(bytes: &[u8], ip: Ipv4Addr) -> anyhow::Result<Vec<(u64, String, bool)>> {
+    anyhow::ensure!(bytes.len() >= 24, "pcap: short file");
+    let magic = u32::from_le_bytes(bytes[0..4].try_into()?);
+    let (le, nanos) = match magic {
+        0xa1b2c3d4 => (true, false),
+        0xa1b23c4d => (true, true),
+        0xd4c3b2a1 => (false, false),
+        0x4d3cb2a1 => (false, true),
+        m => anyhow::bail!("pcap: bad magic {m:#x}"),
+    };
+    let u32at = |b: &[u8], o: usize| {
+        let a: [u8; 4] = b[o..o + 4].try_into().unwrap_or([0; 4]);
+        if le { u32::from_le_bytes(a) } else { u32::from_be_bytes(a) }
+    };
+    let linktype = u32at(bytes, 20);
+    anyhow::ensure!(linktype == 1, "pcap: link type {linktype}, expected Ethernet");
+    let mut out = Vec::new();
+    let mut off = 24;
+    while off + 16 <= bytes.len() {
+        let (sec, frac, caplen) = (u32at(bytes, off), u32at(bytes, off + 4), u32at(bytes, off + 8) as usize);
+        let data = &bytes[off + 16..(off + 16 + caplen).min(bytes.len())];
+        off += 16 + caplen;
+        let ms = u64::from(sec) * 1000 + u64::from(frac) / if nanos { 1_000_000 } else { 1000 };
+        // Ethernet (14) + ARP (28): ethertype 0x0806, IPv4 over Ethernet.
+        if data.len() < 42 || data[12..14] != [0x08, 0x06] {
+            continue;
+        }
+        let arp = &data[14..];
+        let sender_ip = Ipv4Addr::new(arp[14], arp[15], arp[16], arp[17]);
+        let target_ip = Ipv4Addr::new(arp[24], arp[25], arp[26], arp[27]);
+        if sender_ip == ip {
+            out.push((ms, mac_text(&arp[8..14]), target_ip == ip));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outage_is_the_longest_gap_less_one_probe() {
+        let text = "start,1000,3000\nreq,1000,1010,1,node1\nreq,1005,1015,1,node1\nreq,1100,1500,0,timed out\nreq,1600,1610,1,node2\nreq,2990,2995,1,node2\nflow,0,1000,2990,10,0,node1,\nflow,1,1000,1500,5,1,node1,closed\n";
+        let r = ClientResult::parse(text);
+        assert_eq!(r.requests.len(), 4);
+        assert_eq!((r.flows, r.flows_lost), (2, 1));
+        // gaps: 5, 595, 1385 -> 1385 - 5 (200/s)
+        assert_eq!(r.outage_ms(200), 1380);
+        assert_eq!(r.series(1000, 20)[0], 2);
+    }
+
+    #[test]
+    fn pcap_arp_finds_gratuitous_announcements() {
+        let mut f = Vec::new();
+        f.extend(0xa1b2c3d4u32.to_le_bytes());
+        f.extend([2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 1, 0, 0, 0]);
+        let mut frame = vec![0xff; 6];
+        frame.extend([2, 0, 0, 0, 0, 1, 0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 2]);
+        frame.extend([2, 0, 0, 0, 0, 1, 10, 0, 0, 99, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 10, 0, 0, 99]);
+        f.extend(5u32.to_le_bytes());
+        f.extend(250_000u32.to_le_bytes());
+        f.extend((frame.len() as u32).to_le_bytes());
+        f.extend((frame.len() as u32).to_le_bytes());
+        f.extend(&frame);
+        let v = pcap_arp(&f, Ipv4Addr::new(10, 0, 0, 99)).expect("parses");
+        assert_eq!(v, vec![(5250, "02:00:00:00:00:01".to_string(), true)]);
+    }
+}

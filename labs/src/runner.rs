@@ -1,0 +1,417 @@
+//! One scenario on real namespaces: topology, config files, backends, the real daemons,
+//! load, faults on time, measurements, expectations.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clusterserver::config::{Config, Protocol, Security, Service};
+use clustersim::runner::Outcome;
+use clustersim::scenario::{Scenario, Step};
+use clustersim::topology::{CLUSTER_ID, OTHER_CLUSTER_ID, cluster_config};
+use nix::sys::signal::Signal;
+
+use crate::faults;
+use crate::lab::{Lab, check_interrupted};
+use crate::measure::{ClientResult, Poller, Probe, pcap_arp};
+use crate::ns;
+use crate::topology::{self, OTHER_VIP, Plan, Role, STREAM_PORT, VIP};
+use crate::traffic::unix_ms;
+
+/// Default load when the scenario sets none: requests per second per client.
+const DEFAULT_RATE: u32 = 100;
+/// Rate cap on this 2-core machine (the load shares it with the daemons).
+const RATE_CAP: u32 = 200;
+
+/// Steps the lab performs; anything else fails the scenario before it starts.
+pub const SUPPORTED: &[&str] = &[
+    "crash",
+    "restart",
+    "freeze",
+    "thaw",
+    "stop",
+    "partition",
+    "partition_oneway",
+    "heal",
+    "loss",
+    "link_down",
+    "link_up",
+    "forge",
+    "server_down",
+    "server_up",
+];
+
+/// The lab's figures: the simulator's [`Outcome`] plus what only a real run shows.
+#[derive(Debug)]
+pub struct LabOutcome {
+    pub outcome: Outcome,
+    /// ARP owner changes per client: (ms, owner) from the neighbour table.
+    pub arp_changes: BTreeMap<String, Vec<(u64, String)>>,
+    /// ARP packets sent for the VIP, per client capture: (ms, owner, gratuitous).
+    pub arp_packets: BTreeMap<String, Vec<(u64, String, bool)>>,
+    pub by_server: BTreeMap<String, BTreeMap<String, u64>>,
+    pub flow_notes: Vec<String>,
+    pub requests: u64,
+    pub dir: PathBuf,
+}
+
+/// Steps of `s` the lab cannot perform, described.
+pub fn unsupported(s: &Scenario) -> Vec<String> {
+    let mut v = Vec::new();
+    for st in &s.steps {
+        let k = st.kind().unwrap_or("?");
+        if !SUPPORTED.contains(&k) {
+            let why = match k {
+                "latency" => "this kernel has no netem and the lab has no user-space delay",
+                "miss_garp" => "not implemented (would need an ARP-family nftables rule with a packet quota)",
+                "promote" | "demote" => "needs the daemon's admin channel (cmc), not wired into the lab yet",
+                _ => "unknown step",
+            };
+            v.push(format!("the lab cannot perform `{k}` at {} ms: {why}", st.at_ms));
+        }
+    }
+    v
+}
+
+/// Where `clusterserverd` is: `$CLUSTERSERVERD`, or next to this executable (cargo's target
+/// directory; `cargo build --bin clusterserverd` puts it there).
+pub fn daemon_path() -> anyhow::Result<PathBuf> {
+    if let Ok(p) = std::env::var("CLUSTERSERVERD") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().context("exe dir")?.to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let p = dir.join("clusterserverd");
+    if !p.exists() {
+        bail!(
+            "clusterserverd not found at {} (build it: cargo build --bin clusterserverd, or set CLUSTERSERVERD)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// Checks root and the system tools.
+pub fn preflight() -> anyhow::Result<()> {
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("the labs need root (network namespaces); run the simulator instead: cargo run -p clustersim -- run SCENARIO");
+    }
+    for tool in ["ip", "nft", "nginx", "tcpdump"] {
+        let found = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"].iter().any(|d| Path::new(d).join(tool).exists());
+        if !found {
+            bail!("{tool} is missing: run scripts/install-deps as root");
+        }
+    }
+    Ok(())
+}
+
+/// The cluster config of the lab, generated like the simulator's, plus the stream service.
+pub fn lab_config(s: &Scenario, plan: &Plan, dir: &Path, other: bool) -> anyhow::Result<Config> {
+    let pick = |r: Role| -> Vec<(String, IpAddr)> {
+        plan.of_role(r).iter().map(|h| (h.name.clone(), IpAddr::V4(h.addr()))).collect()
+    };
+    let reach: Vec<IpAddr> = pick(Role::Router).into_iter().map(|(_, a)| a).collect();
+    let (id, atms, vip, nodes) = if other {
+        (OTHER_CLUSTER_ID, pick(Role::Other), IpAddr::V4(OTHER_VIP), Vec::new())
+    } else {
+        (CLUSTER_ID, pick(Role::Atm), IpAddr::V4(VIP), pick(Role::Node))
+    };
+    let mut cfg = cluster_config(s, id, &atms, reach, vip, &nodes);
+    if other {
+        cfg.services[0].servers = pick(Role::Node)
+            .into_iter()
+            .map(|(n, a)| clusterserver::config::Server { name: n, address: a, port: 80, weight: 100 })
+            .collect();
+    }
+    cfg.cluster.name = format!("lab{id}");
+    let secret = dir.join(format!("secret{id}"));
+    let token = dir.join(format!("admin{id}.token"));
+    for (f, text) in [(&secret, format!("lab cluster {id} secret {}", plan.run_id)), (&token, format!("token-{}", plan.run_id))] {
+        std::fs::write(f, text)?;
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600))?;
+    }
+    cfg.cluster.secret_file = secret;
+    cfg.security = Security { token_file: Some(token), ..Security::default() };
+    let svc = &cfg.services[0];
+    let stream = Service {
+        name: "stream".into(),
+        port: STREAM_PORT,
+        protocol: Protocol::Tcp,
+        servers: svc.servers.iter().map(|x| clusterserver::config::Server { port: STREAM_PORT, ..x.clone() }).collect(),
+        ..svc.clone()
+    };
+    cfg.services.push(stream);
+    Ok(cfg)
+}
+
+/// Writes `cfg` as JSON (valid JSON5) and validates it with the daemon's own loader.
+pub fn write_config(cfg: &Config, path: &Path) -> anyhow::Result<()> {
+    let mut v = serde_json::to_value(cfg)?;
+    strip_nulls(&mut v);
+    std::fs::write(path, serde_json::to_string_pretty(&v)?)?;
+    clusterserver::config::load_file(path).map_err(|e| anyhow::anyhow!("generated config is invalid:\n{e}"))?;
+    Ok(())
+}
+
+fn strip_nulls(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.retain(|_, x| !x.is_null());
+            m.values_mut().for_each(strip_nulls);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
+fn nginx_conf(dir: &Path, name: &str) -> String {
+    let d = dir.display();
+    format!(
+        "daemon off;\nworker_processes 1;\npid {d}/{name}-nginx.pid;\nerror_log {d}/{name}-nginx-error.log;\n\
+         events {{ worker_connections 1024; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/{name}-tmp;\n\
+           proxy_temp_path {d}/{name}-tmp;\n  fastcgi_temp_path {d}/{name}-tmp;\n  uwsgi_temp_path {d}/{name}-tmp;\n\
+           scgi_temp_path {d}/{name}-tmp;\n  server {{\n    listen 80;\n    location / {{ default_type text/plain; return 200 \"{name}\\n\"; }}\n  }}\n}}\n"
+    )
+}
+
+/// Starts nginx and the stream server on every real server.
+pub fn start_backends(lab: &mut Lab, duration_ms: u64) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let nodes: Vec<String> = lab.plan.of_role(Role::Node).iter().map(|h| h.name.clone()).collect();
+    for n in &nodes {
+        let conf = lab.dir.join(format!("{n}-nginx.conf"));
+        std::fs::write(&conf, nginx_conf(&lab.dir, n))?;
+        lab.spawn(&format!("{n}/nginx"), n, Path::new("/usr/sbin/nginx"), &["-c".into(), conf.display().to_string()])?;
+        let max_s = (duration_ms / 1000 + 60).to_string();
+        lab.spawn(&format!("{n}/stream"), n, &exe, &["stream-server".into(), STREAM_PORT.to_string(), n.clone(), max_s])?;
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for n in &nodes {
+        for p in ["nginx", "stream"] {
+            if let Some(st) = lab.exited(&format!("{n}/{p}")) {
+                bail!("{p} on {n} exited at start ({st}); see {}", lab.dir.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Starts the load on every client: returns their output files.
+pub fn start_load(lab: &mut Lab, s: &Scenario, duration_ms: u64) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let exe = std::env::current_exe()?;
+    let rate = rate_of(s);
+    let clients: Vec<String> = lab.plan.of_role(Role::Client).iter().map(|h| h.name.clone()).collect();
+    let total = s.load.long_lived as usize;
+    let mut outs = Vec::new();
+    for (i, c) in clients.iter().enumerate() {
+        let flows = total / clients.len() + usize::from(i < total % clients.len());
+        let out = lab.dir.join(format!("{c}-load.csv"));
+        let args = vec![
+            "load".into(),
+            SocketAddr::new(IpAddr::V4(VIP), 80).to_string(),
+            SocketAddr::new(IpAddr::V4(VIP), STREAM_PORT).to_string(),
+            rate.to_string(),
+            duration_ms.to_string(),
+            flows.to_string(),
+            out.display().to_string(),
+        ];
+        lab.spawn(&format!("{c}/load"), c, &exe, &args)?;
+        outs.push((c.clone(), out));
+    }
+    Ok(outs)
+}
+
+pub fn rate_of(s: &Scenario) -> u32 {
+    match s.load.connections_per_s {
+        0 => DEFAULT_RATE,
+        r => r.min(RATE_CAP),
+    }
+}
+
+/// Runs `s` in a lab writing into `dir`.
+pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
+    preflight()?;
+    let cannot = unsupported(s);
+    if !cannot.is_empty() {
+        bail!("scenario {} FAILS in the lab:\n  {}", s.name, cannot.join("\n  "));
+    }
+    let daemon = daemon_path()?;
+    let run_id = ns::new_run_id();
+    let plan = Plan::new(s, &run_id)?;
+    std::fs::create_dir_all(dir)?;
+    let cfg_path = dir.join("clusterserver.json5");
+    write_config(&lab_config(s, &plan, dir, false)?, &cfg_path)?;
+    let other_cfg = dir.join("other.json5");
+    if s.topology.second_cluster {
+        write_config(&lab_config(s, &plan, dir, true)?, &other_cfg)?;
+    }
+    let mut lab = Lab::up(plan, dir)?;
+    faults::install(&lab.plan)?;
+    let duration_ms = s.duration_ms();
+    start_backends(&mut lab, duration_ms)?;
+    let clients: Vec<(String, String)> =
+        lab.plan.of_role(Role::Client).iter().map(|h| (h.name.clone(), h.ns.clone())).collect();
+    for (c, _) in &clients {
+        let pcap = dir.join(format!("{c}.pcap"));
+        let args = ["-i", "eth0", "-U", "-n", "-w", &pcap.display().to_string(), "arp"].map(String::from);
+        lab.spawn(&format!("{c}/tcpdump"), c, Path::new("/usr/bin/tcpdump"), &args)?;
+    }
+    let mut arp_pollers: Vec<(String, Poller)> =
+        clients.iter().map(|(c, n)| (c.clone(), Poller::start(n, Probe::NeighbourMac(VIP)))).collect();
+    let atms: Vec<(String, String)> = lab
+        .plan
+        .of_role(Role::Atm)
+        .iter()
+        .chain(lab.plan.of_role(Role::Other).iter())
+        .map(|h| (h.name.clone(), h.ns.clone()))
+        .collect();
+    let mut vip_pollers: Vec<(String, Poller)> = atms
+        .iter()
+        .filter(|(a, _)| a.starts_with("atm"))
+        .map(|(a, n)| (a.clone(), Poller::start(n, Probe::HasAddress(VIP))))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = unix_ms();
+    for (a, _) in &atms {
+        let cfg = if a.starts_with("other") { &other_cfg } else { &cfg_path };
+        start_daemon(&mut lab, &daemon, a, cfg)?;
+    }
+    let loads = start_load(&mut lab, s, duration_ms)?;
+    let mut faults_log = Vec::new();
+    let mut pending: Vec<&Step> = s.steps.iter().collect();
+    pending.reverse();
+    let mut stopped: Vec<String> = Vec::new();
+    while unix_ms() < t0 + duration_ms {
+        check_interrupted()?;
+        let now = unix_ms() - t0;
+        while pending.last().is_some_and(|st| st.at_ms <= now) {
+            let st = pending.pop().context("step")?;
+            let text = apply(&mut lab, st, &daemon, &cfg_path, &mut stopped)
+                .with_context(|| format!("step at {} ms", st.at_ms))?;
+            eprintln!("[{:>6} ms] {text}", unix_ms() - t0);
+            faults_log.push((unix_ms() - t0, text));
+        }
+        for (a, _) in &atms {
+            let label = format!("{a}/daemon");
+            if !stopped.contains(a)
+                && let Some(st) = lab.exited(&label)
+            {
+                let log = lab.log_of(&label).map(|p| std::fs::read_to_string(p).unwrap_or_default()).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect();
+                bail!("clusterserverd on {a} exited by itself ({st}) at {now} ms:\n  {}", tail.join("\n  "));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for (c, _) in &loads {
+        lab.wait_or_kill(&format!("{c}/load"), 5_000)?;
+    }
+    for (c, _) in &clients {
+        let _ = lab.signal(&format!("{c}/tcpdump"), Signal::SIGINT);
+        lab.wait_or_kill(&format!("{c}/tcpdump"), 2_000)?;
+    }
+    let arp: BTreeMap<String, Vec<(u64, String)>> =
+        arp_pollers.drain(..).map(|(c, p)| (c, p.finish().unwrap_or_default())).collect();
+    let vips: BTreeMap<String, Vec<(u64, String)>> =
+        vip_pollers.drain(..).map(|(a, p)| (a, p.finish().unwrap_or_default())).collect();
+    let macs = atm_macs(&lab)?;
+    let results: Vec<(String, ClientResult)> = loads
+        .iter()
+        .map(|(c, f)| (c.clone(), ClientResult::parse(&std::fs::read_to_string(f).unwrap_or_default())))
+        .collect();
+    let pcaps = clients
+        .iter()
+        .map(|(c, _)| {
+            let b = std::fs::read(dir.join(format!("{c}.pcap"))).unwrap_or_default();
+            let pk = pcap_arp(&b, VIP).unwrap_or_default();
+            (c.clone(), pk.into_iter().map(|(t, m, g)| (t.saturating_sub(t0), owner(&macs, &m), g)).collect())
+        })
+        .collect();
+    lab.teardown();
+    Ok(crate::report::outcome(s, t0, duration_ms, &results, &arp, &vips, &macs, pcaps, faults_log, dir))
+}
+
+fn owner(macs: &BTreeMap<String, String>, mac: &str) -> String {
+    macs.get(mac).cloned().unwrap_or_else(|| if mac == "none" { "none".into() } else { mac.to_string() })
+}
+
+/// MAC of each ATM's front interface → ATM name.
+fn atm_macs(lab: &Lab) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut m = BTreeMap::new();
+    for h in lab.plan.of_role(Role::Atm).into_iter().chain(lab.plan.of_role(Role::Other)) {
+        m.insert(crate::measure::mac_text(&topology::mac_of(&h.ns, "eth0")?), h.name.clone());
+    }
+    Ok(m)
+}
+
+fn start_daemon(lab: &mut Lab, daemon: &Path, atm: &str, cfg: &Path) -> anyhow::Result<()> {
+    let args = vec!["--config".to_string(), cfg.display().to_string()];
+    lab.spawn(&format!("{atm}/daemon"), atm, daemon, &args)?;
+    Ok(())
+}
+
+fn apply(lab: &mut Lab, st: &Step, daemon: &Path, cfg: &Path, stopped: &mut Vec<String>) -> anyhow::Result<String> {
+    let kind = st.kind()?;
+    let host = [&st.crash, &st.restart, &st.freeze, &st.thaw, &st.stop, &st.link_down, &st.link_up, &st.server_down, &st.server_up]
+        .into_iter()
+        .flatten()
+        .next()
+        .cloned()
+        .unwrap_or_default();
+    let label = format!("{host}/daemon");
+    let plan = lab.plan.clone();
+    match kind {
+        "crash" => {
+            lab.signal(&label, Signal::SIGKILL)?;
+            stopped.push(host.clone());
+        }
+        "restart" => {
+            lab.wait_or_kill(&label, 0)?;
+            start_daemon(lab, daemon, &host, cfg)?;
+            stopped.retain(|h| *h != host);
+        }
+        "freeze" => lab.signal(&label, Signal::SIGSTOP)?,
+        "thaw" => lab.signal(&label, Signal::SIGCONT)?,
+        "stop" => {
+            stopped.push(host.clone());
+            lab.signal(&label, Signal::SIGTERM)?;
+        }
+        "partition" => faults::partition(&plan, st.partition.as_deref().unwrap_or_default())?,
+        "partition_oneway" => faults::partition_oneway(&plan, st.partition_oneway.as_ref().context("oneway")?)?,
+        "heal" => faults::heal(&plan)?,
+        "loss" => faults::loss(&plan, st.loss.as_ref().context("loss")?)?,
+        "link_down" | "link_up" => topology::set_link(&plan, &host, kind == "link_up")?,
+        "server_down" | "server_up" => faults::server(&plan, &host, kind == "server_down")?,
+        "forge" => {
+            let f = st.forge.as_ref().context("forge")?;
+            let exe = std::env::current_exe()?;
+            let port = clusterserver::config::DEFAULT_HEARTBEAT_PORT;
+            let mut args = vec![
+                "forge".to_string(),
+                f.kind.clone(),
+                f.count.to_string(),
+                f.interval_ms.to_string(),
+                CLUSTER_ID.to_string(),
+                port.to_string(),
+                format!("10.0.0.255:{port}"),
+            ];
+            args.extend(plan.of_role(Role::Atm).iter().map(|h| format!("{}:{port}", h.addr())));
+            lab.spawn(&format!("rogue/forge-{}", st.at_ms), "rogue", &exe, &args)?;
+        }
+        other => bail!("the lab cannot perform `{other}`"),
+    }
+    let what = match kind {
+        "partition" => format!("partition {:?}", st.partition.as_deref().unwrap_or_default()),
+        "forge" => format!("forge {}", st.forge.as_ref().map_or("", |f| f.kind.as_str())),
+        "loss" => format!("loss {}%", st.loss.as_ref().map_or(0.0, |l| l.percent)),
+        "heal" => "heal".into(),
+        _ => format!("{kind} {host}"),
+    };
+    Ok(format!("fault: {what}"))
+}
