@@ -91,7 +91,11 @@ pub fn loss(plan: &Plan, l: &LinkSetting) -> anyhow::Result<()> {
     let pct = l.percent.round().clamp(0.0, 100.0) as u32;
     let rule = |src: Option<&[Ipv4Addr]>| {
         let m = src.map(|a| format!("ip saddr {} ", set(a))).unwrap_or_default();
-        if pct == 0 { String::new() } else { format!("add rule inet csl loss_in {m}numgen random mod 100 < {pct} drop\n") }
+        if pct == 0 {
+            String::new()
+        } else {
+            format!("add rule inet csl loss_in {m}numgen random mod 100 < {pct} drop\n")
+        }
     };
     match l.between.as_slice() {
         [] => {

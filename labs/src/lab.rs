@@ -60,8 +60,13 @@ impl Lab {
             eprintln!("clusterlab: removed stale namespaces of finished runs: {}", stale.join(" "));
         }
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut lab =
-            Lab { plan, dir: dir.to_path_buf(), namespaces: Vec::new(), procs: BTreeMap::new(), dead: Vec::new() };
+        let mut lab = Lab {
+            plan,
+            dir: dir.to_path_buf(),
+            namespaces: Vec::new(),
+            procs: BTreeMap::new(),
+            dead: Vec::new(),
+        };
         let plan = lab.plan.clone();
         topology::build(&plan, &mut lab.namespaces)?;
         Ok(lab)

@@ -110,7 +110,11 @@ fn scenario_cmd(args: &[String]) -> anyhow::Result<bool> {
     Ok(lo.outcome.passed() && sim_ok)
 }
 
-fn compare_table(s: &Scenario, sim: &clustersim::runner::Outcome, lab: Option<&clustersim::runner::Outcome>) -> String {
+fn compare_table(
+    s: &Scenario,
+    sim: &clustersim::runner::Outcome,
+    lab: Option<&clustersim::runner::Outcome>,
+) -> String {
     let mut rows: Vec<(String, String, String)> = Vec::new();
     let both = |f: &dyn Fn(&clustersim::runner::Outcome) -> String| (f(sim), lab.map_or("-".into(), f));
     let mut push = |k: &str, (a, b): (String, String)| rows.push((k.into(), a, b));
@@ -121,15 +125,24 @@ fn compare_table(s: &Scenario, sim: &clustersim::runner::Outcome, lab: Option<&c
     for c in &clients {
         push(&format!("arp owner {c}"), both(&|o| o.arp_owner.get(c).cloned().unwrap_or("-".into())));
     }
-    push("primaries over time", both(&|o| o.primaries.iter().map(|(t, p)| format!("{t}:{p}")).collect::<Vec<_>>().join(" ")));
+    push(
+        "primaries over time",
+        both(&|o| o.primaries.iter().map(|(t, p)| format!("{t}:{p}")).collect::<Vec<_>>().join(" ")),
+    );
     push("final primary", both(&|o| o.primaries.last().map_or("-".into(), |p| p.1.clone())));
     push("promotions", both(&|o| o.promotions.to_string()));
     push("long-lived lost", both(&|o| format!("{}/{}", o.long_lived_lost, o.long_lived)));
     push("heartbeats rejected", (sim.rejected.to_string(), lab.map_or("-".into(), |_| "n/a".into())));
-    push("expectations", both(&|o| if o.passed() { "pass".into() } else { format!("FAIL: {}", o.violations.join("; ")) }));
+    push(
+        "expectations",
+        both(&|o| if o.passed() { "pass".into() } else { format!("FAIL: {}", o.violations.join("; ")) }),
+    );
     let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
     let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(10);
-    let mut t = format!("# {}: simulator (seed {}) vs lab\n{:w0$}  {:w1$}  lab\n", s.name, sim.seed, "figure", "simulator");
+    let mut t = format!(
+        "# {}: simulator (seed {}) vs lab\n{:w0$}  {:w1$}  lab\n",
+        s.name, sim.seed, "figure", "simulator"
+    );
     for (k, a, b) in rows {
         t += &format!("{k:w0$}  {a:w1$}  {b}\n");
     }

@@ -19,6 +19,9 @@ use crate::traffic::unix_ms;
 const POLL_MS: u64 = 50;
 const MAX_SAMPLES: usize = 100_000;
 
+/// Changes of a polled value: (unix ms, value).
+pub type Changes = Vec<(u64, String)>;
+
 /// What a poller reads.
 #[derive(Clone, Copy, Debug)]
 pub enum Probe {
@@ -32,7 +35,7 @@ pub enum Probe {
 #[derive(Debug)]
 pub struct Poller {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<anyhow::Result<Vec<(u64, String)>>>>,
+    thread: Option<JoinHandle<anyhow::Result<Changes>>>,
 }
 
 impl Poller {
@@ -80,7 +83,10 @@ pub fn mac_text(m: &[u8]) -> String {
 async fn neighbour(handle: &rtnetlink::Handle, ip: Ipv4Addr) -> anyhow::Result<String> {
     let mut list = handle.neighbours().get().execute();
     while let Some(n) = list.try_next().await? {
-        if matches!(n.header.state, NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None) {
+        if matches!(
+            n.header.state,
+            NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None
+        ) {
             continue;
         }
         let (mut dst, mut mac) = (None, None);
@@ -134,7 +140,9 @@ impl ClientResult {
             let num = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
             match f.first() {
                 Some(&"start") => (r.start_ms, r.end_ms) = (num(1), num(2)),
-                Some(&"req") => r.requests.push((num(1), num(2), num(3) == 1, f.get(4).unwrap_or(&"").to_string())),
+                Some(&"req") => {
+                    r.requests.push((num(1), num(2), num(3) == 1, f.get(4).unwrap_or(&"").to_string()))
+                }
                 Some(&"flow") => {
                     r.flows += 1;
                     if num(5) == 1 {
@@ -155,15 +163,15 @@ impl ClientResult {
     }
 
     /// Longest client-observed outage, like the simulator: the longest gap between answered
-    /// requests (by completion time), the end of the run included, less one probe interval.
+    /// requests (by completion time), the end of the run included, less one probe interval
+    /// (the start-up before the first answer is not an outage, as in the simulator).
     pub fn outage_ms(&self, rate: u32) -> u64 {
         let probe = 1000 / u64::from(rate.max(1));
         let mut ok: Vec<u64> = self.requests.iter().filter(|r| r.2).map(|r| r.1).collect();
         ok.sort_unstable();
         let Some(&last) = ok.last() else { return self.end_ms.saturating_sub(self.start_ms) };
-        let first = ok[0];
         let gap = ok.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
-        gap.max(self.end_ms.saturating_sub(last)).max(first.saturating_sub(self.start_ms)).saturating_sub(probe)
+        gap.max(self.end_ms.saturating_sub(last)).saturating_sub(probe)
     }
 
     /// Answered requests per 100 ms from `t0` for `buckets` buckets.
@@ -234,7 +242,7 @@ mod tests {
     fn outage_is_the_longest_gap_less_one_probe() {
         let text = "start,1000,3000\nreq,1000,1010,1,node1\nreq,1005,1015,1,node1\nreq,1100,1500,0,timed out\nreq,1600,1610,1,node2\nreq,2990,2995,1,node2\nflow,0,1000,2990,10,0,node1,\nflow,1,1000,1500,5,1,node1,closed\n";
         let r = ClientResult::parse(text);
-        assert_eq!(r.requests.len(), 4);
+        assert_eq!(r.requests.len(), 5);
         assert_eq!((r.flows, r.flows_lost), (2, 1));
         // gaps: 5, 595, 1385 -> 1385 - 5 (200/s)
         assert_eq!(r.outage_ms(200), 1380);

@@ -12,7 +12,10 @@ use crate::measure::ClientResult;
 use crate::runner::{LabOutcome, rate_of};
 
 /// Primaries over time from the VIP holders: (ms since t0, names joined by '+', or "none").
-fn primaries(vips: &BTreeMap<String, Vec<(u64, String)>>, t0: u64) -> (Vec<(u64, String)>, BTreeMap<String, usize>) {
+fn primaries(
+    vips: &BTreeMap<String, Vec<(u64, String)>>,
+    t0: u64,
+) -> (Vec<(u64, String)>, BTreeMap<String, usize>) {
     let mut events: Vec<(u64, &str, bool)> = Vec::new();
     for (a, ch) in vips {
         for (t, v) in ch {
@@ -21,7 +24,7 @@ fn primaries(vips: &BTreeMap<String, Vec<(u64, String)>>, t0: u64) -> (Vec<(u64,
     }
     events.sort();
     let mut holding: Vec<&str> = Vec::new();
-    let mut out: Vec<(u64, String)> = Vec::new();
+    let mut out: Vec<(u64, String)> = vec![(0, "none".into())];
     let mut promotions: BTreeMap<String, usize> = BTreeMap::new();
     for (t, a, has) in events {
         let was = holding.contains(&a);
@@ -35,15 +38,12 @@ fn primaries(vips: &BTreeMap<String, Vec<(u64, String)>>, t0: u64) -> (Vec<(u64,
             continue;
         }
         let label = if holding.is_empty() { "none".to_string() } else { holding.join("+") };
-        if out.last().is_some_and(|(lt, _)| *lt == t) {
+        if out.len() > 1 && out.last().is_some_and(|(lt, _)| *lt == t) {
             out.pop();
         }
         if out.last().is_none_or(|(_, l)| *l != label) {
             out.push((t, label));
         }
-    }
-    if out.is_empty() {
-        out.push((0, "none".into()));
     }
     (out, promotions)
 }
@@ -81,7 +81,10 @@ pub fn outcome(
         .iter()
         .map(|(c, ch)| (c.clone(), ch.iter().map(|(t, m)| (t.saturating_sub(t0), name(m))).collect()))
         .collect();
-    let arp_owner = arp_changes.iter().map(|(c, ch)| (c.clone(), ch.last().map_or("none".into(), |x| x.1.clone()))).collect();
+    let arp_owner = arp_changes
+        .iter()
+        .map(|(c, ch)| (c.clone(), ch.last().map_or("none".into(), |x| x.1.clone())))
+        .collect();
     let mut o = Outcome {
         scenario: s.name.clone(),
         seed: 0,
@@ -99,7 +102,15 @@ pub fn outcome(
         duration_ms,
     };
     o.violations = check(s, &o, &promos);
-    LabOutcome { outcome: o, arp_changes, arp_packets, by_server, flow_notes: notes, requests, dir: dir.to_path_buf() }
+    LabOutcome {
+        outcome: o,
+        arp_changes,
+        arp_packets,
+        by_server,
+        flow_notes: notes,
+        requests,
+        dir: dir.to_path_buf(),
+    }
 }
 
 /// The scenario's expectations against the lab's figures.
@@ -169,7 +180,11 @@ pub fn summary(lo: &LabOutcome) -> String {
         s += &format!("arp changes {c}: {}\n", t.join(" "));
     }
     for (c, p) in &lo.arp_packets {
-        s += &format!("arp packets for the VIP seen by {c}: {} ({} gratuitous)\n", p.len(), p.iter().filter(|x| x.2).count());
+        s += &format!(
+            "arp packets for the VIP seen by {c}: {} ({} gratuitous)\n",
+            p.len(),
+            p.iter().filter(|x| x.2).count()
+        );
     }
     s += &format!("requests: {}\n", lo.requests);
     s
@@ -182,10 +197,16 @@ mod tests {
     #[test]
     fn primaries_follow_vip_holders() {
         let mut v = BTreeMap::new();
-        v.insert("atm1".to_string(), vec![(1000, "false".into()), (1300, "true".into()), (3000, "false".into())]);
+        v.insert(
+            "atm1".to_string(),
+            vec![(1000, "false".into()), (1300, "true".into()), (3000, "false".into())],
+        );
         v.insert("atm2".to_string(), vec![(1000, "false".into()), (3400, "true".into())]);
         let (p, promos) = primaries(&v, 1000);
-        assert_eq!(p, vec![(0, "none".into()), (300, "atm1".into()), (2000, "none".into()), (2400, "atm2".into())]);
+        assert_eq!(
+            p,
+            vec![(0, "none".into()), (300, "atm1".into()), (2000, "none".into()), (2400, "atm2".into())]
+        );
         assert_eq!(promos.values().sum::<usize>(), 2);
     }
 }

@@ -76,13 +76,29 @@ pub fn unsupported(s: &Scenario) -> Vec<String> {
     v
 }
 
+static HELPER: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Sets the `clusterlab` executable that runs the helpers (`load`, `stream-server`, `forge`)
+/// inside namespaces; default: this executable. Tests point it at the built binary.
+pub fn set_helper_exe(p: PathBuf) {
+    let _ = HELPER.set(p);
+}
+
+/// The `clusterlab` executable for helpers.
+pub fn helper_exe() -> anyhow::Result<PathBuf> {
+    match HELPER.get() {
+        Some(p) => Ok(p.clone()),
+        None => Ok(std::env::current_exe()?),
+    }
+}
+
 /// Where `clusterserverd` is: `$CLUSTERSERVERD`, or next to this executable (cargo's target
 /// directory; `cargo build --bin clusterserverd` puts it there).
 pub fn daemon_path() -> anyhow::Result<PathBuf> {
     if let Ok(p) = std::env::var("CLUSTERSERVERD") {
         return Ok(PathBuf::from(p));
     }
-    let exe = std::env::current_exe()?;
+    let exe = helper_exe()?;
     let mut dir = exe.parent().context("exe dir")?.to_path_buf();
     if dir.ends_with("deps") {
         dir.pop();
@@ -100,10 +116,13 @@ pub fn daemon_path() -> anyhow::Result<PathBuf> {
 /// Checks root and the system tools.
 pub fn preflight() -> anyhow::Result<()> {
     if !nix::unistd::Uid::effective().is_root() {
-        bail!("the labs need root (network namespaces); run the simulator instead: cargo run -p clustersim -- run SCENARIO");
+        bail!(
+            "the labs need root (network namespaces); run the simulator instead: cargo run -p clustersim -- run SCENARIO"
+        );
     }
-    for tool in ["ip", "nft", "nginx", "tcpdump"] {
-        let found = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"].iter().any(|d| Path::new(d).join(tool).exists());
+    for tool in ["ip", "nft", "nginx", "tcpdump", "ping"] {
+        let found =
+            ["/usr/sbin", "/usr/bin", "/sbin", "/bin"].iter().any(|d| Path::new(d).join(tool).exists());
         if !found {
             bail!("{tool} is missing: run scripts/install-deps as root");
         }
@@ -132,7 +151,10 @@ pub fn lab_config(s: &Scenario, plan: &Plan, dir: &Path, other: bool) -> anyhow:
     cfg.cluster.name = format!("lab{id}");
     let secret = dir.join(format!("secret{id}"));
     let token = dir.join(format!("admin{id}.token"));
-    for (f, text) in [(&secret, format!("lab cluster {id} secret {}", plan.run_id)), (&token, format!("token-{}", plan.run_id))] {
+    for (f, text) in [
+        (&secret, format!("lab cluster {id} secret {}", plan.run_id)),
+        (&token, format!("token-{}", plan.run_id)),
+    ] {
         std::fs::write(f, text)?;
         std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600))?;
     }
@@ -143,7 +165,11 @@ pub fn lab_config(s: &Scenario, plan: &Plan, dir: &Path, other: bool) -> anyhow:
         name: "stream".into(),
         port: STREAM_PORT,
         protocol: Protocol::Tcp,
-        servers: svc.servers.iter().map(|x| clusterserver::config::Server { port: STREAM_PORT, ..x.clone() }).collect(),
+        servers: svc
+            .servers
+            .iter()
+            .map(|x| clusterserver::config::Server { port: STREAM_PORT, ..x.clone() })
+            .collect(),
         ..svc.clone()
     };
     cfg.services.push(stream);
@@ -155,7 +181,8 @@ pub fn write_config(cfg: &Config, path: &Path) -> anyhow::Result<()> {
     let mut v = serde_json::to_value(cfg)?;
     strip_nulls(&mut v);
     std::fs::write(path, serde_json::to_string_pretty(&v)?)?;
-    clusterserver::config::load_file(path).map_err(|e| anyhow::anyhow!("generated config is invalid:\n{e}"))?;
+    clusterserver::config::load_file(path)
+        .map_err(|e| anyhow::anyhow!("generated config is invalid:\n{e}"))?;
     Ok(())
 }
 
@@ -182,14 +209,24 @@ fn nginx_conf(dir: &Path, name: &str) -> String {
 
 /// Starts nginx and the stream server on every real server.
 pub fn start_backends(lab: &mut Lab, duration_ms: u64) -> anyhow::Result<()> {
-    let exe = std::env::current_exe()?;
+    let exe = helper_exe()?;
     let nodes: Vec<String> = lab.plan.of_role(Role::Node).iter().map(|h| h.name.clone()).collect();
     for n in &nodes {
         let conf = lab.dir.join(format!("{n}-nginx.conf"));
         std::fs::write(&conf, nginx_conf(&lab.dir, n))?;
-        lab.spawn(&format!("{n}/nginx"), n, Path::new("/usr/sbin/nginx"), &["-c".into(), conf.display().to_string()])?;
+        lab.spawn(
+            &format!("{n}/nginx"),
+            n,
+            Path::new("/usr/sbin/nginx"),
+            &["-c".into(), conf.display().to_string()],
+        )?;
         let max_s = (duration_ms / 1000 + 60).to_string();
-        lab.spawn(&format!("{n}/stream"), n, &exe, &["stream-server".into(), STREAM_PORT.to_string(), n.clone(), max_s])?;
+        lab.spawn(
+            &format!("{n}/stream"),
+            n,
+            &exe,
+            &["stream-server".into(), STREAM_PORT.to_string(), n.clone(), max_s],
+        )?;
     }
     std::thread::sleep(Duration::from_millis(300));
     for n in &nodes {
@@ -204,7 +241,7 @@ pub fn start_backends(lab: &mut Lab, duration_ms: u64) -> anyhow::Result<()> {
 
 /// Starts the load on every client: returns their output files.
 pub fn start_load(lab: &mut Lab, s: &Scenario, duration_ms: u64) -> anyhow::Result<Vec<(String, PathBuf)>> {
-    let exe = std::env::current_exe()?;
+    let exe = helper_exe()?;
     let rate = rate_of(s);
     let clients: Vec<String> = lab.plan.of_role(Role::Client).iter().map(|h| h.name.clone()).collect();
     let total = s.load.long_lived as usize;
@@ -302,8 +339,12 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
             if !stopped.contains(a)
                 && let Some(st) = lab.exited(&label)
             {
-                let log = lab.log_of(&label).map(|p| std::fs::read_to_string(p).unwrap_or_default()).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect();
+                let log = lab
+                    .log_of(&label)
+                    .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+                    .unwrap_or_default();
+                let tail: Vec<&str> =
+                    log.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect();
                 bail!("clusterserverd on {a} exited by itself ({st}) at {now} ms:\n  {}", tail.join("\n  "));
             }
         }
@@ -356,14 +397,30 @@ fn start_daemon(lab: &mut Lab, daemon: &Path, atm: &str, cfg: &Path) -> anyhow::
     Ok(())
 }
 
-fn apply(lab: &mut Lab, st: &Step, daemon: &Path, cfg: &Path, stopped: &mut Vec<String>) -> anyhow::Result<String> {
+fn apply(
+    lab: &mut Lab,
+    st: &Step,
+    daemon: &Path,
+    cfg: &Path,
+    stopped: &mut Vec<String>,
+) -> anyhow::Result<String> {
     let kind = st.kind()?;
-    let host = [&st.crash, &st.restart, &st.freeze, &st.thaw, &st.stop, &st.link_down, &st.link_up, &st.server_down, &st.server_up]
-        .into_iter()
-        .flatten()
-        .next()
-        .cloned()
-        .unwrap_or_default();
+    let host = [
+        &st.crash,
+        &st.restart,
+        &st.freeze,
+        &st.thaw,
+        &st.stop,
+        &st.link_down,
+        &st.link_up,
+        &st.server_down,
+        &st.server_up,
+    ]
+    .into_iter()
+    .flatten()
+    .next()
+    .cloned()
+    .unwrap_or_default();
     let label = format!("{host}/daemon");
     let plan = lab.plan.clone();
     match kind {
@@ -383,14 +440,16 @@ fn apply(lab: &mut Lab, st: &Step, daemon: &Path, cfg: &Path, stopped: &mut Vec<
             lab.signal(&label, Signal::SIGTERM)?;
         }
         "partition" => faults::partition(&plan, st.partition.as_deref().unwrap_or_default())?,
-        "partition_oneway" => faults::partition_oneway(&plan, st.partition_oneway.as_ref().context("oneway")?)?,
+        "partition_oneway" => {
+            faults::partition_oneway(&plan, st.partition_oneway.as_ref().context("oneway")?)?
+        }
         "heal" => faults::heal(&plan)?,
         "loss" => faults::loss(&plan, st.loss.as_ref().context("loss")?)?,
         "link_down" | "link_up" => topology::set_link(&plan, &host, kind == "link_up")?,
         "server_down" | "server_up" => faults::server(&plan, &host, kind == "server_down")?,
         "forge" => {
             let f = st.forge.as_ref().context("forge")?;
-            let exe = std::env::current_exe()?;
+            let exe = helper_exe()?;
             let port = clusterserver::config::DEFAULT_HEARTBEAT_PORT;
             let mut args = vec![
                 "forge".to_string(),

@@ -266,7 +266,8 @@ pub fn set_link(plan: &Plan, host: &str, up: bool) -> anyhow::Result<()> {
     ns::netlink_in(&plan.switch_ns, move |handle| async move {
         for e in ends {
             let i = index(&handle, &e).await?;
-            let msg = if up { LinkUnspec::new_with_index(i).up() } else { LinkUnspec::new_with_index(i).down() };
+            let msg =
+                if up { LinkUnspec::new_with_index(i).up() } else { LinkUnspec::new_with_index(i).down() };
             handle.link().set(msg.build()).execute().await.with_context(|| format!("set {e}"))?;
         }
         Ok(())

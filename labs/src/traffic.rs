@@ -199,7 +199,9 @@ fn flow(id: u32, s: &LoadSpec, end: u64) -> String {
                     replies += 1;
                     last = unix_ms();
                 }
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                {
                     break;
                 }
                 Err(e) => {
