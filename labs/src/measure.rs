@@ -266,3 +266,76 @@ mod tests {
         assert_eq!(v, vec![(5250, "02:00:00:00:00:01".to_string(), true)]);
     }
 }
+
+/// What one daemon's log says: role changes `(unix ms, role)` and a lower bound of the
+/// heartbeats it rejected (the daemon logs each reason's cumulative count at powers of two).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DaemonLog {
+    pub roles: Vec<(u64, String)>,
+    pub rejected_at_least: u64,
+}
+
+/// Parses the `tracing` fmt lines of `clusterserverd` (see `src/daemon/mod.rs`).
+pub fn parse_daemon_log(text: &str) -> DaemonLog {
+    let mut d = DaemonLog::default();
+    let mut by_reason: BTreeMap<String, u64> = BTreeMap::new();
+    for line in text.lines() {
+        let Some(ms) = line.split_whitespace().next().and_then(rfc3339_ms) else { continue };
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+                .map(String::from)
+        };
+        if line.contains("clusterserverd::role") && line.contains("role change") {
+            if let Some(role) = field("role") {
+                d.roles.push((ms, role));
+            }
+        } else if line.contains("heartbeat rejected") {
+            let n = field("count").and_then(|c| c.parse().ok()).unwrap_or(1);
+            let e = by_reason.entry(field("reason").unwrap_or_default()).or_insert(0);
+            *e = (*e).max(n);
+        }
+    }
+    d.rejected_at_least = by_reason.values().sum();
+    d
+}
+
+/// `2026-11-22T03:10:00.123456Z` → Unix milliseconds.
+pub fn rfc3339_ms(s: &str) -> Option<u64> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut dp = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (dp.next()??, dp.next()??, dp.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut tp = hms.split(':').map(|x| x.parse::<i64>().ok());
+    let (h, mi, sec) = (tp.next()??, tp.next()??, tp.next()??);
+    let ms_frac: i64 = format!("{frac:0<3}")[..3].parse().ok()?;
+    // Days from the civil date (H. Hinnant's algorithm).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(((days * 24 + h) * 60 + mi) * 60 + sec).ok().map(|s| s * 1000 + ms_frac as u64)
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::*;
+
+    #[test]
+    fn daemon_log_lines_give_roles_and_rejections() {
+        let text = "2026-11-22T03:10:00.123456Z  INFO clusterserverd::role: role change node=atm1 role=primary epoch=1 reason=NoPrimary\n\
+                    2026-11-22T03:10:01.000000Z  WARN clusterserverd: heartbeat rejected node=atm1 reason=bad_mac count=1\n\
+                    2026-11-22T03:10:01.500000Z  WARN clusterserverd: heartbeat rejected node=atm1 reason=bad_mac count=64\n\
+                    2026-11-22T03:10:02.000000Z  WARN clusterserverd: heartbeat rejected node=atm1 reason=replay count=32\n\
+                    2026-11-22T03:10:03.000000Z  INFO clusterserverd::role: role change node=atm1 role=backup epoch=2 reason=HigherEpoch\n";
+        let d = parse_daemon_log(text);
+        let t0 = rfc3339_ms("2026-11-22T03:10:00.123456Z").expect("time");
+        assert_eq!(t0 % 1000, 123);
+        assert_eq!(rfc3339_ms("1970-01-01T00:00:01.5Z"), Some(1500));
+        assert_eq!(d.roles, vec![(t0, "primary".into()), (t0 + 2877, "backup".into())]);
+        assert_eq!(d.rejected_at_least, 96);
+    }
+}
