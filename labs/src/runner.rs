@@ -61,6 +61,9 @@ pub struct LabOutcome {
 /// Steps of `s` the lab cannot perform, described.
 pub fn unsupported(s: &Scenario) -> Vec<String> {
     let mut v = Vec::new();
+    if s.topology.forwarding == "tunnel" {
+        v.push("the lab cannot run `tunnel` forwarding: this kernel has no ipip and the daemon's node role (user-space decapsulation) is issue 5".into());
+    }
     for st in &s.steps {
         let k = st.kind().unwrap_or("?");
         if !SUPPORTED.contains(&k) {
@@ -90,6 +93,26 @@ pub fn helper_exe() -> anyhow::Result<PathBuf> {
         Some(p) => Ok(p.clone()),
         None => Ok(std::env::current_exe()?),
     }
+}
+
+/// DR real servers: the VIPs on `lo` and ARP hiding. This is the node role of clusterserverd
+/// (issue 5: today the daemon finds it is a node, says so and exits), done by the lab so DR
+/// scenarios can run; the ATM side stays entirely the daemon's.
+pub fn configure_dr_nodes(lab: &Lab, vips: &[std::net::Ipv4Addr]) -> anyhow::Result<()> {
+    for h in lab.plan.of_role(Role::Node) {
+        for sc in ["net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2"] {
+            ns::exec(&h.ns, &["sysctl", "-qw", sc])?;
+        }
+        let vips = vips.to_vec();
+        ns::netlink_in(&h.ns, move |handle| async move {
+            let lo = topology::index(&handle, "lo").await?;
+            for v in vips {
+                handle.address().add(lo, v.into(), 32).execute().await.context("VIP on lo")?;
+            }
+            Ok(())
+        })?;
+    }
+    Ok(())
 }
 
 /// Where `clusterserverd` is: `$CLUSTERSERVERD`, or next to this executable (cargo's target
@@ -290,6 +313,12 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
     }
     let mut lab = Lab::up(plan, dir)?;
     faults::install(&lab.plan)?;
+    if s.topology.forwarding == "dr" {
+        eprintln!(
+            "clusterlab: DR real servers set up by the lab (VIP on lo, arp_ignore/arp_announce): the daemon's node role is issue 5"
+        );
+        configure_dr_nodes(&lab, &[VIP])?;
+    }
     let duration_ms = s.duration_ms();
     start_backends(&mut lab, duration_ms)?;
     let clients: Vec<(String, String)> =
