@@ -132,7 +132,10 @@ fn compare_table(
     push("final primary", both(&|o| o.primaries.last().map_or("-".into(), |p| p.1.clone())));
     push("promotions", both(&|o| o.promotions.to_string()));
     push("long-lived lost", both(&|o| format!("{}/{}", o.long_lived_lost, o.long_lived)));
-    push("heartbeats rejected", (sim.rejected.to_string(), lab.map_or("-".into(), |_| "n/a".into())));
+    push(
+        "heartbeats rejected",
+        (sim.rejected.to_string(), lab.map_or("-".into(), |o| format!(">= {} (daemon logs)", o.rejected))),
+    );
     push(
         "expectations",
         both(&|o| if o.passed() { "pass".into() } else { format!("FAIL: {}", o.violations.join("; ")) }),

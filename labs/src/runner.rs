@@ -220,10 +220,12 @@ fn strip_nulls(v: &mut serde_json::Value) {
     }
 }
 
+/// nginx as one process (`master_process off`): the lab ends it by PID with SIGKILL, and a
+/// master's workers would outlive it.
 fn nginx_conf(dir: &Path, name: &str) -> String {
     let d = dir.display();
     format!(
-        "daemon off;\nworker_processes 1;\npid {d}/{name}-nginx.pid;\nerror_log {d}/{name}-nginx-error.log;\n\
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/{name}-nginx.pid;\nerror_log {d}/{name}-nginx-error.log;\n\
          events {{ worker_connections 1024; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/{name}-tmp;\n\
            proxy_temp_path {d}/{name}-tmp;\n  fastcgi_temp_path {d}/{name}-tmp;\n  uwsgi_temp_path {d}/{name}-tmp;\n\
            scgi_temp_path {d}/{name}-tmp;\n  server {{\n    listen 80;\n    location / {{ default_type text/plain; return 200 \"{name}\\n\"; }}\n  }}\n}}\n"

@@ -36,6 +36,23 @@ fn mine(run_id: &str) -> Vec<String> {
     ns::list_lab_namespaces().into_iter().filter(|n| n.starts_with(&prefix)).collect()
 }
 
+/// PIDs of live processes with a file open under `dir` (the lab's logs): none may outlive it.
+fn procs_using(dir: &Path) -> Vec<String> {
+    let mut v = Vec::new();
+    let me = std::process::id().to_string();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        if !pid.chars().all(|c| c.is_ascii_digit()) || pid == me {
+            continue;
+        }
+        let fds = std::fs::read_dir(e.path().join("fd")).into_iter().flatten().flatten();
+        if fds.filter_map(|f| std::fs::read_link(f.path()).ok()).any(|l| l.starts_with(dir)) {
+            v.push(pid);
+        }
+    }
+    v
+}
+
 #[test]
 fn topology_up_down_leaves_nothing_even_on_panic() {
     if !can_run() {
@@ -70,6 +87,7 @@ fn topology_up_down_leaves_nothing_even_on_panic() {
         panic!("deliberate panic in the middle of a lab");
     })
     .join();
+    assert!(procs_using(&d).is_empty(), "processes left behind: {:?}", procs_using(&d));
     let payload = r.expect_err("the lab thread should have panicked");
     let msg = payload.downcast_ref::<&str>().copied().unwrap_or("(not the deliberate panic)");
     assert_eq!(msg, "deliberate panic in the middle of a lab", "the lab failed before the deliberate panic");
@@ -154,6 +172,7 @@ fn backends_answer_across_the_bridge_and_faults_cut_and_heal() {
         assert!(lab.plan.of_role(Role::Node).len() == 2);
     }
     assert!(mine(&run_id).is_empty(), "namespaces left behind: {:?}", mine(&run_id));
+    assert!(procs_using(&d).is_empty(), "processes left behind: {:?}", procs_using(&d));
 }
 
 /// The real daemon end to end. Until `clusterserverd` runs (it refuses with "not yet
@@ -180,6 +199,7 @@ fn primary_crash_in_the_lab() {
         Err(e) => panic!("lab run failed: {e:#}"),
     };
     report::write(&lo).expect("report");
+    assert!(procs_using(&d).is_empty(), "processes left behind: {:?}", procs_using(&d));
     let o = &lo.outcome;
     assert!(o.passed(), "{}", report::summary(&lo));
     assert_eq!(o.primaries.last().map(|p| p.1.as_str()), Some("atm2"));
