@@ -124,3 +124,14 @@ pub fn server(plan: &Plan, host: &str, down: bool) -> anyhow::Result<()> {
     };
     nft(&h.ns, &script)
 }
+
+/// `client` ignores the next `count` gratuitous ARPs for `vip` (sender and target = VIP): an
+/// ARP-family rule whose `numgen inc` counter only advances on matching packets.
+pub fn miss_garp(plan: &Plan, client: &str, vip: Ipv4Addr, count: u32) -> anyhow::Result<()> {
+    let h = plan.host(client)?;
+    let script = format!(
+        "table arp csl {{\n chain input {{ type filter hook input priority 0; policy accept; }}\n}}\n\
+         add rule arp csl input arp saddr ip {vip} arp daddr ip {vip} numgen inc mod 1000000000 < {count} counter drop\n"
+    );
+    nft(&h.ns, &script)
+}

@@ -42,6 +42,7 @@ pub const SUPPORTED: &[&str] = &[
     "forge",
     "server_down",
     "server_up",
+    "miss_garp",
 ];
 
 /// The lab's figures: the simulator's [`Outcome`] plus what only a real run shows.
@@ -69,7 +70,6 @@ pub fn unsupported(s: &Scenario) -> Vec<String> {
         if !SUPPORTED.contains(&k) {
             let why = match k {
                 "latency" => "this kernel has no netem and the lab has no user-space delay",
-                "miss_garp" => "not implemented (would need an ARP-family nftables rule with a packet quota)",
                 "promote" | "demote" => "needs the daemon's admin channel (cmc), not wired into the lab yet",
                 _ => "unknown step",
             };
@@ -542,6 +542,10 @@ fn apply(
         "loss" => faults::loss(&plan, st.loss.as_ref().context("loss")?)?,
         "link_down" | "link_up" => topology::set_link(&plan, &host, kind == "link_up")?,
         "server_down" | "server_up" => faults::server(&plan, &host, kind == "server_down")?,
+        "miss_garp" => {
+            let m = st.miss_garp.as_ref().context("miss_garp")?;
+            faults::miss_garp(&plan, &m.client, VIP, m.count)?;
+        }
         "forge" => {
             let f = st.forge.as_ref().context("forge")?;
             let exe = helper_exe()?;
@@ -565,6 +569,10 @@ fn apply(
         "forge" => format!("forge {}", st.forge.as_ref().map_or("", |f| f.kind.as_str())),
         "loss" => format!("loss {}%", st.loss.as_ref().map_or(0.0, |l| l.percent)),
         "heal" => "heal".into(),
+        "miss_garp" => st
+            .miss_garp
+            .as_ref()
+            .map_or(String::new(), |m| format!("{} misses {} gratuitous ARP(s)", m.client, m.count)),
         _ => format!("{kind} {host}"),
     };
     Ok(format!("fault: {what}"))

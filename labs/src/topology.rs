@@ -194,7 +194,10 @@ pub fn build(plan: &Plan, created: &mut Vec<String>) -> anyhow::Result<()> {
 }
 
 fn configure_host(h: &Host) -> anyhow::Result<()> {
-    // Before addresses: ATMs forward and take packets for addresses that move.
+    // Before addresses. ATMs need kernel forwarding: the daemon's steering routes VIP traffic
+    // from eth0 into its TUN (measured: with ip_forward=0 nothing reaches the VIP). A side
+    // effect the simulator does not model: after a daemon crash (the host stays up) its
+    // kernel forwards clients whose ARP entry is stale on to the new primary.
     let mut sysctls = vec!["net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"];
     if matches!(h.role, Role::Atm | Role::Other) {
         sysctls.push("net.ipv4.ip_forward=1");
