@@ -417,6 +417,9 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
     let mut lo =
         crate::report::outcome(s, t0, duration_ms, &results, &arp, &vips, &macs, pcaps, faults_log, dir);
     lo.outcome.rejected = rejected;
+    if s.topology.second_cluster {
+        lo.outcome.violations.extend(check_other_cluster(&lab_logs(&dir_logs(dir, &atms))));
+    }
     if let Some(m) = s.expect.min_rejected {
         lo.outcome.violations.retain(|v| !v.starts_with("min_rejected"));
         if rejected < m {
@@ -426,6 +429,36 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
         }
     }
     Ok(lo)
+}
+
+/// The daemon logs of the second cluster's ATMs (`other*`), by name.
+fn dir_logs(dir: &Path, atms: &[(String, String)]) -> Vec<(String, PathBuf)> {
+    atms.iter()
+        .filter(|(a, _)| a.starts_with("other"))
+        .map(|(a, _)| (a.clone(), dir.join(format!("{a}-daemon.log"))))
+        .collect()
+}
+
+fn lab_logs(logs: &[(String, PathBuf)]) -> Vec<(String, crate::measure::DaemonLog)> {
+    logs.iter()
+        .map(|(a, p)| (a.clone(), parse_daemon_log(&std::fs::read_to_string(p).unwrap_or_default())))
+        .collect()
+}
+
+/// The second cluster must not be disturbed: one promotion in all, one primary at the end.
+fn check_other_cluster(logs: &[(String, crate::measure::DaemonLog)]) -> Vec<String> {
+    let promotions: usize =
+        logs.iter().map(|(_, d)| d.roles.iter().filter(|r| r.1 == "primary").count()).sum();
+    let primaries: Vec<&str> = logs
+        .iter()
+        .filter(|(_, d)| d.roles.last().is_some_and(|r| r.1 == "primary"))
+        .map(|(a, _)| a.as_str())
+        .collect();
+    if promotions == 1 && primaries.len() == 1 {
+        Vec::new()
+    } else {
+        vec![format!("the second cluster was disturbed: primaries {primaries:?}, {promotions} promotions")]
+    }
 }
 
 /// Each ATM's primary periods from its daemon's role-change log lines ("true" while primary),
