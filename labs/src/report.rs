@@ -168,7 +168,8 @@ pub fn write(lo: &LabOutcome) -> anyhow::Result<()> {
         "series_per_100ms": o.series,
     });
     std::fs::write(lo.dir.join("report.json"), serde_json::to_string_pretty(&report)?)?;
-    std::fs::write(lo.dir.join("chart.svg"), clustersim::chart::svg(o))?;
+    let svg = clustersim::chart::svg(o).replacen(" (seed 0)", " (namespace lab)", 1);
+    std::fs::write(lo.dir.join("chart.svg"), svg)?;
     Ok(())
 }
 
