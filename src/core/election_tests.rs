@@ -36,6 +36,7 @@ fn cfg(me: usize, n: usize, reach: usize, preempt: bool) -> ElectionConfig {
         garp_refresh: None,
         vips: vec!["10.0.0.99".parse().unwrap()],
         digest: [1; 16],
+        heartbeat_copies: 1,
     }
 }
 
