@@ -647,7 +647,9 @@ impl Election {
     }
 
     fn promote(&mut self, now: Instant, reason: PromoteReason) {
-        self.epoch = self.max_epoch_seen.max(self.epoch) + 1;
+        // Saturating: a peer (with the secret) that announced epoch u64::MAX must not wrap us
+        // back to 0; at the top, the config position breaks ties (found by the fuzzer).
+        self.epoch = self.max_epoch_seen.max(self.epoch).saturating_add(1);
         self.max_epoch_seen = self.epoch;
         self.role = Role::Primary;
         self.suspect_since = None;

@@ -377,3 +377,20 @@ fn epochs_never_decrease() {
         ],
     );
 }
+
+#[test]
+fn epoch_at_the_top_saturates() {
+    // Regression (cargo fuzz, heartbeat target): a signed heartbeat of epoch u64::MAX made the
+    // next promotion overflow.
+    run(
+        cfg(0, 2, 0, false),
+        &[
+            (0, In::Hb(1, false, u64::MAX, E, NONE), "PeerUp { peer: 1 }, hb B18446744073709551615 elig"),
+            (
+                300,
+                In::Hb(1, false, u64::MAX, E, NONE),
+                "Promoted { epoch: 18446744073709551615, reason: NoPrimary }, take, garp, hb P18446744073709551615 elig",
+            ),
+        ],
+    );
+}
