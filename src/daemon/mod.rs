@@ -67,10 +67,13 @@ pub mod setup;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
@@ -110,6 +113,9 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError
     let what = what.into();
     move |source| DaemonError::Io { what, source }
 }
+
+/// Longest a graceful stop waits for the connection sync to drain before handing over.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 /// What the control loop asks for when it ends.
 enum Next {
@@ -176,8 +182,19 @@ fn read_secret(cfg: &Config) -> Result<Vec<u8>, DaemonError> {
     Ok(s)
 }
 
+/// How long a starting daemon stays silent: long enough for its peers to declare its
+/// previous incarnation dead (twice the dead interval plus two heartbeats), so that a quick
+/// restart (systemd, or a reload) is still seen as down-then-up and the primary streams its
+/// whole table to the new shadow engine.
+pub fn quiet_period(cfg: &Config) -> Duration {
+    let hb = Duration::from_millis(cfg.timers.heartbeat_ms);
+    hb * (cfg.timers.dead_after * 2 + 2)
+}
+
 fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
     let rt = runtime()?;
+    let quiet = quiet_period(cfg);
+    rt.block_on(async move { tokio::time::sleep(quiet).await });
     let (handle, addrs) = rt.block_on(async {
         let h = netlink::connect()?;
         let a = host::addresses(&h).await.map_err(|e| DaemonError::Netlink(e.to_string()))?;
@@ -221,7 +238,7 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
     let engine_ctl: Box<dyn Fn(EngineOp)> = Box::new(move |op| {
         let r = match op {
             EngineOp::SetActive(a) => {
-                shell_ctl.apply(Arc::new(move |p: &mut DaemonProcessor| p.engine.set_active(a)))
+                shell_ctl.apply(Arc::new(move |p: &mut DaemonProcessor| p.set_active(a)))
             }
             EngineOp::FullSync => shell_ctl.apply(Arc::new(|p: &mut DaemonProcessor| {
                 if p.engine.is_active() {
@@ -242,7 +259,7 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
         Rc::clone(&arp),
         engine_ctl,
     );
-    let next = rt.block_on(control(&platform, &arp, path, cfg, me, secret));
+    let next = rt.block_on(control(&platform, &shell, &arp, path, cfg, me, secret));
     drop(platform);
     drop(rt);
     // The shell joins its workers and removes the steering on a plain thread.
@@ -374,6 +391,7 @@ async fn open_arp(cfg: &Config, addrs: &[IfAddr], default_iface: &str) -> Result
 /// The control loop: the driver, the ARP responder and the signals.
 async fn control(
     platform: &LinuxPlatform,
+    shell: &Shell<DaemonProcessor>,
     arp: &ArpResponder,
     path: &Path,
     cfg: &Config,
@@ -391,10 +409,23 @@ async fn control(
     let node = &cfg.atms[me].name;
     tracing::info!(target: "clusterserverd", node = %node, heartbeat_port = cfg.heartbeat_port(), sync_port = cfg.sync_port(), "ready");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    let stop = |why: &str| {
-        tracing::info!(target: "clusterserverd", node = %node, why, "stopping: handing over if primary");
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-        let _ = tx.send(Command::Shutdown);
+    // A graceful stop first drains the connection sync (bounded), then hands over.
+    let mut draining: Option<Pin<Box<dyn Future<Output = ()>>>> = None;
+    let drain = |why: &str| -> Option<Pin<Box<dyn Future<Output = ()>>>> {
+        tracing::info!(target: "clusterserverd", node = %node, why, "stopping: syncing connections, then handing over if primary");
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let done_tx = std::sync::Mutex::new(Some(done_tx));
+        let ok = shell.apply(Arc::new(move |p: &mut DaemonProcessor| {
+            if let Some(d) = done_tx.lock().ok().and_then(|mut d| d.take()) {
+                p.notify_when_drained(d);
+            }
+        }));
+        if ok.is_err() {
+            tracing::warn!(target: "clusterserverd", "could not ask the data plane to drain its sync");
+        }
+        Some(Box::pin(async move {
+            let _ = tokio::time::timeout(DRAIN_LIMIT, done_rx).await;
+        }))
     };
     loop {
         tokio::select! {
@@ -406,8 +437,20 @@ async fn control(
                     None => Next::Exit,
                 });
             }
-            _ = term.recv() => { reload.borrow_mut().take(); stop("SIGTERM") }
-            _ = int.recv() => { reload.borrow_mut().take(); stop("SIGINT") }
+            _ = async { if let Some(d) = draining.as_mut() { d.await } }, if draining.is_some() => {
+                draining = None;
+                let _ = tx.send(Command::Shutdown);
+            }
+            _ = term.recv() => {
+                reload.borrow_mut().take();
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+                draining = draining.take().or_else(|| drain("SIGTERM"));
+            }
+            _ = int.recv() => {
+                reload.borrow_mut().take();
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+                draining = draining.take().or_else(|| drain("SIGINT"));
+            }
             _ = hup.recv() => match load(path) {
                 Err(e) => tracing::error!(target: "clusterserverd", node = %node, error = %e, "reload refused: invalid config; the running config is kept"),
                 Ok(new) if new.digest() == cfg.digest() => tracing::info!(target: "clusterserverd", node = %node, "reload: config unchanged"),
@@ -415,7 +458,7 @@ async fn control(
                     tracing::info!(target: "clusterserverd", node = %node, "reload: config valid and changed; handing over and restarting with it");
                     let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
                     *reload.borrow_mut() = Some(Box::new(new));
-                    let _ = tx.send(Command::Shutdown);
+                    draining = draining.take().or_else(|| drain("SIGHUP"));
                 }
             },
             r = &mut serve => {
