@@ -307,6 +307,28 @@ fn write_configs(lab: &Lab) {
     }
 }
 
+/// Seconds since midnight UTC, now.
+fn time_of_day() -> f64 {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");
+    (d.as_secs() % 86_400) as f64 + f64::from(d.subsec_micros()) / 1e6
+}
+
+/// Seconds since midnight UTC of a log line's timestamp (`2026-11-22T03:10:00.123456Z ...`).
+fn log_time_of_day(line: &str) -> Option<f64> {
+    let t = line.split_whitespace().next()?.split('T').nth(1)?.trim_end_matches('Z');
+    let mut parts = t.split(':');
+    let (h, m, s): (f64, f64, f64) =
+        (parts.next()?.parse().ok()?, parts.next()?.parse().ok()?, parts.next()?.parse().ok()?);
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+/// Milliseconds from `since` (time of day) to `atm`'s last promotion line.
+fn promoted_after_ms(lab: &mut Lab, atm: &str, since: f64) -> Option<f64> {
+    let lines = lab.daemon(atm).lines();
+    let line = lines.iter().rev().find(|l| l.contains(" role change ") && l.contains("role=primary"))?;
+    Some((log_time_of_day(line)? - since) * 1000.0)
+}
+
 /// Polls requests until one succeeds; returns the time it took.
 fn outage(client: &str, limit: Duration) -> Duration {
     // Each attempt is bounded by 50 ms (the lab's RTT is microseconds): the figure is the
@@ -364,11 +386,16 @@ fn two_daemons_elect_fail_over_and_hand_over() {
 
     // SIGKILL of the primary's daemon (its host stays up).
     let killed_at = Instant::now();
+    let killed_tod = time_of_day();
     lab.daemon(&first).child.kill().expect("kill");
     let _ = lab.daemon(&first).child.wait();
     let took = outage(&client, Duration::from_secs(5));
     println!("SIGKILL failover: service back after {:?}", killed_at.elapsed().max(took));
     assert_eq!(lab.primaries(), vec![other.to_string()]);
+    println!(
+        "SIGKILL failover: {other} promoted {:?} ms after the kill",
+        promoted_after_ms(&mut lab, other, killed_tod)
+    );
     assert!(exchange(&mut long, "after-kill"), "the long-lived connection did not survive the failover");
     let first_ns = format!("{}-{first}", lab.prefix);
     assert!(ns_output(&first_ns, &["ip", "link", "show", "csd78"]).is_empty(), "TUN outlived its daemon");
@@ -408,6 +435,7 @@ fn two_daemons_elect_fail_over_and_hand_over() {
 
     // SIGTERM of the primary: it hands over to the backup and exits 0.
     let termed_at = Instant::now();
+    let termed_tod = time_of_day();
     run(&["kill", "-TERM", &pid]);
     let mut status = None;
     wait_until("the stopped daemon to exit", Duration::from_secs(5), || {
@@ -418,5 +446,9 @@ fn two_daemons_elect_fail_over_and_hand_over() {
     wait_until("handover", Duration::from_secs(5), || lab.daemon(&first).is_primary());
     let took = outage(&client, Duration::from_secs(5));
     println!("SIGTERM handover: service up {:?} after the signal", termed_at.elapsed().max(took));
+    println!(
+        "SIGTERM handover: {first} promoted {:?} ms after the signal",
+        promoted_after_ms(&mut lab, &first, termed_tod)
+    );
     assert!(exchange(&mut long, "after-term"), "the long-lived connection did not survive the handover");
 }
