@@ -12,12 +12,16 @@
 //!    an address of a listed ATM makes this host that ATM (and also a node if it is a real
 //!    server); only a server's address makes it a node, whose set-up (loopback VIP and ARP
 //!    hiding, decapsulation) is issue 5: the daemon says so and exits 0; neither is an error.
-//! 4. Crash-safe set-up: [`crate::dataplane::io::tun::Shell::start`] first removes what a
+//! 4. A quiet period ([`quiet_period`], twice the dead interval plus two heartbeats) before
+//!    anything is sent: a daemon restarted quickly (systemd, SIGKILL + restart, a reload) is
+//!    then seen by its peers as down and up again, and the primary streams its whole table to
+//!    the new, empty shadow engine (the core reports `PeerUp` only after a `PeerDown`).
+//! 5. Crash-safe set-up: [`crate::dataplane::io::tun::Shell::start`] first removes what a
 //!    killed daemon of this cluster left (rules with our priority and table, routes in our
 //!    table, our TUN by name: [`setup::owned`] derives all three from the cluster id); any
 //!    VIP found as a local address on an interface is removed too (it would make the kernel
 //!    answer ARP for it). Then the TUN, the steering and the engine (inactive) start.
-//! 5. The ARP responder opens a packet socket per interface that answers for a VIP, the
+//! 6. The ARP responder opens a packet socket per interface that answers for a VIP, the
 //!    heartbeat socket is bound, and systemd is told `READY=1` (`Type=notify`).
 //!
 //! ## VIPs, ARP and steering (why)
@@ -40,8 +44,12 @@
 //!
 //! ## Signals
 //!
-//! * SIGTERM / SIGINT: graceful stop; a primary hands over to a backup (the core's
-//!   handover), then the daemon exits and tears its data plane down.
+//! * SIGTERM / SIGINT: graceful stop. The data plane first streams its whole table to the
+//!   backups and reports when nothing is left to send (bounded by [`DRAIN_LIMIT`]), so a
+//!   backup that joined moments ago still holds every connection; then a primary hands over
+//!   (the core's handover), the daemon exits 0 and tears its data plane down. A backup
+//!   receiving sync records while it is promoted applies those already waiting before it
+//!   starts forwarding.
 //! * SIGHUP: the file is re-read and validated first. Invalid: refused, logged at `error`
 //!   with every `FILE:LINE:COL` message, the running config kept. Unchanged (same digest):
 //!   nothing happens. Changed and valid: the daemon applies it by an in-process restart:
@@ -193,8 +201,6 @@ pub fn quiet_period(cfg: &Config) -> Duration {
 
 fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
     let rt = runtime()?;
-    let quiet = quiet_period(cfg);
-    rt.block_on(async move { tokio::time::sleep(quiet).await });
     let (handle, addrs) = rt.block_on(async {
         let h = netlink::connect()?;
         let a = host::addresses(&h).await.map_err(|e| DaemonError::Netlink(e.to_string()))?;
@@ -217,6 +223,9 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
             return Err(DaemonError::NotInConfig(list.join(", ")));
         }
     };
+    let quiet = quiet_period(cfg);
+    tracing::info!(target: "clusterserverd", atm = %cfg.atms[me].name, quiet_ms = quiet.as_millis(), "ATM role; staying quiet so peers see any previous run as gone");
+    rt.block_on(async move { tokio::time::sleep(quiet).await });
     let atm = &cfg.atms[me];
     let host_err = |what: String| DaemonError::Host { atm: atm.name.clone(), what };
     let my_if = addrs
