@@ -25,6 +25,8 @@
 
 pub mod config;
 pub mod core;
+#[cfg(target_os = "linux")]
+pub mod daemon;
 pub mod dataplane;
 pub mod driver;
 pub mod platform;

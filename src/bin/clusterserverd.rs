@@ -1,12 +1,15 @@
 //! clusterserverd: the ATM / cluster-node daemon.
 //!
-//! Thin on purpose: argument handling here, everything else in the library. For now only
-//! `--check --config FILE` does its job (exit 0 valid, 1 invalid, 2 usage error).
+//! Thin on purpose: argument handling here, everything else in the library
+//! ([`clusterserver::daemon`]). `--check --config FILE` validates and exits (0 valid, 1
+//! invalid, 2 usage error); `--config FILE` runs the daemon (exit 0 after a graceful stop,
+//! 1 when it cannot run).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clusterserver::config::{self, DEFAULT_CONFIG_PATH};
+use clusterserver::daemon;
 
 const USAGE: &str = "\
 Usage: clusterserverd [--config FILE] [--check]
@@ -62,17 +65,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let config = match config::load_file(&args.config) {
-        Ok(config) => config,
-        Err(errors) => {
-            eprintln!("{errors}");
-            let n = errors.len();
-            let s = if n == 1 { "" } else { "s" };
-            eprintln!("{}: {n} error{s}", args.config.display());
-            return ExitCode::from(1);
-        }
-    };
     if args.check {
+        let config = match config::load_file(&args.config) {
+            Ok(config) => config,
+            Err(errors) => {
+                eprintln!("{errors}");
+                let n = errors.len();
+                let s = if n == 1 { "" } else { "s" };
+                eprintln!("{}: {n} error{s}", args.config.display());
+                return ExitCode::from(1);
+            }
+        };
         println!(
             "{}: OK ({} ATMs, {} services)",
             args.config.display(),
@@ -81,6 +84,14 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    eprintln!("clusterserverd: daemon not yet implemented (use --check)");
-    ExitCode::from(2)
+    daemon::install_panic_hook();
+    daemon::init_logging();
+    match daemon::run(&args.config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(target: "clusterserverd", error = %e, "cannot run");
+            eprintln!("clusterserverd: {e}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -309,7 +309,12 @@ impl Election {
             return None;
         }
         let dead = self.dead_interval();
-        let mut t = self.next_heartbeat.min(self.next_probe);
+        // Without a reachlist no probe is ever due: `next_probe` stays at the start and
+        // would make every timeout immediate (a busy loop in a real-time driver).
+        let mut t = self.next_heartbeat;
+        if self.cfg.reach_total > 0 {
+            t = t.min(self.next_probe);
+        }
         let mut consider = |x: Instant| t = t.min(x);
         if self.garp_left > 0 {
             consider(self.next_garp);

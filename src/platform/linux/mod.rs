@@ -1,3 +1,10 @@
-//! Linux side effects that need `unsafe`: kept here, every block with a `// SAFETY:` comment.
+//! The Linux platform: the real [`crate::platform::Platform`] of an ATM ([`atm`]), ARP for
+//! the VIPs from user space ([`arp`]), ICMP probes ([`icmp`]), the host's addresses
+//! ([`host`]), and the few system calls that need `unsafe` ([`netsys`], every block with a
+//! `// SAFETY:` comment).
 
+pub mod arp;
+pub mod atm;
+pub mod host;
+pub mod icmp;
 pub mod netsys;

@@ -43,3 +43,11 @@ pub fn bind_packet_socket(socket: &Socket, ifindex: u32, ethertype: u16) -> io::
     let addr = unsafe { SockAddr::new(storage, len) };
     socket.bind(&addr)
 }
+
+/// Registers an owned socket with the current tokio reactor (needs a runtime context).
+pub fn async_socket(socket: Socket) -> io::Result<tokio::io::unix::AsyncFd<Socket>> {
+    // SAFETY: `socket` is owned by the returned `AsyncFd` for its whole life: its descriptor
+    // is open (a `Socket` always holds one), is closed only when the `AsyncFd` drops it, and
+    // `Socket::as_raw_fd` always returns that same descriptor.
+    unsafe { tokio::io::unix::AsyncFd::register(socket) }.map_err(|e| e.into_parts().1)
+}

@@ -1,0 +1,479 @@
+//! The daemon proper (`clusterserverd --config F`): works out its role, sets up the data plane
+//! and runs the control core with real I/O until SIGTERM.
+//!
+//! ## Start-up, in order
+//!
+//! 1. A panic anywhere aborts the process ([`install_panic_hook`]): a half-dead daemon (the
+//!    control loop gone, the data plane still forwarding, or the reverse) is worse than a dead
+//!    one, which the peers detect in a dead interval.
+//! 2. The config is loaded and validated; open ports are filled from `/etc/services`
+//!    (`clusterserver`/udp, `clusterserveradm`/tcp), else 17100 / 17101 (seed 001).
+//! 3. The role comes from the host's IPv4 addresses (rtnetlink dump, [`setup::host_role`]):
+//!    an address of a listed ATM makes this host that ATM (and also a node if it is a real
+//!    server); only a server's address makes it a node, whose set-up (loopback VIP and ARP
+//!    hiding, decapsulation) is issue 5: the daemon says so and exits 0; neither is an error.
+//! 4. A quiet period ([`quiet_period`], twice the dead interval plus two heartbeats) before
+//!    anything is sent: a daemon restarted quickly (systemd, SIGKILL + restart, a reload) is
+//!    then seen by its peers as down and up again, and the primary streams its whole table to
+//!    the new, empty shadow engine (the core reports `PeerUp` only after a `PeerDown`).
+//! 5. Crash-safe set-up: [`crate::dataplane::io::tun::Shell::start`] first removes what a
+//!    killed daemon of this cluster left (rules with our priority and table, routes in our
+//!    table, our TUN by name: [`setup::owned`] derives all three from the cluster id); any
+//!    VIP found as a local address on an interface is removed too (it would make the kernel
+//!    answer ARP for it). Then the TUN, the steering and the engine (inactive) start.
+//! 6. The ARP responder opens a packet socket per interface that answers for a VIP, the
+//!    heartbeat socket is bound, and systemd is told `READY=1` (`Type=notify`).
+//!
+//! ## VIPs, ARP and steering (why)
+//!
+//! The VIP is routed into the TUN by policy rules (`to VIP lookup TABLE`, and for NAT
+//! `from SERVER lookup TABLE`; TABLE holds `default dev TUN`), never added as a local
+//! address, and ARP for it is answered by the daemon itself (see
+//! [`crate::platform::linux::arp`]). The steering stays installed on a backup: nobody sends
+//! it VIP traffic (it answers no ARP), and an inactive engine drops what arrives anyway.
+//! When the daemon dies the TUN closes with it (non-persistent), its route goes, and nothing
+//! answers ARP for the VIP: no black hole on a dead daemon with a live host.
+//!
+//! ## Roles and the engine
+//!
+//! The engine is active exactly while the VIPs are held (as in the simulator): taking the
+//! VIPs activates it before ARP is answered, releasing stops ARP first. A primary that sees
+//! a peer come up streams its whole table to it ([`processor`]: connection sync over UDP on
+//! `sync_port`, authenticated with the cluster secret); a backup's shadow engine applies it,
+//! so established connections survive a failover.
+//!
+//! ## Signals
+//!
+//! * SIGTERM / SIGINT: graceful stop. The data plane first streams its whole table to the
+//!   backups and reports when nothing is left to send (bounded by [`DRAIN_LIMIT`]), so a
+//!   backup that joined moments ago still holds every connection; then a primary hands over
+//!   (the core's handover), the daemon exits 0 and tears its data plane down. A backup
+//!   receiving sync records while it is promoted applies those already waiting before it
+//!   starts forwarding.
+//! * SIGHUP: the file is re-read and validated first. Invalid: refused, logged at `error`
+//!   with every `FILE:LINE:COL` message, the running config kept. Unchanged (same digest):
+//!   nothing happens. Changed and valid: the daemon applies it by an in-process restart:
+//!   it hands over exactly as for SIGTERM (planned, no packet lost when a backup is up),
+//!   tears down, and starts again with the new config as a backup. (The core has no live
+//!   re-configuration yet; with a single ATM a reload therefore costs a dead interval.)
+//!
+//! ## Log lines (stderr, `tracing` fmt, no colours)
+//!
+//! Every role change is one line with target `clusterserverd::role`, message `role change`
+//! and the fields `node`, `role` (`primary` | `backup`), `epoch`, `reason`:
+//!
+//! ```text
+//! 2026-11-22T03:10:00.123456Z  INFO clusterserverd::role: role change node=atm1 role=primary epoch=1 reason=NoPrimary
+//! ```
+//!
+//! A parser looks for ` role change ` and splits the rest on spaces into `key=value`
+//! (values contain no spaces). Start-up ends with `ready node=NAME ...` (target
+//! `clusterserverd`), a graceful exit with `stopped node=NAME`.
+
+pub mod processor;
+pub mod setup;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use crate::config::{self, Config};
+use crate::dataplane::engine::{Engine, EngineConfig};
+use crate::dataplane::io::tun::Shell;
+use crate::dataplane::io::{ShellConfig, ShellError, netlink};
+use crate::dataplane::sync::{SyncReceiver, SyncSender};
+use crate::driver::{Command, run_atm};
+use crate::platform::linux::arp::{ArpPort, ArpResponder};
+use crate::platform::linux::atm::{EngineOp, LinuxPlatform, bind_udp, wall_clock_incarnation};
+use crate::platform::linux::host::{self, IfAddr};
+use processor::DaemonProcessor;
+use setup::HostRole;
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Config(String),
+    #[error("this host is neither an ATM nor a real server of the config (its addresses: {0})")]
+    NotInConfig(String),
+    #[error("ATM {atm}: {what}")]
+    Host { atm: String, what: String },
+    #[error("cannot read the cluster secret {path}: {source}")]
+    Secret { path: String, source: std::io::Error },
+    #[error("netlink: {0}")]
+    Netlink(String),
+    #[error("data plane: {0}")]
+    Shell(#[from] ShellError),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let what = what.into();
+    move |source| DaemonError::Io { what, source }
+}
+
+/// Longest a graceful stop waits for the connection sync to drain before handing over.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+/// What the control loop asks for when it ends.
+enum Next {
+    Exit,
+    Reload(Box<Config>),
+}
+
+/// Makes any panic abort the whole process after printing it.
+pub fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        eprintln!("clusterserverd: panic: aborting (a half-running daemon is worse than none)");
+        std::process::abort();
+    }));
+}
+
+/// Structured logs on stderr (`RUST_LOG` filters; default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Loads, validates and completes (ports) a config file.
+pub fn load(path: &Path) -> Result<Config, DaemonError> {
+    let mut cfg = config::load_file(path).map_err(|e| DaemonError::Config(e.to_string()))?;
+    let services = std::fs::read_to_string("/etc/services").unwrap_or_default();
+    setup::resolve_ports(&mut cfg, &services);
+    Ok(cfg)
+}
+
+/// Runs the daemon until a graceful stop. Call from `main` on a plain thread (it owns its
+/// runtimes).
+pub fn run(path: &Path) -> Result<(), DaemonError> {
+    let mut cfg = load(path)?;
+    loop {
+        match run_once(path, &cfg)? {
+            Next::Exit => return Ok(()),
+            Next::Reload(new) => {
+                tracing::info!(target: "clusterserverd", "restarting with the reloaded config");
+                cfg = *new;
+            }
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, DaemonError> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(io_err("runtime"))
+}
+
+fn read_secret(cfg: &Config) -> Result<Vec<u8>, DaemonError> {
+    let path = &cfg.cluster.secret_file;
+    let mut s = std::fs::read(path)
+        .map_err(|source| DaemonError::Secret { path: path.display().to_string(), source })?;
+    // A trailing newline from `echo` is not part of the key.
+    while s.last().is_some_and(|b| b.is_ascii_whitespace()) {
+        s.pop();
+    }
+    Ok(s)
+}
+
+/// How long a starting daemon stays silent: long enough for its peers to declare its
+/// previous incarnation dead (twice the dead interval plus two heartbeats), so that a quick
+/// restart (systemd, or a reload) is still seen as down-then-up and the primary streams its
+/// whole table to the new shadow engine.
+pub fn quiet_period(cfg: &Config) -> Duration {
+    let hb = Duration::from_millis(cfg.timers.heartbeat_ms);
+    hb * (cfg.timers.dead_after * 2 + 2)
+}
+
+fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
+    let rt = runtime()?;
+    let (handle, addrs) = rt.block_on(async {
+        let h = netlink::connect()?;
+        let a = host::addresses(&h).await.map_err(|e| DaemonError::Netlink(e.to_string()))?;
+        Ok::<_, DaemonError>((h, a))
+    })?;
+    let local: Vec<IpAddr> = addrs.iter().map(|a| IpAddr::V4(a.addr)).collect();
+    let me = match setup::host_role(cfg, &local) {
+        HostRole::Atm { atm, node } => {
+            if node {
+                tracing::warn!(target: "clusterserverd", "this host is also a real server: node set-up arrives with issue 5");
+            }
+            atm
+        }
+        HostRole::Node => {
+            tracing::info!(target: "clusterserverd", "this host is a cluster node only: node set-up (loopback VIP, ARP hiding, decapsulation) is issue 5; nothing to run, exiting");
+            return Ok(Next::Exit);
+        }
+        HostRole::None => {
+            let list: Vec<String> = local.iter().map(IpAddr::to_string).collect();
+            return Err(DaemonError::NotInConfig(list.join(", ")));
+        }
+    };
+    let quiet = quiet_period(cfg);
+    tracing::info!(target: "clusterserverd", atm = %cfg.atms[me].name, quiet_ms = quiet.as_millis(), "ATM role; staying quiet so peers see any previous run as gone");
+    rt.block_on(async move { tokio::time::sleep(quiet).await });
+    let atm = &cfg.atms[me];
+    let host_err = |what: String| DaemonError::Host { atm: atm.name.clone(), what };
+    let my_if = addrs
+        .iter()
+        .find(|a| IpAddr::V4(a.addr) == atm.address)
+        .ok_or_else(|| host_err("its address is not IPv4 on this host".into()))?
+        .clone();
+    if my_if.iface != atm.interface {
+        tracing::warn!(target: "clusterserverd", configured = %atm.interface, actual = %my_if.iface, "the ATM address is on another interface than configured");
+    }
+    rt.block_on(clear_local_vips(&handle, cfg, &addrs))?;
+    warn_if_no_forwarding();
+    let secret = read_secret(cfg)?;
+    let incarnation = wall_clock_incarnation();
+    let shell = Rc::new(start_shell(cfg, me, &addrs, &secret, incarnation)?);
+    tracing::info!(target: "clusterserverd", tun = %setup::owned(cfg).tun_name, "data plane up");
+    let arp = Rc::new(rt.block_on(open_arp(cfg, &addrs, &atm.interface))?);
+    let shell_ctl = Rc::clone(&shell);
+    let engine_ctl: Box<dyn Fn(EngineOp)> = Box::new(move |op| {
+        let r = match op {
+            EngineOp::SetActive(a) => {
+                shell_ctl.apply(Arc::new(move |p: &mut DaemonProcessor| p.set_active(a)))
+            }
+            EngineOp::FullSync => shell_ctl.apply(Arc::new(|p: &mut DaemonProcessor| {
+                if p.engine.is_active() {
+                    p.engine.start_full_sync();
+                }
+            })),
+        };
+        if let Err(e) = r {
+            tracing::error!(target: "clusterserverd", error = %e, ?op, "data-plane control failed");
+        }
+    });
+    let names = cfg.atms.iter().map(|a| a.name.clone()).collect();
+    let platform = LinuxPlatform::new(
+        atm.name.clone(),
+        names,
+        incarnation,
+        my_if.broadcast(),
+        Rc::clone(&arp),
+        engine_ctl,
+    );
+    let next = rt.block_on(control(&platform, &shell, &arp, path, cfg, me, secret));
+    drop(platform);
+    drop(rt);
+    // The shell joins its workers and removes the steering on a plain thread.
+    match Rc::try_unwrap(shell) {
+        Ok(shell) => match shell.stop() {
+            Ok((stats, procs)) => {
+                let sync = procs.first().map(|p| p.counters).unwrap_or_default();
+                tracing::info!(target: "clusterserverd", ?stats, ?sync, "data plane stopped");
+            }
+            Err(e) => tracing::error!(target: "clusterserverd", error = %e, "data plane stop"),
+        },
+        Err(_) => tracing::error!(target: "clusterserverd", "data plane still referenced; dropped"),
+    }
+    tracing::info!(target: "clusterserverd", node = %atm.name, "stopped");
+    next
+}
+
+/// Removes VIPs configured as local addresses (by an older daemon or by hand).
+async fn clear_local_vips(
+    handle: &rtnetlink::Handle,
+    cfg: &Config,
+    addrs: &[IfAddr],
+) -> Result<(), DaemonError> {
+    for v in cfg.vips() {
+        for a in addrs.iter().filter(|a| IpAddr::V4(a.addr) == v) {
+            host::remove_address(handle, a.index, a.addr)
+                .await
+                .map_err(|e| DaemonError::Netlink(e.to_string()))?;
+            tracing::warn!(target: "clusterserverd", vip = %v, iface = %a.iface, "removed a VIP configured as a local address (the daemon answers ARP for VIPs itself)");
+        }
+    }
+    Ok(())
+}
+
+fn warn_if_no_forwarding() {
+    let f = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default();
+    if f.trim() != "1" {
+        tracing::warn!(target: "clusterserverd", "net.ipv4.ip_forward is off: VIP traffic cannot reach the data plane (the daemon does not change host-wide settings)");
+    }
+}
+
+fn start_shell(
+    cfg: &Config,
+    me: usize,
+    addrs: &[IfAddr],
+    secret: &[u8],
+    incarnation: u64,
+) -> Result<Shell<DaemonProcessor>, DaemonError> {
+    let owned = setup::owned(cfg);
+    let iface = &cfg.atms[me].interface;
+    let shell_cfg = ShellConfig {
+        tun_name: owned.tun_name,
+        // One queue: one engine, one sync stream (see the processor's docs).
+        queues: 1,
+        offload: true,
+        mtu: 1500,
+        table_id: owned.table_id,
+        rule_priority: owned.rule_priority,
+        dr_interface: setup::dr_interface(cfg, addrs, iface),
+    };
+    let local_addr = match cfg.atms[me].address {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+    };
+    let ecfg = EngineConfig {
+        services: cfg.services.clone(),
+        table: cfg.table.clone(),
+        local_addr,
+        path_mtu: 1500,
+        // The same on every ATM: schedulers agree across a failover.
+        seed: u64::from(cfg.cluster.id),
+    };
+    let socket = if cfg.sync.connections {
+        Some(bind_udp(cfg.sync_port()).map_err(io_err(format!("sync socket on port {}", cfg.sync_port())))?)
+    } else {
+        None
+    };
+    let peers: Vec<SocketAddr> = cfg
+        .atms
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != me)
+        .map(|(_, a)| SocketAddr::new(a.address, cfg.sync_port()))
+        .collect();
+    let mut socket = Some(socket);
+    let mut built = Some((ecfg, peers));
+    let (id, rate, sync_on) = (cfg.cluster.id, cfg.sync.max_datagrams_per_s, cfg.sync.connections);
+    let shell = Shell::start(shell_cfg, setup::steering(cfg), move |_| {
+        let (ecfg, peers) = built.take().expect("one queue");
+        let mut engine = Engine::new(&ecfg);
+        engine.set_active(false);
+        engine.set_sync(sync_on);
+        let sender = SyncSender::new(secret, id, incarnation, rate);
+        let receiver = SyncReceiver::new(secret, id);
+        DaemonProcessor::new(engine, sender, receiver, socket.take().flatten(), peers)
+    })?;
+    Ok(shell)
+}
+
+async fn open_arp(cfg: &Config, addrs: &[IfAddr], default_iface: &str) -> Result<ArpResponder, DaemonError> {
+    let per_vip = setup::arp_interfaces(cfg, addrs, default_iface);
+    let mut ports: Vec<ArpPort> = Vec::new();
+    let mut port_of = BTreeMap::new();
+    for (vip, iface) in per_vip {
+        let idx = match ports.iter().position(|p| p.iface == iface) {
+            Some(i) => i,
+            None => {
+                let a = addrs.iter().find(|a| a.iface == iface);
+                let (index, mac) = match a {
+                    Some(IfAddr { index, mac: Some(mac), .. }) => (*index, *mac),
+                    _ => {
+                        return Err(DaemonError::Host {
+                            atm: default_iface.to_string(),
+                            what: format!("interface {iface} (for VIP {vip}) has no IPv4 address or MAC"),
+                        });
+                    }
+                };
+                ports.push(
+                    ArpPort::open(&iface, index, mac).map_err(io_err(format!("ARP socket on {iface}")))?,
+                );
+                ports.len() - 1
+            }
+        };
+        port_of.insert(vip, idx);
+    }
+    Ok(ArpResponder::new(ports, port_of))
+}
+
+/// The control loop: the driver, the ARP responder and the signals.
+async fn control(
+    platform: &LinuxPlatform,
+    shell: &Shell<DaemonProcessor>,
+    arp: &ArpResponder,
+    path: &Path,
+    cfg: &Config,
+    me: usize,
+    secret: Vec<u8>,
+) -> Result<Next, DaemonError> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let sig = |k: SignalKind| signal(k).map_err(io_err("signal handler"));
+    let (mut term, mut int, mut hup) =
+        (sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?, sig(SignalKind::hangup())?);
+    let driver = run_atm(platform, cfg, me, secret, rx);
+    let serve = arp.serve();
+    tokio::pin!(driver, serve);
+    let reload: RefCell<Option<Box<Config>>> = RefCell::new(None);
+    let node = &cfg.atms[me].name;
+    tracing::info!(target: "clusterserverd", node = %node, heartbeat_port = cfg.heartbeat_port(), sync_port = cfg.sync_port(), "ready");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    // A graceful stop first drains the connection sync (bounded), then hands over.
+    let mut draining: Option<Pin<Box<dyn Future<Output = ()>>>> = None;
+    let drain = |why: &str| -> Option<Pin<Box<dyn Future<Output = ()>>>> {
+        tracing::info!(target: "clusterserverd", node = %node, why, "stopping: syncing connections, then handing over if primary");
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let done_tx = std::sync::Mutex::new(Some(done_tx));
+        let ok = shell.apply(Arc::new(move |p: &mut DaemonProcessor| {
+            if let Some(d) = done_tx.lock().ok().and_then(|mut d| d.take()) {
+                p.notify_when_drained(d);
+            }
+        }));
+        if ok.is_err() {
+            tracing::warn!(target: "clusterserverd", "could not ask the data plane to drain its sync");
+        }
+        Some(Box::pin(async move {
+            let _ = tokio::time::timeout(DRAIN_LIMIT, done_rx).await;
+        }))
+    };
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut driver => {
+                r.map_err(io_err("heartbeat"))?;
+                return Ok(match reload.borrow_mut().take() {
+                    Some(c) => Next::Reload(c),
+                    None => Next::Exit,
+                });
+            }
+            _ = async { if let Some(d) = draining.as_mut() { d.await } }, if draining.is_some() => {
+                draining = None;
+                let _ = tx.send(Command::Shutdown);
+            }
+            _ = term.recv() => {
+                reload.borrow_mut().take();
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+                draining = draining.take().or_else(|| drain("SIGTERM"));
+            }
+            _ = int.recv() => {
+                reload.borrow_mut().take();
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+                draining = draining.take().or_else(|| drain("SIGINT"));
+            }
+            _ = hup.recv() => match load(path) {
+                Err(e) => tracing::error!(target: "clusterserverd", node = %node, error = %e, "reload refused: invalid config; the running config is kept"),
+                Ok(new) if new.digest() == cfg.digest() => tracing::info!(target: "clusterserverd", node = %node, "reload: config unchanged"),
+                Ok(new) => {
+                    tracing::info!(target: "clusterserverd", node = %node, "reload: config valid and changed; handing over and restarting with it");
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+                    *reload.borrow_mut() = Some(Box::new(new));
+                    draining = draining.take().or_else(|| drain("SIGHUP"));
+                }
+            },
+            r = &mut serve => {
+                let e = r.err().unwrap_or_else(|| std::io::Error::other("ARP responder ended"));
+                return Err(DaemonError::Io { what: "ARP responder".into(), source: e });
+            }
+        }
+    }
+}

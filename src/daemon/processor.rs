@@ -1,0 +1,156 @@
+//! The daemon's packet processor: the real [`Engine`] plus its connection sync, on the TUN
+//! shell's worker thread.
+//!
+//! The sync sender needs `&mut Engine`, and the engine lives on the worker (no lock on the
+//! packet path), so the sync socket lives there too: a non-blocking UDP socket on the sync
+//! port. The primary (engine active) flushes its queued changes every [`FLUSH_EVERY`]
+//! packets and on every tick; a backup (engine inactive, a shadow) applies what it receives
+//! on every tick ([`crate::dataplane::io::TICK`], 100 ms). Datagrams are authenticated with
+//! the cluster secret by the codec; a backup ignores nothing but what fails authentication
+//! or replays, and an active engine ignores incoming sync (two primaries for a moment must
+//! not overwrite each other's tables).
+
+use std::net::{SocketAddr, UdpSocket};
+
+use crate::dataplane::engine::{Engine, Verdict};
+use crate::dataplane::io::{Disposition, PacketProcessor};
+use crate::dataplane::sync::{MAX_DATAGRAM, SyncReceiver, SyncSender};
+use crate::time::Instant;
+
+/// Packets between two sync flushes on the packet path.
+pub const FLUSH_EVERY: u32 = 32;
+/// Bound on sync datagrams received per tick.
+const RECV_PER_TICK: usize = 512;
+/// Bound on sync datagrams sent per flush.
+const SEND_PER_FLUSH: usize = 64;
+
+/// Counters of the sync path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncCounters {
+    pub sent: u64,
+    pub send_errors: u64,
+    pub received: u64,
+    pub applied_records: u64,
+    pub rejected: u64,
+}
+
+/// Engine + sync on one queue.
+#[derive(Debug)]
+pub struct DaemonProcessor {
+    pub engine: Engine,
+    sender: SyncSender,
+    receiver: SyncReceiver,
+    socket: Option<UdpSocket>,
+    peers: Vec<SocketAddr>,
+    out: Vec<u8>,
+    rbuf: Vec<u8>,
+    since_flush: u32,
+    pub counters: SyncCounters,
+    /// Fired once nothing is left to send (see [`DaemonProcessor::notify_when_drained`]).
+    drained: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The latest `now` seen (a tick or a packet), for work done between them.
+    last_now: Instant,
+}
+
+impl DaemonProcessor {
+    /// `socket`: the non-blocking sync socket (`None`: sync off).
+    pub fn new(
+        engine: Engine,
+        sender: SyncSender,
+        receiver: SyncReceiver,
+        socket: Option<UdpSocket>,
+        peers: Vec<SocketAddr>,
+    ) -> Self {
+        DaemonProcessor {
+            engine,
+            sender,
+            receiver,
+            socket,
+            peers,
+            out: vec![0; MAX_DATAGRAM],
+            rbuf: vec![0; MAX_DATAGRAM],
+            since_flush: 0,
+            counters: SyncCounters::default(),
+            drained: None,
+            last_now: Instant::ZERO,
+        }
+    }
+
+    /// Forward (primary) or shadow (backup). Becoming active first applies every sync
+    /// datagram already waiting in the socket: a handover's last records (sent just before
+    /// the old primary let go) arrive moments before this call and must not be skipped.
+    pub fn set_active(&mut self, active: bool) {
+        if active && !self.engine.is_active() {
+            self.receive(self.last_now);
+        }
+        self.engine.set_active(active);
+    }
+
+    /// Starts a full sync (if active) and fires `done` on the first tick after which every
+    /// record has been sent: a planned handover waits for it, so the successor holds every
+    /// connection even if it joined moments ago.
+    pub fn notify_when_drained(&mut self, done: tokio::sync::oneshot::Sender<()>) {
+        if self.engine.is_active() && self.socket.is_some() {
+            self.engine.start_full_sync();
+            self.drained = Some(done);
+        } else {
+            let _ = done.send(());
+        }
+    }
+
+    fn flush(&mut self, now: Instant) {
+        let Some(sock) = &self.socket else { return };
+        for _ in 0..SEND_PER_FLUSH {
+            let Some(len) = self.sender.poll_transmit(now, &mut self.engine, &mut self.out) else { break };
+            for p in &self.peers {
+                match sock.send_to(&self.out[..len], p) {
+                    Ok(_) => self.counters.sent += 1,
+                    Err(_) => self.counters.send_errors += 1,
+                }
+            }
+        }
+    }
+
+    fn receive(&mut self, now: Instant) {
+        let Some(sock) = &self.socket else { return };
+        for _ in 0..RECV_PER_TICK {
+            let Ok((n, _)) = sock.recv_from(&mut self.rbuf) else { break };
+            self.counters.received += 1;
+            if self.engine.is_active() {
+                continue;
+            }
+            match self.receiver.handle(now, &self.rbuf[..n], &mut self.engine) {
+                Ok(k) => self.counters.applied_records += k as u64,
+                Err(_) => self.counters.rejected += 1,
+            }
+        }
+    }
+}
+
+impl PacketProcessor for DaemonProcessor {
+    fn process(&mut self, now: Instant, rx: &[u8], tx: &mut [u8]) -> Disposition {
+        self.last_now = now;
+        let d = match self.engine.process(now, rx, tx) {
+            Verdict::Tun { len } => Disposition::Tun { len },
+            Verdict::L2 { len, next_hop } => Disposition::L2 { len, next_hop },
+            Verdict::Drop(_) => Disposition::Drop,
+        };
+        self.since_flush += 1;
+        if self.since_flush >= FLUSH_EVERY {
+            self.since_flush = 0;
+            self.flush(now);
+        }
+        d
+    }
+
+    fn on_tick(&mut self, now: Instant) {
+        self.last_now = now;
+        self.engine.expire(now, 1024);
+        self.receive(now);
+        self.flush(now);
+        // Nothing pending in the sender after a flush: the engine had nothing more to give.
+        if self.drained.is_some() && self.sender.poll_timeout().is_none() {
+            let _ = self.drained.take().map(|d| d.send(()));
+        }
+    }
+}

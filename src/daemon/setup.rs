@@ -1,0 +1,205 @@
+//! The daemon's pure decisions at start-up: its role from the config and the host's
+//! addresses, its ports, the names and ids of what it creates, and the kernel steering.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::Ipv4Net;
+
+use crate::config::{Config, DEFAULT_ADMIN_PORT, DEFAULT_HEARTBEAT_PORT, Forwarding};
+use crate::dataplane::io::netlink::SteerRule;
+use crate::platform::linux::host::IfAddr;
+
+/// What this host is in the cluster (seed 001: "cluster node, ATM, or both").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostRole {
+    /// ATM number `atm` of the config; `node` too if it is also a real server.
+    Atm { atm: usize, node: bool },
+    /// Only a real server.
+    Node,
+    /// Neither: the config does not describe this host.
+    None,
+}
+
+/// The role of a host whose addresses are `local`.
+pub fn host_role(cfg: &Config, local: &[IpAddr]) -> HostRole {
+    let node = cfg.services.iter().flat_map(|s| &s.servers).any(|s| local.contains(&s.address));
+    match cfg.atms.iter().position(|a| local.contains(&a.address)) {
+        Some(atm) => HostRole::Atm { atm, node },
+        None if node => HostRole::Node,
+        None => HostRole::None,
+    }
+}
+
+/// The port of service `name`/`proto` in `/etc/services` text, if listed.
+pub fn services_port(text: &str, name: &str, proto: &str) -> Option<u16> {
+    text.lines().find_map(|line| {
+        let line = line.split('#').next().unwrap_or("");
+        let mut words = line.split_whitespace();
+        let first = words.next()?;
+        let (port, p) = words.next()?.split_once('/')?;
+        let aliases: Vec<&str> = words.collect();
+        ((first == name || aliases.contains(&name)) && p == proto).then(|| port.parse().ok()).flatten()
+    })
+}
+
+/// Fills the ports the config leaves open: `/etc/services` (`clusterserver`/udp for
+/// heartbeats, `clusterserveradm`/tcp for the admin channel), else 17100 / 17101 (seed 001).
+pub fn resolve_ports(cfg: &mut Config, etc_services: &str) {
+    if cfg.cluster.heartbeat_port.is_none() {
+        let p = services_port(etc_services, "clusterserver", "udp").unwrap_or(DEFAULT_HEARTBEAT_PORT);
+        cfg.cluster.heartbeat_port = Some(p);
+    }
+    if cfg.cluster.admin_port.is_none() {
+        let p = services_port(etc_services, "clusterserveradm", "tcp").unwrap_or(DEFAULT_ADMIN_PORT);
+        cfg.cluster.admin_port = Some(p);
+    }
+}
+
+/// Names and ids of the kernel objects this daemon owns, derived from the cluster id so that
+/// a restarted daemon finds the leftovers of a killed one (and two clusters on one host
+/// differ).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owned {
+    /// Non-persistent TUN device, `csd<id>` (at most 15 bytes).
+    pub tun_name: String,
+    /// Private routing table.
+    pub table_id: u32,
+    /// Priority of the steering rules.
+    pub rule_priority: u32,
+}
+
+pub fn owned(cfg: &Config) -> Owned {
+    let short = cfg.cluster.id % 100_000;
+    Owned { tun_name: format!("csd{short}"), table_id: 1_710_000 + short, rule_priority: 17_100 }
+}
+
+/// The steering rules: every IPv4 service VIP into the TUN, and for NAT services the replies
+/// of their servers.
+pub fn steering(cfg: &Config) -> Vec<SteerRule> {
+    let mut out: Vec<SteerRule> = Vec::new();
+    let mut push = |r: SteerRule| {
+        if !out.contains(&r) {
+            out.push(r);
+        }
+    };
+    for s in &cfg.services {
+        if let IpAddr::V4(vip) = s.vip {
+            push(SteerRule::to_vip(vip));
+        }
+    }
+    for s in cfg.services.iter().filter(|s| s.forwarding == Forwarding::Nat) {
+        for srv in &s.servers {
+            if let IpAddr::V4(a) = srv.address {
+                push(SteerRule::nat_replies(Ipv4Net::from(a)));
+            }
+        }
+    }
+    out
+}
+
+/// For every IPv4 VIP, the interface that answers ARP for it: the one whose subnet contains
+/// it (first match), else `default_iface`.
+pub fn arp_interfaces(cfg: &Config, addrs: &[IfAddr], default_iface: &str) -> BTreeMap<Ipv4Addr, String> {
+    cfg.vips()
+        .into_iter()
+        .filter_map(|v| match v {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        })
+        .map(|v| {
+            let iface = addrs
+                .iter()
+                .find(|a| a.prefix_len < 32 && a.contains(v) && !a.iface.is_empty())
+                .map_or(default_iface, |a| a.iface.as_str());
+            (v, iface.to_string())
+        })
+        .collect()
+}
+
+/// The interface for direct-routing output: the one whose subnet holds the first DR
+/// server, else the ATM's interface; `None` without DR services.
+pub fn dr_interface(cfg: &Config, addrs: &[IfAddr], default_iface: &str) -> Option<String> {
+    let srv =
+        cfg.services.iter().filter(|s| s.forwarding == Forwarding::Dr).flat_map(|s| &s.servers).next()?;
+    let IpAddr::V4(a) = srv.address else { return Some(default_iface.to_string()) };
+    let found = addrs.iter().find(|x| x.prefix_len < 32 && x.contains(a)).map(|x| x.iface.clone());
+    Some(found.unwrap_or_else(|| default_iface.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{LoadOptions, parse_str};
+
+    fn cfg() -> Config {
+        let text = r#"{
+          cluster: { name: "t", id: 7, secret_file: "/dev/null" },
+          atms: [ { name: "atm1", address: "10.0.1.1", interface: "eth0" },
+                  { name: "atm2", address: "10.0.1.2", interface: "eth0" } ],
+          services: [ { name: "web", vip: "10.0.1.99", port: 80, forwarding: "nat",
+                        gateway_vip: "10.0.2.254",
+                        servers: [ { name: "s1", address: "10.0.2.20" }, { name: "s2", address: "10.0.2.21" } ] } ],
+        }"#;
+        parse_str("t.json5", text, &LoadOptions::default()).expect("valid")
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    #[test]
+    fn role_from_local_addresses() {
+        let c = cfg();
+        assert_eq!(host_role(&c, &[ip("127.0.0.1"), ip("10.0.1.2")]), HostRole::Atm { atm: 1, node: false });
+        assert_eq!(host_role(&c, &[ip("10.0.1.1"), ip("10.0.2.21")]), HostRole::Atm { atm: 0, node: true });
+        assert_eq!(host_role(&c, &[ip("10.0.2.20")]), HostRole::Node);
+        assert_eq!(host_role(&c, &[ip("10.9.9.9")]), HostRole::None);
+    }
+
+    #[test]
+    fn etc_services_lookup() {
+        let text = "# comment\nclusterserver\t17200/udp\t# hb\nclusterserveradm 17201/tcp csadm\nfoo 1/udp clusterx\n";
+        assert_eq!(services_port(text, "clusterserver", "udp"), Some(17200));
+        assert_eq!(services_port(text, "clusterserver", "tcp"), None);
+        assert_eq!(services_port(text, "csadm", "tcp"), Some(17201));
+        assert_eq!(services_port("", "clusterserver", "udp"), None);
+        let mut c = cfg();
+        resolve_ports(&mut c, text);
+        assert_eq!((c.heartbeat_port(), c.cluster.admin_port), (17200, Some(17201)));
+        let mut c = cfg();
+        resolve_ports(&mut c, "");
+        assert_eq!((c.heartbeat_port(), c.cluster.admin_port), (17100, Some(17101)));
+    }
+
+    #[test]
+    fn steering_and_names() {
+        let c = cfg();
+        let rules = steering(&c);
+        assert_eq!(rules.len(), 3);
+        assert_eq!(rules[0], SteerRule::to_vip(Ipv4Addr::new(10, 0, 1, 99)));
+        assert_eq!(rules[2], SteerRule::nat_replies(Ipv4Net::from(Ipv4Addr::new(10, 0, 2, 21))));
+        let o = owned(&c);
+        assert_eq!(o.tun_name, "csd7");
+        assert!(o.tun_name.len() <= 15);
+    }
+
+    #[test]
+    fn arp_interface_per_vip() {
+        let c = cfg();
+        let a = |iface: &str, addr: [u8; 4]| IfAddr {
+            iface: iface.into(),
+            index: 1,
+            mac: None,
+            addr: addr.into(),
+            prefix_len: 24,
+        };
+        let addrs = [a("eth0", [10, 0, 1, 1]), a("eth1", [10, 0, 2, 1])];
+        let m = arp_interfaces(&c, &addrs, "eth0");
+        assert_eq!(m[&Ipv4Addr::new(10, 0, 1, 99)], "eth0");
+        assert_eq!(m[&Ipv4Addr::new(10, 0, 2, 254)], "eth1");
+        let m = arp_interfaces(&c, &addrs[..1], "eth0");
+        assert_eq!(m[&Ipv4Addr::new(10, 0, 2, 254)], "eth0");
+        assert_eq!(dr_interface(&c, &addrs, "eth0"), None);
+    }
+}

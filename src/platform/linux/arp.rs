@@ -1,0 +1,259 @@
+//! ARP for the VIPs, answered from user space on `AF_PACKET` sockets.
+//!
+//! ## Why user space answers ARP (and the VIP is not a local address)
+//!
+//! The classic keepalived failure: the VIP is a local address on the primary's interface;
+//! the daemon dies but the host stays up, the kernel keeps answering ARP for the VIP, the
+//! backup promotes and announces itself, and the dead host's kernel goes on answering every
+//! ARP request for the VIP (and accepting the traffic): clients flap between the two, and
+//! whatever lands on the dead host is black-holed. Here nothing outside the daemon process
+//! answers for a VIP:
+//!
+//! * the VIP is **never** a local address: the data plane's policy rules route traffic *to*
+//!   it into the daemon's non-persistent TUN device (which vanishes with the process, its
+//!   route with it);
+//! * the daemon itself answers ARP requests for the VIPs it holds, and sends the gratuitous
+//!   ARPs, on a packet socket per interface ([`ArpResponder`]).
+//!
+//! So a SIGKILLed daemon answers nothing: once the backup's gratuitous ARP has updated the
+//! clients' caches, no traffic reaches the dead host, and until then what reaches it is
+//! routed by its kernel's main table (no black hole made by us). A daemon death is no worse
+//! than a host loss.
+//!
+//! Each VIP is answered on the interface whose connected IPv4 subnet contains it (a NAT
+//! `gateway_vip` lives on the server-side subnet), else on the ATM's own interface.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{self, Read};
+use std::net::Ipv4Addr;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::unix::AsyncFd;
+
+use super::netsys::{async_socket, bind_packet_socket};
+
+/// `ETH_P_ARP` in host order.
+pub const ETH_P_ARP: u16 = 0x0806;
+/// Length of an ARP frame over Ethernet (without padding).
+pub const FRAME_LEN: usize = 42;
+const BROADCAST_MAC: [u8; 6] = [0xff; 6];
+
+/// An ARP request as read from the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub sender_mac: [u8; 6],
+    pub sender_ip: Ipv4Addr,
+    pub target_ip: Ipv4Addr,
+}
+
+/// Parses an Ethernet/IPv4 ARP *request*; anything else is `None`.
+pub fn parse_request(frame: &[u8]) -> Option<Request> {
+    let f = frame.get(..FRAME_LEN)?;
+    let ok = f[12..14] == [0x08, 0x06] && f[14..22] == [0, 1, 0x08, 0x00, 6, 4, 0, 1];
+    if !ok {
+        return None;
+    }
+    let mac = |o: usize| <[u8; 6]>::try_from(&f[o..o + 6]).ok();
+    let ip = |o: usize| Ipv4Addr::new(f[o], f[o + 1], f[o + 2], f[o + 3]);
+    Some(Request { sender_mac: mac(22)?, sender_ip: ip(28), target_ip: ip(38) })
+}
+
+/// An ARP frame: `op` 1 request, 2 reply.
+fn frame(dst: [u8; 6], op: u8, sha: [u8; 6], spa: Ipv4Addr, tha: [u8; 6], tpa: Ipv4Addr) -> [u8; FRAME_LEN] {
+    let mut f = [0u8; FRAME_LEN];
+    f[0..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&sha);
+    f[12..14].copy_from_slice(&[0x08, 0x06]);
+    f[14..22].copy_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, op]);
+    f[22..28].copy_from_slice(&sha);
+    f[28..32].copy_from_slice(&spa.octets());
+    f[32..38].copy_from_slice(&tha);
+    f[38..42].copy_from_slice(&tpa.octets());
+    f
+}
+
+/// The reply to `req` saying `req.target_ip` is at `mac`.
+pub fn reply(mac: [u8; 6], req: &Request) -> [u8; FRAME_LEN] {
+    frame(req.sender_mac, 2, mac, req.target_ip, req.sender_mac, req.sender_ip)
+}
+
+/// A gratuitous ARP (broadcast request, sender = target = `vip`): updates every neighbour
+/// entry for `vip` on the segment (Linux does so with the default `arp_accept=0`).
+pub fn gratuitous(mac: [u8; 6], vip: Ipv4Addr) -> [u8; FRAME_LEN] {
+    frame(BROADCAST_MAC, 1, mac, vip, [0; 6], vip)
+}
+
+/// One interface's packet socket.
+#[derive(Debug)]
+pub struct ArpPort {
+    pub iface: String,
+    pub mac: [u8; 6],
+    fd: AsyncFd<Socket>,
+}
+
+impl ArpPort {
+    /// Opens an ARP packet socket on interface `ifindex` (needs `CAP_NET_RAW`); call inside a
+    /// tokio runtime.
+    pub fn open(iface: &str, ifindex: u32, mac: [u8; 6]) -> io::Result<Self> {
+        let socket =
+            Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(i32::from(ETH_P_ARP.to_be()))))?;
+        bind_packet_socket(&socket, ifindex, ETH_P_ARP)?;
+        socket.set_nonblocking(true)?;
+        Ok(ArpPort { iface: iface.to_string(), mac, fd: async_socket(socket)? })
+    }
+
+    fn send(&self, f: &[u8; FRAME_LEN]) -> io::Result<()> {
+        self.fd.get_ref().send(f).map(|_| ())
+    }
+
+    async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            match guard.try_io(|fd| {
+                let mut s: &Socket = fd.get_ref();
+                s.read(buf)
+            }) {
+                Ok(r) => return r,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+/// Counters of the responder.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArpStats {
+    pub requests_answered: u64,
+    pub gratuitous_sent: u64,
+    pub send_errors: u64,
+}
+
+/// Answers ARP for the VIPs this ATM holds and sends its gratuitous ARPs (module docs).
+#[derive(Debug)]
+pub struct ArpResponder {
+    ports: Vec<ArpPort>,
+    /// VIP -> index in `ports`.
+    port_of: BTreeMap<Ipv4Addr, usize>,
+    held: RefCell<BTreeSet<Ipv4Addr>>,
+    stats: RefCell<ArpStats>,
+}
+
+impl ArpResponder {
+    /// `port_of` maps every VIP to its port; VIPs missing from it are never answered.
+    pub fn new(ports: Vec<ArpPort>, port_of: BTreeMap<Ipv4Addr, usize>) -> Self {
+        assert!(port_of.values().all(|i| *i < ports.len()), "VIP mapped to a missing port");
+        ArpResponder { ports, port_of, held: RefCell::new(BTreeSet::new()), stats: RefCell::default() }
+    }
+
+    /// Starts answering for `vips`.
+    pub fn hold(&self, vips: impl IntoIterator<Item = Ipv4Addr>) {
+        self.held.borrow_mut().extend(vips);
+    }
+
+    /// Stops answering for `vips`.
+    pub fn release(&self, vips: impl IntoIterator<Item = Ipv4Addr>) {
+        let mut held = self.held.borrow_mut();
+        for v in vips {
+            held.remove(&v);
+        }
+    }
+
+    pub fn stats(&self) -> ArpStats {
+        *self.stats.borrow()
+    }
+
+    /// One gratuitous ARP per VIP, each on its port. The first error is returned after
+    /// every VIP has been tried.
+    pub fn announce(&self, vips: impl IntoIterator<Item = Ipv4Addr>) -> io::Result<()> {
+        let mut first = None;
+        for v in vips {
+            let Some(port) = self.port_of.get(&v).map(|i| &self.ports[*i]) else { continue };
+            let mut st = self.stats.borrow_mut();
+            match port.send(&gratuitous(port.mac, v)) {
+                Ok(()) => st.gratuitous_sent += 1,
+                Err(e) => {
+                    st.send_errors += 1;
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Answers requests forever (returns only on a socket error).
+    pub async fn serve(&self) -> io::Result<()> {
+        let futures = self.ports.iter().map(|p| Box::pin(self.serve_port(p)));
+        let (r, _, _) = futures::future::select_all(futures).await;
+        r
+    }
+
+    async fn serve_port(&self, port: &ArpPort) -> io::Result<()> {
+        let mut buf = [0u8; 128];
+        loop {
+            let n = port.recv(&mut buf).await?;
+            let Some(req) = parse_request(&buf[..n]) else { continue };
+            // Our own frames (packet sockets also see outgoing traffic) and requests for
+            // addresses we do not hold (or hold on another interface).
+            if req.sender_mac == port.mac
+                || !self.held.borrow().contains(&req.target_ip)
+                || self.port_of.get(&req.target_ip).map(|i| &self.ports[*i].iface) != Some(&port.iface)
+            {
+                continue;
+            }
+            let mut st = self.stats.borrow_mut();
+            match port.send(&reply(port.mac, &req)) {
+                Ok(()) => st.requests_answered += 1,
+                Err(_) => st.send_errors += 1,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+    const PEER: [u8; 6] = [2, 0, 0, 0, 0, 9];
+
+    #[test]
+    fn garp_is_a_broadcast_request_for_itself() {
+        let vip = Ipv4Addr::new(10, 0, 0, 99);
+        let f = gratuitous(MAC, vip);
+        assert_eq!(&f[0..6], &[0xff; 6]);
+        let r = parse_request(&f).expect("a request");
+        assert_eq!(r, Request { sender_mac: MAC, sender_ip: vip, target_ip: vip });
+    }
+
+    #[test]
+    fn reply_answers_the_asker() {
+        let req = Request {
+            sender_mac: PEER,
+            sender_ip: Ipv4Addr::new(10, 0, 0, 5),
+            target_ip: Ipv4Addr::new(10, 0, 0, 99),
+        };
+        let f = reply(MAC, &req);
+        assert_eq!(&f[0..6], &PEER);
+        assert_eq!(&f[6..12], &MAC);
+        assert_eq!(f[21], 2, "op reply");
+        assert_eq!(&f[22..28], &MAC);
+        assert_eq!(&f[28..32], &[10, 0, 0, 99]);
+        assert_eq!(&f[32..38], &PEER);
+        assert_eq!(&f[38..42], &[10, 0, 0, 5]);
+        assert_eq!(parse_request(&f), None, "a reply is not a request");
+    }
+
+    #[test]
+    fn parse_rejects_short_and_foreign_frames() {
+        let f = gratuitous(MAC, Ipv4Addr::new(1, 2, 3, 4));
+        assert_eq!(parse_request(&f[..41]), None);
+        let mut ip = f;
+        ip[12..14].copy_from_slice(&[0x08, 0x00]);
+        assert_eq!(parse_request(&ip), None);
+        // Ethernet padding after the ARP payload is fine.
+        let mut padded = f.to_vec();
+        padded.resize(60, 0);
+        assert!(parse_request(&padded).is_some());
+    }
+}

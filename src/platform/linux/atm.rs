@@ -1,0 +1,219 @@
+//! [`LinuxPlatform`]: the real [`Platform`] of an ATM.
+//!
+//! * heartbeats: a tokio UDP socket on `0.0.0.0:port` with `SO_BROADCAST` and `SO_REUSEADDR`;
+//!   the broadcast address is the one of the ATM's own address's subnet;
+//! * VIPs: *taking* a VIP activates the packet engine and makes the [`ArpResponder`] answer
+//!   for it; *releasing* does the reverse. The VIP is never a kernel address (see
+//!   [`super::arp`] for why: a dead daemon must answer nothing);
+//! * gratuitous ARP: one frame per VIP from the [`ArpResponder`] (the core schedules count,
+//!   interval and refresh);
+//! * probes: ICMP echo ([`super::icmp`]);
+//! * the clock: `tokio::time::Instant` since start-up, as [`crate::time::Instant`];
+//! * events: `tracing` lines; role changes have a fixed, parseable form (see
+//!   [`crate::daemon`]).
+
+use std::cell::Cell;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+
+use super::arp::ArpResponder;
+use crate::core::election::{Event, Role};
+use crate::platform::{DatagramSocket, Platform};
+use crate::time::Instant;
+
+/// What the platform asks of the data plane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineOp {
+    /// Forward (primary) or shadow (backup).
+    SetActive(bool),
+    /// A peer came up: stream the whole table to it (only if active).
+    FullSync,
+}
+
+/// The heartbeat socket.
+#[derive(Debug)]
+pub struct HeartbeatSocket(UdpSocket);
+
+impl DatagramSocket for HeartbeatSocket {
+    async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        self.0.recv_from(buf).await
+    }
+
+    async fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        self.0.send_to(buf, to).await
+    }
+}
+
+/// Binds a UDP socket on `0.0.0.0:port` with `SO_REUSEADDR` and `SO_BROADCAST`.
+pub fn bind_udp(port: u16) -> io::Result<std::net::UdpSocket> {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    s.set_broadcast(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())?;
+    Ok(s.into())
+}
+
+/// The ATM's platform. Lives on the daemon's single-threaded control runtime.
+pub struct LinuxPlatform {
+    start: tokio::time::Instant,
+    incarnation: u64,
+    node: String,
+    atm_names: Vec<String>,
+    broadcast: Option<Ipv4Addr>,
+    arp: Rc<ArpResponder>,
+    engine: Box<dyn Fn(EngineOp)>,
+    role: Cell<Role>,
+}
+
+impl std::fmt::Debug for LinuxPlatform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinuxPlatform").field("node", &self.node).field("role", &self.role).finish()
+    }
+}
+
+/// A number that grows across restarts: wall-clock milliseconds at start-up.
+#[allow(clippy::disallowed_methods)] // reason: the incarnation must grow across process restarts; only the wall clock does
+pub fn wall_clock_incarnation() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(1)
+}
+
+fn v4s(vips: &[IpAddr]) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    vips.iter().filter_map(|v| match v {
+        IpAddr::V4(a) => Some(*a),
+        IpAddr::V6(_) => None,
+    })
+}
+
+impl LinuxPlatform {
+    pub fn new(
+        node: String,
+        atm_names: Vec<String>,
+        incarnation: u64,
+        broadcast: Option<Ipv4Addr>,
+        arp: Rc<ArpResponder>,
+        engine: Box<dyn Fn(EngineOp)>,
+    ) -> Self {
+        LinuxPlatform {
+            start: tokio::time::Instant::now(),
+            incarnation,
+            node,
+            atm_names,
+            broadcast,
+            arp,
+            engine,
+            role: Cell::new(Role::Backup),
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        self.role.get()
+    }
+
+    fn peer(&self, i: usize) -> &str {
+        self.atm_names.get(i).map_or("?", String::as_str)
+    }
+
+    fn role_change(&self, role: Role, epoch: u64, reason: String) {
+        self.role.set(role);
+        let role = match role {
+            Role::Primary => "primary",
+            Role::Backup => "backup",
+        };
+        tracing::info!(target: "clusterserverd::role", node = %self.node, role = %role, epoch, reason = %reason, "role change");
+    }
+}
+
+impl Platform for LinuxPlatform {
+    type Socket = HeartbeatSocket;
+
+    fn now(&self) -> Instant {
+        Instant::from_nanos(u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    async fn bind_heartbeat(&self, port: u16) -> io::Result<HeartbeatSocket> {
+        Ok(HeartbeatSocket(UdpSocket::from_std(bind_udp(port)?)?))
+    }
+
+    fn broadcast_address(&self) -> Option<IpAddr> {
+        self.broadcast.map(IpAddr::V4)
+    }
+
+    async fn take_vips(&self, vips: &[IpAddr]) -> io::Result<()> {
+        // Forward first, then answer ARP: traffic never reaches an inactive engine here.
+        (self.engine)(EngineOp::SetActive(true));
+        self.arp.hold(v4s(vips));
+        tracing::info!(node = %self.node, vips = ?vips, "VIPs taken");
+        Ok(())
+    }
+
+    async fn release_vips(&self, vips: &[IpAddr]) -> io::Result<()> {
+        self.arp.release(v4s(vips));
+        (self.engine)(EngineOp::SetActive(false));
+        tracing::info!(node = %self.node, vips = ?vips, "VIPs released");
+        Ok(())
+    }
+
+    async fn send_garp(&self, vips: &[IpAddr]) -> io::Result<()> {
+        self.arp.announce(v4s(vips))
+    }
+
+    async fn probe(&self, target: IpAddr, timeout: Duration) -> bool {
+        match target {
+            IpAddr::V4(t) => super::icmp::ping(t, timeout).await.unwrap_or_else(|e| {
+                tracing::warn!(%target, error = %e, "probe failed");
+                false
+            }),
+            IpAddr::V6(_) => false,
+        }
+    }
+
+    fn record(&self, now: Instant, event: &Event) {
+        let ms = now.as_millis();
+        match event {
+            Event::Promoted { epoch, reason } => {
+                self.role_change(Role::Primary, *epoch, format!("{reason:?}"))
+            }
+            Event::Demoted { epoch, reason } => self.role_change(Role::Backup, *epoch, format!("{reason:?}")),
+            Event::PeerUp { peer } => {
+                tracing::info!(node = %self.node, peer = %self.peer(*peer), ms, "peer up");
+                if self.role.get() == Role::Primary {
+                    (self.engine)(EngineOp::FullSync);
+                }
+            }
+            Event::PeerDown { peer } => {
+                tracing::info!(node = %self.node, peer = %self.peer(*peer), ms, "peer down")
+            }
+            Event::ConfigMismatch { peer } => {
+                tracing::warn!(node = %self.node, peer = %self.peer(*peer), "peer runs a different config")
+            }
+            Event::ReachChanged { reachable, total } => {
+                tracing::info!(node = %self.node, reachable, total, "reachlist")
+            }
+            Event::HandoverStarted { to } => {
+                tracing::info!(node = %self.node, to = %self.peer(*to), "handing over")
+            }
+            Event::Refused { what, why } => tracing::warn!(node = %self.node, what, why, "refused"),
+            Event::Rejected { reason, count } => {
+                tracing::warn!(node = %self.node, reason = reason.name(), count, "heartbeat rejected")
+            }
+            Event::Exiting => tracing::info!(node = %self.node, "exiting"),
+        }
+    }
+
+    fn record_error(&self, _now: Instant, what: &str, err: &io::Error) {
+        tracing::warn!(node = %self.node, what, error = %err, "side effect failed");
+    }
+}

@@ -1,0 +1,98 @@
+//! Reachlist probes: one ICMP echo on a raw socket (the daemon runs as root), answered or not
+//! within a timeout.
+
+use std::io::{self, Read};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+static SEQ: AtomicU16 = AtomicU16::new(1);
+
+/// An ICMP echo request with `id` and `seq`, its checksum filled in.
+pub fn echo_request(id: u16, seq: u16) -> [u8; 16] {
+    let mut p = [0u8; 16];
+    p[0] = 8;
+    p[4..6].copy_from_slice(&id.to_be_bytes());
+    p[6..8].copy_from_slice(&seq.to_be_bytes());
+    p[8..16].copy_from_slice(b"clustsrv");
+    let sum = checksum(&p);
+    p[2..4].copy_from_slice(&sum.to_be_bytes());
+    p
+}
+
+/// The Internet checksum of `data`.
+pub fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 =
+        data.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Whether `packet` (IPv4 header + ICMP, as a raw socket reads it) is the echo reply from
+/// `from` to our request `(id, seq)`.
+pub fn is_reply(packet: &[u8], from: Ipv4Addr, id: u16, seq: u16) -> bool {
+    let Some(ihl) = packet.first().map(|b| usize::from(b & 0x0f) * 4) else { return false };
+    let Some(icmp) = packet.get(ihl..ihl + 8) else { return false };
+    packet.len() >= 20
+        && packet[12..16] == from.octets()
+        && icmp[0] == 0
+        && icmp[4..6] == id.to_be_bytes()
+        && icmp[6..8] == seq.to_be_bytes()
+}
+
+/// Sends one echo to `target` and waits up to `timeout` for its reply.
+pub async fn ping(target: Ipv4Addr, timeout: Duration) -> io::Result<bool> {
+    let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?;
+    socket.set_nonblocking(true)?;
+    let fd = super::netsys::async_socket(socket)?;
+    let id = (std::process::id() & 0xffff) as u16;
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    fd.get_ref().send_to(&echo_request(id, seq), &SockAddr::from(SocketAddrV4::new(target, 0)))?;
+    let wait = async {
+        let mut buf = [0u8; 1500];
+        loop {
+            let mut guard = fd.readable().await?;
+            match guard.try_io(|s| {
+                let mut s: &Socket = s.get_ref();
+                s.read(&mut buf)
+            }) {
+                Ok(Ok(n)) if is_reply(&buf[..n], target, id, seq) => return Ok::<_, io::Error>(true),
+                Ok(Ok(_)) | Err(_) => continue,
+                Ok(Err(e)) => return Err(e),
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, wait).await {
+        Ok(r) => r,
+        Err(_) => Ok(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_checksums_to_zero() {
+        let p = echo_request(0x1234, 7);
+        assert_eq!(checksum(&p), 0);
+    }
+
+    #[test]
+    fn reply_matching() {
+        let from = Ipv4Addr::new(10, 0, 0, 254);
+        let mut pkt = vec![0x45u8; 20];
+        pkt[12..16].copy_from_slice(&from.octets());
+        let mut icmp = echo_request(5, 6);
+        icmp[0] = 0;
+        pkt.extend_from_slice(&icmp);
+        assert!(is_reply(&pkt, from, 5, 6));
+        assert!(!is_reply(&pkt, from, 5, 7));
+        assert!(!is_reply(&pkt, Ipv4Addr::new(10, 0, 0, 1), 5, 6));
+        assert!(!is_reply(&pkt[..25], from, 5, 6));
+    }
+}
