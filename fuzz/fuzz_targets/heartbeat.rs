@@ -31,6 +31,7 @@ fn node() -> AtmNode {
         garp_refresh: Some(Duration::from_secs(30)),
         vips: vec!["10.0.0.99".parse().unwrap()],
         digest: [0; 16],
+        heartbeat_copies: 2,
     };
     AtmNode::new(cfg, SECRET.to_vec(), 1, Instant::ZERO)
 }

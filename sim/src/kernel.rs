@@ -65,12 +65,13 @@ fn on_arp(world: &Shared, name: &str, ms: u64, msg: &[u8], from: SocketAddr) -> 
             None
         }
         "GARP" => {
+            // arp_accept=0: a gratuitous ARP updates an existing entry, never creates one.
+            h.neigh.get(&vip)?;
             if h.miss_garp > 0 {
                 h.miss_garp -= 1;
                 w.log(ms, name, format!("arp {vip}: missed a gratuitous ARP from {owner_name}"));
                 return None;
             }
-            // arp_accept=0: a gratuitous ARP updates an existing entry, never creates one.
             let n = h.neigh.get_mut(&vip)?;
             if n.owner != from.ip() {
                 n.owner = from.ip();

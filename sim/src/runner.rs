@@ -184,6 +184,9 @@ struct RunState {
     last_primaries: Option<String>,
     last_change_ms: u64,
     primaries: Vec<(u64, String)>,
+    /// Per client: how long its ARP cache may point elsewhere than a settled primary.
+    arp_bound_ms: BTreeMap<String, u64>,
+    arp_violated: BTreeSet<String>,
     violations: Vec<String>,
 }
 
@@ -201,6 +204,16 @@ impl RunState {
             last_primaries: None,
             last_change_ms: 0,
             primaries: Vec::new(),
+            arp_bound_ms: s
+                .host_names()
+                .into_iter()
+                .filter(|n| n.starts_with("client"))
+                .map(|c| {
+                    let bound = s.expect.client_outage_ms.get(&c).copied().or(s.expect.max_outage_ms);
+                    (c, bound.unwrap_or(1_000))
+                })
+                .collect(),
+            arp_violated: BTreeSet::new(),
             violations: Vec::new(),
         }
     }
@@ -223,6 +236,9 @@ impl RunState {
             self.last_primaries = Some(label);
             self.last_change_ms = now;
         }
+        if let [p] = mine.as_slice() {
+            self.check_arp_owner(world, p, now);
+        }
         let mut seen = BTreeSet::new();
         for list in by_cluster.values() {
             for (i, a) in list.iter().enumerate() {
@@ -243,6 +259,31 @@ impl RunState {
             }
         }
         self.dual_since.retain(|k, _| seen.contains(k));
+    }
+
+    /// Every client that can reach the settled primary `p` has its ARP cache pointing at it
+    /// once the primary has been the only one for longer than the client's outage bound.
+    fn check_arp_owner(&mut self, world: &Shared, p: &str, now: u64) {
+        let w = world.borrow();
+        let vip: IpAddr = VIP.parse().expect("literal");
+        let Some(p_addr) = w.hosts.get(p).and_then(|h| h.addr) else { return };
+        for (c, bound) in &self.arp_bound_ms {
+            if now.saturating_sub(self.last_change_ms) <= bound + 100
+                || self.arp_violated.contains(c)
+                || self.cut(c, p)
+            {
+                continue;
+            }
+            let owner = w.hosts.get(c).and_then(|h| h.neigh.get(&vip)).map(|n| n.owner);
+            if owner.is_some_and(|o| o != p_addr) {
+                let o = owner.map_or("none".into(), |o| w.name_of(o));
+                self.violations.push(format!(
+                    "{c}'s ARP cache points at {o} at {now} ms, {} ms after {p} became the only primary (bound {bound} ms)",
+                    now - self.last_change_ms
+                ));
+                self.arp_violated.insert(c.clone());
+            }
+        }
     }
 
     fn finish(mut self, s: &Scenario, seed: u64, world: &Shared, end: u64) -> Outcome {

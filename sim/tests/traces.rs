@@ -60,3 +60,13 @@ fn without_connection_sync_long_lived_flows_are_lost() {
     assert_eq!(o.long_lived_lost, 30, "{}", o.summary());
     assert!(!o.passed());
 }
+
+#[test]
+fn a_client_left_on_the_old_primary_is_caught() {
+    // The ARP invariant can fail: without the periodic re-announcement, the client that
+    // missed every gratuitous ARP keeps the dead primary in its cache past its bound.
+    let (_, mut s) = scenarios().into_iter().find(|(n, _)| n == "stale-arp-cache").expect("scenario");
+    s.cluster.refresh_s = Some(0);
+    let o = runner::run(&s, 1).expect("run");
+    assert!(o.violations.iter().any(|v| v.contains("client2's ARP cache points at atm1")), "{}", o.summary());
+}

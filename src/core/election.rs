@@ -42,7 +42,7 @@ use std::time::Duration;
 
 use super::arbitration::{LossEstimator, Reach};
 use super::heartbeat::{FLAG_ELIGIBLE, FLAG_HANDOVER, Heartbeat, NO_HANDOVER, WireRole};
-use crate::config::Config;
+use crate::config::{Config, HeartbeatMode};
 use crate::time::Instant;
 
 /// Dead intervals a peer's reported reachability score keeps counting after it was last heard.
@@ -73,6 +73,8 @@ pub struct ElectionConfig {
     pub garp_refresh: Option<Duration>,
     pub vips: Vec<IpAddr>,
     pub digest: [u8; 16],
+    /// Copies of each heartbeat a peer sends (2: broadcast and unicast).
+    pub heartbeat_copies: u8,
 }
 
 impl ElectionConfig {
@@ -95,6 +97,7 @@ impl ElectionConfig {
             garp_refresh: (cfg.arp.refresh_s > 0).then(|| Duration::from_secs(cfg.arp.refresh_s)),
             vips: cfg.vips(),
             digest,
+            heartbeat_copies: if cfg.cluster.heartbeat_mode == HeartbeatMode::Both { 2 } else { 1 },
         }
     }
 }
@@ -250,7 +253,8 @@ pub struct Election {
 impl Election {
     /// A new ATM, starting as backup at `now`.
     pub fn new(cfg: ElectionConfig, incarnation: u64, now: Instant) -> Self {
-        let peers = vec![Peer::default(); cfg.atm_count];
+        let peer = Peer { loss: LossEstimator::new(cfg.heartbeat_copies), ..Peer::default() };
+        let peers = vec![peer; cfg.atm_count];
         let reach = Reach::new(cfg.reach_total);
         Election {
             cfg,
@@ -305,7 +309,12 @@ impl Election {
             return None;
         }
         let dead = self.dead_interval();
-        let mut t = self.next_heartbeat.min(self.next_probe);
+        // Without a reachlist no probe is ever due: `next_probe` stays at the start and
+        // would make every timeout immediate (a busy loop in a real-time driver).
+        let mut t = self.next_heartbeat;
+        if self.cfg.reach_total > 0 {
+            t = t.min(self.next_probe);
+        }
         let mut consider = |x: Instant| t = t.min(x);
         if self.garp_left > 0 {
             consider(self.next_garp);
@@ -396,6 +405,14 @@ impl Election {
                     self.queue_heartbeat(now);
                 }
             }
+        }
+    }
+
+    /// A further copy of peer `sender`'s newest heartbeat (it sends each one several ways):
+    /// only the loss estimate uses it.
+    pub fn handle_duplicate(&mut self, sender: usize, incarnation: u64, seq: u64) {
+        if let Some(p) = self.peers.get_mut(sender) {
+            p.loss.observe_copy(incarnation, seq);
         }
     }
 
@@ -635,7 +652,9 @@ impl Election {
     }
 
     fn promote(&mut self, now: Instant, reason: PromoteReason) {
-        self.epoch = self.max_epoch_seen.max(self.epoch) + 1;
+        // Saturating: a peer (with the secret) that announced epoch u64::MAX must not wrap us
+        // back to 0; at the top, the config position breaks ties (found by the fuzzer).
+        self.epoch = self.max_epoch_seen.max(self.epoch).saturating_add(1);
         self.max_epoch_seen = self.epoch;
         self.role = Role::Primary;
         self.suspect_since = None;

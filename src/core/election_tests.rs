@@ -36,6 +36,7 @@ fn cfg(me: usize, n: usize, reach: usize, preempt: bool) -> ElectionConfig {
         garp_refresh: None,
         vips: vec!["10.0.0.99".parse().unwrap()],
         digest: [1; 16],
+        heartbeat_copies: 1,
     }
 }
 
@@ -372,6 +373,23 @@ fn epochs_never_decrease() {
                 300,
                 In::Hb(1, false, 2, E, NONE),
                 "Promoted { epoch: 10, reason: NoPrimary }, take, garp, hb P10 elig",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn epoch_at_the_top_saturates() {
+    // Regression (cargo fuzz, heartbeat target): a signed heartbeat of epoch u64::MAX made the
+    // next promotion overflow.
+    run(
+        cfg(0, 2, 0, false),
+        &[
+            (0, In::Hb(1, false, u64::MAX, E, NONE), "PeerUp { peer: 1 }, hb B18446744073709551615 elig"),
+            (
+                300,
+                In::Hb(1, false, u64::MAX, E, NONE),
+                "Promoted { epoch: 18446744073709551615, reason: NoPrimary }, take, garp, hb P18446744073709551615 elig",
             ),
         ],
     );

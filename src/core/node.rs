@@ -95,8 +95,11 @@ impl AtmNode {
             return Err(DecodeError::FromSelf);
         }
         let window = self.windows.get_mut(sender).ok_or(DecodeError::UnknownSender)?;
-        window.check_and_update(hb.incarnation, hb.seq)?;
-        Ok(hb)
+        let checked = window.check_and_update(hb.incarnation, hb.seq);
+        if checked == Err(DecodeError::Duplicate) {
+            self.election.handle_duplicate(sender, hb.incarnation, hb.seq);
+        }
+        checked.map(|()| hb)
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {

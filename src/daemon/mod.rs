@@ -12,12 +12,16 @@
 //!    an address of a listed ATM makes this host that ATM (and also a node if it is a real
 //!    server); only a server's address makes it a node, whose set-up (loopback VIP and ARP
 //!    hiding, decapsulation) is issue 5: the daemon says so and exits 0; neither is an error.
-//! 4. Crash-safe set-up: [`crate::dataplane::io::tun::Shell::start`] first removes what a
+//! 4. A quiet period ([`quiet_period`], twice the dead interval plus two heartbeats) before
+//!    anything is sent: a daemon restarted quickly (systemd, SIGKILL + restart, a reload) is
+//!    then seen by its peers as down and up again, and the primary streams its whole table to
+//!    the new, empty shadow engine (the core reports `PeerUp` only after a `PeerDown`).
+//! 5. Crash-safe set-up: [`crate::dataplane::io::tun::Shell::start`] first removes what a
 //!    killed daemon of this cluster left (rules with our priority and table, routes in our
 //!    table, our TUN by name: [`setup::owned`] derives all three from the cluster id); any
 //!    VIP found as a local address on an interface is removed too (it would make the kernel
 //!    answer ARP for it). Then the TUN, the steering and the engine (inactive) start.
-//! 5. The ARP responder opens a packet socket per interface that answers for a VIP, the
+//! 6. The ARP responder opens a packet socket per interface that answers for a VIP, the
 //!    heartbeat socket is bound, and systemd is told `READY=1` (`Type=notify`).
 //!
 //! ## VIPs, ARP and steering (why)
@@ -40,8 +44,12 @@
 //!
 //! ## Signals
 //!
-//! * SIGTERM / SIGINT: graceful stop; a primary hands over to a backup (the core's
-//!   handover), then the daemon exits and tears its data plane down.
+//! * SIGTERM / SIGINT: graceful stop. The data plane first streams its whole table to the
+//!   backups and reports when nothing is left to send (bounded by [`DRAIN_LIMIT`]), so a
+//!   backup that joined moments ago still holds every connection; then a primary hands over
+//!   (the core's handover), the daemon exits 0 and tears its data plane down. A backup
+//!   receiving sync records while it is promoted applies those already waiting before it
+//!   starts forwarding.
 //! * SIGHUP: the file is re-read and validated first. Invalid: refused, logged at `error`
 //!   with every `FILE:LINE:COL` message, the running config kept. Unchanged (same digest):
 //!   nothing happens. Changed and valid: the daemon applies it by an in-process restart:
@@ -67,10 +75,13 @@ pub mod setup;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
@@ -110,6 +121,9 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError
     let what = what.into();
     move |source| DaemonError::Io { what, source }
 }
+
+/// Longest a graceful stop waits for the connection sync to drain before handing over.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 /// What the control loop asks for when it ends.
 enum Next {
@@ -176,6 +190,15 @@ fn read_secret(cfg: &Config) -> Result<Vec<u8>, DaemonError> {
     Ok(s)
 }
 
+/// How long a starting daemon stays silent: long enough for its peers to declare its
+/// previous incarnation dead (twice the dead interval plus two heartbeats), so that a quick
+/// restart (systemd, or a reload) is still seen as down-then-up and the primary streams its
+/// whole table to the new shadow engine.
+pub fn quiet_period(cfg: &Config) -> Duration {
+    let hb = Duration::from_millis(cfg.timers.heartbeat_ms);
+    hb * (cfg.timers.dead_after * 2 + 2)
+}
+
 fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
     let rt = runtime()?;
     let (handle, addrs) = rt.block_on(async {
@@ -200,6 +223,9 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
             return Err(DaemonError::NotInConfig(list.join(", ")));
         }
     };
+    let quiet = quiet_period(cfg);
+    tracing::info!(target: "clusterserverd", atm = %cfg.atms[me].name, quiet_ms = quiet.as_millis(), "ATM role; staying quiet so peers see any previous run as gone");
+    rt.block_on(async move { tokio::time::sleep(quiet).await });
     let atm = &cfg.atms[me];
     let host_err = |what: String| DaemonError::Host { atm: atm.name.clone(), what };
     let my_if = addrs
@@ -221,7 +247,7 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
     let engine_ctl: Box<dyn Fn(EngineOp)> = Box::new(move |op| {
         let r = match op {
             EngineOp::SetActive(a) => {
-                shell_ctl.apply(Arc::new(move |p: &mut DaemonProcessor| p.engine.set_active(a)))
+                shell_ctl.apply(Arc::new(move |p: &mut DaemonProcessor| p.set_active(a)))
             }
             EngineOp::FullSync => shell_ctl.apply(Arc::new(|p: &mut DaemonProcessor| {
                 if p.engine.is_active() {
@@ -242,7 +268,7 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
         Rc::clone(&arp),
         engine_ctl,
     );
-    let next = rt.block_on(control(&platform, &arp, path, cfg, me, secret));
+    let next = rt.block_on(control(&platform, &shell, &arp, path, cfg, me, secret));
     drop(platform);
     drop(rt);
     // The shell joins its workers and removes the steering on a plain thread.
@@ -374,6 +400,7 @@ async fn open_arp(cfg: &Config, addrs: &[IfAddr], default_iface: &str) -> Result
 /// The control loop: the driver, the ARP responder and the signals.
 async fn control(
     platform: &LinuxPlatform,
+    shell: &Shell<DaemonProcessor>,
     arp: &ArpResponder,
     path: &Path,
     cfg: &Config,
@@ -391,10 +418,23 @@ async fn control(
     let node = &cfg.atms[me].name;
     tracing::info!(target: "clusterserverd", node = %node, heartbeat_port = cfg.heartbeat_port(), sync_port = cfg.sync_port(), "ready");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    let stop = |why: &str| {
-        tracing::info!(target: "clusterserverd", node = %node, why, "stopping: handing over if primary");
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-        let _ = tx.send(Command::Shutdown);
+    // A graceful stop first drains the connection sync (bounded), then hands over.
+    let mut draining: Option<Pin<Box<dyn Future<Output = ()>>>> = None;
+    let drain = |why: &str| -> Option<Pin<Box<dyn Future<Output = ()>>>> {
+        tracing::info!(target: "clusterserverd", node = %node, why, "stopping: syncing connections, then handing over if primary");
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let done_tx = std::sync::Mutex::new(Some(done_tx));
+        let ok = shell.apply(Arc::new(move |p: &mut DaemonProcessor| {
+            if let Some(d) = done_tx.lock().ok().and_then(|mut d| d.take()) {
+                p.notify_when_drained(d);
+            }
+        }));
+        if ok.is_err() {
+            tracing::warn!(target: "clusterserverd", "could not ask the data plane to drain its sync");
+        }
+        Some(Box::pin(async move {
+            let _ = tokio::time::timeout(DRAIN_LIMIT, done_rx).await;
+        }))
     };
     loop {
         tokio::select! {
@@ -406,8 +446,20 @@ async fn control(
                     None => Next::Exit,
                 });
             }
-            _ = term.recv() => { reload.borrow_mut().take(); stop("SIGTERM") }
-            _ = int.recv() => { reload.borrow_mut().take(); stop("SIGINT") }
+            _ = async { if let Some(d) = draining.as_mut() { d.await } }, if draining.is_some() => {
+                draining = None;
+                let _ = tx.send(Command::Shutdown);
+            }
+            _ = term.recv() => {
+                reload.borrow_mut().take();
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+                draining = draining.take().or_else(|| drain("SIGTERM"));
+            }
+            _ = int.recv() => {
+                reload.borrow_mut().take();
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+                draining = draining.take().or_else(|| drain("SIGINT"));
+            }
             _ = hup.recv() => match load(path) {
                 Err(e) => tracing::error!(target: "clusterserverd", node = %node, error = %e, "reload refused: invalid config; the running config is kept"),
                 Ok(new) if new.digest() == cfg.digest() => tracing::info!(target: "clusterserverd", node = %node, "reload: config unchanged"),
@@ -415,7 +467,7 @@ async fn control(
                     tracing::info!(target: "clusterserverd", node = %node, "reload: config valid and changed; handing over and restarting with it");
                     let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
                     *reload.borrow_mut() = Some(Box::new(new));
-                    let _ = tx.send(Command::Shutdown);
+                    draining = draining.take().or_else(|| drain("SIGHUP"));
                 }
             },
             r = &mut serve => {

@@ -46,6 +46,10 @@ pub struct DaemonProcessor {
     rbuf: Vec<u8>,
     since_flush: u32,
     pub counters: SyncCounters,
+    /// Fired once nothing is left to send (see [`DaemonProcessor::notify_when_drained`]).
+    drained: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The latest `now` seen (a tick or a packet), for work done between them.
+    last_now: Instant,
 }
 
 impl DaemonProcessor {
@@ -67,6 +71,30 @@ impl DaemonProcessor {
             rbuf: vec![0; MAX_DATAGRAM],
             since_flush: 0,
             counters: SyncCounters::default(),
+            drained: None,
+            last_now: Instant::ZERO,
+        }
+    }
+
+    /// Forward (primary) or shadow (backup). Becoming active first applies every sync
+    /// datagram already waiting in the socket: a handover's last records (sent just before
+    /// the old primary let go) arrive moments before this call and must not be skipped.
+    pub fn set_active(&mut self, active: bool) {
+        if active && !self.engine.is_active() {
+            self.receive(self.last_now);
+        }
+        self.engine.set_active(active);
+    }
+
+    /// Starts a full sync (if active) and fires `done` on the first tick after which every
+    /// record has been sent: a planned handover waits for it, so the successor holds every
+    /// connection even if it joined moments ago.
+    pub fn notify_when_drained(&mut self, done: tokio::sync::oneshot::Sender<()>) {
+        if self.engine.is_active() && self.socket.is_some() {
+            self.engine.start_full_sync();
+            self.drained = Some(done);
+        } else {
+            let _ = done.send(());
         }
     }
 
@@ -101,6 +129,7 @@ impl DaemonProcessor {
 
 impl PacketProcessor for DaemonProcessor {
     fn process(&mut self, now: Instant, rx: &[u8], tx: &mut [u8]) -> Disposition {
+        self.last_now = now;
         let d = match self.engine.process(now, rx, tx) {
             Verdict::Tun { len } => Disposition::Tun { len },
             Verdict::L2 { len, next_hop } => Disposition::L2 { len, next_hop },
@@ -115,8 +144,13 @@ impl PacketProcessor for DaemonProcessor {
     }
 
     fn on_tick(&mut self, now: Instant) {
+        self.last_now = now;
         self.engine.expire(now, 1024);
         self.receive(now);
         self.flush(now);
+        // Nothing pending in the sender after a flush: the engine had nothing more to give.
+        if self.drained.is_some() && self.sender.poll_timeout().is_none() {
+            let _ = self.drained.take().map(|d| d.send(()));
+        }
     }
 }

@@ -1,8 +1,9 @@
 //! Side effects behind traits: the heartbeat socket, VIPs, gratuitous ARP, reachability
 //! probes, the clock and the event log.
 //!
-//! The [`crate::driver`] is generic over [`Platform`]. The daemon's implementation (Linux:
-//! tokio sockets, rtnetlink, AF_PACKET, ICMP) arrives with the daemon; the simulator
+//! The [`crate::driver`] is generic over [`Platform`]. The daemon's implementation is
+//! [`linux::atm::LinuxPlatform`] (tokio sockets, AF_PACKET ARP, ICMP, the TUN data plane);
+//! the simulator
 //! (`clustersim`) implements it over turmoil's sockets and an in-memory LAN. A trait rather
 //! than a cargo feature: features merge across a workspace build, and the real binary must
 //! never end up with simulated sockets.
@@ -57,7 +58,7 @@ pub trait Platform {
     fn record_error(&self, now: Instant, what: &str, err: &io::Error);
 }
 
-/// Linux system calls without a safe binding (setns, AF_PACKET bind), for the data-plane
-/// shell and the namespace tests.
+/// The Linux platform of the daemon, and the system calls without a safe binding (setns,
+/// AF_PACKET bind, reactor registration).
 #[cfg(target_os = "linux")]
 pub mod linux;
