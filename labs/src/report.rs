@@ -38,7 +38,7 @@ fn primaries(
             continue;
         }
         let label = if holding.is_empty() { "none".to_string() } else { holding.join("+") };
-        if out.len() > 1 && out.last().is_some_and(|(lt, _)| *lt == t) {
+        if out.last().is_some_and(|(lt, _)| *lt == t) {
             out.pop();
         }
         if out.last().is_none_or(|(_, l)| *l != label) {

@@ -340,7 +340,6 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
         .map(|h| (h.name.clone(), h.ns.clone()))
         .collect();
     std::thread::sleep(Duration::from_millis(200));
-    let t0 = unix_ms();
     // In config order, each ready before the next starts: the simulator starts them in the
     // same instant; here start-up takes a few hundred ms of a shared CPU, and without the
     // wait a later ATM can be up a dead interval before the first one is.
@@ -355,6 +354,10 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
     for n in &nodes {
         start_daemon(&mut lab, &daemon, n, &cfg_path)?;
     }
+    // Time 0 of the scenario: every ATM daemon is past its start-up quiet period and running,
+    // as every simulated daemon is at the simulator's time 0 (an election may already have
+    // happened, its time is then shown as 0).
+    let t0 = unix_ms();
     let loads = start_load(&mut lab, s, duration_ms)?;
     let mut faults_log = Vec::new();
     let mut pending: Vec<&Step> = s.steps.iter().collect();
