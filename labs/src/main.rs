@@ -79,7 +79,8 @@ fn scenario_cmd(args: &[String]) -> anyhow::Result<bool> {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--seed" => seed = it.next().context("--seed N")?.parse()?,
-            "--out" => out = Some(PathBuf::from(it.next().context("--out DIR")?)),
+            // Absolute: the generated config names its secret files by this path.
+            "--out" => out = Some(std::path::absolute(it.next().context("--out DIR")?)?),
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
