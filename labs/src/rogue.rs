@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clusterserver::core::heartbeat::{FLAG_ELIGIBLE, HEARTBEAT_LEN, Heartbeat, NO_HANDOVER, WireRole};
+use clusterserver::core::heartbeat::HEARTBEAT_LEN;
 
 use crate::traffic::unix_ms;
 
@@ -65,20 +65,5 @@ fn capture(sock: &UdpSocket) -> anyhow::Result<Vec<Vec<u8>>> {
 }
 
 fn bad_mac(cluster_id: u32, i: u64) -> Vec<u8> {
-    Heartbeat {
-        cluster_id,
-        sender: 0,
-        incarnation: u64::MAX / 2,
-        seq: i + 1,
-        epoch: 1_000_000,
-        role: WireRole::Primary,
-        flags: FLAG_ELIGIBLE,
-        reach_ok: 9,
-        reach_total: 9,
-        peers_up: 9,
-        handover_to: NO_HANDOVER,
-        digest: [0; 16],
-    }
-    .encode(b"a guessed secret")
-    .to_vec()
+    clustersim::rogue::bad_mac(cluster_id, 0, i)
 }

@@ -72,22 +72,27 @@ fn forge(world: &Shared, kind: &str, cluster_id: u32, i: u64) -> Vec<Vec<u8>> {
             }
             vec![w.captured[(i as usize) % n].clone()]
         }
-        _ => {
-            let hb = Heartbeat {
-                cluster_id,
-                sender: 1,
-                incarnation: u64::MAX / 2,
-                seq: i + 1,
-                epoch: 1_000_000,
-                role: WireRole::Primary,
-                flags: FLAG_ELIGIBLE,
-                reach_ok: 9,
-                reach_total: 9,
-                peers_up: 9,
-                handover_to: NO_HANDOVER,
-                digest: [0; 16],
-            };
-            vec![hb.encode(b"a guessed secret").to_vec()]
-        }
+        _ => vec![bad_mac(cluster_id, 1, i)],
     }
+}
+
+/// A heartbeat claiming to be ATM `sender`, primary of a huge epoch, signed with a guessed
+/// secret: every ATM must drop it as `bad_mac`. Shared with the labs' rogue host.
+pub fn bad_mac(cluster_id: u32, sender: u16, i: u64) -> Vec<u8> {
+    Heartbeat {
+        cluster_id,
+        sender,
+        incarnation: u64::MAX / 2,
+        seq: i + 1,
+        epoch: 1_000_000,
+        role: WireRole::Primary,
+        flags: FLAG_ELIGIBLE,
+        reach_ok: 9,
+        reach_total: 9,
+        peers_up: 9,
+        handover_to: NO_HANDOVER,
+        digest: [0; 16],
+    }
+    .encode(b"a guessed secret")
+    .to_vec()
 }
