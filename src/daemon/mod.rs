@@ -397,6 +397,41 @@ async fn open_arp(cfg: &Config, addrs: &[IfAddr], default_iface: &str) -> Result
     Ok(ArpResponder::new(ports, port_of))
 }
 
+/// Real servers reached at layer 2 (direct routing and tunnel services).
+fn direct_next_hops(cfg: &Config) -> Vec<Ipv4Addr> {
+    let mut hops: Vec<Ipv4Addr> = cfg
+        .services
+        .iter()
+        .filter(|s| s.forwarding != crate::config::Forwarding::Nat)
+        .flat_map(|s| s.servers.iter())
+        .filter_map(|s| match s.address {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    hops.sort();
+    hops.dedup();
+    hops
+}
+
+/// Pings the direct-routing servers every [`NEIGHBOUR_REFRESH`], primary or backup, so the
+/// kernel keeps their neighbour entries: a backup that takes over then frames its first
+/// packets at once instead of dropping them while it resolves each server (measured in the
+/// labs: about 1.2 s of outage for direct routing without this). Never returns.
+async fn keep_resolved(hops: &[Ipv4Addr]) {
+    loop {
+        for h in hops {
+            // The answer does not matter (health checks judge servers); the exchange makes the
+            // kernel resolve and confirm the neighbour entry.
+            let _ = crate::platform::linux::icmp::ping(*h, Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(NEIGHBOUR_REFRESH).await;
+    }
+}
+
+/// How often [`keep_resolved`] pings the direct-routing servers.
+const NEIGHBOUR_REFRESH: Duration = Duration::from_secs(5);
+
 /// The control loop: the driver, the ARP responder and the signals.
 async fn control(
     platform: &LinuxPlatform,
@@ -412,7 +447,11 @@ async fn control(
     let (mut term, mut int, mut hup) =
         (sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?, sig(SignalKind::hangup())?);
     let driver = run_atm(platform, cfg, me, secret, rx);
-    let serve = arp.serve();
+    let hops = direct_next_hops(cfg);
+    let serve = async {
+        let (served, _) = tokio::join!(arp.serve(), keep_resolved(&hops));
+        served
+    };
     tokio::pin!(driver, serve);
     let reload: RefCell<Option<Box<Config>>> = RefCell::new(None);
     let node = &cfg.atms[me].name;
