@@ -60,6 +60,7 @@ impl Lab {
             eprintln!("clusterlab: removed stale namespaces of finished runs: {}", stale.join(" "));
         }
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        clear_previous_run(dir)?;
         let mut lab = Lab {
             plan,
             dir: dir.to_path_buf(),
@@ -160,4 +161,19 @@ impl Drop for Lab {
     fn drop(&mut self) {
         self.teardown();
     }
+}
+
+/// Removes a previous run's process logs, captures and load records from `dir`: logs are
+/// appended to within a run (a restarted daemon continues its file), so a reused output
+/// directory would otherwise mix two runs' role changes.
+fn clear_previous_run(dir: &Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let stale =
+            path.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e, "log" | "csv" | "pcap"));
+        if stale && path.is_file() {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(())
 }

@@ -18,8 +18,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 
 const MAX_STREAM_CONNECTIONS: usize = 512;
-const REQUEST_TIMEOUT_MS: u64 = 400;
-const WORKERS: u64 = 4;
+const REQUEST_TIMEOUT_MS: u64 = 150;
+const WORKERS: u64 = 8;
 const SLOT_SLACK_MS: u64 = 50;
 const FLOW_PERIOD_MS: u64 = 200;
 /// A flow that was not answered in its last this-many ms counts as lost.
