@@ -26,25 +26,19 @@ const UCAST_PROBES: u32 = 3;
 /// A probe answered later than this is counted as lost.
 const ANSWER_WITHIN_MS: u64 = 50;
 
-/// The software of a client host.
+/// The software of a client host: its kernel, its long-lived flows, the service probes.
 pub fn software(
     world: Shared,
     name: String,
     vip: IpAddr,
 ) -> impl Fn() -> Pin<Box<dyn Future<Output = turmoil::Result>>> {
-    move || {
-        let (world, name) = (world.clone(), name.clone());
-        Box::pin(async move {
-            world.borrow_mut().host_started(&name);
-            tokio::task::spawn_local(crate::kernel::kernel(world.clone(), name.clone()));
-            let flows = world.borrow_mut().host(&name).flows_expected;
-            if flows > 0 {
-                tokio::task::spawn_local(crate::flows::run(world.clone(), name.clone(), vip, flows));
-            }
-            probe_loop(world, name, vip).await?;
-            Ok(())
-        })
-    }
+    crate::kernel::with_kernel(world, name, move |world, name| async move {
+        let flows = world.borrow_mut().host(&name).flows_expected;
+        if flows > 0 {
+            tokio::task::spawn_local(crate::flows::run(world.clone(), name.clone(), vip, flows));
+        }
+        probe_loop(world, name, vip).await
+    })
 }
 
 async fn probe_loop(world: Shared, name: String, vip: IpAddr) -> std::io::Result<()> {

@@ -164,15 +164,7 @@ pub fn node_software(
     name: String,
     spec: NodeSpec,
 ) -> impl Fn() -> Pin<Box<dyn Future<Output = turmoil::Result>>> {
-    move || {
-        let (world, name) = (world.clone(), name.clone());
-        Box::pin(async move {
-            world.borrow_mut().host_started(&name);
-            tokio::task::spawn_local(crate::kernel::kernel(world.clone(), name.clone()));
-            server(world, name, spec).await?;
-            Ok(())
-        })
-    }
+    crate::kernel::with_kernel(world, name, move |world, name| server(world, name, spec))
 }
 
 /// Answers every forwarded TCP segment: a SYN with a SYN-ACK, anything else with an ACK

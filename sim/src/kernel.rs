@@ -7,6 +7,29 @@ use std::net::{IpAddr, SocketAddr};
 use crate::net::{ARP_PORT, ECHO_PORT, SimClock, SimSocket};
 use crate::world::{Neigh, Shared};
 
+/// A host's software: a fresh kernel, then `main`. turmoil calls the result again on every
+/// restart of the host.
+pub fn with_kernel<M, Fut>(
+    world: Shared,
+    name: String,
+    main: M,
+) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = turmoil::Result>>>
+where
+    M: Fn(Shared, String) -> Fut + 'static,
+    Fut: std::future::Future<Output = std::io::Result<()>> + 'static,
+{
+    let main = std::rc::Rc::new(main);
+    move || {
+        let (world, name, main) = (world.clone(), name.clone(), main.clone());
+        Box::pin(async move {
+            world.borrow_mut().host_started(&name);
+            tokio::task::spawn_local(kernel(world.clone(), name.clone()));
+            main(world, name).await?;
+            Ok(())
+        })
+    }
+}
+
 /// Runs the host's kernel until the host crashes.
 pub async fn kernel(world: Shared, name: String) {
     let (Ok(arp), Ok(echo)) =
