@@ -36,14 +36,7 @@ fn servers(n: usize) -> Vec<ServerSlot> {
         .collect()
 }
 
-const KINDS: [SchedulerKind; 6] = [
-    SchedulerKind::Rr,
-    SchedulerKind::Wrr,
-    SchedulerKind::Lc,
-    SchedulerKind::Wlc,
-    SchedulerKind::Sh,
-    SchedulerKind::Mh,
-];
+const KINDS: [SchedulerKind; 6] = SchedulerKind::ALL;
 
 /// One pick among 10 and 100 servers.
 #[divan::bench(args = KINDS, consts = [10, 100])]

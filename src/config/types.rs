@@ -250,6 +250,18 @@ impl Config {
 // Defaults of the optional sections. The loader takes missing keys from these, so this is
 // the one place where a default is written down.
 
+impl SchedulerKind {
+    /// Every scheduler, in the order the docs list them.
+    pub const ALL: [SchedulerKind; 6] = [
+        SchedulerKind::Rr,
+        SchedulerKind::Wrr,
+        SchedulerKind::Lc,
+        SchedulerKind::Wlc,
+        SchedulerKind::Sh,
+        SchedulerKind::Mh,
+    ];
+}
+
 impl Default for Timers {
     fn default() -> Self {
         Timers { heartbeat_ms: 100, dead_after: 3, preempt: false }

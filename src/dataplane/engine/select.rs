@@ -121,14 +121,7 @@ mod tests {
     fn every_kind_honours_health_and_drain() {
         let servers = [slot(true, 1), slot(false, 1), slot(true, 0), slot(true, 5)];
         let c = IpAddr::from([1, 2, 3, 4]);
-        for kind in [
-            SchedulerKind::Rr,
-            SchedulerKind::Wrr,
-            SchedulerKind::Lc,
-            SchedulerKind::Wlc,
-            SchedulerKind::Sh,
-            SchedulerKind::Mh,
-        ] {
+        for kind in SchedulerKind::ALL {
             let mut s = build(kind, &servers, 0);
             for h in 0..50u64 {
                 let i = s.pick(h.wrapping_mul(0x9E37_79B9_7F4A_7C15), c, &servers).expect("a server is up");

@@ -8,14 +8,7 @@ use proptest::prelude::*;
 use super::maglev::MaglevTable;
 use super::*;
 
-const ALL: [SchedulerKind; 6] = [
-    SchedulerKind::Rr,
-    SchedulerKind::Wrr,
-    SchedulerKind::Lc,
-    SchedulerKind::Wlc,
-    SchedulerKind::Sh,
-    SchedulerKind::Mh,
-];
+const ALL: [SchedulerKind; 6] = SchedulerKind::ALL;
 
 /// A small prime table keeps the property tests fast.
 const SMALL: SchedOptions = SchedOptions { table_size: 4099 };
