@@ -75,6 +75,7 @@ pub async fn run_atm<P: Platform>(
                 }
                 Action::TakeVips(v) => report(platform, "take VIPs", platform.take_vips(&v).await),
                 Action::ReleaseVips(v) => report(platform, "release VIPs", platform.release_vips(&v).await),
+                Action::DrainVips(v) => report(platform, "drain VIPs", platform.drain_vips(&v).await),
                 Action::SendGarp(v) => report(platform, "gratuitous ARP", platform.send_garp(&v).await),
                 Action::Probe { target } => {
                     if let Some(&addr) = reachlist.get(target) {

@@ -85,7 +85,10 @@ fn scenario_cmd(args: &[String]) -> anyhow::Result<bool> {
         }
     }
     let s = Scenario::from_file(&path)?;
-    let dir = out.unwrap_or_else(|| PathBuf::from(format!("target/clusterlab/{}", s.name)));
+    let dir = match out {
+        Some(d) => d,
+        None => std::path::absolute(format!("target/clusterlab/{}", s.name))?,
+    };
     lab::install_signal_handler();
     let sim = if compare { Some(clustersim::runner::run(&s, seed)?) } else { None };
     let lo = match runner::run(&s, &dir) {
@@ -133,6 +136,7 @@ fn compare_table(
     push("final primary", both(&|o| o.primaries.last().map_or("-".into(), |p| p.1.clone())));
     push("promotions", both(&|o| o.promotions.to_string()));
     push("long-lived lost", both(&|o| format!("{}/{}", o.long_lived_lost, o.long_lived)));
+    push("requests lost", both(&|o| o.lost_requests.values().sum::<u64>().to_string()));
     push(
         "heartbeats rejected",
         (sim.rejected.to_string(), lab.map_or("-".into(), |o| format!(">= {} (daemon logs)", o.rejected))),

@@ -174,6 +174,13 @@ impl ClientResult {
         gap.max(self.end_ms.saturating_sub(last)).saturating_sub(probe)
     }
 
+    /// Requests that failed (timed out, refused, reset, bad answer) after the first answered
+    /// one: the start-up before the cluster answers is not a loss, as in the simulator.
+    pub fn lost(&self) -> u64 {
+        let Some(first) = self.requests.iter().filter(|r| r.2).map(|r| r.1).min() else { return 0 };
+        self.requests.iter().filter(|r| !r.2 && r.0 >= first).count() as u64
+    }
+
     /// Answered requests per 100 ms from `t0` for `buckets` buckets.
     pub fn series(&self, t0: u64, buckets: usize) -> Vec<u32> {
         let mut v = vec![0u32; buckets];

@@ -64,11 +64,13 @@ pub fn outcome(
     let rate = rate_of(s);
     let (prims, promos) = primaries(vips, t0);
     let mut outage_ms = BTreeMap::new();
+    let mut lost_requests = BTreeMap::new();
     let mut series = BTreeMap::new();
     let mut by_server = BTreeMap::new();
     let (mut long_lived, mut lost, mut notes, mut requests) = (0, 0, Vec::new(), 0);
     for (c, r) in results {
         outage_ms.insert(c.clone(), if r.requests.is_empty() { duration_ms } else { r.outage_ms(rate) });
+        lost_requests.insert(c.clone(), r.lost());
         series.insert(c.clone(), r.series(t0, duration_ms.div_ceil(100) as usize));
         by_server.insert(c.clone(), r.by_server());
         long_lived += r.flows;
@@ -90,6 +92,7 @@ pub fn outcome(
         seed: 0,
         trace: Vec::new(),
         outage_ms,
+        lost_requests,
         primaries: prims,
         arp_owner,
         promotions: promos.values().sum(),
@@ -142,6 +145,7 @@ pub fn check(s: &Scenario, o: &Outcome, promos: &BTreeMap<String, usize>) -> Vec
     if let Some(max) = e.long_lived_lost.filter(|m| o.long_lived_lost > *m) {
         v.push(format!("{} of {} long-lived flows lost, at most {max}", o.long_lived_lost, o.long_lived));
     }
+    v.extend(clustersim::runner::lost_violations(s, &o.lost_requests));
     v
 }
 
@@ -154,6 +158,7 @@ pub fn write(lo: &LabOutcome) -> anyhow::Result<()> {
         "violations": o.violations,
         "duration_ms": o.duration_ms,
         "outage_ms": o.outage_ms,
+        "lost_requests": o.lost_requests,
         "primaries": o.primaries,
         "promotions": o.promotions,
         "arp_owner": o.arp_owner,

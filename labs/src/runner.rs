@@ -29,6 +29,7 @@ const RATE_CAP: u32 = 200;
 /// Steps the lab performs; anything else fails the scenario before it starts.
 pub const SUPPORTED: &[&str] = &[
     "crash",
+    "kill",
     "restart",
     "freeze",
     "thaw",
@@ -363,16 +364,17 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
     let mut pending: Vec<&Step> = s.steps.iter().collect();
     pending.reverse();
     let mut stopped: Vec<String> = Vec::new();
+    let mut crashed: Vec<String> = Vec::new();
     let mut downs: Vec<(String, u64)> = Vec::new();
     while unix_ms() < t0 + duration_ms {
         check_interrupted()?;
         let now = unix_ms() - t0;
         while pending.last().is_some_and(|st| st.at_ms <= now) {
             let st = pending.pop().context("step")?;
-            if let Some(h) = st.crash.as_ref().or(st.stop.as_ref()) {
+            if let Some(h) = st.crash.as_ref().or(st.kill.as_ref()).or(st.stop.as_ref()) {
                 downs.push((h.clone(), unix_ms()));
             }
-            let text = apply(&mut lab, st, &daemon, &cfg_path, &mut stopped)
+            let text = apply(&mut lab, st, &daemon, &cfg_path, &mut stopped, &mut crashed)
                 .with_context(|| format!("step at {} ms", st.at_ms))?;
             eprintln!("[{:>6} ms] {text}", unix_ms() - t0);
             faults_log.push((unix_ms() - t0, text));
@@ -534,10 +536,12 @@ fn apply(
     daemon: &Path,
     cfg: &Path,
     stopped: &mut Vec<String>,
+    crashed: &mut Vec<String>,
 ) -> anyhow::Result<String> {
     let kind = st.kind()?;
     let host = [
         &st.crash,
+        &st.kill,
         &st.restart,
         &st.freeze,
         &st.thaw,
@@ -555,12 +559,25 @@ fn apply(
     let label = format!("{host}/daemon");
     let plan = lab.plan.clone();
     match kind {
+        // The host is lost: its daemon dies and its links go down at once (the switch ends
+        // of its veths, so it sees no carrier), as a machine that loses power.
         "crash" => {
+            lab.signal(&label, Signal::SIGKILL)?;
+            topology::set_link(&plan, &host, false)?;
+            stopped.push(host.clone());
+            crashed.push(host.clone());
+        }
+        // Only the daemon dies; the host and its kernel stay up.
+        "kill" => {
             lab.signal(&label, Signal::SIGKILL)?;
             stopped.push(host.clone());
         }
         "restart" => {
             lab.wait_or_kill(&label, 0)?;
+            if crashed.contains(&host) {
+                topology::set_link(&plan, &host, true)?;
+                crashed.retain(|h| *h != host);
+            }
             start_daemon(lab, daemon, &host, cfg)?;
             stopped.retain(|h| *h != host);
         }

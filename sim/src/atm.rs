@@ -16,7 +16,7 @@ use clusterserver::time::Instant;
 use tokio::sync::mpsc;
 
 use crate::dataplane::DataplaneSpec;
-use crate::net::{ARP_PORT, BROADCAST, ECHO_PORT, Freezable, SimClock, SimSocket};
+use crate::net::{ARP_PORT, BROADCAST, ECHO_PORT, Freezable, Killable, SimClock, SimSocket};
 use crate::world::Shared;
 
 /// The simulator's platform for one ATM.
@@ -62,6 +62,16 @@ impl Platform for SimAtm {
     async fn release_vips(&self, vips: &[IpAddr]) -> io::Result<()> {
         let mut w = self.world.borrow_mut();
         let h = w.host(&self.name);
+        for v in vips {
+            h.vips.remove(v);
+        }
+        Ok(())
+    }
+
+    async fn drain_vips(&self, vips: &[IpAddr]) -> io::Result<()> {
+        let mut w = self.world.borrow_mut();
+        let h = w.host(&self.name);
+        h.draining = true;
         for v in vips {
             h.vips.remove(v);
         }
@@ -133,6 +143,7 @@ fn describe(names: &[String], event: &Event) -> String {
         Event::HandoverStarted { to } => format!("handing over to {}", n(to)),
         Event::Refused { what, why } => format!("refused {what}: {why}"),
         Event::Rejected { reason, count } => format!("rejected heartbeat: {} (#{count})", reason.name()),
+        Event::Draining { ms } => format!("handed over; draining {ms} ms"),
         Event::Exiting => "exiting".to_string(),
     }
 }
@@ -167,7 +178,12 @@ pub fn software(
                     r = crate::dataplane::run(world.clone(), name.clone(), spec, clock) => r,
                 }
             };
-            let result = Freezable::new(&world, &name, daemon).await;
+            let Some(result) = Killable::new(&world, &name, Freezable::new(&world, &name, daemon)).await
+            else {
+                // Killed: the daemon is gone, the host and its kernel stay up until restarted.
+                std::future::pending::<()>().await;
+                return Ok(());
+            };
             world.borrow_mut().host(&name).running = false;
             result.map_err(|e| e.into())
         })

@@ -62,8 +62,15 @@ async fn probe_loop(world: Shared, name: String, vip: IpAddr) -> std::io::Result
                 next_probe = now + PROBE_MS;
                 seq += 1;
                 sent.insert(seq, now);
+                let first_ok = world.borrow_mut().host(&name).client.first_ok_ms;
+                let expired = sent.values().filter(|t| now - **t > ANSWER_WITHIN_MS && first_ok.is_some_and(|f| **t >= f)).count();
                 sent.retain(|_, t| now - *t <= ANSWER_WITHIN_MS);
-                world.borrow_mut().host(&name).client.sent += 1;
+                {
+                    let mut w = world.borrow_mut();
+                    let c = &mut w.host(&name).client;
+                    c.sent += 1;
+                    c.lost += expired as u64;
+                }
                 if let Some(owner) = neigh.lookup(&world, &name, now, vip).await {
                     let _ = sock.send(format!("REQ {seq} {vip}").as_bytes(), SocketAddr::new(owner, SERVICE_PORT)).await;
                 }

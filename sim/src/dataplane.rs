@@ -92,9 +92,9 @@ pub async fn run(world: Shared, name: String, spec: DataplaneSpec, clock: SimClo
             }
             r = sync.recv(&mut sbuf) => {
                 let (n, _) = r?;
-                if !engine.is_active() {
-                    let _ = receiver.handle(clock.now(), &sbuf[..n], &mut engine);
-                }
+                // An active engine learns only connections it has never seen (made by a
+                // draining or briefly co-active peer): Engine::apply_sync.
+                let _ = receiver.handle(clock.now(), &sbuf[..n], &mut engine);
             }
             _ = tokio::time::sleep(wait.min(Duration::from_millis(100))) => {
                 engine.expire(clock.now(), 1024);
@@ -113,7 +113,7 @@ pub async fn run(world: Shared, name: String, spec: DataplaneSpec, clock: SimClo
 fn follow_role(world: &Shared, name: &str, engine: &mut Engine) {
     let mut w = world.borrow_mut();
     let h = w.host(name);
-    let active = !h.vips.is_empty();
+    let active = !h.vips.is_empty() || h.draining;
     if active != engine.is_active() {
         engine.set_active(active);
     }
@@ -142,11 +142,14 @@ fn forward(
     }
 }
 
-/// The service probe (`REQ <seq> <vip>`): answered while this host holds the VIP.
+/// The service probe (`REQ <seq> <vip>`): answered while this host holds the VIP, or drains
+/// it (a gracefully leaving primary still forwards what reaches it).
 fn probe_answer(world: &Shared, name: &str, pkt: &[u8]) -> Option<String> {
     let (seq, vip) = std::str::from_utf8(pkt).ok()?.strip_prefix("REQ ")?.split_once(' ')?;
     let vip: IpAddr = vip.parse().ok()?;
-    world.borrow_mut().host(name).vips.contains(&vip).then(|| format!("RSP {seq}"))
+    let mut w = world.borrow_mut();
+    let h = w.host(name);
+    (h.vips.contains(&vip) || h.draining).then(|| format!("RSP {seq}"))
 }
 
 /// What a simulated real server knows of the service.

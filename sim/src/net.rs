@@ -103,12 +103,46 @@ impl<F: Future> Freezable<F> {
     }
 }
 
+/// A daemon that can be killed (`kill` step): resolves to `None` once the world marks the
+/// host's daemon killed, dropping the daemon (its sockets close); the caller keeps the host
+/// (and its kernel task) alive.
+#[allow(missing_debug_implementations)]
+pub struct Killable<F> {
+    world: Shared,
+    name: String,
+    inner: Pin<Box<F>>,
+}
+
+impl<F: Future> Killable<F> {
+    pub fn new(world: &Shared, name: &str, inner: F) -> Self {
+        Killable { world: world.clone(), name: name.to_string(), inner: Box::pin(inner) }
+    }
+}
+
+impl<F: Future> Future for Killable<F> {
+    type Output = Option<F::Output>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<F::Output>> {
+        {
+            let mut w = self.world.borrow_mut();
+            let h = w.host(&self.name);
+            if h.killed {
+                return Poll::Ready(None);
+            }
+            h.kill_waker = Some(cx.waker().clone());
+        }
+        self.inner.as_mut().poll(cx).map(Some)
+    }
+}
+
 impl<F: Future> Future for Freezable<F> {
     type Output = F::Output;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         {
             let mut w = self.world.borrow_mut();
             let h = w.host(&self.name);
+            if h.killed {
+                return Poll::Pending;
+            }
             if h.frozen {
                 h.thaw = Some(cx.waker().clone());
                 return Poll::Pending;

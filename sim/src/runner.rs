@@ -24,6 +24,8 @@ pub struct Outcome {
     pub trace: Vec<String>,
     /// Longest outage seen by each client, ms.
     pub outage_ms: BTreeMap<String, u64>,
+    /// Requests each client lost after its first answer.
+    pub lost_requests: BTreeMap<String, u64>,
     /// Primaries of the cluster under test over time: (ms, names joined by '+', or "none").
     pub primaries: Vec<(u64, String)>,
     /// Owner of the VIP in each client's ARP cache at the end.
@@ -41,6 +43,15 @@ pub struct Outcome {
     pub duration_ms: u64,
 }
 
+/// `expect.max_lost_requests` against each client's lost requests (simulator and lab).
+pub fn lost_violations(s: &Scenario, lost: &BTreeMap<String, u64>) -> Vec<String> {
+    let Some(max) = s.expect.max_lost_requests else { return Vec::new() };
+    lost.iter()
+        .filter(|(_, n)| **n > max)
+        .map(|(c, n)| format!("{c}: {n} requests lost, at most {max}"))
+        .collect()
+}
+
 impl Outcome {
     pub fn passed(&self) -> bool {
         self.violations.is_empty()
@@ -53,6 +64,9 @@ impl Outcome {
         s += &format!("primaries over time: {}\n", timeline.join(" "));
         for (c, o) in &self.outage_ms {
             s += &format!("outage {c}: {o} ms\n");
+        }
+        for (c, n) in self.lost_requests.iter().filter(|(_, n)| **n > 0) {
+            s += &format!("requests lost {c}: {n}\n");
         }
         for (c, o) in &self.arp_owner {
             s += &format!("arp owner {c}: {o}\n");
@@ -290,10 +304,12 @@ impl RunState {
         let w = world.borrow();
         let vip: IpAddr = VIP.parse().expect("literal");
         let mut outage_ms = BTreeMap::new();
+        let mut lost_requests = BTreeMap::new();
         let mut arp_owner = BTreeMap::new();
         let mut series = BTreeMap::new();
         for (name, h) in w.hosts.iter().filter(|(n, _)| n.starts_with("client")) {
             let c = &h.client;
+            lost_requests.insert(name.clone(), c.lost);
             let out = match c.last_ok_ms {
                 Some(last) => c.max_gap_ms.max(end - last).saturating_sub(PROBE_MS),
                 None => end,
@@ -315,6 +331,7 @@ impl RunState {
         }
         let final_primaries = w.primaries().get(&CLUSTER_ID).cloned().unwrap_or_default();
         self.check_expect(s, &outage_ms, &final_primaries, promotions, w.rejected_total, &w);
+        self.violations.extend(lost_violations(s, &lost_requests));
         if let Some(max) = s.expect.long_lived_lost.filter(|m| long_lived_lost > *m) {
             self.violations
                 .push(format!("{long_lived_lost} of {long_lived} long-lived flows lost, at most {max}"));
@@ -333,6 +350,7 @@ impl RunState {
             seed,
             trace: w.trace.clone(),
             outage_ms,
+            lost_requests,
             primaries: self.primaries,
             arp_owner,
             promotions,
@@ -420,6 +438,11 @@ fn apply(
             sim.crash(h);
             world.borrow_mut().host_crashed(h);
             log(format!("fault: crash {h}"));
+        }
+        "kill" => {
+            let h = step.kill.as_deref().unwrap_or_default();
+            world.borrow_mut().kill_daemon(h);
+            log(format!("fault: kill {h} (daemon only)"));
         }
         "restart" => {
             let h = step.restart.as_deref().unwrap_or_default();

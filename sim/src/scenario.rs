@@ -132,7 +132,10 @@ pub struct MissGarp {
 #[serde(deny_unknown_fields)]
 pub struct Step {
     pub at_ms: u64,
+    /// The host goes down (machine lost: daemon, kernel and links).
     pub crash: Option<String>,
+    /// Only the daemon dies (SIGKILL); the host, its kernel and links stay up.
+    pub kill: Option<String>,
     pub restart: Option<String>,
     pub freeze: Option<String>,
     pub thaw: Option<String>,
@@ -159,6 +162,7 @@ impl Step {
     pub fn kind(&self) -> anyhow::Result<&'static str> {
         let set = [
             ("crash", self.crash.is_some()),
+            ("kill", self.kill.is_some()),
             ("restart", self.restart.is_some()),
             ("freeze", self.freeze.is_some()),
             ("thaw", self.thaw.is_some()),
@@ -207,6 +211,9 @@ pub struct Expect {
     pub never_primary: Vec<String>,
     /// At least this many heartbeats rejected (forged or foreign) across the ATMs.
     pub min_rejected: Option<u64>,
+    /// Most requests (probes) a client may lose after its first answer: `0` for a planned
+    /// handover, which must lose none.
+    pub max_lost_requests: Option<u64>,
 }
 
 impl Scenario {
@@ -284,6 +291,7 @@ impl Step {
         let mut v: Vec<&String> = Vec::new();
         for h in [
             &self.crash,
+            &self.kill,
             &self.restart,
             &self.freeze,
             &self.thaw,

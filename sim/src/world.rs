@@ -39,6 +39,9 @@ pub struct ClientStats {
     pub max_gap_ms: u64,
     pub answered: u64,
     pub sent: u64,
+    /// Probes sent after the first answer that were never answered in time (a graceful
+    /// stop must lose none).
+    pub lost: u64,
     /// Answered probes per 100 ms bucket (for the chart).
     pub buckets: Vec<u32>,
 }
@@ -52,6 +55,11 @@ pub struct HostState {
     pub vips: BTreeSet<IpAddr>,
     pub frozen: bool,
     pub thaw: Option<Waker>,
+    /// The daemon was killed (`kill` step): its host and kernel stay up.
+    pub killed: bool,
+    /// Gracefully leaving: VIPs released, the data plane still forwards until exit.
+    pub draining: bool,
+    pub kill_waker: Option<Waker>,
     pub running: bool,
     pub role: Option<Role>,
     pub epoch: u64,
@@ -133,6 +141,9 @@ impl World {
         h.neigh.clear();
         h.frozen = false;
         h.thaw = None;
+        h.killed = false;
+        h.kill_waker = None;
+        h.draining = false;
         h.running = true;
         if h.cluster.is_some() {
             h.role = Some(Role::Backup);
@@ -143,6 +154,7 @@ impl World {
     pub fn host_crashed(&mut self, name: &str) {
         let h = self.host(name);
         h.vips.clear();
+        h.draining = false;
         h.running = false;
         h.frozen = false;
         h.commands = None;
@@ -150,6 +162,24 @@ impl World {
             h.role = Some(Role::Backup);
         }
         if let Some(w) = h.thaw.take() {
+            w.wake();
+        }
+    }
+
+    /// The daemon process is killed (SIGKILL) while its host stays up: what it held in user
+    /// space (VIPs answered by its ARP responder, its role) is gone, the kernel keeps running.
+    pub fn kill_daemon(&mut self, name: &str) {
+        let h = self.host(name);
+        h.killed = true;
+        h.draining = false;
+        h.vips.clear();
+        h.running = false;
+        h.frozen = false;
+        h.commands = None;
+        if h.cluster.is_some() {
+            h.role = Some(Role::Backup);
+        }
+        for w in [h.thaw.take(), h.kill_waker.take()].into_iter().flatten() {
             w.wake();
         }
     }

@@ -35,6 +35,11 @@
 //! * On promotion: take the VIPs, heartbeat, and send `gratuitous_count` gratuitous ARPs
 //!   `gratuitous_interval` apart, then one every `refresh` while primary. On demotion the VIPs
 //!   are released first.
+//! * Graceful stop (SIGTERM) of a primary: name a successor in the heartbeats; the successor
+//!   promotes at once; on hearing it, stop answering for the VIPs but keep forwarding what
+//!   still arrives for a drain time (the successor's gratuitous ARP burst, at least one dead
+//!   interval, at most 2 s: packets in flight and late caches), then exit. A planned failover
+//!   loses no request.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -175,6 +180,10 @@ pub enum Event {
         reason: super::heartbeat::DecodeError,
         count: u64,
     },
+    /// Handed over before a graceful exit: still forwarding what arrives for `ms`.
+    Draining {
+        ms: u64,
+    },
     Exiting,
 }
 
@@ -185,6 +194,10 @@ pub enum Action {
     SendHeartbeat(Heartbeat),
     TakeVips(Vec<IpAddr>),
     ReleaseVips(Vec<IpAddr>),
+    /// A graceful stop's release: stop answering and announcing the VIPs, but keep forwarding
+    /// what still arrives (packets in flight, clients that have not yet taken the successor's
+    /// gratuitous ARP) until [`Action::Exit`].
+    DrainVips(Vec<IpAddr>),
     SendGarp(Vec<IpAddr>),
     /// Probe reachlist host `target` and report with [`Election::handle_probe`].
     Probe {
@@ -246,6 +259,10 @@ pub struct Election {
     next_garp: Instant,
     next_refresh: Option<Instant>,
     leaving: Option<Leaving>,
+    /// A graceful exit handed over and drains until then (never promotes meanwhile).
+    draining_until: Option<Instant>,
+    /// The last demotion drained rather than released the VIPs.
+    drained_vips: bool,
     exited: bool,
     actions: VecDeque<Action>,
 }
@@ -276,6 +293,8 @@ impl Election {
             next_garp: now,
             next_refresh: None,
             leaving: None,
+            draining_until: None,
+            drained_vips: false,
             exited: false,
             actions: VecDeque::new(),
         }
@@ -324,6 +343,9 @@ impl Election {
         }
         if let Some(l) = self.leaving {
             consider(l.deadline);
+        }
+        if let Some(d) = self.draining_until {
+            consider(d);
         }
         for p in &self.peers {
             if let (true, Some(h)) = (p.up, p.last_heard) {
@@ -447,10 +469,10 @@ impl Election {
         self.evaluate(now);
     }
 
-    /// Graceful stop (SIGTERM): hand over if primary, then [`Action::Exit`].
+    /// Graceful stop (SIGTERM): hand over if primary, drain, then [`Action::Exit`].
     pub fn handle_shutdown(&mut self, now: Instant) {
         self.enter(now);
-        if self.exited {
+        if self.exited || self.draining_until.is_some() {
             return;
         }
         match (self.role, self.successor(now)) {
@@ -494,6 +516,14 @@ impl Election {
         self.cfg.heartbeat * self.cfg.dead_after
     }
 
+    /// How long a gracefully leaving primary keeps forwarding after handing over: the
+    /// successor's gratuitous ARP burst, and at least one dead interval (packets in flight,
+    /// clients whose caches take the announcement late), at most 2 s.
+    fn drain_time(&self) -> Duration {
+        let burst = self.cfg.garp_interval * self.cfg.garp_count;
+        burst.max(self.dead_interval()).min(Duration::from_secs(2))
+    }
+
     fn peer_dead_interval(&self, p: &Peer) -> Duration {
         self.cfg.heartbeat * p.loss.dead_after(self.cfg.dead_after)
     }
@@ -506,12 +536,16 @@ impl Election {
         self.update_peers(now);
         self.run_probes(now);
         self.check_leaving(now);
+        if self.draining_until.is_some_and(|d| now >= d) {
+            self.exit();
+        }
         if self.exited {
             return;
         }
         match self.role {
             Role::Primary if !self.eligible(now) => self.demote(now, DemoteReason::LostArbitration),
             Role::Primary => {}
+            Role::Backup if self.draining_until.is_some() => {}
             Role::Backup => self.consider_promotion(now),
         }
         if self.role == Role::Primary {
@@ -555,11 +589,18 @@ impl Election {
     fn check_leaving(&mut self, now: Instant) {
         let Some(l) = self.leaving else { return };
         if self.role == Role::Backup || now >= l.deadline {
+            // Demoted by the successor's heartbeat, or demoting now at the deadline.
+            let handed_over = self.role == Role::Primary || self.drained_vips;
             if self.role == Role::Primary {
                 self.demote(now, DemoteReason::HandedOver);
             }
             self.leaving = None;
-            if l.exit {
+            if l.exit && handed_over {
+                let drain = self.drain_time();
+                self.draining_until = Some(now + drain);
+                let ms = drain.as_millis() as u64;
+                self.actions.push_back(Action::Event(Event::Draining { ms }));
+            } else if l.exit {
                 self.exit();
             }
         }
@@ -672,7 +713,13 @@ impl Election {
             return;
         }
         self.role = Role::Backup;
-        self.actions.push_back(Action::ReleaseVips(self.cfg.vips.clone()));
+        // A graceful exit keeps forwarding while the successor's announcements take effect.
+        if self.leaving.is_some_and(|l| l.exit) {
+            self.drained_vips = true;
+            self.actions.push_back(Action::DrainVips(self.cfg.vips.clone()));
+        } else {
+            self.actions.push_back(Action::ReleaseVips(self.cfg.vips.clone()));
+        }
         self.actions.push_back(Action::Event(Event::Demoted { epoch: self.epoch, reason }));
         self.garp_left = 0;
         self.next_refresh = None;

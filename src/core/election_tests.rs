@@ -55,6 +55,7 @@ fn render(a: &Action) -> String {
         }
         Action::TakeVips(_) => "take".into(),
         Action::ReleaseVips(_) => "release".into(),
+        Action::DrainVips(_) => "drain".into(),
         Action::SendGarp(_) => "garp".into(),
         Action::Probe { target } => format!("probe{target}"),
         Action::Event(ev) => format!("{ev:?}"),
@@ -301,7 +302,9 @@ fn stalled_primary_steps_down() {
 
 #[test]
 fn graceful_handover_has_no_dead_interval() {
-    // Old primary (ATM 0) hands over to ATM 1 and exits once ATM 1 is primary.
+    // Old primary (ATM 0) hands over to ATM 1; once ATM 1 is primary it stops answering for
+    // the VIPs but keeps forwarding (drain) for a dead interval, never promoting meanwhile,
+    // then exits.
     run(
         cfg(0, 2, 0, false),
         &[
@@ -312,8 +315,11 @@ fn graceful_handover_has_no_dead_interval() {
             (
                 365,
                 In::Hb(1, true, 2, E, NONE),
-                "release, Demoted { epoch: 1, reason: HandedOver }, hb B2 elig, Exiting, exit",
+                "drain, Demoted { epoch: 1, reason: HandedOver }, hb B2 elig, Draining { ms: 300 }",
             ),
+            (370, In::Shutdown, ""),
+            (664, In::Tick, "hb B2 elig"),
+            (665, In::Tick, "Exiting, exit"),
         ],
     );
     // The successor promotes on the first handover heartbeat.

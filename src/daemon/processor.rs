@@ -7,8 +7,9 @@
 //! packets and on every tick; a backup (engine inactive, a shadow) applies what it receives
 //! on every tick ([`crate::dataplane::io::TICK`], 100 ms). Datagrams are authenticated with
 //! the cluster secret by the codec; a backup ignores nothing but what fails authentication
-//! or replays, and an active engine ignores incoming sync (two primaries for a moment must
-//! not overwrite each other's tables).
+//! or replays. An active engine applies incoming sync only for connections it does not know
+//! (made by a draining predecessor or a briefly co-active peer): two primaries for a moment
+//! never overwrite each other's entries ([`Engine::apply_sync`]).
 
 use std::net::{SocketAddr, UdpSocket};
 
@@ -116,9 +117,6 @@ impl DaemonProcessor {
         for _ in 0..RECV_PER_TICK {
             let Ok((n, _)) = sock.recv_from(&mut self.rbuf) else { break };
             self.counters.received += 1;
-            if self.engine.is_active() {
-                continue;
-            }
             match self.receiver.handle(now, &self.rbuf[..n], &mut self.engine) {
                 Ok(k) => self.counters.applied_records += k as u64,
                 Err(_) => self.counters.rejected += 1,

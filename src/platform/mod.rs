@@ -44,6 +44,10 @@ pub trait Platform {
     /// Removes the VIPs from this host (idempotent).
     fn release_vips(&self, vips: &[IpAddr]) -> impl Future<Output = io::Result<()>>;
 
+    /// Stops answering and announcing the VIPs but keeps forwarding what still arrives for
+    /// them (a graceful exit's drain; the process exits afterwards).
+    fn drain_vips(&self, vips: &[IpAddr]) -> impl Future<Output = io::Result<()>>;
+
     /// Announces the VIPs with one gratuitous ARP each.
     fn send_garp(&self, vips: &[IpAddr]) -> impl Future<Output = io::Result<()>>;
 

@@ -110,8 +110,10 @@ impl Engine {
         }
     }
 
-    /// Inserts or refreshes the entry a sync record describes. Works whether or not the
-    /// engine is active (a primary ignores nothing it is given).
+    /// Inserts or refreshes the entry a sync record describes. An inactive engine (a backup's
+    /// shadow) takes every record; an active one only learns connections it does not have
+    /// (made by a gracefully draining predecessor or a briefly co-active peer) and keeps its
+    /// own view of those it has.
     pub fn apply_sync(&mut self, now: Instant, rec: &SyncRecord) -> Result<(), EngineError> {
         let (client, cport) = v4(rec.client)?;
         let (vip, vport) = v4(rec.vip)?;
@@ -133,6 +135,9 @@ impl Engine {
             .ok_or(EngineError::Sync("unknown server"))?;
         let nat = svc.forwarding == Forwarding::Nat;
         let key = FwdKey { proto: rec.proto, client, client_port: cport, vip, vip_port: vport };
+        if self.is_active() && self.table.find_fwd(&key).is_some() {
+            return Ok(());
+        }
         let slot = match self.table.find_fwd(&key) {
             Some(slot) if usize::from(self.table.get(slot).server_idx) == server_idx => {
                 self.table.set_state(slot, rec.state, now);

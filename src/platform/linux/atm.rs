@@ -166,6 +166,13 @@ impl Platform for LinuxPlatform {
         Ok(())
     }
 
+    async fn drain_vips(&self, vips: &[IpAddr]) -> io::Result<()> {
+        // ARP goes to the successor; the engine stays active until the process exits.
+        self.arp.release(v4s(vips));
+        tracing::info!(node = %self.node, vips = ?vips, "VIPs released; still forwarding what arrives until exit");
+        Ok(())
+    }
+
     async fn send_garp(&self, vips: &[IpAddr]) -> io::Result<()> {
         self.arp.announce(v4s(vips))
     }
@@ -208,6 +215,9 @@ impl Platform for LinuxPlatform {
             Event::Refused { what, why } => tracing::warn!(node = %self.node, what, why, "refused"),
             Event::Rejected { reason, count } => {
                 tracing::warn!(node = %self.node, reason = reason.name(), count, "heartbeat rejected")
+            }
+            Event::Draining { ms } => {
+                tracing::info!(node = %self.node, drain_ms = ms, "handed over; draining")
             }
             Event::Exiting => tracing::info!(node = %self.node, "exiting"),
         }
