@@ -2,8 +2,9 @@
 //!
 //! Each host gets `table inet csl` with empty regular chains that the hook chains jump to:
 //! `part_in`/`part_out` (partitions), `loss_in` (random loss with `numgen`), `srv_in` (a
-//! real server that stops answering). `heal` flushes the partition chains. The tables go
-//! with their namespaces.
+//! real server that stops answering), and, in an xtables `mangle` table, the `latency`
+//! step's NFQUEUE rule (outgoing IPv4 held by `clusterlab delay`, see [`crate::delay`]). `heal` flushes the
+//! partition chains. The tables go with their namespaces.
 
 use std::net::Ipv4Addr;
 
@@ -112,6 +113,47 @@ pub fn loss(plan: &Plan, l: &LinkSetting) -> anyhow::Result<()> {
         _ => bail!("loss.between: expected two hosts or none"),
     }
     Ok(())
+}
+
+/// The hosts a `latency` step delays (each delays what it sends): every host, or the two
+/// hosts of `between` (each only towards the other). Installs the queue rules and returns
+/// the hosts, whose delay helpers the runner starts; 0 ms and 0 jitter clears. The rule is
+/// an xtables `NFQUEUE` target through `iptables-nft` (this kernel has no nft `queue`
+/// expression, but has the xtables target), with `--queue-bypass`: no helper, no delay.
+pub fn latency(plan: &Plan, l: &LinkSetting) -> anyhow::Result<Vec<String>> {
+    let clear = l.ms == 0 && l.jitter_ms == 0;
+    let apply = |nsname: &str, dst: Option<&[Ipv4Addr]>| -> anyhow::Result<()> {
+        ns::exec_input(nsname, &["iptables-nft", "-t", "mangle", "-F", "POSTROUTING"], None)?;
+        if clear {
+            return Ok(());
+        }
+        let queue = crate::delay::QUEUE.to_string();
+        let mut args = vec!["iptables-nft", "-t", "mangle", "-A", "POSTROUTING", "!", "-o", "lo"];
+        let dsts = dst.map(|a| a.iter().map(ToString::to_string).collect::<Vec<_>>().join(","));
+        if let Some(d) = &dsts {
+            args.extend(["-d", d.as_str()]);
+        }
+        args.extend(["-j", "NFQUEUE", "--queue-num", &queue, "--queue-bypass"]);
+        ns::exec_input(nsname, &args, None).map(|_| ())
+    };
+    let mut hosts = Vec::new();
+    match l.between.as_slice() {
+        [] => {
+            for h in plan.hosts.values() {
+                apply(&h.ns, None)?;
+                hosts.push(h.name.clone());
+            }
+        }
+        [a, b] => {
+            for (x, y) in [(a, b), (b, a)] {
+                let dst = addrs(plan, std::slice::from_ref(y))?;
+                apply(&plan.host(x)?.ns, Some(&dst))?;
+                hosts.push(x.clone());
+            }
+        }
+        _ => bail!("latency.between: expected two hosts or none"),
+    }
+    Ok(hosts)
 }
 
 /// A real server stops (`down`) or resumes answering: its service ports drop input.

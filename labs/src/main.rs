@@ -1,6 +1,7 @@
 //! `clusterlab run SCENARIO [--out DIR]` | `clusterlab compare SCENARIO [--seed N] [--out DIR]`
+//! | `clusterlab compare --all [--seed N] [--out DIR]`
 //!
-//! Helpers run inside lab namespaces by the runner: `stream-server`, `load`, `forge`.
+//! Helpers run inside lab namespaces by the runner: `stream-server`, `load`, `forge`, `delay`.
 #![allow(clippy::disallowed_methods)] // reason: the lab's helpers use the wall clock
 
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use clustersim::scenario::Scenario;
 
 const USAGE: &str = "usage: clusterlab run SCENARIO [--out DIR]
        clusterlab compare SCENARIO [--seed N] [--out DIR]
+       clusterlab compare --all [--seed N] [--out DIR]   (every scenario; DIR/NAME per run)
 SCENARIO is a path or a name in sim/scenarios/ (e.g. primary-crash). Needs root.";
 
 fn main() -> ExitCode {
@@ -55,6 +57,15 @@ fn real_main() -> anyhow::Result<bool> {
             traffic::load(&spec)?;
             Ok(true)
         }
+        Some("delay") => {
+            clusterlab::delay::run(clusterlab::delay::DelaySpec {
+                ms: arg(1)?.parse::<u64>()?.min(10_000),
+                jitter_ms: arg(2)?.parse::<u64>()?.min(10_000),
+                seed: arg(3)?.parse()?,
+                max_s: arg(4)?.parse::<u64>()?.min(3_600),
+            })?;
+            Ok(true)
+        }
         Some("forge") => {
             let spec = rogue::ForgeSpec {
                 kind: arg(1)?,
@@ -71,8 +82,81 @@ fn real_main() -> anyhow::Result<bool> {
     }
 }
 
+/// `compare --all`: every scenario of `sim/scenarios`, simulator and lab in turn, then one
+/// table of verdicts. Passes when every scenario the lab can run passes in both and the
+/// verdicts agree; a scenario the lab cannot run is listed as skipped (never as passed).
+fn compare_all(args: &[String]) -> anyhow::Result<bool> {
+    let mut it = args.iter();
+    let (mut seed, mut out) = (1u64, std::path::absolute("target/clusterlab")?);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--seed" => seed = it.next().context("--seed N")?.parse()?,
+            "--out" => out = std::path::absolute(it.next().context("--out DIR")?)?,
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sim/scenarios");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json5"))
+        .collect();
+    files.sort();
+    lab::install_signal_handler();
+    let mut rows: Vec<(String, String, String, &str)> = Vec::new();
+    let (mut failed, mut skipped) = (0, 0);
+    for f in &files {
+        let s = Scenario::from_file(f)?;
+        let sim = clustersim::runner::run(&s, seed)?;
+        let sim_v =
+            if sim.passed() { "pass".to_string() } else { format!("FAIL: {}", sim.violations.join("; ")) };
+        let cannot = runner::unsupported(&s);
+        if !cannot.is_empty() {
+            skipped += 1;
+            rows.push((s.name.clone(), sim_v, format!("SKIPPED: {}", cannot.join("; ")), "-"));
+            continue;
+        }
+        eprintln!("== {} (lab)", s.name);
+        let (lab_v, lab_ok) = match runner::run(&s, &out.join(&s.name)) {
+            Ok(lo) => {
+                report::write(&lo)?;
+                let o = &lo.outcome;
+                let v = if o.passed() {
+                    "pass".to_string()
+                } else {
+                    format!("FAIL: {}", o.violations.join("; "))
+                };
+                (v, o.passed())
+            }
+            Err(e) => {
+                lab::check_interrupted()?;
+                (format!("FAILED TO RUN: {e:#}"), false)
+            }
+        };
+        let agree = lab_ok == sim.passed();
+        if !(lab_ok && agree) {
+            failed += 1;
+        }
+        rows.push((s.name.clone(), sim_v, lab_v, if agree { "yes" } else { "NO" }));
+    }
+    let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(8).max(8);
+    println!("# every scenario: simulator (seed {seed}) vs lab");
+    println!("{:w0$}  {:10}  {:10}  lab", "scenario", "agree", "simulator");
+    for (n, sv, lv, a) in &rows {
+        println!("{n:w0$}  {a:10}  {sv:10}  {lv}");
+    }
+    let ran = rows.len() - skipped;
+    println!(
+        "compare: {ran} run, {} passed and agree, {failed} failed or disagree, {skipped} skipped",
+        ran - failed
+    );
+    Ok(failed == 0)
+}
+
 fn scenario_cmd(args: &[String]) -> anyhow::Result<bool> {
     let compare = args[0] == "compare";
+    if compare && args.get(1).is_some_and(|a| a == "--all") {
+        return compare_all(&args[2..]);
+    }
     let mut it = args[1..].iter();
     let path = resolve(it.next().context(USAGE)?);
     let (mut seed, mut out) = (1u64, None);

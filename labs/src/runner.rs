@@ -44,6 +44,7 @@ pub const SUPPORTED: &[&str] = &[
     "server_down",
     "server_up",
     "miss_garp",
+    "latency",
 ];
 
 /// The lab's figures: the simulator's [`Outcome`] plus what only a real run shows.
@@ -70,7 +71,6 @@ pub fn unsupported(s: &Scenario) -> Vec<String> {
         let k = st.kind().unwrap_or("?");
         if !SUPPORTED.contains(&k) {
             let why = match k {
-                "latency" => "this kernel has no netem and the lab has no user-space delay",
                 "promote" | "demote" => "needs the daemon's admin channel (cmc), not wired into the lab yet",
                 _ => "unknown step",
             };
@@ -594,6 +594,25 @@ fn apply(
         "heal" => faults::heal(&plan)?,
         "loss" => faults::loss(&plan, st.loss.as_ref().context("loss")?)?,
         "link_down" | "link_up" => topology::set_link(&plan, &host, kind == "link_up")?,
+        "latency" => {
+            let l = st.latency.as_ref().context("latency")?;
+            let exe = helper_exe()?;
+            for (i, h) in faults::latency(&plan, l)?.iter().enumerate() {
+                let label = format!("{h}/delay");
+                let args = [
+                    "delay".to_string(),
+                    l.ms.to_string(),
+                    l.jitter_ms.to_string(),
+                    (i + 1).to_string(),
+                    "600".into(),
+                ];
+                // A later latency step replaces the host's helper (its settings change).
+                if lab.log_of(&label).is_some() {
+                    lab.wait_or_kill(&label, 0)?;
+                }
+                lab.spawn(&label, h, &exe, &args)?;
+            }
+        }
         "server_down" | "server_up" => faults::server(&plan, &host, kind == "server_down")?,
         "miss_garp" => {
             let m = st.miss_garp.as_ref().context("miss_garp")?;
@@ -621,6 +640,9 @@ fn apply(
         "partition" => format!("partition {:?}", st.partition.as_deref().unwrap_or_default()),
         "forge" => format!("forge {}", st.forge.as_ref().map_or("", |f| f.kind.as_str())),
         "loss" => format!("loss {}%", st.loss.as_ref().map_or(0.0, |l| l.percent)),
+        "latency" => {
+            st.latency.as_ref().map_or(String::new(), |l| format!("latency {} ms +{} ms", l.ms, l.jitter_ms))
+        }
         "heal" => "heal".into(),
         "miss_garp" => st
             .miss_garp

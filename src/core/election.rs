@@ -218,6 +218,8 @@ pub enum AdminRequest {
 #[derive(Clone, Debug, Default)]
 struct Peer {
     last_heard: Option<Instant>,
+    /// The incarnation last heard (0: none yet).
+    incarnation: u64,
     up: bool,
     role: Option<WireRole>,
     epoch: u64,
@@ -381,6 +383,21 @@ impl Election {
             self.actions.push_back(Action::Event(Event::ConfigMismatch { peer: from }));
         }
         p.digest_differs = digest_differs;
+        // A new incarnation of a peer that never went silent long enough to be declared
+        // down (a quick restart): the old process is gone and its state (a shadow table,
+        // ARP it had heard) with it, so report it down and up again now; a primary then
+        // re-announces and streams its whole table to the newcomer.
+        let restarted = p.up && p.incarnation != 0 && hb.incarnation != p.incarnation;
+        p.incarnation = hb.incarnation;
+        if restarted {
+            self.actions.push_back(Action::Event(Event::PeerDown { peer: from }));
+            self.actions.push_back(Action::Event(Event::PeerUp { peer: from }));
+            if self.role == Role::Primary {
+                self.garp_left = self.cfg.garp_count;
+                self.next_garp = now;
+            }
+        }
+        let p = &mut self.peers[from];
         p.last_heard = Some(now);
         p.role = Some(hb.role);
         p.epoch = hb.epoch;

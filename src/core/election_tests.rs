@@ -12,6 +12,8 @@ enum In {
     Tick,
     /// Heartbeat from peer: (sender, primary?, epoch, flags, handover_to).
     Hb(u16, bool, u64, u16, u16),
+    /// An eligible backup's heartbeat from a new incarnation of peer `0` (restarted).
+    Reborn(u16, u64),
     Probe(usize, bool),
     Admin(AdminRequest),
     Shutdown,
@@ -85,6 +87,23 @@ fn run(cfg: ElectionConfig, rows: &[(u64, In, &str)]) {
                     reach_total: 1,
                     peers_up: 2,
                     handover_to: to,
+                    digest: [1; 16],
+                };
+                e.handle_heartbeat(now, &hb)
+            }
+            In::Reborn(from, incarnation) => {
+                let hb = Heartbeat {
+                    cluster_id: 7,
+                    sender: from,
+                    incarnation,
+                    seq: 1,
+                    epoch: 0,
+                    role: WireRole::Backup,
+                    flags: E,
+                    reach_ok: 1,
+                    reach_total: 1,
+                    peers_up: 1,
+                    handover_to: NONE,
                     digest: [1; 16],
                 };
                 e.handle_heartbeat(now, &hb)
@@ -397,6 +416,23 @@ fn epoch_at_the_top_saturates() {
                 In::Hb(1, false, u64::MAX, E, NONE),
                 "Promoted { epoch: 18446744073709551615, reason: NoPrimary }, take, garp, hb P18446744073709551615 elig",
             ),
+        ],
+    );
+}
+
+#[test]
+fn quick_restart_of_a_peer_is_reported_down_and_up() {
+    // The backup restarts within the dead interval: the primary never sees it silent, but the
+    // new incarnation tells it the old process (and its shadow table) is gone.
+    run(
+        cfg(0, 2, 0, false),
+        &[
+            (0, In::Tick, "hb B0 elig"),
+            (300, In::Tick, "Promoted { epoch: 1, reason: NoPrimary }, take, garp, hb P1 elig"),
+            (350, In::Hb(1, false, 0, E, NONE), "PeerUp { peer: 1 }, garp"),
+            (360, In::Hb(1, false, 0, E, NONE), ""),
+            (380, In::Reborn(1, 2), "PeerDown { peer: 1 }, PeerUp { peer: 1 }, garp"),
+            (390, In::Reborn(1, 2), ""),
         ],
     );
 }

@@ -15,7 +15,9 @@
 //! 4. A quiet period ([`quiet_period`], twice the dead interval plus two heartbeats) before
 //!    anything is sent: a daemon restarted quickly (systemd, SIGKILL + restart, a reload) is
 //!    then seen by its peers as down and up again, and the primary streams its whole table to
-//!    the new, empty shadow engine (the core reports `PeerUp` only after a `PeerDown`).
+//!    the new, empty shadow engine. (The core also reports a quick restart on its own, from
+//!    the new incarnation in the heartbeats; the quiet period stays as a second line, and so
+//!    that a restarted ex-primary's peers have settled on a new primary before it speaks.)
 //! 5. Crash-safe set-up: [`crate::dataplane::io::tun::Shell::start`] first removes what a
 //!    killed daemon of this cluster left (rules with our priority and table, routes in our
 //!    table, our TUN by name: [`setup::owned`] derives all three from the cluster id); any
