@@ -116,13 +116,28 @@ pub fn outcome(
     }
 }
 
+/// Default slack on the scenario's outage bounds in the lab. The bounds are the simulator's
+/// (tight, on a quiet virtual LAN); a lab shares two cores between the daemons, the load,
+/// the servers and whatever else the machine runs, and a 150 ms request timeout rounds
+/// outages up. The lab checks *behaviour* with generous time bounds (the failover happened,
+/// one primary remains, no flow or planned-stop request lost); tight outage figures come from
+/// repeated runs (`labs/README.md`). `CLUSTERLAB_OUTAGE_SLACK_MS` overrides (0: the
+/// simulator's bounds).
+pub const OUTAGE_SLACK_MS: u64 = 250;
+
+fn outage_slack_ms() -> u64 {
+    std::env::var("CLUSTERLAB_OUTAGE_SLACK_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(OUTAGE_SLACK_MS)
+}
+
 /// The scenario's expectations against the lab's figures.
 pub fn check(s: &Scenario, o: &Outcome, promos: &BTreeMap<String, usize>) -> Vec<String> {
     let e = &s.expect;
     let mut v = Vec::new();
+    let slack = outage_slack_ms();
     for (c, out) in &o.outage_ms {
-        if let Some(max) = e.client_outage_ms.get(c).copied().or(e.max_outage_ms).filter(|m| out > m) {
-            v.push(format!("{c}: outage {out} ms > {max} ms"));
+        if let Some(max) = e.client_outage_ms.get(c).copied().or(e.max_outage_ms).filter(|m| *out > m + slack)
+        {
+            v.push(format!("{c}: outage {out} ms > {max} ms + {slack} ms lab slack"));
         }
     }
     let last = o.primaries.last().map_or("none", |p| p.1.as_str());
