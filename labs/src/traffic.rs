@@ -62,7 +62,8 @@ fn echo(conn: TcpStream, name: &str) -> std::io::Result<()> {
     let reader = BufReader::new(conn);
     for line in reader.lines() {
         let line = line?;
-        writeln!(out, "{name} {}", line.trim())?;
+        // One write per answer: a formatted write may go out as several segments.
+        out.write_all(format!("{name} {}\n", line.trim()).as_bytes())?;
     }
     Ok(())
 }
@@ -192,14 +193,17 @@ fn flow(id: u32, s: &LoadSpec, end: u64) -> String {
         }
         let sent = unix_ms();
         while unix_ms() < sent + FLOW_PERIOD_MS {
-            line.clear();
+            // A read that times out mid-line keeps what it read in `line` (read_line appends):
+            // only a complete line is taken and cleared.
             match reader.read_line(&mut line) {
                 Ok(0) => {
                     error = "closed".into();
                     break;
                 }
+                Ok(_) if !line.ends_with('\n') => {}
                 Ok(_) => {
                     let name = line.split_whitespace().next().unwrap_or("").to_string();
+                    line.clear();
                     if !servers.contains(&name) {
                         servers.push(name);
                     }
