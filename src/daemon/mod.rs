@@ -81,7 +81,7 @@
 //!   tears down, and starts again with the new config as a backup. (The core has no live
 //!   re-configuration yet; with a single ATM a reload therefore costs a dead interval.)
 //!
-//! ## Log lines (stderr, `tracing` fmt, no colours)
+//! ## Log lines (stderr, `tracing` fmt, no colours; see [`logging`] for journald)
 //!
 //! Every role change is one line with target `clusterserverd::role`, message `role change`
 //! and the fields `node`, `role` (`primary` | `backup`), `epoch`, `reason`:
@@ -94,6 +94,7 @@
 //! (values contain no spaces). Start-up ends with `ready node=NAME ...` (target
 //! `clusterserverd`), a graceful exit with `stopped node=NAME`.
 
+pub mod logging;
 mod node;
 pub mod processor;
 pub mod setup;
@@ -168,15 +169,11 @@ pub fn install_panic_hook() {
     }));
 }
 
-/// Structured logs on stderr (`RUST_LOG` filters; default `info`).
+/// Structured logs on stderr (`RUST_LOG` filters; default `info`); to journald without
+/// timestamps and with syslog priorities when systemd connected stderr to the journal
+/// ([`logging`]).
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        .try_init();
+    logging::init();
 }
 
 /// Loads, validates and completes (ports) a config file.
