@@ -121,8 +121,15 @@ impl Lab {
     }
 
     fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    /// Starts the daemon behind `wrapper` (e.g. `setpriv ... --`).
+    fn start_with(&mut self, wrapper: &[&str]) {
         let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.ns, env!("CARGO_BIN_EXE_clusterserverd"), "--config"])
+            .args(["netns", "exec", &self.ns])
+            .args(wrapper)
+            .args([env!("CARGO_BIN_EXE_clusterserverd"), "--config"])
             .arg(self.dir.join("node.json5"))
             .env("RUST_LOG", "info")
             .env("CLUSTERSERVERD_RUN_DIR", self.dir.join("run"))
@@ -285,4 +292,45 @@ fn nat_node_warns_when_it_does_not_route_through_the_gateway_vip() {
     assert_eq!(lab.count("replies route through the gateway VIP"), 1);
     lab.signal("-TERM");
     assert!(lab.wait_exit().success());
+}
+
+/// The capabilities the systemd unit grants (`CapabilityBoundingSet=` of
+/// config/clusterserverd.service) are enough for a tunnel node's whole set-up and undo.
+#[test]
+fn node_set_up_needs_only_the_units_capabilities() {
+    if !can_run() {
+        return;
+    }
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        println!("SKIPPED: setpriv (util-linux) is missing");
+        eprintln!("SKIPPED: setpriv (util-linux) is missing");
+        return;
+    }
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/clusterserverd.service"))
+        .expect("unit");
+    let caps: Vec<String> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("the unit sets CapabilityBoundingSet=")
+        .split_whitespace()
+        .map(|c| c.trim_start_matches("CAP_").to_lowercase())
+        .collect();
+    assert_eq!(caps, ["net_admin", "net_raw"]);
+    let bounding = format!("-all,{}", caps.iter().map(|c| format!("+{c}")).collect::<Vec<_>>().join(","));
+    let mut lab = Lab::new("cap");
+    lab.config(true);
+    lab.start_with(&["setpriv", "--bounding-set", &bounding, "--inh-caps", "-all", "--no-new-privs", "--"]);
+    lab.wait_log(" ready ", 1);
+    let pid = lab.child.as_ref().expect("running").id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).expect("CapEff").trim().to_string();
+    assert_eq!(eff, "0000000000003000", "CAP_NET_ADMIN (12) and CAP_NET_RAW (13) only");
+    assert_eq!(lab.lo_lines(DR_VIP).len(), 1);
+    assert_eq!(sysctl(&lab.ns, "all/arp_ignore"), "1");
+    assert!(lab.has_link("csn7"));
+    lab.signal("-TERM");
+    assert!(lab.wait_exit().success());
+    assert!(lab.lo_lines(DR_VIP).is_empty());
+    assert_eq!(sysctl(&lab.ns, "all/arp_ignore"), "0");
+    assert!(!lab.has_link("csn7"));
 }
