@@ -208,8 +208,10 @@ fn node_set_up_survives_sigkill_reloads_and_is_undone_on_sigterm() {
     let ns = lab.ns.clone();
     // Values the node must restore exactly (not defaults): all/arp_announce starts at 1.
     run(&["ip", "netns", "exec", &ns, "sysctl", "-qw", "net.ipv4.conf.all.arp_announce=1"]);
+    // Strict reverse-path filtering, which a tunnel node must turn off on `all`.
+    run(&["ip", "netns", "exec", &ns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1"]);
     let before: Vec<(&str, String)> =
-        ["all/arp_ignore", "all/arp_announce", "eth0/arp_ignore", "eth0/arp_announce"]
+        ["all/arp_ignore", "all/arp_announce", "eth0/arp_ignore", "eth0/arp_announce", "all/rp_filter"]
             .into_iter()
             .map(|k| (k, sysctl(&ns, k)))
             .collect();
@@ -229,6 +231,7 @@ fn node_set_up_survives_sigkill_reloads_and_is_undone_on_sigterm() {
         assert_eq!(sysctl(&ns, k), "2", "{k}");
     }
     assert!(lab.has_link("csn7"), "user-space decapsulator TUN");
+    assert_eq!(sysctl(&ns, "all/rp_filter"), "0", "all/rp_filter off for tunnel");
     assert_eq!(lab.state_files(), 1);
 
     // SIGKILL: everything stays; a restart clears it and sets up again, nothing doubled.
@@ -252,6 +255,7 @@ fn node_set_up_survives_sigkill_reloads_and_is_undone_on_sigterm() {
     assert_eq!(lab.lo_lines(TUN_VIP).len(), 0, "tunnel VIP gone after the reload");
     assert_eq!(lab.lo_lines(DR_VIP).len(), 1);
     assert!(!lab.has_link("csn7"), "no decapsulator without tunnel services");
+    assert_eq!(sysctl(&ns, "all/rp_filter"), "1", "no tunnel, strict again");
 
     // SIGTERM: exit 0 and the node is as the test left it before the first start.
     lab.signal("-TERM");

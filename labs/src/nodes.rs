@@ -125,6 +125,18 @@ pub fn snapshot(lab: &Lab) -> anyhow::Result<Vec<(String, NodeLook)>> {
     names(lab).into_iter().map(|n| Ok((n.clone(), look(&lab.plan.host(&n)?.ns)?))).collect()
 }
 
+/// Gives the direct-routing and tunnel nodes strict reverse-path filtering (the default of
+/// many distributions; the lab's hosts otherwise have 0), which a tunnel node's daemon must
+/// relax and restore, then snapshots every node.
+pub fn prepare(lab: &Lab, forwarding: &str) -> anyhow::Result<Vec<(String, NodeLook)>> {
+    if forwarding != "nat" {
+        for n in names(lab) {
+            ns::exec(&lab.plan.host(&n)?.ns, &["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1"])?;
+        }
+    }
+    snapshot(lab)
+}
+
 /// Waits (at most `ms`) until the daemon `label` has logged `ready` more than `before` times.
 pub fn wait_ready(lab: &mut Lab, label: &str, before: usize, ms: u64) -> anyhow::Result<()> {
     for _ in 0..ms / 10 {

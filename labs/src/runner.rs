@@ -321,7 +321,7 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
     }
     // Real servers run the daemon too and it alone sets them up (VIP on lo, ARP hiding,
     // decapsulation); the lab only checks, and after the run that they are clean again.
-    let node_before = crate::nodes::snapshot(&lab)?;
+    let node_before = crate::nodes::prepare(&lab, &s.topology.forwarding)?;
     crate::nodes::start(&mut lab, &daemon, &cfg_path, &s.topology.forwarding)?;
     // Time 0 of the scenario: every ATM daemon is past its start-up quiet period and running,
     // as every simulated daemon is at the simulator's time 0 (an election may already have

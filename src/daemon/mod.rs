@@ -257,15 +257,21 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
     }
     rt.block_on(clear_local_vips(&handle, cfg, &addrs))?;
     warn_if_no_forwarding();
+    let secret = read_secret(cfg)?;
     let node_setup = match is_node {
         true => Some(start_node_role(&rt, &handle, cfg, &addrs)?),
         false => None,
     };
-    let secret = read_secret(cfg)?;
     let incarnation = wall_clock_incarnation();
-    let shell = Rc::new(start_shell(cfg, me, &addrs, &secret, incarnation)?);
+    let shell = match start_shell(cfg, me, &addrs, &secret, incarnation) {
+        Ok(s) => Rc::new(s),
+        Err(e) => return Err(undo_node_after(&rt, node_setup, e)),
+    };
     tracing::info!(target: "clusterserverd", tun = %setup::owned(cfg).tun_name, "data plane up");
-    let arp = Rc::new(rt.block_on(open_arp(cfg, &addrs, &atm.interface))?);
+    let arp = match rt.block_on(open_arp(cfg, &addrs, &atm.interface)) {
+        Ok(a) => Rc::new(a),
+        Err(e) => return Err(undo_node_after(&rt, node_setup, e)),
+    };
     let shell_ctl = Rc::clone(&shell);
     let node_ctl = node_setup.clone();
     let engine_ctl: Box<dyn Fn(EngineOp)> = Box::new(move |op| {
@@ -335,6 +341,18 @@ fn start_node_role(
     let p = setup.plan();
     tracing::info!(target: "clusterserverd", node = %name, services = %p.services.join(","), vips = ?p.vips, decap = %setup.decap_kind(), "this ATM is also a real server: node set-up done (VIPs on lo while backup)");
     Ok(Arc::new(tokio::sync::Mutex::new(setup)))
+}
+
+/// Undoes the node set-up of an ATM whose start failed with `e` (a leftover would be
+/// cleared by the next start anyway; this keeps a failed start from leaving the host
+/// changed). Returns `e`.
+fn undo_node_after(rt: &tokio::runtime::Runtime, node: Option<SharedNode>, e: DaemonError) -> DaemonError {
+    if let Some(n) = node
+        && let Err(u) = rt.block_on(async move { n.lock().await.undo().await })
+    {
+        tracing::error!(target: "clusterserverd", error = %u, "node set-up undo after a failed start");
+    }
+    e
 }
 
 /// Takes the node's VIPs off `lo` when this ATM becomes active (holds the VIPs) and puts

@@ -14,7 +14,8 @@
 //!   is needed (the kernel uses the maximum of `all` and the interface), never lowered.
 //! * **Tunnel**: IP-in-IP decapsulation, by the kernel's `ipip` where present, else the
 //!   user-space decapsulator ([`crate::dataplane::io::decap_loop`]), which accepts outer
-//!   packets only from the ATMs' addresses and inner packets only to the tunnel VIPs.
+//!   packets only from the ATMs' addresses and inner packets only to the tunnel VIPs; and
+//!   `all.rp_filter` 0 ([`tunnel_rp_filter`]: the decapsulator's device has no address).
 //! * **NAT**: nothing to configure; the node must route its replies through the service's
 //!   `gateway_vip` (which moves with the primary). The daemon reads the routing table and
 //!   warns, naming the service, when the default route goes elsewhere.
@@ -252,6 +253,19 @@ impl NodeState {
             self.sysctls.push((key.to_string(), previous.to_string()));
         }
     }
+}
+
+/// The `net.ipv4.conf.all.rp_filter` a tunnel node needs when it is `current` (`None`: keep
+/// it). Decapsulated packets arrive on the decapsulator's device (the user-space TUN, or
+/// `tunl0`) carrying the client's source address, which routes out of another interface:
+/// strict mode drops them, and loose mode drops them too on a device without an IPv4
+/// address (the kernel's `fib_validate_source` "last resort"; measured in the labs: every
+/// flow lost with `all = 2`). The kernel filters with the maximum of `all` and the device,
+/// so `all` must be 0, as the LVS tunnelling guides prescribe; the device gets 0 too. Other
+/// interfaces keep their own value (copied from `default` when they were created), so
+/// their filtering is unchanged wherever it was set per interface.
+pub fn tunnel_rp_filter(current: &str) -> Option<&'static str> {
+    (current.trim() != "0").then_some("0")
 }
 
 /// Whether `current` must be raised to `want` (non-numeric values are replaced).

@@ -83,6 +83,13 @@ fn state_round_trips_and_refuses_escapes() {
 }
 
 #[test]
+fn tunnel_nodes_turn_off_the_all_rp_filter() {
+    assert_eq!(tunnel_rp_filter("1\n"), Some("0"));
+    assert_eq!(tunnel_rp_filter("2"), Some("0"));
+    assert_eq!(tunnel_rp_filter("0"), None);
+}
+
+#[test]
 fn sysctls_are_only_raised() {
     assert!(needs_raise("0", 1));
     assert!(!needs_raise("1\n", 1));

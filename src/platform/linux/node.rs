@@ -295,6 +295,14 @@ impl NodeSetup {
             self.set_vips(true).await?;
         }
         if let Some(policy) = self.plan.decap.clone() {
+            let key = "all/rp_filter";
+            let cur = read_sysctl(key)?;
+            if let Some(want) = crate::node::tunnel_rp_filter(&cur) {
+                self.state.remember_sysctl(key, &cur);
+                save(&path, &self.state)?;
+                write_sysctl(key, want)?;
+                tracing::warn!(target: "clusterserverd::node", from = %cur, to = want, "tunnel: net.ipv4.conf.all.rp_filter set to 0 until exit (decapsulated packets carry client sources on an address-less device; per-interface values still apply)");
+            }
             let d = if netlink::kernel_has_ipip() {
                 let dev = netlink::enable_kernel_ipip(&self.handle).await?;
                 self.state.kernel_decap = Some(dev.clone());
