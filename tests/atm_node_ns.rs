@@ -9,7 +9,7 @@
 //!
 //! VIP 10.89.0.99:8080, `rr` over srv1..srv3; each server answers its own name. Checked:
 //! the primary never serves (its VIP is off `lo`, its engine gives itself weight 0) while
-//! the backup does (VIP on `lo`, label `lo:csd`); after a graceful handover and a restart
+//! the backup does (VIP on `lo`, label `lo:csd<cluster id>`); after a graceful handover and a restart
 //! the roles swap and so do the servers used; after SIGTERM every host is clean.
 //!
 //! Lab safety: namespaces `csl-an<pid>-*`, veth ends created directly inside them, a drop

@@ -5,7 +5,7 @@
 //! The daemon runs as a cluster node of a NAT service whose real server is 127.0.0.1: a NAT
 //! node configures nothing (it only reads the routing table), so the run changes nothing.
 //! As root it runs in a throwaway namespace `csl-is<pid>` anyway (a node's start-up clears
-//! `lo:csd` addresses it finds, which must never touch the host's own); without root it
+//! `lo:csd<cluster id>` addresses it finds, which must never touch the host's own); without root it
 //! runs as is (it could not change anything).
 #![allow(clippy::disallowed_methods)] // reason: waits on a real process with the wall clock
 

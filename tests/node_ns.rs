@@ -1,5 +1,5 @@
 //! The daemon on a cluster node, in a network namespace: set-up per forwarding method (VIPs
-//! on `lo` with the label `lo:csd`, ARP-hiding sysctls, the user-space decapsulator's TUN),
+//! on `lo` with the label `lo:csd<cluster id>`, ARP-hiding sysctls, the user-space decapsulator's TUN),
 //! crash safety (SIGKILL, then a restart clears and sets up again, nothing doubled), a
 //! reload that re-plans (and a refused bad one), and a SIGTERM that leaves the node as it
 //! found it (sysctls restored to the values the test set before, not to defaults).

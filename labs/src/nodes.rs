@@ -15,8 +15,8 @@ use crate::lab::{Lab, check_interrupted};
 use crate::ns;
 use crate::topology::{Role, VIP};
 
-/// The label the daemon puts on the VIPs it adds to `lo` (`clusterserver::node::VIP_LABEL`).
-pub const VIP_LABEL: &str = clusterserver::node::VIP_LABEL;
+/// How the labels the daemon puts on the VIPs it adds to `lo` start (the cluster id follows).
+pub const VIP_LABEL: &str = clusterserver::node::VIP_LABEL_PREFIX;
 
 const SYSCTLS: [&str; 4] = ["arp_ignore", "arp_announce", "rp_filter", "accept_local"];
 

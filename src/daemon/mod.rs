@@ -42,7 +42,7 @@
 //! (rule priority 0): while the VIP is a local address, every packet to it is delivered to
 //! the host's own sockets and never reaches the steering rule. So on a host that is both:
 //!
-//! * while the ATM is a **backup** (engine inactive), the VIP is on `lo` (label `lo:csd`):
+//! * while the ATM is a **backup** (engine inactive), the VIP is on `lo` (label `lo:csd<id>`):
 //!   the primary's DR frames and decapsulated tunnel packets are delivered locally, and the
 //!   host serves as a real server; `arp_ignore=1` keeps the kernel from answering ARP for
 //!   it and the daemon's own ARP responder is silent on a backup;
@@ -92,7 +92,10 @@
 //!
 //! A parser looks for ` role change ` and splits the rest on spaces into `key=value`
 //! (values contain no spaces). Start-up ends with `ready node=NAME ...` (target
-//! `clusterserverd`), a graceful exit with `stopped node=NAME`.
+//! `clusterserverd`), a graceful exit with `stopped node=NAME`. On a node-only host NAME is
+//! its first server entry's name and the ready line reads
+//! `ready node=web1 role=node services=http vips=10.0.0.99 arp_hiding=true decap=user`
+//! (`decap` is `user`, `kernel` or `none`).
 
 pub mod logging;
 mod node;

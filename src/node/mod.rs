@@ -23,7 +23,9 @@
 //! ## Marks (crash safety)
 //!
 //! Everything added is recognisable without memory: VIPs carry the address label
-//! [`VIP_LABEL`] on `lo`; the decapsulator's TUN is named from the cluster id
+//! `lo:csd<cluster id>` ([`VIP_LABEL_PREFIX`], [`NodeNames::vip_label`]) on `lo`, so two
+//! clusters' daemons on one host never remove each other's; the decapsulator's TUN is named
+//! from the cluster id
 //! ([`NodeNames::decap_tun`]). Sysctls cannot be marked, so their previous values are written
 //! to a state file ([`NodeState`]) *before* they are changed. A daemon started after a SIGKILL
 //! reads that file, restores what it lists, removes every `lo` address with our label and the
@@ -35,8 +37,9 @@ use std::path::PathBuf;
 use crate::config::{Config, Forwarding, Service};
 use crate::dataplane::decap::DecapPolicy;
 
-/// Address label of every VIP the node set-up puts on `lo` (`ip addr show lo` shows it).
-pub const VIP_LABEL: &str = "lo:csd";
+/// Start of the address label of every VIP the node set-up puts on `lo` (`ip addr show lo`
+/// shows it); the cluster id follows.
+pub const VIP_LABEL_PREFIX: &str = "lo:csd";
 
 /// Where the state files live (`RuntimeDirectory=clusterserverd` in the systemd unit).
 pub const STATE_DIR: &str = "/run/clusterserverd";
@@ -165,6 +168,8 @@ pub fn routes_via(default_gateways: &[Ipv4Addr], gateway: Ipv4Addr) -> bool {
 pub struct NodeNames {
     /// TUN of the user-space decapsulator (`csn<id>`, at most 15 bytes).
     pub decap_tun: String,
+    /// Label of the VIPs on `lo` (`lo:csd<id>`, at most 15 bytes).
+    pub vip_label: String,
     /// State file.
     pub state_file: PathBuf,
 }
@@ -174,6 +179,7 @@ pub fn names(cfg: &Config, state_dir: &std::path::Path, me: Ipv4Addr) -> NodeNam
     let short = cfg.cluster.id % 100_000;
     NodeNames {
         decap_tun: format!("csn{short}"),
+        vip_label: format!("{VIP_LABEL_PREFIX}{short}"),
         state_file: state_dir.join(format!("node-{}-{me}.state", cfg.cluster.id)),
     }
 }

@@ -105,5 +105,9 @@ fn names_differ_per_node_and_fit_a_link_name() {
     let n2 = names(&c, dir, Ipv4Addr::new(10, 0, 0, 52));
     assert_ne!(n1.state_file, n2.state_file);
     assert_eq!(n1.decap_tun, "csn7");
-    assert!(n1.decap_tun.len() <= 15);
+    assert_eq!(n1.vip_label, "lo:csd7");
+    let mut big = c.clone();
+    big.cluster.id = u32::MAX;
+    let nb = names(&big, dir, Ipv4Addr::new(10, 0, 0, 51));
+    assert!(nb.decap_tun.len() <= 15 && nb.vip_label.len() <= 15, "{nb:?}");
 }

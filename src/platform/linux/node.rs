@@ -1,5 +1,5 @@
 //! Cluster-node set-up, the side effects: VIPs on `lo` (rtnetlink, labelled
-//! [`VIP_LABEL`]), ARP-hiding sysctls (previous values saved first), the IP-in-IP
+//! `lo:csd<cluster id>`), ARP-hiding sysctls (previous values saved first), the IP-in-IP
 //! decapsulation (kernel `ipip` when present, else the user-space
 //! [`DecapShell`]), the NAT route check, and their undoing. The plan comes from
 //! [`crate::node::plan`]; the marks that make a restart after SIGKILL safe are described
@@ -23,7 +23,7 @@ use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use crate::dataplane::decap::DecapStats;
 use crate::dataplane::io::decap_loop::DecapShell;
 use crate::dataplane::io::{ShellError, netlink};
-use crate::node::{NodeNames, NodePlan, NodeState, STATE_DIR, StateError, VIP_LABEL, needs_raise};
+use crate::node::{NodeNames, NodePlan, NodeState, STATE_DIR, StateError, needs_raise};
 
 /// Environment variable that moves the state directory (tests and labs; default
 /// [`STATE_DIR`]).
@@ -134,12 +134,12 @@ fn v4_of(m: &AddressMessage) -> Option<Ipv4Addr> {
     })
 }
 
-/// The addresses on `lo` that carry our label.
-pub async fn labelled_vips(handle: &Handle) -> Result<Vec<Ipv4Addr>, NodeError> {
-    Ok(labelled(handle).await?.iter().filter_map(v4_of).collect())
+/// The addresses on `lo` that carry `label`.
+pub async fn labelled_vips(handle: &Handle, label: &str) -> Result<Vec<Ipv4Addr>, NodeError> {
+    Ok(labelled(handle, label).await?.iter().filter_map(v4_of).collect())
 }
 
-async fn labelled(handle: &Handle) -> Result<Vec<AddressMessage>, NodeError> {
+async fn labelled(handle: &Handle, label: &str) -> Result<Vec<AddressMessage>, NodeError> {
     let lo = lo_index(handle).await?;
     let msgs: Vec<AddressMessage> = handle
         .address()
@@ -149,12 +149,12 @@ async fn labelled(handle: &Handle) -> Result<Vec<AddressMessage>, NodeError> {
         .try_collect()
         .await
         .map_err(nl("list addresses on lo"))?;
-    Ok(msgs.into_iter().filter(|m| m.header.index == lo && label_of(m) == Some(VIP_LABEL)).collect())
+    Ok(msgs.into_iter().filter(|m| m.header.index == lo && label_of(m) == Some(label)).collect())
 }
 
-async fn remove_vip(handle: &Handle, vip: Ipv4Addr) -> Result<bool, NodeError> {
+async fn remove_vip(handle: &Handle, label: &str, vip: Ipv4Addr) -> Result<bool, NodeError> {
     let mut removed = false;
-    for m in labelled(handle).await? {
+    for m in labelled(handle, label).await? {
         if v4_of(&m) == Some(vip) {
             handle.address().del(m).execute().await.map_err(nl(format!("remove {vip} from lo")))?;
             removed = true;
@@ -165,10 +165,10 @@ async fn remove_vip(handle: &Handle, vip: Ipv4Addr) -> Result<bool, NodeError> {
 
 /// Adds `vip`/32 on `lo` with our label. `Ok(false)` when it is already there (configured
 /// by hand: then it is not ours to remove).
-async fn add_vip(handle: &Handle, vip: Ipv4Addr) -> Result<bool, NodeError> {
+async fn add_vip(handle: &Handle, label: &str, vip: Ipv4Addr) -> Result<bool, NodeError> {
     let lo = lo_index(handle).await?;
     let mut req = handle.address().add(lo, IpAddr::V4(vip), 32);
-    req.message_mut().attributes.push(AddressAttribute::Label(VIP_LABEL.to_string()));
+    req.message_mut().attributes.push(AddressAttribute::Label(label.to_string()));
     match req.execute().await {
         Ok(()) => Ok(true),
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(false),
@@ -211,7 +211,7 @@ pub async fn clear_leftovers(handle: &Handle, names: &NodeNames) -> Result<usize
         write_sysctl(k, v)?;
         n += 1;
     }
-    for m in labelled(handle).await? {
+    for m in labelled(handle, &names.vip_label).await? {
         handle.address().del(m).execute().await.map_err(nl("remove a labelled VIP from lo"))?;
         n += 1;
     }
@@ -353,11 +353,14 @@ impl NodeSetup {
                     self.state.vips.push(vip);
                     save(&path, &self.state)?;
                 }
-                if !add_vip(&self.handle, vip).await? && !labelled_vips(&self.handle).await?.contains(&vip) {
+                let label = &self.names.vip_label;
+                if !add_vip(&self.handle, label, vip).await?
+                    && !labelled_vips(&self.handle, label).await?.contains(&vip)
+                {
                     tracing::warn!(target: "clusterserverd::node", vip = %vip, "the VIP is already on lo without our label (configured by hand?): left alone");
                 }
             } else {
-                remove_vip(&self.handle, vip).await?;
+                remove_vip(&self.handle, &self.names.vip_label, vip).await?;
             }
         }
         if !present {
@@ -396,7 +399,7 @@ impl NodeSetup {
             None => {}
         }
         remove_link(&self.handle, &self.names.decap_tun).await?;
-        for m in labelled(&self.handle).await? {
+        for m in labelled(&self.handle, &self.names.vip_label).await? {
             self.handle.address().del(m).execute().await.map_err(nl("remove a VIP from lo"))?;
         }
         for (k, v) in self.state.sysctls.iter().rev() {
