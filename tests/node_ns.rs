@@ -338,3 +338,25 @@ fn node_set_up_needs_only_the_units_capabilities() {
     assert_eq!(sysctl(&lab.ns, "all/arp_ignore"), "0");
     assert!(!lab.has_link("csn7"));
 }
+
+/// An interface that disappears while the node runs does not stop the undo: the other
+/// sysctls are still restored and the daemon exits 0.
+#[test]
+fn undo_survives_a_vanished_interface() {
+    if !can_run() {
+        return;
+    }
+    let mut lab = Lab::new("gone");
+    lab.config(false);
+    lab.start();
+    lab.wait_log(" ready ", 1);
+    assert_eq!(sysctl(&lab.ns, "eth0/arp_ignore"), "1");
+    run(&["ip", "-n", &lab.ns, "link", "del", "eth0"]);
+    lab.signal("-TERM");
+    assert!(lab.wait_exit().success(), "the undo failed on the vanished eth0");
+    assert_eq!(lab.count("not restored: the interface has gone"), 2, "eth0/arp_ignore and eth0/arp_announce");
+    assert_eq!(sysctl(&lab.ns, "all/arp_ignore"), "0");
+    assert_eq!(sysctl(&lab.ns, "all/arp_announce"), "0");
+    assert!(lab.lo_lines(DR_VIP).is_empty());
+    assert_eq!(lab.state_files(), 0);
+}

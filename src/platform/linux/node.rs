@@ -72,6 +72,25 @@ fn write_sysctl(key: &str, value: &str) -> Result<(), NodeError> {
         .map_err(io(format!("set net.ipv4.conf.{}={value}", key.replace('/', "."))))
 }
 
+/// Restores `key` to `value`; a key whose interface has gone meanwhile is skipped (with a
+/// warning), so one vanished interface does not stop the rest of an undo.
+fn restore_sysctl(key: &str, value: &str) -> Result<(), NodeError> {
+    if !std::path::Path::new(&sysctl_path(key)).exists() {
+        tracing::warn!(target: "clusterserverd::node", key, value, "not restored: the interface has gone");
+        return Ok(());
+    }
+    write_sysctl(key, value)
+}
+
+/// Whether link `name` exists and is administratively up.
+async fn link_up(handle: &Handle, name: &str) -> Result<Option<bool>, NodeError> {
+    use rtnetlink::packet_route::link::LinkFlags;
+    let Some(index) = netlink::link_index(handle, name).await? else { return Ok(None) };
+    let mut links = handle.link().get().match_index(index).execute();
+    let link = links.try_next().await.map_err(nl(format!("get link {name}")))?;
+    Ok(link.map(|l| l.header.flags.contains(LinkFlags::Up)))
+}
+
 /// Writes the state atomically (temporary file, then rename).
 fn save(path: &Path, st: &NodeState) -> Result<(), NodeError> {
     if let Some(dir) = path.parent() {
@@ -208,7 +227,7 @@ pub async fn clear_leftovers(handle: &Handle, names: &NodeNames) -> Result<usize
     };
     let mut n = 0;
     for (k, v) in st.sysctls.iter().rev() {
-        write_sysctl(k, v)?;
+        restore_sysctl(k, v)?;
         n += 1;
     }
     for m in labelled(handle, &names.vip_label).await? {
@@ -304,8 +323,20 @@ impl NodeSetup {
                 tracing::warn!(target: "clusterserverd::node", from = %cur, to = want, "tunnel: net.ipv4.conf.all.rp_filter set to 0 until exit (decapsulated packets carry client sources on an address-less device; per-interface values still apply)");
             }
             let d = if netlink::kernel_has_ipip() {
+                // The fallback device may pre-exist: remember its sysctls (set to 0 / 1 by
+                // enable_kernel_ipip) and leave it up on undo if it was up before.
+                let was_up = link_up(&self.handle, "tunl0").await?;
+                if was_up.is_some() {
+                    for k in ["tunl0/rp_filter", "tunl0/accept_local"] {
+                        let cur = read_sysctl(k)?;
+                        self.state.remember_sysctl(k, &cur);
+                    }
+                    save(&path, &self.state)?;
+                }
                 let dev = netlink::enable_kernel_ipip(&self.handle).await?;
-                self.state.kernel_decap = Some(dev.clone());
+                if !(dev == "tunl0" && was_up == Some(true)) {
+                    self.state.kernel_decap = Some(dev.clone());
+                }
                 Decap::Kernel(dev)
             } else {
                 Decap::User(DecapShell::start(&self.names.decap_tun, policy)?)
@@ -395,7 +426,12 @@ impl NodeSetup {
         let mut stats = None;
         match self.decap.take() {
             Some(Decap::User(d)) => stats = Some(d.stop()?),
-            Some(Decap::Kernel(dev)) => undo_kernel_decap(&self.handle, &dev).await?,
+            // Only a device this set-up brought up or created (a pre-existing up `tunl0`
+            // stays up).
+            Some(Decap::Kernel(dev)) if self.state.kernel_decap.as_deref() == Some(dev.as_str()) => {
+                undo_kernel_decap(&self.handle, &dev).await?;
+            }
+            Some(Decap::Kernel(_)) => {}
             None => {}
         }
         remove_link(&self.handle, &self.names.decap_tun).await?;
@@ -403,7 +439,7 @@ impl NodeSetup {
             self.handle.address().del(m).execute().await.map_err(nl("remove a VIP from lo"))?;
         }
         for (k, v) in self.state.sysctls.iter().rev() {
-            write_sysctl(k, v)?;
+            restore_sysctl(k, v)?;
         }
         self.state = NodeState::default();
         match std::fs::remove_file(&self.names.state_file) {
