@@ -1,5 +1,6 @@
 //! Hosts that are both ATM and real server (seed 002: "the only way that you can have a
-//! system act as both"), with the real daemon in namespaces and direct routing:
+//! system act as both"), with the real daemon in namespaces, by direct routing and by
+//! IP-in-IP (user-space decapsulation on every server, the ATMs included):
 //!
 //! ```text
 //!   client 10.89.0.100 --+-- [sw: bridge br0] --+-- atm1 10.89.0.1  (ATM and server srv1)
@@ -94,9 +95,9 @@ impl Drop for Lab {
 const RESPONDER: &str = "import socket,sys\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',8080))\ns.listen(64)\nwhile True:\n  c,_=s.accept()\n  c.sendall(sys.argv[1].encode())\n  c.close()\n";
 
 impl Lab {
-    fn new() -> Lab {
+    fn new(tag: &str) -> Lab {
         remove_stale();
-        let prefix = format!("csl-an{}", std::process::id());
+        let prefix = format!("csl-an{}-{tag}", std::process::id());
         let dir = std::env::temp_dir().join(&prefix);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("run")).expect("dir");
@@ -216,11 +217,21 @@ fn set(names: &[&str]) -> BTreeSet<String> {
 }
 
 #[test]
-fn atms_that_are_also_real_servers_serve_only_while_backup() {
-    if !can_run() {
-        return;
+fn atms_that_are_also_dr_servers_serve_only_while_backup() {
+    if can_run() {
+        both_roles("dr");
     }
-    let mut lab = Lab::new();
+}
+
+#[test]
+fn atms_that_are_also_tunnel_servers_serve_only_while_backup() {
+    if can_run() {
+        both_roles("tunnel");
+    }
+}
+
+fn both_roles(forwarding: &str) {
+    let mut lab = Lab::new(forwarding);
     let sw = lab.ns("sw");
     run(&["ip", "netns", "add", &sw]);
     lab.namespaces.push(sw.clone());
@@ -235,7 +246,7 @@ fn atms_that_are_also_real_servers_serve_only_while_backup() {
     std::fs::write(&secret, "an-secret").expect("secret");
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
     let cfg = format!(
-        "{{ cluster: {{ name: 'an', id: 89, secret_file: '{}' }},\n  atms: [ {{ name: 'atm1', address: '10.89.0.1', interface: 'eth0' }}, {{ name: 'atm2', address: '10.89.0.2', interface: 'eth0' }} ],\n  timers: {{ heartbeat_ms: 100, dead_after: 3 }},\n  services: [ {{ name: 'web', vip: '{VIP}', port: 8080, forwarding: 'dr', scheduler: 'rr',\n    servers: [ {{ name: 'srv1', address: '10.89.0.1', port: 8080 }}, {{ name: 'srv2', address: '10.89.0.2', port: 8080 }}, {{ name: 'srv3', address: '10.89.0.51', port: 8080 }} ] }} ] }}",
+        "{{ cluster: {{ name: 'an', id: 89, secret_file: '{}' }},\n  atms: [ {{ name: 'atm1', address: '10.89.0.1', interface: 'eth0' }}, {{ name: 'atm2', address: '10.89.0.2', interface: 'eth0' }} ],\n  timers: {{ heartbeat_ms: 100, dead_after: 3 }},\n  services: [ {{ name: 'web', vip: '{VIP}', port: 8080, forwarding: '{forwarding}', scheduler: 'rr',\n    servers: [ {{ name: 'srv1', address: '10.89.0.1', port: 8080 }}, {{ name: 'srv2', address: '10.89.0.2', port: 8080 }}, {{ name: 'srv3', address: '10.89.0.51', port: 8080 }} ] }} ] }}",
         secret.display()
     );
     std::fs::write(lab.dir.join("cfg.json5"), cfg).expect("config");
@@ -255,7 +266,7 @@ fn atms_that_are_also_real_servers_serve_only_while_backup() {
     assert!(lab.vip_on_lo("atm2") && lab.vip_on_lo("node"));
 
     let (names, failed) = lab.answered(30);
-    println!("atm1 primary: answered by {names:?}, {failed} failed");
+    println!("{forwarding}, atm1 primary: answered by {names:?}, {failed} failed");
     assert_eq!(failed, 0);
     assert_eq!(names, set(&["srv2", "srv3"]), "the primary must not serve, the backup must");
 
@@ -271,7 +282,7 @@ fn atms_that_are_also_real_servers_serve_only_while_backup() {
     });
     wait_until("VIP on atm1's lo", Duration::from_secs(5), || lab.vip_on_lo("atm1"));
     let (names, failed) = lab.answered(30);
-    println!("atm2 primary: answered by {names:?}, {failed} failed");
+    println!("{forwarding}, atm2 primary: answered by {names:?}, {failed} failed");
     assert_eq!(failed, 0);
     assert_eq!(names, set(&["srv1", "srv3"]));
 
@@ -280,6 +291,10 @@ fn atms_that_are_also_real_servers_serve_only_while_backup() {
         assert!(!lab.vip_on_lo(h), "{h} left its VIP on lo");
         let v = ns_output(&lab.ns(h), &["cat", "/proc/sys/net/ipv4/conf/all/arp_ignore"]);
         assert_eq!(v.trim(), "0", "{h}: arp_ignore restored");
+        let links = ns_output(&lab.ns(h), &["ip", "-o", "link"]);
+        assert!(!links.contains(": csn89") && !links.contains(": csd89"), "{h} left a TUN:\n{links}");
+        let rules = ns_output(&lab.ns(h), &["ip", "rule"]);
+        assert_eq!(rules.lines().count(), 3, "{h} left policy rules:\n{rules}");
     }
     assert_eq!(
         std::fs::read_dir(lab.dir.join("run")).map(|d| d.count()).unwrap_or(99),
