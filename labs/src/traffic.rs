@@ -62,7 +62,11 @@ fn echo(conn: TcpStream, name: &str) -> std::io::Result<()> {
     let reader = BufReader::new(conn);
     for line in reader.lines() {
         let line = line?;
-        writeln!(out, "{name} {}", line.trim())?;
+        // One write per reply: `writeln!` on the bare socket writes each piece separately,
+        // and with direct routing (replies straight to the client, its ACKs through the
+        // ATM) Nagle then holds the rest of a line while a failover loses the ACK, so the
+        // client's timed-out read split "node1 9" into "node1 " and "9".
+        out.write_all(format!("{name} {}\n", line.trim()).as_bytes())?;
     }
     Ok(())
 }
@@ -192,7 +196,10 @@ fn flow(id: u32, s: &LoadSpec, end: u64) -> String {
         }
         let sent = unix_ms();
         while unix_ms() < sent + FLOW_PERIOD_MS {
-            line.clear();
+            // A line cut by a read timeout stays in `line` and is completed by the next read.
+            if line.ends_with('\n') {
+                line.clear();
+            }
             match reader.read_line(&mut line) {
                 Ok(0) => {
                     error = "closed".into();
