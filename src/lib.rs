@@ -29,5 +29,6 @@ pub mod core;
 pub mod daemon;
 pub mod dataplane;
 pub mod driver;
+pub mod node;
 pub mod platform;
 pub mod time;

@@ -465,8 +465,9 @@ fn two_daemons_elect_fail_over_and_hand_over() {
     assert!(exchange(&mut long, "after-term"), "the long-lived connection did not survive the handover");
 }
 
-/// A host that is only a real server exits 0 (node set-up is issue 5); a host the config
-/// does not describe exits 1 and says why. Both touch nothing (run in a lab namespace).
+/// A host that is only a real server runs as a node until SIGTERM, then exits 0 (its NAT
+/// service needs no set-up: it only checks the route); a host the config does not describe
+/// exits 1 and says why. Both run in a lab namespace.
 #[test]
 fn role_from_addresses_node_and_none() {
     if std::env::var(HELPER_ENV).is_ok() {
@@ -495,8 +496,24 @@ fn role_from_addresses_node_and_none() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("neither an ATM nor a real server"), "{err}");
     in_ns(&ns, &["ip", "addr", "add", "10.78.2.20/24", "dev", "v0"]);
-    let out = daemon(&lab);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
-    assert!(err.contains("cluster node only"), "{err}");
+    let log = lab.dir.join("node.log");
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns, env!("CARGO_BIN_EXE_clusterserverd"), "--config"])
+        .arg(lab.config("atm1"))
+        .env("CLUSTERSERVERD_RUN_DIR", lab.dir.join("run"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("run daemon");
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until("the node's ready line", Duration::from_secs(5), || text().contains(" ready node=s1"));
+    run(&["kill", "-TERM", &child.id().to_string()]);
+    let mut status = None;
+    wait_until("the node daemon's exit", Duration::from_secs(5), || {
+        status = child.try_wait().expect("wait");
+        status.is_some()
+    });
+    let err = text();
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{err}");
+    assert!(err.contains("cluster node only") && err.contains("stopped node=s1"), "{err}");
 }

@@ -2,7 +2,8 @@
 //!
 //! Runs a scenario of the simulator's format (`clustersim::scenario`) on real Linux network
 //! namespaces: the topology is built with netlink ([`topology`], [`ns`]), the real
-//! `clusterserverd` runs in the ATM namespaces, nginx and the lab's stream server on the real
+//! `clusterserverd` runs in the ATM namespaces and on the real servers (which it alone sets
+//! up: [`nodes`]), nginx and the lab's stream server on the real
 //! servers, the lab's own load generator on the clients ([`traffic`]); faults are real
 //! (signals, links, nftables: [`faults`], [`rogue`]), and the figures are measured from the
 //! kernel and the clients ([`measure`]) into the simulator's outcome shape ([`report`]).
@@ -16,6 +17,7 @@ pub mod delay;
 pub mod faults;
 pub mod lab;
 pub mod measure;
+pub mod nodes;
 pub mod ns;
 pub mod report;
 pub mod rogue;

@@ -64,9 +64,6 @@ pub struct LabOutcome {
 /// Steps of `s` the lab cannot perform, described.
 pub fn unsupported(s: &Scenario) -> Vec<String> {
     let mut v = Vec::new();
-    if s.topology.forwarding == "tunnel" {
-        v.push("the lab cannot run `tunnel` forwarding: this kernel has no ipip and the daemon's node role (user-space decapsulation) is issue 5".into());
-    }
     for st in &s.steps {
         let k = st.kind().unwrap_or("?");
         if !SUPPORTED.contains(&k) {
@@ -94,26 +91,6 @@ pub fn helper_exe() -> anyhow::Result<PathBuf> {
         Some(p) => Ok(p.clone()),
         None => Ok(std::env::current_exe()?),
     }
-}
-
-/// DR real servers: the VIPs on `lo` and ARP hiding. This is the node role of clusterserverd
-/// (issue 5: today the daemon finds it is a node, says so and exits), done by the lab so DR
-/// scenarios can run; the ATM side stays entirely the daemon's.
-pub fn configure_dr_nodes(lab: &Lab, vips: &[std::net::Ipv4Addr]) -> anyhow::Result<()> {
-    for h in lab.plan.of_role(Role::Node) {
-        for sc in ["net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2"] {
-            ns::exec(&h.ns, &["sysctl", "-qw", sc])?;
-        }
-        let vips = vips.to_vec();
-        ns::netlink_in(&h.ns, move |handle| async move {
-            let lo = topology::index(&handle, "lo").await?;
-            for v in vips {
-                handle.address().add(lo, v.into(), 32).execute().await.context("VIP on lo")?;
-            }
-            Ok(())
-        })?;
-    }
-    Ok(())
 }
 
 /// Where `clusterserverd` is: `$CLUSTERSERVERD`, or next to this executable (cargo's target
@@ -316,12 +293,6 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
     }
     let mut lab = Lab::up(plan, dir)?;
     faults::install(&lab.plan)?;
-    if s.topology.forwarding == "dr" {
-        eprintln!(
-            "clusterlab: DR real servers set up by the lab (VIP on lo, arp_ignore/arp_announce): the daemon's node role is issue 5"
-        );
-        configure_dr_nodes(&lab, &[VIP])?;
-    }
     let duration_ms = s.duration_ms();
     start_backends(&mut lab, duration_ms)?;
     let clients: Vec<(String, String)> =
@@ -349,12 +320,10 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
         start_daemon(&mut lab, &daemon, a, cfg)?;
         wait_ready(&mut lab, &format!("{a}/daemon"), 0, 5_000)?;
     }
-    // Real servers run the daemon too: it finds it is a node (whose set-up is issue 5) and
-    // may exit 0; that is not a failure.
-    let nodes: Vec<String> = lab.plan.of_role(Role::Node).iter().map(|h| h.name.clone()).collect();
-    for n in &nodes {
-        start_daemon(&mut lab, &daemon, n, &cfg_path)?;
-    }
+    // Real servers run the daemon too and it alone sets them up (VIP on lo, ARP hiding,
+    // decapsulation); the lab only checks, and after the run that they are clean again.
+    let node_before = crate::nodes::prepare(&lab, &s.topology.forwarding)?;
+    crate::nodes::start(&mut lab, &daemon, &cfg_path, &s.topology.forwarding)?;
     // Time 0 of the scenario: every ATM daemon is past its start-up quiet period and running,
     // as every simulated daemon is at the simulator's time 0 (an election may already have
     // happened, its time is then shown as 0).
@@ -398,6 +367,7 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
     for (c, _) in &loads {
         lab.wait_or_kill(&format!("{c}/load"), 5_000)?;
     }
+    let node_problems = crate::nodes::stop_and_check(&mut lab, &node_before)?;
     for (c, _) in &clients {
         let _ = lab.signal(&format!("{c}/tcpdump"), Signal::SIGINT);
         lab.wait_or_kill(&format!("{c}/tcpdump"), 2_000)?;
@@ -422,6 +392,7 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
     let mut lo =
         crate::report::outcome(s, t0, duration_ms, &results, &arp, &vips, &macs, pcaps, faults_log, dir);
     lo.outcome.rejected = rejected;
+    lo.outcome.violations.extend(node_problems);
     if s.topology.second_cluster {
         lo.outcome.violations.extend(check_other_cluster(&lab_logs(&dir_logs(dir, &atms))));
     }
@@ -505,9 +476,7 @@ fn atm_macs(lab: &Lab) -> anyhow::Result<BTreeMap<String, String>> {
 }
 
 fn start_daemon(lab: &mut Lab, daemon: &Path, atm: &str, cfg: &Path) -> anyhow::Result<()> {
-    let args = vec!["--config".to_string(), cfg.display().to_string()];
-    lab.spawn(&format!("{atm}/daemon"), atm, daemon, &args)?;
-    Ok(())
+    crate::nodes::start_one(lab, daemon, atm, cfg)
 }
 
 /// Waits until the daemon `label` has logged `ready` (at most `ms`), counting the lines

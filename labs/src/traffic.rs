@@ -62,7 +62,10 @@ fn echo(conn: TcpStream, name: &str) -> std::io::Result<()> {
     let reader = BufReader::new(conn);
     for line in reader.lines() {
         let line = line?;
-        // One write per answer: a formatted write may go out as several segments.
+        // One write per reply: `writeln!` on the bare socket writes each piece separately,
+        // and with direct routing (replies straight to the client, its ACKs through the
+        // ATM) Nagle then holds the rest of a line while a failover loses the ACK, so the
+        // client's timed-out read split "node1 9" into "node1 " and "9".
         out.write_all(format!("{name} {}\n", line.trim()).as_bytes())?;
     }
     Ok(())

@@ -10,8 +10,8 @@
 //!    (`clusterserver`/udp, `clusterserveradm`/tcp), else 17100 / 17101 (seed 001).
 //! 3. The role comes from the host's IPv4 addresses (rtnetlink dump, [`setup::host_role`]):
 //!    an address of a listed ATM makes this host that ATM (and also a node if it is a real
-//!    server); only a server's address makes it a node, whose set-up (loopback VIP and ARP
-//!    hiding, decapsulation) is issue 5: the daemon says so and exits 0; neither is an error.
+//!    server); only a server's address makes it a node ([`node`]: loopback VIPs, ARP hiding,
+//!    decapsulation, NAT route check; it then runs until signalled); neither is an error.
 //! 4. A quiet period ([`quiet_period`], twice the dead interval plus two heartbeats) before
 //!    anything is sent: a daemon restarted quickly (systemd, SIGKILL + restart, a reload) is
 //!    then seen by its peers as down and up again, and the primary streams its whole table to
@@ -36,6 +36,30 @@
 //! When the daemon dies the TUN closes with it (non-persistent), its route goes, and nothing
 //! answers ARP for the VIP: no black hole on a dead daemon with a live host.
 //!
+//! ## ATM and node (seed 002: "the only way that you can have a system act as both")
+//!
+//! A real server of a direct-routing or tunnel service needs the VIP as a local address
+//! (on `lo`, ARP hidden); an ATM needs VIP traffic to go into its TUN via the policy rule
+//! `to VIP lookup TABLE` (priority 17100). The kernel consults the `local` table first
+//! (rule priority 0): while the VIP is a local address, every packet to it is delivered to
+//! the host's own sockets and never reaches the steering rule. So on a host that is both:
+//!
+//! * while the ATM is a **backup** (engine inactive), the VIP is on `lo` (label `lo:csd<id>`):
+//!   the primary's DR frames and decapsulated tunnel packets are delivered locally, and the
+//!   host serves as a real server; `arp_ignore=1` keeps the kernel from answering ARP for
+//!   it and the daemon's own ARP responder is silent on a backup;
+//! * while it **holds the VIPs** (engine active), the VIP is taken off `lo` (the engine
+//!   control does it as the engine is activated, and puts it back when deactivated): client
+//!   packets reach the steering rule and the TUN, and the user-space ARP responder answers.
+//!   A packet that arrives in the few milliseconds before the VIP leaves `lo` is served
+//!   locally, which is correct too (the host is a real server).
+//! * the ATM's own engine gives this host's server entries weight 0
+//!   ([`crate::node::without_self`]): an active engine would have to send frames to its own
+//!   MAC, which never come back in. The other ATMs keep this host in their schedulers.
+//!
+//! NAT real servers route replies through the primary's gateway VIP; an ATM that is a NAT
+//! real server of its own cluster is not supported beyond the route check's warning.
+//!
 //! ## Roles and the engine
 //!
 //! The engine is active exactly while the VIPs are held (as in the simulator): taking the
@@ -59,7 +83,7 @@
 //!   tears down, and starts again with the new config as a backup. (The core has no live
 //!   re-configuration yet; with a single ATM a reload therefore costs a dead interval.)
 //!
-//! ## Log lines (stderr, `tracing` fmt, no colours)
+//! ## Log lines (stderr, `tracing` fmt, no colours; see [`logging`] for journald)
 //!
 //! Every role change is one line with target `clusterserverd::role`, message `role change`
 //! and the fields `node`, `role` (`primary` | `backup`), `epoch`, `reason`:
@@ -70,8 +94,13 @@
 //!
 //! A parser looks for ` role change ` and splits the rest on spaces into `key=value`
 //! (values contain no spaces). Start-up ends with `ready node=NAME ...` (target
-//! `clusterserverd`), a graceful exit with `stopped node=NAME`.
+//! `clusterserverd`), a graceful exit with `stopped node=NAME`. On a node-only host NAME is
+//! its first server entry's name and the ready line reads
+//! `ready node=web1 role=node services=http vips=10.0.0.99 arp_hiding=true decap=user`
+//! (`decap` is `user`, `kernel` or `none`).
 
+pub mod logging;
+mod node;
 pub mod processor;
 pub mod setup;
 
@@ -117,6 +146,8 @@ pub enum DaemonError {
     Shell(#[from] ShellError),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
+    #[error("{0}")]
+    Node(#[from] crate::platform::linux::node::NodeError),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -143,15 +174,11 @@ pub fn install_panic_hook() {
     }));
 }
 
-/// Structured logs on stderr (`RUST_LOG` filters; default `info`).
+/// Structured logs on stderr (`RUST_LOG` filters; default `info`); to journald without
+/// timestamps and with syslog priorities when systemd connected stderr to the journal
+/// ([`logging`]).
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        .try_init();
+    logging::init();
 }
 
 /// Loads, validates and completes (ports) a config file.
@@ -209,16 +236,11 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
         Ok::<_, DaemonError>((h, a))
     })?;
     let local: Vec<IpAddr> = addrs.iter().map(|a| IpAddr::V4(a.addr)).collect();
-    let me = match setup::host_role(cfg, &local) {
-        HostRole::Atm { atm, node } => {
-            if node {
-                tracing::warn!(target: "clusterserverd", "this host is also a real server: node set-up arrives with issue 5");
-            }
-            atm
-        }
+    let (me, is_node) = match setup::host_role(cfg, &local) {
+        HostRole::Atm { atm, node } => (atm, node),
         HostRole::Node => {
-            tracing::info!(target: "clusterserverd", "this host is a cluster node only: node set-up (loopback VIP, ARP hiding, decapsulation) is issue 5; nothing to run, exiting");
-            return Ok(Next::Exit);
+            tracing::info!(target: "clusterserverd", "this host is a cluster node only: setting it up (loopback VIPs, ARP hiding, decapsulation)");
+            return node::run(&rt, handle, &addrs, path, cfg);
         }
         HostRole::None => {
             let list: Vec<String> = local.iter().map(IpAddr::to_string).collect();
@@ -241,12 +263,26 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
     rt.block_on(clear_local_vips(&handle, cfg, &addrs))?;
     warn_if_no_forwarding();
     let secret = read_secret(cfg)?;
+    let node_setup = match is_node {
+        true => Some(start_node_role(&rt, &handle, cfg, &addrs)?),
+        false => None,
+    };
     let incarnation = wall_clock_incarnation();
-    let shell = Rc::new(start_shell(cfg, me, &addrs, &secret, incarnation)?);
+    let shell = match start_shell(cfg, me, &addrs, &secret, incarnation) {
+        Ok(s) => Rc::new(s),
+        Err(e) => return Err(undo_node_after(&rt, node_setup, e)),
+    };
     tracing::info!(target: "clusterserverd", tun = %setup::owned(cfg).tun_name, "data plane up");
-    let arp = Rc::new(rt.block_on(open_arp(cfg, &addrs, &atm.interface))?);
+    let arp = match rt.block_on(open_arp(cfg, &addrs, &atm.interface)) {
+        Ok(a) => Rc::new(a),
+        Err(e) => return Err(undo_node_after(&rt, node_setup, e)),
+    };
     let shell_ctl = Rc::clone(&shell);
+    let node_ctl = node_setup.clone();
     let engine_ctl: Box<dyn Fn(EngineOp)> = Box::new(move |op| {
+        if let (EngineOp::SetActive(active), Some(n)) = (op, &node_ctl) {
+            toggle_node_vips(n, active);
+        }
         let r = match op {
             EngineOp::SetActive(a) => {
                 shell_ctl.apply(Arc::new(move |p: &mut DaemonProcessor| p.set_active(a)))
@@ -272,6 +308,12 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
     );
     let next = rt.block_on(control(&platform, &shell, &arp, path, cfg, me, secret));
     drop(platform);
+    if let Some(n) = node_setup {
+        match rt.block_on(async move { n.lock().await.undo().await }) {
+            Ok(_) => tracing::info!(target: "clusterserverd", "node set-up undone"),
+            Err(e) => tracing::error!(target: "clusterserverd", error = %e, "node set-up undo"),
+        }
+    }
     drop(rt);
     // The shell joins its workers and removes the steering on a plain thread.
     match Rc::try_unwrap(shell) {
@@ -286,6 +328,47 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
     }
     tracing::info!(target: "clusterserverd", node = %atm.name, "stopped");
     next
+}
+
+/// A node set-up shared with the engine control (which toggles the VIPs on `lo`).
+type SharedNode = Arc<tokio::sync::Mutex<crate::platform::linux::node::NodeSetup>>;
+
+/// The node role of an ATM that is also a real server: set up as a node with the VIPs on
+/// `lo` (it starts as a backup). See "ATM and node" in the module docs.
+fn start_node_role(
+    rt: &tokio::runtime::Runtime,
+    handle: &rtnetlink::Handle,
+    cfg: &Config,
+    addrs: &[IfAddr],
+) -> Result<SharedNode, DaemonError> {
+    let (name, names, plan) = node::describe(cfg, addrs);
+    let setup = rt.block_on(node::set_up(handle.clone(), names, plan, true))?;
+    let p = setup.plan();
+    tracing::info!(target: "clusterserverd", node = %name, services = %p.services.join(","), vips = ?p.vips, decap = %setup.decap_kind(), "this ATM is also a real server: node set-up done (VIPs on lo while backup)");
+    Ok(Arc::new(tokio::sync::Mutex::new(setup)))
+}
+
+/// Undoes the node set-up of an ATM whose start failed with `e` (a leftover would be
+/// cleared by the next start anyway; this keeps a failed start from leaving the host
+/// changed). Returns `e`.
+fn undo_node_after(rt: &tokio::runtime::Runtime, node: Option<SharedNode>, e: DaemonError) -> DaemonError {
+    if let Some(n) = node
+        && let Err(u) = rt.block_on(async move { n.lock().await.undo().await })
+    {
+        tracing::error!(target: "clusterserverd", error = %u, "node set-up undo after a failed start");
+    }
+    e
+}
+
+/// Takes the node's VIPs off `lo` when this ATM becomes active (holds the VIPs) and puts
+/// them back when it stops being active. Runs as a task on the control runtime.
+fn toggle_node_vips(n: &SharedNode, active: bool) {
+    let n = Arc::clone(n);
+    tokio::spawn(async move {
+        if let Err(e) = n.lock().await.set_vips(!active).await {
+            tracing::error!(target: "clusterserverd", error = %e, active, "node VIPs on lo");
+        }
+    });
 }
 
 /// Removes VIPs configured as local addresses (by an older daemon or by hand).
@@ -335,8 +418,10 @@ fn start_shell(
         IpAddr::V4(a) => a,
         IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
     };
+    let local: Vec<IpAddr> = addrs.iter().map(|a| IpAddr::V4(a.addr)).collect();
     let ecfg = EngineConfig {
-        services: cfg.services.clone(),
+        // An ATM that is also a real server never schedules to itself (see `without_self`).
+        services: crate::node::without_self(&cfg.services, &local),
         table: cfg.table.clone(),
         local_addr,
         path_mtu: 1500,

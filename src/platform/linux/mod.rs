@@ -1,5 +1,5 @@
 //! The Linux platform: the real [`crate::platform::Platform`] of an ATM ([`atm`]), ARP for
-//! the VIPs from user space ([`arp`]), ICMP probes ([`icmp`]), the host's addresses
+//! the VIPs from user space ([`arp`]), ICMP probes ([`icmp`]), cluster-node set-up ([`node`]), the host's addresses
 //! ([`host`]), and the few system calls that need `unsafe` ([`netsys`], every block with a
 //! `// SAFETY:` comment).
 
@@ -8,3 +8,4 @@ pub mod atm;
 pub mod host;
 pub mod icmp;
 pub mod netsys;
+pub mod node;

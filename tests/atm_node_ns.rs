@@ -1,0 +1,304 @@
+//! Hosts that are both ATM and real server (seed 002: "the only way that you can have a
+//! system act as both"), with the real daemon in namespaces, by direct routing and by
+//! IP-in-IP (user-space decapsulation on every server, the ATMs included):
+//!
+//! ```text
+//!   client 10.89.0.100 --+-- [sw: bridge br0] --+-- atm1 10.89.0.1  (ATM and server srv1)
+//!                                               +-- atm2 10.89.0.2  (ATM and server srv2)
+//!                                               +-- node 10.89.0.51 (server srv3)
+//! ```
+//!
+//! VIP 10.89.0.99:8080, `rr` over srv1..srv3; each server answers its own name. Checked:
+//! the primary never serves (its VIP is off `lo`, its engine gives itself weight 0) while
+//! the backup does (VIP on `lo`, label `lo:csd<cluster id>`); after a graceful handover and a restart
+//! the roles swap and so do the servers used; after SIGTERM every host is clean.
+//!
+//! Lab safety: namespaces `csl-an<pid>-*`, veth ends created directly inside them, a drop
+//! guard kills the processes this test started (by PID) and deletes the namespaces.
+//! Skips loudly without root.
+#![allow(clippy::disallowed_methods)] // reason: a real-network test waits on the wall clock
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clusterserver::platform::linux::netsys::enter_netns;
+
+const VIP: &str = "10.89.0.99";
+
+fn can_run() -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false);
+    let ok = root
+        && Path::new("/dev/net/tun").exists()
+        && Command::new("python3").arg("-V").output().is_ok_and(|o| o.status.success());
+    if !ok {
+        println!("SKIPPED: needs root, /dev/net/tun and python3 (the servers' responder)");
+        eprintln!("SKIPPED: needs root, /dev/net/tun and python3 (the servers' responder)");
+    }
+    ok
+}
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn ns_output(ns: &str, args: &[&str]) -> String {
+    let out = Command::new("ip").args(["netns", "exec", ns]).args(args).output().expect("spawn");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn remove_stale() {
+    let Ok(dir) = std::fs::read_dir("/var/run/netns") else { return };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("csl-an") else { continue };
+        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        }
+    }
+}
+
+struct Lab {
+    prefix: String,
+    dir: PathBuf,
+    namespaces: Vec<String>,
+    daemons: Vec<(String, Child)>,
+    others: Vec<Child>,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for (_, c) in self.daemons.iter_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for c in &mut self.others {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const RESPONDER: &str = "import socket,sys\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',8080))\ns.listen(64)\nwhile True:\n  c,_=s.accept()\n  c.sendall(sys.argv[1].encode())\n  c.close()\n";
+
+impl Lab {
+    fn new(tag: &str) -> Lab {
+        remove_stale();
+        let prefix = format!("csl-an{}-{tag}", std::process::id());
+        let dir = std::env::temp_dir().join(&prefix);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("run")).expect("dir");
+        Lab { prefix, dir, namespaces: Vec::new(), daemons: Vec::new(), others: Vec::new() }
+    }
+
+    fn ns(&self, host: &str) -> String {
+        format!("{}-{host}", self.prefix)
+    }
+
+    fn add_host(&mut self, host: &str, addr: &str) {
+        let (ns, sw) = (self.ns(host), self.ns("sw"));
+        run(&["ip", "netns", "add", &ns]);
+        self.namespaces.push(ns.clone());
+        let port = format!("p-{host}");
+        run(&[
+            "ip", "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &port, "netns", &sw,
+        ]);
+        run(&["ip", "-n", &sw, "link", "set", &port, "master", "br0", "up"]);
+        run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        run(&["ip", "-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+        run(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+        for s in
+            ["net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0", "net.ipv4.ip_forward=1"]
+        {
+            run(&["ip", "netns", "exec", &ns, "sysctl", "-qw", s]);
+        }
+    }
+
+    fn responder(&mut self, host: &str, name: &str) {
+        let c = Command::new("ip")
+            .args(["netns", "exec", &self.ns(host), "timeout", "120", "python3", "-c", RESPONDER, name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("responder");
+        self.others.push(c);
+    }
+
+    fn log(&self, host: &str) -> PathBuf {
+        self.dir.join(format!("{host}.log"))
+    }
+
+    fn text(&self, host: &str) -> String {
+        std::fs::read_to_string(self.log(host)).unwrap_or_default()
+    }
+
+    fn start(&mut self, host: &str) {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(self.log(host)).expect("log");
+        let c = Command::new("ip")
+            .args(["netns", "exec", &self.ns(host), env!("CARGO_BIN_EXE_clusterserverd"), "--config"])
+            .arg(self.dir.join("cfg.json5"))
+            .env("RUST_LOG", "info")
+            .env("CLUSTERSERVERD_RUN_DIR", self.dir.join("run"))
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .expect("daemon");
+        self.daemons.retain(|(h, _)| h != host);
+        self.daemons.push((host.to_string(), c));
+    }
+
+    fn term(&mut self, host: &str) {
+        let i = self.daemons.iter().position(|(h, _)| h == host).expect("running");
+        let (_, mut c) = self.daemons.remove(i);
+        run(&["kill", "-TERM", &c.id().to_string()]);
+        let mut st = None;
+        wait_until(&format!("{host} to exit"), Duration::from_secs(10), || {
+            st = c.try_wait().expect("wait");
+            st.is_some()
+        });
+        assert!(st.is_some_and(|s| s.success()), "{host} exit {st:?}:\n{}", self.text(host));
+    }
+
+    fn vip_on_lo(&self, host: &str) -> bool {
+        ns_output(&self.ns(host), &["ip", "-o", "-4", "addr", "show", "dev", "lo"])
+            .contains(&format!(" {VIP}/32 "))
+    }
+
+    /// `n` new connections through the VIP from the client: the names that answered.
+    fn answered(&self, n: usize) -> (BTreeSet<String>, usize) {
+        let path = format!("/var/run/netns/{}", self.ns("client"));
+        std::thread::spawn(move || {
+            enter_netns(Path::new(&path)).expect("setns");
+            let addr: SocketAddr = format!("{VIP}:8080").parse().expect("addr");
+            let mut names = BTreeSet::new();
+            let mut failed = 0;
+            for _ in 0..n {
+                let mut body = String::new();
+                let ok = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok_and(|mut s| {
+                    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+                    s.read_to_string(&mut body).is_ok()
+                });
+                if ok && !body.is_empty() {
+                    names.insert(body);
+                } else {
+                    failed += 1;
+                }
+            }
+            (names, failed)
+        })
+        .join()
+        .expect("client")
+    }
+}
+
+fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn atms_that_are_also_dr_servers_serve_only_while_backup() {
+    if can_run() {
+        both_roles("dr");
+    }
+}
+
+#[test]
+fn atms_that_are_also_tunnel_servers_serve_only_while_backup() {
+    if can_run() {
+        both_roles("tunnel");
+    }
+}
+
+fn both_roles(forwarding: &str) {
+    let mut lab = Lab::new(forwarding);
+    let sw = lab.ns("sw");
+    run(&["ip", "netns", "add", &sw]);
+    lab.namespaces.push(sw.clone());
+    run(&["ip", "-n", &sw, "link", "add", "br0", "type", "bridge"]);
+    run(&["ip", "-n", &sw, "link", "set", "br0", "up"]);
+    for (h, a) in
+        [("client", "10.89.0.100"), ("atm1", "10.89.0.1"), ("atm2", "10.89.0.2"), ("node", "10.89.0.51")]
+    {
+        lab.add_host(h, a);
+    }
+    let secret = lab.dir.join("secret");
+    std::fs::write(&secret, "an-secret").expect("secret");
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    let cfg = format!(
+        "{{ cluster: {{ name: 'an', id: 89, secret_file: '{}' }},\n  atms: [ {{ name: 'atm1', address: '10.89.0.1', interface: 'eth0' }}, {{ name: 'atm2', address: '10.89.0.2', interface: 'eth0' }} ],\n  timers: {{ heartbeat_ms: 100, dead_after: 3 }},\n  services: [ {{ name: 'web', vip: '{VIP}', port: 8080, forwarding: '{forwarding}', scheduler: 'rr',\n    servers: [ {{ name: 'srv1', address: '10.89.0.1', port: 8080 }}, {{ name: 'srv2', address: '10.89.0.2', port: 8080 }}, {{ name: 'srv3', address: '10.89.0.51', port: 8080 }} ] }} ] }}",
+        secret.display()
+    );
+    std::fs::write(lab.dir.join("cfg.json5"), cfg).expect("config");
+    for (h, n) in [("atm1", "srv1"), ("atm2", "srv2"), ("node", "srv3")] {
+        lab.responder(h, n);
+    }
+    lab.start("node");
+    wait_until("node ready", Duration::from_secs(5), || lab.text("node").contains(" ready node=srv3"));
+    lab.start("atm1");
+    wait_until("atm1 ready", Duration::from_secs(10), || lab.text("atm1").contains(" ready node=atm1"));
+    lab.start("atm2");
+    wait_until("atm1 primary", Duration::from_secs(10), || lab.text("atm1").contains("role=primary"));
+    wait_until("atm2 ready", Duration::from_secs(10), || lab.text("atm2").contains(" ready node=atm2"));
+    assert!(lab.text("atm1").contains("this ATM is also a real server"), "{}", lab.text("atm1"));
+    // The primary's VIP is off lo, the backup's is on it.
+    wait_until("VIP off the primary's lo", Duration::from_secs(5), || !lab.vip_on_lo("atm1"));
+    assert!(lab.vip_on_lo("atm2") && lab.vip_on_lo("node"));
+
+    let (names, failed) = lab.answered(30);
+    println!("{forwarding}, atm1 primary: answered by {names:?}, {failed} failed");
+    assert_eq!(failed, 0);
+    assert_eq!(names, set(&["srv2", "srv3"]), "the primary must not serve, the backup must");
+
+    // Graceful handover to atm2; atm1 leaves its host clean, then returns as a backup.
+    lab.term("atm1");
+    assert!(!lab.vip_on_lo("atm1"));
+    assert!(ns_output(&lab.ns("atm1"), &["ip", "-o", "link"]).lines().all(|l| !l.contains(" csd89")));
+    wait_until("atm2 primary", Duration::from_secs(10), || lab.text("atm2").contains("role=primary"));
+    wait_until("VIP off atm2's lo", Duration::from_secs(5), || !lab.vip_on_lo("atm2"));
+    lab.start("atm1");
+    wait_until("atm1 back", Duration::from_secs(10), || {
+        lab.text("atm1").matches(" ready node=atm1").count() == 2
+    });
+    wait_until("VIP on atm1's lo", Duration::from_secs(5), || lab.vip_on_lo("atm1"));
+    let (names, failed) = lab.answered(30);
+    println!("{forwarding}, atm2 primary: answered by {names:?}, {failed} failed");
+    assert_eq!(failed, 0);
+    assert_eq!(names, set(&["srv1", "srv3"]));
+
+    for h in ["atm1", "atm2", "node"] {
+        lab.term(h);
+        assert!(!lab.vip_on_lo(h), "{h} left its VIP on lo");
+        let v = ns_output(&lab.ns(h), &["cat", "/proc/sys/net/ipv4/conf/all/arp_ignore"]);
+        assert_eq!(v.trim(), "0", "{h}: arp_ignore restored");
+        let links = ns_output(&lab.ns(h), &["ip", "-o", "link"]);
+        assert!(!links.contains(": csn89") && !links.contains(": csd89"), "{h} left a TUN:\n{links}");
+        let rules = ns_output(&lab.ns(h), &["ip", "rule"]);
+        assert_eq!(rules.lines().count(), 3, "{h} left policy rules:\n{rules}");
+    }
+    assert_eq!(
+        std::fs::read_dir(lab.dir.join("run")).map(|d| d.count()).unwrap_or(99),
+        0,
+        "state files left"
+    );
+}
