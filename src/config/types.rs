@@ -203,6 +203,8 @@ pub struct Check {
     pub expect_status: Option<u16>,
     /// exec: argv, `{address}`, `{port}` and `{proto}` (1 = TCP, 2 = UDP, TLCLB's numbers)
     /// substituted. agent: the program (and leading arguments), `IP PORT PROTO` appended.
+    /// Left out of the serialised form when empty, so a written config loads again.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
     /// Port to check if not the server's.
     pub port: Option<u16>,

@@ -140,7 +140,7 @@ fn log_transition(services: &[Service], t: &Transition, last: &BTreeMap<ProbeId,
     let output = report.map_or("", |r| r.output.as_str());
     let kind = kind_name(svc.checks[t.check].kind);
     let state = if t.up { "server up" } else { "server down" };
-    tracing::info!(target: "clusterserverd::health", service = %svc.name, server = %srv.name, address = %srv.address, check = kind, reason = %t.reason, latency_ms, output = ?output, "{state}");
+    tracing::info!(target: "clusterserverd::health", service = %svc.name, server = %srv.name, address = %srv.address, check = %kind, reason = %t.reason, latency_ms, output = ?output, "{state}");
 }
 
 #[cfg(test)]
