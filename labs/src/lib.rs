@@ -4,7 +4,7 @@
 //! namespaces: the topology is built with netlink ([`topology`], [`ns`]), the real
 //! `clusterserverd` runs in the ATM namespaces, nginx and the lab's stream server on the real
 //! servers, the lab's own load generator on the clients ([`traffic`]); faults are real
-//! (signals, links, nftables: [`faults`], [`rogue`]), and the figures are measured from the
+//! (signals, links, nftables: [`faults`], [`rogue`]; failing real servers: [`health`]), and the figures are measured from the
 //! kernel and the clients ([`measure`]) into the simulator's outcome shape ([`report`]).
 //!
 //! Lab safety (SPEC.md): everything lives in `csl-lab<pid>x<n>-*` namespaces, owned by a
@@ -13,6 +13,7 @@
 #![allow(clippy::disallowed_methods)] // reason: a real lab waits on and timestamps with the wall clock
 
 pub mod faults;
+pub mod health;
 pub mod lab;
 pub mod measure;
 pub mod ns;

@@ -67,7 +67,7 @@ pub fn unsupported(s: &Scenario) -> Vec<String> {
     }
     for st in &s.steps {
         let k = st.kind().unwrap_or("?");
-        if !SUPPORTED.contains(&k) {
+        if !SUPPORTED.contains(&k) && !crate::health::KINDS.contains(&k) {
             let why = match k {
                 "latency" => "this kernel has no netem and the lab has no user-space delay",
                 "promote" | "demote" => "needs the daemon's admin channel (cmc), not wired into the lab yet",
@@ -308,7 +308,9 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
     let plan = Plan::new(s, &run_id)?;
     std::fs::create_dir_all(dir)?;
     let cfg_path = dir.join("clusterserver.json5");
-    write_config(&lab_config(s, &plan, dir, false)?, &cfg_path)?;
+    let mut cfg = lab_config(s, &plan, dir, false)?;
+    crate::health::configure_checks(&mut cfg, dir, &daemon)?;
+    write_config(&cfg, &cfg_path)?;
     let other_cfg = dir.join("other.json5");
     if s.topology.second_cluster {
         write_config(&lab_config(s, &plan, dir, true)?, &other_cfg)?;
@@ -420,6 +422,7 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
     let mut lo =
         crate::report::outcome(s, t0, duration_ms, &results, &arp, &vips, &macs, pcaps, faults_log, dir);
     lo.outcome.rejected = rejected;
+    crate::health::check(s, &mut lo.outcome, &results, t0);
     if s.topology.second_cluster {
         lo.outcome.violations.extend(check_other_cluster(&lab_logs(&dir_logs(dir, &atms))));
     }
@@ -535,6 +538,10 @@ fn apply(
     cfg: &Path,
     stopped: &mut Vec<String>,
 ) -> anyhow::Result<String> {
+    let plan = lab.plan.clone();
+    if let Some(text) = crate::health::apply(lab, &plan, st)? {
+        return Ok(text);
+    }
     let kind = st.kind()?;
     let host = [
         &st.crash,
@@ -553,7 +560,6 @@ fn apply(
     .cloned()
     .unwrap_or_default();
     let label = format!("{host}/daemon");
-    let plan = lab.plan.clone();
     match kind {
         "crash" => {
             lab.signal(&label, Signal::SIGKILL)?;

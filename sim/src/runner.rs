@@ -597,20 +597,27 @@ fn apply(
             world.borrow_mut().host(&m.client).miss_garp = m.count;
             log(format!("fault: {} misses its next {} gratuitous ARP(s)", m.client, m.count));
         }
-        "server_down" | "server_up" | "check_fail" | "check_pass" => {
-            let h = [&step.server_down, &step.server_up, &step.check_fail, &step.check_pass]
-                .into_iter()
-                .find_map(|h| h.as_deref())
-                .unwrap_or_default();
+        "server_down" | "server_up" | "check_fail" | "check_pass" | "backend_stop" | "backend_start" => {
+            let h = [
+                &step.server_down,
+                &step.server_up,
+                &step.check_fail,
+                &step.check_pass,
+                &step.backend_stop,
+                &step.backend_start,
+            ]
+            .into_iter()
+            .find_map(|h| h.as_deref())
+            .unwrap_or_default();
             if !h.starts_with("node") {
                 bail!("{kind} {h}: only real servers (nodeN) take {kind} steps");
             }
-            let failing = matches!(kind, "server_down" | "check_fail");
+            let failing = matches!(kind, "server_down" | "check_fail" | "backend_stop");
             {
                 let mut w = world.borrow_mut();
                 let host = w.host(h);
                 host.check_fail = failing;
-                if kind.starts_with("server") {
+                if !kind.starts_with("check") {
                     host.server_down = failing;
                 }
             }

@@ -167,6 +167,10 @@ pub struct Step {
     /// labs: an ASA check reading a flag file).
     pub check_fail: Option<String>,
     pub check_pass: Option<String>,
+    /// The server's service process stops (connections refused) / starts again (the
+    /// labs: nginx killed by PID and restarted; the simulator: like `server_down`/`up`).
+    pub backend_stop: Option<String>,
+    pub backend_start: Option<String>,
     /// Simulator and lab: the client ignores its next `count` gratuitous ARPs.
     pub miss_garp: Option<MissGarp>,
     /// Operator actions through the control core.
@@ -195,6 +199,8 @@ impl Step {
             ("server_up", self.server_up.is_some()),
             ("check_fail", self.check_fail.is_some()),
             ("check_pass", self.check_pass.is_some()),
+            ("backend_stop", self.backend_stop.is_some()),
+            ("backend_start", self.backend_start.is_some()),
             ("miss_garp", self.miss_garp.is_some()),
             ("promote", self.promote.is_some()),
             ("demote", self.demote.is_some()),
@@ -322,6 +328,8 @@ impl Step {
             &self.server_up,
             &self.check_fail,
             &self.check_pass,
+            &self.backend_stop,
+            &self.backend_start,
             &self.promote,
             &self.demote,
         ]
