@@ -12,8 +12,8 @@
 //!   service ports; `check_fail` / `check_pass` create / remove the flag file.
 //! * **Figures** ([`check`]): from the clients' request records (each a new TCP
 //!   connection), per fault: the last request after the failure that reached the failed
-//!   server (answered by it, or failed: nginx dead or port blocked, the only failures
-//!   these scenarios cause) and the first request answered by it after its recovery, in
+//!   server (answered by it, or failed: nginx dead or port blocked; failures after
+//!   another kind of fault, such as an ATM crash, are not counted) and the first request answered by it after its recovery, in
 //!   ms after the step. They are checked against `expect.removed_within_ms` and
 //!   `expect.returned_within_ms` like the simulator's.
 
@@ -110,20 +110,20 @@ pub fn apply(lab: &mut Lab, plan: &Plan, st: &Step) -> anyhow::Result<Option<Str
     Ok(Some(format!("fault: {kind} {host}")))
 }
 
+/// A health fault's server and whether it fails, from its fault-log text.
+fn health_fault(text: &str) -> Option<(String, bool)> {
+    let (kind, host) = text.strip_prefix("fault: ")?.split_once(' ')?;
+    let failing = match kind {
+        "backend_stop" | "server_down" | "check_fail" => true,
+        "backend_start" | "server_up" | "check_pass" => false,
+        _ => return None,
+    };
+    Some((host.to_string(), failing))
+}
+
 /// The health faults applied (from the fault log, ms after t0): (ms, server, failing).
 fn health_faults(faults: &[(u64, String)]) -> Vec<(u64, String, bool)> {
-    faults
-        .iter()
-        .filter_map(|(t, text)| {
-            let (kind, host) = text.strip_prefix("fault: ")?.split_once(' ')?;
-            let failing = match kind {
-                "backend_stop" | "server_down" | "check_fail" => true,
-                "backend_start" | "server_up" | "check_pass" => false,
-                _ => return None,
-            };
-            Some((*t, host.to_string(), failing))
-        })
-        .collect()
+    faults.iter().filter_map(|(t, text)| health_fault(text).map(|(h, f)| (*t, h, f))).collect()
 }
 
 /// Health figures and their bounds (see the module docs), added to `o`.
@@ -136,11 +136,16 @@ pub fn check(s: &Scenario, o: &mut Outcome, results: &[(String, ClientResult)], 
         .map(|(start, _, ok, server)| (start.saturating_sub(t0), *ok, server.clone()))
         .collect();
     reqs.sort();
+    // Other faults (a crash, a partition) fail requests too: failures count only before them.
+    let others: Vec<u64> =
+        o.faults.iter().filter(|(_, text)| health_fault(text).is_none()).map(|(t, _)| *t).collect();
     for (i, (at, server, failing)) in steps.iter().enumerate() {
         let until = steps[i + 1..].iter().find(|(_, n, _)| n == server).map_or(o.duration_ms, |(t, _, _)| *t);
+        let blur = others.iter().copied().filter(|t| t > at).min().unwrap_or(u64::MAX);
         let mut window = reqs.iter().filter(|(t, _, _)| (*at..until).contains(t));
         let figure = if *failing {
-            Some(window.rfind(|(_, ok, srv)| !ok || srv == server).map_or(0, |(t, _, _)| t - at))
+            let reached = |(t, ok, srv): &&(u64, bool, String)| srv == server || (!ok && *t < blur);
+            Some(window.rfind(reached).map_or(0, |(t, _, _)| t - at))
         } else {
             window.filter(|(_, ok, srv)| *ok && srv == server).map(|(t, _, _)| t - at).next()
         };
@@ -164,5 +169,46 @@ pub fn check(s: &Scenario, o: &mut Outcome, results: &[(String, ClientResult)], 
             failing: *failing,
             after_ms: figure,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn requests(rows: &[(u64, bool, &str)]) -> Vec<(String, ClientResult)> {
+        let requests = rows.iter().map(|(t, ok, s)| (1000 + t, 1000 + t + 1, *ok, s.to_string())).collect();
+        vec![("client1".into(), ClientResult { requests, ..ClientResult::default() })]
+    }
+
+    #[test]
+    fn figures_from_requests_and_bounds() {
+        let s = Scenario::parse(
+            "{ name: 'x', topology: { atms: 2, nodes: 2 }, expect: { removed_within_ms: 1500, returned_within_ms: 800 } }",
+        )
+        .expect("scenario");
+        let mut o = clustersim::runner::run(&s, 1).expect("a tiny sim run for the outcome shape");
+        o.duration_ms = 10_000;
+        o.violations.clear();
+        o.faults = vec![
+            (1000, "fault: backend_stop node1".into()),
+            (2500, "fault: crash atm1".into()),
+            (5000, "fault: backend_start node1".into()),
+        ];
+        // node1 fails requests until 2200 (removed after 1200 ms); the crash's failures at
+        // 2600 do not count; node1 answers again from 5900 (900 ms: over the bound).
+        let r = requests(&[
+            (900, true, "node1"),
+            (1100, false, "connection refused"),
+            (2200, false, "connection refused"),
+            (2300, true, "node2"),
+            (2600, false, "timed out"),
+            (5100, true, "node2"),
+            (5900, true, "node1"),
+        ]);
+        check(&s, &mut o, &r, 1000);
+        let figs: Vec<Option<u64>> = o.health.iter().map(|h| h.after_ms).collect();
+        assert_eq!(figs, [Some(1200), Some(900)]);
+        assert_eq!(o.violations, ["node1: returned 900 ms after the fault at 5000 ms (bound 800 ms)"]);
     }
 }
