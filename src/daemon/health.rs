@@ -39,6 +39,9 @@ use super::processor::DaemonProcessor;
 
 /// Delay before a verdict the engine's control queue refused is offered again.
 pub const RETRY: Duration = Duration::from_millis(100);
+/// Interval of the per-probe counters summary (at `debug`: passes, failures, timeouts,
+/// latency), until the admin channel exports them.
+pub const STATS_EVERY: Duration = Duration::from_secs(60);
 
 /// Where verdicts go: the engine (daemon) or a test's record.
 pub trait ServerSink {
@@ -71,6 +74,7 @@ pub async fn run<S: ServerSink>(services: &[Service], sink: &S) {
     let mut undelivered: BTreeMap<(usize, usize), bool> = BTreeMap::new();
     let mut last: BTreeMap<ProbeId, Report> = BTreeMap::new();
     health.handle(now(), Input::Tick);
+    let mut stats_at = start + STATS_EVERY;
     loop {
         while let Some(action) = health.poll_action() {
             match action {
@@ -96,6 +100,10 @@ pub async fn run<S: ServerSink>(services: &[Service], sink: &S) {
             }
             _ = sleep_until(wake) => health.handle(now(), Input::Tick),
             _ = tokio::time::sleep(RETRY), if retry => {}
+            _ = tokio::time::sleep_until(stats_at) => {
+                stats_at += STATS_EVERY;
+                log_stats(services, &health);
+            }
         }
     }
 }
@@ -125,6 +133,15 @@ pub fn kind_name(k: CheckKind) -> &'static str {
         CheckKind::Https => "https",
         CheckKind::Exec => "exec",
         CheckKind::Agent => "agent",
+    }
+}
+
+fn log_stats(services: &[Service], health: &Health) {
+    for (p, up, st) in health.probes() {
+        let svc = &services[p.service];
+        let runs = (st.passes + st.failures).max(1);
+        let avg_ms = st.latency_sum.as_millis() / u128::from(runs);
+        tracing::debug!(target: "clusterserverd::health", service = %svc.name, server = %svc.servers[p.server].name, check = %kind_name(svc.checks[p.check].kind), up, passes = st.passes, failures = st.failures, timeouts = st.timeouts, latency_avg_ms = avg_ms, latency_max_ms = st.latency_max.as_millis(), "check counters");
     }
 }
 
