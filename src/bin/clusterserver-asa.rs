@@ -17,6 +17,7 @@
 //! usage error. One line on stdout says what was seen (the daemon logs it).
 //!
 //! * **http**: `GET PATH` (default `/`, option `--path /health`); up on a 2xx or 3xx status.
+//!   `--tls` speaks HTTPS (certificate not verified, as for the daemon's `https` checks).
 //! * **smtp**: the greeting must be `220` (multi-line greetings allowed), `EHLO` must get
 //!   `250`; then `QUIT`.
 //! * **dns**: one query (default: `.` `SOA`, option `--name example.com`) over UDP, or
@@ -38,7 +39,7 @@ use tokio::net::{TcpStream, UdpSocket};
 
 const PROBES: &[&str] = &["http", "smtp", "dns"];
 const USAGE: &str =
-    "usage: clusterserver-asa {http|smtp|dns} IP PORT [PROTO] [--path P] [--name N] [--timeout-ms N]";
+    "usage: clusterserver-asa {http|smtp|dns} IP PORT [PROTO] [--path P] [--tls] [--name N] [--timeout-ms N]";
 
 #[derive(Debug, PartialEq, Eq)]
 struct Args {
@@ -48,6 +49,8 @@ struct Args {
     /// 1 = TCP, 2 = UDP (TLCLB); `None`: the probe's usual transport.
     proto: Option<u8>,
     path: String,
+    /// http: HTTPS.
+    tls: bool,
     name: String,
     timeout: Duration,
 }
@@ -65,11 +68,13 @@ fn parse(argv: &[String]) -> Result<Args, String> {
     };
     let mut positional = Vec::new();
     let (mut path, mut name, mut timeout) = ("/".to_string(), ".".to_string(), Duration::from_secs(5));
+    let mut tls = false;
     let mut it = rest.iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().cloned().ok_or_else(|| format!("{a} needs a value"));
         match a.as_str() {
             "--path" => path = value()?,
+            "--tls" => tls = true,
             "--name" => name = value()?,
             "--timeout-ms" => {
                 let v = value()?;
@@ -95,7 +100,7 @@ fn parse(argv: &[String]) -> Result<Args, String> {
     if !path.starts_with('/') {
         return Err(format!("--path must start with '/', got {path:?}"));
     }
-    Ok(Args { probe, address, port, proto, path, name, timeout })
+    Ok(Args { probe, address, port, proto, path, tls, name, timeout })
 }
 
 fn main() -> ExitCode {
@@ -134,7 +139,7 @@ fn main() -> ExitCode {
 async fn probe(a: &Args) -> Result<String, String> {
     match a.probe.as_str() {
         "http" => {
-            let status = http_get(a.address, a.port, &a.path, false).await.map_err(|e| e.to_string())?;
+            let status = http_get(a.address, a.port, &a.path, a.tls).await.map_err(|e| e.to_string())?;
             match status {
                 200..=399 => Ok(format!("HTTP {status} for {}", a.path)),
                 _ => Err(format!("HTTP {status} for {}", a.path)),
@@ -272,7 +277,8 @@ mod tests {
         let a = parse(&argv("/usr/lib/clusterserver/asa/smtp 10.0.0.3 25 1")).expect("ok");
         assert_eq!((a.probe.as_str(), a.port, a.proto), ("smtp", 25, Some(1)));
         let a = parse(&argv("clusterserver-asa http 10.0.0.3 8080 --path /health")).expect("ok");
-        assert_eq!((a.probe.as_str(), a.path.as_str(), a.proto), ("http", "/health", None));
+        assert_eq!((a.probe.as_str(), a.path.as_str(), a.proto, a.tls), ("http", "/health", None, false));
+        assert!(parse(&argv("http 10.0.0.3 443 1 --tls")).expect("ok").tls);
         let a = parse(&argv("dns ::1 53 2 --name example.com --timeout-ms 300")).expect("ok");
         assert_eq!((a.name.as_str(), a.timeout), ("example.com", Duration::from_millis(300)));
         for bad in [
