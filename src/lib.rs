@@ -17,6 +17,8 @@
 //! * [`dataplane`] is the packet engine: `process(now, rx, tx) -> Verdict`, allocation-free.
 //! * [`driver`] turns actions into platform calls and timeouts into sleeps; it is generic
 //!   over [`platform::Platform`], implemented for Linux here and for turmoil in the simulator.
+//! * [`health`] is the sans-IO health-check state machine (rise/fall, flap damping); the
+//!   daemon runs its checks with `platform::linux::checks`, the simulator scripts them.
 //! * [`config`] parses and validates the operator's JSON5 file into typed structs.
 //!
 //! Time is [`time::Instant`], a number; randomness comes from a seed passed in.
@@ -29,6 +31,7 @@ pub mod core;
 pub mod daemon;
 pub mod dataplane;
 pub mod driver;
+pub mod health;
 pub mod node;
 pub mod platform;
 pub mod time;

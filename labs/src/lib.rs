@@ -5,7 +5,7 @@
 //! `clusterserverd` runs in the ATM namespaces and on the real servers (which it alone sets
 //! up: [`nodes`]), nginx and the lab's stream server on the real
 //! servers, the lab's own load generator on the clients ([`traffic`]); faults are real
-//! (signals, links, nftables: [`faults`], [`rogue`]), and the figures are measured from the
+//! (signals, links, nftables: [`faults`], [`rogue`]; failing real servers: [`health`]), and the figures are measured from the
 //! kernel and the clients ([`measure`]) into the simulator's outcome shape ([`report`]).
 //!
 //! Lab safety (SPEC.md): everything lives in `csl-lab<pid>x<n>-*` namespaces, owned by a
@@ -15,6 +15,7 @@
 
 pub mod delay;
 pub mod faults;
+pub mod health;
 pub mod lab;
 pub mod measure;
 pub mod nodes;

@@ -103,6 +103,7 @@ pub fn outcome(
         series,
         faults,
         duration_ms,
+        health: Vec::new(),
     };
     o.violations = check(s, &o, &promos);
     LabOutcome {

@@ -66,7 +66,7 @@ pub fn unsupported(s: &Scenario) -> Vec<String> {
     let mut v = Vec::new();
     for st in &s.steps {
         let k = st.kind().unwrap_or("?");
-        if !SUPPORTED.contains(&k) {
+        if !SUPPORTED.contains(&k) && !crate::health::KINDS.contains(&k) {
             let why = match k {
                 "promote" | "demote" => "needs the daemon's admin channel (cmc), not wired into the lab yet",
                 _ => "unknown step",
@@ -286,7 +286,9 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
     let plan = Plan::new(s, &run_id)?;
     std::fs::create_dir_all(dir)?;
     let cfg_path = dir.join("clusterserver.json5");
-    write_config(&lab_config(s, &plan, dir, false)?, &cfg_path)?;
+    let mut cfg = lab_config(s, &plan, dir, false)?;
+    crate::health::configure_checks(&mut cfg, dir, &daemon)?;
+    write_config(&cfg, &cfg_path)?;
     let other_cfg = dir.join("other.json5");
     if s.topology.second_cluster {
         write_config(&lab_config(s, &plan, dir, true)?, &other_cfg)?;
@@ -393,6 +395,7 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
         crate::report::outcome(s, t0, duration_ms, &results, &arp, &vips, &macs, pcaps, faults_log, dir);
     lo.outcome.rejected = rejected;
     lo.outcome.violations.extend(node_problems);
+    crate::health::check(s, &mut lo.outcome, &results, t0);
     if s.topology.second_cluster {
         lo.outcome.violations.extend(check_other_cluster(&lab_logs(&dir_logs(dir, &atms))));
     }
@@ -507,6 +510,10 @@ fn apply(
     stopped: &mut Vec<String>,
     crashed: &mut Vec<String>,
 ) -> anyhow::Result<String> {
+    let plan = lab.plan.clone();
+    if let Some(text) = crate::health::apply(lab, &plan, st)? {
+        return Ok(text);
+    }
     let kind = st.kind()?;
     let host = [
         &st.crash,
@@ -526,7 +533,6 @@ fn apply(
     .cloned()
     .unwrap_or_default();
     let label = format!("{host}/daemon");
-    let plan = lab.plan.clone();
     match kind {
         // The host is lost: its daemon dies and its links go down at once (the switch ends
         // of its veths, so it sees no carrier), as a machine that loses power.

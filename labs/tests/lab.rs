@@ -205,3 +205,43 @@ fn primary_crash_in_the_lab() {
     assert_eq!(o.primaries.last().map(|p| p.1.as_str()), Some("atm2"));
     assert_eq!(o.long_lived_lost, 0);
 }
+
+/// Real servers fail three ways (nginx killed, ports blocked, the ASA check returning 1) and
+/// recover: each leaves the scheduler after `fall` checks and rejoins after `rise`.
+#[test]
+fn failed_servers_leave_and_rejoin_in_the_lab() {
+    if !can_run() {
+        return;
+    }
+    runner::set_helper_exe(PathBuf::from(env!("CARGO_BIN_EXE_clusterlab")));
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sim/scenarios/server-failures.json5");
+    let s = Scenario::from_file(&path).expect("scenario");
+    let d = dir("server-failures");
+    let lo = runner::run(&s, &d).unwrap_or_else(|e| panic!("lab run failed: {e:#}"));
+    report::write(&lo).expect("report");
+    assert!(procs_using(&d).is_empty(), "processes left behind: {:?}", procs_using(&d));
+    let o = &lo.outcome;
+    assert!(o.passed(), "{}", report::summary(&lo));
+    let got: Vec<(&str, bool)> = o.health.iter().map(|h| (h.server.as_str(), h.failing)).collect();
+    let want = [
+        ("node1", true),
+        ("node1", false),
+        ("node2", true),
+        ("node2", false),
+        ("node3", true),
+        ("node3", false),
+    ];
+    assert_eq!(got, want, "{}", report::summary(&lo));
+    for h in &o.health {
+        let after = h.after_ms.unwrap_or_else(|| panic!("{h:?}: no figure\n{}", report::summary(&lo)));
+        if h.failing {
+            // The failure was seen: the server took connections (or failed them) for a while.
+            assert!(after > 0, "{h:?}: nothing reached {} after it failed", h.server);
+        }
+    }
+    // node3 kept serving while its ASA check failed: it answered requests after the fault.
+    let daemon_log = std::fs::read_to_string(d.join("atm1-daemon.log")).expect("atm1 log");
+    for needle in ["server down service=svc server=node3", "output=\"flag file set: failing on purpose\""] {
+        assert!(daemon_log.contains(needle), "atm1's log lacks {needle:?}");
+    }
+}

@@ -33,9 +33,23 @@ pub fn software(
     vip: IpAddr,
 ) -> impl Fn() -> Pin<Box<dyn Future<Output = turmoil::Result>>> {
     crate::kernel::with_kernel(world, name, move |world, name| async move {
-        let flows = world.borrow_mut().host(&name).flows_expected;
+        let (flows, rate) = {
+            let mut w = world.borrow_mut();
+            let h = w.host(&name);
+            (h.flows_expected, h.conn_rate)
+        };
         if flows > 0 {
             tokio::task::spawn_local(crate::flows::run(world.clone(), name.clone(), vip, flows));
+        }
+        if rate > 0 {
+            let drain = flows == 0;
+            tokio::task::spawn_local(crate::flows::new_connections(
+                world.clone(),
+                name.clone(),
+                vip,
+                rate,
+                drain,
+            ));
         }
         probe_loop(world, name, vip).await
     })

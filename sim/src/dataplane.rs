@@ -7,6 +7,11 @@
 //! NAT and tunnels). The engine is active exactly while this host's kernel holds the VIPs,
 //! as the daemon will wire it; a backup's engine applies sync records to its shadow table.
 //!
+//! Health: every ATM (primary or backup) runs the real [`Health`] state machine over the
+//! scenario's checks; a check's outcome is scripted by the world (it fails while the server
+//! is `check_fail`, `server_down` or crashed), and each verdict change goes to the engine
+//! and the trace (`health: <server> down|up check=<i> reason=<r>`).
+//!
 //! Servers answer as they would for real: with direct routing and tunnels straight to the
 //! client from the VIP; with NAT from their own address to their default gateway, the
 //! `gateway_vip` that moves with the primary (resolved through the server's own ARP cache),
@@ -23,6 +28,7 @@ use clusterserver::config::{Config, Table};
 use clusterserver::dataplane::engine::{Engine, EngineConfig, Verdict};
 use clusterserver::dataplane::sync::{MAX_DATAGRAM, SyncReceiver, SyncSender};
 use clusterserver::dataplane::wire::build;
+use clusterserver::health::{Action, Damping, Health, Input, Outcome};
 
 use crate::net::{SERVICE_PORT, SimClock, SimSocket};
 use crate::world::Shared;
@@ -73,10 +79,12 @@ pub async fn run(world: Shared, name: String, spec: DataplaneSpec, clock: SimClo
         cfg.services.iter().flat_map(|s| s.servers.iter().map(|x| x.address)).collect();
     let (mut buf, mut sbuf, mut tx, mut out) =
         ([0u8; 2048], vec![0u8; MAX_DATAGRAM], [0u8; 2048], vec![0u8; MAX_DATAGRAM]);
+    let mut health = Health::new(&cfg.services, Damping::default(), clock.now());
     loop {
         follow_role(&world, &name, &mut engine);
-        let wait =
-            sender.poll_timeout().map_or(Duration::from_millis(100), |t| t.saturating_since(clock.now()));
+        run_checks(&world, &name, cfg, &mut health, &mut engine, clock);
+        let next = [sender.poll_timeout(), health.poll_timeout()].into_iter().flatten().min();
+        let wait = next.map_or(Duration::from_millis(100), |t| t.saturating_since(clock.now()));
         tokio::select! {
             biased;
             r = svc.recv(&mut buf) => {
@@ -104,6 +112,51 @@ pub async fn run(world: Shared, name: String, spec: DataplaneSpec, clock: SimClo
             for p in &peers {
                 let _ = sync.send(&out[..len], *p).await;
             }
+        }
+    }
+}
+
+/// Starts the due checks, answers them from the world at once, and applies every verdict
+/// change to the engine.
+fn run_checks(
+    world: &Shared,
+    name: &str,
+    cfg: &Config,
+    health: &mut Health,
+    engine: &mut Engine,
+    clock: SimClock,
+) {
+    let now = clock.now();
+    health.handle(now, Input::Tick);
+    // Bounded: each probe runs at most once per `handle(Tick)`.
+    for _ in 0..64 {
+        let mut ran = false;
+        while let Some(action) = health.poll_action() {
+            match action {
+                Action::RunCheck { probe, .. } => {
+                    let server = &cfg.services[probe.service].servers[probe.server].name;
+                    let failing = world.borrow().hosts.get(server).is_none_or(|h| h.check_fail || !h.running);
+                    let outcome = if failing {
+                        Outcome::Fail { latency: Duration::ZERO, reason: "scripted".into() }
+                    } else {
+                        Outcome::Pass { latency: Duration::ZERO }
+                    };
+                    health.handle(now, Input::Result { probe, outcome });
+                    ran = true;
+                }
+                Action::Transition(t) => {
+                    let server = &cfg.services[t.service].servers[t.server];
+                    let weight = engine.servers(t.service).get(t.server).map_or(server.weight, |s| s.weight);
+                    let _ = engine.set_server_state(t.service, t.server, weight, t.up);
+                    let state = if t.up { "up" } else { "down" };
+                    let text =
+                        format!("health: {} {state} check={} reason={}", server.name, t.check, t.reason);
+                    world.borrow_mut().log(now.as_millis(), name, text);
+                }
+            }
+        }
+        if !ran {
+            break;
         }
     }
 }
@@ -186,6 +239,16 @@ async fn server(world: Shared, name: String, spec: NodeSpec) -> io::Result<()> {
     loop {
         let (n, _) = sock.recv(&mut buf).await?;
         let Some((client, port, syn)) = client_of(&buf[..n]) else { continue };
+        {
+            let mut w = world.borrow_mut();
+            let h = w.host(&name);
+            if syn {
+                h.syns.push(clock.ms());
+            }
+            if h.server_down {
+                continue;
+            }
+        }
         let flags = if syn { 0x12 } else { 0x10 };
         let (pkt, to) = match spec.gateway {
             Some(gw) => {

@@ -114,6 +114,55 @@ pub fn lost(flows: &BTreeMap<u16, FlowRec>, expected: u16, end: u64) -> u64 {
         .count() as u64
 }
 
+/// Source ports of new connections cycle through this range (far from the long-lived
+/// flows' ports): at 100 connections a second a port comes back after 200 s.
+const NEW_CONN_PORTS: std::ops::Range<u16> = 20_000..40_000;
+
+/// Opens `rate` new TCP connections a second (a SYN each, from a fresh source port) to the
+/// VIP's current owner, until the host stops. Answers go to [`FLOW_PORT`]: read and dropped
+/// here unless the host runs long-lived flows, whose task reads them. The real servers
+/// record which of them each connection reached ([`crate::world::HostState::syns`]).
+pub async fn new_connections(
+    world: Shared,
+    name: String,
+    vip: IpAddr,
+    rate: u32,
+    drain: bool,
+) -> std::io::Result<()> {
+    let sock = SimSocket::bind(&world, &name, 0).await?;
+    let answers = if drain { Some(SimSocket::bind(&world, &name, FLOW_PORT).await?) } else { None };
+    let clock = SimClock::start();
+    let me = match world.borrow().hosts.get(&name).and_then(|h| h.addr) {
+        Some(IpAddr::V4(a)) => a,
+        _ => return Ok(()),
+    };
+    let IpAddr::V4(vip4) = vip else { return Ok(()) };
+    let every_us = 1_000_000 / u64::from(rate.max(1));
+    let mut k: u64 = 0;
+    let mut buf = [0u8; 256];
+    let start = clock.now();
+    loop {
+        let next = start + Duration::from_micros(k * every_us);
+        let wait = next.saturating_since(clock.now());
+        tokio::select! {
+            biased;
+            r = async { match &answers { Some(a) => a.recv(&mut buf).await, None => std::future::pending().await } } => {
+                r?;
+            }
+            _ = tokio::time::sleep(wait) => {
+                let owner = world.borrow_mut().host(&name).neigh.get(&vip).map(|n| n.owner);
+                let span = u64::from(NEW_CONN_PORTS.end - NEW_CONN_PORTS.start);
+                let port = NEW_CONN_PORTS.start + (k % span) as u16;
+                k += 1;
+                if let Some(owner) = owner {
+                    let pkt = build::tcp((me, port), (vip4, 80), SYN, b"");
+                    let _ = sock.send(&pkt, SocketAddr::new(owner, SERVICE_PORT)).await;
+                }
+            }
+        }
+    }
+}
+
 /// Lowest port used by flows (for tests).
 pub const fn first_port() -> u16 {
     FIRST_PORT

@@ -41,6 +41,20 @@ pub struct Outcome {
     /// Faults applied: (ms, description).
     pub faults: Vec<(u64, String)>,
     pub duration_ms: u64,
+    /// Health faults and how long until the server left (or rejoined) the scheduler.
+    pub health: Vec<HealthFigure>,
+}
+
+/// One health fault's figure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthFigure {
+    pub at_ms: u64,
+    pub server: String,
+    /// The server failed (else recovered).
+    pub failing: bool,
+    /// Failing: its last new connection, ms after the fault (0: none). Recovering: its
+    /// first new connection, ms after the recovery (`None`: none).
+    pub after_ms: Option<u64>,
 }
 
 /// `expect.max_lost_requests` against each client's lost requests (simulator and lab).
@@ -74,6 +88,11 @@ impl Outcome {
         s += &format!("promotions: {}\nheartbeats rejected: {}\n", self.promotions, self.rejected);
         if self.long_lived > 0 {
             s += &format!("long-lived flows: {} run, {} lost\n", self.long_lived, self.long_lived_lost);
+        }
+        for h in &self.health {
+            let what = if h.failing { "last new connection" } else { "first new connection" };
+            let after = h.after_ms.map_or("none".to_string(), |a| format!("{a} ms"));
+            s += &format!("health {} at {} ms: {what} after {after}\n", h.server, h.at_ms);
         }
         if self.violations.is_empty() {
             s += "invariants: all hold\n";
@@ -167,9 +186,12 @@ fn register_hosts(
     }
     let clients = pick("client");
     let total = s.load.long_lived as usize;
+    let rate = if s.load.new_connections { s.load.connections_per_s as usize } else { 0 };
     for (i, (name, _)) in clients.iter().enumerate() {
         let share = total / clients.len() + usize::from(i < total % clients.len());
         world.borrow_mut().host(name).flows_expected = u16::try_from(share).unwrap_or(u16::MAX);
+        let conns = rate / clients.len() + usize::from(i < rate % clients.len());
+        world.borrow_mut().host(name).conn_rate = u32::try_from(conns).unwrap_or(u32::MAX);
     }
     for (name, _) in routers.iter().chain(&clients) {
         sim.host(name.as_str(), crate::client::software(world.clone(), name.clone(), vip));
@@ -202,6 +224,8 @@ struct RunState {
     arp_bound_ms: BTreeMap<String, u64>,
     arp_violated: BTreeSet<String>,
     violations: Vec<String>,
+    /// Health faults applied: (ms, server, failing).
+    health_steps: Vec<(u64, String, bool)>,
 }
 
 impl RunState {
@@ -229,6 +253,7 @@ impl RunState {
                 .collect(),
             arp_violated: BTreeSet::new(),
             violations: Vec::new(),
+            health_steps: Vec::new(),
         }
     }
 
@@ -329,6 +354,7 @@ impl RunState {
                 self.violations.push(format!("{name}: promotion epochs not increasing: {:?}", h.promotions));
             }
         }
+        let health = self.health_figures(s, &w, end);
         let final_primaries = w.primaries().get(&CLUSTER_ID).cloned().unwrap_or_default();
         self.check_expect(s, &outage_ms, &final_primaries, promotions, w.rejected_total, &w);
         self.violations.extend(lost_violations(s, &lost_requests));
@@ -361,7 +387,42 @@ impl RunState {
             series,
             faults: w.faults.clone(),
             duration_ms: end,
+            health,
         }
+    }
+
+    /// For each health fault: when its server took its last new connection after failing
+    /// (or its first after recovering), checked against the scenario's bounds.
+    fn health_figures(&mut self, s: &Scenario, w: &World, end: u64) -> Vec<HealthFigure> {
+        let mut out = Vec::new();
+        for (i, (at, server, failing)) in self.health_steps.iter().enumerate() {
+            let until =
+                self.health_steps[i + 1..].iter().find(|(_, n, _)| n == server).map_or(end, |(t, _, _)| *t);
+            let syns = w.hosts.get(server).map_or(&[][..], |h| h.syns.as_slice());
+            let within: Vec<u64> = syns.iter().copied().filter(|t| (*at..until).contains(t)).collect();
+            let (figure, bound) = if *failing {
+                (Some(within.last().map_or(0, |t| t - at)), s.expect.removed_within_ms)
+            } else {
+                (within.first().map(|t| t - at), s.expect.returned_within_ms)
+            };
+            let what = if *failing { "removed" } else { "returned" };
+            match (figure, bound) {
+                (Some(f), Some(b)) if f > b => self
+                    .violations
+                    .push(format!("{server}: {what} {f} ms after the fault at {at} ms (bound {b} ms)")),
+                (None, Some(_)) => {
+                    self.violations.push(format!("{server}: no new connection after it recovered at {at} ms"))
+                }
+                _ => {}
+            }
+            out.push(HealthFigure {
+                at_ms: *at,
+                server: server.clone(),
+                failing: *failing,
+                after_ms: figure,
+            });
+        }
+        out
     }
 
     fn check_expect(
@@ -559,9 +620,34 @@ fn apply(
             world.borrow_mut().host(&m.client).miss_garp = m.count;
             log(format!("fault: {} misses its next {} gratuitous ARP(s)", m.client, m.count));
         }
-        other => bail!(
-            "the simulator cannot perform `{other}` steps yet (no real servers in the simulated data plane)"
-        ),
+        "server_down" | "server_up" | "check_fail" | "check_pass" | "backend_stop" | "backend_start" => {
+            let h = [
+                &step.server_down,
+                &step.server_up,
+                &step.check_fail,
+                &step.check_pass,
+                &step.backend_stop,
+                &step.backend_start,
+            ]
+            .into_iter()
+            .find_map(|h| h.as_deref())
+            .unwrap_or_default();
+            if !h.starts_with("node") {
+                bail!("{kind} {h}: only real servers (nodeN) take {kind} steps");
+            }
+            let failing = matches!(kind, "server_down" | "check_fail" | "backend_stop");
+            {
+                let mut w = world.borrow_mut();
+                let host = w.host(h);
+                host.check_fail = failing;
+                if !kind.starts_with("check") {
+                    host.server_down = failing;
+                }
+            }
+            st.health_steps.push((now, h.to_string(), failing));
+            log(format!("fault: {kind} {h}"));
+        }
+        other => bail!("the simulator cannot perform `{other}` steps yet"),
     }
     Ok(())
 }

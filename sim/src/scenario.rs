@@ -65,6 +65,11 @@ pub struct Load {
     pub connections_per_s: u32,
     #[serde(default)]
     pub long_lived: u32,
+    /// Simulator: clients open `connections_per_s` new TCP connections per second (shared
+    /// between them) and real servers record each one (off by default: the older scenarios
+    /// measure the service with probes only). The labs always open new connections.
+    #[serde(default)]
+    pub new_connections: bool,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -79,6 +84,17 @@ pub struct ClusterOverrides {
     pub refresh_s: Option<u64>,
     /// `sync.connections` (default true).
     pub sync_connections: Option<bool>,
+    /// One TCP health check on every server (none by default).
+    pub check: Option<CheckSettings>,
+}
+
+/// A scenario's health check: interval, rise and fall (timeout: half the interval).
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckSettings {
+    pub interval_ms: u64,
+    pub rise: u32,
+    pub fall: u32,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -150,6 +166,14 @@ pub struct Step {
     pub forge: Option<Forge>,
     pub server_down: Option<String>,
     pub server_up: Option<String>,
+    /// The server's health checks start failing / pass again while it keeps serving (the
+    /// labs: an ASA check reading a flag file).
+    pub check_fail: Option<String>,
+    pub check_pass: Option<String>,
+    /// The server's service process stops (connections refused) / starts again (the
+    /// labs: nginx killed by PID and restarted; the simulator: like `server_down`/`up`).
+    pub backend_stop: Option<String>,
+    pub backend_start: Option<String>,
     /// Simulator and lab: the client ignores its next `count` gratuitous ARPs.
     pub miss_garp: Option<MissGarp>,
     /// Operator actions through the control core.
@@ -177,6 +201,10 @@ impl Step {
             ("forge", self.forge.is_some()),
             ("server_down", self.server_down.is_some()),
             ("server_up", self.server_up.is_some()),
+            ("check_fail", self.check_fail.is_some()),
+            ("check_pass", self.check_pass.is_some()),
+            ("backend_stop", self.backend_stop.is_some()),
+            ("backend_start", self.backend_start.is_some()),
             ("miss_garp", self.miss_garp.is_some()),
             ("promote", self.promote.is_some()),
             ("demote", self.demote.is_some()),
@@ -214,6 +242,12 @@ pub struct Expect {
     /// Most requests (probes) a client may lose after its first answer: `0` for a planned
     /// handover, which must lose none.
     pub max_lost_requests: Option<u64>,
+    /// After a `server_down` / `check_fail` step, the server gets no new connection later
+    /// than this (ms after the step) until it recovers (needs `load.new_connections`).
+    pub removed_within_ms: Option<u64>,
+    /// After a `server_up` / `check_pass` step, the server gets a new connection within
+    /// this (ms after the step).
+    pub returned_within_ms: Option<u64>,
 }
 
 impl Scenario {
@@ -300,6 +334,10 @@ impl Step {
             &self.link_up,
             &self.server_down,
             &self.server_up,
+            &self.check_fail,
+            &self.check_pass,
+            &self.backend_stop,
+            &self.backend_start,
             &self.promote,
             &self.demote,
         ]

@@ -85,7 +85,23 @@ pub fn cluster_config(
                 .iter()
                 .map(|(n, a)| Server { name: n.clone(), address: *a, port: 80, weight: 100 })
                 .collect(),
-            checks: Vec::new(),
+            checks: o.check.iter().map(tcp_check).collect(),
         }],
+    }
+}
+
+/// The scenario's health check as a config check (TCP connect; the simulator scripts its
+/// outcome, see [`crate::dataplane`]).
+fn tcp_check(c: &crate::scenario::CheckSettings) -> Check {
+    Check {
+        kind: CheckKind::Tcp,
+        path: None,
+        expect_status: None,
+        command: Vec::new(),
+        port: None,
+        interval_ms: c.interval_ms,
+        timeout_ms: c.interval_ms / 2,
+        rise: c.rise,
+        fall: c.fall,
     }
 }

@@ -74,6 +74,14 @@ pub struct HostState {
     pub flows_expected: u16,
     /// An ATM's data plane should stream its whole table (a peer came back).
     pub resync: bool,
+    /// A real server: its health checks fail (scripted `check_fail`, or `server_down`).
+    pub check_fail: bool,
+    /// A real server that has stopped answering (`server_down`).
+    pub server_down: bool,
+    /// A real server: when each new connection (SYN) reached it, ms.
+    pub syns: Vec<u64>,
+    /// A client: new connections per second it opens (`load.new_connections`).
+    pub conn_rate: u32,
 }
 
 /// The shared world of one run.

@@ -70,3 +70,33 @@ fn a_client_left_on_the_old_primary_is_caught() {
     let o = runner::run(&s, 1).expect("run");
     assert!(o.violations.iter().any(|v| v.contains("client2's ARP cache points at atm1")), "{}", o.summary());
 }
+
+#[test]
+fn a_server_kept_too_long_after_failing_is_caught() {
+    // The health bound can fail: with fall 10 (5 s of failed checks) the failed servers keep
+    // getting new connections far past `removed_within_ms`.
+    let (_, mut s) = scenarios().into_iter().find(|(n, _)| n == "health-checks").expect("scenario");
+    let check = s.cluster.check.as_mut().expect("the scenario has a check");
+    check.fall = 10;
+    let o = runner::run(&s, 1).expect("run");
+    assert!(o.violations.iter().any(|v| v.starts_with("node1: removed")), "{}", o.summary());
+    assert!(o.violations.iter().any(|v| v.starts_with("node2: removed")), "{}", o.summary());
+}
+
+#[test]
+fn health_checks_remove_and_return_servers_within_their_counts() {
+    let (_, s) = scenarios().into_iter().find(|(n, _)| n == "health-checks").expect("scenario");
+    let o = runner::run(&s, 3).expect("run");
+    assert!(o.passed(), "{}", o.summary());
+    let figures: Vec<(String, bool, bool)> =
+        o.health.iter().map(|h| (h.server.clone(), h.failing, h.after_ms.is_some())).collect();
+    let want = [("node1", true), ("node1", false), ("node2", true), ("node2", false)];
+    assert_eq!(figures.len(), want.len(), "{}", o.summary());
+    for ((server, failing, some), (ws, wf)) in figures.iter().zip(want) {
+        assert_eq!((server.as_str(), *failing, *some), (ws, wf, true), "{}", o.summary());
+    }
+    // Failing: the third failed check comes at least two intervals (1000 ms) after the
+    // fault, and connections arrive every 20 ms: the last one lands at 950 ms or later.
+    let node1_down = o.health[0].after_ms.expect("figure");
+    assert!(node1_down >= 950, "removed after {node1_down} ms, before three checks could fail");
+}

@@ -36,7 +36,11 @@ const CHECK_KINDS: &[(&str, CheckKind)] = &[
     ("http", CheckKind::Http),
     ("https", CheckKind::Https),
     ("exec", CheckKind::Exec),
+    ("agent", CheckKind::Agent),
 ];
+
+/// The placeholders an exec command may use.
+pub const PLACEHOLDERS: &[&str] = &["{address}", "{port}", "{proto}"];
 
 const SERVICE_KEYS: &[&str] = &[
     "name",
@@ -160,11 +164,11 @@ type KindFields = (Option<String>, Option<u16>, Vec<String>);
 /// `command`; `port` makes no sense for ping.
 fn kind_fields(cx: &mut Cx, f: &Fields<'_>, kind: CheckKind) -> Option<KindFields> {
     let http = matches!(kind, CheckKind::Http | CheckKind::Https);
-    let exec = kind == CheckKind::Exec;
+    let exec = matches!(kind, CheckKind::Exec | CheckKind::Agent);
     let misplaced = [
         ("path", !http, "only http and https checks take a path"),
         ("expect_status", !http, "only http and https checks take expect_status"),
-        ("command", !exec, "only exec checks take a command"),
+        ("command", !exec, "only exec and agent checks take a command"),
         ("port", kind == CheckKind::Ping, "ping checks take no port"),
     ];
     let mut ok = true;
@@ -182,9 +186,41 @@ fn kind_fields(cx: &mut Cx, f: &Fields<'_>, kind: CheckKind) -> Option<KindField
         out.1 = Some(status);
     }
     if exec {
-        out.2 = f.req(cx, "command", list((1, 64), "arguments", string))?;
+        let arg = move |cx: &mut Cx, n: &Node, p: &str| command_arg(cx, n, p, kind);
+        out.2 = f.req(cx, "command", list((1, 64), "arguments", arg))?;
     }
     ok.then_some(out)
+}
+
+/// One argument of an exec or agent command: the program (first) is an absolute path;
+/// exec arguments use only the known placeholders; agent commands use none (the agent
+/// convention appends `IP PORT PROTO` itself).
+fn command_arg(cx: &mut Cx, node: &Node, path: &str, kind: CheckKind) -> Option<String> {
+    let s = string(cx, node, path)?;
+    if path.ends_with("[0]") && !s.starts_with('/') {
+        let msg = format!("expected an absolute path to the program, found {:?}", s);
+        cx.error(node.pos, path, msg);
+        return None;
+    }
+    let mut rest = s.as_str();
+    while let Some(open) = rest.find('{') {
+        let tail = &rest[open..];
+        let word = tail.find('}').map_or(tail, |close| &tail[..=close]);
+        if kind == CheckKind::Agent {
+            let msg = format!(
+                "agent checks take no placeholders (found {word}): IP PORT PROTO are appended; use kind \"exec\" to place them"
+            );
+            cx.error(node.pos, path, msg);
+            return None;
+        }
+        if !PLACEHOLDERS.contains(&word) {
+            let msg = format!("unknown placeholder {word}: expected {}", PLACEHOLDERS.join(", "));
+            cx.error(node.pos, path, msg);
+            return None;
+        }
+        rest = &tail[word.len()..];
+    }
+    Some(s)
 }
 
 /// An HTTP request path: starts with '/', no white space or control characters.

@@ -187,7 +187,11 @@ pub enum CheckKind {
     Tcp,
     Http,
     Https,
+    /// An ASA program: `command` with `{address}`, `{port}` and `{proto}` substituted.
     Exec,
+    /// A TLCLB agent, run unchanged: `command` followed by `IP PORT PROTO` (PROTO 1 = TCP,
+    /// 2 = UDP); exit 0 = up, anything else = down.
+    Agent,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -197,7 +201,10 @@ pub struct Check {
     pub path: Option<String>,
     /// http/https: expected status.
     pub expect_status: Option<u16>,
-    /// exec: argv, `{address}` and `{port}` substituted.
+    /// exec: argv, `{address}`, `{port}` and `{proto}` (1 = TCP, 2 = UDP, TLCLB's numbers)
+    /// substituted. agent: the program (and leading arguments), `IP PORT PROTO` appended.
+    /// Left out of the serialised form when empty, so a written config loads again.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
     /// Port to check if not the server's.
     pub port: Option<u16>,

@@ -68,6 +68,13 @@
 //! `sync_port`, authenticated with the cluster secret); a backup's shadow engine applies it,
 //! so established connections survive a failover.
 //!
+//! ## Health checks
+//!
+//! Every ATM, primary or backup, runs every service's checks ([`health`]) and pushes each
+//! verdict to its engine through the worker's control queue: a failed server takes no new
+//! connection (its existing ones follow the service's `on_down`), and a backup promoted at
+//! any moment already knows which servers are down.
+//!
 //! ## Signals
 //!
 //! * SIGTERM / SIGINT: graceful stop. The data plane first streams its whole table to the
@@ -99,6 +106,7 @@
 //! `ready node=web1 role=node services=http vips=10.0.0.99 arp_hiding=true decap=user`
 //! (`decap` is `user`, `kernel` or `none`).
 
+pub mod health;
 pub mod logging;
 mod node;
 pub mod processor;
@@ -535,8 +543,10 @@ async fn control(
         (sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?, sig(SignalKind::hangup())?);
     let driver = run_atm(platform, cfg, me, secret, rx);
     let hops = direct_next_hops(cfg);
+    // Health checks run on every ATM, primary or backup (see `health`).
     let serve = async {
-        let (served, _) = tokio::join!(arp.serve(), keep_resolved(&hops));
+        let (served, _, _) =
+            tokio::join!(arp.serve(), keep_resolved(&hops), health::run(&cfg.services, shell));
         served
     };
     tokio::pin!(driver, serve);

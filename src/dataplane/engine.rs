@@ -79,8 +79,11 @@
 //!
 //! # Failed servers
 //!
-//! A server marked down takes no new connections. With `on_down: keep` its connections
-//! stay; with `on_down: reset` the next packet of one removes the entry: a UDP flow is
+//! A server marked down takes no new connections. A client SYN that reuses the tuple of a
+//! closing (or never answered) entry is a new connection: if that entry's server is down
+//! or drained, the entry is dropped and the SYN scheduled afresh (clients reuse source
+//! ports within the FIN timeout; without this a failed server would keep receiving new
+//! connections). With `on_down: keep` its connections stay; with `on_down: reset` the next packet of one removes the entry: a UDP flow is
 //! rescheduled to a healthy server, a TCP connection gets a RST from the VIP (RFC 9293
 //! reset generation) so the client fails fast instead of hanging, and a SYN reusing the
 //! tuple is scheduled afresh.
@@ -356,7 +359,19 @@ impl Engine {
             Some(slot) => {
                 let e = self.table.get(slot);
                 let s = &self.svcs[svc];
-                if !s.servers[usize::from(e.server_idx)].up && s.on_down == OnDown::Reset {
+                let slot_ok = s.servers[usize::from(e.server_idx)].available();
+                // A fresh SYN on a closing (or never answered) entry is a new connection
+                // reusing the tuple: it must not reach a failed or drained server.
+                let new_conn = key.proto == proto::TCP
+                    && fl & (flags::SYN | flags::ACK) == flags::SYN
+                    && matches!(e.state, State::Closing | State::SynSent);
+                if !slot_ok && new_conn {
+                    self.remove_slot(slot);
+                    match self.new_flow(now, svc, key, fl) {
+                        Ok(slot) => slot,
+                        Err(r) => return Verdict::Drop(r),
+                    }
+                } else if !s.servers[usize::from(e.server_idx)].up && s.on_down == OnDown::Reset {
                     self.remove_slot(slot);
                     match self.new_flow(now, svc, key, fl) {
                         Ok(slot) => slot,

@@ -517,3 +517,32 @@ fn offloaded_partial_checksums() {
     assert_eq!(addrs(&tx), (VIP, 80, CLIENT, 9));
     assert!(build::checksums_valid(&finish(tx, 6)));
 }
+
+#[test]
+fn a_syn_reusing_the_tuple_of_a_closed_connection_avoids_a_failed_server() {
+    for (down, drained) in [(true, false), (false, true)] {
+        let mut e = engine(Forwarding::Dr);
+        let syn = build::tcp((CLIENT, 40000), (VIP, 80), SYN, b"");
+        let (v, _) = run(&mut e, t(0), &syn);
+        assert!(matches!(v, Verdict::L2 { next_hop, .. } if next_hop == S1), "{v:?}");
+        run(&mut e, t(1), &build::tcp((CLIENT, 40000), (VIP, 80), ACK, b"x"));
+        run(&mut e, t(2), &build::tcp((CLIENT, 40000), (VIP, 80), FIN | ACK, b""));
+        let weight = if drained { 0 } else { 1 };
+        e.set_server_state(0, 0, weight, !down).unwrap();
+        // Same source port, a new connection: S2, not the failed S1.
+        let (v, _) = run(&mut e, t(3), &syn);
+        assert!(matches!(v, Verdict::L2 { next_hop, .. } if next_hop == S2), "{v:?}");
+        // An established connection to S1 keeps it (on_down: keep).
+        run(&mut e, t(4), &build::tcp((CLIENT, 40001), (VIP, 80), SYN, b""));
+        e.set_server_state(0, 0, 1, true).unwrap();
+        let (v, _) = run(&mut e, t(5), &build::tcp((CLIENT, 40002), (VIP, 80), SYN, b""));
+        let first = match v {
+            Verdict::L2 { next_hop, .. } => next_hop,
+            other => panic!("{other:?}"),
+        };
+        run(&mut e, t(6), &build::tcp((CLIENT, 40002), (VIP, 80), ACK, b"x"));
+        e.set_server_state(0, usize::from(first != S1), weight, !down).unwrap();
+        let (v, _) = run(&mut e, t(7), &build::tcp((CLIENT, 40002), (VIP, 80), ACK, b"y"));
+        assert!(matches!(v, Verdict::L2 { next_hop, .. } if next_hop == first), "{v:?}");
+    }
+}

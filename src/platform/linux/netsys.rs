@@ -51,3 +51,18 @@ pub fn async_socket(socket: Socket) -> io::Result<tokio::io::unix::AsyncFd<Socke
     // `Socket::as_raw_fd` always returns that same descriptor.
     unsafe { tokio::io::unix::AsyncFd::register(socket) }.map_err(|e| e.into_parts().1)
 }
+
+/// Sends SIGKILL to every process of the process group `pgid` (`killpg(2)`): a health-check
+/// program started with `process_group(0)` leads a group whose id is its pid, so its
+/// children die with it. Call it only while the leader is not yet reaped, so the id cannot
+/// have been reused.
+pub fn kill_process_group(pgid: u32) -> io::Result<()> {
+    let pgid = libc::pid_t::try_from(pgid).map_err(|_| io::Error::other("pid out of range"))?;
+    if pgid <= 1 {
+        return Err(io::Error::other("refusing to signal process group 0 or 1"));
+    }
+    // SAFETY: killpg takes plain integers and touches no memory of ours; the guard above
+    // keeps it away from our own group (0) and init's (1).
+    let rc = unsafe { libc::killpg(pgid, libc::SIGKILL) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
