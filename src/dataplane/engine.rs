@@ -264,9 +264,9 @@ impl Engine {
 
     /// Whether `rx` may be processed whole by [`Engine::process_offloaded`] as a GSO
     /// super-packet (see `dataplane::io::vnet`): true unless it is a client packet of a
-    /// direct-routing or tunnel service (those leave one frame or one encapsulated packet
-    /// per segment). NAT rewrites keep the packet's layout; packets of no service are NAT
-    /// replies or drops. No side effect.
+    /// tunnel service (an outer header and the MTU check need each segment). NAT rewrites
+    /// keep the packet's layout, direct routing copies it unchanged (the shell frames it
+    /// with its GSO header); packets of no service are NAT replies or drops. No side effect.
     pub(crate) fn takes_whole(&self, rx: &[u8]) -> bool {
         let Ok(ip) = Ipv4Packet::new_checked(rx) else { return false };
         let p = ip.protocol();
@@ -275,7 +275,7 @@ impl Engine {
         }
         let Ok((_, dport, _)) = l4_ports(p, ip.payload()) else { return false };
         match self.find_service(ip.dst_addr(), dport, p) {
-            Some(i) => self.svcs[i].forwarding == Forwarding::Nat,
+            Some(i) => self.svcs[i].forwarding != Forwarding::Tunnel,
             None => true,
         }
     }

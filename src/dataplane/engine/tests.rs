@@ -521,8 +521,8 @@ fn offloaded_partial_checksums() {
 /// A TCP super-packet (GSO, partial checksum) of an established NAT flow, rewritten whole:
 /// its partial sum is the pseudo-header sum of the new addresses (what the kernel's
 /// segmentation starts from), and segmented (tun-rs's `gso_split`) it gives the original
-/// payload in segments whose headers and checksums verify, in both directions; DR packets
-/// are not taken whole.
+/// payload in segments whose headers and checksums verify, in both directions; tunnel
+/// packets are not taken whole.
 #[test]
 fn super_packets_rewritten_whole_segment_into_valid_packets() {
     use crate::dataplane::io::vnet;
@@ -577,5 +577,7 @@ fn super_packets_rewritten_whole_segment_into_valid_packets() {
         assert_eq!(data, payload);
     }
     let dr = engine(Forwarding::Dr);
-    assert!(!dr.takes_whole(&build::tcp((CLIENT, 7), (VIP, 80), ACK, b"x")));
+    assert!(dr.takes_whole(&build::tcp((CLIENT, 7), (VIP, 80), ACK, b"x")));
+    let tunnel = engine(Forwarding::Tunnel);
+    assert!(!tunnel.takes_whole(&build::tcp((CLIENT, 7), (VIP, 80), ACK, b"x")));
 }

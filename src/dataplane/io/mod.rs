@@ -244,8 +244,8 @@ impl PacketProcessor for crate::dataplane::engine::Engine {
         self.expire(now, 1024);
     }
 
-    /// NAT packets (and anything that is no client packet of a service: NAT replies, drops)
-    /// whole; direct routing and tunnels need their segments.
+    /// NAT and direct-routing packets (and anything that is no client packet of a service:
+    /// NAT replies, drops) whole; tunnels need their segments.
     fn process_whole(&mut self, now: Instant, rx: &[u8], tx: &mut [u8]) -> Option<Disposition> {
         use crate::dataplane::engine::Verdict;
         if !self.takes_whole(rx) {

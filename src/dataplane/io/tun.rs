@@ -231,6 +231,17 @@ impl<P: PacketProcessor + 'static> Drop for Shell<P> {
     }
 }
 
+/// A whole packet's processing result, to be sent.
+struct Whole {
+    d: Disposition,
+    /// Length of the packet read (an output of the same length kept its layout).
+    in_len: usize,
+    /// The virtio-net header to send with an output of the same layout.
+    hdr: VirtioNetHdr,
+    /// MTU-sized packets it stands for.
+    segments: u64,
+}
+
 /// One queue's loop.
 struct Worker<P> {
     queue: usize,
@@ -365,8 +376,8 @@ impl<P: PacketProcessor> Worker<P> {
             && let Some(d) = self.processor.process_whole(now, pkt, &mut b.whole[VIRTIO_NET_HDR_LEN..])
         {
             ShellStats::add(&self.stats.rx_packets, segments);
-            let in_len = pkt.len();
-            self.write_whole(dev, &mut b.whole, d, in_len, out_hdr, segments).await;
+            let whole = Whole { d, in_len: pkt.len(), hdr: out_hdr, segments };
+            self.write_whole(now, dev, &mut b.whole, whole, dr).await;
             return;
         }
         let n = match vnet::split(hdr, pkt, &mut b.rx, &mut b.sizes) {
@@ -397,26 +408,35 @@ impl<P: PacketProcessor> Worker<P> {
         }
     }
 
-    /// Writes a whole packet's output: with the read's header when it kept its length (the
-    /// rewritten packet), without offload otherwise (a packet the processor made).
+    /// Sends a whole packet's output (to the TUN or framed to a next hop): with the read's
+    /// header when it kept its length (the rewritten or copied packet), without offload
+    /// otherwise (a packet the processor made).
     async fn write_whole(
         &self,
+        now: Instant,
         dev: &AsyncDevice,
         out: &mut [u8],
-        d: Disposition,
-        in_len: usize,
-        out_hdr: VirtioNetHdr,
-        segments: u64,
+        w: Whole,
+        dr: Option<&mut DrSender>,
     ) {
-        let Disposition::Tun { len } = d else {
-            ShellStats::add(&self.stats.dropped, segments);
-            return;
+        let (len, next_hop) = match w.d {
+            Disposition::Tun { len } => (len, None),
+            Disposition::L2 { len, next_hop } => (len, Some(next_hop)),
+            Disposition::Drop => (0, None),
         };
         if len == 0 || len > MAX_WHOLE {
-            ShellStats::add(&self.stats.dropped, segments);
+            ShellStats::add(&self.stats.dropped, w.segments);
             return;
         }
-        let (h, n) = if len == in_len { (out_hdr, segments) } else { (VirtioNetHdr::default(), 1) };
+        let (h, n) = if len == w.in_len { (w.hdr, w.segments) } else { (VirtioNetHdr::default(), 1) };
+        if let Some(next_hop) = next_hop {
+            let packet = &out[VIRTIO_NET_HDR_LEN..VIRTIO_NET_HDR_LEN + len];
+            match dr {
+                Some(d) => d.send_whole(now, h, packet, next_hop, &self.stats, n).await,
+                None => ShellStats::add(&self.stats.dropped, n),
+            }
+            return;
+        }
         if h.encode(&mut out[..VIRTIO_NET_HDR_LEN]).is_err() {
             ShellStats::add(&self.stats.tx_tun_errors, 1);
             return;
