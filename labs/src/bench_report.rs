@@ -205,6 +205,8 @@ pub struct Report {
     loads: Vec<Load>,
     figures: Vec<Figure>,
     medians: BTreeMap<(Load, Peer), f64>,
+    /// (max - min) / median over the repetitions: how noisy each figure was.
+    spread: BTreeMap<(Load, Peer), f64>,
     ns_per_packet: BTreeMap<(Load, Peer), f64>,
     per_read: BTreeMap<(Load, Peer), f64>,
 }
@@ -221,6 +223,16 @@ impl Report {
                 .collect()
         };
         let medians = med(&|f| Some(f.value));
+        let spread = by
+            .iter()
+            .filter(|(_, fs)| fs.len() > 1)
+            .filter_map(|(k, fs)| {
+                let lo = fs.iter().map(|f| f.value).fold(f64::INFINITY, f64::min);
+                let hi = fs.iter().map(|f| f.value).fold(0.0, f64::max);
+                let m = *medians.get(k)?;
+                (m > 0.0).then(|| (*k, (hi - lo) / m))
+            })
+            .collect();
         let ns_per_packet = med(&|f| f.ns_per_packet());
         let per_read = med(&|f| Some(f.packets? as f64 / f.batches.filter(|b| *b > 0)? as f64));
         Report {
@@ -231,6 +243,7 @@ impl Report {
             loads: opts.loads.clone(),
             figures,
             medians,
+            spread,
             ns_per_packet,
             per_read,
         }
@@ -277,6 +290,22 @@ impl Report {
             }
             t += "\n";
         }
+        if !self.spread.is_empty() {
+            t += "\n# spread over the repetitions, (max - min) / median\n";
+            t += &format!("{:<24} {:<8}", "load", "");
+            for p in &self.peers {
+                t += &format!(" {:>9}", p.title());
+            }
+            t += "\n";
+            for &l in &self.loads {
+                t += &format!("{:<24} {:<8}", l.title(), "");
+                for &p in &self.peers {
+                    let v = self.spread.get(&(l, p)).map_or("-".into(), |v| format!("{:.0}%", v * 100.0));
+                    t += &format!(" {v:>9}");
+                }
+                t += "\n";
+            }
+        }
         t += "\n# our data plane: CPU per packet = daemon utime+stime over the load / packets it read (split segments)\n";
         t += &format!("{:<24}", "load");
         for p in self.peers.iter().filter(|p| p.ours()) {
@@ -319,8 +348,13 @@ impl Report {
                         self.ns_per_packet.get(&(l, p)).map(|v| (p.name().to_string(), json!(v)))
                     })
                     .collect();
+                let spread: serde_json::Map<String, Value> = self
+                    .peers
+                    .iter()
+                    .filter_map(|&p| self.spread.get(&(l, p)).map(|v| (p.name().to_string(), json!(v))))
+                    .collect();
                 json!({ "load": l.name(), "unit": l.unit(), "median": med, "ratios": ratios,
-                        "cpu_ns_per_packet": cpu })
+                        "spread": spread, "cpu_ns_per_packet": cpu })
             })
             .collect();
         let samples: Vec<Value> = self
@@ -367,17 +401,19 @@ impl Report {
                     y - 3.0
                 );
             }
+            let xc = x0 + bar * self.peers.len() as f64 / 2.0;
             s += &format!(
-                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{} ({})</text>\n",
-                x0 + bar * self.peers.len() as f64 / 2.0,
+                "<text x=\"{xc:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\n\
+                 <text x=\"{xc:.1}\" y=\"{:.1}\" text-anchor=\"middle\">({})</text>\n",
                 top + h + 16.0,
                 l.title(),
+                top + h + 30.0,
                 l.unit()
             );
         }
         for (j, p) in self.peers.iter().enumerate() {
             let x = 40.0 + 110.0 * j as f64;
-            let y = top + h + 40.0;
+            let y = top + h + 48.0;
             s += &format!(
                 "<rect x=\"{x:.0}\" y=\"{y:.0}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{:.0}\" y=\"{:.0}\">{}</text>\n",
                 COLOURS[j % COLOURS.len()],
@@ -424,8 +460,11 @@ mod tests {
         a.cpu_s = Some(1.0);
         a.packets = Some(1_000_000);
         a.batches = Some(10_000);
-        let r = Report::new(&opts, vec![a, Figure::new(Peer::Nft, Load::Tcp1, 0, 8.0)]);
+        let nft = |rep, v| Figure::new(Peer::Nft, Load::Tcp1, rep, v);
+        let r = Report::new(&opts, vec![a, nft(0, 6.0), nft(1, 8.0), nft(2, 10.0)]);
         assert_eq!(r.ratio(Load::Tcp1, Peer::Nat, Peer::Nft), Some(0.5));
+        assert_eq!(r.spread.get(&(Load::Tcp1, Peer::Nft)), Some(&0.5));
+        assert!(r.table().contains("50%"));
         let t = r.table();
         assert!(t.contains("0.50x") && t.contains("1000"), "{t}");
         assert!(r.svg().starts_with("<svg"));
