@@ -59,12 +59,16 @@
 //! ## Measured
 //!
 //! `scripts/bench` (labs/src/bench.rs) runs the real daemon against nftables and HAProxy in
-//! one namespace lab and prints the figures, ratios and our CPU per packet. On the shared
-//! 2-vCPU machine, one iperf3 TCP stream through NAT went from 1.8 Gbit/s (0.17x nftables;
-//! 3.4 us of daemon CPU per MTU-sized packet, ~5 packets per read, one write per packet) to
-//! about 6.5 Gbit/s (0.56x; 0.87 us per packet-equivalent) with whole super-packets.
-//! Small packets cost one read and one write each (~3.5-5.5 us of daemon CPU, which includes
-//! the kernel's forwarding work done in the write's context).
+//! one namespace lab and prints the figures, ratios and our CPU per packet; labs/README.md
+//! has a full table. On the shared 2-vCPU machine (medians of 3), one iperf3 TCP stream runs
+//! at 7.1 Gbit/s through NAT and 8.0 through DR (0.63x / 0.71x nftables, 1.16x / 1.30x
+//! HAProxy) at 0.9 / 0.7 us of daemon CPU per MTU-sized packet; before whole super-packets
+//! it was 1.8 / 1.6 Gbit/s at 3.4 / 2.7 us (every segment its own write or send). What is
+//! left is mostly the kernel's: copying each super-packet out of and back into the TUN and
+//! the forwarding done in the write's context (perf: ~85 % of the daemon's CPU), the floor
+//! of a TUN data plane (TECH-NOTES' minimal TUN loop: ~0.66x nftables). Small packets cost
+//! one read and one write each (3-7 us of daemon CPU, mostly that kernel work): new
+//! connections/s are ~0.5x nftables for NAT (two TUN crossings per exchange) and ~0.8x for DR.
 
 pub mod decap_loop;
 pub mod dr;
