@@ -1,5 +1,6 @@
 //! `clusterlab run SCENARIO [--out DIR]` | `clusterlab compare SCENARIO [--seed N] [--out DIR]`
 //! | `clusterlab compare --all [--seed N] [--out DIR]`
+//! | `clusterlab bench [...]` (the data-plane benchmark, [`clusterlab::bench`])
 //!
 //! Helpers run inside lab namespaces by the runner: `stream-server`, `load`, `forge`, `delay`.
 #![allow(clippy::disallowed_methods)] // reason: the lab's helpers use the wall clock
@@ -8,12 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use clusterlab::{lab, report, rogue, runner, traffic};
+use clusterlab::{bench, lab, report, rogue, runner, traffic};
 use clustersim::scenario::Scenario;
 
 const USAGE: &str = "usage: clusterlab run SCENARIO [--out DIR]
        clusterlab compare SCENARIO [--seed N] [--out DIR]
        clusterlab compare --all [--seed N] [--out DIR]   (every scenario; DIR/NAME per run)
+       clusterlab bench [--reps N] [--seconds S] [--out DIR] (see scripts/bench)
 SCENARIO is a path or a name in sim/scenarios/ (e.g. primary-crash). Needs root.";
 
 fn main() -> ExitCode {
@@ -41,6 +43,11 @@ fn real_main() -> anyhow::Result<bool> {
     let arg = |i: usize| args.get(i).cloned().with_context(|| USAGE.to_string());
     match args.first().map(String::as_str) {
         Some("run") | Some("compare") => scenario_cmd(&args),
+        Some("bench") => {
+            lab::install_signal_handler();
+            bench::run(&bench::Opts::parse(&args[1..])?)?;
+            Ok(true)
+        }
         Some("stream-server") => {
             traffic::stream_server(arg(1)?.parse()?, &arg(2)?, arg(3)?.parse()?)?;
             Ok(true)

@@ -141,6 +141,25 @@ impl PacketProcessor for DaemonProcessor {
         d
     }
 
+    /// NAT super-packets and partial checksums whole (see [`crate::dataplane::io::vnet`]).
+    fn process_whole(&mut self, now: Instant, rx: &[u8], tx: &mut [u8]) -> Option<Disposition> {
+        if !self.engine.takes_whole(rx) {
+            return None;
+        }
+        self.last_now = now;
+        let d = match self.engine.process_offloaded(now, rx, tx) {
+            Verdict::Tun { len } => Disposition::Tun { len },
+            Verdict::L2 { len, next_hop } => Disposition::L2 { len, next_hop },
+            Verdict::Drop(_) => Disposition::Drop,
+        };
+        self.since_flush += 1;
+        if self.since_flush >= FLUSH_EVERY {
+            self.since_flush = 0;
+            self.flush(now);
+        }
+        Some(d)
+    }
+
     fn on_tick(&mut self, now: Instant) {
         self.last_now = now;
         self.engine.expire(now, 1024);

@@ -265,6 +265,24 @@ impl Engine {
         v
     }
 
+    /// Whether `rx` may be processed whole by [`Engine::process_offloaded`] as a GSO
+    /// super-packet (see `dataplane::io::vnet`): true unless it is a client packet of a
+    /// tunnel service (an outer header and the MTU check need each segment). NAT rewrites
+    /// keep the packet's layout, direct routing copies it unchanged (the shell frames it
+    /// with its GSO header); packets of no service are NAT replies or drops. No side effect.
+    pub(crate) fn takes_whole(&self, rx: &[u8]) -> bool {
+        let Ok(ip) = Ipv4Packet::new_checked(rx) else { return false };
+        let p = ip.protocol();
+        if p != proto::TCP && p != proto::UDP {
+            return false;
+        }
+        let Ok((_, dport, _)) = l4_ports(p, ip.payload()) else { return false };
+        match self.find_service(ip.dst_addr(), dport, p) {
+            Some(i) => self.svcs[i].forwarding != Forwarding::Tunnel,
+            None => true,
+        }
+    }
+
     /// Reclaims up to `budget` expired entries; the shell may call it when idle.
     pub fn expire(&mut self, now: Instant, budget: usize) -> usize {
         let svcs = &mut self.svcs;

@@ -2,7 +2,10 @@
 //! server's MAC, its IP header untouched (destination still the VIP, which the server holds on
 //! its loopback with ARP hidden).
 //!
-//! The frame goes out through an `AF_PACKET` socket bound to the DR interface. The server's
+//! The frame goes out through an `AF_PACKET` socket bound to the DR interface, preceded by a
+//! virtio-net header (`PACKET_VNET_HDR`): an ordinary packet gets an empty one, a GSO
+//! super-packet taken whole from the TUN (see [`super::vnet`]) keeps its own, so one send
+//! carries up to 64 KB and the kernel segments it (or the veth takes it whole). The server's
 //! MAC comes from the kernel's neighbour table (rtnetlink), cached per worker for
 //! [`NEIGHBOUR_TTL`]. On a miss the sender pokes the kernel into resolving the address (a
 //! one-byte UDP datagram to the discard port, which makes the kernel ARP for it), drops the
@@ -16,10 +19,10 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::netlink;
-use super::{ShellError, ShellStats};
-use crate::platform::linux::netsys::{ETH_P_IP, bind_packet_socket};
+use super::{ShellError, ShellStats, netlink, vnet};
+use crate::platform::linux::netsys::{ETH_P_IP, bind_packet_socket, set_packet_vnet_hdr};
 use crate::time::Instant;
+use tun_rs::{VIRTIO_NET_HDR_LEN, VirtioNetHdr};
 
 /// How long a neighbour MAC is trusted before it is read again.
 pub const NEIGHBOUR_TTL: Duration = Duration::from_secs(30);
@@ -57,6 +60,7 @@ impl DrSender {
         // Protocol 0: this socket only sends; it receives nothing.
         let socket = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(0))).map_err(perr)?;
         bind_packet_socket(&socket, ifindex, ETH_P_IP).map_err(perr)?;
+        set_packet_vnet_hdr(&socket).map_err(perr)?;
         socket.set_nonblocking(true).map_err(perr)?;
         Ok(DrSender {
             socket,
@@ -64,20 +68,40 @@ impl DrSender {
             src_mac,
             handle,
             cache: BTreeMap::new(),
-            frame: Vec::with_capacity(14 + super::MAX_PACKET),
+            frame: Vec::with_capacity(VIRTIO_NET_HDR_LEN + 14 + super::MAX_WHOLE),
             poke: UdpSocket::bind("0.0.0.0:0").ok(),
         })
     }
 
-    /// Sends `packet` to `next_hop`'s MAC; failures are counted in `stats`.
+    /// Sends `packet` (complete checksums) to `next_hop`'s MAC; failures are counted in
+    /// `stats`.
     pub async fn send(&mut self, now: Instant, packet: &[u8], next_hop: Ipv4Addr, stats: &ShellStats) {
+        self.send_whole(now, VirtioNetHdr::default(), packet, next_hop, stats, 1).await;
+    }
+
+    /// Sends a whole packet read from an offloading TUN (a GSO super-packet and/or a partial
+    /// checksum) with its virtio-net header `hdr` (offsets from the IP header, as read): the
+    /// kernel segments it or a GSO-capable device takes it whole. It stands for `segments`
+    /// packets in the counters.
+    pub async fn send_whole(
+        &mut self,
+        now: Instant,
+        hdr: VirtioNetHdr,
+        packet: &[u8],
+        next_hop: Ipv4Addr,
+        stats: &ShellStats,
+        segments: u64,
+    ) {
         let Some(mac) = self.resolve(now, next_hop).await else {
-            ShellStats::add(&stats.l2_no_neighbour, 1);
+            ShellStats::add(&stats.l2_no_neighbour, segments);
             return;
         };
-        build_frame(mac, self.src_mac, packet, &mut self.frame);
+        if vnet_frame(hdr, mac, self.src_mac, packet, &mut self.frame).is_err() {
+            ShellStats::add(&stats.tx_l2_errors, 1);
+            return;
+        }
         match self.socket.send(&self.frame) {
-            Ok(_) => ShellStats::add(&stats.tx_l2_packets, 1),
+            Ok(_) => ShellStats::add(&stats.tx_l2_packets, segments),
             Err(_) => ShellStats::add(&stats.tx_l2_errors, 1),
         }
     }
@@ -113,6 +137,36 @@ pub fn build_frame(dst: [u8; 6], src: [u8; 6], packet: &[u8], out: &mut Vec<u8>)
     out.extend_from_slice(packet);
 }
 
+/// Writes `hdr` (its offsets moved past the Ethernet header when the checksum is partial)
+/// followed by the Ethernet frame of `packet` into `out`: what a `PACKET_VNET_HDR` socket
+/// sends.
+pub fn vnet_frame(
+    mut hdr: VirtioNetHdr,
+    dst: [u8; 6],
+    src: [u8; 6],
+    packet: &[u8],
+    out: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    if hdr.flags & vnet::F_NEEDS_CSUM != 0 {
+        hdr.csum_start += ETH_HLEN;
+    }
+    if hdr.gso_type != vnet::GSO_NONE {
+        hdr.hdr_len += ETH_HLEN;
+    }
+    let mut h = [0u8; VIRTIO_NET_HDR_LEN];
+    hdr.encode(&mut h)?;
+    out.clear();
+    out.extend_from_slice(&h);
+    out.extend_from_slice(&dst);
+    out.extend_from_slice(&src);
+    out.extend_from_slice(&ETH_P_IP.to_be_bytes());
+    out.extend_from_slice(packet);
+    Ok(())
+}
+
+/// Ethernet II header length.
+const ETH_HLEN: u16 = 14;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,5 +179,25 @@ mod tests {
         assert_eq!(&out[6..12], &[2; 6]);
         assert_eq!(&out[12..14], &[0x08, 0x00]);
         assert_eq!(&out[14..], &[0x45, 0, 0, 20]);
+    }
+
+    #[test]
+    fn vnet_frame_moves_offsets_past_the_ethernet_header() {
+        let mut out = Vec::new();
+        vnet_frame(VirtioNetHdr::default(), [1; 6], [2; 6], &[0x45], &mut out).unwrap();
+        assert_eq!(&out[..VIRTIO_NET_HDR_LEN], &[0; VIRTIO_NET_HDR_LEN]);
+        assert_eq!(out.len(), VIRTIO_NET_HDR_LEN + 15);
+        let gso = VirtioNetHdr {
+            flags: vnet::F_NEEDS_CSUM,
+            gso_type: tun_rs::VIRTIO_NET_HDR_GSO_TCPV4,
+            hdr_len: 40,
+            gso_size: 1448,
+            csum_start: 20,
+            csum_offset: 16,
+        };
+        vnet_frame(gso, [1; 6], [2; 6], &[0x45], &mut out).unwrap();
+        let h = VirtioNetHdr::decode(&out).unwrap();
+        assert_eq!((h.csum_start, h.hdr_len, h.csum_offset, h.gso_size), (34, 54, 16, 1448));
+        assert_eq!(&out[VIRTIO_NET_HDR_LEN + 12..VIRTIO_NET_HDR_LEN + 14], &[0x08, 0x00]);
     }
 }

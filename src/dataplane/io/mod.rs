@@ -18,21 +18,27 @@
 //!   through rtnetlink, to send a packet to a real server's MAC with the VIP untouched.
 //! * [`decap_loop`]: the node-side IP-in-IP loop (raw socket in, TUN out).
 //!
-//! ## Offloads: split, process, re-coalesce
+//! ## Offloads: whole super-packets for NAT, split and re-coalesce otherwise
 //!
 //! With `offload = true` the device is opened with a virtio-net header (`IFF_VNET_HDR`) and
 //! TSO/checksum offloads, as in wireguard-go and Tailscale. The kernel then hands the shell TCP
 //! *super-packets* (up to 64 KB with a `gso_size`) and packets whose checksum is only partial
-//! (`NEEDS_CSUM`). tun-rs's `recv_multiple` splits each super-packet into MTU-sized IP packets
-//! and completes every checksum, so the engine always sees ordinary packets with valid
-//! checksums and patches them incrementally like any other. On the way out `send_multiple`
-//! coalesces consecutive segments of one TCP flow back into a super-packet (GRO) and writes it
-//! with a GSO header; the kernel segments it again (or passes it whole to another GSO-capable
-//! device), recomputing per-segment checksums from the partial one. The engine's rewrite is
-//! therefore applied per segment, never to a super-packet header as a template: correct by
-//! construction for NAT (ports and addresses differ per direction but not per segment) at the
-//! cost of a checksum pass per segment, which the baselines in TECH-NOTES put at ~0.9 us per
-//! 1448-byte segment, still ~9x cheaper than one packet per syscall.
+//! (`NEEDS_CSUM`). The shell reads one raw packet at a time and ([`vnet`]):
+//!
+//! * **whole**: if the processor takes it ([`PacketProcessor::process_whole`]: the engine does
+//!   for NAT and for replies), the IPv4 packet goes to the engine as it is, super-packet or
+//!   not; NAT rewrites addresses and ports and patches the *partial* checksum for the
+//!   addresses (`Engine::process_offloaded`), and the output is written back with the read's
+//!   virtio-net header in one write: the kernel segments it (or passes it whole to a
+//!   GSO-capable device such as veth) and finishes every checksum. One read, one rewrite, one
+//!   write per 64 KB; the correctness argument is in [`vnet`] and tested in the engine;
+//! * **split** otherwise (direct routing and tunnel client packets, packets without partial
+//!   checksums): the super-packet is split into MTU-sized packets with complete checksums
+//!   (tun-rs's `gso_split`), the engine patches each incrementally, and `send_multiple`
+//!   coalesces consecutive TUN outputs of one TCP flow back into a super-packet (GRO). Its
+//!   output buffers have room for a whole super-packet: tun-rs refuses to coalesce into a
+//!   smaller buffer and writes each segment with its own syscall instead (which it silently
+//!   did here before, with MTU-sized buffers).
 //!
 //! ## Multi-queue and NAT: one queue
 //!
@@ -50,23 +56,25 @@
 //! many replies to the right queue by luck of a symmetric hash, but its entries expire after a
 //! few idle seconds: not a correctness guarantee.)
 //!
-//! ## Measured (tests/tun_nat.rs, release build, 10 MB each way on one connection, 2 shared vCPUs)
+//! ## Measured
 //!
-//! | path | time | total |
-//! | --- | --- | --- |
-//! | NAT, real engine, offloads | 98 ms | ~1.7 Gbit/s |
-//! | NAT, minimal processor, offloads / no offloads | 83 / 102 ms | ~2.0 / ~1.6 Gbit/s |
-//! | tunnel (encapsulate) + node user-space decapsulator | 111 ms | ~1.5 Gbit/s |
-//! | direct routing (AF_PACKET out) | 40 ms | ~4.2 Gbit/s |
-//!
-//! Short runs where connection set-up weighs: indicative, not a benchmark. With NAT both
-//! directions cross the TUN and forwarded segments arrive mostly un-coalesced (~4 packets per
-//! read); in DR the requests come in batches of ~25 segments.
+//! `scripts/bench` (labs/src/bench.rs) runs the real daemon against nftables and HAProxy in
+//! one namespace lab and prints the figures, ratios and our CPU per packet; labs/README.md
+//! has a full table. On the shared 2-vCPU machine (medians of 3), one iperf3 TCP stream runs
+//! at 7.1 Gbit/s through NAT and 8.0 through DR (0.63x / 0.71x nftables, 1.16x / 1.30x
+//! HAProxy) at 0.9 / 0.7 us of daemon CPU per MTU-sized packet; before whole super-packets
+//! it was 1.8 / 1.6 Gbit/s at 3.4 / 2.7 us (every segment its own write or send). What is
+//! left is mostly the kernel's: copying each super-packet out of and back into the TUN and
+//! the forwarding done in the write's context (perf: ~85 % of the daemon's CPU), the floor
+//! of a TUN data plane (TECH-NOTES' minimal TUN loop: ~0.66x nftables). Small packets cost
+//! one read and one write each (3-7 us of daemon CPU, mostly that kernel work): new
+//! connections/s are ~0.5x nftables for NAT (two TUN crossings per exchange) and ~0.8x for DR.
 
 pub mod decap_loop;
 pub mod dr;
 pub mod netlink;
 pub mod tun;
+pub mod vnet;
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,6 +100,19 @@ pub enum Disposition {
 pub trait PacketProcessor: Send {
     fn process(&mut self, now: Instant, rx: &[u8], tx: &mut [u8]) -> Disposition;
 
+    /// Whole-packet offload (see [`vnet`]): `rx` is one IPv4 TCP or UDP packet whose
+    /// transport checksum field holds only the pseudo-header sum, possibly a TCP super-packet
+    /// of up to [`MAX_WHOLE`] bytes that the kernel segments after the shell writes it back
+    /// with its virtio-net header; `tx` has room for [`MAX_WHOLE`] bytes. A `Tun` output of
+    /// the same length as `rx` must keep its layout (header lengths; NAT does) and its
+    /// partial checksum; an output of another length must be a complete packet the processor
+    /// made (a reset), written without offload. Return `None`, **before any side effect**,
+    /// to have the shell finish the checksum or split the super-packet and call
+    /// [`PacketProcessor::process`] per packet instead (the default).
+    fn process_whole(&mut self, _now: Instant, _rx: &[u8], _tx: &mut [u8]) -> Option<Disposition> {
+        None
+    }
+
     /// Housekeeping, called every [`TICK`] whether or not packets flow (the engine expires
     /// idle connections here, so a quiet ATM's table still empties). Bounded work.
     fn on_tick(&mut self, _now: Instant) {}
@@ -102,6 +123,9 @@ pub const TICK: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Largest packet a processor may emit (an MTU-sized packet plus an encapsulation header).
 pub const MAX_PACKET: usize = 1500 + 128;
+
+/// Largest whole packet ([`PacketProcessor::process_whole`]): an IPv4 super-packet.
+pub const MAX_WHOLE: usize = 65535;
 
 /// Shell settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -222,6 +246,20 @@ impl PacketProcessor for crate::dataplane::engine::Engine {
     fn on_tick(&mut self, now: Instant) {
         // Bounded: at most this many entries per tick (10k per second per queue).
         self.expire(now, 1024);
+    }
+
+    /// NAT and direct-routing packets (and anything that is no client packet of a service:
+    /// NAT replies, drops) whole; tunnels need their segments.
+    fn process_whole(&mut self, now: Instant, rx: &[u8], tx: &mut [u8]) -> Option<Disposition> {
+        use crate::dataplane::engine::Verdict;
+        if !self.takes_whole(rx) {
+            return None;
+        }
+        Some(match self.process_offloaded(now, rx, tx) {
+            Verdict::Tun { len } => Disposition::Tun { len },
+            Verdict::L2 { len, next_hop } => Disposition::L2 { len, next_hop },
+            Verdict::Drop(_) => Disposition::Drop,
+        })
     }
 }
 

@@ -9,9 +9,12 @@
 //!   its netlink calls, so `start`, `stop` and drop must happen on a plain thread, never inside
 //!   an async task (tokio panics on a nested `block_on` or a runtime dropped in async context).
 //! * Each queue gets one worker thread with its own current-thread runtime and its own
-//!   processor from the factory (`factory(queue_index)`). A worker reads a batch (one
-//!   `recv_multiple`: up to [`IDEAL_BATCH_SIZE`] packets, a split super-packet), processes
-//!   every packet, and writes the `Tun` outputs back in one `send_multiple` (GRO-coalesced).
+//!   processor from the factory (`factory(queue_index)`). A worker reads one raw packet
+//!   (virtio-net header + IP packet, possibly a 64 KB super-packet). If the processor takes
+//!   it whole ([`PacketProcessor::process_whole`], NAT), the output goes back in one write
+//!   with the same header; otherwise it is split (up to [`IDEAL_BATCH_SIZE`] packets),
+//!   every packet processed, and the `Tun` outputs written back in one `send_multiple`
+//!   (GRO-coalesced). See [`super::vnet`].
 //! * [`Shell::apply`] runs a closure on every worker's processor between two batches (server
 //!   state, weights, active/backup: the control plane's changes reach the engines without a
 //!   lock on the packet path). Bounded: a worker holds at most [`CONTROL_QUEUE`] pending.
@@ -23,17 +26,25 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, watch};
-use tun_rs::{AsyncDevice, DeviceBuilder, GROTable, IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN};
+use tun_rs::{
+    AsyncDevice, DeviceBuilder, GROTable, IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN, VirtioNetHdr,
+};
 
 use super::dr::DrSender;
 use super::netlink::{self, SteerRule};
 use super::{
-    Disposition, MAX_PACKET, PacketProcessor, ShellConfig, ShellError, ShellStats, StatsSnapshot, TICK,
+    Disposition, MAX_PACKET, MAX_WHOLE, PacketProcessor, ShellConfig, ShellError, ShellStats, StatsSnapshot,
+    TICK, vnet,
 };
 use crate::time::Instant;
 
 /// Room in front of every output packet for the virtio-net header `send_multiple` writes.
 const TX_OFFSET: usize = VIRTIO_NET_HDR_LEN;
+/// Capacity of every output buffer: room for a whole coalesced super-packet. tun-rs's GRO
+/// appends the following segments of a flow into the first one's buffer and refuses
+/// (silently: each segment is then written with its own syscall) when the buffer's capacity
+/// is below `2 * offset + coalesced length`.
+const TX_CAPACITY: usize = 2 * TX_OFFSET + MAX_READ;
 /// Largest IP packet a TUN read can return (one non-GSO packet, or a whole super-packet).
 const MAX_READ: usize = 65535;
 /// How long [`Shell::start`] waits for each worker to be reading.
@@ -140,6 +151,7 @@ impl<P: PacketProcessor + 'static> Shell<P> {
                 control: control_rx,
                 stats: Arc::clone(&shell.stats),
                 dr_interface: shell.cfg.dr_interface.clone(),
+                offload: shell.cfg.offload,
                 origin,
                 ready: ready_tx.clone(),
             };
@@ -219,6 +231,17 @@ impl<P: PacketProcessor + 'static> Drop for Shell<P> {
     }
 }
 
+/// A whole packet's processing result, to be sent.
+struct Whole {
+    d: Disposition,
+    /// Length of the packet read (an output of the same length kept its layout).
+    in_len: usize,
+    /// The virtio-net header to send with an output of the same layout.
+    hdr: VirtioNetHdr,
+    /// MTU-sized packets it stands for.
+    segments: u64,
+}
+
 /// One queue's loop.
 struct Worker<P> {
     queue: usize,
@@ -227,6 +250,8 @@ struct Worker<P> {
     control: mpsc::Receiver<Control<P>>,
     stats: Arc<ShellStats>,
     dr_interface: Option<String>,
+    /// Reads carry a virtio-net header.
+    offload: bool,
     origin: tokio::time::Instant,
     /// `true` once reading, `false` if set-up failed.
     ready: std::sync::mpsc::Sender<bool>,
@@ -236,10 +261,13 @@ struct Worker<P> {
 struct Buffers {
     /// virtio-net header + one raw read.
     original: Vec<u8>,
+    /// virtio-net header + the output of a whole packet.
+    whole: Vec<u8>,
     /// Split packets.
     rx: Vec<Vec<u8>>,
     sizes: Vec<usize>,
-    /// Outputs for the TUN, each `TX_OFFSET` + packet (lengths change per batch).
+    /// Outputs for the TUN, each `TX_OFFSET` + packet (lengths change per batch), each with
+    /// [`TX_CAPACITY`] so that GRO can coalesce into it.
     tx: Vec<Vec<u8>>,
     gro: GROTable,
 }
@@ -248,9 +276,10 @@ impl Buffers {
     fn new() -> Self {
         Buffers {
             original: vec![0; VIRTIO_NET_HDR_LEN + MAX_READ],
+            whole: vec![0; VIRTIO_NET_HDR_LEN + MAX_WHOLE],
             rx: vec![vec![0; MAX_READ]; IDEAL_BATCH_SIZE],
             sizes: vec![0; IDEAL_BATCH_SIZE],
-            tx: (0..IDEAL_BATCH_SIZE).map(|_| Vec::with_capacity(TX_OFFSET + MAX_PACKET)).collect(),
+            tx: (0..IDEAL_BATCH_SIZE).map(|_| Vec::with_capacity(TX_CAPACITY)).collect(),
             gro: GROTable::new(),
         }
     }
@@ -294,29 +323,127 @@ impl<P: PacketProcessor> Worker<P> {
                     self.processor.on_tick(now);
                     continue;
                 }
-                r = dev.recv_multiple(&mut b.original, &mut b.rx, &mut b.sizes, 0) => r,
+                r = dev.recv(&mut b.original) => r,
             };
-            let n = match read {
-                Ok(n) => n,
+            let len = match read {
+                Ok(len) => len,
                 // A device error (it went away, or is broken): stop this worker.
-                Err(e) if e.raw_os_error().is_some() => {
+                Err(e) => {
                     return Err(ShellError::Tun { name: format!("queue {} read", self.queue), source: e });
-                }
-                // A malformed super-packet tun-rs could not split: count, go on.
-                Err(_) => {
-                    ShellStats::add(&self.stats.rx_errors, 1);
-                    continue;
                 }
             };
             ShellStats::add(&self.stats.rx_batches, 1);
-            ShellStats::add(&self.stats.rx_packets, n as u64);
-            let n_out = self.process_batch(&mut b, n, dr.as_mut()).await;
-            if n_out > 0 {
-                match dev.send_multiple(&mut b.gro, &mut b.tx[..n_out], TX_OFFSET).await {
-                    Ok(_) => ShellStats::add(&self.stats.tx_tun_packets, n_out as u64),
-                    Err(_) => ShellStats::add(&self.stats.tx_tun_errors, 1),
+            self.handle_read(&dev, &mut b, len, dr.as_mut()).await;
+        }
+    }
+
+    /// One read: given whole to the processor when it takes it (one write back), else split
+    /// into packets, processed one by one and written back GRO-coalesced. Malformed reads
+    /// are counted in `rx_errors`.
+    async fn handle_read(
+        &mut self,
+        dev: &AsyncDevice,
+        b: &mut Buffers,
+        len: usize,
+        dr: Option<&mut DrSender>,
+    ) {
+        let now = self.now();
+        if !self.offload {
+            // A plain packet, no header.
+            match (b.original.get(..len), b.rx.first_mut().and_then(|r| r.get_mut(..len))) {
+                (Some(pkt), Some(out)) => out.copy_from_slice(pkt),
+                _ => {
+                    ShellStats::add(&self.stats.rx_errors, 1);
+                    return;
                 }
             }
+            b.sizes[0] = len;
+            ShellStats::add(&self.stats.rx_packets, 1);
+            self.process_and_send(dev, b, 1, dr).await;
+            return;
+        }
+        let Some((head, pkt)) =
+            b.original.get_mut(..len).and_then(|r| r.split_at_mut_checked(VIRTIO_NET_HDR_LEN))
+        else {
+            ShellStats::add(&self.stats.rx_errors, 1);
+            return;
+        };
+        let Ok(hdr) = VirtioNetHdr::decode(head) else {
+            ShellStats::add(&self.stats.rx_errors, 1);
+            return;
+        };
+        if let Some((out_hdr, segments)) = vnet::whole(&hdr, pkt)
+            && let Some(d) = self.processor.process_whole(now, pkt, &mut b.whole[VIRTIO_NET_HDR_LEN..])
+        {
+            ShellStats::add(&self.stats.rx_packets, segments);
+            let whole = Whole { d, in_len: pkt.len(), hdr: out_hdr, segments };
+            self.write_whole(now, dev, &mut b.whole, whole, dr).await;
+            return;
+        }
+        let n = match vnet::split(hdr, pkt, &mut b.rx, &mut b.sizes) {
+            Ok(n) => n,
+            Err(_) => {
+                ShellStats::add(&self.stats.rx_errors, 1);
+                return;
+            }
+        };
+        ShellStats::add(&self.stats.rx_packets, n as u64);
+        self.process_and_send(dev, b, n, dr).await;
+    }
+
+    /// Processes `b.rx[..n]` and writes the TUN outputs in one GRO-coalescing batch.
+    async fn process_and_send(
+        &mut self,
+        dev: &AsyncDevice,
+        b: &mut Buffers,
+        n: usize,
+        dr: Option<&mut DrSender>,
+    ) {
+        let n_out = self.process_batch(b, n, dr).await;
+        if n_out > 0 {
+            match dev.send_multiple(&mut b.gro, &mut b.tx[..n_out], TX_OFFSET).await {
+                Ok(_) => ShellStats::add(&self.stats.tx_tun_packets, n_out as u64),
+                Err(_) => ShellStats::add(&self.stats.tx_tun_errors, 1),
+            }
+        }
+    }
+
+    /// Sends a whole packet's output (to the TUN or framed to a next hop): with the read's
+    /// header when it kept its length (the rewritten or copied packet), without offload
+    /// otherwise (a packet the processor made).
+    async fn write_whole(
+        &self,
+        now: Instant,
+        dev: &AsyncDevice,
+        out: &mut [u8],
+        w: Whole,
+        dr: Option<&mut DrSender>,
+    ) {
+        let (len, next_hop) = match w.d {
+            Disposition::Tun { len } => (len, None),
+            Disposition::L2 { len, next_hop } => (len, Some(next_hop)),
+            Disposition::Drop => (0, None),
+        };
+        if len == 0 || len > MAX_WHOLE {
+            ShellStats::add(&self.stats.dropped, w.segments);
+            return;
+        }
+        let (h, n) = if len == w.in_len { (w.hdr, w.segments) } else { (VirtioNetHdr::default(), 1) };
+        if let Some(next_hop) = next_hop {
+            let packet = &out[VIRTIO_NET_HDR_LEN..VIRTIO_NET_HDR_LEN + len];
+            match dr {
+                Some(d) => d.send_whole(now, h, packet, next_hop, &self.stats, n).await,
+                None => ShellStats::add(&self.stats.dropped, n),
+            }
+            return;
+        }
+        if h.encode(&mut out[..VIRTIO_NET_HDR_LEN]).is_err() {
+            ShellStats::add(&self.stats.tx_tun_errors, 1);
+            return;
+        }
+        match dev.send(&out[..VIRTIO_NET_HDR_LEN + len]).await {
+            Ok(_) => ShellStats::add(&self.stats.tx_tun_packets, n),
+            Err(_) => ShellStats::add(&self.stats.tx_tun_errors, 1),
         }
     }
 

@@ -1,6 +1,6 @@
 //! Thin, audited wrappers over the few system calls the data-plane shell and the namespace
-//! tests need that have no safe binding: `setns(2)` and binding an `AF_PACKET` socket to an
-//! interface (`sockaddr_ll`). Everything else uses safe crates (socket2, tun-rs, rtnetlink).
+//! tests need that have no safe binding: `setns(2)`, binding an `AF_PACKET` socket to an
+//! interface (`sockaddr_ll`) and its `PACKET_VNET_HDR` option. Everything else uses safe crates (socket2, tun-rs, rtnetlink).
 #![allow(unsafe_code)]
 
 use std::fs::File;
@@ -42,6 +42,28 @@ pub fn bind_packet_socket(socket: &Socket, ifindex: u32, ethertype: u16) -> io::
     // SAFETY: the storage holds an initialised `sockaddr_ll` of exactly `len` bytes.
     let addr = unsafe { SockAddr::new(storage, len) };
     socket.bind(&addr)
+}
+
+/// `PACKET_VNET_HDR` (linux/if_packet.h).
+const PACKET_VNET_HDR: libc::c_int = 15;
+
+/// Makes every frame sent on packet socket `socket` start with a virtio-net header
+/// (`PACKET_VNET_HDR`): one send can then carry a GSO super-packet with a partial checksum,
+/// which the kernel segments (or hands whole to a GSO-capable device such as veth).
+pub fn set_packet_vnet_hdr(socket: &Socket) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: the descriptor is open for the call (borrowed from `socket`); the option value
+    // points to a live `c_int` of exactly the length passed, which the kernel only reads.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_PACKET,
+            PACKET_VNET_HDR,
+            (&raw const one).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 /// Registers an owned socket with the current tokio reactor (needs a runtime context).

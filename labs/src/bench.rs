@@ -1,0 +1,576 @@
+//! `clusterlab bench`: the data-plane benchmark (issue 5, item 5). A benchmark, not a test:
+//! it prints figures and ratios, it asserts no timing.
+//!
+//! One lab topology (the lab's NAT plan: `client1` on the front bridge, `atm1` the balancer
+//! with `eth0` in front and `eth1` on the server bridge, `node1` the real server running nginx
+//! and `iperf3 -s`). In the same run and in turn, every repetition measures:
+//!
+//! * **NAT**: the real `clusterserverd` (generated config, one ATM, connection sync on as
+//!   shipped), NAT forwarding;
+//! * **DR**: the same daemon with direct routing; the lab configures the node (VIP on `lo`,
+//!   ARP hiding) since the daemon's node set-up lands separately; the server's replies go
+//!   back through the balancer namespace's kernel routing (not through the data plane);
+//! * **nftables**: DNAT with conntrack in the balancer namespace;
+//! * **HAProxy** in TCP mode (Debian `haproxy`, started by PID, config generated).
+//!
+//! Loads (each bounded by `--seconds`): iperf3 TCP with 1 and 4 streams, wrk requests/s with
+//! keep-alive and with `Connection: close` (50 connections), small UDP datagrams (iperf3
+//! `-u -l 64` at a bounded offered rate; received packets/s; HAProxy has no UDP).
+//!
+//! Routing that is the same for every peer: the client reaches the VIP through a `/32` route
+//! via the balancer's front address (no ARP for the VIP involved), the server's default route
+//! is the balancer's back address. The daemon is started afresh for every load so that its
+//! own counters (logged at a graceful stop) give the packets of exactly that load; its CPU is
+//! `utime + stime` from `/proc/PID/stat` between the load's start and end.
+//!
+//! Everything runs in `csl-lab*` namespaces owned by a [`Lab`] guard (processes killed by
+//! PID, namespaces deleted on exit, error and Ctrl-C).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clusterserver::config::{Config, Forwarding, Protocol, Server, Service};
+use clustersim::scenario::Scenario;
+use clustersim::topology::{CLUSTER_ID, cluster_config};
+use nix::sys::signal::Signal;
+
+use crate::bench_report::{self, Figure, Load, Peer};
+use crate::lab::{Lab, check_interrupted};
+use crate::ns;
+use crate::runner;
+use crate::topology::{Plan, Role, VIP};
+
+const TOPOLOGY: &str =
+    r#"{ name: "bench", topology: { atms: 1, nodes: 1, clients: 1, routers: 0, forwarding: "nat" } }"#;
+const IPERF_PORT: u16 = 5201;
+/// Each peer has its own VIP: sockets a peer leaves behind (HAProxy's TIME_WAIT sockets on
+/// its VIP, conntrack entries) must not meet the next peer's packets (measured: our NAT run
+/// right after HAProxy stalled at 10 requests/s, the balancer's kernel answering the
+/// clients' SYNs from HAProxy's TIME_WAIT sockets).
+const NFT_VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 97);
+const HAPROXY_VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 98);
+/// DR's UDP load: an iperf3 server bound to the VIP (an unbound UDP server would answer
+/// from the server's own address, which the client does not accept).
+const IPERF_VIP_PORT: u16 = 5202;
+const HTTP_PORT: u16 = 80;
+/// wrk connections (TECH-NOTES' baselines use 50).
+const WRK_CONNECTIONS: u32 = 50;
+/// UDP payload bytes of the small-packet load.
+const UDP_PAYLOAD: u32 = 64;
+/// How long a daemon may take to become primary.
+const PRIMARY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Options of `clusterlab bench`.
+#[derive(Clone, Debug)]
+pub struct Opts {
+    pub reps: usize,
+    pub seconds: u64,
+    /// Offered rate ceiling of the UDP load, iperf3 `-b` syntax.
+    pub udp_rate: String,
+    pub out: PathBuf,
+    pub peers: Vec<Peer>,
+    pub loads: Vec<Load>,
+}
+
+pub const USAGE: &str = "clusterlab bench [--reps N] [--seconds S] [--udp-rate R] [--out DIR] [--peers nat,dr,nft,haproxy] [--loads tcp1,tcp4,http,http-close,udp]";
+
+impl Opts {
+    pub fn parse(args: &[String]) -> anyhow::Result<Opts> {
+        let mut o = Opts {
+            reps: 1,
+            seconds: 5,
+            udp_rate: "200M".into(),
+            // Absolute: the generated config names its secret file by this path.
+            out: std::path::absolute("target/bench")?,
+            peers: Peer::ALL.to_vec(),
+            loads: Load::ALL.to_vec(),
+        };
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let mut val = || it.next().with_context(|| format!("{a} needs a value\nusage: {USAGE}"));
+            match a.as_str() {
+                "--reps" => o.reps = val()?.parse::<usize>()?.clamp(1, 20),
+                "--seconds" => o.seconds = val()?.parse::<u64>()?.clamp(1, 60),
+                "--udp-rate" => o.udp_rate = val()?.clone(),
+                "--out" => o.out = std::path::absolute(val()?)?,
+                "--peers" => o.peers = val()?.split(',').map(Peer::parse).collect::<Result<_, _>>()?,
+                "--loads" => o.loads = val()?.split(',').map(Load::parse).collect::<Result<_, _>>()?,
+                other => bail!("unknown argument {other:?}\nusage: {USAGE}"),
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// Runs the benchmark; prints the table and writes `bench.json` and `bench.svg` into `--out`.
+pub fn run(opts: &Opts) -> anyhow::Result<()> {
+    runner::preflight()?;
+    let tools = Tools::find()?;
+    let daemon = runner::daemon_path()?;
+    let s = Scenario::parse(TOPOLOGY)?;
+    let plan = Plan::new(&s, &ns::new_run_id())?;
+    let dir = opts.out.join("lab");
+    std::fs::create_dir_all(&dir)?;
+    let nat_cfg = dir.join("nat.json5");
+    let dr_cfg = dir.join("dr.json5");
+    runner::write_config(&bench_config(&s, &plan, &dir, Forwarding::Nat)?, &nat_cfg)?;
+    runner::write_config(&bench_config(&s, &plan, &dir, Forwarding::Dr)?, &dr_cfg)?;
+    let mut lab = Lab::up(plan, &dir)?;
+    let hosts = Hosts::of(&lab)?;
+    prepare(&lab, &hosts)?;
+    start_servers(&mut lab, &hosts, &tools)?;
+    let mut figures: Vec<Figure> = Vec::new();
+    for rep in 0..opts.reps {
+        for &peer in &opts.peers {
+            eprintln!("bench: rep {}/{} {}", rep + 1, opts.reps, peer.name());
+            let mut b = Bench { lab: &mut lab, hosts: &hosts, tools: &tools, opts, rep };
+            let got = match peer {
+                Peer::Nat => b.ours(peer, &daemon, &nat_cfg)?,
+                Peer::Dr => b.ours(peer, &daemon, &dr_cfg)?,
+                Peer::Nft => b.nftables()?,
+                Peer::Haproxy => b.haproxy()?,
+            };
+            figures.extend(got);
+        }
+    }
+    lab.teardown();
+    let report = bench_report::Report::new(opts, figures);
+    println!("{}", report.table());
+    std::fs::create_dir_all(&opts.out)?;
+    let json = opts.out.join("bench.json");
+    let svg = opts.out.join("bench.svg");
+    std::fs::write(&json, serde_json::to_string_pretty(&report.json())?)?;
+    std::fs::write(&svg, report.svg())?;
+    println!("report: {}  chart: {}", json.display(), svg.display());
+    Ok(())
+}
+
+/// The system tools the bench drives.
+#[derive(Debug)]
+struct Tools {
+    iperf3: PathBuf,
+    wrk: PathBuf,
+    haproxy: PathBuf,
+    nginx: PathBuf,
+    clk_tck: f64,
+}
+
+impl Tools {
+    fn find() -> anyhow::Result<Tools> {
+        let find = |t: &str| -> anyhow::Result<PathBuf> {
+            ["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/bin"]
+                .iter()
+                .map(|d| Path::new(d).join(t))
+                .find(|p| p.exists())
+                .with_context(|| format!("{t} is missing: run scripts/install-deps as root"))
+        };
+        let tck = std::process::Command::new("getconf").arg("CLK_TCK").output()?;
+        let clk_tck = String::from_utf8_lossy(&tck.stdout).trim().parse().unwrap_or(100.0);
+        Ok(Tools {
+            iperf3: find("iperf3")?,
+            wrk: find("wrk")?,
+            haproxy: find("haproxy")?,
+            nginx: find("nginx")?,
+            clk_tck,
+        })
+    }
+}
+
+/// Names, namespaces and addresses of the three hosts.
+#[derive(Debug)]
+struct Hosts {
+    client: (String, String),
+    atm: (String, String),
+    node: (String, String),
+    atm_front: Ipv4Addr,
+    atm_back: Ipv4Addr,
+    server: Ipv4Addr,
+}
+
+impl Hosts {
+    fn of(lab: &Lab) -> anyhow::Result<Hosts> {
+        let one = |r: Role| lab.plan.of_role(r).first().map(|h| (*h).clone()).context("bench host");
+        let (c, a, n) = (one(Role::Client)?, one(Role::Atm)?, one(Role::Node)?);
+        Ok(Hosts {
+            client: (c.name.clone(), c.ns.clone()),
+            atm: (a.name.clone(), a.ns.clone()),
+            node: (n.name.clone(), n.ns.clone()),
+            atm_front: a.ifaces[0].addr,
+            atm_back: a.ifaces.get(1).context("atm eth1")?.addr,
+            server: n.addr(),
+        })
+    }
+}
+
+/// The daemon's config: one ATM, services for HTTP, iperf3 TCP (control and data) and
+/// iperf3 UDP, all to the one server, with `forwarding`.
+fn bench_config(s: &Scenario, plan: &Plan, dir: &Path, forwarding: Forwarding) -> anyhow::Result<Config> {
+    let pick = |r: Role| -> Vec<(String, IpAddr)> {
+        plan.of_role(r).iter().map(|h| (h.name.clone(), IpAddr::V4(h.addr()))).collect()
+    };
+    let mut cfg =
+        cluster_config(s, CLUSTER_ID, &pick(Role::Atm), Vec::new(), IpAddr::V4(VIP), &pick(Role::Node));
+    cfg.cluster.name = "bench".into();
+    let secret = dir.join("secret");
+    std::fs::write(&secret, format!("bench secret {}", plan.run_id))?;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600))?;
+    cfg.cluster.secret_file = secret;
+    let base = cfg.services[0].clone();
+    let svc = |name: &str, port: u16, protocol: Protocol| Service {
+        name: name.into(),
+        port,
+        protocol,
+        forwarding,
+        gateway_vip: if forwarding == Forwarding::Nat { base.gateway_vip } else { None },
+        servers: base.servers.iter().map(|x| Server { port, ..x.clone() }).collect(),
+        ..base.clone()
+    };
+    cfg.services = vec![
+        svc("http", HTTP_PORT, Protocol::Tcp),
+        svc("iperf", IPERF_PORT, Protocol::Tcp),
+        svc("iperf-udp", IPERF_PORT, Protocol::Udp),
+    ];
+    if forwarding == Forwarding::Dr {
+        cfg.services.push(svc("iperf-vip", IPERF_VIP_PORT, Protocol::Tcp));
+        cfg.services.push(svc("iperf-vip-udp", IPERF_VIP_PORT, Protocol::Udp));
+    }
+    Ok(cfg)
+}
+
+/// Routes and sysctls shared by every peer.
+fn prepare(lab: &Lab, h: &Hosts) -> anyhow::Result<()> {
+    let (cns, ans, nns) = (&h.client.1, &h.atm.1, &h.node.1);
+    for vip in [VIP, NFT_VIP, HAPROXY_VIP] {
+        let vip32 = format!("{vip}/32");
+        ns::exec(cns, &["ip", "route", "replace", &vip32, "via", &h.atm_front.to_string()])?;
+    }
+    ns::exec(nns, &["ip", "route", "replace", "default", "via", &h.atm_back.to_string()])?;
+    for sc in
+        ["net.ipv4.ip_local_port_range=1024 65000", "net.ipv4.tcp_tw_reuse=1", "net.core.somaxconn=4096"]
+    {
+        ns::exec(cns, &["sysctl", "-qw", sc])?;
+        ns::exec(nns, &["sysctl", "-qw", sc])?;
+    }
+    // DR replies (source VIP) come back through the balancer's eth1: no reverse-path filter.
+    for sc in ["net.ipv4.conf.eth0.rp_filter=0", "net.ipv4.conf.eth1.rp_filter=0"] {
+        ns::exec(ans, &["sysctl", "-qw", sc])?;
+    }
+    ns::exec(ans, &["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000"])?;
+    let _ = lab;
+    Ok(())
+}
+
+/// nginx as one process (killed by PID), keep-alive without a request limit.
+fn nginx_conf(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/bench-nginx.pid;\nerror_log {d}/bench-nginx-error.log;\n\
+         events {{ worker_connections 8192; }}\nhttp {{\n  access_log off;\n  keepalive_requests 100000000;\n\
+           client_body_temp_path {d}/bench-tmp;\n  proxy_temp_path {d}/bench-tmp;\n  fastcgi_temp_path {d}/bench-tmp;\n\
+           uwsgi_temp_path {d}/bench-tmp;\n  scgi_temp_path {d}/bench-tmp;\n  server {{\n    listen {HTTP_PORT} backlog=4096;\n\
+             location / {{ default_type text/plain; return 200 \"bench\\n\"; }}\n  }}\n}}\n"
+    )
+}
+
+fn start_servers(lab: &mut Lab, h: &Hosts, t: &Tools) -> anyhow::Result<()> {
+    let conf = lab.dir.join("bench-nginx.conf");
+    std::fs::write(&conf, nginx_conf(&lab.dir))?;
+    let node = h.node.0.clone();
+    lab.spawn(&format!("{node}/nginx"), &node, &t.nginx, &["-c".into(), conf.display().to_string()])?;
+    // Not bound to the server's address: direct-routed packets arrive for the VIP.
+    let args = ["-s", "-p", &IPERF_PORT.to_string()].map(String::from);
+    lab.spawn(&format!("{node}/iperf3"), &node, &t.iperf3, &args)?;
+    std::thread::sleep(Duration::from_millis(300));
+    for p in ["nginx", "iperf3"] {
+        if let Some(st) = lab.exited(&format!("{node}/{p}")) {
+            bail!("{p} on {node} exited at start ({st}); see {}", lab.dir.display());
+        }
+    }
+    Ok(())
+}
+
+/// CPU seconds (user + system, all threads, also exited ones) of process `pid`.
+fn cpu_seconds(pid: u32, clk_tck: f64) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / clk_tck)
+}
+
+/// A load that failed is reported and left out of the figures (the run goes on); Ctrl-C
+/// still ends the run.
+fn skip_failed(r: anyhow::Result<f64>) -> anyhow::Result<Option<f64>> {
+    check_interrupted()?;
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) => {
+            eprintln!("bench:   FAILED: {e:#}");
+            Ok(None)
+        }
+    }
+}
+
+/// `name: N` from a `Debug`-printed struct in a log line.
+pub fn debug_field(line: &str, name: &str) -> Option<u64> {
+    let at = line.find(&format!("{name}: "))? + name.len() + 2;
+    let digits: String = line[at..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// One peer's run in one repetition.
+struct Bench<'a> {
+    lab: &'a mut Lab,
+    hosts: &'a Hosts,
+    tools: &'a Tools,
+    opts: &'a Opts,
+    rep: usize,
+}
+
+impl Bench<'_> {
+    /// Our daemon, started afresh for each load.
+    fn ours(&mut self, peer: Peer, daemon: &Path, cfg: &Path) -> anyhow::Result<Vec<Figure>> {
+        let dr = peer == Peer::Dr;
+        let vip_iperf = format!("{}/iperf3-vip-r{}", self.hosts.node.0, self.rep);
+        if dr {
+            configure_dr_nodes(self.lab, VIP)?;
+            let args = ["-s", "-p", &IPERF_VIP_PORT.to_string(), "-B", &VIP.to_string()].map(String::from);
+            let node = self.hosts.node.0.clone();
+            self.lab.spawn(&vip_iperf, &node, &self.tools.iperf3.clone(), &args)?;
+        }
+        let mut out = Vec::new();
+        for &load in &self.opts.loads {
+            let label = format!("{}/daemon-{}-r{}-{}", self.hosts.atm.0, peer.name(), self.rep, load.name());
+            let atm = self.hosts.atm.0.clone();
+            let args = vec!["--config".to_string(), cfg.display().to_string()];
+            let pid = self.lab.spawn(&label, &atm, daemon, &args)?;
+            self.wait_primary(&label)?;
+            let cpu0 = cpu_seconds(pid, self.tools.clk_tck);
+            let value = self.load(peer, load);
+            let cpu1 = cpu_seconds(pid, self.tools.clk_tck);
+            self.lab.signal(&label, Signal::SIGTERM)?;
+            self.lab.wait_or_kill(&label, 5_000)?;
+            let log = self.lab.log_of(&label).map(std::fs::read_to_string).transpose()?.unwrap_or_default();
+            let stopped = log.lines().find(|l| l.contains("data plane stopped")).unwrap_or("");
+            let Some(value) = skip_failed(value)? else { continue };
+            let mut f = Figure::new(peer, load, self.rep, value);
+            f.cpu_s = cpu0.zip(cpu1).map(|(a, b)| b - a);
+            f.packets = debug_field(stopped, "rx_packets");
+            f.batches = debug_field(stopped, "rx_batches");
+            eprintln!("bench:   {}", f.line());
+            out.push(f);
+        }
+        if dr {
+            self.lab.wait_or_kill(&vip_iperf, 0)?;
+            let node = self.hosts.node.1.clone();
+            ns::exec(&node, &["ip", "addr", "del", &format!("{VIP}/32"), "dev", "lo"])?;
+        }
+        Ok(out)
+    }
+
+    fn wait_primary(&mut self, label: &str) -> anyhow::Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < PRIMARY_TIMEOUT {
+            check_interrupted()?;
+            let text =
+                self.lab.log_of(label).and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default();
+            if text.lines().any(|l| l.contains(" role change ") && l.contains("role=primary")) {
+                // The engine is activated through the shell's control queue: give it a moment.
+                std::thread::sleep(Duration::from_millis(200));
+                return Ok(());
+            }
+            if let Some(st) = self.lab.exited(label) {
+                bail!("{label} exited during start-up ({st}):\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("{label} did not become primary within {PRIMARY_TIMEOUT:?}")
+    }
+
+    /// nftables DNAT (conntrack) in the balancer namespace.
+    fn nftables(&mut self) -> anyhow::Result<Vec<Figure>> {
+        let ans = self.hosts.atm.1.clone();
+        let rules = format!(
+            "table ip cslbench {{\n  chain pre {{ type nat hook prerouting priority dstnat; policy accept;\n    ip daddr {NFT_VIP} dnat to {}\n  }}\n}}\n",
+            self.hosts.server
+        );
+        ns::exec_input(&ans, &["nft", "-f", "-"], Some(&rules))?;
+        let r = self.each_load(Peer::Nft, None);
+        let del = ns::exec(&ans, &["nft", "delete", "table", "ip", "cslbench"]);
+        let figures = r?;
+        del?;
+        Ok(figures)
+    }
+
+    /// HAProxy in TCP mode, bound to the VIP (a local address of the balancer for this run).
+    fn haproxy(&mut self) -> anyhow::Result<Vec<Figure>> {
+        let (atm, ans) = self.hosts.atm.clone();
+        let conf = self.lab.dir.join("haproxy.cfg");
+        std::fs::write(&conf, haproxy_conf(self.hosts.server))?;
+        let vip32 = format!("{HAPROXY_VIP}/32");
+        ns::exec(&ans, &["ip", "addr", "add", &vip32, "dev", "lo"])?;
+        let label = format!("{atm}/haproxy-r{}", self.rep);
+        let args = ["-db", "-f", &conf.display().to_string()].map(String::from);
+        let started = self.lab.spawn(&label, &atm, &self.tools.haproxy.clone(), &args);
+        let r = started.and_then(|pid| {
+            std::thread::sleep(Duration::from_millis(500));
+            if let Some(st) = self.lab.exited(&label) {
+                bail!("haproxy exited at start ({st}); see {}", self.lab.dir.display());
+            }
+            self.each_load(Peer::Haproxy, Some(pid))
+        });
+        let _ = self.lab.signal(&label, Signal::SIGTERM);
+        self.lab.wait_or_kill(&label, 3_000)?;
+        ns::exec(&ans, &["ip", "addr", "del", &vip32, "dev", "lo"])?;
+        r
+    }
+
+    fn each_load(&mut self, peer: Peer, pid: Option<u32>) -> anyhow::Result<Vec<Figure>> {
+        let mut out = Vec::new();
+        for &load in &self.opts.loads {
+            if peer == Peer::Haproxy && load == Load::Udp {
+                continue; // HAProxy does not balance UDP.
+            }
+            let cpu0 = pid.and_then(|p| cpu_seconds(p, self.tools.clk_tck));
+            let value = self.load(peer, load);
+            let Some(value) = skip_failed(value)? else { continue };
+            let cpu1 = pid.and_then(|p| cpu_seconds(p, self.tools.clk_tck));
+            let mut f = Figure::new(peer, load, self.rep, value);
+            f.cpu_s = cpu0.zip(cpu1).map(|(a, b)| b - a);
+            eprintln!("bench:   {}", f.line());
+            out.push(f);
+        }
+        Ok(out)
+    }
+
+    /// Runs one load from the client; its figure in the load's unit.
+    fn load(&mut self, peer: Peer, load: Load) -> anyhow::Result<f64> {
+        let secs = self.opts.seconds.to_string();
+        let vip = peer.vip().to_string();
+        let port = IPERF_PORT.to_string();
+        let (prog, args): (PathBuf, Vec<String>) = match load {
+            Load::Tcp1 | Load::Tcp4 => {
+                let p = if load == Load::Tcp1 { "1" } else { "4" };
+                let a = ["-c", &vip, "-p", &port, "-t", &secs, "-P", p, "-J", "--connect-timeout", "3000"];
+                (self.tools.iperf3.clone(), a.map(String::from).to_vec())
+            }
+            Load::Udp => {
+                let l = UDP_PAYLOAD.to_string();
+                let port = if peer == Peer::Dr { IPERF_VIP_PORT.to_string() } else { port.clone() };
+                let a =
+                    ["-c", &vip, "-p", &port, "-t", &secs, "-u", "-l", &l, "-b", &self.opts.udp_rate, "-J"];
+                (self.tools.iperf3.clone(), a.map(String::from).to_vec())
+            }
+            Load::Http | Load::HttpClose => {
+                let url = format!("http://{vip}:{HTTP_PORT}/");
+                let c = WRK_CONNECTIONS.to_string();
+                let d = format!("{secs}s");
+                let mut a: Vec<String> =
+                    ["-t", "2", "-c", &c, "-d", &d, "--timeout", "2s"].map(String::from).to_vec();
+                if load == Load::HttpClose {
+                    a.extend(["-H".to_string(), "Connection: close".to_string()]);
+                }
+                a.push(url);
+                (self.tools.wrk.clone(), a)
+            }
+        };
+        let label =
+            format!("{}/{}-{}-r{}-{}", self.hosts.client.0, load.tool(), peer.name(), self.rep, load.name());
+        let text = self.run_client(&label, &prog, &args)?;
+        let v = match load {
+            Load::Tcp1 | Load::Tcp4 => bench_report::iperf_tcp_gbps(&text),
+            Load::Udp => bench_report::iperf_udp_kpps(&text),
+            Load::Http | Load::HttpClose => bench_report::wrk_rps(&text),
+        };
+        v.with_context(|| format!("{label}: no figure in its output ({})", self.lab.dir.display()))
+    }
+
+    /// Starts a load generator in the client namespace and waits for it (bounded; killed on
+    /// timeout or Ctrl-C); returns its output.
+    fn run_client(&mut self, label: &str, prog: &Path, args: &[String]) -> anyhow::Result<String> {
+        let client = self.hosts.client.0.clone();
+        self.lab.spawn(label, &client, prog, args)?;
+        let limit = Duration::from_secs(self.opts.seconds + 20);
+        let start = Instant::now();
+        while self.lab.exited(label).is_none() {
+            if check_interrupted().is_err() || start.elapsed() > limit {
+                self.lab.wait_or_kill(label, 0)?;
+                check_interrupted()?;
+                bail!("{label} did not finish within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Let TIME_WAIT and queues settle between loads.
+        std::thread::sleep(Duration::from_millis(300));
+        let log = self.lab.log_of(label).context("load log")?;
+        Ok(std::fs::read_to_string(log)?)
+    }
+}
+
+impl Peer {
+    fn vip(self) -> Ipv4Addr {
+        match self {
+            Peer::Nat | Peer::Dr => VIP,
+            Peer::Nft => NFT_VIP,
+            Peer::Haproxy => HAPROXY_VIP,
+        }
+    }
+}
+
+fn haproxy_conf(server: Ipv4Addr) -> String {
+    let mut t = String::from(
+        "global\n  maxconn 8000\n\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n",
+    );
+    for port in [HTTP_PORT, IPERF_PORT] {
+        t += &format!(
+            "\nfrontend f{port}\n  bind {HAPROXY_VIP}:{port}\n  default_backend b{port}\n\nbackend b{port}\n  server s1 {server}:{port}\n"
+        );
+    }
+    t
+}
+
+/// The bench's DR real servers get the VIP on `lo` and ARP hiding from the bench itself
+/// (idempotent): it measures the data plane, and runs no node daemon beside the one it
+/// restarts per load. (The labs' scenarios leave node set-up to `clusterserverd`.)
+fn configure_dr_nodes(lab: &Lab, vip: Ipv4Addr) -> anyhow::Result<()> {
+    for h in lab.plan.of_role(Role::Node) {
+        for sc in ["net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2"] {
+            ns::exec(&h.ns, &["sysctl", "-qw", sc])?;
+        }
+        ns::exec(&h.ns, &["ip", "addr", "replace", &format!("{vip}/32"), "dev", "lo"])?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_fields_are_read_from_the_stop_line() {
+        let l = "INFO clusterserverd: data plane stopped stats=StatsSnapshot { rx_packets: 1234, rx_batches: 56, rx_errors: 0 }";
+        assert_eq!(debug_field(l, "rx_packets"), Some(1234));
+        assert_eq!(debug_field(l, "rx_batches"), Some(56));
+        assert_eq!(debug_field(l, "tx_l2_packets"), None);
+    }
+
+    #[test]
+    fn options_parse() {
+        let a: Vec<String> =
+            ["--reps", "3", "--peers", "nat,nft", "--loads", "tcp1,udp"].map(String::from).to_vec();
+        let o = Opts::parse(&a).unwrap();
+        assert_eq!(o.reps, 3);
+        assert_eq!(o.peers, vec![Peer::Nat, Peer::Nft]);
+        assert_eq!(o.loads, vec![Load::Tcp1, Load::Udp]);
+        assert!(Opts::parse(&["--bogus".to_string()]).is_err());
+    }
+
+    #[test]
+    fn haproxy_config_has_both_ports() {
+        let c = haproxy_conf(Ipv4Addr::new(10, 0, 1, 1));
+        assert!(c.contains("bind 10.0.0.98:80") && c.contains("server s1 10.0.1.1:5201"));
+    }
+}

@@ -1,0 +1,473 @@
+//! The bench's figures: peers, loads, parsing the load generators' output, medians, ratios,
+//! the printed table, the JSON report and the SVG chart.
+
+use std::collections::BTreeMap;
+
+use anyhow::bail;
+use serde_json::{Value, json};
+
+use crate::bench::Opts;
+
+/// What balances the traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Peer {
+    Nat,
+    Dr,
+    Nft,
+    Haproxy,
+}
+
+impl Peer {
+    pub const ALL: [Peer; 4] = [Peer::Nat, Peer::Dr, Peer::Nft, Peer::Haproxy];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Peer::Nat => "nat",
+            Peer::Dr => "dr",
+            Peer::Nft => "nftables",
+            Peer::Haproxy => "haproxy",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Peer::Nat => "ours NAT",
+            Peer::Dr => "ours DR",
+            Peer::Nft => "nftables",
+            Peer::Haproxy => "HAProxy",
+        }
+    }
+
+    pub fn parse(s: &str) -> anyhow::Result<Peer> {
+        Ok(match s {
+            "nat" => Peer::Nat,
+            "dr" => Peer::Dr,
+            "nft" | "nftables" => Peer::Nft,
+            "haproxy" => Peer::Haproxy,
+            other => bail!("unknown peer {other:?} (nat, dr, nft, haproxy)"),
+        })
+    }
+
+    fn ours(self) -> bool {
+        matches!(self, Peer::Nat | Peer::Dr)
+    }
+}
+
+/// What traffic is offered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Load {
+    Tcp1,
+    Tcp4,
+    Http,
+    HttpClose,
+    Udp,
+}
+
+impl Load {
+    pub const ALL: [Load; 5] = [Load::Tcp1, Load::Tcp4, Load::Http, Load::HttpClose, Load::Udp];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Load::Tcp1 => "tcp1",
+            Load::Tcp4 => "tcp4",
+            Load::Http => "http",
+            Load::HttpClose => "http-close",
+            Load::Udp => "udp",
+        }
+    }
+
+    pub fn tool(self) -> &'static str {
+        match self {
+            Load::Http | Load::HttpClose => "wrk",
+            _ => "iperf3",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Load::Tcp1 => "TCP, 1 stream",
+            Load::Tcp4 => "TCP, 4 streams",
+            Load::Http => "HTTP keep-alive",
+            Load::HttpClose => "HTTP Connection: close",
+            Load::Udp => "UDP 64-byte datagrams",
+        }
+    }
+
+    pub fn unit(self) -> &'static str {
+        match self {
+            Load::Tcp1 | Load::Tcp4 => "Gbit/s",
+            Load::Http | Load::HttpClose => "k req/s",
+            Load::Udp => "k pkt/s",
+        }
+    }
+
+    pub fn parse(s: &str) -> anyhow::Result<Load> {
+        match Load::ALL.iter().find(|l| l.name() == s) {
+            Some(l) => Ok(*l),
+            None => bail!("unknown load {s:?} (tcp1, tcp4, http, http-close, udp)"),
+        }
+    }
+}
+
+/// One measurement.
+#[derive(Clone, Debug)]
+pub struct Figure {
+    pub peer: Peer,
+    pub load: Load,
+    pub rep: usize,
+    /// In the load's unit.
+    pub value: f64,
+    /// CPU seconds of the balancing process over the load (ours, HAProxy).
+    pub cpu_s: Option<f64>,
+    /// Packets our data plane read (split segments) and batches (reads).
+    pub packets: Option<u64>,
+    pub batches: Option<u64>,
+}
+
+impl Figure {
+    pub fn new(peer: Peer, load: Load, rep: usize, value: f64) -> Figure {
+        Figure { peer, load, rep, value, cpu_s: None, packets: None, batches: None }
+    }
+
+    /// CPU nanoseconds per packet read.
+    pub fn ns_per_packet(&self) -> Option<f64> {
+        let (c, p) = (self.cpu_s?, self.packets?);
+        (p > 0).then(|| c * 1e9 / p as f64)
+    }
+
+    pub fn line(&self) -> String {
+        let mut t = format!(
+            "{:<9} {:<11} {:>9.2} {}",
+            self.peer.name(),
+            self.load.name(),
+            self.value,
+            self.load.unit()
+        );
+        if let Some(c) = self.cpu_s {
+            t += &format!("  cpu {c:.2} s");
+        }
+        if let (Some(p), Some(b)) = (self.packets, self.batches) {
+            t += &format!("  {p} packets in {b} reads");
+        }
+        if let Some(n) = self.ns_per_packet() {
+            t += &format!("  {n:.0} ns/packet");
+        }
+        t
+    }
+}
+
+/// iperf3 `-J`, TCP: received Gbit/s.
+pub fn iperf_tcp_gbps(text: &str) -> Option<f64> {
+    let v: Value = serde_json::from_str(json_part(text)?).ok()?;
+    Some(v["end"]["sum_received"]["bits_per_second"].as_f64()? / 1e9)
+}
+
+/// iperf3 `-J`, UDP: datagrams the server received per second, in thousands.
+pub fn iperf_udp_kpps(text: &str) -> Option<f64> {
+    let v: Value = serde_json::from_str(json_part(text)?).ok()?;
+    let end = &v["end"];
+    let (packets, lost, secs) = if end["sum_received"].is_object() {
+        let s = &end["sum_received"];
+        (s["packets"].as_f64()?, s["lost_packets"].as_f64().unwrap_or(0.0), s["seconds"].as_f64()?)
+    } else {
+        let s = &end["sum"];
+        (s["packets"].as_f64()?, s["lost_packets"].as_f64()?, s["seconds"].as_f64()?)
+    };
+    (secs > 0.0).then(|| (packets - lost).max(0.0) / secs / 1e3)
+}
+
+fn json_part(text: &str) -> Option<&str> {
+    Some(&text[text.find('{')?..=text.rfind('}')?])
+}
+
+/// wrk: `Requests/sec:` in thousands. A run with socket errors still counts its requests.
+pub fn wrk_rps(text: &str) -> Option<f64> {
+    let line = text.lines().find(|l| l.trim_start().starts_with("Requests/sec:"))?;
+    Some(line.split(':').nth(1)?.trim().parse::<f64>().ok()? / 1e3)
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+}
+
+/// All figures of a run and their medians.
+#[derive(Debug)]
+pub struct Report {
+    reps: usize,
+    seconds: u64,
+    udp_rate: String,
+    peers: Vec<Peer>,
+    loads: Vec<Load>,
+    figures: Vec<Figure>,
+    medians: BTreeMap<(Load, Peer), f64>,
+    /// (max - min) / median over the repetitions: how noisy each figure was.
+    spread: BTreeMap<(Load, Peer), f64>,
+    ns_per_packet: BTreeMap<(Load, Peer), f64>,
+    per_read: BTreeMap<(Load, Peer), f64>,
+}
+
+impl Report {
+    pub fn new(opts: &Opts, figures: Vec<Figure>) -> Report {
+        let mut by: BTreeMap<(Load, Peer), Vec<&Figure>> = BTreeMap::new();
+        for f in &figures {
+            by.entry((f.load, f.peer)).or_default().push(f);
+        }
+        let med = |g: &dyn Fn(&Figure) -> Option<f64>| -> BTreeMap<(Load, Peer), f64> {
+            by.iter()
+                .filter_map(|(k, fs)| median(fs.iter().filter_map(|f| g(f)).collect()).map(|m| (*k, m)))
+                .collect()
+        };
+        let medians = med(&|f| Some(f.value));
+        let spread = by
+            .iter()
+            .filter(|(_, fs)| fs.len() > 1)
+            .filter_map(|(k, fs)| {
+                let lo = fs.iter().map(|f| f.value).fold(f64::INFINITY, f64::min);
+                let hi = fs.iter().map(|f| f.value).fold(0.0, f64::max);
+                let m = *medians.get(k)?;
+                (m > 0.0).then(|| (*k, (hi - lo) / m))
+            })
+            .collect();
+        let ns_per_packet = med(&|f| f.ns_per_packet());
+        let per_read = med(&|f| Some(f.packets? as f64 / f.batches.filter(|b| *b > 0)? as f64));
+        Report {
+            reps: opts.reps,
+            seconds: opts.seconds,
+            udp_rate: opts.udp_rate.clone(),
+            peers: opts.peers.clone(),
+            loads: opts.loads.clone(),
+            figures,
+            medians,
+            spread,
+            ns_per_packet,
+            per_read,
+        }
+    }
+
+    fn ratio(&self, load: Load, ours: Peer, peer: Peer) -> Option<f64> {
+        let (a, b) = (self.medians.get(&(load, ours))?, self.medians.get(&(load, peer))?);
+        (*b > 0.0).then(|| a / b)
+    }
+
+    fn ratio_columns(&self) -> Vec<(Peer, Peer)> {
+        let mut v = Vec::new();
+        for ours in self.peers.iter().filter(|p| p.ours()) {
+            for peer in self.peers.iter().filter(|p| !p.ours()) {
+                v.push((*ours, *peer));
+            }
+        }
+        v
+    }
+
+    /// The printed table: medians, ratios, then our CPU per packet.
+    pub fn table(&self) -> String {
+        let mut t = format!(
+            "# clusterserver data-plane bench: medians of {} rep(s), {} s per load, UDP offered <= {} bit/s\n\
+             # (load generators, balancer and server share 2 vCPUs with other work: compare columns, not runs)\n",
+            self.reps, self.seconds, self.udp_rate
+        );
+        t += &format!("{:<24} {:<8}", "load", "unit");
+        for p in &self.peers {
+            t += &format!(" {:>9}", p.title());
+        }
+        let cols = self.ratio_columns();
+        for (o, p) in &cols {
+            t += &format!(" {:>12}", format!("{}/{}", short(*o), short(*p)));
+        }
+        t += "\n";
+        for &l in &self.loads {
+            t += &format!("{:<24} {:<8}", l.title(), l.unit());
+            for &p in &self.peers {
+                t += &format!(" {:>9}", self.medians.get(&(l, p)).map_or("-".into(), |v| format!("{v:.2}")));
+            }
+            for (o, p) in &cols {
+                t += &format!(" {:>12}", self.ratio(l, *o, *p).map_or("-".into(), |r| format!("{r:.2}x")));
+            }
+            t += "\n";
+        }
+        if !self.spread.is_empty() {
+            t += "\n# spread over the repetitions, (max - min) / median\n";
+            t += &format!("{:<24} {:<8}", "load", "");
+            for p in &self.peers {
+                t += &format!(" {:>9}", p.title());
+            }
+            t += "\n";
+            for &l in &self.loads {
+                t += &format!("{:<24} {:<8}", l.title(), "");
+                for &p in &self.peers {
+                    let v = self.spread.get(&(l, p)).map_or("-".into(), |v| format!("{:.0}%", v * 100.0));
+                    t += &format!(" {v:>9}");
+                }
+                t += "\n";
+            }
+        }
+        t += "\n# our data plane: CPU per packet = daemon utime+stime over the load / packets it read (split segments)\n";
+        t += &format!("{:<24}", "load");
+        for p in self.peers.iter().filter(|p| p.ours()) {
+            t += &format!(" {:>14} {:>12}", format!("{} ns/packet", short(*p)), "packets/read");
+        }
+        t += "\n";
+        for &l in &self.loads {
+            t += &format!("{:<24}", l.title());
+            for &p in self.peers.iter().filter(|p| p.ours()) {
+                let ns = self.ns_per_packet.get(&(l, p)).map_or("-".into(), |v| format!("{v:.0}"));
+                let pr = self.per_read.get(&(l, p)).map_or("-".into(), |v| format!("{v:.1}"));
+                t += &format!(" {ns:>14} {pr:>12}");
+            }
+            t += "\n";
+        }
+        t
+    }
+
+    pub fn json(&self) -> Value {
+        let rows: Vec<Value> = self
+            .loads
+            .iter()
+            .map(|&l| {
+                let med: serde_json::Map<String, Value> = self
+                    .peers
+                    .iter()
+                    .filter_map(|&p| self.medians.get(&(l, p)).map(|v| (p.name().to_string(), json!(v))))
+                    .collect();
+                let ratios: serde_json::Map<String, Value> = self
+                    .ratio_columns()
+                    .into_iter()
+                    .filter_map(|(o, p)| {
+                        self.ratio(l, o, p).map(|r| (format!("{}/{}", o.name(), p.name()), json!(r)))
+                    })
+                    .collect();
+                let cpu: serde_json::Map<String, Value> = self
+                    .peers
+                    .iter()
+                    .filter_map(|&p| {
+                        self.ns_per_packet.get(&(l, p)).map(|v| (p.name().to_string(), json!(v)))
+                    })
+                    .collect();
+                let spread: serde_json::Map<String, Value> = self
+                    .peers
+                    .iter()
+                    .filter_map(|&p| self.spread.get(&(l, p)).map(|v| (p.name().to_string(), json!(v))))
+                    .collect();
+                json!({ "load": l.name(), "unit": l.unit(), "median": med, "ratios": ratios,
+                        "spread": spread, "cpu_ns_per_packet": cpu })
+            })
+            .collect();
+        let samples: Vec<Value> = self
+            .figures
+            .iter()
+            .map(|f| {
+                json!({ "peer": f.peer.name(), "load": f.load.name(), "rep": f.rep, "value": f.value,
+                        "cpu_s": f.cpu_s, "packets": f.packets, "reads": f.batches,
+                        "ns_per_packet": f.ns_per_packet() })
+            })
+            .collect();
+        json!({ "reps": self.reps, "seconds": self.seconds, "udp_rate": self.udp_rate,
+                "results": rows, "samples": samples })
+    }
+
+    /// Grouped bars per load, each group scaled to its largest median, values printed.
+    pub fn svg(&self) -> String {
+        const COLOURS: [&str; 4] = ["#1f77b4", "#2ca02c", "#7f7f7f", "#ff7f0e"];
+        let (bar, gap, h, top) = (34.0, 40.0, 220.0, 40.0);
+        let group = bar * self.peers.len() as f64 + gap;
+        let width = 60.0 + group * self.loads.len() as f64;
+        let mut s = format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{:.0}\" font-family=\"sans-serif\" font-size=\"11\">\n\
+             <text x=\"10\" y=\"18\" font-size=\"14\">clusterserver data-plane bench (medians of {} rep(s), {} s per load; bars scaled per load)</text>\n",
+            top + h + 70.0,
+            self.reps,
+            self.seconds
+        );
+        for (i, &l) in self.loads.iter().enumerate() {
+            let x0 = 40.0 + group * i as f64;
+            let max =
+                self.peers.iter().filter_map(|&p| self.medians.get(&(l, p))).fold(0.0f64, |a, b| a.max(*b));
+            for (j, &p) in self.peers.iter().enumerate() {
+                let Some(v) = self.medians.get(&(l, p)) else { continue };
+                let bh = if max > 0.0 { v / max * h } else { 0.0 };
+                let x = x0 + bar * j as f64;
+                let y = top + h - bh;
+                s += &format!(
+                    "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"{}\"/>\n\
+                     <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{v:.2}</text>\n",
+                    bar - 4.0,
+                    COLOURS[j % COLOURS.len()],
+                    x + bar / 2.0 - 2.0,
+                    y - 3.0
+                );
+            }
+            let xc = x0 + bar * self.peers.len() as f64 / 2.0;
+            s += &format!(
+                "<text x=\"{xc:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\n\
+                 <text x=\"{xc:.1}\" y=\"{:.1}\" text-anchor=\"middle\">({})</text>\n",
+                top + h + 16.0,
+                l.title(),
+                top + h + 30.0,
+                l.unit()
+            );
+        }
+        for (j, p) in self.peers.iter().enumerate() {
+            let x = 40.0 + 110.0 * j as f64;
+            let y = top + h + 48.0;
+            s += &format!(
+                "<rect x=\"{x:.0}\" y=\"{y:.0}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{:.0}\" y=\"{:.0}\">{}</text>\n",
+                COLOURS[j % COLOURS.len()],
+                x + 16.0,
+                y + 10.0,
+                p.title()
+            );
+        }
+        s + "</svg>\n"
+    }
+}
+
+fn short(p: Peer) -> &'static str {
+    match p {
+        Peer::Nat => "NAT",
+        Peer::Dr => "DR",
+        Peer::Nft => "nft",
+        Peer::Haproxy => "HAP",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_wrk_and_iperf() {
+        assert_eq!(wrk_rps("  Latency ...\nRequests/sec:   8912.50\nTransfer/sec: 1MB\n"), Some(8.9125));
+        let tcp = r#"{"end":{"sum_received":{"bits_per_second":7.5e9}}}"#;
+        assert_eq!(iperf_tcp_gbps(tcp), Some(7.5));
+        let udp_old = r#"{"end":{"sum":{"packets":1000,"lost_packets":100,"seconds":2.0}}}"#;
+        assert_eq!(iperf_udp_kpps(udp_old), Some(0.45));
+        let udp_new = r#"{"end":{"sum_received":{"packets":900,"lost_packets":0,"seconds":3.0}}}"#;
+        assert_eq!(iperf_udp_kpps(udp_new), Some(0.3));
+        assert_eq!(iperf_tcp_gbps("iperf3: error - unable to connect"), None);
+    }
+
+    #[test]
+    fn medians_and_ratios() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0]), Some(2.5));
+        let opts = Opts::parse(&[]).unwrap();
+        let mut a = Figure::new(Peer::Nat, Load::Tcp1, 0, 4.0);
+        a.cpu_s = Some(1.0);
+        a.packets = Some(1_000_000);
+        a.batches = Some(10_000);
+        let nft = |rep, v| Figure::new(Peer::Nft, Load::Tcp1, rep, v);
+        let r = Report::new(&opts, vec![a, nft(0, 6.0), nft(1, 8.0), nft(2, 10.0)]);
+        assert_eq!(r.ratio(Load::Tcp1, Peer::Nat, Peer::Nft), Some(0.5));
+        assert_eq!(r.spread.get(&(Load::Tcp1, Peer::Nft)), Some(&0.5));
+        assert!(r.table().contains("50%"));
+        let t = r.table();
+        assert!(t.contains("0.50x") && t.contains("1000"), "{t}");
+        assert!(r.svg().starts_with("<svg"));
+        assert_eq!(r.json()["results"][0]["ratios"]["nat/nftables"], json!(0.5));
+    }
+}
