@@ -18,6 +18,8 @@
 //! Skips loudly without root.
 #![allow(clippy::disallowed_methods)] // reason: a real-network test waits on the wall clock
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
@@ -54,17 +56,7 @@ fn ns_output(ns: &str, args: &[&str]) -> String {
 }
 
 fn remove_stale() {
-    let Ok(dir) = std::fs::read_dir("/var/run/netns") else { return };
-    for e in dir.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix("csl-an") else { continue };
-        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
-        if let Some(pid) = pid
-            && !Path::new(&format!("/proc/{pid}")).exists()
-        {
-            let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        }
-    }
+    support::remove_stale_namespaces("csl-an");
 }
 
 struct Lab {

@@ -18,6 +18,8 @@
 //! Skips loudly without root.
 #![allow(clippy::disallowed_methods)] // reason: a real-network test measures and waits on the wall clock
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -139,19 +141,8 @@ impl Drop for Lab {
     }
 }
 
-/// Deletes `csl-dm<pid>-*` namespaces whose creating process is gone.
 fn remove_stale() {
-    let Ok(dir) = std::fs::read_dir("/var/run/netns") else { return };
-    for e in dir.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix("csl-dm") else { continue };
-        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
-        if let Some(pid) = pid
-            && !Path::new(&format!("/proc/{pid}")).exists()
-        {
-            let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        }
-    }
+    support::remove_stale_namespaces("csl-dm");
 }
 
 impl Lab {

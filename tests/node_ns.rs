@@ -9,6 +9,8 @@
 //! and deletes the namespace even on panic. Skips loudly without root.
 #![allow(clippy::disallowed_methods)] // reason: a real-process test waits on the wall clock
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -48,19 +50,8 @@ fn sysctl(ns: &str, key: &str) -> String {
     ns_output(ns, &["cat", &format!("/proc/sys/net/ipv4/conf/{key}")]).trim().to_string()
 }
 
-/// Deletes `csl-nd<pid>-*` namespaces whose creating process is gone.
 fn remove_stale() {
-    let Ok(dir) = std::fs::read_dir("/var/run/netns") else { return };
-    for e in dir.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix("csl-nd") else { continue };
-        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
-        if let Some(pid) = pid
-            && !Path::new(&format!("/proc/{pid}")).exists()
-        {
-            let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        }
-    }
+    support::remove_stale_namespaces("csl-nd");
 }
 
 struct Lab {

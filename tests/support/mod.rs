@@ -1,5 +1,6 @@
-//! Shared by the config tests: a temporary directory holding the secret and token files
-//! that example and bad configs name (git keeps no 0600 modes, so they are made here).
+//! Shared by the integration tests: a temporary directory holding the secret and token files
+//! that example and bad configs name (git keeps no 0600 modes, so they are made here), and
+//! the clean-up of namespaces a killed test run left behind.
 
 #![allow(dead_code)]
 
@@ -68,4 +69,20 @@ pub fn json5_files(dir: &str) -> Vec<PathBuf> {
 
 pub fn stem(path: &Path) -> String {
     path.file_stem().expect("file stem").to_string_lossy().into_owned()
+}
+
+/// Deletes the namespaces `PREFIX<pid>-*` whose creating test process is gone (a run killed
+/// before its guard could clean up); other runs' namespaces are kept.
+pub fn remove_stale_namespaces(prefix: &str) {
+    let Ok(dir) = fs::read_dir("/var/run/netns") else { return };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(prefix) else { continue };
+        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = std::process::Command::new("ip").args(["netns", "del", &name]).status();
+        }
+    }
 }
