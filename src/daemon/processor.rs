@@ -125,20 +125,28 @@ impl DaemonProcessor {
     }
 }
 
-impl PacketProcessor for DaemonProcessor {
-    fn process(&mut self, now: Instant, rx: &[u8], tx: &mut [u8]) -> Disposition {
+impl DaemonProcessor {
+    /// After one packet (or super-packet): the shell's disposition, and a sync flush every
+    /// [`FLUSH_EVERY`] packets.
+    fn after_packet(&mut self, now: Instant, v: Verdict) -> Disposition {
         self.last_now = now;
-        let d = match self.engine.process(now, rx, tx) {
-            Verdict::Tun { len } => Disposition::Tun { len },
-            Verdict::L2 { len, next_hop } => Disposition::L2 { len, next_hop },
-            Verdict::Drop(_) => Disposition::Drop,
-        };
         self.since_flush += 1;
         if self.since_flush >= FLUSH_EVERY {
             self.since_flush = 0;
             self.flush(now);
         }
-        d
+        match v {
+            Verdict::Tun { len } => Disposition::Tun { len },
+            Verdict::L2 { len, next_hop } => Disposition::L2 { len, next_hop },
+            Verdict::Drop(_) => Disposition::Drop,
+        }
+    }
+}
+
+impl PacketProcessor for DaemonProcessor {
+    fn process(&mut self, now: Instant, rx: &[u8], tx: &mut [u8]) -> Disposition {
+        let v = self.engine.process(now, rx, tx);
+        self.after_packet(now, v)
     }
 
     /// NAT super-packets and partial checksums whole (see [`crate::dataplane::io::vnet`]).
@@ -146,18 +154,8 @@ impl PacketProcessor for DaemonProcessor {
         if !self.engine.takes_whole(rx) {
             return None;
         }
-        self.last_now = now;
-        let d = match self.engine.process_offloaded(now, rx, tx) {
-            Verdict::Tun { len } => Disposition::Tun { len },
-            Verdict::L2 { len, next_hop } => Disposition::L2 { len, next_hop },
-            Verdict::Drop(_) => Disposition::Drop,
-        };
-        self.since_flush += 1;
-        if self.since_flush >= FLUSH_EVERY {
-            self.since_flush = 0;
-            self.flush(now);
-        }
-        Some(d)
+        let v = self.engine.process_offloaded(now, rx, tx);
+        Some(self.after_packet(now, v))
     }
 
     fn on_tick(&mut self, now: Instant) {
