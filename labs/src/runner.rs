@@ -320,7 +320,7 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
     for (a, _) in &atms {
         let cfg = if a.starts_with("other") { &other_cfg } else { &cfg_path };
         start_daemon(&mut lab, &daemon, a, cfg)?;
-        wait_ready(&mut lab, &format!("{a}/daemon"), 0, 5_000)?;
+        crate::nodes::wait_ready(&mut lab, &format!("{a}/daemon"), 0, 5_000)?;
     }
     // Real servers run the daemon too and it alone sets them up (VIP on lo, ARP hiding,
     // decapsulation); the lab only checks, and after the run that they are clean again.
@@ -480,26 +480,6 @@ fn atm_macs(lab: &Lab) -> anyhow::Result<BTreeMap<String, String>> {
 
 fn start_daemon(lab: &mut Lab, daemon: &Path, atm: &str, cfg: &Path) -> anyhow::Result<()> {
     crate::nodes::start_one(lab, daemon, atm, cfg)
-}
-
-/// Waits until the daemon `label` has logged `ready` (at most `ms`), counting the lines
-/// already in its log (a restart appends to it).
-fn wait_ready(lab: &mut Lab, label: &str, before: usize, ms: u64) -> anyhow::Result<()> {
-    for _ in 0..ms / 10 {
-        check_interrupted()?;
-        let text = lab.log_of(label).and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default();
-        if text.lines().filter(|l| l.contains(" ready ")).count() > before {
-            return Ok(());
-        }
-        if let Some(st) = lab.exited(label) {
-            bail!(
-                "{label} exited during start-up ({st}):\n{}",
-                text.lines().rev().take(8).collect::<Vec<_>>().join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    bail!("{label} did not log `ready` within {ms} ms")
 }
 
 fn apply(
