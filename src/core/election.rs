@@ -424,7 +424,7 @@ impl Election {
                 self.last_primary_seen = Some(now);
                 self.suspect_since = None;
                 let to_me = hb.has(FLAG_HANDOVER) && usize::from(hb.handover_to) == self.cfg.me;
-                if to_me && self.eligible(now) {
+                if to_me && self.eligible(now) && self.draining_until.is_none() {
                     self.promote(now, PromoteReason::Handover);
                 }
             }
@@ -763,7 +763,8 @@ impl Election {
     fn queue_heartbeat(&mut self, now: Instant) {
         self.seq += 1;
         self.next_heartbeat = now + self.cfg.heartbeat;
-        let eligible = self.eligible(now);
+        // A node draining before its exit is no candidate: it must not be handed the VIPs.
+        let eligible = self.eligible(now) && self.draining_until.is_none();
         let mut flags = if eligible { FLAG_ELIGIBLE } else { 0 };
         let mut handover_to = NO_HANDOVER;
         if let Some(l) = self.leaving.filter(|_| self.role == Role::Primary) {

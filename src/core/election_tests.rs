@@ -337,7 +337,9 @@ fn graceful_handover_has_no_dead_interval() {
                 "drain, Demoted { epoch: 1, reason: HandedOver }, hb B2 elig, Draining { ms: 300 }",
             ),
             (370, In::Shutdown, ""),
-            (664, In::Tick, "hb B2 elig"),
+            // Draining, it is no candidate: not eligible, and a handover to it is ignored.
+            (400, In::Hb(1, true, 3, E | FLAG_HANDOVER, 0), ""),
+            (664, In::Tick, "hb B3"),
             (665, In::Tick, "Exiting, exit"),
         ],
     );
