@@ -45,15 +45,7 @@ fn can_run() -> bool {
     ok
 }
 
-fn run(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn ns_output(ns: &str, args: &[&str]) -> String {
-    let out = Command::new("ip").args(["netns", "exec", ns]).args(args).output().expect("spawn");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use support::{ns_output, run};
 
 fn remove_stale() {
     support::remove_stale_namespaces("csl-an");

@@ -86,3 +86,16 @@ pub fn remove_stale_namespaces(prefix: &str) {
         }
     }
 }
+
+/// Runs a command to completion; panics with its stderr unless it succeeded.
+pub fn run(args: &[&str]) {
+    let out = std::process::Command::new(args[0]).args(&args[1..]).output().expect("spawn");
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The standard output of a command run in namespace `ns`.
+pub fn ns_output(ns: &str, args: &[&str]) -> String {
+    let out =
+        std::process::Command::new("ip").args(["netns", "exec", ns]).args(args).output().expect("spawn");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
