@@ -14,7 +14,7 @@
 use std::net::{SocketAddr, UdpSocket};
 
 use crate::dataplane::engine::{Engine, Verdict};
-use crate::dataplane::io::{Disposition, PacketProcessor};
+use crate::dataplane::io::{Disposition, Output, PacketProcessor};
 use crate::dataplane::sync::{MAX_DATAGRAM, SyncReceiver, SyncSender};
 use crate::time::Instant;
 
@@ -149,13 +149,19 @@ impl PacketProcessor for DaemonProcessor {
         self.after_packet(now, v)
     }
 
-    /// NAT super-packets and partial checksums whole (see [`crate::dataplane::io::vnet`]).
-    fn process_whole(&mut self, now: Instant, rx: &[u8], tx: &mut [u8]) -> Option<Disposition> {
-        if !self.engine.takes_whole(rx) {
+    /// NAT super-packets and partial checksums whole, in place where the engine can (see
+    /// [`crate::dataplane::io::vnet`]).
+    fn process_whole(
+        &mut self,
+        now: Instant,
+        pkt: &mut [u8],
+        tx: &mut [u8],
+    ) -> Option<(Disposition, Output)> {
+        if !self.engine.takes_whole(pkt) {
             return None;
         }
-        let v = self.engine.process_offloaded(now, rx, tx);
-        Some(self.after_packet(now, v))
+        let (v, in_place) = self.engine.process_in_place(now, pkt, tx);
+        Some((self.after_packet(now, v), if in_place { Output::InPlace } else { Output::Tx }))
     }
 
     fn on_tick(&mut self, now: Instant) {

@@ -160,9 +160,20 @@ pub struct Engine {
     sync_queue: VecDeque<SyncRecord>,
     /// The packet being processed carries partial transport checksums (offload).
     partial_csum: bool,
+    /// The packet being processed may be forwarded in place ([`Engine::process_in_place`]):
+    /// NAT and direct routing leave their edit in `pending` instead of copying.
+    in_place: bool,
+    pending: Option<InPlace>,
     /// Next slot of a full resync in progress.
     resync_cursor: Option<u32>,
     stats: EngineStats,
+}
+
+/// The edit [`Engine::process_in_place`] applies once the engine has let go of the packet.
+#[derive(Clone, Copy, Debug)]
+enum InPlace {
+    Rewrite(forward::Rewrite),
+    Unchanged,
 }
 
 fn secs(now: Instant) -> u32 {
@@ -234,6 +245,8 @@ impl Engine {
             sync_queue: VecDeque::with_capacity(SYNC_QUEUE),
             resync_cursor: None,
             partial_csum: false,
+            in_place: false,
+            pending: None,
             stats: EngineStats::default(),
         }
     }
@@ -263,6 +276,49 @@ impl Engine {
         let v = self.process(now, rx, tx);
         self.partial_csum = false;
         v
+    }
+
+    /// Like [`Engine::process_offloaded`], forwarding in place where it can: a NAT rewrite
+    /// is applied to `pkt` itself and a direct-routed packet is left as it is, so a 64 KB
+    /// super-packet is never copied in user space. Returns the verdict and whether its
+    /// output is `pkt` (`true`) or was written into `tx` (`false`: a reset or an ICMP error
+    /// the engine made, or a tunnelled packet); `tx` needs room only for those.
+    pub fn process_in_place(&mut self, now: Instant, pkt: &mut [u8], tx: &mut [u8]) -> (Verdict, bool) {
+        self.partial_csum = true;
+        self.in_place = true;
+        self.pending = None;
+        let v = self.process(now, pkt, tx);
+        self.partial_csum = false;
+        self.in_place = false;
+        match (self.pending.take(), v) {
+            (Some(InPlace::Rewrite(rw)), Verdict::Tun { len }) => match pkt.get_mut(..len) {
+                Some(out) => {
+                    forward::apply(out, rw);
+                    (v, true)
+                }
+                None => (Verdict::Drop(DropReason::Truncated), false),
+            },
+            (Some(InPlace::Unchanged), Verdict::L2 { .. }) => (v, true),
+            (_, v) => (v, false),
+        }
+    }
+
+    /// A NAT rewrite: copied into `tx`, or held for [`Engine::process_in_place`].
+    fn nat(&mut self, ip: &Ipv4Packet<&[u8]>, tx: &mut [u8], rw: forward::Rewrite) -> Verdict {
+        if self.in_place {
+            self.pending = Some(InPlace::Rewrite(rw));
+            return Verdict::Tun { len: ip.packet().len() };
+        }
+        forward::rewrite(ip, tx, rw)
+    }
+
+    /// Direct routing: copied into `tx`, or left in place for [`Engine::process_in_place`].
+    fn direct(&mut self, ip: &Ipv4Packet<&[u8]>, tx: &mut [u8], server: Ipv4Addr) -> Verdict {
+        if self.in_place {
+            self.pending = Some(InPlace::Unchanged);
+            return Verdict::L2 { len: ip.packet().len(), next_hop: server };
+        }
+        forward::direct(ip, tx, server)
     }
 
     /// Whether `rx` may be processed whole by [`Engine::process_offloaded`] as a GSO
@@ -416,14 +472,19 @@ impl Engine {
         let server = self.svcs[svc].addrs[usize::from(e.server_idx)];
         match self.svcs[svc].forwarding {
             Forwarding::Nat => {
-                let v =
-                    forward::rewrite(ip, tx, forward::Side::Dst, server, e.server_port, self.partial_csum);
+                let rw = forward::Rewrite {
+                    side: forward::Side::Dst,
+                    addr: server,
+                    port: e.server_port,
+                    partial: self.partial_csum,
+                };
+                let v = self.nat(ip, tx, rw);
                 if matches!(v, Verdict::Tun { .. }) {
                     self.stats.nat_to_server += 1;
                 }
                 v
             }
-            Forwarding::Dr => forward::direct(ip, tx, server),
+            Forwarding::Dr => self.direct(ip, tx, server),
             Forwarding::Tunnel => self.tunnel(ip, tx, server, true),
         }
     }
@@ -463,7 +524,13 @@ impl Engine {
     ) -> Verdict {
         self.hit(now, slot, fl, false);
         let e = *self.table.get(slot);
-        let v = forward::rewrite(ip, tx, forward::Side::Src, e.vip, e.vip_port, self.partial_csum);
+        let rw = forward::Rewrite {
+            side: forward::Side::Src,
+            addr: e.vip,
+            port: e.vip_port,
+            partial: self.partial_csum,
+        };
+        let v = self.nat(ip, tx, rw);
         if matches!(v, Verdict::Tun { .. }) {
             self.stats.nat_to_client += 1;
         }

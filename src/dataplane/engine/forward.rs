@@ -31,22 +31,32 @@ fn copy_in<'a>(ip: &Ipv4Packet<&[u8]>, tx: &'a mut [u8], at: usize) -> Option<&'
     Some(out)
 }
 
-/// NAT: copies the packet and rewrites one endpoint (address and port), patching the IP
-/// and transport checksums. With `partial`, the transport checksum field holds only the
-/// pseudo-header sum (checksum offload, `NEEDS_CSUM`): the address change is applied to
-/// it and the port change is not (the device sums the ports itself).
-pub(super) fn rewrite(
-    ip: &Ipv4Packet<&[u8]>,
-    tx: &mut [u8],
-    side: Side,
-    addr: Ipv4Addr,
-    port: u16,
-    partial: bool,
-) -> Verdict {
+/// One NAT rewrite: which endpoint becomes `addr:port`. With `partial`, the transport
+/// checksum field holds only the pseudo-header sum (checksum offload, `NEEDS_CSUM`): the
+/// address change is applied to it and the port change is not (the device sums the ports
+/// itself).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Rewrite {
+    pub side: Side,
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub partial: bool,
+}
+
+/// NAT: copies the packet into `tx` and rewrites it there (see [`apply`]).
+pub(super) fn rewrite(ip: &Ipv4Packet<&[u8]>, tx: &mut [u8], rw: Rewrite) -> Verdict {
     let Some(out) = copy_in(ip, tx, 0) else {
         return Verdict::Drop(DropReason::BufferTooSmall);
     };
-    let len = out.len();
+    apply(out, rw);
+    Verdict::Tun { len: out.len() }
+}
+
+/// Rewrites one endpoint of the IPv4 TCP/UDP packet `out` (already parsed by the engine, so
+/// its headers are whole) in place, patching the IP and transport checksums incrementally.
+/// The whole-packet path calls it on the packet as read, saving a copy of up to 64 KB.
+pub(super) fn apply(out: &mut [u8], rw: Rewrite) {
+    let Rewrite { side, addr, port, partial } = rw;
     let mut p = Ipv4Packet::new_unchecked(out);
     let old = match side {
         Side::Src => p.src_bytes(),
@@ -64,7 +74,7 @@ pub(super) fn rewrite(
         let c = checksum::update_partial(be16(seg, at), &old, &new);
         put16(seg, at, c);
         put16(seg, if side == Side::Src { 0 } else { 2 }, port);
-        return Verdict::Tun { len };
+        return;
     }
     match l4 {
         proto::TCP => {
@@ -85,7 +95,6 @@ pub(super) fn rewrite(
         }
         _ => {}
     }
-    Verdict::Tun { len }
 }
 
 /// Direct routing: the packet unchanged, framed to the server by the shell.

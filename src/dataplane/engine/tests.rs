@@ -416,18 +416,18 @@ proptest! {
         };
         let ip = Ipv4Packet::new_checked(&pkt[..]).unwrap();
         let mut tx = vec![0u8; pkt.len()];
-        let v = forward::rewrite(&ip, &mut tx, forward::Side::Dst, server, sport, false);
+        let v = forward::rewrite(&ip, &mut tx, forward::Rewrite { side: forward::Side::Dst, addr: server, port: sport, partial: false });
         prop_assert_eq!(v, Verdict::Tun { len: pkt.len() });
         prop_assert!(build::checksums_valid(&tx));
         let ip2 = Ipv4Packet::new_checked(&tx[..]).unwrap();
         let mut back = vec![0u8; pkt.len()];
-        forward::rewrite(&ip2, &mut back, forward::Side::Dst, VIP, 80, false);
+        forward::rewrite(&ip2, &mut back, forward::Rewrite { side: forward::Side::Dst, addr: VIP, port: 80, partial: false });
         prop_assert_eq!(&back, &pkt);
         // The reply direction too.
         let reply = if tcp { build::tcp((server, sport), (client, cport), fl, &payload) } else { build::udp((server, sport), (client, cport), &payload) };
         let ip3 = Ipv4Packet::new_checked(&reply[..]).unwrap();
         let mut out = vec![0u8; reply.len()];
-        forward::rewrite(&ip3, &mut out, forward::Side::Src, VIP, 80, false);
+        forward::rewrite(&ip3, &mut out, forward::Rewrite { side: forward::Side::Src, addr: VIP, port: 80, partial: false });
         prop_assert!(build::checksums_valid(&out));
     }
 
@@ -609,4 +609,65 @@ fn super_packets_rewritten_whole_segment_into_valid_packets() {
     assert!(dr.takes_whole(&build::tcp((CLIENT, 7), (VIP, 80), ACK, b"x")));
     let tunnel = engine(Forwarding::Tunnel);
     assert!(!tunnel.takes_whole(&build::tcp((CLIENT, 7), (VIP, 80), ACK, b"x")));
+}
+
+/// In place and copied, the whole-packet path gives the same bytes and the same verdicts
+/// (NAT both ways, direct routing unchanged), and what the engine makes itself (a reset for
+/// a server gone down with `on_down: reset`) lands in `tx`, the packet untouched.
+#[test]
+fn in_place_matches_the_copying_path() {
+    let flows = |e: &mut Engine| {
+        run(e, t(0), &build::tcp((CLIENT, 7), (VIP, 80), SYN, b""));
+        run(e, t(1), &build::tcp((S1, 8080), (CLIENT, 7), SYN | ACK, b""));
+    };
+    let payload: Vec<u8> = (0..3000u32).map(|i| (i * 13) as u8).collect();
+    for f in [Forwarding::Nat, Forwarding::Dr] {
+        let (mut copying, mut in_place) = (engine(f), engine(f));
+        flows(&mut copying);
+        flows(&mut in_place);
+        for (i, pkt) in [
+            build::tcp((CLIENT, 7), (VIP, 80), ACK, &payload),
+            build::tcp((S1, 8080), (CLIENT, 7), ACK, b"reply"),
+            build::udp((CLIENT, 9), (VIP, 80), b"datagram"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut tx = vec![0u8; 65535];
+            let want = copying.process_offloaded(t(2 + i as u64), &pkt, &mut tx);
+            let mut buf = pkt.clone();
+            let mut scratch = vec![0u8; 65535];
+            let (got, out_in_place) = in_place.process_in_place(t(2 + i as u64), &mut buf, &mut scratch);
+            assert_eq!(got, want, "{f:?} packet {i}");
+            match want {
+                Verdict::Tun { len } | Verdict::L2 { len, .. } => {
+                    assert!(out_in_place, "{f:?} packet {i} forwarded in place");
+                    assert_eq!(&buf[..len], &tx[..len], "{f:?} packet {i} bytes");
+                }
+                Verdict::Drop(_) => {
+                    assert!(!out_in_place);
+                    assert_eq!(buf, pkt, "a dropped packet is left as it was");
+                }
+            }
+        }
+        assert_eq!(copying.stats(), in_place.stats(), "{f:?} counters");
+    }
+    let mut e = engine_with(
+        vec![Service {
+            on_down: OnDown::Reset,
+            servers: vec![service(Forwarding::Nat, Protocol::Tcp).servers[0].clone()],
+            ..service(Forwarding::Nat, Protocol::Tcp)
+        }],
+        1000,
+    );
+    run(&mut e, t(0), &build::tcp((CLIENT, 7), (VIP, 80), SYN, b""));
+    e.set_server_state(0, 0, 1, false).unwrap();
+    let pkt = build::tcp((CLIENT, 7), (VIP, 80), ACK, b"late");
+    let mut buf = pkt.clone();
+    let mut tx = vec![0u8; 2048];
+    let (v, out_in_place) = e.process_in_place(t(1), &mut buf, &mut tx);
+    assert!(matches!(v, Verdict::Tun { len: 40 }), "{v:?}");
+    assert!(!out_in_place, "the reset is in tx");
+    assert_eq!(buf, pkt, "the packet is untouched");
+    assert_eq!(addrs(&tx[..40]), (VIP, 80, CLIENT, 7));
 }

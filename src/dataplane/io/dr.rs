@@ -14,6 +14,7 @@
 //! checks normally keep servers' entries fresh, so misses are rare.
 
 use std::collections::BTreeMap;
+use std::io::IoSlice;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::time::Duration;
 
@@ -41,7 +42,6 @@ pub struct DrSender {
     handle: rtnetlink::Handle,
     /// Next hop -> (MAC, or `None` for a remembered miss; when it was read).
     cache: BTreeMap<Ipv4Addr, (Option<[u8; 6]>, Instant)>,
-    frame: Vec<u8>,
     poke: Option<UdpSocket>,
 }
 
@@ -68,7 +68,6 @@ impl DrSender {
             src_mac,
             handle,
             cache: BTreeMap::new(),
-            frame: Vec::with_capacity(VIRTIO_NET_HDR_LEN + 14 + super::MAX_WHOLE),
             poke: UdpSocket::bind("0.0.0.0:0").ok(),
         })
     }
@@ -96,11 +95,12 @@ impl DrSender {
             ShellStats::add(&stats.l2_no_neighbour, segments);
             return;
         };
-        if vnet_frame(hdr, mac, self.src_mac, packet, &mut self.frame).is_err() {
+        let Ok(head) = vnet_frame_header(hdr, mac, self.src_mac) else {
             ShellStats::add(&stats.tx_l2_errors, 1);
             return;
-        }
-        match self.socket.send(&self.frame) {
+        };
+        // Gathered by the kernel: the packet (up to 64 KB) is not copied in user space.
+        match self.socket.send_vectored(&[IoSlice::new(&head), IoSlice::new(packet)]) {
             Ok(_) => ShellStats::add(&stats.tx_l2_packets, segments),
             Err(_) => ShellStats::add(&stats.tx_l2_errors, 1),
         }
@@ -137,29 +137,39 @@ pub fn build_frame(dst: [u8; 6], src: [u8; 6], packet: &[u8], out: &mut Vec<u8>)
     out.extend_from_slice(packet);
 }
 
-/// Writes `hdr` (its offsets moved past the Ethernet header when the checksum is partial)
-/// followed by the Ethernet frame of `packet` into `out`: what a `PACKET_VNET_HDR` socket
-/// sends.
-pub fn vnet_frame(
+/// The virtio-net header `hdr` (its offsets moved past the Ethernet header when the
+/// checksum is partial) followed by the Ethernet header (`dst`, `src`, IPv4): what a
+/// `PACKET_VNET_HDR` socket sends in front of the packet.
+pub fn vnet_frame_header(
     mut hdr: VirtioNetHdr,
     dst: [u8; 6],
     src: [u8; 6],
-    packet: &[u8],
-    out: &mut Vec<u8>,
-) -> std::io::Result<()> {
+) -> std::io::Result<[u8; VIRTIO_NET_HDR_LEN + ETH_HLEN as usize]> {
     if hdr.flags & vnet::F_NEEDS_CSUM != 0 {
         hdr.csum_start += ETH_HLEN;
     }
     if hdr.gso_type != vnet::GSO_NONE {
         hdr.hdr_len += ETH_HLEN;
     }
-    let mut h = [0u8; VIRTIO_NET_HDR_LEN];
-    hdr.encode(&mut h)?;
+    let mut h = [0u8; VIRTIO_NET_HDR_LEN + ETH_HLEN as usize];
+    hdr.encode(&mut h[..VIRTIO_NET_HDR_LEN])?;
+    h[VIRTIO_NET_HDR_LEN..VIRTIO_NET_HDR_LEN + 6].copy_from_slice(&dst);
+    h[VIRTIO_NET_HDR_LEN + 6..VIRTIO_NET_HDR_LEN + 12].copy_from_slice(&src);
+    h[VIRTIO_NET_HDR_LEN + 12..].copy_from_slice(&ETH_P_IP.to_be_bytes());
+    Ok(h)
+}
+
+/// [`vnet_frame_header`] and `packet` in one buffer (what the kernel gathers).
+#[cfg(test)]
+fn vnet_frame(
+    hdr: VirtioNetHdr,
+    dst: [u8; 6],
+    src: [u8; 6],
+    packet: &[u8],
+    out: &mut Vec<u8>,
+) -> std::io::Result<()> {
     out.clear();
-    out.extend_from_slice(&h);
-    out.extend_from_slice(&dst);
-    out.extend_from_slice(&src);
-    out.extend_from_slice(&ETH_P_IP.to_be_bytes());
+    out.extend_from_slice(&vnet_frame_header(hdr, dst, src)?);
     out.extend_from_slice(packet);
     Ok(())
 }

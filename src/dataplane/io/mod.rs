@@ -100,22 +100,38 @@ pub enum Disposition {
 pub trait PacketProcessor: Send {
     fn process(&mut self, now: Instant, rx: &[u8], tx: &mut [u8]) -> Disposition;
 
-    /// Whole-packet offload (see [`vnet`]): `rx` is one IPv4 TCP or UDP packet whose
+    /// Whole-packet offload (see [`vnet`]): `pkt` is one IPv4 TCP or UDP packet whose
     /// transport checksum field holds only the pseudo-header sum, possibly a TCP super-packet
     /// of up to [`MAX_WHOLE`] bytes that the kernel segments after the shell writes it back
-    /// with its virtio-net header; `tx` has room for [`MAX_WHOLE`] bytes. A `Tun` output of
-    /// the same length as `rx` must keep its layout (header lengths; NAT does) and its
-    /// partial checksum; an output of another length must be a complete packet the processor
-    /// made (a reset), written without offload. Return `None`, **before any side effect**,
-    /// to have the shell finish the checksum or split the super-packet and call
-    /// [`PacketProcessor::process`] per packet instead (the default).
-    fn process_whole(&mut self, _now: Instant, _rx: &[u8], _tx: &mut [u8]) -> Option<Disposition> {
+    /// with its virtio-net header. The processor forwards it in place where it can
+    /// ([`Output::InPlace`]: NAT rewrites `pkt` itself, direct routing leaves it as it is),
+    /// or writes its output into `tx` ([`Output::Tx`], room for [`MAX_WHOLE`] bytes). A `Tun`
+    /// output of the same length as `pkt` must keep its layout (header lengths; NAT does)
+    /// and its partial checksum; an output of another length must be a complete packet the
+    /// processor made (a reset), written without offload. Return `None`, **before any side
+    /// effect or change to `pkt`**, to have the shell finish the checksum or split the
+    /// super-packet and call [`PacketProcessor::process`] per packet instead (the default).
+    fn process_whole(
+        &mut self,
+        _now: Instant,
+        _pkt: &mut [u8],
+        _tx: &mut [u8],
+    ) -> Option<(Disposition, Output)> {
         None
     }
 
     /// Housekeeping, called every [`TICK`] whether or not packets flow (the engine expires
     /// idle connections here, so a quiet ATM's table still empties). Bounded work.
     fn on_tick(&mut self, _now: Instant) {}
+}
+
+/// Where a whole packet's output is ([`PacketProcessor::process_whole`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// In the packet as read (rewritten in place, or unchanged).
+    InPlace,
+    /// In the `tx` buffer.
+    Tx,
 }
 
 /// Period of [`PacketProcessor::on_tick`].
@@ -250,16 +266,23 @@ impl PacketProcessor for crate::dataplane::engine::Engine {
 
     /// NAT and direct-routing packets (and anything that is no client packet of a service:
     /// NAT replies, drops) whole; tunnels need their segments.
-    fn process_whole(&mut self, now: Instant, rx: &[u8], tx: &mut [u8]) -> Option<Disposition> {
+    fn process_whole(
+        &mut self,
+        now: Instant,
+        pkt: &mut [u8],
+        tx: &mut [u8],
+    ) -> Option<(Disposition, Output)> {
         use crate::dataplane::engine::Verdict;
-        if !self.takes_whole(rx) {
+        if !self.takes_whole(pkt) {
             return None;
         }
-        Some(match self.process_offloaded(now, rx, tx) {
+        let (v, in_place) = self.process_in_place(now, pkt, tx);
+        let d = match v {
             Verdict::Tun { len } => Disposition::Tun { len },
             Verdict::L2 { len, next_hop } => Disposition::L2 { len, next_hop },
             Verdict::Drop(_) => Disposition::Drop,
-        })
+        };
+        Some((d, if in_place { Output::InPlace } else { Output::Tx }))
     }
 }
 

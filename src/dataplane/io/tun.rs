@@ -11,8 +11,9 @@
 //! * Each queue gets one worker thread with its own current-thread runtime and its own
 //!   processor from the factory (`factory(queue_index)`). A worker reads one raw packet
 //!   (virtio-net header + IP packet, possibly a 64 KB super-packet). If the processor takes
-//!   it whole ([`PacketProcessor::process_whole`], NAT), the output goes back in one write
-//!   with the same header; otherwise it is split (up to [`IDEAL_BATCH_SIZE`] packets),
+//!   it whole ([`PacketProcessor::process_whole`], NAT and direct routing, in place in the
+//!   read buffer so a super-packet is never copied in user space), the output goes back in
+//!   one write with the same header; otherwise it is split (up to [`IDEAL_BATCH_SIZE`] packets),
 //!   every packet processed, and the `Tun` outputs written back in one `send_multiple`
 //!   (GRO-coalesced). See [`super::vnet`].
 //! * [`Shell::apply`] runs a closure on every worker's processor between two batches (server
@@ -33,8 +34,8 @@ use tun_rs::{
 use super::dr::DrSender;
 use super::netlink::{self, SteerRule};
 use super::{
-    Disposition, MAX_PACKET, MAX_WHOLE, PacketProcessor, ShellConfig, ShellError, ShellStats, StatsSnapshot,
-    TICK, vnet,
+    Disposition, MAX_PACKET, MAX_WHOLE, Output, PacketProcessor, ShellConfig, ShellError, ShellStats,
+    StatsSnapshot, TICK, vnet,
 };
 use crate::time::Instant;
 
@@ -49,6 +50,9 @@ const TX_CAPACITY: usize = 2 * TX_OFFSET + MAX_READ;
 const MAX_READ: usize = 65535;
 /// How long [`Shell::start`] waits for each worker to be reading.
 const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Most reads handled per wake-up of a worker's select.
+const BURST: usize = 32;
 
 /// Pending control closures per worker.
 pub const CONTROL_QUEUE: usize = 64;
@@ -259,9 +263,10 @@ struct Worker<P> {
 
 /// The buffers of one worker, allocated once.
 struct Buffers {
-    /// virtio-net header + one raw read.
+    /// virtio-net header + one raw read (a whole packet forwarded in place is sent from
+    /// here, its header rewritten).
     original: Vec<u8>,
-    /// virtio-net header + the output of a whole packet.
+    /// virtio-net header + the output of a whole packet the processor wrote elsewhere.
     whole: Vec<u8>,
     /// Split packets.
     rx: Vec<Vec<u8>>,
@@ -334,6 +339,23 @@ impl<P: PacketProcessor> Worker<P> {
             };
             ShellStats::add(&self.stats.rx_batches, 1);
             self.handle_read(&dev, &mut b, len, dr.as_mut()).await;
+            // Whatever else is queued already is read without going back through the select
+            // (its polls cost as much as a small packet's processing); bounded, so control
+            // changes, ticks and the stop are never held off for long.
+            for _ in 1..BURST {
+                let len = match dev.try_recv(&mut b.original) {
+                    Ok(len) => len,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        return Err(ShellError::Tun {
+                            name: format!("queue {} read", self.queue),
+                            source: e,
+                        });
+                    }
+                };
+                ShellStats::add(&self.stats.rx_batches, 1);
+                self.handle_read(&dev, &mut b, len, dr.as_mut()).await;
+            }
         }
     }
 
@@ -373,11 +395,17 @@ impl<P: PacketProcessor> Worker<P> {
             return;
         };
         if let Some((out_hdr, segments)) = vnet::whole(&hdr, pkt)
-            && let Some(d) = self.processor.process_whole(now, pkt, &mut b.whole[VIRTIO_NET_HDR_LEN..])
+            && let Some((d, output)) =
+                self.processor.process_whole(now, pkt, &mut b.whole[VIRTIO_NET_HDR_LEN..])
         {
             ShellStats::add(&self.stats.rx_packets, segments);
             let whole = Whole { d, in_len: pkt.len(), hdr: out_hdr, segments };
-            self.write_whole(now, dev, &mut b.whole, whole, dr).await;
+            // Either buffer has room for the virtio-net header in front of the packet.
+            let out = match output {
+                Output::InPlace => &mut b.original,
+                Output::Tx => &mut b.whole,
+            };
+            self.write_whole(now, dev, out, whole, dr).await;
             return;
         }
         let n = match vnet::split(hdr, pkt, &mut b.rx, &mut b.sizes) {
