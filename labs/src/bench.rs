@@ -301,6 +301,17 @@ fn cpu_seconds(pid: u32, clk_tck: f64) -> Option<f64> {
     Some(ticks as f64 / clk_tck)
 }
 
+/// Busy CPU seconds of the whole machine so far (all CPUs; user, nice, system, irq, softirq
+/// and steal from `/proc/stat`).
+fn machine_busy_seconds(clk_tck: f64) -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal
+    let busy = f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)? + f.get(7)?;
+    Some(busy as f64 / clk_tck)
+}
+
 /// A load that failed is reported and left out of the figures (the run goes on); Ctrl-C
 /// still ends the run.
 fn skip_failed(r: anyhow::Result<f64>) -> anyhow::Result<Option<f64>> {
@@ -349,7 +360,9 @@ impl Bench<'_> {
             let pid = self.lab.spawn(&label, &atm, daemon, &args)?;
             self.wait_primary(&label)?;
             let cpu0 = cpu_seconds(pid, self.tools.clk_tck);
+            let m0 = machine_busy_seconds(self.tools.clk_tck);
             let value = self.load(peer, load);
+            let m1 = machine_busy_seconds(self.tools.clk_tck);
             let cpu1 = cpu_seconds(pid, self.tools.clk_tck);
             self.lab.signal(&label, Signal::SIGTERM)?;
             self.lab.wait_or_kill(&label, 5_000)?;
@@ -358,6 +371,8 @@ impl Bench<'_> {
             let Some(value) = skip_failed(value)? else { continue };
             let mut f = Figure::new(peer, load, self.rep, value);
             f.cpu_s = cpu0.zip(cpu1).map(|(a, b)| b - a);
+            f.machine_cpu_s = m0.zip(m1).map(|(a, b)| b - a);
+            f.seconds = self.opts.seconds as f64;
             f.packets = debug_field(stopped, "rx_packets");
             f.batches = debug_field(stopped, "rx_batches");
             eprintln!("bench:   {}", f.line());
@@ -435,11 +450,15 @@ impl Bench<'_> {
                 continue; // HAProxy does not balance UDP.
             }
             let cpu0 = pid.and_then(|p| cpu_seconds(p, self.tools.clk_tck));
+            let m0 = machine_busy_seconds(self.tools.clk_tck);
             let value = self.load(peer, load);
+            let m1 = machine_busy_seconds(self.tools.clk_tck);
             let Some(value) = skip_failed(value)? else { continue };
             let cpu1 = pid.and_then(|p| cpu_seconds(p, self.tools.clk_tck));
             let mut f = Figure::new(peer, load, self.rep, value);
             f.cpu_s = cpu0.zip(cpu1).map(|(a, b)| b - a);
+            f.machine_cpu_s = m0.zip(m1).map(|(a, b)| b - a);
+            f.seconds = self.opts.seconds as f64;
             eprintln!("bench:   {}", f.line());
             out.push(f);
         }

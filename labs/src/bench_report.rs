@@ -101,6 +101,23 @@ impl Load {
         }
     }
 
+    /// What [`Figure::machine_us_per_unit`] divides by.
+    pub fn work_unit(self) -> &'static str {
+        match self {
+            Load::Tcp1 | Load::Tcp4 => "MB",
+            Load::Http | Load::HttpClose => "request",
+            Load::Udp => "datagram",
+        }
+    }
+
+    /// Work units in one unit of the figure per second (Gbit/s -> MB, k req/s -> requests).
+    fn units_per_value(self) -> f64 {
+        match self {
+            Load::Tcp1 | Load::Tcp4 => 1e9 / 8.0 / 1e6,
+            Load::Http | Load::HttpClose | Load::Udp => 1e3,
+        }
+    }
+
     pub fn parse(s: &str) -> anyhow::Result<Load> {
         match Load::ALL.iter().find(|l| l.name() == s) {
             Some(l) => Ok(*l),
@@ -122,11 +139,35 @@ pub struct Figure {
     /// Packets our data plane read (split segments) and batches (reads).
     pub packets: Option<u64>,
     pub batches: Option<u64>,
+    /// Busy CPU seconds of the whole machine over the load (every process and the kernel:
+    /// load generators, server, balancer, softirqs), from `/proc/stat`.
+    pub machine_cpu_s: Option<f64>,
+    /// The load's length in seconds.
+    pub seconds: f64,
 }
 
 impl Figure {
     pub fn new(peer: Peer, load: Load, rep: usize, value: f64) -> Figure {
-        Figure { peer, load, rep, value, cpu_s: None, packets: None, batches: None }
+        Figure {
+            peer,
+            load,
+            rep,
+            value,
+            cpu_s: None,
+            packets: None,
+            batches: None,
+            machine_cpu_s: None,
+            seconds: 0.0,
+        }
+    }
+
+    /// Whole-machine CPU microseconds per unit of work ([`Load::work_unit`]): what a request,
+    /// a megabyte or a datagram costs everything on the path together. On a quiet machine
+    /// the difference between two peers is the cost of their balancing itself.
+    pub fn machine_us_per_unit(&self) -> Option<f64> {
+        let work = self.value * self.load.units_per_value() * self.seconds;
+        let busy = self.machine_cpu_s?;
+        (work > 0.0).then(|| busy * 1e6 / work)
     }
 
     /// CPU nanoseconds per packet read.
@@ -151,6 +192,9 @@ impl Figure {
         }
         if let Some(n) = self.ns_per_packet() {
             t += &format!("  {n:.0} ns/packet");
+        }
+        if let Some(u) = self.machine_us_per_unit() {
+            t += &format!("  machine {u:.2} us/{}", self.load.work_unit());
         }
         t
     }
@@ -209,6 +253,7 @@ pub struct Report {
     spread: BTreeMap<(Load, Peer), f64>,
     ns_per_packet: BTreeMap<(Load, Peer), f64>,
     per_read: BTreeMap<(Load, Peer), f64>,
+    machine: BTreeMap<(Load, Peer), f64>,
 }
 
 impl Report {
@@ -235,6 +280,7 @@ impl Report {
             .collect();
         let ns_per_packet = med(&|f| f.ns_per_packet());
         let per_read = med(&|f| Some(f.packets? as f64 / f.batches.filter(|b| *b > 0)? as f64));
+        let machine = med(&|f| f.machine_us_per_unit());
         Report {
             reps: opts.reps,
             seconds: opts.seconds,
@@ -246,6 +292,7 @@ impl Report {
             spread,
             ns_per_packet,
             per_read,
+            machine,
         }
     }
 
@@ -321,6 +368,34 @@ impl Report {
             }
             t += "\n";
         }
+        if !self.machine.is_empty() {
+            t += "\n# whole-machine CPU per unit of work (all processes and the kernel; meaningful on a quiet machine)\n";
+            t += &format!("{:<24} {:<8}", "load", "us per");
+            for p in &self.peers {
+                t += &format!(" {:>9}", p.title());
+            }
+            for (o, p) in &cols {
+                t += &format!(" {:>12}", format!("{}/{}", short(*o), short(*p)));
+            }
+            t += "\n";
+            for &l in &self.loads {
+                t += &format!("{:<24} {:<8}", l.title(), l.work_unit());
+                for &p in &self.peers {
+                    t += &format!(
+                        " {:>9}",
+                        self.machine.get(&(l, p)).map_or("-".into(), |v| format!("{v:.2}"))
+                    );
+                }
+                for (o, p) in &cols {
+                    let r = self.machine.get(&(l, *o)).zip(self.machine.get(&(l, *p)));
+                    t += &format!(
+                        " {:>12}",
+                        r.filter(|(_, b)| **b > 0.0).map_or("-".into(), |(a, b)| format!("{:.2}x", a / b))
+                    );
+                }
+                t += "\n";
+            }
+        }
         t
     }
 
@@ -353,8 +428,14 @@ impl Report {
                     .iter()
                     .filter_map(|&p| self.spread.get(&(l, p)).map(|v| (p.name().to_string(), json!(v))))
                     .collect();
+                let machine: serde_json::Map<String, Value> = self
+                    .peers
+                    .iter()
+                    .filter_map(|&p| self.machine.get(&(l, p)).map(|v| (p.name().to_string(), json!(v))))
+                    .collect();
                 json!({ "load": l.name(), "unit": l.unit(), "median": med, "ratios": ratios,
-                        "spread": spread, "cpu_ns_per_packet": cpu })
+                        "spread": spread, "cpu_ns_per_packet": cpu,
+                        "machine_us_per": l.work_unit(), "machine_us": machine })
             })
             .collect();
         let samples: Vec<Value> = self
@@ -363,7 +444,8 @@ impl Report {
             .map(|f| {
                 json!({ "peer": f.peer.name(), "load": f.load.name(), "rep": f.rep, "value": f.value,
                         "cpu_s": f.cpu_s, "packets": f.packets, "reads": f.batches,
-                        "ns_per_packet": f.ns_per_packet() })
+                        "ns_per_packet": f.ns_per_packet(), "machine_cpu_s": f.machine_cpu_s,
+                        "machine_us_per_unit": f.machine_us_per_unit() })
             })
             .collect();
         json!({ "reps": self.reps, "seconds": self.seconds, "udp_rate": self.udp_rate,
@@ -469,5 +551,27 @@ mod tests {
         assert!(t.contains("0.50x") && t.contains("1000"), "{t}");
         assert!(r.svg().starts_with("<svg"));
         assert_eq!(r.json()["results"][0]["ratios"]["nat/nftables"], json!(0.5));
+    }
+
+    #[test]
+    fn machine_cpu_per_unit_of_work() {
+        let opts =
+            Opts::parse(&["--loads".into(), "http-close".into(), "--peers".into(), "dr,nft".into()]).unwrap();
+        let fig = |peer, krps, busy| {
+            let mut f = Figure::new(peer, Load::HttpClose, 0, krps);
+            f.machine_cpu_s = Some(busy);
+            f.seconds = 5.0;
+            f
+        };
+        // 10 k req/s for 5 s on 7.5 busy CPU seconds: 150 us a request.
+        let (dr, nft) = (fig(Peer::Dr, 10.0, 7.5), fig(Peer::Nft, 20.0, 10.0));
+        assert_eq!(dr.machine_us_per_unit(), Some(150.0));
+        assert_eq!(nft.machine_us_per_unit(), Some(100.0));
+        let t = Report::new(&opts, vec![dr, nft]).table();
+        assert!(t.contains("whole-machine") && t.contains("150.00") && t.contains("1.50x"), "{t}");
+        // 8 Gbit/s = 1000 MB/s.
+        let mut tcp = Figure::new(Peer::Dr, Load::Tcp1, 0, 8.0);
+        (tcp.machine_cpu_s, tcp.seconds) = (Some(2.0), 2.0);
+        assert_eq!(tcp.machine_us_per_unit(), Some(1000.0));
     }
 }
