@@ -53,12 +53,33 @@ pub trait ServerSink {
 impl ServerSink for Shell<DaemonProcessor> {
     fn set_up(&self, service: usize, server: usize, up: bool) -> bool {
         let f = Arc::new(move |p: &mut DaemonProcessor| {
-            // Keep the weight (operator's or config's); change health only.
-            if let Some(weight) = p.engine.servers(service).get(server).map(|s| s.weight) {
-                let _ = p.engine.set_server_state(service, server, weight, up);
-            }
+            // Health only: an operator's weight, drain or disable stays (see `servers`).
+            p.servers.set_health(&mut p.engine, service, server, up);
         });
         self.apply(f).is_ok()
+    }
+}
+
+/// The daemon's sink: verdicts to the engine, and each delivered one published to the admin
+/// channel's event stream.
+#[derive(Debug)]
+pub struct Publishing<'a> {
+    pub shell: &'a Shell<DaemonProcessor>,
+    pub platform: &'a crate::platform::linux::atm::LinuxPlatform,
+    pub services: &'a [Service],
+}
+
+impl ServerSink for Publishing<'_> {
+    fn set_up(&self, service: usize, server: usize, up: bool) -> bool {
+        use crate::platform::Platform;
+        let ok = self.shell.set_up(service, server, up);
+        if ok
+            && let (Some(b), Some(svc)) = (self.platform.bridge(), self.services.get(service))
+            && let Some(srv) = svc.servers.get(server)
+        {
+            b.health(self.platform.now().as_millis(), &svc.name, &srv.name, up);
+        }
+        ok
     }
 }
 
