@@ -15,7 +15,8 @@
 //!
 //! The server runs on a dedicated thread with its own single-threaded tokio runtime
 //! ([`start`]), never on the data-plane workers and not on the control loop's runtime
-//! either: parsing a burst of requests must not delay a heartbeat. The control loop publishes
+//! either: parsing a burst of requests must not delay a heartbeat. The thread runs at nice
+//! [`ADMIN_NICE`], so under CPU pressure the heartbeats and the data plane come first. The control loop publishes
 //! its state after every step ([`CoreBridge`]), and requests that change something go back
 //! to it over channels, so promote/demote/stop/start pass through the core's state machine
 //! exactly as a signal or the simulator's steps do.
@@ -130,6 +131,9 @@ impl CoreBridge {
     }
 }
 
+/// The admin thread's nice value: below the control loop and the data plane (nice 0).
+pub const ADMIN_NICE: i32 = 10;
+
 /// A running admin server thread.
 #[derive(Debug)]
 pub struct AdminHandle {
@@ -188,6 +192,9 @@ pub fn start(
     let (stop, stop_rx) = watch::channel(false);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let thread = std::thread::Builder::new().name("cs-admin".into()).spawn(move || {
+        if let Err(e) = crate::platform::linux::netsys::nice_this_thread(ADMIN_NICE) {
+            tracing::warn!(target: "clusterserverd::admin", error = %e, "cannot lower the admin thread's priority");
+        }
         rt.block_on(async move {
             match tokio::net::TcpListener::from_std(listener) {
                 Ok(l) => server::serve(l, ctx, stop_rx).await,
