@@ -3,6 +3,7 @@
 //! connection limit), every route's JSON, validation that changes nothing on bad input, and
 //! `cmc` (the real binary) against it. No root needed. The same server against a real
 //! daemon in namespaces is `tests/admin_ns.rs`.
+#![allow(clippy::disallowed_methods)] // reason: timeouts of a real socket test are measured on the wall clock
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
