@@ -128,8 +128,22 @@ fn start(name: &str, acl: Acl, limits: Limits) -> Fixture {
     let observed = Arc::new(Observed::default());
     let backend = Arc::new(Recording { observed: Arc::clone(&observed), ..Default::default() });
     *backend.servers.lock().unwrap() = vec![vec![
-        ServerView { weight: 5, operator_weight: 5, healthy: true, admin: "enabled", connections: 3 },
-        ServerView { weight: 1, operator_weight: 1, healthy: false, admin: "enabled", connections: 0 },
+        ServerView {
+            weight: 5,
+            operator_weight: 5,
+            healthy: true,
+            admin: "enabled",
+            connections: 3,
+            traffic: Default::default(),
+        },
+        ServerView {
+            weight: 1,
+            operator_weight: 1,
+            healthy: false,
+            admin: "enabled",
+            connections: 0,
+            traffic: Default::default(),
+        },
     ]];
     // The bridge publishes role state like the daemon's control loop does.
     let bridge = CoreBridge::new(Arc::clone(&observed), vec!["atm1".into(), "atm2".into()], "atm1".into());

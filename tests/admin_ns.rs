@@ -293,7 +293,8 @@ const CONFIG: &str = r#"{
               token_file: "admin.token" },
   services: [ { name: "echo", vip: "10.79.1.99", port: 8080, forwarding: "nat", scheduler: "wrr",
                 gateway_vip: "10.79.2.254",
-                servers: [ { name: "s1", address: "10.79.2.20", port: 8080, weight: 10 } ] } ],
+                servers: [ { name: "s1", address: "10.79.2.20", port: 8080, weight: 10 } ],
+                checks: [ { kind: "tcp", interval_ms: 300, timeout_ms: 200, rise: 1, fall: 2 } ] } ],
 }
 "#;
 
@@ -546,11 +547,24 @@ fn actions(lab: &Lab, client: &str, mgmt: &str, p: &str) {
         assert!(ok, "{read:?}: {err}");
     }
     let (ok, out, _) = lab.cmc(mgmt, p, &["metrics"]);
-    assert!(
-        ok && out.contains("clusterserver_role_primary 1")
-            && out.contains("clusterserver_heartbeats_sent_total"),
-        "{out}"
-    );
+    for want in [
+        "clusterserver_role_primary 1",
+        "clusterserver_heartbeats_sent_total",
+        "clusterserver_check_latency_seconds{service=\"echo\",server=\"s1\",check=\"0\",kind=\"tcp\"}",
+        "clusterserver_check_runs_total{service=\"echo\",server=\"s1\",check=\"0\",kind=\"tcp\",result=\"pass\"}",
+        "clusterserver_server_health{service=\"echo\",server=\"s1\",address=\"10.79.2.20\"} 1",
+    ] {
+        assert!(ok && out.contains(want), "{want} missing in:\n{out}");
+    }
+    let bytes = out
+        .lines()
+        .find(|l| l.starts_with("clusterserver_server_bytes_total{") && l.contains("to_client"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
+    assert!(bytes.is_some_and(|b| b > 0), "no reply bytes counted for s1:\n{out}");
+    let svcs: Vec<ServiceStatus> =
+        admin(mgmt, p, TOKEN, async |c| c.get("/v1/services").await.expect("services"));
+    let s1 = &svcs[0].servers[0];
+    assert!(s1.connections_total > 50 && s1.packets_in > 0 && s1.bytes_in > 0, "{s1:?}");
 
     // An event follower sees the weight change.
     let events = {

@@ -93,6 +93,7 @@ pub fn render(
     if let Some(dp) = dp {
         render_dataplane(&mut reg, cfg, dp);
     }
+    render_checks(&mut reg, cfg, core);
     counter(
         &mut reg,
         "admin_requests",
@@ -154,6 +155,33 @@ fn render_dataplane(reg: &mut Registry, cfg: &Config, dp: &DataplaneView) {
             })
             .collect()
     };
+    let traffic = |f: &dyn Fn(&crate::dataplane::engine::ServerCounters) -> u64| {
+        rows(&|v| f(&v.traffic) as i64).into_iter().map(|(l, v)| (l, v as u64))
+    };
+    counters_by(
+        reg,
+        "server_connections_scheduled",
+        "Connections scheduled to the server",
+        traffic(&|c| c.connections),
+    );
+    let dir = |d: &str, l: &Labels| -> Labels {
+        let mut l = l.clone();
+        l.push(("direction".into(), d.into()));
+        l
+    };
+    let packets = traffic(&|c| c.packets_in)
+        .map(|(l, v)| (dir("to_server", &l), v))
+        .chain(traffic(&|c| c.packets_out).map(|(l, v)| (dir("to_client", &l), v)));
+    counters_by(
+        reg,
+        "server_packets",
+        "Packets forwarded for the server (NAT replies as to_client)",
+        packets,
+    );
+    let bytes = traffic(&|c| c.bytes_in)
+        .map(|(l, v)| (dir("to_server", &l), v))
+        .chain(traffic(&|c| c.bytes_out).map(|(l, v)| (dir("to_client", &l), v)));
+    counters_by(reg, "server_bytes", "IP bytes forwarded for the server (NAT replies as to_client)", bytes);
     gauges_by(
         reg,
         "server_health",
@@ -171,5 +199,38 @@ fn render_dataplane(reg: &mut Registry, cfg: &Config, dp: &DataplaneView) {
         "server_connections",
         "Connection-table entries pointing at the server",
         rows(&|v| v.connections as i64).into_iter(),
+    );
+}
+
+fn render_checks(reg: &mut Registry, cfg: &Config, core: &CoreView) {
+    let label = |(svc, srv, chk): &(usize, usize, usize), kind: &str| -> Option<Labels> {
+        let s = cfg.services.get(*svc)?;
+        let r = s.servers.get(*srv)?;
+        Some(l(&[("service", &s.name), ("server", &r.name), ("check", &chk.to_string()), ("kind", kind)]))
+    };
+    let runs = core.checks.iter().flat_map(|(k, v)| {
+        [("pass", v.passes), ("fail", v.failures), ("timeout", v.timeouts)].into_iter().filter_map(
+            move |(res, n)| {
+                let mut lb = label(k, v.kind)?;
+                lb.push(("result".into(), res.into()));
+                Some((lb, n))
+            },
+        )
+    });
+    counters_by(reg, "check_runs", "Health-check runs by result", runs);
+    let f = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    for (k, v) in &core.checks {
+        if let Some(lb) = label(k, v.kind) {
+            f.get_or_create(&lb).set(v.last_latency.as_secs_f64());
+        }
+    }
+    reg.register("check_latency_seconds", "Latency of the last answered run of the check", f);
+    let sum =
+        core.checks.iter().filter_map(|(k, v)| Some((label(k, v.kind)?, v.latency_sum.as_micros() as u64)));
+    counters_by(
+        reg,
+        "check_latency_microseconds",
+        "Sum of the latencies of the answered runs (with check_runs: the mean)",
+        sum,
     );
 }

@@ -124,6 +124,33 @@ impl CoreBridge {
         self.observed.publish(now.as_millis(), kind, msg);
     }
 
+    /// One health-check run finished.
+    pub fn check_ran(
+        &self,
+        probe: crate::health::ProbeId,
+        kind: &'static str,
+        outcome: &crate::health::Outcome,
+    ) {
+        use crate::health::Outcome;
+        self.observed.update(|c| {
+            let v = c.checks.entry((probe.service, probe.server, probe.check)).or_default();
+            v.kind = kind;
+            match outcome {
+                Outcome::Pass { latency } => {
+                    v.passes += 1;
+                    v.last_latency = *latency;
+                    v.latency_sum += *latency;
+                }
+                Outcome::Fail { latency, .. } => {
+                    v.failures += 1;
+                    v.last_latency = *latency;
+                    v.latency_sum += *latency;
+                }
+                Outcome::Timeout => v.timeouts += 1,
+            }
+        });
+    }
+
     /// A health verdict that reached the engine.
     pub fn health(&self, now_ms: u64, service: &str, server: &str, up: bool) {
         let state = if up { "up" } else { "down" };

@@ -65,6 +65,14 @@ pub struct ServerStatus {
     pub admin: String,
     /// Entries in the connection table pointing at it.
     pub connections: u64,
+    /// Connections scheduled to it since start-up.
+    pub connections_total: u64,
+    /// Client packets and IP bytes forwarded to it (a GSO super-packet counts once).
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    /// NAT replies and their IP bytes forwarded back to clients (0 for DR and tunnel).
+    pub packets_out: u64,
+    pub bytes_out: u64,
 }
 
 /// `GET /v1/stats`.

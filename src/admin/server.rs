@@ -317,6 +317,11 @@ async fn services(State(ctx): Ctx) -> Response {
                         healthy: v.healthy,
                         admin: v.admin.to_string(),
                         connections: v.connections,
+                        connections_total: v.traffic.connections,
+                        packets_in: v.traffic.packets_in,
+                        bytes_in: v.traffic.bytes_in,
+                        packets_out: v.traffic.packets_out,
+                        bytes_out: v.traffic.bytes_out,
                     }
                 })
                 .collect(),

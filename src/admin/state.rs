@@ -21,6 +21,18 @@ use crate::dataplane::engine::EngineStats;
 /// Events kept for a slow SSE reader before it loses the oldest (it is told how many).
 pub const EVENT_BACKLOG: usize = 256;
 
+/// Counters of one health check of one server.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckView {
+    pub kind: &'static str,
+    pub passes: u64,
+    pub failures: u64,
+    pub timeouts: u64,
+    /// Latency of the last run that answered (pass or fail), and the sum over them.
+    pub last_latency: std::time::Duration,
+    pub latency_sum: std::time::Duration,
+}
+
 /// The control core as last observed.
 #[derive(Clone, Debug, Default)]
 pub struct CoreView {
@@ -36,6 +48,8 @@ pub struct CoreView {
     pub stats: NodeStats,
     /// Promotions of this ATM since start-up.
     pub failovers: u64,
+    /// Health checks by (service, server, check) index.
+    pub checks: std::collections::BTreeMap<(usize, usize, usize), CheckView>,
 }
 
 /// One server as the data plane has it.
@@ -46,6 +60,7 @@ pub struct ServerView {
     pub healthy: bool,
     pub admin: &'static str,
     pub connections: u64,
+    pub traffic: crate::dataplane::engine::ServerCounters,
 }
 
 /// The data plane's state.

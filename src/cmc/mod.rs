@@ -258,7 +258,17 @@ pub fn render_status(s: &Status) -> String {
 
 /// `cmc servers` as text.
 pub fn render_servers(services: &[ServiceStatus]) -> String {
-    let mut t = Table::new(&["SERVICE", "SERVER", "ADDRESS", "HEALTH", "ADMIN", "WEIGHT", "CONNS"]);
+    let mut t = Table::new(&[
+        "SERVICE",
+        "SERVER",
+        "ADDRESS",
+        "HEALTH",
+        "ADMIN",
+        "WEIGHT",
+        "CONNS",
+        "TOTAL",
+        "BYTES IN/OUT",
+    ]);
     for s in services {
         for r in &s.servers {
             t.row(vec![
@@ -273,6 +283,8 @@ pub fn render_servers(services: &[ServiceStatus]) -> String {
                     format!("{} (config {})", r.weight, r.config_weight)
                 },
                 r.connections.to_string(),
+                r.connections_total.to_string(),
+                format!("{}/{}", r.bytes_in, r.bytes_out),
             ]);
         }
     }

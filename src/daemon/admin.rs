@@ -74,6 +74,7 @@ fn view(p: &DaemonProcessor) -> DataplaneView {
                         healthy: inputs.map_or(s.up, |x| x.healthy),
                         admin: inputs.map_or("enabled", |x| x.state.name()),
                         connections: u64::from(s.active),
+                        traffic: p.engine.server_counters(svc).get(i).copied().unwrap_or_default(),
                     }
                 })
                 .collect()

@@ -48,6 +48,9 @@ pub trait ServerSink {
     /// Marks server `server` of service `service` up or down; `false` if it could not be
     /// delivered now (retried later).
     fn set_up(&self, service: usize, server: usize, up: bool) -> bool;
+
+    /// One check run finished (for the admin channel's counters; default: ignored).
+    fn check_ran(&self, _probe: ProbeId, _outcome: &Outcome) {}
 }
 
 impl ServerSink for Shell<DaemonProcessor> {
@@ -80,6 +83,12 @@ impl ServerSink for Publishing<'_> {
             b.health(self.platform.now().as_millis(), &svc.name, &srv.name, up);
         }
         ok
+    }
+
+    fn check_ran(&self, probe: ProbeId, outcome: &Outcome) {
+        if let Some(b) = self.platform.bridge() {
+            b.check_ran(probe, kind_name(self.services[probe.service].checks[probe.check].kind), outcome);
+        }
     }
 }
 
@@ -116,6 +125,7 @@ pub async fn run<S: ServerSink>(services: &[Service], sink: &S) {
                     tracing::debug!(target: "clusterserverd::health", service = %services[probe.service].name, server = %services[probe.service].servers[probe.server].name, check = probe.check, output = ?report.output, "program output");
                 }
                 let outcome = report.outcome.clone();
+                sink.check_ran(probe, &outcome);
                 last.insert(probe, report);
                 health.handle(now(), Input::Result { probe, outcome });
             }
