@@ -461,3 +461,59 @@ fn cmc_says_the_acl_refused_it() {
     let (ok, _, err) = cmc(&f, &["status"]);
     assert!(!ok && err.contains("admin_allow"), "{err}");
 }
+
+#[test]
+fn cmc_serve_refuses_plain_http_beyond_loopback() {
+    let f = start("serve-tls", loopback_only(), Limits::default());
+    let (ok, _, err) = cmc(&f, &["serve", "--listen", "0.0.0.0:0"]);
+    assert!(!ok && err.contains("refusing to serve the console on 0.0.0.0:0 over plain HTTP"), "{err}");
+    let (ok, _, err) = cmc(&f, &["serve", "--listen", "0.0.0.0:0", "--tls-cert", "/nonexistent.pem"]);
+    assert!(!ok && err.contains("go together"), "{err}");
+}
+
+#[test]
+fn cmc_serve_proxies_with_its_token_and_guards_changes() {
+    let f = start("serve", loopback_only(), Limits::default());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cmc"))
+        .arg("--config")
+        .arg(f.dir.join("cs.json5"))
+        .args(["serve", "--listen", &listen])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("cmc serve");
+    let addr: SocketAddr = listen.parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).is_err() {
+        assert!(std::time::Instant::now() < deadline, "cmc serve never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let get = |path: &str, host: &str| {
+        raw(addr, format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+    };
+    let page = get("/", &listen);
+    assert!(page.starts_with("HTTP/1.1 200") && page.contains("<canvas id=\"chart-conns\""), "{page}");
+    assert!(
+        !page.contains("://") && !page.contains("<script src") && !page.contains("<link"),
+        "assets are embedded, no CDN"
+    );
+    let st = get("/api/v1/status", &listen);
+    assert!(st.starts_with("HTTP/1.1 200") && st.contains("\"node\":\"atm1\""), "{st}");
+    let st = get("/api/v1/status", "evil.example:80");
+    assert!(st.starts_with("HTTP/1.1 403"), "another Host: {st}");
+    let post = |extra: &str| {
+        raw(
+            addr,
+            format!("POST /api/v1/services/http/servers/web1/drain HTTP/1.1\r\nHost: {listen}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+    };
+    let r = post("");
+    assert!(r.starts_with("HTTP/1.1 403") && r.contains("x-cmc-console"), "{r}");
+    assert!(f.backend.changes.lock().unwrap().is_empty());
+    let r = post("x-cmc-console: 1\r\n");
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert_eq!(*f.backend.changes.lock().unwrap(), ["0/0 Drain"]);
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -661,3 +661,182 @@ fn actions(lab: &Lab, client: &str, mgmt: &str, p: &str) {
     assert_eq!(primary_of(mgmt).as_deref(), Some(b));
     assert!(request(client, Duration::from_secs(1)));
 }
+
+/// `cmc serve` in the management namespace, driven by headless Chromium over WebDriver:
+/// the page loads, its charts move as traffic flows, a weight set on the page reaches the
+/// daemon, and a demote pressed on the page shows as a failover on the role timeline.
+/// Screenshots go to `target/tmp/console/` (`traffic.png`, `weight.png`, `failover.png`).
+#[test]
+fn console_in_a_lab() {
+    if std::env::var(HELPER_ENV).is_ok() {
+        return;
+    }
+    if !is_root() || !Path::new("/dev/net/tun").exists() {
+        println!("SKIPPED: needs root (and /dev/net/tun)");
+        eprintln!("SKIPPED: needs root (and /dev/net/tun)");
+        return;
+    }
+    let driver = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let Some(driver) = driver else {
+        println!("SKIPPED: needs chromedriver (scripts/install-deps installs chromium-driver)");
+        eprintln!("SKIPPED: needs chromedriver (scripts/install-deps installs chromium-driver)");
+        return;
+    };
+    let mut lab = Lab::new();
+    let (client, mgmt, _rogue) = setup(&mut lab);
+    wait_until("one primary", Duration::from_secs(15), || primary_of(&mgmt).is_some());
+    let p = primary_of(&mgmt).expect("primary");
+    let b = other(&p);
+    wait_until("the service", Duration::from_secs(5), || request(&client, Duration::from_millis(200)));
+    wait_until("peers up", Duration::from_secs(5), || {
+        status(&mgmt, &p).is_some_and(|s| s.peers.iter().all(|x| x.up))
+    });
+
+    // Traffic: one short connection every 20 ms from the client, until stopped (bounded).
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let (stop, client) = (Arc::clone(&stop), client.clone());
+        std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let mut ok = 0u64;
+            while !stop.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(120) {
+                ok += u64::from(request(&client, Duration::from_millis(300)));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            ok
+        })
+    };
+    let console = Command::new("ip")
+        .args(["netns", "exec", &mgmt, env!("CARGO_BIN_EXE_cmc"), "--config"])
+        .arg(lab.config())
+        .args(["--host", atm_addr(&p), "serve", "--listen", "127.0.0.1:9101"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("cmc serve");
+    lab.others.push(console);
+    let chromedriver = Command::new("ip")
+        .args(["netns", "exec", &mgmt, driver, "--port=9515"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver");
+    lab.others.push(chromedriver);
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console");
+    std::fs::create_dir_all(&shots).expect("screenshot dir");
+    let daemon: SocketAddr = format!("{}:{ADMIN_PORT}", atm_addr(&p)).parse().expect("addr");
+    let (pn, bn) = (p.clone(), b.to_string());
+    let result = in_netns(&mgmt, move || block(browse(shots, daemon, pn, bn))).join();
+    stop.store(true, Ordering::Relaxed);
+    let served = traffic.join().expect("traffic");
+    println!("traffic: {served} requests served during the console test");
+    result.expect("browser thread");
+    assert_eq!(primary_of(&mgmt).as_deref(), Some(b), "the demote from the console handed over");
+}
+
+async fn browse(shots: PathBuf, daemon: SocketAddr, p: String, b: String) {
+    use fantoccini::{ClientBuilder, Locator};
+    let port_open = || {
+        std::net::TcpStream::connect("127.0.0.1:9515").is_ok()
+            && std::net::TcpStream::connect("127.0.0.1:9101").is_ok()
+    };
+    wait_until("chromedriver and cmc serve", Duration::from_secs(20), port_open);
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({ "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1100"] }),
+    );
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    let web = ClientBuilder::new(connector)
+        .capabilities(caps)
+        .connect("http://127.0.0.1:9515")
+        .await
+        .expect("webdriver session");
+    let run = async {
+        web.goto("http://127.0.0.1:9101/").await.expect("open console");
+        let text = async |css: &str| -> String {
+            match web.find(Locator::Css(css)).await {
+                Ok(e) => e.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            }
+        };
+        let until = async |what: &str, secs: u64, js: &str| {
+            let t0 = Instant::now();
+            loop {
+                let v = web.execute(js, vec![]).await.expect("script");
+                if v.as_bool() == Some(true) {
+                    break;
+                }
+                assert!(t0.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        };
+        until(
+            "the page to show the role",
+            20,
+            "return document.getElementById('role').textContent === 'primary'",
+        )
+        .await;
+        assert_eq!(text("#node").await, p);
+        until(
+            "the connections chart to move",
+            30,
+            "return csState.samples.some(s => Object.values(s.servers).some(v => v.connsPerS > 0 && v.bytesPerS > 0))",
+        )
+        .await;
+        let peer = text(&format!("[data-peer='{b}']")).await;
+        assert!(peer.contains("up") && peer.contains("same"), "peer row: {peer}");
+        std::fs::write(shots.join("traffic.png"), web.screenshot().await.expect("shot")).expect("save");
+
+        // A weight set on the page, behind its confirmation, reaches the daemon.
+        let input = web.find(Locator::Css("[id='weight-echo/s1']")).await.expect("weight input");
+        input.clear().await.expect("clear");
+        input.send_keys("33").await.expect("type");
+        web.find(Locator::Css("[id='set-weight-echo/s1']"))
+            .await
+            .expect("button")
+            .click()
+            .await
+            .expect("click");
+        web.accept_alert().await.expect("confirm");
+        let c = Client::new(daemon, Some(TOKEN.to_string()));
+        let t0 = Instant::now();
+        loop {
+            let s: Vec<ServiceStatus> = c.get("/v1/services").await.expect("services");
+            if s[0].servers[0].weight == 33 {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "the daemon never showed weight 33");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        until(
+            "the page to show weight 33",
+            10,
+            "return document.querySelector(\"[data-server='echo/s1'] .weight\").textContent === '33'",
+        )
+        .await;
+        std::fs::write(shots.join("weight.png"), web.screenshot().await.expect("shot")).expect("save");
+
+        // Demote from the page: the role timeline marks the failover.
+        web.find(Locator::Id("act-demote")).await.expect("demote").click().await.expect("click");
+        web.accept_alert().await.expect("confirm");
+        until(
+            "the failover on the timeline",
+            15,
+            &format!("return csState.failovers.some(f => f.to === '{b}')"),
+        )
+        .await;
+        until(
+            "this ATM shown as backup",
+            10,
+            "return document.getElementById('role').textContent === 'backup'",
+        )
+        .await;
+        // A few more samples so the chart shows traffic moving to the new primary.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        std::fs::write(shots.join("failover.png"), web.screenshot().await.expect("shot")).expect("save");
+    };
+    run.await;
+    let _ = web.close().await;
+}

@@ -50,6 +50,9 @@ use crate::core::election::Role;
 use crate::core::heartbeat::DecodeError;
 use crate::dataplane::engine::DropReason;
 
+/// How long a stopping server waits for the requests in flight.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+
 /// Bounds of the admin channel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -110,7 +113,13 @@ pub async fn serve(listener: TcpListener, ctx: Arc<AdminContext>, mut stop: watc
     loop {
         let (stream, peer) = tokio::select! {
             biased;
-            _ = stop.changed() => return,
+            _ = stop.changed() => {
+                // Let requests in flight finish (a `restart` answers before the daemon goes
+                // down), bounded: an event stream never finishes on its own.
+                let all = u32::try_from(ctx.limits.max_connections).unwrap_or(u32::MAX);
+                let _ = tokio::time::timeout(STOP_GRACE, slots.acquire_many(all)).await;
+                return;
+            }
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {

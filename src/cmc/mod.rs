@@ -11,6 +11,7 @@
 //!
 //! Subcommands are a clap enum ([`Cmd`]); a new one is a variant and an arm in [`run`].
 
+pub mod serve;
 mod table;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -101,6 +102,16 @@ pub enum Cmd {
     },
     /// The Prometheus metrics text.
     Metrics,
+    /// The web console: one page with live charts and the actions (loopback by default;
+    /// beyond loopback only over HTTPS with --tls-cert and --tls-key).
+    Serve {
+        #[arg(long, default_value = "127.0.0.1:9101")]
+        listen: SocketAddr,
+        #[arg(long)]
+        tls_cert: Option<PathBuf>,
+        #[arg(long)]
+        tls_key: Option<PathBuf>,
+    },
 }
 
 /// Where the daemon is and how to authenticate, from the config and the flags.
@@ -220,6 +231,11 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             .await?
         }
         Cmd::Metrics => print!("{}", c.get_text("/metrics").await?),
+        Cmd::Serve { listen, tls_cert, tls_key } => {
+            let opts =
+                serve::ServeOptions { listen: *listen, tls_cert: tls_cert.clone(), tls_key: tls_key.clone() };
+            serve::serve(c, opts).await?
+        }
     }
     Ok(())
 }
