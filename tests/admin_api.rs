@@ -517,3 +517,57 @@ fn cmc_serve_proxies_with_its_token_and_guards_changes() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn cmc_serve_speaks_https_with_the_operators_certificate() {
+    let f = start("serve-https", loopback_only(), Limits::default());
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    let (cert, key) = (f.dir.join("console.crt"), f.dir.join("console.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cmc"))
+        .arg("--config")
+        .arg(f.dir.join("cs.json5"))
+        .args(["serve", "--listen", &listen, "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("cmc serve");
+    let addr: SocketAddr = listen.parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).is_err() {
+        assert!(std::time::Instant::now() < deadline, "cmc serve never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let plain =
+        raw(addr, format!("GET / HTTP/1.1\r\nHost: {listen}\r\nConnection: close\r\n\r\n").as_bytes());
+    assert!(!plain.contains("<canvas"), "plain HTTP answered on the TLS port: {plain}");
+    let page = block(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ck.cert.der().clone()).expect("root");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let mut s = tls.connect(name, tcp).await.expect("TLS handshake");
+        s.write_all(format!("GET / HTTP/1.1\r\nHost: {listen}\r\nConnection: close\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    assert!(page.starts_with("HTTP/1.1 200") && page.contains("<canvas id=\"chart-roles\""), "{page}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
