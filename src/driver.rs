@@ -86,6 +86,7 @@ pub async fn run_atm<P: Platform>(
                 Action::Exit => return Ok(node),
             }
         }
+        platform.observe(platform.now(), &node);
         let now = platform.now();
         let wait = node.poll_timeout().map_or(Duration::from_secs(3600), |t| t.saturating_since(now));
         let mut sleep = pin!(tokio::time::sleep(wait));

@@ -25,6 +25,10 @@
 
 #![deny(unsafe_code)]
 
+#[cfg(target_os = "linux")]
+pub mod admin;
+#[cfg(target_os = "linux")]
+pub mod cmc;
 pub mod config;
 pub mod core;
 #[cfg(target_os = "linux")]

@@ -43,6 +43,8 @@ pub const SUPPORTED: &[&str] = &[
     "forge",
     "server_down",
     "server_up",
+    "promote",
+    "demote",
     "miss_garp",
     "latency",
 ];
@@ -67,10 +69,7 @@ pub fn unsupported(s: &Scenario) -> Vec<String> {
     for st in &s.steps {
         let k = st.kind().unwrap_or("?");
         if !SUPPORTED.contains(&k) && !crate::health::KINDS.contains(&k) {
-            let why = match k {
-                "promote" | "demote" => "needs the daemon's admin channel (cmc), not wired into the lab yet",
-                _ => "unknown step",
-            };
+            let why = "unknown step";
             v.push(format!("the lab cannot perform `{k}` at {} ms: {why}", st.at_ms));
         }
     }
@@ -506,6 +505,8 @@ fn apply(
         &st.link_up,
         &st.server_down,
         &st.server_up,
+        &st.promote,
+        &st.demote,
     ]
     .into_iter()
     .flatten()
@@ -569,6 +570,18 @@ fn apply(
             }
         }
         "server_down" | "server_up" => faults::server(&plan, &host, kind == "server_down")?,
+        // Through the daemon's admin channel, as an operator would: `cmc promote|demote` run
+        // in the ATM's namespace against its loopback (the default allow list), with the
+        // token from the lab's config. It runs beside the scenario; its output is kept in the
+        // lab's logs and the outcome shows in the daemons' role changes.
+        "promote" | "demote" => {
+            let cmc = daemon.with_file_name("cmc");
+            if !cmc.exists() {
+                bail!("cmc not found at {} (cargo build --bin cmc)", cmc.display());
+            }
+            let args = vec!["--config".to_string(), cfg.display().to_string(), kind.to_string()];
+            lab.spawn(&format!("{host}/cmc-{kind}-{}", st.at_ms), &host, &cmc, &args)?;
+        }
         "miss_garp" => {
             let m = st.miss_garp.as_ref().context("miss_garp")?;
             faults::miss_garp(&plan, &m.client, VIP, m.count)?;

@@ -145,6 +145,8 @@ fn describe(names: &[String], event: &Event) -> String {
         Event::Rejected { reason, count } => format!("rejected heartbeat: {} (#{count})", reason.name()),
         Event::Draining { ms } => format!("handed over; draining {ms} ms"),
         Event::Exiting => "exiting".to_string(),
+        Event::Held { held: true } => "forwarding stopped by an operator".to_string(),
+        Event::Held { held: false } => "forwarding started by an operator".to_string(),
     }
 }
 

@@ -248,6 +248,11 @@ impl Config {
         self.cluster.heartbeat_port.unwrap_or(DEFAULT_HEARTBEAT_PORT)
     }
 
+    /// The admin channel's TCP port (`cmc` and the daemon agree on it through this).
+    pub fn admin_port(&self) -> u16 {
+        self.cluster.admin_port.unwrap_or(DEFAULT_ADMIN_PORT)
+    }
+
     /// The connection-sync UDP port.
     pub fn sync_port(&self) -> u16 {
         self.sync.port.unwrap_or(self.heartbeat_port().wrapping_add(2))

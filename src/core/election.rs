@@ -185,6 +185,10 @@ pub enum Event {
         ms: u64,
     },
     Exiting,
+    /// An operator stopped (`held: true`) or started forwarding on this ATM.
+    Held {
+        held: bool,
+    },
 }
 
 /// What the driver must do.
@@ -213,6 +217,25 @@ pub enum Action {
 pub enum AdminRequest {
     Promote,
     Demote,
+    /// Stop forwarding here: hand over if primary, then stay a backup that is no candidate
+    /// (it never promotes and tells its peers so) until [`AdminRequest::Start`].
+    Stop,
+    /// Undo [`AdminRequest::Stop`]: a candidate again.
+    Start,
+}
+
+/// What the admin channel shows of a peer (see [`Election::peer_view`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerView {
+    /// When its last accepted heartbeat arrived.
+    pub last_heard: Option<Instant>,
+    pub up: bool,
+    pub primary: bool,
+    pub epoch: u64,
+    pub eligible: bool,
+    /// The config digest its heartbeats carry (zero until heard).
+    pub digest: [u8; 16],
+    pub digest_differs: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -227,6 +250,7 @@ struct Peer {
     reach_ok: u8,
     handover_to: u16,
     handover: bool,
+    digest: [u8; 16],
     digest_differs: bool,
     loss: LossEstimator,
 }
@@ -265,6 +289,8 @@ pub struct Election {
     draining_until: Option<Instant>,
     /// The last demotion drained rather than released the VIPs.
     drained_vips: bool,
+    /// Stopped by an operator ([`AdminRequest::Stop`]): no candidate until started.
+    held: bool,
     exited: bool,
     actions: VecDeque<Action>,
 }
@@ -297,6 +323,7 @@ impl Election {
             leaving: None,
             draining_until: None,
             drained_vips: false,
+            held: false,
             exited: false,
             actions: VecDeque::new(),
         }
@@ -317,6 +344,24 @@ impl Election {
     /// Peers heard within their dead interval (not counting this ATM).
     pub fn peers_up(&self) -> impl Iterator<Item = usize> + '_ {
         self.peers.iter().enumerate().filter(|(_, p)| p.up).map(|(i, _)| i)
+    }
+
+    /// Whether an operator stopped forwarding here ([`AdminRequest::Stop`]).
+    pub fn held(&self) -> bool {
+        self.held
+    }
+
+    /// What is known of ATM `i` (this ATM's own entry is never heard).
+    pub fn peer_view(&self, i: usize) -> Option<PeerView> {
+        self.peers.get(i).map(|p| PeerView {
+            last_heard: p.last_heard,
+            up: p.up,
+            primary: p.role == Some(WireRole::Primary),
+            epoch: p.epoch,
+            eligible: p.eligible,
+            digest: p.digest,
+            digest_differs: p.digest_differs,
+        })
     }
 
     /// Next action to carry out, in order.
@@ -383,6 +428,7 @@ impl Election {
             self.actions.push_back(Action::Event(Event::ConfigMismatch { peer: from }));
         }
         p.digest_differs = digest_differs;
+        p.digest = hb.digest;
         // A new incarnation of a peer that never went silent long enough to be declared
         // down (a quick restart): the old process is gone and its state (a shadow table,
         // ARP it had heard) with it, so report it down and up again now; a primary then
@@ -424,7 +470,7 @@ impl Election {
                 self.last_primary_seen = Some(now);
                 self.suspect_since = None;
                 let to_me = hb.has(FLAG_HANDOVER) && usize::from(hb.handover_to) == self.cfg.me;
-                if to_me && self.eligible(now) && self.draining_until.is_none() {
+                if to_me && !self.held && self.eligible(now) && self.draining_until.is_none() {
                     self.promote(now, PromoteReason::Handover);
                 }
             }
@@ -472,10 +518,29 @@ impl Election {
     pub fn handle_admin(&mut self, now: Instant, req: AdminRequest) {
         self.enter(now);
         match (req, self.role) {
+            (AdminRequest::Promote, Role::Backup) if self.held => {
+                self.refuse("promote", "forwarding is stopped here (start it first)")
+            }
             (AdminRequest::Promote, Role::Backup) if self.eligible(now) => {
                 self.promote(now, PromoteReason::Admin)
             }
             (AdminRequest::Promote, Role::Backup) => self.refuse("promote", "not eligible"),
+            (AdminRequest::Stop, _) if self.held => self.refuse("stop", "already stopped"),
+            (AdminRequest::Stop, role) => {
+                self.held = true;
+                self.actions.push_back(Action::Event(Event::Held { held: true }));
+                if role == Role::Primary {
+                    match self.successor(now) {
+                        Some(to) => self.start_handover(now, to, false),
+                        None => self.demote(now, DemoteReason::HandedOver),
+                    }
+                }
+            }
+            (AdminRequest::Start, _) if !self.held => self.refuse("start", "not stopped"),
+            (AdminRequest::Start, _) => {
+                self.held = false;
+                self.actions.push_back(Action::Event(Event::Held { held: false }));
+            }
             (AdminRequest::Promote, Role::Primary) => self.refuse("promote", "already primary"),
             (AdminRequest::Demote, Role::Backup) => self.refuse("demote", "not primary"),
             (AdminRequest::Demote, Role::Primary) => match self.successor(now) {
@@ -665,7 +730,7 @@ impl Election {
     }
 
     fn consider_promotion(&mut self, now: Instant) {
-        if !self.eligible(now) {
+        if self.held || !self.eligible(now) {
             return;
         }
         if let Some(p) = self.primary_peer_up() {
@@ -764,7 +829,7 @@ impl Election {
         self.seq += 1;
         self.next_heartbeat = now + self.cfg.heartbeat;
         // A node draining before its exit is no candidate: it must not be handed the VIPs.
-        let eligible = self.eligible(now) && self.draining_until.is_none();
+        let eligible = !self.held && self.eligible(now) && self.draining_until.is_none();
         let mut flags = if eligible { FLAG_ELIGIBLE } else { 0 };
         let mut handover_to = NO_HANDOVER;
         if let Some(l) = self.leaving.filter(|_| self.role == Role::Primary) {

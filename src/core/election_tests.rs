@@ -391,6 +391,46 @@ fn admin_requests_are_checked() {
 }
 
 #[test]
+fn an_operator_stop_holds_a_backup_out_until_start() {
+    run(
+        cfg(0, 2, 0, false),
+        &[
+            (0, In::Admin(AdminRequest::Stop), "Held { held: true }, hb B0"),
+            (400, In::Tick, "hb B0"),
+            (
+                410,
+                In::Admin(AdminRequest::Promote),
+                "Refused { what: \"promote\", why: \"forwarding is stopped here (start it first)\" }",
+            ),
+            (420, In::Admin(AdminRequest::Stop), "Refused { what: \"stop\", why: \"already stopped\" }"),
+            (
+                430,
+                In::Admin(AdminRequest::Start),
+                "Held { held: false }, Promoted { epoch: 1, reason: NoPrimary }, take, garp, hb P1 elig",
+            ),
+            (440, In::Admin(AdminRequest::Start), "Refused { what: \"start\", why: \"not stopped\" }"),
+        ],
+    );
+}
+
+#[test]
+fn an_operator_stop_on_the_primary_hands_over() {
+    run(
+        cfg(0, 2, 0, false),
+        &[
+            (0, In::Tick, "hb B0 elig"),
+            (300, In::Tick, "Promoted { epoch: 1, reason: NoPrimary }, take, garp, hb P1 elig"),
+            (310, In::Hb(1, false, 0, E, NONE), "PeerUp { peer: 1 }, garp"),
+            (
+                320,
+                In::Admin(AdminRequest::Stop),
+                "Held { held: true }, HandoverStarted { to: 1 }, hb P1 handover->1",
+            ),
+        ],
+    );
+}
+
+#[test]
 fn epochs_never_decrease() {
     run(
         cfg(0, 2, 0, false),

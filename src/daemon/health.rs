@@ -48,17 +48,47 @@ pub trait ServerSink {
     /// Marks server `server` of service `service` up or down; `false` if it could not be
     /// delivered now (retried later).
     fn set_up(&self, service: usize, server: usize, up: bool) -> bool;
+
+    /// One check run finished (for the admin channel's counters; default: ignored).
+    fn check_ran(&self, _probe: ProbeId, _outcome: &Outcome) {}
 }
 
 impl ServerSink for Shell<DaemonProcessor> {
     fn set_up(&self, service: usize, server: usize, up: bool) -> bool {
         let f = Arc::new(move |p: &mut DaemonProcessor| {
-            // Keep the weight (operator's or config's); change health only.
-            if let Some(weight) = p.engine.servers(service).get(server).map(|s| s.weight) {
-                let _ = p.engine.set_server_state(service, server, weight, up);
-            }
+            // Health only: an operator's weight, drain or disable stays (see `servers`).
+            p.servers.set_health(&mut p.engine, service, server, up);
         });
         self.apply(f).is_ok()
+    }
+}
+
+/// The daemon's sink: verdicts to the engine, and each delivered one published to the admin
+/// channel's event stream.
+#[derive(Debug)]
+pub struct Publishing<'a> {
+    pub shell: &'a Shell<DaemonProcessor>,
+    pub platform: &'a crate::platform::linux::atm::LinuxPlatform,
+    pub services: &'a [Service],
+}
+
+impl ServerSink for Publishing<'_> {
+    fn set_up(&self, service: usize, server: usize, up: bool) -> bool {
+        use crate::platform::Platform;
+        let ok = self.shell.set_up(service, server, up);
+        if ok
+            && let (Some(b), Some(svc)) = (self.platform.bridge(), self.services.get(service))
+            && let Some(srv) = svc.servers.get(server)
+        {
+            b.health(self.platform.now().as_millis(), &svc.name, &srv.name, up);
+        }
+        ok
+    }
+
+    fn check_ran(&self, probe: ProbeId, outcome: &Outcome) {
+        if let Some(b) = self.platform.bridge() {
+            b.check_ran(probe, kind_name(self.services[probe.service].checks[probe.check].kind), outcome);
+        }
     }
 }
 
@@ -95,6 +125,7 @@ pub async fn run<S: ServerSink>(services: &[Service], sink: &S) {
                     tracing::debug!(target: "clusterserverd::health", service = %services[probe.service].name, server = %services[probe.service].servers[probe.server].name, check = probe.check, output = ?report.output, "program output");
                 }
                 let outcome = report.outcome.clone();
+                sink.check_ran(probe, &outcome);
                 last.insert(probe, report);
                 health.handle(now(), Input::Result { probe, outcome });
             }

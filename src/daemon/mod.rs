@@ -106,10 +106,12 @@
 //! `ready node=web1 role=node services=http vips=10.0.0.99 arp_hiding=true decap=user`
 //! (`decap` is `user`, `kernel` or `none`).
 
+pub mod admin;
 pub mod health;
 pub mod logging;
 mod node;
 pub mod processor;
+pub mod servers;
 pub mod setup;
 
 use std::cell::RefCell;
@@ -125,7 +127,13 @@ use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
+use crate::admin::acl::Acl;
+use crate::admin::server::{AdminContext, Limits};
+use crate::admin::state::{ControlOp, Observed};
+use crate::admin::token::Token;
+use crate::admin::{AdminHandle, CoreBridge};
 use crate::config::{self, Config};
+use crate::core::election::AdminRequest;
 use crate::dataplane::engine::{Engine, EngineConfig};
 use crate::dataplane::io::tun::Shell;
 use crate::dataplane::io::{ShellConfig, ShellError, netlink};
@@ -134,6 +142,7 @@ use crate::driver::{Command, run_atm};
 use crate::platform::linux::arp::{ArpPort, ArpResponder};
 use crate::platform::linux::atm::{EngineOp, LinuxPlatform, bind_udp, wall_clock_incarnation};
 use crate::platform::linux::host::{self, IfAddr};
+use admin::{ControlRequest, DaemonBackend};
 use processor::DaemonProcessor;
 use setup::HostRole;
 
@@ -271,6 +280,15 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
     rt.block_on(clear_local_vips(&handle, cfg, &addrs))?;
     warn_if_no_forwarding();
     let secret = read_secret(cfg)?;
+    let admin_token = load_admin_token(cfg);
+    let admin_listener = match crate::admin::bind(cfg.admin_port()) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            // HA matters more than the console: run on, loudly, without the admin channel.
+            tracing::error!(target: "clusterserverd::admin", port = cfg.admin_port(), error = %e, "cannot open the admin port: running without the admin channel (cmc cannot reach this daemon)");
+            None
+        }
+    };
     let node_setup = match is_node {
         true => Some(start_node_role(&rt, &handle, cfg, &addrs)?),
         false => None,
@@ -305,16 +323,27 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
             tracing::error!(target: "clusterserverd", error = %e, ?op, "data-plane control failed");
         }
     });
-    let names = cfg.atms.iter().map(|a| a.name.clone()).collect();
-    let platform = LinuxPlatform::new(
+    let names: Vec<String> = cfg.atms.iter().map(|a| a.name.clone()).collect();
+    let mut platform = LinuxPlatform::new(
         atm.name.clone(),
-        names,
+        names.clone(),
         incarnation,
         my_if.broadcast(),
         Rc::clone(&arp),
         engine_ctl,
     );
-    let next = rt.block_on(control(&platform, &shell, &arp, path, cfg, me, secret));
+    let observed = Arc::new(Observed::default());
+    platform.set_bridge(CoreBridge::new(Arc::clone(&observed), names, atm.name.clone()));
+    let (admin_tx, admin_rx) = mpsc::unbounded_channel();
+    let admin = admin_listener.and_then(|l| {
+        let backend =
+            DaemonBackend { shell: shell.controller(), cfg: Arc::new(cfg.clone()), control: admin_tx };
+        start_admin(l, cfg, me, admin_token, observed, Arc::new(backend))
+    });
+    let next = rt.block_on(control(&platform, &shell, &arp, path, cfg, me, secret, admin_rx));
+    if let Some(a) = admin {
+        a.stop();
+    }
     drop(platform);
     if let Some(n) = node_setup {
         match rt.block_on(async move { n.lock().await.undo().await }) {
@@ -336,6 +365,56 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
     }
     tracing::info!(target: "clusterserverd", node = %atm.name, "stopped");
     next
+}
+
+/// The admin token from `security.token_file` (the loader made it absolute).
+/// A missing or unusable file leaves the admin channel closed (every request gets 401 with
+/// the reason) rather than stopping the daemon; the config loader has already refused a
+/// missing file or a wrong mode at start-up, so this only catches a file changed since.
+fn load_admin_token(cfg: &Config) -> Option<Token> {
+    let file = cfg.security.token_file.as_ref()?;
+    match Token::load(file) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::error!(target: "clusterserverd::admin", error = %e, "admin token unusable: the admin channel refuses every request");
+            None
+        }
+    }
+}
+
+/// Starts the admin channel on its own thread (see [`crate::admin`]).
+fn start_admin(
+    listener: std::net::TcpListener,
+    cfg: &Config,
+    me: usize,
+    token: Option<Token>,
+    observed: Arc<Observed>,
+    backend: Arc<DaemonBackend>,
+) -> Option<AdminHandle> {
+    if token.is_none() {
+        tracing::warn!(target: "clusterserverd::admin", "no usable security.token_file: the admin channel answers 401 to everything");
+    }
+    let ctx = AdminContext {
+        cfg: Arc::new(cfg.clone()),
+        me,
+        acl: Acl::from_config(&cfg.security),
+        token,
+        observed,
+        backend,
+        counters: Default::default(),
+        limits: Limits::default(),
+        started: tokio::time::Instant::now(),
+    };
+    match crate::admin::start(listener, Arc::new(ctx)) {
+        Ok(h) => {
+            tracing::info!(target: "clusterserverd::admin", addr = %h.local_addr, "admin channel listening");
+            Some(h)
+        }
+        Err(e) => {
+            tracing::error!(target: "clusterserverd::admin", error = %e, "cannot start the admin thread: running without the admin channel");
+            None
+        }
+    }
 }
 
 /// A node set-up shared with the engine control (which toggles the VIPs on `lo`).
@@ -493,6 +572,25 @@ async fn open_arp(cfg: &Config, addrs: &[IfAddr], default_iface: &str) -> Result
 }
 
 /// Real servers reached at layer 2 (direct routing and tunnel services).
+/// Re-reads the config for a reload: `Ok(Some)` valid and changed, `Ok(None)` unchanged,
+/// `Err` invalid (the running config is kept). Logs the outcome.
+fn check_reload(path: &Path, cfg: &Config, node: &str) -> Result<Option<Box<Config>>, String> {
+    match load(path) {
+        Err(e) => {
+            tracing::error!(target: "clusterserverd", node = %node, error = %e, "reload refused: invalid config; the running config is kept");
+            Err(format!("invalid config, the running one is kept: {e}"))
+        }
+        Ok(new) if new.digest() == cfg.digest() => {
+            tracing::info!(target: "clusterserverd", node = %node, "reload: config unchanged");
+            Ok(None)
+        }
+        Ok(new) => {
+            tracing::info!(target: "clusterserverd", node = %node, "reload: config valid and changed; handing over and restarting with it");
+            Ok(Some(Box::new(new)))
+        }
+    }
+}
+
 fn direct_next_hops(cfg: &Config) -> Vec<Ipv4Addr> {
     let mut hops: Vec<Ipv4Addr> = cfg
         .services
@@ -527,7 +625,9 @@ async fn keep_resolved(hops: &[Ipv4Addr]) {
 /// How often [`keep_resolved`] pings the direct-routing servers.
 const NEIGHBOUR_REFRESH: Duration = Duration::from_secs(5);
 
-/// The control loop: the driver, the ARP responder and the signals.
+/// The control loop: the driver, the ARP responder, the signals and the admin channel's
+/// requests.
+#[allow(clippy::too_many_arguments)] // reason: the loop's inputs, each used once; a struct would only rename them
 async fn control(
     platform: &LinuxPlatform,
     shell: &Shell<DaemonProcessor>,
@@ -536,6 +636,7 @@ async fn control(
     cfg: &Config,
     me: usize,
     secret: Vec<u8>,
+    mut admin_rx: mpsc::UnboundedReceiver<ControlRequest>,
 ) -> Result<Next, DaemonError> {
     let (tx, rx) = mpsc::unbounded_channel();
     let sig = |k: SignalKind| signal(k).map_err(io_err("signal handler"));
@@ -545,8 +646,9 @@ async fn control(
     let hops = direct_next_hops(cfg);
     // Health checks run on every ATM, primary or backup (see `health`).
     let serve = async {
+        let sink = health::Publishing { shell, platform, services: &cfg.services };
         let (served, _, _) =
-            tokio::join!(arp.serve(), keep_resolved(&hops), health::run(&cfg.services, shell));
+            tokio::join!(arp.serve(), keep_resolved(&hops), health::run(&cfg.services, &sink));
         served
     };
     tokio::pin!(driver, serve);
@@ -596,16 +698,38 @@ async fn control(
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
                 draining = draining.take().or_else(|| drain("SIGINT"));
             }
-            _ = hup.recv() => match load(path) {
-                Err(e) => tracing::error!(target: "clusterserverd", node = %node, error = %e, "reload refused: invalid config; the running config is kept"),
-                Ok(new) if new.digest() == cfg.digest() => tracing::info!(target: "clusterserverd", node = %node, "reload: config unchanged"),
-                Ok(new) => {
-                    tracing::info!(target: "clusterserverd", node = %node, "reload: config valid and changed; handing over and restarting with it");
+            _ = hup.recv() => {
+                if let Ok(Some(new)) = check_reload(path, cfg, node) {
                     let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
-                    *reload.borrow_mut() = Some(Box::new(new));
+                    *reload.borrow_mut() = Some(new);
                     draining = draining.take().or_else(|| drain("SIGHUP"));
                 }
-            },
+            }
+            Some((op, reply)) = admin_rx.recv() => {
+                let core = |req| tx.send(Command::Admin(req)).map(|()| "requested".to_string()).map_err(|_| "the core has stopped".to_string());
+                let r = match op {
+                    _ if draining.is_some() => Err("the daemon is stopping or restarting".to_string()),
+                    ControlOp::Promote => core(AdminRequest::Promote),
+                    ControlOp::Demote => core(AdminRequest::Demote),
+                    ControlOp::Stop => core(AdminRequest::Stop),
+                    ControlOp::Start => core(AdminRequest::Start),
+                    ControlOp::Reload => match check_reload(path, cfg, node) {
+                        Err(e) => Err(e),
+                        Ok(None) => Ok("config unchanged: nothing to do".to_string()),
+                        Ok(Some(new)) => {
+                            *reload.borrow_mut() = Some(new);
+                            draining = drain("admin reload");
+                            Ok("config valid and changed: handing over and restarting with it".to_string())
+                        }
+                    },
+                    ControlOp::Restart => {
+                        *reload.borrow_mut() = Some(Box::new(cfg.clone()));
+                        draining = drain("admin restart");
+                        Ok("handing over and restarting".to_string())
+                    }
+                };
+                let _ = reply.send(r);
+            }
             r = &mut serve => {
                 let e = r.err().unwrap_or_else(|| std::io::Error::other("ARP responder ended"));
                 return Err(DaemonError::Io { what: "ARP responder".into(), source: e });

@@ -18,6 +18,8 @@ use crate::dataplane::io::{Disposition, Output, PacketProcessor};
 use crate::dataplane::sync::{MAX_DATAGRAM, SyncReceiver, SyncSender};
 use crate::time::Instant;
 
+use super::servers::ServerControl;
+
 /// Packets between two sync flushes on the packet path.
 pub const FLUSH_EVERY: u32 = 32;
 /// Bound on sync datagrams received per tick.
@@ -39,6 +41,8 @@ pub struct SyncCounters {
 #[derive(Debug)]
 pub struct DaemonProcessor {
     pub engine: Engine,
+    /// Health verdicts and operator changes per server (see [`super::servers`]).
+    pub servers: ServerControl,
     sender: SyncSender,
     receiver: SyncReceiver,
     socket: Option<UdpSocket>,
@@ -62,7 +66,9 @@ impl DaemonProcessor {
         socket: Option<UdpSocket>,
         peers: Vec<SocketAddr>,
     ) -> Self {
+        let services = (0..).take_while(|&i| !engine.servers(i).is_empty()).count();
         DaemonProcessor {
+            servers: ServerControl::new(&engine, services),
             engine,
             sender,
             receiver,

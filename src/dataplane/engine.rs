@@ -138,6 +138,23 @@ struct Svc {
     /// IPv4 address of each server (`UNSPECIFIED` for others: never picked).
     addrs: Vec<Ipv4Addr>,
     sched: Box<dyn Select>,
+    /// Per server, indexed like `servers`.
+    counters: Vec<ServerCounters>,
+}
+
+/// Traffic counters of one real server (monotonic), for the admin channel and metrics.
+/// A GSO super-packet counts as one packet with all its bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerCounters {
+    /// Connections scheduled to it.
+    pub connections: u64,
+    /// Client packets and their IP bytes forwarded to it.
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    /// Its NAT replies (and their IP bytes) forwarded to clients (NAT services only: with
+    /// direct routing and tunnel the replies bypass the ATM).
+    pub packets_out: u64,
+    pub bytes_out: u64,
 }
 
 /// Capacity of the queue of changes waiting for connection sync.
@@ -225,6 +242,7 @@ impl Engine {
                     forwarding: s.forwarding,
                     persistence_s: u32::try_from(s.persistence_s).unwrap_or(u32::MAX),
                     on_down: s.on_down,
+                    counters: vec![ServerCounters::default(); servers.len()],
                     servers,
                     addrs,
                     sched,
@@ -469,6 +487,10 @@ impl Engine {
             },
         };
         let e = *self.table.get(slot);
+        if let Some(c) = self.svcs[svc].counters.get_mut(usize::from(e.server_idx)) {
+            c.packets_in += 1;
+            c.bytes_in += u64::from(ip.total_len());
+        }
         let server = self.svcs[svc].addrs[usize::from(e.server_idx)];
         match self.svcs[svc].forwarding {
             Forwarding::Nat => {
@@ -524,6 +546,14 @@ impl Engine {
     ) -> Verdict {
         self.hit(now, slot, fl, false);
         let e = *self.table.get(slot);
+        if let Some(c) = self
+            .svcs
+            .get_mut(usize::from(e.service))
+            .and_then(|s| s.counters.get_mut(usize::from(e.server_idx)))
+        {
+            c.packets_out += 1;
+            c.bytes_out += u64::from(ip.total_len());
+        }
         let rw = forward::Rewrite {
             side: forward::Side::Src,
             addr: e.vip,
@@ -621,6 +651,9 @@ impl Engine {
         );
         let slot = self.insert(entry, now);
         self.stats.new_connections += 1;
+        if let Some(c) = self.svcs[usize::from(svc_id)].counters.get_mut(usize::from(server_idx)) {
+            c.connections += 1;
+        }
         self.offer_sync(slot, now, true);
         Ok(slot)
     }
@@ -668,6 +701,11 @@ impl Engine {
     /// The servers of a service as the scheduler sees them (with active counts).
     pub fn servers(&self, service: usize) -> &[ServerSlot] {
         self.svcs.get(service).map_or(&[], |s| &s.servers)
+    }
+
+    /// Traffic counters of the servers of a service (empty for an unknown service).
+    pub fn server_counters(&self, service: usize) -> &[ServerCounters] {
+        self.svcs.get(service).map_or(&[], |s| &s.counters)
     }
 
     /// Counters.

@@ -57,6 +57,10 @@ pub trait Platform {
     /// Records an event (the daemon logs it; the simulator also writes it to its trace).
     fn record(&self, now: Instant, event: &Event);
 
+    /// Called by the driver after each step with the node's current state, for observers
+    /// (the daemon's admin channel). The default does nothing (the simulator).
+    fn observe(&self, _now: Instant, _node: &crate::core::node::AtmNode) {}
+
     /// Reports a failed side effect (the driver carries on: the next heartbeat or
     /// announcement retries).
     fn record_error(&self, now: Instant, what: &str, err: &io::Error);

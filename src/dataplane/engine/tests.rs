@@ -97,6 +97,15 @@ fn nat_round_trip_tracks_tcp_state() {
     assert_eq!(e.table.get(slot).state, State::Closing);
     let s = e.stats();
     assert_eq!((s.nat_to_server, s.nat_to_client, s.new_connections), (2, 2, 1));
+    let c = e.server_counters(0)[0];
+    let bytes_in = (syn.len() + ack.len()) as u64;
+    let bytes_out = (synack.len() + fin.len()) as u64;
+    assert_eq!(
+        (c.connections, c.packets_in, c.bytes_in, c.packets_out, c.bytes_out),
+        (1, 2, bytes_in, 2, bytes_out)
+    );
+    assert_eq!(e.server_counters(0)[1], Default::default(), "the other server saw nothing");
+    assert!(e.server_counters(9).is_empty());
 }
 
 #[test]

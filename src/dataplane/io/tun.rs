@@ -60,6 +60,33 @@ pub const CONTROL_QUEUE: usize = 64;
 /// A change applied to each worker's processor by [`Shell::apply`].
 pub type Control<P> = Arc<dyn Fn(&mut P) + Send + Sync>;
 
+/// Queues changes on a shell's workers from any thread (see [`Shell::controller`]).
+pub struct ShellControl<P: PacketProcessor + 'static> {
+    controls: Vec<mpsc::Sender<Control<P>>>,
+}
+
+impl<P: PacketProcessor + 'static> Clone for ShellControl<P> {
+    fn clone(&self) -> Self {
+        ShellControl { controls: self.controls.clone() }
+    }
+}
+
+impl<P: PacketProcessor + 'static> core::fmt::Debug for ShellControl<P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ShellControl").field("workers", &self.controls.len()).finish()
+    }
+}
+
+impl<P: PacketProcessor + 'static> ShellControl<P> {
+    /// As [`Shell::apply`].
+    pub fn apply(&self, f: Control<P>) -> Result<(), ShellError> {
+        for c in &self.controls {
+            c.try_send(Arc::clone(&f)).map_err(|e| ShellError::Config(format!("control queue: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
 /// A running shell. Stop it with [`Shell::stop`]; dropping it stops it too (errors ignored).
 pub struct Shell<P: PacketProcessor + 'static> {
     cfg: ShellConfig,
@@ -188,6 +215,12 @@ impl<P: PacketProcessor + 'static> Shell<P> {
             c.try_send(Arc::clone(&f)).map_err(|e| ShellError::Config(format!("control queue: {e}")))?;
         }
         Ok(())
+    }
+
+    /// A `Send` handle that queues changes like [`Shell::apply`], for threads other than the
+    /// shell's owner (the admin channel).
+    pub fn controller(&self) -> ShellControl<P> {
+        ShellControl { controls: self.controls.clone() }
     }
 
     /// Stops the workers, removes the steering and returns the final counters and the

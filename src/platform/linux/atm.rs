@@ -69,6 +69,8 @@ pub struct LinuxPlatform {
     arp: Rc<ArpResponder>,
     engine: Box<dyn Fn(EngineOp)>,
     role: Cell<Role>,
+    /// The admin channel's view of the core (none in tests without one).
+    bridge: Option<crate::admin::CoreBridge>,
 }
 
 impl std::fmt::Debug for LinuxPlatform {
@@ -111,7 +113,17 @@ impl LinuxPlatform {
             arp,
             engine,
             role: Cell::new(Role::Backup),
+            bridge: None,
         }
+    }
+
+    /// Publishes the core's state and events to the admin channel from now on.
+    pub fn set_bridge(&mut self, bridge: crate::admin::CoreBridge) {
+        self.bridge = Some(bridge);
+    }
+
+    pub fn bridge(&self) -> Option<&crate::admin::CoreBridge> {
+        self.bridge.as_ref()
     }
 
     pub fn role(&self) -> Role {
@@ -187,7 +199,16 @@ impl Platform for LinuxPlatform {
         }
     }
 
+    fn observe(&self, now: Instant, node: &crate::core::node::AtmNode) {
+        if let Some(b) = &self.bridge {
+            b.observe(now, node);
+        }
+    }
+
     fn record(&self, now: Instant, event: &Event) {
+        if let Some(b) = &self.bridge {
+            b.event(now, event);
+        }
         let ms = now.as_millis();
         match event {
             Event::Promoted { epoch, reason } => {
@@ -220,6 +241,9 @@ impl Platform for LinuxPlatform {
                 tracing::info!(node = %self.node, drain_ms = ms, "handed over; draining")
             }
             Event::Exiting => tracing::info!(node = %self.node, "exiting"),
+            Event::Held { held } => {
+                tracing::info!(node = %self.node, held, "forwarding stopped or started by an operator")
+            }
         }
     }
 

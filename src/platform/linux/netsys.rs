@@ -88,3 +88,19 @@ pub fn kill_process_group(pgid: u32) -> io::Result<()> {
     let rc = unsafe { libc::killpg(pgid, libc::SIGKILL) };
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
+
+/// Lowers the calling thread's scheduling priority to `nice` (Linux nice values are per
+/// thread): the admin channel's thread yields the CPU to the control loop's heartbeats and
+/// the data plane under a burst of requests.
+pub fn nice_this_thread(nice: i32) -> io::Result<()> {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+    let tid = libc::id_t::try_from(tid).map_err(|_| io::Error::other("thread id out of range"))?;
+    // SAFETY: setpriority only reads its integer arguments; PRIO_PROCESS with a thread id
+    // changes that thread alone.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

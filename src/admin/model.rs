@@ -1,0 +1,152 @@
+//! The JSON bodies of the admin channel, shared by the daemon (which serialises them) and
+//! `cmc` (which reads them): one definition, so the two cannot drift apart.
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /v1/status`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub cluster: String,
+    pub node: String,
+    /// `primary` or `backup`.
+    pub role: String,
+    pub epoch: u64,
+    /// An operator stopped forwarding here (`cmc stop`).
+    pub stopped: bool,
+    /// First 16 bytes of this ATM's config digest, hex.
+    pub config_digest: String,
+    pub vips: Vec<String>,
+    pub peers: Vec<PeerStatus>,
+    pub uptime_ms: u64,
+}
+
+/// One other ATM as this one sees it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub name: String,
+    pub address: String,
+    pub up: bool,
+    /// `primary`, `backup` or `unknown` (never heard).
+    pub role: String,
+    pub epoch: u64,
+    pub eligible: bool,
+    /// Milliseconds since its last accepted heartbeat (`None`: never heard).
+    pub last_heard_ms: Option<u64>,
+    /// The config digest its heartbeats carry, hex (empty until heard).
+    pub config_digest: String,
+    pub config_differs: bool,
+}
+
+/// `GET /v1/services`: every service with its servers.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub vip: String,
+    pub port: u16,
+    pub protocol: String,
+    pub forwarding: String,
+    pub scheduler: String,
+    pub servers: Vec<ServerStatus>,
+}
+
+/// One real server of a service.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    pub name: String,
+    pub address: String,
+    pub port: u16,
+    /// The configured weight.
+    pub config_weight: u32,
+    /// The weight the scheduler uses (an operator's, 0 while drained).
+    pub weight: u32,
+    /// The health checks' verdict.
+    pub healthy: bool,
+    /// `enabled`, `drained` (weight 0 by `cmc drain`) or `disabled`.
+    pub admin: String,
+    /// Entries in the connection table pointing at it.
+    pub connections: u64,
+    /// Connections scheduled to it since start-up.
+    pub connections_total: u64,
+    /// Client packets and IP bytes forwarded to it (a GSO super-packet counts once).
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    /// NAT replies and their IP bytes forwarded back to clients (0 for DR and tunnel).
+    pub packets_out: u64,
+    pub bytes_out: u64,
+}
+
+/// `GET /v1/stats`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub heartbeats_sent: u64,
+    pub heartbeats_accepted: u64,
+    /// Rejected heartbeats by reason (only reasons seen).
+    pub heartbeats_rejected: Vec<(String, u64)>,
+    pub failovers: u64,
+    pub engine_active: bool,
+    pub packets: u64,
+    pub new_connections: u64,
+    pub table_len: u64,
+    pub table_capacity: u64,
+    pub table_expired: u64,
+    pub table_evicted: u64,
+    /// Engine drops by reason (only reasons seen).
+    pub drops: Vec<(String, u64)>,
+    pub sync_sent: u64,
+    pub sync_received: u64,
+    pub admin_refused_acl: u64,
+    pub admin_unauthorized: u64,
+    pub admin_bad_requests: u64,
+    pub admin_requests: u64,
+}
+
+/// One entry of `GET /v1/connections`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Connection {
+    pub service: String,
+    pub server: String,
+    pub protocol: String,
+    pub client: String,
+    pub vip: String,
+}
+
+/// A page of connections.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionPage {
+    /// Entries matching the filter, in all pages.
+    pub total: u64,
+    pub offset: u64,
+    pub connections: Vec<Connection>,
+}
+
+/// An event of `GET /v1/events` (one SSE `data:` line each).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// Milliseconds since the daemon started.
+    pub at_ms: u64,
+    /// `role`, `health`, `peer`, `action`, `config`.
+    pub kind: String,
+    pub message: String,
+}
+
+/// The body of a refused request or a failed action.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+}
+
+/// The body of an action that was carried out.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActionDone {
+    pub done: String,
+}
+
+/// `POST /v1/services/{svc}/servers/{srv}/weight`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightBody {
+    pub weight: u32,
+}
+
+/// Largest weight an operator may set (the config's bound).
+pub const MAX_WEIGHT: u32 = 65_535;
