@@ -125,6 +125,30 @@ pub(crate) fn whole(cx: &mut Cx, d: &Draft) {
             }
         }
         ports(cx, c, &d.sync);
+        mode(cx, c, d, &atms);
+    }
+}
+
+/// Active-active needs the `bgp` section and IPv4 ATM addresses (each is its BIRD router
+/// id); primary/backup takes no `bgp` section (it would silently do nothing).
+fn mode(cx: &mut Cx, c: &Cluster, d: &Draft, atms: &[(usize, &Atm)]) {
+    match (c.mode, &d.bgp) {
+        (ClusterMode::ActiveActive, None) => {
+            cx.error_at(
+                "bgp",
+                "missing required section (cluster.mode \"active-active\" announces the VIPs over BGP)",
+            );
+        }
+        (ClusterMode::PrimaryBackup, Some(_)) => {
+            cx.error_at("bgp", "the bgp section is only used with cluster.mode \"active-active\"");
+        }
+        _ => {}
+    }
+    if c.mode == ClusterMode::ActiveActive {
+        for (i, _) in atms.iter().filter(|(_, a)| a.address.is_ipv6()) {
+            let msg = "active-active needs IPv4 ATM addresses (each is the ATM's BGP router id)";
+            cx.error_at(&format!("atms[{i}].address"), msg);
+        }
     }
 }
 
