@@ -106,6 +106,7 @@
 //! `ready node=web1 role=node services=http vips=10.0.0.99 arp_hiding=true decap=user`
 //! (`decap` is `user`, `kernel` or `none`).
 
+mod active;
 pub mod health;
 pub mod logging;
 mod node;
@@ -125,7 +126,7 @@ use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
-use crate::config::{self, Config};
+use crate::config::{self, ClusterMode, Config};
 use crate::dataplane::engine::{Engine, EngineConfig};
 use crate::dataplane::io::tun::Shell;
 use crate::dataplane::io::{ShellConfig, ShellError, netlink};
@@ -255,7 +256,9 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
             return Err(DaemonError::NotInConfig(list.join(", ")));
         }
     };
-    let quiet = quiet_period(cfg);
+    let active_active = cfg.cluster.mode == ClusterMode::ActiveActive;
+    // Active-active has no election to protect from a quick restart: no quiet period.
+    let quiet = if active_active { Duration::ZERO } else { quiet_period(cfg) };
     tracing::info!(target: "clusterserverd", atm = %cfg.atms[me].name, quiet_ms = quiet.as_millis(), "ATM role; staying quiet so peers see any previous run as gone");
     rt.block_on(async move { tokio::time::sleep(quiet).await });
     let atm = &cfg.atms[me];
@@ -281,6 +284,10 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
         Err(e) => return Err(undo_node_after(&rt, node_setup, e)),
     };
     tracing::info!(target: "clusterserverd", tun = %setup::owned(cfg).tun_name, "data plane up");
+    if active_active {
+        let next = run_active_active(&rt, &shell, node_setup.as_ref(), path, cfg, me);
+        return finish(rt, shell, node_setup, &atm.name, next);
+    }
     let arp = match rt.block_on(open_arp(cfg, &addrs, &atm.interface)) {
         Ok(a) => Rc::new(a),
         Err(e) => return Err(undo_node_after(&rt, node_setup, e)),
@@ -316,6 +323,38 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
     );
     let next = rt.block_on(control(&platform, &shell, &arp, path, cfg, me, secret));
     drop(platform);
+    finish(rt, shell, node_setup, &atm.name, next)
+}
+
+/// Active-active: the engine forwards from the start and the VIPs are announced over BGP
+/// ([`active`]); an ATM that is also a real server takes its VIPs off `lo` for good.
+fn run_active_active(
+    rt: &tokio::runtime::Runtime,
+    shell: &Shell<DaemonProcessor>,
+    node_setup: Option<&SharedNode>,
+    path: &Path,
+    cfg: &Config,
+    me: usize,
+) -> Result<Next, DaemonError> {
+    shell.apply(Arc::new(|p: &mut DaemonProcessor| p.set_active(true)))?;
+    rt.block_on(async {
+        if let Some(n) = node_setup
+            && let Err(e) = n.lock().await.set_vips(false).await
+        {
+            tracing::error!(target: "clusterserverd", error = %e, "node VIPs off lo");
+        }
+        active::control(shell, path, cfg, me).await
+    })
+}
+
+/// Undoes the node set-up and stops the data plane after the control loop ended.
+fn finish(
+    rt: tokio::runtime::Runtime,
+    shell: Rc<Shell<DaemonProcessor>>,
+    node_setup: Option<SharedNode>,
+    name: &str,
+    next: Result<Next, DaemonError>,
+) -> Result<Next, DaemonError> {
     if let Some(n) = node_setup {
         match rt.block_on(async move { n.lock().await.undo().await }) {
             Ok(_) => tracing::info!(target: "clusterserverd", "node set-up undone"),
@@ -334,7 +373,7 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
         },
         Err(_) => tracing::error!(target: "clusterserverd", "data plane still referenced; dropped"),
     }
-    tracing::info!(target: "clusterserverd", node = %atm.name, "stopped");
+    tracing::info!(target: "clusterserverd", node = %name, "stopped");
     next
 }
 
