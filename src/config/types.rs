@@ -94,7 +94,9 @@ pub struct Bgp {
     /// The BIRD 2 daemon and its client.
     pub bird: PathBuf,
     pub birdc: PathBuf,
-    /// BIRD's control socket and the config file the daemon writes for it.
+    /// BIRD's control socket and the config file the daemon writes for it. `{atm}` in
+    /// either is replaced by the ATM's name ([`Bgp::for_atm`]), for several ATMs sharing one
+    /// file system (labs, tests).
     pub control_socket: PathBuf,
     pub config_file: PathBuf,
     /// Graceful stop: time between the withdrawal and stopping, so that the router moves
@@ -330,6 +332,12 @@ impl SchedulerKind {
 }
 
 impl Bgp {
+    /// The section as ATM `atm` uses it: `{atm}` in the socket and config paths replaced.
+    pub fn for_atm(&self, atm: &str) -> Bgp {
+        let sub = |p: &PathBuf| PathBuf::from(p.to_string_lossy().replace("{atm}", atm));
+        Bgp { control_socket: sub(&self.control_socket), config_file: sub(&self.config_file), ..self.clone() }
+    }
+
     /// The section with its defaults around the required keys.
     pub fn with(local_as: u32, neighbors: Vec<BgpNeighbor>) -> Self {
         Bgp {

@@ -76,8 +76,9 @@ pub(super) async fn control(
     cfg: &Config,
     me: usize,
 ) -> Result<Next, DaemonError> {
-    let bgp = cfg.bgp.as_ref().ok_or_else(|| DaemonError::Config("active-active without bgp".into()))?;
     let node = &cfg.atms[me].name;
+    let bgp = cfg.bgp.as_ref().ok_or_else(|| DaemonError::Config("active-active without bgp".into()))?;
+    let bgp = &bgp.for_atm(node);
     let sig = |k: SignalKind| signal(k).map_err(io_err("signal handler"));
     let (mut term, mut int, mut hup) =
         (sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?, sig(SignalKind::hangup())?);
