@@ -91,6 +91,8 @@
 //! An inactive engine (a backup) forwards nothing (`Inactive`) but applies connection-sync
 //! records to its table; after [`Engine::set_active`]`(true)` those entries are live.
 
+#[cfg(test)]
+mod active_active_tests;
 mod affinity;
 mod forward;
 mod icmp;
