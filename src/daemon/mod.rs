@@ -285,7 +285,7 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
     };
     tracing::info!(target: "clusterserverd", tun = %setup::owned(cfg).tun_name, "data plane up");
     if active_active {
-        let next = run_active_active(&rt, &shell, node_setup.as_ref(), path, cfg, me);
+        let next = run_active_active(&rt, &shell, path, cfg, me);
         return finish(rt, shell, node_setup, &atm.name, next);
     }
     let arp = match rt.block_on(open_arp(cfg, &addrs, &atm.interface)) {
@@ -327,24 +327,20 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
 }
 
 /// Active-active: the engine forwards from the start and the VIPs are announced over BGP
-/// ([`active`]); an ATM that is also a real server takes its VIPs off `lo` for good.
+/// ([`active`]). (The config refuses an ATM that is also a real server in this mode, so there
+/// is no node set-up to toggle.)
 fn run_active_active(
     rt: &tokio::runtime::Runtime,
     shell: &Shell<DaemonProcessor>,
-    node_setup: Option<&SharedNode>,
     path: &Path,
     cfg: &Config,
     me: usize,
 ) -> Result<Next, DaemonError> {
-    shell.apply(Arc::new(|p: &mut DaemonProcessor| p.set_active(true)))?;
-    rt.block_on(async {
-        if let Some(n) = node_setup
-            && let Err(e) = n.lock().await.set_vips(false).await
-        {
-            tracing::error!(target: "clusterserverd", error = %e, "node VIPs off lo");
-        }
-        active::control(shell, path, cfg, me).await
-    })
+    shell.apply(Arc::new(|p: &mut DaemonProcessor| {
+        p.engine.set_mid_flow_pickup(true);
+        p.set_active(true);
+    }))?;
+    rt.block_on(active::control(shell, path, cfg, me))
 }
 
 /// Undoes the node set-up and stops the data plane after the control loop ended.

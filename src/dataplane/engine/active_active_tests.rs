@@ -140,3 +140,23 @@ fn sync_between_active_engines_keeps_flows_whose_maglev_choice_changed() {
     // About 1/6 of the flows would have moved to s5 without the sync.
     assert!(moved_without_sync > FLOWS / 10, "only {moved_without_sync} flows would have moved");
 }
+
+#[test]
+fn a_joining_engine_picks_up_mid_flow_segments_on_the_same_server() {
+    // A flow begun on atm1 reaches atm2 mid-flow with no sync record (atm2 just joined):
+    // with pickup, atm2 sends it to the server atm1 chose; without, it is dropped.
+    let svc = service(5, 0);
+    let mut a1 = atm(1, &svc);
+    let mut joiner = atm(2, &svc);
+    joiner.set_mid_flow_pickup(true);
+    let mut plain = atm(3, &svc);
+    for n in 0..FLOWS {
+        let first = next_hop(&mut a1, Instant::ZERO, n, SYN);
+        assert_eq!(next_hop(&mut joiner, Instant::ZERO, n, ACK), first, "flow {n}");
+        assert_eq!(next_hop(&mut plain, Instant::ZERO, n, ACK), None, "flow {n} without pickup");
+    }
+    assert_eq!(joiner.stats().picked_up, FLOWS);
+    assert_eq!(plain.stats().dropped(DropReason::NoConnection), FLOWS);
+    // A reset of an unknown flow is not a reason to make an entry.
+    assert_eq!(next_hop(&mut joiner, Instant::ZERO, FLOWS + 1, crate::dataplane::wire::tcp::flags::RST), None);
+}
