@@ -46,7 +46,8 @@ fn can_run() -> bool {
         && Path::new(BIRD).exists()
         && Command::new("python3").arg("-V").output().is_ok_and(|o| o.status.success());
     if !ok {
-        let msg = "SKIPPED: needs root, /dev/net/tun, python3 and BIRD 2 (/usr/sbin/bird; scripts/install-deps)";
+        let msg =
+            "SKIPPED: needs root, /dev/net/tun, python3 and BIRD 2 (/usr/sbin/bird; scripts/install-deps)";
         println!("{msg}");
         eprintln!("{msg}");
     }
@@ -113,14 +114,17 @@ impl Lab {
     fn wire(&mut self, host: &str, ifname: &str, br: &str, addr: &str) {
         let (ns, sw) = (self.ns(host), self.ns("sw"));
         let port = format!("p-{host}-{ifname}");
-        run(&["ip", "link", "add", ifname, "netns", &ns, "type", "veth", "peer", "name", &port, "netns", &sw]);
+        run(&[
+            "ip", "link", "add", ifname, "netns", &ns, "type", "veth", "peer", "name", &port, "netns", &sw,
+        ]);
         run(&["ip", "-n", &sw, "link", "set", &port, "master", br, "up"]);
         run(&["ip", "-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", ifname]);
         run(&["ip", "-n", &ns, "link", "set", ifname, "up"]);
     }
 
     fn spawn_in(&mut self, host: &str, args: &[&str], log: &str) -> Child {
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(log)).expect("log");
+        let out =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(log)).expect("log");
         Command::new("ip")
             .args(["netns", "exec", &self.ns(host)])
             .args(args)
@@ -282,12 +286,18 @@ fn atms_announce_over_bgp_drain_gracefully_crash_and_rejoin() {
     );
     lab.others.push(router_bird);
     for (h, n) in [("srv1", "srv1"), ("srv2", "srv2")] {
-        let c = lab.spawn_in(h, &["timeout", "300", "python3", "-c", RESPONDER, n], &format!("{h}-responder.log"));
+        let c = lab.spawn_in(
+            h,
+            &["timeout", "300", "python3", "-c", RESPONDER, n],
+            &format!("{h}-responder.log"),
+        );
         lab.others.push(c);
         lab.start(h);
     }
     for h in ["srv1", "srv2"] {
-        wait_until(&format!("{h} ready"), Duration::from_secs(10), || lab.text(h).contains(&format!(" ready node={h}")));
+        wait_until(&format!("{h} ready"), Duration::from_secs(10), || {
+            lab.text(h).contains(&format!(" ready node={h}"))
+        });
     }
     for (h, _) in ATMS {
         lab.start(h);
@@ -296,7 +306,11 @@ fn atms_announce_over_bgp_drain_gracefully_crash_and_rejoin() {
     let t = wait_until("three next hops", Duration::from_secs(30), || lab.next_hops() == all);
     println!("router: 3 next hops {t:?} after the ATMs started");
     for (h, _) in ATMS {
-        assert!(lab.text(h).contains("announce node=") && lab.text(h).contains("vips=[10.90.9.99]"), "{h}:\n{}", lab.text(h));
+        assert!(
+            lab.text(h).contains("announce node=") && lab.text(h).contains("vips=[10.90.9.99]"),
+            "{h}:\n{}",
+            lab.text(h)
+        );
     }
     let (names, failed) = lab.answered(60);
     println!("3 ATMs: answered by {names:?}, {failed} failed");
@@ -306,8 +320,13 @@ fn atms_announce_over_bgp_drain_gracefully_crash_and_rejoin() {
     // Graceful drain of atm3: withdrawn first, while the daemon still runs.
     let pid = lab.daemon("atm3").id().to_string();
     run(&["kill", "-TERM", &pid]);
-    let t = wait_until("atm3 withdrawn", Duration::from_secs(5), || lab.next_hops() == hops(&["10.90.0.1", "10.90.0.2"]));
-    assert!(lab.daemon("atm3").try_wait().expect("wait").is_none(), "atm3 exited before its withdrawal was seen");
+    let t = wait_until("atm3 withdrawn", Duration::from_secs(5), || {
+        lab.next_hops() == hops(&["10.90.0.1", "10.90.0.2"])
+    });
+    assert!(
+        lab.daemon("atm3").try_wait().expect("wait").is_none(),
+        "atm3 exited before its withdrawal was seen"
+    );
     println!("drain: atm3's next hop gone {t:?} after SIGTERM, the daemon still draining");
     let (_, failed) = lab.answered(30);
     assert_eq!(failed, 0, "requests failed during atm3's drain");
@@ -323,7 +342,9 @@ fn atms_announce_over_bgp_drain_gracefully_crash_and_rejoin() {
     let crashed = Instant::now();
     let _ = lab.daemon("atm2").kill();
     let _ = lab.daemon("atm2").wait();
-    let t = wait_until("atm2's next hop gone", Duration::from_secs(5), || lab.next_hops() == hops(&["10.90.0.1"]));
+    let t = wait_until("atm2's next hop gone", Duration::from_secs(5), || {
+        lab.next_hops() == hops(&["10.90.0.1"])
+    });
     println!("crash: atm2's next hop gone {t:?} after SIGKILL (session closed by its BIRD's death)");
     assert!(crashed.elapsed() < Duration::from_secs(5));
     let (names, failed) = lab.answered(30);
@@ -332,7 +353,9 @@ fn atms_announce_over_bgp_drain_gracefully_crash_and_rejoin() {
 
     // atm2 joins again.
     lab.start("atm2");
-    let t = wait_until("atm2 back", Duration::from_secs(30), || lab.next_hops() == hops(&["10.90.0.1", "10.90.0.2"]));
+    let t = wait_until("atm2 back", Duration::from_secs(30), || {
+        lab.next_hops() == hops(&["10.90.0.1", "10.90.0.2"])
+    });
     println!("join: atm2 a next hop again {t:?} after its start");
     let (_, failed) = lab.answered(30);
     assert_eq!(failed, 0, "requests failed after atm2 rejoined");

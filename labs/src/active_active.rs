@@ -53,7 +53,8 @@ const ATMS: [(&str, Ipv4Addr); 3] = [
     ("atm2", Ipv4Addr::new(10, 91, 0, 2)),
     ("atm3", Ipv4Addr::new(10, 91, 0, 3)),
 ];
-const SERVERS: [(&str, Ipv4Addr); 2] = [("srv1", Ipv4Addr::new(10, 91, 0, 51)), ("srv2", Ipv4Addr::new(10, 91, 0, 52))];
+const SERVERS: [(&str, Ipv4Addr); 2] =
+    [("srv1", Ipv4Addr::new(10, 91, 0, 51)), ("srv2", Ipv4Addr::new(10, 91, 0, 52))];
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 91, 2, 100);
 const BIRD: &str = "/usr/sbin/bird";
 /// Interval of a long-lived flow's echoes.
@@ -73,7 +74,8 @@ pub struct Opts {
 
 impl Opts {
     pub fn parse(args: &[String]) -> anyhow::Result<Opts> {
-        let mut o = Opts { out: std::path::absolute("target/active-active")?, flows: 30, bench: false, seconds: 5 };
+        let mut o =
+            Opts { out: std::path::absolute("target/active-active")?, flows: 30, bench: false, seconds: 5 };
         let mut it = args.iter();
         while let Some(a) = it.next() {
             let mut val = || it.next().with_context(|| format!("{a} needs a value\nusage: {USAGE}"));
@@ -147,7 +149,9 @@ impl AaLab {
         ns::create(&n)?;
         self.namespaces.push(n.clone());
         ip(&["-n", &n, "link", "set", "lo", "up"])?;
-        for s in ["net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0", "net.ipv4.ip_forward=1"] {
+        for s in
+            ["net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0", "net.ipv4.ip_forward=1"]
+        {
             ns::exec(&n, &["sysctl", "-qw", s])?;
         }
         Ok(())
@@ -242,7 +246,8 @@ impl AaLab {
 
     /// The router's next hops for the VIP.
     fn next_hops(&self) -> Vec<Ipv4Addr> {
-        let out = ns::exec(&self.ns("router"), &["ip", "-4", "route", "show", &format!("{VIP}/32")]).unwrap_or_default();
+        let out = ns::exec(&self.ns("router"), &["ip", "-4", "route", "show", &format!("{VIP}/32")])
+            .unwrap_or_default();
         let words: Vec<&str> = out.split_whitespace().collect();
         words.windows(2).filter(|w| w[0] == "via").filter_map(|w| w[1].parse().ok()).collect()
     }
@@ -262,7 +267,23 @@ impl AaLab {
     /// The ATM the router sends a client flow with source port `sport` to.
     fn atm_of(&self, sport: u16, dport: u16) -> Option<Ipv4Addr> {
         let (s, d) = (sport.to_string(), dport.to_string());
-        let args = ["ip", "-4", "route", "get", &VIP.to_string(), "from", &CLIENT.to_string(), "iif", "eth1", "ipproto", "tcp", "sport", &s, "dport", &d];
+        let args = [
+            "ip",
+            "-4",
+            "route",
+            "get",
+            &VIP.to_string(),
+            "from",
+            &CLIENT.to_string(),
+            "iif",
+            "eth1",
+            "ipproto",
+            "tcp",
+            "sport",
+            &s,
+            "dport",
+            &d,
+        ];
         let out = ns::exec(&self.ns("router"), &args).ok()?;
         let words: Vec<&str> = out.split_whitespace().collect();
         words.windows(2).find(|w| w[0] == "via").and_then(|w| w[1].parse().ok())
@@ -273,12 +294,23 @@ impl AaLab {
         std::fs::write(self.dir.join("cfg.json5"), config(&self.dir)?)?;
         std::fs::write(self.dir.join("router.conf"), ROUTER_BIRD)?;
         let (conf, sock) = (self.dir.join("router.conf"), self.dir.join("router.ctl"));
-        let (conf, sock) = (conf.to_str().context("path")?.to_string(), sock.to_str().context("path")?.to_string());
+        let (conf, sock) =
+            (conf.to_str().context("path")?.to_string(), sock.to_str().context("path")?.to_string());
         self.spawn("router-bird", "router", Path::new(BIRD), &["-f", "-c", &conf, "-s", &sock])?;
         let helper = runner::helper_exe()?;
         for (h, _) in SERVERS {
-            self.spawn(&format!("{h}-stream"), h, &helper, &["stream-server", &STREAM_PORT.to_string(), h, "900"])?;
-            self.spawn(&format!("{h}-iperf"), h, Path::new("/usr/bin/iperf3"), &["-s", "-p", &IPERF_PORT.to_string()])?;
+            self.spawn(
+                &format!("{h}-stream"),
+                h,
+                &helper,
+                &["stream-server", &STREAM_PORT.to_string(), h, "900"],
+            )?;
+            self.spawn(
+                &format!("{h}-iperf"),
+                h,
+                Path::new("/usr/bin/iperf3"),
+                &["-s", "-p", &IPERF_PORT.to_string()],
+            )?;
             self.start_daemon(h)?;
         }
         for (h, _) in SERVERS {
@@ -369,7 +401,8 @@ impl Load {
     fn start(client_ns: &str, n: usize, t0: Instant) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let path = PathBuf::from(ns::path(client_ns));
-        let mut load = Load { stop: stop.clone(), flows: Vec::new(), news: Arc::default(), threads: Vec::new() };
+        let mut load =
+            Load { stop: stop.clone(), flows: Vec::new(), news: Arc::default(), threads: Vec::new() };
         for _ in 0..n {
             let log: Shared<FlowLog> = Arc::default();
             let (log2, stop2, path2) = (log.clone(), stop.clone(), path.clone());
@@ -410,7 +443,9 @@ fn long_flow(ns_path: &Path, log: &Shared<FlowLog>, stop: &AtomicBool, t0: Insta
     while !stop.load(Ordering::SeqCst) {
         i += 1;
         let mut line = String::new();
-        if let Err(e) = w.write_all(format!("{i}\n").as_bytes()).and_then(|_| r.read_line(&mut line).map(|_| ())) {
+        if let Err(e) =
+            w.write_all(format!("{i}\n").as_bytes()).and_then(|_| r.read_line(&mut line).map(|_| ()))
+        {
             return fail(e.to_string());
         }
         let mut words = line.split_whitespace();
@@ -533,11 +568,7 @@ fn measure(
 }
 
 fn flow_map(lab: &AaLab, load: &Load) -> BTreeMap<u16, Option<Ipv4Addr>> {
-    load.flows
-        .iter()
-        .map(|f| f.lock().expect("log").sport)
-        .map(|p| (p, lab.atm_of(p, STREAM_PORT)))
-        .collect()
+    load.flows.iter().map(|f| f.lock().expect("log").sport).map(|p| (p, lab.atm_of(p, STREAM_PORT))).collect()
 }
 
 /// Runs the three scenarios; prints and writes `report.txt`. `Ok(false)` if a goal failed
@@ -572,7 +603,15 @@ pub fn run(opts: &Opts) -> anyhow::Result<bool> {
         bail!("atm3 exited with {st} on SIGTERM:\n{}", lab.text("atm3"));
     }
     std::thread::sleep(STEP_WINDOW.saturating_sub(Duration::from_millis(ms(t0) - from)));
-    results.push(measure(&lab, &load, "drain atm3 (SIGTERM)", Some(ATMS[2].1), &before, (from, ms(t0)), route.as_millis() as u64));
+    results.push(measure(
+        &lab,
+        &load,
+        "drain atm3 (SIGTERM)",
+        Some(ATMS[2].1),
+        &before,
+        (from, ms(t0)),
+        route.as_millis() as u64,
+    ));
 
     // 2. Crash of atm2.
     let before = flow_map(&lab, &load);
@@ -580,7 +619,15 @@ pub fn run(opts: &Opts) -> anyhow::Result<bool> {
     lab.signal("atm2", nix::sys::signal::Signal::SIGKILL)?;
     let route = lab.wait_hops(1, Duration::from_secs(10))?;
     std::thread::sleep(STEP_WINDOW);
-    results.push(measure(&lab, &load, "crash atm2 (SIGKILL)", Some(ATMS[1].1), &before, (from, ms(t0)), route.as_millis() as u64));
+    results.push(measure(
+        &lab,
+        &load,
+        "crash atm2 (SIGKILL)",
+        Some(ATMS[1].1),
+        &before,
+        (from, ms(t0)),
+        route.as_millis() as u64,
+    ));
 
     // 3. atm2 joins again.
     let before = flow_map(&lab, &load);
@@ -588,7 +635,15 @@ pub fn run(opts: &Opts) -> anyhow::Result<bool> {
     lab.start_daemon("atm2")?;
     let route = lab.wait_hops(2, Duration::from_secs(30))?;
     std::thread::sleep(STEP_WINDOW);
-    results.push(measure(&lab, &load, "join atm2 (start)", None, &before, (from, ms(t0)), route.as_millis() as u64));
+    results.push(measure(
+        &lab,
+        &load,
+        "join atm2 (start)",
+        None,
+        &before,
+        (from, ms(t0)),
+        route.as_millis() as u64,
+    ));
     load.stop();
 
     let report = report(&results, opts.flows);
@@ -619,7 +674,9 @@ fn report(results: &[StepResult], flows: usize) -> String {
         );
         let _ = r.affected;
     }
-    s += &format!("disturbed = a pause over {DISTURBED_MS} ms or lost; moved = now routed to another ATM than before the step (plain multipath re-slices the hash space)\n");
+    s += &format!(
+        "disturbed = a pause over {DISTURBED_MS} ms or lost; moved = now routed to another ATM than before the step (plain multipath re-slices the hash space)\n"
+    );
     s
 }
 
@@ -628,7 +685,13 @@ fn bench(opts: &Opts) -> anyhow::Result<()> {
     let mut lab = AaLab::new(&opts.out)?;
     lab.start_common()?;
     for (h, _) in ATMS {
-        ns::exec(&lab.ns(h), &["tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "1gbit", "burst", "512kb", "latency", "20ms"])?;
+        ns::exec(
+            &lab.ns(h),
+            &[
+                "tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "1gbit", "burst", "512kb",
+                "latency", "20ms",
+            ],
+        )?;
     }
     let mut rows = Vec::new();
     for k in 1..=3 {
@@ -645,7 +708,9 @@ fn bench(opts: &Opts) -> anyhow::Result<()> {
         rows.push((k, bps));
     }
     let one = rows[0].1;
-    let mut s = String::from("active-active throughput, each ATM's uplink tbf 1 Gbit/s, iperf3 -P 16 through the VIP to one DR server\n");
+    let mut s = String::from(
+        "active-active throughput, each ATM's uplink tbf 1 Gbit/s, iperf3 -P 16 through the VIP to one DR server\n",
+    );
     for (k, bps) in &rows {
         s += &format!("{k} ATM(s): {:.2} Gbit/s ({:.2}x one)\n", bps / 1e9, bps / one);
     }

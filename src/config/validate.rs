@@ -165,7 +165,10 @@ fn active_active_services(cx: &mut Cx, d: &Draft, atms: &[(usize, &Atm)]) {
         }
         for (j, srv) in s.servers.iter().enumerate() {
             if let Some((k, _)) = atms.iter().find(|(_, a)| a.address == srv.address) {
-                let msg = format!("{} is the address of atms[{k}]; in active-active mode an ATM cannot be a real server (the ATMs' Maglev tables would differ)", srv.address);
+                let msg = format!(
+                    "{} is the address of atms[{k}]; in active-active mode an ATM cannot be a real server (the ATMs' Maglev tables would differ)",
+                    srv.address
+                );
                 cx.error_at(&format!("services[{i}].servers[{j}].address"), msg);
             }
         }

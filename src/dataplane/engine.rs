@@ -504,7 +504,8 @@ impl Engine {
         key: &FwdKey<Ipv4Addr>,
         fl: u8,
     ) -> Result<u32, DropReason> {
-        let mid_flow = key.proto == proto::TCP && fl & (flags::SYN | flags::ACK | flags::RST | flags::FIN) != flags::SYN;
+        let mid_flow =
+            key.proto == proto::TCP && fl & (flags::SYN | flags::ACK | flags::RST | flags::FIN) != flags::SYN;
         if mid_flow && !self.picks_up(svc_idx, fl) {
             return Err(DropReason::NoConnection);
         }

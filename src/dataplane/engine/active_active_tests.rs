@@ -158,5 +158,8 @@ fn a_joining_engine_picks_up_mid_flow_segments_on_the_same_server() {
     assert_eq!(joiner.stats().picked_up, FLOWS);
     assert_eq!(plain.stats().dropped(DropReason::NoConnection), FLOWS);
     // A reset of an unknown flow is not a reason to make an entry.
-    assert_eq!(next_hop(&mut joiner, Instant::ZERO, FLOWS + 1, crate::dataplane::wire::tcp::flags::RST), None);
+    assert_eq!(
+        next_hop(&mut joiner, Instant::ZERO, FLOWS + 1, crate::dataplane::wire::tcp::flags::RST),
+        None
+    );
 }

@@ -31,7 +31,11 @@ pub fn render(cfg: &Config, me: usize, announced: &BTreeSet<IpAddr>) -> String {
     let bgp = cfg.bgp.as_ref().expect("active-active config has a bgp section");
     let atm = &cfg.atms[me];
     let mut s = String::new();
-    let _ = writeln!(s, "# Written by clusterserverd for cluster {} ATM {}: do not edit,", cfg.cluster.name, atm.name);
+    let _ = writeln!(
+        s,
+        "# Written by clusterserverd for cluster {} ATM {}: do not edit,",
+        cfg.cluster.name, atm.name
+    );
     let _ = writeln!(s, "# it is rewritten on every announce or withdraw.");
     let _ = writeln!(s, "router id {};", atm.address);
     let _ = writeln!(s, "log stderr all;");
@@ -270,7 +274,9 @@ mod parse_with_bird {
     fn bird_accepts_the_rendered_config() {
         let bird = Path::new("/usr/sbin/bird");
         if !bird.exists() {
-            eprintln!("SKIP: /usr/sbin/bird is missing (scripts/install-deps installs bird2); the config is not checked by BIRD");
+            eprintln!(
+                "SKIP: /usr/sbin/bird is missing (scripts/install-deps installs bird2); the config is not checked by BIRD"
+            );
             return;
         }
         let dir = std::env::temp_dir().join(format!("csd-bird-parse-{}", std::process::id()));
