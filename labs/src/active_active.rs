@@ -15,7 +15,8 @@
 //! VIP 10.91.9.99 is on no subnet: only the router reaches it.
 //!
 //! **Scenarios** (one run, in order): atm3 drained (SIGTERM: withdraw, drain, stop); atm2
-//! crashes (SIGKILL; its BIRD dies with it); atm2 joins again. Long-lived flows (one echo
+//! crashes (SIGKILL; its BIRD dies with it); atm2 joins again; atm2 freezes (SIGSTOP of the
+//! daemon and its BIRD: a silent failure only the BGP hold time, or BFD with `--bfd`, detects). Long-lived flows (one echo
 //! every [`ECHO_MS`]) run throughout; before each step every flow is mapped to the ATM that
 //! carries it (`ip route get` on the router with the flow's ports). Per step: the longest
 //! pause of the flows on the affected ATM (their outage), flows on the other ATMs disturbed
@@ -43,7 +44,7 @@ use clusterserver::platform::linux::netsys::enter_netns;
 
 use crate::{lab, ns, runner};
 
-pub const USAGE: &str = "clusterlab active-active [--out DIR] [--flows N] | clusterlab active-active --bench [--seconds S] [--out DIR]";
+pub const USAGE: &str = "clusterlab active-active [--out DIR] [--flows N] [--bfd] | clusterlab active-active --bench [--seconds S] [--out DIR]";
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 91, 9, 99);
 const STREAM_PORT: u16 = 7000;
@@ -70,12 +71,19 @@ pub struct Opts {
     pub flows: usize,
     pub bench: bool,
     pub seconds: u64,
+    /// BFD (100 ms x 3) on every session, router and ATMs.
+    pub bfd: bool,
 }
 
 impl Opts {
     pub fn parse(args: &[String]) -> anyhow::Result<Opts> {
-        let mut o =
-            Opts { out: std::path::absolute("target/active-active")?, flows: 30, bench: false, seconds: 5 };
+        let mut o = Opts {
+            out: std::path::absolute("target/active-active")?,
+            flows: 30,
+            bench: false,
+            seconds: 5,
+            bfd: false,
+        };
         let mut it = args.iter();
         while let Some(a) = it.next() {
             let mut val = || it.next().with_context(|| format!("{a} needs a value\nusage: {USAGE}"));
@@ -84,6 +92,7 @@ impl Opts {
                 "--flows" => o.flows = val()?.parse::<usize>()?.clamp(1, 100),
                 "--seconds" => o.seconds = val()?.parse::<u64>()?.clamp(1, 60),
                 "--bench" => o.bench = true,
+                "--bfd" => o.bfd = true,
                 other => bail!("unknown argument {other:?}\nusage: {USAGE}"),
             }
         }
@@ -244,6 +253,31 @@ impl AaLab {
         }
     }
 
+    /// Stops (SIGSTOP) the daemon `label` and its children (its BIRD); their PIDs.
+    fn freeze(&mut self, label: &str) -> anyhow::Result<Vec<i32>> {
+        let pid = self.procs.get(label).with_context(|| format!("no process {label}"))?.id();
+        let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        let mut pids: Vec<i32> = kids.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+        // Threads other than the main one may have spawned BIRD.
+        for t in std::fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
+            let c = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            pids.extend(c.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+        }
+        pids.push(pid as i32);
+        pids.sort_unstable();
+        pids.dedup();
+        for p in &pids {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), nix::sys::signal::Signal::SIGSTOP)?;
+        }
+        Ok(pids)
+    }
+
+    fn thaw(&self, pids: &[i32]) {
+        for p in pids {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), nix::sys::signal::Signal::SIGCONT);
+        }
+    }
+
     /// The router's next hops for the VIP.
     fn next_hops(&self) -> Vec<Ipv4Addr> {
         let out = ns::exec(&self.ns("router"), &["ip", "-4", "route", "show", &format!("{VIP}/32")])
@@ -289,10 +323,14 @@ impl AaLab {
         words.windows(2).find(|w| w[0] == "via").and_then(|w| w[1].parse().ok())
     }
 
-    fn start_common(&mut self) -> anyhow::Result<()> {
+    fn start_common(&mut self, bfd: bool) -> anyhow::Result<()> {
         self.build()?;
-        std::fs::write(self.dir.join("cfg.json5"), config(&self.dir)?)?;
-        std::fs::write(self.dir.join("router.conf"), ROUTER_BIRD)?;
+        std::fs::write(self.dir.join("cfg.json5"), config(&self.dir, bfd)?)?;
+        let router = match bfd {
+            true => ROUTER_BIRD.replace("ipv4 { import all;", "bfd on;\n  ipv4 { import all;") + ROUTER_BFD,
+            false => ROUTER_BIRD.to_string(),
+        };
+        std::fs::write(self.dir.join("router.conf"), router)?;
         let (conf, sock) = (self.dir.join("router.conf"), self.dir.join("router.ctl"));
         let (conf, sock) =
             (conf.to_str().context("path")?.to_string(), sock.to_str().context("path")?.to_string());
@@ -343,7 +381,10 @@ protocol bgp atm2 from atm { neighbor 10.91.0.2 as 65001; }
 protocol bgp atm3 from atm { neighbor 10.91.0.3 as 65001; }
 ";
 
-fn config(dir: &Path) -> anyhow::Result<String> {
+const ROUTER_BFD: &str =
+    "protocol bfd { interface \"*\" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }; }\n";
+
+fn config(dir: &Path, bfd: bool) -> anyhow::Result<String> {
     let secret = dir.join("secret");
     std::fs::write(&secret, "aa-lab-secret")?;
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
@@ -359,7 +400,7 @@ fn config(dir: &Path) -> anyhow::Result<String> {
     Ok(format!(
         "{{ cluster: {{ name: 'aalab', id: 91, secret_file: '{s}', mode: 'active-active' }},
   atms: [ {} ],
-  bgp: {{ local_as: 65001, neighbors: [ {{ address: '10.91.0.254', peer_as: 65000 }} ], drain_ms: 2000,
+  bgp: {{ local_as: 65001, neighbors: [ {{ address: '10.91.0.254', peer_as: 65000 }} ], drain_ms: 2000, bfd: {bfd},
           control_socket: '{run}/bird-{{atm}}.ctl', config_file: '{run}/bird-{{atm}}.conf' }},
   services: [
     {{ name: 'stream', vip: '{VIP}', port: {STREAM_PORT}, forwarding: 'dr', scheduler: 'mh', servers: [ {} ],
@@ -432,7 +473,9 @@ fn long_flow(ns_path: &Path, log: &Shared<FlowLog>, stop: &AtomicBool, t0: Insta
         return fail("connect".into());
     };
     let _ = s.set_nodelay(true);
-    let _ = s.set_read_timeout(Some(Duration::from_millis(4000)));
+    // Patient: a frozen ATM stalls its flows for the BGP hold time; TCP's retransmissions,
+    // not this client, decide whether a flow survives.
+    let _ = s.set_read_timeout(Some(Duration::from_secs(15)));
     log.lock().expect("log").sport = s.local_addr().map(|a| a.port()).unwrap_or(0);
     let mut w = match s.try_clone() {
         Ok(w) => w,
@@ -582,7 +625,7 @@ pub fn run(opts: &Opts) -> anyhow::Result<bool> {
         return bench(opts).map(|()| true);
     }
     let mut lab = AaLab::new(&opts.out)?;
-    lab.start_common()?;
+    lab.start_common(opts.bfd)?;
     for (h, _) in ATMS {
         lab.start_daemon(h)?;
     }
@@ -644,12 +687,31 @@ pub fn run(opts: &Opts) -> anyhow::Result<bool> {
         (from, ms(t0)),
         route.as_millis() as u64,
     ));
+
+    // 4. atm2 freezes (daemon and BIRD stopped, link up): only the hold time or BFD tells.
+    let before = flow_map(&lab, &load);
+    let from = ms(t0);
+    let frozen = lab.freeze("atm2")?;
+    let route = lab.wait_hops(1, Duration::from_secs(15))?;
+    std::thread::sleep(STEP_WINDOW + Duration::from_secs(3));
+    let name = if opts.bfd { "freeze atm2 (BFD)" } else { "freeze atm2 (hold 3 s)" };
+    results.push(measure(
+        &lab,
+        &load,
+        name,
+        Some(ATMS[1].1),
+        &before,
+        (from, ms(t0)),
+        route.as_millis() as u64,
+    ));
     load.stop();
+    lab.thaw(&frozen);
 
     let report = report(&results, opts.flows);
     print!("{report}");
     std::fs::write(opts.out.join("report.txt"), &report)?;
-    let ok = results[0].long_lost == 0 && results[1].others_disturbed == 0;
+    let ok =
+        results[0].long_lost == 0 && results[1].others_disturbed == 0 && results[3].others_disturbed == 0;
     Ok(ok)
 }
 
@@ -683,7 +745,7 @@ fn report(results: &[StepResult], flows: usize) -> String {
 /// Throughput with 1, 2, 3 ATMs, each limited to 1 Gbit/s towards the servers.
 fn bench(opts: &Opts) -> anyhow::Result<()> {
     let mut lab = AaLab::new(&opts.out)?;
-    lab.start_common()?;
+    lab.start_common(false)?;
     for (h, _) in ATMS {
         ns::exec(
             &lab.ns(h),
