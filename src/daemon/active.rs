@@ -91,7 +91,10 @@ pub(super) async fn control(
     let (vtx, mut vrx) = mpsc::unbounded_channel();
     let tee = Tee { shell, verdicts: vtx };
     let checks = health::run(&cfg.services, &tee);
-    tokio::pin!(checks);
+    // As on a primary: the DR servers' neighbour entries stay resolved (see `keep_resolved`).
+    let hops = super::direct_next_hops(cfg);
+    let resolve = super::keep_resolved(&hops);
+    tokio::pin!(checks, resolve);
     let ack = Arc::new(AtomicU64::new(0));
     let mut sent: u64 = 0;
     let mut last_ack_at = tokio::time::Instant::now();
@@ -155,6 +158,7 @@ pub(super) async fn control(
             }
             Some(n) = reach_round.next(), if !reach_round.is_empty() => announcer.handle(now(), Input::Reachable(n)),
             _ = &mut checks => unreachable!("health checks run forever"),
+            _ = &mut resolve => unreachable!("neighbour refresh runs forever"),
             _ = &mut sleep => announcer.handle(now(), Input::Timeout),
         }
     }

@@ -292,6 +292,20 @@ mod parse_with_bird {
                 assert!(out.status.success(), "bird -p rejected:\n{}\n{err}", render(&cfg, 0, &vips));
             }
         }
+        // The router config of the deployment guide parses too.
+        let guide =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/active-active.md")).unwrap();
+        let marker = "### BIRD 2 on the router\n\n```\n";
+        let start = guide.find(marker).expect("guide section") + marker.len();
+        let router = &guide[start..start + guide[start..].find("```").unwrap()];
+        let file = dir.join("router.conf");
+        std::fs::write(&file, router).unwrap();
+        let out = Command::new(bird).arg("-p").arg("-c").arg(&file).output().unwrap();
+        assert!(
+            out.status.success(),
+            "bird -p rejected the guide's router config:\n{router}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
