@@ -36,6 +36,8 @@ pub const HOLD_MS: u64 = 3000;
 /// Graceful stop: withdrawal to exit.
 pub const DRAIN_MS: u64 = 2000;
 const TICK_MS: u64 = 10;
+/// A flow not forwarded for this long at the end of a run counts as broken.
+pub const UNSERVED_MS: u64 = 2000;
 const SECRET: &[u8] = b"sim active-active";
 
 /// One fault of an active-active run.
@@ -49,20 +51,23 @@ pub enum Step {
     Freeze(usize),
     /// A (re)start with an empty table.
     Join(usize),
+    /// The drained fourth server gets weight 1 on every ATM (Maglev remaps ~1/4 of flows).
+    AddServer,
 }
 
 struct Atm {
     engine: Engine,
     announcer: Announcer,
     sender: SyncSender,
-    receiver: SyncReceiver,
+    /// One per sending ATM (each has its own session and sequence), as in the daemon.
+    receivers: BTreeMap<usize, SyncReceiver>,
     /// Forwards (not crashed, not frozen, not exited).
     running: bool,
     frozen: bool,
 }
 
-/// The outcome of a run: per step, flows broken (server changed or no forwarder for longer
-/// than [`HOLD_MS`] + 1 s) and the longest pause of any flow.
+/// The outcome of a run: flows broken (server changed, or not forwarded for the last
+/// [`UNSERVED_MS`]) and the longest pause of any flow.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Outcome {
     pub broken: usize,
@@ -70,6 +75,7 @@ pub struct Outcome {
     pub trace: String,
 }
 
+/// `servers` real servers; the last one drained (weight 0) until [`Step::AddServer`].
 fn service(servers: u8) -> Service {
     Service {
         name: "web".into(),
@@ -86,14 +92,28 @@ fn service(servers: u8) -> Service {
                 name: format!("srv{}", i + 1),
                 address: IpAddr::V4(Ipv4Addr::new(10, 91, 0, 51 + i)),
                 port: 80,
-                weight: 1,
+                weight: u32::from(i + 1 < servers),
             })
             .collect(),
         checks: vec![],
     }
 }
 
-fn atm(i: usize, svc: &Service, now: Instant, incarnation: u64, consistency: bool) -> Atm {
+/// The daemon's consistency measures, each switchable to show what it prevents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Measures {
+    /// Connection sync between all ATMs.
+    pub sync: bool,
+    /// Mid-flow pickup by consistent hash.
+    pub pickup: bool,
+}
+
+impl Measures {
+    /// As the daemon runs in active-active mode.
+    pub const ON: Measures = Measures { sync: true, pickup: true };
+}
+
+fn atm(i: usize, svc: &Service, now: Instant, incarnation: u64, m: Measures) -> Atm {
     let mut engine = Engine::new(&EngineConfig {
         services: vec![svc.clone()],
         table: config::Table::default(),
@@ -102,15 +122,15 @@ fn atm(i: usize, svc: &Service, now: Instant, incarnation: u64, consistency: boo
         seed: 91,
     });
     engine.set_active(true);
-    engine.set_sync(consistency);
-    engine.set_mid_flow_pickup(consistency);
+    engine.set_sync(m.sync);
+    engine.set_mid_flow_pickup(m.pickup);
     let mut announcer = Announcer::new(std::slice::from_ref(svc), 0, Duration::from_millis(DRAIN_MS));
     announcer.handle(now, Input::DataPlane(true));
     Atm {
         engine,
         announcer,
         sender: SyncSender::new(SECRET, 91, incarnation, 1_000_000),
-        receiver: SyncReceiver::new(SECRET, 91),
+        receivers: BTreeMap::new(),
         running: true,
         frozen: false,
     }
@@ -132,26 +152,24 @@ fn route(next_hops: &BTreeSet<usize>, flow: (Ipv4Addr, u16)) -> Option<usize> {
 /// Runs `atms` ATMs and `flows` long-lived flows (a packet every tick) through `steps`
 /// (each at its time in ms), for `end_ms`.
 pub fn run(seed: u64, atms: usize, flows: usize, steps: &[(u64, Step)], end_ms: u64) -> Outcome {
-    run_with(seed, atms, flows, steps, end_ms, true)
+    run_with(seed, atms, flows, steps, end_ms, Measures::ON)
 }
 
-/// [`run`], with connection sync and mid-flow pickup on (`consistency`, as the daemon runs)
-/// or off (to show what they prevent).
+/// [`run`] with some of the daemon's consistency [`Measures`] off.
 pub fn run_with(
     seed: u64,
     atms: usize,
     flows: usize,
     steps: &[(u64, Step)],
     end_ms: u64,
-    consistency: bool,
+    m: Measures,
 ) -> Outcome {
-    let svc = service(3);
+    let mut svc = service(4);
     let mut rng = SplitMix64::new(seed);
     let mut trace = String::new();
     let mut now = Instant::ZERO;
     let mut incarnation = 1;
-    let mut nodes: Vec<Option<Atm>> =
-        (0..atms).map(|i| Some(atm(i, &svc, now, i as u64, consistency))).collect();
+    let mut nodes: Vec<Option<Atm>> = (0..atms).map(|i| Some(atm(i, &svc, now, i as u64, m))).collect();
     // Router: announced set as the router sees it, and pending BGP updates.
     let mut hops: BTreeSet<usize> = BTreeSet::new();
     let mut pending: Vec<(u64, usize, bool)> = Vec::new();
@@ -162,9 +180,11 @@ pub fn run_with(
             (Ipv4Addr::from(0xc633_0000 | (x as u32 & 0xffff)), 1024 + (x >> 40) as u16 % 60_000)
         })
         .collect();
+    // Flows start over the first second, so sync records keep coming from every ATM.
+    let start_at: Vec<u64> = (0..flows).map(|_| rng.next_u64() % 100 * TICK_MS).collect();
     let mut server_of: Vec<Option<Ipv4Addr>> = vec![None; flows];
     let mut routes: Vec<Option<usize>> = vec![None; flows];
-    let mut last_ok: Vec<u64> = vec![0; flows];
+    let mut last_ok: Vec<u64> = start_at.clone();
     let mut broken: BTreeSet<usize> = BTreeSet::new();
     let mut longest = 0;
     let mut tx = vec![0u8; 2048];
@@ -191,9 +211,16 @@ pub fn run_with(
                     }
                     frozen_at.insert(i, t);
                 }
+                Step::AddServer => {
+                    svc.servers[3].weight = 1;
+                    for a in nodes.iter_mut().flatten().filter(|a| !a.frozen) {
+                        let _ = a.engine.set_server_state(0, 3, 1, true);
+                        a.announcer.handle(now, Input::Weight { service: 0, server: 3, weight: 1 });
+                    }
+                }
                 Step::Join(i) => {
                     incarnation += 1;
-                    nodes[i] = Some(atm(i, &svc, now, 100 + incarnation, consistency));
+                    nodes[i] = Some(atm(i, &svc, now, 100 + incarnation, m));
                 }
             }
         }
@@ -240,7 +267,7 @@ pub fn run_with(
         }
         // Traffic: one segment per flow per tick.
         for (f, &flow) in flow_ids.iter().enumerate() {
-            if broken.contains(&f) {
+            if broken.contains(&f) || t < start_at[f] {
                 continue;
             }
             let Some(a) = route(&hops, flow).and_then(|i| nodes[i].as_mut()).filter(|a| a.running) else {
@@ -272,14 +299,15 @@ pub fn run_with(
         for (from, d) in &datagrams {
             for (j, b) in nodes.iter_mut().enumerate() {
                 if let Some(b) = b.as_mut().filter(|b| b.running && j != *from) {
-                    let _ = b.receiver.handle(now, d, &mut b.engine);
+                    let r = b.receivers.entry(*from).or_insert_with(|| SyncReceiver::new(SECRET, 91));
+                    let _ = r.handle(now, d, &mut b.engine);
                 }
             }
         }
         t += TICK_MS;
     }
     for (f, &ok) in last_ok.iter().enumerate() {
-        if !broken.contains(&f) && end_ms - ok > HOLD_MS + 1000 {
+        if !broken.contains(&f) && end_ms - ok > UNSERVED_MS {
             broken.insert(f);
             let _ = writeln!(trace, "{end_ms:>6} ms  flow {f} broken: unserved since {ok} ms");
         }

@@ -3,7 +3,7 @@
 //! no flow breaks (a flow the router moves keeps its real server), the pauses are the
 //! detection times, and the trace is a pure function of the seed (snapshots in `snapshots/`).
 
-use clustersim::ecmp::{BGP_DELAY_MS, HOLD_MS, Step, run, run_with};
+use clustersim::ecmp::{BGP_DELAY_MS, HOLD_MS, Measures, Step, run, run_with};
 
 const FLOWS: usize = 60;
 
@@ -58,6 +58,20 @@ fn without_sync_and_pickup_a_rejoin_breaks_the_flows_it_attracts() {
     // The same crash and rejoin with the daemon's consistency measures off: the rejoining
     // ATM drops the mid-flow segments of the flows the router re-slices to it.
     let steps = [(1000, Step::Crash(1)), (2000, Step::Join(1))];
-    let o = run_with(7, 3, FLOWS, &steps, 8000, false);
+    let o = run_with(7, 3, FLOWS, &steps, 8000, Measures { sync: false, pickup: false });
     assert!(o.broken > 0, "{}", o.trace);
+}
+
+#[test]
+fn a_server_added_then_an_atm_crashing_breaks_no_flow_thanks_to_sync_from_every_peer() {
+    // Flows start while srv4 is drained; srv4 joins (Maglev now maps some of them to it);
+    // atm2 crashes and its flows move to atm1 and atm3, which must know them from atm2's
+    // sync records (each ATM keeps a replay window per sender) or they would go to srv4.
+    let steps = [(1000, Step::AddServer), (2000, Step::Crash(1))];
+    let o = run(7, 3, FLOWS, &steps, 5000);
+    assert_eq!(o.broken, 0, "{}", o.trace);
+    snapshot("ecmp_add_server_crash", &o.trace);
+    // With pickup but no sync, the moved flows that Maglev now maps to srv4 break.
+    let without = run_with(7, 3, FLOWS, &steps, 5000, Measures { sync: false, pickup: true });
+    assert!(without.broken > 0, "{}", without.trace);
 }
