@@ -337,6 +337,11 @@ fn atms_announce_over_bgp_drain_gracefully_crash_and_rejoin() {
     });
     assert!(st.is_some_and(|s| s.success()), "atm3 exit {st:?}:\n{}", lab.text("atm3"));
     assert!(lab.text("atm3").contains("BIRD started"));
+    // Every peer's sync datagrams were accepted (one replay window per peer): the final
+    // counters of atm3's graceful exit show records applied and nothing refused.
+    let stopped = lab.text("atm3").lines().find(|l| l.contains("data plane stopped")).map(str::to_string);
+    let stopped = stopped.unwrap_or_else(|| panic!("no final counters:\n{}", lab.text("atm3")));
+    assert!(stopped.contains("rejected: 0,") && !stopped.contains("applied_records: 0,"), "{stopped}");
 
     // Crash of atm2: its BIRD dies with it, the session closes, the next hop goes.
     let crashed = Instant::now();
