@@ -71,3 +71,27 @@ fn defaults_fill_what_the_example_leaves_out() {
     assert_eq!(http.checks[1].timeout_ms, 2000);
     assert_eq!(config.heartbeat_port(), 17100);
 }
+
+#[test]
+fn the_active_active_example_has_mode_and_bgp() {
+    use clusterserver::config::ClusterMode;
+    let dir = secrets_dir("active-active");
+    let path = Path::new(support::MANIFEST_DIR).join("config/dr-3atm-active-active.json5");
+    let config = load_example(&path, &dir);
+    assert_eq!(config.cluster.mode, ClusterMode::ActiveActive);
+    let bgp = config.bgp.expect("bgp section");
+    assert_eq!((bgp.local_as, bgp.neighbors.len(), bgp.hold_s, bgp.bfd), (65001, 1, 3, true));
+    // Defaults of the keys the example leaves out.
+    assert_eq!(bgp.control_socket, Path::new("/run/clusterserver/bird.ctl"));
+    assert_eq!((bgp.bfd_interval_ms, bgp.bfd_multiplier), (100, 3));
+}
+
+#[test]
+fn primary_backup_configs_keep_their_digest_form() {
+    // `mode` at its default and an absent `bgp` are left out of the canonical form, so the
+    // heartbeat digest of a config written before active-active existed is unchanged.
+    let dir = secrets_dir("digest-form");
+    let path = Path::new(support::MANIFEST_DIR).join("config/dr-2atm.json5");
+    let json = serde_json::to_string(&load_example(&path, &dir)).expect("serialise");
+    assert!(!json.contains("\"mode\"") && !json.contains("\"bgp\""), "{json}");
+}

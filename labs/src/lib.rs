@@ -13,6 +13,7 @@
 //! error, panic and Ctrl-C; stale namespaces of finished runs are removed at start.
 #![allow(clippy::disallowed_methods)] // reason: a real lab waits on and timestamps with the wall clock
 
+pub mod active_active;
 pub mod bench;
 pub mod bench_report;
 pub mod delay;

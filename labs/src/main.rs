@@ -1,6 +1,7 @@
 //! `clusterlab run SCENARIO [--out DIR]` | `clusterlab compare SCENARIO [--seed N] [--out DIR]`
 //! | `clusterlab compare --all [--seed N] [--out DIR]`
 //! | `clusterlab bench [...]` (the data-plane benchmark, [`clusterlab::bench`])
+//! | `clusterlab active-active [--bench] [...]` ([`clusterlab::active_active`])
 //!
 //! Helpers run inside lab namespaces by the runner: `stream-server`, `load`, `forge`, `delay`.
 #![allow(clippy::disallowed_methods)] // reason: the lab's helpers use the wall clock
@@ -9,13 +10,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use clusterlab::{bench, lab, report, rogue, runner, traffic};
+use clusterlab::{active_active, bench, lab, report, rogue, runner, traffic};
 use clustersim::scenario::Scenario;
 
 const USAGE: &str = "usage: clusterlab run SCENARIO [--out DIR]
        clusterlab compare SCENARIO [--seed N] [--out DIR]
        clusterlab compare --all [--seed N] [--out DIR]   (every scenario; DIR/NAME per run)
        clusterlab bench [--reps N] [--seconds S] [--out DIR] (see scripts/bench)
+       clusterlab active-active [--out DIR] [--flows N]    (drain, crash, join over BGP/ECMP)
+       clusterlab active-active --bench [--seconds S]     (throughput with 1, 2, 3 ATMs)
 SCENARIO is a path or a name in sim/scenarios/ (e.g. primary-crash). Needs root.";
 
 fn main() -> ExitCode {
@@ -43,6 +46,10 @@ fn real_main() -> anyhow::Result<bool> {
     let arg = |i: usize| args.get(i).cloned().with_context(|| USAGE.to_string());
     match args.first().map(String::as_str) {
         Some("run") | Some("compare") => scenario_cmd(&args),
+        Some("active-active") => {
+            lab::install_signal_handler();
+            active_active::run(&active_active::Opts::parse(&args[1..])?)
+        }
         Some("bench") => {
             lab::install_signal_handler();
             bench::run(&bench::Opts::parse(&args[1..])?)?;

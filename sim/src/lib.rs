@@ -11,11 +11,13 @@
 //!   and what each host's kernel does (ARP, echo).
 //! * [`atm`], [`client`], [`rogue`]: the hosts' software.
 //! * [`runner`]: one run with its invariant checks; [`sweep`]: many seeds on all cores.
+//! * [`ecmp`]: active-active mode, stepped: an ECMP router over the announcing ATMs.
 
 pub mod atm;
 pub mod chart;
 pub mod client;
 pub mod dataplane;
+pub mod ecmp;
 pub mod flows;
 pub mod kernel;
 pub mod net;

@@ -49,6 +49,7 @@ pub fn cluster_config(
             admin_port: Some(DEFAULT_ADMIN_PORT),
             secret_file: PathBuf::from("/dev/null"),
             heartbeat_mode: mode,
+            mode: ClusterMode::PrimaryBackup,
         },
         atms: atms
             .iter()
@@ -68,6 +69,7 @@ pub fn cluster_config(
         table: Table::default(),
         sync: SyncSettings { connections: o.sync_connections.unwrap_or(true), ..SyncSettings::default() },
         security: Security::default(),
+        bgp: None,
         services: vec![Service {
             name: "svc".into(),
             vip,

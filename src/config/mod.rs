@@ -57,6 +57,13 @@
 //! | `checks[].path` | starts with `/`, default `/` (http/https only) | |
 //! | `checks[].command` | 1..=64 non-empty strings (exec only) | |
 //!
+//! | `cluster.mode` | `"primary-backup"` (default) or `"active-active"` | the latter needs `bgp` |
+//! | `bgp.local_as`, `neighbors[].peer_as` | 1..=4294967295 | 0 is reserved |
+//! | `bgp.neighbors` | 1..=16 unique host addresses | |
+//! | `bgp.hold_s` / `keepalive_s` | 0 or 3..=65535, default 3 / 1..=21845, default 1, keepalive < hold | RFC 4271 |
+//! | `bgp.bfd_interval_ms` / `bfd_multiplier` | 10..=10000, default 100 / 1..=255, default 3 | |
+//! | `bgp.drain_ms` | 0..=600000, default 2000 | withdraw-to-stop time of a graceful stop |
+//!
 //! Addresses (ATMs, VIPs, servers, reachlist) must be host addresses (not unspecified or
 //! multicast); a service's servers and gateway share the VIP's family; a VIP or gateway VIP
 //! cannot be an ATM's own address; `broadcast` heartbeats need IPv4 ATMs.
@@ -69,6 +76,7 @@ pub mod error;
 pub mod json5;
 pub mod types;
 
+mod bgp;
 mod decode;
 mod sections;
 mod services;

@@ -27,6 +27,8 @@ pub(crate) struct Draft {
     pub sync: SyncSettings,
     pub security: Security,
     pub services: Option<Vec<Option<Service>>>,
+    /// `None`: absent; `Some(None)`: present with errors.
+    pub bgp: Option<Option<Bgp>>,
 }
 
 impl Draft {
@@ -41,6 +43,10 @@ impl Draft {
             sync: self.sync,
             security: self.security,
             services: self.services?.into_iter().collect::<Option<_>>()?,
+            bgp: match self.bgp {
+                None => None,
+                Some(b) => Some(b?),
+            },
         })
     }
 }
@@ -62,7 +68,7 @@ pub const DEFAULT_HTTP_PATH: &str = "/";
 pub const DEFAULT_HTTP_STATUS: u16 = 200;
 
 const TOP: &[&str] =
-    &["cluster", "atms", "timers", "arp", "arbitration", "table", "sync", "security", "services"];
+    &["cluster", "atms", "timers", "arp", "arbitration", "table", "sync", "security", "services", "bgp"];
 
 /// Walks the document.
 pub(crate) fn draft(cx: &mut Cx, root: &Node) -> Draft {
@@ -80,6 +86,7 @@ pub(crate) fn draft(cx: &mut Cx, root: &Node) -> Draft {
         sync: f.or(cx, "sync", SyncSettings::default(), sync),
         security: f.or(cx, "security", Security::default(), security),
         services: f.req(cx, "services", services),
+        bgp: f.node("bgp").map(|n| super::bgp::bgp(cx, n, &f.child("bgp"))),
     }
 }
 
@@ -89,8 +96,11 @@ const HEARTBEAT_MODES: &[(&str, HeartbeatMode)] = &[
     ("unicast", HeartbeatMode::Unicast),
 ];
 
+const CLUSTER_MODES: &[(&str, ClusterMode)] =
+    &[("primary-backup", ClusterMode::PrimaryBackup), ("active-active", ClusterMode::ActiveActive)];
+
 fn cluster(cx: &mut Cx, node: &Node, path: &str) -> Option<Cluster> {
-    let keys = &["name", "id", "heartbeat_port", "admin_port", "secret_file", "heartbeat_mode"];
+    let keys = &["name", "id", "heartbeat_port", "admin_port", "secret_file", "heartbeat_mode", "mode"];
     let f = object(cx, node, path, keys)?;
     let name = f.req(cx, "name", name);
     let id = f.req_or(cx, "id", 0, int(0, i128::from(u32::MAX)));
@@ -98,6 +108,7 @@ fn cluster(cx: &mut Cx, node: &Node, path: &str) -> Option<Cluster> {
     let admin_port = f.maybe(cx, "admin_port", port);
     let secret_file = f.req(cx, "secret_file", file_path);
     let mode = f.or(cx, "heartbeat_mode", HeartbeatMode::Both, one_of(HEARTBEAT_MODES));
+    let cluster_mode = f.or(cx, "mode", ClusterMode::PrimaryBackup, one_of(CLUSTER_MODES));
     Some(Cluster {
         name: name?,
         id,
@@ -105,6 +116,7 @@ fn cluster(cx: &mut Cx, node: &Node, path: &str) -> Option<Cluster> {
         admin_port: admin_port?,
         secret_file: secret_file?,
         heartbeat_mode: mode,
+        mode: cluster_mode,
     })
 }
 

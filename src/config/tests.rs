@@ -96,7 +96,7 @@ fn errors_print_file_line_column_path_message_in_order() {
         e,
         vec![
             "t.json5:2:34: cluster.colour: unknown key; expected one of: name, id, \
-             heartbeat_port, admin_port, secret_file, heartbeat_mode",
+             heartbeat_port, admin_port, secret_file, heartbeat_mode, mode",
             "t.json5:5:43: services[0].port: expected an integer in 1..=65535, found number 0",
         ]
     );

@@ -31,6 +31,10 @@ pub struct Config {
     pub sync: SyncSettings,
     pub security: Security,
     pub services: Vec<Service>,
+    /// BGP announcement of the VIPs (active-active mode only; see [`Bgp`]). Left out of the
+    /// serialised form when absent so that primary/backup configs keep their digest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<Bgp>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -46,6 +50,64 @@ pub struct Cluster {
     pub secret_file: PathBuf,
     /// Where heartbeats go.
     pub heartbeat_mode: HeartbeatMode,
+    /// Primary/backup (one ATM holds the VIPs, gratuitous ARP) or active-active (every ATM
+    /// serves, the VIPs are announced over BGP). Left out of the serialised form at its
+    /// default so that existing configs keep their digest.
+    #[serde(skip_serializing_if = "ClusterMode::is_primary_backup")]
+    pub mode: ClusterMode,
+}
+
+/// How the ATMs of a cluster share the VIPs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClusterMode {
+    /// One primary holds the VIPs and answers ARP for them; backups take over (default).
+    #[default]
+    PrimaryBackup,
+    /// Every ATM forwards; each announces the VIP /32s to the upstream router over BGP
+    /// (through BIRD 2), which spreads flows with ECMP. No election for the VIPs.
+    ActiveActive,
+}
+
+impl ClusterMode {
+    pub fn is_primary_backup(&self) -> bool {
+        *self == ClusterMode::PrimaryBackup
+    }
+}
+
+/// The `bgp` section: how this ATM's BIRD 2 peers with the upstream router(s). One file
+/// serves every ATM, so the router id is each ATM's own (IPv4) address, not a setting.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Bgp {
+    /// The ATMs' AS number (all ATMs share it).
+    pub local_as: u32,
+    pub neighbors: Vec<BgpNeighbor>,
+    /// BGP hold time; the router declares a silent ATM dead after it (0: no keepalives).
+    pub hold_s: u32,
+    pub keepalive_s: u32,
+    /// Bidirectional forwarding detection on every session (sub-second loss detection,
+    /// where the router runs BFD too).
+    pub bfd: bool,
+    /// BFD transmit/receive interval and multiplier (detection = interval × multiplier).
+    pub bfd_interval_ms: u32,
+    pub bfd_multiplier: u32,
+    /// The BIRD 2 daemon and its client.
+    pub bird: PathBuf,
+    pub birdc: PathBuf,
+    /// BIRD's control socket and the config file the daemon writes for it. `{atm}` in
+    /// either is replaced by the ATM's name ([`Bgp::for_atm`]), for several ATMs sharing one
+    /// file system (labs, tests).
+    pub control_socket: PathBuf,
+    pub config_file: PathBuf,
+    /// Graceful stop: time between the withdrawal and stopping, so that the router moves
+    /// new flows away and in-flight packets still find a forwarding ATM.
+    pub drain_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BgpNeighbor {
+    pub address: IpAddr,
+    pub peer_as: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -272,6 +334,32 @@ impl SchedulerKind {
         SchedulerKind::Sh,
         SchedulerKind::Mh,
     ];
+}
+
+impl Bgp {
+    /// The section as ATM `atm` uses it: `{atm}` in the socket and config paths replaced.
+    pub fn for_atm(&self, atm: &str) -> Bgp {
+        let sub = |p: &PathBuf| PathBuf::from(p.to_string_lossy().replace("{atm}", atm));
+        Bgp { control_socket: sub(&self.control_socket), config_file: sub(&self.config_file), ..self.clone() }
+    }
+
+    /// The section with its defaults around the required keys.
+    pub fn with(local_as: u32, neighbors: Vec<BgpNeighbor>) -> Self {
+        Bgp {
+            local_as,
+            neighbors,
+            hold_s: 3,
+            keepalive_s: 1,
+            bfd: false,
+            bfd_interval_ms: 100,
+            bfd_multiplier: 3,
+            bird: PathBuf::from("/usr/sbin/bird"),
+            birdc: PathBuf::from("/usr/sbin/birdc"),
+            control_socket: PathBuf::from("/run/clusterserver/bird.ctl"),
+            config_file: PathBuf::from("/run/clusterserver/bird.conf"),
+            drain_ms: 2000,
+        }
+    }
 }
 
 impl Default for Timers {

@@ -125,6 +125,53 @@ pub(crate) fn whole(cx: &mut Cx, d: &Draft) {
             }
         }
         ports(cx, c, &d.sync);
+        mode(cx, c, d, &atms);
+    }
+}
+
+/// Active-active needs the `bgp` section and IPv4 ATM addresses (each is its BIRD router
+/// id); primary/backup takes no `bgp` section (it would silently do nothing).
+fn mode(cx: &mut Cx, c: &Cluster, d: &Draft, atms: &[(usize, &Atm)]) {
+    match (c.mode, &d.bgp) {
+        (ClusterMode::ActiveActive, None) => {
+            cx.error_at(
+                "bgp",
+                "missing required section (cluster.mode \"active-active\" announces the VIPs over BGP)",
+            );
+        }
+        (ClusterMode::PrimaryBackup, Some(_)) => {
+            cx.error_at("bgp", "the bgp section is only used with cluster.mode \"active-active\"");
+        }
+        _ => {}
+    }
+    if c.mode == ClusterMode::ActiveActive {
+        for (i, _) in atms.iter().filter(|(_, a)| a.address.is_ipv6()) {
+            let msg = "active-active needs IPv4 ATM addresses (each is the ATM's BGP router id)";
+            cx.error_at(&format!("atms[{i}].address"), msg);
+        }
+        active_active_services(cx, d, atms);
+    }
+}
+
+/// Active-active forwards on every ATM at once: NAT replies would return through one
+/// ATM's gateway VIP, not the one holding the connection; and an ATM that is also a real
+/// server leaves itself out of its own Maglev table, so the ATMs' tables would differ.
+fn active_active_services(cx: &mut Cx, d: &Draft, atms: &[(usize, &Atm)]) {
+    for (i, s) in d.services.iter().flatten().enumerate() {
+        let Some(s) = s else { continue };
+        if s.forwarding == Forwarding::Nat {
+            let msg = "active-active mode supports dr and tunnel forwarding, not nat (replies must return through the ATM holding the connection)";
+            cx.error_at(&format!("services[{i}].forwarding"), msg);
+        }
+        for (j, srv) in s.servers.iter().enumerate() {
+            if let Some((k, _)) = atms.iter().find(|(_, a)| a.address == srv.address) {
+                let msg = format!(
+                    "{} is the address of atms[{k}]; in active-active mode an ATM cannot be a real server (the ATMs' Maglev tables would differ)",
+                    srv.address
+                );
+                cx.error_at(&format!("services[{i}].servers[{j}].address"), msg);
+            }
+        }
     }
 }
 

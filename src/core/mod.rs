@@ -8,7 +8,9 @@
 //! * [`arbitration`]: reachlist scores and the loss-adaptive dead interval.
 //! * [`election`]: the primary/backup state machine.
 //! * [`node`]: an ATM = election + heartbeat authentication + counters.
+//! * [`announce`]: active-active mode's decision to announce or withdraw each VIP over BGP.
 
+pub mod announce;
 pub mod arbitration;
 pub mod election;
 pub mod heartbeat;

@@ -107,6 +107,7 @@
 //! (`decap` is `user`, `kernel` or `none`).
 
 pub mod admin;
+mod active;
 pub mod health;
 pub mod logging;
 mod node;
@@ -132,7 +133,7 @@ use crate::admin::server::{AdminContext, Limits};
 use crate::admin::state::{ControlOp, Observed};
 use crate::admin::token::Token;
 use crate::admin::{AdminHandle, CoreBridge};
-use crate::config::{self, Config};
+use crate::config::{self, ClusterMode, Config};
 use crate::core::election::AdminRequest;
 use crate::dataplane::engine::{Engine, EngineConfig};
 use crate::dataplane::io::tun::Shell;
@@ -264,7 +265,9 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
             return Err(DaemonError::NotInConfig(list.join(", ")));
         }
     };
-    let quiet = quiet_period(cfg);
+    let active_active = cfg.cluster.mode == ClusterMode::ActiveActive;
+    // Active-active has no election to protect from a quick restart: no quiet period.
+    let quiet = if active_active { Duration::ZERO } else { quiet_period(cfg) };
     tracing::info!(target: "clusterserverd", atm = %cfg.atms[me].name, quiet_ms = quiet.as_millis(), "ATM role; staying quiet so peers see any previous run as gone");
     rt.block_on(async move { tokio::time::sleep(quiet).await });
     let atm = &cfg.atms[me];
@@ -299,6 +302,10 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
         Err(e) => return Err(undo_node_after(&rt, node_setup, e)),
     };
     tracing::info!(target: "clusterserverd", tun = %setup::owned(cfg).tun_name, "data plane up");
+    if active_active {
+        let next = run_active_active(&rt, &shell, path, cfg, me);
+        return finish(rt, shell, node_setup, &atm.name, next);
+    }
     let arp = match rt.block_on(open_arp(cfg, &addrs, &atm.interface)) {
         Ok(a) => Rc::new(a),
         Err(e) => return Err(undo_node_after(&rt, node_setup, e)),
@@ -345,6 +352,34 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
         a.stop();
     }
     drop(platform);
+    finish(rt, shell, node_setup, &atm.name, next)
+}
+
+/// Active-active: the engine forwards from the start and the VIPs are announced over BGP
+/// ([`active`]). (The config refuses an ATM that is also a real server in this mode, so there
+/// is no node set-up to toggle.)
+fn run_active_active(
+    rt: &tokio::runtime::Runtime,
+    shell: &Shell<DaemonProcessor>,
+    path: &Path,
+    cfg: &Config,
+    me: usize,
+) -> Result<Next, DaemonError> {
+    shell.apply(Arc::new(|p: &mut DaemonProcessor| {
+        p.engine.set_mid_flow_pickup(true);
+        p.set_active(true);
+    }))?;
+    rt.block_on(active::control(shell, path, cfg, me))
+}
+
+/// Undoes the node set-up and stops the data plane after the control loop ended.
+fn finish(
+    rt: tokio::runtime::Runtime,
+    shell: Rc<Shell<DaemonProcessor>>,
+    node_setup: Option<SharedNode>,
+    name: &str,
+    next: Result<Next, DaemonError>,
+) -> Result<Next, DaemonError> {
     if let Some(n) = node_setup {
         match rt.block_on(async move { n.lock().await.undo().await }) {
             Ok(_) => tracing::info!(target: "clusterserverd", "node set-up undone"),
@@ -363,7 +398,7 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
         },
         Err(_) => tracing::error!(target: "clusterserverd", "data plane still referenced; dropped"),
     }
-    tracing::info!(target: "clusterserverd", node = %atm.name, "stopped");
+    tracing::info!(target: "clusterserverd", node = %name, "stopped");
     next
 }
 

@@ -10,6 +10,10 @@
 //! or replays. An active engine applies incoming sync only for connections it does not know
 //! (made by a draining predecessor or a briefly co-active peer): two primaries for a moment
 //! never overwrite each other's entries ([`Engine::apply_sync`]).
+//!
+//! Each peer ATM has its own receiver (replay window): every sender numbers its own
+//! datagrams in its own session, and in active-active mode every ATM receives from every
+//! other at once. A datagram from an address that is no listed ATM is refused and counted.
 
 use std::net::{SocketAddr, UdpSocket};
 
@@ -35,6 +39,8 @@ pub struct SyncCounters {
     pub received: u64,
     pub applied_records: u64,
     pub rejected: u64,
+    /// Of those, datagrams from an address that is no listed ATM.
+    pub unknown_sender: u64,
 }
 
 /// Engine + sync on one queue.
@@ -44,7 +50,8 @@ pub struct DaemonProcessor {
     /// Health verdicts and operator changes per server (see [`super::servers`]).
     pub servers: ServerControl,
     sender: SyncSender,
-    receiver: SyncReceiver,
+    /// One per entry of `peers`, same order.
+    receivers: Vec<SyncReceiver>,
     socket: Option<UdpSocket>,
     peers: Vec<SocketAddr>,
     out: Vec<u8>,
@@ -67,11 +74,12 @@ impl DaemonProcessor {
         peers: Vec<SocketAddr>,
     ) -> Self {
         let services = (0..).take_while(|&i| !engine.servers(i).is_empty()).count();
+        let receivers = vec![receiver; peers.len()];
         DaemonProcessor {
             servers: ServerControl::new(&engine, services),
             engine,
             sender,
-            receiver,
+            receivers,
             socket,
             peers,
             out: vec![0; MAX_DATAGRAM],
@@ -121,9 +129,14 @@ impl DaemonProcessor {
     fn receive(&mut self, now: Instant) {
         let Some(sock) = &self.socket else { return };
         for _ in 0..RECV_PER_TICK {
-            let Ok((n, _)) = sock.recv_from(&mut self.rbuf) else { break };
+            let Ok((n, from)) = sock.recv_from(&mut self.rbuf) else { break };
             self.counters.received += 1;
-            match self.receiver.handle(now, &self.rbuf[..n], &mut self.engine) {
+            let Some(i) = self.peers.iter().position(|p| p.ip() == from.ip()) else {
+                self.counters.rejected += 1;
+                self.counters.unknown_sender += 1;
+                continue;
+            };
+            match self.receivers[i].handle(now, &self.rbuf[..n], &mut self.engine) {
                 Ok(k) => self.counters.applied_records += k as u64,
                 Err(_) => self.counters.rejected += 1,
             }

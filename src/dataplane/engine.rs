@@ -51,7 +51,7 @@
 //!
 //! See [`conntrack`](super::conntrack) for the states and their timeouts. A TCP entry is
 //! created only by a SYN without ACK; any other segment without an entry is dropped
-//! (`NoConnection`). Transitions: client SYN → `SynSent`; server SYN-ACK → `SynRecv` (NAT
+//! (`NoConnection`), except in active-active mode ([`Engine::set_mid_flow_pickup`]). Transitions: client SYN → `SynSent`; server SYN-ACK → `SynRecv` (NAT
 //! only); then a client ACK → `Established`. In **DR and tunnel modes** the engine never sees
 //! the server's packets, so a client ACK after the SYN is taken as the handshake's end
 //! (`SynSent` → `Established`) and only the client's FIN/RST moves an entry to `Closing`:
@@ -91,6 +91,8 @@
 //! An inactive engine (a backup) forwards nothing (`Inactive`) but applies connection-sync
 //! records to its table; after [`Engine::set_active`]`(true)` those entries are live.
 
+#[cfg(test)]
+mod active_active_tests;
 mod affinity;
 mod forward;
 mod icmp;
@@ -140,6 +142,8 @@ struct Svc {
     sched: Box<dyn Select>,
     /// Per server, indexed like `servers`.
     counters: Vec<ServerCounters>,
+    /// `mh` or `sh`: every ATM maps a flow to the same server (mid-flow pickup allowed).
+    consistent: bool,
 }
 
 /// Traffic counters of one real server (monotonic), for the admin channel and metrics.
@@ -174,6 +178,9 @@ pub struct Engine {
     ident: u16,
     active: bool,
     sync_enabled: bool,
+    /// Active-active: a TCP segment of an unknown flow is scheduled like a SYN (see
+    /// [`Engine::set_mid_flow_pickup`]).
+    pickup: bool,
     sync_queue: VecDeque<SyncRecord>,
     /// The packet being processed carries partial transport checksums (offload).
     partial_csum: bool,
@@ -246,6 +253,7 @@ impl Engine {
                     servers,
                     addrs,
                     sched,
+                    consistent: matches!(s.scheduler, config::SchedulerKind::Mh | config::SchedulerKind::Sh),
                 }
             })
             .collect();
@@ -260,6 +268,7 @@ impl Engine {
             ident: cfg.seed as u16,
             active: true,
             sync_enabled: false,
+            pickup: false,
             sync_queue: VecDeque::with_capacity(SYNC_QUEUE),
             resync_cursor: None,
             partial_csum: false,
@@ -592,7 +601,9 @@ impl Engine {
         key: &FwdKey<Ipv4Addr>,
         fl: u8,
     ) -> Result<u32, DropReason> {
-        if key.proto == proto::TCP && fl & (flags::SYN | flags::ACK | flags::RST | flags::FIN) != flags::SYN {
+        let mid_flow =
+            key.proto == proto::TCP && fl & (flags::SYN | flags::ACK | flags::RST | flags::FIN) != flags::SYN;
+        if mid_flow && !self.picks_up(svc_idx, fl) {
             return Err(DropReason::NoConnection);
         }
         let now_s = secs(now);
@@ -638,7 +649,15 @@ impl Engine {
                 return Err(DropReason::NatConflict);
             }
         }
-        let state = if key.proto == proto::TCP { State::SynSent } else { State::Udp };
+        let state = match (key.proto == proto::TCP, mid_flow) {
+            (false, _) => State::Udp,
+            (true, false) => State::SynSent,
+            (true, true) if fl & flags::FIN != 0 => State::Closing,
+            (true, true) => State::Established,
+        };
+        if mid_flow {
+            self.stats.picked_up += 1;
+        }
         let entry = Entry::new(
             key.proto,
             (key.client, key.client_port),
@@ -656,6 +675,26 @@ impl Engine {
         }
         self.offer_sync(slot, now, true);
         Ok(slot)
+    }
+
+    /// Whether a mid-flow TCP segment (no entry here) of service `svc_idx` is picked up.
+    fn picks_up(&self, svc_idx: usize, fl: u8) -> bool {
+        let svc = &self.svcs[svc_idx];
+        self.pickup
+            && fl & (flags::SYN | flags::RST) == 0
+            && svc.consistent
+            && svc.forwarding != Forwarding::Nat
+            && svc.persistence_s == 0
+    }
+
+    /// Active-active mode: a TCP segment of a flow this engine has no entry for (the router
+    /// moved it here from a lost or drained ATM, and its sync record has not arrived or never
+    /// will) is scheduled as its SYN was, instead of dropped (`NoConnection`), for direct
+    /// routing and tunnel services with a consistent scheduler (`mh`, `sh`) and no
+    /// persistence: every ATM with the same server set picks the same server (Maglev's
+    /// "connection tracking + consistent hashing"). Counted in `picked_up`.
+    pub fn set_mid_flow_pickup(&mut self, on: bool) {
+        self.pickup = on;
     }
 
     fn insert(&mut self, entry: Entry<Ipv4Addr>, now: Instant) -> u32 {

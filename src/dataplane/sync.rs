@@ -352,8 +352,10 @@ pub struct ReceiverStats {
     pub records_refused: u64,
 }
 
-/// Authenticates datagrams and applies their records to an (inactive) engine.
-#[derive(Debug)]
+/// Authenticates datagrams and applies their records to an (inactive) engine. One replay
+/// window: use one receiver per sender (clone a fresh one), since each sender has its own
+/// session and sequence numbers (active-active: every ATM receives from every other).
+#[derive(Clone, Debug)]
 pub struct SyncReceiver {
     mac: HmacSha256,
     cluster_id: u32,

@@ -122,6 +122,8 @@ pub struct EngineStats {
     /// RSTs sent to clients of a failed server (`on_down: reset`).
     pub resets_sent: u64,
     pub new_connections: u64,
+    /// Of those, entries made from a mid-flow TCP segment (active-active pickup).
+    pub picked_up: u64,
     pub table_len: u64,
     pub table_expired: u64,
     pub evicted_embryonic: u64,

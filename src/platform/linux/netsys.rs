@@ -104,3 +104,18 @@ pub fn nice_this_thread(nice: i32) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Makes `cmd`'s child receive SIGKILL when the thread that spawned it exits (Linux
+/// `PR_SET_PDEATHSIG`): a BIRD left running by a killed daemon would keep announcing VIPs
+/// that nothing forwards. Spawn from a thread that lives as long as the child should.
+pub fn kill_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
+    // which is async-signal-safe, allocates nothing and touches no Rust state.
+    unsafe {
+        cmd.pre_exec(|| {
+            let rc = libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+            if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+        });
+    }
+}

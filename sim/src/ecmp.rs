@@ -1,0 +1,317 @@
+//! Active-active mode, deterministically: an ECMP router spreading flows over the ATMs that
+//! announce the VIP, each ATM running the real announce decision
+//! ([`clusterserver::core::announce::Announcer`]), the real packet engine (`mh`, mid-flow
+//! pickup) and the real connection sync between all ATMs.
+//!
+//! This is a stepped model, not a turmoil run: BGP is reduced to what the router sees (an
+//! announcement or withdrawal arrives [`BGP_DELAY_MS`] after the ATM decided; a crashed ATM's
+//! session closes after [`BGP_DELAY_MS`] because its BIRD dies with it; a frozen ATM is only
+//! noticed after the hold time), and the router is Linux's hash-threshold multipath: the
+//! 5-tuple hash space is split into equal ranges, one per next hop in address order, so a
+//! change of the set re-slices it. Everything runs on the driver's own millisecond clock, with
+//! flows from a seeded generator: a run is a pure function of (scenario, seed), and its trace
+//! is kept as a snapshot.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use clusterserver::config::{self, Forwarding, OnDown, Protocol, SchedulerKind, Server, Service};
+use clusterserver::core::announce::{Action, Announcer, Input};
+use clusterserver::dataplane::engine::{Engine, EngineConfig, Verdict};
+use clusterserver::dataplane::sched::stable_hash;
+use clusterserver::dataplane::sync::{MAX_DATAGRAM, SyncReceiver, SyncSender};
+use clusterserver::dataplane::wire::build;
+use clusterserver::dataplane::wire::tcp::flags::{ACK, SYN};
+use clusterserver::time::Instant;
+
+use crate::rng::SplitMix64;
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 91, 9, 99);
+/// From an ATM's decision (or its BIRD's death) to the router's table.
+pub const BGP_DELAY_MS: u64 = 5;
+/// The routers' BGP hold time: how long a frozen ATM keeps its flows.
+pub const HOLD_MS: u64 = 3000;
+/// Graceful stop: withdrawal to exit.
+pub const DRAIN_MS: u64 = 2000;
+const TICK_MS: u64 = 10;
+/// A flow not forwarded for this long at the end of a run counts as broken.
+pub const UNSERVED_MS: u64 = 2000;
+const SECRET: &[u8] = b"sim active-active";
+
+/// One fault of an active-active run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// SIGTERM: withdraw, drain, exit.
+    Drain(usize),
+    /// SIGKILL: the engine and BIRD are gone at once.
+    Crash(usize),
+    /// SIGSTOP: nothing forwarded, the session stays until the hold time.
+    Freeze(usize),
+    /// A (re)start with an empty table.
+    Join(usize),
+    /// The drained fourth server gets weight 1 on every ATM (Maglev remaps ~1/4 of flows).
+    AddServer,
+}
+
+struct Atm {
+    engine: Engine,
+    announcer: Announcer,
+    sender: SyncSender,
+    /// One per sending ATM (each has its own session and sequence), as in the daemon.
+    receivers: BTreeMap<usize, SyncReceiver>,
+    /// Forwards (not crashed, not frozen, not exited).
+    running: bool,
+    frozen: bool,
+}
+
+/// The outcome of a run: flows broken (server changed, or not forwarded for the last
+/// [`UNSERVED_MS`]) and the longest pause of any flow.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub broken: usize,
+    pub longest_pause_ms: u64,
+    pub trace: String,
+}
+
+/// `servers` real servers; the last one drained (weight 0) until [`Step::AddServer`].
+fn service(servers: u8) -> Service {
+    Service {
+        name: "web".into(),
+        vip: IpAddr::V4(VIP),
+        port: 80,
+        protocol: Protocol::Tcp,
+        forwarding: Forwarding::Dr,
+        scheduler: SchedulerKind::Mh,
+        persistence_s: 0,
+        gateway_vip: None,
+        on_down: OnDown::Keep,
+        servers: (0..servers)
+            .map(|i| Server {
+                name: format!("srv{}", i + 1),
+                address: IpAddr::V4(Ipv4Addr::new(10, 91, 0, 51 + i)),
+                port: 80,
+                weight: u32::from(i + 1 < servers),
+            })
+            .collect(),
+        checks: vec![],
+    }
+}
+
+/// The daemon's consistency measures, each switchable to show what it prevents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Measures {
+    /// Connection sync between all ATMs.
+    pub sync: bool,
+    /// Mid-flow pickup by consistent hash.
+    pub pickup: bool,
+}
+
+impl Measures {
+    /// As the daemon runs in active-active mode.
+    pub const ON: Measures = Measures { sync: true, pickup: true };
+}
+
+fn atm(i: usize, svc: &Service, now: Instant, incarnation: u64, m: Measures) -> Atm {
+    let mut engine = Engine::new(&EngineConfig {
+        services: vec![svc.clone()],
+        table: config::Table::default(),
+        local_addr: Ipv4Addr::new(10, 91, 0, 1 + i as u8),
+        path_mtu: 1500,
+        seed: 91,
+    });
+    engine.set_active(true);
+    engine.set_sync(m.sync);
+    engine.set_mid_flow_pickup(m.pickup);
+    let mut announcer = Announcer::new(std::slice::from_ref(svc), 0, Duration::from_millis(DRAIN_MS));
+    announcer.handle(now, Input::DataPlane(true));
+    Atm {
+        engine,
+        announcer,
+        sender: SyncSender::new(SECRET, 91, incarnation, 1_000_000),
+        receivers: BTreeMap::new(),
+        running: true,
+        frozen: false,
+    }
+}
+
+/// The router: next hops in address order, hash-threshold selection.
+fn route(next_hops: &BTreeSet<usize>, flow: (Ipv4Addr, u16)) -> Option<usize> {
+    if next_hops.is_empty() {
+        return None;
+    }
+    let mut key = flow.0.octets().to_vec();
+    key.extend_from_slice(&flow.1.to_be_bytes());
+    let h = stable_hash(&key) >> 33;
+    let n = next_hops.len() as u64;
+    let slice = (1u64 << 31).div_ceil(n);
+    next_hops.iter().nth((h / slice) as usize).copied()
+}
+
+/// Runs `atms` ATMs and `flows` long-lived flows (a packet every tick) through `steps`
+/// (each at its time in ms), for `end_ms`.
+pub fn run(seed: u64, atms: usize, flows: usize, steps: &[(u64, Step)], end_ms: u64) -> Outcome {
+    run_with(seed, atms, flows, steps, end_ms, Measures::ON)
+}
+
+/// [`run`] with some of the daemon's consistency [`Measures`] off.
+pub fn run_with(
+    seed: u64,
+    atms: usize,
+    flows: usize,
+    steps: &[(u64, Step)],
+    end_ms: u64,
+    m: Measures,
+) -> Outcome {
+    let mut svc = service(4);
+    let mut rng = SplitMix64::new(seed);
+    let mut trace = String::new();
+    let mut now = Instant::ZERO;
+    let mut incarnation = 1;
+    let mut nodes: Vec<Option<Atm>> = (0..atms).map(|i| Some(atm(i, &svc, now, i as u64, m))).collect();
+    // Router: announced set as the router sees it, and pending BGP updates.
+    let mut hops: BTreeSet<usize> = BTreeSet::new();
+    let mut pending: Vec<(u64, usize, bool)> = Vec::new();
+    let mut frozen_at: BTreeMap<usize, u64> = BTreeMap::new();
+    let flow_ids: Vec<(Ipv4Addr, u16)> = (0..flows)
+        .map(|_| {
+            let x = rng.next_u64();
+            (Ipv4Addr::from(0xc633_0000 | (x as u32 & 0xffff)), 1024 + (x >> 40) as u16 % 60_000)
+        })
+        .collect();
+    // Flows start over the first second, so sync records keep coming from every ATM.
+    let start_at: Vec<u64> = (0..flows).map(|_| rng.next_u64() % 100 * TICK_MS).collect();
+    let mut server_of: Vec<Option<Ipv4Addr>> = vec![None; flows];
+    let mut routes: Vec<Option<usize>> = vec![None; flows];
+    let mut last_ok: Vec<u64> = start_at.clone();
+    let mut broken: BTreeSet<usize> = BTreeSet::new();
+    let mut longest = 0;
+    let mut tx = vec![0u8; 2048];
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut t = 0;
+    while t <= end_ms {
+        now = Instant::from_millis(t);
+        for &(at, step) in steps.iter().filter(|(at, _)| *at == t) {
+            let _ = writeln!(trace, "{at:>6} ms  step {step:?}");
+            match step {
+                Step::Drain(i) => {
+                    if let Some(a) = nodes[i].as_mut() {
+                        a.announcer.handle(now, Input::Shutdown);
+                    }
+                }
+                Step::Crash(i) => {
+                    nodes[i] = None;
+                    pending.push((t + BGP_DELAY_MS, i, false));
+                }
+                Step::Freeze(i) => {
+                    if let Some(a) = nodes[i].as_mut() {
+                        a.frozen = true;
+                        a.running = false;
+                    }
+                    frozen_at.insert(i, t);
+                }
+                Step::AddServer => {
+                    svc.servers[3].weight = 1;
+                    for a in nodes.iter_mut().flatten().filter(|a| !a.frozen) {
+                        let _ = a.engine.set_server_state(0, 3, 1, true);
+                        a.announcer.handle(now, Input::Weight { service: 0, server: 3, weight: 1 });
+                    }
+                }
+                Step::Join(i) => {
+                    incarnation += 1;
+                    nodes[i] = Some(atm(i, &svc, now, 100 + incarnation, m));
+                }
+            }
+        }
+        // Hold timers of frozen ATMs.
+        for (&i, &since) in &frozen_at {
+            if t == since + HOLD_MS {
+                pending.push((t, i, false));
+            }
+        }
+        // Announcers decide; decisions reach the router after the BGP delay.
+        for (i, slot) in nodes.iter_mut().enumerate() {
+            let Some(a) = slot else { continue };
+            if a.frozen {
+                continue;
+            }
+            a.announcer.handle(now, Input::Timeout);
+            while let Some(action) = a.announcer.poll_action() {
+                match action {
+                    Action::Announce(v) => pending.push((t + BGP_DELAY_MS, i, !v.is_empty())),
+                    Action::Exit => a.running = false,
+                }
+            }
+            if !a.running && !a.frozen {
+                *slot = None;
+                let _ = writeln!(trace, "{t:>6} ms  atm{} exits", i + 1);
+            }
+        }
+        pending.sort_unstable();
+        let due: Vec<_> = pending.iter().copied().filter(|(at, _, _)| *at <= t).collect();
+        pending.retain(|(at, _, _)| *at > t);
+        for (_, i, up) in due {
+            let changed = if up { hops.insert(i) } else { hops.remove(&i) };
+            if changed {
+                let names: Vec<String> = hops.iter().map(|h| format!("atm{}", h + 1)).collect();
+                let now_routes: Vec<Option<usize>> = flow_ids.iter().map(|&f| route(&hops, f)).collect();
+                let moved = now_routes.iter().zip(&routes).filter(|(a, b)| b.is_some() && a != b).count();
+                routes = now_routes;
+                let _ = writeln!(
+                    trace,
+                    "{t:>6} ms  router next hops [{}], {moved} flows re-routed",
+                    names.join(", ")
+                );
+            }
+        }
+        // Traffic: one segment per flow per tick.
+        for (f, &flow) in flow_ids.iter().enumerate() {
+            if broken.contains(&f) || t < start_at[f] {
+                continue;
+            }
+            let Some(a) = route(&hops, flow).and_then(|i| nodes[i].as_mut()).filter(|a| a.running) else {
+                continue;
+            };
+            let flags = if server_of[f].is_none() { SYN } else { ACK };
+            let pkt = build::tcp(flow, (VIP, 80), flags, b"");
+            if let Verdict::L2 { next_hop, .. } = a.engine.process(now, &pkt, &mut tx) {
+                match server_of[f] {
+                    None => server_of[f] = Some(next_hop),
+                    Some(s) if s != next_hop => {
+                        broken.insert(f);
+                        let _ = writeln!(trace, "{t:>6} ms  flow {f} broken: server changed");
+                    }
+                    Some(_) => {}
+                }
+                longest = longest.max(t - last_ok[f]);
+                last_ok[f] = t;
+            }
+        }
+        // Connection sync: every running ATM to every other (insert-only on active engines).
+        let mut datagrams: Vec<(usize, Vec<u8>)> = Vec::new();
+        for (i, a) in nodes.iter_mut().enumerate() {
+            let Some(a) = a.as_mut().filter(|a| a.running) else { continue };
+            while let Some(len) = a.sender.poll_transmit(now, &mut a.engine, &mut buf) {
+                datagrams.push((i, buf[..len].to_vec()));
+            }
+        }
+        for (from, d) in &datagrams {
+            for (j, b) in nodes.iter_mut().enumerate() {
+                if let Some(b) = b.as_mut().filter(|b| b.running && j != *from) {
+                    let r = b.receivers.entry(*from).or_insert_with(|| SyncReceiver::new(SECRET, 91));
+                    let _ = r.handle(now, d, &mut b.engine);
+                }
+            }
+        }
+        t += TICK_MS;
+    }
+    for (f, &ok) in last_ok.iter().enumerate() {
+        if !broken.contains(&f) && end_ms - ok > UNSERVED_MS {
+            broken.insert(f);
+            let _ = writeln!(trace, "{end_ms:>6} ms  flow {f} broken: unserved since {ok} ms");
+        }
+    }
+    let _ = writeln!(trace, "end: {} of {flows} flows broken, longest pause {longest} ms", broken.len());
+    Outcome { broken: broken.len(), longest_pause_ms: longest, trace }
+}

@@ -1,0 +1,77 @@
+//! Active-active mode in the stepped ECMP model ([`clustersim::ecmp`]): a drain, a crash, a
+//! rejoin and a freeze, each with the real announcer, engines and connection sync. Checked:
+//! no flow breaks (a flow the router moves keeps its real server), the pauses are the
+//! detection times, and the trace is a pure function of the seed (snapshots in `snapshots/`).
+
+use clustersim::ecmp::{BGP_DELAY_MS, HOLD_MS, Measures, Step, run, run_with};
+
+const FLOWS: usize = 60;
+
+fn snapshot(name: &str, trace: &str) {
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(concat!(env!("CARGO_MANIFEST_DIR"), "/../snapshots"));
+    settings.bind(|| insta::assert_snapshot!(name, trace));
+}
+
+#[test]
+fn drain_withdraws_first_and_breaks_no_flow() {
+    let o = run(7, 3, FLOWS, &[(1000, Step::Drain(2))], 5000);
+    assert_eq!(o.broken, 0, "{}", o.trace);
+    assert!(o.longest_pause_ms <= 20, "pause {} ms\n{}", o.longest_pause_ms, o.trace);
+    assert!(o.trace.contains("router next hops [atm1, atm2],") && o.trace.contains("atm3 exits"));
+    let withdrawn = o.trace.find("router next hops [atm1, atm2]").unwrap();
+    assert!(withdrawn < o.trace.find("atm3 exits").unwrap(), "withdrawn before the exit");
+    snapshot("ecmp_drain", &o.trace);
+}
+
+#[test]
+fn a_crash_moves_its_flows_within_the_bgp_delay_and_a_rejoin_breaks_none() {
+    let o = run(7, 3, FLOWS, &[(1000, Step::Crash(1)), (2000, Step::Join(1))], 5000);
+    assert_eq!(o.broken, 0, "{}", o.trace);
+    assert!(o.longest_pause_ms <= BGP_DELAY_MS + 20, "pause {} ms\n{}", o.longest_pause_ms, o.trace);
+    snapshot("ecmp_crash_join", &o.trace);
+}
+
+#[test]
+fn a_frozen_atm_keeps_its_flows_for_the_hold_time_then_they_move_unbroken() {
+    let o = run(7, 3, FLOWS, &[(1000, Step::Freeze(0))], 6000);
+    assert_eq!(o.broken, 0, "{}", o.trace);
+    assert!(
+        o.longest_pause_ms >= HOLD_MS && o.longest_pause_ms <= HOLD_MS + 30,
+        "pause {} ms",
+        o.longest_pause_ms
+    );
+    snapshot("ecmp_freeze", &o.trace);
+}
+
+#[test]
+fn same_seed_same_trace() {
+    let steps = [(500, Step::Drain(0)), (1500, Step::Crash(2)), (2500, Step::Join(0))];
+    let a = run(11, 3, FLOWS, &steps, 4000);
+    let b = run(11, 3, FLOWS, &steps, 4000);
+    assert_eq!(a, b);
+    assert_eq!(a.broken, 0, "{}", a.trace);
+}
+
+#[test]
+fn without_sync_and_pickup_a_rejoin_breaks_the_flows_it_attracts() {
+    // The same crash and rejoin with the daemon's consistency measures off: the rejoining
+    // ATM drops the mid-flow segments of the flows the router re-slices to it.
+    let steps = [(1000, Step::Crash(1)), (2000, Step::Join(1))];
+    let o = run_with(7, 3, FLOWS, &steps, 8000, Measures { sync: false, pickup: false });
+    assert!(o.broken > 0, "{}", o.trace);
+}
+
+#[test]
+fn a_server_added_then_an_atm_crashing_breaks_no_flow_thanks_to_sync_from_every_peer() {
+    // Flows start while srv4 is drained; srv4 joins (Maglev now maps some of them to it);
+    // atm2 crashes and its flows move to atm1 and atm3, which must know them from atm2's
+    // sync records (each ATM keeps a replay window per sender) or they would go to srv4.
+    let steps = [(1000, Step::AddServer), (2000, Step::Crash(1))];
+    let o = run(7, 3, FLOWS, &steps, 5000);
+    assert_eq!(o.broken, 0, "{}", o.trace);
+    snapshot("ecmp_add_server_crash", &o.trace);
+    // With pickup but no sync, the moved flows that Maglev now maps to srv4 break.
+    let without = run_with(7, 3, FLOWS, &steps, 5000, Measures { sync: false, pickup: true });
+    assert!(without.broken > 0, "{}", without.trace);
+}

@@ -1,0 +1,306 @@
+//! Active-active mode: when this ATM announces each VIP /32 over BGP ([`Announcer`]).
+//!
+//! In active-active mode there is no election for the VIPs: every ATM forwards, and the
+//! upstream router spreads flows over the ATMs that announce a VIP (ECMP). So the one
+//! decision an ATM makes is *whether it can serve*: an ATM that announces a VIP it cannot
+//! serve black-holes its share of the flows, while one that withdraws moves them to the
+//! others, where Maglev picks the same real servers. A VIP is announced iff
+//!
+//! * the data plane is up (the TUN worker runs and the engine forwards),
+//! * the reachlist arbitration passes (at least `min_reachable` hosts answer: an ATM cut
+//!   off from the network it serves must not attract traffic),
+//! * at least one service on the VIP has a real server that is up with a weight above 0,
+//! * and the ATM is not stopping.
+//!
+//! A graceful stop withdraws every VIP first, then waits `drain` (the router moves new
+//! packets to the other ATMs; packets already on their way still find a forwarding data
+//! plane), then asks to exit.
+//!
+//! # Usage contract
+//!
+//! Like the other core machines: call [`Announcer::handle`] with an input and the `now` it
+//! happened at, then drain [`Announcer::poll_action`] until `None`, then sleep until
+//! [`Announcer::poll_timeout`] and hand in [`Input::Timeout`]. Each
+//! [`Action::Announce`] carries the whole set to announce (not a delta), so the driver can
+//! write it to BIRD idempotently; it is emitted only when the set changes (and once at
+//! start, so the driver writes an initial config that announces nothing yet).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::config::Service;
+use crate::time::Instant;
+
+/// What happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// The data plane came up or went down.
+    DataPlane(bool),
+    /// Server `server` of service `service` is up or down (health verdict).
+    Server { service: usize, server: usize, up: bool },
+    /// Weight of a server changed (operator); 0 takes it out of the count.
+    Weight { service: usize, server: usize, weight: u32 },
+    /// A reachlist round finished with this many hosts answering.
+    Reachable(u32),
+    /// Graceful stop: withdraw, drain, exit.
+    Shutdown,
+    /// `poll_timeout` passed.
+    Timeout,
+}
+
+/// What the driver must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Announce exactly these VIPs (and withdraw every other).
+    Announce(BTreeSet<IpAddr>),
+    /// The drain after the withdrawal is over: stop.
+    Exit,
+}
+
+/// Why a VIP is not announced (for logs and status), first failing condition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Blocked {
+    DataPlaneDown,
+    Arbitration,
+    Stopping,
+    NoHealthyServer,
+}
+
+#[derive(Debug)]
+struct Vip {
+    address: IpAddr,
+    /// Indices of the services on this VIP.
+    services: Vec<usize>,
+}
+
+/// The announce decision of one ATM (module docs).
+#[derive(Debug)]
+pub struct Announcer {
+    vips: Vec<Vip>,
+    /// (service, server) -> (up, weight).
+    servers: BTreeMap<(usize, usize), (bool, u32)>,
+    data_plane: bool,
+    min_reachable: u32,
+    reachable_ok: bool,
+    drain: Duration,
+    /// Set by the first [`Input::Shutdown`], never cleared.
+    stopping: bool,
+    exit_at: Option<Instant>,
+    announced: Option<BTreeSet<IpAddr>>,
+    actions: VecDeque<Action>,
+}
+
+impl Announcer {
+    /// Servers start up (as the health machine's and the engine's do); the data plane starts
+    /// down, and arbitration passes until a round says otherwise when `min_reachable` is 0,
+    /// fails until the first round passes otherwise (an ATM that has not yet seen the
+    /// network must not attract traffic).
+    pub fn new(services: &[Service], min_reachable: u32, drain: Duration) -> Self {
+        let mut vips: Vec<Vip> = Vec::new();
+        let mut servers = BTreeMap::new();
+        for (i, s) in services.iter().enumerate() {
+            match vips.iter_mut().find(|v| v.address == s.vip) {
+                Some(v) => v.services.push(i),
+                None => vips.push(Vip { address: s.vip, services: vec![i] }),
+            }
+            for (j, srv) in s.servers.iter().enumerate() {
+                servers.insert((i, j), (true, srv.weight));
+            }
+        }
+        let mut a = Announcer {
+            vips,
+            servers,
+            data_plane: false,
+            min_reachable,
+            reachable_ok: min_reachable == 0,
+            drain,
+            stopping: false,
+            exit_at: None,
+            announced: None,
+            actions: VecDeque::new(),
+        };
+        a.update();
+        a
+    }
+
+    pub fn handle(&mut self, now: Instant, input: Input) {
+        match input {
+            Input::DataPlane(up) => self.data_plane = up,
+            Input::Server { service, server, up } => {
+                if let Some(s) = self.servers.get_mut(&(service, server)) {
+                    s.0 = up;
+                }
+            }
+            Input::Weight { service, server, weight } => {
+                if let Some(s) = self.servers.get_mut(&(service, server)) {
+                    s.1 = weight;
+                }
+            }
+            Input::Reachable(n) => self.reachable_ok = n >= self.min_reachable,
+            Input::Shutdown if !self.stopping => {
+                self.stopping = true;
+                self.exit_at = Some(now + self.drain);
+            }
+            Input::Shutdown | Input::Timeout => {}
+        }
+        self.update();
+        if self.exit_at.is_some_and(|t| now >= t) {
+            self.exit_at = None;
+            self.actions.push_back(Action::Exit);
+        }
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The end of the drain, while stopping.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.exit_at
+    }
+
+    /// The VIPs announced now.
+    pub fn announced(&self) -> BTreeSet<IpAddr> {
+        self.announced.clone().unwrap_or_default()
+    }
+
+    /// Why `vip` is not announced (`None` if it is, or is not one of ours).
+    pub fn blocked(&self, vip: IpAddr) -> Option<Blocked> {
+        let v = self.vips.iter().find(|v| v.address == vip)?;
+        if !self.data_plane {
+            Some(Blocked::DataPlaneDown)
+        } else if !self.reachable_ok {
+            Some(Blocked::Arbitration)
+        } else if self.stopping {
+            Some(Blocked::Stopping)
+        } else if !v.services.iter().any(|&s| self.serviceable(s)) {
+            Some(Blocked::NoHealthyServer)
+        } else {
+            None
+        }
+    }
+
+    fn serviceable(&self, service: usize) -> bool {
+        self.servers.range((service, 0)..(service + 1, 0)).any(|(_, &(up, w))| up && w > 0)
+    }
+
+    fn update(&mut self) {
+        let want: BTreeSet<IpAddr> =
+            self.vips.iter().map(|v| v.address).filter(|&a| self.blocked(a).is_none()).collect();
+        if self.announced.as_ref() != Some(&want) {
+            self.announced = Some(want.clone());
+            self.actions.push_back(Action::Announce(want));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Forwarding, OnDown, Protocol, SchedulerKind, Server};
+
+    fn service(name: &str, vip: &str, servers: &[u32]) -> Service {
+        Service {
+            name: name.into(),
+            vip: vip.parse().unwrap(),
+            port: 80,
+            protocol: Protocol::Tcp,
+            forwarding: Forwarding::Dr,
+            scheduler: SchedulerKind::Mh,
+            persistence_s: 0,
+            gateway_vip: None,
+            on_down: OnDown::Keep,
+            servers: servers
+                .iter()
+                .enumerate()
+                .map(|(i, &w)| Server {
+                    name: format!("s{i}"),
+                    address: format!("10.0.1.{}", i + 1).parse().unwrap(),
+                    port: 80,
+                    weight: w,
+                })
+                .collect(),
+            checks: Vec::new(),
+        }
+    }
+
+    fn set(a: &[&str]) -> BTreeSet<IpAddr> {
+        a.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    fn drain(a: &mut Announcer) -> Vec<Action> {
+        std::iter::from_fn(|| a.poll_action()).collect()
+    }
+
+    const T0: Instant = Instant::ZERO;
+    const V1: &str = "10.0.0.99";
+    const V2: &str = "10.0.0.98";
+
+    fn two_vips() -> Announcer {
+        let svcs = [service("a", V1, &[1, 1]), service("b", V1, &[1]), service("c", V2, &[1])];
+        Announcer::new(&svcs, 0, Duration::from_secs(2))
+    }
+
+    #[test]
+    fn nothing_is_announced_before_the_data_plane_is_up() {
+        let mut a = two_vips();
+        assert_eq!(drain(&mut a), vec![Action::Announce(set(&[]))]);
+        assert_eq!(a.blocked(V1.parse().unwrap()), Some(Blocked::DataPlaneDown));
+        a.handle(T0, Input::DataPlane(true));
+        assert_eq!(drain(&mut a), vec![Action::Announce(set(&[V1, V2]))]);
+        a.handle(T0, Input::DataPlane(false));
+        assert_eq!(drain(&mut a), vec![Action::Announce(set(&[]))]);
+    }
+
+    #[test]
+    fn a_vip_is_withdrawn_only_when_no_service_on_it_has_a_server() {
+        let mut a = two_vips();
+        a.handle(T0, Input::DataPlane(true));
+        drain(&mut a);
+        // Service a loses both servers, but b (same VIP) still has one: no change.
+        a.handle(T0, Input::Server { service: 0, server: 0, up: false });
+        a.handle(T0, Input::Server { service: 0, server: 1, up: false });
+        assert_eq!(drain(&mut a), vec![]);
+        // b's only server is drained by weight 0: V1 has nothing left.
+        a.handle(T0, Input::Weight { service: 1, server: 0, weight: 0 });
+        assert_eq!(drain(&mut a), vec![Action::Announce(set(&[V2]))]);
+        assert_eq!(a.blocked(V1.parse().unwrap()), Some(Blocked::NoHealthyServer));
+        a.handle(T0, Input::Server { service: 0, server: 1, up: true });
+        assert_eq!(drain(&mut a), vec![Action::Announce(set(&[V1, V2]))]);
+    }
+
+    #[test]
+    fn failed_arbitration_withdraws_and_a_passing_round_announces_again() {
+        let svcs = [service("a", V1, &[1])];
+        let mut a = Announcer::new(&svcs, 1, Duration::ZERO);
+        a.handle(T0, Input::DataPlane(true));
+        // Not announced until a reachlist round passes.
+        assert_eq!(drain(&mut a), vec![Action::Announce(set(&[]))]);
+        a.handle(T0, Input::Reachable(1));
+        assert_eq!(drain(&mut a), vec![Action::Announce(set(&[V1]))]);
+        a.handle(T0, Input::Reachable(0));
+        assert_eq!(drain(&mut a), vec![Action::Announce(set(&[]))]);
+        assert_eq!(a.blocked(V1.parse().unwrap()), Some(Blocked::Arbitration));
+    }
+
+    #[test]
+    fn a_graceful_stop_withdraws_first_then_exits_after_the_drain() {
+        let mut a = two_vips();
+        a.handle(T0, Input::DataPlane(true));
+        drain(&mut a);
+        let t = Instant::from_millis(1000);
+        a.handle(t, Input::Shutdown);
+        assert_eq!(drain(&mut a), vec![Action::Announce(set(&[]))]);
+        assert_eq!(a.poll_timeout(), Some(Instant::from_millis(3000)));
+        // A second signal does not extend the drain; health changes announce nothing.
+        a.handle(Instant::from_millis(2000), Input::Shutdown);
+        a.handle(Instant::from_millis(2000), Input::Server { service: 2, server: 0, up: true });
+        assert_eq!(drain(&mut a), vec![]);
+        a.handle(Instant::from_millis(2999), Input::Timeout);
+        assert_eq!(drain(&mut a), vec![]);
+        a.handle(Instant::from_millis(3000), Input::Timeout);
+        assert_eq!(drain(&mut a), vec![Action::Exit]);
+        assert_eq!(a.poll_timeout(), None);
+    }
+}

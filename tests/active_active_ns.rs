@@ -1,0 +1,367 @@
+//! Active-active mode end to end in namespaces: three ATMs running the real daemon, each
+//! with its own BIRD 2 announcing the VIP over eBGP to a router namespace running BIRD 2,
+//! whose kernel spreads flows over them (ECMP, L4 hash); two direct-routing real servers
+//! (the daemon in node role: VIP on `lo`, ARP hidden) and a client behind the router:
+//!
+//! ```text
+//!   client 10.90.2.100 --[br2]-- 10.90.2.1 router 10.90.0.254 --[br0]--+-- atm1 10.90.0.1
+//!                                                                      +-- atm2 10.90.0.2
+//!                                                                      +-- atm3 10.90.0.3
+//!                                                                      +-- srv1 10.90.0.51
+//!                                                                      +-- srv2 10.90.0.52
+//! ```
+//!
+//! VIP 10.90.9.99:8080 (on no subnet: reached only through the router), `mh`. Checked, in
+//! order: the router installs one route with three next hops and every request is served;
+//! a graceful stop (SIGTERM) of atm3 withdraws its next hop *before* the daemon exits and no
+//! request fails; a crash (SIGKILL) of atm2 takes its BIRD with it and the router drops the
+//! next hop within a second; atm2 rejoins and is a next hop again. The times are printed.
+//!
+//! Lab safety: namespaces `csl-aa<pid>-*`, veth ends created directly inside them, a drop
+//! guard kills the processes this test started (by PID) and deletes the namespaces. Skips
+//! loudly without root, /dev/net/tun, python3 or BIRD 2 (`scripts/install-deps`).
+#![allow(clippy::disallowed_methods)] // reason: a real-network test waits on the wall clock
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clusterserver::platform::linux::netsys::enter_netns;
+use support::{ns_output, run};
+
+const VIP: &str = "10.90.9.99";
+const BIRD: &str = "/usr/sbin/bird";
+
+fn can_run() -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false);
+    let ok = root
+        && Path::new("/dev/net/tun").exists()
+        && Path::new(BIRD).exists()
+        && Command::new("python3").arg("-V").output().is_ok_and(|o| o.status.success());
+    if !ok {
+        let msg =
+            "SKIPPED: needs root, /dev/net/tun, python3 and BIRD 2 (/usr/sbin/bird; scripts/install-deps)";
+        println!("{msg}");
+        eprintln!("{msg}");
+    }
+    ok
+}
+
+struct Lab {
+    prefix: String,
+    dir: PathBuf,
+    namespaces: Vec<String>,
+    daemons: Vec<(String, Child)>,
+    others: Vec<Child>,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for (_, c) in self.daemons.iter_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for c in &mut self.others {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const RESPONDER: &str = "import socket,sys\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',8080))\ns.listen(64)\nwhile True:\n  c,_=s.accept()\n  c.sendall(sys.argv[1].encode())\n  c.close()\n";
+
+const ATMS: [(&str, &str); 3] = [("atm1", "10.90.0.1"), ("atm2", "10.90.0.2"), ("atm3", "10.90.0.3")];
+
+impl Lab {
+    fn new() -> Lab {
+        support::remove_stale_namespaces("csl-aa");
+        let prefix = format!("csl-aa{}", std::process::id());
+        let dir = std::env::temp_dir().join(&prefix);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("run")).expect("dir");
+        Lab { prefix, dir, namespaces: Vec::new(), daemons: Vec::new(), others: Vec::new() }
+    }
+
+    fn ns(&self, host: &str) -> String {
+        format!("{}-{host}", self.prefix)
+    }
+
+    fn add_ns(&mut self, host: &str) -> String {
+        let ns = self.ns(host);
+        run(&["ip", "netns", "add", &ns]);
+        self.namespaces.push(ns.clone());
+        run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        for s in
+            ["net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0", "net.ipv4.ip_forward=1"]
+        {
+            run(&["ip", "netns", "exec", &ns, "sysctl", "-qw", s]);
+        }
+        ns
+    }
+
+    /// Interface `ifname` of `host` on bridge `br` with `addr/24`.
+    fn wire(&mut self, host: &str, ifname: &str, br: &str, addr: &str) {
+        let (ns, sw) = (self.ns(host), self.ns("sw"));
+        let port = format!("p-{host}-{ifname}");
+        run(&[
+            "ip", "link", "add", ifname, "netns", &ns, "type", "veth", "peer", "name", &port, "netns", &sw,
+        ]);
+        run(&["ip", "-n", &sw, "link", "set", &port, "master", br, "up"]);
+        run(&["ip", "-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", ifname]);
+        run(&["ip", "-n", &ns, "link", "set", ifname, "up"]);
+    }
+
+    fn spawn_in(&mut self, host: &str, args: &[&str], log: &str) -> Child {
+        let out =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(log)).expect("log");
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns(host)])
+            .args(args)
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn")
+    }
+
+    fn log(&self, host: &str) -> PathBuf {
+        self.dir.join(format!("{host}.log"))
+    }
+
+    fn text(&self, host: &str) -> String {
+        std::fs::read_to_string(self.log(host)).unwrap_or_default()
+    }
+
+    fn start(&mut self, host: &str) {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(self.log(host)).expect("log");
+        let c = Command::new("ip")
+            .args(["netns", "exec", &self.ns(host), env!("CARGO_BIN_EXE_clusterserverd"), "--config"])
+            .arg(self.dir.join("cfg.json5"))
+            .env("RUST_LOG", "info")
+            .env("CLUSTERSERVERD_RUN_DIR", self.dir.join("run").join(host))
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .expect("daemon");
+        self.daemons.retain(|(h, _)| h != host);
+        self.daemons.push((host.to_string(), c));
+    }
+
+    fn daemon(&mut self, host: &str) -> &mut Child {
+        &mut self.daemons.iter_mut().find(|(h, _)| h == host).expect("running").1
+    }
+
+    /// The router's next hops for the VIP.
+    fn next_hops(&self) -> BTreeSet<String> {
+        let out = ns_output(&self.ns("router"), &["ip", "-4", "route", "show", &format!("{VIP}/32")]);
+        let words: Vec<&str> = out.split_whitespace().collect();
+        words.windows(2).filter(|w| w[0] == "via").map(|w| w[1].to_string()).collect()
+    }
+
+    /// `n` new connections through the VIP from the client: the names that answered, and
+    /// how many failed.
+    fn answered(&self, n: usize) -> (BTreeSet<String>, usize) {
+        let path = format!("/var/run/netns/{}", self.ns("client"));
+        std::thread::spawn(move || {
+            enter_netns(Path::new(&path)).expect("setns");
+            let addr: SocketAddr = format!("{VIP}:8080").parse().expect("addr");
+            let mut names = BTreeSet::new();
+            let mut failed = 0;
+            for _ in 0..n {
+                let mut body = String::new();
+                // One lost SYN (retransmitted after 1 s) on a loaded machine is not a failure.
+                let t = Duration::from_millis(1500);
+                let ok = TcpStream::connect_timeout(&addr, t).is_ok_and(|mut s| {
+                    let _ = s.set_read_timeout(Some(t));
+                    s.read_to_string(&mut body).is_ok()
+                });
+                if ok && !body.is_empty() {
+                    names.insert(body);
+                } else {
+                    failed += 1;
+                }
+            }
+            (names, failed)
+        })
+        .join()
+        .expect("client")
+    }
+}
+
+fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    start.elapsed()
+}
+
+fn hops(addrs: &[&str]) -> BTreeSet<String> {
+    addrs.iter().map(|s| s.to_string()).collect()
+}
+
+const ROUTER_BIRD: &str = "router id 10.90.0.254;
+protocol device { scan time 10; }
+protocol kernel { ipv4 { export all; }; merge paths on limit 16; }
+template bgp atm { local as 65000; hold time 3; keepalive time 1;
+  connect delay time 1; connect retry time 2; error wait time 1, 5;
+  ipv4 { import all; export none; }; }
+protocol bgp atm1 from atm { neighbor 10.90.0.1 as 65001; }
+protocol bgp atm2 from atm { neighbor 10.90.0.2 as 65001; }
+protocol bgp atm3 from atm { neighbor 10.90.0.3 as 65001; }
+";
+
+fn build(lab: &mut Lab) {
+    let sw = lab.add_ns("sw");
+    for br in ["br0", "br2"] {
+        run(&["ip", "-n", &sw, "link", "add", br, "type", "bridge"]);
+        run(&["ip", "-n", &sw, "link", "set", br, "up"]);
+    }
+    lab.add_ns("router");
+    lab.wire("router", "eth0", "br0", "10.90.0.254");
+    lab.wire("router", "eth1", "br2", "10.90.2.1");
+    // ECMP on the 5-tuple (TECH-NOTES: policy 1 across veth follows the socket's hash,
+    // which TCP re-rolls on a retransmission timeout).
+    let r = lab.ns("router");
+    run(&["ip", "netns", "exec", &r, "sysctl", "-qw", "net.ipv4.fib_multipath_hash_policy=3"]);
+    run(&["ip", "netns", "exec", &r, "sysctl", "-qw", "net.ipv4.fib_multipath_hash_fields=0x0037"]);
+    lab.add_ns("client");
+    lab.wire("client", "eth0", "br2", "10.90.2.100");
+    run(&["ip", "-n", &lab.ns("client"), "route", "add", "default", "via", "10.90.2.1"]);
+    for (h, a) in ATMS.iter().copied().chain([("srv1", "10.90.0.51"), ("srv2", "10.90.0.52")]) {
+        lab.add_ns(h);
+        lab.wire(h, "eth0", "br0", a);
+        run(&["ip", "-n", &lab.ns(h), "route", "add", "default", "via", "10.90.0.254"]);
+    }
+}
+
+fn config(lab: &Lab) -> String {
+    let secret = lab.dir.join("secret");
+    std::fs::write(&secret, "aa-secret").expect("secret");
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    let atms: Vec<String> =
+        ATMS.iter().map(|(n, a)| format!("{{ name: '{n}', address: '{a}', interface: 'eth0' }}")).collect();
+    let run = lab.dir.join("run");
+    format!(
+        "{{ cluster: {{ name: 'aa', id: 90, secret_file: '{}', mode: 'active-active' }},
+  atms: [ {} ],
+  bgp: {{ local_as: 65001, neighbors: [ {{ address: '10.90.0.254', peer_as: 65000 }} ], drain_ms: 1500,
+          control_socket: '{}/bird-{{atm}}.ctl', config_file: '{}/bird-{{atm}}.conf' }},
+  services: [ {{ name: 'web', vip: '{VIP}', port: 8080, forwarding: 'dr', scheduler: 'mh',
+    servers: [ {{ name: 'srv1', address: '10.90.0.51', port: 8080 }}, {{ name: 'srv2', address: '10.90.0.52', port: 8080 }} ],
+    checks: [ {{ kind: 'tcp', interval_ms: 500, timeout_ms: 300 }} ] }} ] }}",
+        secret.display(),
+        atms.join(", "),
+        run.display(),
+        run.display()
+    )
+}
+
+#[test]
+fn atms_announce_over_bgp_drain_gracefully_crash_and_rejoin() {
+    if !can_run() {
+        return;
+    }
+    let mut lab = Lab::new();
+    build(&mut lab);
+    std::fs::write(lab.dir.join("cfg.json5"), config(&lab)).expect("config");
+    std::fs::write(lab.dir.join("router.conf"), ROUTER_BIRD).expect("router config");
+    let (conf, sock) = (lab.dir.join("router.conf"), lab.dir.join("router.ctl"));
+    let router_bird = lab.spawn_in(
+        "router",
+        &[BIRD, "-f", "-c", conf.to_str().unwrap(), "-s", sock.to_str().unwrap()],
+        "router-bird.log",
+    );
+    lab.others.push(router_bird);
+    for (h, n) in [("srv1", "srv1"), ("srv2", "srv2")] {
+        let c = lab.spawn_in(
+            h,
+            &["timeout", "300", "python3", "-c", RESPONDER, n],
+            &format!("{h}-responder.log"),
+        );
+        lab.others.push(c);
+        lab.start(h);
+    }
+    for h in ["srv1", "srv2"] {
+        wait_until(&format!("{h} ready"), Duration::from_secs(10), || {
+            lab.text(h).contains(&format!(" ready node={h}"))
+        });
+    }
+    for (h, _) in ATMS {
+        lab.start(h);
+    }
+    let all = hops(&["10.90.0.1", "10.90.0.2", "10.90.0.3"]);
+    let t = wait_until("three next hops", Duration::from_secs(30), || lab.next_hops() == all);
+    println!("router: 3 next hops {t:?} after the ATMs started");
+    for (h, _) in ATMS {
+        assert!(
+            lab.text(h).contains("announce node=") && lab.text(h).contains("vips=[10.90.9.99]"),
+            "{h}:\n{}",
+            lab.text(h)
+        );
+    }
+    let (names, failed) = lab.answered(60);
+    println!("3 ATMs: answered by {names:?}, {failed} failed");
+    assert_eq!(failed, 0, "atm1:\n{}", lab.text("atm1"));
+    assert_eq!(names, hops(&["srv1", "srv2"]));
+
+    // Graceful drain of atm3: withdrawn first, while the daemon still runs.
+    let pid = lab.daemon("atm3").id().to_string();
+    run(&["kill", "-TERM", &pid]);
+    let t = wait_until("atm3 withdrawn", Duration::from_secs(5), || {
+        lab.next_hops() == hops(&["10.90.0.1", "10.90.0.2"])
+    });
+    assert!(
+        lab.daemon("atm3").try_wait().expect("wait").is_none(),
+        "atm3 exited before its withdrawal was seen"
+    );
+    println!("drain: atm3's next hop gone {t:?} after SIGTERM, the daemon still draining");
+    let (_, failed) = lab.answered(30);
+    assert_eq!(failed, 0, "requests failed during atm3's drain");
+    let mut st = None;
+    wait_until("atm3 exits", Duration::from_secs(10), || {
+        st = lab.daemon("atm3").try_wait().expect("wait");
+        st.is_some()
+    });
+    assert!(st.is_some_and(|s| s.success()), "atm3 exit {st:?}:\n{}", lab.text("atm3"));
+    assert!(lab.text("atm3").contains("BIRD started"));
+    // Every peer's sync datagrams were accepted (one replay window per peer): the final
+    // counters of atm3's graceful exit show records applied and nothing refused.
+    let stopped = lab.text("atm3").lines().find(|l| l.contains("data plane stopped")).map(str::to_string);
+    let stopped = stopped.unwrap_or_else(|| panic!("no final counters:\n{}", lab.text("atm3")));
+    assert!(stopped.contains("rejected: 0,") && !stopped.contains("applied_records: 0,"), "{stopped}");
+
+    // Crash of atm2: its BIRD dies with it, the session closes, the next hop goes.
+    let crashed = Instant::now();
+    let _ = lab.daemon("atm2").kill();
+    let _ = lab.daemon("atm2").wait();
+    let t = wait_until("atm2's next hop gone", Duration::from_secs(5), || {
+        lab.next_hops() == hops(&["10.90.0.1"])
+    });
+    println!("crash: atm2's next hop gone {t:?} after SIGKILL (session closed by its BIRD's death)");
+    assert!(crashed.elapsed() < Duration::from_secs(5));
+    let (names, failed) = lab.answered(30);
+    assert_eq!(failed, 0, "requests failed with one ATM left");
+    assert_eq!(names, hops(&["srv1", "srv2"]));
+
+    // atm2 joins again.
+    lab.start("atm2");
+    let t = wait_until("atm2 back", Duration::from_secs(30), || {
+        lab.next_hops() == hops(&["10.90.0.1", "10.90.0.2"])
+    });
+    println!("join: atm2 a next hop again {t:?} after its start");
+    let (_, failed) = lab.answered(30);
+    assert_eq!(failed, 0, "requests failed after atm2 rejoined");
+}
