@@ -87,6 +87,7 @@ pub fn cluster_config(
                 .collect(),
             checks: o.check.iter().map(tcp_check).collect(),
         }],
+        failover: Failover::default(),
     }
 }
 

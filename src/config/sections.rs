@@ -7,6 +7,7 @@
 use super::decode::{
     Cx, boolean, cidr, file_path, host_ip, int, items, list, name, object, one_of, port, string, unique,
 };
+use super::failover::failover;
 use super::json5::Node;
 use super::services::services;
 use super::types::*;
@@ -27,6 +28,7 @@ pub(crate) struct Draft {
     pub sync: SyncSettings,
     pub security: Security,
     pub services: Option<Vec<Option<Service>>>,
+    pub failover: Failover,
 }
 
 impl Draft {
@@ -41,6 +43,7 @@ impl Draft {
             sync: self.sync,
             security: self.security,
             services: self.services?.into_iter().collect::<Option<_>>()?,
+            failover: self.failover,
         })
     }
 }
@@ -62,7 +65,7 @@ pub const DEFAULT_HTTP_PATH: &str = "/";
 pub const DEFAULT_HTTP_STATUS: u16 = 200;
 
 const TOP: &[&str] =
-    &["cluster", "atms", "timers", "arp", "arbitration", "table", "sync", "security", "services"];
+    &["cluster", "atms", "timers", "arp", "arbitration", "table", "sync", "security", "services", "failover"];
 
 /// Walks the document.
 pub(crate) fn draft(cx: &mut Cx, root: &Node) -> Draft {
@@ -70,9 +73,14 @@ pub(crate) fn draft(cx: &mut Cx, root: &Node) -> Draft {
     let Some(f) = object(cx, root, "", TOP) else {
         return Draft::default();
     };
+    // In the order of the file's sections: errors at one position keep this order.
+    let cluster = f.req(cx, "cluster", cluster);
+    let atms = f.req(cx, "atms", atms);
+    let names: Vec<Option<String>> =
+        atms.iter().flatten().map(|a| a.as_ref().map(|a| a.name.clone())).collect();
     Draft {
-        cluster: f.req(cx, "cluster", cluster),
-        atms: f.req(cx, "atms", atms),
+        cluster,
+        atms,
         timers: f.or(cx, "timers", Timers::default(), timers),
         arp: f.or(cx, "arp", Arp::default(), arp),
         arbitration: f.or(cx, "arbitration", Arbitration::default(), arbitration),
@@ -80,6 +88,7 @@ pub(crate) fn draft(cx: &mut Cx, root: &Node) -> Draft {
         sync: f.or(cx, "sync", SyncSettings::default(), sync),
         security: f.or(cx, "security", Security::default(), security),
         services: f.req(cx, "services", services),
+        failover: f.or(cx, "failover", Failover::default(), |cx, n, p| failover(cx, n, p, &names)),
     }
 }
 
