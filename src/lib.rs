@@ -37,4 +37,5 @@ pub mod health;
 pub mod node;
 pub mod platform;
 pub mod services;
+pub mod synctool;
 pub mod time;

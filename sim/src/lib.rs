@@ -11,6 +11,7 @@
 //!   and what each host's kernel does (ARP, echo).
 //! * [`atm`], [`client`], [`rogue`]: the hosts' software.
 //! * [`runner`]: one run with its invariant checks; [`sweep`]: many seeds on all cores.
+//! * [`services_check`]: service failover read back from the trace (never on two ATMs).
 
 pub mod atm;
 pub mod chart;
@@ -23,6 +24,7 @@ pub mod rng;
 pub mod rogue;
 pub mod runner;
 pub mod scenario;
+pub mod services_check;
 pub mod sweep;
 pub mod topology;
 pub mod world;

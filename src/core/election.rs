@@ -228,6 +228,8 @@ struct Peer {
     handover_to: u16,
     handover: bool,
     digest_differs: bool,
+    /// The `holding` map of its latest heartbeat (service failover).
+    holding: u16,
     loss: LossEstimator,
 }
 
@@ -266,6 +268,8 @@ pub struct Election {
     /// The last demotion drained rather than released the VIPs.
     drained_vips: bool,
     exited: bool,
+    /// Service groups held for their home ATMs, sent in heartbeats.
+    holding: u16,
     actions: VecDeque<Action>,
 }
 
@@ -298,6 +302,7 @@ impl Election {
             draining_until: None,
             drained_vips: false,
             exited: false,
+            holding: 0,
             actions: VecDeque::new(),
         }
     }
@@ -317,6 +322,36 @@ impl Election {
     /// Peers heard within their dead interval (not counting this ATM).
     pub fn peers_up(&self) -> impl Iterator<Item = usize> + '_ {
         self.peers.iter().enumerate().filter(|(_, p)| p.up).map(|(i, _)| i)
+    }
+
+    /// The `holding` map of peer `peer`'s latest heartbeat while it is up (service failover).
+    pub fn peer_holding(&self, peer: usize) -> Option<u16> {
+        self.peers.get(peer).filter(|p| p.up).map(|p| p.holding)
+    }
+
+    /// What this ATM puts in the `holding` field of its heartbeats from now on (the service
+    /// failover machine's [`crate::services::Failover::holding`]).
+    pub fn set_holding(&mut self, holding: u16) {
+        self.holding = holding;
+    }
+
+    /// Whether this ATM passes its arbitration rules now (the service failover machine's
+    /// standby verdict is the opposite).
+    pub fn is_eligible(&self, now: Instant) -> bool {
+        self.eligible(now)
+    }
+
+    /// The reachlist rule on probe results answered at or after `since` (a fresh probe round):
+    /// `None` until every host has one. Without a reachlist: passes.
+    pub fn fresh_reach_ok(&self, now: Instant, since: Instant) -> Option<bool> {
+        if self.cfg.reach_total == 0 {
+            return Some(true);
+        }
+        let ok = self.reach.fresh(since)?;
+        Some(
+            (ok as u64) >= u64::from(self.cfg.min_reachable)
+                && (self.cfg.atm_count != 2 || ok >= self.peer_reported_reach(now)),
+        )
     }
 
     /// Next action to carry out, in order.
@@ -405,6 +440,7 @@ impl Election {
         p.reach_ok = hb.reach_ok;
         p.handover = hb.has(FLAG_HANDOVER);
         p.handover_to = hb.handover_to;
+        p.holding = hb.holding;
         p.loss.observe(hb.incarnation, hb.seq);
         if hb.epoch > self.max_epoch_seen && self.role == Role::Backup {
             // Someone was promoted that we did not hear of: a primary is probably up.
@@ -791,6 +827,7 @@ impl Election {
             reach_total: clamp(self.reach.total()),
             peers_up: clamp(1 + self.peers.iter().filter(|p| p.up).count()),
             handover_to,
+            holding: self.holding,
             digest: self.cfg.digest,
         };
         self.actions.push_back(Action::SendHeartbeat(hb));

@@ -87,6 +87,7 @@ fn run(cfg: ElectionConfig, rows: &[(u64, In, &str)]) {
                     reach_total: 1,
                     peers_up: 2,
                     handover_to: to,
+                    holding: 0,
                     digest: [1; 16],
                 };
                 e.handle_heartbeat(now, &hb)
@@ -104,6 +105,7 @@ fn run(cfg: ElectionConfig, rows: &[(u64, In, &str)]) {
                     reach_total: 1,
                     peers_up: 1,
                     handover_to: NONE,
+                    holding: 0,
                     digest: [1; 16],
                 };
                 e.handle_heartbeat(now, &hb)

@@ -313,7 +313,11 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
         my_if.broadcast(),
         Rc::clone(&arp),
         engine_ctl,
-    );
+    )
+    .with_failover(crate::platform::linux::atm::FailoverSpec {
+        failover: cfg.failover.clone(),
+        atm_addresses: cfg.atms.iter().map(|a| a.address).collect(),
+    });
     let next = rt.block_on(control(&platform, &shell, &arp, path, cfg, me, secret));
     drop(platform);
     if let Some(n) = node_setup {

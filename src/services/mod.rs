@@ -40,6 +40,10 @@
 //!   round of reachlist probes sent from then on ([`Input::Arbitrated`]), as the election
 //!   core does before it promotes: the fault that silenced the other ATM may have cut this
 //!   one from the reachlist too, and the standby verdict would not show it yet.
+//! * When the other ATM of a group running here goes silent, this ATM asks for a fresh
+//!   arbitration at once; if it fails, this ATM is the one cut off: it stops its groups (and
+//!   asks again every `retry_ms`). So an isolated ATM stops within a dead interval, a probe
+//!   timeout and its K scripts: `takeover_delay_ms` must be longer than that.
 //! * **Standby** (lost the reachlist arbitration, seed 004): stop every group, run nothing.
 //! * **Hand-back**: when the home is up again, the backup stops the group (K order), mirrors
 //!   each of the group's sets to the home, then clears its holding bit; the home, seeing the
@@ -248,6 +252,8 @@ pub struct Failover {
     fresh_ok: Option<Instant>,
     /// After a failed one, not before this.
     next_ask: Option<Instant>,
+    /// The last fresh arbitration failed: run nothing until one passes or a peer is heard.
+    lost_fresh: bool,
     peers: Vec<PeerState>,
     groups: Vec<Group>,
     next_id: Id,
@@ -282,6 +288,7 @@ impl Failover {
             asked: None,
             fresh_ok: None,
             next_ask: None,
+            lost_fresh: false,
             peers: vec![PeerState::default(); atm_count],
             groups,
             next_id: 1,
@@ -309,7 +316,9 @@ impl Failover {
                 let asked = self.asked.take();
                 if ok {
                     self.fresh_ok = asked.or(self.fresh_ok);
+                    self.lost_fresh = false;
                 } else if asked.is_some() {
+                    self.lost_fresh = true;
                     self.next_ask = Some(now + self.timing.retry);
                     self.event(Event::ArbitrationFailed);
                 }
@@ -325,7 +334,7 @@ impl Failover {
     /// The next instant at which [`Input::Tick`] may change something.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let groups = self.groups.iter().filter(|g| g.busy.is_none()).filter_map(|g| self.deadline(g));
-        let ask = self.next_ask.filter(|_| self.asked.is_none());
+        let ask = self.next_ask.filter(|_| self.lost_fresh && self.asked.is_none());
         groups.chain(ask).min()
     }
 
@@ -356,8 +365,24 @@ impl Failover {
         if p.up && !up {
             p.down_since = Some(now);
         }
+        let lost = p.up && !up;
         p.up = up;
         p.holding = if up { holding } else { 0 };
+        if up {
+            self.lost_fresh = false;
+        }
+        // The other ATM of a group running here went silent: which of the two failed? A
+        // fresh probe round now (seed 004); if it fails, this ATM stops its groups.
+        let running = self.groups.iter().any(|g| g.partner == atm && g.phase != Phase::Idle);
+        if lost && running && self.asked.is_none() {
+            self.ask(now);
+        }
+    }
+
+    fn ask(&mut self, now: Instant) {
+        self.asked = Some(now);
+        self.next_ask = None;
+        self.actions.push_back(Action::Arbitrate);
     }
 
     fn on_command_done(&mut self, now: Instant, id: Id, ok: bool) {
@@ -419,13 +444,15 @@ impl Failover {
 
     /// Whether this ATM should run group `g` now.
     fn want(&self, g: &Group, now: Instant) -> bool {
-        if self.standby {
+        if self.standby || self.lost_fresh {
             return false;
         }
         let p = &self.peers[g.partner];
         match (g.home, p.up) {
             (true, true) => now >= self.awake_since + self.timing.grace && p.holding & bit(g.cfg.atm) == 0,
             (false, true) => false,
+            // A home keeps running when its backup fails; it starts alone only after the delay.
+            (true, false) if g.phase != Phase::Idle => true,
             (_, false) => now >= self.takeover_at(p),
         }
     }
@@ -449,9 +476,7 @@ impl Failover {
             return true;
         }
         if self.asked.is_none() && self.next_ask.is_none_or(|t| t <= now) {
-            self.asked = Some(now);
-            self.next_ask = None;
-            self.actions.push_back(Action::Arbitrate);
+            self.ask(now);
         }
         false
     }
@@ -466,10 +491,14 @@ impl Failover {
     fn deadline(&self, g: &Group) -> Option<Instant> {
         let p = &self.peers[g.partner];
         match g.phase {
-            Phase::Idle if self.standby || self.asked.is_some() || self.next_ask.is_some() => None,
+            // Waiting for an answer, or for the ask timer of `poll_timeout`.
+            Phase::Idle if self.standby || self.lost_fresh || self.asked.is_some() => None,
             Phase::Idle if p.up && (!g.home || p.holding & bit(g.cfg.atm) != 0) => None,
-            Phase::Idle if p.up => Some(self.awake_since + self.timing.grace),
-            Phase::Idle => Some(self.takeover_at(p)),
+            Phase::Idle => {
+                let t = if p.up { self.awake_since + self.timing.grace } else { self.takeover_at(p) };
+                // After a failed fresh arbitration, the next one is not asked before `next_ask`.
+                Some(self.next_ask.map_or(t, |n| n.max(t)))
+            }
             Phase::Starting { retry_at, .. } | Phase::Handback { retry_at, .. } => retry_at,
             Phase::Running if p.up => g.next_mirror.iter().flatten().min().copied(),
             Phase::Running | Phase::Stopping { .. } => None,
@@ -477,6 +506,9 @@ impl Failover {
     }
 
     fn evaluate(&mut self, now: Instant) {
+        if self.lost_fresh && self.asked.is_none() && self.next_ask.is_some_and(|t| t <= now) {
+            self.ask(now);
+        }
         for i in 0..self.groups.len() {
             // Each pass either issues a command, waits, or moves the phase forward; a group
             // has fewer phases than the bound.

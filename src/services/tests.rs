@@ -354,6 +354,10 @@ impl World {
                 m.handle(ms(now), input);
             }
             m.handle(ms(now), Input::Tick);
+            if let Some(t) = m.poll_timeout().filter(|&t| t <= ms(now)) {
+                self.violations
+                    .push(format!("{now}: atm{i} asks for a tick at {t:?}, not later: a driver would spin"));
+            }
             while let Some(action) = m.poll_action() {
                 match action {
                     Action::Run { id, service, step, .. } => {
@@ -457,4 +461,25 @@ proptest! {
             prop_assert!(w.may_run(0, s), "home does not run {s}: {:#?}", w.trace);
         }
     }
+}
+
+#[test]
+fn home_keeps_running_when_its_backup_fails_unless_a_fresh_arbitration_fails() {
+    let mut m = Failover::new(&config(), 0, 2, timing(), ms(0));
+    m.handle(ms(10), Input::Peer { atm: 1, up: true, holding: 0 });
+    m.handle(ms(300), Input::Tick);
+    settle(&mut m, ms(300));
+    m.handle(ms(1000), Input::Peer { atm: 1, up: false, holding: 0 });
+    assert_eq!(drain(&mut m), [Action::Arbitrate], "which of the two failed?");
+    m.handle(ms(1300), Input::Arbitrated { ok: true });
+    assert!(drain(&mut m).is_empty(), "the backup failed: keep running");
+    assert!((0..3).all(|s| m.may_run(0, s)));
+    // Later the link goes again and this time the home is the one cut off.
+    m.handle(ms(2000), Input::Peer { atm: 1, up: true, holding: 0 });
+    m.handle(ms(3000), Input::Peer { atm: 1, up: false, holding: 0 });
+    assert_eq!(drain(&mut m), [Action::Arbitrate]);
+    m.handle(ms(3300), Input::Arbitrated { ok: false });
+    let log = settle(&mut m, ms(3300));
+    assert_eq!(log.iter().filter(|l| l.starts_with('K')).count(), 3, "{log:?}");
+    assert!((0..3).all(|s| !m.may_run(0, s)));
 }
