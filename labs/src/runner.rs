@@ -64,6 +64,12 @@ pub struct LabOutcome {
 /// Steps of `s` the lab cannot perform, described.
 pub fn unsupported(s: &Scenario) -> Vec<String> {
     let mut v = Vec::new();
+    if s.failover.is_some() {
+        v.push(
+            "service failover scenarios are simulator-only: the lab's S/K scripts and sshd are not built yet"
+                .into(),
+        );
+    }
     for st in &s.steps {
         let k = st.kind().unwrap_or("?");
         if !SUPPORTED.contains(&k) && !crate::health::KINDS.contains(&k) {
