@@ -8,6 +8,8 @@
 //! copied with `--delete`, so the target becomes identical to the source; a file is copied
 //! as it is. Missing parent directories are created (`--mkpath`, rsync 3.2.3 and later).
 
+pub mod push;
+
 use std::net::IpAddr;
 
 use crate::config::Ssh;
@@ -16,7 +18,7 @@ use crate::config::Ssh;
 pub fn ssh_command(ssh: &Ssh) -> String {
     let quote = |p: &std::path::Path| shell_quote(&p.display().to_string());
     format!(
-        "ssh -p {} -i {} -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile={} -o IdentitiesOnly=yes",
+        "ssh -p {} -i {} -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile={} -o IdentitiesOnly=yes -o ConnectTimeout=10",
         ssh.port,
         quote(&ssh.identity_file),
         quote(&ssh.known_hosts),
