@@ -110,7 +110,14 @@ fn failover(f: &crate::scenario::FailoverSettings) -> Failover {
         retry_ms: 500,
         start_attempts: 3,
         ssh: None,
-        groups: vec![ServiceGroup { atm: 0, backup: 1, services: services.collect(), mirrors: vec![data] }],
+        groups: vec![ServiceGroup {
+            atm: 0,
+            backup: 1,
+            atm_name: "atm1".into(),
+            backup_name: "atm2".into(),
+            services: services.collect(),
+            mirrors: vec![data],
+        }],
     }
 }
 

@@ -112,7 +112,15 @@ fn group(cx: &mut Cx, node: &Node, path: &str, atms: &[Option<String>]) -> Optio
         cx.error_at(&f.child("backup"), "expected another ATM than the group's home `atm`");
         return None;
     }
-    Some(ServiceGroup { atm, backup, services: services?, mirrors: mirrors? })
+    let name = |i: usize| atms[i].clone().unwrap_or_default();
+    Some(ServiceGroup {
+        atm,
+        backup,
+        atm_name: name(atm),
+        backup_name: name(backup),
+        services: services?,
+        mirrors: mirrors?,
+    })
 }
 
 fn service(cx: &mut Cx, node: &Node, path: &str) -> Option<GroupService> {

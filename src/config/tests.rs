@@ -207,6 +207,29 @@ fn a_config_without_failover_keeps_its_digest() {
 }
 
 #[test]
+fn failover_config_reads_back_from_its_canonical_form() {
+    // The labs write configs from the typed form: failover must survive the round trip.
+    let opts = LoadOptions { check_files: false, base_dir: PathBuf::from("/etc/cs") };
+    let c = parse_str("t.json5", FAILOVER, &opts).unwrap_or_else(|e| panic!("{e}"));
+    let text = serde_json::to_string(&c).expect("serialises");
+    let mut v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    strip_nulls(&mut v);
+    let back = parse_str("back.json", &v.to_string(), &opts).unwrap_or_else(|e| panic!("{e}\n{v}"));
+    assert_eq!(back.failover, c.failover);
+}
+
+fn strip_nulls(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.retain(|_, x| !x.is_null());
+            m.values_mut().for_each(strip_nulls);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
+#[test]
 fn failover_backup_must_be_another_atm() {
     let text = FAILOVER.replace(r#"backup: "atm1""#, r#"backup: "atm2""#);
     let e = errors(&text);

@@ -371,9 +371,16 @@ pub struct Ssh {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ServiceGroup {
     /// Index in `atms` of the home ATM.
+    #[serde(skip)]
     pub atm: usize,
     /// Index in `atms` of the ATM that takes the group over.
+    #[serde(skip)]
     pub backup: usize,
+    /// The home ATM's name, as written (the canonical form reads back as the same config).
+    #[serde(rename = "atm")]
+    pub atm_name: String,
+    #[serde(rename = "backup")]
+    pub backup_name: String,
     /// In the order written; see [`ServiceGroup::start_sequence`].
     pub services: Vec<GroupService>,
     pub mirrors: Vec<MirrorSet>,

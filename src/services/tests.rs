@@ -29,6 +29,8 @@ fn config() -> FailoverConfig {
         groups: vec![ServiceGroup {
             atm: 0,
             backup: 1,
+            atm_name: "atm1".into(),
+            backup_name: "atm2".into(),
             services: vec![svc("lpd", 40), svc("named", 20), svc("dhcpd", 30)],
             mirrors: vec![MirrorSet {
                 name: "lpd".into(),

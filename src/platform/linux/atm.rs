@@ -245,15 +245,18 @@ impl Platform for LinuxPlatform {
     }
 
     /// In its own process group, SIGKILLed with it at the timeout (the health checks'
-    /// `exec`); exit status and output logged.
+    /// `exec`), with `CS_ATM`, `CS_SERVICE` and `CS_STEP` (`start`/`stop`) in its
+    /// environment; exit status and output logged.
     async fn run_service_command(&self, cmd: &ServiceCommand<'_>, timeout: Duration) -> bool {
-        let r = super::checks::exec(cmd.argv, timeout).await;
         let service = self
             .failover
             .as_ref()
             .and_then(|f| f.failover.groups.get(cmd.group)?.services.get(cmd.service))
             .map_or("?", |s| s.name.as_str());
         let step = if cmd.step == Step::Start { "start" } else { "stop" };
+        // Scripts shared by all ATMs learn where and what they run from the environment.
+        let env = [("CS_ATM", self.node.as_str()), ("CS_SERVICE", service), ("CS_STEP", step)];
+        let r = super::checks::exec_env(cmd.argv, &env, timeout).await;
         let ok = r.status == Ok(0);
         let status = match &r.status {
             Ok(code) => code.to_string(),
