@@ -6,6 +6,8 @@
 //! Prints files/s and MB/s beside plain local rsync. Root, sshd, rsync and unshare needed,
 //! else a loud SKIP.
 
+#![allow(clippy::disallowed_methods)] // reason: waits on a real sshd and measures real copies with the wall clock
+
 mod support;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
