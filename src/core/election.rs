@@ -230,6 +230,8 @@ struct Peer {
     digest_differs: bool,
     /// The `holding` map of its latest heartbeat (service failover).
     holding: u16,
+    /// The config digest of its latest heartbeat (zero: none heard yet).
+    digest: [u8; 16],
     loss: LossEstimator,
 }
 
@@ -322,6 +324,19 @@ impl Election {
     /// Peers heard within their dead interval (not counting this ATM).
     pub fn peers_up(&self) -> impl Iterator<Item = usize> + '_ {
         self.peers.iter().enumerate().filter(|(_, p)| p.up).map(|(i, _)| i)
+    }
+
+    /// The config digest of peer `peer`'s latest heartbeat (first 16 bytes of the SHA-256 of
+    /// its running config) and whether it differs from ours; `None` before its first
+    /// heartbeat. For `cmc status` (hosts whose config differs) and `cmc sync config`.
+    pub fn peer_digest(&self, peer: usize) -> Option<([u8; 16], bool)> {
+        let p = self.peers.get(peer).filter(|p| p.incarnation != 0)?;
+        Some((p.digest, p.digest_differs))
+    }
+
+    /// This ATM's config digest, as its heartbeats carry it.
+    pub fn own_digest(&self) -> [u8; 16] {
+        self.cfg.digest
     }
 
     /// The `holding` map of peer `peer`'s latest heartbeat while it is up (service failover).
@@ -418,6 +433,7 @@ impl Election {
             self.actions.push_back(Action::Event(Event::ConfigMismatch { peer: from }));
         }
         p.digest_differs = digest_differs;
+        p.digest = hb.digest;
         // A new incarnation of a peer that never went silent long enough to be declared
         // down (a quick restart): the old process is gone and its state (a shadow table,
         // ARP it had heard) with it, so report it down and up again now; a primary then
