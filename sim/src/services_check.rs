@@ -99,3 +99,65 @@ pub fn check(s: &Scenario, trace: &[String]) -> ServiceReport {
     }
     report
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scenario() -> Scenario {
+        Scenario::parse(
+            "{ name: 'x', topology: { atms: 2 }, failover: { services: ['a', 'b'] },
+               expect: { services_final_on: 'atm1' } }",
+        )
+        .expect("scenario")
+    }
+
+    fn lines(text: &str) -> Vec<String> {
+        text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
+    }
+
+    #[test]
+    fn overlap_is_a_violation_and_a_crash_ends_what_ran() {
+        let trace = lines(
+            "100 atm1 service a start
+             150 atm1 service a started
+             160 atm1 service b start
+             210 atm1 service b started
+             300 sim fault: crash atm1
+             400 atm2 service a start
+             450 atm2 service a started
+             460 atm2 service b start
+             470 atm1 service b start
+             510 atm2 service b started",
+        );
+        let r = check(&scenario(), &trace);
+        assert_eq!(r.violations.len(), 2, "{:?}", r.violations);
+        assert!(
+            r.violations[0].contains("470 ms: b starts on atm1 while running on atm2"),
+            "{:?}",
+            r.violations
+        );
+        assert!(r.violations[1].contains("expected all on atm1"), "{:?}", r.violations);
+        assert!(
+            r.lines.contains(&"takeover: every service started elsewhere 210 ms after the crash".to_string())
+        );
+        assert!(r.lines.contains(&"takeovers: 1".to_string()), "{:?}", r.lines);
+    }
+
+    #[test]
+    fn a_clean_hand_back_passes() {
+        let trace = lines(
+            "100 atm2 service a start
+             150 atm2 service a started
+             200 atm2 service a stop
+             250 atm2 service a stopped
+             250 atm1 service a start
+             300 atm1 service a started
+             310 atm1 service b start
+             360 atm1 service b started",
+        );
+        let r = check(&scenario(), &trace);
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        assert!(r.lines[0] == "services at end: a@atm1 b@atm1", "{:?}", r.lines);
+    }
+}
