@@ -65,7 +65,8 @@ fn start_sshd(t: &Path, port: u16) -> Sshd {
     std::fs::write(t.join("sshd_config"), cfg).expect("sshd_config");
     std::fs::create_dir_all("/run/sshd").expect("/run/sshd");
     let script = format!(
-        "mount --bind {t}/remote {t}/data && exec /usr/sbin/sshd -D -e -f {t}/sshd_config",
+        "mount --bind {t}/remote {t}/data && mount --bind {t}/remote-conf {t}/conf && \
+         exec /usr/sbin/sshd -D -e -f {t}/sshd_config",
         t = t.display()
     );
     let log = std::fs::File::create(t.join("sshd.log")).expect("log");
@@ -91,13 +92,13 @@ fn start_sshd(t: &Path, port: u16) -> Sshd {
 fn write_config(t: &Path, port: u16, known_hosts: &str) -> std::path::PathBuf {
     let text = format!(
         r#"{{
-  cluster: {{ name: "sync", id: 3, secret_file: "secret" }},
+  cluster: {{ name: "sync", id: 3, secret_file: "{t}/conf/secret" }},
   atms: [ {{ name: "atm1", address: "127.0.0.1", interface: "lo" }},
           {{ name: "atm2", address: "127.0.0.3", interface: "lo" }} ],
   services: [{{ name: "http", vip: "10.9.9.99", port: 80, forwarding: "dr",
                servers: [ {{ name: "web1", address: "127.0.0.1" }} ] }}],
   failover: {{
-    ssh: {{ port: {port}, identity_file: "keys/user", known_hosts: "keys/{known_hosts}" }},
+    ssh: {{ port: {port}, identity_file: "{t}/keys/user", known_hosts: "{t}/keys/{known_hosts}" }},
     groups: [{{ atm: "atm1", backup: "atm2",
                services: [ {{ name: "www", start_order: 10, start: ["true"], stop: ["true"] }} ],
                mirrors: [ {{ name: "content", paths: ["{t}/data/"] }} ] }}],
@@ -105,7 +106,7 @@ fn write_config(t: &Path, port: u16, known_hosts: &str) -> std::path::PathBuf {
 }}"#,
         t = t.display()
     );
-    let path = t.join(format!("cs-{known_hosts}.json5"));
+    let path = t.join("conf").join(format!("cs-{known_hosts}.json5"));
     std::fs::write(&path, text).expect("config");
     path
 }
@@ -124,10 +125,10 @@ fn content_sync_over_real_ssh_dry_run_apply_and_host_key_check() {
     }
     let dir = TempDir::new("sync-ssh");
     let t = dir.path();
-    for d in ["keys", "data", "remote", "plain"] {
+    for d in ["keys", "data", "remote", "plain", "conf", "remote-conf"] {
         std::fs::create_dir_all(t.join(d)).expect("mkdir");
     }
-    dir.write("secret", "sync test secret", 0o600);
+    dir.write("conf/secret", "sync test secret", 0o600);
     for k in ["host", "user"] {
         let key = t.join("keys").join(k);
         sh(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", ""]).arg("-f").arg(&key));
@@ -181,8 +182,37 @@ fn content_sync_over_real_ssh_dry_run_apply_and_host_key_check() {
         mb / plain_s
     );
 
+    config_push_makes_the_digests_agree(t, port);
+
     let wrong = write_config(t, port, "wrong_hosts");
     let (code, out) = cmc(&["sync", "content", "content", "--config", wrong.to_str().expect("utf-8")]);
     assert_eq!(code, 1, "a host key that does not match must fail:\n{out}");
     assert!(out.contains("FAILED"), "{out}");
+}
+
+/// `cmc sync config`: the config directory goes to the other hosts; a change made on this
+/// host shows in the dry run and, once pushed, both sides load configs with equal digests.
+fn config_push_makes_the_digests_agree(t: &Path, port: u16) {
+    let cfg = write_config(t, port, "known_hosts");
+    let remote = t.join("remote-conf").join(cfg.file_name().expect("name"));
+    let cfg = cfg.to_str().expect("utf-8");
+    let (code, out) = cmc(&["sync", "config", "--apply", "--config", cfg]);
+    assert_eq!(code, 0, "{out}");
+    // The digest covers resolved file names: the config names its files absolutely, as
+    // /etc/clusterserver/... would be on real hosts.
+    let digest = |p: &Path| clusterserver::config::load_file(p).map(|c| c.digest()).expect("loads");
+    assert_eq!(digest(Path::new(cfg)), digest(&remote), "pushed");
+    // An operator edits the config here.
+    let text = std::fs::read_to_string(cfg).expect("read").replace("id: 3", "id: 4");
+    std::fs::write(cfg, text).expect("edit");
+    assert_ne!(digest(Path::new(cfg)), digest(&remote));
+    let (code, out) = cmc(&["sync", "config", "--config", cfg]);
+    assert!(
+        code == 0 && out.lines().any(|l| l.starts_with("atm1") && l.contains(" 1 would change")),
+        "{out}"
+    );
+    assert_ne!(digest(Path::new(cfg)), digest(&remote), "a dry run changes nothing");
+    let (code, out) = cmc(&["sync", "config", "--apply", "--config", cfg]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(digest(Path::new(cfg)), digest(&remote), "the digests agree once pushed");
 }
