@@ -485,3 +485,28 @@ fn home_keeps_running_when_its_backup_fails_unless_a_fresh_arbitration_fails() {
     assert_eq!(log.iter().filter(|l| l.starts_with('K')).count(), 3, "{log:?}");
     assert!((0..3).all(|s| !m.may_run(0, s)));
 }
+
+#[test]
+fn running_group_mirrors_each_set_on_its_schedule_while_the_partner_is_up() {
+    let mut cfg = config();
+    cfg.groups[0].mirrors[0].interval_s = 60;
+    let mut m = Failover::new(&cfg, 0, 2, timing(), ms(0));
+    m.handle(ms(10), Input::Peer { atm: 1, up: true, holding: 0 });
+    m.handle(ms(300), Input::Tick);
+    settle(&mut m, ms(300));
+    assert_eq!(m.poll_timeout(), Some(ms(60_300)), "the first copy an interval after start");
+    m.handle(ms(60_300), Input::Tick);
+    let actions = drain(&mut m);
+    let [Action::Mirror { id, group: 0, set: 0, to: 1 }] = actions.as_slice() else {
+        panic!("expected one copy to atm1: {actions:?}")
+    };
+    m.handle(ms(61_000), Input::MirrorDone { id: *id, ok: false });
+    assert_eq!(drain(&mut m), [Action::Event(Event::Mirrored { group: 0, set: 0, to: 1, ok: false })]);
+    assert_eq!(m.poll_timeout(), Some(ms(121_000)), "a failed copy is reported and waits its next turn");
+    // No copy while the partner is down.
+    m.handle(ms(100_000), Input::Peer { atm: 1, up: false, holding: 0 });
+    m.handle(ms(100_300), Input::Arbitrated { ok: true });
+    drain(&mut m);
+    m.handle(ms(121_000), Input::Tick);
+    assert!(drain(&mut m).iter().all(|a| !matches!(a, Action::Mirror { .. })));
+}
