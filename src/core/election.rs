@@ -356,19 +356,6 @@ impl Election {
         self.eligible(now)
     }
 
-    /// The reachlist rule on probe results answered at or after `since` (a fresh probe round):
-    /// `None` until every host has one. Without a reachlist: passes.
-    pub fn fresh_reach_ok(&self, now: Instant, since: Instant) -> Option<bool> {
-        if self.cfg.reach_total == 0 {
-            return Some(true);
-        }
-        let ok = self.reach.fresh(since)?;
-        Some(
-            (ok as u64) >= u64::from(self.cfg.min_reachable)
-                && (self.cfg.atm_count != 2 || ok >= self.peer_reported_reach(now)),
-        )
-    }
-
     /// Next action to carry out, in order.
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
