@@ -19,7 +19,9 @@ use crate::config::{Config, HeartbeatMode};
 use crate::core::election::{Action, AdminRequest, ElectionConfig};
 use crate::core::heartbeat::HEARTBEAT_LEN;
 use crate::core::node::AtmNode;
-use crate::platform::{DatagramSocket, Platform};
+use crate::platform::{DatagramSocket, Platform, ServiceCommand};
+use crate::services::{self, Failover, Timing};
+use crate::time::Instant;
 
 /// Requests from outside the node (signals, the admin channel, the simulator).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,9 +62,21 @@ pub async fn run_atm<P: Platform>(
     let ecfg = ElectionConfig::from_config(cfg, me);
     let mut node = AtmNode::new(ecfg, secret, platform.incarnation(), platform.now());
     let mut probes = FuturesUnordered::new();
+    let mut jobs = FuturesUnordered::new();
+    let mut services = ServiceSync::new(cfg, me, platform.now());
     let mut commands_open = true;
     let mut buf = [0u8; 2048];
     loop {
+        if let Some(s) = &mut services {
+            s.sync(&mut node, platform.now());
+            while let Some(action) = s.machine.poll_action() {
+                match action {
+                    services::Action::Event(e) => platform.record_failover(platform.now(), &e),
+                    a => jobs.push(run_job(platform, cfg, a)),
+                }
+            }
+            node.set_holding(s.machine.holding());
+        }
         while let Some(action) = node.poll_action() {
             match action {
                 Action::SendHeartbeat(hb) => {
@@ -88,7 +102,9 @@ pub async fn run_atm<P: Platform>(
         }
         platform.observe(platform.now(), &node);
         let now = platform.now();
-        let wait = node.poll_timeout().map_or(Duration::from_secs(3600), |t| t.saturating_since(now));
+        let failover_due = services.as_ref().and_then(|s| s.machine.poll_timeout());
+        let due = node.poll_timeout().into_iter().chain(failover_due).min();
+        let wait = due.map_or(Duration::from_secs(3600), |t| t.saturating_since(now));
         let mut sleep = pin!(tokio::time::sleep(wait));
         tokio::select! {
             biased;
@@ -107,8 +123,81 @@ pub async fn run_atm<P: Platform>(
             Some((target, ok)) = probes.next(), if !probes.is_empty() => {
                 node.handle_probe(platform.now(), target, ok);
             }
-            _ = &mut sleep => node.handle_timeout(platform.now()),
+            Some(input) = jobs.next(), if !jobs.is_empty() => {
+                if let Some(s) = &mut services {
+                    s.machine.handle(platform.now(), input);
+                }
+            }
+            _ = &mut sleep => {
+                node.handle_timeout(platform.now());
+                if let Some(s) = &mut services {
+                    s.machine.handle(platform.now(), services::Input::Tick);
+                }
+            }
         }
+    }
+}
+
+/// The service-failover machine beside the node, fed from the election's view of the peers.
+struct ServiceSync {
+    machine: Failover,
+    /// Per ATM: what the machine was last told (up, holding).
+    told: Vec<Option<(bool, u16)>>,
+    me: usize,
+}
+
+impl ServiceSync {
+    /// `None` when this ATM is in no failover group.
+    fn new(cfg: &Config, me: usize, now: Instant) -> Option<Self> {
+        let f = &cfg.failover;
+        if !f.groups.iter().any(|g| g.atm == me || g.backup == me) {
+            return None;
+        }
+        // Twice the dead interval: a heartbeat there and back after a restart (services docs).
+        let dead_ms = cfg.timers.heartbeat_ms * u64::from(cfg.timers.dead_after);
+        let timing = Timing::from_config(f, Duration::from_millis(2 * dead_ms));
+        let machine = Failover::new(f, me, cfg.atms.len(), timing, now);
+        Some(ServiceSync { machine, told: vec![None; cfg.atms.len()], me })
+    }
+
+    /// Tells the machine what changed in the election's view: peers up or down with their
+    /// holding maps, and this ATM's arbitration verdict.
+    fn sync(&mut self, node: &mut AtmNode, now: Instant) {
+        let e = node.election();
+        for atm in (0..self.told.len()).filter(|&a| a != self.me) {
+            let holding = e.peer_holding(atm);
+            let state = (holding.is_some(), holding.unwrap_or(0));
+            if self.told[atm] != Some(state) {
+                self.told[atm] = Some(state);
+                let input = services::Input::Peer { atm, up: state.0, holding: state.1 };
+                self.machine.handle(now, input);
+            }
+        }
+        let standby = !e.is_eligible(now);
+        self.machine.handle(now, services::Input::Standby(standby));
+    }
+}
+
+/// Carries out one command, copy or arbitration round; its result as the machine's input.
+async fn run_job<P: Platform>(platform: &P, cfg: &Config, action: services::Action) -> services::Input {
+    match action {
+        services::Action::Run { id, group, service, step, argv, timeout } => {
+            let cmd = ServiceCommand { group, service, step, argv: &argv };
+            let ok = platform.run_service_command(&cmd, timeout).await;
+            services::Input::CommandDone { id, ok }
+        }
+        services::Action::Mirror { id, group, set, to } => {
+            let ok = platform.mirror_set(group, set, to).await;
+            services::Input::MirrorDone { id, ok }
+        }
+        // A fresh round: every reachlist host probed now, the rule applied to these alone.
+        services::Action::Arbitrate => {
+            let timeout = Duration::from_millis(cfg.arbitration.probe_timeout_ms);
+            let probes = cfg.arbitration.reachlist.iter().map(|&h| platform.probe(h, timeout));
+            let ok = futures_util::future::join_all(probes).await.into_iter().filter(|&r| r).count();
+            services::Input::Arbitrated { ok: ok as u64 >= u64::from(cfg.arbitration.min_reachable) }
+        }
+        services::Action::Event(_) => unreachable!("events are recorded, not run"),
     }
 }
 

@@ -19,6 +19,8 @@
 //!   over [`platform::Platform`], implemented for Linux here and for turmoil in the simulator.
 //! * [`health`] is the sans-IO health-check state machine (rise/fall, flap damping); the
 //!   daemon runs its checks with `platform::linux::checks`, the simulator scripts them.
+//! * [`services`] is the sans-IO service-failover state machine (seed 004's clusterd): which
+//!   service groups this ATM runs, takeover, standby, hand-back with mirroring.
 //! * [`config`] parses and validates the operator's JSON5 file into typed structs.
 //!
 //! Time is [`time::Instant`], a number; randomness comes from a seed passed in.
@@ -38,4 +40,6 @@ pub mod driver;
 pub mod health;
 pub mod node;
 pub mod platform;
+pub mod services;
+pub mod synctool;
 pub mod time;

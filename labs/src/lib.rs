@@ -26,5 +26,6 @@ pub mod ns;
 pub mod report;
 pub mod rogue;
 pub mod runner;
+pub mod services;
 pub mod topology;
 pub mod traffic;

@@ -104,6 +104,7 @@ pub fn outcome(
         faults,
         duration_ms,
         health: Vec::new(),
+        failover: Vec::new(),
     };
     o.violations = check(s, &o, &promos);
     LabOutcome {

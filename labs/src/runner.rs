@@ -287,6 +287,7 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
     let cfg_path = dir.join("clusterserver.json5");
     let mut cfg = lab_config(s, &plan, dir, false)?;
     crate::health::configure_checks(&mut cfg, dir, &daemon)?;
+    crate::services::configure(&mut cfg, dir);
     write_config(&cfg, &cfg_path)?;
     let other_cfg = dir.join("other.json5");
     if s.topology.second_cluster {
@@ -344,6 +345,9 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
             if let Some(h) = st.crash.as_ref().or(st.kill.as_ref()).or(st.stop.as_ref()) {
                 downs.push((h.clone(), unix_ms()));
             }
+            if let Some(h) = st.crash.as_ref().filter(|_| s.failover.is_some()) {
+                crate::services::log_crash(dir, h, unix_ms())?;
+            }
             let text = apply(&mut lab, st, &daemon, &cfg_path, &mut stopped, &mut crashed)
                 .with_context(|| format!("step at {} ms", st.at_ms))?;
             eprintln!("[{:>6} ms] {text}", unix_ms() - t0);
@@ -395,6 +399,11 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
     lo.outcome.rejected = rejected;
     lo.outcome.violations.extend(node_problems);
     crate::health::check(s, &mut lo.outcome, &results, t0);
+    if s.failover.is_some() {
+        let r = clustersim::services_check::check(s, &crate::services::read_log(dir));
+        lo.outcome.failover = r.lines;
+        lo.outcome.violations.extend(r.violations);
+    }
     if s.topology.second_cluster {
         lo.outcome.violations.extend(check_other_cluster(&lab_logs(&dir_logs(dir, &atms))));
     }

@@ -11,7 +11,8 @@ use std::time::Duration;
 use clusterserver::config::Config;
 use clusterserver::core::election::{DemoteReason, Event, Role};
 use clusterserver::driver::run_atm;
-use clusterserver::platform::Platform;
+use clusterserver::platform::{Platform, ServiceCommand};
+use clusterserver::services::{self, Step};
 use clusterserver::time::Instant;
 use tokio::sync::mpsc;
 
@@ -27,6 +28,8 @@ pub struct SimAtm {
     clock: SimClock,
     incarnation: u64,
     atm_names: Vec<String>,
+    /// Failover: how long a simulated command or copy takes.
+    command_ms: u64,
 }
 
 impl SimAtm {
@@ -123,6 +126,28 @@ impl Platform for SimAtm {
     fn record_error(&self, _now: Instant, what: &str, err: &io::Error) {
         self.log(format!("error: {what}: {err}"));
     }
+
+    /// A simulated S or K script: `service NAME start` when it begins, `... started` when it
+    /// is done (a stop: `stop`, `stopped`). The runner's checker reads these lines.
+    async fn run_service_command(&self, cmd: &ServiceCommand<'_>, _timeout: Duration) -> bool {
+        let name = cmd.argv.first().cloned().unwrap_or_default();
+        let (begin, end) = if cmd.step == Step::Start { ("start", "started") } else { ("stop", "stopped") };
+        self.log(format!("service {name} {begin}"));
+        tokio::time::sleep(Duration::from_millis(self.command_ms)).await;
+        self.log(format!("service {name} {end}"));
+        true
+    }
+
+    async fn mirror_set(&self, _group: usize, set: usize, to: usize) -> bool {
+        tokio::time::sleep(Duration::from_millis(self.command_ms)).await;
+        let to = self.atm_names.get(to).cloned().unwrap_or_default();
+        self.log(format!("mirrored set {set} to {to}"));
+        true
+    }
+
+    fn record_failover(&self, _now: Instant, event: &services::Event) {
+        self.log(format!("failover: {event:?}"));
+    }
 }
 
 /// Trace text of an event, with peer indexes turned into names.
@@ -157,6 +182,7 @@ pub fn software(
     cfg: Rc<Config>,
     me: usize,
     secret: Vec<u8>,
+    command_ms: u64,
 ) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = turmoil::Result>>> {
     move || {
         let (world, name, cfg, secret) = (world.clone(), name.clone(), cfg.clone(), secret.clone());
@@ -172,7 +198,14 @@ pub fn software(
             let incarnation = turmoil::since_epoch().unwrap_or_default().as_millis() as u64;
             let atm_names = cfg.atms.iter().map(|a| a.name.clone()).collect();
             let spec = DataplaneSpec { cfg: cfg.clone(), me, secret: secret.clone(), session: incarnation };
-            let platform = SimAtm { world: world.clone(), name: name.clone(), clock, incarnation, atm_names };
+            let platform = SimAtm {
+                world: world.clone(),
+                name: name.clone(),
+                clock,
+                incarnation,
+                atm_names,
+                command_ms,
+            };
             let daemon = async {
                 tokio::select! {
                     biased;

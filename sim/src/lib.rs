@@ -12,6 +12,7 @@
 //! * [`atm`], [`client`], [`rogue`]: the hosts' software.
 //! * [`runner`]: one run with its invariant checks; [`sweep`]: many seeds on all cores.
 //! * [`ecmp`]: active-active mode, stepped: an ECMP router over the announcing ATMs.
+//! * [`services_check`]: service failover read back from the trace (never on two ATMs).
 
 pub mod atm;
 pub mod chart;
@@ -25,6 +26,7 @@ pub mod rng;
 pub mod rogue;
 pub mod runner;
 pub mod scenario;
+pub mod services_check;
 pub mod sweep;
 pub mod topology;
 pub mod world;

@@ -91,6 +91,7 @@ pub fn bad_mac(cluster_id: u32, sender: u16, i: u64) -> Vec<u8> {
         reach_total: 9,
         peers_up: 9,
         handover_to: NO_HANDOVER,
+        holding: 0,
         digest: [0; 16],
     }
     .encode(b"a guessed secret")

@@ -43,6 +43,8 @@ pub struct Outcome {
     pub duration_ms: u64,
     /// Health faults and how long until the server left (or rejoined) the scheduler.
     pub health: Vec<HealthFigure>,
+    /// Service failover figures (scenarios with a `failover` group only).
+    pub failover: Vec<String>,
 }
 
 /// One health fault's figure.
@@ -93,6 +95,9 @@ impl Outcome {
             let what = if h.failing { "last new connection" } else { "first new connection" };
             let after = h.after_ms.map_or("none".to_string(), |a| format!("{a} ms"));
             s += &format!("health {} at {} ms: {what} after {after}\n", h.server, h.at_ms);
+        }
+        for l in &self.failover {
+            s += &format!("{l}\n");
         }
         if self.violations.is_empty() {
             s += "invariants: all hold\n";
@@ -165,11 +170,12 @@ fn register_hosts(
     let atms = pick("atm");
     let nodes = pick("node");
     let cfg = Rc::new(cluster_config(s, CLUSTER_ID, &atms, reachlist.clone(), vip, &nodes));
+    let command_ms = s.failover.as_ref().map_or(0, |f| f.command_ms);
     for (i, (name, _)) in atms.iter().enumerate() {
         world.borrow_mut().host(name).cluster = Some(CLUSTER_ID);
         sim.host(
             name.as_str(),
-            crate::atm::software(world.clone(), name.clone(), cfg.clone(), i, SECRET.to_vec()),
+            crate::atm::software(world.clone(), name.clone(), cfg.clone(), i, SECRET.to_vec(), command_ms),
         );
     }
     if s.topology.second_cluster {
@@ -180,7 +186,7 @@ fn register_hosts(
             world.borrow_mut().host(name).cluster = Some(OTHER_CLUSTER_ID);
             sim.host(
                 name.as_str(),
-                crate::atm::software(world.clone(), name.clone(), ocfg.clone(), i, OTHER_SECRET.to_vec()),
+                crate::atm::software(world.clone(), name.clone(), ocfg.clone(), i, OTHER_SECRET.to_vec(), 0),
             );
         }
     }
@@ -355,6 +361,12 @@ impl RunState {
             }
         }
         let health = self.health_figures(s, &w, end);
+        let mut failover = Vec::new();
+        if s.failover.is_some() {
+            let r = crate::services_check::check(s, &w.trace);
+            failover = r.lines;
+            self.violations.extend(r.violations);
+        }
         let final_primaries = w.primaries().get(&CLUSTER_ID).cloned().unwrap_or_default();
         self.check_expect(s, &outage_ms, &final_primaries, promotions, w.rejected_total, &w);
         self.violations.extend(lost_violations(s, &lost_requests));
@@ -388,6 +400,7 @@ impl RunState {
             faults: w.faults.clone(),
             duration_ms: end,
             health,
+            failover,
         }
     }
 

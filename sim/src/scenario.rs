@@ -26,6 +26,28 @@ pub struct Scenario {
     pub steps: Vec<Step>,
     #[serde(default)]
     pub expect: Expect,
+    /// Service failover (seed 004): atm1 is the home of these services, atm2 its backup.
+    pub failover: Option<FailoverSettings>,
+}
+
+/// A failover group for the simulated cluster: atm1's services, taken over by atm2.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverSettings {
+    /// Service names, started in this order.
+    pub services: Vec<String>,
+    /// How long each start, stop or mirror copy takes.
+    #[serde(default = "fifty")]
+    pub command_ms: u64,
+    #[serde(default = "takeover_delay")]
+    pub takeover_delay_ms: u64,
+}
+
+fn fifty() -> u64 {
+    50
+}
+fn takeover_delay() -> u64 {
+    1500
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -248,6 +270,12 @@ pub struct Expect {
     /// After a `server_up` / `check_pass` step, the server gets a new connection within
     /// this (ms after the step).
     pub returned_within_ms: Option<u64>,
+    /// Failover: the ATM running every service at the end.
+    pub services_final_on: Option<String>,
+    /// Failover: at least this many takeovers by the backup.
+    pub min_takeovers: Option<usize>,
+    /// Failover: most takeovers allowed (0: the backup must never take over).
+    pub max_takeovers: Option<usize>,
 }
 
 impl Scenario {
@@ -307,7 +335,13 @@ impl Scenario {
             }
         }
         let e = &self.expect;
-        for h in e.never_primary.iter().chain(&e.final_primary).chain(e.client_outage_ms.keys()) {
+        if self.failover.is_some() && self.topology.atms < 2 {
+            bail!("failover needs at least 2 ATMs (atm1 home, atm2 backup)");
+        }
+        let final_on = e.services_final_on.iter();
+        for h in
+            e.never_primary.iter().chain(&e.final_primary).chain(e.client_outage_ms.keys()).chain(final_on)
+        {
             known(h, 0).context("expect")?;
         }
         Ok(())

@@ -89,6 +89,37 @@ pub fn cluster_config(
                 .collect(),
             checks: o.check.iter().map(tcp_check).collect(),
         }],
+        failover: s.failover.as_ref().map_or_else(Failover::default, failover),
+    }
+}
+
+/// atm1's group of the scenario's services, with atm2 as its backup and one mirror set.
+fn failover(f: &crate::scenario::FailoverSettings) -> Failover {
+    let services = f.services.iter().enumerate().map(|(i, name)| {
+        let order = 10 * (i as u32 + 1);
+        GroupService {
+            name: name.clone(),
+            start_order: order,
+            stop_order: 99 - order,
+            start: vec![name.clone(), "start".into()],
+            stop: vec![name.clone(), "stop".into()],
+            timeout_ms: 10 * f.command_ms.max(1),
+        }
+    });
+    let data = MirrorSet { name: "data".into(), paths: vec!["/srv/data/".into()], interval_s: 0 };
+    Failover {
+        takeover_delay_ms: f.takeover_delay_ms,
+        retry_ms: 500,
+        start_attempts: 3,
+        ssh: None,
+        groups: vec![ServiceGroup {
+            atm: 0,
+            backup: 1,
+            atm_name: "atm1".into(),
+            backup_name: "atm2".into(),
+            services: services.collect(),
+            mirrors: vec![data],
+        }],
     }
 }
 

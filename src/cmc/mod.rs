@@ -102,6 +102,17 @@ pub enum Cmd {
     },
     /// The Prometheus metrics text.
     Metrics,
+    /// Pushes the config directory (`sync config`) or a mirror set (`sync content SET`) to
+    /// every listed ATM and node with rsync over SSH (see `clusterserver::synctool`): a dry
+    /// run showing what would change unless `--apply`. Needs no running daemon.
+    Sync {
+        /// `config`, or `content SET`.
+        #[arg(required = true, num_args = 1..=2)]
+        what: Vec<String>,
+        /// Commit the changes (default: dry run).
+        #[arg(long)]
+        apply: bool,
+    },
     /// The web console: one page with live charts and the actions (loopback by default;
     /// beyond loopback only over HTTPS with --tls-cert and --tls-key).
     Serve {
@@ -112,6 +123,19 @@ pub enum Cmd {
         #[arg(long)]
         tls_key: Option<PathBuf>,
     },
+}
+
+/// `cmc sync`: [`crate::synctool::push::cli`] with this command line's config file.
+fn sync(cli: &Cli, what: &[String], apply: bool) -> anyhow::Result<()> {
+    let mut args = what.to_vec();
+    if apply {
+        args.push("--apply".into());
+    }
+    args.extend(["--config".to_string(), cli.config.display().to_string()]);
+    match crate::synctool::push::cli(&args) {
+        0 => Ok(()),
+        code => bail!("sync did not complete (status {code}; see above)"),
+    }
 }
 
 /// Where the daemon is and how to authenticate, from the config and the flags.
@@ -167,6 +191,10 @@ fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
 
 /// Runs one command against the daemon.
 pub async fn run(cli: &Cli) -> anyhow::Result<()> {
+    // The sync tools talk to hosts over SSH, not to the daemon.
+    if let Cmd::Sync { what, apply } = &cli.cmd {
+        return sync(cli, what, *apply);
+    }
     let c = client_for(cli)?;
     let server_path = |svc: &str, srv: &str, action: &str| {
         format!("/v1/services/{}/servers/{}/{action}", path_seg(svc), path_seg(srv))
@@ -231,6 +259,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             .await?
         }
         Cmd::Metrics => print!("{}", c.get_text("/metrics").await?),
+        Cmd::Sync { what, apply } => sync(cli, what, *apply)?,
         Cmd::Serve { listen, tls_cert, tls_key } => {
             let opts =
                 serve::ServeOptions { listen: *listen, tls_cert: tls_cert.clone(), tls_key: tls_key.clone() };

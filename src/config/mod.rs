@@ -56,6 +56,17 @@
 //! | `checks[].expect_status` | 100..=599, default 200 (http/https only) | |
 //! | `checks[].path` | starts with `/`, default `/` (http/https only) | |
 //! | `checks[].command` | 1..=64 non-empty strings (exec only) | |
+//! | `failover.takeover_delay_ms` | 0..=600000, default 2000 | time for an isolated home ATM to stop its services |
+//! | `failover.retry_ms` / `start_attempts` | 100..=3600000 / 1..=100, defaults 5000 / 3 | a failed start is retried, then reported failed |
+//! | `failover.groups` | 0..=16, one per home ATM (among the first 16 ATMs), `backup` another ATM | the heartbeat carries a 16-bit map of held groups |
+//! | `groups[].services` | 1..=64, unique names | |
+//! | `services[].start_order` / `stop_order` | 0..=99 (the S and K numbers), stop default `99 - start_order` | |
+//! | `services[].start` / `stop` | 1..=64 non-empty strings (argv, no shell) | |
+//! | `services[].timeout_ms` | 10..=3600000, default 30000 | |
+//! | `groups[].mirrors` | 0..=64, names unique across groups; needs `failover.ssh` | `cmc sync content SET` names them |
+//! | `mirrors[].paths` | 1..=256 unique absolute paths, trailing `/` = directory | |
+//! | `mirrors[].interval_s` | 0..=604800, default 3600; 0: only on hand-back | the seed's hourly crontab |
+//! | `failover.ssh` | `identity_file`, `known_hosts` required; `user` root, `port` 22 | keys only, host keys checked |
 //!
 //! | `cluster.mode` | `"primary-backup"` (default) or `"active-active"` | the latter needs `bgp` |
 //! | `bgp.local_as`, `neighbors[].peer_as` | 1..=4294967295 | 0 is reserved |
@@ -78,6 +89,7 @@ pub mod types;
 
 mod bgp;
 mod decode;
+mod failover;
 mod sections;
 mod services;
 mod validate;
@@ -148,6 +160,10 @@ fn resolve(mut config: Config, base_dir: &Path) -> Config {
     config.cluster.secret_file = base_dir.join(&config.cluster.secret_file);
     if let Some(t) = &mut config.security.token_file {
         *t = base_dir.join(&*t);
+    }
+    if let Some(ssh) = &mut config.failover.ssh {
+        ssh.identity_file = base_dir.join(&ssh.identity_file);
+        ssh.known_hosts = base_dir.join(&ssh.known_hosts);
     }
     config
 }

@@ -7,6 +7,7 @@
 use super::decode::{
     Cx, boolean, cidr, file_path, host_ip, int, items, list, name, object, one_of, port, string, unique,
 };
+use super::failover::failover;
 use super::json5::Node;
 use super::services::services;
 use super::types::*;
@@ -29,6 +30,7 @@ pub(crate) struct Draft {
     pub services: Option<Vec<Option<Service>>>,
     /// `None`: absent; `Some(None)`: present with errors.
     pub bgp: Option<Option<Bgp>>,
+    pub failover: Failover,
 }
 
 impl Draft {
@@ -47,6 +49,7 @@ impl Draft {
                 None => None,
                 Some(b) => Some(b?),
             },
+            failover: self.failover,
         })
     }
 }
@@ -67,8 +70,19 @@ pub const DEFAULT_CHECK_FALL: u32 = 3;
 pub const DEFAULT_HTTP_PATH: &str = "/";
 pub const DEFAULT_HTTP_STATUS: u16 = 200;
 
-const TOP: &[&str] =
-    &["cluster", "atms", "timers", "arp", "arbitration", "table", "sync", "security", "services", "bgp"];
+const TOP: &[&str] = &[
+    "cluster",
+    "atms",
+    "timers",
+    "arp",
+    "arbitration",
+    "table",
+    "sync",
+    "security",
+    "services",
+    "bgp",
+    "failover",
+];
 
 /// Walks the document.
 pub(crate) fn draft(cx: &mut Cx, root: &Node) -> Draft {
@@ -76,9 +90,14 @@ pub(crate) fn draft(cx: &mut Cx, root: &Node) -> Draft {
     let Some(f) = object(cx, root, "", TOP) else {
         return Draft::default();
     };
+    // In the order of the file's sections: errors at one position keep this order.
+    let cluster = f.req(cx, "cluster", cluster);
+    let atms = f.req(cx, "atms", atms);
+    let names: Vec<Option<String>> =
+        atms.iter().flatten().map(|a| a.as_ref().map(|a| a.name.clone())).collect();
     Draft {
-        cluster: f.req(cx, "cluster", cluster),
-        atms: f.req(cx, "atms", atms),
+        cluster,
+        atms,
         timers: f.or(cx, "timers", Timers::default(), timers),
         arp: f.or(cx, "arp", Arp::default(), arp),
         arbitration: f.or(cx, "arbitration", Arbitration::default(), arbitration),
@@ -87,6 +106,7 @@ pub(crate) fn draft(cx: &mut Cx, root: &Node) -> Draft {
         security: f.or(cx, "security", Security::default(), security),
         services: f.req(cx, "services", services),
         bgp: f.node("bgp").map(|n| super::bgp::bgp(cx, n, &f.child("bgp"))),
+        failover: f.or(cx, "failover", Failover::default(), |cx, n, p| failover(cx, n, p, &names)),
     }
 }
 

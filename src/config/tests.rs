@@ -147,3 +147,92 @@ fn unknown_key_suggests_a_close_one() {
     let e = errors(&MINIMAL.replace("forwarding:", "fowarding: 'dr', forwarding:"));
     assert!(e[0].contains("services[0].fowarding: unknown key; did you mean `forwarding`?"), "{e:?}");
 }
+
+const FAILOVER: &str = r#"{
+  cluster: { name: "serv", id: 4, secret_file: "secret" },
+  atms: [ { name: "atm1", address: "10.0.0.1", interface: "eth0" },
+          { name: "atm2", address: "10.0.0.2", interface: "eth0" } ],
+  services: [{
+    name: "http", vip: "10.0.0.99", port: 80, forwarding: "dr",
+    servers: [ { name: "web1", address: "10.0.0.3" } ],
+  }],
+  failover: {
+    ssh: { identity_file: "keys/id", known_hosts: "keys/known_hosts" },
+    groups: [{
+      atm: "atm2", backup: "atm1",
+      services: [
+        { name: "lpd", start_order: 40, start: ["lpd", "start"], stop: ["lpd", "stop"] },
+        { name: "named", start_order: 20, stop_order: 80, start: ["n"], stop: ["n"] },
+        { name: "dhcpd", start_order: 30, stop_order: 70, start: ["d"], stop: ["d"] },
+        { name: "smb", start_order: 40, start: ["s"], stop: ["s"], timeout_ms: 500 },
+      ],
+      mirrors: [ { name: "lpd", paths: ["/etc/printcap", "/var/spool/lpd/"] } ],
+    }],
+  },
+}"#;
+
+#[test]
+fn failover_groups_resolve_atms_orders_and_defaults() {
+    let opts = LoadOptions { check_files: false, base_dir: PathBuf::from("/etc/cs") };
+    let c = parse_str("t.json5", FAILOVER, &opts).unwrap_or_else(|e| panic!("{e}"));
+    let f = &c.failover;
+    assert_eq!((f.takeover_delay_ms, f.retry_ms, f.start_attempts), (2000, 5000, 3));
+    let ssh = f.ssh.as_ref().expect("ssh");
+    assert_eq!((ssh.user.as_str(), ssh.port), ("root", 22));
+    assert_eq!(ssh.known_hosts, PathBuf::from("/etc/cs/keys/known_hosts"));
+    let g = f.group_of(1).expect("atm2's group");
+    assert_eq!((g.atm, g.backup), (1, 0));
+    assert!(f.group_of(0).is_none());
+    let names = |seq: Vec<usize>| seq.into_iter().map(|i| g.services[i].name.clone()).collect::<Vec<_>>();
+    // S20 named, S30 dhcpd, S40 lpd, S40 smb (ties in the order written).
+    assert_eq!(names(g.start_sequence()), ["named", "dhcpd", "lpd", "smb"]);
+    // K59 lpd and K59 smb (defaults 99 - 40; ties in reverse start order), K70, K80.
+    assert_eq!(names(g.stop_sequence()), ["smb", "lpd", "dhcpd", "named"]);
+    assert_eq!(g.services[0].timeout_ms, 30_000);
+    assert_eq!(g.services[3].timeout_ms, 500);
+    assert_eq!(g.mirrors[0].interval_s, 3600);
+    assert!(MirrorSet::is_dir(&g.mirrors[0].paths[1]) && !MirrorSet::is_dir(&g.mirrors[0].paths[0]));
+    assert_eq!(f.mirror("lpd").map(|(i, m)| (i, m.paths.len())), Some((0, 2)));
+}
+
+#[test]
+fn a_config_without_failover_keeps_its_digest() {
+    // The canonical form leaves an empty failover section out, so adding the section to the
+    // program did not change the digest of existing configs (mixed versions agree).
+    let c = ok(MINIMAL);
+    let canonical = serde_json::to_string(&c).expect("serialises");
+    assert!(!canonical.contains("failover"), "{canonical}");
+    let with = ok(FAILOVER);
+    assert!(serde_json::to_string(&with).expect("serialises").contains("failover"));
+}
+
+#[test]
+fn failover_config_reads_back_from_its_canonical_form() {
+    // The labs write configs from the typed form: failover must survive the round trip.
+    let opts = LoadOptions { check_files: false, base_dir: PathBuf::from("/etc/cs") };
+    let c = parse_str("t.json5", FAILOVER, &opts).unwrap_or_else(|e| panic!("{e}"));
+    let text = serde_json::to_string(&c).expect("serialises");
+    let mut v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    strip_nulls(&mut v);
+    let back = parse_str("back.json", &v.to_string(), &opts).unwrap_or_else(|e| panic!("{e}\n{v}"));
+    assert_eq!(back.failover, c.failover);
+}
+
+fn strip_nulls(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.retain(|_, x| !x.is_null());
+            m.values_mut().for_each(strip_nulls);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
+#[test]
+fn failover_backup_must_be_another_atm() {
+    let text = FAILOVER.replace(r#"backup: "atm1""#, r#"backup: "atm2""#);
+    let e = errors(&text);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].contains("failover.groups[0].backup: expected another ATM"), "{e:?}");
+}

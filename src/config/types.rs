@@ -35,6 +35,10 @@ pub struct Config {
     /// serialised form when absent so that primary/backup configs keep their digest.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bgp: Option<Bgp>,
+    /// Service groups that fail over between ATM hosts (seed 004). Left out of the canonical
+    /// form when empty, so the digest of a config without failover is what it always was.
+    #[serde(skip_serializing_if = "Failover::is_empty")]
+    pub failover: Failover,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -409,3 +413,130 @@ impl Default for Security {
         }
     }
 }
+
+/// Service failover (seed 004's clusterd): per home ATM, an ordered group of services that
+/// its backup ATM starts when the home ATM fails and hands back when it recovers, and the
+/// mirror sets copied between them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Failover {
+    /// How long a backup waits, after the home ATM is declared dead and the backup passes its
+    /// arbitration, before it starts the home's services: the time an isolated home ATM needs
+    /// to find itself in standby and stop them (no service may run on two ATMs at once).
+    pub takeover_delay_ms: u64,
+    /// Wait between two attempts of a failed start command.
+    pub retry_ms: u64,
+    /// Attempts of one start command before the group is reported failed.
+    pub start_attempts: u32,
+    /// How mirroring and the sync tools reach other hosts (rsync over OpenSSH).
+    pub ssh: Option<Ssh>,
+    pub groups: Vec<ServiceGroup>,
+}
+
+impl Failover {
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty() && self.ssh.is_none()
+    }
+
+    /// The group whose home is ATM `atm` (index in `atms`).
+    pub fn group_of(&self, atm: usize) -> Option<&ServiceGroup> {
+        self.groups.iter().find(|g| g.atm == atm)
+    }
+
+    /// The mirror set named `name`, with the index of its group.
+    pub fn mirror(&self, name: &str) -> Option<(usize, &MirrorSet)> {
+        self.groups
+            .iter()
+            .enumerate()
+            .find_map(|(i, g)| g.mirrors.iter().find(|m| m.name == name).map(|m| (i, m)))
+    }
+}
+
+/// SSH settings: keys only (`BatchMode`), host keys checked against `known_hosts`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Ssh {
+    pub user: String,
+    pub port: u16,
+    pub identity_file: PathBuf,
+    pub known_hosts: PathBuf,
+}
+
+/// The services an ATM runs in normal operation (the seed's `/etc/cluster.d/NODE/`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ServiceGroup {
+    /// Index in `atms` of the home ATM.
+    #[serde(skip)]
+    pub atm: usize,
+    /// Index in `atms` of the ATM that takes the group over.
+    #[serde(skip)]
+    pub backup: usize,
+    /// The home ATM's name, as written (the canonical form reads back as the same config).
+    #[serde(rename = "atm")]
+    pub atm_name: String,
+    #[serde(rename = "backup")]
+    pub backup_name: String,
+    /// In the order written; see [`ServiceGroup::start_sequence`].
+    pub services: Vec<GroupService>,
+    pub mirrors: Vec<MirrorSet>,
+}
+
+impl ServiceGroup {
+    /// Indices of `services` in start order: by `start_order` (the S number), ties in the
+    /// order written.
+    pub fn start_sequence(&self) -> Vec<usize> {
+        let mut idx: Vec<usize> = (0..self.services.len()).collect();
+        idx.sort_by_key(|&i| (self.services[i].start_order, i));
+        idx
+    }
+
+    /// Indices of `services` in stop order: by `stop_order` (the K number), ties in reverse
+    /// start order.
+    pub fn stop_sequence(&self) -> Vec<usize> {
+        let start = self.start_sequence();
+        let rank = |i: usize| start.iter().position(|&j| j == i).unwrap_or(0);
+        let mut idx: Vec<usize> = (0..self.services.len()).collect();
+        idx.sort_by_key(|&i| (self.services[i].stop_order, std::cmp::Reverse(rank(i))));
+        idx
+    }
+}
+
+/// One service of a group: an S and a K script.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GroupService {
+    pub name: String,
+    /// The S number: services start in increasing order.
+    pub start_order: u32,
+    /// The K number: services stop in increasing order; default `99 - start_order`, the
+    /// reverse of the start order (SysV's convention).
+    pub stop_order: u32,
+    /// argv, run without a shell.
+    pub start: Vec<String>,
+    pub stop: Vec<String>,
+    /// Longer than this: the command's process group is killed and the command failed.
+    pub timeout_ms: u64,
+}
+
+/// A group of files mirrored together (the seed's F files).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MirrorSet {
+    pub name: String,
+    /// Absolute paths; a trailing `/` marks a directory (its contents are mirrored).
+    pub paths: Vec<String>,
+    /// Mirror from the ATM running the group to its partner every this many seconds (the
+    /// seed's crontab entry); 0: only on hand-back and on demand.
+    pub interval_s: u64,
+}
+
+impl MirrorSet {
+    /// Whether `path` names a directory.
+    pub fn is_dir(path: &str) -> bool {
+        path.ends_with('/')
+    }
+}
+
+/// Failover defaults.
+pub const DEFAULT_TAKEOVER_DELAY_MS: u64 = 2000;
+pub const DEFAULT_RETRY_MS: u64 = 5000;
+pub const DEFAULT_START_ATTEMPTS: u32 = 3;
+pub const DEFAULT_COMMAND_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_SSH_USER: &str = "root";
+pub const DEFAULT_SSH_PORT: u16 = 22;

@@ -252,6 +252,8 @@ struct Peer {
     handover: bool,
     digest: [u8; 16],
     digest_differs: bool,
+    /// The `holding` map of its latest heartbeat (service failover).
+    holding: u16,
     loss: LossEstimator,
 }
 
@@ -292,6 +294,8 @@ pub struct Election {
     /// Stopped by an operator ([`AdminRequest::Stop`]): no candidate until started.
     held: bool,
     exited: bool,
+    /// Service groups held for their home ATMs, sent in heartbeats.
+    holding: u16,
     actions: VecDeque<Action>,
 }
 
@@ -325,6 +329,7 @@ impl Election {
             drained_vips: false,
             held: false,
             exited: false,
+            holding: 0,
             actions: VecDeque::new(),
         }
     }
@@ -362,6 +367,36 @@ impl Election {
             digest: p.digest,
             digest_differs: p.digest_differs,
         })
+    }
+
+    /// The config digest of peer `peer`'s latest heartbeat (first 16 bytes of the SHA-256 of
+    /// its running config) and whether it differs from ours; `None` before its first
+    /// heartbeat. For `cmc status` (hosts whose config differs) and `cmc sync config`.
+    pub fn peer_digest(&self, peer: usize) -> Option<([u8; 16], bool)> {
+        let p = self.peers.get(peer).filter(|p| p.incarnation != 0)?;
+        Some((p.digest, p.digest_differs))
+    }
+
+    /// This ATM's config digest, as its heartbeats carry it.
+    pub fn own_digest(&self) -> [u8; 16] {
+        self.cfg.digest
+    }
+
+    /// The `holding` map of peer `peer`'s latest heartbeat while it is up (service failover).
+    pub fn peer_holding(&self, peer: usize) -> Option<u16> {
+        self.peers.get(peer).filter(|p| p.up).map(|p| p.holding)
+    }
+
+    /// What this ATM puts in the `holding` field of its heartbeats from now on (the service
+    /// failover machine's [`crate::services::Failover::holding`]).
+    pub fn set_holding(&mut self, holding: u16) {
+        self.holding = holding;
+    }
+
+    /// Whether this ATM passes its arbitration rules now (the service failover machine's
+    /// standby verdict is the opposite).
+    pub fn is_eligible(&self, now: Instant) -> bool {
+        self.eligible(now)
     }
 
     /// Next action to carry out, in order.
@@ -451,6 +486,7 @@ impl Election {
         p.reach_ok = hb.reach_ok;
         p.handover = hb.has(FLAG_HANDOVER);
         p.handover_to = hb.handover_to;
+        p.holding = hb.holding;
         p.loss.observe(hb.incarnation, hb.seq);
         if hb.epoch > self.max_epoch_seen && self.role == Role::Backup {
             // Someone was promoted that we did not hear of: a primary is probably up.
@@ -856,6 +892,7 @@ impl Election {
             reach_total: clamp(self.reach.total()),
             peers_up: clamp(1 + self.peers.iter().filter(|p| p.up).count()),
             handover_to,
+            holding: self.holding,
             digest: self.cfg.digest,
         };
         self.actions.push_back(Action::SendHeartbeat(hb));

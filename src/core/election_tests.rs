@@ -87,6 +87,7 @@ fn run(cfg: ElectionConfig, rows: &[(u64, In, &str)]) {
                     reach_total: 1,
                     peers_up: 2,
                     handover_to: to,
+                    holding: 0,
                     digest: [1; 16],
                 };
                 e.handle_heartbeat(now, &hb)
@@ -104,6 +105,7 @@ fn run(cfg: ElectionConfig, rows: &[(u64, In, &str)]) {
                     reach_total: 1,
                     peers_up: 1,
                     handover_to: NONE,
+                    holding: 0,
                     digest: [1; 16],
                 };
                 e.handle_heartbeat(now, &hb)
@@ -477,4 +479,42 @@ fn quick_restart_of_a_peer_is_reported_down_and_up() {
             (390, In::Reborn(1, 2), ""),
         ],
     );
+}
+
+#[test]
+fn peer_digest_and_holding_come_from_its_heartbeats() {
+    let mut e = Election::new(cfg(0, 2, 0, false), 1, Instant::ZERO);
+    assert_eq!(e.peer_digest(1), None, "nothing heard yet");
+    let mut hb = Heartbeat {
+        cluster_id: 7,
+        sender: 1,
+        incarnation: 5,
+        seq: 1,
+        epoch: 0,
+        role: WireRole::Backup,
+        flags: E,
+        reach_ok: 0,
+        reach_total: 0,
+        peers_up: 1,
+        handover_to: NONE,
+        holding: 0b1,
+        digest: [2; 16],
+    };
+    e.handle_heartbeat(Instant::from_millis(10), &hb);
+    assert_eq!(e.peer_digest(1), Some(([2; 16], true)), "differs from ours ([1; 16])");
+    assert_eq!(e.peer_holding(1), Some(0b1));
+    hb.seq = 2;
+    hb.digest = e.own_digest();
+    hb.holding = 0;
+    e.handle_heartbeat(Instant::from_millis(20), &hb);
+    assert_eq!(e.peer_digest(1), Some(([1; 16], false)), "synced");
+    assert_eq!(e.peer_holding(1), Some(0));
+    while e.poll_action().is_some() {}
+    e.set_holding(0b10);
+    e.handle_timeout(Instant::from_millis(200));
+    let sent = std::iter::from_fn(|| e.poll_action()).find_map(|a| match a {
+        Action::SendHeartbeat(h) => Some(h.holding),
+        _ => None,
+    });
+    assert_eq!(sent, Some(0b10), "our holding map goes out in our heartbeats");
 }

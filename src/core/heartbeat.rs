@@ -4,8 +4,12 @@
 //!  0      4    5    6       8          12     14     16            24     32      40
 //!  | "CSHB" | ver| kind| flags | cluster id | sender | rsvd | incarnation | seq | epoch |
 //!  40   41        42           43        44          46     48           64        96
-//!  | role | reach ok | reach total | peers up | handover to | rsvd | digest[16] | HMAC[32] |
+//!  | role | reach ok | reach total | peers up | handover to | holding | digest[16] | HMAC[32] |
 //! ```
+//!
+//! `holding` (bytes 46..48, reserved and zero before service failover) is the map of home
+//! ATMs (bit = index in `atms`) whose service groups the sender runs as their backup
+//! (`crate::services`); a recovered home waits until its bit is clear.
 //!
 //! All integers are big-endian. The HMAC-SHA256 covers bytes 0..64 with the cluster secret.
 //! Receivers check, in this order and each failure counted under its own reason: length,
@@ -60,6 +64,8 @@ pub struct Heartbeat {
     /// ATMs (the sender included) the sender currently hears.
     pub peers_up: u8,
     pub handover_to: u16,
+    /// Home ATMs whose service groups the sender holds (see the module docs).
+    pub holding: u16,
     /// First 16 bytes of the SHA-256 of the sender's running config.
     pub digest: [u8; 16],
 }
@@ -175,6 +181,7 @@ impl Heartbeat {
         out[42] = self.reach_total;
         out[43] = self.peers_up;
         out[44..46].copy_from_slice(&self.handover_to.to_be_bytes());
+        out[46..48].copy_from_slice(&self.holding.to_be_bytes());
         out[48..64].copy_from_slice(&self.digest);
         let tag = mac_over(secret, &out[..BODY_LEN]).finalize().into_bytes();
         out[BODY_LEN..].copy_from_slice(&tag);
@@ -224,6 +231,7 @@ impl Heartbeat {
             reach_total: b[42],
             peers_up: b[43],
             handover_to: be16(44),
+            holding: be16(46),
             digest,
         })
     }
@@ -298,6 +306,7 @@ mod tests {
             reach_total: 2,
             peers_up: 2,
             handover_to: NO_HANDOVER,
+            holding: 0b101,
             digest: [9; 16],
         }
     }

@@ -118,6 +118,11 @@ impl AtmNode {
         self.election.handle_shutdown(now);
     }
 
+    /// The service-failover holding map for the next heartbeats.
+    pub fn set_holding(&mut self, holding: u16) {
+        self.election.set_holding(holding);
+    }
+
     /// Next action. Heartbeats come out signed: see [`AtmNode::seal`].
     pub fn poll_action(&mut self) -> Option<Action> {
         let a = self.pending.pop_front().or_else(|| self.election.poll_action())?;

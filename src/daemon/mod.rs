@@ -106,8 +106,8 @@
 //! `ready node=web1 role=node services=http vips=10.0.0.99 arp_hiding=true decap=user`
 //! (`decap` is `user`, `kernel` or `none`).
 
-pub mod admin;
 mod active;
+pub mod admin;
 pub mod health;
 pub mod logging;
 mod node;
@@ -338,7 +338,11 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
         my_if.broadcast(),
         Rc::clone(&arp),
         engine_ctl,
-    );
+    )
+    .with_failover(crate::platform::linux::atm::FailoverSpec {
+        failover: cfg.failover.clone(),
+        atm_addresses: cfg.atms.iter().map(|a| a.address).collect(),
+    });
     let observed = Arc::new(Observed::default());
     platform.set_bridge(CoreBridge::new(Arc::clone(&observed), names, atm.name.clone()));
     let (admin_tx, admin_rx) = mpsc::unbounded_channel();

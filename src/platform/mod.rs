@@ -14,6 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::core::election::Event;
+use crate::services;
 use crate::time::Instant;
 
 /// A bound UDP socket.
@@ -64,6 +65,34 @@ pub trait Platform {
     /// Reports a failed side effect (the driver carries on: the next heartbeat or
     /// announcement retries).
     fn record_error(&self, now: Instant, what: &str, err: &io::Error);
+
+    /// Runs a service-failover command (`argv`, no shell) in its own process group, killed
+    /// with its group at `timeout`, its output logged; whether it exited 0 in time. A
+    /// platform without service failover runs nothing and fails.
+    fn run_service_command(&self, cmd: &ServiceCommand<'_>, timeout: Duration) -> impl Future<Output = bool> {
+        let _ = (cmd, timeout);
+        async { false }
+    }
+
+    /// Copies mirror set `set` of failover group `group` to ATM `to`; whether it succeeded.
+    fn mirror_set(&self, group: usize, set: usize, to: usize) -> impl Future<Output = bool> {
+        let _ = (group, set, to);
+        async { false }
+    }
+
+    /// Records a service-failover event.
+    fn record_failover(&self, now: Instant, event: &services::Event) {
+        let _ = (now, event);
+    }
+}
+
+/// One service-failover command, for [`Platform::run_service_command`].
+#[derive(Clone, Copy, Debug)]
+pub struct ServiceCommand<'a> {
+    pub group: usize,
+    pub service: usize,
+    pub step: services::Step,
+    pub argv: &'a [String],
 }
 
 /// The Linux platform of the daemon, and the system calls without a safe binding (setns,

@@ -23,7 +23,8 @@ use tokio::net::UdpSocket;
 
 use super::arp::ArpResponder;
 use crate::core::election::{Event, Role};
-use crate::platform::{DatagramSocket, Platform};
+use crate::platform::{DatagramSocket, Platform, ServiceCommand};
+use crate::services::{self, Step};
 use crate::time::Instant;
 
 /// What the platform asks of the data plane.
@@ -71,6 +72,15 @@ pub struct LinuxPlatform {
     role: Cell<Role>,
     /// The admin channel's view of the core (none in tests without one).
     bridge: Option<crate::admin::CoreBridge>,
+    /// Service failover: the config's groups, SSH settings and ATM addresses.
+    failover: Option<FailoverSpec>,
+}
+
+/// What the platform needs to run failover commands and mirror sets.
+#[derive(Clone, Debug)]
+pub struct FailoverSpec {
+    pub failover: crate::config::Failover,
+    pub atm_addresses: Vec<IpAddr>,
 }
 
 impl std::fmt::Debug for LinuxPlatform {
@@ -114,6 +124,7 @@ impl LinuxPlatform {
             engine,
             role: Cell::new(Role::Backup),
             bridge: None,
+            failover: None,
         }
     }
 
@@ -124,6 +135,12 @@ impl LinuxPlatform {
 
     pub fn bridge(&self) -> Option<&crate::admin::CoreBridge> {
         self.bridge.as_ref()
+    }
+
+    /// Enables service failover's commands and mirroring.
+    pub fn with_failover(mut self, spec: FailoverSpec) -> Self {
+        self.failover = Some(spec);
+        self
     }
 
     pub fn role(&self) -> Role {
@@ -249,5 +266,67 @@ impl Platform for LinuxPlatform {
 
     fn record_error(&self, _now: Instant, what: &str, err: &io::Error) {
         tracing::warn!(node = %self.node, what, error = %err, "side effect failed");
+    }
+
+    /// In its own process group, SIGKILLed with it at the timeout (the health checks'
+    /// `exec`), with `CS_ATM`, `CS_SERVICE` and `CS_STEP` (`start`/`stop`) in its
+    /// environment; exit status and output logged.
+    async fn run_service_command(&self, cmd: &ServiceCommand<'_>, timeout: Duration) -> bool {
+        let service = self
+            .failover
+            .as_ref()
+            .and_then(|f| f.failover.groups.get(cmd.group)?.services.get(cmd.service))
+            .map_or("?", |s| s.name.as_str());
+        let step = if cmd.step == Step::Start { "start" } else { "stop" };
+        // Scripts shared by all ATMs learn where and what they run from the environment.
+        let env = [("CS_ATM", self.node.as_str()), ("CS_SERVICE", service), ("CS_STEP", step)];
+        let r = super::checks::exec_env(cmd.argv, &env, timeout).await;
+        let ok = r.status == Ok(0);
+        let status = match &r.status {
+            Ok(code) => code.to_string(),
+            Err(why) => why.clone(),
+        };
+        if ok {
+            tracing::info!(node = %self.node, service, step, status, output = %r.output, "service command");
+        } else {
+            tracing::warn!(node = %self.node, service, step, status, output = %r.output, "service command failed");
+        }
+        ok
+    }
+
+    /// rsync over SSH, one path after the other ([`crate::synctool::rsync_argv`]); each
+    /// copy may take up to an hour.
+    async fn mirror_set(&self, group: usize, set: usize, to: usize) -> bool {
+        let Some(f) = &self.failover else { return false };
+        let (Some(ssh), Some(m), Some(&host)) = (
+            f.failover.ssh.as_ref(),
+            f.failover.groups.get(group).and_then(|g| g.mirrors.get(set)),
+            f.atm_addresses.get(to),
+        ) else {
+            return false;
+        };
+        for path in &m.paths {
+            let argv = crate::synctool::rsync_argv(ssh, host, path, true);
+            let r = super::checks::exec(&argv, Duration::from_secs(3600)).await;
+            if r.status != Ok(0) {
+                tracing::warn!(node = %self.node, set = %m.name, path, to = %self.peer(to), status = ?r.status, output = %r.output, "mirror failed");
+                return false;
+            }
+        }
+        tracing::info!(node = %self.node, set = %m.name, to = %self.peer(to), "mirrored");
+        true
+    }
+
+    fn record_failover(&self, now: Instant, event: &services::Event) {
+        let ms = now.as_millis();
+        match event {
+            services::Event::StartFailed { .. } | services::Event::ArbitrationFailed => {
+                tracing::warn!(node = %self.node, ms, ?event, "failover");
+            }
+            services::Event::Mirrored { ok: false, .. } | services::Event::Stopped { ok: false, .. } => {
+                tracing::warn!(node = %self.node, ms, ?event, "failover");
+            }
+            _ => tracing::info!(node = %self.node, ms, ?event, "failover"),
+        }
     }
 }

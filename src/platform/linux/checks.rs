@@ -160,10 +160,16 @@ pub struct ExecResult {
 
 /// Runs `argv` in its own process group; after `timeout` the group is SIGKILLed.
 pub async fn exec(argv: &[String], timeout: Duration) -> ExecResult {
+    exec_env(argv, &[], timeout).await
+}
+
+/// [`exec`] with extra environment variables.
+pub async fn exec_env(argv: &[String], env: &[(&str, &str)], timeout: Duration) -> ExecResult {
     let err = |status: String| ExecResult { status: Err(status), timed_out: false, output: String::new() };
     let Some((program, args)) = argv.split_first() else { return err("empty_command".into()) };
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
+        .envs(env.iter().copied())
         .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

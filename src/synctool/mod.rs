@@ -1,0 +1,90 @@
+//! rsync over OpenSSH, one way, for mirror sets (service failover's mirror-back and its
+//! schedule) and, later, `cmc sync`.
+//!
+//! Every copy goes through [`rsync_argv`]: keys only (`BatchMode=yes`: a password prompt
+//! fails instead of hanging), host keys checked against the config's `known_hosts`
+//! (`StrictHostKeyChecking=yes`, nothing learnt on the fly), and a dry run unless asked to
+//! commit (seed 003: "there is no turning back"). A directory (a path ending in `/`) is
+//! copied with `--delete`, so the target becomes identical to the source; a file is copied
+//! as it is. Missing parent directories are created (`--mkpath`, rsync 3.2.3 and later).
+
+pub mod push;
+
+use std::net::IpAddr;
+
+use crate::config::Ssh;
+
+/// The `ssh` command rsync runs (`-e`), as one string.
+pub fn ssh_command(ssh: &Ssh) -> String {
+    let quote = |p: &std::path::Path| shell_quote(&p.display().to_string());
+    format!(
+        "ssh -p {} -i {} -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile={} -o IdentitiesOnly=yes -o ConnectTimeout=10",
+        ssh.port,
+        quote(&ssh.identity_file),
+        quote(&ssh.known_hosts),
+    )
+}
+
+/// The argv that copies `path` (absolute; a trailing `/` marks a directory) to the same path
+/// on `host`. `apply: false` is a dry run that itemises what would change.
+pub fn rsync_argv(ssh: &Ssh, host: IpAddr, path: &str, apply: bool) -> Vec<String> {
+    let mut argv: Vec<String> =
+        ["rsync", "-a", "--mkpath", "--itemize-changes", "--stats"].map(String::from).into();
+    if crate::config::MirrorSet::is_dir(path) {
+        argv.push("--delete".into());
+    }
+    if !apply {
+        argv.push("--dry-run".into());
+    }
+    argv.push("-e".into());
+    argv.push(ssh_command(ssh));
+    argv.push("--".into());
+    argv.push(path.to_string());
+    let host = match host {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+    };
+    argv.push(format!("{}@{host}:{path}", ssh.user));
+    argv
+}
+
+/// Quotes `s` for the shell rsync hands `-e` to (single quotes, `'` escaped).
+fn shell_quote(s: &str) -> String {
+    if s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@".contains(c)) {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn ssh() -> Ssh {
+        Ssh {
+            user: "root".into(),
+            port: 2222,
+            identity_file: PathBuf::from("/etc/cs/keys/id ed25519"),
+            known_hosts: PathBuf::from("/etc/cs/keys/known_hosts"),
+        }
+    }
+
+    #[test]
+    fn directories_are_mirrored_with_delete_and_dry_run_is_the_default() {
+        let a = rsync_argv(&ssh(), "10.0.0.2".parse().expect("ip"), "/var/spool/lpd/", false);
+        assert!(a.contains(&"--delete".to_string()) && a.contains(&"--dry-run".to_string()));
+        assert_eq!(a.last().map(String::as_str), Some("root@10.0.0.2:/var/spool/lpd/"));
+        assert_eq!(a[a.len() - 2], "/var/spool/lpd/");
+        let e = &a[a.iter().position(|x| x == "-e").expect("-e") + 1];
+        assert!(e.contains("StrictHostKeyChecking=yes") && e.contains("BatchMode=yes"), "{e}");
+        assert!(e.contains("-i '/etc/cs/keys/id ed25519'") && e.contains("-p 2222"), "{e}");
+    }
+
+    #[test]
+    fn files_are_copied_without_delete_and_apply_commits() {
+        let a = rsync_argv(&ssh(), "fd00::2".parse().expect("ip"), "/etc/printcap", true);
+        assert!(!a.contains(&"--delete".to_string()) && !a.contains(&"--dry-run".to_string()));
+        assert_eq!(a.last().map(String::as_str), Some("root@[fd00::2]:/etc/printcap"));
+    }
+}
