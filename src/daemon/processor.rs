@@ -154,11 +154,7 @@ impl DaemonProcessor {
             self.since_flush = 0;
             self.flush(now);
         }
-        match v {
-            Verdict::Tun { len } => Disposition::Tun { len },
-            Verdict::L2 { len, next_hop } => Disposition::L2 { len, next_hop },
-            Verdict::Drop(_) => Disposition::Drop,
-        }
+        Disposition::from(v)
     }
 }
 
@@ -180,7 +176,7 @@ impl PacketProcessor for DaemonProcessor {
             return None;
         }
         let (v, in_place) = self.engine.process_in_place(now, pkt, tx);
-        Some((self.after_packet(now, v), if in_place { Output::InPlace } else { Output::Tx }))
+        Some((self.after_packet(now, v), Output::in_place(in_place)))
     }
 
     fn on_tick(&mut self, now: Instant) {

@@ -134,6 +134,25 @@ pub enum Output {
     Tx,
 }
 
+impl From<crate::dataplane::engine::Verdict> for Disposition {
+    fn from(v: crate::dataplane::engine::Verdict) -> Disposition {
+        use crate::dataplane::engine::Verdict;
+        match v {
+            Verdict::Tun { len } => Disposition::Tun { len },
+            Verdict::L2 { len, next_hop } => Disposition::L2 { len, next_hop },
+            Verdict::Drop(_) => Disposition::Drop,
+        }
+    }
+}
+
+impl Output {
+    /// [`Output::InPlace`] when the engine forwarded in place
+    /// ([`crate::dataplane::engine::Engine::process_in_place`]), else [`Output::Tx`].
+    pub fn in_place(in_place: bool) -> Output {
+        if in_place { Output::InPlace } else { Output::Tx }
+    }
+}
+
 /// Period of [`PacketProcessor::on_tick`].
 pub const TICK: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -251,12 +270,7 @@ impl ShellStats {
 /// engine's own statistics.
 impl PacketProcessor for crate::dataplane::engine::Engine {
     fn process(&mut self, now: Instant, rx: &[u8], tx: &mut [u8]) -> Disposition {
-        use crate::dataplane::engine::Verdict;
-        match crate::dataplane::engine::Engine::process(self, now, rx, tx) {
-            Verdict::Tun { len } => Disposition::Tun { len },
-            Verdict::L2 { len, next_hop } => Disposition::L2 { len, next_hop },
-            Verdict::Drop(_) => Disposition::Drop,
-        }
+        Disposition::from(crate::dataplane::engine::Engine::process(self, now, rx, tx))
     }
 
     fn on_tick(&mut self, now: Instant) {
@@ -272,17 +286,11 @@ impl PacketProcessor for crate::dataplane::engine::Engine {
         pkt: &mut [u8],
         tx: &mut [u8],
     ) -> Option<(Disposition, Output)> {
-        use crate::dataplane::engine::Verdict;
         if !self.takes_whole(pkt) {
             return None;
         }
         let (v, in_place) = self.process_in_place(now, pkt, tx);
-        let d = match v {
-            Verdict::Tun { len } => Disposition::Tun { len },
-            Verdict::L2 { len, next_hop } => Disposition::L2 { len, next_hop },
-            Verdict::Drop(_) => Disposition::Drop,
-        };
-        Some((d, if in_place { Output::InPlace } else { Output::Tx }))
+        Some((Disposition::from(v), Output::in_place(in_place)))
     }
 }
 
