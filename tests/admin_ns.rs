@@ -20,7 +20,7 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use clusterserver::admin::client::{Client, ClientError};
 use clusterserver::admin::model::{ServiceStatus, Stats, Status};
 use clusterserver::platform::linux::netsys::enter_netns;
+use support::{in_ns, is_root, run};
 
 const HELPER_ENV: &str = "CSL_AM_HELPER";
 const VIP: &str = "10.79.1.99";
@@ -43,42 +44,7 @@ const BURST_PARALLEL: usize = 8;
 /// Helper process: a line echo server on `CSL_AM_HELPER=ADDR`, bounded life.
 #[test]
 fn helper_echo_server() {
-    let Ok(addr) = std::env::var(HELPER_ENV) else { return };
-    std::thread::spawn(|| {
-        std::thread::sleep(Duration::from_secs(300));
-        std::process::exit(3);
-    });
-    let listener = TcpListener::bind(&addr).expect("bind");
-    for conn in listener.incoming().flatten() {
-        std::thread::spawn(move || {
-            let mut w = conn.try_clone().expect("clone");
-            let mut r = BufReader::new(conn);
-            let mut line = String::new();
-            while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
-                if w.write_all(line.as_bytes()).is_err() {
-                    break;
-                }
-                line.clear();
-            }
-        });
-    }
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false)
-}
-
-fn run(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn in_ns(ns: &str, args: &[&str]) {
-    let mut all = vec!["ip", "netns", "exec", ns];
-    all.extend_from_slice(args);
-    run(&all);
+    support::echo_server_helper(HELPER_ENV, Duration::from_secs(300));
 }
 
 struct Daemon {

@@ -21,12 +21,6 @@ const NODE: &str = "10.88.0.51";
 const DR_VIP: &str = "10.88.0.99";
 const TUN_VIP: &str = "10.88.0.98";
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false)
-}
-
 fn can_run() -> bool {
     let ok = is_root() && Path::new("/dev/net/tun").exists() && Command::new("ip").arg("-V").output().is_ok();
     if !ok {
@@ -36,7 +30,7 @@ fn can_run() -> bool {
     ok
 }
 
-use support::{ns_output, run};
+use support::{is_root, ns_output, run};
 
 fn sysctl(ns: &str, key: &str) -> String {
     ns_output(ns, &["cat", &format!("/proc/sys/net/ipv4/conf/{key}")]).trim().to_string()

@@ -99,3 +99,44 @@ pub fn ns_output(ns: &str, args: &[&str]) -> String {
         std::process::Command::new("ip").args(["netns", "exec", ns]).args(args).output().expect("spawn");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Runs a command in namespace `ns` to completion; panics with its stderr unless it succeeded.
+pub fn in_ns(ns: &str, args: &[&str]) {
+    let mut all = vec!["ip", "netns", "exec", ns];
+    all.extend_from_slice(args);
+    run(&all);
+}
+
+/// Whether the tests run as root (namespace tests skip loudly otherwise).
+pub fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+/// The body of a namespace test's helper process: a line echo server on the address in the
+/// environment variable `env` (nothing to do without it: then it is a plain test run), one
+/// thread a connection, exiting after `life` so a lost helper cannot outlive its test for long.
+#[allow(clippy::disallowed_methods)] // reason: a real helper process's bounded life, no simulator
+pub fn echo_server_helper(env: &str, life: std::time::Duration) {
+    use std::io::{BufRead, BufReader, Write};
+    let Ok(addr) = std::env::var(env) else { return };
+    std::thread::spawn(move || {
+        std::thread::sleep(life);
+        std::process::exit(3);
+    });
+    let listener = std::net::TcpListener::bind(&addr).expect("bind");
+    for conn in listener.incoming().flatten() {
+        std::thread::spawn(move || {
+            let mut w = conn.try_clone().expect("clone");
+            let mut r = BufReader::new(conn);
+            let mut line = String::new();
+            while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                if w.write_all(line.as_bytes()).is_err() {
+                    break;
+                }
+                line.clear();
+            }
+        });
+    }
+}
