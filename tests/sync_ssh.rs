@@ -205,6 +205,15 @@ fn config_push_makes_the_digests_agree(t: &Path, port: u16) {
     // An operator edits the config here.
     let text = std::fs::read_to_string(cfg).expect("read").replace("id: 3", "id: 4");
     std::fs::write(cfg, text).expect("edit");
+    // The edit keeps the size; give it the pushed copy's modification time as well, as an
+    // edit within the same clock tick as the push would have: rsync's quick check then sees
+    // nothing, and only comparing contents finds the change (CI once hit this by chance).
+    let pushed_mtime = std::fs::metadata(&remote).and_then(|m| m.modified()).expect("mtime");
+    std::fs::File::options()
+        .write(true)
+        .open(cfg)
+        .and_then(|f| f.set_modified(pushed_mtime))
+        .expect("set mtime");
     assert_ne!(digest(Path::new(cfg)), digest(&remote));
     let (code, out) = cmc(&["sync", "config", "--config", cfg]);
     assert!(

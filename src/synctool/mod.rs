@@ -7,6 +7,12 @@
 //! commit (seed 003: "there is no turning back"). A directory (a path ending in `/`) is
 //! copied with `--delete`, so the target becomes identical to the source; a file is copied
 //! as it is. Missing parent directories are created (`--mkpath`, rsync 3.2.3 and later).
+//!
+//! What counts as changed: rsync's quick check (size and modification time) by default
+//! compares whole seconds only, so an edit that keeps the size within the second of the
+//! last push went unseen (an operator changing `id: 3` to `id: 4` right after a sync). Times
+//! are compared to the nanosecond (`--modify-window=-1`), and [`Compare::Checksum`] (used
+//! for the config directory, which is small) compares contents.
 
 pub mod push;
 
@@ -25,11 +31,25 @@ pub fn ssh_command(ssh: &Ssh) -> String {
     )
 }
 
+/// How rsync decides that a file differs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compare {
+    /// Size and modification time to the nanosecond: cheap, for content of any size.
+    Times,
+    /// Contents (`--checksum`): every file is read on both sides; for small trees.
+    Checksum,
+}
+
 /// The argv that copies `path` (absolute; a trailing `/` marks a directory) to the same path
 /// on `host`. `apply: false` is a dry run that itemises what would change.
-pub fn rsync_argv(ssh: &Ssh, host: IpAddr, path: &str, apply: bool) -> Vec<String> {
+pub fn rsync_argv(ssh: &Ssh, host: IpAddr, path: &str, apply: bool, compare: Compare) -> Vec<String> {
     let mut argv: Vec<String> =
-        ["rsync", "-a", "--mkpath", "--itemize-changes", "--stats"].map(String::from).into();
+        ["rsync", "-a", "--mkpath", "--itemize-changes", "--stats", "--modify-window=-1"]
+            .map(String::from)
+            .into();
+    if compare == Compare::Checksum {
+        argv.push("--checksum".into());
+    }
     if crate::config::MirrorSet::is_dir(path) {
         argv.push("--delete".into());
     }
@@ -72,7 +92,7 @@ mod tests {
 
     #[test]
     fn directories_are_mirrored_with_delete_and_dry_run_is_the_default() {
-        let a = rsync_argv(&ssh(), "10.0.0.2".parse().expect("ip"), "/var/spool/lpd/", false);
+        let a = rsync_argv(&ssh(), "10.0.0.2".parse().expect("ip"), "/var/spool/lpd/", false, Compare::Times);
         assert!(a.contains(&"--delete".to_string()) && a.contains(&"--dry-run".to_string()));
         assert_eq!(a.last().map(String::as_str), Some("root@10.0.0.2:/var/spool/lpd/"));
         assert_eq!(a[a.len() - 2], "/var/spool/lpd/");
@@ -83,8 +103,9 @@ mod tests {
 
     #[test]
     fn files_are_copied_without_delete_and_apply_commits() {
-        let a = rsync_argv(&ssh(), "fd00::2".parse().expect("ip"), "/etc/printcap", true);
+        let a = rsync_argv(&ssh(), "fd00::2".parse().expect("ip"), "/etc/printcap", true, Compare::Checksum);
         assert!(!a.contains(&"--delete".to_string()) && !a.contains(&"--dry-run".to_string()));
+        assert!(a.contains(&"--checksum".to_string()) && a.contains(&"--modify-window=-1".to_string()));
         assert_eq!(a.last().map(String::as_str), Some("root@[fd00::2]:/etc/printcap"));
     }
 }

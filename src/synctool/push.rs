@@ -7,7 +7,7 @@ use std::process::Command;
 
 use crate::config::{Config, Ssh};
 
-use super::rsync_argv;
+use super::{Compare, rsync_argv};
 
 /// What to push.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,13 +64,19 @@ pub fn paths(cfg: &Config, config_path: &Path, what: &What) -> Result<Vec<String
 }
 
 /// Pushes `paths` to every target and returns one summary per host.
-pub fn push(ssh: &Ssh, hosts: &[(String, IpAddr)], paths: &[String], apply: bool) -> Vec<HostSummary> {
+pub fn push(
+    ssh: &Ssh,
+    hosts: &[(String, IpAddr)],
+    paths: &[String],
+    apply: bool,
+    compare: Compare,
+) -> Vec<HostSummary> {
     hosts
         .iter()
         .map(|(host, address)| {
             let mut s = HostSummary { host: host.clone(), address: *address, changes: 0, error: None };
             for p in paths {
-                let argv = rsync_argv(ssh, *address, p, apply);
+                let argv = rsync_argv(ssh, *address, p, apply, compare);
                 match Command::new(&argv[0]).args(&argv[1..]).output() {
                     Ok(o) if o.status.success() => {
                         s.changes += count_changes(&String::from_utf8_lossy(&o.stdout))
@@ -143,7 +149,9 @@ pub fn cli(args: &[String]) -> i32 {
             return 2;
         }
     };
-    let summary = push(&ssh, &targets(&cfg), &paths, apply);
+    // The config directory is small and an edit must never go unseen: compare contents.
+    let compare = if what == What::Config { Compare::Checksum } else { Compare::Times };
+    let summary = push(&ssh, &targets(&cfg), &paths, apply, compare);
     let verb = if apply { "changed" } else { "would change (dry run; --apply commits)" };
     for s in &summary {
         match &s.error {

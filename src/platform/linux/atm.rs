@@ -306,7 +306,7 @@ impl Platform for LinuxPlatform {
             return false;
         };
         for path in &m.paths {
-            let argv = crate::synctool::rsync_argv(ssh, host, path, true);
+            let argv = crate::synctool::rsync_argv(ssh, host, path, true, crate::synctool::Compare::Times);
             let r = super::checks::exec(&argv, Duration::from_secs(3600)).await;
             if r.status != Ok(0) {
                 tracing::warn!(node = %self.node, set = %m.name, path, to = %self.peer(to), status = ?r.status, output = %r.output, "mirror failed");
