@@ -50,6 +50,10 @@ pub struct Lab {
     procs: BTreeMap<String, Proc>,
     /// Processes stopped or crashed on purpose, kept to be reaped.
     dead: Vec<Child>,
+    /// Per host: bind mounts (source onto target) every process started on it sees, so
+    /// that hosts which share this machine's filesystem still have files of their own at
+    /// the same path (a mirror set, a config directory), as separate machines would.
+    views: BTreeMap<String, Vec<(PathBuf, PathBuf)>>,
 }
 
 impl Lab {
@@ -67,22 +71,61 @@ impl Lab {
             namespaces: Vec::new(),
             procs: BTreeMap::new(),
             dead: Vec::new(),
+            views: BTreeMap::new(),
         };
         let plan = lab.plan.clone();
         topology::build(&plan, &mut lab.namespaces)?;
         Ok(lab)
     }
 
-    /// Starts `program args` inside `host`'s namespace as `label`, output to `DIR/label.log`.
+    /// Gives `host` its own files at `target`: every process started on it from now on
+    /// sees `source` there (a bind mount in a mount namespace of the process's own; nothing
+    /// outside it changes, and it goes away with the process).
+    pub fn set_view(&mut self, host: &str, source: &Path, target: &Path) -> anyhow::Result<()> {
+        self.plan.host(host)?;
+        self.views.entry(host.into()).or_default().push((source.into(), target.into()));
+        Ok(())
+    }
+
+    /// The command that runs `program args` in `host`'s network namespace and file view.
+    /// The process keeps its PID through every step (`ip netns exec`, `unshare` without
+    /// `--fork` and `sh` all exec), so the lab signals the program itself.
+    pub fn command(&self, host: &str, program: &Path, args: &[String]) -> anyhow::Result<Command> {
+        let nsname = &self.plan.host(host)?.ns;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", nsname]);
+        match self.views.get(host).filter(|v| !v.is_empty()) {
+            None => {
+                cmd.arg(program);
+            }
+            Some(binds) => {
+                // `sh -c SCRIPT sh SRC1 DST1 … PROGRAM ARGS`: paths as arguments, never quoted
+                // into the script.
+                let mut script = String::new();
+                for i in 0..binds.len() {
+                    script.push_str(&format!("mount --bind \"${}\" \"${}\" && ", 2 * i + 1, 2 * i + 2));
+                }
+                script.push_str(&format!("shift {} && exec \"$@\"", 2 * binds.len()));
+                cmd.args(["unshare", "--mount", "--propagation", "private", "sh", "-c", &script, "sh"]);
+                for (src, dst) in binds {
+                    cmd.arg(src).arg(dst);
+                }
+                cmd.arg(program);
+            }
+        }
+        cmd.args(args);
+        Ok(cmd)
+    }
+
+    /// Starts `program args` inside `host`'s namespace (and file view, [`Lab::set_view`]) as
+    /// `label`, output to `DIR/label.log`.
     pub fn spawn(&mut self, label: &str, host: &str, program: &Path, args: &[String]) -> anyhow::Result<u32> {
         check_interrupted()?;
         let nsname = self.plan.host(host)?.ns.clone();
         let log = self.dir.join(format!("{}.log", label.replace('/', "-")));
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &nsname])
-            .arg(program)
-            .args(args)
+        let child = self
+            .command(host, program, args)?
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)

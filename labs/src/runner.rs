@@ -287,7 +287,7 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
     let cfg_path = dir.join("clusterserver.json5");
     let mut cfg = lab_config(s, &plan, dir, false)?;
     crate::health::configure_checks(&mut cfg, dir, &daemon)?;
-    crate::services::configure(&mut cfg, dir);
+    crate::services::configure(&mut cfg, dir, &plan)?;
     write_config(&cfg, &cfg_path)?;
     let other_cfg = dir.join("other.json5");
     if s.topology.second_cluster {
@@ -295,6 +295,7 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
     }
     let mut lab = Lab::up(plan, dir)?;
     faults::install(&lab.plan)?;
+    crate::services::start_sshd(&mut lab, &cfg)?;
     let duration_ms = s.duration_ms();
     start_backends(&mut lab, duration_ms)?;
     let clients: Vec<(String, String)> =
@@ -403,6 +404,16 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
         let r = clustersim::services_check::check(s, &crate::services::read_log(dir));
         lo.outcome.failover = r.lines;
         lo.outcome.violations.extend(r.violations);
+        // A takeover that ends back home went through a hand-back, with its mirror-back.
+        let handed_back = s.expect.min_takeovers.unwrap_or(0) >= 1;
+        if let Some(g) = cfg.failover.groups.first().filter(|g| handed_back && !g.mirrors.is_empty())
+            && s.expect.services_final_on.as_deref() == Some(g.atm_name.as_str())
+        {
+            match crate::services::check_resync(dir, &g.atm_name, &g.backup_name) {
+                Ok(line) => lo.outcome.failover.push(line),
+                Err(v) => lo.outcome.violations.push(v),
+            }
+        }
     }
     if s.topology.second_cluster {
         lo.outcome.violations.extend(check_other_cluster(&lab_logs(&dir_logs(dir, &atms))));
