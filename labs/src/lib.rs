@@ -16,6 +16,7 @@
 pub mod active_active;
 pub mod bench;
 pub mod bench_report;
+pub mod config_sync;
 pub mod delay;
 pub mod faults;
 pub mod health;
@@ -27,5 +28,6 @@ pub mod report;
 pub mod rogue;
 pub mod runner;
 pub mod services;
+pub mod sshd;
 pub mod topology;
 pub mod traffic;

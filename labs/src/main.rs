@@ -19,6 +19,7 @@ const USAGE: &str = "usage: clusterlab run SCENARIO [--out DIR]
        clusterlab bench [--reps N] [--seconds S] [--out DIR] (see scripts/bench)
        clusterlab active-active [--out DIR] [--flows N]    (drain, crash, join over BGP/ECMP)
        clusterlab active-active --bench [--seconds S]     (throughput with 1, 2, 3 ATMs)
+       clusterlab config-sync [DIR]                       (cmc sync config with running daemons, real sshd)
 SCENARIO is a path or a name in sim/scenarios/ (e.g. primary-crash). Needs root.";
 
 fn main() -> ExitCode {
@@ -49,6 +50,16 @@ fn real_main() -> anyhow::Result<bool> {
         Some("active-active") => {
             lab::install_signal_handler();
             active_active::run(&active_active::Opts::parse(&args[1..])?)
+        }
+        Some("config-sync") => {
+            lab::install_signal_handler();
+            let dir = args.get(1).map_or_else(|| PathBuf::from("target/lab/config-sync"), PathBuf::from);
+            let r = clusterlab::config_sync::run(&dir)?;
+            println!("# config-sync on namespaces ({})", dir.display());
+            for l in &r.lines {
+                println!("{l}");
+            }
+            Ok(true)
         }
         Some("bench") => {
             lab::install_signal_handler();

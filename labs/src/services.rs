@@ -11,16 +11,15 @@
 //! ran the services (seed 004's resynchronisation), which [`check_resync`] reads.
 
 use std::io::Write;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use anyhow::{Context, bail};
-use clusterserver::config::{Config, Ssh};
+use anyhow::Context;
+use clusterserver::config::Config;
 
 use crate::lab::Lab;
+use crate::sshd;
 use crate::topology::{Plan, Role};
-
-const SSHD: &str = "/usr/sbin/sshd";
 
 /// The shared log of a lab run.
 pub fn log_path(dir: &Path) -> PathBuf {
@@ -37,13 +36,9 @@ fn host_data(dir: &Path, host: &str) -> PathBuf {
     dir.join("hosts").join(host).join("data")
 }
 
-fn ssh_dir(dir: &Path) -> PathBuf {
-    dir.join("ssh")
-}
-
 /// Makes every failover command a script that logs its start and end (50 ms apart) and, on
 /// a start, appends a line to the mirror set's journal; points the mirror sets at the lab's
-/// data directory and SSH at the keys [`prepare_ssh`] made. Does nothing without groups.
+/// data directory and SSH at the keys [`sshd::prepare`] made. Does nothing without groups.
 pub fn configure(cfg: &mut Config, dir: &Path, plan: &Plan) -> anyhow::Result<()> {
     if cfg.failover.groups.is_empty() {
         return Ok(());
@@ -59,7 +54,9 @@ pub fn configure(cfg: &mut Config, dir: &Path, plan: &Plan) -> anyhow::Result<()
         log = log.display(),
         journal = journal.display(),
     );
-    cfg.failover.ssh = Some(prepare_ssh(dir, plan)?);
+    let atms = sshd::hosts(plan, &[Role::Atm]);
+    reset_data(dir, &atms)?;
+    cfg.failover.ssh = Some(sshd::prepare(dir, &atms)?);
     let data = format!("{}/", data_dir(dir).display());
     for g in &mut cfg.failover.groups {
         for m in &mut g.mirrors {
@@ -75,77 +72,32 @@ pub fn configure(cfg: &mut Config, dir: &Path, plan: &Plan) -> anyhow::Result<()
     Ok(())
 }
 
-/// Generates a user key and one host key per ATM (fresh each run), the `known_hosts` that
-/// names each ATM's address with its key, and every ATM's empty copy of the mirror set.
-fn prepare_ssh(dir: &Path, plan: &Plan) -> anyhow::Result<Ssh> {
-    for tool in [SSHD, "/usr/bin/ssh-keygen", "/usr/bin/rsync", "/usr/bin/unshare"] {
-        if !Path::new(tool).exists() {
-            bail!(
-                "{tool} is missing (service failover's mirror sets need it): run scripts/install-deps as root"
-            );
-        }
-    }
-    let keys = ssh_dir(dir);
-    for d in [&keys, &dir.join("hosts"), &data_dir(dir)] {
+/// Empties every ATM's copy of the mirror set and the set's mount point.
+fn reset_data(dir: &Path, atms: &[(String, Ipv4Addr)]) -> anyhow::Result<()> {
+    for d in [&dir.join("hosts"), &data_dir(dir)] {
         if d.exists() {
             std::fs::remove_dir_all(d).with_context(|| format!("removing {}", d.display()))?;
         }
     }
-    std::fs::create_dir_all(&keys)?;
     std::fs::create_dir_all(data_dir(dir))?;
-    let keygen = |path: &Path| -> anyhow::Result<String> {
-        let out = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "clusterlab", "-f"])
-            .arg(path)
-            .output()
-            .context("running ssh-keygen")?;
-        if !out.status.success() {
-            bail!("ssh-keygen {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
-        }
-        let public = std::fs::read_to_string(path.with_extension("pub"))?;
-        // "type key comment" -> "type key"
-        Ok(public.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
-    };
-    let user = keys.join("user");
-    std::fs::write(keys.join("authorized_keys"), keygen(&user)? + "\n")?;
-    let mut known = String::new();
-    for h in plan.of_role(Role::Atm) {
-        let public = keygen(&keys.join(format!("host-{}", h.name)))?;
-        known.push_str(&format!("{} {public}\n", h.addr()));
-        std::fs::create_dir_all(host_data(dir, &h.name))?;
+    for (name, _) in atms {
+        std::fs::create_dir_all(host_data(dir, name))?;
     }
-    std::fs::write(keys.join("known_hosts"), known)?;
-    Ok(Ssh { user: "root".into(), port: 22, identity_file: user, known_hosts: keys.join("known_hosts") })
+    Ok(())
 }
 
-/// Gives every ATM its own copy of the mirror set and starts its sshd (its own host key,
-/// keys only). Does nothing without failover groups.
+/// Gives every ATM its own copy of the mirror set and starts its sshd. Does nothing
+/// without failover groups.
 pub fn start_sshd(lab: &mut Lab, cfg: &Config) -> anyhow::Result<()> {
     if cfg.failover.groups.is_empty() {
         return Ok(());
     }
     let dir = lab.dir.clone();
-    let keys = ssh_dir(&dir);
-    // sshd's privilege-separation directory (Debian's package creates it at boot).
-    std::fs::create_dir_all("/run/sshd")?;
-    let atms: Vec<(String, std::net::Ipv4Addr)> =
-        lab.plan.of_role(Role::Atm).iter().map(|h| (h.name.clone(), h.addr())).collect();
-    for (name, addr) in atms {
-        lab.set_view(&name, &host_data(&dir, &name), &data_dir(&dir))?;
-        let config = keys.join(format!("sshd-{name}.conf"));
-        std::fs::write(
-            &config,
-            format!(
-                "ListenAddress {addr}\nPort 22\nHostKey {k}/host-{name}\nAuthorizedKeysFile {k}/authorized_keys\n\
-                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n\
-                 StrictModes no\nUsePAM no\nPidFile none\n",
-                k = keys.display()
-            ),
-        )?;
-        let args = ["-D", "-e", "-f", &config.display().to_string()].map(String::from);
-        lab.spawn(&format!("{name}/sshd"), &name, Path::new(SSHD), &args)?;
+    let atms = sshd::hosts(&lab.plan, &[Role::Atm]);
+    for (name, _) in &atms {
+        lab.set_view(name, &host_data(&dir, name), &data_dir(&dir))?;
     }
-    Ok(())
+    sshd::start(lab, &atms)
 }
 
 /// Seed 004's resynchronisation, checked on the files: after a hand-back, the home ATM's

@@ -286,3 +286,20 @@ fn operator_demote_and_promote_in_the_lab() {
         report::summary(&lo)
     );
 }
+
+/// Seed 003's config sync with running daemons over real sshd: a config edited and reloaded
+/// on atm1 shows as a digest mismatch in `cmc status` on both ATMs until `cmc sync config
+/// --apply` pushes it and reloads them (see `clusterlab::config_sync`).
+#[test]
+fn config_sync_shows_the_mismatch_until_pushed_in_the_lab() {
+    if !can_run() {
+        return;
+    }
+    let d = dir("config-sync");
+    let r = clusterlab::config_sync::run(&d).unwrap_or_else(|e| panic!("config-sync lab failed: {e:#}"));
+    for l in &r.lines {
+        eprintln!("{l}");
+    }
+    assert_eq!(r.lines.iter().filter(|l| l.starts_with(char::is_numeric)).count(), 4, "{:?}", r.lines);
+    assert!(procs_using(&d).is_empty(), "processes left behind: {:?}", procs_using(&d));
+}

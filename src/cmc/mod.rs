@@ -112,6 +112,10 @@ pub enum Cmd {
         /// Commit the changes (default: dry run).
         #[arg(long)]
         apply: bool,
+        /// After `sync config --apply`, leave the daemons on their old config (by default
+        /// every ATM is asked to reload over its admin channel, so they run what was pushed).
+        #[arg(long)]
+        no_reload: bool,
     },
     /// The web console: one page with live charts and the actions (loopback by default;
     /// beyond loopback only over HTTPS with --tls-cert and --tls-key).
@@ -125,17 +129,52 @@ pub enum Cmd {
     },
 }
 
-/// `cmc sync`: [`crate::synctool::push::cli`] with this command line's config file.
-fn sync(cli: &Cli, what: &[String], apply: bool) -> anyhow::Result<()> {
+/// `cmc sync`: [`crate::synctool::push::cli`] with this command line's config file; after
+/// a committed config push, every ATM reloads (seed 003 pushed files and left the restart
+/// to the operator; a daemon still on its old config shows as a digest mismatch in
+/// `cmc status` until it reloads).
+async fn sync(cli: &Cli, what: &[String], apply: bool, no_reload: bool) -> anyhow::Result<()> {
     let mut args = what.to_vec();
     if apply {
         args.push("--apply".into());
     }
     args.extend(["--config".to_string(), cli.config.display().to_string()]);
     match crate::synctool::push::cli(&args) {
-        0 => Ok(()),
+        0 => {}
         code => bail!("sync did not complete (status {code}; see above)"),
     }
+    if !(apply && !no_reload && what == ["config"]) {
+        return Ok(());
+    }
+    let mut failed = Vec::new();
+    for (name, address) in atms_of(cli)? {
+        let mut c = client_for(cli)?;
+        c.addr = SocketAddr::new(address, c.addr.port());
+        match c.post("/v1/reload", None).await {
+            Ok(_) => println!("{name:<16} {address:<39} reloaded"),
+            Err(e) => {
+                println!("{name:<16} {address:<39} reload FAILED: {e}");
+                failed.push(name);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "pushed, but {} did not reload: run `cmc reload` there (or allow this host in their security.admin_allow)",
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The ATMs of the config, by name and address.
+fn atms_of(cli: &Cli) -> anyhow::Result<Vec<(String, IpAddr)>> {
+    let text = std::fs::read_to_string(&cli.config)
+        .with_context(|| format!("cannot read the config {}", cli.config.display()))?;
+    let opts = crate::config::LoadOptions { check_files: false, base_dir: base_dir(&cli.config) };
+    let cfg = crate::config::parse_str(&cli.config.display().to_string(), &text, &opts)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(cfg.atms.iter().map(|a| (a.name.clone(), a.address)).collect())
 }
 
 /// Where the daemon is and how to authenticate, from the config and the flags.
@@ -192,8 +231,8 @@ fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
 /// Runs one command against the daemon.
 pub async fn run(cli: &Cli) -> anyhow::Result<()> {
     // The sync tools talk to hosts over SSH, not to the daemon.
-    if let Cmd::Sync { what, apply } = &cli.cmd {
-        return sync(cli, what, *apply);
+    if let Cmd::Sync { what, apply, no_reload } = &cli.cmd {
+        return sync(cli, what, *apply, *no_reload).await;
     }
     let c = client_for(cli)?;
     let server_path = |svc: &str, srv: &str, action: &str| {
@@ -259,7 +298,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             .await?
         }
         Cmd::Metrics => print!("{}", c.get_text("/metrics").await?),
-        Cmd::Sync { what, apply } => sync(cli, what, *apply)?,
+        Cmd::Sync { what, apply, no_reload } => sync(cli, what, *apply, *no_reload).await?,
         Cmd::Serve { listen, tls_cert, tls_key } => {
             let opts =
                 serve::ServeOptions { listen: *listen, tls_cert: tls_cert.clone(), tls_key: tls_key.clone() };

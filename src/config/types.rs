@@ -417,7 +417,7 @@ impl Default for Security {
 /// Service failover (seed 004's clusterd): per home ATM, an ordered group of services that
 /// its backup ATM starts when the home ATM fails and hands back when it recovers, and the
 /// mirror sets copied between them.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Failover {
     /// How long a backup waits, after the home ATM is declared dead and the backup passes its
     /// arbitration, before it starts the home's services: the time an isolated home ATM needs
@@ -430,6 +430,20 @@ pub struct Failover {
     /// How mirroring and the sync tools reach other hosts (rsync over OpenSSH).
     pub ssh: Option<Ssh>,
     pub groups: Vec<ServiceGroup>,
+}
+
+/// The documented defaults (a config without a `failover` section has these), not zeros:
+/// a `Failover` built in code and then written out must load again.
+impl Default for Failover {
+    fn default() -> Self {
+        Failover {
+            takeover_delay_ms: DEFAULT_TAKEOVER_DELAY_MS,
+            retry_ms: DEFAULT_RETRY_MS,
+            start_attempts: DEFAULT_START_ATTEMPTS,
+            ssh: None,
+            groups: Vec::new(),
+        }
+    }
 }
 
 impl Failover {

@@ -1,0 +1,229 @@
+//! `clusterlab config-sync`: seed 003's config synchronisation with running daemons, over
+//! real OpenSSH and rsync (issue #7's "a digest mismatch shows in `cmc status` until it is
+//! synced").
+//!
+//! Two ATMs and a real server, each with its own config directory at the same path (a
+//! per-host view, [`Lab::set_view`]) and its own sshd ([`crate::sshd`]). The ATMs run
+//! `clusterserverd`; every `cmc` runs on an ATM, in its namespace and view, as an operator
+//! would. The run:
+//! 1. both ATMs start on the same config: each sees the other's digest as the same;
+//! 2. the operator edits atm1's config (a server weight) and reloads atm1: both ATMs show
+//!    the other as DIFFERS (heartbeats carry the digest) and atm2's daemon logs it;
+//! 3. `cmc sync config` (the dry run) lists the change for atm2 and the real server and
+//!    changes nothing;
+//! 4. `cmc sync config --apply` pushes it and reloads every ATM: both show "same" again, and
+//!    every host's copy of the config has atm1's digest.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clustersim::scenario::Scenario;
+
+use crate::lab::{Lab, check_interrupted};
+use crate::topology::{Plan, Role};
+use crate::{nodes, ns, runner, sshd};
+
+const SCENARIO: &str =
+    "{ name: 'config-sync', topology: { atms: 2, nodes: 1, clients: 1, forwarding: 'nat' },
+  steps: [], duration_ms: 1000 }";
+
+/// What a run found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub lines: Vec<String>,
+}
+
+/// The config directory as every host sees it.
+fn conf_dir(dir: &Path) -> PathBuf {
+    dir.join("conf")
+}
+
+fn host_conf(dir: &Path, host: &str) -> PathBuf {
+    dir.join("hosts").join(host).join("conf")
+}
+
+/// Runs the whole sequence in a fresh lab under `dir`; an error names the step that failed.
+pub fn run(dir: &Path) -> anyhow::Result<Report> {
+    runner::preflight()?;
+    let daemon = runner::daemon_path()?;
+    let cmc = daemon.with_file_name("cmc");
+    if !cmc.exists() {
+        bail!("cmc not found at {} (cargo build --bin cmc)", cmc.display());
+    }
+    let s = Scenario::parse(SCENARIO)?;
+    let plan = Plan::new(&s, &ns::new_run_id())?;
+    let conf = conf_dir(dir);
+    for d in [&conf, &dir.join("hosts")] {
+        if d.exists() {
+            std::fs::remove_dir_all(d).with_context(|| format!("removing {}", d.display()))?;
+        }
+    }
+    std::fs::create_dir_all(&conf)?;
+    let mut cfg = runner::lab_config(&s, &plan, &conf, false)?;
+    let hosts = sshd::hosts(&plan, &[Role::Atm, Role::Node]);
+    cfg.failover.ssh = Some(sshd::prepare(dir, &hosts)?);
+    // cmc on atm1 asks every ATM to reload after a push: the ATMs admit each other.
+    cfg.security.admin_allow = std::iter::once("127.0.0.0/8".parse()?)
+        .chain(sshd::hosts(&plan, &[Role::Atm]).iter().map(|(_, a)| ipnet::IpNet::from(IpAddr::V4(*a))))
+        .collect();
+    let cfg_path = conf.join("clusterserver.json5");
+    runner::write_config(&cfg, &cfg_path)?;
+    for (h, _) in &hosts {
+        copy_dir(&conf, &host_conf(dir, h))?;
+    }
+    let mut lab = Lab::up(plan, dir)?;
+    for (h, _) in &hosts {
+        lab.set_view(h, &host_conf(dir, h), &conf)?;
+    }
+    sshd::start(&mut lab, &hosts)?;
+    for a in ["atm1", "atm2"] {
+        nodes::start_one(&mut lab, &daemon, a, &cfg_path)?;
+        nodes::wait_ready(&mut lab, &format!("{a}/daemon"), 0, 10_000)?;
+    }
+    let mut r = Report::default();
+    let c = |lab: &Lab, host: &str, args: &[&str]| cmc_in(lab, &cmc, host, &cfg_path, args);
+
+    // 1. The same config everywhere.
+    for (me, peer) in [("atm1", "atm2"), ("atm2", "atm1")] {
+        wait_for(&lab, &cmc, &cfg_path, me, peer, false, Duration::from_secs(20))
+            .with_context(|| format!("step 1: {me} never saw {peer} with the same config"))?;
+    }
+    r.lines.push("1. both ATMs start on one config: each shows the other as `same`".into());
+
+    // 2. An operator edits atm1's config and reloads atm1 alone.
+    let edited = host_conf(dir, "atm1").join("clusterserver.json5");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&edited)?)?;
+    v["services"][0]["servers"][0]["weight"] = serde_json::json!(60);
+    std::fs::write(&edited, serde_json::to_string_pretty(&v)?)?;
+    let (ok, out) = c(&lab, "atm1", &["reload"])?;
+    if !ok {
+        bail!("step 2: cmc reload on atm1 failed:\n{out}");
+    }
+    let started = Instant::now();
+    for (me, peer) in [("atm2", "atm1"), ("atm1", "atm2")] {
+        wait_for(&lab, &cmc, &cfg_path, me, peer, true, Duration::from_secs(20))
+            .with_context(|| format!("step 2: {me} never showed {peer}'s config as differing"))?;
+    }
+    let seen_ms = started.elapsed().as_millis();
+    let (_, table) = c(&lab, "atm2", &["status"])?;
+    let logged = lab
+        .log_of("atm2/daemon")
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .unwrap_or_default()
+        .contains("peer runs a different config");
+    if !logged {
+        bail!("step 2: atm2's daemon did not log the mismatch");
+    }
+    r.lines.push(format!(
+        "2. atm1 edited and reloaded: both ATMs show the other as DIFFERS within {seen_ms} ms, atm2 logs it; atm2's `cmc status`:"
+    ));
+    r.lines.extend(table.lines().map(|l| format!("     {l}")));
+
+    // 3. The dry run names what would change and changes nothing.
+    let before = digest(&host_conf(dir, "atm2").join("clusterserver.json5"))?;
+    let (ok, out) = c(&lab, "atm1", &["sync", "config"])?;
+    let would = |host: &str| out.lines().any(|l| l.starts_with(host) && l.contains(" 1 would change"));
+    if !ok || !would("atm2") || !would("node1") {
+        bail!("step 3: the dry run should list one change for atm2 and node1:\n{out}");
+    }
+    if digest(&host_conf(dir, "atm2").join("clusterserver.json5"))? != before {
+        bail!("step 3: the dry run changed atm2's config");
+    }
+    wait_for(&lab, &cmc, &cfg_path, "atm1", "atm2", true, Duration::from_secs(1))
+        .context("step 3: after the dry run atm2 should still differ")?;
+    r.lines.push("3. `cmc sync config` (dry run) lists 1 change for atm2 and node1, changes nothing".into());
+    r.lines.extend(out.lines().map(|l| format!("     {l}")));
+
+    // 4. Push and reload: the digests agree again.
+    let started = Instant::now();
+    let (ok, out) = c(&lab, "atm1", &["sync", "config", "--apply"])?;
+    if !ok || !out.lines().any(|l| l.starts_with("atm2") && l.contains("reloaded")) {
+        bail!("step 4: `cmc sync config --apply` should push and reload atm2:\n{out}");
+    }
+    let pushed_ms = started.elapsed().as_millis();
+    for (me, peer) in [("atm1", "atm2"), ("atm2", "atm1")] {
+        wait_for(&lab, &cmc, &cfg_path, me, peer, false, Duration::from_secs(20))
+            .with_context(|| format!("step 4: {me} still shows {peer}'s config as differing"))?;
+    }
+    let agreed_ms = started.elapsed().as_millis();
+    let want = digest(&edited)?;
+    for (h, _) in &hosts {
+        if digest(&host_conf(dir, h).join("clusterserver.json5"))? != want {
+            bail!("step 4: {h}'s config does not have atm1's digest after the push");
+        }
+    }
+    r.lines.push(format!(
+        "4. `cmc sync config --apply`: pushed and reloaded in {pushed_ms} ms; both ATMs show `same` {agreed_ms} ms after it began; every host's config has atm1's digest"
+    ));
+    r.lines.extend(out.lines().map(|l| format!("     {l}")));
+    drop(lab);
+    Ok(r)
+}
+
+/// Runs `cmc ARGS --config CFG` on `host` (its namespace and view): success and output.
+fn cmc_in(lab: &Lab, cmc: &Path, host: &str, cfg: &Path, args: &[&str]) -> anyhow::Result<(bool, String)> {
+    check_interrupted()?;
+    let mut argv: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    argv.extend(["--config".into(), cfg.display().to_string(), "--timeout-ms".into(), "5000".into()]);
+    let out = lab.command(host, cmc, &argv)?.output().with_context(|| format!("running cmc on {host}"))?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    Ok((out.status.success(), text))
+}
+
+/// Polls `cmc status --json` on `me` until its view of `peer` has been heard and its config
+/// differs (or not) as `differs` says.
+fn wait_for(
+    lab: &Lab,
+    cmc: &Path,
+    cfg: &Path,
+    me: &str,
+    peer: &str,
+    differs: bool,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let (ok, out) = cmc_in(lab, cmc, me, cfg, &["status", "--json"])?;
+        if ok && let Ok(v) = serde_json::from_str::<serde_json::Value>(&out) {
+            let p = v["peers"].as_array().and_then(|ps| ps.iter().find(|p| p["name"] == peer));
+            if let Some(p) = p
+                && p["up"] == true
+                && p["config_differs"] == differs
+            {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("last `cmc status --json` on {me}:\n{out}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn digest(path: &Path) -> anyhow::Result<[u8; 32]> {
+    // Loaded with the daemon's own loader: the digest the heartbeats carry.
+    clusterserver::config::load_file(path)
+        .map(|c| c.digest())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Copies the files of `from` (flat: a config directory) to `to`, keeping their modes and
+/// modification times (and the directory's), as a previous `cmc sync` would have left them.
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    let same_time = |src: &Path, dst: &Path| -> anyhow::Result<()> {
+        let t = std::fs::metadata(src)?.modified()?;
+        std::fs::File::open(dst)?.set_modified(t).with_context(|| format!("mtime of {}", dst.display()))
+    };
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        if e.file_type()?.is_file() {
+            let dst = to.join(e.file_name());
+            std::fs::copy(e.path(), &dst).with_context(|| format!("copying {}", e.path().display()))?;
+            same_time(&e.path(), &dst)?;
+        }
+    }
+    same_time(from, to)
+}
