@@ -13,6 +13,12 @@
 //!
 //! VIP 10.90.9.99:8080 (on no subnet: reached only through the router), `mh`. Checked, in
 //! order: the router installs one route with three next hops and every request is served;
+//! the admin channel of an active-active daemon through the real `cmc`, run in the router's
+//! namespace (status reports role `active` and the VIP announced, servers and metrics answer,
+//! a drain applied on every ATM leaves the server without new flows, draining the last server
+//! on atm1 withdraws its route and `enable` brings it back, `cmc stop` takes atm1's
+//! route out of the router's table and `cmc start` puts it back, `promote`/`demote` are
+//! refused and counted);
 //! a graceful stop (SIGTERM) of atm3 withdraws its next hop *before* the daemon exits and no
 //! request fails; a crash (SIGKILL) of atm2 takes its BIRD with it and the router drops the
 //! next hop within a second; atm2 rejoins and is a next hop again. The times are printed.
@@ -31,10 +37,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use clusterserver::admin::model::{ServiceStatus, Stats, Status, VipAnnouncement};
 use clusterserver::platform::linux::netsys::enter_netns;
 use support::{ns_output, run};
 
 const VIP: &str = "10.90.9.99";
+const TOKEN: &str = "aa-admin-token-0123456789";
 const BIRD: &str = "/usr/sbin/bird";
 
 fn can_run() -> bool {
@@ -162,6 +170,32 @@ impl Lab {
         &mut self.daemons.iter_mut().find(|(h, _)| h == host).expect("running").1
     }
 
+    /// `cmc --config CFG --host ADDR ARGS` run in the router's namespace (the management host
+    /// here; the config allows 10.90.0.0/24): success, stdout, stderr.
+    fn cmc(&self, addr: &str, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns("router"), env!("CARGO_BIN_EXE_cmc"), "--config"])
+            .arg(self.dir.join("cfg.json5"))
+            .args(["--host", addr])
+            .args(args)
+            .output()
+            .expect("cmc");
+        let (o, e) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        println!("cmc {addr} {args:?} -> {}\n{o}{e}", out.status);
+        (out.status.success(), o, e)
+    }
+
+    /// `cmc ARGS --json` against `addr`, parsed.
+    fn cmc_json<T: serde::de::DeserializeOwned>(&self, addr: &str, args: &[&str]) -> T {
+        let args: Vec<&str> = args.iter().copied().chain(["--json"]).collect();
+        let (ok, out, err) = self.cmc(addr, &args);
+        assert!(ok, "cmc {args:?}: {err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("cmc {args:?}: {e}: {out}"))
+    }
+
     /// The router's next hops for the VIP.
     fn next_hops(&self) -> BTreeSet<String> {
         let out = ns_output(&self.ns("router"), &["ip", "-4", "route", "show", &format!("{VIP}/32")]);
@@ -248,9 +282,11 @@ fn build(lab: &mut Lab) {
 }
 
 fn config(lab: &Lab) -> String {
-    let secret = lab.dir.join("secret");
-    std::fs::write(&secret, "aa-secret").expect("secret");
-    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    let (secret, token) = (lab.dir.join("secret"), lab.dir.join("admin.token"));
+    for (f, text) in [(&secret, "aa-secret"), (&token, TOKEN)] {
+        std::fs::write(f, text).expect("secret");
+        std::fs::set_permissions(f, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    }
     let atms: Vec<String> =
         ATMS.iter().map(|(n, a)| format!("{{ name: '{n}', address: '{a}', interface: 'eth0' }}")).collect();
     let run = lab.dir.join("run");
@@ -261,12 +297,102 @@ fn config(lab: &Lab) -> String {
           control_socket: '{}/bird-{{atm}}.ctl', config_file: '{}/bird-{{atm}}.conf' }},
   services: [ {{ name: 'web', vip: '{VIP}', port: 8080, forwarding: 'dr', scheduler: 'mh',
     servers: [ {{ name: 'srv1', address: '10.90.0.51', port: 8080 }}, {{ name: 'srv2', address: '10.90.0.52', port: 8080 }} ],
-    checks: [ {{ kind: 'tcp', interval_ms: 500, timeout_ms: 300 }} ] }} ] }}",
+    checks: [ {{ kind: 'tcp', interval_ms: 500, timeout_ms: 300 }} ] }} ],
+  security: {{ admin_allow: ['10.90.0.0/24'], token_file: '{}' }} }}",
         secret.display(),
         atms.join(", "),
         run.display(),
-        run.display()
+        run.display(),
+        token.display()
     )
+}
+
+/// The admin channel of active-active daemons, through the real `cmc` (see the module docs).
+fn admin_channel(lab: &Lab) {
+    let atm1 = ATMS[0].1;
+    let all = hops(&["10.90.0.1", "10.90.0.2", "10.90.0.3"]);
+    let s: Status = lab.cmc_json(atm1, &["status"]);
+    assert_eq!((s.role.as_str(), s.stopped, s.peers.len()), ("active", false, 0), "{s:?}");
+    let announced = VipAnnouncement { vip: VIP.into(), announced: true, reason: None };
+    assert_eq!(s.announcements, vec![announced.clone()]);
+    let (ok, out, err) = lab.cmc(atm1, &["servers"]);
+    assert!(ok && out.contains("srv1") && out.contains("srv2"), "{out}{err}");
+    let (ok, out, _) = lab.cmc(atm1, &["metrics"]);
+    assert!(ok && out.contains(&format!("clusterserver_vip_announced{{vip=\"{VIP}\"}} 1")), "{out}");
+    assert!(out.contains("clusterserver_check_runs_total{service=\"web\",server=\"srv1\""), "{out}");
+
+    // Drain srv1 on every ATM (Maglev: each ATM schedules on its own): no new flow reaches it,
+    // and atm1's own counters show its share went to srv2 only.
+    let servers = |addr: &str| lab.cmc_json::<Vec<ServiceStatus>>(addr, &["servers"]).remove(0).servers;
+    let before = servers(atm1);
+    assert!(
+        before.iter().all(|s| s.healthy && s.admin == "enabled" && s.weight == s.config_weight),
+        "{before:?}"
+    );
+    for (_, a) in ATMS {
+        let (ok, out, err) = lab.cmc(a, &["drain", "web", "srv1"]);
+        assert!(ok && out.contains("drain web/srv1"), "{err}");
+    }
+    let drained = servers(atm1);
+    assert_eq!((drained[0].weight, drained[0].admin.as_str()), (0, "drained"));
+    let (names, failed) = lab.answered(30);
+    assert_eq!((names, failed), (hops(&["srv2"]), 0), "requests while srv1 is drained");
+    let after = servers(atm1);
+    assert_eq!(after[0].connections_total, before[0].connections_total, "drained srv1 got flows via atm1");
+    assert!(after[1].connections_total > before[1].connections_total, "no request went through atm1");
+    let s: Status = lab.cmc_json(atm1, &["status"]);
+    assert_eq!(s.announcements, vec![announced.clone()], "srv2 is left: the VIP stays announced");
+    // With srv2 drained too, atm1 has no server to send new flows to: it withdraws the VIP.
+    let (ok, _, err) = lab.cmc(atm1, &["drain", "web", "srv2"]);
+    assert!(ok, "{err}");
+    wait_until("atm1 withdrawn with every server drained", Duration::from_secs(10), || {
+        lab.next_hops() == hops(&["10.90.0.2", "10.90.0.3"])
+    });
+    let s: Status = lab.cmc_json(atm1, &["status"]);
+    assert_eq!(s.announcements[0].reason.as_deref(), Some("no_healthy_server"), "{s:?}");
+    let (ok, _, err) = lab.cmc(atm1, &["enable", "web", "srv2"]);
+    assert!(ok, "{err}");
+    wait_until("atm1 announces again after enable", Duration::from_secs(10), || lab.next_hops() == all);
+    for (_, a) in ATMS {
+        let (ok, _, err) = lab.cmc(a, &["enable", "web", "srv1"]);
+        assert!(ok, "{err}");
+    }
+    let (names, failed) = lab.answered(30);
+    assert_eq!((names, failed), (hops(&["srv1", "srv2"]), 0), "requests after enable");
+
+    // Stop: atm1's next hop leaves the router's table while the daemon runs on; start: back.
+    let (ok, out, err) = lab.cmc(atm1, &["stop"]);
+    assert!(ok && out.contains("forwarding stopped on atm1"), "{out}{err}");
+    let t = wait_until("atm1 withdrawn by cmc stop", Duration::from_secs(10), || {
+        lab.next_hops() == hops(&["10.90.0.2", "10.90.0.3"])
+    });
+    println!("cmc stop: atm1's next hop gone {t:?} after the answer");
+    let s: Status = lab.cmc_json(atm1, &["status"]);
+    let held =
+        VipAnnouncement { vip: VIP.into(), announced: false, reason: Some("stopped_by_operator".into()) };
+    assert!(s.stopped && s.announcements == vec![held], "{s:?}");
+    let (ok, _, err) = lab.cmc(atm1, &["stop"]);
+    assert!(!ok && err.contains("already stopped"), "{err}");
+    let (_, failed) = lab.answered(30);
+    assert_eq!(failed, 0, "requests failed while atm1 was stopped");
+    let (ok, out, err) = lab.cmc(atm1, &["start"]);
+    assert!(ok && out.contains("forwarding started on atm1"), "{out}{err}");
+    let t = wait_until("atm1 back by cmc start", Duration::from_secs(10), || lab.next_hops() == all);
+    println!("cmc start: atm1 a next hop again {t:?} after the answer");
+    let s: Status = lab.cmc_json(atm1, &["status"]);
+    assert!(!s.stopped && s.announcements == vec![announced], "{s:?}");
+
+    // No primary here: promote and demote are refused with a reason, changing nothing, and
+    // counted (with the refused second stop) as bad requests.
+    for cmd in ["promote", "demote"] {
+        let (ok, _, err) = lab.cmc(atm1, &[cmd]);
+        assert!(!ok && err.contains("active-active mode has no primary"), "{cmd}: {err}");
+    }
+    let st: Stats = lab.cmc_json(atm1, &["stats"]);
+    assert!(st.admin_bad_requests >= 3 && st.engine_active, "{st:?}");
+    let (ok, out, err) = lab.cmc(atm1, &["reload"]);
+    assert!(ok && out.contains("unchanged"), "{out}{err}");
+    assert_eq!(lab.next_hops(), all, "the refused and no-op actions changed the routes");
 }
 
 #[test]
@@ -316,6 +442,8 @@ fn atms_announce_over_bgp_drain_gracefully_crash_and_rejoin() {
     println!("3 ATMs: answered by {names:?}, {failed} failed");
     assert_eq!(failed, 0, "atm1:\n{}", lab.text("atm1"));
     assert_eq!(names, hops(&["srv1", "srv2"]));
+
+    admin_channel(&lab);
 
     // Graceful drain of atm3: withdrawn first, while the daemon still runs.
     let pid = lab.daemon("atm3").id().to_string();

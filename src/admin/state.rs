@@ -50,6 +50,9 @@ pub struct CoreView {
     pub failovers: u64,
     /// Health checks by (service, server, check) index.
     pub checks: std::collections::BTreeMap<(usize, usize, usize), CheckView>,
+    /// Active-active mode (no election, `role` stays `None`): each VIP's announcement.
+    /// `None` in primary/backup mode.
+    pub announce: Option<Vec<super::model::VipAnnouncement>>,
 }
 
 /// One server as the data plane has it.
