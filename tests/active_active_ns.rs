@@ -18,7 +18,7 @@
 //! a drain applied on every ATM leaves the server without new flows, draining the last server
 //! on atm1 withdraws its route and `enable` brings it back, `cmc stop` takes atm1's
 //! route out of the router's table and `cmc start` puts it back, `promote`/`demote` are
-//! refused and counted);
+//! refused and counted, `cmc restart` withdraws and comes back);
 //! a graceful stop (SIGTERM) of atm3 withdraws its next hop *before* the daemon exits and no
 //! request fails; a crash (SIGKILL) of atm2 takes its BIRD with it and the router drops the
 //! next hop within a second; atm2 rejoins and is a next hop again. The times are printed.
@@ -393,6 +393,22 @@ fn admin_channel(lab: &Lab) {
     let (ok, out, err) = lab.cmc(atm1, &["reload"]);
     assert!(ok && out.contains("unchanged"), "{out}{err}");
     assert_eq!(lab.next_hops(), all, "the refused and no-op actions changed the routes");
+
+    // Restart: withdraw, drain, restart in-process; the route and the admin channel return.
+    let ready = lab.text("atm1").matches(" ready node=atm1").count();
+    let (ok, out, err) = lab.cmc(atm1, &["restart"]);
+    assert!(ok && out.contains("restarting"), "{out}{err}");
+    wait_until("atm1 withdrawn by cmc restart", Duration::from_secs(5), || {
+        lab.next_hops() == hops(&["10.90.0.2", "10.90.0.3"])
+    });
+    let t = wait_until("atm1 back after cmc restart", Duration::from_secs(30), || {
+        lab.text("atm1").matches(" ready node=atm1").count() > ready && lab.next_hops() == all
+    });
+    println!("cmc restart: atm1 a next hop again {t:?} after its withdrawal");
+    let s: Status = lab.cmc_json(atm1, &["status"]);
+    assert!(s.role == "active" && s.announcements[0].announced, "{s:?}");
+    let (_, failed) = lab.answered(30);
+    assert_eq!(failed, 0, "requests failed after atm1's restart");
 }
 
 #[test]
