@@ -544,14 +544,7 @@ fn finish(ctx: &AdminContext, peer: SocketAddr, what: &str, r: super::state::Out
 }
 
 async fn control(State(ctx): Ctx, Extension(Peer(peer)): Extension<Peer>, op: ControlOp) -> Response {
-    let what = match op {
-        ControlOp::Promote => "promote",
-        ControlOp::Demote => "demote",
-        ControlOp::Stop => "stop",
-        ControlOp::Start => "start",
-        ControlOp::Reload => "reload",
-        ControlOp::Restart => "restart",
-    };
+    let what = op.name();
     // Subscribe before asking, so the core's verdict cannot be missed.
     let mut rx = ctx.observed.subscribe();
     let accepted = ctx.backend.control(op).await;

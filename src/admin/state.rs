@@ -105,6 +105,20 @@ pub enum ControlOp {
     Restart,
 }
 
+impl ControlOp {
+    /// The action's word (`cmc` subcommand, logs, events and refusals).
+    pub fn name(self) -> &'static str {
+        match self {
+            ControlOp::Promote => "promote",
+            ControlOp::Demote => "demote",
+            ControlOp::Stop => "stop",
+            ControlOp::Start => "start",
+            ControlOp::Reload => "reload",
+            ControlOp::Restart => "restart",
+        }
+    }
+}
+
 /// How an action turned out (`Err`: refused, with the reason for the operator).
 pub type Outcome = Result<String, String>;
 

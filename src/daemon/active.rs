@@ -182,7 +182,7 @@ pub(super) async fn control(
                 let r = admin_op(op, &mut announcer, now(), &mut reload, path, cfg, node);
                 match (op, &r) {
                     (ControlOp::Stop | ControlOp::Start, Ok(m)) => admin.bridge.publish(at_ms(), "held", m.clone()),
-                    (_, Err(why)) => admin.bridge.publish(at_ms(), "refused", format!("{}: {why}", op_name(op))),
+                    (_, Err(why)) => admin.bridge.publish(at_ms(), "refused", format!("{}: {why}", op.name())),
                     _ => {}
                 }
                 let _ = reply.send(r);
@@ -253,17 +253,6 @@ fn admin_op(
             stop(announcer, now, node, "admin restart (withdraw, drain, restart)");
             Ok("withdrawing, draining and restarting".into())
         }
-    }
-}
-
-fn op_name(op: ControlOp) -> &'static str {
-    match op {
-        ControlOp::Promote => "promote",
-        ControlOp::Demote => "demote",
-        ControlOp::Stop => "stop",
-        ControlOp::Start => "start",
-        ControlOp::Reload => "reload",
-        ControlOp::Restart => "restart",
     }
 }
 
