@@ -1,0 +1,83 @@
+//! A `clusterserverd` process of a namespace test, with its log captured line by line.
+//!
+//! Why here: the tests read the daemon's documented log lines (` ready `, ` role change `,
+//! `reload refused`, ...) to synchronise on, so each needs the same capture thread and the
+//! same kill-on-drop; one copy keeps the tests' waits on the same footing.
+#![allow(clippy::disallowed_methods)] // reason: real processes of real-network tests
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+/// One daemon process (killed by PID and reaped on drop) and the log lines it wrote.
+#[derive(Debug)]
+pub struct Daemon {
+    pub name: String,
+    pub child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    /// Starts `clusterserverd --config CONFIG` in namespace `ns` at `RUST_LOG=info`; every
+    /// stderr line is kept and echoed as `[NAME] line` (shown for a failing test).
+    pub fn spawn(name: &str, ns: &str, config: &Path) -> Daemon {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_clusterserverd"), "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn daemon");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let (sink, tag) = (Arc::clone(&log), name.to_string());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[{tag}] {line}");
+                sink.lock().expect("log").push(line);
+            }
+        });
+        Daemon { name: name.to_string(), child, log }
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.log.lock().expect("log").clone()
+    }
+
+    /// Lines containing `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.lines().iter().filter(|l| l.contains(needle)).count()
+    }
+
+    pub fn logged(&self, needle: &str) -> bool {
+        self.lines().iter().any(|l| l.contains(needle))
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The role of its last `role change` line (`None`: never changed, i.e. backup).
+    pub fn role(&self) -> Option<String> {
+        self.lines().iter().rev().find_map(|l| field(l, " role change ", "role"))
+    }
+
+    pub fn is_primary(&self) -> bool {
+        self.role().as_deref() == Some("primary")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of `key=` on a line containing `marker` (the daemon's `key=value` log format).
+pub fn field(line: &str, marker: &str, key: &str) -> Option<String> {
+    let rest = &line[line.find(marker)? + marker.len()..];
+    rest.split_whitespace().find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=').map(str::to_string))
+}
