@@ -39,6 +39,8 @@ use std::time::{Duration, Instant};
 
 use clusterserver::admin::model::{ServiceStatus, Stats, Status, VipAnnouncement};
 use clusterserver::platform::linux::netsys::enter_netns;
+use support::netlab::NetLab;
+use support::wait::wait_until;
 use support::{ns_output, run};
 
 const VIP: &str = "10.90.9.99";
@@ -46,10 +48,7 @@ const TOKEN: &str = "aa-admin-token-0123456789";
 const BIRD: &str = "/usr/sbin/bird";
 
 fn can_run() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false);
-    let ok = root
+    let ok = support::is_root()
         && Path::new("/dev/net/tun").exists()
         && Path::new(BIRD).exists()
         && Command::new("python3").arg("-V").output().is_ok_and(|o| o.status.success());
@@ -62,12 +61,11 @@ fn can_run() -> bool {
     ok
 }
 
+/// The lab: its daemons by host (killed first on drop, as they run inside the namespaces)
+/// and the namespaces, files and helper processes ([`NetLab`]).
 struct Lab {
-    prefix: String,
-    dir: PathBuf,
-    namespaces: Vec<String>,
     daemons: Vec<(String, Child)>,
-    others: Vec<Child>,
+    net: NetLab,
 }
 
 impl Drop for Lab {
@@ -76,14 +74,6 @@ impl Drop for Lab {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for c in &mut self.others {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for ns in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -93,46 +83,31 @@ const ATMS: [(&str, &str); 3] = [("atm1", "10.90.0.1"), ("atm2", "10.90.0.2"), (
 
 impl Lab {
     fn new() -> Lab {
-        support::remove_stale_namespaces("csl-aa");
-        let prefix = format!("csl-aa{}", std::process::id());
-        let dir = std::env::temp_dir().join(&prefix);
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("run")).expect("dir");
-        Lab { prefix, dir, namespaces: Vec::new(), daemons: Vec::new(), others: Vec::new() }
+        let net = NetLab::new("csl-aa", "");
+        std::fs::create_dir_all(net.dir.join("run")).expect("dir");
+        Lab { daemons: Vec::new(), net }
     }
 
     fn ns(&self, host: &str) -> String {
-        format!("{}-{host}", self.prefix)
+        self.net.name(host)
     }
 
+    /// Every host forwards (the router; the ATMs; harmless elsewhere).
     fn add_ns(&mut self, host: &str) -> String {
-        let ns = self.ns(host);
-        run(&["ip", "netns", "add", &ns]);
-        self.namespaces.push(ns.clone());
-        run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-        for s in
-            ["net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0", "net.ipv4.ip_forward=1"]
-        {
-            run(&["ip", "netns", "exec", &ns, "sysctl", "-qw", s]);
-        }
+        let ns = self.net.add_ns(host);
+        self.net.forwarding(&ns);
         ns
     }
 
     /// Interface `ifname` of `host` on bridge `br` with `addr/24`.
     fn wire(&mut self, host: &str, ifname: &str, br: &str, addr: &str) {
-        let (ns, sw) = (self.ns(host), self.ns("sw"));
-        let port = format!("p-{host}-{ifname}");
-        run(&[
-            "ip", "link", "add", ifname, "netns", &ns, "type", "veth", "peer", "name", &port, "netns", &sw,
-        ]);
-        run(&["ip", "-n", &sw, "link", "set", &port, "master", br, "up"]);
-        run(&["ip", "-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", ifname]);
-        run(&["ip", "-n", &ns, "link", "set", ifname, "up"]);
+        let (ns, sw, port) = (self.ns(host), self.ns("sw"), format!("p-{host}-{ifname}"));
+        self.net.attach(&ns, ifname, &format!("{addr}/24"), &sw, &port, br);
     }
 
     fn spawn_in(&mut self, host: &str, args: &[&str], log: &str) -> Child {
         let out =
-            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(log)).expect("log");
+            std::fs::OpenOptions::new().create(true).append(true).open(self.net.dir.join(log)).expect("log");
         Command::new("ip")
             .args(["netns", "exec", &self.ns(host)])
             .args(args)
@@ -144,7 +119,7 @@ impl Lab {
     }
 
     fn log(&self, host: &str) -> PathBuf {
-        self.dir.join(format!("{host}.log"))
+        self.net.dir.join(format!("{host}.log"))
     }
 
     fn text(&self, host: &str) -> String {
@@ -155,9 +130,9 @@ impl Lab {
         let out = std::fs::OpenOptions::new().create(true).append(true).open(self.log(host)).expect("log");
         let c = Command::new("ip")
             .args(["netns", "exec", &self.ns(host), env!("CARGO_BIN_EXE_clusterserverd"), "--config"])
-            .arg(self.dir.join("cfg.json5"))
+            .arg(self.net.dir.join("cfg.json5"))
             .env("RUST_LOG", "info")
-            .env("CLUSTERSERVERD_RUN_DIR", self.dir.join("run").join(host))
+            .env("CLUSTERSERVERD_RUN_DIR", self.net.dir.join("run").join(host))
             .stdout(Stdio::null())
             .stderr(out)
             .spawn()
@@ -175,7 +150,7 @@ impl Lab {
     fn cmc(&self, addr: &str, args: &[&str]) -> (bool, String, String) {
         let out = Command::new("ip")
             .args(["netns", "exec", &self.ns("router"), env!("CARGO_BIN_EXE_cmc"), "--config"])
-            .arg(self.dir.join("cfg.json5"))
+            .arg(self.net.dir.join("cfg.json5"))
             .args(["--host", addr])
             .args(args)
             .output()
@@ -233,15 +208,6 @@ impl Lab {
     }
 }
 
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    start.elapsed()
-}
-
 fn hops(addrs: &[&str]) -> BTreeSet<String> {
     addrs.iter().map(|s| s.to_string()).collect()
 }
@@ -260,8 +226,7 @@ protocol bgp atm3 from atm { neighbor 10.90.0.3 as 65001; }
 fn build(lab: &mut Lab) {
     let sw = lab.add_ns("sw");
     for br in ["br0", "br2"] {
-        run(&["ip", "-n", &sw, "link", "add", br, "type", "bridge"]);
-        run(&["ip", "-n", &sw, "link", "set", br, "up"]);
+        lab.net.bridge(&sw, br);
     }
     lab.add_ns("router");
     lab.wire("router", "eth0", "br0", "10.90.0.254");
@@ -282,14 +247,14 @@ fn build(lab: &mut Lab) {
 }
 
 fn config(lab: &Lab) -> String {
-    let (secret, token) = (lab.dir.join("secret"), lab.dir.join("admin.token"));
+    let (secret, token) = (lab.net.dir.join("secret"), lab.net.dir.join("admin.token"));
     for (f, text) in [(&secret, "aa-secret"), (&token, TOKEN)] {
         std::fs::write(f, text).expect("secret");
         std::fs::set_permissions(f, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
     }
     let atms: Vec<String> =
         ATMS.iter().map(|(n, a)| format!("{{ name: '{n}', address: '{a}', interface: 'eth0' }}")).collect();
-    let run = lab.dir.join("run");
+    let run = lab.net.dir.join("run");
     format!(
         "{{ cluster: {{ name: 'aa', id: 90, secret_file: '{}', mode: 'active-active' }},
   atms: [ {} ],
@@ -418,22 +383,22 @@ fn atms_announce_over_bgp_drain_gracefully_crash_and_rejoin() {
     }
     let mut lab = Lab::new();
     build(&mut lab);
-    std::fs::write(lab.dir.join("cfg.json5"), config(&lab)).expect("config");
-    std::fs::write(lab.dir.join("router.conf"), ROUTER_BIRD).expect("router config");
-    let (conf, sock) = (lab.dir.join("router.conf"), lab.dir.join("router.ctl"));
+    std::fs::write(lab.net.dir.join("cfg.json5"), config(&lab)).expect("config");
+    std::fs::write(lab.net.dir.join("router.conf"), ROUTER_BIRD).expect("router config");
+    let (conf, sock) = (lab.net.dir.join("router.conf"), lab.net.dir.join("router.ctl"));
     let router_bird = lab.spawn_in(
         "router",
         &[BIRD, "-f", "-c", conf.to_str().unwrap(), "-s", sock.to_str().unwrap()],
         "router-bird.log",
     );
-    lab.others.push(router_bird);
+    lab.net.others.push(router_bird);
     for (h, n) in [("srv1", "srv1"), ("srv2", "srv2")] {
         let c = lab.spawn_in(
             h,
             &["timeout", "300", "python3", "-c", RESPONDER, n],
             &format!("{h}-responder.log"),
         );
-        lab.others.push(c);
+        lab.net.others.push(c);
         lab.start(h);
     }
     for h in ["srv1", "srv2"] {
