@@ -31,15 +31,15 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::Read;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clusterserver::admin::model::{ServiceStatus, Stats, Status, VipAnnouncement};
-use clusterserver::platform::linux::netsys::enter_netns;
+use support::daemon::spawn_logged;
 use support::netlab::NetLab;
+use support::traffic::NAME_RESPONDER;
 use support::wait::wait_until;
 use support::{ns_output, run};
 
@@ -76,8 +76,6 @@ impl Drop for Lab {
         }
     }
 }
-
-const RESPONDER: &str = "import socket,sys\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',8080))\ns.listen(64)\nwhile True:\n  c,_=s.accept()\n  c.sendall(sys.argv[1].encode())\n  c.close()\n";
 
 const ATMS: [(&str, &str); 3] = [("atm1", "10.90.0.1"), ("atm2", "10.90.0.2"), ("atm3", "10.90.0.3")];
 
@@ -127,16 +125,8 @@ impl Lab {
     }
 
     fn start(&mut self, host: &str) {
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(self.log(host)).expect("log");
-        let c = Command::new("ip")
-            .args(["netns", "exec", &self.ns(host), env!("CARGO_BIN_EXE_clusterserverd"), "--config"])
-            .arg(self.net.dir.join("cfg.json5"))
-            .env("RUST_LOG", "info")
-            .env("CLUSTERSERVERD_RUN_DIR", self.net.dir.join("run").join(host))
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .expect("daemon");
+        let (config, run_dir) = (self.net.dir.join("cfg.json5"), self.net.dir.join("run").join(host));
+        let c = spawn_logged(&self.ns(host), &config, &run_dir, &self.log(host));
         self.daemons.retain(|(h, _)| h != host);
         self.daemons.push((host.to_string(), c));
     }
@@ -148,19 +138,7 @@ impl Lab {
     /// `cmc --config CFG --host ADDR ARGS` run in the router's namespace (the management host
     /// here; the config allows 10.90.0.0/24): success, stdout, stderr.
     fn cmc(&self, addr: &str, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns("router"), env!("CARGO_BIN_EXE_cmc"), "--config"])
-            .arg(self.net.dir.join("cfg.json5"))
-            .args(["--host", addr])
-            .args(args)
-            .output()
-            .expect("cmc");
-        let (o, e) = (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        );
-        println!("cmc {addr} {args:?} -> {}\n{o}{e}", out.status);
-        (out.status.success(), o, e)
+        support::daemon::cmc(&self.ns("router"), &self.net.dir.join("cfg.json5"), addr, args)
     }
 
     /// `cmc ARGS --json` against `addr`, parsed.
@@ -181,30 +159,8 @@ impl Lab {
     /// `n` new connections through the VIP from the client: the names that answered, and
     /// how many failed.
     fn answered(&self, n: usize) -> (BTreeSet<String>, usize) {
-        let path = format!("/var/run/netns/{}", self.ns("client"));
-        std::thread::spawn(move || {
-            enter_netns(Path::new(&path)).expect("setns");
-            let addr: SocketAddr = format!("{VIP}:8080").parse().expect("addr");
-            let mut names = BTreeSet::new();
-            let mut failed = 0;
-            for _ in 0..n {
-                let mut body = String::new();
-                // One lost SYN (retransmitted after 1 s) on a loaded machine is not a failure.
-                let t = Duration::from_millis(1500);
-                let ok = TcpStream::connect_timeout(&addr, t).is_ok_and(|mut s| {
-                    let _ = s.set_read_timeout(Some(t));
-                    s.read_to_string(&mut body).is_ok()
-                });
-                if ok && !body.is_empty() {
-                    names.insert(body);
-                } else {
-                    failed += 1;
-                }
-            }
-            (names, failed)
-        })
-        .join()
-        .expect("client")
+        let addr: SocketAddr = format!("{VIP}:8080").parse().expect("addr");
+        support::traffic::answered(&self.ns("client"), addr, n)
     }
 }
 
@@ -395,7 +351,7 @@ fn atms_announce_over_bgp_drain_gracefully_crash_and_rejoin() {
     for (h, n) in [("srv1", "srv1"), ("srv2", "srv2")] {
         let c = lab.spawn_in(
             h,
-            &["timeout", "300", "python3", "-c", RESPONDER, n],
+            &["timeout", "300", "python3", "-c", NAME_RESPONDER, n],
             &format!("{h}-responder.log"),
         );
         lab.net.others.push(c);

@@ -29,9 +29,9 @@ use std::time::{Duration, Instant};
 
 use clusterserver::admin::client::{Client, ClientError};
 use clusterserver::admin::model::{ServiceStatus, Stats, Status};
-use clusterserver::platform::linux::netsys::enter_netns;
 use support::daemon::Daemon;
 use support::netlab::NetLab;
+use support::traffic::{echo_once, in_netns};
 use support::wait::wait_until;
 use support::{in_ns, is_root};
 
@@ -81,20 +81,7 @@ impl Lab {
 
     /// `cmc --config CFG --host ATM ARGS` run in namespace `ns`.
     fn cmc(&self, ns: &str, atm: &str, args: &[&str]) -> (bool, String, String) {
-        let host = atm_addr(atm);
-        let out = Command::new("ip")
-            .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_cmc"), "--config"])
-            .arg(self.config())
-            .args(["--host", host])
-            .args(args)
-            .output()
-            .expect("cmc");
-        let (o, e) = (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        );
-        println!("cmc {atm} {args:?} -> {}\n{o}{e}", out.status);
-        (out.status.success(), o, e)
+        support::daemon::cmc(ns, &self.config(), atm_addr(atm), args)
     }
 }
 
@@ -104,18 +91,6 @@ fn atm_addr(atm: &str) -> &'static str {
 
 fn other(atm: &str) -> &'static str {
     if atm == "atm1" { "atm2" } else { "atm1" }
-}
-
-/// Runs `f` on a fresh thread inside namespace `ns`.
-fn in_netns<R: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> R + Send + 'static,
-) -> std::thread::JoinHandle<R> {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        enter_netns(Path::new(&path)).expect("setns");
-        f()
-    })
 }
 
 fn block<T>(fut: impl std::future::Future<Output = T>) -> T {
@@ -147,18 +122,10 @@ fn primary_of(ns: &str) -> Option<String> {
     (p.len() == 1).then(|| p[0].clone())
 }
 
-/// One request through the VIP from `client`.
+/// One request through the VIP from `client` (the echo helper behind it).
 fn request(client: &str, timeout: Duration) -> bool {
-    in_netns(client, move || {
-        let addr: SocketAddr = format!("{VIP}:{PORT}").parse().expect("addr");
-        let Ok(mut s) = TcpStream::connect_timeout(&addr, timeout) else { return false };
-        let _ = s.set_read_timeout(Some(timeout));
-        let _ = s.write_all(b"ping\n");
-        let mut buf = [0u8; 5];
-        s.read_exact(&mut buf).is_ok() && &buf == b"ping\n"
-    })
-    .join()
-    .unwrap_or(false)
+    let addr: SocketAddr = format!("{VIP}:{PORT}").parse().expect("addr");
+    echo_once(client, addr, timeout)
 }
 
 /// Raw bytes to `atm`'s admin port from `ns`; the raw answer.

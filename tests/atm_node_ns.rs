@@ -21,14 +21,14 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::Read;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use clusterserver::platform::linux::netsys::enter_netns;
+use support::daemon::spawn_logged;
 use support::netlab::NetLab;
+use support::traffic::NAME_RESPONDER;
 use support::wait::wait_until;
 use support::{ns_output, run};
 
@@ -61,8 +61,6 @@ impl Drop for Lab {
     }
 }
 
-const RESPONDER: &str = "import socket,sys\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',8080))\ns.listen(64)\nwhile True:\n  c,_=s.accept()\n  c.sendall(sys.argv[1].encode())\n  c.close()\n";
-
 impl Lab {
     fn new(tag: &str) -> Lab {
         let net = NetLab::new("csl-an", &format!("-{tag}"));
@@ -83,7 +81,7 @@ impl Lab {
 
     fn responder(&mut self, host: &str, name: &str) {
         let c = Command::new("ip")
-            .args(["netns", "exec", &self.ns(host), "timeout", "120", "python3", "-c", RESPONDER, name])
+            .args(["netns", "exec", &self.ns(host), "timeout", "120", "python3", "-c", NAME_RESPONDER, name])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -100,16 +98,8 @@ impl Lab {
     }
 
     fn start(&mut self, host: &str) {
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(self.log(host)).expect("log");
-        let c = Command::new("ip")
-            .args(["netns", "exec", &self.ns(host), env!("CARGO_BIN_EXE_clusterserverd"), "--config"])
-            .arg(self.net.dir.join("cfg.json5"))
-            .env("RUST_LOG", "info")
-            .env("CLUSTERSERVERD_RUN_DIR", self.net.dir.join("run"))
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .expect("daemon");
+        let (config, run_dir) = (self.net.dir.join("cfg.json5"), self.net.dir.join("run"));
+        let c = spawn_logged(&self.ns(host), &config, &run_dir, &self.log(host));
         self.daemons.retain(|(h, _)| h != host);
         self.daemons.push((host.to_string(), c));
     }
@@ -133,31 +123,8 @@ impl Lab {
 
     /// `n` new connections through the VIP from the client: the names that answered.
     fn answered(&self, n: usize) -> (BTreeSet<String>, usize) {
-        let path = format!("/var/run/netns/{}", self.ns("client"));
-        std::thread::spawn(move || {
-            enter_netns(Path::new(&path)).expect("setns");
-            let addr: SocketAddr = format!("{VIP}:8080").parse().expect("addr");
-            let mut names = BTreeSet::new();
-            let mut failed = 0;
-            for _ in 0..n {
-                let mut body = String::new();
-                // Generous: one lost SYN (retransmitted after 1 s) on a loaded CI machine is
-                // not a failure of who serves; a request that never gets through still is.
-                let t = Duration::from_millis(1500);
-                let ok = TcpStream::connect_timeout(&addr, t).is_ok_and(|mut s| {
-                    let _ = s.set_read_timeout(Some(t));
-                    s.read_to_string(&mut body).is_ok()
-                });
-                if ok && !body.is_empty() {
-                    names.insert(body);
-                } else {
-                    failed += 1;
-                }
-            }
-            (names, failed)
-        })
-        .join()
-        .expect("client")
+        let addr: SocketAddr = format!("{VIP}:8080").parse().expect("addr");
+        support::traffic::answered(&self.ns("client"), addr, n)
     }
 }
 

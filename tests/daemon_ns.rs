@@ -26,9 +26,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use clusterserver::platform::linux::netsys::enter_netns;
 use support::daemon::Daemon;
 use support::netlab::NetLab;
+use support::traffic::{echo_once, in_netns};
 use support::wait::wait_until;
 use support::{in_ns, is_root, ns_output, run};
 
@@ -86,25 +86,10 @@ impl Lab {
     }
 }
 
-/// Runs `f` on a fresh thread inside namespace `ns` (sockets it makes stay in `ns`).
-fn in_netns<R: Send + 'static>(ns: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        enter_netns(Path::new(&path)).expect("setns");
-        f()
-    })
-    .join()
-    .expect("client thread")
-}
-
 /// One request through the VIP: connect, send a line, read it back.
 fn request(client: &str, timeout: Duration) -> bool {
-    in_netns(client, move || {
-        let addr: SocketAddr = format!("{VIP}:{PORT}").parse().expect("addr");
-        let Ok(mut s) = TcpStream::connect_timeout(&addr, timeout) else { return false };
-        let _ = s.set_read_timeout(Some(timeout));
-        exchange(&mut s, "ping")
-    })
+    let addr: SocketAddr = format!("{VIP}:{PORT}").parse().expect("addr");
+    echo_once(client, addr, timeout)
 }
 
 fn exchange(s: &mut TcpStream, word: &str) -> bool {
@@ -227,7 +212,9 @@ fn two_daemons_elect_fail_over_and_hand_over() {
     let mut long = in_netns(&client, || {
         let addr: SocketAddr = format!("{VIP}:{PORT}").parse().expect("addr");
         TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("long-lived connect")
-    });
+    })
+    .join()
+    .expect("client thread");
     long.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
     assert!(exchange(&mut long, "before"), "long-lived connection before failover");
     // Warm-up: the connection talks for 3 s. The backup's heartbeat loss estimator starts

@@ -1,8 +1,9 @@
-//! A `clusterserverd` process of a namespace test, with its log captured line by line.
+//! `clusterserverd` processes of a namespace test, with their logs ([`Daemon`]: captured line
+//! by line; [`spawn_logged`]: to a file), and the real `cmc` run against them ([`cmc`]).
 //!
 //! Why here: the tests read the daemon's documented log lines (` ready `, ` role change `,
-//! `reload refused`, ...) to synchronise on, so each needs the same capture thread and the
-//! same kill-on-drop; one copy keeps the tests' waits on the same footing.
+//! `reload refused`, ...) to synchronise on, so each needs the same capture and the same
+//! kill-on-drop; one copy keeps the tests' waits on the same footing.
 #![allow(clippy::disallowed_methods)] // reason: real processes of real-network tests
 
 use std::io::{BufRead, BufReader};
@@ -74,6 +75,40 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts `clusterserverd --config CONFIG` in namespace `ns` at `RUST_LOG=info` with
+/// `CLUSTERSERVERD_RUN_DIR=run_dir`, its stderr appended to `log` (kept across restarts of
+/// the same host, so a test can count its ` ready ` lines). The caller kills it by PID.
+pub fn spawn_logged(ns: &str, config: &Path, run_dir: &Path, log: &Path) -> Child {
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log");
+    Command::new("ip")
+        .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_clusterserverd"), "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .env("CLUSTERSERVERD_RUN_DIR", run_dir)
+        .stdout(Stdio::null())
+        .stderr(out)
+        .spawn()
+        .expect("daemon")
+}
+
+/// `cmc --config CONFIG --host HOST ARGS` (the real binary) run in namespace `ns`: whether
+/// it succeeded, its stdout and its stderr (all three printed, for a failing test).
+pub fn cmc(ns: &str, config: &Path, host: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_cmc"), "--config"])
+        .arg(config)
+        .args(["--host", host])
+        .args(args)
+        .output()
+        .expect("cmc");
+    let (o, e) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    println!("cmc {host} {args:?} -> {}\n{o}{e}", out.status);
+    (out.status.success(), o, e)
 }
 
 /// The value of `key=` on a line containing `marker` (the daemon's `key=value` log format).

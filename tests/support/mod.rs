@@ -4,7 +4,8 @@
 //! module per concern:
 //!
 //! * [`netlab`]: namespaces, bridges and veth links, and the guard that removes them;
-//! * [`daemon`]: a `clusterserverd` process with its log captured;
+//! * [`daemon`]: `clusterserverd` processes with their logs, and `cmc` against them;
+//! * [`traffic`]: code inside a namespace, the servers' responder, clients through a VIP;
 //! * [`wait`]: polling with a deadline.
 //!
 //! (Each test binary compiles this module on its own and uses part of it, hence the
@@ -14,6 +15,7 @@
 
 pub mod daemon;
 pub mod netlab;
+pub mod traffic;
 pub mod wait;
 
 use std::fs;
