@@ -37,7 +37,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clusterserver::admin::model::{ServiceStatus, Stats, Status, VipAnnouncement};
-use support::daemon::spawn_logged;
+use support::daemon::{LoggedDaemons, spawn_logged};
 use support::netlab::NetLab;
 use support::traffic::NAME_RESPONDER;
 use support::wait::wait_until;
@@ -61,20 +61,11 @@ fn can_run() -> bool {
     ok
 }
 
-/// The lab: its daemons by host (killed first on drop, as they run inside the namespaces)
-/// and the namespaces, files and helper processes ([`NetLab`]).
+/// The lab: its daemons by host (declared first: killed before the namespaces go) and the
+/// namespaces, files and helper processes ([`NetLab`]).
 struct Lab {
-    daemons: Vec<(String, Child)>,
+    daemons: LoggedDaemons,
     net: NetLab,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for (_, c) in self.daemons.iter_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 const ATMS: [(&str, &str); 3] = [("atm1", "10.90.0.1"), ("atm2", "10.90.0.2"), ("atm3", "10.90.0.3")];
@@ -83,7 +74,7 @@ impl Lab {
     fn new() -> Lab {
         let net = NetLab::new("csl-aa", "");
         std::fs::create_dir_all(net.dir.join("run")).expect("dir");
-        Lab { daemons: Vec::new(), net }
+        Lab { daemons: LoggedDaemons::default(), net }
     }
 
     fn ns(&self, host: &str) -> String {
@@ -127,12 +118,11 @@ impl Lab {
     fn start(&mut self, host: &str) {
         let (config, run_dir) = (self.net.dir.join("cfg.json5"), self.net.dir.join("run").join(host));
         let c = spawn_logged(&self.ns(host), &config, &run_dir, &self.log(host));
-        self.daemons.retain(|(h, _)| h != host);
-        self.daemons.push((host.to_string(), c));
+        self.daemons.insert(host, c);
     }
 
     fn daemon(&mut self, host: &str) -> &mut Child {
-        &mut self.daemons.iter_mut().find(|(h, _)| h == host).expect("running").1
+        self.daemons.get(host)
     }
 
     /// `cmc --config CFG --host ADDR ARGS` run in the router's namespace (the management host

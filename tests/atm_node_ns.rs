@@ -23,10 +23,10 @@ mod support;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::daemon::spawn_logged;
+use support::daemon::{LoggedDaemons, spawn_logged};
 use support::netlab::NetLab;
 use support::traffic::NAME_RESPONDER;
 use support::wait::wait_until;
@@ -45,27 +45,18 @@ fn can_run() -> bool {
     ok
 }
 
-/// The lab: its daemons by host (killed first on drop, as they run inside the namespaces)
-/// and the namespaces, files and helper processes ([`NetLab`]).
+/// The lab: its daemons by host (declared first: killed before the namespaces go) and the
+/// namespaces, files and helper processes ([`NetLab`]).
 struct Lab {
-    daemons: Vec<(String, Child)>,
+    daemons: LoggedDaemons,
     net: NetLab,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for (_, c) in self.daemons.iter_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 impl Lab {
     fn new(tag: &str) -> Lab {
         let net = NetLab::new("csl-an", &format!("-{tag}"));
         std::fs::create_dir_all(net.dir.join("run")).expect("dir");
-        Lab { daemons: Vec::new(), net }
+        Lab { daemons: LoggedDaemons::default(), net }
     }
 
     fn ns(&self, host: &str) -> String {
@@ -100,13 +91,11 @@ impl Lab {
     fn start(&mut self, host: &str) {
         let (config, run_dir) = (self.net.dir.join("cfg.json5"), self.net.dir.join("run"));
         let c = spawn_logged(&self.ns(host), &config, &run_dir, &self.log(host));
-        self.daemons.retain(|(h, _)| h != host);
-        self.daemons.push((host.to_string(), c));
+        self.daemons.insert(host, c);
     }
 
     fn term(&mut self, host: &str) {
-        let i = self.daemons.iter().position(|(h, _)| h == host).expect("running");
-        let (_, mut c) = self.daemons.remove(i);
+        let mut c = self.daemons.take(host).expect("running");
         run(&["kill", "-TERM", &c.id().to_string()]);
         let mut st = None;
         wait_until(&format!("{host} to exit"), Duration::from_secs(10), || {

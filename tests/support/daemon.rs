@@ -93,6 +93,42 @@ pub fn spawn_logged(ns: &str, config: &Path, run_dir: &Path, log: &Path) -> Chil
         .expect("daemon")
 }
 
+/// Daemons started with [`spawn_logged`], one per host, killed by PID and reaped on drop
+/// (declare it before the test's [`super::netlab::NetLab`]: they run in its namespaces).
+#[derive(Debug, Default)]
+pub struct LoggedDaemons(Vec<(String, Child)>);
+
+impl LoggedDaemons {
+    /// `host`'s daemon is now `child` (a previous one, normally already gone, is killed).
+    pub fn insert(&mut self, host: &str, child: Child) {
+        if let Some(mut old) = self.take(host) {
+            let _ = old.kill();
+            let _ = old.wait();
+        }
+        self.0.push((host.to_string(), child));
+    }
+
+    /// `host`'s daemon; panics if none was started.
+    pub fn get(&mut self, host: &str) -> &mut Child {
+        &mut self.0.iter_mut().find(|(h, _)| h == host).expect("running").1
+    }
+
+    /// Takes `host`'s daemon out (the caller stops it).
+    pub fn take(&mut self, host: &str) -> Option<Child> {
+        let i = self.0.iter().position(|(h, _)| h == host)?;
+        Some(self.0.remove(i).1)
+    }
+}
+
+impl Drop for LoggedDaemons {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// `cmc --config CONFIG --host HOST ARGS` (the real binary) run in namespace `ns`: whether
 /// it succeeded, its stdout and its stderr (all three printed, for a failing test).
 pub fn cmc(ns: &str, config: &Path, host: &str, args: &[&str]) -> (bool, String, String) {
