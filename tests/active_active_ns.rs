@@ -13,6 +13,12 @@
 //!
 //! VIP 10.90.9.99:8080 (on no subnet: reached only through the router), `mh`. Checked, in
 //! order: the router installs one route with three next hops and every request is served;
+//! the admin channel of an active-active daemon through the real `cmc`, run in the router's
+//! namespace (status reports role `active` and the VIP announced, servers and metrics answer,
+//! a drain applied on every ATM leaves the server without new flows, draining the last server
+//! on atm1 withdraws its route and `enable` brings it back, `cmc stop` takes atm1's
+//! route out of the router's table and `cmc start` puts it back, `promote`/`demote` are
+//! refused and counted, `cmc restart` withdraws and comes back);
 //! a graceful stop (SIGTERM) of atm3 withdraws its next hop *before* the daemon exits and no
 //! request fails; a crash (SIGKILL) of atm2 takes its BIRD with it and the router drops the
 //! next hop within a second; atm2 rejoins and is a next hop again. The times are printed.
@@ -25,23 +31,24 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::Read;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use clusterserver::platform::linux::netsys::enter_netns;
+use clusterserver::admin::model::{ServiceStatus, Stats, Status, VipAnnouncement};
+use support::daemon::{LoggedDaemons, spawn_logged};
+use support::netlab::NetLab;
+use support::traffic::NAME_RESPONDER;
+use support::wait::wait_until;
 use support::{ns_output, run};
 
 const VIP: &str = "10.90.9.99";
+const TOKEN: &str = "aa-admin-token-0123456789";
 const BIRD: &str = "/usr/sbin/bird";
 
 fn can_run() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false);
-    let ok = root
+    let ok = support::is_root()
         && Path::new("/dev/net/tun").exists()
         && Path::new(BIRD).exists()
         && Command::new("python3").arg("-V").output().is_ok_and(|o| o.status.success());
@@ -54,77 +61,42 @@ fn can_run() -> bool {
     ok
 }
 
+/// The lab: its daemons by host (declared first: killed before the namespaces go) and the
+/// namespaces, files and helper processes ([`NetLab`]).
 struct Lab {
-    prefix: String,
-    dir: PathBuf,
-    namespaces: Vec<String>,
-    daemons: Vec<(String, Child)>,
-    others: Vec<Child>,
+    daemons: LoggedDaemons,
+    net: NetLab,
 }
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for (_, c) in self.daemons.iter_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for c in &mut self.others {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for ns in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-const RESPONDER: &str = "import socket,sys\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',8080))\ns.listen(64)\nwhile True:\n  c,_=s.accept()\n  c.sendall(sys.argv[1].encode())\n  c.close()\n";
 
 const ATMS: [(&str, &str); 3] = [("atm1", "10.90.0.1"), ("atm2", "10.90.0.2"), ("atm3", "10.90.0.3")];
 
 impl Lab {
     fn new() -> Lab {
-        support::remove_stale_namespaces("csl-aa");
-        let prefix = format!("csl-aa{}", std::process::id());
-        let dir = std::env::temp_dir().join(&prefix);
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("run")).expect("dir");
-        Lab { prefix, dir, namespaces: Vec::new(), daemons: Vec::new(), others: Vec::new() }
+        let net = NetLab::new("csl-aa", "");
+        std::fs::create_dir_all(net.dir.join("run")).expect("dir");
+        Lab { daemons: LoggedDaemons::default(), net }
     }
 
     fn ns(&self, host: &str) -> String {
-        format!("{}-{host}", self.prefix)
+        self.net.name(host)
     }
 
+    /// Every host forwards (the router; the ATMs; harmless elsewhere).
     fn add_ns(&mut self, host: &str) -> String {
-        let ns = self.ns(host);
-        run(&["ip", "netns", "add", &ns]);
-        self.namespaces.push(ns.clone());
-        run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-        for s in
-            ["net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0", "net.ipv4.ip_forward=1"]
-        {
-            run(&["ip", "netns", "exec", &ns, "sysctl", "-qw", s]);
-        }
+        let ns = self.net.add_ns(host);
+        self.net.forwarding(&ns);
         ns
     }
 
     /// Interface `ifname` of `host` on bridge `br` with `addr/24`.
     fn wire(&mut self, host: &str, ifname: &str, br: &str, addr: &str) {
-        let (ns, sw) = (self.ns(host), self.ns("sw"));
-        let port = format!("p-{host}-{ifname}");
-        run(&[
-            "ip", "link", "add", ifname, "netns", &ns, "type", "veth", "peer", "name", &port, "netns", &sw,
-        ]);
-        run(&["ip", "-n", &sw, "link", "set", &port, "master", br, "up"]);
-        run(&["ip", "-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", ifname]);
-        run(&["ip", "-n", &ns, "link", "set", ifname, "up"]);
+        let (ns, sw, port) = (self.ns(host), self.ns("sw"), format!("p-{host}-{ifname}"));
+        self.net.attach(&ns, ifname, &format!("{addr}/24"), &sw, &port, br);
     }
 
     fn spawn_in(&mut self, host: &str, args: &[&str], log: &str) -> Child {
         let out =
-            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(log)).expect("log");
+            std::fs::OpenOptions::new().create(true).append(true).open(self.net.dir.join(log)).expect("log");
         Command::new("ip")
             .args(["netns", "exec", &self.ns(host)])
             .args(args)
@@ -136,7 +108,7 @@ impl Lab {
     }
 
     fn log(&self, host: &str) -> PathBuf {
-        self.dir.join(format!("{host}.log"))
+        self.net.dir.join(format!("{host}.log"))
     }
 
     fn text(&self, host: &str) -> String {
@@ -144,22 +116,27 @@ impl Lab {
     }
 
     fn start(&mut self, host: &str) {
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(self.log(host)).expect("log");
-        let c = Command::new("ip")
-            .args(["netns", "exec", &self.ns(host), env!("CARGO_BIN_EXE_clusterserverd"), "--config"])
-            .arg(self.dir.join("cfg.json5"))
-            .env("RUST_LOG", "info")
-            .env("CLUSTERSERVERD_RUN_DIR", self.dir.join("run").join(host))
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .expect("daemon");
-        self.daemons.retain(|(h, _)| h != host);
-        self.daemons.push((host.to_string(), c));
+        let (config, run_dir) = (self.net.dir.join("cfg.json5"), self.net.dir.join("run").join(host));
+        let c = spawn_logged(&self.ns(host), &config, &run_dir, &self.log(host));
+        self.daemons.insert(host, c);
     }
 
     fn daemon(&mut self, host: &str) -> &mut Child {
-        &mut self.daemons.iter_mut().find(|(h, _)| h == host).expect("running").1
+        self.daemons.get(host)
+    }
+
+    /// `cmc --config CFG --host ADDR ARGS` run in the router's namespace (the management host
+    /// here; the config allows 10.90.0.0/24): success, stdout, stderr.
+    fn cmc(&self, addr: &str, args: &[&str]) -> (bool, String, String) {
+        support::daemon::cmc(&self.ns("router"), &self.net.dir.join("cfg.json5"), addr, args)
+    }
+
+    /// `cmc ARGS --json` against `addr`, parsed.
+    fn cmc_json<T: serde::de::DeserializeOwned>(&self, addr: &str, args: &[&str]) -> T {
+        let args: Vec<&str> = args.iter().copied().chain(["--json"]).collect();
+        let (ok, out, err) = self.cmc(addr, &args);
+        assert!(ok, "cmc {args:?}: {err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("cmc {args:?}: {e}: {out}"))
     }
 
     /// The router's next hops for the VIP.
@@ -172,40 +149,9 @@ impl Lab {
     /// `n` new connections through the VIP from the client: the names that answered, and
     /// how many failed.
     fn answered(&self, n: usize) -> (BTreeSet<String>, usize) {
-        let path = format!("/var/run/netns/{}", self.ns("client"));
-        std::thread::spawn(move || {
-            enter_netns(Path::new(&path)).expect("setns");
-            let addr: SocketAddr = format!("{VIP}:8080").parse().expect("addr");
-            let mut names = BTreeSet::new();
-            let mut failed = 0;
-            for _ in 0..n {
-                let mut body = String::new();
-                // One lost SYN (retransmitted after 1 s) on a loaded machine is not a failure.
-                let t = Duration::from_millis(1500);
-                let ok = TcpStream::connect_timeout(&addr, t).is_ok_and(|mut s| {
-                    let _ = s.set_read_timeout(Some(t));
-                    s.read_to_string(&mut body).is_ok()
-                });
-                if ok && !body.is_empty() {
-                    names.insert(body);
-                } else {
-                    failed += 1;
-                }
-            }
-            (names, failed)
-        })
-        .join()
-        .expect("client")
+        let addr: SocketAddr = format!("{VIP}:8080").parse().expect("addr");
+        support::traffic::answered(&self.ns("client"), addr, n)
     }
-}
-
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    start.elapsed()
 }
 
 fn hops(addrs: &[&str]) -> BTreeSet<String> {
@@ -226,8 +172,7 @@ protocol bgp atm3 from atm { neighbor 10.90.0.3 as 65001; }
 fn build(lab: &mut Lab) {
     let sw = lab.add_ns("sw");
     for br in ["br0", "br2"] {
-        run(&["ip", "-n", &sw, "link", "add", br, "type", "bridge"]);
-        run(&["ip", "-n", &sw, "link", "set", br, "up"]);
+        lab.net.bridge(&sw, br);
     }
     lab.add_ns("router");
     lab.wire("router", "eth0", "br0", "10.90.0.254");
@@ -248,12 +193,14 @@ fn build(lab: &mut Lab) {
 }
 
 fn config(lab: &Lab) -> String {
-    let secret = lab.dir.join("secret");
-    std::fs::write(&secret, "aa-secret").expect("secret");
-    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    let (secret, token) = (lab.net.dir.join("secret"), lab.net.dir.join("admin.token"));
+    for (f, text) in [(&secret, "aa-secret"), (&token, TOKEN)] {
+        std::fs::write(f, text).expect("secret");
+        std::fs::set_permissions(f, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    }
     let atms: Vec<String> =
         ATMS.iter().map(|(n, a)| format!("{{ name: '{n}', address: '{a}', interface: 'eth0' }}")).collect();
-    let run = lab.dir.join("run");
+    let run = lab.net.dir.join("run");
     format!(
         "{{ cluster: {{ name: 'aa', id: 90, secret_file: '{}', mode: 'active-active' }},
   atms: [ {} ],
@@ -261,12 +208,118 @@ fn config(lab: &Lab) -> String {
           control_socket: '{}/bird-{{atm}}.ctl', config_file: '{}/bird-{{atm}}.conf' }},
   services: [ {{ name: 'web', vip: '{VIP}', port: 8080, forwarding: 'dr', scheduler: 'mh',
     servers: [ {{ name: 'srv1', address: '10.90.0.51', port: 8080 }}, {{ name: 'srv2', address: '10.90.0.52', port: 8080 }} ],
-    checks: [ {{ kind: 'tcp', interval_ms: 500, timeout_ms: 300 }} ] }} ] }}",
+    checks: [ {{ kind: 'tcp', interval_ms: 500, timeout_ms: 300 }} ] }} ],
+  security: {{ admin_allow: ['10.90.0.0/24'], token_file: '{}' }} }}",
         secret.display(),
         atms.join(", "),
         run.display(),
-        run.display()
+        run.display(),
+        token.display()
     )
+}
+
+/// The admin channel of active-active daemons, through the real `cmc` (see the module docs).
+fn admin_channel(lab: &Lab) {
+    let atm1 = ATMS[0].1;
+    let all = hops(&["10.90.0.1", "10.90.0.2", "10.90.0.3"]);
+    let s: Status = lab.cmc_json(atm1, &["status"]);
+    assert_eq!((s.role.as_str(), s.stopped, s.peers.len()), ("active", false, 0), "{s:?}");
+    let announced = VipAnnouncement { vip: VIP.into(), announced: true, reason: None };
+    assert_eq!(s.announcements, vec![announced.clone()]);
+    let (ok, out, err) = lab.cmc(atm1, &["servers"]);
+    assert!(ok && out.contains("srv1") && out.contains("srv2"), "{out}{err}");
+    let (ok, out, _) = lab.cmc(atm1, &["metrics"]);
+    assert!(ok && out.contains(&format!("clusterserver_vip_announced{{vip=\"{VIP}\"}} 1")), "{out}");
+    assert!(out.contains("clusterserver_check_runs_total{service=\"web\",server=\"srv1\""), "{out}");
+
+    // Drain srv1 on every ATM (Maglev: each ATM schedules on its own): no new flow reaches it,
+    // and atm1's own counters show its share went to srv2 only.
+    let servers = |addr: &str| lab.cmc_json::<Vec<ServiceStatus>>(addr, &["servers"]).remove(0).servers;
+    let before = servers(atm1);
+    assert!(
+        before.iter().all(|s| s.healthy && s.admin == "enabled" && s.weight == s.config_weight),
+        "{before:?}"
+    );
+    for (_, a) in ATMS {
+        let (ok, out, err) = lab.cmc(a, &["drain", "web", "srv1"]);
+        assert!(ok && out.contains("drain web/srv1"), "{err}");
+    }
+    let drained = servers(atm1);
+    assert_eq!((drained[0].weight, drained[0].admin.as_str()), (0, "drained"));
+    let (names, failed) = lab.answered(30);
+    assert_eq!((names, failed), (hops(&["srv2"]), 0), "requests while srv1 is drained");
+    let after = servers(atm1);
+    assert_eq!(after[0].connections_total, before[0].connections_total, "drained srv1 got flows via atm1");
+    assert!(after[1].connections_total > before[1].connections_total, "no request went through atm1");
+    let s: Status = lab.cmc_json(atm1, &["status"]);
+    assert_eq!(s.announcements, vec![announced.clone()], "srv2 is left: the VIP stays announced");
+    // With srv2 drained too, atm1 has no server to send new flows to: it withdraws the VIP.
+    let (ok, _, err) = lab.cmc(atm1, &["drain", "web", "srv2"]);
+    assert!(ok, "{err}");
+    wait_until("atm1 withdrawn with every server drained", Duration::from_secs(10), || {
+        lab.next_hops() == hops(&["10.90.0.2", "10.90.0.3"])
+    });
+    let s: Status = lab.cmc_json(atm1, &["status"]);
+    assert_eq!(s.announcements[0].reason.as_deref(), Some("no_healthy_server"), "{s:?}");
+    let (ok, _, err) = lab.cmc(atm1, &["enable", "web", "srv2"]);
+    assert!(ok, "{err}");
+    wait_until("atm1 announces again after enable", Duration::from_secs(10), || lab.next_hops() == all);
+    for (_, a) in ATMS {
+        let (ok, _, err) = lab.cmc(a, &["enable", "web", "srv1"]);
+        assert!(ok, "{err}");
+    }
+    let (names, failed) = lab.answered(30);
+    assert_eq!((names, failed), (hops(&["srv1", "srv2"]), 0), "requests after enable");
+
+    // Stop: atm1's next hop leaves the router's table while the daemon runs on; start: back.
+    let (ok, out, err) = lab.cmc(atm1, &["stop"]);
+    assert!(ok && out.contains("forwarding stopped on atm1"), "{out}{err}");
+    let t = wait_until("atm1 withdrawn by cmc stop", Duration::from_secs(10), || {
+        lab.next_hops() == hops(&["10.90.0.2", "10.90.0.3"])
+    });
+    println!("cmc stop: atm1's next hop gone {t:?} after the answer");
+    let s: Status = lab.cmc_json(atm1, &["status"]);
+    let held =
+        VipAnnouncement { vip: VIP.into(), announced: false, reason: Some("stopped_by_operator".into()) };
+    assert!(s.stopped && s.announcements == vec![held], "{s:?}");
+    let (ok, _, err) = lab.cmc(atm1, &["stop"]);
+    assert!(!ok && err.contains("already stopped"), "{err}");
+    let (_, failed) = lab.answered(30);
+    assert_eq!(failed, 0, "requests failed while atm1 was stopped");
+    let (ok, out, err) = lab.cmc(atm1, &["start"]);
+    assert!(ok && out.contains("forwarding started on atm1"), "{out}{err}");
+    let t = wait_until("atm1 back by cmc start", Duration::from_secs(10), || lab.next_hops() == all);
+    println!("cmc start: atm1 a next hop again {t:?} after the answer");
+    let s: Status = lab.cmc_json(atm1, &["status"]);
+    assert!(!s.stopped && s.announcements == vec![announced], "{s:?}");
+
+    // No primary here: promote and demote are refused with a reason, changing nothing, and
+    // counted (with the refused second stop) as bad requests.
+    for cmd in ["promote", "demote"] {
+        let (ok, _, err) = lab.cmc(atm1, &[cmd]);
+        assert!(!ok && err.contains("active-active mode has no primary"), "{cmd}: {err}");
+    }
+    let st: Stats = lab.cmc_json(atm1, &["stats"]);
+    assert!(st.admin_bad_requests >= 3 && st.engine_active, "{st:?}");
+    let (ok, out, err) = lab.cmc(atm1, &["reload"]);
+    assert!(ok && out.contains("unchanged"), "{out}{err}");
+    assert_eq!(lab.next_hops(), all, "the refused and no-op actions changed the routes");
+
+    // Restart: withdraw, drain, restart in-process; the route and the admin channel return.
+    let ready = lab.text("atm1").matches(" ready node=atm1").count();
+    let (ok, out, err) = lab.cmc(atm1, &["restart"]);
+    assert!(ok && out.contains("restarting"), "{out}{err}");
+    wait_until("atm1 withdrawn by cmc restart", Duration::from_secs(5), || {
+        lab.next_hops() == hops(&["10.90.0.2", "10.90.0.3"])
+    });
+    let t = wait_until("atm1 back after cmc restart", Duration::from_secs(30), || {
+        lab.text("atm1").matches(" ready node=atm1").count() > ready && lab.next_hops() == all
+    });
+    println!("cmc restart: atm1 a next hop again {t:?} after its withdrawal");
+    let s: Status = lab.cmc_json(atm1, &["status"]);
+    assert!(s.role == "active" && s.announcements[0].announced, "{s:?}");
+    let (_, failed) = lab.answered(30);
+    assert_eq!(failed, 0, "requests failed after atm1's restart");
 }
 
 #[test]
@@ -276,22 +329,22 @@ fn atms_announce_over_bgp_drain_gracefully_crash_and_rejoin() {
     }
     let mut lab = Lab::new();
     build(&mut lab);
-    std::fs::write(lab.dir.join("cfg.json5"), config(&lab)).expect("config");
-    std::fs::write(lab.dir.join("router.conf"), ROUTER_BIRD).expect("router config");
-    let (conf, sock) = (lab.dir.join("router.conf"), lab.dir.join("router.ctl"));
+    std::fs::write(lab.net.dir.join("cfg.json5"), config(&lab)).expect("config");
+    std::fs::write(lab.net.dir.join("router.conf"), ROUTER_BIRD).expect("router config");
+    let (conf, sock) = (lab.net.dir.join("router.conf"), lab.net.dir.join("router.ctl"));
     let router_bird = lab.spawn_in(
         "router",
         &[BIRD, "-f", "-c", conf.to_str().unwrap(), "-s", sock.to_str().unwrap()],
         "router-bird.log",
     );
-    lab.others.push(router_bird);
+    lab.net.others.push(router_bird);
     for (h, n) in [("srv1", "srv1"), ("srv2", "srv2")] {
         let c = lab.spawn_in(
             h,
-            &["timeout", "300", "python3", "-c", RESPONDER, n],
+            &["timeout", "300", "python3", "-c", NAME_RESPONDER, n],
             &format!("{h}-responder.log"),
         );
-        lab.others.push(c);
+        lab.net.others.push(c);
         lab.start(h);
     }
     for h in ["srv1", "srv2"] {
@@ -316,6 +369,8 @@ fn atms_announce_over_bgp_drain_gracefully_crash_and_rejoin() {
     println!("3 ATMs: answered by {names:?}, {failed} failed");
     assert_eq!(failed, 0, "atm1:\n{}", lab.text("atm1"));
     assert_eq!(names, hops(&["srv1", "srv2"]));
+
+    admin_channel(&lab);
 
     // Graceful drain of atm3: withdrawn first, while the daemon still runs.
     let pid = lab.daemon("atm3").id().to_string();

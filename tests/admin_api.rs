@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use clusterserver::admin::acl::Acl;
 use clusterserver::admin::client::{Client, ClientError};
-use clusterserver::admin::model::{ConnectionPage, ServiceStatus, Stats, Status};
+use clusterserver::admin::model::{ConnectionPage, ServiceStatus, Stats, Status, VipAnnouncement};
 use clusterserver::admin::server::{AdminContext, Limits, empty_page};
 use clusterserver::admin::state::{
     AdminCounters, Backend, ConnectionQuery, ControlOp, DataplaneView, Observed, Outcome, ServerOp,
@@ -365,6 +365,34 @@ fn the_connection_limit_refuses_one_more_and_recovers() {
     while block(client(&f, Some(TOKEN)).get::<Status>("/v1/status")).is_err() {
         assert!(std::time::Instant::now() < deadline, "slots never freed");
     }
+}
+
+/// Active-active mode publishes no election state but each VIP's announcement: the status
+/// says `active`, lists no heartbeat peers, and gives the reason a VIP is withdrawn; the
+/// metrics carry the announcement instead of peer gauges. (The daemon side, with BIRD and a
+/// router, is `tests/active_active_ns.rs`.)
+#[test]
+fn an_active_active_atm_reports_role_active_and_each_vip_announcement() {
+    let f = start("aa", loopback_only(), Limits::default());
+    let bridge =
+        CoreBridge::new(Arc::clone(&f.backend.observed), vec!["atm1".into(), "atm2".into()], "atm1".into());
+    let held = VipAnnouncement {
+        vip: "10.0.0.99".into(),
+        announced: false,
+        reason: Some("stopped_by_operator".into()),
+    };
+    bridge.observe_active(true, vec![held.clone()]);
+    let c = client(&f, Some(TOKEN));
+    let s: Status = block(c.get("/v1/status")).expect("status");
+    assert_eq!((s.role.as_str(), s.stopped, s.peers.len()), ("active", true, 0), "{s:?}");
+    assert_eq!(s.announcements, vec![held]);
+    let m = block(c.get_text("/metrics")).expect("metrics");
+    assert!(m.contains("clusterserver_vip_announced{vip=\"10.0.0.99\"} 0"), "{m}");
+    assert!(!m.contains("clusterserver_peer_up"), "{m}");
+    // Primary/backup JSON has no `announcements` key (older cmc builds read it unchanged).
+    let f = start("pb", loopback_only(), Limits::default());
+    let body = block(client(&f, Some(TOKEN)).get_text("/v1/status")).expect("status");
+    assert!(!body.contains("announcements"), "{body}");
 }
 
 #[test]

@@ -19,18 +19,21 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clusterserver::admin::client::{Client, ClientError};
 use clusterserver::admin::model::{ServiceStatus, Stats, Status};
-use clusterserver::platform::linux::netsys::enter_netns;
-use support::{in_ns, is_root, run};
+use support::daemon::Daemon;
+use support::netlab::NetLab;
+use support::traffic::{echo_once, in_netns};
+use support::wait::wait_until;
+use support::{in_ns, is_root};
 
 const HELPER_ENV: &str = "CSL_AM_HELPER";
 const VIP: &str = "10.79.1.99";
@@ -47,95 +50,29 @@ fn helper_echo_server() {
     support::echo_server_helper(HELPER_ENV, Duration::from_secs(300));
 }
 
-struct Daemon {
-    name: String,
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Daemon {
-    fn lines(&self) -> Vec<String> {
-        self.log.lock().expect("log").clone()
-    }
-    fn count(&self, needle: &str) -> usize {
-        self.lines().iter().filter(|l| l.contains(needle)).count()
-    }
-}
-
+/// The lab: its daemons (declared first, so they are killed before the namespaces go) and
+/// the namespaces, files and helper processes ([`NetLab`]).
 struct Lab {
-    prefix: String,
-    dir: PathBuf,
-    namespaces: Vec<String>,
     daemons: Vec<Daemon>,
-    others: Vec<Child>,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for d in &mut self.daemons {
-            let _ = d.child.kill();
-            let _ = d.child.wait();
-        }
-        for c in &mut self.others {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for ns in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    net: NetLab,
 }
 
 impl Lab {
     fn new() -> Lab {
-        support::remove_stale_namespaces("csl-am");
-        let prefix = format!("csl-am{}", std::process::id());
-        let dir = std::env::temp_dir().join(&prefix);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        Lab { prefix, dir, namespaces: Vec::new(), daemons: Vec::new(), others: Vec::new() }
+        Lab { daemons: Vec::new(), net: NetLab::new("csl-am", "") }
     }
 
     fn ns(&mut self, role: &str) -> String {
-        let name = format!("{}-{role}", self.prefix);
-        run(&["ip", "netns", "add", &name]);
-        self.namespaces.push(name.clone());
-        in_ns(&name, &["ip", "link", "set", "lo", "up"]);
-        name
-    }
-
-    fn attach(&self, ns: &str, dev: &str, addr: &str, sw: &str, port: &str, bridge: &str) {
-        run(&["ip", "link", "add", dev, "netns", ns, "type", "veth", "peer", "name", port, "netns", sw]);
-        in_ns(sw, &["ip", "link", "set", port, "master", bridge]);
-        in_ns(sw, &["ip", "link", "set", port, "up"]);
-        in_ns(ns, &["ip", "addr", "add", addr, "brd", "+", "dev", dev]);
-        in_ns(ns, &["ip", "link", "set", dev, "up"]);
+        self.net.add_ns(role)
     }
 
     fn config(&self) -> PathBuf {
-        self.dir.join("cs.json5")
+        self.net.dir.join("cs.json5")
     }
 
     fn start_daemon(&mut self, atm: &str) {
-        let ns = format!("{}-{atm}", self.prefix);
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &ns, env!("CARGO_BIN_EXE_clusterserverd"), "--config"])
-            .arg(self.config())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn daemon");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let (sink, tag) = (Arc::clone(&log), atm.to_string());
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[{tag}] {line}");
-                sink.lock().expect("log").push(line);
-            }
-        });
-        self.daemons.push(Daemon { name: atm.to_string(), child, log });
+        let d = Daemon::spawn(atm, &self.net.name(atm), &self.config());
+        self.daemons.push(d);
     }
 
     fn daemon(&self, atm: &str) -> &Daemon {
@@ -144,20 +81,7 @@ impl Lab {
 
     /// `cmc --config CFG --host ATM ARGS` run in namespace `ns`.
     fn cmc(&self, ns: &str, atm: &str, args: &[&str]) -> (bool, String, String) {
-        let host = atm_addr(atm);
-        let out = Command::new("ip")
-            .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_cmc"), "--config"])
-            .arg(self.config())
-            .args(["--host", host])
-            .args(args)
-            .output()
-            .expect("cmc");
-        let (o, e) = (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        );
-        println!("cmc {atm} {args:?} -> {}\n{o}{e}", out.status);
-        (out.status.success(), o, e)
+        support::daemon::cmc(ns, &self.config(), atm_addr(atm), args)
     }
 }
 
@@ -167,27 +91,6 @@ fn atm_addr(atm: &str) -> &'static str {
 
 fn other(atm: &str) -> &'static str {
     if atm == "atm1" { "atm2" } else { "atm1" }
-}
-
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    start.elapsed()
-}
-
-/// Runs `f` on a fresh thread inside namespace `ns`.
-fn in_netns<R: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> R + Send + 'static,
-) -> std::thread::JoinHandle<R> {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        enter_netns(Path::new(&path)).expect("setns");
-        f()
-    })
 }
 
 fn block<T>(fut: impl std::future::Future<Output = T>) -> T {
@@ -219,18 +122,10 @@ fn primary_of(ns: &str) -> Option<String> {
     (p.len() == 1).then(|| p[0].clone())
 }
 
-/// One request through the VIP from `client`.
+/// One request through the VIP from `client` (the echo helper behind it).
 fn request(client: &str, timeout: Duration) -> bool {
-    in_netns(client, move || {
-        let addr: SocketAddr = format!("{VIP}:{PORT}").parse().expect("addr");
-        let Ok(mut s) = TcpStream::connect_timeout(&addr, timeout) else { return false };
-        let _ = s.set_read_timeout(Some(timeout));
-        let _ = s.write_all(b"ping\n");
-        let mut buf = [0u8; 5];
-        s.read_exact(&mut buf).is_ok() && &buf == b"ping\n"
-    })
-    .join()
-    .unwrap_or(false)
+    let addr: SocketAddr = format!("{VIP}:{PORT}").parse().expect("addr");
+    echo_once(client, addr, timeout)
 }
 
 /// Raw bytes to `atm`'s admin port from `ns`; the raw answer.
@@ -269,28 +164,23 @@ fn setup(lab: &mut Lab) -> (String, String, String) {
     let (mgmt, rogue) = (lab.ns("mgmt"), lab.ns("rogue"));
     let (a1, a2) = (lab.ns("atm1"), lab.ns("atm2"));
     for br in ["brf", "brb"] {
-        in_ns(&sw, &["ip", "link", "add", br, "type", "bridge"]);
-        in_ns(&sw, &["ip", "link", "set", br, "up"]);
+        lab.net.bridge(&sw, br);
     }
     for ns in [&a1, &a2] {
-        for kv in
-            ["net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"]
-        {
-            in_ns(ns, &["sysctl", "-qw", kv]);
-        }
+        lab.net.forwarding(ns);
     }
-    lab.attach(&client, "eth0", "10.79.1.10/24", &sw, "c0", "brf");
-    lab.attach(&mgmt, "eth0", "10.79.1.50/24", &sw, "m0", "brf");
-    lab.attach(&rogue, "eth0", "10.79.1.66/24", &sw, "r0", "brf");
-    lab.attach(&a1, "eth0", "10.79.1.1/24", &sw, "a1f", "brf");
-    lab.attach(&a2, "eth0", "10.79.1.2/24", &sw, "a2f", "brf");
-    lab.attach(&a1, "eth1", "10.79.2.1/24", &sw, "a1b", "brb");
-    lab.attach(&a2, "eth1", "10.79.2.2/24", &sw, "a2b", "brb");
-    lab.attach(&server, "eth0", "10.79.2.20/24", &sw, "s0", "brb");
+    lab.net.attach_broadcast(&client, "eth0", "10.79.1.10/24", &sw, "c0", "brf");
+    lab.net.attach_broadcast(&mgmt, "eth0", "10.79.1.50/24", &sw, "m0", "brf");
+    lab.net.attach_broadcast(&rogue, "eth0", "10.79.1.66/24", &sw, "r0", "brf");
+    lab.net.attach_broadcast(&a1, "eth0", "10.79.1.1/24", &sw, "a1f", "brf");
+    lab.net.attach_broadcast(&a2, "eth0", "10.79.1.2/24", &sw, "a2f", "brf");
+    lab.net.attach_broadcast(&a1, "eth1", "10.79.2.1/24", &sw, "a1b", "brb");
+    lab.net.attach_broadcast(&a2, "eth1", "10.79.2.2/24", &sw, "a2b", "brb");
+    lab.net.attach_broadcast(&server, "eth0", "10.79.2.20/24", &sw, "s0", "brb");
     in_ns(&server, &["ip", "route", "add", "default", "via", "10.79.2.254"]);
     use std::os::unix::fs::PermissionsExt;
     for (f, t) in [("secret", "lab-secret-0123456789\n"), ("admin.token", TOKEN)] {
-        let p = lab.dir.join(f);
+        let p = lab.net.dir.join(f);
         std::fs::write(&p, t).expect("write");
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     }
@@ -305,7 +195,7 @@ fn setup(lab: &mut Lab) -> (String, String, String) {
         .stderr(Stdio::null())
         .spawn()
         .expect("server");
-    lab.others.push(srv);
+    lab.net.others.push(srv);
     lab.start_daemon("atm1");
     lab.start_daemon("atm2");
     (client, mgmt, rogue)
@@ -611,10 +501,10 @@ fn actions(lab: &Lab, client: &str, mgmt: &str, p: &str, through_vip: u64) {
     let (ok, out, _) = lab.cmc(mgmt, p, &["reload"]);
     assert!(ok && out.contains("unchanged"), "{out}");
     let good = std::fs::read_to_string(lab.config()).expect("config");
-    std::fs::write(lab.dir.join("cs.json5"), good.replace("heartbeat_ms: 100", "heartbeat_ms: \"x\""))
+    std::fs::write(lab.net.dir.join("cs.json5"), good.replace("heartbeat_ms: 100", "heartbeat_ms: \"x\""))
         .expect("bad");
     // cmc reads its own copy (the daemon's file is now invalid).
-    let good_copy = lab.dir.join("good.json5");
+    let good_copy = lab.net.dir.join("good.json5");
     std::fs::write(&good_copy, &good).expect("good copy");
     let reload = || {
         let out = Command::new("ip")
@@ -690,14 +580,14 @@ fn console_in_a_lab() {
         .stdout(Stdio::null())
         .spawn()
         .expect("cmc serve");
-    lab.others.push(console);
+    lab.net.others.push(console);
     let chromedriver = Command::new("ip")
         .args(["netns", "exec", &mgmt, driver, "--port=9515"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("chromedriver");
-    lab.others.push(chromedriver);
+    lab.net.others.push(chromedriver);
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console");
     std::fs::create_dir_all(&shots).expect("screenshot dir");
     let daemon: SocketAddr = format!("{}:{ADMIN_PORT}", atm_addr(&p)).parse().expect("addr");

@@ -21,21 +21,21 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::Read;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use clusterserver::platform::linux::netsys::enter_netns;
+use support::daemon::{LoggedDaemons, spawn_logged};
+use support::netlab::NetLab;
+use support::traffic::NAME_RESPONDER;
+use support::wait::wait_until;
+use support::{ns_output, run};
 
 const VIP: &str = "10.89.0.99";
 
 fn can_run() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false);
-    let ok = root
+    let ok = support::is_root()
         && Path::new("/dev/net/tun").exists()
         && Command::new("python3").arg("-V").output().is_ok_and(|o| o.status.success());
     if !ok {
@@ -45,84 +45,43 @@ fn can_run() -> bool {
     ok
 }
 
-use support::{ns_output, run};
-
-fn remove_stale() {
-    support::remove_stale_namespaces("csl-an");
-}
-
+/// The lab: its daemons by host (declared first: killed before the namespaces go) and the
+/// namespaces, files and helper processes ([`NetLab`]).
 struct Lab {
-    prefix: String,
-    dir: PathBuf,
-    namespaces: Vec<String>,
-    daemons: Vec<(String, Child)>,
-    others: Vec<Child>,
+    daemons: LoggedDaemons,
+    net: NetLab,
 }
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for (_, c) in self.daemons.iter_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for c in &mut self.others {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for ns in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-const RESPONDER: &str = "import socket,sys\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',8080))\ns.listen(64)\nwhile True:\n  c,_=s.accept()\n  c.sendall(sys.argv[1].encode())\n  c.close()\n";
 
 impl Lab {
     fn new(tag: &str) -> Lab {
-        remove_stale();
-        let prefix = format!("csl-an{}-{tag}", std::process::id());
-        let dir = std::env::temp_dir().join(&prefix);
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("run")).expect("dir");
-        Lab { prefix, dir, namespaces: Vec::new(), daemons: Vec::new(), others: Vec::new() }
+        let net = NetLab::new("csl-an", &format!("-{tag}"));
+        std::fs::create_dir_all(net.dir.join("run")).expect("dir");
+        Lab { daemons: LoggedDaemons::default(), net }
     }
 
     fn ns(&self, host: &str) -> String {
-        format!("{}-{host}", self.prefix)
+        self.net.name(host)
     }
 
+    /// Host `host` (forwarding, as the ATMs need) on the switch's `br0` with `addr/24`.
     fn add_host(&mut self, host: &str, addr: &str) {
-        let (ns, sw) = (self.ns(host), self.ns("sw"));
-        run(&["ip", "netns", "add", &ns]);
-        self.namespaces.push(ns.clone());
-        let port = format!("p-{host}");
-        run(&[
-            "ip", "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &port, "netns", &sw,
-        ]);
-        run(&["ip", "-n", &sw, "link", "set", &port, "master", "br0", "up"]);
-        run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-        run(&["ip", "-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
-        run(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
-        for s in
-            ["net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0", "net.ipv4.ip_forward=1"]
-        {
-            run(&["ip", "netns", "exec", &ns, "sysctl", "-qw", s]);
-        }
+        let ns = self.net.add_ns(host);
+        self.net.forwarding(&ns);
+        self.net.attach(&ns, "eth0", &format!("{addr}/24"), &self.ns("sw"), &format!("p-{host}"), "br0");
     }
 
     fn responder(&mut self, host: &str, name: &str) {
         let c = Command::new("ip")
-            .args(["netns", "exec", &self.ns(host), "timeout", "120", "python3", "-c", RESPONDER, name])
+            .args(["netns", "exec", &self.ns(host), "timeout", "120", "python3", "-c", NAME_RESPONDER, name])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("responder");
-        self.others.push(c);
+        self.net.others.push(c);
     }
 
     fn log(&self, host: &str) -> PathBuf {
-        self.dir.join(format!("{host}.log"))
+        self.net.dir.join(format!("{host}.log"))
     }
 
     fn text(&self, host: &str) -> String {
@@ -130,23 +89,13 @@ impl Lab {
     }
 
     fn start(&mut self, host: &str) {
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(self.log(host)).expect("log");
-        let c = Command::new("ip")
-            .args(["netns", "exec", &self.ns(host), env!("CARGO_BIN_EXE_clusterserverd"), "--config"])
-            .arg(self.dir.join("cfg.json5"))
-            .env("RUST_LOG", "info")
-            .env("CLUSTERSERVERD_RUN_DIR", self.dir.join("run"))
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .expect("daemon");
-        self.daemons.retain(|(h, _)| h != host);
-        self.daemons.push((host.to_string(), c));
+        let (config, run_dir) = (self.net.dir.join("cfg.json5"), self.net.dir.join("run"));
+        let c = spawn_logged(&self.ns(host), &config, &run_dir, &self.log(host));
+        self.daemons.insert(host, c);
     }
 
     fn term(&mut self, host: &str) {
-        let i = self.daemons.iter().position(|(h, _)| h == host).expect("running");
-        let (_, mut c) = self.daemons.remove(i);
+        let mut c = self.daemons.take(host).expect("running");
         run(&["kill", "-TERM", &c.id().to_string()]);
         let mut st = None;
         wait_until(&format!("{host} to exit"), Duration::from_secs(10), || {
@@ -163,39 +112,8 @@ impl Lab {
 
     /// `n` new connections through the VIP from the client: the names that answered.
     fn answered(&self, n: usize) -> (BTreeSet<String>, usize) {
-        let path = format!("/var/run/netns/{}", self.ns("client"));
-        std::thread::spawn(move || {
-            enter_netns(Path::new(&path)).expect("setns");
-            let addr: SocketAddr = format!("{VIP}:8080").parse().expect("addr");
-            let mut names = BTreeSet::new();
-            let mut failed = 0;
-            for _ in 0..n {
-                let mut body = String::new();
-                // Generous: one lost SYN (retransmitted after 1 s) on a loaded CI machine is
-                // not a failure of who serves; a request that never gets through still is.
-                let t = Duration::from_millis(1500);
-                let ok = TcpStream::connect_timeout(&addr, t).is_ok_and(|mut s| {
-                    let _ = s.set_read_timeout(Some(t));
-                    s.read_to_string(&mut body).is_ok()
-                });
-                if ok && !body.is_empty() {
-                    names.insert(body);
-                } else {
-                    failed += 1;
-                }
-            }
-            (names, failed)
-        })
-        .join()
-        .expect("client")
-    }
-}
-
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
+        let addr: SocketAddr = format!("{VIP}:8080").parse().expect("addr");
+        support::traffic::answered(&self.ns("client"), addr, n)
     }
 }
 
@@ -219,24 +137,21 @@ fn atms_that_are_also_tunnel_servers_serve_only_while_backup() {
 
 fn both_roles(forwarding: &str) {
     let mut lab = Lab::new(forwarding);
-    let sw = lab.ns("sw");
-    run(&["ip", "netns", "add", &sw]);
-    lab.namespaces.push(sw.clone());
-    run(&["ip", "-n", &sw, "link", "add", "br0", "type", "bridge"]);
-    run(&["ip", "-n", &sw, "link", "set", "br0", "up"]);
+    let sw = lab.net.add_ns("sw");
+    lab.net.bridge(&sw, "br0");
     for (h, a) in
         [("client", "10.89.0.100"), ("atm1", "10.89.0.1"), ("atm2", "10.89.0.2"), ("node", "10.89.0.51")]
     {
         lab.add_host(h, a);
     }
-    let secret = lab.dir.join("secret");
+    let secret = lab.net.dir.join("secret");
     std::fs::write(&secret, "an-secret").expect("secret");
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
     let cfg = format!(
         "{{ cluster: {{ name: 'an', id: 89, secret_file: '{}' }},\n  atms: [ {{ name: 'atm1', address: '10.89.0.1', interface: 'eth0' }}, {{ name: 'atm2', address: '10.89.0.2', interface: 'eth0' }} ],\n  timers: {{ heartbeat_ms: 100, dead_after: 3 }},\n  services: [ {{ name: 'web', vip: '{VIP}', port: 8080, forwarding: '{forwarding}', scheduler: 'rr',\n    servers: [ {{ name: 'srv1', address: '10.89.0.1', port: 8080 }}, {{ name: 'srv2', address: '10.89.0.2', port: 8080 }}, {{ name: 'srv3', address: '10.89.0.51', port: 8080 }} ] }} ] }}",
         secret.display()
     );
-    std::fs::write(lab.dir.join("cfg.json5"), cfg).expect("config");
+    std::fs::write(lab.net.dir.join("cfg.json5"), cfg).expect("config");
     for (h, n) in [("atm1", "srv1"), ("atm2", "srv2"), ("node", "srv3")] {
         lab.responder(h, n);
     }
@@ -284,7 +199,7 @@ fn both_roles(forwarding: &str) {
         assert_eq!(rules.lines().count(), 3, "{h} left policy rules:\n{rules}");
     }
     assert_eq!(
-        std::fs::read_dir(lab.dir.join("run")).map(|d| d.count()).unwrap_or(99),
+        std::fs::read_dir(lab.net.dir.join("run")).map(|d| d.count()).unwrap_or(99),
         0,
         "state files left"
     );

@@ -20,14 +20,16 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use clusterserver::platform::linux::netsys::enter_netns;
+use support::daemon::Daemon;
+use support::netlab::NetLab;
+use support::traffic::{echo_once, in_netns};
+use support::wait::wait_until;
 use support::{in_ns, is_root, ns_output, run};
 
 const HELPER_ENV: &str = "CSL_DM_HELPER";
@@ -40,125 +42,33 @@ fn helper_echo_server() {
     support::echo_server_helper(HELPER_ENV, Duration::from_secs(180));
 }
 
-/// One daemon process and the log lines it wrote.
-struct Daemon {
-    name: String,
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Daemon {
-    fn lines(&self) -> Vec<String> {
-        self.log.lock().expect("log").clone()
-    }
-
-    /// The role of its last `role change` line (`None`: never changed, i.e. backup).
-    fn role(&self) -> Option<String> {
-        self.lines().iter().rev().find_map(|l| field(l, " role change ", "role"))
-    }
-
-    fn is_primary(&self) -> bool {
-        self.role().as_deref() == Some("primary")
-    }
-
-    fn logged(&self, needle: &str) -> bool {
-        self.lines().iter().any(|l| l.contains(needle))
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-/// The value of `key=` on a line containing `marker`.
-fn field(line: &str, marker: &str, key: &str) -> Option<String> {
-    let rest = &line[line.find(marker)? + marker.len()..];
-    rest.split_whitespace().find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=').map(str::to_string))
-}
-
-/// Namespaces, files and processes of the lab, all removed on drop.
+/// The lab: its daemons (declared first, so they are killed before the namespaces go) and
+/// the namespaces, files and helper processes ([`NetLab`]).
 struct Lab {
-    prefix: String,
-    dir: PathBuf,
-    namespaces: Vec<String>,
     daemons: Vec<Daemon>,
-    others: Vec<Child>,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for d in &mut self.daemons {
-            let _ = d.child.kill();
-            let _ = d.child.wait();
-        }
-        for c in &mut self.others {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for ns in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn remove_stale() {
-    support::remove_stale_namespaces("csl-dm");
+    net: NetLab,
 }
 
 impl Lab {
     fn new() -> Lab {
-        remove_stale();
+        // Tests of this binary run in parallel: each lab has its own number.
         static LABS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = LABS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let prefix = format!("csl-dm{}-{n}", std::process::id());
-        let dir = std::env::temp_dir().join(&prefix);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        Lab { prefix, dir, namespaces: Vec::new(), daemons: Vec::new(), others: Vec::new() }
+        Lab { daemons: Vec::new(), net: NetLab::new("csl-dm", &format!("-{n}")) }
     }
 
     fn ns(&mut self, role: &str) -> String {
-        let name = format!("{}-{role}", self.prefix);
-        run(&["ip", "netns", "add", &name]);
-        self.namespaces.push(name.clone());
-        in_ns(&name, &["ip", "link", "set", "lo", "up"]);
-        name
-    }
-
-    /// A veth `dev` in `ns` whose peer `port` joins `bridge` in `sw`.
-    fn attach(&self, ns: &str, dev: &str, addr: &str, sw: &str, port: &str, bridge: &str) {
-        run(&["ip", "link", "add", dev, "netns", ns, "type", "veth", "peer", "name", port, "netns", sw]);
-        in_ns(sw, &["ip", "link", "set", port, "master", bridge]);
-        in_ns(sw, &["ip", "link", "set", port, "up"]);
-        in_ns(ns, &["ip", "addr", "add", addr, "dev", dev]);
-        in_ns(ns, &["ip", "link", "set", dev, "up"]);
+        self.net.add_ns(role)
     }
 
     fn config(&self, atm: &str) -> PathBuf {
-        self.dir.join(format!("{atm}.json5"))
+        self.net.dir.join(format!("{atm}.json5"))
     }
 
     fn start_daemon(&mut self, atm: &str) {
-        let ns = format!("{}-{atm}", self.prefix);
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &ns, env!("CARGO_BIN_EXE_clusterserverd"), "--config"])
-            .arg(self.config(atm))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn daemon");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let (sink, tag) = (Arc::clone(&log), atm.to_string());
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[{tag}] {line}");
-                sink.lock().expect("log").push(line);
-            }
-        });
+        let d = Daemon::spawn(atm, &self.net.name(atm), &self.config(atm));
         self.daemons.retain(|d| d.name != atm);
-        self.daemons.push(Daemon { name: atm.to_string(), child, log });
+        self.daemons.push(d);
     }
 
     fn daemon(&mut self, atm: &str) -> &mut Daemon {
@@ -176,34 +86,10 @@ impl Lab {
     }
 }
 
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    start.elapsed()
-}
-
-/// Runs `f` on a fresh thread inside namespace `ns` (sockets it makes stay in `ns`).
-fn in_netns<R: Send + 'static>(ns: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        enter_netns(Path::new(&path)).expect("setns");
-        f()
-    })
-    .join()
-    .expect("client thread")
-}
-
 /// One request through the VIP: connect, send a line, read it back.
 fn request(client: &str, timeout: Duration) -> bool {
-    in_netns(client, move || {
-        let addr: SocketAddr = format!("{VIP}:{PORT}").parse().expect("addr");
-        let Ok(mut s) = TcpStream::connect_timeout(&addr, timeout) else { return false };
-        let _ = s.set_read_timeout(Some(timeout));
-        exchange(&mut s, "ping")
-    })
+    let addr: SocketAddr = format!("{VIP}:{PORT}").parse().expect("addr");
+    echo_once(client, addr, timeout)
 }
 
 fn exchange(s: &mut TcpStream, word: &str) -> bool {
@@ -218,23 +104,17 @@ fn exchange(s: &mut TcpStream, word: &str) -> bool {
 fn topology(lab: &mut Lab) -> (String, String) {
     let (sw, client, server) = (lab.ns("sw"), lab.ns("client"), lab.ns("server"));
     let (a1, a2) = (lab.ns("atm1"), lab.ns("atm2"));
-    in_ns(&sw, &["ip", "link", "add", "brf", "type", "bridge"]);
-    in_ns(&sw, &["ip", "link", "add", "brb", "type", "bridge"]);
-    in_ns(&sw, &["ip", "link", "set", "brf", "up"]);
-    in_ns(&sw, &["ip", "link", "set", "brb", "up"]);
+    lab.net.bridge(&sw, "brf");
+    lab.net.bridge(&sw, "brb");
     for ns in [&a1, &a2] {
-        for kv in
-            ["net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"]
-        {
-            in_ns(ns, &["sysctl", "-qw", kv]);
-        }
+        lab.net.forwarding(ns);
     }
-    lab.attach(&client, "eth0", "10.78.1.10/24", &sw, "c0", "brf");
-    lab.attach(&a1, "eth0", "10.78.1.1/24", &sw, "a1f", "brf");
-    lab.attach(&a2, "eth0", "10.78.1.2/24", &sw, "a2f", "brf");
-    lab.attach(&a1, "eth1", "10.78.2.1/24", &sw, "a1b", "brb");
-    lab.attach(&a2, "eth1", "10.78.2.2/24", &sw, "a2b", "brb");
-    lab.attach(&server, "eth0", "10.78.2.20/24", &sw, "s0", "brb");
+    lab.net.attach(&client, "eth0", "10.78.1.10/24", &sw, "c0", "brf");
+    lab.net.attach(&a1, "eth0", "10.78.1.1/24", &sw, "a1f", "brf");
+    lab.net.attach(&a2, "eth0", "10.78.1.2/24", &sw, "a2f", "brf");
+    lab.net.attach(&a1, "eth1", "10.78.2.1/24", &sw, "a1b", "brb");
+    lab.net.attach(&a2, "eth1", "10.78.2.2/24", &sw, "a2b", "brb");
+    lab.net.attach(&server, "eth0", "10.78.2.20/24", &sw, "s0", "brb");
     in_ns(&server, &["ip", "route", "add", "default", "via", "10.78.2.254"]);
     (client, server)
 }
@@ -253,7 +133,7 @@ const CONFIG: &str = r#"{
 
 fn write_configs(lab: &Lab) {
     use std::os::unix::fs::PermissionsExt;
-    let secret = lab.dir.join("secret");
+    let secret = lab.net.dir.join("secret");
     std::fs::write(&secret, "lab-secret-0123456789\n").expect("secret");
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     for atm in ["atm1", "atm2"] {
@@ -317,7 +197,7 @@ fn two_daemons_elect_fail_over_and_hand_over() {
         .stderr(Stdio::null())
         .spawn()
         .expect("server");
-    lab.others.push(srv);
+    lab.net.others.push(srv);
     lab.start_daemon("atm1");
     lab.start_daemon("atm2");
 
@@ -332,7 +212,9 @@ fn two_daemons_elect_fail_over_and_hand_over() {
     let mut long = in_netns(&client, || {
         let addr: SocketAddr = format!("{VIP}:{PORT}").parse().expect("addr");
         TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("long-lived connect")
-    });
+    })
+    .join()
+    .expect("client thread");
     long.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
     assert!(exchange(&mut long, "before"), "long-lived connection before failover");
     // Warm-up: the connection talks for 3 s. The backup's heartbeat loss estimator starts
@@ -358,7 +240,7 @@ fn two_daemons_elect_fail_over_and_hand_over() {
         promoted_after_ms(&mut lab, other, killed_tod)
     );
     assert!(exchange(&mut long, "after-kill"), "the long-lived connection did not survive the failover");
-    let first_ns = format!("{}-{first}", lab.prefix);
+    let first_ns = format!("{}-{first}", lab.net.prefix);
     assert!(ns_output(&first_ns, &["ip", "link", "show", "csd78"]).is_empty(), "TUN outlived its daemon");
 
     // Restart: it clears its leftovers and comes back as a backup.
@@ -448,11 +330,11 @@ fn role_from_addresses_node_and_none() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("neither an ATM nor a real server"), "{err}");
     in_ns(&ns, &["ip", "addr", "add", "10.78.2.20/24", "dev", "v0"]);
-    let log = lab.dir.join("node.log");
+    let log = lab.net.dir.join("node.log");
     let mut child = Command::new("ip")
         .args(["netns", "exec", &ns, env!("CARGO_BIN_EXE_clusterserverd"), "--config"])
         .arg(lab.config("atm1"))
-        .env("CLUSTERSERVERD_RUN_DIR", lab.dir.join("run"))
+        .env("CLUSTERSERVERD_RUN_DIR", lab.net.dir.join("run"))
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()

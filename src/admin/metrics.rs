@@ -75,21 +75,17 @@ pub fn render(
     counter(&mut reg, "heartbeats_received", "Heartbeats accepted", core.stats.heartbeats_accepted);
     let rejected = DecodeError::ALL.iter().map(|r| (l(&[("reason", r.name())]), core.stats.rejected_for(*r)));
     counters_by(&mut reg, "heartbeats_rejected", "Heartbeat datagrams dropped, by reason", rejected);
-    let peers = || cfg.atms.iter().enumerate().filter(|(i, _)| *i != me);
-    let peer_row =
-        |i: usize, f: &dyn Fn(&crate::core::election::PeerView) -> i64| core.peers.get(i).map_or(0, f);
-    gauges_by(
-        &mut reg,
-        "peer_up",
-        "1 while the peer ATM is heard within its dead interval",
-        peers().map(|(i, a)| (l(&[("peer", &a.name)]), peer_row(i, &|p| i64::from(p.up)))),
-    );
-    gauges_by(
-        &mut reg,
-        "peer_config_mismatch",
-        "1 while the peer's heartbeats carry another config digest",
-        peers().map(|(i, a)| (l(&[("peer", &a.name)]), peer_row(i, &|p| i64::from(p.digest_differs)))),
-    );
+    match &core.announce {
+        // Active-active: no heartbeats between ATMs (peer gauges would all read 0), but a
+        // per-VIP announcement.
+        Some(vips) => gauges_by(
+            &mut reg,
+            "vip_announced",
+            "Active-active: 1 while this ATM announces the VIP over BGP",
+            vips.iter().map(|v| (l(&[("vip", &v.vip)]), i64::from(v.announced))),
+        ),
+        None => render_peers(&mut reg, cfg, me, core),
+    }
     if let Some(dp) = dp {
         render_dataplane(&mut reg, cfg, dp);
     }
@@ -116,6 +112,25 @@ pub fn render(
     // Writing to a String cannot fail.
     let _ = encode(&mut out, &reg);
     out
+}
+
+/// The peers' gauges (primary/backup mode).
+fn render_peers(reg: &mut Registry, cfg: &Config, me: usize, core: &CoreView) {
+    let peers = || cfg.atms.iter().enumerate().filter(|(i, _)| *i != me);
+    let peer_row =
+        |i: usize, f: &dyn Fn(&crate::core::election::PeerView) -> i64| core.peers.get(i).map_or(0, f);
+    gauges_by(
+        reg,
+        "peer_up",
+        "1 while the peer ATM is heard within its dead interval",
+        peers().map(|(i, a)| (l(&[("peer", &a.name)]), peer_row(i, &|p| i64::from(p.up)))),
+    );
+    gauges_by(
+        reg,
+        "peer_config_mismatch",
+        "1 while the peer's heartbeats carry another config digest",
+        peers().map(|(i, a)| (l(&[("peer", &a.name)]), peer_row(i, &|p| i64::from(p.digest_differs)))),
+    );
 }
 
 fn render_dataplane(reg: &mut Registry, cfg: &Config, dp: &DataplaneView) {

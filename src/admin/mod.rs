@@ -25,7 +25,7 @@
 //!
 //! | method, path | does |
 //! | --- | --- |
-//! | `GET /v1/status` | role, epoch, VIPs, peers (last heard, config digest, mismatch) |
+//! | `GET /v1/status` | role, epoch, VIPs, peers (last heard, config digest, mismatch); in active-active mode role `active` and each VIP's announcement |
 //! | `GET /v1/services` | services and servers: health, weight, admin state, connections |
 //! | `GET /v1/stats` | heartbeat, engine, table, sync and admin counters |
 //! | `GET /v1/connections?service=&server=&client=&offset=&limit=` | a page of the table |
@@ -35,6 +35,11 @@
 //! | `POST /v1/services/S/servers/R/{drain,enable,disable}` | operator state |
 //! | `POST /v1/{promote,demote,reload}` | through the core / as SIGHUP |
 //! | `POST /v1/forwarding/{start,stop,restart}` | candidate again / hand over and stay backup / in-process restart |
+//!
+//! In active-active mode (`cluster.mode`, no election; see `daemon::active`) the same routes
+//! answer from the same sources; `stop`/`start` withdraw / announce the VIPs again over BGP,
+//! `reload`/`restart` withdraw, drain and restart, and `promote`/`demote` are refused (409,
+//! "active-active mode has no primary").
 //!
 //! Errors are `{"error": "..."}` with 400 (malformed), 401 (token), 404 (no such name),
 //! 408 (too slow), 409 (refused by the core or the engine), 413 (body over the cap).
@@ -149,6 +154,22 @@ impl CoreBridge {
                 Outcome::Timeout => v.timeouts += 1,
             }
         });
+    }
+
+    /// Active-active mode, after every step of its control loop: whether an operator holds
+    /// forwarding and each VIP's announcement (there is no election: `role` stays `None`,
+    /// which the status reports as `active`).
+    pub fn observe_active(&self, held: bool, vips: Vec<model::VipAnnouncement>) {
+        self.observed.update(|c| {
+            c.held = held;
+            c.announce = Some(vips);
+            c.observed_at = Some(tokio::time::Instant::now());
+        });
+    }
+
+    /// An event of a control loop that has no core [`Event`] for it (active-active mode).
+    pub fn publish(&self, at_ms: u64, kind: &str, message: String) {
+        self.observed.publish(at_ms, kind, message);
     }
 
     /// A health verdict that reached the engine.

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 pub struct Status {
     pub cluster: String,
     pub node: String,
-    /// `primary` or `backup`.
+    /// `primary` or `backup`; `active` in active-active mode (every ATM forwards; whether
+    /// it attracts traffic is per VIP, in `announcements`).
     pub role: String,
     pub epoch: u64,
     /// An operator stopped forwarding here (`cmc stop`).
@@ -16,8 +17,24 @@ pub struct Status {
     /// First 16 bytes of this ATM's config digest, hex.
     pub config_digest: String,
     pub vips: Vec<String>,
+    /// Other ATMs as heard in heartbeats; empty in active-active mode, where ATMs exchange
+    /// no heartbeats (ask each one with `cmc --host`).
     pub peers: Vec<PeerStatus>,
     pub uptime_ms: u64,
+    /// Active-active mode only: each VIP, whether this ATM announces it over BGP, and why
+    /// not. Empty (and absent from the JSON) in primary/backup mode.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub announcements: Vec<VipAnnouncement>,
+}
+
+/// One VIP of an active-active ATM.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipAnnouncement {
+    pub vip: String,
+    pub announced: bool,
+    /// Why it is withdrawn (`None` while announced): `data_plane_down`,
+    /// `arbitration_failed`, `stopping`, `stopped_by_operator` or `no_healthy_server`.
+    pub reason: Option<String>,
 }
 
 /// One other ATM as this one sees it.
@@ -124,7 +141,8 @@ pub struct ConnectionPage {
 pub struct EventRecord {
     /// Milliseconds since the daemon started.
     pub at_ms: u64,
-    /// `role`, `health`, `peer`, `action`, `config`.
+    /// `role`, `health`, `peer`, `action`, `config`, `held`, `refused`; `announce` in
+    /// active-active mode (the announced set changed).
     pub kind: String,
     pub message: String,
 }

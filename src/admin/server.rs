@@ -234,10 +234,11 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn role_name(r: Option<Role>) -> &'static str {
-    match r {
+fn role_name(core: &super::state::CoreView) -> &'static str {
+    match core.role {
         Some(Role::Primary) => "primary",
         Some(Role::Backup) => "backup",
+        None if core.announce.is_some() => "active",
         None => "starting",
     }
 }
@@ -280,13 +281,15 @@ pub fn status_of(ctx: &AdminContext) -> Status {
     Status {
         cluster: ctx.cfg.cluster.name.clone(),
         node: ctx.cfg.atms[ctx.me].name.clone(),
-        role: role_name(core.role).into(),
+        role: role_name(&core).into(),
         epoch: core.epoch,
         stopped: core.held,
         config_digest: hex(&ctx.cfg.digest()[..16]),
         vips: ctx.cfg.vips().iter().map(ToString::to_string).collect(),
-        peers,
+        // Active-active ATMs hear no heartbeats: listing the others as "down" would mislead.
+        peers: if core.announce.is_some() { Vec::new() } else { peers },
         uptime_ms: ctx.started.elapsed().as_millis() as u64,
+        announcements: core.announce.clone().unwrap_or_default(),
     }
 }
 
@@ -541,14 +544,7 @@ fn finish(ctx: &AdminContext, peer: SocketAddr, what: &str, r: super::state::Out
 }
 
 async fn control(State(ctx): Ctx, Extension(Peer(peer)): Extension<Peer>, op: ControlOp) -> Response {
-    let what = match op {
-        ControlOp::Promote => "promote",
-        ControlOp::Demote => "demote",
-        ControlOp::Stop => "stop",
-        ControlOp::Start => "start",
-        ControlOp::Reload => "reload",
-        ControlOp::Restart => "restart",
-    };
+    let what = op.name();
     // Subscribe before asking, so the core's verdict cannot be missed.
     let mut rx = ctx.observed.subscribe();
     let accepted = ctx.backend.control(op).await;

@@ -50,6 +50,9 @@ pub struct CoreView {
     pub failovers: u64,
     /// Health checks by (service, server, check) index.
     pub checks: std::collections::BTreeMap<(usize, usize, usize), CheckView>,
+    /// Active-active mode (no election, `role` stays `None`): each VIP's announcement.
+    /// `None` in primary/backup mode.
+    pub announce: Option<Vec<super::model::VipAnnouncement>>,
 }
 
 /// One server as the data plane has it.
@@ -100,6 +103,20 @@ pub enum ControlOp {
     Reload,
     /// Hand over, tear down and start again with the running config.
     Restart,
+}
+
+impl ControlOp {
+    /// The action's word (`cmc` subcommand, logs, events and refusals).
+    pub fn name(self) -> &'static str {
+        match self {
+            ControlOp::Promote => "promote",
+            ControlOp::Demote => "demote",
+            ControlOp::Stop => "stop",
+            ControlOp::Start => "start",
+            ControlOp::Reload => "reload",
+            ControlOp::Restart => "restart",
+        }
+    }
 }
 
 /// How an action turned out (`Err`: refused, with the reason for the operator).

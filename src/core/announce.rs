@@ -10,7 +10,8 @@
 //! * the reachlist arbitration passes (at least `min_reachable` hosts answer: an ATM cut
 //!   off from the network it serves must not attract traffic),
 //! * at least one service on the VIP has a real server that is up with a weight above 0,
-//! * and the ATM is not stopping.
+//! * the ATM is not stopping,
+//! * and no operator has stopped it (`cmc stop`, [`Input::Hold`]; `cmc start` releases it).
 //!
 //! A graceful stop withdraws every VIP first, then waits `drain` (the router moves new
 //! packets to the other ATMs; packets already on their way still find a forwarding data
@@ -43,6 +44,10 @@ pub enum Input {
     Weight { service: usize, server: usize, weight: u32 },
     /// A reachlist round finished with this many hosts answering.
     Reachable(u32),
+    /// An operator stopped (`true`, `cmc stop`) or started (`false`) forwarding here: held,
+    /// every VIP is withdrawn as for a graceful stop, but the daemon runs on (and its engine
+    /// still serves what the router sends while it moves the flows away).
+    Hold(bool),
     /// Graceful stop: withdraw, drain, exit.
     Shutdown,
     /// `poll_timeout` passed.
@@ -64,7 +69,22 @@ pub enum Blocked {
     DataPlaneDown,
     Arbitration,
     Stopping,
+    /// An operator stopped forwarding here ([`Input::Hold`]).
+    Held,
     NoHealthyServer,
+}
+
+impl Blocked {
+    /// The reason as the admin channel and the logs name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Blocked::DataPlaneDown => "data_plane_down",
+            Blocked::Arbitration => "arbitration_failed",
+            Blocked::Stopping => "stopping",
+            Blocked::Held => "stopped_by_operator",
+            Blocked::NoHealthyServer => "no_healthy_server",
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -86,6 +106,8 @@ pub struct Announcer {
     drain: Duration,
     /// Set by the first [`Input::Shutdown`], never cleared.
     stopping: bool,
+    /// [`Input::Hold`]: set and cleared by the operator.
+    held: bool,
     exit_at: Option<Instant>,
     announced: Option<BTreeSet<IpAddr>>,
     actions: VecDeque<Action>,
@@ -116,6 +138,7 @@ impl Announcer {
             reachable_ok: min_reachable == 0,
             drain,
             stopping: false,
+            held: false,
             exit_at: None,
             announced: None,
             actions: VecDeque::new(),
@@ -138,6 +161,7 @@ impl Announcer {
                 }
             }
             Input::Reachable(n) => self.reachable_ok = n >= self.min_reachable,
+            Input::Hold(h) => self.held = h,
             Input::Shutdown if !self.stopping => {
                 self.stopping = true;
                 self.exit_at = Some(now + self.drain);
@@ -160,6 +184,16 @@ impl Announcer {
         self.exit_at
     }
 
+    /// An operator has stopped forwarding here ([`Input::Hold`]).
+    pub fn held(&self) -> bool {
+        self.held
+    }
+
+    /// Is a graceful stop under way.
+    pub fn stopping(&self) -> bool {
+        self.stopping
+    }
+
     /// The VIPs announced now.
     pub fn announced(&self) -> BTreeSet<IpAddr> {
         self.announced.clone().unwrap_or_default()
@@ -174,6 +208,8 @@ impl Announcer {
             Some(Blocked::Arbitration)
         } else if self.stopping {
             Some(Blocked::Stopping)
+        } else if self.held {
+            Some(Blocked::Held)
         } else if !v.services.iter().any(|&s| self.serviceable(s)) {
             Some(Blocked::NoHealthyServer)
         } else {
@@ -302,5 +338,28 @@ mod tests {
         a.handle(Instant::from_millis(3000), Input::Timeout);
         assert_eq!(drain(&mut a), vec![Action::Exit]);
         assert_eq!(a.poll_timeout(), None);
+    }
+
+    #[test]
+    fn an_operator_hold_withdraws_without_exiting_and_a_start_announces_again() {
+        let mut a = two_vips();
+        a.handle(T0, Input::DataPlane(true));
+        drain(&mut a);
+        a.handle(T0, Input::Hold(true));
+        assert_eq!(drain(&mut a), vec![Action::Announce(set(&[]))]);
+        assert!(a.held());
+        assert_eq!(a.blocked(V1.parse().unwrap()), Some(Blocked::Held));
+        assert_eq!(a.poll_timeout(), None, "a hold is not a shutdown: no exit is scheduled");
+        // Health changes while held announce nothing.
+        a.handle(T0, Input::Server { service: 2, server: 0, up: false });
+        assert_eq!(drain(&mut a), vec![]);
+        a.handle(T0, Input::Hold(false));
+        assert_eq!(drain(&mut a), vec![Action::Announce(set(&[V1]))]);
+        // A graceful stop while held still exits after the drain.
+        a.handle(T0, Input::Hold(true));
+        a.handle(T0, Input::Shutdown);
+        assert_eq!(drain(&mut a), vec![Action::Announce(set(&[]))]);
+        a.handle(Instant::from_millis(2000), Input::Timeout);
+        assert_eq!(drain(&mut a), vec![Action::Exit]);
     }
 }

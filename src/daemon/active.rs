@@ -12,7 +12,16 @@
 //! * **arbitration**: every `probe_interval_ms` each reachlist host is pinged and the count of
 //!   answers handed in (`min_reachable` of them needed);
 //! * **signals**: SIGTERM/SIGINT withdraw every VIP, wait `bgp.drain_ms`, stop BIRD, exit;
-//!   SIGHUP with a valid changed config does the same, then restarts with it.
+//!   SIGHUP with a valid changed config does the same, then restarts with it;
+//! * **admin channel** ([`crate::admin`], the same server, backend and bridge as in
+//!   primary/backup mode): every server change an operator applies (weight, drain, enable,
+//!   disable) reaches the engine directly and the announcer here (a VIP whose servers are all
+//!   drained is withdrawn); `stop` holds the ATM out ([`Input::Hold`]: every VIP withdrawn,
+//!   the daemon and its engine run on, serving what the router still sends while it moves the
+//!   flows away, as during a graceful drain) and `start` announces again; `reload` is SIGHUP
+//!   and `restart` a reload with the running config; `promote`/`demote` are refused: there is
+//!   no primary. After every step the announcer's state is published for `GET /v1/status`
+//!   (role `active`, each VIP announced or why not) and `/metrics`.
 //!
 //! Every ATM sends its connection changes to every other ATM and applies theirs insert-only
 //! (an active engine never lets a peer's record replace its own): a flow moved here by the
@@ -24,6 +33,8 @@
 //! ```text
 //! INFO clusterserverd::bgp: announce node=atm1 vips=[10.0.0.99] withdrawn=[] reasons=""
 //! ```
+//!
+//! The same change is an `announce` event on the admin channel's stream.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -37,9 +48,13 @@ use futures::stream::FuturesUnordered;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
-use super::health::{self, ServerSink};
+use super::admin::{ControlRequest, ServerChange};
+use super::health::{self, Publishing, ServerSink};
 use super::processor::DaemonProcessor;
-use super::{DaemonError, Next, io_err, load};
+use super::{DaemonError, Next, check_reload, io_err};
+use crate::admin::CoreBridge;
+use crate::admin::model::VipAnnouncement;
+use crate::admin::state::{ControlOp, Outcome};
 use crate::config::Config;
 use crate::core::announce::{Action, Announcer, Input};
 use crate::dataplane::io::tun::Shell;
@@ -53,20 +68,40 @@ const RESTART_EVERY: u64 = 10;
 /// A data plane that has not run a queued control for this long counts as down.
 pub const DATAPLANE_LIMIT: Duration = Duration::from_secs(1);
 
-/// Health verdicts to the engine (as in primary/backup mode) and to the announcer.
+/// Why `promote` and `demote` are refused in this mode.
+pub const NO_PRIMARY: &str =
+    "active-active mode has no primary: every ATM forwards (use stop/start to withdraw or announce)";
+
+/// Health verdicts to the engine and the admin channel (as in primary/backup mode) and to
+/// the announcer.
 struct Tee<'a> {
-    shell: &'a Shell<DaemonProcessor>,
+    publish: Publishing<'a>,
     verdicts: mpsc::UnboundedSender<(usize, usize, bool)>,
 }
 
 impl ServerSink for Tee<'_> {
     fn set_up(&self, service: usize, server: usize, up: bool) -> bool {
-        let ok = self.shell.set_up(service, server, up);
+        let ok = self.publish.set_up(service, server, up);
         if ok {
             let _ = self.verdicts.send((service, server, up));
         }
         ok
     }
+
+    fn check_ran(&self, probe: crate::health::ProbeId, outcome: &crate::health::Outcome) {
+        self.publish.check_ran(probe, outcome);
+    }
+}
+
+/// The control loop's end of the admin channel.
+#[derive(Debug)]
+pub(super) struct AdminLink {
+    /// Publishes the state and events read by `GET /v1/status`, `/v1/events`, `/metrics`.
+    pub bridge: CoreBridge,
+    /// Control operations (stop, start, reload, restart; promote and demote are refused).
+    pub requests: mpsc::UnboundedReceiver<ControlRequest>,
+    /// Server changes the backend applied to the engine, for the announcer.
+    pub server_changes: mpsc::UnboundedReceiver<ServerChange>,
 }
 
 /// Runs ATM `me` in active-active mode until a graceful stop (or a reload).
@@ -75,6 +110,7 @@ pub(super) async fn control(
     path: &Path,
     cfg: &Config,
     me: usize,
+    mut admin: AdminLink,
 ) -> Result<Next, DaemonError> {
     let node = &cfg.atms[me].name;
     let bgp = cfg.bgp.as_ref().ok_or_else(|| DaemonError::Config("active-active without bgp".into()))?;
@@ -89,7 +125,9 @@ pub(super) async fn control(
     let mut bird: Option<Bird> = None;
     let mut written = String::new();
     let (vtx, mut vrx) = mpsc::unbounded_channel();
-    let tee = Tee { shell, verdicts: vtx };
+    let publish = Publishing { shell, bridge: Some(&admin.bridge), since: start, services: &cfg.services };
+    let tee = Tee { publish, verdicts: vtx };
+    let at_ms = move || start.elapsed().as_millis() as u64;
     let checks = health::run(&cfg.services, &tee);
     // As on a primary: the DR servers' neighbour entries stay resolved (see `keep_resolved`).
     let hops = super::direct_next_hops(cfg);
@@ -111,7 +149,8 @@ pub(super) async fn control(
         while let Some(action) = announcer.poll_action() {
             match action {
                 Action::Announce(vips) => {
-                    log_announce(cfg, node, &announcer, &vips);
+                    let line = log_announce(cfg, node, &announcer, &vips);
+                    admin.bridge.publish(at_ms(), "announce", line);
                     written = bird::render(cfg, me, &vips);
                     apply_bird(bgp, &mut bird, &written).await;
                 }
@@ -123,6 +162,7 @@ pub(super) async fn control(
                 }
             }
         }
+        admin.bridge.observe_active(announcer.held(), announcements(cfg, &announcer));
         let wait = announcer.poll_timeout().map(|t| t.saturating_since(now()));
         let sleep = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600)));
         tokio::pin!(sleep);
@@ -131,14 +171,25 @@ pub(super) async fn control(
             Some((service, server, up)) = vrx.recv() => announcer.handle(now(), Input::Server { service, server, up }),
             _ = term.recv() => stop(&mut announcer, now(), node, "SIGTERM"),
             _ = int.recv() => stop(&mut announcer, now(), node, "SIGINT"),
-            _ = hup.recv() => match load(path) {
-                Err(e) => tracing::error!(target: "clusterserverd", node = %node, error = %e, "reload refused: invalid config; the running config is kept"),
-                Ok(new) if new.digest() == cfg.digest() => tracing::info!(target: "clusterserverd", node = %node, "reload: config unchanged"),
-                Ok(new) => {
-                    reload = Some(Box::new(new));
+            _ = hup.recv() => {
+                // check_reload logs every outcome (invalid: refused, the running config kept).
+                if let Ok(Some(new)) = check_reload(path, cfg, node) {
+                    reload = Some(new);
                     stop(&mut announcer, now(), node, "SIGHUP (reload: withdraw, drain, restart with the new config)");
                 }
-            },
+            }
+            Some((op, reply)) = admin.requests.recv() => {
+                let r = admin_op(op, &mut announcer, now(), &mut reload, path, cfg, node);
+                match (op, &r) {
+                    (ControlOp::Stop | ControlOp::Start, Ok(m)) => admin.bridge.publish(at_ms(), "held", m.clone()),
+                    (_, Err(why)) => admin.bridge.publish(at_ms(), "refused", format!("{}: {why}", op.name())),
+                    _ => {}
+                }
+                let _ = reply.send(r);
+            }
+            Some((service, server, weight)) = admin.server_changes.recv() => {
+                announcer.handle(now(), Input::Weight { service, server, weight });
+            }
             _ = probe.tick() => {
                 let up = dataplane_probe(shell, &ack, &mut sent, &mut last_ack_at);
                 announcer.handle(now(), Input::DataPlane(up));
@@ -162,6 +213,65 @@ pub(super) async fn control(
             _ = &mut sleep => announcer.handle(now(), Input::Timeout),
         }
     }
+}
+
+/// One control operation from the admin channel; the outcome goes back to the operator (and
+/// for stop and start, as the `held` event the admin server waits for).
+fn admin_op(
+    op: ControlOp,
+    announcer: &mut Announcer,
+    now: Instant,
+    reload: &mut Option<Box<Config>>,
+    path: &Path,
+    cfg: &Config,
+    node: &str,
+) -> Outcome {
+    match op {
+        _ if announcer.stopping() => Err("the daemon is stopping or restarting".into()),
+        ControlOp::Promote | ControlOp::Demote => Err(NO_PRIMARY.into()),
+        ControlOp::Stop if announcer.held() => Err("already stopped".into()),
+        ControlOp::Start if !announcer.held() => Err("not stopped".into()),
+        ControlOp::Stop | ControlOp::Start => {
+            let hold = op == ControlOp::Stop;
+            announcer.handle(now, Input::Hold(hold));
+            tracing::info!(target: "clusterserverd", node = %node, held = hold, "forwarding stopped or started by an operator");
+            Ok(match hold {
+                true => format!("forwarding stopped on {node}: every VIP withdrawn"),
+                false => format!("forwarding started on {node}: VIPs announced where they can be served"),
+            })
+        }
+        ControlOp::Reload => match check_reload(path, cfg, node)? {
+            None => Ok("config unchanged: nothing to do".into()),
+            Some(new) => {
+                *reload = Some(new);
+                stop(announcer, now, node, "admin reload (withdraw, drain, restart with the new config)");
+                Ok("config valid and changed: withdrawing, draining and restarting with it".into())
+            }
+        },
+        ControlOp::Restart => {
+            *reload = Some(Box::new(cfg.clone()));
+            stop(announcer, now, node, "admin restart (withdraw, drain, restart)");
+            Ok("withdrawing, draining and restarting".into())
+        }
+    }
+}
+
+/// Each VIP (config order, once) with whether it is announced and why not.
+fn announcements(cfg: &Config, announcer: &Announcer) -> Vec<VipAnnouncement> {
+    let announced = announcer.announced();
+    let mut vips: Vec<IpAddr> = Vec::new();
+    for v in cfg.services.iter().map(|s| s.vip) {
+        if !vips.contains(&v) {
+            vips.push(v);
+        }
+    }
+    vips.into_iter()
+        .map(|v| VipAnnouncement {
+            vip: v.to_string(),
+            announced: announced.contains(&v),
+            reason: announcer.blocked(v).map(|b| b.name().to_string()),
+        })
+        .collect()
 }
 
 fn stop(announcer: &mut Announcer, now: Instant, node: &str, why: &str) {
@@ -212,11 +322,14 @@ async fn apply_bird(bgp: &crate::config::Bgp, bird: &mut Option<Bird>, config: &
     }
 }
 
-fn log_announce(cfg: &Config, node: &str, announcer: &Announcer, vips: &BTreeSet<IpAddr>) {
+/// Logs a change of the announced set; returns it as one line for the event stream.
+fn log_announce(cfg: &Config, node: &str, announcer: &Announcer, vips: &BTreeSet<IpAddr>) -> String {
     let all = cfg.services.iter().map(|s| s.vip).collect::<BTreeSet<_>>();
     let withdrawn: Vec<IpAddr> = all.difference(vips).copied().collect();
     let reasons: Vec<String> =
         withdrawn.iter().filter_map(|v| announcer.blocked(*v).map(|b| format!("{v}:{b:?}"))).collect();
     let shown: Vec<IpAddr> = vips.iter().copied().collect();
-    tracing::info!(target: "clusterserverd::bgp", node = %node, vips = ?shown, withdrawn = ?withdrawn, reasons = %reasons.join(","), "announce");
+    let reasons = reasons.join(",");
+    tracing::info!(target: "clusterserverd::bgp", node = %node, vips = ?shown, withdrawn = ?withdrawn, reasons = %reasons, "announce");
+    format!("{node} announces {shown:?}, withdrawn {withdrawn:?} {reasons}").trim_end().to_string()
 }

@@ -1,6 +1,8 @@
 //! The daemon's side of the admin channel ([`crate::admin`]): the [`Backend`] that reads and
 //! changes the data plane through the TUN worker's control queue, and hands promote, demote,
-//! stop, start, reload and restart to the control loop.
+//! stop, start, reload and restart to the control loop (the primary/backup loop in
+//! `daemon`, or the active-active one in `daemon::active`, which also hears of every server
+//! change for its announcer).
 //!
 //! Reads are closures run on the worker between two batches (like every other change to
 //! the engine): the packet path takes no lock, and an answer is a consistent snapshot.
@@ -33,7 +35,14 @@ pub struct DaemonBackend {
     pub shell: ShellControl<DaemonProcessor>,
     pub cfg: Arc<Config>,
     pub control: mpsc::UnboundedSender<ControlRequest>,
+    /// Active-active only: every applied server change as (service, server, operator
+    /// weight) for the control loop's announcer, which withdraws a VIP whose servers are
+    /// all drained or disabled. `None` in primary/backup mode.
+    pub server_changes: Option<mpsc::UnboundedSender<ServerChange>>,
 }
+
+/// (service, server, operator weight: 0 while drained or disabled).
+pub type ServerChange = (usize, usize, u32);
 
 /// Runs `f` on the worker and returns its result.
 fn ask<T: Send + 'static>(
@@ -118,9 +127,21 @@ impl Backend for DaemonBackend {
         let r = ask(&self.shell, move |p| {
             p.servers.apply(&mut p.engine, service, server, op).map_err(|e| e.to_string())?;
             let s = &p.engine.servers(service)[server];
-            Ok(format!("now weight {} and {}", s.weight, if s.up { "up" } else { "down" }))
+            let weight = p.servers.inputs(service, server).map_or(s.weight, |i| i.operator_weight());
+            Ok::<_, String>((
+                format!("now weight {} and {}", s.weight, if s.up { "up" } else { "down" }),
+                weight,
+            ))
         });
-        async move { r.await? }.boxed()
+        let tell = self.server_changes.clone();
+        async move {
+            let (msg, weight) = r.await??;
+            if let Some(t) = tell {
+                let _ = t.send((service, server, weight));
+            }
+            Ok(msg)
+        }
+        .boxed()
     }
 
     fn control(&self, op: ControlOp) -> BoxFuture<'static, Outcome> {

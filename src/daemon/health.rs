@@ -29,6 +29,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
+use crate::admin::CoreBridge;
 use crate::config::{CheckKind, Service};
 use crate::dataplane::io::tun::Shell;
 use crate::health::{Action, Damping, Health, Input, Outcome, ProbeId, Transition};
@@ -63,30 +64,33 @@ impl ServerSink for Shell<DaemonProcessor> {
     }
 }
 
-/// The daemon's sink: verdicts to the engine, and each delivered one published to the admin
-/// channel's event stream.
+/// The daemon's sink: verdicts to the engine, and each delivered one (and every check run's
+/// counters) published to the admin channel through its bridge. Used in both modes: the
+/// primary/backup loop with the platform's bridge and clock, the active-active loop with its
+/// own.
 #[derive(Debug)]
 pub struct Publishing<'a> {
     pub shell: &'a Shell<DaemonProcessor>,
-    pub platform: &'a crate::platform::linux::atm::LinuxPlatform,
+    pub bridge: Option<&'a CoreBridge>,
+    /// Origin of the events' `at_ms` (the control loop's clock).
+    pub since: tokio::time::Instant,
     pub services: &'a [Service],
 }
 
 impl ServerSink for Publishing<'_> {
     fn set_up(&self, service: usize, server: usize, up: bool) -> bool {
-        use crate::platform::Platform;
         let ok = self.shell.set_up(service, server, up);
         if ok
-            && let (Some(b), Some(svc)) = (self.platform.bridge(), self.services.get(service))
+            && let (Some(b), Some(svc)) = (self.bridge, self.services.get(service))
             && let Some(srv) = svc.servers.get(server)
         {
-            b.health(self.platform.now().as_millis(), &svc.name, &srv.name, up);
+            b.health(self.since.elapsed().as_millis() as u64, &svc.name, &srv.name, up);
         }
         ok
     }
 
     fn check_ran(&self, probe: ProbeId, outcome: &Outcome) {
-        if let Some(b) = self.platform.bridge() {
+        if let Some(b) = self.bridge {
             b.check_ran(probe, kind_name(self.services[probe.service].checks[probe.check].kind), outcome);
         }
     }

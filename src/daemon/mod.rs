@@ -302,8 +302,17 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
         Err(e) => return Err(undo_node_after(&rt, node_setup, e)),
     };
     tracing::info!(target: "clusterserverd", tun = %setup::owned(cfg).tun_name, "data plane up");
+    let names: Vec<String> = cfg.atms.iter().map(|a| a.name.clone()).collect();
     if active_active {
-        let next = run_active_active(&rt, &shell, path, cfg, me);
+        let (changes_tx, server_changes) = mpsc::unbounded_channel();
+        let (observed, requests, admin) =
+            open_admin(admin_listener, cfg, me, admin_token, &shell, Some(changes_tx));
+        let bridge = CoreBridge::new(observed, names, atm.name.clone());
+        let link = active::AdminLink { bridge, requests, server_changes };
+        let next = run_active_active(&rt, &shell, path, cfg, me, link);
+        if let Some(a) = admin {
+            a.stop();
+        }
         return finish(rt, shell, node_setup, &atm.name, next);
     }
     let arp = match rt.block_on(open_arp(cfg, &addrs, &atm.interface)) {
@@ -330,7 +339,6 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
             tracing::error!(target: "clusterserverd", error = %e, ?op, "data-plane control failed");
         }
     });
-    let names: Vec<String> = cfg.atms.iter().map(|a| a.name.clone()).collect();
     let mut platform = LinuxPlatform::new(
         atm.name.clone(),
         names.clone(),
@@ -343,14 +351,8 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
         failover: cfg.failover.clone(),
         atm_addresses: cfg.atms.iter().map(|a| a.address).collect(),
     });
-    let observed = Arc::new(Observed::default());
-    platform.set_bridge(CoreBridge::new(Arc::clone(&observed), names, atm.name.clone()));
-    let (admin_tx, admin_rx) = mpsc::unbounded_channel();
-    let admin = admin_listener.and_then(|l| {
-        let backend =
-            DaemonBackend { shell: shell.controller(), cfg: Arc::new(cfg.clone()), control: admin_tx };
-        start_admin(l, cfg, me, admin_token, observed, Arc::new(backend))
-    });
+    let (observed, admin_rx, admin) = open_admin(admin_listener, cfg, me, admin_token, &shell, None);
+    platform.set_bridge(CoreBridge::new(observed, names, atm.name.clone()));
     let next = rt.block_on(control(&platform, &shell, &arp, path, cfg, me, secret, admin_rx));
     if let Some(a) = admin {
         a.stop();
@@ -360,7 +362,7 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
 }
 
 /// Active-active: the engine forwards from the start and the VIPs are announced over BGP
-/// ([`active`]). (The config refuses an ATM that is also a real server in this mode, so there
+/// ([`active`]); the admin channel reaches that loop through `admin`. (The config refuses an ATM that is also a real server in this mode, so there
 /// is no node set-up to toggle.)
 fn run_active_active(
     rt: &tokio::runtime::Runtime,
@@ -368,12 +370,13 @@ fn run_active_active(
     path: &Path,
     cfg: &Config,
     me: usize,
+    admin: active::AdminLink,
 ) -> Result<Next, DaemonError> {
     shell.apply(Arc::new(|p: &mut DaemonProcessor| {
         p.engine.set_mid_flow_pickup(true);
         p.set_active(true);
     }))?;
-    rt.block_on(active::control(shell, path, cfg, me))
+    rt.block_on(active::control(shell, path, cfg, me, admin))
 }
 
 /// Undoes the node set-up and stops the data plane after the control loop ended.
@@ -419,6 +422,32 @@ fn load_admin_token(cfg: &Config) -> Option<Token> {
             None
         }
     }
+}
+
+/// What [`open_admin`] gives the control loop.
+type AdminParts = (Arc<Observed>, mpsc::UnboundedReceiver<ControlRequest>, Option<AdminHandle>);
+
+/// The admin channel of an ATM, either mode: the state the control loop publishes (hand it
+/// to a [`CoreBridge`]), the control requests for the loop, and the server thread (`None`
+/// when the port could not be bound or the thread not started: the daemon runs without it;
+/// the requests channel then stays empty). `server_changes`: active-active's announcer
+/// hears of every server change (see [`DaemonBackend`]).
+fn open_admin(
+    listener: Option<std::net::TcpListener>,
+    cfg: &Config,
+    me: usize,
+    token: Option<Token>,
+    shell: &Shell<DaemonProcessor>,
+    server_changes: Option<mpsc::UnboundedSender<admin::ServerChange>>,
+) -> AdminParts {
+    let observed = Arc::new(Observed::default());
+    let (control, requests) = mpsc::unbounded_channel();
+    let handle = listener.and_then(|l| {
+        let backend =
+            DaemonBackend { shell: shell.controller(), cfg: Arc::new(cfg.clone()), control, server_changes };
+        start_admin(l, cfg, me, token, Arc::clone(&observed), Arc::new(backend))
+    });
+    (observed, requests, handle)
 }
 
 /// Starts the admin channel on its own thread (see [`crate::admin`]).
@@ -685,7 +714,12 @@ async fn control(
     let hops = direct_next_hops(cfg);
     // Health checks run on every ATM, primary or backup (see `health`).
     let serve = async {
-        let sink = health::Publishing { shell, platform, services: &cfg.services };
+        let sink = health::Publishing {
+            shell,
+            bridge: platform.bridge(),
+            since: platform.started(),
+            services: &cfg.services,
+        };
         let (served, _, _) =
             tokio::join!(arp.serve(), keep_resolved(&hops), health::run(&cfg.services, &sink));
         served

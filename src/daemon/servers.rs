@@ -41,6 +41,17 @@ pub struct ServerInputs {
     pub state: AdminState,
 }
 
+impl ServerInputs {
+    /// The weight the operator leaves the server, health aside: 0 while drained or
+    /// disabled. (Active-active's announcer counts a server only while this is above 0.)
+    pub fn operator_weight(&self) -> u32 {
+        match self.state {
+            AdminState::Enabled => self.weight,
+            AdminState::Drained | AdminState::Disabled => 0,
+        }
+    }
+}
+
 /// What an operator asks of a server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ServerOp {

@@ -1,8 +1,22 @@
 //! Shared by the integration tests: a temporary directory holding the secret and token files
 //! that example and bad configs name (git keeps no 0600 modes, so they are made here), and
-//! the clean-up of namespaces a killed test run left behind.
+//! the clean-up of namespaces a killed test run left behind. For the namespace tests, one
+//! module per concern:
+//!
+//! * [`netlab`]: namespaces, bridges and veth links, and the guard that removes them;
+//! * [`daemon`]: `clusterserverd` processes with their logs, and `cmc` against them;
+//! * [`traffic`]: code inside a namespace, the servers' responder, clients through a VIP;
+//! * [`wait`]: polling with a deadline.
+//!
+//! (Each test binary compiles this module on its own and uses part of it, hence the
+//! `dead_code` allowance.)
 
 #![allow(dead_code)]
+
+pub mod daemon;
+pub mod netlab;
+pub mod traffic;
+pub mod wait;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

@@ -137,6 +137,11 @@ impl LinuxPlatform {
         self.bridge.as_ref()
     }
 
+    /// The origin of [`Platform::now`] (events published beside the core's use it too).
+    pub fn started(&self) -> tokio::time::Instant {
+        self.start
+    }
+
     /// Enables service failover's commands and mirroring.
     pub fn with_failover(mut self, spec: FailoverSpec) -> Self {
         self.failover = Some(spec);
