@@ -320,6 +320,21 @@ pub fn render_status(s: &Status) -> String {
         s.config_digest,
         s.vips.join(", ")
     );
+    // Active-active: whether each VIP is announced over BGP, and why not.
+    if !s.announcements.is_empty() {
+        let mut t = Table::new(&["VIP", "ANNOUNCED", "WHY NOT"]);
+        for a in &s.announcements {
+            t.row(vec![
+                a.vip.clone(),
+                if a.announced { "yes" } else { "no" }.into(),
+                a.reason.clone().unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        out.push_str(&t.render());
+        if s.peers.is_empty() {
+            return out;
+        }
+    }
     let mut t = Table::new(&["PEER", "ADDRESS", "UP", "ROLE", "EPOCH", "LAST HEARD", "CONFIG"]);
     for p in &s.peers {
         t.row(vec![
@@ -418,4 +433,54 @@ pub fn render_connections(p: &ConnectionPage) -> String {
     let end = p.offset + p.connections.len() as u64;
     format!("{}{} of {} connections shown (from {})\n", t.render(), p.connections.len(), p.total, p.offset)
         .replace(&format!("(from {})", p.offset), &format!("({}..{end})", p.offset))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::model::{PeerStatus, VipAnnouncement};
+
+    fn status() -> Status {
+        Status {
+            cluster: "c".into(),
+            node: "atm1".into(),
+            role: "active".into(),
+            config_digest: "ab".into(),
+            vips: vec!["10.0.0.99".into(), "10.0.0.98".into()],
+            ..Status::default()
+        }
+    }
+
+    #[test]
+    fn active_active_status_shows_each_vip_announced_or_why_not_and_no_empty_peer_table() {
+        let mut s = status();
+        s.announcements = vec![
+            VipAnnouncement { vip: "10.0.0.99".into(), announced: true, reason: None },
+            VipAnnouncement {
+                vip: "10.0.0.98".into(),
+                announced: false,
+                reason: Some("no_healthy_server".into()),
+            },
+        ];
+        let text = render_status(&s);
+        let row = |vip: &str| text.lines().find(|l| l.starts_with(vip)).unwrap_or_default().to_string();
+        assert!(row("10.0.0.99").contains("yes"), "{text}");
+        assert!(row("10.0.0.98").contains("no_healthy_server"), "{text}");
+        assert!(!text.contains("PEER"), "{text}");
+    }
+
+    #[test]
+    fn primary_backup_status_marks_a_peer_whose_config_differs() {
+        let mut s = status();
+        s.role = "primary".into();
+        s.peers = vec![PeerStatus {
+            name: "atm2".into(),
+            config_digest: "cd".into(),
+            config_differs: true,
+            up: true,
+            ..PeerStatus::default()
+        }];
+        let text = render_status(&s);
+        assert!(text.contains("DIFFERS (cd)") && !text.contains("ANNOUNCED"), "{text}");
+    }
 }
