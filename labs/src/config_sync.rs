@@ -27,7 +27,11 @@ use crate::{nodes, ns, runner, sshd};
 
 const SCENARIO: &str =
     "{ name: 'config-sync', topology: { atms: 2, nodes: 1, clients: 1, forwarding: 'nat' },
-  steps: [], duration_ms: 1000 }";
+  failover: { services: ['www'] }, steps: [], duration_ms: 1000 }";
+
+/// Files and bytes of the content pushed in step 5.
+const FILES: usize = 500;
+const FILE_BYTES: usize = 16 * 1024;
 
 /// What a run found.
 #[derive(Debug, Default)]
@@ -44,6 +48,15 @@ fn host_conf(dir: &Path, host: &str) -> PathBuf {
     dir.join("hosts").join(host).join("conf")
 }
 
+/// The mirror set as every host sees it, and each host's own copy.
+fn data_dir(dir: &Path) -> PathBuf {
+    dir.join("data")
+}
+
+fn host_data(dir: &Path, host: &str) -> PathBuf {
+    dir.join("hosts").join(host).join("data")
+}
+
 /// Runs the whole sequence in a fresh lab under `dir`; an error names the step that failed.
 pub fn run(dir: &Path) -> anyhow::Result<Report> {
     runner::preflight()?;
@@ -55,7 +68,7 @@ pub fn run(dir: &Path) -> anyhow::Result<Report> {
     let s = Scenario::parse(SCENARIO)?;
     let plan = Plan::new(&s, &ns::new_run_id())?;
     let conf = conf_dir(dir);
-    for d in [&conf, &dir.join("hosts")] {
+    for d in [&conf, &dir.join("hosts"), &data_dir(dir), &dir.join("plain")] {
         if d.exists() {
             std::fs::remove_dir_all(d).with_context(|| format!("removing {}", d.display()))?;
         }
@@ -64,6 +77,19 @@ pub fn run(dir: &Path) -> anyhow::Result<Report> {
     let mut cfg = runner::lab_config(&s, &plan, &conf, false)?;
     let hosts = sshd::hosts(&plan, &[Role::Atm, Role::Node]);
     cfg.failover.ssh = Some(sshd::prepare(dir, &hosts)?);
+    // atm1's group: a service that does nothing, and the mirror set `data` (never copied on
+    // a schedule: only step 5's `cmc sync content` moves it).
+    std::fs::create_dir_all(data_dir(dir))?;
+    for g in &mut cfg.failover.groups {
+        for svc in &mut g.services {
+            svc.start = vec!["/bin/true".into()];
+            svc.stop = vec!["/bin/true".into()];
+        }
+        for m in &mut g.mirrors {
+            m.paths = vec![format!("{}/", data_dir(dir).display())];
+            m.interval_s = 0;
+        }
+    }
     // cmc on atm1 asks every ATM to reload after a push: the ATMs admit each other.
     cfg.security.admin_allow = std::iter::once("127.0.0.0/8".parse()?)
         .chain(sshd::hosts(&plan, &[Role::Atm]).iter().map(|(_, a)| ipnet::IpNet::from(IpAddr::V4(*a))))
@@ -72,10 +98,12 @@ pub fn run(dir: &Path) -> anyhow::Result<Report> {
     runner::write_config(&cfg, &cfg_path)?;
     for (h, _) in &hosts {
         copy_dir(&conf, &host_conf(dir, h))?;
+        std::fs::create_dir_all(host_data(dir, h))?;
     }
     let mut lab = Lab::up(plan, dir)?;
     for (h, _) in &hosts {
         lab.set_view(h, &host_conf(dir, h), &conf)?;
+        lab.set_view(h, &host_data(dir, h), &data_dir(dir))?;
     }
     sshd::start(&mut lab, &hosts)?;
     for a in ["atm1", "atm2"] {
@@ -158,8 +186,67 @@ pub fn run(dir: &Path) -> anyhow::Result<Report> {
         "4. `cmc sync config --apply`: pushed and reloaded in {pushed_ms} ms; both ATMs show `same` {agreed_ms} ms after it began; every host's config has atm1's digest"
     ));
     r.lines.extend(out.lines().map(|l| format!("     {l}")));
+
+    // 5. Content: many files from atm1 to every host, beside a plain local rsync.
+    let source = host_data(dir, "atm1");
+    for i in 0..FILES {
+        let body: Vec<u8> = (0..FILE_BYTES).map(|b| ((b * 31 + i * 7) % 251) as u8).collect();
+        std::fs::write(source.join(format!("file-{i:04}")), body)?;
+    }
+    let (ok, out) = c(&lab, "atm1", &["sync", "content", "data"])?;
+    let would = |host: &str| {
+        out.lines().any(|l| l.starts_with(host) && l.contains(&format!(" {FILES} would change")))
+    };
+    if !ok || !would("atm2") || !would("node1") {
+        bail!("step 5: the dry run should list {FILES} new files for atm2 and node1:\n{out}");
+    }
+    let started = Instant::now();
+    let (ok, out) = c(&lab, "atm1", &["sync", "content", "data", "--apply"])?;
+    let ssh_s = started.elapsed().as_secs_f64();
+    if !ok {
+        bail!("step 5: `cmc sync content data --apply` failed:\n{out}");
+    }
+    for h in ["atm2", "node1"] {
+        if !same_files(&source, &host_data(dir, h))? {
+            bail!("step 5: {h}'s copy of the set differs from atm1's after the push");
+        }
+    }
+    let started = Instant::now();
+    let plain = std::process::Command::new("rsync")
+        .arg("-a")
+        .arg(format!("{}/", source.display()))
+        .arg(dir.join("plain"))
+        .status()?;
+    let plain_s = started.elapsed().as_secs_f64();
+    if !plain.success() {
+        bail!("step 5: plain rsync failed");
+    }
+    let (files, mb) = ((2 * FILES) as f64, (2 * FILES * FILE_BYTES) as f64 / 1e6);
+    r.lines.push(format!(
+        "5. `cmc sync content data --apply` to 2 hosts over SSH: {FILES} files of {} KiB each: {ssh_s:.2} s ({:.0} files/s, {:.1} MB/s); plain local rsync of one copy: {plain_s:.2} s ({:.0} files/s, {:.1} MB/s)",
+        FILE_BYTES / 1024,
+        files / ssh_s,
+        mb / ssh_s,
+        FILES as f64 / plain_s,
+        mb / 2.0 / plain_s,
+    ));
+    r.lines.extend(out.lines().map(|l| format!("     {l}")));
     drop(lab);
     Ok(r)
+}
+
+/// Whether two flat directories hold the same file names with the same contents.
+fn same_files(a: &Path, b: &Path) -> anyhow::Result<bool> {
+    let list = |d: &Path| -> anyhow::Result<Vec<(std::ffi::OsString, Vec<u8>)>> {
+        let mut v = Vec::new();
+        for e in std::fs::read_dir(d)? {
+            let e = e?;
+            v.push((e.file_name(), std::fs::read(e.path())?));
+        }
+        v.sort();
+        Ok(v)
+    };
+    Ok(list(a)? == list(b)?)
 }
 
 /// Runs `cmc ARGS --config CFG` on `host` (its namespace and view): success and output.

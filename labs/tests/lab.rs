@@ -300,6 +300,6 @@ fn config_sync_shows_the_mismatch_until_pushed_in_the_lab() {
     for l in &r.lines {
         eprintln!("{l}");
     }
-    assert_eq!(r.lines.iter().filter(|l| l.starts_with(char::is_numeric)).count(), 4, "{:?}", r.lines);
+    assert_eq!(r.lines.iter().filter(|l| l.starts_with(char::is_numeric)).count(), 5, "{:?}", r.lines);
     assert!(procs_using(&d).is_empty(), "processes left behind: {:?}", procs_using(&d));
 }
