@@ -19,7 +19,7 @@ use std::net::{SocketAddr, UdpSocket};
 
 use crate::dataplane::engine::{Engine, Verdict};
 use crate::dataplane::io::{Disposition, Output, PacketProcessor};
-use crate::dataplane::sync::{MAX_DATAGRAM, SyncReceiver, SyncSender};
+use crate::dataplane::sync::{MAX_DATAGRAM, PeerReceivers, PeerSyncError, SyncReceiver, SyncSender};
 use crate::time::Instant;
 
 use super::servers::ServerControl;
@@ -50,8 +50,8 @@ pub struct DaemonProcessor {
     /// Health verdicts and operator changes per server (see [`super::servers`]).
     pub servers: ServerControl,
     sender: SyncSender,
-    /// One per entry of `peers`, same order.
-    receivers: Vec<SyncReceiver>,
+    /// One per entry of `peers`.
+    receivers: PeerReceivers,
     socket: Option<UdpSocket>,
     peers: Vec<SocketAddr>,
     out: Vec<u8>,
@@ -74,7 +74,7 @@ impl DaemonProcessor {
         peers: Vec<SocketAddr>,
     ) -> Self {
         let services = (0..).take_while(|&i| !engine.servers(i).is_empty()).count();
-        let receivers = vec![receiver; peers.len()];
+        let receivers = PeerReceivers::new(receiver, peers.iter().map(|p| p.ip()).collect());
         DaemonProcessor {
             servers: ServerControl::new(&engine, services),
             engine,
@@ -131,14 +131,14 @@ impl DaemonProcessor {
         for _ in 0..RECV_PER_TICK {
             let Ok((n, from)) = sock.recv_from(&mut self.rbuf) else { break };
             self.counters.received += 1;
-            let Some(i) = self.peers.iter().position(|p| p.ip() == from.ip()) else {
-                self.counters.rejected += 1;
-                self.counters.unknown_sender += 1;
-                continue;
-            };
-            match self.receivers[i].handle(now, &self.rbuf[..n], &mut self.engine) {
+            match self.receivers.handle(now, from.ip(), &self.rbuf[..n], &mut self.engine) {
                 Ok(k) => self.counters.applied_records += k as u64,
-                Err(_) => self.counters.rejected += 1,
+                Err(e) => {
+                    self.counters.rejected += 1;
+                    if e == PeerSyncError::UnknownSender {
+                        self.counters.unknown_sender += 1;
+                    }
+                }
             }
         }
     }

@@ -429,5 +429,8 @@ impl SyncReceiver {
     }
 }
 
+mod peers;
+pub use peers::{PeerReceivers, PeerSyncError};
+
 #[cfg(test)]
 mod tests;
