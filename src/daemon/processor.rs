@@ -171,11 +171,12 @@ impl PacketProcessor for DaemonProcessor {
         now: Instant,
         pkt: &mut [u8],
         tx: &mut [u8],
+        segments: u32,
     ) -> Option<(Disposition, Output)> {
         if !self.engine.takes_whole(pkt) {
             return None;
         }
-        let (v, in_place) = self.engine.process_in_place(now, pkt, tx);
+        let (v, in_place) = self.engine.process_in_place(now, pkt, tx, segments);
         Some((self.after_packet(now, v), Output::in_place(in_place)))
     }
 
