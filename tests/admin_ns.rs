@@ -698,6 +698,13 @@ async fn browse(shots: PathBuf, daemon: SocketAddr, p: String, b: String) {
             "return document.getElementById('role').textContent === 'backup'",
         )
         .await;
+        // The daemon's events reach the page through cmc serve's relay, and are listed.
+        until(
+            "the demote's events on the page",
+            10,
+            "return csState.events.some(e => e.kind === 'handover') && csState.events.some(e => e.kind === 'role') && document.querySelectorAll('#events li').length >= 2",
+        )
+        .await;
         // A few more samples so the chart shows traffic moving to the new primary.
         tokio::time::sleep(Duration::from_secs(3)).await;
         std::fs::write(shots.join("failover.png"), web.screenshot().await.expect("shot")).expect("save");

@@ -6,6 +6,10 @@
 //! certificate and key (`--tls-cert`, `--tls-key`, PEM): plain HTTP there is refused, since
 //! anyone on the path could read the console or act through it.
 //!
+//! Events: `/api/v1/events` relays the daemon's event stream (server-sent events) to the
+//! page, which refreshes at once on a role, health or peer change instead of waiting for its
+//! next one-second poll; the polls remain for the rate charts, which need samples anyway.
+//!
 //! Browser-side protections: every request must carry the `Host` the console listens on
 //! (a DNS-rebinding page cannot reach it under another name), and a change (POST) must carry
 //! the header `x-cmc-console: 1`, which a cross-site form cannot set without a CORS
@@ -19,6 +23,7 @@ use anyhow::{Context, bail};
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -70,6 +75,7 @@ pub async fn serve(daemon: Client, opts: ServeOptions) -> anyhow::Result<()> {
     let state = Arc::new(Console { daemon, hosts });
     let app = Router::new()
         .route("/", get(|| async { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], INDEX) }))
+        .route("/api/v1/events", get(events))
         .fallback(proxy)
         .with_state(state);
     loop {
@@ -116,6 +122,35 @@ fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> anyhow::Result<tokio_rustls::T
 fn text(code: StatusCode, msg: impl Into<String>) -> Response {
     let body = serde_json::json!({ "error": msg.into() }).to_string();
     (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Events relayed to one page while it listens, at most this many waiting (a page that does
+/// not read loses the oldest news, never this process's memory).
+const EVENTS_QUEUED: usize = 256;
+
+/// `/api/v1/events`: the daemon's event stream, one unnamed SSE message per event (its JSON
+/// carries the kind), for as long as the page listens and the daemon answers.
+async fn events(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    if !c.hosts.is_empty() && !c.hosts.iter().any(|h| h == host) {
+        return text(StatusCode::FORBIDDEN, format!("unexpected Host {host:?}"));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<String>(EVENTS_QUEUED);
+    let daemon = c.daemon.clone();
+    tokio::spawn(async move {
+        // Ends when the page goes (the channel closes) or the daemon's stream ends.
+        let _ = daemon
+            .events(|ev| {
+                let sent = tx.try_send(serde_json::to_string(&ev).unwrap_or_default());
+                !matches!(sent, Err(tokio::sync::mpsc::error::TrySendError::Closed(_)))
+            })
+            .await;
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        let data = rx.recv().await?;
+        Some((Ok::<_, std::convert::Infallible>(SseEvent::default().data(data)), rx))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(10))).into_response()
 }
 
 /// `/api/PATH` → the daemon's `PATH`.
