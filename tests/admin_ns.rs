@@ -29,8 +29,7 @@ use std::time::{Duration, Instant};
 
 use clusterserver::admin::client::{Client, ClientError};
 use clusterserver::admin::model::{ServiceStatus, Stats, Status};
-use support::daemon::Daemon;
-use support::netlab::NetLab;
+use support::daemon::DaemonLab;
 use support::traffic::{echo_once, in_netns};
 use support::wait::wait_until;
 use support::{in_ns, is_root};
@@ -50,33 +49,17 @@ fn helper_echo_server() {
     support::echo_server_helper(HELPER_ENV, Duration::from_secs(300));
 }
 
-/// The lab: its daemons (declared first, so they are killed before the namespaces go) and
-/// the namespaces, files and helper processes ([`NetLab`]).
-struct Lab {
-    daemons: Vec<Daemon>,
-    net: NetLab,
-}
+/// The lab: its daemons and namespaces ([`DaemonLab`]), one config for both ATMs.
+type Lab = DaemonLab;
 
 impl Lab {
-    fn new() -> Lab {
-        Lab { daemons: Vec::new(), net: NetLab::new("csl-am", "") }
-    }
-
-    fn ns(&mut self, role: &str) -> String {
-        self.net.add_ns(role)
-    }
-
     fn config(&self) -> PathBuf {
         self.net.dir.join("cs.json5")
     }
 
-    fn start_daemon(&mut self, atm: &str) {
-        let d = Daemon::spawn(atm, &self.net.name(atm), &self.config());
-        self.daemons.push(d);
-    }
-
-    fn daemon(&self, atm: &str) -> &Daemon {
-        self.daemons.iter().find(|d| d.name == atm).expect("daemon")
+    fn start_atm(&mut self, atm: &str) {
+        let config = self.config();
+        self.start_daemon(atm, &config);
     }
 
     /// `cmc --config CFG --host ATM ARGS` run in namespace `ns`.
@@ -196,8 +179,8 @@ fn setup(lab: &mut Lab) -> (String, String, String) {
         .spawn()
         .expect("server");
     lab.net.others.push(srv);
-    lab.start_daemon("atm1");
-    lab.start_daemon("atm2");
+    lab.start_atm("atm1");
+    lab.start_atm("atm2");
     (client, mgmt, rogue)
 }
 
@@ -248,7 +231,7 @@ fn admin_channel_in_a_lab() {
         eprintln!("SKIPPED: needs root (and /dev/net/tun)");
         return;
     }
-    let mut lab = Lab::new();
+    let mut lab = Lab::new("csl-am", "");
     let (client, mgmt, rogue) = setup(&mut lab);
     wait_until("one primary, by the admin API", Duration::from_secs(15), || primary_of(&mgmt).is_some());
     let p = primary_of(&mgmt).expect("primary");
@@ -549,7 +532,7 @@ fn console_in_a_lab() {
         eprintln!("SKIPPED: needs chromedriver (scripts/install-deps installs chromium-driver)");
         return;
     };
-    let mut lab = Lab::new();
+    let mut lab = Lab::new("csl-am", "");
     let (client, mgmt, _rogue) = setup(&mut lab);
     wait_until("one primary", Duration::from_secs(15), || primary_of(&mgmt).is_some());
     let p = primary_of(&mgmt).expect("primary");

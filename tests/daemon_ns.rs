@@ -26,8 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::daemon::Daemon;
-use support::netlab::NetLab;
+use support::daemon::DaemonLab;
 use support::traffic::{echo_once, in_netns};
 use support::wait::wait_until;
 use support::{in_ns, is_root, ns_output, run};
@@ -42,47 +41,24 @@ fn helper_echo_server() {
     support::echo_server_helper(HELPER_ENV, Duration::from_secs(180));
 }
 
-/// The lab: its daemons (declared first, so they are killed before the namespaces go) and
-/// the namespaces, files and helper processes ([`NetLab`]).
-struct Lab {
-    daemons: Vec<Daemon>,
-    net: NetLab,
-}
+/// The lab: its daemons and namespaces ([`DaemonLab`]), one config file per ATM.
+type Lab = DaemonLab;
 
 impl Lab {
-    fn new() -> Lab {
+    fn numbered() -> Lab {
         // Tests of this binary run in parallel: each lab has its own number.
         static LABS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = LABS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Lab { daemons: Vec::new(), net: NetLab::new("csl-dm", &format!("-{n}")) }
-    }
-
-    fn ns(&mut self, role: &str) -> String {
-        self.net.add_ns(role)
+        Lab::new("csl-dm", &format!("-{n}"))
     }
 
     fn config(&self, atm: &str) -> PathBuf {
         self.net.dir.join(format!("{atm}.json5"))
     }
 
-    fn start_daemon(&mut self, atm: &str) {
-        let d = Daemon::spawn(atm, &self.net.name(atm), &self.config(atm));
-        self.daemons.retain(|d| d.name != atm);
-        self.daemons.push(d);
-    }
-
-    fn daemon(&mut self, atm: &str) -> &mut Daemon {
-        self.daemons.iter_mut().find(|d| d.name == atm).expect("daemon")
-    }
-
-    fn primaries(&mut self) -> Vec<String> {
-        let mut out = Vec::new();
-        for d in &mut self.daemons {
-            if d.alive() && d.is_primary() {
-                out.push(d.name.clone());
-            }
-        }
-        out
+    fn start_atm(&mut self, atm: &str) {
+        let config = self.config(atm);
+        self.start_daemon(atm, &config);
     }
 }
 
@@ -158,7 +134,7 @@ fn log_time_of_day(line: &str) -> Option<f64> {
 
 /// Milliseconds from `since` (time of day) to `atm`'s last promotion line.
 fn promoted_after_ms(lab: &mut Lab, atm: &str, since: f64) -> Option<f64> {
-    let lines = lab.daemon(atm).lines();
+    let lines = lab.daemon_mut(atm).lines();
     let line = lines.iter().rev().find(|l| l.contains(" role change ") && l.contains("role=primary"))?;
     Some((log_time_of_day(line)? - since) * 1000.0)
 }
@@ -184,7 +160,7 @@ fn two_daemons_elect_fail_over_and_hand_over() {
         eprintln!("SKIPPED: needs root (and /dev/net/tun)");
         return;
     }
-    let mut lab = Lab::new();
+    let mut lab = Lab::numbered();
     let (client, server) = topology(&mut lab);
     write_configs(&lab);
     let exe = std::env::current_exe().expect("exe");
@@ -198,8 +174,8 @@ fn two_daemons_elect_fail_over_and_hand_over() {
         .spawn()
         .expect("server");
     lab.net.others.push(srv);
-    lab.start_daemon("atm1");
-    lab.start_daemon("atm2");
+    lab.start_atm("atm1");
+    lab.start_atm("atm2");
 
     // Election: exactly one primary, and the service answers through the VIP.
     wait_until("one primary", Duration::from_secs(10), || lab.primaries().len() == 1);
@@ -230,8 +206,8 @@ fn two_daemons_elect_fail_over_and_hand_over() {
     // SIGKILL of the primary's daemon (its host stays up).
     let killed_at = Instant::now();
     let killed_tod = time_of_day();
-    lab.daemon(&first).child.kill().expect("kill");
-    let _ = lab.daemon(&first).child.wait();
+    lab.daemon_mut(&first).child.kill().expect("kill");
+    let _ = lab.daemon_mut(&first).child.wait();
     let took = outage(&client, Duration::from_secs(5));
     println!("SIGKILL failover: service back after {:?}", killed_at.elapsed().max(took));
     assert_eq!(lab.primaries(), vec![other.to_string()]);
@@ -244,8 +220,10 @@ fn two_daemons_elect_fail_over_and_hand_over() {
     assert!(ns_output(&first_ns, &["ip", "link", "show", "csd78"]).is_empty(), "TUN outlived its daemon");
 
     // Restart: it clears its leftovers and comes back as a backup.
-    lab.start_daemon(&first);
-    wait_until("restarted daemon ready", Duration::from_secs(10), || lab.daemon(&first).logged(" ready "));
+    lab.start_atm(&first);
+    wait_until("restarted daemon ready", Duration::from_secs(10), || {
+        lab.daemon_mut(&first).logged(" ready ")
+    });
     std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(lab.primaries(), vec![other.to_string()], "exactly one primary after the restart");
     assert_eq!(
@@ -258,21 +236,21 @@ fn two_daemons_elect_fail_over_and_hand_over() {
 
     // A bad config on SIGHUP is refused and the running one kept.
     std::fs::write(lab.config(other), "{ cluster: ").expect("bad config");
-    let pid = lab.daemon(other).child.id().to_string();
+    let pid = lab.daemon_mut(other).child.id().to_string();
     run(&["kill", "-HUP", &pid]);
-    wait_until("reload refused", Duration::from_secs(5), || lab.daemon(other).logged("reload refused"));
-    assert!(lab.daemon(other).alive() && lab.daemon(other).is_primary());
+    wait_until("reload refused", Duration::from_secs(5), || lab.daemon_mut(other).logged("reload refused"));
+    assert!(lab.daemon_mut(other).alive() && lab.daemon_mut(other).is_primary());
     std::fs::write(lab.config(other), CONFIG).expect("config");
 
     // A valid, changed config on SIGHUP (to the backup): applied by an in-process restart;
     // the primary is untouched.
     std::fs::write(lab.config(&first), CONFIG.replace("refresh_s: 5", "refresh_s: 6")).expect("config");
-    let first_pid = lab.daemon(&first).child.id().to_string();
+    let first_pid = lab.daemon_mut(&first).child.id().to_string();
     run(&["kill", "-HUP", &first_pid]);
     wait_until("reload applied", Duration::from_secs(10), || {
-        lab.daemon(&first).lines().iter().filter(|l| l.contains(" ready ")).count() == 2
+        lab.daemon_mut(&first).lines().iter().filter(|l| l.contains(" ready ")).count() == 2
     });
-    assert!(lab.daemon(&first).logged("restarting with the reloaded config"));
+    assert!(lab.daemon_mut(&first).logged("restarting with the reloaded config"));
     assert_eq!(lab.primaries(), vec![other.to_string()], "a backup's reload moved the primary");
     assert_eq!(steering_rules(&first_ns), 2);
 
@@ -282,11 +260,11 @@ fn two_daemons_elect_fail_over_and_hand_over() {
     run(&["kill", "-TERM", &pid]);
     let mut status = None;
     wait_until("the stopped daemon to exit", Duration::from_secs(5), || {
-        status = lab.daemon(other).child.try_wait().expect("wait");
+        status = lab.daemon_mut(other).child.try_wait().expect("wait");
         status.is_some()
     });
     assert!(status.is_some_and(|s| s.success()), "exit status {status:?}");
-    wait_until("handover", Duration::from_secs(5), || lab.daemon(&first).is_primary());
+    wait_until("handover", Duration::from_secs(5), || lab.daemon_mut(&first).is_primary());
     let took = outage(&client, Duration::from_secs(5));
     println!(
         "SIGTERM handover: old primary exited and the service answered {:?} after the signal",
@@ -312,7 +290,7 @@ fn role_from_addresses_node_and_none() {
         eprintln!("SKIPPED: needs root");
         return;
     }
-    let mut lab = Lab::new();
+    let mut lab = Lab::numbered();
     write_configs(&lab);
     let ns = lab.ns("host");
     run(&["ip", "link", "add", "v0", "netns", &ns, "type", "veth", "peer", "name", "v1", "netns", &ns]);

@@ -77,6 +77,53 @@ impl Drop for Daemon {
     }
 }
 
+/// A namespace lab with its daemons: the daemons are declared first, so they are killed
+/// before the namespaces go ([`NetLab`] removes those, and its files and helpers). The tests
+/// add their topology and config helpers in their own `impl` blocks.
+#[derive(Debug)]
+pub struct DaemonLab {
+    pub daemons: Vec<Daemon>,
+    pub net: super::netlab::NetLab,
+}
+
+impl DaemonLab {
+    /// Namespaces named `FAMILY-...TAG` (see [`super::netlab::NetLab::new`]).
+    pub fn new(family: &str, tag: &str) -> DaemonLab {
+        DaemonLab { daemons: Vec::new(), net: super::netlab::NetLab::new(family, tag) }
+    }
+
+    pub fn ns(&mut self, role: &str) -> String {
+        self.net.add_ns(role)
+    }
+
+    /// Starts `atm`'s daemon in its namespace with `config`; a running one of that name is
+    /// killed first (a restart).
+    pub fn start_daemon(&mut self, atm: &str, config: &Path) {
+        self.daemons.retain(|d| d.name != atm);
+        let d = Daemon::spawn(atm, &self.net.name(atm), config);
+        self.daemons.push(d);
+    }
+
+    pub fn daemon(&self, atm: &str) -> &Daemon {
+        self.daemons.iter().find(|d| d.name == atm).expect("daemon")
+    }
+
+    pub fn daemon_mut(&mut self, atm: &str) -> &mut Daemon {
+        self.daemons.iter_mut().find(|d| d.name == atm).expect("daemon")
+    }
+
+    /// The ATMs whose daemon runs and last logged the primary role.
+    pub fn primaries(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        for d in &mut self.daemons {
+            if d.alive() && d.is_primary() {
+                out.push(d.name.clone());
+            }
+        }
+        out
+    }
+}
+
 /// Starts `clusterserverd --config CONFIG` in namespace `ns` at `RUST_LOG=info` with
 /// `CLUSTERSERVERD_RUN_DIR=run_dir`, its stderr appended to `log` (kept across restarts of
 /// the same host, so a test can count its ` ready ` lines). The caller kills it by PID.
