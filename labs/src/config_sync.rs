@@ -165,6 +165,14 @@ pub fn run(dir: &Path) -> anyhow::Result<Report> {
     r.lines.extend(out.lines().map(|l| format!("     {l}")));
 
     // 4. Push and reload: the digests agree again.
+    let role_changes = |lab: &Lab| -> usize {
+        ["atm1/daemon", "atm2/daemon"]
+            .iter()
+            .filter_map(|l| lab.log_of(l))
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default().matches(" role change ").count())
+            .sum()
+    };
+    let changes_before = role_changes(&lab);
     let started = Instant::now();
     let (ok, out) = c(&lab, "atm1", &["sync", "config", "--apply"])?;
     if !ok || !out.lines().any(|l| l.starts_with("atm2") && l.contains("reloaded")) {
@@ -176,6 +184,22 @@ pub fn run(dir: &Path) -> anyhow::Result<Report> {
             .with_context(|| format!("step 4: {me} still shows {peer}'s config as differing"))?;
     }
     let agreed_ms = started.elapsed().as_millis();
+    // The rolling reload (backup first, primary last) moves the primary role once: one
+    // ATM steps down, the other takes over.
+    let moved = role_changes(&lab) - changes_before;
+    if moved > 2 {
+        bail!("step 4: {moved} role changes during the push (at most 2: the primary role moves once)");
+    }
+    // atm1 kept running through the push (it already ran the new config) and saw atm2
+    // come back with it; atm2 restarted and starts from a clean slate.
+    let agreed_logged = lab
+        .log_of("atm1/daemon")
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .unwrap_or_default()
+        .contains("peer runs the same config again");
+    if !agreed_logged {
+        bail!("step 4: atm1 did not log that atm2 runs the same config again");
+    }
     let want = digest(&edited)?;
     for (h, _) in &hosts {
         if digest(&host_conf(dir, h).join("clusterserver.json5"))? != want {
@@ -183,7 +207,7 @@ pub fn run(dir: &Path) -> anyhow::Result<Report> {
         }
     }
     r.lines.push(format!(
-        "4. `cmc sync config --apply`: pushed and reloaded in {pushed_ms} ms; both ATMs show `same` {agreed_ms} ms after it began; every host's config has atm1's digest"
+        "4. `cmc sync config --apply`: pushed and reloaded in {pushed_ms} ms (backup first, primary last; {moved} role changes); both ATMs show `same` {agreed_ms} ms after it began; every host's config has atm1's digest"
     ));
     r.lines.extend(out.lines().map(|l| format!("     {l}")));
 

@@ -164,6 +164,7 @@ fn describe(names: &[String], event: &Event) -> String {
         Event::PeerUp { peer } => format!("peer {} up", n(peer)),
         Event::PeerDown { peer } => format!("peer {} down", n(peer)),
         Event::ConfigMismatch { peer } => format!("peer {} runs a different config", n(peer)),
+        Event::ConfigAgrees { peer } => format!("peer {} runs the same config again", n(peer)),
         Event::ReachChanged { reachable, total } => format!("reachlist {reachable}/{total}"),
         Event::HandoverStarted { to } => format!("handing over to {}", n(to)),
         Event::PromoteRequested { primary } => format!("asking {} to hand over", n(primary)),

@@ -115,6 +115,9 @@ impl CoreBridge {
             Event::ConfigMismatch { peer } => {
                 ("peer", format!("peer {} runs a different config", self.peer(*peer)))
             }
+            Event::ConfigAgrees { peer } => {
+                ("peer", format!("peer {} runs the same config again", self.peer(*peer)))
+            }
             Event::ReachChanged { reachable, total } => ("peer", format!("reachlist {reachable}/{total}")),
             Event::HandoverStarted { to } => ("handover", format!("{n} hands over to {}", self.peer(*to))),
             Event::PromoteRequested { primary } => {

@@ -146,17 +146,73 @@ async fn sync(cli: &Cli, what: &[String], apply: bool, no_reload: bool) -> anyho
     if !(apply && !no_reload && what == ["config"]) {
         return Ok(());
     }
-    let mut failed = Vec::new();
+    rolling_reload(cli).await
+}
+
+/// How long one ATM may take to come back with the pushed config, and to be heard so by
+/// the others, before the rolling reload gives up on it.
+const RELOAD_WAIT: Duration = Duration::from_secs(30);
+
+/// Reloads every ATM, one at a time: the backups first, the primary last, each only once the
+/// previous one runs the new config and the ATMs still to go hear it. A changed config
+/// makes an ATM hand over and restart (SIGHUP's rule), so this order moves the primary role
+/// once, to an ATM already on the new config; reloading the primary first would hand the
+/// VIPs to an ATM still on the old config, and reloading two at once could leave the
+/// primary without a successor to hand over to.
+async fn rolling_reload(cli: &Cli) -> anyhow::Result<()> {
+    let mut atms = Vec::new();
     for (name, address) in atms_of(cli)? {
         let mut c = client_for(cli)?;
         c.addr = SocketAddr::new(address, c.addr.port());
-        match c.post("/v1/reload", None).await {
-            Ok(_) => println!("{name:<16} {address:<39} reloaded"),
+        let status: Result<Status, _> = c.get("/v1/status").await;
+        atms.push((name, address, c, status));
+    }
+    // Backups (and ATMs that did not answer, to report them) first, the primary last.
+    atms.sort_by_key(|(_, _, _, s)| s.as_ref().is_ok_and(|s| s.role == "primary"));
+    let mut failed = Vec::new();
+    for i in 0..atms.len() {
+        let (name, address, c, before) = &atms[i];
+        let before = match before {
+            Ok(s) => s.config_digest.clone(),
             Err(e) => {
                 println!("{name:<16} {address:<39} reload FAILED: {e}");
-                failed.push(name);
+                failed.push(name.clone());
+                continue;
+            }
+        };
+        match c.post("/v1/reload", None).await {
+            Err(e) => {
+                println!("{name:<16} {address:<39} reload FAILED: {e}");
+                failed.push(name.clone());
+                continue;
+            }
+            // The daemon's answer when the file it reads is what it runs already.
+            Ok(m) if m.contains("unchanged") => {
+                println!("{name:<16} {address:<39} already runs it");
+                continue;
+            }
+            Ok(_) => {}
+        }
+        let started = tokio::time::Instant::now();
+        let now_runs = wait_for(c, |s| (s.config_digest != before).then(|| s.config_digest.clone())).await;
+        let Some(digest) = now_runs else {
+            println!("{name:<16} {address:<39} reloaded, but still on its old config after {RELOAD_WAIT:?}");
+            failed.push(name.clone());
+            continue;
+        };
+        // The ATMs still to reload must hear it (up, with its new digest) before one of
+        // them hands over to it.
+        for (other, _, oc, _) in &atms[i + 1..] {
+            let heard = |s: &Status| {
+                s.peers.iter().any(|p| &p.name == name && p.up && p.config_digest == digest).then_some(())
+            };
+            if wait_for(oc, heard).await.is_none() {
+                println!(
+                    "{name:<16} {address:<39} reloaded, but {other} does not hear it with the new config"
+                );
             }
         }
+        println!("{name:<16} {address:<39} reloaded ({} ms)", started.elapsed().as_millis());
     }
     if !failed.is_empty() {
         bail!(
@@ -165,6 +221,21 @@ async fn sync(cli: &Cli, what: &[String], apply: bool, no_reload: bool) -> anyho
         );
     }
     Ok(())
+}
+
+/// Polls `c`'s status until `ok` gives a value (daemon restarting: errors are retried), for
+/// at most [`RELOAD_WAIT`].
+async fn wait_for<T>(c: &Client, ok: impl Fn(&Status) -> Option<T>) -> Option<T> {
+    let deadline = tokio::time::Instant::now() + RELOAD_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(s) = c.get::<Status>("/v1/status").await
+            && let Some(v) = ok(&s)
+        {
+            return Some(v);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
 }
 
 /// The ATMs of the config, by name and address.

@@ -169,6 +169,10 @@ pub enum Event {
     ConfigMismatch {
         peer: usize,
     },
+    /// A peer whose config differed runs ours again (after a sync and reload).
+    ConfigAgrees {
+        peer: usize,
+    },
     ReachChanged {
         reachable: usize,
         total: usize,
@@ -476,6 +480,8 @@ impl Election {
         let p = &mut self.peers[from];
         if digest_differs && !p.digest_differs {
             self.actions.push_back(Action::Event(Event::ConfigMismatch { peer: from }));
+        } else if !digest_differs && p.digest_differs {
+            self.actions.push_back(Action::Event(Event::ConfigAgrees { peer: from }));
         }
         p.digest_differs = digest_differs;
         p.digest = hb.digest;

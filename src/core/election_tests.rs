@@ -594,3 +594,37 @@ fn peer_digest_and_holding_come_from_its_heartbeats() {
     });
     assert_eq!(sent, Some(0b10), "our holding map goes out in our heartbeats");
 }
+
+/// A peer's config digest is reported when it starts to differ and when it agrees again
+/// (after a sync and reload), once each.
+#[test]
+fn config_digest_mismatch_and_agreement_are_reported_once() {
+    let mut cfg = cfg(0, 2, 0, false);
+    cfg.digest = [2; 16];
+    let mut e = Election::new(cfg, 1, Instant::ZERO);
+    let hb = |seq: u64, digest: [u8; 16]| Heartbeat {
+        cluster_id: 7,
+        sender: 1,
+        incarnation: 1,
+        seq,
+        epoch: 0,
+        role: WireRole::Backup,
+        flags: E,
+        reach_ok: 1,
+        reach_total: 1,
+        peers_up: 2,
+        handover_to: NONE,
+        holding: 0,
+        digest,
+    };
+    let mut events = Vec::new();
+    for (seq, digest) in [(1, [1; 16]), (2, [1; 16]), (3, [2; 16]), (4, [2; 16])] {
+        e.handle_heartbeat(Instant::from_millis(seq * 10), &hb(seq, digest));
+        while let Some(a) = e.poll_action() {
+            if let Action::Event(ev @ (Event::ConfigMismatch { .. } | Event::ConfigAgrees { .. })) = a {
+                events.push((seq, ev));
+            }
+        }
+    }
+    assert_eq!(events, vec![(1, Event::ConfigMismatch { peer: 1 }), (3, Event::ConfigAgrees { peer: 1 })]);
+}

@@ -249,6 +249,9 @@ impl Platform for LinuxPlatform {
             Event::ConfigMismatch { peer } => {
                 tracing::warn!(node = %self.node, peer = %self.peer(*peer), "peer runs a different config")
             }
+            Event::ConfigAgrees { peer } => {
+                tracing::info!(node = %self.node, peer = %self.peer(*peer), "peer runs the same config again")
+            }
             Event::ReachChanged { reachable, total } => {
                 tracing::info!(node = %self.node, reachable, total, "reachlist")
             }
