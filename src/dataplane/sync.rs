@@ -255,11 +255,21 @@ fn encode_with(
 }
 
 /// Writes a full-sync request or end marker (no records). Returns the length.
-pub fn encode_control(secret: &[u8], header: &BatchHeader, kind: Kind, out: &mut [u8]) -> Result<usize, SyncError> {
+pub fn encode_control(
+    secret: &[u8],
+    header: &BatchHeader,
+    kind: Kind,
+    out: &mut [u8],
+) -> Result<usize, SyncError> {
     encode_control_with(&mac_for(secret), header, kind, out)
 }
 
-fn encode_control_with(mac: &HmacSha256, h: &BatchHeader, kind: Kind, out: &mut [u8]) -> Result<usize, SyncError> {
+fn encode_control_with(
+    mac: &HmacSha256,
+    h: &BatchHeader,
+    kind: Kind,
+    out: &mut [u8],
+) -> Result<usize, SyncError> {
     let body = match kind {
         Kind::Records => return encode_with(mac, h, &[], out),
         Kind::FullSyncRequest => 0,
@@ -508,7 +518,12 @@ impl SyncReceiver {
 
     /// Checks one datagram (MAC, cluster, kind, length, replay window, in that order: nothing
     /// of a refused datagram is acted on) and applies its records, if any.
-    pub fn handle_message(&mut self, now: Instant, d: &[u8], engine: &mut Engine) -> Result<Received, SyncError> {
+    pub fn handle_message(
+        &mut self,
+        now: Instant,
+        d: &[u8],
+        engine: &mut Engine,
+    ) -> Result<Received, SyncError> {
         let batch = match decode_with(&self.mac, self.cluster_id, d) {
             Ok(b) => b,
             Err(e) => {

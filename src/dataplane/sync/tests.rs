@@ -149,7 +149,10 @@ fn full_sync_request_and_end_round_trip() {
     let mut s = SyncSender::new(SECRET, 7, 9, 10);
     let len = s.control(Kind::FullSyncRequest, &mut buf).unwrap();
     let len2 = s.control(end, &mut buf[len..]).unwrap();
-    assert_eq!(decode(SECRET, 7, &buf[..len]).unwrap().header, BatchHeader { cluster_id: 7, session: 9, seq: 1 });
+    assert_eq!(
+        decode(SECRET, 7, &buf[..len]).unwrap().header,
+        BatchHeader { cluster_id: 7, session: 9, seq: 1 }
+    );
     assert_eq!(decode(SECRET, 7, &buf[len..len + len2]).unwrap().header.seq, 2);
     assert_eq!((s.last_seq(), s.session(), s.stats().control), (2, 9, 2));
 }
