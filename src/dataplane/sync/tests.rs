@@ -210,10 +210,14 @@ proptest! {
 
     /// ...and on authenticated datagrams with arbitrary bodies (past the MAC check).
     #[test]
-    fn decode_authenticated_garbage(body in proptest::collection::vec(any::<u8>(), 0..300), count in any::<u16>()) {
+    fn decode_authenticated_garbage(
+        body in proptest::collection::vec(any::<u8>(), 0..300),
+        count in any::<u16>(),
+        kind in 0u8..4,
+    ) {
         let mut d = Vec::from(&MAGIC[..]);
         d.push(VERSION);
-        d.push(0);
+        d.push(kind);
         d.extend_from_slice(&count.to_be_bytes());
         d.extend_from_slice(&7u32.to_be_bytes());
         d.extend_from_slice(&[0u8; 16]);
@@ -223,6 +227,7 @@ proptest! {
         d.extend_from_slice(&m.finalize().into_bytes());
         if let Ok(b) = decode(SECRET, 7, &d) {
             prop_assert_eq!(b.records().count(), b.len());
+            prop_assert!(b.kind == Kind::Records || b.is_empty());
         }
     }
 }
