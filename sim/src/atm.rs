@@ -166,6 +166,7 @@ fn describe(names: &[String], event: &Event) -> String {
         Event::ConfigMismatch { peer } => format!("peer {} runs a different config", n(peer)),
         Event::ReachChanged { reachable, total } => format!("reachlist {reachable}/{total}"),
         Event::HandoverStarted { to } => format!("handing over to {}", n(to)),
+        Event::PromoteRequested { primary } => format!("asking {} to hand over", n(primary)),
         Event::Refused { what, why } => format!("refused {what}: {why}"),
         Event::Rejected { reason, count } => format!("rejected heartbeat: {} (#{count})", reason.name()),
         Event::Draining { ms } => format!("handed over; draining {ms} ms"),

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use clusterserver::config::{Config, Table};
 use clusterserver::dataplane::engine::{Engine, EngineConfig, Verdict};
-use clusterserver::dataplane::sync::{MAX_DATAGRAM, SyncReceiver, SyncSender};
+use clusterserver::dataplane::sync::{MAX_DATAGRAM, PeerReceivers, SyncReceiver, SyncSender};
 use clusterserver::dataplane::wire::build;
 use clusterserver::health::{Action, Damping, Health, Input, Outcome};
 
@@ -67,7 +67,6 @@ pub async fn run(world: Shared, name: String, spec: DataplaneSpec, clock: SimClo
     engine.set_sync(cfg.sync.connections);
     let mut sender =
         SyncSender::new(&spec.secret, cfg.cluster.id, spec.session, cfg.sync.max_datagrams_per_s);
-    let mut receiver = SyncReceiver::new(&spec.secret, cfg.cluster.id);
     let peers: Vec<SocketAddr> = cfg
         .atms
         .iter()
@@ -75,6 +74,11 @@ pub async fn run(world: Shared, name: String, spec: DataplaneSpec, clock: SimClo
         .filter(|(i, _)| *i != spec.me)
         .map(|(_, a)| SocketAddr::new(a.address, cfg.sync_port()))
         .collect();
+    // One replay window per peer, as in the daemon (`PeerReceivers`).
+    let mut receivers = PeerReceivers::new(
+        SyncReceiver::new(&spec.secret, cfg.cluster.id),
+        peers.iter().map(|p| p.ip()).collect(),
+    );
     let servers: Vec<IpAddr> =
         cfg.services.iter().flat_map(|s| s.servers.iter().map(|x| x.address)).collect();
     let (mut buf, mut sbuf, mut tx, mut out) =
@@ -99,10 +103,10 @@ pub async fn run(world: Shared, name: String, spec: DataplaneSpec, clock: SimClo
                 }
             }
             r = sync.recv(&mut sbuf) => {
-                let (n, _) = r?;
+                let (n, from) = r?;
                 // An active engine learns only connections it has never seen (made by a
                 // draining or briefly co-active peer): Engine::apply_sync.
-                let _ = receiver.handle(clock.now(), &sbuf[..n], &mut engine);
+                let _ = receivers.handle(clock.now(), from.ip(), &sbuf[..n], &mut engine);
             }
             _ = tokio::time::sleep(wait.min(Duration::from_millis(100))) => {
                 engine.expire(clock.now(), 1024);

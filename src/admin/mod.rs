@@ -117,6 +117,9 @@ impl CoreBridge {
             }
             Event::ReachChanged { reachable, total } => ("peer", format!("reachlist {reachable}/{total}")),
             Event::HandoverStarted { to } => ("handover", format!("{n} hands over to {}", self.peer(*to))),
+            Event::PromoteRequested { primary } => {
+                ("handover", format!("{n} asks primary {} to hand over", self.peer(*primary)))
+            }
             Event::Refused { what, why } => ("refused", format!("{what}: {why}")),
             Event::Rejected { reason, count } => {
                 ("heartbeat", format!("heartbeat rejected: {} (#{count})", reason.name()))

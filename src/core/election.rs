@@ -35,6 +35,12 @@
 //! * On promotion: take the VIPs, heartbeat, and send `gratuitous_count` gratuitous ARPs
 //!   `gratuitous_interval` apart, then one every `refresh` while primary. On demotion the VIPs
 //!   are released first.
+//! * An operator's promote of a backup while a primary is up asks rather than takes: the
+//!   backup sets [`FLAG_WANTS_PRIMARY`] in its heartbeats, the primary hands over to it as
+//!   to a graceful stop's successor, and the backup promotes on hearing that. Without a
+//!   handover within two dead intervals (at most 4 s) the promote is refused: a primary that
+//!   cannot hear this backup would otherwise keep its role beside a forced one (two
+//!   primaries for as long as the link is one-way).
 //! * Graceful stop (SIGTERM) of a primary: name a successor in the heartbeats; the successor
 //!   promotes at once; on hearing it, stop answering for the VIPs but keep forwarding what
 //!   still arrives for a drain time (the successor's gratuitous ARP burst, at least one dead
@@ -46,7 +52,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use super::arbitration::{LossEstimator, Reach};
-use super::heartbeat::{FLAG_ELIGIBLE, FLAG_HANDOVER, Heartbeat, NO_HANDOVER, WireRole};
+use super::heartbeat::{FLAG_ELIGIBLE, FLAG_HANDOVER, FLAG_WANTS_PRIMARY, Heartbeat, NO_HANDOVER, WireRole};
 use crate::config::{Config, HeartbeatMode};
 use crate::time::Instant;
 
@@ -170,6 +176,10 @@ pub enum Event {
     HandoverStarted {
         to: usize,
     },
+    /// An operator's promote asks the running primary `primary` to hand over.
+    PromoteRequested {
+        primary: usize,
+    },
     /// An operator request that was not carried out.
     Refused {
         what: &'static str,
@@ -250,6 +260,8 @@ struct Peer {
     reach_ok: u8,
     handover_to: u16,
     handover: bool,
+    /// It asks to be handed the primary role ([`FLAG_WANTS_PRIMARY`]).
+    wants_primary: bool,
     digest: [u8; 16],
     digest_differs: bool,
     /// The `holding` map of its latest heartbeat (service failover).
@@ -293,6 +305,8 @@ pub struct Election {
     drained_vips: bool,
     /// Stopped by an operator ([`AdminRequest::Stop`]): no candidate until started.
     held: bool,
+    /// An operator's promote waits for the primary's handover until then.
+    promote_request: Option<Instant>,
     exited: bool,
     /// Service groups held for their home ATMs, sent in heartbeats.
     holding: u16,
@@ -325,6 +339,7 @@ impl Election {
             next_garp: now,
             next_refresh: None,
             leaving: None,
+            promote_request: None,
             draining_until: None,
             drained_vips: false,
             held: false,
@@ -486,6 +501,7 @@ impl Election {
         p.reach_ok = hb.reach_ok;
         p.handover = hb.has(FLAG_HANDOVER);
         p.handover_to = hb.handover_to;
+        p.wants_primary = hb.has(FLAG_WANTS_PRIMARY);
         p.holding = hb.holding;
         p.loss.observe(hb.incarnation, hb.seq);
         if hb.epoch > self.max_epoch_seen && self.role == Role::Backup {
@@ -496,6 +512,10 @@ impl Election {
         self.update_peers(now);
         if hb.role == WireRole::Primary {
             self.on_primary_heard(now, from, hb);
+        }
+        let asks = self.peers[from].wants_primary && self.peers[from].eligible && self.peers[from].up;
+        if asks && self.role == Role::Primary && self.leaving.is_none() && self.draining_until.is_none() {
+            self.start_handover(now, from, false);
         }
         self.evaluate(now);
     }
@@ -557,9 +577,18 @@ impl Election {
             (AdminRequest::Promote, Role::Backup) if self.held => {
                 self.refuse("promote", "forwarding is stopped here (start it first)")
             }
-            (AdminRequest::Promote, Role::Backup) if self.eligible(now) => {
-                self.promote(now, PromoteReason::Admin)
+            (AdminRequest::Promote, Role::Backup) if self.promote_request.is_some() => {
+                self.refuse("promote", "already asked the primary to hand over")
             }
+            (AdminRequest::Promote, Role::Backup) if self.eligible(now) => match self.primary_peer_up() {
+                Some(primary) => {
+                    let wait = (self.dead_interval() * 2).min(Duration::from_secs(4));
+                    self.promote_request = Some(now + wait);
+                    self.actions.push_back(Action::Event(Event::PromoteRequested { primary }));
+                    self.queue_heartbeat(now);
+                }
+                None => self.promote(now, PromoteReason::Admin),
+            },
             (AdminRequest::Promote, Role::Backup) => self.refuse("promote", "not eligible"),
             (AdminRequest::Stop, _) if self.held => self.refuse("stop", "already stopped"),
             (AdminRequest::Stop, role) => {
@@ -654,6 +683,12 @@ impl Election {
         self.update_peers(now);
         self.run_probes(now);
         self.check_leaving(now);
+        if self.promote_request.is_some_and(|d| now >= d) {
+            self.promote_request = None;
+            if self.role == Role::Backup {
+                self.refuse("promote", "the primary did not hand over in time (it may not hear this ATM; `cmc demote` on the primary hands over from its side)");
+            }
+        }
         if self.draining_until.is_some_and(|d| now >= d) {
             self.exit();
         }
@@ -817,6 +852,7 @@ impl Election {
         self.max_epoch_seen = self.epoch;
         self.role = Role::Primary;
         self.suspect_since = None;
+        self.promote_request = None;
         self.actions.push_back(Action::Event(Event::Promoted { epoch: self.epoch, reason }));
         self.actions.push_back(Action::TakeVips(self.cfg.vips.clone()));
         self.garp_left = self.cfg.garp_count;
@@ -871,6 +907,9 @@ impl Election {
         if let Some(l) = self.leaving.filter(|_| self.role == Role::Primary) {
             flags |= FLAG_HANDOVER;
             handover_to = l.to as u16;
+        }
+        if self.promote_request.is_some() && self.role == Role::Backup && eligible {
+            flags |= FLAG_WANTS_PRIMARY;
         }
         let clamp = |n: usize| u8::try_from(n).unwrap_or(u8::MAX);
         let hb = Heartbeat {

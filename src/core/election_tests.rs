@@ -53,6 +53,9 @@ fn render(a: &Action) -> String {
             if h.has(FLAG_HANDOVER) {
                 s.push_str(&format!(" handover->{}", h.handover_to));
             }
+            if h.has(FLAG_WANTS_PRIMARY) {
+                s.push_str(" wants");
+            }
             s
         }
         Action::TakeVips(_) => "take".into(),
@@ -382,14 +385,87 @@ fn admin_requests_are_checked() {
                 "Refused { what: \"demote\", why: \"not primary\" }, hb B0 elig",
             ),
             (10, In::Hb(0, true, 3, E, NONE), "PeerUp { peer: 0 }"),
+            // A primary is up: ask it to hand over rather than take the role by epoch.
+            (20, In::Admin(AdminRequest::Promote), "PromoteRequested { primary: 0 }, hb B3 elig wants"),
             (
-                20,
+                25,
                 In::Admin(AdminRequest::Promote),
-                "Promoted { epoch: 4, reason: Admin }, take, garp, hb P4 elig",
+                "Refused { what: \"promote\", why: \"already asked the primary to hand over\" }",
             ),
-            (30, In::Admin(AdminRequest::Promote), "Refused { what: \"promote\", why: \"already primary\" }"),
+            (
+                30,
+                In::Hb(0, true, 3, E | FLAG_HANDOVER, 1),
+                "Promoted { epoch: 4, reason: Handover }, take, garp, hb P4 elig",
+            ),
+            (40, In::Admin(AdminRequest::Promote), "Refused { what: \"promote\", why: \"already primary\" }"),
         ],
     );
+}
+
+#[test]
+fn an_operator_promote_without_a_primary_takes_the_role_at_once() {
+    run(
+        cfg(1, 2, 0, false),
+        &[
+            (0, In::Tick, "hb B0 elig"),
+            (
+                10,
+                In::Admin(AdminRequest::Promote),
+                "Promoted { epoch: 1, reason: Admin }, take, garp, hb P1 elig",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn a_primary_hands_over_to_a_backup_that_asks() {
+    run(
+        cfg(0, 2, 0, false),
+        &[
+            (0, In::Tick, "hb B0 elig"),
+            (300, In::Tick, "Promoted { epoch: 1, reason: NoPrimary }, take, garp, hb P1 elig"),
+            (310, In::Hb(1, false, 1, E, NONE), "PeerUp { peer: 1 }, garp"),
+            (
+                320,
+                In::Hb(1, false, 1, E | FLAG_WANTS_PRIMARY, NONE),
+                "HandoverStarted { to: 1 }, hb P1 elig handover->1",
+            ),
+            // The successor's heartbeat as primary: step down (no epoch fight).
+            (
+                330,
+                In::Hb(1, true, 2, E, NONE),
+                "release, Demoted { epoch: 1, reason: HandedOver }, hb B2 elig",
+            ),
+        ],
+    );
+}
+
+/// A primary that never hands over (it cannot hear this backup, or runs an older version):
+/// the promote is refused after two dead intervals and this ATM stays backup, instead of two
+/// primaries for as long as the primary cannot hear it.
+#[test]
+fn a_promote_the_primary_does_not_answer_is_refused_not_forced() {
+    let mut rows = vec![
+        (0, In::Tick, "hb B0 elig".to_string()),
+        (10, In::Hb(0, true, 3, E, NONE), "PeerUp { peer: 0 }".to_string()),
+        (
+            20,
+            In::Admin(AdminRequest::Promote),
+            "PromoteRequested { primary: 0 }, hb B3 elig wants".to_string(),
+        ),
+    ];
+    for t in (100..600).step_by(100) {
+        rows.push((t, In::Hb(0, true, 3, E, NONE), String::new()));
+        rows.push((t + 20, In::Tick, "hb B3 elig wants".to_string()));
+    }
+    rows.push((
+        620,
+        In::Tick,
+        "Refused { what: \"promote\", why: \"the primary did not hand over in time (it may not hear this ATM; `cmc demote` on the primary hands over from its side)\" }, hb B3 elig".to_string(),
+    ));
+    rows.push((700, In::Hb(0, true, 3, E, NONE), String::new()));
+    let rows: Vec<(u64, In, &str)> = rows.iter().map(|(t, i, w)| (*t, *i, w.as_str())).collect();
+    run(cfg(1, 2, 0, false), &rows);
 }
 
 #[test]

@@ -40,6 +40,10 @@ pub const NO_HANDOVER: u16 = u16::MAX;
 pub const FLAG_ELIGIBLE: u16 = 1 << 0;
 /// Flag: the sender is shutting down and hands over to `handover_to`.
 pub const FLAG_HANDOVER: u16 = 1 << 1;
+/// Flag: a backup whose operator asked it to become primary while another ATM is: the
+/// primary hands over to it (as to a graceful stop's successor) instead of the two fighting
+/// over epochs. Old primaries ignore it, and the request is then refused, never forced.
+pub const FLAG_WANTS_PRIMARY: u16 = 1 << 2;
 
 /// The role a sender claims.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -28,7 +28,9 @@ use tokio::sync::watch;
 use crate::dataplane::engine::{Engine, Verdict};
 use crate::dataplane::fullsync::{FullSync, FullSyncStats};
 use crate::dataplane::io::{Disposition, Output, PacketProcessor};
-use crate::dataplane::sync::{MAX_DATAGRAM, Received, SyncReceiver, SyncSender};
+use crate::dataplane::sync::{
+    MAX_DATAGRAM, PeerReceivers, PeerSyncError, Received, SyncReceiver, SyncSender,
+};
 use crate::time::Instant;
 
 use super::servers::ServerControl;
@@ -59,8 +61,8 @@ pub struct DaemonProcessor {
     /// Health verdicts and operator changes per server (see [`super::servers`]).
     pub servers: ServerControl,
     sender: SyncSender,
-    /// One per entry of `peers`, same order.
-    receivers: Vec<SyncReceiver>,
+    /// One per entry of `peers`.
+    receivers: PeerReceivers,
     socket: Option<UdpSocket>,
     peers: Vec<SocketAddr>,
     out: Vec<u8>,
@@ -91,7 +93,7 @@ impl DaemonProcessor {
         peers: Vec<SocketAddr>,
     ) -> Self {
         let services = (0..).take_while(|&i| !engine.servers(i).is_empty()).count();
-        let receivers = vec![receiver; peers.len()];
+        let receivers = PeerReceivers::new(receiver, peers.iter().map(|p| p.ip()).collect());
         DaemonProcessor {
             servers: ServerControl::new(&engine, services),
             engine,
@@ -187,20 +189,20 @@ impl DaemonProcessor {
         for _ in 0..RECV_PER_TICK {
             let Ok((n, from)) = sock.recv_from(&mut self.rbuf) else { break };
             self.counters.received += 1;
-            let Some(i) = self.peers.iter().position(|p| p.ip() == from.ip()) else {
-                self.counters.rejected += 1;
-                self.counters.unknown_sender += 1;
-                continue;
-            };
-            match self.receivers[i].handle_message(now, &self.rbuf[..n], &mut self.engine) {
-                Ok(Received::Records(k)) => self.counters.applied_records += k as u64,
-                Ok(Received::FullSyncRequest { session, seq }) => {
+            match self.receivers.handle_message(now, from.ip(), &self.rbuf[..n], &mut self.engine) {
+                Ok((_, Received::Records(k))) => self.counters.applied_records += k as u64,
+                Ok((i, Received::FullSyncRequest { session, seq })) => {
                     self.full.on_request(i, session, seq, &mut self.engine);
                 }
-                Ok(Received::FullSyncEnd { session, .. }) => {
+                Ok((i, Received::FullSyncEnd { session, .. })) => {
                     self.full.on_end(i, session, self.sender.session())
                 }
-                Err(_) => self.counters.rejected += 1,
+                Err(e) => {
+                    self.counters.rejected += 1;
+                    if e == PeerSyncError::UnknownSender {
+                        self.counters.unknown_sender += 1;
+                    }
+                }
             }
         }
     }
@@ -233,11 +235,12 @@ impl PacketProcessor for DaemonProcessor {
         now: Instant,
         pkt: &mut [u8],
         tx: &mut [u8],
+        segments: u32,
     ) -> Option<(Disposition, Output)> {
         if !self.engine.takes_whole(pkt) {
             return None;
         }
-        let (v, in_place) = self.engine.process_in_place(now, pkt, tx);
+        let (v, in_place) = self.engine.process_in_place(now, pkt, tx, segments);
         Some((self.after_packet(now, v), Output::in_place(in_place)))
     }
 

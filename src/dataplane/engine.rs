@@ -188,6 +188,9 @@ pub struct Engine {
     /// NAT and direct routing leave their edit in `pending` instead of copying.
     in_place: bool,
     pending: Option<InPlace>,
+    /// Segments of the packet being processed: a GSO super-packet counts as the wire
+    /// packets it becomes in the per-server packet counters (1 otherwise).
+    segments: u32,
     /// Next slot of a full resync in progress.
     resync_cursor: Option<u32>,
     stats: EngineStats,
@@ -274,6 +277,7 @@ impl Engine {
             partial_csum: false,
             in_place: false,
             pending: None,
+            segments: 1,
             stats: EngineStats::default(),
         }
     }
@@ -309,14 +313,24 @@ impl Engine {
     /// is applied to `pkt` itself and a direct-routed packet is left as it is, so a 64 KB
     /// super-packet is never copied in user space. Returns the verdict and whether its
     /// output is `pkt` (`true`) or was written into `tx` (`false`: a reset or an ICMP error
-    /// the engine made, or a tunnelled packet); `tx` needs room only for those.
-    pub fn process_in_place(&mut self, now: Instant, pkt: &mut [u8], tx: &mut [u8]) -> (Verdict, bool) {
+    /// the engine made, or a tunnelled packet); `tx` needs room only for those. `segments`:
+    /// how many packets `pkt` becomes on the wire (a super-packet's GSO segments; 1 else),
+    /// for the per-server packet counters.
+    pub fn process_in_place(
+        &mut self,
+        now: Instant,
+        pkt: &mut [u8],
+        tx: &mut [u8],
+        segments: u32,
+    ) -> (Verdict, bool) {
         self.partial_csum = true;
         self.in_place = true;
         self.pending = None;
+        self.segments = segments.max(1);
         let v = self.process(now, pkt, tx);
         self.partial_csum = false;
         self.in_place = false;
+        self.segments = 1;
         match (self.pending.take(), v) {
             (Some(InPlace::Rewrite(rw)), Verdict::Tun { len }) => match pkt.get_mut(..len) {
                 Some(out) => {
@@ -497,7 +511,7 @@ impl Engine {
         };
         let e = *self.table.get(slot);
         if let Some(c) = self.svcs[svc].counters.get_mut(usize::from(e.server_idx)) {
-            c.packets_in += 1;
+            c.packets_in += u64::from(self.segments);
             c.bytes_in += u64::from(ip.total_len());
         }
         let server = self.svcs[svc].addrs[usize::from(e.server_idx)];
@@ -560,7 +574,7 @@ impl Engine {
             .get_mut(usize::from(e.service))
             .and_then(|s| s.counters.get_mut(usize::from(e.server_idx)))
         {
-            c.packets_out += 1;
+            c.packets_out += u64::from(self.segments);
             c.bytes_out += u64::from(ip.total_len());
         }
         let rw = forward::Rewrite {

@@ -591,5 +591,8 @@ impl SyncReceiver {
     }
 }
 
+mod peers;
+pub use peers::{PeerReceivers, PeerSyncError};
+
 #[cfg(test)]
 mod tests;

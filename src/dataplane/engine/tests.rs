@@ -646,7 +646,7 @@ fn in_place_matches_the_copying_path() {
             let want = copying.process_offloaded(t(2 + i as u64), &pkt, &mut tx);
             let mut buf = pkt.clone();
             let mut scratch = vec![0u8; 65535];
-            let (got, out_in_place) = in_place.process_in_place(t(2 + i as u64), &mut buf, &mut scratch);
+            let (got, out_in_place) = in_place.process_in_place(t(2 + i as u64), &mut buf, &mut scratch, 1);
             assert_eq!(got, want, "{f:?} packet {i}");
             match want {
                 Verdict::Tun { len } | Verdict::L2 { len, .. } => {
@@ -674,9 +674,33 @@ fn in_place_matches_the_copying_path() {
     let pkt = build::tcp((CLIENT, 7), (VIP, 80), ACK, b"late");
     let mut buf = pkt.clone();
     let mut tx = vec![0u8; 2048];
-    let (v, out_in_place) = e.process_in_place(t(1), &mut buf, &mut tx);
+    let (v, out_in_place) = e.process_in_place(t(1), &mut buf, &mut tx, 1);
     assert!(matches!(v, Verdict::Tun { len: 40 }), "{v:?}");
     assert!(!out_in_place, "the reset is in tx");
     assert_eq!(buf, pkt, "the packet is untouched");
     assert_eq!(addrs(&tx[..40]), (VIP, 80, CLIENT, 7));
+}
+
+/// A super-packet counts as the packets it becomes on the wire in the per-server counters
+/// (operators compare them with switch counters), both ways; its bytes once.
+#[test]
+fn super_packets_count_as_their_segments() {
+    let mut e = engine(Forwarding::Nat);
+    run(&mut e, t(0), &build::tcp((CLIENT, 7), (VIP, 80), SYN, b""));
+    run(&mut e, t(1), &build::tcp((S1, 8080), (CLIENT, 7), SYN | ACK, b""));
+    let before = e.server_counters(0)[0];
+    let payload = vec![7u8; 5000];
+    let mut tx = vec![0u8; 65535];
+    for (pkt, segments) in [
+        (build::tcp((CLIENT, 7), (VIP, 80), ACK, &payload), 4),
+        (build::tcp((S1, 8080), (CLIENT, 7), ACK, &payload), 4),
+        (build::tcp((CLIENT, 7), (VIP, 80), ACK, b"one"), 1),
+    ] {
+        let mut buf = pkt.clone();
+        let (v, _) = e.process_in_place(t(2), &mut buf, &mut tx, segments);
+        assert!(matches!(v, Verdict::Tun { .. }), "{v:?}");
+    }
+    let c = e.server_counters(0)[0];
+    assert_eq!((c.packets_in - before.packets_in, c.packets_out - before.packets_out), (5, 4));
+    assert_eq!(c.bytes_in - before.bytes_in, (40 + 5000 + 40 + 3) as u64);
 }

@@ -111,11 +111,13 @@ pub trait PacketProcessor: Send {
     /// processor made (a reset), written without offload. Return `None`, **before any side
     /// effect or change to `pkt`**, to have the shell finish the checksum or split the
     /// super-packet and call [`PacketProcessor::process`] per packet instead (the default).
+    /// `segments`: how many packets `pkt` becomes on the wire (its GSO segments, else 1).
     fn process_whole(
         &mut self,
         _now: Instant,
         _pkt: &mut [u8],
         _tx: &mut [u8],
+        _segments: u32,
     ) -> Option<(Disposition, Output)> {
         None
     }
@@ -285,11 +287,12 @@ impl PacketProcessor for crate::dataplane::engine::Engine {
         now: Instant,
         pkt: &mut [u8],
         tx: &mut [u8],
+        segments: u32,
     ) -> Option<(Disposition, Output)> {
         if !self.takes_whole(pkt) {
             return None;
         }
-        let (v, in_place) = self.process_in_place(now, pkt, tx);
+        let (v, in_place) = self.process_in_place(now, pkt, tx, segments);
         Some((Disposition::from(v), Output::in_place(in_place)))
     }
 }

@@ -428,8 +428,12 @@ impl<P: PacketProcessor> Worker<P> {
             return;
         };
         if let Some((out_hdr, segments)) = vnet::whole(&hdr, pkt)
-            && let Some((d, output)) =
-                self.processor.process_whole(now, pkt, &mut b.whole[VIRTIO_NET_HDR_LEN..])
+            && let Some((d, output)) = self.processor.process_whole(
+                now,
+                pkt,
+                &mut b.whole[VIRTIO_NET_HDR_LEN..],
+                u32::try_from(segments).unwrap_or(u32::MAX),
+            )
         {
             ShellStats::add(&self.stats.rx_packets, segments);
             let whole = Whole { d, in_len: pkt.len(), hdr: out_hdr, segments };

@@ -64,10 +64,9 @@ fn replay_window() {
     assert!(!r.admit(6, 1));
 }
 
-#[test]
-fn sender_batches_and_respects_the_rate() {
+/// An engine with one UDP service (`192.0.2.10:53` to one server), sync on.
+fn udp_engine() -> (crate::dataplane::engine::Engine, core::net::Ipv4Addr) {
     use crate::dataplane::engine::{Engine, EngineConfig};
-    use crate::dataplane::wire::build;
     use core::net::Ipv4Addr;
     let vip = Ipv4Addr::new(192, 0, 2, 10);
     let svc = crate::config::Service {
@@ -96,6 +95,48 @@ fn sender_batches_and_respects_the_rate() {
         seed: 1,
     });
     e.set_sync(true);
+    (e, vip)
+}
+
+/// Each peer has its own session: a peer whose session is older than another's (a primary
+/// that was never restarted, after one that was) is still heard; a replay from the same peer
+/// is not, and an address that is no peer is refused before any check. One shared receiver
+/// would refuse the older session.
+#[test]
+fn peer_receivers_keep_one_window_per_peer() {
+    let (mut e, _) = udp_engine();
+    let (a, b, stranger): (IpAddr, IpAddr, IpAddr) =
+        ("10.0.0.2".parse().unwrap(), "10.0.0.3".parse().unwrap(), "10.0.0.9".parse().unwrap());
+    let mut buf = [0u8; MAX_DATAGRAM];
+    let mut datagram = |session: u64, seq: u64, n: u16| {
+        let h = BatchHeader { cluster_id: 7, session, seq };
+        // A flow of the engine's service, so that applying it counts.
+        let r = SyncRecord {
+            proto: 17,
+            state: State::Udp,
+            vip: SocketAddr::from(([192, 0, 2, 10], 53)),
+            server: SocketAddr::from(([10, 0, 0, 3], 53)),
+            ..rec(n)
+        };
+        let len = encode(SECRET, &h, &[r], &mut buf).unwrap();
+        buf[..len].to_vec()
+    };
+    let (newer, older) = (datagram(900, 1, 1), datagram(100, 1, 2));
+    let mut peers = PeerReceivers::new(SyncReceiver::new(SECRET, 7), vec![a, b]);
+    assert_eq!(peers.handle(Instant::ZERO, a, &newer, &mut e), Ok(1));
+    assert_eq!(peers.handle(Instant::ZERO, b, &older, &mut e), Ok(1));
+    assert_eq!(peers.handle(Instant::ZERO, b, &older, &mut e), Err(PeerSyncError::Sync(SyncError::Replay)));
+    assert_eq!(peers.handle(Instant::ZERO, stranger, &newer, &mut e), Err(PeerSyncError::UnknownSender));
+    let mut shared = SyncReceiver::new(SECRET, 7);
+    assert_eq!(shared.handle(Instant::ZERO, &newer, &mut e), Ok(1));
+    assert_eq!(shared.handle(Instant::ZERO, &older, &mut e), Err(SyncError::Replay));
+}
+
+#[test]
+fn sender_batches_and_respects_the_rate() {
+    use crate::dataplane::wire::build;
+    use core::net::Ipv4Addr;
+    let (mut e, vip) = udp_engine();
     let mut tx = [0u8; 256];
     for p in 0..200u16 {
         let d = build::udp((Ipv4Addr::new(198, 51, 100, 1), 1000 + p), (vip, 53), b"q");

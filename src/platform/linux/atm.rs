@@ -255,6 +255,9 @@ impl Platform for LinuxPlatform {
             Event::HandoverStarted { to } => {
                 tracing::info!(node = %self.node, to = %self.peer(*to), "handing over")
             }
+            Event::PromoteRequested { primary } => {
+                tracing::info!(node = %self.node, primary = %self.peer(*primary), "promote: asking the primary to hand over")
+            }
             Event::Refused { what, why } => tracing::warn!(node = %self.node, what, why, "refused"),
             Event::Rejected { reason, count } => {
                 tracing::warn!(node = %self.node, reason = reason.name(), count, "heartbeat rejected")
