@@ -406,6 +406,10 @@ fn atms_announce_over_bgp_drain_gracefully_crash_and_rejoin() {
     let stopped = lab.text("atm3").lines().find(|l| l.contains("data plane stopped")).map(str::to_string);
     let stopped = stopped.unwrap_or_else(|| panic!("no final counters:\n{}", lab.text("atm3")));
     assert!(stopped.contains("rejected: 0,") && !stopped.contains("applied_records: 0,"), "{stopped}");
+    // atm3 answered full-sync requests (the others' starts and atm1's restart) and, at its
+    // own start, got the end markers of both peers.
+    assert!(stopped.contains("full_sync=FullSyncStats") && !stopped.contains("ends_sent: 0,"), "{stopped}");
+    assert!(stopped.contains("ends_received: 2,"), "{stopped}");
 
     // Crash of atm2: its BIRD dies with it, the session closes, the next hop goes.
     let crashed = Instant::now();
