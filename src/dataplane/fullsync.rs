@@ -17,8 +17,9 @@
 //!   ([`crate::core::announce::Announcer::join_sync`]).
 //! * **Peer** ([`FullSync::on_request`]): starts a full walk of its table
 //!   ([`Engine::start_full_sync`]; its records go out as ordinary sync datagrams), and once
-//!   the walk is over and the sender holds nothing back, sends each waiting requester an end
-//!   marker echoing its request. A request from a requester already waiting does not restart
+//!   the walk is over and the sender has sent every record it had taken from the engine by
+//!   then, sends each waiting requester an end marker echoing its request. (Not "once the
+//!   sender is idle": under a steady stream of new connections its batch is never empty.) A request from a requester already waiting does not restart
 //!   the walk (its re-sends would otherwise starve it); one from a new requester does (the
 //!   restarted walk covers everyone waiting).
 //!
@@ -63,6 +64,9 @@ pub struct FullSync {
     join: Option<Join>,
     /// Requesters waiting for an end marker: peer -> (their session, their request's seq).
     waiting: BTreeMap<usize, (u64, u64)>,
+    /// Once the walk is over: the sender's [`SyncSender::pulled`] then. The end markers go
+    /// when its sent-records count reaches it.
+    walked_at: Option<u64>,
     stats: FullSyncStats,
 }
 
@@ -97,6 +101,7 @@ impl FullSync {
         self.stats.requests_received += 1;
         if self.waiting.insert(peer, (session, seq)).is_none() {
             engine.start_full_sync();
+            self.walked_at = None;
         }
     }
 
@@ -113,7 +118,8 @@ impl FullSync {
     }
 
     /// The next request or end marker into `out`, with the peer to send it to. End markers
-    /// go out only once `engine` has finished its walk and `sender` has sent every record.
+    /// go out only once `engine` has finished its walk and `sender` has sent every record of
+    /// it.
     pub fn poll_transmit(
         &mut self,
         now: Instant,
@@ -121,8 +127,14 @@ impl FullSync {
         sender: &mut SyncSender,
         out: &mut [u8],
     ) -> Option<(usize, usize)> {
-        if !self.waiting.is_empty() && !engine.full_sync_running() && sender.idle() {
+        if !self.waiting.is_empty() && self.walked_at.is_none() && !engine.full_sync_running() {
+            self.walked_at = Some(sender.pulled());
+        }
+        if self.walked_at.is_some_and(|m| sender.stats().records >= m) {
             let (peer, (session, seq)) = self.waiting.pop_first()?;
+            if self.waiting.is_empty() {
+                self.walked_at = None;
+            }
             let len = sender.control(Kind::FullSyncEnd { session, seq }, out)?;
             self.stats.ends_sent += 1;
             return Some((peer, len));

@@ -440,9 +440,10 @@ impl SyncSender {
         self.seq
     }
 
-    /// No record waits in the sender (everything pulled from the engine has been sent).
-    pub fn idle(&self) -> bool {
-        self.pending.is_empty()
+    /// Records taken from the engine so far (sent, or waiting in the current batch): once
+    /// [`SenderStats::records`] reaches this value, every one of them has been sent.
+    pub fn pulled(&self) -> u64 {
+        self.stats.records + self.pending.len() as u64
     }
 
     fn due_at(&self) -> Option<Instant> {

@@ -162,3 +162,38 @@ fn a_repeated_request_does_not_restart_the_walk_and_gets_one_end_marker() {
     assert_eq!(b.kind, Kind::FullSyncEnd { session: 2, seq: 2 }, "echoes the latest request");
     assert!(peer.full.poll_transmit(Instant::ZERO, &peer.engine, &mut peer.sender, &mut out).is_none());
 }
+
+#[test]
+fn the_end_marker_is_not_starved_by_a_steady_stream_of_new_connections() {
+    // The sender's batch is never empty after a flush (a new flow every 10 ms, a batch sent
+    // every 50 ms), yet the end marker goes out once the walk's records have been sent.
+    let mut peer = node(1);
+    let mut tx = [0u8; 256];
+    for p in 0..150u16 {
+        let d = build::udp((Ipv4Addr::new(198, 51, 100, 1), 1000 + p), (VIP, 53), b"q");
+        peer.engine.process(Instant::ZERO, &d, &mut tx);
+    }
+    let mut out = vec![0u8; MAX_DATAGRAM];
+    while peer.sender.poll_transmit(Instant::ZERO, &mut peer.engine, &mut out).is_some() {}
+    peer.full.on_request(0, 2, 1, &mut peer.engine);
+    let mut end_at = None;
+    for i in 1..100u16 {
+        let now = Instant::from_millis(u64::from(i) * 10);
+        while peer.sender.poll_transmit(now, &mut peer.engine, &mut out).is_some() {}
+        // A new flow's record joins the sender's batch (not due yet): it is never idle.
+        let d = build::udp((Ipv4Addr::new(198, 51, 100, 2), 1000 + i), (VIP, 53), b"q");
+        peer.engine.process(now, &d, &mut tx);
+        assert!(peer.sender.poll_transmit(now, &mut peer.engine, &mut out).is_none());
+        assert!(peer.sender.poll_timeout().is_some(), "a batch is always waiting");
+        if let Some((_, len)) = peer.full.poll_transmit(now, &peer.engine, &mut peer.sender, &mut out) {
+            let b = crate::dataplane::sync::decode(SECRET, 7, &out[..len]).unwrap();
+            assert_eq!(b.kind, Kind::FullSyncEnd { session: 2, seq: 1 });
+            end_at = Some(i);
+            break;
+        }
+    }
+    let end_at = end_at.expect("the end marker went out");
+    assert!(end_at <= 10, "after about one batch interval, not {end_at} ticks");
+    // Every record of the walk (150 + those queued before it) was sent before the marker.
+    assert!(peer.sender.stats().records >= 300, "{:?}", peer.sender.stats());
+}
