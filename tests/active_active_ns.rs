@@ -21,7 +21,10 @@
 //! refused and counted, `cmc restart` withdraws and comes back);
 //! a graceful stop (SIGTERM) of atm3 withdraws its next hop *before* the daemon exits and no
 //! request fails; a crash (SIGKILL) of atm2 takes its BIRD with it and the router drops the
-//! next hop within a second; atm2 rejoins and is a next hop again. The times are printed.
+//! next hop within a second; atm2 rejoins and is a next hop again, having first asked its
+//! peers for their connection tables (full sync on join): atm1's arrives, atm3 (stopped)
+//! never answers, so atm2 announces after `bgp.join_sync_ms` (2 s here) and says which peer
+//! was missing. The times are printed.
 //!
 //! Lab safety: namespaces `csl-aa<pid>-*`, veth ends created directly inside them, a drop
 //! guard kills the processes this test started (by PID) and deletes the namespaces. Skips
@@ -204,7 +207,7 @@ fn config(lab: &Lab) -> String {
     format!(
         "{{ cluster: {{ name: 'aa', id: 90, secret_file: '{}', mode: 'active-active' }},
   atms: [ {} ],
-  bgp: {{ local_as: 65001, neighbors: [ {{ address: '10.90.0.254', peer_as: 65000 }} ], drain_ms: 1500,
+  bgp: {{ local_as: 65001, neighbors: [ {{ address: '10.90.0.254', peer_as: 65000 }} ], drain_ms: 1500, join_sync_ms: 2000,
           control_socket: '{}/bird-{{atm}}.ctl', config_file: '{}/bird-{{atm}}.conf' }},
   services: [ {{ name: 'web', vip: '{VIP}', port: 8080, forwarding: 'dr', scheduler: 'mh',
     servers: [ {{ name: 'srv1', address: '10.90.0.51', port: 8080 }}, {{ name: 'srv2', address: '10.90.0.52', port: 8080 }} ],
@@ -359,6 +362,12 @@ fn atms_announce_over_bgp_drain_gracefully_crash_and_rejoin() {
     let t = wait_until("three next hops", Duration::from_secs(30), || lab.next_hops() == all);
     println!("router: 3 next hops {t:?} after the ATMs started");
     for (h, _) in ATMS {
+        let log = lab.text(h);
+        let joined =
+            log.lines().find(|l| l.contains("joined: every peer") || l.contains("JOIN SYNC INCOMPLETE"));
+        println!("{h} join sync: {}", joined.unwrap_or("none logged"));
+    }
+    for (h, _) in ATMS {
         assert!(
             lab.text(h).contains("announce node=") && lab.text(h).contains("vips=[10.90.9.99]"),
             "{h}:\n{}",
@@ -397,6 +406,10 @@ fn atms_announce_over_bgp_drain_gracefully_crash_and_rejoin() {
     let stopped = lab.text("atm3").lines().find(|l| l.contains("data plane stopped")).map(str::to_string);
     let stopped = stopped.unwrap_or_else(|| panic!("no final counters:\n{}", lab.text("atm3")));
     assert!(stopped.contains("rejected: 0,") && !stopped.contains("applied_records: 0,"), "{stopped}");
+    // atm3 answered full-sync requests (the others' starts and atm1's restart) and, at its
+    // own start, got the end markers of both peers.
+    assert!(stopped.contains("full_sync=FullSyncStats") && !stopped.contains("ends_sent: 0,"), "{stopped}");
+    assert!(stopped.contains("ends_received: 2,"), "{stopped}");
 
     // Crash of atm2: its BIRD dies with it, the session closes, the next hop goes.
     let crashed = Instant::now();
@@ -417,6 +430,14 @@ fn atms_announce_over_bgp_drain_gracefully_crash_and_rejoin() {
         lab.next_hops() == hops(&["10.90.0.1", "10.90.0.2"])
     });
     println!("join: atm2 a next hop again {t:?} after its start");
+    // It waited for atm3's table (atm3 is stopped) until the bound, then announced, naming it;
+    // atm1 answered its request.
+    assert!(t >= Duration::from_millis(2000), "announced before the join sync wait: {t:?}");
+    let log = lab.text("atm2");
+    let rejoin = log.rfind("joining: asking every peer").expect("join sync started");
+    let warn =
+        log[rejoin..].lines().find(|l| l.contains("JOIN SYNC INCOMPLETE")).unwrap_or_else(|| panic!("{log}"));
+    assert!(warn.contains("missing=10.90.0.3") && warn.contains("waited_ms=2"), "{warn}");
     let (_, failed) = lab.answered(30);
     assert_eq!(failed, 0, "requests failed after atm2 rejoined");
 }

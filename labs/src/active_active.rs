@@ -1,9 +1,9 @@
-//! `clusterlab active-active [--out DIR] [--flows N]` and `clusterlab active-active --bench
+//! `clusterlab active-active [--out DIR] [--flows N] [--bfd] [--no-join-sync]` and `clusterlab active-active --bench
 //! [--seconds S]`: active-active mode on real namespaces, measured.
 //!
 //! ```text
 //!   client 10.91.2.100 --[br2]-- 10.91.2.1 router 10.91.0.254 --[br0]--+-- atm1..3 10.91.0.1..3
-//!                                                                      +-- srv1, srv2 10.91.0.51, .52
+//!                                                                      +-- srv1..3 10.91.0.51..53
 //! ```
 //!
 //! The router runs BIRD 2 with `merge paths` (one kernel route, a next hop per ATM that
@@ -15,8 +15,14 @@
 //! VIP 10.91.9.99 is on no subnet: only the router reaches it.
 //!
 //! **Scenarios** (one run, in order): atm3 drained (SIGTERM: withdraw, drain, stop); atm2
-//! crashes (SIGKILL; its BIRD dies with it); atm2 joins again; atm2 freezes (SIGSTOP of the
-//! daemon and its BIRD: a silent failure only the BGP hold time, or BFD with `--bfd`, detects). Long-lived flows (one echo
+//! crashes (SIGKILL; its BIRD dies with it); atm2 joins again; srv3 (drained, weight 0, until
+//! then) is added by a rolling reload of the config on atm1, then atm2 (each reload is a
+//! withdrawal, a drain and a restart with an empty table: the restarted ATM rejoins after the
+//! server set changed, the case the full sync on join exists for; `--no-join-sync` sets
+//! `bgp.join_sync_ms` to 0 to show what it prevents); atm2 freezes (SIGSTOP of the
+//! daemon and its BIRD: a silent failure only the BGP hold time, or BFD with `--bfd`, detects).
+//! Each ATM's wait for its peers' tables before announcing (its log) is reported per start.
+//! Long-lived flows (one echo
 //! every [`ECHO_MS`]) run throughout; before each step every flow is mapped to the ATM that
 //! carries it (`ip route get` on the router with the flow's ports). Per step: the longest
 //! pause of the flows on the affected ATM (their outage), flows on the other ATMs disturbed
@@ -44,7 +50,7 @@ use clusterserver::platform::linux::netsys::enter_netns;
 
 use crate::{lab, ns, runner};
 
-pub const USAGE: &str = "clusterlab active-active [--out DIR] [--flows N] [--bfd] | clusterlab active-active --bench [--seconds S] [--out DIR]";
+pub const USAGE: &str = "clusterlab active-active [--out DIR] [--flows N] [--bfd] [--no-join-sync] | clusterlab active-active --bench [--seconds S] [--out DIR]";
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 91, 9, 99);
 const STREAM_PORT: u16 = 7000;
@@ -54,8 +60,12 @@ const ATMS: [(&str, Ipv4Addr); 3] = [
     ("atm2", Ipv4Addr::new(10, 91, 0, 2)),
     ("atm3", Ipv4Addr::new(10, 91, 0, 3)),
 ];
-const SERVERS: [(&str, Ipv4Addr); 2] =
-    [("srv1", Ipv4Addr::new(10, 91, 0, 51)), ("srv2", Ipv4Addr::new(10, 91, 0, 52))];
+/// srv3 starts drained (weight 0) and is added during the run.
+const SERVERS: [(&str, Ipv4Addr); 3] = [
+    ("srv1", Ipv4Addr::new(10, 91, 0, 51)),
+    ("srv2", Ipv4Addr::new(10, 91, 0, 52)),
+    ("srv3", Ipv4Addr::new(10, 91, 0, 53)),
+];
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 91, 2, 100);
 const BIRD: &str = "/usr/sbin/bird";
 /// Interval of a long-lived flow's echoes.
@@ -73,6 +83,8 @@ pub struct Opts {
     pub seconds: u64,
     /// BFD (100 ms x 3) on every session, router and ATMs.
     pub bfd: bool,
+    /// `bgp.join_sync_ms: 0`: announce at once after a (re)start, without the peers' tables.
+    pub no_join_sync: bool,
 }
 
 impl Opts {
@@ -83,6 +95,7 @@ impl Opts {
             bench: false,
             seconds: 5,
             bfd: false,
+            no_join_sync: false,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -93,6 +106,7 @@ impl Opts {
                 "--seconds" => o.seconds = val()?.parse::<u64>()?.clamp(1, 60),
                 "--bench" => o.bench = true,
                 "--bfd" => o.bfd = true,
+                "--no-join-sync" => o.no_join_sync = true,
                 other => bail!("unknown argument {other:?}\nusage: {USAGE}"),
             }
         }
@@ -323,9 +337,9 @@ impl AaLab {
         words.windows(2).find(|w| w[0] == "via").and_then(|w| w[1].parse().ok())
     }
 
-    fn start_common(&mut self, bfd: bool) -> anyhow::Result<()> {
+    fn start_common(&mut self, bfd: bool, join_sync_ms: u64) -> anyhow::Result<()> {
         self.build()?;
-        std::fs::write(self.dir.join("cfg.json5"), config(&self.dir, bfd)?)?;
+        std::fs::write(self.dir.join("cfg.json5"), config(&self.dir, bfd, join_sync_ms, 0)?)?;
         let router = match bfd {
             true => ROUTER_BIRD.replace("ipv4 { import all;", "bfd on;\n  ipv4 { import all;") + ROUTER_BFD,
             false => ROUTER_BIRD.to_string(),
@@ -384,7 +398,8 @@ protocol bgp atm3 from atm { neighbor 10.91.0.3 as 65001; }
 const ROUTER_BFD: &str =
     "protocol bfd { interface \"*\" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }; }\n";
 
-fn config(dir: &Path, bfd: bool) -> anyhow::Result<String> {
+/// The lab's config; srv3 has weight `srv3_weight` (0: drained).
+fn config(dir: &Path, bfd: bool, join_sync_ms: u64, srv3_weight: u32) -> anyhow::Result<String> {
     let secret = dir.join("secret");
     std::fs::write(&secret, "aa-lab-secret")?;
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
@@ -392,7 +407,10 @@ fn config(dir: &Path, bfd: bool) -> anyhow::Result<String> {
         ATMS.iter().map(|(n, a)| format!("{{ name: '{n}', address: '{a}', interface: 'eth0' }}")).collect();
     let servers: Vec<String> = SERVERS
         .iter()
-        .map(|(n, a)| format!("{{ name: '{n}', address: '{a}', port: {STREAM_PORT} }}"))
+        .map(|(n, a)| {
+            let w = if *n == "srv3" { srv3_weight } else { 1 };
+            format!("{{ name: '{n}', address: '{a}', port: {STREAM_PORT}, weight: {w} }}")
+        })
         .collect();
     let (run, s) = (dir.join("run"), secret.display());
     let run = run.display();
@@ -401,6 +419,7 @@ fn config(dir: &Path, bfd: bool) -> anyhow::Result<String> {
         "{{ cluster: {{ name: 'aalab', id: 91, secret_file: '{s}', mode: 'active-active' }},
   atms: [ {} ],
   bgp: {{ local_as: 65001, neighbors: [ {{ address: '10.91.0.254', peer_as: 65000 }} ], drain_ms: 2000, bfd: {bfd},
+          join_sync_ms: {join_sync_ms},
           control_socket: '{run}/bird-{{atm}}.ctl', config_file: '{run}/bird-{{atm}}.conf' }},
   services: [
     {{ name: 'stream', vip: '{VIP}', port: {STREAM_PORT}, forwarding: 'dr', scheduler: 'mh', servers: [ {} ],
@@ -625,7 +644,8 @@ pub fn run(opts: &Opts) -> anyhow::Result<bool> {
         return bench(opts).map(|()| true);
     }
     let mut lab = AaLab::new(&opts.out)?;
-    lab.start_common(opts.bfd)?;
+    let join_sync_ms = if opts.no_join_sync { 0 } else { 3000 };
+    lab.start_common(opts.bfd, join_sync_ms)?;
     for (h, _) in ATMS {
         lab.start_daemon(h)?;
     }
@@ -688,7 +708,40 @@ pub fn run(opts: &Opts) -> anyhow::Result<bool> {
         route.as_millis() as u64,
     ));
 
-    // 4. atm2 freezes (daemon and BIRD stopped, link up): only the hold time or BFD tells.
+    // 4, 5. srv3 added by a rolling reload: atm1, then atm2. Each withdraws, drains (its flows
+    // move to the other ATM, which knows them from sync), restarts with an empty table and the
+    // new server set, takes the other's table (full sync on join) and announces again.
+    std::fs::write(lab.dir.join("cfg.json5"), config(&lab.dir, opts.bfd, join_sync_ms, 1)?)?;
+    for (i, name) in [(0, "srv3 added: reload atm1"), (1, "srv3 added: reload atm2")] {
+        let (host, addr) = ATMS[i];
+        let before = flow_map(&lab, &load);
+        let from = ms(t0);
+        let starts = lab.text(host).matches("restarting with the reloaded config").count();
+        lab.signal(host, nix::sys::signal::Signal::SIGHUP)?;
+        lab.wait_hops(1, Duration::from_secs(10))?;
+        let restarted = Instant::now();
+        while lab.text(host).matches("restarting with the reloaded config").count() == starts {
+            lab::check_interrupted()?;
+            if restarted.elapsed() > Duration::from_secs(15) {
+                bail!("{host} did not restart on SIGHUP:\n{}", lab.text(host));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        lab.wait_hops(2, Duration::from_secs(30))?;
+        let route = Duration::from_millis(ms(t0) - from);
+        std::thread::sleep(STEP_WINDOW);
+        results.push(measure(
+            &lab,
+            &load,
+            name,
+            Some(addr),
+            &before,
+            (from, ms(t0)),
+            route.as_millis() as u64,
+        ));
+    }
+
+    // 6. atm2 freezes (daemon and BIRD stopped, link up): only the hold time or BFD tells.
     let before = flow_map(&lab, &load);
     let from = ms(t0);
     let frozen = lab.freeze("atm2")?;
@@ -707,22 +760,41 @@ pub fn run(opts: &Opts) -> anyhow::Result<bool> {
     load.stop();
     lab.thaw(&frozen);
 
-    let report = report(&results, opts.flows);
+    let mut report = report(&results, opts.flows);
+    report +=
+        &format!("join sync (bgp.join_sync_ms {join_sync_ms}), each start of each ATM, from its log:\n");
+    for (h, _) in ATMS {
+        for l in lab
+            .text(h)
+            .lines()
+            .filter(|l| l.contains("joined: every peer") || l.contains("JOIN SYNC INCOMPLETE"))
+        {
+            let waited = l.split_whitespace().find(|w| w.starts_with("waited_ms=")).unwrap_or("waited_ms=?");
+            let missing = l.split_whitespace().find(|w| w.starts_with("missing=")).unwrap_or("");
+            let what = if missing.is_empty() { "every peer's table" } else { "timed out" };
+            report += &format!("  {h}: {what} {waited} {missing}\n");
+        }
+    }
     print!("{report}");
     std::fs::write(opts.out.join("report.txt"), &report)?;
-    let ok =
-        results[0].long_lost == 0 && results[1].others_disturbed == 0 && results[3].others_disturbed == 0;
+    // The goals: a graceful drain and the rolling reload (with the full sync on join) lose no
+    // flow; a crash or a freeze disturbs no flow on another ATM.
+    let reload_ok = opts.no_join_sync || (results[3].long_lost == 0 && results[4].long_lost == 0);
+    let ok = results[0].long_lost == 0
+        && results[1].others_disturbed == 0
+        && results[5].others_disturbed == 0
+        && reload_ok;
     Ok(ok)
 }
 
 fn report(results: &[StepResult], flows: usize) -> String {
     let mut s = format!(
-        "active-active lab: 3 ATMs (BIRD 2, eBGP, ECMP 5-tuple), 2 DR servers, {flows} long-lived flows (echo every {ECHO_MS} ms), new connections every 20 ms\n"
+        "active-active lab: 3 ATMs (BIRD 2, eBGP, ECMP 5-tuple), 2 DR servers (+ srv3 from the rolling reload on), {flows} long-lived flows (echo every {ECHO_MS} ms), new connections every 20 ms\n"
     );
-    s += "step                   | route change | flows on ATM | their outage | other flows | disturbed | moved | long-lived lost | new conns failed\n";
+    s += "step                    | route change | flows on ATM | their outage | other flows | disturbed | moved | long-lived lost | new conns failed\n";
     for r in results {
         s += &format!(
-            "{:<22} | {:>9} ms | {:>12} | {:>9} ms | {:>11} | {:>9} | {:>5} | {:>15} | {:>6} of {}\n",
+            "{:<23} | {:>9} ms | {:>12} | {:>9} ms | {:>11} | {:>9} | {:>5} | {:>15} | {:>6} of {}\n",
             r.name,
             r.route_ms,
             r.flows_on_affected,
@@ -745,7 +817,7 @@ fn report(results: &[StepResult], flows: usize) -> String {
 /// Throughput with 1, 2, 3 ATMs, each limited to 1 Gbit/s towards the servers.
 fn bench(opts: &Opts) -> anyhow::Result<()> {
     let mut lab = AaLab::new(&opts.out)?;
-    lab.start_common(false)?;
+    lab.start_common(false, 3000)?;
     for (h, _) in ATMS {
         ns::exec(
             &lab.ns(h),

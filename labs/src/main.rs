@@ -17,7 +17,7 @@ const USAGE: &str = "usage: clusterlab run SCENARIO [--out DIR]
        clusterlab compare SCENARIO [--seed N] [--out DIR]
        clusterlab compare --all [--seed N] [--out DIR]   (every scenario; DIR/NAME per run)
        clusterlab bench [--reps N] [--seconds S] [--out DIR] (see scripts/bench)
-       clusterlab active-active [--out DIR] [--flows N]    (drain, crash, join over BGP/ECMP)
+       clusterlab active-active [--out DIR] [--flows N] [--bfd] [--no-join-sync]  (drain, crash, join, rolling reload adding a server, freeze over BGP/ECMP)
        clusterlab active-active --bench [--seconds S]     (throughput with 1, 2, 3 ATMs)
        clusterlab config-sync [DIR]                       (cmc sync config with running daemons, real sshd)
 SCENARIO is a path or a name in sim/scenarios/ (e.g. primary-crash). Needs root.";

@@ -11,6 +11,11 @@
 //! change of the set re-slices it. Everything runs on the driver's own millisecond clock, with
 //! flows from a seeded generator: a run is a pure function of (scenario, seed), and its trace
 //! is kept as a snapshot.
+//!
+//! Every ATM, at the start and on a (re)join, first asks the others for their tables over the
+//! sync channel ([`clusterserver::dataplane::fullsync`], the daemon's code) and announces only
+//! once every peer's end marker arrived, or after [`JOIN_SYNC_WAIT_MS`] (peers that are down
+//! never answer). Sync datagrams arrive in the tick they are sent.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -18,10 +23,11 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use clusterserver::config::{self, Forwarding, OnDown, Protocol, SchedulerKind, Server, Service};
-use clusterserver::core::announce::{Action, Announcer, Input};
+use clusterserver::core::announce::{Action, Announcer, Input, JoinSync};
 use clusterserver::dataplane::engine::{Engine, EngineConfig, Verdict};
+use clusterserver::dataplane::fullsync::FullSync;
 use clusterserver::dataplane::sched::stable_hash;
-use clusterserver::dataplane::sync::{MAX_DATAGRAM, SyncReceiver, SyncSender};
+use clusterserver::dataplane::sync::{MAX_DATAGRAM, Received, SyncReceiver, SyncSender};
 use clusterserver::dataplane::wire::build;
 use clusterserver::dataplane::wire::tcp::flags::{ACK, SYN};
 use clusterserver::time::Instant;
@@ -36,6 +42,8 @@ pub const HOLD_MS: u64 = 3000;
 /// Graceful stop: withdrawal to exit.
 pub const DRAIN_MS: u64 = 2000;
 const TICK_MS: u64 = 10;
+/// A joiner's bounded wait for its peers' tables (the daemon's default `bgp.join_sync_ms`).
+pub const JOIN_SYNC_WAIT_MS: u64 = 3000;
 /// A flow not forwarded for this long at the end of a run counts as broken.
 pub const UNSERVED_MS: u64 = 2000;
 const SECRET: &[u8] = b"sim active-active";
@@ -61,6 +69,8 @@ struct Atm {
     sender: SyncSender,
     /// One per sending ATM (each has its own session and sequence), as in the daemon.
     receivers: BTreeMap<usize, SyncReceiver>,
+    /// Full sync on join: asks the peers, answers their requests.
+    full: FullSync,
     /// Forwards (not crashed, not frozen, not exited).
     running: bool,
     frozen: bool,
@@ -106,14 +116,16 @@ pub struct Measures {
     pub sync: bool,
     /// Mid-flow pickup by consistent hash.
     pub pickup: bool,
+    /// A (re)joining ATM announces only once it has its peers' tables (or after the wait).
+    pub join_sync: bool,
 }
 
 impl Measures {
     /// As the daemon runs in active-active mode.
-    pub const ON: Measures = Measures { sync: true, pickup: true };
+    pub const ON: Measures = Measures { sync: true, pickup: true, join_sync: true };
 }
 
-fn atm(i: usize, svc: &Service, now: Instant, incarnation: u64, m: Measures) -> Atm {
+fn atm(i: usize, atms: usize, svc: &Service, now: Instant, incarnation: u64, m: Measures) -> Atm {
     let mut engine = Engine::new(&EngineConfig {
         services: vec![svc.clone()],
         table: config::Table::default(),
@@ -125,12 +137,18 @@ fn atm(i: usize, svc: &Service, now: Instant, incarnation: u64, m: Measures) -> 
     engine.set_sync(m.sync);
     engine.set_mid_flow_pickup(m.pickup);
     let mut announcer = Announcer::new(std::slice::from_ref(svc), 0, Duration::from_millis(DRAIN_MS));
+    let mut full = FullSync::new();
+    if m.join_sync && m.sync {
+        announcer.join_sync(now, Duration::from_millis(JOIN_SYNC_WAIT_MS));
+        full.join(now, (0..atms).filter(|&j| j != i));
+    }
     announcer.handle(now, Input::DataPlane(true));
     Atm {
         engine,
         announcer,
         sender: SyncSender::new(SECRET, 91, incarnation, 1_000_000),
         receivers: BTreeMap::new(),
+        full,
         running: true,
         frozen: false,
     }
@@ -169,7 +187,7 @@ pub fn run_with(
     let mut trace = String::new();
     let mut now = Instant::ZERO;
     let mut incarnation = 1;
-    let mut nodes: Vec<Option<Atm>> = (0..atms).map(|i| Some(atm(i, &svc, now, i as u64, m))).collect();
+    let mut nodes: Vec<Option<Atm>> = (0..atms).map(|i| Some(atm(i, atms, &svc, now, i as u64, m))).collect();
     // Router: announced set as the router sees it, and pending BGP updates.
     let mut hops: BTreeSet<usize> = BTreeSet::new();
     let mut pending: Vec<(u64, usize, bool)> = Vec::new();
@@ -220,7 +238,7 @@ pub fn run_with(
                 }
                 Step::Join(i) => {
                     incarnation += 1;
-                    nodes[i] = Some(atm(i, &svc, now, 100 + incarnation, m));
+                    nodes[i] = Some(atm(i, atms, &svc, now, 100 + incarnation, m));
                 }
             }
         }
@@ -236,7 +254,22 @@ pub fn run_with(
             if a.frozen {
                 continue;
             }
+            let waiting = matches!(a.announcer.join_state(), JoinSync::Waiting { .. });
             a.announcer.handle(now, Input::Timeout);
+            match a.announcer.join_state() {
+                JoinSync::TimedOut { since, at } if waiting => {
+                    let missing: Vec<String> =
+                        a.full.missing().iter().map(|p| format!("atm{}", p + 1)).collect();
+                    let waited = at.saturating_since(since).as_millis();
+                    let _ = writeln!(
+                        trace,
+                        "{t:>6} ms  atm{} announces without a full sync after {waited} ms (missing {})",
+                        i + 1,
+                        missing.join(", ")
+                    );
+                }
+                _ => {}
+            }
             while let Some(action) = a.announcer.poll_action() {
                 match action {
                     Action::Announce(v) => pending.push((t + BGP_DELAY_MS, i, !v.is_empty())),
@@ -288,19 +321,44 @@ pub fn run_with(
                 last_ok[f] = t;
             }
         }
-        // Connection sync: every running ATM to every other (insert-only on active engines).
-        let mut datagrams: Vec<(usize, Vec<u8>)> = Vec::new();
+        // Connection sync: every running ATM to every other (insert-only on active engines);
+        // full-sync requests and end markers to one peer each.
+        let mut datagrams: Vec<(usize, Option<usize>, Vec<u8>)> = Vec::new();
         for (i, a) in nodes.iter_mut().enumerate() {
             let Some(a) = a.as_mut().filter(|a| a.running) else { continue };
             while let Some(len) = a.sender.poll_transmit(now, &mut a.engine, &mut buf) {
-                datagrams.push((i, buf[..len].to_vec()));
+                datagrams.push((i, None, buf[..len].to_vec()));
+            }
+            while let Some((to, len)) = a.full.poll_transmit(now, &a.engine, &mut a.sender, &mut buf) {
+                datagrams.push((i, Some(to), buf[..len].to_vec()));
             }
         }
-        for (from, d) in &datagrams {
+        for (from, to, d) in &datagrams {
             for (j, b) in nodes.iter_mut().enumerate() {
-                if let Some(b) = b.as_mut().filter(|b| b.running && j != *from) {
-                    let r = b.receivers.entry(*from).or_insert_with(|| SyncReceiver::new(SECRET, 91));
-                    let _ = r.handle(now, d, &mut b.engine);
+                let Some(b) = b.as_mut().filter(|b| b.running && j != *from && to.is_none_or(|to| to == j))
+                else {
+                    continue;
+                };
+                let r = b.receivers.entry(*from).or_insert_with(|| SyncReceiver::new(SECRET, 91));
+                match r.handle_message(now, d, &mut b.engine) {
+                    Ok(Received::FullSyncRequest { session, seq }) => {
+                        b.full.on_request(*from, session, seq, &mut b.engine);
+                    }
+                    Ok(Received::FullSyncEnd { session, .. }) => {
+                        b.full.on_end(*from, session, b.sender.session());
+                        if b.full.synced() && matches!(b.announcer.join_state(), JoinSync::Waiting { .. }) {
+                            b.announcer.handle(now, Input::Synced);
+                            if let JoinSync::Synced { since, at } = b.announcer.join_state() {
+                                let waited = at.saturating_since(since).as_millis();
+                                let _ = writeln!(
+                                    trace,
+                                    "{t:>6} ms  atm{} synced from every peer in {waited} ms",
+                                    j + 1
+                                );
+                            }
+                        }
+                    }
+                    Ok(Received::Records(_)) | Err(_) => {}
                 }
             }
         }

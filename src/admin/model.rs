@@ -33,7 +33,8 @@ pub struct VipAnnouncement {
     pub vip: String,
     pub announced: bool,
     /// Why it is withdrawn (`None` while announced): `data_plane_down`,
-    /// `arbitration_failed`, `stopping`, `stopped_by_operator` or `no_healthy_server`.
+    /// `arbitration_failed`, `stopping`, `stopped_by_operator`, `syncing` (joining: waiting
+    /// for the peers' connection tables) or `no_healthy_server`.
     pub reason: Option<String>,
 }
 

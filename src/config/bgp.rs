@@ -22,6 +22,7 @@ const KEYS: &[&str] = &[
     "control_socket",
     "config_file",
     "drain_ms",
+    "join_sync_ms",
 ];
 
 /// An AS number: 1..=4294967295 (0 is reserved).
@@ -44,6 +45,7 @@ pub(crate) fn bgp(cx: &mut Cx, node: &Node, path: &str) -> Option<Bgp> {
     b.control_socket = f.or(cx, "control_socket", b.control_socket, file_path);
     b.config_file = f.or(cx, "config_file", b.config_file, file_path);
     b.drain_ms = f.or(cx, "drain_ms", b.drain_ms, int(0, 600_000));
+    b.join_sync_ms = f.or(cx, "join_sync_ms", b.join_sync_ms, int(0, 600_000));
     let timers_ok = cx.clean(&f.child("hold_s")) && cx.clean(&f.child("keepalive_s"));
     if timers_ok && b.hold_s != 0 && b.keepalive_s >= b.hold_s {
         let msg = format!("expected less than hold_s ({}), found {}", b.hold_s, b.keepalive_s);

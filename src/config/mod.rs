@@ -74,6 +74,7 @@
 //! | `bgp.hold_s` / `keepalive_s` | 0 or 3..=65535, default 3 / 1..=21845, default 1, keepalive < hold | RFC 4271 |
 //! | `bgp.bfd_interval_ms` / `bfd_multiplier` | 10..=10000, default 100 / 1..=255, default 3 | |
 //! | `bgp.drain_ms` | 0..=600000, default 2000 | withdraw-to-stop time of a graceful stop |
+//! | `bgp.join_sync_ms` | 0..=600000, default 3000 | longest wait for the peers' tables before announcing |
 //!
 //! Addresses (ATMs, VIPs, servers, reachlist) must be host addresses (not unspecified or
 //! multicast); a service's servers and gateway share the VIP's family; a VIP or gateway VIP

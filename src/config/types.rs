@@ -106,6 +106,9 @@ pub struct Bgp {
     /// Graceful stop: time between the withdrawal and stopping, so that the router moves
     /// new flows away and in-flight packets still find a forwarding ATM.
     pub drain_ms: u64,
+    /// A starting ATM asks its peers for their connection tables and announces once every
+    /// peer has sent its own, or after this long (peers down never answer); 0: no wait.
+    pub join_sync_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -362,6 +365,7 @@ impl Bgp {
             control_socket: PathBuf::from("/run/clusterserver/bird.ctl"),
             config_file: PathBuf::from("/run/clusterserver/bird.conf"),
             drain_ms: 2000,
+            join_sync_ms: 3000,
         }
     }
 }

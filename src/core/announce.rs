@@ -11,7 +11,12 @@
 //!   off from the network it serves must not attract traffic),
 //! * at least one service on the VIP has a real server that is up with a weight above 0,
 //! * the ATM is not stopping,
-//! * and no operator has stopped it (`cmc stop`, [`Input::Hold`]; `cmc start` releases it).
+//! * no operator has stopped it (`cmc stop`, [`Input::Hold`]; `cmc start` releases it),
+//! * and, on a (re)joining ATM ([`Announcer::join_sync`]), every peer has sent its whole
+//!   connection table ([`Input::Synced`], see [`crate::dataplane::fullsync`]) or the bounded
+//!   wait for them is over: the flows the router will move here must find their entries,
+//!   not be scheduled afresh over a server set that may have changed since they began. The
+//!   wait is bounded so that an ATM whose peers are down (or a lone one) still comes up.
 //!
 //! A graceful stop withdraws every VIP first, then waits `drain` (the router moves new
 //! packets to the other ATMs; packets already on their way still find a forwarding data
@@ -48,6 +53,8 @@ pub enum Input {
     /// every VIP is withdrawn as for a graceful stop, but the daemon runs on (and its engine
     /// still serves what the router sends while it moves the flows away).
     Hold(bool),
+    /// Every peer's full sync has arrived ([`Announcer::join_sync`]).
+    Synced,
     /// Graceful stop: withdraw, drain, exit.
     Shutdown,
     /// `poll_timeout` passed.
@@ -71,7 +78,20 @@ pub enum Blocked {
     Stopping,
     /// An operator stopped forwarding here ([`Input::Hold`]).
     Held,
+    /// Joining: waiting for the peers' connection tables ([`Announcer::join_sync`]).
+    Syncing,
     NoHealthyServer,
+}
+
+/// Where a join's full sync stands ([`Announcer::join_sync`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JoinSync {
+    /// Waiting for the peers' tables until this time.
+    Waiting { since: Instant, until: Instant },
+    /// Every peer's table arrived (or no join sync was asked for: `since == until`).
+    Synced { since: Instant, at: Instant },
+    /// The wait ran out before every peer answered: announced without their tables.
+    TimedOut { since: Instant, at: Instant },
 }
 
 impl Blocked {
@@ -82,6 +102,7 @@ impl Blocked {
             Blocked::Arbitration => "arbitration_failed",
             Blocked::Stopping => "stopping",
             Blocked::Held => "stopped_by_operator",
+            Blocked::Syncing => "syncing",
             Blocked::NoHealthyServer => "no_healthy_server",
         }
     }
@@ -109,6 +130,7 @@ pub struct Announcer {
     /// [`Input::Hold`]: set and cleared by the operator.
     held: bool,
     exit_at: Option<Instant>,
+    sync: JoinSync,
     announced: Option<BTreeSet<IpAddr>>,
     actions: VecDeque<Action>,
 }
@@ -140,6 +162,7 @@ impl Announcer {
             stopping: false,
             held: false,
             exit_at: None,
+            sync: JoinSync::Synced { since: Instant::ZERO, at: Instant::ZERO },
             announced: None,
             actions: VecDeque::new(),
         };
@@ -162,11 +185,21 @@ impl Announcer {
             }
             Input::Reachable(n) => self.reachable_ok = n >= self.min_reachable,
             Input::Hold(h) => self.held = h,
+            Input::Synced => {
+                if let JoinSync::Waiting { since, .. } = self.sync {
+                    self.sync = JoinSync::Synced { since, at: now };
+                }
+            }
             Input::Shutdown if !self.stopping => {
                 self.stopping = true;
                 self.exit_at = Some(now + self.drain);
             }
             Input::Shutdown | Input::Timeout => {}
+        }
+        if let JoinSync::Waiting { since, until } = self.sync
+            && now >= until
+        {
+            self.sync = JoinSync::TimedOut { since, at: now };
         }
         self.update();
         if self.exit_at.is_some_and(|t| now >= t) {
@@ -179,9 +212,32 @@ impl Announcer {
         self.actions.pop_front()
     }
 
-    /// The end of the drain, while stopping.
+    /// The end of the drain while stopping, or of the wait for the peers' tables.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.exit_at
+        let sync = match self.sync {
+            JoinSync::Waiting { until, .. } => Some(until),
+            _ => None,
+        };
+        match (self.exit_at, sync) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// This ATM (re)joins: announce nothing until [`Input::Synced`] (every peer sent its
+    /// table) or until `wait` has passed (logged by the driver: flows moved here may break if
+    /// the server set changed since they began). A zero `wait` does not gate at all.
+    pub fn join_sync(&mut self, now: Instant, wait: Duration) {
+        self.sync = match wait.is_zero() {
+            true => JoinSync::Synced { since: now, at: now },
+            false => JoinSync::Waiting { since: now, until: now + wait },
+        };
+        self.update();
+    }
+
+    /// Where the join's full sync stands.
+    pub fn join_state(&self) -> JoinSync {
+        self.sync
     }
 
     /// An operator has stopped forwarding here ([`Input::Hold`]).
@@ -210,6 +266,8 @@ impl Announcer {
             Some(Blocked::Stopping)
         } else if self.held {
             Some(Blocked::Held)
+        } else if matches!(self.sync, JoinSync::Waiting { .. }) {
+            Some(Blocked::Syncing)
         } else if !v.services.iter().any(|&s| self.serviceable(s)) {
             Some(Blocked::NoHealthyServer)
         } else {
@@ -338,6 +396,55 @@ mod tests {
         a.handle(Instant::from_millis(3000), Input::Timeout);
         assert_eq!(drain(&mut a), vec![Action::Exit]);
         assert_eq!(a.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_joiner_announces_once_synced_and_not_before() {
+        let mut a = two_vips();
+        a.join_sync(T0, Duration::from_secs(3));
+        a.handle(T0, Input::DataPlane(true));
+        assert_eq!(drain(&mut a), vec![Action::Announce(set(&[]))]);
+        assert_eq!(a.blocked(V1.parse().unwrap()), Some(Blocked::Syncing));
+        assert_eq!(Blocked::Syncing.name(), "syncing");
+        assert_eq!(a.poll_timeout(), Some(Instant::from_millis(3000)));
+        // Health changes while syncing announce nothing.
+        a.handle(Instant::from_millis(100), Input::Server { service: 2, server: 0, up: false });
+        assert_eq!(drain(&mut a), vec![]);
+        a.handle(Instant::from_millis(700), Input::Synced);
+        assert_eq!(drain(&mut a), vec![Action::Announce(set(&[V1]))]);
+        assert_eq!(a.join_state(), JoinSync::Synced { since: T0, at: Instant::from_millis(700) });
+        assert_eq!(a.poll_timeout(), None);
+        // A late Synced (a retry's end marker) or the old deadline changes nothing.
+        a.handle(Instant::from_millis(3000), Input::Synced);
+        a.handle(Instant::from_millis(3000), Input::Timeout);
+        assert_eq!(drain(&mut a), vec![]);
+        assert_eq!(a.join_state(), JoinSync::Synced { since: T0, at: Instant::from_millis(700) });
+    }
+
+    #[test]
+    fn a_joiner_whose_peers_never_answer_announces_after_the_bounded_wait() {
+        let mut a = two_vips();
+        a.join_sync(Instant::from_millis(500), Duration::from_secs(3));
+        a.handle(Instant::from_millis(600), Input::DataPlane(true));
+        assert_eq!(drain(&mut a), vec![Action::Announce(set(&[]))]);
+        a.handle(Instant::from_millis(3499), Input::Timeout);
+        assert_eq!(drain(&mut a), vec![]);
+        a.handle(Instant::from_millis(3500), Input::Timeout);
+        assert_eq!(drain(&mut a), vec![Action::Announce(set(&[V1, V2]))]);
+        let at = Instant::from_millis(3500);
+        assert_eq!(a.join_state(), JoinSync::TimedOut { since: Instant::from_millis(500), at });
+        // Other reasons still come first: a stopping joiner says so, and exits after the drain.
+        let mut b = two_vips();
+        b.join_sync(T0, Duration::from_secs(3));
+        b.handle(T0, Input::DataPlane(true));
+        b.handle(Instant::from_millis(1000), Input::Shutdown);
+        assert_eq!(b.blocked(V1.parse().unwrap()), Some(Blocked::Stopping));
+        assert_eq!(b.poll_timeout(), Some(Instant::from_millis(3000)));
+        // A zero wait does not gate.
+        let mut c = two_vips();
+        c.join_sync(T0, Duration::ZERO);
+        c.handle(T0, Input::DataPlane(true));
+        assert_eq!(drain(&mut c), vec![Action::Announce(set(&[])), Action::Announce(set(&[V1, V2]))]);
     }
 
     #[test]

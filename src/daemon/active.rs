@@ -28,6 +28,13 @@
 //! router after another ATM's loss, whose Maglev choice changed since it began, still finds
 //! its real server.
 //!
+//! **Full sync on join**: at start (and after an in-process restart) the loop has the worker
+//! ask every peer for its whole table ([`DaemonProcessor::start_join`]) and holds the
+//! announcement ([`Announcer::join_sync`], reason `syncing`) until every peer's end marker
+//! has arrived or `bgp.join_sync_ms` has passed. The outcome is logged once: INFO with the
+//! time it took, or WARN naming the peers that did not answer (down, or unreachable: flows
+//! the router moves here whose server set changed since they began may then break).
+//!
 //! One log line per change of the announced set, target `clusterserverd::bgp`:
 //!
 //! ```text
@@ -56,7 +63,7 @@ use crate::admin::CoreBridge;
 use crate::admin::model::VipAnnouncement;
 use crate::admin::state::{ControlOp, Outcome};
 use crate::config::Config;
-use crate::core::announce::{Action, Announcer, Input};
+use crate::core::announce::{Action, Announcer, Input, JoinSync};
 use crate::dataplane::io::tun::Shell;
 use crate::platform::linux::bird::{self, Bird};
 use crate::time::Instant;
@@ -143,9 +150,28 @@ pub(super) async fn control(
     let mut reach_round: FuturesUnordered<_> = FuturesUnordered::new();
     let mut reload: Option<Box<Config>> = None;
     let mut ticks: u64 = 0;
+    // Full sync on join: gate the announcement until every peer's table is here.
+    let join_wait = Duration::from_millis(bgp.join_sync_ms);
+    let (join_tx, mut join_rx) = tokio::sync::watch::channel(None);
+    let mut joining = cfg.sync.connections && !join_wait.is_zero();
+    if joining {
+        announcer.join_sync(now(), join_wait);
+        let progress = Arc::new(join_tx);
+        let started =
+            shell.apply(Arc::new(move |p: &mut DaemonProcessor| p.start_join(Arc::clone(&progress))));
+        if let Err(e) = started {
+            tracing::error!(target: "clusterserverd::bgp", node = %node, error = %e, "cannot start the full sync on join: announcing after the wait");
+        }
+        tracing::info!(target: "clusterserverd::bgp", node = %node, wait_ms = bgp.join_sync_ms, "joining: asking every peer for its connection table before announcing");
+    }
+    let mut missing: Vec<std::net::SocketAddr> = Vec::new();
     tracing::info!(target: "clusterserverd", node = %node, mode = "active-active", sync_port = cfg.sync_port(), "ready");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     loop {
+        if joining && !matches!(announcer.join_state(), JoinSync::Waiting { .. }) {
+            joining = false;
+            log_join(&admin.bridge, at_ms(), node, announcer.join_state(), &missing);
+        }
         while let Some(action) = announcer.poll_action() {
             match action {
                 Action::Announce(vips) => {
@@ -189,6 +215,14 @@ pub(super) async fn control(
             }
             Some((service, server, weight)) = admin.server_changes.recv() => {
                 announcer.handle(now(), Input::Weight { service, server, weight });
+            }
+            Ok(()) = join_rx.changed(), if joining => {
+                if let Some(m) = join_rx.borrow_and_update().clone() {
+                    missing = m;
+                    if missing.is_empty() {
+                        announcer.handle(now(), Input::Synced);
+                    }
+                }
             }
             _ = probe.tick() => {
                 let up = dataplane_probe(shell, &ack, &mut sent, &mut last_ack_at);
@@ -320,6 +354,30 @@ async fn apply_bird(bgp: &crate::config::Bgp, bird: &mut Option<Bird>, config: &
     if let Err(e) = r {
         tracing::error!(target: "clusterserverd::bgp", error = %e, "BIRD");
     }
+}
+
+/// Logs (and publishes as a `join` event) how the full sync on join ended.
+fn log_join(bridge: &CoreBridge, at_ms: u64, node: &str, state: JoinSync, missing: &[std::net::SocketAddr]) {
+    let line = match state {
+        JoinSync::Synced { since, at } => {
+            let waited_ms = at.saturating_since(since).as_millis() as u64;
+            tracing::info!(target: "clusterserverd::bgp", node = %node, waited_ms, "joined: every peer's connection table received; announcing");
+            format!("{node} has every peer's connection table after {waited_ms} ms")
+        }
+        JoinSync::TimedOut { since, at } => {
+            let waited_ms = at.saturating_since(since).as_millis() as u64;
+            let peers: Vec<String> = missing.iter().map(|p| p.ip().to_string()).collect();
+            let peers = if peers.is_empty() {
+                "all (the worker did not report)".to_string()
+            } else {
+                peers.join(",")
+            };
+            tracing::warn!(target: "clusterserverd::bgp", node = %node, waited_ms, missing = %peers, "JOIN SYNC INCOMPLETE: announcing without these peers' connection tables (down or unreachable?); flows moved here whose server set changed since they began may break");
+            format!("{node} announces without the connection tables of {peers} after {waited_ms} ms")
+        }
+        JoinSync::Waiting { .. } => return,
+    };
+    bridge.publish(at_ms, "join", line);
 }
 
 /// Logs a change of the announced set; returns it as one line for the event stream.

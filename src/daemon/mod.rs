@@ -399,7 +399,8 @@ fn finish(
         Ok(shell) => match shell.stop() {
             Ok((stats, procs)) => {
                 let sync = procs.first().map(|p| p.counters).unwrap_or_default();
-                tracing::info!(target: "clusterserverd", ?stats, ?sync, "data plane stopped");
+                let full_sync = procs.first().map(|p| p.full_sync_stats()).unwrap_or_default();
+                tracing::info!(target: "clusterserverd", ?stats, ?sync, ?full_sync, "data plane stopped");
             }
             Err(e) => tracing::error!(target: "clusterserverd", error = %e, "data plane stop"),
         },

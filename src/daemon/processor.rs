@@ -14,12 +14,23 @@
 //! Each peer ATM has its own receiver (replay window): every sender numbers its own
 //! datagrams in its own session, and in active-active mode every ATM receives from every
 //! other at once. A datagram from an address that is no listed ATM is refused and counted.
+//!
+//! Full sync on join (active-active, [`crate::dataplane::fullsync`]): the processor answers
+//! every peer's full-sync request (its table, then an end marker to that peer) and, once the
+//! control loop starts a join ([`DaemonProcessor::start_join`]), asks every peer for theirs
+//! and publishes which peers have not answered yet, until none is left.
 
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+
+use tokio::sync::watch;
 
 use crate::dataplane::engine::{Engine, Verdict};
+use crate::dataplane::fullsync::{FullSync, FullSyncStats};
 use crate::dataplane::io::{Disposition, Output, PacketProcessor};
-use crate::dataplane::sync::{MAX_DATAGRAM, PeerReceivers, PeerSyncError, SyncReceiver, SyncSender};
+use crate::dataplane::sync::{
+    MAX_DATAGRAM, PeerReceivers, PeerSyncError, Received, SyncReceiver, SyncSender,
+};
 use crate::time::Instant;
 
 use super::servers::ServerControl;
@@ -62,7 +73,15 @@ pub struct DaemonProcessor {
     drained: Option<tokio::sync::oneshot::Sender<()>>,
     /// The latest `now` seen (a tick or a packet), for work done between them.
     last_now: Instant,
+    /// Full sync on join, both roles.
+    full: FullSync,
+    /// A join under way: the peers whose tables are still missing are published here.
+    join: Option<(Arc<JoinWatch>, usize)>,
 }
+
+/// The peers (sync addresses) whose full sync has not arrived yet; `None` until the worker
+/// took the join up. Empty: every peer's table is here.
+pub type JoinWatch = watch::Sender<Option<Vec<SocketAddr>>>;
 
 impl DaemonProcessor {
     /// `socket`: the non-blocking sync socket (`None`: sync off).
@@ -88,6 +107,36 @@ impl DaemonProcessor {
             counters: SyncCounters::default(),
             drained: None,
             last_now: Instant::ZERO,
+            full: FullSync::new(),
+            join: None,
+        }
+    }
+
+    /// Joining (active-active): ask every peer for its whole table and publish on `progress`
+    /// which peers have not sent theirs yet. Only the queue that owns the sync socket acts.
+    pub fn start_join(&mut self, progress: Arc<JoinWatch>) {
+        if self.socket.is_none() {
+            return;
+        }
+        self.full.join(self.last_now, 0..self.peers.len());
+        self.join = Some((progress, usize::MAX));
+    }
+
+    /// Counters of the full sync on join.
+    pub fn full_sync_stats(&self) -> FullSyncStats {
+        self.full.stats()
+    }
+
+    /// Publishes the peers still missing when their number changed; stops once none is.
+    fn publish_join(&mut self) {
+        let Some((progress, shown)) = self.join.as_mut() else { return };
+        let missing = self.full.missing();
+        if missing.len() != *shown {
+            *shown = missing.len();
+            let _ = progress.send(Some(missing.iter().map(|&i| self.peers[i]).collect()));
+        }
+        if missing.is_empty() {
+            self.join = None;
         }
     }
 
@@ -124,6 +173,15 @@ impl DaemonProcessor {
                 }
             }
         }
+        // Full-sync requests and end markers (after the records they follow), to one peer each.
+        while let Some((peer, len)) =
+            self.full.poll_transmit(now, &self.engine, &mut self.sender, &mut self.out)
+        {
+            match sock.send_to(&self.out[..len], self.peers[peer]) {
+                Ok(_) => self.counters.sent += 1,
+                Err(_) => self.counters.send_errors += 1,
+            }
+        }
     }
 
     fn receive(&mut self, now: Instant) {
@@ -131,8 +189,14 @@ impl DaemonProcessor {
         for _ in 0..RECV_PER_TICK {
             let Ok((n, from)) = sock.recv_from(&mut self.rbuf) else { break };
             self.counters.received += 1;
-            match self.receivers.handle(now, from.ip(), &self.rbuf[..n], &mut self.engine) {
-                Ok(k) => self.counters.applied_records += k as u64,
+            match self.receivers.handle_message(now, from.ip(), &self.rbuf[..n], &mut self.engine) {
+                Ok((_, Received::Records(k))) => self.counters.applied_records += k as u64,
+                Ok((i, Received::FullSyncRequest { session, seq })) => {
+                    self.full.on_request(i, session, seq, &mut self.engine);
+                }
+                Ok((i, Received::FullSyncEnd { session, .. })) => {
+                    self.full.on_end(i, session, self.sender.session())
+                }
                 Err(e) => {
                     self.counters.rejected += 1;
                     if e == PeerSyncError::UnknownSender {
@@ -185,6 +249,7 @@ impl PacketProcessor for DaemonProcessor {
         self.engine.expire(now, 1024);
         self.receive(now);
         self.flush(now);
+        self.publish_join();
         // Nothing pending in the sender after a flush: the engine had nothing more to give.
         if self.drained.is_some() && self.sender.poll_timeout().is_none() {
             let _ = self.drained.take().map(|d| d.send(()));

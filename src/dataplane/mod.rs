@@ -3,6 +3,7 @@
 pub mod conntrack;
 pub mod decap;
 pub mod engine;
+pub mod fullsync;
 #[cfg(target_os = "linux")]
 pub mod io;
 pub mod sched;

@@ -6,14 +6,26 @@
 //! offset  size  field
 //!      0     4  magic "CSYN"
 //!      4     1  version (1)
-//!      5     1  reserved (0)
-//!      6     2  record count N
+//!      5     1  kind: 0 records, 1 full-sync request, 2 end of full sync
+//!      6     2  record count N (0 for kinds 1 and 2)
 //!      8     4  cluster id
 //!     12     8  session: grows across sender restarts (e.g. wall-clock ms at start)
 //!     20     8  sequence number within the session, from 1
-//!     28  26·N  records
+//!     28  26·N  records (kind 0); nothing (kind 1); 16 bytes (kind 2, see below)
 //!    end    32  HMAC-SHA256 (cluster secret) over every byte before it
 //! ```
+//!
+//! # Full sync on join (kinds 1 and 2)
+//!
+//! An active-active ATM that (re)joins asks each peer for its whole table with a **request**
+//! (kind 1, no body) and announces its VIPs once every peer has answered
+//! ([`crate::dataplane::fullsync`]). The peer walks its table ([`Engine::start_full_sync`]),
+//! sends the records as ordinary kind-0 datagrams, then an **end** marker (kind 2) whose
+//! body echoes the session and sequence number of the request it answers (8 + 8 bytes), so a
+//! joiner never takes the end of a walk that began before it asked for one. Both are numbered
+//! in the sender's own session like its records and pass the same MAC and replay checks.
+//! Byte 5 was a reserved zero before these kinds existed, so earlier version-1 receivers take
+//! a request as an empty batch and refuse an end marker (length): mixing versions is safe.
 //!
 //! A record: address family (4), protocol, state ([`State::to_u8`]), reserved, client,
 //! VIP and server addresses (4 bytes each), their ports, and the remaining idle time in
@@ -90,6 +102,8 @@ pub enum SyncError {
     BadLength,
     #[error("malformed record {0}")]
     BadRecord(usize),
+    #[error("unknown sync datagram kind {0}")]
+    UnknownKind(u8),
     #[error("replayed or too old sync datagram")]
     Replay,
     #[error("output buffer too small")]
@@ -104,10 +118,35 @@ pub struct BatchHeader {
     pub seq: u64,
 }
 
+/// What a datagram carries (header byte 5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Connection records (kind 0).
+    Records,
+    /// A joining ATM asks for the receiver's whole table (kind 1).
+    FullSyncRequest,
+    /// The sender's full sync answering the request `(session, seq)` is complete (kind 2).
+    FullSyncEnd { session: u64, seq: u64 },
+}
+
+impl Kind {
+    fn byte(self) -> u8 {
+        match self {
+            Kind::Records => 0,
+            Kind::FullSyncRequest => 1,
+            Kind::FullSyncEnd { .. } => 2,
+        }
+    }
+}
+
+/// Body of an end marker: the request's session and sequence number.
+const END_BODY: usize = 16;
+
 /// A decoded, authenticated datagram; its records were all validated.
 #[derive(Clone, Copy, Debug)]
 pub struct Batch<'a> {
     pub header: BatchHeader,
+    pub kind: Kind,
     records: &'a [u8],
 }
 
@@ -204,11 +243,53 @@ fn encode_with(
     }
     out[0..4].copy_from_slice(&MAGIC);
     out[4] = VERSION;
-    out[5] = 0;
+    out[5] = Kind::Records.byte();
     out[6..8].copy_from_slice(&count.to_be_bytes());
     out[8..12].copy_from_slice(&h.cluster_id.to_be_bytes());
     out[12..20].copy_from_slice(&h.session.to_be_bytes());
     out[20..28].copy_from_slice(&h.seq.to_be_bytes());
+    let mut m = mac.clone();
+    m.update(&out[..at]);
+    out[at..at + MAC_LEN].copy_from_slice(&m.finalize().into_bytes());
+    Ok(at + MAC_LEN)
+}
+
+/// Writes a full-sync request or end marker (no records). Returns the length.
+pub fn encode_control(
+    secret: &[u8],
+    header: &BatchHeader,
+    kind: Kind,
+    out: &mut [u8],
+) -> Result<usize, SyncError> {
+    encode_control_with(&mac_for(secret), header, kind, out)
+}
+
+fn encode_control_with(
+    mac: &HmacSha256,
+    h: &BatchHeader,
+    kind: Kind,
+    out: &mut [u8],
+) -> Result<usize, SyncError> {
+    let body = match kind {
+        Kind::Records => return encode_with(mac, h, &[], out),
+        Kind::FullSyncRequest => 0,
+        Kind::FullSyncEnd { .. } => END_BODY,
+    };
+    let at = HEADER + body;
+    if out.len() < at + MAC_LEN {
+        return Err(SyncError::BufferTooSmall);
+    }
+    out[0..4].copy_from_slice(&MAGIC);
+    out[4] = VERSION;
+    out[5] = kind.byte();
+    out[6..8].copy_from_slice(&0u16.to_be_bytes());
+    out[8..12].copy_from_slice(&h.cluster_id.to_be_bytes());
+    out[12..20].copy_from_slice(&h.session.to_be_bytes());
+    out[20..28].copy_from_slice(&h.seq.to_be_bytes());
+    if let Kind::FullSyncEnd { session, seq } = kind {
+        out[HEADER..HEADER + 8].copy_from_slice(&session.to_be_bytes());
+        out[HEADER + 8..HEADER + 16].copy_from_slice(&seq.to_be_bytes());
+    }
     let mut m = mac.clone();
     m.update(&out[..at]);
     out[at..at + MAC_LEN].copy_from_slice(&m.finalize().into_bytes());
@@ -249,13 +330,26 @@ fn decode_with<'a>(mac: &HmacSha256, cluster_id: u32, d: &'a [u8]) -> Result<Bat
     }
     let count = usize::from(u16::from_be_bytes([body[6], body[7]]));
     let records = &body[HEADER..];
+    let kind = match body[5] {
+        0 => Kind::Records,
+        1 => Kind::FullSyncRequest,
+        2 if records.len() == END_BODY => Kind::FullSyncEnd { session: be64(HEADER), seq: be64(HEADER + 8) },
+        2 => return Err(SyncError::BadLength),
+        k => return Err(SyncError::UnknownKind(k)),
+    };
+    if kind != Kind::Records {
+        if count != 0 || (kind == Kind::FullSyncRequest && !records.is_empty()) {
+            return Err(SyncError::BadLength);
+        }
+        return Ok(Batch { header, kind, records: &[] });
+    }
     if records.len() != count * RECORD_V4 {
         return Err(SyncError::BadLength);
     }
     for (i, r) in records.chunks_exact(RECORD_V4).enumerate() {
         read_record(r).map_err(|()| SyncError::BadRecord(i))?;
     }
-    Ok(Batch { header, records })
+    Ok(Batch { header, kind, records })
 }
 
 /// Sender counters.
@@ -263,6 +357,8 @@ fn decode_with<'a>(mac: &HmacSha256, cluster_id: u32, d: &'a [u8]) -> Result<Bat
 pub struct SenderStats {
     pub datagrams: u64,
     pub records: u64,
+    /// Full-sync requests and end markers ([`SyncSender::control`]).
+    pub control: u64,
 }
 
 /// Batches the engine's changes into rate-limited authenticated datagrams (module docs).
@@ -323,6 +419,33 @@ impl SyncSender {
         Some(len)
     }
 
+    /// A full-sync request or end marker into `out`, numbered in this sender's session like
+    /// its records (so it passes the receiver's replay window); not rate-limited (a joiner
+    /// asks each peer at most every [`crate::dataplane::fullsync::REQUEST_EVERY_MS`]).
+    pub fn control(&mut self, kind: Kind, out: &mut [u8]) -> Option<usize> {
+        let h = BatchHeader { cluster_id: self.cluster_id, session: self.session, seq: self.seq + 1 };
+        let len = encode_control_with(&self.mac, &h, kind, out).ok()?;
+        self.seq += 1;
+        self.stats.control += 1;
+        Some(len)
+    }
+
+    /// This sender's session (what a peer's end marker echoes).
+    pub fn session(&self) -> u64 {
+        self.session
+    }
+
+    /// The sequence number of the last datagram written.
+    pub fn last_seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Records taken from the engine so far (sent, or waiting in the current batch): once
+    /// [`SenderStats::records`] reaches this value, every one of them has been sent.
+    pub fn pulled(&self) -> u64 {
+        self.stats.records + self.pending.len() as u64
+    }
+
     fn due_at(&self) -> Option<Instant> {
         if self.pending.is_empty() {
             return None;
@@ -350,6 +473,19 @@ pub struct ReceiverStats {
     pub bad_mac: u64,
     pub records_applied: u64,
     pub records_refused: u64,
+    /// Authenticated full-sync requests and end markers.
+    pub control: u64,
+}
+
+/// What an accepted datagram was ([`SyncReceiver::handle_message`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Received {
+    /// Records, of which this many were applied.
+    Records(usize),
+    /// The sender asks for a full sync; `session`/`seq` are what the end marker must echo.
+    FullSyncRequest { session: u64, seq: u64 },
+    /// The sender's full sync answering our request `(session, seq)` is complete.
+    FullSyncEnd { session: u64, seq: u64 },
 }
 
 /// Authenticates datagrams and applies their records to an (inactive) engine. One replay
@@ -372,8 +508,23 @@ impl SyncReceiver {
         self.stats
     }
 
-    /// Checks and applies one datagram; returns how many records were applied.
+    /// Checks and applies one datagram; returns how many records were applied (0 for a
+    /// full-sync request or end marker: use [`SyncReceiver::handle_message`] to see those).
     pub fn handle(&mut self, now: Instant, d: &[u8], engine: &mut Engine) -> Result<usize, SyncError> {
+        match self.handle_message(now, d, engine)? {
+            Received::Records(n) => Ok(n),
+            Received::FullSyncRequest { .. } | Received::FullSyncEnd { .. } => Ok(0),
+        }
+    }
+
+    /// Checks one datagram (MAC, cluster, kind, length, replay window, in that order: nothing
+    /// of a refused datagram is acted on) and applies its records, if any.
+    pub fn handle_message(
+        &mut self,
+        now: Instant,
+        d: &[u8],
+        engine: &mut Engine,
+    ) -> Result<Received, SyncError> {
         let batch = match decode_with(&self.mac, self.cluster_id, d) {
             Ok(b) => b,
             Err(e) => {
@@ -390,6 +541,18 @@ impl SyncReceiver {
             return Err(SyncError::Replay);
         }
         self.stats.accepted += 1;
+        let h = batch.header;
+        match batch.kind {
+            Kind::Records => {}
+            Kind::FullSyncRequest => {
+                self.stats.control += 1;
+                return Ok(Received::FullSyncRequest { session: h.session, seq: h.seq });
+            }
+            Kind::FullSyncEnd { session, seq } => {
+                self.stats.control += 1;
+                return Ok(Received::FullSyncEnd { session, seq });
+            }
+        }
         let mut applied = 0;
         for r in batch.records() {
             match engine.apply_sync(now, &r) {
@@ -398,7 +561,7 @@ impl SyncReceiver {
             }
         }
         self.stats.records_applied += applied as u64;
-        Ok(applied)
+        Ok(Received::Records(applied))
     }
 
     /// Replay check: (session, top sequence, bitmap of the 64 sequences up to top).

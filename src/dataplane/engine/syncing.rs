@@ -101,6 +101,12 @@ impl Engine {
         }
     }
 
+    /// A full resync is still walking the table (records of it may still come from
+    /// [`Engine::poll_sync`]).
+    pub fn full_sync_running(&self) -> bool {
+        self.resync_cursor.is_some()
+    }
+
     /// Turns the recording of changes for connection sync on or off (off at start).
     pub fn set_sync(&mut self, enabled: bool) {
         self.sync_enabled = enabled;

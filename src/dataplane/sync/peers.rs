@@ -9,7 +9,7 @@
 
 use core::net::IpAddr;
 
-use super::{SyncError, SyncReceiver};
+use super::{Received, SyncError, SyncReceiver};
 use crate::dataplane::engine::Engine;
 use crate::time::Instant;
 
@@ -44,7 +44,22 @@ impl PeerReceivers {
         d: &[u8],
         engine: &mut Engine,
     ) -> Result<usize, PeerSyncError> {
+        match self.handle_message(now, from, d, engine)? {
+            (_, Received::Records(n)) => Ok(n),
+            (_, Received::FullSyncRequest { .. } | Received::FullSyncEnd { .. }) => Ok(0),
+        }
+    }
+
+    /// As [`PeerReceivers::handle`], with what the datagram was (records, or a full-sync
+    /// request or end marker) and the index of the peer (in the order of `peers`) it came from.
+    pub fn handle_message(
+        &mut self,
+        now: Instant,
+        from: IpAddr,
+        d: &[u8],
+        engine: &mut Engine,
+    ) -> Result<(usize, Received), PeerSyncError> {
         let i = self.peers.iter().position(|p| *p == from).ok_or(PeerSyncError::UnknownSender)?;
-        self.receivers[i].handle(now, d, engine).map_err(PeerSyncError::Sync)
+        self.receivers[i].handle_message(now, d, engine).map(|r| (i, r)).map_err(PeerSyncError::Sync)
     }
 }

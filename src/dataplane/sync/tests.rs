@@ -163,6 +163,85 @@ fn sender_batches_and_respects_the_rate() {
     assert_eq!(s.stats().records, 200);
 }
 
+/// A datagram signed with `SECRET` whatever its content (to reach the checks behind the MAC).
+fn signed(mut d: Vec<u8>) -> Vec<u8> {
+    let mut m = mac_for(SECRET);
+    m.update(&d);
+    d.extend_from_slice(&m.finalize().into_bytes());
+    d
+}
+
+#[test]
+fn full_sync_request_and_end_round_trip() {
+    let mut buf = [0u8; MAX_DATAGRAM];
+    let len = encode_control(SECRET, &header(3), Kind::FullSyncRequest, &mut buf).unwrap();
+    assert_eq!(len, HEADER + MAC_LEN);
+    let b = decode(SECRET, 7, &buf[..len]).unwrap();
+    assert_eq!((b.header, b.kind, b.len()), (header(3), Kind::FullSyncRequest, 0));
+    let end = Kind::FullSyncEnd { session: 0x0102_0304_0506_0708, seq: 42 };
+    let len = encode_control(SECRET, &header(4), end, &mut buf).unwrap();
+    assert_eq!(len, HEADER + 16 + MAC_LEN);
+    let b = decode(SECRET, 7, &buf[..len]).unwrap();
+    assert_eq!((b.header, b.kind, b.len()), (header(4), end, 0));
+    // Records carry kind 0.
+    let len = encode(SECRET, &header(5), &[rec(1)], &mut buf).unwrap();
+    assert_eq!(decode(SECRET, 7, &buf[..len]).unwrap().kind, Kind::Records);
+    // The sender numbers control datagrams in its session, after its records.
+    let mut s = SyncSender::new(SECRET, 7, 9, 10);
+    let len = s.control(Kind::FullSyncRequest, &mut buf).unwrap();
+    let len2 = s.control(end, &mut buf[len..]).unwrap();
+    assert_eq!(
+        decode(SECRET, 7, &buf[..len]).unwrap().header,
+        BatchHeader { cluster_id: 7, session: 9, seq: 1 }
+    );
+    assert_eq!(decode(SECRET, 7, &buf[len..len + len2]).unwrap().header.seq, 2);
+    assert_eq!((s.last_seq(), s.session(), s.stats().control), (2, 9, 2));
+}
+
+#[test]
+fn malformed_or_unauthenticated_full_sync_messages_are_refused_and_counted() {
+    let mut buf = [0u8; MAX_DATAGRAM];
+    let len = encode_control(SECRET, &header(1), Kind::FullSyncRequest, &mut buf).unwrap();
+    let good = buf[..len].to_vec();
+    assert_eq!(decode(b"other", 7, &good).unwrap_err(), SyncError::BadMac);
+    assert_eq!(decode(SECRET, 8, &good).unwrap_err(), SyncError::WrongCluster(7));
+    let mut flipped = good.clone();
+    flipped[5] = 2; // a request turned into an end marker without re-signing
+    assert_eq!(decode(SECRET, 7, &flipped).unwrap_err(), SyncError::BadMac);
+    // Properly signed but malformed: unknown kind, a record count on a control message,
+    // a request with a body, an end marker of the wrong length.
+    let body = |kind: u8, count: u16, extra: usize| {
+        let mut d = good[..HEADER].to_vec();
+        d[5] = kind;
+        d[6..8].copy_from_slice(&count.to_be_bytes());
+        d.extend(std::iter::repeat_n(0u8, extra));
+        signed(d)
+    };
+    assert_eq!(decode(SECRET, 7, &body(3, 0, 0)).unwrap_err(), SyncError::UnknownKind(3));
+    assert_eq!(decode(SECRET, 7, &body(1, 1, 0)).unwrap_err(), SyncError::BadLength);
+    assert_eq!(decode(SECRET, 7, &body(1, 0, 4)).unwrap_err(), SyncError::BadLength);
+    assert_eq!(decode(SECRET, 7, &body(2, 0, 15)).unwrap_err(), SyncError::BadLength);
+    assert_eq!(decode(SECRET, 7, &body(2, 1, 16)).unwrap_err(), SyncError::BadLength);
+    assert!(decode(SECRET, 7, &body(2, 0, 16)).is_ok());
+    // The receiver counts each refusal and hands nothing on; a replayed request is refused.
+    let mut e = crate::dataplane::engine::Engine::new(&crate::dataplane::engine::EngineConfig {
+        services: vec![],
+        table: crate::config::Table::default(),
+        local_addr: core::net::Ipv4Addr::new(10, 0, 0, 1),
+        path_mtu: 1500,
+        seed: 1,
+    });
+    let mut r = SyncReceiver::new(SECRET, 7);
+    for bad in [flipped, body(3, 0, 0), body(1, 1, 0), body(2, 0, 15)] {
+        assert!(r.handle_message(Instant::ZERO, &bad, &mut e).is_err());
+    }
+    assert_eq!((r.stats().rejected, r.stats().bad_mac, r.stats().control), (4, 1, 0));
+    let got = r.handle_message(Instant::ZERO, &good, &mut e).unwrap();
+    assert_eq!(got, Received::FullSyncRequest { session: 5, seq: 1 });
+    assert_eq!(r.handle_message(Instant::ZERO, &good, &mut e).unwrap_err(), SyncError::Replay);
+    assert_eq!((r.stats().rejected, r.stats().replayed, r.stats().control), (5, 1, 1));
+}
+
 proptest! {
     /// The decoder is total on arbitrary bytes.
     #[test]
@@ -172,10 +251,14 @@ proptest! {
 
     /// ...and on authenticated datagrams with arbitrary bodies (past the MAC check).
     #[test]
-    fn decode_authenticated_garbage(body in proptest::collection::vec(any::<u8>(), 0..300), count in any::<u16>()) {
+    fn decode_authenticated_garbage(
+        body in proptest::collection::vec(any::<u8>(), 0..300),
+        count in any::<u16>(),
+        kind in 0u8..4,
+    ) {
         let mut d = Vec::from(&MAGIC[..]);
         d.push(VERSION);
-        d.push(0);
+        d.push(kind);
         d.extend_from_slice(&count.to_be_bytes());
         d.extend_from_slice(&7u32.to_be_bytes());
         d.extend_from_slice(&[0u8; 16]);
@@ -185,6 +268,7 @@ proptest! {
         d.extend_from_slice(&m.finalize().into_bytes());
         if let Ok(b) = decode(SECRET, 7, &d) {
             prop_assert_eq!(b.records().count(), b.len());
+            prop_assert!(b.kind == Kind::Records || b.is_empty());
         }
     }
 }
