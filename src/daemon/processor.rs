@@ -250,8 +250,11 @@ impl PacketProcessor for DaemonProcessor {
         self.receive(now);
         self.flush(now);
         self.publish_join();
-        // Nothing pending in the sender after a flush: the engine had nothing more to give.
-        if self.drained.is_some() && self.sender.poll_timeout().is_none() {
+        // The table walk is over and nothing is pending in the sender after a flush: every
+        // record is out. (An empty sender alone is not enough: the walk hands records over
+        // a batch at a time, so the sender can be empty between two batches of it.)
+        let sent_all = !self.engine.full_sync_running() && self.sender.poll_timeout().is_none();
+        if self.drained.is_some() && sent_all {
             let _ = self.drained.take().map(|d| d.send(()));
         }
     }
