@@ -596,4 +596,4 @@ mod peers;
 pub use peers::{PeerReceivers, PeerSyncError};
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

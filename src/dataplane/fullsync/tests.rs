@@ -1,7 +1,6 @@
-use core::net::{IpAddr, Ipv4Addr};
+use core::net::Ipv4Addr;
 
 use super::*;
-use crate::dataplane::engine::EngineConfig;
 use crate::dataplane::sync::{MAX_DATAGRAM, Received, SyncReceiver, SyncSender};
 use crate::dataplane::wire::build;
 
@@ -9,35 +8,7 @@ const SECRET: &[u8] = b"s3cret";
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 
 fn engine() -> Engine {
-    let svc = crate::config::Service {
-        name: "u".into(),
-        vip: IpAddr::V4(VIP),
-        port: 53,
-        protocol: crate::config::Protocol::Udp,
-        forwarding: crate::config::Forwarding::Dr,
-        scheduler: crate::config::SchedulerKind::Mh,
-        persistence_s: 0,
-        gateway_vip: None,
-        on_down: crate::config::OnDown::Keep,
-        servers: (0..3)
-            .map(|i| crate::config::Server {
-                name: format!("s{i}"),
-                address: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3 + i)),
-                port: 53,
-                weight: 1,
-            })
-            .collect(),
-        checks: vec![],
-    };
-    let mut e = Engine::new(&EngineConfig {
-        services: vec![svc],
-        table: crate::config::Table::default(),
-        local_addr: Ipv4Addr::new(10, 0, 0, 1),
-        path_mtu: 1500,
-        seed: 1,
-    });
-    e.set_sync(true);
-    e
+    crate::dataplane::sync::tests::udp_engine(crate::config::SchedulerKind::Mh, 3).0
 }
 
 /// One ATM as the daemon's processor holds it.

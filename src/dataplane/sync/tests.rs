@@ -64,8 +64,12 @@ fn replay_window() {
     assert!(!r.admit(6, 1));
 }
 
-/// An engine with one UDP service (`192.0.2.10:53` to one server), sync on.
-fn udp_engine() -> (crate::dataplane::engine::Engine, core::net::Ipv4Addr) {
+/// An engine with one UDP service (`192.0.2.10:53`, scheduler `scheduler`, `servers` real
+/// servers `10.0.0.3:53` upwards), sync on; also used by the full-sync tests.
+pub(crate) fn udp_engine(
+    scheduler: crate::config::SchedulerKind,
+    servers: u8,
+) -> (crate::dataplane::engine::Engine, core::net::Ipv4Addr) {
     use crate::dataplane::engine::{Engine, EngineConfig};
     use core::net::Ipv4Addr;
     let vip = Ipv4Addr::new(192, 0, 2, 10);
@@ -75,16 +79,18 @@ fn udp_engine() -> (crate::dataplane::engine::Engine, core::net::Ipv4Addr) {
         port: 53,
         protocol: crate::config::Protocol::Udp,
         forwarding: crate::config::Forwarding::Dr,
-        scheduler: crate::config::SchedulerKind::Rr,
+        scheduler,
         persistence_s: 0,
         gateway_vip: None,
         on_down: crate::config::OnDown::Keep,
-        servers: vec![crate::config::Server {
-            name: "a".into(),
-            address: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3)),
-            port: 53,
-            weight: 1,
-        }],
+        servers: (0..servers)
+            .map(|i| crate::config::Server {
+                name: if servers == 1 { "a".into() } else { format!("s{i}") },
+                address: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3 + i)),
+                port: 53,
+                weight: 1,
+            })
+            .collect(),
         checks: vec![],
     };
     let mut e = Engine::new(&EngineConfig {
@@ -104,7 +110,7 @@ fn udp_engine() -> (crate::dataplane::engine::Engine, core::net::Ipv4Addr) {
 /// would refuse the older session.
 #[test]
 fn peer_receivers_keep_one_window_per_peer() {
-    let (mut e, _) = udp_engine();
+    let (mut e, _) = udp_engine(crate::config::SchedulerKind::Rr, 1);
     let (a, b, stranger): (IpAddr, IpAddr, IpAddr) =
         ("10.0.0.2".parse().unwrap(), "10.0.0.3".parse().unwrap(), "10.0.0.9".parse().unwrap());
     let mut buf = [0u8; MAX_DATAGRAM];
@@ -136,7 +142,7 @@ fn peer_receivers_keep_one_window_per_peer() {
 fn sender_batches_and_respects_the_rate() {
     use crate::dataplane::wire::build;
     use core::net::Ipv4Addr;
-    let (mut e, vip) = udp_engine();
+    let (mut e, vip) = udp_engine(crate::config::SchedulerKind::Rr, 1);
     let mut tx = [0u8; 256];
     for p in 0..200u16 {
         let d = build::udp((Ipv4Addr::new(198, 51, 100, 1), 1000 + p), (vip, 53), b"q");
