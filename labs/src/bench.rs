@@ -390,8 +390,7 @@ impl Bench<'_> {
         let start = Instant::now();
         while start.elapsed() < PRIMARY_TIMEOUT {
             check_interrupted()?;
-            let text =
-                self.lab.log_of(label).and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default();
+            let text = self.lab.log_text(label);
             if text.lines().any(|l| l.contains(" role change ") && l.contains("role=primary")) {
                 // The engine is activated through the shell's control queue: give it a moment.
                 std::thread::sleep(Duration::from_millis(200));

@@ -136,11 +136,7 @@ pub fn run(dir: &Path) -> anyhow::Result<Report> {
     }
     let seen_ms = started.elapsed().as_millis();
     let (_, table) = c(&lab, "atm2", &["status"])?;
-    let logged = lab
-        .log_of("atm2/daemon")
-        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
-        .unwrap_or_default()
-        .contains("peer runs a different config");
+    let logged = lab.log_text("atm2/daemon").contains("peer runs a different config");
     if !logged {
         bail!("step 2: atm2's daemon did not log the mismatch");
     }
@@ -166,11 +162,7 @@ pub fn run(dir: &Path) -> anyhow::Result<Report> {
 
     // 4. Push and reload: the digests agree again.
     let role_changes = |lab: &Lab| -> usize {
-        ["atm1/daemon", "atm2/daemon"]
-            .iter()
-            .filter_map(|l| lab.log_of(l))
-            .map(|p| std::fs::read_to_string(p).unwrap_or_default().matches(" role change ").count())
-            .sum()
+        ["atm1/daemon", "atm2/daemon"].iter().map(|l| lab.log_text(l).matches(" role change ").count()).sum()
     };
     let changes_before = role_changes(&lab);
     let started = Instant::now();
@@ -192,11 +184,7 @@ pub fn run(dir: &Path) -> anyhow::Result<Report> {
     }
     // atm1 kept running through the push (it already ran the new config) and saw atm2
     // come back with it; atm2 restarted and starts from a clean slate.
-    let agreed_logged = lab
-        .log_of("atm1/daemon")
-        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
-        .unwrap_or_default()
-        .contains("peer runs the same config again");
+    let agreed_logged = lab.log_text("atm1/daemon").contains("peer runs the same config again");
     if !agreed_logged {
         bail!("step 4: atm1 did not log that atm2 runs the same config again");
     }

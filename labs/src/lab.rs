@@ -146,6 +146,11 @@ impl Lab {
         self.procs.get(label).map(|p| p.log.as_path())
     }
 
+    /// What `label` has logged so far (empty if it never ran or the file is unreadable).
+    pub fn log_text(&self, label: &str) -> String {
+        self.log_of(label).and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default()
+    }
+
     /// Sends `sig` to the process `label` (only processes this lab started, by PID).
     pub fn signal(&mut self, label: &str, sig: Signal) -> anyhow::Result<()> {
         let pid = self.pid(label)?;

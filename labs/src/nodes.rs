@@ -141,7 +141,7 @@ pub fn prepare(lab: &Lab, forwarding: &str) -> anyhow::Result<Vec<(String, NodeL
 pub fn wait_ready(lab: &mut Lab, label: &str, before: usize, ms: u64) -> anyhow::Result<()> {
     for _ in 0..ms / 10 {
         check_interrupted()?;
-        let text = lab.log_of(label).and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default();
+        let text = lab.log_text(label);
         if text.lines().filter(|l| l.contains(" ready ")).count() > before {
             return Ok(());
         }

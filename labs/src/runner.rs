@@ -359,10 +359,7 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
             if !stopped.contains(a)
                 && let Some(st) = lab.exited(&label)
             {
-                let log = lab
-                    .log_of(&label)
-                    .map(|p| std::fs::read_to_string(p).unwrap_or_default())
-                    .unwrap_or_default();
+                let log = lab.log_text(&label);
                 let tail: Vec<&str> =
                     log.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect();
                 bail!("clusterserverd on {a} exited by itself ({st}) at {now} ms:\n  {}", tail.join("\n  "));
@@ -469,10 +466,7 @@ fn roles_from_logs(
     let mut out = BTreeMap::new();
     let mut rejected = 0;
     for (a, _) in atms.iter().filter(|(a, _)| a.starts_with("atm")) {
-        let text = lab
-            .log_of(&format!("{a}/daemon"))
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .unwrap_or_default();
+        let text = lab.log_text(&format!("{a}/daemon"));
         let d = parse_daemon_log(&text);
         rejected += d.rejected_at_least;
         let mut ev: Vec<(u64, String)> =

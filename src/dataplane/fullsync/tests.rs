@@ -28,6 +28,17 @@ fn node(session: u64) -> Node {
     }
 }
 
+/// An ATM (session 1) whose engine holds `flows` UDP flows.
+fn peer_with_flows(flows: u16) -> Node {
+    let mut peer = node(1);
+    let mut tx = [0u8; 256];
+    for p in 0..flows {
+        let d = build::udp((Ipv4Addr::new(198, 51, 100, 1), 1000 + p), (VIP, 53), b"q");
+        peer.engine.process(Instant::ZERO, &d, &mut tx);
+    }
+    peer
+}
+
 /// `from` flushes its records and control datagrams to `to` (peer index 0 on both sides);
 /// `drop_control` loses its requests and end markers. Returns the kinds `to` received.
 fn exchange(now: Instant, from: &mut Node, to: &mut Node, drop_control: bool) -> Vec<Received> {
@@ -57,12 +68,7 @@ fn exchange(now: Instant, from: &mut Node, to: &mut Node, drop_control: bool) ->
 
 #[test]
 fn a_joiner_gets_the_whole_table_then_the_end_marker_and_retries_a_lost_request() {
-    let mut peer = node(1);
-    let mut tx = [0u8; 256];
-    for p in 0..150u16 {
-        let d = build::udp((Ipv4Addr::new(198, 51, 100, 1), 1000 + p), (VIP, 53), b"q");
-        peer.engine.process(Instant::ZERO, &d, &mut tx);
-    }
+    let mut peer = peer_with_flows(150);
     // The peer already sent these changes before the joiner was there.
     let mut out = vec![0u8; MAX_DATAGRAM];
     while peer.sender.poll_transmit(Instant::from_millis(100), &mut peer.engine, &mut out).is_some() {}
@@ -138,12 +144,8 @@ fn a_repeated_request_does_not_restart_the_walk_and_gets_one_end_marker() {
 fn the_end_marker_is_not_starved_by_a_steady_stream_of_new_connections() {
     // The sender's batch is never empty after a flush (a new flow every 10 ms, a batch sent
     // every 50 ms), yet the end marker goes out once the walk's records have been sent.
-    let mut peer = node(1);
+    let mut peer = peer_with_flows(150);
     let mut tx = [0u8; 256];
-    for p in 0..150u16 {
-        let d = build::udp((Ipv4Addr::new(198, 51, 100, 1), 1000 + p), (VIP, 53), b"q");
-        peer.engine.process(Instant::ZERO, &d, &mut tx);
-    }
     let mut out = vec![0u8; MAX_DATAGRAM];
     while peer.sender.poll_transmit(Instant::ZERO, &mut peer.engine, &mut out).is_some() {}
     peer.full.on_request(0, 2, 1, &mut peer.engine);
