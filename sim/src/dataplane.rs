@@ -85,7 +85,7 @@ pub async fn run(world: Shared, name: String, spec: DataplaneSpec, clock: SimClo
         ([0u8; 2048], vec![0u8; MAX_DATAGRAM], [0u8; 2048], vec![0u8; MAX_DATAGRAM]);
     let mut health = Health::new(&cfg.services, Damping::default(), clock.now());
     loop {
-        follow_role(&world, &name, &mut engine);
+        follow_role(&world, &name, &mut engine, &mut sender);
         run_checks(&world, &name, cfg, &mut health, &mut engine, clock);
         let next = [sender.poll_timeout(), health.poll_timeout()].into_iter().flatten().min();
         let wait = next.map_or(Duration::from_millis(100), |t| t.saturating_since(clock.now()));
@@ -166,13 +166,18 @@ fn run_checks(
 }
 
 /// The engine forwards while this host holds the VIPs; a primary whose peer came back
-/// streams its whole table to it.
-fn follow_role(world: &Shared, name: &str, engine: &mut Engine) {
+/// streams its whole table to it; a draining one (handed over) sends every change at once,
+/// half-open flows included, as the daemon does from the start of its drain.
+fn follow_role(world: &Shared, name: &str, engine: &mut Engine, sender: &mut SyncSender) {
     let mut w = world.borrow_mut();
     let h = w.host(name);
     let active = !h.vips.is_empty() || h.draining;
     if active != engine.is_active() {
         engine.set_active(active);
+    }
+    if h.draining != engine.handing_over() {
+        engine.set_handing_over(h.draining);
+        sender.set_prompt(h.draining);
     }
     if std::mem::take(&mut h.resync) && active {
         engine.start_full_sync();

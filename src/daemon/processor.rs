@@ -3,9 +3,13 @@
 //!
 //! The sync sender needs `&mut Engine`, and the engine lives on the worker (no lock on the
 //! packet path), so the sync socket lives there too: a non-blocking UDP socket on the sync
-//! port. The primary (engine active) flushes its queued changes every [`FLUSH_EVERY`]
-//! packets and on every tick; a backup (engine inactive, a shadow) applies what it receives
-//! on every tick ([`crate::dataplane::io::TICK`], 100 ms). Datagrams are authenticated with
+//! port. The primary (engine active) pulls its queued changes into the sender every
+//! [`FLUSH_EVERY`] packets, when the worker wakes for them ([`PacketProcessor::wake_at`]:
+//! changes queued, a batch due) and on every tick; during a planned handover it sends each
+//! change with the packet that made it. Every ATM applies what it receives as it arrives:
+//! the shell wakes the worker when the sync socket is readable
+//! ([`PacketProcessor::wake_socket`]), and every tick ([`crate::dataplane::io::TICK`],
+//! 100 ms) catches anything left. Datagrams are authenticated with
 //! the cluster secret by the codec; a backup ignores nothing but what fails authentication
 //! or replays. An active engine applies incoming sync only for connections it does not know
 //! (made by a draining predecessor or a briefly co-active peer): two primaries for a moment
@@ -21,7 +25,9 @@
 //! and publishes which peers have not answered yet, until none is left.
 
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -41,6 +47,9 @@ pub const FLUSH_EVERY: u32 = 32;
 const RECV_PER_TICK: usize = 512;
 /// Bound on sync datagrams sent per flush.
 const SEND_PER_FLUSH: usize = 64;
+/// Pause between two steps of a table walk (each step is bounded: see
+/// [`Engine::poll_sync`]), so packets are forwarded between them.
+const WALK_STEP: Duration = Duration::from_millis(1);
 
 /// Counters of the sync path.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -150,19 +159,40 @@ impl DaemonProcessor {
         self.engine.set_active(active);
     }
 
-    /// Starts a full sync (if active) and fires `done` on the first tick after which every
-    /// record has been sent: a planned handover waits for it, so the successor holds every
-    /// connection even if it joined moments ago.
+    /// A planned handover begins: starts a full sync (if active) and fires `done` once the
+    /// walk is over and every record has been sent, so the successor holds every connection
+    /// even if it joined moments ago. From here until the process exits, each change goes
+    /// out at once and half-open connections are synced too ([`Engine::set_handing_over`],
+    /// [`SyncSender::set_prompt`]): clients keep reaching this ATM until their ARP caches
+    /// follow the successor, and the successor must know every flow they start meanwhile.
     pub fn notify_when_drained(&mut self, done: tokio::sync::oneshot::Sender<()>) {
         if self.engine.is_active() && self.socket.is_some() {
+            self.engine.set_handing_over(true);
+            self.sender.set_prompt(true);
             self.engine.start_full_sync();
             self.drained = Some(done);
+            self.flush(self.last_now);
         } else {
             let _ = done.send(());
         }
     }
 
+    /// Fires the drain notice once the table walk is over and nothing is pending in the
+    /// sender after a flush. (An empty sender alone is not enough: the walk hands records
+    /// over a batch at a time, so the sender can be empty between two batches of it.)
+    fn check_drained(&mut self) {
+        if self.drained.is_some() && !self.engine.full_sync_running() && self.sender.poll_timeout().is_none()
+        {
+            let _ = self.drained.take().map(|d| d.send(()));
+        }
+    }
+
     fn flush(&mut self, now: Instant) {
+        self.send_due(now);
+        self.check_drained();
+    }
+
+    fn send_due(&mut self, now: Instant) {
         let Some(sock) = &self.socket else { return };
         for _ in 0..SEND_PER_FLUSH {
             let Some(len) = self.sender.poll_transmit(now, &mut self.engine, &mut self.out) else { break };
@@ -184,10 +214,16 @@ impl DaemonProcessor {
         }
     }
 
-    fn receive(&mut self, now: Instant) {
-        let Some(sock) = &self.socket else { return };
+    /// Applies what waits in the sync socket (bounded); whether it was read empty.
+    fn receive(&mut self, now: Instant) -> bool {
+        let Some(sock) = &self.socket else { return true };
         for _ in 0..RECV_PER_TICK {
-            let Ok((n, from)) = sock.recv_from(&mut self.rbuf) else { break };
+            let (n, from) = match sock.recv_from(&mut self.rbuf) {
+                Ok(x) => x,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                // An ICMP error queued on the socket (a peer's port closed): skip it.
+                Err(_) => continue,
+            };
             self.counters.received += 1;
             match self.receivers.handle_message(now, from.ip(), &self.rbuf[..n], &mut self.engine) {
                 Ok((_, Received::Records(k))) => self.counters.applied_records += k as u64,
@@ -205,6 +241,7 @@ impl DaemonProcessor {
                 }
             }
         }
+        false
     }
 }
 
@@ -214,7 +251,8 @@ impl DaemonProcessor {
     fn after_packet(&mut self, now: Instant, v: Verdict) -> Disposition {
         self.last_now = now;
         self.since_flush += 1;
-        if self.since_flush >= FLUSH_EVERY {
+        // During a handover every change goes out with the packet that made it.
+        if self.since_flush >= FLUSH_EVERY || (self.engine.handing_over() && self.engine.sync_pending()) {
             self.since_flush = 0;
             self.flush(now);
         }
@@ -250,12 +288,36 @@ impl PacketProcessor for DaemonProcessor {
         self.receive(now);
         self.flush(now);
         self.publish_join();
-        // The table walk is over and nothing is pending in the sender after a flush: every
-        // record is out. (An empty sender alone is not enough: the walk hands records over
-        // a batch at a time, so the sender can be empty between two batches of it.)
-        let sent_all = !self.engine.full_sync_running() && self.sender.poll_timeout().is_none();
-        if self.drained.is_some() && sent_all {
-            let _ = self.drained.take().map(|d| d.send(()));
+    }
+
+    fn wake_socket(&self) -> Option<BorrowedFd<'_>> {
+        self.socket.as_ref().map(AsFd::as_fd)
+    }
+
+    /// Sync arrives: applied at once (a successor learns its predecessor's last connections
+    /// before those clients' next packets), and answered (a full-sync request) at once.
+    fn on_readable(&mut self, now: Instant) -> bool {
+        self.last_now = now;
+        let empty = self.receive(now);
+        self.flush(now);
+        self.publish_join();
+        empty
+    }
+
+    /// Changes waiting in the engine (and room for them in the batch): now; a batch waiting
+    /// in the sender: when it is due; a table walk under way: its next step in a
+    /// millisecond.
+    fn wake_at(&self) -> Option<Instant> {
+        self.socket.as_ref()?;
+        if self.engine.sync_pending() && !self.sender.batch_full() {
+            return Some(self.last_now);
         }
+        let walk = self.engine.full_sync_running().then(|| self.last_now + WALK_STEP);
+        [self.sender.poll_timeout(), walk].into_iter().flatten().min()
+    }
+
+    fn on_wake(&mut self, now: Instant) {
+        self.last_now = now;
+        self.flush(now);
     }
 }

@@ -98,6 +98,7 @@ mod forward;
 mod icmp;
 pub mod select;
 mod syncing;
+pub use syncing::WALK_SLOTS_PER_CALL;
 #[cfg(test)]
 mod tests;
 mod verdict;
@@ -193,6 +194,9 @@ pub struct Engine {
     segments: u32,
     /// Next slot of a full resync in progress.
     resync_cursor: Option<u32>,
+    /// A planned handover is under way: half-open entries are synced too (see
+    /// [`Engine::set_handing_over`]).
+    handing_over: bool,
     stats: EngineStats,
 }
 
@@ -274,6 +278,7 @@ impl Engine {
             pickup: false,
             sync_queue: VecDeque::with_capacity(SYNC_QUEUE),
             resync_cursor: None,
+            handing_over: false,
             partial_csum: false,
             in_place: false,
             pending: None,

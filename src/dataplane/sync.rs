@@ -372,6 +372,8 @@ pub struct SyncSender {
     first_pending_at: Instant,
     min_interval_ns: u64,
     next_send_at: Instant,
+    /// No batching delay (a planned handover: [`SyncSender::set_prompt`]).
+    prompt: bool,
     stats: SenderStats,
 }
 
@@ -387,8 +389,16 @@ impl SyncSender {
             first_pending_at: Instant::ZERO,
             min_interval_ns: 1_000_000_000 / u64::from(max_datagrams_per_s.max(1)),
             next_send_at: Instant::ZERO,
+            prompt: false,
             stats: SenderStats::default(),
         }
+    }
+
+    /// Sends each change as soon as the rate limit allows instead of batching it for up to
+    /// [`FLUSH_AFTER_MS`]: during a planned handover the successor must learn a connection
+    /// before the client's next packet reaches it (a client's round trip, not 50 ms).
+    pub fn set_prompt(&mut self, on: bool) {
+        self.prompt = on;
     }
 
     pub fn stats(&self) -> SenderStats {
@@ -440,6 +450,12 @@ impl SyncSender {
         self.seq
     }
 
+    /// The batch being filled is full: [`SyncSender::poll_transmit`] pulls no more records
+    /// from the engine until it went out.
+    pub fn batch_full(&self) -> bool {
+        self.pending.len() >= MAX_RECORDS
+    }
+
     /// Records taken from the engine so far (sent, or waiting in the current batch): once
     /// [`SenderStats::records`] reaches this value, every one of them has been sent.
     pub fn pulled(&self) -> u64 {
@@ -450,7 +466,7 @@ impl SyncSender {
         if self.pending.is_empty() {
             return None;
         }
-        let flush = if self.pending.len() >= MAX_RECORDS {
+        let flush = if self.prompt || self.pending.len() >= MAX_RECORDS {
             self.first_pending_at
         } else {
             Instant::from_nanos(self.first_pending_at.as_nanos().saturating_add(FLUSH_AFTER_MS * 1_000_000))

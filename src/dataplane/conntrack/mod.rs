@@ -213,6 +213,9 @@ pub struct ConnTable<A: FlowAddr> {
     entries: Vec<Entry<A>>,
     free: u32,
     len: u32,
+    /// One past the highest slot ever used: every slot at or above it has always been free
+    /// (the free list starts in slot order), so a walk of live entries stops there.
+    used_end: u32,
     fwd: Index,
     rev: Index,
     lists: [List; CLASSES],
@@ -241,6 +244,7 @@ impl<A: FlowAddr> ConnTable<A> {
             entries,
             free: 0,
             len: 0,
+            used_end: 0,
             fwd: Index::with_capacity(cap),
             rev: Index::with_capacity(cap),
             lists: [List { head: NIL, tail: NIL }; CLASSES],
@@ -265,6 +269,12 @@ impl<A: FlowAddr> ConnTable<A> {
 
     pub fn capacity(&self) -> usize {
         self.entries.len()
+    }
+
+    /// One past the highest slot ever used: slots from here on are free and always were.
+    /// A walk of the live entries (a full sync) need not look further.
+    pub fn used_end(&self) -> u32 {
+        self.used_end
     }
 
     pub fn stats(&self) -> TableStats {
@@ -436,6 +446,7 @@ impl<A: FlowAddr> ConnTable<A> {
         }
         let slot = self.free;
         self.free = self.entries[slot as usize].next;
+        self.used_end = self.used_end.max(slot + 1);
         entry.last_seen = now.as_nanos();
         self.entries[slot as usize] = entry;
         self.link_tail(slot, secs(now));

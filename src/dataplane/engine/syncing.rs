@@ -4,9 +4,10 @@
 //! A primary queues a record when an entry becomes established or closing, when a UDP
 //! flow starts, and again whenever a live entry's last record is older than half its
 //! timeout (so backups' copies never expire while the flow lives). Half-open entries are
-//! never queued: a SYN flood must not flood the sync channel too. The queue is bounded
-//! (overflow counted); [`Engine::start_full_sync`] walks the whole table once, lazily, for
-//! a backup that (re)joins.
+//! queued only during a planned handover ([`Engine::set_handing_over`]): a SYN flood must
+//! not flood the sync channel too. The queue is bounded (overflow counted);
+//! [`Engine::start_full_sync`] walks the table once, lazily and in bounded steps, for a
+//! backup that (re)joins or a successor about to take over.
 //!
 //! On the backup:
 //! Records name addresses, not indices: the receiver resolves the service from the VIP,
@@ -19,6 +20,10 @@
 use core::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use super::{Engine, EngineError, SYNC_QUEUE, secs};
+
+/// Slots a full resync looks at per [`Engine::poll_sync`] call at most (some tens of
+/// microseconds).
+pub const WALK_SLOTS_PER_CALL: u32 = 8192;
 use crate::config::Forwarding;
 use crate::dataplane::conntrack::{Entry, FLAG_NAT, FwdKey, State};
 use crate::dataplane::sync::SyncRecord;
@@ -46,14 +51,15 @@ impl Engine {
     }
 
     /// Queues the entry for connection sync when its state changed (`force`) or its last
-    /// offer is older than half its timeout. Half-open entries are never synced: a SYN
-    /// flood must not flood the sync channel too.
+    /// offer is older than half its timeout. Half-open entries are synced only during a
+    /// handover ([`Engine::set_handing_over`]): a SYN flood must not flood the sync channel
+    /// too.
     pub(super) fn offer_sync(&mut self, slot: u32, now: Instant, force: bool) {
         if !self.sync_enabled {
             return;
         }
         let e = self.table.get(slot);
-        if matches!(e.state, State::SynSent | State::SynRecv) {
+        if matches!(e.state, State::SynSent | State::SynRecv) && !self.handing_over {
             return;
         }
         let now16 = secs(now) as u16;
@@ -72,26 +78,57 @@ impl Engine {
     }
 
     /// The next change waiting for connection sync (see [`crate::dataplane::sync`]); then,
-    /// during a full resync, the next live synchronisable entry of the table. A resync
-    /// walks the slab once in total (about 1 ms per 100,000 empty slots), spread over calls.
+    /// during a full resync, the next live synchronisable entry of the table.
+    ///
+    /// A resync walks the slab once, up to [`crate::dataplane::conntrack::ConnTable::used_end`]
+    /// (slots beyond it were never used), spread over calls: one call looks at no more than
+    /// [`WALK_SLOTS_PER_CALL`] slots and returns `None` with the walk still under way
+    /// ([`Engine::full_sync_running`]) when it found nothing in them. The packet path runs
+    /// between two calls, so a walk of a large table never holds forwarding up (a whole
+    /// walk of a million slots in one call stalled a lab's clients for 50 to 100 ms).
     pub fn poll_sync(&mut self, now: Instant) -> Option<SyncRecord> {
         if let Some(r) = self.sync_queue.pop_front() {
             return Some(r);
         }
         let mut slot = self.resync_cursor?;
-        let cap = self.table.capacity() as u32;
-        while slot < cap {
+        let end = self.table.used_end();
+        let stop = end.min(slot.saturating_add(WALK_SLOTS_PER_CALL));
+        while slot < stop {
             let e = self.table.get(slot);
-            if !matches!(e.state, State::Free | State::SynSent | State::SynRecv)
-                && !self.table.is_expired(slot, now)
-            {
+            let syncable = match e.state {
+                State::Free => false,
+                State::SynSent | State::SynRecv => self.handing_over,
+                State::Established | State::Closing | State::Udp => true,
+            };
+            if syncable && !self.table.is_expired(slot, now) {
                 self.resync_cursor = Some(slot + 1);
                 return Some(self.record(slot, now));
             }
             slot += 1;
         }
-        self.resync_cursor = None;
+        self.resync_cursor = (slot < end).then_some(slot);
         None
+    }
+
+    /// A planned handover (a graceful stop or an operator's handover) is under way, or no
+    /// longer. While it is, half-open entries are synced too, at once, and a full resync
+    /// includes them: a client whose SYN reached this ATM just before the successor took the
+    /// VIP sends the rest of its handshake to the successor, which must know the flow. (At
+    /// other times half-open entries stay out of sync: a SYN flood must not flood the sync
+    /// channel too; a handover lasts a drain time.)
+    pub fn set_handing_over(&mut self, on: bool) {
+        self.handing_over = on;
+    }
+
+    /// Whether a planned handover is under way ([`Engine::set_handing_over`]).
+    pub fn handing_over(&self) -> bool {
+        self.handing_over
+    }
+
+    /// Changes are queued for connection sync ([`Engine::poll_sync`] has records without
+    /// walking the table).
+    pub fn sync_pending(&self) -> bool {
+        !self.sync_queue.is_empty()
     }
 
     /// Starts (or restarts) sending every live entry, for a backup that (re)joins.

@@ -486,6 +486,78 @@ fn full_resync_walks_live_entries_once() {
     assert_eq!(e.poll_sync(t(1)), None);
 }
 
+/// A walk looks only at slots ever used (a million-slot table with five flows is walked in
+/// one short call), and in bounded steps: a call that finds nothing in its
+/// `WALK_SLOTS_PER_CALL` slots returns `None` with the walk still running.
+#[test]
+fn full_resync_stops_at_the_used_slots_and_walks_in_bounded_steps() {
+    use super::WALK_SLOTS_PER_CALL;
+    let mut big = engine_with(vec![service(Forwarding::Dr, Protocol::Udp)], 1_000_000);
+    big.set_sync(true);
+    for port in 1..=5u16 {
+        run(&mut big, t(0), &build::udp((CLIENT, port), (VIP, 80), b"q"));
+    }
+    while big.poll_sync(t(1)).is_some() {}
+    assert_eq!(big.table.used_end(), 5);
+    big.start_full_sync();
+    assert_eq!(std::iter::from_fn(|| big.poll_sync(t(1))).count(), 5);
+    assert!(!big.full_sync_running(), "one call reached the end of the used slots");
+
+    // Entries at both ends of a stretch of freed slots longer than one step.
+    let n = WALK_SLOTS_PER_CALL * 2 + 10;
+    let mut e = engine_with(vec![service(Forwarding::Dr, Protocol::Udp)], n + 10);
+    e.set_sync(true);
+    for i in 0..n {
+        let (a, p) = (Ipv4Addr::from(0x0a00_0000 + i), 1000);
+        run(&mut e, t(0), &build::udp((a, p), (VIP, 80), b"q"));
+    }
+    while e.poll_sync(t(1)).is_some() {}
+    // Only the first and last five stay: the rest expire and are reclaimed.
+    let keep = |i: u32| i < 5 || i >= n - 5;
+    for i in (0..n).filter(|&i| keep(i)) {
+        run(&mut e, t(200_000), &build::udp((Ipv4Addr::from(0x0a00_0000 + i), 1000), (VIP, 80), b"q"));
+    }
+    let later = t(400_000);
+    while e.expire(later, 1024) > 0 {}
+    assert_eq!(e.table.len(), 10);
+    while e.poll_sync(later).is_some() {}
+    e.start_full_sync();
+    let (mut got, mut empty_calls) = (0, 0);
+    while e.full_sync_running() {
+        match e.poll_sync(later) {
+            Some(_) => got += 1,
+            None => empty_calls += 1,
+        }
+        assert!(empty_calls < 10, "the walk ends");
+    }
+    assert_eq!(got, 10);
+    assert!(empty_calls >= 2, "a long stretch of free slots takes more than one call");
+}
+
+/// During a handover half-open flows are synced (at once, and in a walk); otherwise never.
+#[test]
+fn half_open_flows_are_synced_only_while_handing_over() {
+    let mut e = engine(Forwarding::Dr);
+    e.set_sync(true);
+    run(&mut e, t(0), &build::tcp((CLIENT, 9), (VIP, 80), SYN, b""));
+    assert_eq!(e.poll_sync(t(0)), None, "no handover: a SYN is not synced");
+    e.start_full_sync();
+    assert_eq!(e.poll_sync(t(0)), None, "nor walked");
+    e.set_handing_over(true);
+    e.start_full_sync();
+    let walked = e.poll_sync(t(1)).expect("walked while handing over");
+    assert_eq!((walked.client.port(), walked.state), (9, State::SynSent));
+    run(&mut e, t(2), &build::tcp((CLIENT, 10), (VIP, 80), SYN, b""));
+    let new = e.poll_sync(t(2)).expect("a new SYN is synced at once");
+    assert_eq!((new.client.port(), new.state), (10, State::SynSent));
+
+    // The successor learns it and takes the client's ACK to the same server.
+    let mut successor = engine(Forwarding::Dr);
+    successor.apply_sync(t(3), &new).unwrap();
+    let (v, _) = run(&mut successor, t(3), &build::tcp((CLIENT, 10), (VIP, 80), ACK, b"GET"));
+    assert!(matches!(v, Verdict::L2 { next_hop, .. } if IpAddr::V4(next_hop) == new.server.ip()), "{v:?}");
+}
+
 /// Offloaded packets: the partial checksum patched by the engine, then finished as the
 /// device would, verifies.
 #[test]

@@ -125,6 +125,32 @@ pub trait PacketProcessor: Send {
     /// Housekeeping, called every [`TICK`] whether or not packets flow (the engine expires
     /// idle connections here, so a quiet ATM's table still empties). Bounded work.
     fn on_tick(&mut self, _now: Instant) {}
+
+    /// A socket whose arrivals the processor wants to handle as they come rather than on
+    /// the next tick (the daemon's connection-sync socket: a successor must apply what its
+    /// predecessor sends before the clients' next packets). The shell watches a duplicate
+    /// of it and calls [`PacketProcessor::on_readable`] when it has something to read.
+    /// Asked once, when the worker starts.
+    fn wake_socket(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
+
+    /// [`PacketProcessor::wake_socket`] is readable. Returns whether the processor read it
+    /// empty (up to `WouldBlock`); `false` (it stopped at a bound) has the shell call again
+    /// soon. Bounded work.
+    fn on_readable(&mut self, _now: Instant) -> bool {
+        true
+    }
+
+    /// When [`PacketProcessor::on_wake`] is next due, if before the next tick (a batch of
+    /// connection sync waiting for its time). Asked after every read and wake-up: keep it
+    /// cheap.
+    fn wake_at(&self) -> Option<Instant> {
+        None
+    }
+
+    /// The time [`PacketProcessor::wake_at`] asked for has come. Bounded work.
+    fn on_wake(&mut self, _now: Instant) {}
 }
 
 /// Where a whole packet's output is ([`PacketProcessor::process_whole`]).

@@ -16,6 +16,10 @@
 //!   one write with the same header; otherwise it is split (up to [`IDEAL_BATCH_SIZE`] packets),
 //!   every packet processed, and the `Tun` outputs written back in one `send_multiple`
 //!   (GRO-coalesced). See [`super::vnet`].
+//! * Besides packets, a worker wakes for its processor's housekeeping: every [`TICK`], at the
+//!   time [`PacketProcessor::wake_at`] names (a batch of connection sync due), and when the
+//!   socket named by [`PacketProcessor::wake_socket`] has something to read (sync from a
+//!   peer, applied as it arrives).
 //! * [`Shell::apply`] runs a closure on every worker's processor between two batches (server
 //!   state, weights, active/backup: the control plane's changes reach the engines without a
 //!   lock on the packet path). Bounded: a worker holds at most [`CONTROL_QUEUE`] pending.
@@ -329,11 +333,28 @@ impl<P: PacketProcessor> Worker<P> {
         rt.block_on(self.run_async(dev))
     }
 
+    /// A duplicate of the processor's [`PacketProcessor::wake_socket`], registered with this
+    /// worker's reactor for its readiness only (the processor reads its own descriptor).
+    fn watch_wake_socket(&self) -> Result<Option<tokio::net::UdpSocket>, ShellError> {
+        let Some(fd) = self.processor.wake_socket() else { return Ok(None) };
+        let io = |e| ShellError::Tun { name: format!("queue {} wake socket", self.queue), source: e };
+        let dup = std::net::UdpSocket::from(fd.try_clone_to_owned().map_err(io)?);
+        dup.set_nonblocking(true).map_err(io)?;
+        tokio::net::UdpSocket::from_std(dup).map(Some).map_err(io)
+    }
+
     fn now(&self) -> Instant {
         Instant::from_nanos(u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX))
     }
 
     async fn run_async(mut self, dev: SyncDevice) -> Result<P, ShellError> {
+        let wake_socket = match self.watch_wake_socket() {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = self.ready.send(false);
+                return Err(e);
+            }
+        };
         let (dev, mut dr) = match self.setup(dev).await {
             Ok(x) => {
                 let _ = self.ready.send(true);
@@ -347,7 +368,24 @@ impl<P: PacketProcessor> Worker<P> {
         let mut b = Buffers::new();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One timer, moved when the processor's wake-up time changes (a new timer per read
+        // would cost more than a small packet's processing).
+        let mut wake_at: Option<Instant> = None;
+        let wake = tokio::time::sleep_until(self.origin);
+        tokio::pin!(wake);
         loop {
+            let mut want = self.processor.wake_at();
+            // Due already (changes queued by the packets just handled): no timer for that.
+            if want.is_some_and(|t| t <= self.now()) {
+                self.processor.on_wake(self.now());
+                want = self.processor.wake_at();
+            }
+            if want != wake_at {
+                wake_at = want;
+                if let Some(t) = want {
+                    wake.as_mut().reset(self.origin + std::time::Duration::from_nanos(t.as_nanos()));
+                }
+            }
             let read = tokio::select! {
                 biased;
                 // Changes queued before a stop are applied before it.
@@ -359,6 +397,28 @@ impl<P: PacketProcessor> Worker<P> {
                 _ = tick.tick() => {
                     let now = self.now();
                     self.processor.on_tick(now);
+                    continue;
+                }
+                _ = &mut wake, if wake_at.is_some() => {
+                    wake_at = None;
+                    let now = self.now();
+                    self.processor.on_wake(now);
+                    continue;
+                }
+                // Before the device: what arrives there is rate-limited by its sender and
+                // read in bounded steps, so it cannot starve the packets.
+                r = async { wake_socket.as_ref()?.readable().await.ok() }, if wake_socket.is_some() => {
+                    if let (Some(()), Some(sock)) = (r, wake_socket.as_ref()) {
+                        let now = self.now();
+                        if self.processor.on_readable(now) {
+                            // Read empty: clear the readiness (a `WouldBlock` from `try_io`
+                            // does). A datagram landing in between waits for the next tick
+                            // at worst.
+                            let _ = sock.try_io(tokio::io::Interest::READABLE, || {
+                                Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+                            });
+                        }
+                    }
                     continue;
                 }
                 r = dev.recv(&mut b.original) => r,

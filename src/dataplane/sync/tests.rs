@@ -169,6 +169,31 @@ fn sender_batches_and_respects_the_rate() {
     assert_eq!(s.stats().records, 200);
 }
 
+/// A prompt sender (a handover) sends a partial batch at once, still no faster than its
+/// rate; a normal one holds it for `FLUSH_AFTER_MS`.
+#[test]
+fn a_prompt_sender_does_not_wait_to_batch_but_keeps_the_rate() {
+    use crate::dataplane::wire::build;
+    use core::net::Ipv4Addr;
+    let (mut e, vip) = udp_engine(crate::config::SchedulerKind::Rr, 1);
+    let mut tx = [0u8; 256];
+    let mut out = [0u8; MAX_DATAGRAM];
+    let flow = |e: &mut crate::dataplane::engine::Engine, p: u16, tx: &mut [u8]| {
+        let d = build::udp((Ipv4Addr::new(198, 51, 100, 1), 1000 + p), (vip, 53), b"q");
+        e.process(Instant::ZERO, &d, tx);
+    };
+    let mut s = SyncSender::new(SECRET, 7, 1, 10); // 10 datagrams/s
+    flow(&mut e, 0, &mut tx);
+    assert_eq!(s.poll_transmit(Instant::ZERO, &mut e, &mut out), None, "normal: batches");
+    assert_eq!(s.poll_timeout(), Some(Instant::from_millis(FLUSH_AFTER_MS)));
+    s.set_prompt(true);
+    assert!(s.poll_transmit(Instant::ZERO, &mut e, &mut out).is_some(), "prompt: at once");
+    flow(&mut e, 1, &mut tx);
+    assert_eq!(s.poll_transmit(Instant::from_millis(1), &mut e, &mut out), None, "the rate still holds");
+    assert_eq!(s.poll_timeout(), Some(Instant::from_millis(100)));
+    assert!(s.poll_transmit(Instant::from_millis(100), &mut e, &mut out).is_some());
+}
+
 /// A datagram signed with `SECRET` whatever its content (to reach the checks behind the MAC).
 fn signed(mut d: Vec<u8>) -> Vec<u8> {
     let mut m = mac_for(SECRET);
