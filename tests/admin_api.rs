@@ -36,6 +36,9 @@ struct Recording {
     observed: Arc<Observed>,
     /// Control ops seen.
     ops: AtomicU32,
+    /// `restart`: told when the op arrived; answers this long after.
+    restart_seen: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    restart_answer_after: Mutex<Duration>,
 }
 
 impl Backend for Recording {
@@ -62,6 +65,12 @@ impl Backend for Recording {
         self.ops.fetch_add(1, Ordering::Relaxed);
         // The core's verdicts, as the bridge publishes them.
         let obs = Arc::clone(&self.observed);
+        let restart_after = *self.restart_answer_after.lock().unwrap();
+        if op == ControlOp::Restart
+            && let Some(seen) = self.restart_seen.lock().unwrap().take()
+        {
+            let _ = seen.send(());
+        }
         async move {
             match op {
                 ControlOp::Promote => obs.publish(1, "role", "atm1 became primary (epoch 1, Admin)".into()),
@@ -70,7 +79,7 @@ impl Backend for Recording {
                     obs.publish(1, "held", "forwarding stopped on atm1".into())
                 }
                 ControlOp::Reload => return Err("invalid config, the running one is kept: x".into()),
-                ControlOp::Restart => {}
+                ControlOp::Restart => tokio::time::sleep(restart_after).await,
             }
             Ok("requested".to_string())
         }
@@ -343,6 +352,24 @@ fn oversized_malformed_and_slow_requests_are_cut_off_and_the_server_carries_on()
     assert!(f.backend.changes.lock().unwrap().is_empty(), "nothing changed");
     let s: Status = block(client(&f, Some(TOKEN)).get("/v1/status")).expect("still serving");
     assert_eq!(s.node, "atm1");
+}
+
+/// A `restart` stops the admin server right after it answers. The answer still reaches the
+/// client when the stop comes while the request is in flight (the connection was dropped
+/// on the stop, and `cmc restart` or `cmc reload` saw it closed without an answer).
+#[test]
+fn a_request_in_flight_is_answered_when_the_server_stops() {
+    let mut f = start("stop-in-flight", loopback_only(), Limits::default());
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    *f.backend.restart_seen.lock().unwrap() = Some(seen_tx);
+    // Well inside the server's grace for requests in flight (1 s) after the stop below.
+    *f.backend.restart_answer_after.lock().unwrap() = Duration::from_millis(300);
+    let c = client(&f, Some(TOKEN));
+    let asking = std::thread::spawn(move || block(c.post("/v1/forwarding/restart", None)));
+    seen_rx.recv_timeout(Duration::from_secs(10)).expect("the restart reached the backend");
+    f.handle.take().expect("running").stop();
+    let answer = asking.join().expect("client thread");
+    assert_eq!(answer.expect("answered although the server stopped meanwhile"), "restart: requested");
 }
 
 #[test]

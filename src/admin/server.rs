@@ -157,7 +157,14 @@ pub async fn serve(listener: TcpListener, ctx: Arc<AdminContext>, mut stop: watc
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
-                _ = stop.changed() => conn.as_mut().graceful_shutdown(),
+                _ = stop.changed() => {
+                    // The request in flight is answered first (it may be the `reload` or
+                    // `restart` that stops us); the connection must be polled to the end
+                    // for that. Dropping it here lost such answers. Bounded: `serve` waits
+                    // at most STOP_GRACE for this, then the admin runtime ends every task.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.as_mut().await;
+                }
             }
             drop(permit);
         });
