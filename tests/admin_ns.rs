@@ -168,16 +168,7 @@ fn setup(lab: &mut Lab) -> (String, String, String) {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     }
     std::fs::write(lab.config(), CONFIG).expect("config");
-    let exe = std::env::current_exe().expect("exe");
-    let srv = Command::new("ip")
-        .args(["netns", "exec", &server])
-        .arg(exe)
-        .args(["helper_echo_server", "--exact", "--nocapture", "--test-threads=1"])
-        .env(HELPER_ENV, format!("0.0.0.0:{PORT}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("server");
+    let srv = support::spawn_echo_helper(&server, HELPER_ENV, &format!("0.0.0.0:{PORT}"));
     lab.net.others.push(srv);
     lab.start_atm("atm1");
     lab.start_atm("atm2");

@@ -163,16 +163,7 @@ fn two_daemons_elect_fail_over_and_hand_over() {
     let mut lab = Lab::numbered();
     let (client, server) = topology(&mut lab);
     write_configs(&lab);
-    let exe = std::env::current_exe().expect("exe");
-    let srv = Command::new("ip")
-        .args(["netns", "exec", &server])
-        .arg(exe)
-        .args(["helper_echo_server", "--exact", "--nocapture", "--test-threads=1"])
-        .env(HELPER_ENV, format!("0.0.0.0:{PORT}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("server");
+    let srv = support::spawn_echo_helper(&server, HELPER_ENV, &format!("0.0.0.0:{PORT}"));
     lab.net.others.push(srv);
     lab.start_atm("atm1");
     lab.start_atm("atm2");

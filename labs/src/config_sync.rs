@@ -11,8 +11,11 @@
 //!    the other as DIFFERS (heartbeats carry the digest) and atm2's daemon logs it;
 //! 3. `cmc sync config` (the dry run) lists the change for atm2 and the real server and
 //!    changes nothing;
-//! 4. `cmc sync config --apply` pushes it and reloads every ATM: both show "same" again, and
-//!    every host's copy of the config has atm1's digest.
+//! 4. `cmc sync config --apply` pushes it, reloads the real server's node daemon over SSH
+//!    (`failover.ssh.node_reload`) and every ATM over its admin channel: both ATMs show
+//!    "same" again, the node daemon logs the reload, and every host's copy of the config has
+//!    atm1's digest;
+//! 5. `cmc sync content` pushes a mirror set of many files (measured beside plain rsync).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -57,6 +60,16 @@ fn host_data(dir: &Path, host: &str) -> PathBuf {
     dir.join("hosts").join(host).join("data")
 }
 
+/// Where each host keeps its daemon's PID file (as an init script's `/run`), and each
+/// host's own copy.
+fn pid_dir(dir: &Path) -> PathBuf {
+    dir.join("pids")
+}
+
+fn host_pids(dir: &Path, host: &str) -> PathBuf {
+    dir.join("hosts").join(host).join("pids")
+}
+
 /// Runs the whole sequence in a fresh lab under `dir`; an error names the step that failed.
 pub fn run(dir: &Path) -> anyhow::Result<Report> {
     runner::preflight()?;
@@ -68,7 +81,7 @@ pub fn run(dir: &Path) -> anyhow::Result<Report> {
     let s = Scenario::parse(SCENARIO)?;
     let plan = Plan::new(&s, &ns::new_run_id())?;
     let conf = conf_dir(dir);
-    for d in [&conf, &dir.join("hosts"), &data_dir(dir), &dir.join("plain")] {
+    for d in [&conf, &dir.join("hosts"), &data_dir(dir), &pid_dir(dir), &dir.join("plain")] {
         if d.exists() {
             std::fs::remove_dir_all(d).with_context(|| format!("removing {}", d.display()))?;
         }
@@ -76,7 +89,10 @@ pub fn run(dir: &Path) -> anyhow::Result<Report> {
     std::fs::create_dir_all(&conf)?;
     let mut cfg = runner::lab_config(&s, &plan, &conf, false)?;
     let hosts = sshd::hosts(&plan, &[Role::Atm, Role::Node]);
-    cfg.failover.ssh = Some(sshd::prepare(dir, &hosts)?);
+    let mut ssh = sshd::prepare(dir, &hosts)?;
+    // What an init script's `reload` does: SIGHUP to the PID in its PID file.
+    ssh.node_reload = Some(format!("kill -HUP \"$(cat {}/clusterserverd.pid)\"", pid_dir(dir).display()));
+    cfg.failover.ssh = Some(ssh);
     // atm1's group: a service that does nothing, and the mirror set `data` (never copied on
     // a schedule: only step 5's `cmc sync content` moves it).
     std::fs::create_dir_all(data_dir(dir))?;
@@ -96,19 +112,25 @@ pub fn run(dir: &Path) -> anyhow::Result<Report> {
         .collect();
     let cfg_path = conf.join("clusterserver.json5");
     runner::write_config(&cfg, &cfg_path)?;
+    std::fs::create_dir_all(pid_dir(dir))?;
     for (h, _) in &hosts {
         copy_dir(&conf, &host_conf(dir, h))?;
         std::fs::create_dir_all(host_data(dir, h))?;
+        std::fs::create_dir_all(host_pids(dir, h))?;
     }
     let mut lab = Lab::up(plan, dir)?;
     for (h, _) in &hosts {
         lab.set_view(h, &host_conf(dir, h), &conf)?;
         lab.set_view(h, &host_data(dir, h), &data_dir(dir))?;
+        lab.set_view(h, &host_pids(dir, h), &pid_dir(dir))?;
     }
     sshd::start(&mut lab, &hosts)?;
-    for a in ["atm1", "atm2"] {
-        nodes::start_one(&mut lab, &daemon, a, &cfg_path)?;
-        nodes::wait_ready(&mut lab, &format!("{a}/daemon"), 0, 10_000)?;
+    // Both ATMs and the real server run clusterserverd (the server as a node).
+    for h in ["atm1", "atm2", "node1"] {
+        nodes::start_one(&mut lab, &daemon, h, &cfg_path)?;
+        nodes::wait_ready(&mut lab, &format!("{h}/daemon"), 0, 10_000)?;
+        let pid = lab.pid(&format!("{h}/daemon"))?;
+        std::fs::write(host_pids(dir, h).join("clusterserverd.pid"), format!("{pid}\n"))?;
     }
     let mut r = Report::default();
     let c = |lab: &Lab, host: &str, args: &[&str]| cmc_in(lab, &cmc, host, &cfg_path, args);
@@ -167,10 +189,19 @@ pub fn run(dir: &Path) -> anyhow::Result<Report> {
     let changes_before = role_changes(&lab);
     let started = Instant::now();
     let (ok, out) = c(&lab, "atm1", &["sync", "config", "--apply"])?;
-    if !ok || !out.lines().any(|l| l.starts_with("atm2") && l.contains("reloaded")) {
-        bail!("step 4: `cmc sync config --apply` should push and reload atm2:\n{out}");
+    let reloaded = |host: &str| out.lines().any(|l| l.starts_with(host) && l.contains("reloaded"));
+    if !ok || !reloaded("atm2") || !reloaded("node1") {
+        bail!("step 4: `cmc sync config --apply` should push and reload node1 and atm2:\n{out}");
     }
     let pushed_ms = started.elapsed().as_millis();
+    // node1's daemon got the SIGHUP over SSH and runs the pushed config.
+    let node_log = lab.log_text("node1/daemon");
+    if !node_log.contains("reload: config valid and changed") {
+        bail!("step 4: node1's daemon did not reload the pushed config:\n{node_log}");
+    }
+    if lab.exited("node1/daemon").is_some() {
+        bail!("step 4: node1's daemon exited after the reload:\n{node_log}");
+    }
     for (me, peer) in [("atm1", "atm2"), ("atm2", "atm1")] {
         wait_for(&lab, &cmc, &cfg_path, me, peer, false, Duration::from_secs(20))
             .with_context(|| format!("step 4: {me} still shows {peer}'s config as differing"))?;
@@ -195,7 +226,7 @@ pub fn run(dir: &Path) -> anyhow::Result<Report> {
         }
     }
     r.lines.push(format!(
-        "4. `cmc sync config --apply`: pushed and reloaded in {pushed_ms} ms (backup first, primary last; {moved} role changes); both ATMs show `same` {agreed_ms} ms after it began; every host's config has atm1's digest"
+        "4. `cmc sync config --apply`: pushed and reloaded in {pushed_ms} ms (node1 over SSH, then the ATMs: backup first, primary last; {moved} role changes); node1's daemon logged the reload; both ATMs show `same` {agreed_ms} ms after it began; every host's config has atm1's digest"
     ));
     r.lines.extend(out.lines().map(|l| format!("     {l}")));
 

@@ -46,7 +46,13 @@ pub fn prepare(dir: &Path, hosts: &[(String, Ipv4Addr)]) -> anyhow::Result<Ssh> 
         known.push_str(&format!("{addr} {}\n", keygen(&keys.join(format!("host-{name}")))?));
     }
     std::fs::write(keys.join("known_hosts"), known)?;
-    Ok(Ssh { user: "root".into(), port: 22, identity_file: user, known_hosts: keys.join("known_hosts") })
+    Ok(Ssh {
+        user: "root".into(),
+        port: 22,
+        identity_file: user,
+        known_hosts: keys.join("known_hosts"),
+        node_reload: None,
+    })
 }
 
 /// A new ed25519 key at `path`; its public half as `type key`.

@@ -113,7 +113,8 @@ pub enum Cmd {
         #[arg(long)]
         apply: bool,
         /// After `sync config --apply`, leave the daemons on their old config (by default
-        /// every ATM is asked to reload over its admin channel, so they run what was pushed).
+        /// every real server runs `failover.ssh.node_reload` over SSH and then every ATM is
+        /// asked to reload over its admin channel, so they run what was pushed).
         #[arg(long)]
         no_reload: bool,
     },
@@ -130,9 +131,9 @@ pub enum Cmd {
 }
 
 /// `cmc sync`: [`crate::synctool::push::cli`] with this command line's config file; after
-/// a committed config push, every ATM reloads (seed 003 pushed files and left the restart
-/// to the operator; a daemon still on its old config shows as a digest mismatch in
-/// `cmc status` until it reloads).
+/// a committed config push, every real server runs `failover.ssh.node_reload` and every ATM
+/// reloads (seed 003 pushed files and left the restart to the operator; an ATM still on its
+/// old config shows as a digest mismatch in `cmc status` until it reloads).
 async fn sync(cli: &Cli, what: &[String], apply: bool, no_reload: bool) -> anyhow::Result<()> {
     let mut args = what.to_vec();
     if apply {
@@ -146,7 +147,16 @@ async fn sync(cli: &Cli, what: &[String], apply: bool, no_reload: bool) -> anyho
     if !(apply && !no_reload && what == ["config"]) {
         return Ok(());
     }
-    rolling_reload(cli).await
+    // Real servers first: a node set up for a new VIP before the ATMs forward it is
+    // harmless; the other way round its packets would reach a node that drops them.
+    let nodes = crate::synctool::push::reload_nodes(&cli.config);
+    let atms = rolling_reload(cli).await;
+    match nodes {
+        0 => atms,
+        code => {
+            atms.and_then(|()| bail!("pushed, but a real server did not reload (status {code}; see above)"))
+        }
+    }
 }
 
 /// How long one ATM may take to come back with the pushed config, and to be heard so by

@@ -38,12 +38,13 @@ pub(crate) fn failover(cx: &mut Cx, node: &Node, path: &str, atms: &[Option<Stri
 }
 
 fn ssh(cx: &mut Cx, node: &Node, path: &str) -> Option<Ssh> {
-    let f = object(cx, node, path, &["user", "port", "identity_file", "known_hosts"])?;
+    let f = object(cx, node, path, &["user", "port", "identity_file", "known_hosts", "node_reload"])?;
     let user = f.or(cx, "user", Some(DEFAULT_SSH_USER.to_string()), |cx, n, p| name(cx, n, p).map(Some));
     let port = f.or(cx, "port", DEFAULT_SSH_PORT, port);
     let identity_file = f.req(cx, "identity_file", file_path);
     let known_hosts = f.req(cx, "known_hosts", file_path);
-    Some(Ssh { user: user?, port, identity_file: identity_file?, known_hosts: known_hosts? })
+    let node_reload = f.maybe(cx, "node_reload", string)?;
+    Some(Ssh { user: user?, port, identity_file: identity_file?, known_hosts: known_hosts?, node_reload })
 }
 
 fn groups(cx: &mut Cx, node: &Node, path: &str, atms: &[Option<String>]) -> Option<Vec<ServiceGroup>> {

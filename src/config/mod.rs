@@ -67,6 +67,7 @@
 //! | `mirrors[].paths` | 1..=256 unique absolute paths, trailing `/` = directory | |
 //! | `mirrors[].interval_s` | 0..=604800, default 3600; 0: only on hand-back | the seed's hourly crontab |
 //! | `failover.ssh` | `identity_file`, `known_hosts` required; `user` root, `port` 22 | keys only, host keys checked |
+//! | `failover.ssh.node_reload` | optional non-empty shell command | run on every real server by `cmc sync config --apply` |
 //!
 //! | `cluster.mode` | `"primary-backup"` (default) or `"active-active"` | the latter needs `bgp` |
 //! | `bgp.local_as`, `neighbors[].peer_as` | 1..=4294967295 | 0 is reserved |

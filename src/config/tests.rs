@@ -195,6 +195,29 @@ fn failover_groups_resolve_atms_orders_and_defaults() {
     assert_eq!(f.mirror("lpd").map(|(i, m)| (i, m.paths.len())), Some((0, 2)));
 }
 
+/// `failover.ssh.node_reload`: optional (no effect on the digest when absent), a non-empty
+/// string when given.
+#[test]
+fn node_reload_is_an_optional_non_empty_command() {
+    let opts = LoadOptions { check_files: false, base_dir: PathBuf::from("/etc/cs") };
+    let without = parse_str("t.json5", FAILOVER, &opts).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(without.failover.ssh.as_ref().and_then(|s| s.node_reload.clone()), None);
+    let with = FAILOVER.replace(
+        r#"known_hosts: "keys/known_hosts" },"#,
+        r#"known_hosts: "keys/known_hosts", node_reload: "systemctl reload clusterserverd" },"#,
+    );
+    let c = parse_str("t.json5", &with, &opts).unwrap_or_else(|e| panic!("{e}"));
+    let ssh = c.failover.ssh.as_ref().expect("ssh");
+    assert_eq!(ssh.node_reload.as_deref(), Some("systemctl reload clusterserverd"));
+    assert_ne!(c.digest(), without.digest(), "the command is part of the config");
+    let empty = FAILOVER.replace(
+        r#"known_hosts: "keys/known_hosts" },"#,
+        r#"known_hosts: "keys/known_hosts", node_reload: "" },"#,
+    );
+    let e = parse_str("t.json5", &empty, &opts).expect_err("empty command").to_string();
+    assert!(e.contains("failover.ssh.node_reload") && e.contains("non-empty string"), "{e}");
+}
+
 #[test]
 fn a_config_without_failover_keeps_its_digest() {
     // The canonical form leaves an empty failover section out, so adding the section to the

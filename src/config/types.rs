@@ -476,6 +476,12 @@ pub struct Ssh {
     pub port: u16,
     pub identity_file: PathBuf,
     pub known_hosts: PathBuf,
+    /// A shell command `cmc sync config --apply` runs over SSH on every real server after
+    /// the push, so their node daemons run what was pushed (node daemons have no admin
+    /// channel; e.g. `systemctl reload clusterserverd`). Unset: real servers get the files
+    /// and are left to their service manager, and `cmc sync` says so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_reload: Option<String>,
 }
 
 /// The services an ATM runs in normal operation (the seed's `/etc/cluster.d/NODE/`).

@@ -20,15 +20,41 @@ use std::net::IpAddr;
 
 use crate::config::Ssh;
 
+/// The `ssh` client and its options: keys only, host keys checked, bounded connect.
+fn ssh_argv(ssh: &Ssh) -> Vec<String> {
+    let mut argv: Vec<String> = vec!["ssh".into(), "-p".into(), ssh.port.to_string()];
+    argv.extend(["-i".into(), ssh.identity_file.display().to_string()]);
+    for opt in ["BatchMode=yes", "StrictHostKeyChecking=yes"] {
+        argv.extend(["-o".into(), opt.into()]);
+    }
+    argv.extend(["-o".into(), format!("UserKnownHostsFile={}", ssh.known_hosts.display())]);
+    for opt in ["IdentitiesOnly=yes", "ConnectTimeout=10"] {
+        argv.extend(["-o".into(), opt.into()]);
+    }
+    argv
+}
+
 /// The `ssh` command rsync runs (`-e`), as one string.
 pub fn ssh_command(ssh: &Ssh) -> String {
-    let quote = |p: &std::path::Path| shell_quote(&p.display().to_string());
-    format!(
-        "ssh -p {} -i {} -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile={} -o IdentitiesOnly=yes -o ConnectTimeout=10",
-        ssh.port,
-        quote(&ssh.identity_file),
-        quote(&ssh.known_hosts),
-    )
+    ssh_argv(ssh).iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")
+}
+
+/// `user@host` as ssh and rsync take it (an IPv6 address in brackets for rsync's `:`).
+fn login(ssh: &Ssh, host: IpAddr, brackets: bool) -> String {
+    match host {
+        IpAddr::V6(a) if brackets => format!("{}@[{a}]", ssh.user),
+        a => format!("{}@{a}", ssh.user),
+    }
+}
+
+/// The argv that runs the shell command `command` on `host` over SSH (same options as the
+/// copies).
+pub fn remote_argv(ssh: &Ssh, host: IpAddr, command: &str) -> Vec<String> {
+    let mut argv = ssh_argv(ssh);
+    argv.push(login(ssh, host, false));
+    argv.push("--".into());
+    argv.push(command.into());
+    argv
 }
 
 /// How rsync decides that a file differs.
@@ -60,11 +86,7 @@ pub fn rsync_argv(ssh: &Ssh, host: IpAddr, path: &str, apply: bool, compare: Com
     argv.push(ssh_command(ssh));
     argv.push("--".into());
     argv.push(path.to_string());
-    let host = match host {
-        IpAddr::V4(a) => a.to_string(),
-        IpAddr::V6(a) => format!("[{a}]"),
-    };
-    argv.push(format!("{}@{host}:{path}", ssh.user));
+    argv.push(format!("{}:{path}", login(ssh, host, true)));
     argv
 }
 
@@ -87,7 +109,18 @@ mod tests {
             port: 2222,
             identity_file: PathBuf::from("/etc/cs/keys/id ed25519"),
             known_hosts: PathBuf::from("/etc/cs/keys/known_hosts"),
+            node_reload: Some("systemctl reload clusterserverd".into()),
         }
+    }
+
+    #[test]
+    fn a_remote_command_uses_the_same_checked_keys_only_ssh() {
+        let a = remote_argv(&ssh(), "fd00::2".parse().expect("ip"), "systemctl reload clusterserverd");
+        let tail: Vec<&str> = a[a.len() - 3..].iter().map(String::as_str).collect();
+        assert_eq!(tail, ["root@fd00::2", "--", "systemctl reload clusterserverd"]);
+        let opts = a.join(" ");
+        assert!(opts.contains("-o BatchMode=yes") && opts.contains("-o StrictHostKeyChecking=yes"), "{opts}");
+        assert!(opts.contains("-o UserKnownHostsFile=/etc/cs/keys/known_hosts") && opts.contains("-p 2222"));
     }
 
     #[test]

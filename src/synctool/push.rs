@@ -1,5 +1,7 @@
 //! `cmc sync`: push the config directory or a mirror set to every listed ATM and real server,
 //! one way, with rsync over SSH; a dry run by default, `--apply` to commit; a summary per host.
+//! After a config push, [`reload_nodes`] runs `failover.ssh.node_reload` on the real servers
+//! over the same SSH (their node daemons have no admin channel).
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -160,6 +162,61 @@ pub fn cli(args: &[String]) -> i32 {
         }
     }
     i32::from(summary.iter().any(|s| s.error.is_some()))
+}
+
+/// The real servers that are not ATMs (ATMs reload over their admin channel), in config
+/// order.
+pub fn nodes(cfg: &Config) -> Vec<(String, IpAddr)> {
+    targets(cfg).into_iter().filter(|(_, a)| !cfg.atms.iter().any(|atm| atm.address == *a)).collect()
+}
+
+/// Runs `command` on every host over SSH; one summary per host (`changes` unused).
+pub fn run_on(ssh: &Ssh, hosts: &[(String, IpAddr)], command: &str) -> Vec<HostSummary> {
+    hosts
+        .iter()
+        .map(|(host, address)| {
+            let argv = super::remote_argv(ssh, *address, command);
+            let error = match Command::new(&argv[0]).args(&argv[1..]).output() {
+                Ok(o) if o.status.success() => None,
+                Ok(o) => {
+                    Some(format!("`{command}`: {}: {}", o.status, String::from_utf8_lossy(&o.stderr).trim()))
+                }
+                Err(e) => Some(format!("cannot run ssh: {e}")),
+            };
+            HostSummary { host: host.clone(), address: *address, changes: 0, error }
+        })
+        .collect()
+}
+
+/// After a committed config push: `failover.ssh.node_reload` on every real server that is
+/// not an ATM, one line per host; the exit code as [`cli`]'s. Unset: says that the real
+/// servers were left to their service manager.
+pub fn reload_nodes(config_path: &Path) -> i32 {
+    let cfg = match crate::config::load_file(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return 2;
+        }
+    };
+    let nodes = nodes(&cfg);
+    let command = cfg.failover.ssh.as_ref().and_then(|s| s.node_reload.clone());
+    let (Some(ssh), Some(command)) = (cfg.failover.ssh.as_ref(), command) else {
+        if !nodes.is_empty() {
+            println!(
+                "real servers not reloaded: failover.ssh.node_reload is not set (their node daemons keep the old config until their service manager reloads them)"
+            );
+        }
+        return 0;
+    };
+    let done = run_on(ssh, &nodes, &command);
+    for s in &done {
+        match &s.error {
+            None => println!("{:<16} {:<39} reloaded (node_reload ran)", s.host, s.address),
+            Some(e) => println!("{:<16} {:<39} reload FAILED: {e}", s.host, s.address),
+        }
+    }
+    i32::from(done.iter().any(|s| s.error.is_some()))
 }
 
 fn usage(why: &str) -> i32 {

@@ -128,6 +128,21 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Starts this test binary's `helper_echo_server` test in namespace `ns` as a real echo
+/// server on `listen` ([`echo_server_helper`] reads it from `env`). The caller keeps the
+/// child and kills it by PID (a lab's `others`).
+pub fn spawn_echo_helper(ns: &str, env: &str, listen: &str) -> std::process::Child {
+    std::process::Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(std::env::current_exe().expect("current test binary"))
+        .args(["helper_echo_server", "--exact", "--nocapture", "--test-threads=1"])
+        .env(env, listen)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("echo helper")
+}
+
 /// The body of a namespace test's helper process: a line echo server on the address in the
 /// environment variable `env` (nothing to do without it: then it is a plain test run), one
 /// thread a connection, exiting after `life` so a lost helper cannot outlive its test for long.
