@@ -47,6 +47,13 @@ impl Backend for Recording {
             active: true,
             servers: self.servers.lock().unwrap().clone(),
             table_capacity: 1000,
+            sync_rejected: 2,
+            sync_records_applied: 7,
+            full_sync: clusterserver::dataplane::fullsync::FullSyncStats {
+                requests_sent: 2,
+                ends_received: 2,
+                ..Default::default()
+            },
             ..Default::default()
         };
         async move { Ok(v) }.boxed()
@@ -215,6 +222,7 @@ fn reads_answer_json_with_the_token() {
     assert_eq!(svcs[0].servers[0].config_weight, 5);
     let st: Stats = block(c.get("/v1/stats")).expect("stats");
     assert_eq!(st.table_capacity, 1000);
+    assert_eq!((st.sync_rejected, st.sync_records_applied, st.full_sync), (2, 7, [2, 0, 0, 2]));
     let page: ConnectionPage = block(c.get("/v1/connections?service=http&limit=10")).expect("conns");
     assert_eq!(page.total, 0);
     let e = block(c.get::<ConnectionPage>("/v1/connections?service=nope")).expect_err("unknown service");
@@ -232,6 +240,10 @@ fn reads_answer_json_with_the_token() {
         "clusterserver_conntrack_capacity 1000",
         "clusterserver_failovers_total 0",
         "clusterserver_peer_up{peer=\"atm2\"} 0",
+        "clusterserver_sync_datagrams_rejected_total 2",
+        "clusterserver_sync_records_applied_total 7",
+        "clusterserver_full_sync_messages_total{kind=\"request_sent\"} 2",
+        "clusterserver_full_sync_messages_total{kind=\"end_received\"} 2",
     ] {
         assert!(m.contains(name), "{name} missing in:\n{m}");
     }

@@ -152,6 +152,32 @@ fn render_dataplane(reg: &mut Registry, cfg: &Config, dp: &DataplaneView) {
     );
     counter(reg, "sync_datagrams_sent", "Connection-sync datagrams sent", dp.sync_sent);
     counter(reg, "sync_datagrams_received", "Connection-sync datagrams received", dp.sync_received);
+    counter(
+        reg,
+        "sync_datagrams_rejected",
+        "Connection-sync datagrams refused (unauthenticated, replayed, malformed, from no listed ATM)",
+        dp.sync_rejected,
+    );
+    counter(
+        reg,
+        "sync_records_applied",
+        "Connection records applied from peers' sync",
+        dp.sync_records_applied,
+    );
+    let f = &dp.full_sync;
+    let full = [
+        ("request_sent", f.requests_sent),
+        ("request_received", f.requests_received),
+        ("end_sent", f.ends_sent),
+        ("end_received", f.ends_received),
+        ("end_ignored", f.ends_ignored),
+    ];
+    counters_by(
+        reg,
+        "full_sync_messages",
+        "Full sync on join (active-active): requests and end markers, by kind",
+        full.iter().map(|(k, v)| (l(&[("kind", k)]), *v)),
+    );
     let rows = |f: &dyn Fn(&super::state::ServerView) -> i64| -> Vec<(Labels, i64)> {
         cfg.services
             .iter()

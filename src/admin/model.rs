@@ -112,6 +112,14 @@ pub struct Stats {
     pub drops: Vec<(String, u64)>,
     pub sync_sent: u64,
     pub sync_received: u64,
+    /// Sync datagrams refused (unauthenticated, replayed, malformed, from no listed ATM).
+    #[serde(default)]
+    pub sync_rejected: u64,
+    #[serde(default)]
+    pub sync_records_applied: u64,
+    /// Full sync on join: requests sent and received, end markers sent and received.
+    #[serde(default)]
+    pub full_sync: [u64; 4],
     pub admin_refused_acl: u64,
     pub admin_unauthorized: u64,
     pub admin_bad_requests: u64,

@@ -377,6 +377,12 @@ async fn stats(State(ctx): Ctx) -> Response {
             .collect(),
         sync_sent: dp.sync_sent,
         sync_received: dp.sync_received,
+        sync_rejected: dp.sync_rejected,
+        sync_records_applied: dp.sync_records_applied,
+        full_sync: {
+            let f = &dp.full_sync;
+            [f.requests_sent, f.requests_received, f.ends_sent, f.ends_received]
+        },
         admin_refused_acl: AdminCounters::get(&c.refused_acl),
         admin_unauthorized: AdminCounters::get(&c.unauthorized),
         admin_bad_requests: AdminCounters::get(&c.bad_requests),

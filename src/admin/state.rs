@@ -76,6 +76,12 @@ pub struct DataplaneView {
     pub servers: Vec<Vec<ServerView>>,
     pub sync_sent: u64,
     pub sync_received: u64,
+    /// Sync datagrams refused (unauthenticated, replayed, malformed, from no listed ATM).
+    pub sync_rejected: u64,
+    /// Connection records applied from peers' sync.
+    pub sync_records_applied: u64,
+    /// Full sync on join (active-active): requests and end markers.
+    pub full_sync: crate::dataplane::fullsync::FullSyncStats,
 }
 
 /// A filter and page of `GET /v1/connections`.

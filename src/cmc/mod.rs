@@ -493,6 +493,11 @@ pub fn render_stats(s: &Stats) -> String {
         ("table expired / evicted", format!("{} / {}", s.table_expired, s.table_evicted)),
         ("drops", pairs(&s.drops)),
         ("sync sent / received", format!("{} / {}", s.sync_sent, s.sync_received)),
+        ("sync rejected / records applied", format!("{} / {}", s.sync_rejected, s.sync_records_applied)),
+        (
+            "full sync requests sent / received, ends sent / received",
+            format!("{} / {}, {} / {}", s.full_sync[0], s.full_sync[1], s.full_sync[2], s.full_sync[3]),
+        ),
         ("admin requests", s.admin_requests.to_string()),
         (
             "admin refused (acl / token / bad)",

@@ -96,6 +96,9 @@ fn view(p: &DaemonProcessor) -> DataplaneView {
         servers,
         sync_sent: p.counters.sent,
         sync_received: p.counters.received,
+        sync_rejected: p.counters.rejected,
+        sync_records_applied: p.counters.applied_records,
+        full_sync: p.full_sync_stats(),
     }
 }
 
