@@ -217,12 +217,21 @@ impl DaemonProcessor {
     /// Applies what waits in the sync socket (bounded); whether it was read empty.
     fn receive(&mut self, now: Instant) -> bool {
         let Some(sock) = &self.socket else { return true };
+        let mut errors = 0;
         for _ in 0..RECV_PER_TICK {
             let (n, from) = match sock.recv_from(&mut self.rbuf) {
                 Ok(x) => x,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
-                // An ICMP error queued on the socket (a peer's port closed): skip it.
-                Err(_) => continue,
+                // An ICMP error queued on the socket (a peer's port closed) is reported once:
+                // skip it. Errors that keep coming end the round as if read empty, so the
+                // shell does not call again at once (the next tick tries again).
+                Err(_) => {
+                    errors += 1;
+                    if errors > 8 {
+                        return true;
+                    }
+                    continue;
+                }
             };
             self.counters.received += 1;
             match self.receivers.handle_message(now, from.ip(), &self.rbuf[..n], &mut self.engine) {
