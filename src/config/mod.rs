@@ -85,6 +85,7 @@
 //! [`LoadOptions::base_dir`] (the config file's directory for [`load_file`]) in the returned
 //! [`Config`].
 
+pub mod diff;
 pub mod error;
 pub mod json5;
 pub mod types;
@@ -159,6 +160,7 @@ pub fn parse_str(origin: &str, text: &str, opts: &LoadOptions) -> Result<Config,
 
 /// Takes relative file names from `base_dir`.
 fn resolve(mut config: Config, base_dir: &Path) -> Config {
+    config.base_dir = base_dir.to_path_buf();
     config.cluster.secret_file = base_dir.join(&config.cluster.secret_file);
     if let Some(t) = &mut config.security.token_file {
         *t = base_dir.join(&*t);

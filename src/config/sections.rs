@@ -50,6 +50,7 @@ impl Draft {
                 Some(b) => Some(b?),
             },
             failover: self.failover,
+            base_dir: std::path::PathBuf::new(),
         })
     }
 }

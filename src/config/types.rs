@@ -39,6 +39,11 @@ pub struct Config {
     /// form when empty, so the digest of a config without failover is what it always was.
     #[serde(skip_serializing_if = "Failover::is_empty")]
     pub failover: Failover,
+    /// The directory relative file names were taken from (the config file's). Not part of
+    /// the canonical form: [`Config::digest`] writes the files below it relative to it, so
+    /// the same text in another directory has the same digest on every host.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -307,8 +312,31 @@ impl Config {
     /// whatever their formatting or comments.
     pub fn digest(&self) -> [u8; 32] {
         use sha2::{Digest, Sha256};
-        let canonical = serde_json::to_vec(self).expect("config serialises");
+        let canonical = serde_json::to_vec(&self.relative_to_base()).expect("config serialises");
         Sha256::digest(&canonical).into()
+    }
+
+    /// This config with every file name under [`Config::base_dir`] written relative to it
+    /// again (as the operator wrote it): what the digest is taken over.
+    pub(crate) fn relative_to_base(&self) -> Config {
+        let mut c = self.clone();
+        let base = &self.base_dir;
+        let rel = |p: &mut PathBuf| {
+            if !base.as_os_str().is_empty()
+                && let Ok(r) = p.strip_prefix(base)
+            {
+                *p = r.to_path_buf();
+            }
+        };
+        rel(&mut c.cluster.secret_file);
+        if let Some(t) = &mut c.security.token_file {
+            rel(t);
+        }
+        if let Some(ssh) = &mut c.failover.ssh {
+            rel(&mut ssh.identity_file);
+            rel(&mut ssh.known_hosts);
+        }
+        c
     }
 
     /// The heartbeat UDP port, defaulting as SPEC.md says (the /etc/services lookup is the
