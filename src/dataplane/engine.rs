@@ -96,6 +96,7 @@ mod active_active_tests;
 mod affinity;
 mod forward;
 mod icmp;
+mod reconfig;
 pub mod select;
 mod syncing;
 pub use syncing::WALK_SLOTS_PER_CALL;
@@ -111,6 +112,7 @@ use crate::dataplane::conntrack::{ConnTable, Entry, FLAG_NAT, FwdKey, RevKey, St
 use crate::dataplane::sync::SyncRecord;
 use crate::dataplane::wire::{Ipv4Packet, TcpPacket, UdpPacket, proto, tcp::flags};
 use crate::time::Instant;
+pub use reconfig::{ORPHAN, Reload, ReloadStats};
 pub use select::{Select, ServerSlot};
 pub use verdict::{DropReason, EngineError, EngineStats, Verdict};
 
@@ -174,6 +176,8 @@ pub struct Engine {
     svcs: Vec<Svc>,
     table: ConnTable<Ipv4Addr>,
     affinity: affinity::Affinity<Ipv4Addr>,
+    /// The seed the engine was built with (schedulers of services added by a reload).
+    seed: u64,
     local_addr: Ipv4Addr,
     path_mtu: u16,
     ident: u16,
@@ -218,6 +222,44 @@ fn l4_proto(p: config::Protocol) -> u8 {
     }
 }
 
+/// Records of the affinity table: a quarter of the connection table's, if any service uses
+/// persistence.
+fn affinity_records(svcs: &[Svc], table: &config::Table) -> usize {
+    let persist = svcs.iter().any(|s| s.persistence_s > 0);
+    if persist { (table.max_connections as usize / 4).max(1024) } else { 0 }
+}
+
+impl Svc {
+    /// A service of the config with these server slots (indexed like `s.servers`).
+    fn build(s: &config::Service, servers: Vec<ServerSlot>, seed: u64) -> Svc {
+        let addrs = s
+            .servers
+            .iter()
+            .map(|srv| match srv.address {
+                IpAddr::V4(a) => a,
+                IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+            })
+            .collect();
+        let sched = select::build(s.scheduler, &servers, seed);
+        Svc {
+            vip: match s.vip {
+                IpAddr::V4(a) => Some(a),
+                IpAddr::V6(_) => None,
+            },
+            port: s.port,
+            proto: l4_proto(s.protocol),
+            forwarding: s.forwarding,
+            persistence_s: u32::try_from(s.persistence_s).unwrap_or(u32::MAX),
+            on_down: s.on_down,
+            counters: vec![ServerCounters::default(); servers.len()],
+            servers,
+            addrs,
+            sched,
+            consistent: matches!(s.scheduler, config::SchedulerKind::Mh | config::SchedulerKind::Sh),
+        }
+    }
+}
+
 /// Decrements the active count of the server an entry pointed at.
 fn release(svcs: &mut [Svc], e: &Entry<Ipv4Addr>) {
     if let Some(s) =
@@ -236,40 +278,15 @@ impl Engine {
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let servers: Vec<ServerSlot> = s.servers.iter().map(ServerSlot::from_config).collect();
-                let addrs = s
-                    .servers
-                    .iter()
-                    .map(|srv| match srv.address {
-                        IpAddr::V4(a) => a,
-                        IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
-                    })
-                    .collect();
-                let sched = select::build(s.scheduler, &servers, cfg.seed ^ i as u64);
-                Svc {
-                    vip: match s.vip {
-                        IpAddr::V4(a) => Some(a),
-                        IpAddr::V6(_) => None,
-                    },
-                    port: s.port,
-                    proto: l4_proto(s.protocol),
-                    forwarding: s.forwarding,
-                    persistence_s: u32::try_from(s.persistence_s).unwrap_or(u32::MAX),
-                    on_down: s.on_down,
-                    counters: vec![ServerCounters::default(); servers.len()],
-                    servers,
-                    addrs,
-                    sched,
-                    consistent: matches!(s.scheduler, config::SchedulerKind::Mh | config::SchedulerKind::Sh),
-                }
+                Svc::build(s, s.servers.iter().map(ServerSlot::from_config).collect(), cfg.seed ^ i as u64)
             })
             .collect();
-        let persist = svcs.iter().any(|s| s.persistence_s > 0);
-        let aff_records = if persist { (cfg.table.max_connections as usize / 4).max(1024) } else { 0 };
+        let aff_records = affinity_records(&svcs, &cfg.table);
         Engine {
             svcs,
             table: ConnTable::new(&cfg.table, cfg.seed),
             affinity: affinity::Affinity::new(aff_records, cfg.seed.rotate_left(17)),
+            seed: cfg.seed,
             local_addr: cfg.local_addr,
             path_mtu: cfg.path_mtu,
             ident: cfg.seed as u16,
@@ -479,7 +496,10 @@ impl Engine {
             Some(slot) => {
                 let e = self.table.get(slot);
                 let s = &self.svcs[svc];
-                let slot_ok = s.servers[usize::from(e.server_idx)].available();
+                // An entry whose server a reload removed (`on_down: keep`) points at no slot:
+                // it carries on to its address but is never reused for a new connection.
+                let server = s.servers.get(usize::from(e.server_idx));
+                let slot_ok = server.is_some_and(ServerSlot::available);
                 // A fresh SYN on a closing (or never answered) entry is a new connection
                 // reusing the tuple: it must not reach a failed or drained server.
                 let new_conn = key.proto == proto::TCP
@@ -491,7 +511,7 @@ impl Engine {
                         Ok(slot) => slot,
                         Err(r) => return Verdict::Drop(r),
                     }
-                } else if !s.servers[usize::from(e.server_idx)].up && s.on_down == OnDown::Reset {
+                } else if server.is_some_and(|x| !x.up) && s.on_down == OnDown::Reset {
                     self.remove_slot(slot);
                     match self.new_flow(now, svc, key, fl) {
                         Ok(slot) => slot,
@@ -519,7 +539,7 @@ impl Engine {
             c.packets_in += u64::from(self.segments);
             c.bytes_in += u64::from(ip.total_len());
         }
-        let server = self.svcs[svc].addrs[usize::from(e.server_idx)];
+        let server = e.server;
         match self.svcs[svc].forwarding {
             Forwarding::Nat => {
                 let rw = forward::Rewrite {

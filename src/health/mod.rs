@@ -52,7 +52,7 @@ mod tests;
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use crate::config::{Check, Service};
+use crate::config::{Check, Service, diff::Remap};
 use crate::time::Instant;
 
 /// Flap damping settings (see the module docs for the rule).
@@ -210,6 +210,93 @@ impl Health {
             }
         }
         Health { probes, servers, damping, pending: VecDeque::new() }
+    }
+
+    /// A live reload (see [`crate::config::diff`]): `old` are the services this machine was
+    /// built or last reloaded with, `remap` maps them to `new`. A probe whose server stays
+    /// (same name and address) and whose check is unchanged keeps its verdict, streak,
+    /// schedule and counters; so does a server's flap state. A new check of a server that
+    /// stays starts up (it takes `fall` failures to pull the server); a new server of a
+    /// service that stays starts **down** and enters after `rise` passes (keepalived's
+    /// `alpha`); the servers of a new service start up, as at start-up. No transition is
+    /// reported for any of these: the engine's reload starts them the same way.
+    ///
+    /// Checks in flight are forgotten (their results would name old indices): the driver
+    /// drops them, and each probe that was running is due again at once.
+    pub fn reconfigure(&mut self, now: Instant, old: &[Service], new: &[Service], remap: &Remap) {
+        let mut old_probes: Vec<Option<Probe>> =
+            std::mem::take(&mut self.probes).into_iter().map(Some).collect();
+        let old_servers = std::mem::take(&mut self.servers);
+        let mut probes = Vec::new();
+        let mut servers = Vec::new();
+        for (sj, svc) in new.iter().enumerate() {
+            let from_svc = remap.services.iter().position(|&m| m == Some(sj));
+            for rk in 0..svc.servers.len() {
+                let from = from_svc.and_then(|si| {
+                    let ri = remap.servers.get(si)?.iter().position(|&m| m == Some(rk))?;
+                    Some((si, ri))
+                });
+                let was =
+                    from.and_then(|(si, ri)| old_servers.iter().find(|s| s.service == si && s.server == ri));
+                // A new server of a service that stays waits for its checks.
+                let starts_up = from.is_some() || from_svc.is_none();
+                let mut mine = Vec::new();
+                for (ci, c) in svc.checks.iter().enumerate() {
+                    let id = ProbeId { service: sj, server: rk, check: ci };
+                    let carried = was.and_then(|w| {
+                        let old_checks = &old.get(w.service)?.checks;
+                        let pi = w.probes.iter().copied().find(|&pi| {
+                            old_probes[pi].as_ref().is_some_and(|p| old_checks.get(p.id.check) == Some(c))
+                        })?;
+                        old_probes[pi].take()
+                    });
+                    let p = match carried {
+                        Some(mut p) => {
+                            p.id = id;
+                            if p.in_flight {
+                                p.in_flight = false;
+                                p.next_due = now;
+                            }
+                            p
+                        }
+                        None => {
+                            let mut p = Probe::new(id, c, now);
+                            p.up = starts_up;
+                            p
+                        }
+                    };
+                    mine.push(probes.len());
+                    probes.push(p);
+                }
+                let state = match was {
+                    Some(w) => ServerState { service: sj, server: rk, probes: mine, ..w.clone() },
+                    None => ServerState {
+                        service: sj,
+                        server: rk,
+                        probes: mine,
+                        up: starts_up || svc.checks.is_empty(),
+                        penalty: 0,
+                        penalty_at: now,
+                        held_until: None,
+                        last_check: 0,
+                    },
+                };
+                servers.push(state);
+            }
+        }
+        self.probes = probes;
+        self.servers = servers;
+        // Transitions queued under the old indices would name the wrong servers.
+        self.pending.retain(|a| !matches!(a, Action::Transition(_)));
+        self.pending.retain(|a| !matches!(a, Action::RunCheck { .. }));
+        // A carried server whose probes changed may now be all up (a failing check removed).
+        for si in 0..self.servers.len() {
+            let all_up = self.servers[si].probes.iter().all(|&p| self.probes[p].up);
+            if all_up && !self.servers[si].up && self.servers[si].held_until.is_none() {
+                self.reevaluate(now, si, 0, "checks_changed".to_string());
+            }
+        }
+        self.start_due(now);
     }
 
     /// Feeds one input. Drain [`Health::poll_action`] afterwards.

@@ -228,3 +228,49 @@ fn penalty_decays_linearly() {
     assert_eq!(h.penalty(0, 0, ms(10_100)), Some(500));
     assert_eq!(h.penalty(0, 0, ms(100_000)), Some(0));
 }
+
+fn config_with(services: Vec<Service>) -> crate::config::Config {
+    let opts = crate::config::LoadOptions { check_files: false, base_dir: "/etc/clusterserver".into() };
+    let text = include_str!("../../config/nat-2atm.json5");
+    let mut c = crate::config::parse_str("nat-2atm.json5", text, &opts).expect("example config");
+    c.services = services;
+    c
+}
+
+#[test]
+fn a_reload_keeps_unchanged_probes_and_a_new_server_enters_after_rise() {
+    let old = service(2, vec![check(1000, 2, 3)]);
+    let mut h = Health::new(std::slice::from_ref(&old), Damping::default(), ms(0));
+    let mut log = Vec::new();
+    h.handle(ms(0), Input::Tick);
+    // Server 1 fails three times: down.
+    for t in [0, 1000, 2000] {
+        h.handle(ms(t), Input::Tick);
+        drain(&mut h, ms(t), &|p| p.server != 1, &mut log);
+    }
+    assert_eq!(log, ["2000 ms: server 1 down check 0 reason connection_refused"]);
+    let before = h.stats(ProbeId { service: 0, server: 0, check: 0 }).expect("probe");
+    // Reload: server 0 removed, servers 1 (still down) and a new server 2 stay/join.
+    let mut new = service(3, vec![check(1000, 2, 3)]);
+    new.servers.remove(0);
+    let remap =
+        crate::config::diff::Remap::between(&config_with(vec![old.clone()]), &config_with(vec![new.clone()]));
+    h.reconfigure(ms(2500), std::slice::from_ref(&old), std::slice::from_ref(&new), &remap);
+    assert_eq!(h.is_up(0, 0), Some(false), "the failed server stays down under its new index");
+    assert_eq!(h.is_up(0, 1), Some(false), "a new server waits for its checks");
+    assert_eq!(h.stats(ProbeId { service: 0, server: 0, check: 0 }).map(|s| s.failures), Some(3));
+    assert!(before.passes >= 3);
+    // Everything passes from now on: the new server needs `rise` passes, the old one too.
+    let mut log = Vec::new();
+    let mut now = ms(2500);
+    while now.as_millis() <= 6000 {
+        h.handle(now, Input::Tick);
+        drain(&mut h, now, &|_| true, &mut log);
+        now = h.poll_timeout().expect("checks pending");
+    }
+    // The new probe runs at once (2500, 3500); the kept one stays on its schedule (3000, 4000).
+    assert_eq!(
+        log,
+        ["3500 ms: server 1 up check 0 reason 2_passes", "4000 ms: server 0 up check 0 reason 2_passes"]
+    );
+}

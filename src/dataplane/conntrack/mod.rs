@@ -224,6 +224,12 @@ pub struct ConnTable<A: FlowAddr> {
     stats: TableStats,
 }
 
+/// The idle timeout of each class, nanoseconds.
+fn timeouts(cfg: &config::Table) -> [u64; CLASSES] {
+    let s = |secs: u64| secs.saturating_mul(NANOS_PER_S);
+    [s(cfg.tcp_syn_timeout_s), s(cfg.tcp_timeout_s), s(cfg.tcp_fin_timeout_s), s(cfg.udp_timeout_s)]
+}
+
 #[inline]
 fn mix(seed: u64, a: u64, b: u64) -> u32 {
     let h = (a ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -239,7 +245,6 @@ impl<A: FlowAddr> ConnTable<A> {
         for (i, e) in entries.iter_mut().enumerate() {
             e.next = if i + 1 < cap as usize { i as u32 + 1 } else { NIL };
         }
-        let s = |secs: u64| secs.saturating_mul(NANOS_PER_S);
         ConnTable {
             entries,
             free: 0,
@@ -248,12 +253,7 @@ impl<A: FlowAddr> ConnTable<A> {
             fwd: Index::with_capacity(cap),
             rev: Index::with_capacity(cap),
             lists: [List { head: NIL, tail: NIL }; CLASSES],
-            timeout_ns: [
-                s(cfg.tcp_syn_timeout_s),
-                s(cfg.tcp_timeout_s),
-                s(cfg.tcp_fin_timeout_s),
-                s(cfg.udp_timeout_s),
-            ],
+            timeout_ns: timeouts(cfg),
             seed,
             stats: TableStats::default(),
         }
@@ -286,6 +286,12 @@ impl<A: FlowAddr> ConnTable<A> {
         self.entries.capacity() * core::mem::size_of::<Entry<A>>()
             + self.fwd.memory_bytes()
             + self.rev.memory_bytes()
+    }
+
+    /// Sets the idle timeouts (a live reload). Each class keeps its order (oldest first):
+    /// every entry of a class shares its timeout, so the lists stay sorted by expiry.
+    pub fn set_timeouts(&mut self, cfg: &config::Table) {
+        self.timeout_ns = timeouts(cfg);
     }
 
     /// The idle timeout of a state, nanoseconds.

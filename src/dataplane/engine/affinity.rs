@@ -45,6 +45,25 @@ impl<A: FlowAddr> Affinity<A> {
         ((h >> 32) as usize) & (self.sets.len() - 1)
     }
 
+    /// Records per set times sets.
+    pub fn capacity(&self) -> usize {
+        self.sets.len() * WAYS
+    }
+
+    /// A copy of this table with about `records` records (never fewer than now), holding
+    /// every valid record that `map` gives a new (service, server) (a live reload; see
+    /// [`crate::config::diff::Remap`]). Allocates: for reloads, never the packet path.
+    pub fn remapped(&self, records: usize, now_s: u32, map: impl Fn(u16, u16) -> Option<(u16, u16)>) -> Self {
+        let mut out = Affinity::new(records.max(self.capacity()), self.seed);
+        for r in self.sets.iter().flatten().filter(|r| r.expires_s > now_s) {
+            if let Some((service, server_idx)) = map(r.service, r.server_idx) {
+                let ttl = r.expires_s - now_s;
+                out.put(service, r.client, server_idx, now_s, ttl);
+            }
+        }
+        out
+    }
+
     /// The remembered server of `client` for `service`, if the record is still valid.
     pub fn get(&self, service: u16, client: A, now_s: u32) -> Option<u16> {
         if self.sets.is_empty() {
