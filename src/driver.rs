@@ -9,6 +9,7 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
+use std::rc::Rc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -24,11 +25,15 @@ use crate::services::{self, Failover, Timing};
 use crate::time::Instant;
 
 /// Requests from outside the node (signals, the admin channel, the simulator).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Command {
     /// Graceful stop: hand over, then return.
     Shutdown,
     Admin(AdminRequest),
+    /// A live reload whose plan needs no handover (see [`crate::config::diff`]): the node
+    /// keeps its role, epoch and peers; heartbeat targets, the reachlist and the timers
+    /// follow the new config.
+    Reconfigure(Box<Config>),
 }
 
 /// Where heartbeats go: the broadcast address and/or every other ATM, per config.
@@ -56,9 +61,11 @@ pub async fn run_atm<P: Platform>(
 ) -> io::Result<AtmNode> {
     let port = cfg.heartbeat_port();
     let sock = platform.bind_heartbeat(port).await?;
-    let targets = heartbeat_targets(cfg, me, platform.broadcast_address(), port);
-    let reachlist = cfg.arbitration.reachlist.clone();
-    let probe_timeout = Duration::from_millis(cfg.arbitration.probe_timeout_ms);
+    let mut targets = heartbeat_targets(cfg, me, platform.broadcast_address(), port);
+    let mut reachlist = cfg.arbitration.reachlist.clone();
+    let mut probe_timeout = Duration::from_millis(cfg.arbitration.probe_timeout_ms);
+    // Owned: a reload replaces it while jobs of the old one may still run.
+    let mut current = Rc::new(cfg.clone());
     let ecfg = ElectionConfig::from_config(cfg, me);
     let mut node = AtmNode::new(ecfg, secret, platform.incarnation(), platform.now());
     let mut probes = FuturesUnordered::new();
@@ -72,7 +79,7 @@ pub async fn run_atm<P: Platform>(
             while let Some(action) = s.machine.poll_action() {
                 match action {
                     services::Action::Event(e) => platform.record_failover(platform.now(), &e),
-                    a => jobs.push(run_job(platform, cfg, a)),
+                    a => jobs.push(run_job(platform, Rc::clone(&current), a)),
                 }
             }
             node.set_holding(s.machine.holding());
@@ -90,6 +97,7 @@ pub async fn run_atm<P: Platform>(
                 Action::TakeVips(v) => report(platform, "take VIPs", platform.take_vips(&v).await),
                 Action::ReleaseVips(v) => report(platform, "release VIPs", platform.release_vips(&v).await),
                 Action::DrainVips(v) => report(platform, "drain VIPs", platform.drain_vips(&v).await),
+                Action::DropVips(v) => report(platform, "drop VIPs", platform.drop_vips(&v).await),
                 Action::SendGarp(v) => report(platform, "gratuitous ARP", platform.send_garp(&v).await),
                 Action::Probe { target } => {
                     if let Some(&addr) = reachlist.get(target) {
@@ -115,6 +123,13 @@ pub async fn run_atm<P: Platform>(
             cmd = commands.recv(), if commands_open => match cmd {
                 Some(Command::Admin(r)) => node.handle_admin(platform.now(), r),
                 Some(Command::Shutdown) => node.handle_shutdown(platform.now()),
+                Some(Command::Reconfigure(new)) => {
+                    targets = heartbeat_targets(&new, me, platform.broadcast_address(), port);
+                    reachlist = new.arbitration.reachlist.clone();
+                    probe_timeout = Duration::from_millis(new.arbitration.probe_timeout_ms);
+                    node.reconfigure(platform.now(), ElectionConfig::from_config(&new, me));
+                    current = Rc::from(new);
+                }
                 None => {
                     commands_open = false;
                     node.handle_shutdown(platform.now());
@@ -179,7 +194,7 @@ impl ServiceSync {
 }
 
 /// Carries out one command, copy or arbitration round; its result as the machine's input.
-async fn run_job<P: Platform>(platform: &P, cfg: &Config, action: services::Action) -> services::Input {
+async fn run_job<P: Platform>(platform: &P, cfg: Rc<Config>, action: services::Action) -> services::Input {
     match action {
         services::Action::Run { id, group, service, step, argv, timeout } => {
             let cmd = ServiceCommand { group, service, step, argv: &argv };

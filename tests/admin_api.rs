@@ -15,7 +15,7 @@ use std::time::Duration;
 use clusterserver::admin::acl::Acl;
 use clusterserver::admin::client::{Client, ClientError};
 use clusterserver::admin::model::{ConnectionPage, ServiceStatus, Stats, Status, VipAnnouncement};
-use clusterserver::admin::server::{AdminContext, Limits, empty_page};
+use clusterserver::admin::server::{AdminContext, Limits, Live, empty_page};
 use clusterserver::admin::state::{
     AdminCounters, Backend, ConnectionQuery, ControlOp, DataplaneView, Observed, Outcome, ServerOp,
     ServerView,
@@ -87,6 +87,7 @@ impl Backend for Recording {
                 }
                 ControlOp::Reload => return Err("invalid config, the running one is kept: x".into()),
                 ControlOp::Restart => tokio::time::sleep(restart_after).await,
+                ControlOp::ReloadPlan => return Ok("1 change(s), 1 live, 0 by handover".into()),
             }
             Ok("requested".to_string())
         }
@@ -147,6 +148,8 @@ fn start(name: &str, acl: Acl, limits: Limits) -> Fixture {
         ServerView {
             weight: 5,
             operator_weight: 5,
+            config_weight: 5,
+            weight_overridden: false,
             healthy: true,
             admin: "enabled",
             connections: 3,
@@ -155,6 +158,8 @@ fn start(name: &str, acl: Acl, limits: Limits) -> Fixture {
         ServerView {
             weight: 1,
             operator_weight: 1,
+            config_weight: 1,
+            weight_overridden: false,
             healthy: false,
             admin: "enabled",
             connections: 0,
@@ -166,10 +171,8 @@ fn start(name: &str, acl: Acl, limits: Limits) -> Fixture {
     bridge.health(5, "http", "web2", false);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let ctx = Arc::new(AdminContext {
-        cfg: Arc::new(cfg),
+        live: Live::new(Arc::new(cfg), acl, Some(Token::load(&dir.join("admin.token")).expect("token"))),
         me: 0,
-        acl,
-        token: Some(Token::load(&dir.join("admin.token")).expect("token")),
         observed,
         backend: backend.clone() as Arc<dyn Backend>,
         counters: AdminCounters::default(),
@@ -337,6 +340,21 @@ fn oversized_malformed_and_slow_requests_are_cut_off_and_the_server_carries_on()
         format!("POST /v1/services/http/servers/web1/weight HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{big}", big.len()).as_bytes(),
     );
     assert!(r.starts_with("HTTP/1.1 413"), "{r}");
+    // Every endpoint, even one that reads no body: a declared 20 MB is refused unread.
+    for path in ["/v1/reload", "/v1/promote", "/v1/status"] {
+        let method = if path == "/v1/status" { "GET" } else { "POST" };
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 20000000\r\nConnection: close\r\n\r\n"
+        );
+        let r = raw(f.addr, head.as_bytes());
+        assert!(r.starts_with("HTTP/1.1 413"), "{path}: {r}");
+        assert!(r.contains("over the limit"), "{r}");
+    }
+    assert_eq!(
+        f.backend.ops.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing reached the control loop"
+    );
     let r = raw(f.addr, b"GARBAGE\r\n\r\n");
     assert!(r.starts_with("HTTP/1.1 400") || r.is_empty(), "{r}");
     // Slow headers: a request head that never ends is dropped after the header timeout.

@@ -81,6 +81,15 @@ impl Platform for SimAtm {
         Ok(())
     }
 
+    async fn drop_vips(&self, vips: &[IpAddr]) -> io::Result<()> {
+        let mut w = self.world.borrow_mut();
+        let h = w.host(&self.name);
+        for v in vips {
+            h.vips.remove(v);
+        }
+        Ok(())
+    }
+
     async fn send_garp(&self, vips: &[IpAddr]) -> io::Result<()> {
         let sock = SimSocket::bind(&self.world, &self.name, 0).await?;
         for v in vips {

@@ -75,8 +75,15 @@ pub struct ServerStatus {
     pub port: u16,
     /// The configured weight.
     pub config_weight: u32,
-    /// The weight the scheduler uses (an operator's, 0 while drained).
+    /// The weight the scheduler uses (the runtime weight, 0 while drained).
     pub weight: u32,
+    /// The runtime weight: the operator's (`cmc weight`, kept across reloads and restarts)
+    /// if set, else the configured one.
+    #[serde(default)]
+    pub runtime_weight: u32,
+    /// Whether an operator's weight overrides the config (`cmc enable` clears it).
+    #[serde(default)]
+    pub weight_overridden: bool,
     /// The health checks' verdict.
     pub healthy: bool,
     /// `enabled`, `drained` (weight 0 by `cmc drain`) or `disabled`.

@@ -81,12 +81,10 @@ impl Default for Limits {
 
 /// Everything a request can reach.
 pub struct AdminContext {
-    pub cfg: Arc<Config>,
+    /// The config, ACL and token: swapped whole by a live reload ([`Live::set`]).
+    pub live: Arc<Live>,
     /// This ATM's index in `cfg.atms`.
     pub me: usize,
-    pub acl: Acl,
-    /// `None`: no `security.token_file`; every request is refused with a reason.
-    pub token: Option<Token>,
     pub observed: Arc<Observed>,
     pub backend: Arc<dyn Backend>,
     pub counters: AdminCounters,
@@ -96,7 +94,42 @@ pub struct AdminContext {
 
 impl std::fmt::Debug for AdminContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminContext").field("me", &self.me).field("acl", &self.acl).finish_non_exhaustive()
+        f.debug_struct("AdminContext").field("me", &self.me).finish_non_exhaustive()
+    }
+}
+
+/// What a reload may change under the admin channel.
+#[derive(Debug)]
+pub struct LiveAdmin {
+    pub cfg: Arc<Config>,
+    pub acl: Acl,
+    /// `None`: no `security.token_file`; every request is refused with a reason.
+    pub token: Option<Token>,
+}
+
+/// The current [`LiveAdmin`], read by every request, replaced whole by a reload (a request
+/// sees the old or the new one, never a mix).
+#[derive(Debug)]
+pub struct Live(std::sync::RwLock<Arc<LiveAdmin>>);
+
+impl Live {
+    pub fn new(cfg: Arc<Config>, acl: Acl, token: Option<Token>) -> Arc<Live> {
+        Arc::new(Live(std::sync::RwLock::new(Arc::new(LiveAdmin { cfg, acl, token }))))
+    }
+
+    pub fn get(&self) -> Arc<LiveAdmin> {
+        Arc::clone(&self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    pub fn set(&self, live: LiveAdmin) {
+        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(live);
+    }
+}
+
+impl AdminContext {
+    /// The running config.
+    pub fn cfg(&self) -> Arc<Config> {
+        Arc::clone(&self.live.get().cfg)
     }
 }
 
@@ -130,10 +163,11 @@ pub async fn serve(listener: TcpListener, ctx: Arc<AdminContext>, mut stop: watc
                 }
             },
         };
-        if !ctx.acl.allows(peer.ip()) {
+        let acl = ctx.live.get();
+        if !acl.acl.allows(peer.ip()) {
             let n = AdminCounters::bump(&ctx.counters.refused_acl);
             if n.is_power_of_two() {
-                tracing::warn!(target: "clusterserverd::admin", peer = %peer, count = n, denied = ctx.acl.explicitly_denied(peer.ip()), "connection refused by the admin ACL (security.admin_allow / admin_deny)");
+                tracing::warn!(target: "clusterserverd::admin", peer = %peer, count = n, denied = acl.acl.explicitly_denied(peer.ip()), "connection refused by the admin ACL (security.admin_allow / admin_deny)");
             }
             drop(stream);
             continue;
@@ -184,6 +218,7 @@ pub fn router(ctx: Arc<AdminContext>) -> Router {
         .route("/v1/promote", post(|s: Ctx, p: Extension<Peer>| control(s, p, ControlOp::Promote)))
         .route("/v1/demote", post(|s: Ctx, p: Extension<Peer>| control(s, p, ControlOp::Demote)))
         .route("/v1/reload", post(|s: Ctx, p: Extension<Peer>| control(s, p, ControlOp::Reload)))
+        .route("/v1/reload/plan", get(reload_plan))
         .route("/v1/forwarding/start", post(|s: Ctx, p: Extension<Peer>| control(s, p, ControlOp::Start)))
         .route("/v1/forwarding/stop", post(|s: Ctx, p: Extension<Peer>| control(s, p, ControlOp::Stop)))
         .route("/v1/forwarding/restart", post(|s: Ctx, p: Extension<Peer>| control(s, p, ControlOp::Restart)))
@@ -202,14 +237,32 @@ fn done(msg: impl Into<String>) -> Response {
     axum::Json(ActionDone { done: msg.into() }).into_response()
 }
 
-/// The token check and the request timeout, in front of every route.
+/// The body cap, the token check and the request timeout, in front of every route.
 async fn guard(
     State(ctx): Ctx,
     Extension(Peer(peer)): Extension<Peer>,
     req: Request,
     next: Next,
 ) -> Response {
-    let Some(token) = &ctx.token else {
+    // Every route, whether it reads its body or not: a declared length over the cap is
+    // refused before anything else (a body that is read is capped again as it streams).
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .map(|v| v.to_str().ok().and_then(|v| v.parse::<u64>().ok()));
+    match declared {
+        Some(None) => return error(StatusCode::BAD_REQUEST, "Content-Length is not a number"),
+        Some(Some(n)) if n > ctx.limits.max_body as u64 => {
+            AdminCounters::bump(&ctx.counters.bad_requests);
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body of {n} bytes is over the limit of {} bytes", ctx.limits.max_body),
+            );
+        }
+        _ => {}
+    }
+    let live = ctx.live.get();
+    let Some(token) = &live.token else {
         AdminCounters::bump(&ctx.counters.unauthorized);
         return error(
             StatusCode::UNAUTHORIZED,
@@ -255,8 +308,8 @@ pub fn status_of(ctx: &AdminContext) -> Status {
     let core = ctx.observed.core();
     let since = core.observed_at.map_or(0, |t| t.elapsed().as_millis() as u64);
     let now_ms = core.observed_ms + since;
-    let peers = ctx
-        .cfg
+    let cfg = ctx.cfg();
+    let peers = cfg
         .atms
         .iter()
         .enumerate()
@@ -286,13 +339,13 @@ pub fn status_of(ctx: &AdminContext) -> Status {
         })
         .collect();
     Status {
-        cluster: ctx.cfg.cluster.name.clone(),
-        node: ctx.cfg.atms[ctx.me].name.clone(),
+        cluster: ctx.cfg().cluster.name.clone(),
+        node: ctx.cfg().atms[ctx.me].name.clone(),
         role: role_name(&core).into(),
         epoch: core.epoch,
         stopped: core.held,
-        config_digest: hex(&ctx.cfg.digest()[..16]),
-        vips: ctx.cfg.vips().iter().map(ToString::to_string).collect(),
+        config_digest: hex(&ctx.cfg().digest()[..16]),
+        vips: ctx.cfg().vips().iter().map(ToString::to_string).collect(),
         // Active-active ATMs hear no heartbeats: listing the others as "down" would mislead.
         peers: if core.announce.is_some() { Vec::new() } else { peers },
         uptime_ms: ctx.started.elapsed().as_millis() as u64,
@@ -310,7 +363,7 @@ async fn services(State(ctx): Ctx) -> Response {
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("data plane: {e}")),
     };
     let out: Vec<ServiceStatus> = ctx
-        .cfg
+        .cfg()
         .services
         .iter()
         .enumerate()
@@ -333,6 +386,8 @@ async fn services(State(ctx): Ctx) -> Response {
                         port: srv.port,
                         config_weight: srv.weight,
                         weight: v.weight,
+                        runtime_weight: v.operator_weight,
+                        weight_overridden: v.weight_overridden,
                         healthy: v.healthy,
                         admin: v.admin.to_string(),
                         connections: v.connections,
@@ -407,7 +462,7 @@ async fn connections(State(ctx): Ctx, q: Result<Query<ConnParams>, QueryRejectio
         Ok(Query(q)) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("query: {}", e.body_text())),
     };
-    let service = match q.service.as_deref().map(|n| ctx.cfg.services.iter().position(|s| s.name == n)) {
+    let service = match q.service.as_deref().map(|n| ctx.cfg().services.iter().position(|s| s.name == n)) {
         Some(None) => {
             return error(StatusCode::NOT_FOUND, format!("no service {:?}", q.service.unwrap_or_default()));
         }
@@ -417,12 +472,12 @@ async fn connections(State(ctx): Ctx, q: Result<Query<ConnParams>, QueryRejectio
     let server = match (&q.server, service) {
         (None, _) => None,
         (Some(_), None) => return error(StatusCode::BAD_REQUEST, "server= needs service="),
-        (Some(n), Some(s)) => match ctx.cfg.services[s].servers.iter().position(|x| &x.name == n) {
+        (Some(n), Some(s)) => match ctx.cfg().services[s].servers.iter().position(|x| &x.name == n) {
             Some(i) => Some(i),
             None => {
                 return error(
                     StatusCode::NOT_FOUND,
-                    format!("no server {n:?} in service {:?}", ctx.cfg.services[s].name),
+                    format!("no server {n:?} in service {:?}", ctx.cfg().services[s].name),
                 );
             }
         },
@@ -486,7 +541,7 @@ async fn events(State(ctx): Ctx) -> Response {
 async fn metrics(State(ctx): Ctx) -> Response {
     let core = ctx.observed.core();
     let dp = ctx.backend.dataplane().await.ok();
-    let text = super::metrics::render(&ctx.cfg, ctx.me, &core, dp.as_ref(), &ctx.counters);
+    let text = super::metrics::render(&ctx.cfg(), ctx.me, &core, dp.as_ref(), &ctx.counters);
     let ct = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     ([(header::CONTENT_TYPE, ct)], text).into_response()
 }
@@ -500,10 +555,10 @@ async fn server_action(
     let Ok(Path((svc_name, srv_name, action))) = path else {
         return error(StatusCode::BAD_REQUEST, "path: expected /v1/services/SERVICE/servers/SERVER/ACTION");
     };
-    let Some(si) = ctx.cfg.services.iter().position(|s| s.name == svc_name) else {
+    let Some(si) = ctx.cfg().services.iter().position(|s| s.name == svc_name) else {
         return error(StatusCode::NOT_FOUND, format!("no service {svc_name:?}"));
     };
-    let Some(ri) = ctx.cfg.services[si].servers.iter().position(|s| s.name == srv_name) else {
+    let Some(ri) = ctx.cfg().services[si].servers.iter().position(|s| s.name == srv_name) else {
         return error(StatusCode::NOT_FOUND, format!("no server {srv_name:?} in service {svc_name:?}"));
     };
     let op = match action.as_str() {
@@ -563,7 +618,7 @@ async fn control(State(ctx): Ctx, Extension(Peer(peer)): Extension<Peer>, op: Co
     let accepted = ctx.backend.control(op).await;
     let r = match (op, accepted) {
         (_, Err(e)) => Err(e),
-        (ControlOp::Reload | ControlOp::Restart, Ok(m)) => Ok(m),
+        (ControlOp::Reload | ControlOp::ReloadPlan | ControlOp::Restart, Ok(m)) => Ok(m),
         (_, Ok(_)) => match tokio::time::timeout(ctx.limits.action_timeout, verdict(&mut rx, what)).await {
             Ok(v) => v,
             Err(_) => Err(format!(
@@ -573,6 +628,15 @@ async fn control(State(ctx): Ctx, Extension(Peer(peer)): Extension<Peer>, op: Co
         },
     };
     finish(&ctx, peer, what, r)
+}
+
+/// `GET /v1/reload/plan`: what a reload of the config file would change here, key by key
+/// (live, or by the planned handover and why), without applying it.
+async fn reload_plan(State(ctx): Ctx) -> Response {
+    match ctx.backend.control(ControlOp::ReloadPlan).await {
+        Ok(plan) => done(plan),
+        Err(why) => error(StatusCode::CONFLICT, format!("reload plan: {why}")),
+    }
 }
 
 /// Waits for the core's answer to `what` on the event stream.

@@ -58,8 +58,14 @@ pub struct CoreView {
 /// One server as the data plane has it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServerView {
+    /// As the engine has it (0 while drained).
     pub weight: u32,
+    /// The runtime weight: the operator's (`cmc weight`) if set, else the configured one.
     pub operator_weight: u32,
+    /// The weight in the config.
+    pub config_weight: u32,
+    /// Whether the runtime weight is an operator's override.
+    pub weight_overridden: bool,
     pub healthy: bool,
     pub admin: &'static str,
     pub connections: u64,
@@ -107,6 +113,8 @@ pub enum ControlOp {
     Start,
     /// Re-read and apply the config file (as SIGHUP).
     Reload,
+    /// Re-read the config file and say what a reload would change (applies nothing).
+    ReloadPlan,
     /// Hand over, tear down and start again with the running config.
     Restart,
 }
@@ -120,6 +128,7 @@ impl ControlOp {
             ControlOp::Stop => "stop",
             ControlOp::Start => "start",
             ControlOp::Reload => "reload",
+            ControlOp::ReloadPlan => "reload-plan",
             ControlOp::Restart => "restart",
         }
     }

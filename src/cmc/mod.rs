@@ -86,8 +86,15 @@ pub enum Cmd {
     Promote,
     /// Hands the VIPs to an eligible backup.
     Demote,
-    /// Re-reads the daemon's config file (refused, and the running one kept, if invalid).
-    Reload,
+    /// Re-reads the daemon's config file and applies it: live when the change plan allows
+    /// (no role move, connections kept), else by the planned handover and a restart; refused,
+    /// and the running one kept, if invalid.
+    Reload {
+        /// Print the change plan (what changes live, what needs the handover and which key
+        /// forces it) without applying anything.
+        #[arg(long)]
+        plan: bool,
+    },
     /// Makes this ATM a candidate again after `stop`.
     Start,
     /// Stops forwarding here: hands over if primary and stays backup until `start`.
@@ -164,11 +171,12 @@ async fn sync(cli: &Cli, what: &[String], apply: bool, no_reload: bool) -> anyho
 const RELOAD_WAIT: Duration = Duration::from_secs(30);
 
 /// Reloads every ATM, one at a time: the backups first, the primary last, each only once the
-/// previous one runs the new config and the ATMs still to go hear it. A changed config
-/// makes an ATM hand over and restart (SIGHUP's rule), so this order moves the primary role
-/// once, to an ATM already on the new config; reloading the primary first would hand the
-/// VIPs to an ATM still on the old config, and reloading two at once could leave the
-/// primary without a successor to hand over to.
+/// previous one runs the new config and the ATMs still to go hear it. Most changes apply
+/// live (SIGHUP's rule: the change plan of `cmc reload --plan`), so no role moves; when the
+/// plan needs the handover, an ATM hands over and restarts, and this order moves the
+/// primary role once, to an ATM already on the new config (reloading the primary first
+/// would hand the VIPs to an ATM still on the old config, and reloading two at once could
+/// leave the primary without a successor to hand over to).
 async fn rolling_reload(cli: &Cli) -> anyhow::Result<()> {
     let mut atms = Vec::new();
     for (name, address) in atms_of(cli)? {
@@ -360,7 +368,11 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
         }
         Cmd::Promote => action(c.post("/v1/promote", None).await?),
         Cmd::Demote => action(c.post("/v1/demote", None).await?),
-        Cmd::Reload => action(c.post("/v1/reload", None).await?),
+        Cmd::Reload { plan: false } => action(c.post("/v1/reload", None).await?),
+        Cmd::Reload { plan: true } => {
+            let d: crate::admin::model::ActionDone = c.get("/v1/reload/plan").await?;
+            println!("{}", d.done);
+        }
         Cmd::Start => action(c.post("/v1/forwarding/start", None).await?),
         Cmd::Stop => action(c.post("/v1/forwarding/stop", None).await?),
         Cmd::Restart => action(c.post("/v1/forwarding/restart", None).await?),
@@ -444,7 +456,8 @@ pub fn render_servers(services: &[ServiceStatus]) -> String {
         "ADDRESS",
         "HEALTH",
         "ADMIN",
-        "WEIGHT",
+        "CONFIG",
+        "RUNTIME",
         "CONNS",
         "TOTAL",
         "BYTES IN/OUT",
@@ -457,10 +470,14 @@ pub fn render_servers(services: &[ServiceStatus]) -> String {
                 format!("{}:{}", r.address, r.port),
                 if r.healthy { "up" } else { "DOWN" }.into(),
                 r.admin.clone(),
-                if r.weight == r.config_weight {
-                    r.weight.to_string()
-                } else {
-                    format!("{} (config {})", r.weight, r.config_weight)
+                r.config_weight.to_string(),
+                // The runtime weight (an operator's override is marked), then what the
+                // scheduler uses when that differs (0 while drained).
+                match (r.weight_overridden, r.weight == r.runtime_weight) {
+                    (true, true) => format!("{} (set)", r.runtime_weight),
+                    (true, false) => format!("{} (set; in use {})", r.runtime_weight, r.weight),
+                    (false, true) => r.runtime_weight.to_string(),
+                    (false, false) => format!("{} (in use {})", r.runtime_weight, r.weight),
                 },
                 r.connections.to_string(),
                 r.connections_total.to_string(),

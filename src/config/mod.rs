@@ -114,6 +114,12 @@ pub struct LoadOptions {
 /// Reads, parses and validates a config file, including the secret and token files
 /// (relative to the file's directory).
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    load_file_with(path, true)
+}
+
+/// As [`load_file`]; `check_files: false` checks the shape only (the secret and token files
+/// need not exist yet: `clusterserverd --check --no-files`).
+pub fn load_file_with(path: &Path, check_files: bool) -> Result<Config, ConfigErrors> {
     let origin = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors::new(vec![ConfigError {
@@ -128,7 +134,7 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let opts = LoadOptions { check_files: true, base_dir };
+    let opts = LoadOptions { check_files, base_dir };
     parse_str(&origin, &text, &opts)
 }
 

@@ -217,6 +217,9 @@ pub enum Action {
     /// gratuitous ARP) until [`Action::Exit`].
     DrainVips(Vec<IpAddr>),
     SendGarp(Vec<IpAddr>),
+    /// A live reload removed these VIPs while primary: stop answering for them; the engine
+    /// stays active for the VIPs that remain.
+    DropVips(Vec<IpAddr>),
     /// Probe reachlist host `target` and report with [`Election::handle_probe`].
     Probe {
         target: usize,
@@ -574,6 +577,44 @@ impl Election {
             self.actions.push_back(Action::Event(ev));
         }
         self.evaluate(now);
+    }
+
+    /// A live reload (see [`crate::config::diff`]): the role, epoch, peers and their loss
+    /// estimates stay; timers, ARP settings, VIPs and the digest change. The plan sends
+    /// anything else (cluster id, this ATM's identity, removed ATMs, the reachlist's length)
+    /// to the handover, so `cfg` keeps `cluster_id`, `me` and `reach_total`; `atm_count`
+    /// may grow (ATMs appended). A primary takes the new VIPs with a fresh gratuitous-ARP
+    /// burst and drops the removed ones; a heartbeat with the new digest goes out at once.
+    pub fn reconfigure(&mut self, now: Instant, cfg: ElectionConfig) {
+        self.enter(now);
+        debug_assert!(cfg.cluster_id == self.cfg.cluster_id && cfg.me == self.cfg.me);
+        let added: Vec<IpAddr> = cfg.vips.iter().filter(|v| !self.cfg.vips.contains(v)).copied().collect();
+        let removed: Vec<IpAddr> = self.cfg.vips.iter().filter(|v| !cfg.vips.contains(v)).copied().collect();
+        if cfg.heartbeat_copies != self.cfg.heartbeat_copies {
+            for p in &mut self.peers {
+                p.loss = LossEstimator::new(cfg.heartbeat_copies);
+            }
+        }
+        while self.peers.len() < cfg.atm_count {
+            self.peers.push(Peer { loss: LossEstimator::new(cfg.heartbeat_copies), ..Peer::default() });
+        }
+        if cfg.reach_total != self.cfg.reach_total {
+            self.reach = Reach::new(cfg.reach_total);
+        }
+        self.cfg = cfg;
+        if self.role == Role::Primary && self.leaving.is_none() {
+            if !added.is_empty() {
+                self.actions.push_back(Action::TakeVips(added));
+                self.garp_left = self.cfg.garp_count;
+                self.next_garp = now;
+                self.next_refresh = None;
+                self.run_garp(now);
+            }
+            if !removed.is_empty() {
+                self.actions.push_back(Action::DropVips(removed));
+            }
+        }
+        self.queue_heartbeat(now);
     }
 
     /// An operator's promote or demote.

@@ -62,6 +62,7 @@ fn render(a: &Action) -> String {
         Action::ReleaseVips(_) => "release".into(),
         Action::DrainVips(_) => "drain".into(),
         Action::SendGarp(_) => "garp".into(),
+        Action::DropVips(_) => "drop".into(),
         Action::Probe { target } => format!("probe{target}"),
         Action::Event(ev) => format!("{ev:?}"),
         Action::Exit => "exit".into(),

@@ -110,6 +110,15 @@ impl AtmNode {
         self.election.handle_probe(now, target, ok);
     }
 
+    /// A live reload: see [`crate::core::election::Election::reconfigure`]. ATMs appended
+    /// get a replay window each; the others keep theirs.
+    pub fn reconfigure(&mut self, now: Instant, cfg: ElectionConfig) {
+        if self.windows.len() < cfg.atm_count {
+            self.windows.resize(cfg.atm_count, ReplayWindow::default());
+        }
+        self.election.reconfigure(now, cfg);
+    }
+
     pub fn handle_admin(&mut self, now: Instant, req: AdminRequest) {
         self.election.handle_admin(now, req);
     }

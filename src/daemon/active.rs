@@ -132,12 +132,17 @@ pub(super) async fn control(
     let mut bird: Option<Bird> = None;
     let mut written = String::new();
     let (vtx, mut vrx) = mpsc::unbounded_channel();
-    let publish = Publishing { shell, bridge: Some(&admin.bridge), since: start, services: &cfg.services };
+    let publish = Publishing {
+        shell,
+        bridge: Some(&admin.bridge),
+        since: start,
+        services: std::cell::RefCell::new(cfg.services.clone()),
+    };
     let tee = Tee { publish, verdicts: vtx };
     let at_ms = move || start.elapsed().as_millis() as u64;
-    let checks = health::run(&cfg.services, &tee);
+    let checks = health::run(&cfg.services, &tee, None);
     // As on a primary: the DR servers' neighbour entries stay resolved (see `keep_resolved`).
-    let hops = super::direct_next_hops(cfg);
+    let hops = std::cell::RefCell::new(super::direct_next_hops(cfg));
     let resolve = super::keep_resolved(&hops);
     tokio::pin!(checks, resolve);
     let ack = Arc::new(AtomicU64::new(0));
@@ -282,6 +287,15 @@ fn admin_op(
                 Ok("config valid and changed: withdrawing, draining and restarting with it".into())
             }
         },
+        ControlOp::ReloadPlan => {
+            let new =
+                super::load(path).map_err(|e| format!("invalid config, a reload would be refused: {e}"))?;
+            if new.digest() == cfg.digest() {
+                return Ok("no change".into());
+            }
+            let plan = crate::config::diff::plan(cfg, &new, cfg.atms.iter().position(|a| a.name == node));
+            Ok(format!("{plan}\nactive-active applies a reload by withdrawing, draining and restarting"))
+        }
         ControlOp::Restart => {
             *reload = Some(Box::new(cfg.clone()));
             stop(announcer, now, node, "admin restart (withdraw, drain, restart)");

@@ -15,12 +15,13 @@ use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
 use super::processor::DaemonProcessor;
+use super::reload::Saver;
 use crate::admin::model::ConnectionPage;
+use crate::admin::server::Live;
 use crate::admin::server::connection_row;
 use crate::admin::state::{
     Backend, ConnectionQuery, ControlOp, DataplaneView, Outcome, ServerOp, ServerView,
 };
-use crate::config::Config;
 use crate::dataplane::io::tun::ShellControl;
 
 /// Longest wait for the worker to answer a read or apply a change.
@@ -33,12 +34,15 @@ pub type ControlRequest = (ControlOp, oneshot::Sender<Outcome>);
 #[derive(Debug)]
 pub struct DaemonBackend {
     pub shell: ShellControl<DaemonProcessor>,
-    pub cfg: Arc<Config>,
+    /// The running config (shared with the admin context; a live reload swaps it).
+    pub live: Arc<Live>,
     pub control: mpsc::UnboundedSender<ControlRequest>,
     /// Active-active only: every applied server change as (service, server, operator
     /// weight) for the control loop's announcer, which withdraws a VIP whose servers are
     /// all drained or disabled. `None` in primary/backup mode.
     pub server_changes: Option<mpsc::UnboundedSender<ServerChange>>,
+    /// Saves the operators' overrides after every change (see [`super::server_state`]).
+    pub saver: Arc<Saver>,
 }
 
 /// (service, server, operator weight: 0 while drained or disabled).
@@ -79,7 +83,9 @@ fn view(p: &DaemonProcessor) -> DataplaneView {
                     let inputs = p.servers.inputs(svc, i);
                     ServerView {
                         weight: s.weight,
-                        operator_weight: inputs.map_or(s.weight, |x| x.weight),
+                        operator_weight: inputs.map_or(s.weight, |x| x.weight()),
+                        config_weight: inputs.map_or(s.weight, |x| x.config_weight),
+                        weight_overridden: inputs.is_some_and(|x| x.weight_override.is_some()),
                         healthy: inputs.map_or(s.up, |x| x.healthy),
                         admin: inputs.map_or("enabled", |x| x.state.name()),
                         connections: u64::from(s.active),
@@ -108,7 +114,7 @@ impl Backend for DaemonBackend {
     }
 
     fn connections(&self, q: ConnectionQuery) -> BoxFuture<'static, Result<ConnectionPage, String>> {
-        let cfg = Arc::clone(&self.cfg);
+        let cfg = self.live.get().cfg.clone();
         ask(&self.shell, move |p| {
             let mut page = ConnectionPage { total: 0, offset: q.offset as u64, connections: Vec::new() };
             let matching = p.engine.table().iter().map(|(_, e)| e).filter(|e| {
@@ -137,11 +143,13 @@ impl Backend for DaemonBackend {
             ))
         });
         let tell = self.server_changes.clone();
+        let (saver, shell) = (Arc::clone(&self.saver), self.shell.clone());
         async move {
             let (msg, weight) = r.await??;
             if let Some(t) = tell {
                 let _ = t.send((service, server, weight));
             }
+            saver.save(|f| shell.apply(f).map_err(|e| e.to_string())).await;
             Ok(msg)
         }
         .boxed()

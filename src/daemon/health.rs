@@ -20,17 +20,20 @@
 //! `output` is what an exec or agent program printed (bounded, quoted); every run's output
 //! is also logged at `debug`.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use tokio::sync::mpsc;
 
 use crate::admin::CoreBridge;
-use crate::config::{CheckKind, Service};
+use crate::config::{CheckKind, Service, diff::Remap};
 use crate::dataplane::io::tun::Shell;
 use crate::health::{Action, Damping, Health, Input, Outcome, ProbeId, Transition};
 use crate::platform::linux::checks::{self, Report, Target};
@@ -52,6 +55,17 @@ pub trait ServerSink {
 
     /// One check run finished (for the admin channel's counters; default: ignored).
     fn check_ran(&self, _probe: ProbeId, _outcome: &Outcome) {}
+
+    /// A live reload: the services from now on (indices of later calls refer to them).
+    fn reconfigured(&self, _services: &[Service]) {}
+}
+
+/// A live reload for [`run`]: the services it ran and the new ones, and how they map.
+#[derive(Clone, Debug)]
+pub struct Update {
+    pub old: Vec<Service>,
+    pub new: Vec<Service>,
+    pub remap: Remap,
 }
 
 impl ServerSink for Shell<DaemonProcessor> {
@@ -74,14 +88,16 @@ pub struct Publishing<'a> {
     pub bridge: Option<&'a CoreBridge>,
     /// Origin of the events' `at_ms` (the control loop's clock).
     pub since: tokio::time::Instant,
-    pub services: &'a [Service],
+    /// The running services (names for the events); replaced by a live reload.
+    pub services: RefCell<Vec<Service>>,
 }
 
 impl ServerSink for Publishing<'_> {
     fn set_up(&self, service: usize, server: usize, up: bool) -> bool {
         let ok = self.shell.set_up(service, server, up);
+        let services = self.services.borrow();
         if ok
-            && let (Some(b), Some(svc)) = (self.bridge, self.services.get(service))
+            && let (Some(b), Some(svc)) = (self.bridge, services.get(service))
             && let Some(srv) = svc.servers.get(server)
         {
             b.health(self.since.elapsed().as_millis() as u64, &svc.name, &srv.name, up);
@@ -90,20 +106,34 @@ impl ServerSink for Publishing<'_> {
     }
 
     fn check_ran(&self, probe: ProbeId, outcome: &Outcome) {
-        if let Some(b) = self.bridge {
-            b.check_ran(probe, kind_name(self.services[probe.service].checks[probe.check].kind), outcome);
+        let services = self.services.borrow();
+        let kind = services.get(probe.service).and_then(|s| s.checks.get(probe.check)).map(|c| c.kind);
+        if let (Some(b), Some(kind)) = (self.bridge, kind) {
+            b.check_ran(probe, kind_name(kind), outcome);
         }
+    }
+
+    fn reconfigured(&self, services: &[Service]) {
+        *self.services.borrow_mut() = services.to_vec();
     }
 }
 
-type Running<'a> = FuturesUnordered<Pin<Box<dyn Future<Output = (ProbeId, Report)> + 'a>>>;
+type Running = FuturesUnordered<Pin<Box<dyn Future<Output = (ProbeId, Report)>>>>;
 
-/// Runs the checks of `services` forever, pushing every verdict change to `sink`.
-pub async fn run<S: ServerSink>(services: &[Service], sink: &S) {
+/// Runs the checks of `services` forever, pushing every verdict change to `sink`. A live
+/// reload arrives on `updates` ([`Health::reconfigure`]): checks in flight are dropped
+/// (their indices are the old config's), verdicts not yet delivered follow their server to
+/// its new index (those of removed servers are dropped).
+pub async fn run<S: ServerSink>(
+    services: &[Service],
+    sink: &S,
+    mut updates: Option<mpsc::UnboundedReceiver<Update>>,
+) {
     let start = tokio::time::Instant::now();
     let now = move || Instant::from_nanos(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
-    let mut health = Health::new(services, Damping::default(), now());
-    let mut running: Running<'_> = FuturesUnordered::new();
+    let mut services: Rc<Vec<Service>> = Rc::new(services.to_vec());
+    let mut health = Health::new(&services, Damping::default(), now());
+    let mut running: Running = FuturesUnordered::new();
     // Verdicts not yet accepted by the sink, newest per server.
     let mut undelivered: BTreeMap<(usize, usize), bool> = BTreeMap::new();
     let mut last: BTreeMap<ProbeId, Report> = BTreeMap::new();
@@ -112,9 +142,11 @@ pub async fn run<S: ServerSink>(services: &[Service], sink: &S) {
     loop {
         while let Some(action) = health.poll_action() {
             match action {
-                Action::RunCheck { probe, .. } => running.push(Box::pin(run_probe(services, probe))),
+                Action::RunCheck { probe, .. } => {
+                    running.push(Box::pin(run_probe(Rc::clone(&services), probe)))
+                }
                 Action::Transition(t) => {
-                    log_transition(services, &t, &last);
+                    log_transition(&services, &t, &last);
                     undelivered.insert((t.service, t.server), t.up);
                 }
             }
@@ -124,6 +156,18 @@ pub async fn run<S: ServerSink>(services: &[Service], sink: &S) {
         let retry = !undelivered.is_empty();
         tokio::select! {
             biased;
+            Some(u) = async { match updates.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => {
+                running = FuturesUnordered::new();
+                last.clear();
+                undelivered = undelivered
+                    .into_iter()
+                    .filter_map(|((s, r), up)| u.remap.server(s, r).map(|k| (k, up)))
+                    .collect();
+                health.reconfigure(now(), &u.old, &u.new, &u.remap);
+                services = Rc::new(u.new);
+                sink.reconfigured(&services);
+                tracing::info!(target: "clusterserverd::health", services = services.len(), probes = health.probes().count(), "checks reloaded: unchanged ones keep their state");
+            }
             Some((probe, report)) = running.next(), if !running.is_empty() => {
                 if !report.output.is_empty() {
                     tracing::debug!(target: "clusterserverd::health", service = %services[probe.service].name, server = %services[probe.service].servers[probe.server].name, check = probe.check, output = ?report.output, "program output");
@@ -137,7 +181,7 @@ pub async fn run<S: ServerSink>(services: &[Service], sink: &S) {
             _ = tokio::time::sleep(RETRY), if retry => {}
             _ = tokio::time::sleep_until(stats_at) => {
                 stats_at += STATS_EVERY;
-                log_stats(services, &health);
+                log_stats(&services, &health);
             }
         }
     }
@@ -150,7 +194,7 @@ async fn sleep_until(t: Option<tokio::time::Instant>) {
     }
 }
 
-async fn run_probe(services: &[Service], probe: ProbeId) -> (ProbeId, Report) {
+async fn run_probe(services: Rc<Vec<Service>>, probe: ProbeId) -> (ProbeId, Report) {
     let svc = &services[probe.service];
     let srv = &svc.servers[probe.server];
     let check = &svc.checks[probe.check];
@@ -197,8 +241,6 @@ fn log_transition(services: &[Service], t: &Transition, last: &BTreeMap<ProbeId,
 
 #[cfg(test)]
 mod tests {
-    use std::cell::RefCell;
-
     use super::*;
     use crate::config::{Check, Forwarding, OnDown, Protocol, SchedulerKind, Server};
 
@@ -272,7 +314,7 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
         rt.block_on(async {
             let services = [svc];
-            let health = run(&services, &sink);
+            let health = run(&services, &sink, None);
             tokio::pin!(health);
             let wait_for = |n: usize| {
                 let sink = &sink;

@@ -112,6 +112,8 @@ pub mod health;
 pub mod logging;
 mod node;
 pub mod processor;
+mod reload;
+pub mod server_state;
 pub mod servers;
 pub mod setup;
 
@@ -129,7 +131,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::admin::acl::Acl;
-use crate::admin::server::{AdminContext, Limits};
+use crate::admin::server::{AdminContext, Limits, Live};
 use crate::admin::state::{ControlOp, Observed};
 use crate::admin::token::Token;
 use crate::admin::{AdminHandle, CoreBridge};
@@ -302,11 +304,15 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
         Err(e) => return Err(undo_node_after(&rt, node_setup, e)),
     };
     tracing::info!(target: "clusterserverd", tun = %setup::owned(cfg).tun_name, "data plane up");
+    let state_file = server_state::path(&crate::platform::linux::node::state_dir(), cfg, me);
+    restore_overrides(&shell, cfg, me, &state_file);
+    let live = Live::new(Arc::new(cfg.clone()), Acl::from_config(&cfg.security), admin_token);
+    let saver = Arc::new(reload::Saver::new(state_file, me, Arc::clone(&live)));
     let names: Vec<String> = cfg.atms.iter().map(|a| a.name.clone()).collect();
     if active_active {
         let (changes_tx, server_changes) = mpsc::unbounded_channel();
         let (observed, requests, admin) =
-            open_admin(admin_listener, cfg, me, admin_token, &shell, Some(changes_tx));
+            open_admin(admin_listener, &live, me, &shell, Some(changes_tx), &saver);
         let bridge = CoreBridge::new(observed, names, atm.name.clone());
         let link = active::AdminLink { bridge, requests, server_changes };
         let next = run_active_active(&rt, &shell, path, cfg, me, link);
@@ -351,9 +357,27 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
         failover: cfg.failover.clone(),
         atm_addresses: cfg.atms.iter().map(|a| a.address).collect(),
     });
-    let (observed, admin_rx, admin) = open_admin(admin_listener, cfg, me, admin_token, &shell, None);
+    let (observed, admin_rx, admin) = open_admin(admin_listener, &live, me, &shell, None, &saver);
     platform.set_bridge(CoreBridge::new(observed, names, atm.name.clone()));
-    let next = rt.block_on(control(&platform, &shell, &arp, path, cfg, me, secret, admin_rx));
+    let (core_tx, core_rx) = mpsc::unbounded_channel();
+    let (health_tx, health_rx) = mpsc::unbounded_channel();
+    let reloader = reload::Reloader {
+        shell: &shell,
+        arp: &arp,
+        platform: &platform,
+        netlink: handle.clone(),
+        addrs: addrs.clone(),
+        me,
+        is_node,
+        live,
+        health: health_tx,
+        hops: Rc::new(RefCell::new(direct_next_hops(cfg))),
+        core: core_tx,
+        saver,
+    };
+    let loop_in = LoopInputs { core_rx, health_rx, admin_rx, secret };
+    let next = rt.block_on(control(&reloader, path, cfg, loop_in));
+    drop(reloader);
     if let Some(a) = admin {
         a.stop();
     }
@@ -435,39 +459,69 @@ type AdminParts = (Arc<Observed>, mpsc::UnboundedReceiver<ControlRequest>, Optio
 /// hears of every server change (see [`DaemonBackend`]).
 fn open_admin(
     listener: Option<std::net::TcpListener>,
-    cfg: &Config,
+    live: &Arc<Live>,
     me: usize,
-    token: Option<Token>,
     shell: &Shell<DaemonProcessor>,
     server_changes: Option<mpsc::UnboundedSender<admin::ServerChange>>,
+    saver: &Arc<reload::Saver>,
 ) -> AdminParts {
     let observed = Arc::new(Observed::default());
     let (control, requests) = mpsc::unbounded_channel();
+    if live.get().token.is_none() {
+        tracing::warn!(target: "clusterserverd::admin", "no usable security.token_file: the admin channel answers 401 to everything");
+    }
     let handle = listener.and_then(|l| {
-        let backend =
-            DaemonBackend { shell: shell.controller(), cfg: Arc::new(cfg.clone()), control, server_changes };
-        start_admin(l, cfg, me, token, Arc::clone(&observed), Arc::new(backend))
+        let backend = DaemonBackend {
+            shell: shell.controller(),
+            live: Arc::clone(live),
+            control,
+            server_changes,
+            saver: Arc::clone(saver),
+        };
+        start_admin(l, Arc::clone(live), me, Arc::clone(&observed), Arc::new(backend))
     });
     (observed, requests, handle)
+}
+
+/// Puts back the operators' overrides saved by a previous run (see [`server_state`]); a
+/// file that cannot be used is reported and ignored.
+fn restore_overrides(shell: &Shell<DaemonProcessor>, cfg: &Config, me: usize, path: &Path) {
+    let saved = match server_state::load(path, cfg, me) {
+        Ok(Some(s)) => s,
+        Ok(None) => return,
+        Err(why) => {
+            tracing::warn!(target: "clusterserverd", file = %path.display(), reason = %why, "ignoring the saved server overrides");
+            return;
+        }
+    };
+    let (overrides, dropped) = server_state::by_index(cfg, &saved);
+    if dropped > 0 {
+        tracing::warn!(target: "clusterserverd", file = %path.display(), dropped, "saved overrides of servers no longer in the config (or moved) were dropped");
+    }
+    let n = overrides.len();
+    let r =
+        shell.apply(Arc::new(move |p: &mut DaemonProcessor| p.servers.restore(&mut p.engine, &overrides)));
+    match r {
+        Ok(()) => {
+            tracing::info!(target: "clusterserverd", file = %path.display(), servers = n, "operators' server overrides restored (drain, disable, weight)")
+        }
+        Err(e) => {
+            tracing::error!(target: "clusterserverd", error = %e, "cannot restore the saved server overrides")
+        }
+    }
 }
 
 /// Starts the admin channel on its own thread (see [`crate::admin`]).
 fn start_admin(
     listener: std::net::TcpListener,
-    cfg: &Config,
+    live: Arc<Live>,
     me: usize,
-    token: Option<Token>,
     observed: Arc<Observed>,
     backend: Arc<DaemonBackend>,
 ) -> Option<AdminHandle> {
-    if token.is_none() {
-        tracing::warn!(target: "clusterserverd::admin", "no usable security.token_file: the admin channel answers 401 to everything");
-    }
     let ctx = AdminContext {
-        cfg: Arc::new(cfg.clone()),
+        live,
         me,
-        acl: Acl::from_config(&cfg.security),
-        token,
         observed,
         backend,
         counters: Default::default(),
@@ -589,13 +643,7 @@ fn start_shell(
     } else {
         None
     };
-    let peers: Vec<SocketAddr> = cfg
-        .atms
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != me)
-        .map(|(_, a)| SocketAddr::new(a.address, cfg.sync_port()))
-        .collect();
+    let peers = sync_peers(cfg, me);
     let mut socket = Some(socket);
     let mut built = Some((ecfg, peers));
     let (id, rate, sync_on) = (cfg.cluster.id, cfg.sync.max_datagrams_per_s, cfg.sync.connections);
@@ -609,6 +657,16 @@ fn start_shell(
         DaemonProcessor::new(engine, sender, receiver, socket.take().flatten(), peers)
     })?;
     Ok(shell)
+}
+
+/// The sync addresses of the other ATMs, in config order.
+fn sync_peers(cfg: &Config, me: usize) -> Vec<SocketAddr> {
+    cfg.atms
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != me)
+        .map(|(_, a)| SocketAddr::new(a.address, cfg.sync_port()))
+        .collect()
 }
 
 async fn open_arp(cfg: &Config, addrs: &[IfAddr], default_iface: &str) -> Result<ArpResponder, DaemonError> {
@@ -680,9 +738,10 @@ fn direct_next_hops(cfg: &Config) -> Vec<Ipv4Addr> {
 /// kernel keeps their neighbour entries: a backup that takes over then frames its first
 /// packets at once instead of dropping them while it resolves each server (measured in the
 /// labs: about 1.2 s of outage for direct routing without this). Never returns.
-async fn keep_resolved(hops: &[Ipv4Addr]) {
+async fn keep_resolved(hops: &RefCell<Vec<Ipv4Addr>>) {
     loop {
-        for h in hops {
+        let now: Vec<Ipv4Addr> = hops.borrow().clone();
+        for h in &now {
             // The answer does not matter (health checks judge servers); the exchange makes the
             // kernel resolve and confirm the neighbour entry.
             let _ = crate::platform::linux::icmp::ping(*h, Duration::from_millis(200)).await;
@@ -694,40 +753,105 @@ async fn keep_resolved(hops: &[Ipv4Addr]) {
 /// How often [`keep_resolved`] pings the direct-routing servers.
 const NEIGHBOUR_REFRESH: Duration = Duration::from_secs(5);
 
+/// What the control loop reads, besides the reloader's parts.
+struct LoopInputs {
+    /// The core's commands (the reloader holds the sender).
+    core_rx: mpsc::UnboundedReceiver<Command>,
+    /// Live reloads of the health checks.
+    health_rx: mpsc::UnboundedReceiver<health::Update>,
+    admin_rx: mpsc::UnboundedReceiver<ControlRequest>,
+    secret: Vec<u8>,
+}
+
+/// What a reload request (SIGHUP, `cmc reload`) ends in, for the caller to act on.
+enum ReloadAnswer {
+    /// Nothing to do, or applied live: the message for the operator.
+    Done(String),
+    /// Needs the planned handover and a restart with this config.
+    Restart(Box<Config>, String),
+    Refused(String),
+}
+
+/// Loads the file and reloads: live when the plan allows, else asks for the handover.
+async fn reload_from(
+    r: &reload::Reloader<'_>,
+    path: &Path,
+    running: &mut Config,
+    node: &str,
+) -> ReloadAnswer {
+    let new = match load(path) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!(target: "clusterserverd", node = %node, error = %e, "reload refused: invalid config; the running config is kept");
+            return ReloadAnswer::Refused(format!("invalid config, the running one is kept: {e}"));
+        }
+    };
+    match r.reload(running, new).await {
+        Ok(reload::Outcome::Unchanged) => {
+            tracing::info!(target: "clusterserverd", node = %node, "reload: config unchanged");
+            ReloadAnswer::Done("config unchanged: nothing to do".into())
+        }
+        Ok(reload::Outcome::Live(plan, st)) => {
+            reload::log_plan(node, "live", &plan);
+            tracing::info!(target: "clusterserverd", node = %node, changes = plan.items.len(), entries_kept = st.entries_kept, entries_dropped = st.entries_dropped, entries_reset = st.entries_reset, entries_orphaned = st.entries_orphaned, "reload applied live: role and connections kept");
+            ReloadAnswer::Done(format!("applied live: {plan}"))
+        }
+        Ok(reload::Outcome::Handover(plan, new)) => {
+            reload::log_plan(node, "handover", &plan);
+            let keys: Vec<&str> = plan.handover_items().map(|i| i.key.as_str()).collect();
+            tracing::info!(target: "clusterserverd", node = %node, keys = %keys.join(","), "reload: config valid and changed; these keys need the planned handover: handing over and restarting with it");
+            ReloadAnswer::Restart(new, format!("needs the planned handover and a restart: {plan}"))
+        }
+        Err(e) => {
+            tracing::error!(target: "clusterserverd", node = %node, error = %e, "reload failed while being applied live: restarting with the new config to be consistent");
+            match load(path) {
+                Ok(n) => ReloadAnswer::Restart(
+                    Box::new(n),
+                    format!("live apply failed ({e}): handing over and restarting"),
+                ),
+                Err(e2) => ReloadAnswer::Refused(format!(
+                    "live apply failed ({e}) and the file no longer loads: {e2}"
+                )),
+            }
+        }
+    }
+}
+
 /// The control loop: the driver, the ARP responder, the signals and the admin channel's
 /// requests.
-#[allow(clippy::too_many_arguments)] // reason: the loop's inputs, each used once; a struct would only rename them
 async fn control(
-    platform: &LinuxPlatform,
-    shell: &Shell<DaemonProcessor>,
-    arp: &ArpResponder,
+    r: &reload::Reloader<'_>,
     path: &Path,
     cfg: &Config,
-    me: usize,
-    secret: Vec<u8>,
-    mut admin_rx: mpsc::UnboundedReceiver<ControlRequest>,
+    inputs: LoopInputs,
 ) -> Result<Next, DaemonError> {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let LoopInputs { core_rx, health_rx, mut admin_rx, secret } = inputs;
+    let (platform, shell, arp, me) = (r.platform, r.shell, r.arp, r.me);
+    let tx = r.core.clone();
+    let mut running = cfg.clone();
     let sig = |k: SignalKind| signal(k).map_err(io_err("signal handler"));
     let (mut term, mut int, mut hup) =
         (sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?, sig(SignalKind::hangup())?);
-    let driver = run_atm(platform, cfg, me, secret, rx);
-    let hops = direct_next_hops(cfg);
+    let driver = run_atm(platform, cfg, me, secret, core_rx);
     // Health checks run on every ATM, primary or backup (see `health`).
     let serve = async {
         let sink = health::Publishing {
             shell,
             bridge: platform.bridge(),
             since: platform.started(),
-            services: &cfg.services,
+            services: RefCell::new(cfg.services.clone()),
         };
-        let (served, _, _) =
-            tokio::join!(arp.serve(), keep_resolved(&hops), health::run(&cfg.services, &sink));
+        let (served, _, _) = tokio::join!(
+            arp.serve(),
+            keep_resolved(&r.hops),
+            health::run(&cfg.services, &sink, Some(health_rx))
+        );
         served
     };
     tokio::pin!(driver, serve);
     let reload: RefCell<Option<Box<Config>>> = RefCell::new(None);
-    let node = &cfg.atms[me].name;
+    let node = cfg.atms[me].name.clone();
+    let node = node.as_str();
     tracing::info!(target: "clusterserverd", node = %node, heartbeat_port = cfg.heartbeat_port(), sync_port = cfg.sync_port(), "ready");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     // A graceful stop first drains the connection sync (bounded), then hands over.
@@ -772,37 +896,43 @@ async fn control(
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
                 draining = draining.take().or_else(|| drain("SIGINT"));
             }
-            _ = hup.recv() => {
-                if let Ok(Some(new)) = check_reload(path, cfg, node) {
-                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
-                    *reload.borrow_mut() = Some(new);
-                    draining = draining.take().or_else(|| drain("SIGHUP"));
+            _ = hup.recv(), if draining.is_none() => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+                match reload_from(r, path, &mut running, node).await {
+                    ReloadAnswer::Restart(new, _) => {
+                        *reload.borrow_mut() = Some(new);
+                        draining = drain("SIGHUP");
+                    }
+                    ReloadAnswer::Done(_) | ReloadAnswer::Refused(_) => {
+                        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+                    }
                 }
             }
             Some((op, reply)) = admin_rx.recv() => {
                 let core = |req| tx.send(Command::Admin(req)).map(|()| "requested".to_string()).map_err(|_| "the core has stopped".to_string());
-                let r = match op {
+                let res = match op {
                     _ if draining.is_some() => Err("the daemon is stopping or restarting".to_string()),
                     ControlOp::Promote => core(AdminRequest::Promote),
                     ControlOp::Demote => core(AdminRequest::Demote),
                     ControlOp::Stop => core(AdminRequest::Stop),
                     ControlOp::Start => core(AdminRequest::Start),
-                    ControlOp::Reload => match check_reload(path, cfg, node) {
-                        Err(e) => Err(e),
-                        Ok(None) => Ok("config unchanged: nothing to do".to_string()),
-                        Ok(Some(new)) => {
+                    ControlOp::Reload => match reload_from(r, path, &mut running, node).await {
+                        ReloadAnswer::Refused(e) => Err(e),
+                        ReloadAnswer::Done(m) => Ok(m),
+                        ReloadAnswer::Restart(new, m) => {
                             *reload.borrow_mut() = Some(new);
                             draining = drain("admin reload");
-                            Ok("config valid and changed: handing over and restarting with it".to_string())
+                            Ok(m)
                         }
                     },
+                    ControlOp::ReloadPlan => plan_of(r, path, &running),
                     ControlOp::Restart => {
-                        *reload.borrow_mut() = Some(Box::new(cfg.clone()));
+                        *reload.borrow_mut() = Some(Box::new(running.clone()));
                         draining = drain("admin restart");
                         Ok("handing over and restarting".to_string())
                     }
                 };
-                let _ = reply.send(r);
+                let _ = reply.send(res);
             }
             r = &mut serve => {
                 let e = r.err().unwrap_or_else(|| std::io::Error::other("ARP responder ended"));
@@ -810,4 +940,13 @@ async fn control(
             }
         }
     }
+}
+
+/// `cmc reload --plan`: what a reload of the file would do here, applied nowhere.
+fn plan_of(r: &reload::Reloader<'_>, path: &Path, running: &Config) -> Result<String, String> {
+    let new = load(path).map_err(|e| format!("invalid config, a reload would be refused: {e}"))?;
+    if new.digest() == running.digest() {
+        return Ok("no change".into());
+    }
+    Ok(r.plan(running, &new).to_string())
 }

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::dataplane::engine::{Engine, Verdict};
+use crate::dataplane::engine::{Engine, Reload, ReloadStats, Verdict};
 use crate::dataplane::fullsync::{FullSync, FullSyncStats};
 use crate::dataplane::io::{Disposition, Output, PacketProcessor};
 use crate::dataplane::sync::{
@@ -93,6 +93,17 @@ pub struct DaemonProcessor {
 pub type JoinWatch = watch::Sender<Option<Vec<SocketAddr>>>;
 
 impl DaemonProcessor {
+    /// A live reload on the worker: the engine in place ([`Engine::reconfigure`]), the
+    /// operators' overrides carried ([`ServerControl::reconfigure`]), and the sync peers
+    /// (a peer that stays keeps its replay window; an appended ATM gets a fresh one).
+    pub fn reconfigure(&mut self, r: &Reload<'_>, peers: Vec<SocketAddr>) -> ReloadStats {
+        let st = self.engine.reconfigure(self.last_now, r);
+        self.servers.reconfigure(&mut self.engine, r.remap, r.new);
+        self.receivers.set_peers(peers.iter().map(SocketAddr::ip).collect());
+        self.peers = peers;
+        st
+    }
+
     /// `socket`: the non-blocking sync socket (`None`: sync off).
     pub fn new(
         engine: Engine,

@@ -49,6 +49,10 @@ pub trait Platform {
     /// them (a graceful exit's drain; the process exits afterwards).
     fn drain_vips(&self, vips: &[IpAddr]) -> impl Future<Output = io::Result<()>>;
 
+    /// A live reload removed these VIPs from a primary: stop answering for them, while the
+    /// data plane keeps serving the VIPs that remain.
+    fn drop_vips(&self, vips: &[IpAddr]) -> impl Future<Output = io::Result<()>>;
+
     /// Announces the VIPs with one gratuitous ARP each.
     fn send_garp(&self, vips: &[IpAddr]) -> impl Future<Output = io::Result<()>>;
 

@@ -100,6 +100,17 @@ pub async fn install(
         .execute()
         .await
         .map_err(nl(format!("add default route to table {table_id}")))?;
+    add_rules(handle, table_id, priority, rules).await
+}
+
+/// Adds steering rules to a running shell's table (a live reload: a new VIP, a new NAT
+/// server).
+pub async fn add_rules(
+    handle: &Handle,
+    table_id: u32,
+    priority: u32,
+    rules: &[SteerRule],
+) -> Result<(), ShellError> {
     for r in rules {
         let mut add = handle.rule().add().action(RuleAction::ToTable).table_id(table_id).priority(priority);
         if let Some(iif) = &r.iif {
@@ -115,6 +126,50 @@ pub async fn install(
         add.execute().await.map_err(nl(format!("add rule {r:?}")))?;
     }
     Ok(())
+}
+
+/// Removes the steering rules `rules` from a running shell (a live reload: a VIP or a NAT
+/// server gone); the others stay. A rule already missing is not an error. Returns how many
+/// were deleted.
+pub async fn del_rules(
+    handle: &Handle,
+    table_id: u32,
+    priority: u32,
+    rules: &[SteerRule],
+) -> Result<usize, ShellError> {
+    let all: Vec<RuleMessage> =
+        handle.rule().get(IpVersion::V4).execute().try_collect().await.map_err(nl("list rules"))?;
+    let mut deleted = 0;
+    for r in all {
+        if rule_table(&r) != table_id || rule_priority(&r) != Some(priority) {
+            continue;
+        }
+        let prefix = |len: u8, want: fn(&RuleAttribute) -> Option<IpAddr>| {
+            let addr = r.attributes.iter().find_map(want)?;
+            match addr {
+                IpAddr::V4(a) => Ipv4Net::new(a, len).ok(),
+                IpAddr::V6(_) => None,
+            }
+        };
+        let to = prefix(r.header.dst_len, |a| match a {
+            RuleAttribute::Destination(ip) => Some(*ip),
+            _ => None,
+        });
+        let from = prefix(r.header.src_len, |a| match a {
+            RuleAttribute::Source(ip) => Some(*ip),
+            _ => None,
+        });
+        let iif = r.attributes.iter().find_map(|a| match a {
+            RuleAttribute::Iifname(n) => Some(n.clone()),
+            _ => None,
+        });
+        let this = SteerRule { to, from, iif };
+        if rules.contains(&this) {
+            handle.rule().del(r).execute().await.map_err(nl(format!("delete rule {this:?}")))?;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
 }
 
 fn rule_table(r: &RuleMessage) -> u32 {

@@ -27,13 +27,29 @@ pub enum PeerSyncError {
 pub struct PeerReceivers {
     peers: Vec<IpAddr>,
     receivers: Vec<SyncReceiver>,
+    /// A fresh receiver, copied for peers a reload adds.
+    template: SyncReceiver,
 }
 
 impl PeerReceivers {
     /// One copy of `template` (fresh: no window yet) per peer address.
     pub fn new(template: SyncReceiver, peers: Vec<IpAddr>) -> Self {
-        let receivers = vec![template; peers.len()];
-        PeerReceivers { peers, receivers }
+        let receivers = vec![template.clone(); peers.len()];
+        PeerReceivers { peers, receivers, template }
+    }
+
+    /// A live reload: the peers from now on. A peer that stays (same address) keeps its
+    /// receiver and replay window; a new one gets a fresh receiver.
+    pub fn set_peers(&mut self, peers: Vec<IpAddr>) {
+        let receivers = peers
+            .iter()
+            .map(|p| match self.peers.iter().position(|q| q == p) {
+                Some(i) => self.receivers[i].clone(),
+                None => self.template.clone(),
+            })
+            .collect();
+        self.peers = peers;
+        self.receivers = receivers;
     }
 
     /// Applies datagram `d` from `from` with that peer's receiver: the records applied.

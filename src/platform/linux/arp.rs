@@ -134,7 +134,7 @@ pub struct ArpStats {
 pub struct ArpResponder {
     ports: Vec<ArpPort>,
     /// VIP -> index in `ports`.
-    port_of: BTreeMap<Ipv4Addr, usize>,
+    port_of: RefCell<BTreeMap<Ipv4Addr, usize>>,
     held: RefCell<BTreeSet<Ipv4Addr>>,
     stats: RefCell<ArpStats>,
 }
@@ -143,7 +143,38 @@ impl ArpResponder {
     /// `port_of` maps every VIP to its port; VIPs missing from it are never answered.
     pub fn new(ports: Vec<ArpPort>, port_of: BTreeMap<Ipv4Addr, usize>) -> Self {
         assert!(port_of.values().all(|i| *i < ports.len()), "VIP mapped to a missing port");
-        ArpResponder { ports, port_of, held: RefCell::new(BTreeSet::new()), stats: RefCell::default() }
+        ArpResponder {
+            ports,
+            port_of: RefCell::new(port_of),
+            held: RefCell::new(BTreeSet::new()),
+            stats: RefCell::default(),
+        }
+    }
+
+    /// A live reload: the VIPs and the interface each is answered on. Every interface must
+    /// have a port already (sockets are opened at start-up); otherwise nothing changes and
+    /// the error names the VIP and interface.
+    pub fn map_vips(&self, per_vip: &BTreeMap<Ipv4Addr, String>) -> Result<(), String> {
+        *self.port_of.borrow_mut() = self.resolve(per_vip)?;
+        Ok(())
+    }
+
+    /// Whether [`ArpResponder::map_vips`] would succeed (changes nothing).
+    pub fn check_vips(&self, per_vip: &BTreeMap<Ipv4Addr, String>) -> Result<(), String> {
+        self.resolve(per_vip).map(|_| ())
+    }
+
+    fn resolve(&self, per_vip: &BTreeMap<Ipv4Addr, String>) -> Result<BTreeMap<Ipv4Addr, usize>, String> {
+        let mut map = BTreeMap::new();
+        for (vip, iface) in per_vip {
+            let Some(i) = self.ports.iter().position(|p| &p.iface == iface) else {
+                return Err(format!(
+                    "VIP {vip} is answered on interface {iface}, which has no ARP socket yet"
+                ));
+            };
+            map.insert(*vip, i);
+        }
+        Ok(map)
     }
 
     /// Starts answering for `vips`.
@@ -168,7 +199,7 @@ impl ArpResponder {
     pub fn announce(&self, vips: impl IntoIterator<Item = Ipv4Addr>) -> io::Result<()> {
         let mut first = None;
         for v in vips {
-            let Some(port) = self.port_of.get(&v).map(|i| &self.ports[*i]) else { continue };
+            let Some(port) = self.port_of.borrow().get(&v).map(|i| &self.ports[*i]) else { continue };
             let mut st = self.stats.borrow_mut();
             match port.send(&gratuitous(port.mac, v)) {
                 Ok(()) => st.gratuitous_sent += 1,
@@ -183,6 +214,10 @@ impl ArpResponder {
 
     /// Answers requests forever (returns only on a socket error).
     pub async fn serve(&self) -> io::Result<()> {
+        if self.ports.is_empty() {
+            // No IPv4 VIP to answer for: nothing to serve (and `select_all` needs one future).
+            return std::future::pending().await;
+        }
         let futures = self.ports.iter().map(|p| Box::pin(self.serve_port(p)));
         let (r, _, _) = futures::future::select_all(futures).await;
         r
@@ -197,7 +232,8 @@ impl ArpResponder {
             // addresses we do not hold (or hold on another interface).
             if req.sender_mac == port.mac
                 || !self.held.borrow().contains(&req.target_ip)
-                || self.port_of.get(&req.target_ip).map(|i| &self.ports[*i].iface) != Some(&port.iface)
+                || self.port_of.borrow().get(&req.target_ip).map(|i| &self.ports[*i].iface)
+                    != Some(&port.iface)
             {
                 continue;
             }

@@ -65,7 +65,8 @@ pub struct LinuxPlatform {
     start: tokio::time::Instant,
     incarnation: u64,
     node: String,
-    atm_names: Vec<String>,
+    /// Names of the ATMs by position (a reload may append some).
+    atm_names: std::cell::RefCell<Vec<String>>,
     broadcast: Option<Ipv4Addr>,
     arp: Rc<ArpResponder>,
     engine: Box<dyn Fn(EngineOp)>,
@@ -118,7 +119,7 @@ impl LinuxPlatform {
             start: tokio::time::Instant::now(),
             incarnation,
             node,
-            atm_names,
+            atm_names: std::cell::RefCell::new(atm_names),
             broadcast,
             arp,
             engine,
@@ -152,8 +153,13 @@ impl LinuxPlatform {
         self.role.get()
     }
 
-    fn peer(&self, i: usize) -> &str {
-        self.atm_names.get(i).map_or("?", String::as_str)
+    fn peer(&self, i: usize) -> String {
+        self.atm_names.borrow().get(i).map_or_else(|| "?".to_string(), String::clone)
+    }
+
+    /// A live reload: the ATMs' names (appended ones are named in logs from now on).
+    pub fn set_atm_names(&self, names: Vec<String>) {
+        *self.atm_names.borrow_mut() = names;
     }
 
     fn role_change(&self, role: Role, epoch: u64, reason: String) {
@@ -204,6 +210,12 @@ impl Platform for LinuxPlatform {
         // ARP goes to the successor; the engine stays active until the process exits.
         self.arp.release(v4s(vips));
         tracing::info!(node = %self.node, vips = ?vips, "VIPs released; still forwarding what arrives until exit");
+        Ok(())
+    }
+
+    async fn drop_vips(&self, vips: &[IpAddr]) -> io::Result<()> {
+        self.arp.release(v4s(vips));
+        tracing::info!(node = %self.node, vips = ?vips, "VIPs removed by a reload: no longer answered");
         Ok(())
     }
 
