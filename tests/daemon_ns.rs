@@ -233,15 +233,27 @@ fn two_daemons_elect_fail_over_and_hand_over() {
     assert!(lab.daemon_mut(other).alive() && lab.daemon_mut(other).is_primary());
     std::fs::write(lab.config(other), CONFIG).expect("config");
 
-    // A valid, changed config on SIGHUP (to the backup): applied by an in-process restart;
-    // the primary is untouched.
+    // A valid, changed config on SIGHUP (to the backup) whose plan is live: applied in
+    // place, no restart; the primary is untouched.
     std::fs::write(lab.config(&first), CONFIG.replace("refresh_s: 5", "refresh_s: 6")).expect("config");
     let first_pid = lab.daemon_mut(&first).child.id().to_string();
     run(&["kill", "-HUP", &first_pid]);
-    wait_until("reload applied", Duration::from_secs(10), || {
-        lab.daemon_mut(&first).lines().iter().filter(|l| l.contains(" ready ")).count() == 2
+    wait_until("live reload applied", Duration::from_secs(10), || {
+        lab.daemon_mut(&first).logged("reload applied live")
     });
+    assert!(lab.daemon_mut(&first).logged("key=arp.refresh_s how=live"), "the plan is logged key by key");
+    assert_eq!(lab.daemon_mut(&first).count(" ready "), 1, "a live reload does not restart");
+    assert_eq!(lab.primaries(), vec![other.to_string()], "a backup's reload moved the primary");
+    // A key that needs the planned handover (the table is allocated at start-up): the
+    // in-process restart, the key named in the log; still the primary is untouched.
+    let bigger = CONFIG
+        .replace("refresh_s: 5", "refresh_s: 6")
+        .replace("  timers:", "  table: { max_connections: 200000 },\n  timers:");
+    std::fs::write(lab.config(&first), bigger).expect("config");
+    run(&["kill", "-HUP", &first_pid]);
+    wait_until("reload by restart", Duration::from_secs(10), || lab.daemon_mut(&first).count(" ready ") == 2);
     assert!(lab.daemon_mut(&first).logged("restarting with the reloaded config"));
+    assert!(lab.daemon_mut(&first).logged("keys=table.max_connections"));
     assert_eq!(lab.primaries(), vec![other.to_string()], "a backup's reload moved the primary");
     assert_eq!(steering_rules(&first_ns), 2);
 

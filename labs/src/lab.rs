@@ -94,6 +94,11 @@ impl Lab {
         let nsname = &self.plan.host(host)?.ns;
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", nsname]);
+        // Each host's daemon keeps its state files (node set-up, server overrides) in the
+        // lab's directory, never in the machine's /run/clusterserverd.
+        let run = self.dir.join("run").join(host);
+        std::fs::create_dir_all(&run)?;
+        cmd.env(clusterserver::platform::linux::node::STATE_DIR_ENV, &run);
         match self.views.get(host).filter(|v| !v.is_empty()) {
             None => {
                 cmd.arg(program);

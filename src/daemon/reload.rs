@@ -241,12 +241,12 @@ impl Saver {
 
 /// Logs the plan applied (or about to be handed over), one line per change.
 pub(super) fn log_plan(node: &str, how: &str, plan: &Plan) {
-    tracing::info!(target: "clusterserverd::reload", node = %node, how, changes = plan.items.len(), handover = plan.needs_handover(), "reload plan: {}", plan.summary());
+    tracing::info!(target: "clusterserverd::reload", node = %node, how = %how, changes = plan.items.len(), handover = plan.needs_handover(), "reload plan: {}", plan.summary());
     for i in &plan.items {
         let how = match i.how {
             How::Live => "live",
             How::Handover => "handover",
         };
-        tracing::info!(target: "clusterserverd::reload", node = %node, key = %i.key, how, reason = %i.reason.as_deref().unwrap_or(""), "change: {}", i.change);
+        tracing::info!(target: "clusterserverd::reload", node = %node, key = %i.key, how = %how, reason = %i.reason.as_deref().unwrap_or(""), "change: {}", i.change);
     }
 }

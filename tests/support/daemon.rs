@@ -20,13 +20,14 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `clusterserverd --config CONFIG` in namespace `ns` at `RUST_LOG=info`; every
-    /// stderr line is kept and echoed as `[NAME] line` (shown for a failing test).
-    pub fn spawn(name: &str, ns: &str, config: &Path) -> Daemon {
+    /// Starts `clusterserverd --config CONFIG` in namespace `ns` at `RUST_LOG=info`, its state
+    /// files in `run_dir` (never the machine's `/run/clusterserverd`); every stderr line is kept and echoed as `[NAME] line` (shown for a failing test).
+    pub fn spawn(name: &str, ns: &str, config: &Path, run_dir: &Path) -> Daemon {
         let mut child = Command::new("ip")
             .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_clusterserverd"), "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
+            .env("CLUSTERSERVERD_RUN_DIR", run_dir)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -100,7 +101,9 @@ impl DaemonLab {
     /// killed first (a restart).
     pub fn start_daemon(&mut self, atm: &str, config: &Path) {
         self.daemons.retain(|d| d.name != atm);
-        let d = Daemon::spawn(atm, &self.net.name(atm), config);
+        let run_dir = self.net.dir.join("run").join(atm);
+        std::fs::create_dir_all(&run_dir).expect("run dir");
+        let d = Daemon::spawn(atm, &self.net.name(atm), config, &run_dir);
         self.daemons.push(d);
     }
 
