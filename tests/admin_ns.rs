@@ -437,7 +437,8 @@ fn actions(lab: &Lab, client: &str, mgmt: &str, p: &str, through_vip: u64) {
     assert_eq!(server(mgmt, p).1, "disabled");
     let (ok, _, _) = lab.cmc(mgmt, p, &["enable", "echo", "s1"]);
     assert!(ok);
-    assert_eq!(server(mgmt, p), (42, "enabled".into()));
+    // Enable clears every override: back to the configured weight.
+    assert_eq!(server(mgmt, p), (10, "enabled".into()));
     wait_until("service back after enable", Duration::from_secs(5), || {
         request(client, Duration::from_millis(300))
     });

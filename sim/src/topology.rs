@@ -42,6 +42,8 @@ pub fn cluster_config(
     };
     let min_reachable = o.min_reachable.unwrap_or(u32::from(!reachlist.is_empty()));
     Config {
+        base_dir: PathBuf::new(),
+        relative_paths: Default::default(),
         cluster: Cluster {
             name: format!("sim{id}"),
             id,

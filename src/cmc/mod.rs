@@ -78,7 +78,7 @@ pub enum Cmd {
     Weight { service: String, server: String, weight: u32 },
     /// No new connections to a server; its existing ones carry on.
     Drain { service: String, server: String },
-    /// Back in service with its weight (undoes drain and disable).
+    /// Back to the config: undoes drain, disable and `weight` (the overrides an operator set).
     Enable { service: String, server: String },
     /// Out of service as if failed (the service's on_down applies).
     Disable { service: String, server: String },

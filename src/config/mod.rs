@@ -167,6 +167,12 @@ pub fn parse_str(origin: &str, text: &str, opts: &LoadOptions) -> Result<Config,
 /// Takes relative file names from `base_dir`.
 fn resolve(mut config: Config, base_dir: &Path) -> Config {
     config.base_dir = base_dir.to_path_buf();
+    config.relative_paths = RelativePaths {
+        secret_file: config.cluster.secret_file.is_relative(),
+        token_file: config.security.token_file.as_ref().is_some_and(|t| t.is_relative()),
+        identity_file: config.failover.ssh.as_ref().is_some_and(|s| s.identity_file.is_relative()),
+        known_hosts: config.failover.ssh.as_ref().is_some_and(|s| s.known_hosts.is_relative()),
+    };
     config.cluster.secret_file = base_dir.join(&config.cluster.secret_file);
     if let Some(t) = &mut config.security.token_file {
         *t = base_dir.join(&*t);

@@ -51,6 +51,7 @@ impl Draft {
             },
             failover: self.failover,
             base_dir: std::path::PathBuf::new(),
+            relative_paths: Default::default(),
         })
     }
 }

@@ -39,11 +39,23 @@ pub struct Config {
     /// form when empty, so the digest of a config without failover is what it always was.
     #[serde(skip_serializing_if = "Failover::is_empty")]
     pub failover: Failover,
-    /// The directory relative file names were taken from (the config file's). Not part of
-    /// the canonical form: [`Config::digest`] writes the files below it relative to it, so
-    /// the same text in another directory has the same digest on every host.
+    /// The directory relative file names were taken from (the config file's), and which of
+    /// the file names were written relative. Not part of the canonical form:
+    /// [`Config::digest`] hashes the file names as written, so the same text in another
+    /// directory has the same digest on every host (and an absolute name stays absolute).
     #[serde(skip)]
     pub base_dir: PathBuf,
+    #[serde(skip)]
+    pub relative_paths: RelativePaths,
+}
+
+/// Which file names of a config were written relative to its directory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelativePaths {
+    pub secret_file: bool,
+    pub token_file: bool,
+    pub identity_file: bool,
+    pub known_hosts: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -321,20 +333,22 @@ impl Config {
     pub(crate) fn relative_to_base(&self) -> Config {
         let mut c = self.clone();
         let base = &self.base_dir;
-        let rel = |p: &mut PathBuf| {
-            if !base.as_os_str().is_empty()
+        let w = self.relative_paths;
+        let rel = |p: &mut PathBuf, written_relative: bool| {
+            if written_relative
+                && !base.as_os_str().is_empty()
                 && let Ok(r) = p.strip_prefix(base)
             {
                 *p = r.to_path_buf();
             }
         };
-        rel(&mut c.cluster.secret_file);
+        rel(&mut c.cluster.secret_file, w.secret_file);
         if let Some(t) = &mut c.security.token_file {
-            rel(t);
+            rel(t, w.token_file);
         }
         if let Some(ssh) = &mut c.failover.ssh {
-            rel(&mut ssh.identity_file);
-            rel(&mut ssh.known_hosts);
+            rel(&mut ssh.identity_file, w.identity_file);
+            rel(&mut ssh.known_hosts, w.known_hosts);
         }
         c
     }
