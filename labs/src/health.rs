@@ -112,10 +112,12 @@ pub fn apply(lab: &mut Lab, plan: &Plan, st: &Step) -> anyhow::Result<Option<Str
 
 /// A health fault's server and whether it fails, from its fault-log text.
 fn health_fault(text: &str) -> Option<(String, bool)> {
-    let (kind, host) = text.strip_prefix("fault: ")?.split_once(' ')?;
+    let (kind, rest) = text.strip_prefix("fault: ")?.split_once(' ')?;
+    let host = rest.split_whitespace().next()?;
     let failing = match kind {
-        "backend_stop" | "server_down" | "check_fail" => true,
-        "backend_start" | "server_up" | "check_pass" => false,
+        // A reload that removed or added a server (see `runner::reload`).
+        "backend_stop" | "server_down" | "check_fail" | "server_removed" => true,
+        "backend_start" | "server_up" | "check_pass" | "server_added" => false,
         _ => return None,
     };
     Some((host.to_string(), failing))

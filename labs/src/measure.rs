@@ -129,6 +129,8 @@ pub struct ClientResult {
     pub requests: Vec<(u64, u64, bool, String)>,
     pub flows: u64,
     pub flows_lost: u64,
+    /// Per lost flow, the servers that answered it (`+`-joined, as the client wrote them).
+    pub lost_flow_servers: Vec<String>,
     pub flow_notes: Vec<String>,
 }
 
@@ -147,6 +149,7 @@ impl ClientResult {
                     r.flows += 1;
                     if num(5) == 1 {
                         r.flows_lost += 1;
+                        r.lost_flow_servers.push(f.get(6).unwrap_or(&"").to_string());
                         r.flow_notes.push(format!(
                             "flow {}: servers {:?}, {} replies, {}",
                             f.get(1).unwrap_or(&"?"),

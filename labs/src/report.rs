@@ -74,7 +74,14 @@ pub fn outcome(
         series.insert(c.clone(), r.series(t0, duration_ms.div_ceil(100) as usize));
         by_server.insert(c.clone(), r.by_server());
         long_lived += r.flows;
-        lost += r.flows_lost;
+        // A flow whose server a `reload` removed ends by design (`on_down`), as in the
+        // simulator: not lost.
+        let removed: Vec<&str> =
+            s.steps.iter().filter_map(|st| st.reload.as_ref()?.remove_server.as_deref()).collect();
+        let by_design = |servers: &String| {
+            !servers.is_empty() && servers.split('+').next().is_some_and(|first| removed.contains(&first))
+        };
+        lost += r.flows_lost - r.lost_flow_servers.iter().filter(|s| by_design(s)).count() as u64;
         notes.extend(r.flow_notes.iter().map(|n| format!("{c}: {n}")));
         requests += r.requests.len() as u64;
     }

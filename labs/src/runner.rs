@@ -47,6 +47,7 @@ pub const SUPPORTED: &[&str] = &[
     "demote",
     "miss_garp",
     "latency",
+    "reload",
 ];
 
 /// The lab's figures: the simulator's [`Outcome`] plus what only a real run shows.
@@ -326,7 +327,9 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
     // Real servers run the daemon too and it alone sets them up (VIP on lo, ARP hiding,
     // decapsulation); the lab only checks, and after the run that they are clean again.
     let node_before = crate::nodes::prepare(&lab, &s.topology.forwarding)?;
-    crate::nodes::start(&mut lab, &daemon, &cfg_path, &s.topology.forwarding)?;
+    crate::nodes::start(&mut lab, &daemon, &cfg_path, &s.topology.forwarding, &s.cluster.spare_servers)?;
+    // The config file as the `reload` steps edit it.
+    let mut file = cfg.clone();
     // Time 0 of the scenario: every ATM daemon is past its start-up quiet period and running,
     // as every simulated daemon is at the simulator's time 0 (an election may already have
     // happened, its time is then shown as 0).
@@ -349,7 +352,7 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
             if let Some(h) = st.crash.as_ref().filter(|_| s.failover.is_some()) {
                 crate::services::log_crash(dir, h, unix_ms())?;
             }
-            let text = apply(&mut lab, st, &daemon, &cfg_path, &mut stopped, &mut crashed)
+            let text = apply(&mut lab, st, &daemon, (&cfg_path, &mut file), &mut stopped, &mut crashed)
                 .with_context(|| format!("step at {} ms", st.at_ms))?;
             eprintln!("[{:>6} ms] {text}", unix_ms() - t0);
             faults_log.push((unix_ms() - t0, text));
@@ -491,6 +494,56 @@ fn atm_macs(lab: &Lab) -> anyhow::Result<BTreeMap<String, String>> {
     Ok(m)
 }
 
+/// A `reload` step as an operator does it: the config file edited (the simulator's edit,
+/// [`clustersim::topology::edited`]), a real server added gets its node daemon, then SIGHUP
+/// to each listed ATM in order, each waited for until it logs the outcome (applied live, or
+/// restarting for a handover: the role changes then show in the figures).
+fn reload(lab: &mut Lab, st: &Step, daemon: &Path, cfg: &Path, file: &mut Config) -> anyhow::Result<String> {
+    let r = st.reload.as_ref().context("reload")?;
+    let nodes: Vec<(String, IpAddr)> =
+        lab.plan.of_role(Role::Node).iter().map(|h| (h.name.clone(), IpAddr::V4(h.addr()))).collect();
+    let new = clustersim::topology::edited(file, r, &nodes)?;
+    write_config(&new, cfg)?;
+    *file = new;
+    if let Some(n) = &r.add_server
+        && lab.pid(&format!("{n}/daemon")).is_err()
+    {
+        crate::nodes::start_one(lab, daemon, n, cfg)?;
+        crate::nodes::wait_ready(lab, &format!("{n}/daemon"), 0, 5_000)?;
+    }
+    let mut done = Vec::new();
+    for atm in &r.atms {
+        let label = format!("{atm}/daemon");
+        let outcomes = |lab: &Lab| {
+            let t = lab.log_text(&label);
+            t.matches("reload applied live").count()
+                + t.matches("restarting with the reloaded config").count()
+        };
+        let before = outcomes(lab);
+        let live_before = lab.log_text(&label).matches("reload applied live").count();
+        lab.signal(&label, Signal::SIGHUP)?;
+        let mut how = "no answer within 5 s";
+        for _ in 0..500 {
+            check_interrupted()?;
+            if outcomes(lab) > before {
+                let live = lab.log_text(&label).matches("reload applied live").count() > live_before;
+                how = if live { "live" } else { "by restart" };
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        done.push(format!("{atm} {how}"));
+    }
+    // Named as the health faults are, so the lab measures when the server stopped or started
+    // taking requests (`health::check`) from here.
+    let what = match (&r.add_server, &r.remove_server) {
+        (Some(n), _) => format!("fault: server_added {n} "),
+        (None, Some(n)) => format!("fault: server_removed {n} "),
+        (None, None) => String::new(),
+    };
+    Ok(format!("{what}reload: {}", done.join(", ")))
+}
+
 fn start_daemon(lab: &mut Lab, daemon: &Path, atm: &str, cfg: &Path) -> anyhow::Result<()> {
     crate::nodes::start_one(lab, daemon, atm, cfg)
 }
@@ -499,7 +552,7 @@ fn apply(
     lab: &mut Lab,
     st: &Step,
     daemon: &Path,
-    cfg: &Path,
+    (cfg, file): (&Path, &mut Config),
     stopped: &mut Vec<String>,
     crashed: &mut Vec<String>,
 ) -> anyhow::Result<String> {
@@ -616,6 +669,7 @@ fn apply(
             args.extend(plan.of_role(Role::Atm).iter().map(|h| format!("{}:{port}", h.addr())));
             lab.spawn(&format!("rogue/forge-{}", st.at_ms), "rogue", &exe, &args)?;
         }
+        "reload" => return reload(lab, st, daemon, cfg, file),
         other => bail!("the lab cannot perform `{other}`"),
     }
     let what = match kind {

@@ -196,7 +196,10 @@ pub fn software(
     command_ms: u64,
 ) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = turmoil::Result>>> {
     move || {
-        let (world, name, cfg, secret) = (world.clone(), name.clone(), cfg.clone(), secret.clone());
+        let (world, name, secret) = (world.clone(), name.clone(), secret.clone());
+        // A daemon (re)starting reads the config file as the `reload` steps left it.
+        let file = world.borrow().config_file.clone().filter(|f| f.cluster.id == cfg.cluster.id);
+        let cfg = file.unwrap_or_else(|| cfg.clone());
         Box::pin(async move {
             world.borrow_mut().host_started(&name);
             // Machines do not boot on the same millisecond: start 0-149 ms late (from the seed).
@@ -204,7 +207,14 @@ pub fn software(
             tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
             tokio::task::spawn_local(crate::kernel::kernel(world.clone(), name.clone()));
             let (tx, rx) = mpsc::unbounded_channel();
-            world.borrow_mut().host(&name).commands = Some(tx);
+            let (reload_tx, reload_rx) = mpsc::unbounded_channel();
+            {
+                let mut w = world.borrow_mut();
+                let h = w.host(&name);
+                h.commands = Some(tx);
+                h.reloads = Some(reload_tx);
+                h.running_config = Some(cfg.clone());
+            }
             let clock = SimClock::start();
             let incarnation = turmoil::since_epoch().unwrap_or_default().as_millis() as u64;
             let atm_names = cfg.atms.iter().map(|a| a.name.clone()).collect();
@@ -221,7 +231,7 @@ pub fn software(
                 tokio::select! {
                     biased;
                     r = run_atm(&platform, &cfg, me, secret, rx) => r.map(|_| ()),
-                    r = crate::dataplane::run(world.clone(), name.clone(), spec, clock) => r,
+                    r = crate::dataplane::run(world.clone(), name.clone(), spec, clock, reload_rx) => r,
                 }
             };
             let Some(result) = Killable::new(&world, &name, Freezable::new(&world, &name, daemon)).await

@@ -24,8 +24,10 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
-use clusterserver::config::{Config, Table};
-use clusterserver::dataplane::engine::{Engine, EngineConfig, Verdict};
+use tokio::sync::mpsc;
+
+use clusterserver::config::{Config, Table, diff::Remap};
+use clusterserver::dataplane::engine::{Engine, EngineConfig, Reload, Verdict};
 use clusterserver::dataplane::sync::{MAX_DATAGRAM, PeerReceivers, SyncReceiver, SyncSender};
 use clusterserver::dataplane::wire::build;
 use clusterserver::health::{Action, Damping, Health, Input, Outcome};
@@ -49,8 +51,14 @@ pub struct DataplaneSpec {
 }
 
 /// Runs the ATM's data plane until the host crashes or the daemon exits.
-pub async fn run(world: Shared, name: String, spec: DataplaneSpec, clock: SimClock) -> io::Result<()> {
-    let cfg = &spec.cfg;
+pub async fn run(
+    world: Shared,
+    name: String,
+    spec: DataplaneSpec,
+    clock: SimClock,
+    mut reloads: mpsc::UnboundedReceiver<Rc<Config>>,
+) -> io::Result<()> {
+    let mut cfg = spec.cfg.clone();
     let svc = SimSocket::bind(&world, &name, SERVICE_PORT).await?;
     let sync = SimSocket::bind(&world, &name, cfg.sync_port()).await?;
     let fwd = SimSocket::bind(&world, &name, 0).await?;
@@ -67,26 +75,19 @@ pub async fn run(world: Shared, name: String, spec: DataplaneSpec, clock: SimClo
     engine.set_sync(cfg.sync.connections);
     let mut sender =
         SyncSender::new(&spec.secret, cfg.cluster.id, spec.session, cfg.sync.max_datagrams_per_s);
-    let peers: Vec<SocketAddr> = cfg
-        .atms
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != spec.me)
-        .map(|(_, a)| SocketAddr::new(a.address, cfg.sync_port()))
-        .collect();
+    let mut peers = sync_peers(&cfg, spec.me);
     // One replay window per peer, as in the daemon (`PeerReceivers`).
     let mut receivers = PeerReceivers::new(
         SyncReceiver::new(&spec.secret, cfg.cluster.id),
         peers.iter().map(|p| p.ip()).collect(),
     );
-    let servers: Vec<IpAddr> =
-        cfg.services.iter().flat_map(|s| s.servers.iter().map(|x| x.address)).collect();
+    let mut servers = server_addresses(&cfg);
     let (mut buf, mut sbuf, mut tx, mut out) =
         ([0u8; 2048], vec![0u8; MAX_DATAGRAM], [0u8; 2048], vec![0u8; MAX_DATAGRAM]);
     let mut health = Health::new(&cfg.services, Damping::default(), clock.now());
     loop {
         follow_role(&world, &name, &mut engine, &mut sender);
-        run_checks(&world, &name, cfg, &mut health, &mut engine, clock);
+        run_checks(&world, &name, &cfg, &mut health, &mut engine, clock);
         let next = [sender.poll_timeout(), health.poll_timeout()].into_iter().flatten().min();
         let wait = next.map_or(Duration::from_millis(100), |t| t.saturating_since(clock.now()));
         tokio::select! {
@@ -101,6 +102,24 @@ pub async fn run(world: Shared, name: String, spec: DataplaneSpec, clock: SimClo
                 } else if let Some(answer) = probe_answer(&world, &name, pkt) {
                     let _ = svc.send(answer.as_bytes(), from).await;
                 }
+            }
+            Some(new) = reloads.recv() => {
+                // The daemon's live reload, by the same code: the engine and the checks in
+                // place (`Engine::reconfigure`, `Health::reconfigure`), the sync peers.
+                let remap = Remap::between(&cfg, &new);
+                let table = Table { max_connections: SIM_TABLE, ..new.table.clone() };
+                let r = Reload { old: &cfg.services, new: &new.services, remap: &remap, table: &table };
+                let st = engine.reconfigure(clock.now(), &r);
+                health.reconfigure(clock.now(), &cfg.services, &new.services, &remap);
+                peers = sync_peers(&new, spec.me);
+                receivers.set_peers(peers.iter().map(|p| p.ip()).collect());
+                servers = server_addresses(&new);
+                let text = format!(
+                    "data plane reloaded: flows kept={} dropped={} reset={} orphaned={}",
+                    st.entries_kept, st.entries_dropped, st.entries_reset, st.entries_orphaned
+                );
+                world.borrow_mut().log(clock.now().as_millis(), &name, text);
+                cfg = new;
             }
             r = sync.recv(&mut sbuf) => {
                 let (n, from) = r?;
@@ -118,6 +137,19 @@ pub async fn run(world: Shared, name: String, spec: DataplaneSpec, clock: SimClo
             }
         }
     }
+}
+
+fn sync_peers(cfg: &Config, me: usize) -> Vec<SocketAddr> {
+    cfg.atms
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != me)
+        .map(|(_, a)| SocketAddr::new(a.address, cfg.sync_port()))
+        .collect()
+}
+
+fn server_addresses(cfg: &Config) -> Vec<IpAddr> {
+    cfg.services.iter().flat_map(|s| s.servers.iter().map(|x| x.address)).collect()
 }
 
 /// Starts the due checks, answers them from the world at once, and applies every verdict

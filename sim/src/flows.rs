@@ -104,6 +104,33 @@ fn parse_answer(pkt: &[u8]) -> Option<(u16, String)> {
 
 /// Flows counted as lost at the end of a run of `end` ms: moved, never answered, or silent
 /// for the last two seconds.
+/// As [`lost`], not counting the flows whose server a reload removed (they end by design,
+/// as `on_down` says): (lost, of those the flows on removed servers).
+pub fn lost_except_removed(
+    flows: &BTreeMap<u16, FlowRec>,
+    expected: u16,
+    end: u64,
+    removed: &std::collections::BTreeSet<String>,
+) -> (u64, u64) {
+    let on_removed = |i: u16| {
+        flows.get(&(FIRST_PORT + i)).and_then(|f| f.server.as_ref()).is_some_and(|s| removed.contains(s))
+    };
+    let gone = (0..expected).filter(|i| {
+        flows.get(&(FIRST_PORT + i)).is_none_or(|f| {
+            f.moved_at_ms.is_some() || f.last_answer_ms.is_none_or(|t| end.saturating_sub(t) > 2_000)
+        })
+    });
+    let (mut lost, mut removed_n) = (0, 0);
+    for i in gone {
+        if on_removed(i) {
+            removed_n += 1;
+        } else {
+            lost += 1;
+        }
+    }
+    (lost, removed_n)
+}
+
 pub fn lost(flows: &BTreeMap<u16, FlowRec>, expected: u16, end: u64) -> u64 {
     (0..expected)
         .filter(|i| {

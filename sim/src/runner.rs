@@ -170,6 +170,7 @@ fn register_hosts(
     let atms = pick("atm");
     let nodes = pick("node");
     let cfg = Rc::new(cluster_config(s, CLUSTER_ID, &atms, reachlist.clone(), vip, &nodes));
+    world.borrow_mut().config_file = Some(cfg.clone());
     let command_ms = s.failover.as_ref().map_or(0, |f| f.command_ms);
     for (i, (name, _)) in atms.iter().enumerate() {
         world.borrow_mut().host(name).cluster = Some(CLUSTER_ID);
@@ -351,8 +352,12 @@ impl RunState {
             arp_owner.insert(name.clone(), owner);
         }
         let long_lived: u64 = w.hosts.values().map(|h| u64::from(h.flows_expected)).sum();
-        let long_lived_lost: u64 =
-            w.hosts.values().map(|h| crate::flows::lost(&h.flows, h.flows_expected, end)).sum();
+        // Flows whose server a reload removed end by design (`on_down`): not lost.
+        let (long_lived_lost, _on_removed) = w
+            .hosts
+            .values()
+            .map(|h| crate::flows::lost_except_removed(&h.flows, h.flows_expected, end, &w.removed_servers))
+            .fold((0, 0), |(a, b), (x, y)| (a + x, b + y));
         let promotions: usize =
             w.hosts.values().filter(|h| h.cluster == Some(CLUSTER_ID)).map(|h| h.promotions.len()).sum();
         for (name, h) in &w.hosts {
@@ -545,6 +550,66 @@ fn apply(
                 bail!("{kind} {h}: the host's daemon is not running");
             }
             log(format!("operator: {kind} {h}"));
+        }
+        "reload" => {
+            let r = step.reload.as_ref().expect("kind checked");
+            let (file, nodes) = {
+                let w = world.borrow();
+                let nodes: Vec<(String, IpAddr)> = w
+                    .hosts
+                    .iter()
+                    .filter(|(n, _)| n.starts_with("node"))
+                    .filter_map(|(n, h)| Some((n.clone(), h.addr?)))
+                    .collect();
+                (w.config_file.clone().context("reload: no config file")?, nodes)
+            };
+            let new = Rc::new(crate::topology::edited(&file, r, &nodes)?);
+            {
+                let mut w = world.borrow_mut();
+                w.config_file = Some(new.clone());
+                w.removed_servers.extend(r.remove_server.iter().cloned());
+            }
+            // A server added must get new connections (once its checks pass), a removed one
+            // none: the health figures' bounds (`returned_within_ms`, `removed_within_ms`).
+            if let Some(n) = &r.add_server {
+                st.health_steps.push((now, n.clone(), false));
+            }
+            if let Some(n) = &r.remove_server {
+                st.health_steps.push((now, n.clone(), true));
+            }
+            for h in &r.atms {
+                // The daemon's reload: plan against what it runs, then apply it in place
+                // (the core by `Command::Reconfigure`, the data plane by its reload).
+                let me = new.atms.iter().position(|a| &a.name == h).context("reload: not an ATM")?;
+                let (running, commands, reloads) = {
+                    let mut w = world.borrow_mut();
+                    let host = w.host(h);
+                    (host.running_config.clone(), host.commands.clone(), host.reloads.clone())
+                };
+                let (Some(running), Some(commands), Some(reloads)) = (running, commands, reloads) else {
+                    log(format!(
+                        "operator: reload {h}: its daemon is not running (it reads the file when it starts)"
+                    ));
+                    continue;
+                };
+                let plan = clusterserver::config::diff::plan(&running, &new, Some(me));
+                if plan.needs_handover() {
+                    bail!(
+                        "reload {h}: the simulator applies live reloads only, and this plan needs the handover:\n{plan}"
+                    );
+                }
+                let sent = commands.send(Command::Reconfigure(Box::new((*new).clone()))).is_ok()
+                    && reloads.send(new.clone()).is_ok();
+                if !sent {
+                    log(format!("operator: reload {h}: its daemon is not running"));
+                    continue;
+                }
+                world.borrow_mut().host(h).running_config = Some(new.clone());
+                log(format!("operator: reload {h}: {}", plan.summary()));
+                for i in &plan.items {
+                    log(format!("operator: reload {h}: {}: {}", i.key, i.change));
+                }
+            }
         }
         "partition" => {
             let groups = step.partition.clone().unwrap_or_default();

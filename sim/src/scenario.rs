@@ -108,6 +108,45 @@ pub struct ClusterOverrides {
     pub sync_connections: Option<bool>,
     /// One TCP health check on every server (none by default).
     pub check: Option<CheckSettings>,
+    /// Nodes of the topology left out of the initial config (a `reload` adds them).
+    #[serde(default)]
+    pub spare_servers: Vec<String>,
+    /// The service's `on_down` (`keep`, the default, or `reset`).
+    pub on_down: Option<String>,
+}
+
+/// A `reload` step: the config file is edited, then the listed ATMs reload it in order
+/// (SIGHUP in the labs, the daemon's own reload in the simulator). Edits accumulate over
+/// the run; a step without edits reloads the file as it is. Each applies to every service
+/// (the lab's long-lived `stream` service too).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadStep {
+    pub atms: Vec<String>,
+    /// A server's new weight.
+    pub weight: Option<WeightEdit>,
+    /// A node of the topology joins as a server.
+    pub add_server: Option<String>,
+    /// A server leaves (its connections follow `on_down`).
+    pub remove_server: Option<String>,
+    /// A service on a new VIP with the first service's servers.
+    pub add_service: Option<ServiceEdit>,
+    /// A new heartbeat interval (live too).
+    pub heartbeat_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightEdit {
+    pub server: String,
+    pub weight: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceEdit {
+    pub name: String,
+    pub vip: std::net::Ipv4Addr,
 }
 
 /// A scenario's health check: interval, rise and fall (timeout: half the interval).
@@ -201,6 +240,8 @@ pub struct Step {
     /// Operator actions through the control core.
     pub promote: Option<String>,
     pub demote: Option<String>,
+    /// The config is edited and reloaded by these ATMs, in order.
+    pub reload: Option<ReloadStep>,
 }
 
 impl Step {
@@ -230,6 +271,7 @@ impl Step {
             ("miss_garp", self.miss_garp.is_some()),
             ("promote", self.promote.is_some()),
             ("demote", self.demote.is_some()),
+            ("reload", self.reload.is_some()),
         ];
         let kinds: Vec<&str> = set.iter().filter(|(_, s)| *s).map(|(k, _)| *k).collect();
         match kinds.as_slice() {
@@ -334,6 +376,12 @@ impl Scenario {
                 known(h, s.at_ms)?;
             }
         }
+        for h in &self.cluster.spare_servers {
+            known(h, 0).context("cluster.spare_servers")?;
+        }
+        if let Some(d) = self.cluster.on_down.as_deref().filter(|d| !["keep", "reset"].contains(d)) {
+            bail!("cluster.on_down: expected keep or reset, got {d:?}");
+        }
         let e = &self.expect;
         if self.failover.is_some() && self.topology.atms < 2 {
             bail!("failover needs at least 2 ATMs (atm1 home, atm2 backup)");
@@ -391,6 +439,11 @@ impl Step {
         }
         if let Some(m) = &self.miss_garp {
             v.push(&m.client);
+        }
+        if let Some(r) = &self.reload {
+            v.extend(&r.atms);
+            v.extend(r.weight.as_ref().map(|w| &w.server));
+            v.extend(r.add_server.iter().chain(&r.remove_server));
         }
         v
     }

@@ -84,15 +84,63 @@ pub fn cluster_config(
                 let gw = if id == CLUSTER_ID { GATEWAY_VIP } else { OTHER_GATEWAY_VIP };
                 gw.parse().expect("literal")
             }),
-            on_down: OnDown::Keep,
+            on_down: if o.on_down.as_deref() == Some("reset") { OnDown::Reset } else { OnDown::Keep },
             servers: nodes
                 .iter()
+                .filter(|(n, _)| !o.spare_servers.contains(n))
                 .map(|(n, a)| Server { name: n.clone(), address: *a, port: 80, weight: 100 })
                 .collect(),
             checks: o.check.iter().map(tcp_check).collect(),
         }],
         failover: s.failover.as_ref().map_or_else(Failover::default, failover),
     }
+}
+
+/// The config after a `reload` step's edits (see [`crate::scenario::ReloadStep`]); `nodes`
+/// gives the addresses of the topology's nodes. Every service gets each server edit (a
+/// server added takes the port its service's first server has).
+pub fn edited(
+    cfg: &Config,
+    r: &crate::scenario::ReloadStep,
+    nodes: &[(String, IpAddr)],
+) -> anyhow::Result<Config> {
+    let mut c = cfg.clone();
+    if let Some(w) = &r.weight {
+        let mut found = false;
+        for srv in c.services.iter_mut().flat_map(|s| s.servers.iter_mut()).filter(|s| s.name == w.server) {
+            srv.weight = w.weight;
+            found = true;
+        }
+        anyhow::ensure!(found, "reload: no server {:?} to re-weight", w.server);
+    }
+    if let Some(n) = &r.add_server {
+        let (_, address) = nodes
+            .iter()
+            .find(|(name, _)| name == n)
+            .ok_or_else(|| anyhow::anyhow!("reload: no node {n:?} to add"))?;
+        for svc in &mut c.services {
+            anyhow::ensure!(!svc.servers.iter().any(|s| &s.name == n), "reload: {n} is already a server");
+            let port = svc.servers.first().map_or(svc.port, |s| s.port);
+            svc.servers.push(Server { name: n.clone(), address: *address, port, weight: 100 });
+        }
+    }
+    if let Some(n) = &r.remove_server {
+        for svc in &mut c.services {
+            let before = svc.servers.len();
+            svc.servers.retain(|s| &s.name != n);
+            anyhow::ensure!(svc.servers.len() < before, "reload: no server {n:?} to remove");
+            anyhow::ensure!(!svc.servers.is_empty(), "reload: removing {n} leaves no server");
+        }
+    }
+    if let Some(a) = &r.add_service {
+        let first =
+            c.services.first().cloned().ok_or_else(|| anyhow::anyhow!("reload: no service to copy"))?;
+        c.services.push(Service { name: a.name.clone(), vip: IpAddr::V4(a.vip), ..first });
+    }
+    if let Some(hb) = r.heartbeat_ms {
+        c.timers.heartbeat_ms = hb;
+    }
+    Ok(c)
 }
 
 /// atm1's group of the scenario's services, with atm2 as its backup and one mirror set.

@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use std::rc::Rc;
 use std::task::Waker;
 
+use clusterserver::config::Config;
 use clusterserver::core::election::Role;
 use clusterserver::driver::Command;
 use tokio::sync::mpsc::UnboundedSender;
@@ -64,6 +65,10 @@ pub struct HostState {
     pub role: Option<Role>,
     pub epoch: u64,
     pub commands: Option<UnboundedSender<Command>>,
+    /// An ATM's data plane takes live reloads here (the daemon's reload, see `runner`).
+    pub reloads: Option<UnboundedSender<Rc<Config>>>,
+    /// The config an ATM's daemon runs (as started or last reloaded).
+    pub running_config: Option<Rc<Config>>,
     pub promotions: Vec<(u64, u64)>,
     pub neigh: BTreeMap<IpAddr, Neigh>,
     pub miss_garp: u32,
@@ -101,6 +106,11 @@ pub struct World {
     pub rejected: BTreeMap<(String, &'static str), u64>,
     /// Faults applied: (ms, description).
     pub faults: Vec<(u64, String)>,
+    /// The cluster's config file as the `reload` steps left it (a daemon starting reads
+    /// it); `None` until the runner sets it.
+    pub config_file: Option<Rc<Config>>,
+    /// Servers a `reload` removed: their long-lived flows may end (`on_down`).
+    pub removed_servers: BTreeSet<String>,
 }
 
 impl World {
@@ -118,6 +128,8 @@ impl World {
             rejected_total: 0,
             rejected: BTreeMap::new(),
             faults: Vec::new(),
+            config_file: None,
+            removed_servers: BTreeSet::new(),
         }))
     }
 

@@ -737,18 +737,35 @@ fn direct_next_hops(cfg: &Config) -> Vec<Ipv4Addr> {
 /// Pings the direct-routing servers every [`NEIGHBOUR_REFRESH`], primary or backup, so the
 /// kernel keeps their neighbour entries: a backup that takes over then frames its first
 /// packets at once instead of dropping them while it resolves each server (measured in the
-/// labs: about 1.2 s of outage for direct routing without this). Never returns.
+/// labs: about 1.2 s of outage for direct routing without this). A server a live reload
+/// adds is pinged within [`NEIGHBOUR_NEW`] (a failover right after the reload must find it
+/// resolved too). Never returns.
 async fn keep_resolved(hops: &RefCell<Vec<Ipv4Addr>>) {
+    let ping = |h: Ipv4Addr| async move {
+        // The answer does not matter (health checks judge servers); the exchange makes the
+        // kernel resolve and confirm the neighbour entry.
+        let _ = crate::platform::linux::icmp::ping(h, Duration::from_millis(200)).await;
+    };
     loop {
-        let now: Vec<Ipv4Addr> = hops.borrow().clone();
-        for h in &now {
-            // The answer does not matter (health checks judge servers); the exchange makes the
-            // kernel resolve and confirm the neighbour entry.
-            let _ = crate::platform::linux::icmp::ping(*h, Duration::from_millis(200)).await;
+        let pinged: Vec<Ipv4Addr> = hops.borrow().clone();
+        for h in &pinged {
+            ping(*h).await;
         }
-        tokio::time::sleep(NEIGHBOUR_REFRESH).await;
+        let until = tokio::time::Instant::now() + NEIGHBOUR_REFRESH;
+        let mut known = pinged;
+        while tokio::time::Instant::now() < until {
+            tokio::time::sleep(NEIGHBOUR_NEW).await;
+            let fresh: Vec<Ipv4Addr> = hops.borrow().iter().copied().filter(|h| !known.contains(h)).collect();
+            for h in fresh {
+                ping(h).await;
+                known.push(h);
+            }
+        }
     }
 }
+
+/// How soon [`keep_resolved`] pings a direct-routing server a reload added.
+const NEIGHBOUR_NEW: Duration = Duration::from_millis(100);
 
 /// How often [`keep_resolved`] pings the direct-routing servers.
 const NEIGHBOUR_REFRESH: Duration = Duration::from_secs(5);
