@@ -1,7 +1,7 @@
 //! The daemon on a cluster node, in a network namespace: set-up per forwarding method (VIPs
 //! on `lo` with the label `lo:csd<cluster id>`, ARP-hiding sysctls, the user-space decapsulator's TUN),
 //! crash safety (SIGKILL, then a restart clears and sets up again, nothing doubled), a
-//! reload that re-plans (and a refused bad one), and a SIGTERM that leaves the node as it
+//! reload applied in place (a tunnel service removed, then added again; a refused bad one), and a SIGTERM that leaves the node as it
 //! found it (sysctls restored to the values the test set before, not to defaults).
 //!
 //! Lab safety (SPEC.md): namespaces `csl-nd<pid>-*` only, the veth pair is created inside
@@ -226,13 +226,26 @@ fn node_set_up_survives_sigkill_reloads_and_is_undone_on_sigterm() {
     lab.signal("-HUP");
     lab.wait_log("reload refused", 1);
     assert_eq!(lab.lo_lines(TUN_VIP).len(), 1);
+    // Applied in place: the tunnel service's VIP and decapsulator go, the DR VIP stays on
+    // `lo` throughout (no restart: still two `ready` lines).
     lab.config(false);
     lab.signal("-HUP");
-    lab.wait_log(" ready ", 3);
+    lab.wait_log("reload applied live", 1);
     assert_eq!(lab.lo_lines(TUN_VIP).len(), 0, "tunnel VIP gone after the reload");
     assert_eq!(lab.lo_lines(DR_VIP).len(), 1);
     assert!(!lab.has_link("csn7"), "no decapsulator without tunnel services");
     assert_eq!(sysctl(&ns, "all/rp_filter"), "1", "no tunnel, strict again");
+    assert_eq!(lab.count(" ready "), 2, "the reload restarted the node set-up");
+    // And back: the tunnel service added live gets its VIP and decapsulator again.
+    lab.config(true);
+    lab.signal("-HUP");
+    lab.wait_log("reload applied live", 2);
+    assert_eq!(lab.lo_lines(TUN_VIP).len(), 1, "tunnel VIP added by the reload");
+    assert_eq!(lab.lo_lines(DR_VIP).len(), 1);
+    assert!(lab.has_link("csn7"), "decapsulator started by the reload");
+    assert_eq!(sysctl(&ns, "all/rp_filter"), "0", "tunnel again: all/rp_filter off");
+    assert_eq!(lab.count(" ready "), 2, "the reload restarted the node set-up");
+    assert!(lab.count("vips_added=10.88.0.98") >= 1, "the log names the VIP added");
 
     // SIGTERM: exit 0 and the node is as the test left it before the first start.
     lab.signal("-TERM");

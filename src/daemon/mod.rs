@@ -368,7 +368,7 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
         netlink: handle.clone(),
         addrs: addrs.clone(),
         me,
-        is_node,
+        node: node_setup.clone(),
         live,
         health: health_tx,
         hops: Rc::new(RefCell::new(direct_next_hops(cfg))),

@@ -5,9 +5,11 @@
 //! * SIGTERM / SIGINT: undo everything (decapsulator, VIPs on `lo`, sysctls back to their
 //!   previous values, state file) and exit 0.
 //! * SIGHUP: re-read and validate the file; invalid: refused, the running set-up kept;
-//!   unchanged: nothing; changed: undo, then start again with the new config (the role is
-//!   worked out again: the host may now be an ATM, or nothing). Between the two the VIPs are
-//!   off `lo` for a few milliseconds.
+//!   unchanged: nothing; changed, and still a node of the same cluster: applied in place
+//!   ([`NodeSetup::reconfigure`]: a new VIP added to `lo`, a removed one taken off, the
+//!   decapsulator started or stopped, nothing else touched), logged as `reload applied
+//!   live`. Otherwise (the host is now an ATM or nothing, the cluster id changed, or the
+//!   live change failed): undo, then start again with the new config.
 //!
 //! A start always first clears what a killed run left ([`node::clear_leftovers`]).
 
@@ -41,6 +43,26 @@ pub(super) fn describe(cfg: &Config, addrs: &[IfAddr]) -> (String, NodeNames, No
     };
     let names = plan_mod::names(cfg, &node::state_dir(), addr);
     (name, names, plan_mod::plan(cfg, &pairs))
+}
+
+/// Applies `new` to the running set-up in place when this host stays a node of the same
+/// cluster (`Err`: why it cannot, and the caller restarts with `new`). Logs what changed.
+async fn live_reload(setup: &mut NodeSetup, running: &Config, new: &Config, addrs: &[IfAddr]) -> Result<(), String> {
+    let local: Vec<IpAddr> = addrs.iter().map(|a| IpAddr::V4(a.addr)).collect();
+    if !matches!(super::setup::host_role(new, &local), super::setup::HostRole::Node) {
+        return Err("this host is no longer a node only".into());
+    }
+    let (name, names, plan) = describe(new, addrs);
+    if names != describe(running, addrs).1 {
+        return Err("the cluster id or this node's address changed (VIP label and state file)".into());
+    }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+    let changes = setup.reconfigure(plan).await.map_err(|e| format!("applying it live failed: {e}"))?;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let p = setup.plan();
+    let show = |v: &[Ipv4Addr]| v.iter().map(Ipv4Addr::to_string).collect::<Vec<_>>().join(",");
+    tracing::info!(target: "clusterserverd", node = %name, services = %p.services.join(","), vips = %show(&p.vips), vips_added = %show(&changes.vips_added), vips_removed = %show(&changes.vips_removed), decap_changed = changes.decap, decap = %setup.decap_kind(), "reload applied live: node set-up changed in place");
+    Ok(())
 }
 
 /// Clears leftovers, then applies the plan (VIPs on `lo` now when `vips_on_lo`).
@@ -83,6 +105,7 @@ pub(super) fn run(
         let vips: Vec<String> = p.vips.iter().map(Ipv4Addr::to_string).collect();
         tracing::info!(target: "clusterserverd", node = %name, role = %"node", services = %p.services.join(","), vips = %vips.join(","), arp_hiding = p.hides_arp(), decap = %setup.decap_kind(), "ready");
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        let mut running = cfg.clone();
         let next = loop {
             tokio::select! {
                 biased;
@@ -90,12 +113,15 @@ pub(super) fn run(
                 _ = int.recv() => break Next::Exit,
                 _ = hup.recv() => match load(path) {
                     Err(e) => tracing::error!(target: "clusterserverd", node = %name, error = %e, "reload refused: invalid config; the running config is kept"),
-                    Ok(new) if new.digest() == cfg.digest() => tracing::info!(target: "clusterserverd", node = %name, "reload: config unchanged"),
-                    Ok(new) => {
-                        tracing::info!(target: "clusterserverd", node = %name, "reload: config valid and changed; undoing the node set-up and starting again with it");
-                        let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
-                        break Next::Reload(Box::new(new));
-                    }
+                    Ok(new) if new.digest() == running.digest() => tracing::info!(target: "clusterserverd", node = %name, "reload: config unchanged"),
+                    Ok(new) => match live_reload(&mut setup, &running, &new, addrs).await {
+                        Ok(()) => running = new,
+                        Err(why) => {
+                            tracing::info!(target: "clusterserverd", node = %name, why = %why, "reload: config valid and changed; undoing the node set-up and starting again with it");
+                            let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+                            break Next::Reload(Box::new(new));
+                        }
+                    },
                 },
             }
         };

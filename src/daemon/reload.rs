@@ -4,15 +4,16 @@
 //! SIGHUP, `cmc reload` and `cmc sync config --apply` all come here. The new file is loaded
 //! and validated (invalid: refused, the running config kept), then planned against the
 //! running config. The plan's handover keys, plus two this host adds (a VIP on an interface
-//! that has no ARP socket yet; the node set-up of an ATM that is also a real server), send the
+//! that has no ARP socket yet; a change of the direct-routing output interface), send the
 //! reload down the old path: planned handover and an in-process restart, with the keys
 //! logged. Everything else is applied live, in this order:
 //!
 //! 1. the data plane, on the TUN worker, waited for: the engine in place (flows renumbered,
 //!    removed servers' connections per `on_down`, new servers down until their checks
 //!    pass), the operators' overrides carried, the sync peers;
-//! 2. steering rules for new VIPs and NAT servers (rtnetlink), and the ARP responder's VIP
-//!    map;
+//! 2. steering rules for new VIPs and NAT servers (rtnetlink), an ATM's own node set-up
+//!    when it is also a real server (VIPs on `lo` added or removed), and the ARP responder's
+//!    VIP map;
 //! 3. the core ([`Command::Reconfigure`]): timers, ARP settings and digest; a primary takes
 //!    new VIPs with a gratuitous-ARP burst and stops answering for removed ones;
 //! 4. the health checks ([`health::Update`]), the admin channel's config, ACL and token,
@@ -58,8 +59,8 @@ pub(super) struct Reloader<'a> {
     pub netlink: rtnetlink::Handle,
     pub addrs: Vec<IfAddr>,
     pub me: usize,
-    /// This ATM is also a real server (node set-up on `lo`).
-    pub is_node: bool,
+    /// This ATM is also a real server: its node set-up (VIPs on `lo` while backup).
+    pub node: Option<super::SharedNode>,
     pub live: Arc<Live>,
     pub health: mpsc::UnboundedSender<health::Update>,
     pub hops: Rc<RefCell<Vec<Ipv4Addr>>>,
@@ -102,14 +103,6 @@ impl Reloader<'_> {
                 reason: Some("the data plane's output interface is chosen at start-up".into()),
             });
         }
-        if self.is_node && node::describe(running, &self.addrs).2 != node::describe(new, &self.addrs).2 {
-            plan.items.push(Item {
-                how: How::Handover,
-                key: "services".into(),
-                change: "this ATM's own node set-up (VIPs on lo, decapsulation) changes".into(),
-                reason: Some("an ATM that is also a real server sets its node role up at start-up".into()),
-            });
-        }
         plan
     }
 
@@ -138,6 +131,13 @@ impl Reloader<'_> {
             netlink::add_rules(&self.netlink, owned.table_id, owned.rule_priority, &added)
                 .await
                 .map_err(|e| format!("steering for the new VIPs and servers: {e}"))?;
+        }
+        if let Some(n) = &self.node {
+            let (name, _, plan) = node::describe(new, &self.addrs);
+            if plan != node::describe(running, &self.addrs).2 {
+                let ch = n.lock().await.reconfigure(plan).await.map_err(|e| format!("this ATM's node set-up: {e}"))?;
+                tracing::info!(target: "clusterserverd::reload", node = %name, vips_added = ?ch.vips_added, vips_removed = ?ch.vips_removed, decap_changed = ch.decap, "this ATM's own node set-up changed in place");
+            }
         }
         let iface = &new.atms[self.me].interface;
         self.arp.map_vips(&setup::arp_interfaces(new, &self.addrs, iface))?;

@@ -20,7 +20,7 @@ use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
-use crate::dataplane::decap::DecapStats;
+use crate::dataplane::decap::{DecapPolicy, DecapStats};
 use crate::dataplane::io::decap_loop::DecapShell;
 use crate::dataplane::io::{ShellError, netlink};
 use crate::node::{NodeNames, NodePlan, NodeState, STATE_DIR, StateError, needs_raise};
@@ -129,6 +129,23 @@ pub struct NodeSetup {
     decap: Option<Decap>,
     /// Undone: later [`NodeSetup::set_vips`] calls (tasks still queued) do nothing.
     closed: bool,
+    /// The VIPs belong on `lo` now (the last [`NodeSetup::set_vips`]).
+    vips_wanted: bool,
+}
+
+/// What [`NodeSetup::reconfigure`] changed, for the log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeChanges {
+    pub vips_added: Vec<Ipv4Addr>,
+    pub vips_removed: Vec<Ipv4Addr>,
+    /// Decapsulation started, stopped or restarted.
+    pub decap: bool,
+}
+
+impl NodeChanges {
+    pub fn is_empty(&self) -> bool {
+        self.vips_added.is_empty() && self.vips_removed.is_empty() && !self.decap
+    }
 }
 
 /// Indexes `lo`.
@@ -286,7 +303,15 @@ impl NodeSetup {
         vips_on_lo: bool,
     ) -> Result<NodeSetup, NodeError> {
         let mut me =
-            NodeSetup { handle, names, plan, state: NodeState::default(), decap: None, closed: false };
+            NodeSetup {
+            handle,
+            names,
+            plan,
+            state: NodeState::default(),
+            decap: None,
+            closed: false,
+            vips_wanted: false,
+        };
         // If a step fails, undo what was done (and the state file with it).
         match me.apply_steps(vips_on_lo).await {
             Ok(()) => Ok(me),
@@ -300,6 +325,19 @@ impl NodeSetup {
     }
 
     async fn apply_steps(&mut self, vips_on_lo: bool) -> Result<(), NodeError> {
+        self.raise_sysctls()?;
+        self.check_nat().await?;
+        if vips_on_lo {
+            self.set_vips(true).await?;
+        }
+        if let Some(policy) = self.plan.decap.clone() {
+            self.start_decap(policy).await?;
+        }
+        Ok(())
+    }
+
+    /// Raises the ARP-hiding sysctls the plan needs, remembering the previous values first.
+    fn raise_sysctls(&mut self) -> Result<(), NodeError> {
         let path = self.names.state_file.clone();
         for (key, want) in self.plan.sysctls() {
             let cur = read_sysctl(&key)?;
@@ -309,40 +347,130 @@ impl NodeSetup {
                 write_sysctl(&key, &want.to_string())?;
             }
         }
-        self.check_nat().await?;
-        if vips_on_lo {
-            self.set_vips(true).await?;
-        }
-        if let Some(policy) = self.plan.decap.clone() {
-            let key = "all/rp_filter";
-            let cur = read_sysctl(key)?;
-            if let Some(want) = crate::node::tunnel_rp_filter(&cur) {
-                self.state.remember_sysctl(key, &cur);
-                save(&path, &self.state)?;
-                write_sysctl(key, want)?;
-                tracing::warn!(target: "clusterserverd::node", from = %cur, to = want, "tunnel: net.ipv4.conf.all.rp_filter set to 0 until exit (decapsulated packets carry client sources on an address-less device; per-interface values still apply)");
-            }
-            let d = if netlink::kernel_has_ipip() {
-                // The fallback device may pre-exist: remember its sysctls (set to 0 / 1 by
-                // enable_kernel_ipip) and leave it up on undo if it was up before.
-                let was_up = link_up(&self.handle, "tunl0").await?;
-                if was_up.is_some() {
-                    for k in ["tunl0/rp_filter", "tunl0/accept_local"] {
-                        let cur = read_sysctl(k)?;
-                        self.state.remember_sysctl(k, &cur);
-                    }
-                    save(&path, &self.state)?;
-                }
-                let dev = netlink::enable_kernel_ipip(&self.handle).await?;
-                if !(dev == "tunl0" && was_up == Some(true)) {
-                    self.state.kernel_decap = Some(dev.clone());
-                }
-                Decap::Kernel(dev)
-            } else {
-                Decap::User(DecapShell::start(&self.names.decap_tun, policy)?)
-            };
-            self.decap = Some(d);
+        Ok(())
+    }
+
+    /// Starts decapsulation (the kernel's IP-in-IP where present, else in user space) and
+    /// turns `all/rp_filter` off while it runs.
+    async fn start_decap(&mut self, policy: DecapPolicy) -> Result<(), NodeError> {
+        let path = self.names.state_file.clone();
+        let key = "all/rp_filter";
+        let cur = read_sysctl(key)?;
+        if let Some(want) = crate::node::tunnel_rp_filter(&cur) {
+            self.state.remember_sysctl(key, &cur);
             save(&path, &self.state)?;
+            write_sysctl(key, want)?;
+            tracing::warn!(target: "clusterserverd::node", from = %cur, to = want, "tunnel: net.ipv4.conf.all.rp_filter set to 0 until exit (decapsulated packets carry client sources on an address-less device; per-interface values still apply)");
+        }
+        let d = if netlink::kernel_has_ipip() {
+            // The fallback device may pre-exist: remember its sysctls (set to 0 / 1 by
+            // enable_kernel_ipip) and leave it up on undo if it was up before.
+            let was_up = link_up(&self.handle, "tunl0").await?;
+            if was_up.is_some() {
+                for k in ["tunl0/rp_filter", "tunl0/accept_local"] {
+                    let cur = read_sysctl(k)?;
+                    self.state.remember_sysctl(k, &cur);
+                }
+                save(&path, &self.state)?;
+            }
+            let dev = netlink::enable_kernel_ipip(&self.handle).await?;
+            if !(dev == "tunl0" && was_up == Some(true)) {
+                self.state.kernel_decap = Some(dev.clone());
+            }
+            Decap::Kernel(dev)
+        } else {
+            Decap::User(DecapShell::start(&self.names.decap_tun, policy)?)
+        };
+        self.decap = Some(d);
+        save(&path, &self.state)
+    }
+
+    /// Stops decapsulation: the user-space decapsulator (its counters returned) or the
+    /// kernel device this set-up brought up or created (a pre-existing up `tunl0` stays up).
+    async fn stop_decap(&mut self) -> Result<Option<DecapStats>, NodeError> {
+        let mut stats = None;
+        match self.decap.take() {
+            Some(Decap::User(d)) => stats = Some(d.stop()?),
+            Some(Decap::Kernel(dev)) if self.state.kernel_decap.as_deref() == Some(dev.as_str()) => {
+                undo_kernel_decap(&self.handle, &dev).await?;
+            }
+            Some(Decap::Kernel(_)) => {}
+            None => {}
+        }
+        remove_link(&self.handle, &self.names.decap_tun).await?;
+        Ok(stats)
+    }
+
+    /// Applies a new plan in place (a reload), touching only what differs: VIPs added to and
+    /// removed from `lo` (while they are on it; an ATM holding them adds them when it stops
+    /// holding), ARP hiding raised where newly needed, decapsulation started, stopped (the
+    /// tunnel sysctls restored) or, in user space, restarted with a new policy; the NAT
+    /// return routes checked again. ARP hiding no longer needed stays until exit (harmless:
+    /// it only narrows which addresses this host answers ARP for).
+    pub async fn reconfigure(&mut self, new: NodePlan) -> Result<NodeChanges, NodeError> {
+        if self.closed {
+            return Ok(NodeChanges::default());
+        }
+        let path = self.names.state_file.clone();
+        let old = std::mem::replace(&mut self.plan, new);
+        let mut ch = NodeChanges::default();
+        self.raise_sysctls()?;
+        let present = self.vips_wanted;
+        for vip in old.vips.iter().filter(|v| !self.plan.vips.contains(v)) {
+            remove_vip(&self.handle, &self.names.vip_label, *vip).await?;
+            self.state.vips.retain(|v| v != vip);
+            save(&path, &self.state)?;
+            ch.vips_removed.push(*vip);
+        }
+        for vip in self.plan.vips.clone().into_iter().filter(|v| !old.vips.contains(v)) {
+            ch.vips_added.push(vip);
+            if present {
+                self.add_one(vip).await?;
+            }
+        }
+        let running = self.decap.as_ref().map(Decap::kind);
+        match (&old.decap, self.plan.decap.clone()) {
+            (a, b) if *a == b => {}
+            (Some(_), Some(_)) if running == Some("kernel") => {}
+            (_, new) => {
+                if old.decap.is_some() {
+                    self.stop_decap().await?;
+                    if new.is_none() {
+                        self.restore_tunnel_sysctls()?;
+                    }
+                }
+                if let Some(policy) = new {
+                    self.start_decap(policy).await?;
+                }
+                ch.decap = true;
+            }
+        }
+        self.check_nat().await?;
+        save(&path, &self.state)?;
+        Ok(ch)
+    }
+
+    /// Restores the sysctls only decapsulation changed (no tunnel service left).
+    fn restore_tunnel_sysctls(&mut self) -> Result<(), NodeError> {
+        let tunnel = |k: &str| k == "all/rp_filter" || k.starts_with("tunl0/");
+        for (k, v) in self.state.sysctls.iter().filter(|(k, _)| tunnel(k)) {
+            restore_sysctl(k, v)?;
+        }
+        self.state.sysctls.retain(|(k, _)| !tunnel(k));
+        self.state.kernel_decap = None;
+        save(&self.names.state_file, &self.state)
+    }
+
+    /// Adds one VIP to `lo`, recorded in the state file first.
+    async fn add_one(&mut self, vip: Ipv4Addr) -> Result<(), NodeError> {
+        if !self.state.vips.contains(&vip) {
+            self.state.vips.push(vip);
+            save(&self.names.state_file, &self.state)?;
+        }
+        let label = &self.names.vip_label;
+        if !add_vip(&self.handle, label, vip).await? && !labelled_vips(&self.handle, label).await?.contains(&vip)
+        {
+            tracing::warn!(target: "clusterserverd::node", vip = %vip, "the VIP is already on lo without our label (configured by hand?): left alone");
         }
         Ok(())
     }
@@ -377,26 +505,17 @@ impl NodeSetup {
         if self.closed {
             return Ok(());
         }
-        let path = self.names.state_file.clone();
+        self.vips_wanted = present;
         for vip in self.plan.vips.clone() {
             if present {
-                if !self.state.vips.contains(&vip) {
-                    self.state.vips.push(vip);
-                    save(&path, &self.state)?;
-                }
-                let label = &self.names.vip_label;
-                if !add_vip(&self.handle, label, vip).await?
-                    && !labelled_vips(&self.handle, label).await?.contains(&vip)
-                {
-                    tracing::warn!(target: "clusterserverd::node", vip = %vip, "the VIP is already on lo without our label (configured by hand?): left alone");
-                }
+                self.add_one(vip).await?;
             } else {
                 remove_vip(&self.handle, &self.names.vip_label, vip).await?;
             }
         }
         if !present {
             self.state.vips.clear();
-            save(&path, &self.state)?;
+            save(&self.names.state_file, &self.state)?;
         }
         Ok(())
     }
@@ -423,18 +542,7 @@ impl NodeSetup {
     /// state file; idempotent. Returns the decapsulator's counters when it ran in user space.
     pub async fn undo(&mut self) -> Result<Option<DecapStats>, NodeError> {
         self.closed = true;
-        let mut stats = None;
-        match self.decap.take() {
-            Some(Decap::User(d)) => stats = Some(d.stop()?),
-            // Only a device this set-up brought up or created (a pre-existing up `tunl0`
-            // stays up).
-            Some(Decap::Kernel(dev)) if self.state.kernel_decap.as_deref() == Some(dev.as_str()) => {
-                undo_kernel_decap(&self.handle, &dev).await?;
-            }
-            Some(Decap::Kernel(_)) => {}
-            None => {}
-        }
-        remove_link(&self.handle, &self.names.decap_tun).await?;
+        let stats = self.stop_decap().await?;
         for m in labelled(&self.handle, &self.names.vip_label).await? {
             self.handle.address().del(m).execute().await.map_err(nl("remove a VIP from lo"))?;
         }
