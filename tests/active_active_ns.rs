@@ -144,7 +144,11 @@ impl Lab {
 
     /// The router's next hops for the VIP.
     fn next_hops(&self) -> BTreeSet<String> {
-        let out = ns_output(&self.ns("router"), &["ip", "-4", "route", "show", &format!("{VIP}/32")]);
+        self.next_hops_of(VIP)
+    }
+
+    fn next_hops_of(&self, vip: &str) -> BTreeSet<String> {
+        let out = ns_output(&self.ns("router"), &["ip", "-4", "route", "show", &format!("{vip}/32")]);
         let words: Vec<&str> = out.split_whitespace().collect();
         words.windows(2).filter(|w| w[0] == "via").map(|w| w[1].to_string()).collect()
     }
@@ -195,7 +199,11 @@ fn build(lab: &mut Lab) {
     }
 }
 
-fn config(lab: &Lab) -> String {
+const VIP2: &str = "10.90.9.98";
+
+/// The config; `reloaded`: srv2's weight in `web` changed and a second service `web2` on
+/// [`VIP2`] added (the live reload of [`live_reload`]).
+fn config(lab: &Lab, reloaded: bool) -> String {
     let (secret, token) = (lab.net.dir.join("secret"), lab.net.dir.join("admin.token"));
     for (f, text) in [(&secret, "aa-secret"), (&token, TOKEN)] {
         std::fs::write(f, text).expect("secret");
@@ -204,14 +212,20 @@ fn config(lab: &Lab) -> String {
     let atms: Vec<String> =
         ATMS.iter().map(|(n, a)| format!("{{ name: '{n}', address: '{a}', interface: 'eth0' }}")).collect();
     let run = lab.net.dir.join("run");
+    let (w2, web2) = match reloaded {
+        false => ("", String::new()),
+        true => (", weight: 3", format!(", {{ name: 'web2', vip: '{VIP2}', port: 8080, forwarding: 'dr', scheduler: 'mh',
+    servers: [ {{ name: 'srv1', address: '10.90.0.51', port: 8080 }}, {{ name: 'srv2', address: '10.90.0.52', port: 8080 }} ],
+    checks: [ {{ kind: 'tcp', interval_ms: 500, timeout_ms: 300, rise: 2 }} ] }}")),
+    };
     format!(
         "{{ cluster: {{ name: 'aa', id: 90, secret_file: '{}', mode: 'active-active' }},
   atms: [ {} ],
   bgp: {{ local_as: 65001, neighbors: [ {{ address: '10.90.0.254', peer_as: 65000 }} ], drain_ms: 1500, join_sync_ms: 2000,
           control_socket: '{}/bird-{{atm}}.ctl', config_file: '{}/bird-{{atm}}.conf' }},
   services: [ {{ name: 'web', vip: '{VIP}', port: 8080, forwarding: 'dr', scheduler: 'mh',
-    servers: [ {{ name: 'srv1', address: '10.90.0.51', port: 8080 }}, {{ name: 'srv2', address: '10.90.0.52', port: 8080 }} ],
-    checks: [ {{ kind: 'tcp', interval_ms: 500, timeout_ms: 300 }} ] }} ],
+    servers: [ {{ name: 'srv1', address: '10.90.0.51', port: 8080 }}, {{ name: 'srv2', address: '10.90.0.52', port: 8080{w2} }} ],
+    checks: [ {{ kind: 'tcp', interval_ms: 500, timeout_ms: 300 }} ] }}{web2} ],
   security: {{ admin_allow: ['10.90.0.0/24'], token_file: '{}' }} }}",
         secret.display(),
         atms.join(", "),
@@ -325,6 +339,74 @@ fn admin_channel(lab: &Lab) {
     assert_eq!(failed, 0, "requests failed after atm1's restart");
 }
 
+/// A live reload on every host, nodes first, then the ATMs one by one, while requests run
+/// through the VIP: a weight changed and a service on a new VIP added. The VIP is never
+/// withdrawn (the router keeps its three next hops throughout, no ATM logs a withdrawal),
+/// no request fails, no daemon restarts, and the new VIP is announced by all three (a new
+/// service's servers start up, as at start-up) and served by both servers (the nodes put it
+/// on `lo` in place).
+fn live_reload(lab: &mut Lab) {
+    let order: Vec<&str> = ["srv1", "srv2"].into_iter().chain(ATMS.iter().map(|(h, _)| *h)).collect();
+    let pids: Vec<String> = order.iter().map(|h| lab.daemon(h).id().to_string()).collect();
+    let lab = &*lab;
+    let all = hops(&["10.90.0.1", "10.90.0.2", "10.90.0.3"]);
+    std::fs::write(lab.net.dir.join("cfg.json5"), config(lab, true)).expect("config");
+    let (ok, out, err) = lab.cmc(ATMS[0].1, &["reload", "--plan"]);
+    assert!(ok && out.contains("services.web2") && out.contains("0 by handover"), "{out}{err}");
+    let withdrawals = |h: &str| lab.text(h).matches("withdrawn=[10.90.9.99]").count();
+    let readies = |h: &str| lab.text(h).matches(" ready node=").count();
+    let before: Vec<(usize, usize)> = ATMS.iter().map(|(h, _)| (withdrawals(h), readies(h))).collect();
+    // Requests through the VIP for the whole reload, from a second thread.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ns, addr) = (lab.ns("client"), format!("{VIP}:8080").parse::<SocketAddr>().expect("addr"));
+    let flag = std::sync::Arc::clone(&stop);
+    let load = std::thread::spawn(move || {
+        let (mut sent, mut failed) = (0, 0);
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            failed += support::traffic::answered(&ns, addr, 5).1;
+            sent += 5;
+        }
+        (sent, failed)
+    });
+    let mut seen: Vec<BTreeSet<String>> = Vec::new();
+    let started = Instant::now();
+    for (h, pid) in order.iter().zip(&pids) {
+        let n = lab.text(h).matches("reload applied live").count();
+        run(&["kill", "-HUP", pid]);
+        wait_until(&format!("{h} applies the reload live"), Duration::from_secs(10), || {
+            seen.push(lab.next_hops());
+            lab.text(h).matches("reload applied live").count() > n
+        });
+    }
+    let t = wait_until("the new VIP announced by all three", Duration::from_secs(20), || {
+        seen.push(lab.next_hops());
+        lab.next_hops_of(VIP2) == all
+    });
+    println!(
+        "live reload: the new VIP has 3 next hops {t:?} after the last ATM's reload ({:?} in all)",
+        started.elapsed()
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, failed) = load.join().expect("load");
+    println!("live reload: {sent} requests through the VIP during the reloads, {failed} failed");
+    assert_eq!(failed, 0, "requests failed during the live reload");
+    assert!(sent > 0);
+    assert!(seen.iter().all(|h| *h == all), "the VIP lost a next hop during the reload: {seen:?}");
+    for ((h, _), (w, r)) in ATMS.iter().zip(before) {
+        assert_eq!(withdrawals(h), w, "{h} withdrew the VIP during the reload:\n{}", lab.text(h));
+        assert_eq!(readies(h), r, "{h} restarted for the reload");
+    }
+    for h in ["srv1", "srv2"] {
+        assert!(lab.text(h).contains("vips_added=10.90.9.98"), "{h}:\n{}", lab.text(h));
+    }
+    let addr2: SocketAddr = format!("{VIP2}:8080").parse().expect("addr");
+    let (names, failed) = support::traffic::answered(&lab.ns("client"), addr2, 30);
+    assert_eq!((names, failed), (hops(&["srv1", "srv2"]), 0), "requests to the new VIP");
+    let st: Vec<ServiceStatus> = lab.cmc_json(ATMS[0].1, &["servers"]);
+    assert_eq!(st.len(), 2, "{st:?}");
+    assert_eq!(st[0].servers[1].config_weight, 3, "{st:?}");
+}
+
 #[test]
 fn atms_announce_over_bgp_drain_gracefully_crash_and_rejoin() {
     if !can_run() {
@@ -332,7 +414,7 @@ fn atms_announce_over_bgp_drain_gracefully_crash_and_rejoin() {
     }
     let mut lab = Lab::new();
     build(&mut lab);
-    std::fs::write(lab.net.dir.join("cfg.json5"), config(&lab)).expect("config");
+    std::fs::write(lab.net.dir.join("cfg.json5"), config(&lab, false)).expect("config");
     std::fs::write(lab.net.dir.join("router.conf"), ROUTER_BIRD).expect("router config");
     let (conf, sock) = (lab.net.dir.join("router.conf"), lab.net.dir.join("router.ctl"));
     let router_bird = lab.spawn_in(
@@ -380,6 +462,7 @@ fn atms_announce_over_bgp_drain_gracefully_crash_and_rejoin() {
     assert_eq!(names, hops(&["srv1", "srv2"]));
 
     admin_channel(&lab);
+    live_reload(&mut lab);
 
     // Graceful drain of atm3: withdrawn first, while the daemon still runs.
     let pid = lab.daemon("atm3").id().to_string();

@@ -18,12 +18,13 @@
 //! | an ATM removed or moved (not appended) | peers are known by their position |
 //! | `arbitration.reachlist` length | the reachability score has one slot per host |
 //! | `failover` | the service groups' running S/K state belongs to the old groups |
-//! | `bgp` | BIRD's config is written at start-up |
+//! | `bgp.bird`, `bgp.control_socket`, `bgp.config_file`; the `bgp` section added or removed | BIRD is started with them |
 //!
 //! Everything else is live: services (added, removed, changed), servers (added, removed,
 //! re-weighted, moved), checks, timers, ARP settings, table timeouts, the sync rate, the
 //! admin ACL and token file, ATMs appended, peers' addresses, the heartbeat mode, the
-//! reachlist's hosts and thresholds, the cluster name.
+//! reachlist's hosts and thresholds, the cluster name, BGP neighbours, AS numbers, timers
+//! and BFD (BIRD reconfigured in place: unchanged sessions stay up).
 //!
 //! Services are matched by name, servers by name within their service. A service keeps its
 //! connections while its VIP, port, protocol and forwarding stay; a server keeps its
@@ -183,9 +184,8 @@ pub fn plan(old: &Config, new: &Config, me: Option<usize>) -> Plan {
     if old.failover != new.failover {
         p.handover("failover", "changed", "the service groups' running S/K state belongs to the old groups");
     }
-    if old.bgp != new.bgp {
-        p.handover("bgp", "changed", "BIRD's config is written at start-up");
-    }
+    let aa = new.cluster.mode == crate::config::ClusterMode::ActiveActive;
+    bgp(&mut p, old.bgp.as_ref(), new.bgp.as_ref(), aa);
     Plan { items: p.items }
 }
 
@@ -247,6 +247,50 @@ fn snake(s: &str) -> String {
         }
     }
     out
+}
+
+/// BIRD is reconfigured in place (`birdc configure`): sessions whose settings did not change
+/// stay up, a changed or new neighbour's session (re)starts, the announced routes stay. Only
+/// the program and the files it was started with need a restart.
+fn bgp(
+    p: &mut Walk,
+    old: Option<&crate::config::Bgp>,
+    new: Option<&crate::config::Bgp>,
+    active_active: bool,
+) {
+    let (o, n) = match (old, new) {
+        (Some(o), Some(n)) => (o, n),
+        (None, None) => return,
+        (o, _) if !active_active => {
+            return p.live("bgp", if o.is_none() { "added (unused)" } else { "removed" });
+        }
+        (o, _) => {
+            let what = if o.is_none() { "added" } else { "removed" };
+            return p.handover("bgp", what, "BIRD is started (or not) with the control loop");
+        }
+    };
+    let started = "BIRD is started with it";
+    p.fixed("bgp.bird", &o.bird, &n.bird, started);
+    p.fixed("bgp.control_socket", &o.control_socket, &n.control_socket, started);
+    p.fixed("bgp.config_file", &o.config_file, &n.config_file, started);
+    p.value("bgp.birdc", &o.birdc, &n.birdc);
+    p.value("bgp.local_as", &o.local_as, &n.local_as);
+    for nb in &n.neighbors {
+        match o.neighbors.iter().find(|x| x.address == nb.address) {
+            None => p.live(format!("bgp.neighbors.{}", nb.address), format!("added (as {})", nb.peer_as)),
+            Some(x) => p.value(&format!("bgp.neighbors.{}.peer_as", nb.address), &x.peer_as, &nb.peer_as),
+        }
+    }
+    for x in o.neighbors.iter().filter(|x| !n.neighbors.iter().any(|nb| nb.address == x.address)) {
+        p.live(format!("bgp.neighbors.{}", x.address), "removed (its session closes)");
+    }
+    p.value("bgp.hold_s", &o.hold_s, &n.hold_s);
+    p.value("bgp.keepalive_s", &o.keepalive_s, &n.keepalive_s);
+    p.value("bgp.bfd", &o.bfd, &n.bfd);
+    p.value("bgp.bfd_interval_ms", &o.bfd_interval_ms, &n.bfd_interval_ms);
+    p.value("bgp.bfd_multiplier", &o.bfd_multiplier, &n.bfd_multiplier);
+    p.value("bgp.drain_ms", &o.drain_ms, &n.drain_ms);
+    p.value("bgp.join_sync_ms", &o.join_sync_ms, &n.join_sync_ms);
 }
 
 fn cluster(p: &mut Walk, old: &Config, new: &Config) {

@@ -124,6 +124,8 @@ pub struct Announcer {
     data_plane: bool,
     min_reachable: u32,
     reachable_ok: bool,
+    /// Hosts that answered the last reachlist round (`None`: no round yet).
+    last_reachable: Option<u32>,
     drain: Duration,
     /// Set by the first [`Input::Shutdown`], never cleared.
     stopping: bool,
@@ -158,6 +160,7 @@ impl Announcer {
             data_plane: false,
             min_reachable,
             reachable_ok: min_reachable == 0,
+            last_reachable: None,
             drain,
             stopping: false,
             held: false,
@@ -183,7 +186,10 @@ impl Announcer {
                     s.1 = weight;
                 }
             }
-            Input::Reachable(n) => self.reachable_ok = n >= self.min_reachable,
+            Input::Reachable(n) => {
+                self.last_reachable = Some(n);
+                self.reachable_ok = n >= self.min_reachable;
+            }
             Input::Hold(h) => self.held = h,
             Input::Synced => {
                 if let JoinSync::Waiting { since, .. } = self.sync {
@@ -206,6 +212,39 @@ impl Announcer {
             self.exit_at = None;
             self.actions.push_back(Action::Exit);
         }
+    }
+
+    /// A live reload: from now on the VIPs and servers of `services`, each server with the
+    /// state the engine gives it after the reload (`states[i][j]`: up, and the weight the
+    /// operator leaves it), the new arbitration threshold (judged on the last round's count)
+    /// and drain. The data plane, hold, stop and join state are kept, and an
+    /// [`Action::Announce`] follows only if the announced set changes: a VIP that stays
+    /// serviceable is never withdrawn by a reload.
+    pub fn reconfigure(
+        &mut self,
+        services: &[Service],
+        states: &[Vec<(bool, u32)>],
+        min_reachable: u32,
+        drain: Duration,
+    ) {
+        let mut vips: Vec<Vip> = Vec::new();
+        let mut servers = BTreeMap::new();
+        for (i, s) in services.iter().enumerate() {
+            match vips.iter_mut().find(|v| v.address == s.vip) {
+                Some(v) => v.services.push(i),
+                None => vips.push(Vip { address: s.vip, services: vec![i] }),
+            }
+            for (j, srv) in s.servers.iter().enumerate() {
+                let st = states.get(i).and_then(|r| r.get(j)).copied().unwrap_or((true, srv.weight));
+                servers.insert((i, j), st);
+            }
+        }
+        self.vips = vips;
+        self.servers = servers;
+        self.min_reachable = min_reachable;
+        self.reachable_ok = self.last_reachable.map_or(min_reachable == 0, |n| n >= min_reachable);
+        self.drain = drain;
+        self.update();
     }
 
     pub fn poll_action(&mut self) -> Option<Action> {
@@ -468,5 +507,47 @@ mod tests {
         assert_eq!(drain(&mut a), vec![Action::Announce(set(&[]))]);
         a.handle(Instant::from_millis(2000), Input::Timeout);
         assert_eq!(drain(&mut a), vec![Action::Exit]);
+    }
+
+    #[test]
+    fn a_reload_keeps_serviceable_vips_announced_and_adds_new_ones_only_when_servable() {
+        let mut a = two_vips();
+        a.handle(T0, Input::DataPlane(true));
+        a.handle(T0, Input::Hold(false));
+        drain(&mut a);
+        // A server added to `a`, service `c` removed (V2 goes), a new VIP whose only server is
+        // still down (its checks have not passed): V1 stays announced, nothing withdrawn
+        // but V2, and V3 is not announced yet.
+        let new = [service("a", V1, &[1, 1, 1]), service("b", V1, &[1]), service("d", "10.0.0.3", &[1])];
+        let states = vec![vec![(true, 1), (true, 1), (false, 1)], vec![(true, 1)], vec![(false, 1)]];
+        a.reconfigure(&new, &states, 0, Duration::from_secs(1));
+        assert_eq!(drain(&mut a), vec![Action::Announce(set(&[V1]))]);
+        assert_eq!(a.blocked("10.0.0.3".parse().unwrap()), Some(Blocked::NoHealthyServer));
+        // Its check passes: announced, V1 untouched.
+        a.handle(T0, Input::Server { service: 2, server: 0, up: true });
+        assert_eq!(drain(&mut a), vec![Action::Announce(set(&[V1, "10.0.0.3"]))]);
+        // A reload that changes only weights announces nothing new.
+        a.reconfigure(
+            &new,
+            &[vec![(true, 5); 3], vec![(true, 1)], vec![(true, 1)]],
+            0,
+            Duration::from_secs(1),
+        );
+        assert_eq!(drain(&mut a), vec![]);
+        // The drain comes from the reload.
+        a.handle(T0, Input::Shutdown);
+        assert_eq!(a.poll_timeout(), Some(Instant::from_millis(1000)));
+    }
+
+    #[test]
+    fn a_reload_judges_a_new_threshold_on_the_last_round() {
+        let svcs = [service("a", V1, &[1])];
+        let mut a = Announcer::new(&svcs, 1, Duration::from_secs(1));
+        a.handle(T0, Input::DataPlane(true));
+        a.handle(T0, Input::Reachable(1));
+        assert_eq!(drain(&mut a).last(), Some(&Action::Announce(set(&[V1]))));
+        a.reconfigure(&svcs, &[vec![(true, 1)]], 2, Duration::from_secs(1));
+        assert_eq!(drain(&mut a), vec![Action::Announce(set(&[]))], "1 of 2 needed answered");
+        assert_eq!(a.blocked(V1.parse().unwrap()), Some(Blocked::Arbitration));
     }
 }

@@ -12,14 +12,22 @@
 //! * **arbitration**: every `probe_interval_ms` each reachlist host is pinged and the count of
 //!   answers handed in (`min_reachable` of them needed);
 //! * **signals**: SIGTERM/SIGINT withdraw every VIP, wait `bgp.drain_ms`, stop BIRD, exit;
-//!   SIGHUP with a valid changed config does the same, then restarts with it;
+//! * **reload** (SIGHUP, `cmc reload`, `cmc sync config --apply`): the change plan applied
+//!   live by the same [`Reloader`] as in primary/backup mode (data plane in place, steering,
+//!   checks, admin config), then the announcer gets the new services with each server's
+//!   state as the engine has it ([`Announcer::reconfigure`]) and BIRD is reconfigured in
+//!   place for new neighbours or timers. Nothing is withdrawn: a VIP that stays serviceable
+//!   stays announced (its flows on unchanged servers untouched), a new VIP is announced at once
+//!   (a new service's servers start up, as at start-up; a server added to a service that
+//!   stays counts once its checks pass), a removed one is withdrawn. Only a
+//!   plan with handover keys withdraws, drains and restarts;
 //! * **admin channel** ([`crate::admin`], the same server, backend and bridge as in
 //!   primary/backup mode): every server change an operator applies (weight, drain, enable,
 //!   disable) reaches the engine directly and the announcer here (a VIP whose servers are all
 //!   drained is withdrawn); `stop` holds the ATM out ([`Input::Hold`]: every VIP withdrawn,
 //!   the daemon and its engine run on, serving what the router still sends while it moves the
 //!   flows away, as during a graceful drain) and `start` announces again; `reload` is SIGHUP
-//!   and `restart` a reload with the running config; `promote`/`demote` are refused: there is
+//!   and `restart` withdraws, drains and restarts with the running config; `promote`/`demote` are refused: there is
 //!   no primary. After every step the announcer's state is published for `GET /v1/status`
 //!   (role `active`, each VIP announced or why not) and `/metrics`.
 //!
@@ -58,7 +66,8 @@ use tokio::sync::mpsc;
 use super::admin::{ControlRequest, ServerChange};
 use super::health::{self, Publishing, ServerSink};
 use super::processor::DaemonProcessor;
-use super::{DaemonError, Next, check_reload, io_err};
+use super::reload::Reloader;
+use super::{DaemonError, Next, ReloadAnswer, io_err};
 use crate::admin::CoreBridge;
 use crate::admin::model::VipAnnouncement;
 use crate::admin::state::{ControlOp, Outcome};
@@ -98,6 +107,10 @@ impl ServerSink for Tee<'_> {
     fn check_ran(&self, probe: crate::health::ProbeId, outcome: &crate::health::Outcome) {
         self.publish.check_ran(probe, outcome);
     }
+
+    fn reconfigured(&self, services: &[crate::config::Service]) {
+        self.publish.reconfigured(services);
+    }
 }
 
 /// The control loop's end of the admin channel.
@@ -111,17 +124,25 @@ pub(super) struct AdminLink {
     pub server_changes: mpsc::UnboundedReceiver<ServerChange>,
 }
 
-/// Runs ATM `me` in active-active mode until a graceful stop (or a reload).
+/// Runs ATM `me` in active-active mode until a graceful stop (or a reload that needs a
+/// restart). `health_rx`: the live reloads of the checks (the reloader holds the sender).
 pub(super) async fn control(
-    shell: &Shell<DaemonProcessor>,
+    r: &Reloader<'_>,
     path: &Path,
     cfg: &Config,
-    me: usize,
     mut admin: AdminLink,
+    health_rx: mpsc::UnboundedReceiver<health::Update>,
 ) -> Result<Next, DaemonError> {
+    let (shell, me) = (r.shell, r.me);
     let node = &cfg.atms[me].name;
-    let bgp = cfg.bgp.as_ref().ok_or_else(|| DaemonError::Config("active-active without bgp".into()))?;
-    let bgp = &bgp.for_atm(node);
+    let bgp_of = |c: &Config| {
+        c.bgp
+            .as_ref()
+            .map(|b| b.for_atm(node))
+            .ok_or_else(|| DaemonError::Config("active-active without bgp".into()))
+    };
+    let mut bgp = bgp_of(cfg)?;
+    let mut running = cfg.clone();
     let sig = |k: SignalKind| signal(k).map_err(io_err("signal handler"));
     let (mut term, mut int, mut hup) =
         (sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?, sig(SignalKind::hangup())?);
@@ -140,17 +161,16 @@ pub(super) async fn control(
     };
     let tee = Tee { publish, verdicts: vtx };
     let at_ms = move || start.elapsed().as_millis() as u64;
-    let checks = health::run(&cfg.services, &tee, None);
+    let checks = health::run(&cfg.services, &tee, Some(health_rx));
     // As on a primary: the DR servers' neighbour entries stay resolved (see `keep_resolved`).
-    let hops = std::cell::RefCell::new(super::direct_next_hops(cfg));
-    let resolve = super::keep_resolved(&hops);
+    let resolve = super::keep_resolved(&r.hops);
     tokio::pin!(checks, resolve);
     let ack = Arc::new(AtomicU64::new(0));
     let mut sent: u64 = 0;
     let mut last_ack_at = tokio::time::Instant::now();
     let mut probe = tokio::time::interval(PROBE_EVERY);
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let reach_every = Duration::from_millis(cfg.arbitration.probe_interval_ms);
+    let mut reach_every = Duration::from_millis(cfg.arbitration.probe_interval_ms);
     let mut reach = tokio::time::interval(reach_every);
     let mut reach_round: FuturesUnordered<_> = FuturesUnordered::new();
     let mut reload: Option<Box<Config>> = None;
@@ -180,10 +200,10 @@ pub(super) async fn control(
         while let Some(action) = announcer.poll_action() {
             match action {
                 Action::Announce(vips) => {
-                    let line = log_announce(cfg, node, &announcer, &vips);
+                    let line = log_announce(&running, node, &announcer, &vips);
                     admin.bridge.publish(at_ms(), "announce", line);
-                    written = bird::render(cfg, me, &vips);
-                    apply_bird(bgp, &mut bird, &written).await;
+                    written = bird::render(&running, me, &vips);
+                    apply_bird(&bgp, &mut bird, &written).await;
                 }
                 Action::Exit => {
                     if let Some(b) = bird.take() {
@@ -193,7 +213,7 @@ pub(super) async fn control(
                 }
             }
         }
-        admin.bridge.observe_active(announcer.held(), announcements(cfg, &announcer));
+        admin.bridge.observe_active(announcer.held(), announcements(&running, &announcer));
         let wait = announcer.poll_timeout().map(|t| t.saturating_since(now()));
         let sleep = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600)));
         tokio::pin!(sleep);
@@ -202,15 +222,33 @@ pub(super) async fn control(
             Some((service, server, up)) = vrx.recv() => announcer.handle(now(), Input::Server { service, server, up }),
             _ = term.recv() => stop(&mut announcer, now(), node, "SIGTERM"),
             _ = int.recv() => stop(&mut announcer, now(), node, "SIGINT"),
-            _ = hup.recv() => {
-                // check_reload logs every outcome (invalid: refused, the running config kept).
-                if let Ok(Some(new)) = check_reload(path, cfg, node) {
+            _ = hup.recv(), if !announcer.stopping() => {
+                // reload_from logs every outcome (invalid: refused, the running config kept).
+                let mut st = ReloadState { announcer: &mut announcer, verdicts: &mut vrx, reach: &mut reach, reach_every: &mut reach_every, bgp: &mut bgp, bird: &mut bird, written: &mut written };
+                if let ReloadAnswer::Restart(new, _) = reload_here(r, path, &mut running, &mut st, now).await? {
                     reload = Some(new);
-                    stop(&mut announcer, now(), node, "SIGHUP (reload: withdraw, drain, restart with the new config)");
+                    stop(&mut announcer, now(), node, "SIGHUP (reload needs a restart: withdraw, drain, restart with the new config)");
                 }
             }
             Some((op, reply)) = admin.requests.recv() => {
-                let r = admin_op(op, &mut announcer, now(), &mut reload, path, cfg, node);
+                if op == ControlOp::Reload && !announcer.stopping() {
+                    let mut st = ReloadState { announcer: &mut announcer, verdicts: &mut vrx, reach: &mut reach, reach_every: &mut reach_every, bgp: &mut bgp, bird: &mut bird, written: &mut written };
+                    let out = match reload_here(r, path, &mut running, &mut st, now).await? {
+                        ReloadAnswer::Done(m) => Ok(m),
+                        ReloadAnswer::Refused(why) => Err(why),
+                        ReloadAnswer::Restart(new, m) => {
+                            reload = Some(new);
+                            stop(&mut announcer, now(), node, "admin reload (needs a restart: withdraw, drain, restart with the new config)");
+                            Ok(format!("{m}\nactive-active: withdrawing, draining and restarting"))
+                        }
+                    };
+                    if let Err(why) = &out {
+                        admin.bridge.publish(at_ms(), "refused", format!("reload: {why}"));
+                    }
+                    let _ = reply.send(out);
+                    continue;
+                }
+                let r = admin_op(op, &mut announcer, now(), &mut reload, r, path, &running, node);
                 match (op, &r) {
                     (ControlOp::Stop | ControlOp::Start, Ok(m)) => admin.bridge.publish(at_ms(), "held", m.clone()),
                     (_, Err(why)) => admin.bridge.publish(at_ms(), "refused", format!("{}: {why}", op.name())),
@@ -239,12 +277,12 @@ pub(super) async fn control(
                 }
                 // A BIRD that failed to start is retried every RESTART_EVERY ticks.
                 if bird.is_none() && !written.is_empty() && ticks % RESTART_EVERY == 0 {
-                    apply_bird(bgp, &mut bird, &written).await;
+                    apply_bird(&bgp, &mut bird, &written).await;
                 }
             }
-            _ = reach.tick(), if !cfg.arbitration.reachlist.is_empty() && reach_round.is_empty() => {
-                let timeout = Duration::from_millis(cfg.arbitration.probe_timeout_ms);
-                reach_round.push(reachable(&cfg.arbitration.reachlist, timeout));
+            _ = reach.tick(), if !running.arbitration.reachlist.is_empty() && reach_round.is_empty() => {
+                let timeout = Duration::from_millis(running.arbitration.probe_timeout_ms);
+                reach_round.push(reachable(running.arbitration.reachlist.clone(), timeout));
             }
             Some(n) = reach_round.next(), if !reach_round.is_empty() => announcer.handle(now(), Input::Reachable(n)),
             _ = &mut checks => unreachable!("health checks run forever"),
@@ -256,11 +294,13 @@ pub(super) async fn control(
 
 /// One control operation from the admin channel; the outcome goes back to the operator (and
 /// for stop and start, as the `held` event the admin server waits for).
+#[allow(clippy::too_many_arguments)] // reason: the loop's state, passed apart to keep borrows short
 fn admin_op(
     op: ControlOp,
     announcer: &mut Announcer,
     now: Instant,
     reload: &mut Option<Box<Config>>,
+    r: &Reloader<'_>,
     path: &Path,
     cfg: &Config,
     node: &str,
@@ -279,23 +319,9 @@ fn admin_op(
                 false => format!("forwarding started on {node}: VIPs announced where they can be served"),
             })
         }
-        ControlOp::Reload => match check_reload(path, cfg, node)? {
-            None => Ok("config unchanged: nothing to do".into()),
-            Some(new) => {
-                *reload = Some(new);
-                stop(announcer, now, node, "admin reload (withdraw, drain, restart with the new config)");
-                Ok("config valid and changed: withdrawing, draining and restarting with it".into())
-            }
-        },
-        ControlOp::ReloadPlan => {
-            let new =
-                super::load(path).map_err(|e| format!("invalid config, a reload would be refused: {e}"))?;
-            if new.digest() == cfg.digest() {
-                return Ok("no change".into());
-            }
-            let plan = crate::config::diff::plan(cfg, &new, cfg.atms.iter().position(|a| a.name == node));
-            Ok(format!("{plan}\nactive-active applies a reload by withdrawing, draining and restarting"))
-        }
+        // Handled by the loop (it is applied asynchronously); only reached while stopping.
+        ControlOp::Reload => Err("the daemon is stopping or restarting".into()),
+        ControlOp::ReloadPlan => super::plan_of(r, path, cfg),
         ControlOp::Restart => {
             *reload = Some(Box::new(cfg.clone()));
             stop(announcer, now, node, "admin restart (withdraw, drain, restart)");
@@ -346,11 +372,99 @@ fn dataplane_probe(
     queued.is_ok() && last_ack_at.elapsed() < DATAPLANE_LIMIT
 }
 
+/// What a live reload changes in the loop's state.
+struct ReloadState<'a> {
+    announcer: &'a mut Announcer,
+    verdicts: &'a mut mpsc::UnboundedReceiver<(usize, usize, bool)>,
+    reach: &'a mut tokio::time::Interval,
+    reach_every: &'a mut Duration,
+    bgp: &'a mut crate::config::Bgp,
+    bird: &'a mut Option<Bird>,
+    written: &'a mut String,
+}
+
+/// A reload (SIGHUP or `cmc reload`): verdicts already queued are handed in first (their
+/// indices are the running config's), then the file is planned and, when it can be, applied
+/// live ([`super::reload_from`]: data plane, steering, checks, admin) and the announcer and
+/// BIRD follow; `Restart` is for the caller (withdraw, drain, restart).
+async fn reload_here(
+    r: &Reloader<'_>,
+    path: &Path,
+    running: &mut Config,
+    st: &mut ReloadState<'_>,
+    now: impl Fn() -> Instant,
+) -> Result<ReloadAnswer, DaemonError> {
+    while let Ok((service, server, up)) = st.verdicts.try_recv() {
+        st.announcer.handle(now(), Input::Server { service, server, up });
+    }
+    let old = running.clone();
+    let node = old.atms[r.me].name.clone();
+    let answer = super::reload_from(r, path, running, &node).await;
+    if matches!(answer, ReloadAnswer::Done(_)) && running.digest() != old.digest() {
+        live_applied(r, &old, running, st.announcer, st.reach, st.reach_every).await;
+        *st.bgp = running
+            .bgp
+            .as_ref()
+            .map(|b| b.for_atm(&node))
+            .ok_or_else(|| DaemonError::Config("active-active without bgp".into()))?;
+        rewrite_bird(running, r.me, st.bgp, st.announcer, st.bird, st.written).await;
+    }
+    Ok(answer)
+}
+
+/// After a reload applied live: the announcer gets the new services with each server's
+/// state as the engine now has it (a new server of a checked service counts once its checks
+/// pass), the new threshold and drain; the reachlist round follows a new interval. A VIP
+/// that stays serviceable is not withdrawn.
+async fn live_applied(
+    r: &Reloader<'_>,
+    old: &Config,
+    new: &Config,
+    announcer: &mut Announcer,
+    reach: &mut tokio::time::Interval,
+    reach_every: &mut Duration,
+) {
+    let states = match r.server_states().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(target: "clusterserverd::bgp", error = %e, "cannot read the servers' states after the reload: counting every server up until its next verdict");
+            Vec::new()
+        }
+    };
+    let drain = Duration::from_millis(new.bgp.as_ref().map_or(0, |b| b.drain_ms));
+    announcer.reconfigure(&new.services, &states, new.arbitration.min_reachable, drain);
+    if new.arbitration.probe_interval_ms != old.arbitration.probe_interval_ms {
+        *reach_every = Duration::from_millis(new.arbitration.probe_interval_ms);
+        *reach = tokio::time::interval(*reach_every);
+    }
+}
+
+/// Has BIRD apply the config a reload implies (new neighbours, timers; the announced set is
+/// the announcer's): `birdc configure` restarts only the sessions whose settings changed.
+async fn rewrite_bird(
+    cfg: &Config,
+    me: usize,
+    bgp: &crate::config::Bgp,
+    announcer: &Announcer,
+    bird: &mut Option<Bird>,
+    written: &mut String,
+) {
+    if written.is_empty() {
+        return;
+    }
+    let text = bird::render(cfg, me, &announcer.announced());
+    if text != *written {
+        *written = text;
+        apply_bird(bgp, bird, written).await;
+        tracing::info!(target: "clusterserverd::bgp", "BIRD reconfigured for the reload (unchanged sessions stay up)");
+    }
+}
+
 /// Pings every reachlist host at once; the number that answered.
-async fn reachable(hosts: &[IpAddr], timeout: Duration) -> u32 {
-    let pings = hosts.iter().map(|h| async move {
+async fn reachable(hosts: Vec<IpAddr>, timeout: Duration) -> u32 {
+    let pings = hosts.into_iter().map(|h| async move {
         match h {
-            IpAddr::V4(a) => crate::platform::linux::icmp::ping(*a, timeout).await.unwrap_or(false),
+            IpAddr::V4(a) => crate::platform::linux::icmp::ping(a, timeout).await.unwrap_or(false),
             IpAddr::V6(_) => false,
         }
     });

@@ -315,7 +315,23 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
             open_admin(admin_listener, &live, me, &shell, Some(changes_tx), &saver);
         let bridge = CoreBridge::new(observed, names, atm.name.clone());
         let link = active::AdminLink { bridge, requests, server_changes };
-        let next = run_active_active(&rt, &shell, path, cfg, me, link);
+        let (health_tx, health_rx) = mpsc::unbounded_channel();
+        let reloader = reload::Reloader {
+            shell: &shell,
+            arp: None,
+            platform: None,
+            netlink: handle.clone(),
+            addrs: addrs.clone(),
+            me,
+            node: None,
+            live,
+            health: health_tx,
+            hops: Rc::new(RefCell::new(direct_next_hops(cfg))),
+            core: None,
+            saver,
+        };
+        let next = run_active_active(&rt, &reloader, path, cfg, link, health_rx);
+        drop(reloader);
         if let Some(a) = admin {
             a.stop();
         }
@@ -363,8 +379,8 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
     let (health_tx, health_rx) = mpsc::unbounded_channel();
     let reloader = reload::Reloader {
         shell: &shell,
-        arp: &arp,
-        platform: &platform,
+        arp: Some(&arp),
+        platform: Some(&platform),
         netlink: handle.clone(),
         addrs: addrs.clone(),
         me,
@@ -372,7 +388,7 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
         live,
         health: health_tx,
         hops: Rc::new(RefCell::new(direct_next_hops(cfg))),
-        core: core_tx,
+        core: Some(core_tx),
         saver,
     };
     let loop_in = LoopInputs { core_rx, health_rx, admin_rx, secret };
@@ -390,17 +406,17 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
 /// is no node set-up to toggle.)
 fn run_active_active(
     rt: &tokio::runtime::Runtime,
-    shell: &Shell<DaemonProcessor>,
+    r: &reload::Reloader<'_>,
     path: &Path,
     cfg: &Config,
-    me: usize,
     admin: active::AdminLink,
+    health_rx: mpsc::UnboundedReceiver<health::Update>,
 ) -> Result<Next, DaemonError> {
-    shell.apply(Arc::new(|p: &mut DaemonProcessor| {
+    r.shell.apply(Arc::new(|p: &mut DaemonProcessor| {
         p.engine.set_mid_flow_pickup(true);
         p.set_active(true);
     }))?;
-    rt.block_on(active::control(shell, path, cfg, me, admin))
+    rt.block_on(active::control(r, path, cfg, admin, health_rx))
 }
 
 /// Undoes the node set-up and stops the data plane after the control loop ended.
@@ -699,25 +715,6 @@ async fn open_arp(cfg: &Config, addrs: &[IfAddr], default_iface: &str) -> Result
 }
 
 /// Real servers reached at layer 2 (direct routing and tunnel services).
-/// Re-reads the config for a reload: `Ok(Some)` valid and changed, `Ok(None)` unchanged,
-/// `Err` invalid (the running config is kept). Logs the outcome.
-fn check_reload(path: &Path, cfg: &Config, node: &str) -> Result<Option<Box<Config>>, String> {
-    match load(path) {
-        Err(e) => {
-            tracing::error!(target: "clusterserverd", node = %node, error = %e, "reload refused: invalid config; the running config is kept");
-            Err(format!("invalid config, the running one is kept: {e}"))
-        }
-        Ok(new) if new.digest() == cfg.digest() => {
-            tracing::info!(target: "clusterserverd", node = %node, "reload: config unchanged");
-            Ok(None)
-        }
-        Ok(new) => {
-            tracing::info!(target: "clusterserverd", node = %node, "reload: config valid and changed; handing over and restarting with it");
-            Ok(Some(Box::new(new)))
-        }
-    }
-}
-
 fn direct_next_hops(cfg: &Config) -> Vec<Ipv4Addr> {
     let mut hops: Vec<Ipv4Addr> = cfg
         .services
@@ -843,8 +840,10 @@ async fn control(
     inputs: LoopInputs,
 ) -> Result<Next, DaemonError> {
     let LoopInputs { core_rx, health_rx, mut admin_rx, secret } = inputs;
-    let (platform, shell, arp, me) = (r.platform, r.shell, r.arp, r.me);
-    let tx = r.core.clone();
+    let (shell, me) = (r.shell, r.me);
+    let (Some(platform), Some(arp), Some(tx)) = (r.platform, r.arp, r.core.clone()) else {
+        return Err(DaemonError::Config("primary/backup control without its election core".into()));
+    };
     let mut running = cfg.clone();
     let sig = |k: SignalKind| signal(k).map_err(io_err("signal handler"));
     let (mut term, mut int, mut hup) =

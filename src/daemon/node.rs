@@ -47,7 +47,12 @@ pub(super) fn describe(cfg: &Config, addrs: &[IfAddr]) -> (String, NodeNames, No
 
 /// Applies `new` to the running set-up in place when this host stays a node of the same
 /// cluster (`Err`: why it cannot, and the caller restarts with `new`). Logs what changed.
-async fn live_reload(setup: &mut NodeSetup, running: &Config, new: &Config, addrs: &[IfAddr]) -> Result<(), String> {
+async fn live_reload(
+    setup: &mut NodeSetup,
+    running: &Config,
+    new: &Config,
+    addrs: &[IfAddr],
+) -> Result<(), String> {
     let local: Vec<IpAddr> = addrs.iter().map(|a| IpAddr::V4(a.addr)).collect();
     if !matches!(super::setup::host_role(new, &local), super::setup::HostRole::Node) {
         return Err("this host is no longer a node only".into());

@@ -54,8 +54,9 @@ const WORKER_LIMIT: Duration = Duration::from_secs(5);
 /// What a live reload touches, owned by the control loop.
 pub(super) struct Reloader<'a> {
     pub shell: &'a Shell<DaemonProcessor>,
-    pub arp: &'a ArpResponder,
-    pub platform: &'a LinuxPlatform,
+    /// Primary/backup only (active-active answers no ARP for its VIPs and has no election).
+    pub arp: Option<&'a ArpResponder>,
+    pub platform: Option<&'a LinuxPlatform>,
     pub netlink: rtnetlink::Handle,
     pub addrs: Vec<IfAddr>,
     pub me: usize,
@@ -64,7 +65,9 @@ pub(super) struct Reloader<'a> {
     pub live: Arc<Live>,
     pub health: mpsc::UnboundedSender<health::Update>,
     pub hops: Rc<RefCell<Vec<Ipv4Addr>>>,
-    pub core: mpsc::UnboundedSender<Command>,
+    /// The election core (primary/backup); active-active's loop updates its announcer
+    /// itself after [`Reloader::reload`].
+    pub core: Option<mpsc::UnboundedSender<Command>>,
     pub saver: Arc<Saver>,
 }
 
@@ -87,7 +90,9 @@ impl Reloader<'_> {
             return plan;
         }
         let iface = &new.atms[self.me].interface;
-        if let Err(why) = self.arp.check_vips(&setup::arp_interfaces(new, &self.addrs, iface)) {
+        if let Some(arp) = self.arp
+            && let Err(why) = arp.check_vips(&setup::arp_interfaces(new, &self.addrs, iface))
+        {
             plan.items.push(Item {
                 how: How::Handover,
                 key: "services.vip".into(),
@@ -135,15 +140,23 @@ impl Reloader<'_> {
         if let Some(n) = &self.node {
             let (name, _, plan) = node::describe(new, &self.addrs);
             if plan != node::describe(running, &self.addrs).2 {
-                let ch = n.lock().await.reconfigure(plan).await.map_err(|e| format!("this ATM's node set-up: {e}"))?;
+                let ch = n
+                    .lock()
+                    .await
+                    .reconfigure(plan)
+                    .await
+                    .map_err(|e| format!("this ATM's node set-up: {e}"))?;
                 tracing::info!(target: "clusterserverd::reload", node = %name, vips_added = ?ch.vips_added, vips_removed = ?ch.vips_removed, decap_changed = ch.decap, "this ATM's own node set-up changed in place");
             }
         }
         let iface = &new.atms[self.me].interface;
-        self.arp.map_vips(&setup::arp_interfaces(new, &self.addrs, iface))?;
-        self.core
-            .send(Command::Reconfigure(Box::new(new.clone())))
-            .map_err(|_| "the core has stopped".to_string())?;
+        if let Some(arp) = self.arp {
+            arp.map_vips(&setup::arp_interfaces(new, &self.addrs, iface))?;
+        }
+        if let Some(core) = &self.core {
+            core.send(Command::Reconfigure(Box::new(new.clone())))
+                .map_err(|_| "the core has stopped".to_string())?;
+        }
         let _ = self.health.send(health::Update {
             old: running.services.clone(),
             new: new.services.clone(),
@@ -155,7 +168,9 @@ impl Reloader<'_> {
             token: super::load_admin_token(new),
         });
         *self.hops.borrow_mut() = super::direct_next_hops(new);
-        self.platform.set_atm_names(new.atms.iter().map(|a| a.name.clone()).collect());
+        if let Some(platform) = self.platform {
+            platform.set_atm_names(new.atms.iter().map(|a| a.name.clone()).collect());
+        }
         if !removed.is_empty()
             && let Err(e) =
                 netlink::del_rules(&self.netlink, owned.table_id, owned.rule_priority, &removed).await
@@ -164,6 +179,34 @@ impl Reloader<'_> {
         }
         self.saver.save(|f| self.shell.apply(f).map_err(|e| e.to_string())).await;
         Ok(stats)
+    }
+
+    /// Each server's (up, weight the operator leaves it) as the worker's [`ServerControl`]
+    /// has them now, per service (what active-active's announcer counts).
+    ///
+    /// [`ServerControl`]: super::servers::ServerControl
+    pub async fn server_states(&self) -> Result<Vec<Vec<(bool, u32)>>, String> {
+        let (tx, rx) = oneshot::channel();
+        let tx = Mutex::new(Some(tx));
+        self.shell
+            .apply(Arc::new(move |p: &mut DaemonProcessor| {
+                let Some(tx) = tx.lock().ok().and_then(|mut t| t.take()) else { return };
+                let mut out = Vec::new();
+                for i in (0..).take_while(|&i| !p.engine.servers(i).is_empty()) {
+                    let row = (0..p.engine.servers(i).len())
+                        .map(|j| {
+                            p.servers.inputs(i, j).map_or((false, 0), |x| (x.healthy, x.operator_weight()))
+                        })
+                        .collect();
+                    out.push(row);
+                }
+                let _ = tx.send(out);
+            }))
+            .map_err(|e| format!("data plane busy or stopped: {e}"))?;
+        match tokio::time::timeout(WORKER_LIMIT, rx).await {
+            Ok(Ok(st)) => Ok(st),
+            _ => Err("the data plane did not answer".into()),
+        }
     }
 
     /// Step 1: the engine, the overrides and the sync peers, on the worker.

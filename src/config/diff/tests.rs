@@ -188,3 +188,26 @@ fn remap_follows_names_and_drops_moved_endpoints() {
     assert!(!r.is_identity(&new));
     assert!(Remap::between(&old, &old).is_identity(&old));
 }
+
+#[test]
+fn bgp_is_live_but_for_birds_program_and_files() {
+    let text = include_str!("../../../config/dr-3atm-active-active.json5");
+    let old = load(text, "/etc/clusterserver");
+    let mut new = old.clone();
+    let b = new.bgp.as_mut().expect("the example has a bgp section");
+    b.hold_s += 1;
+    b.drain_ms += 500;
+    let mut extra = b.neighbors[0].clone();
+    extra.address = "192.0.2.77".parse().unwrap();
+    b.neighbors.push(extra);
+    let p = plan(&old, &new, Some(0));
+    assert!(!p.needs_handover(), "{p}");
+    let keys: Vec<&str> = p.items.iter().map(|i| i.key.as_str()).collect();
+    assert_eq!(keys, ["bgp.neighbors.192.0.2.77", "bgp.hold_s", "bgp.drain_ms"], "{p}");
+    new.bgp.as_mut().unwrap().control_socket = "/run/other.ctl".into();
+    let p = plan(&old, &new, Some(0));
+    let forced: Vec<&str> = p.handover_items().map(|i| i.key.as_str()).collect();
+    assert_eq!(forced, ["bgp.control_socket"], "{p}");
+    new.bgp = None;
+    assert!(plan(&old, &new, Some(0)).handover_items().any(|i| i.key == "bgp"));
+}

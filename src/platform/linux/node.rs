@@ -302,8 +302,7 @@ impl NodeSetup {
         plan: NodePlan,
         vips_on_lo: bool,
     ) -> Result<NodeSetup, NodeError> {
-        let mut me =
-            NodeSetup {
+        let mut me = NodeSetup {
             handle,
             names,
             plan,
@@ -468,7 +467,8 @@ impl NodeSetup {
             save(&self.names.state_file, &self.state)?;
         }
         let label = &self.names.vip_label;
-        if !add_vip(&self.handle, label, vip).await? && !labelled_vips(&self.handle, label).await?.contains(&vip)
+        if !add_vip(&self.handle, label, vip).await?
+            && !labelled_vips(&self.handle, label).await?.contains(&vip)
         {
             tracing::warn!(target: "clusterserverd::node", vip = %vip, "the VIP is already on lo without our label (configured by hand?): left alone");
         }
