@@ -82,6 +82,7 @@ pub fn bad_mac(cluster_id: u32, sender: u16, i: u64) -> Vec<u8> {
     Heartbeat {
         cluster_id,
         sender,
+        interval_ms: 100,
         incarnation: u64::MAX / 2,
         seq: i + 1,
         epoch: 1_000_000,

@@ -273,6 +273,8 @@ struct Peer {
     digest_differs: bool,
     /// The `holding` map of its latest heartbeat (service failover).
     holding: u16,
+    /// Its heartbeat interval, as its heartbeats say (`None`: an older sender).
+    interval: Option<Duration>,
     loss: LossEstimator,
 }
 
@@ -512,6 +514,7 @@ impl Election {
         p.handover_to = hb.handover_to;
         p.wants_primary = hb.has(FLAG_WANTS_PRIMARY);
         p.holding = hb.holding;
+        p.interval = (hb.interval_ms > 0).then(|| Duration::from_millis(u64::from(hb.interval_ms)));
         p.loss.observe(hb.incarnation, hb.seq);
         if hb.epoch > self.max_epoch_seen && self.role == Role::Backup {
             // Someone was promoted that we did not hear of: a primary is probably up.
@@ -718,8 +721,13 @@ impl Election {
         burst.max(self.dead_interval()).min(Duration::from_secs(2))
     }
 
+    /// The longer of this ATM's and the peer's heartbeat intervals, times the dead count
+    /// (stretched with loss): later, never sooner. A reload that shortens the interval here
+    /// while the peer still sends at the old one (or lengthens it there) never makes the
+    /// peer look dead.
     fn peer_dead_interval(&self, p: &Peer) -> Duration {
-        self.cfg.heartbeat * p.loss.dead_after(self.cfg.dead_after)
+        let interval = p.interval.map_or(self.cfg.heartbeat, |i| i.max(self.cfg.heartbeat));
+        interval * p.loss.dead_after(self.cfg.dead_after)
     }
 
     /// Everything time-driven, in a fixed order.
@@ -962,6 +970,7 @@ impl Election {
         let hb = Heartbeat {
             cluster_id: self.cfg.cluster_id,
             sender: self.cfg.me as u16,
+            interval_ms: u16::try_from(self.cfg.heartbeat.as_millis()).unwrap_or(u16::MAX),
             incarnation: self.incarnation,
             seq: self.seq,
             // A primary speaks for its own term; a backup reports the newest it has seen.

@@ -82,6 +82,7 @@ fn run(cfg: ElectionConfig, rows: &[(u64, In, &str)]) {
                 let hb = Heartbeat {
                     cluster_id: 7,
                     sender: from,
+                    interval_ms: 0,
                     incarnation: 1,
                     seq: seqs[usize::from(from)],
                     epoch,
@@ -100,6 +101,7 @@ fn run(cfg: ElectionConfig, rows: &[(u64, In, &str)]) {
                 let hb = Heartbeat {
                     cluster_id: 7,
                     sender: from,
+                    interval_ms: 0,
                     incarnation,
                     seq: 1,
                     epoch: 0,
@@ -565,6 +567,7 @@ fn peer_digest_and_holding_come_from_its_heartbeats() {
     let mut hb = Heartbeat {
         cluster_id: 7,
         sender: 1,
+        interval_ms: 0,
         incarnation: 5,
         seq: 1,
         epoch: 0,
@@ -606,6 +609,7 @@ fn config_digest_mismatch_and_agreement_are_reported_once() {
     let hb = |seq: u64, digest: [u8; 16]| Heartbeat {
         cluster_id: 7,
         sender: 1,
+        interval_ms: 0,
         incarnation: 1,
         seq,
         epoch: 0,
@@ -628,4 +632,45 @@ fn config_digest_mismatch_and_agreement_are_reported_once() {
         }
     }
     assert_eq!(events, vec![(1, Event::ConfigMismatch { peer: 1 }), (3, Event::ConfigAgrees { peer: 1 })]);
+}
+
+/// A rolling reload that shortens `timers.heartbeat_ms` reaches the backup first: it then
+/// runs at 20 ms while the primary still sends every 100 ms. The primary's heartbeats carry
+/// its interval, so the backup waits the longer dead interval and does not promote; a
+/// primary that says nothing about its interval (an older one) would be judged at 20 ms.
+#[test]
+fn a_peer_slower_than_us_after_a_reload_is_judged_on_its_own_interval() {
+    let promoted_within = |interval_ms: u16| {
+        let mut c = cfg(1, 2, 0, false);
+        c.heartbeat = Duration::from_millis(20);
+        let mut e = Election::new(c, 1, Instant::ZERO);
+        let mut taken = false;
+        for seq in 1..=10u64 {
+            let hb = Heartbeat {
+                cluster_id: 7,
+                sender: 0,
+                interval_ms,
+                incarnation: 1,
+                seq,
+                epoch: 1,
+                role: WireRole::Primary,
+                flags: E,
+                reach_ok: 0,
+                reach_total: 0,
+                peers_up: 2,
+                handover_to: NONE,
+                holding: 0,
+                digest: [1; 16],
+            };
+            let at = seq * 100;
+            e.handle_heartbeat(Instant::from_millis(at), &hb);
+            for t in (at + 5..at + 100).step_by(5) {
+                e.handle_timeout(Instant::from_millis(t));
+                taken |= std::iter::from_fn(|| e.poll_action()).any(|a| matches!(a, Action::TakeVips(_)));
+            }
+        }
+        taken
+    };
+    assert!(!promoted_within(100), "promoted although the primary's heartbeats came on its interval");
+    assert!(promoted_within(0), "the test can fail: judged at 20 ms the 100 ms primary looks dead");
 }

@@ -2,10 +2,16 @@
 //!
 //! ```text
 //!  0      4    5    6       8          12     14     16            24     32      40
-//!  | "CSHB" | ver| kind| flags | cluster id | sender | rsvd | incarnation | seq | epoch |
+//!  | "CSHB" | ver| kind| flags | cluster id | sender | interval | incarnation | seq | epoch |
 //!  40   41        42           43        44          46     48           64        96
 //!  | role | reach ok | reach total | peers up | handover to | holding | digest[16] | HMAC[32] |
 //! ```
+//!
+//! `interval` (bytes 12..14 after `sender`, i.e. 14..16; reserved and zero before live
+//! reconfiguration) is the sender's heartbeat interval in milliseconds: a receiver judges the
+//! sender dead only after the longer of its own and the sender's interval times the dead
+//! count, so a rolling reload that changes `timers.heartbeat_ms` cannot make either side
+//! look dead to the other (0: not sent; the receiver uses its own).
 //!
 //! `holding` (bytes 46..48, reserved and zero before service failover) is the map of home
 //! ATMs (bit = index in `atms`) whose service groups the sender runs as their backup
@@ -58,6 +64,8 @@ pub struct Heartbeat {
     pub cluster_id: u32,
     /// The sender's position in the config's `atms` list.
     pub sender: u16,
+    /// The sender's heartbeat interval in ms (0: not sent, an older sender).
+    pub interval_ms: u16,
     pub incarnation: u64,
     pub seq: u64,
     pub epoch: u64,
@@ -177,6 +185,7 @@ impl Heartbeat {
         out[6..8].copy_from_slice(&self.flags.to_be_bytes());
         out[8..12].copy_from_slice(&self.cluster_id.to_be_bytes());
         out[12..14].copy_from_slice(&self.sender.to_be_bytes());
+        out[14..16].copy_from_slice(&self.interval_ms.to_be_bytes());
         out[16..24].copy_from_slice(&self.incarnation.to_be_bytes());
         out[24..32].copy_from_slice(&self.seq.to_be_bytes());
         out[32..40].copy_from_slice(&self.epoch.to_be_bytes());
@@ -226,6 +235,7 @@ impl Heartbeat {
         Ok(Heartbeat {
             cluster_id,
             sender: be16(12),
+            interval_ms: be16(14),
             incarnation: be64(16),
             seq: be64(24),
             epoch: be64(32),
@@ -301,6 +311,7 @@ mod tests {
         Heartbeat {
             cluster_id: 7,
             sender: 1,
+            interval_ms: 100,
             incarnation: 1_700_000_000_000,
             seq: 42,
             epoch: 3,
