@@ -11,7 +11,9 @@
 //! VIP 10.89.0.99:8080, `rr` over srv1..srv3; each server answers its own name. Checked:
 //! the primary never serves (its VIP is off `lo`, its engine gives itself weight 0) while
 //! the backup does (VIP on `lo`, label `lo:csd<cluster id>`); after a graceful handover and a restart
-//! the roles swap and so do the servers used; after SIGTERM every host is clean.
+//! the roles swap and so do the servers used; a service on a second VIP added by a live
+//! reload is set up in place the same way (on the backup's and the node's `lo`, off the
+//! primary's); after SIGTERM every host is clean.
 //!
 //! Lab safety: namespaces `csl-an<pid>-*`, veth ends created directly inside them, a drop
 //! guard kills the processes this test started (by PID) and deletes the namespaces.
@@ -33,6 +35,7 @@ use support::wait::wait_until;
 use support::{ns_output, run};
 
 const VIP: &str = "10.89.0.99";
+const VIP2: &str = "10.89.0.98";
 
 fn can_run() -> bool {
     let ok = support::is_root()
@@ -106,8 +109,12 @@ impl Lab {
     }
 
     fn vip_on_lo(&self, host: &str) -> bool {
+        self.on_lo(host, VIP)
+    }
+
+    fn on_lo(&self, host: &str, vip: &str) -> bool {
         ns_output(&self.ns(host), &["ip", "-o", "-4", "addr", "show", "dev", "lo"])
-            .contains(&format!(" {VIP}/32 "))
+            .contains(&format!(" {vip}/32 "))
     }
 
     /// `n` new connections through the VIP from the client: the names that answered.
@@ -147,11 +154,20 @@ fn both_roles(forwarding: &str) {
     let secret = lab.net.dir.join("secret");
     std::fs::write(&secret, "an-secret").expect("secret");
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
-    let cfg = format!(
-        "{{ cluster: {{ name: 'an', id: 89, secret_file: '{}' }},\n  atms: [ {{ name: 'atm1', address: '10.89.0.1', interface: 'eth0' }}, {{ name: 'atm2', address: '10.89.0.2', interface: 'eth0' }} ],\n  timers: {{ heartbeat_ms: 100, dead_after: 3 }},\n  services: [ {{ name: 'web', vip: '{VIP}', port: 8080, forwarding: '{forwarding}', scheduler: 'rr',\n    servers: [ {{ name: 'srv1', address: '10.89.0.1', port: 8080 }}, {{ name: 'srv2', address: '10.89.0.2', port: 8080 }}, {{ name: 'srv3', address: '10.89.0.51', port: 8080 }} ] }} ] }}",
-        secret.display()
-    );
-    std::fs::write(lab.net.dir.join("cfg.json5"), cfg).expect("config");
+    let servers = "servers: [ { name: 'srv1', address: '10.89.0.1', port: 8080 }, { name: 'srv2', address: '10.89.0.2', port: 8080 }, { name: 'srv3', address: '10.89.0.51', port: 8080 } ]";
+    let cfg = |second: bool| {
+        let web2 = match second {
+            true => format!(
+                ", {{ name: 'web2', vip: '{VIP2}', port: 8080, forwarding: '{forwarding}', scheduler: 'rr', {servers} }}"
+            ),
+            false => String::new(),
+        };
+        format!(
+            "{{ cluster: {{ name: 'an', id: 89, secret_file: '{}' }},\n  atms: [ {{ name: 'atm1', address: '10.89.0.1', interface: 'eth0' }}, {{ name: 'atm2', address: '10.89.0.2', interface: 'eth0' }} ],\n  timers: {{ heartbeat_ms: 100, dead_after: 3 }},\n  services: [ {{ name: 'web', vip: '{VIP}', port: 8080, forwarding: '{forwarding}', scheduler: 'rr',\n    {servers} }}{web2} ] }}",
+            secret.display()
+        )
+    };
+    std::fs::write(lab.net.dir.join("cfg.json5"), cfg(false)).expect("config");
     for (h, n) in [("atm1", "srv1"), ("atm2", "srv2"), ("node", "srv3")] {
         lab.responder(h, n);
     }
@@ -188,9 +204,34 @@ fn both_roles(forwarding: &str) {
     assert_eq!(failed, 0);
     assert_eq!(names, set(&["srv1", "srv3"]));
 
+    // A service on a second VIP added by a live reload on every host: the backup (atm1) and
+    // the node put the new VIP on `lo` in place, the primary (atm2) takes it and keeps it off
+    // its own `lo`; nobody restarts, no role moves, and the new VIP is served by the backup
+    // and the node only.
+    std::fs::write(lab.net.dir.join("cfg.json5"), cfg(true)).expect("config");
+    let roles =
+        |lab: &Lab| (lab.text("atm1").matches("role=").count(), lab.text("atm2").matches("role=").count());
+    let before = roles(&lab);
+    for h in ["node", "atm1", "atm2"] {
+        let n = lab.text(h).matches("reload applied live").count();
+        let pid = lab.daemons.get(h).id().to_string();
+        run(&["kill", "-HUP", &pid]);
+        wait_until(&format!("{h} reloads live"), Duration::from_secs(10), || {
+            lab.text(h).matches("reload applied live").count() > n
+        });
+    }
+    assert!(lab.on_lo("atm1", VIP2) && lab.on_lo("node", VIP2), "the new VIP is on the servers' lo");
+    assert!(!lab.on_lo("atm2", VIP2), "the primary holds the new VIP: not on its lo");
+    assert_eq!(lab.text("atm1").matches(" ready node=atm1").count(), 2, "atm1 restarted for the reload");
+    assert_eq!(roles(&lab), before, "a role moved:\n{}", lab.text("atm2"));
+    let addr2: SocketAddr = format!("{VIP2}:8080").parse().expect("addr");
+    let (names, failed) = support::traffic::answered(&lab.ns("client"), addr2, 30);
+    println!("{forwarding}, a VIP added live: answered by {names:?}, {failed} failed");
+    assert_eq!((names, failed), (set(&["srv1", "srv3"]), 0));
+
     for h in ["atm1", "atm2", "node"] {
         lab.term(h);
-        assert!(!lab.vip_on_lo(h), "{h} left its VIP on lo");
+        assert!(!lab.vip_on_lo(h) && !lab.on_lo(h, VIP2), "{h} left a VIP on lo");
         let v = ns_output(&lab.ns(h), &["cat", "/proc/sys/net/ipv4/conf/all/arp_ignore"]);
         assert_eq!(v.trim(), "0", "{h}: arp_ignore restored");
         let links = ns_output(&lab.ns(h), &["ip", "-o", "link"]);

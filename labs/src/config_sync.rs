@@ -196,7 +196,7 @@ pub fn run(dir: &Path) -> anyhow::Result<Report> {
     let pushed_ms = started.elapsed().as_millis();
     // node1's daemon got the SIGHUP over SSH and runs the pushed config.
     let node_log = lab.log_text("node1/daemon");
-    if !node_log.contains("reload: config valid and changed") {
+    if !node_log.contains("reload applied live") {
         bail!("step 4: node1's daemon did not reload the pushed config:\n{node_log}");
     }
     if lab.exited("node1/daemon").is_some() {

@@ -66,7 +66,11 @@ async fn live_reload(
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let p = setup.plan();
     let show = |v: &[Ipv4Addr]| v.iter().map(Ipv4Addr::to_string).collect::<Vec<_>>().join(",");
-    tracing::info!(target: "clusterserverd", node = %name, services = %p.services.join(","), vips = %show(&p.vips), vips_added = %show(&changes.vips_added), vips_removed = %show(&changes.vips_removed), decap_changed = changes.decap, decap = %setup.decap_kind(), "reload applied live: node set-up changed in place");
+    let what = match changes.is_empty() {
+        true => "reload applied live: this node's set-up needs no change",
+        false => "reload applied live: node set-up changed in place",
+    };
+    tracing::info!(target: "clusterserverd", node = %name, services = %p.services.join(","), vips = %show(&p.vips), vips_added = %show(&changes.vips_added), vips_removed = %show(&changes.vips_removed), decap_changed = changes.decap, decap = %setup.decap_kind(), "{what}");
     Ok(())
 }
 

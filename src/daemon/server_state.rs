@@ -94,8 +94,15 @@ pub fn by_index(cfg: &Config, saved: &[Saved]) -> (Overrides, usize) {
     (out, dropped)
 }
 
-/// Writes the file atomically (mode 0600).
+/// Writes the file atomically (mode 0600); with no override left, removes it.
 pub fn save(path: &Path, cfg: &Config, me: usize, servers: Vec<Saved>) -> std::io::Result<()> {
+    if servers.is_empty() {
+        // No override left (`cmc enable` on the last one): no file, as before any override.
+        return match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+    }
     let file = File { version: VERSION, cluster_id: cfg.cluster.id, atm: cfg.atms[me].name.clone(), servers };
     let text = serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?;
     if let Some(dir) = path.parent() {
