@@ -75,7 +75,7 @@ pub async fn run(
     engine.set_sync(cfg.sync.connections);
     let mut sender =
         SyncSender::new(&spec.secret, cfg.cluster.id, spec.session, cfg.sync.max_datagrams_per_s);
-    let mut peers = sync_peers(&cfg, spec.me);
+    let mut peers = cfg.sync_peers(spec.me);
     // One replay window per peer, as in the daemon (`PeerReceivers`).
     let mut receivers = PeerReceivers::new(
         SyncReceiver::new(&spec.secret, cfg.cluster.id),
@@ -111,7 +111,7 @@ pub async fn run(
                 let r = Reload { old: &cfg.services, new: &new.services, remap: &remap, table: &table };
                 let st = engine.reconfigure(clock.now(), &r);
                 health.reconfigure(clock.now(), &cfg.services, &new.services, &remap);
-                peers = sync_peers(&new, spec.me);
+                peers = new.sync_peers(spec.me);
                 receivers.set_peers(peers.iter().map(|p| p.ip()).collect());
                 servers = server_addresses(&new);
                 let text = format!(
@@ -137,15 +137,6 @@ pub async fn run(
             }
         }
     }
-}
-
-fn sync_peers(cfg: &Config, me: usize) -> Vec<SocketAddr> {
-    cfg.atms
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != me)
-        .map(|(_, a)| SocketAddr::new(a.address, cfg.sync_port()))
-        .collect()
 }
 
 fn server_addresses(cfg: &Config) -> Vec<IpAddr> {

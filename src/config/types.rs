@@ -368,6 +368,17 @@ impl Config {
     pub fn sync_port(&self) -> u16 {
         self.sync.port.unwrap_or(self.heartbeat_port().wrapping_add(2))
     }
+
+    /// The sync addresses of the ATMs other than `me`, in config order.
+    pub fn sync_peers(&self, me: usize) -> Vec<std::net::SocketAddr> {
+        let port = self.sync_port();
+        self.atms
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != me)
+            .map(|(_, a)| std::net::SocketAddr::new(a.address, port))
+            .collect()
+    }
 }
 
 // Defaults of the optional sections. The loader takes missing keys from these, so this is

@@ -115,12 +115,32 @@ struct Vip {
     services: Vec<usize>,
 }
 
+/// (service, server) -> (up, weight).
+type ServerStates = BTreeMap<(usize, usize), (bool, u32)>;
+
+/// The VIPs of `services` (each with its services) and every server's (up, weight): from
+/// `states[i][j]` where given, else up with its configured weight (as at start).
+fn layout(services: &[Service], states: &[Vec<(bool, u32)>]) -> (Vec<Vip>, ServerStates) {
+    let mut vips: Vec<Vip> = Vec::new();
+    let mut servers = BTreeMap::new();
+    for (i, s) in services.iter().enumerate() {
+        match vips.iter_mut().find(|v| v.address == s.vip) {
+            Some(v) => v.services.push(i),
+            None => vips.push(Vip { address: s.vip, services: vec![i] }),
+        }
+        for (j, srv) in s.servers.iter().enumerate() {
+            let st = states.get(i).and_then(|r| r.get(j)).copied().unwrap_or((true, srv.weight));
+            servers.insert((i, j), st);
+        }
+    }
+    (vips, servers)
+}
+
 /// The announce decision of one ATM (module docs).
 #[derive(Debug)]
 pub struct Announcer {
     vips: Vec<Vip>,
-    /// (service, server) -> (up, weight).
-    servers: BTreeMap<(usize, usize), (bool, u32)>,
+    servers: ServerStates,
     data_plane: bool,
     min_reachable: u32,
     reachable_ok: bool,
@@ -143,17 +163,7 @@ impl Announcer {
     /// fails until the first round passes otherwise (an ATM that has not yet seen the
     /// network must not attract traffic).
     pub fn new(services: &[Service], min_reachable: u32, drain: Duration) -> Self {
-        let mut vips: Vec<Vip> = Vec::new();
-        let mut servers = BTreeMap::new();
-        for (i, s) in services.iter().enumerate() {
-            match vips.iter_mut().find(|v| v.address == s.vip) {
-                Some(v) => v.services.push(i),
-                None => vips.push(Vip { address: s.vip, services: vec![i] }),
-            }
-            for (j, srv) in s.servers.iter().enumerate() {
-                servers.insert((i, j), (true, srv.weight));
-            }
-        }
+        let (vips, servers) = layout(services, &[]);
         let mut a = Announcer {
             vips,
             servers,
@@ -227,18 +237,7 @@ impl Announcer {
         min_reachable: u32,
         drain: Duration,
     ) {
-        let mut vips: Vec<Vip> = Vec::new();
-        let mut servers = BTreeMap::new();
-        for (i, s) in services.iter().enumerate() {
-            match vips.iter_mut().find(|v| v.address == s.vip) {
-                Some(v) => v.services.push(i),
-                None => vips.push(Vip { address: s.vip, services: vec![i] }),
-            }
-            for (j, srv) in s.servers.iter().enumerate() {
-                let st = states.get(i).and_then(|r| r.get(j)).copied().unwrap_or((true, srv.weight));
-                servers.insert((i, j), st);
-            }
-        }
+        let (vips, servers) = layout(services, states);
         self.vips = vips;
         self.servers = servers;
         self.min_reachable = min_reachable;

@@ -120,7 +120,7 @@ pub mod setup;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -659,7 +659,7 @@ fn start_shell(
     } else {
         None
     };
-    let peers = sync_peers(cfg, me);
+    let peers = cfg.sync_peers(me);
     let mut socket = Some(socket);
     let mut built = Some((ecfg, peers));
     let (id, rate, sync_on) = (cfg.cluster.id, cfg.sync.max_datagrams_per_s, cfg.sync.connections);
@@ -673,16 +673,6 @@ fn start_shell(
         DaemonProcessor::new(engine, sender, receiver, socket.take().flatten(), peers)
     })?;
     Ok(shell)
-}
-
-/// The sync addresses of the other ATMs, in config order.
-fn sync_peers(cfg: &Config, me: usize) -> Vec<SocketAddr> {
-    cfg.atms
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != me)
-        .map(|(_, a)| SocketAddr::new(a.address, cfg.sync_port()))
-        .collect()
 }
 
 async fn open_arp(cfg: &Config, addrs: &[IfAddr], default_iface: &str) -> Result<ArpResponder, DaemonError> {

@@ -214,7 +214,7 @@ impl Reloader<'_> {
         let local: Vec<std::net::IpAddr> = self.addrs.iter().map(|a| std::net::IpAddr::V4(a.addr)).collect();
         let old_svcs: Vec<Service> = crate::node::without_self(&running.services, &local);
         let new_svcs: Vec<Service> = crate::node::without_self(&new.services, &local);
-        let peers = super::sync_peers(new, self.me);
+        let peers = new.sync_peers(self.me);
         let table = new.table.clone();
         let remap = remap.clone();
         let (tx, rx) = oneshot::channel();
