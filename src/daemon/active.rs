@@ -135,13 +135,7 @@ pub(super) async fn control(
 ) -> Result<Next, DaemonError> {
     let (shell, me) = (r.shell, r.me);
     let node = &cfg.atms[me].name;
-    let bgp_of = |c: &Config| {
-        c.bgp
-            .as_ref()
-            .map(|b| b.for_atm(node))
-            .ok_or_else(|| DaemonError::Config("active-active without bgp".into()))
-    };
-    let mut bgp = bgp_of(cfg)?;
+    let mut bgp = bgp_for(cfg, node)?;
     let mut running = cfg.clone();
     let sig = |k: SignalKind| signal(k).map_err(io_err("signal handler"));
     let (mut term, mut int, mut hup) =
@@ -372,6 +366,14 @@ fn dataplane_probe(
     queued.is_ok() && last_ack_at.elapsed() < DATAPLANE_LIMIT
 }
 
+/// The `bgp` section as ATM `node` uses it (the config refuses active-active without one).
+fn bgp_for(cfg: &Config, node: &str) -> Result<crate::config::Bgp, DaemonError> {
+    cfg.bgp
+        .as_ref()
+        .map(|b| b.for_atm(node))
+        .ok_or_else(|| DaemonError::Config("active-active without bgp".into()))
+}
+
 /// What a live reload changes in the loop's state.
 struct ReloadState<'a> {
     announcer: &'a mut Announcer,
@@ -402,11 +404,7 @@ async fn reload_here(
     let answer = super::reload_from(r, path, running, &node).await;
     if matches!(answer, ReloadAnswer::Done(_)) && running.digest() != old.digest() {
         live_applied(r, &old, running, st.announcer, st.reach, st.reach_every).await;
-        *st.bgp = running
-            .bgp
-            .as_ref()
-            .map(|b| b.for_atm(&node))
-            .ok_or_else(|| DaemonError::Config("active-active without bgp".into()))?;
+        *st.bgp = bgp_for(running, &node)?;
         rewrite_bird(running, r.me, st.bgp, st.announcer, st.bird, st.written).await;
     }
     Ok(answer)

@@ -414,7 +414,6 @@ impl NodeSetup {
         let old = std::mem::replace(&mut self.plan, new);
         let mut ch = NodeChanges::default();
         self.raise_sysctls()?;
-        let present = self.vips_wanted;
         for vip in old.vips.iter().filter(|v| !self.plan.vips.contains(v)) {
             remove_vip(&self.handle, &self.names.vip_label, *vip).await?;
             self.state.vips.retain(|v| v != vip);
@@ -423,14 +422,15 @@ impl NodeSetup {
         }
         for vip in self.plan.vips.clone().into_iter().filter(|v| !old.vips.contains(v)) {
             ch.vips_added.push(vip);
-            if present {
+            if self.vips_wanted {
                 self.add_one(vip).await?;
             }
         }
-        let running = self.decap.as_ref().map(Decap::kind);
+        let kernel = matches!(self.decap, Some(Decap::Kernel(_)));
         match (&old.decap, self.plan.decap.clone()) {
             (a, b) if *a == b => {}
-            (Some(_), Some(_)) if running == Some("kernel") => {}
+            // The kernel's decapsulation has no policy to change.
+            (Some(_), Some(_)) if kernel => {}
             (_, new) => {
                 if old.decap.is_some() {
                     self.stop_decap().await?;
@@ -507,7 +507,7 @@ impl NodeSetup {
         }
         self.vips_wanted = present;
         for vip in self.plan.vips.clone() {
-            if present {
+            if self.vips_wanted {
                 self.add_one(vip).await?;
             } else {
                 remove_vip(&self.handle, &self.names.vip_label, vip).await?;
