@@ -21,6 +21,8 @@
 //!   daemon runs its checks with `platform::linux::checks`, the simulator scripts them.
 //! * [`services`] is the sans-IO service-failover state machine (seed 004's clusterd): which
 //!   service groups this ATM runs, takeover, standby, hand-back with mirroring.
+//! * [`overrides`] keeps the operators' drain, disable and weight beside the engine, and
+//!   their state file's format (daemon and simulator run the same code).
 //! * [`config`] parses and validates the operator's JSON5 file into typed structs.
 //!
 //! Time is [`time::Instant`], a number; randomness comes from a seed passed in.
@@ -39,6 +41,7 @@ pub mod dataplane;
 pub mod driver;
 pub mod health;
 pub mod node;
+pub mod overrides;
 pub mod platform;
 pub mod services;
 pub mod synctool;

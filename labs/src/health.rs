@@ -115,9 +115,10 @@ fn health_fault(text: &str) -> Option<(String, bool)> {
     let (kind, rest) = text.strip_prefix("fault: ")?.split_once(' ')?;
     let host = rest.split_whitespace().next()?;
     let failing = match kind {
-        // A reload that removed or added a server (see `runner::reload`).
-        "backend_stop" | "server_down" | "check_fail" | "server_removed" => true,
-        "backend_start" | "server_up" | "check_pass" | "server_added" => false,
+        // A reload that removed or added a server (see `runner::reload`), an operator's
+        // drain or enable (`runner::server_op`).
+        "backend_stop" | "server_down" | "check_fail" | "server_removed" | "drain" => true,
+        "backend_start" | "server_up" | "check_pass" | "server_added" | "enable" => false,
         _ => return None,
     };
     Some((host.to_string(), failing))

@@ -246,6 +246,15 @@ fn compare_table(
     push("promotions", both(&|o| o.promotions.to_string()));
     push("long-lived lost", both(&|o| format!("{}/{}", o.long_lived_lost, o.long_lived)));
     push("requests lost", both(&|o| o.lost_requests.values().sum::<u64>().to_string()));
+    // Health faults, drains and reloads that take a server out or bring it back: when it
+    // took its last (first) new connection after the step.
+    for (i, h) in sim.health.iter().enumerate() {
+        let what = if h.failing { "removed" } else { "returned" };
+        let figure = |o: &clustersim::runner::Outcome| {
+            o.health.get(i).and_then(|f| f.after_ms).map_or("-".into(), |ms| format!("{ms} ms"))
+        };
+        push(&format!("{} {what} (step {} ms)", h.server, h.at_ms), both(&figure));
+    }
     push(
         "heartbeats rejected",
         (sim.rejected.to_string(), lab.map_or("-".into(), |o| format!(">= {} (daemon logs)", o.rejected))),

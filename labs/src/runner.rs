@@ -48,6 +48,8 @@ pub const SUPPORTED: &[&str] = &[
     "miss_garp",
     "latency",
     "reload",
+    "drain",
+    "enable",
 ];
 
 /// The lab's figures: the simulator's [`Outcome`] plus what only a real run shows.
@@ -544,6 +546,63 @@ fn reload(lab: &mut Lab, st: &Step, daemon: &Path, cfg: &Path, file: &mut Config
     Ok(format!("{what}reload: {}", done.join(", ")))
 }
 
+/// A `drain` or `enable` step as an operator does it: `cmc drain|enable SERVICE SERVER` in
+/// each listed ATM's namespace (against its loopback admin port, the lab config's token),
+/// for every service that has the server, each waited for and required to succeed.
+fn server_op(lab: &Lab, st: &Step, daemon: &Path, cfg: &Path, file: &Config) -> anyhow::Result<String> {
+    let kind = st.kind()?;
+    let op = st.drain.as_ref().or(st.enable.as_ref()).context("drain/enable")?;
+    let cmc = daemon.with_file_name("cmc");
+    if !cmc.exists() {
+        bail!("cmc not found at {} (cargo build --bin cmc)", cmc.display());
+    }
+    let services: Vec<&str> = file
+        .services
+        .iter()
+        .filter(|s| s.servers.iter().any(|x| x.name == op.server))
+        .map(|s| s.name.as_str())
+        .collect();
+    if services.is_empty() {
+        bail!("{kind} {}: no service has this server", op.server);
+    }
+    for atm in &op.atms {
+        for svc in &services {
+            check_interrupted()?;
+            let args: Vec<String> =
+                [kind, svc, &op.server, "--config", &cfg.display().to_string(), "--timeout-ms", "5000"]
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect();
+            let out =
+                lab.command(atm, &cmc, &args)?.output().with_context(|| format!("cmc {kind} on {atm}"))?;
+            if !out.status.success() {
+                bail!(
+                    "cmc {kind} {svc} {} on {atm}: {}{}",
+                    op.server,
+                    String::from_utf8_lossy(&out.stdout).trim(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
+    }
+    // Named as the health faults are (`health::check` measures from here).
+    Ok(format!("fault: {kind} {} on {}", op.server, op.atms.join(", ")))
+}
+
+/// A crashed machine comes back with an empty `/run` (a tmpfs), as in the simulator: the
+/// daemon's saved server overrides are gone.
+fn forget_run_files(lab: &Lab, host: &str) -> anyhow::Result<()> {
+    let dir = lab.dir.join("run");
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(()) };
+    for e in entries {
+        let name = e?.file_name().to_string_lossy().into_owned();
+        if name.starts_with("servers-") && name.ends_with(&format!("-{host}.json")) {
+            std::fs::remove_file(dir.join(&name))?;
+        }
+    }
+    Ok(())
+}
+
 fn start_daemon(lab: &mut Lab, daemon: &Path, atm: &str, cfg: &Path) -> anyhow::Result<()> {
     crate::nodes::start_one(lab, daemon, atm, cfg)
 }
@@ -599,6 +658,7 @@ fn apply(
             lab.wait_or_kill(&label, 0)?;
             if crashed.contains(&host) {
                 topology::set_link(&plan, &host, true)?;
+                forget_run_files(lab, &host)?;
                 crashed.retain(|h| *h != host);
             }
             start_daemon(lab, daemon, &host, cfg)?;
@@ -670,6 +730,7 @@ fn apply(
             lab.spawn(&format!("rogue/forge-{}", st.at_ms), "rogue", &exe, &args)?;
         }
         "reload" => return reload(lab, st, daemon, cfg, file),
+        "drain" | "enable" => return server_op(lab, st, daemon, cfg, file),
         other => bail!("the lab cannot perform `{other}`"),
     }
     let what = match kind {

@@ -207,12 +207,12 @@ pub fn software(
             tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
             tokio::task::spawn_local(crate::kernel::kernel(world.clone(), name.clone()));
             let (tx, rx) = mpsc::unbounded_channel();
-            let (reload_tx, reload_rx) = mpsc::unbounded_channel();
+            let (dp_tx, dp_rx) = mpsc::unbounded_channel();
             {
                 let mut w = world.borrow_mut();
                 let h = w.host(&name);
                 h.commands = Some(tx);
-                h.reloads = Some(reload_tx);
+                h.dataplane = Some(dp_tx);
                 h.running_config = Some(cfg.clone());
             }
             let clock = SimClock::start();
@@ -231,7 +231,7 @@ pub fn software(
                 tokio::select! {
                     biased;
                     r = run_atm(&platform, &cfg, me, secret, rx) => r.map(|_| ()),
-                    r = crate::dataplane::run(world.clone(), name.clone(), spec, clock, reload_rx) => r,
+                    r = crate::dataplane::run(world.clone(), name.clone(), spec, clock, dp_rx) => r,
                 }
             };
             let Some(result) = Killable::new(&world, &name, Freezable::new(&world, &name, daemon)).await

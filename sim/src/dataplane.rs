@@ -12,6 +12,11 @@
 //! is `check_fail`, `server_down` or crashed), and each verdict change goes to the engine
 //! and the trace (`health: <server> down|up check=<i> reason=<r>`).
 //!
+//! Operators' overrides (drain, disable, weight) sit beside the engine in the daemon's own
+//! [`ServerControl`], saved after each change and reload in the daemon's state-file format
+//! on the host's simulated `/run` and restored when the daemon starts again, so a drain
+//! outlives a reload and a killed daemon (not a lost machine: `/run` is tmpfs).
+//!
 //! Servers answer as they would for real: with direct routing and tunnels straight to the
 //! client from the VIP; with NAT from their own address to their default gateway, the
 //! `gateway_vip` that moves with the primary (resolved through the server's own ARP cache),
@@ -31,9 +36,10 @@ use clusterserver::dataplane::engine::{Engine, EngineConfig, Reload, Verdict};
 use clusterserver::dataplane::sync::{MAX_DATAGRAM, PeerReceivers, SyncReceiver, SyncSender};
 use clusterserver::dataplane::wire::build;
 use clusterserver::health::{Action, Damping, Health, Input, Outcome};
+use clusterserver::overrides::{ServerControl, ServerOp, file};
 
 use crate::net::{SERVICE_PORT, SimClock, SimSocket};
-use crate::world::Shared;
+use crate::world::{DataplaneCommand, Shared};
 
 /// Port on which simulated real servers receive forwarded packets.
 pub const NODE_PORT: u16 = 9000;
@@ -56,7 +62,7 @@ pub async fn run(
     name: String,
     spec: DataplaneSpec,
     clock: SimClock,
-    mut reloads: mpsc::UnboundedReceiver<Rc<Config>>,
+    mut commands: mpsc::UnboundedReceiver<DataplaneCommand>,
 ) -> io::Result<()> {
     let mut cfg = spec.cfg.clone();
     let svc = SimSocket::bind(&world, &name, SERVICE_PORT).await?;
@@ -85,9 +91,11 @@ pub async fn run(
     let (mut buf, mut sbuf, mut tx, mut out) =
         ([0u8; 2048], vec![0u8; MAX_DATAGRAM], [0u8; 2048], vec![0u8; MAX_DATAGRAM]);
     let mut health = Health::new(&cfg.services, Damping::default(), clock.now());
+    let mut control = ServerControl::new(&engine, cfg.services.len());
+    restore(&world, &name, &cfg, spec.me, &mut control, &mut engine, clock);
     loop {
         follow_role(&world, &name, &mut engine, &mut sender);
-        run_checks(&world, &name, &cfg, &mut health, &mut engine, clock);
+        run_checks(&world, &name, &cfg, &mut health, (&mut control, &mut engine), clock);
         let next = [sender.poll_timeout(), health.poll_timeout()].into_iter().flatten().min();
         let wait = next.map_or(Duration::from_millis(100), |t| t.saturating_since(clock.now()));
         tokio::select! {
@@ -103,14 +111,34 @@ pub async fn run(
                     let _ = svc.send(answer.as_bytes(), from).await;
                 }
             }
-            Some(new) = reloads.recv() => {
+            Some(cmd) = commands.recv() => match cmd {
+            DataplaneCommand::Server { service, server, op } => {
+                // The admin channel's server request, by the daemon's code.
+                let who = cfg.services.get(service).and_then(|s| Some((&s.name, &s.servers.get(server)?.name)));
+                let what = match op {
+                    ServerOp::Weight(w) => format!("weight {w}"),
+                    ServerOp::Drain => "drain".into(),
+                    ServerOp::Enable => "enable".into(),
+                    ServerOp::Disable => "disable".into(),
+                };
+                let text = match (control.apply(&mut engine, service, server, op), who) {
+                    (Ok(()), Some((svc, srv))) => format!("operator: {what} {srv} (service {svc})"),
+                    (Err(e), _) => format!("operator: {what} refused: {e}"),
+                    (Ok(()), None) => format!("operator: {what} #{service}/{server}"),
+                };
+                world.borrow_mut().log(clock.now().as_millis(), &name, text);
+                save(&world, &name, &cfg, spec.me, &control);
+            }
+            DataplaneCommand::Reload(new) => {
                 // The daemon's live reload, by the same code: the engine and the checks in
-                // place (`Engine::reconfigure`, `Health::reconfigure`), the sync peers.
+                // place (`Engine::reconfigure`, `Health::reconfigure`), the operators'
+                // overrides carried (`ServerControl::reconfigure`), the sync peers.
                 let remap = Remap::between(&cfg, &new);
                 let table = Table { max_connections: SIM_TABLE, ..new.table.clone() };
                 let r = Reload { old: &cfg.services, new: &new.services, remap: &remap, table: &table };
                 let st = engine.reconfigure(clock.now(), &r);
                 health.reconfigure(clock.now(), &cfg.services, &new.services, &remap);
+                control.reconfigure(&mut engine, &remap, &new.services);
                 peers = new.sync_peers(spec.me);
                 receivers.set_peers(peers.iter().map(|p| p.ip()).collect());
                 servers = server_addresses(&new);
@@ -120,7 +148,9 @@ pub async fn run(
                 );
                 world.borrow_mut().log(clock.now().as_millis(), &name, text);
                 cfg = new;
+                save(&world, &name, &cfg, spec.me, &control);
             }
+            },
             r = sync.recv(&mut sbuf) => {
                 let (n, from) = r?;
                 // An active engine learns only connections it has never seen (made by a
@@ -139,18 +169,55 @@ pub async fn run(
     }
 }
 
+/// Puts back the overrides a previous run of this daemon saved in the host's `/run`, as
+/// the daemon does before `ready`; a file it cannot use is reported and ignored.
+fn restore(
+    world: &Shared,
+    name: &str,
+    cfg: &Config,
+    me: usize,
+    control: &mut ServerControl,
+    engine: &mut Engine,
+    clock: SimClock,
+) {
+    let bytes = world.borrow_mut().host(name).run_dir.get(&file::name(cfg, me)).cloned();
+    let Some(bytes) = bytes else { return };
+    let text = match file::decode(&bytes, cfg, me) {
+        Ok(saved) => {
+            let (overrides, dropped) = file::by_index(cfg, &saved);
+            control.restore(engine, &overrides);
+            format!("server overrides restored: {} (dropped {dropped})", overrides.len())
+        }
+        Err(why) => format!("ignoring the saved server overrides: {why}"),
+    };
+    world.borrow_mut().log(clock.now().as_millis(), name, text);
+}
+
+/// Writes the overrides to the host's `/run` (the daemon's file; none when none is left).
+fn save(world: &Shared, name: &str, cfg: &Config, me: usize, control: &ServerControl) {
+    let (_, overrides) = control.overrides();
+    let saved = file::by_name(cfg, &overrides);
+    let mut w = world.borrow_mut();
+    let dir = &mut w.host(name).run_dir;
+    if saved.is_empty() {
+        dir.remove(&file::name(cfg, me));
+    } else {
+        dir.insert(file::name(cfg, me), file::encode(cfg, me, saved));
+    }
+}
+
 fn server_addresses(cfg: &Config) -> Vec<IpAddr> {
     cfg.services.iter().flat_map(|s| s.servers.iter().map(|x| x.address)).collect()
 }
 
 /// Starts the due checks, answers them from the world at once, and applies every verdict
-/// change to the engine.
+/// change to the engine (through the operators' overrides).
 fn run_checks(
     world: &Shared,
     name: &str,
     cfg: &Config,
     health: &mut Health,
-    engine: &mut Engine,
+    (control, engine): (&mut ServerControl, &mut Engine),
     clock: SimClock,
 ) {
     let now = clock.now();
@@ -173,8 +240,8 @@ fn run_checks(
                 }
                 Action::Transition(t) => {
                     let server = &cfg.services[t.service].servers[t.server];
-                    let weight = engine.servers(t.service).get(t.server).map_or(server.weight, |s| s.weight);
-                    let _ = engine.set_server_state(t.service, t.server, weight, t.up);
+                    // Through the overrides: a health pass never undoes an operator's drain.
+                    control.set_health(engine, t.service, t.server, t.up);
                     let state = if t.up { "up" } else { "down" };
                     let text =
                         format!("health: {} {state} check={} reason={}", server.name, t.check, t.reason);

@@ -10,11 +10,12 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use clusterserver::core::election::AdminRequest;
 use clusterserver::driver::Command;
+use clusterserver::overrides::ServerOp;
 
 use crate::client::PROBE_MS;
 use crate::scenario::{Scenario, Step};
 use crate::topology::*;
-use crate::world::{Shared, World};
+use crate::world::{DataplaneCommand, Shared, World};
 
 /// What one run produced.
 #[derive(Debug)]
@@ -581,12 +582,12 @@ fn apply(
                 // The daemon's reload: plan against what it runs, then apply it in place
                 // (the core by `Command::Reconfigure`, the data plane by its reload).
                 let me = new.atms.iter().position(|a| &a.name == h).context("reload: not an ATM")?;
-                let (running, commands, reloads) = {
+                let (running, commands, dataplane) = {
                     let mut w = world.borrow_mut();
                     let host = w.host(h);
-                    (host.running_config.clone(), host.commands.clone(), host.reloads.clone())
+                    (host.running_config.clone(), host.commands.clone(), host.dataplane.clone())
                 };
-                let (Some(running), Some(commands), Some(reloads)) = (running, commands, reloads) else {
+                let (Some(running), Some(commands), Some(dataplane)) = (running, commands, dataplane) else {
                     log(format!(
                         "operator: reload {h}: its daemon is not running (it reads the file when it starts)"
                     ));
@@ -599,7 +600,7 @@ fn apply(
                     );
                 }
                 let sent = commands.send(Command::Reconfigure(Box::new((*new).clone()))).is_ok()
-                    && reloads.send(new.clone()).is_ok();
+                    && dataplane.send(DataplaneCommand::Reload(new.clone())).is_ok();
                 if !sent {
                     log(format!("operator: reload {h}: its daemon is not running"));
                     continue;
@@ -724,6 +725,35 @@ fn apply(
             }
             st.health_steps.push((now, h.to_string(), failing));
             log(format!("fault: {kind} {h}"));
+        }
+        "drain" | "enable" => {
+            let op_step = step.drain.as_ref().or(step.enable.as_ref()).expect("kind checked");
+            let op = if kind == "drain" { ServerOp::Drain } else { ServerOp::Enable };
+            // As `cmc drain SERVICE SERVER` on each listed ATM, for every service of the
+            // server (the admin channel's request reaches the data plane's overrides).
+            let Some(cfg) = world.borrow().config_file.clone() else { bail!("{kind}: no config file") };
+            let at: Vec<(usize, usize)> = cfg
+                .services
+                .iter()
+                .enumerate()
+                .filter_map(|(i, svc)| Some((i, svc.servers.iter().position(|x| x.name == op_step.server)?)))
+                .collect();
+            if at.is_empty() {
+                bail!("{kind} {}: no service has this server", op_step.server);
+            }
+            for h in &op_step.atms {
+                let dataplane = world.borrow_mut().host(h).dataplane.clone();
+                let sent = dataplane.is_some_and(|tx| {
+                    at.iter().all(|&(service, server)| {
+                        tx.send(DataplaneCommand::Server { service, server, op }).is_ok()
+                    })
+                });
+                if !sent {
+                    bail!("{kind} {h}: the host's daemon is not running");
+                }
+            }
+            st.health_steps.push((now, op_step.server.clone(), kind == "drain"));
+            log(format!("operator: {kind} {} on {}", op_step.server, op_step.atms.join(", ")));
         }
         other => bail!("the simulator cannot perform `{other}` steps yet"),
     }

@@ -135,6 +135,16 @@ pub struct ReloadStep {
     pub heartbeat_ms: Option<u64>,
 }
 
+/// An operator's `drain` or `enable` of a real server on the listed ATMs (`cmc drain` /
+/// `cmc enable` in each one's namespace in the labs), for every service that has it. The
+/// override is each ATM's own and outlives its reloads and daemon restarts.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerOpStep {
+    pub atms: Vec<String>,
+    pub server: String,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WeightEdit {
@@ -242,6 +252,10 @@ pub struct Step {
     pub demote: Option<String>,
     /// The config is edited and reloaded by these ATMs, in order.
     pub reload: Option<ReloadStep>,
+    /// An operator drains a server (no new connections; existing ones carry on) / enables
+    /// it again (back to its config).
+    pub drain: Option<ServerOpStep>,
+    pub enable: Option<ServerOpStep>,
 }
 
 impl Step {
@@ -272,6 +286,8 @@ impl Step {
             ("promote", self.promote.is_some()),
             ("demote", self.demote.is_some()),
             ("reload", self.reload.is_some()),
+            ("drain", self.drain.is_some()),
+            ("enable", self.enable.is_some()),
         ];
         let kinds: Vec<&str> = set.iter().filter(|(_, s)| *s).map(|(k, _)| *k).collect();
         match kinds.as_slice() {
@@ -306,10 +322,11 @@ pub struct Expect {
     /// Most requests (probes) a client may lose after its first answer: `0` for a planned
     /// handover, which must lose none.
     pub max_lost_requests: Option<u64>,
-    /// After a `server_down` / `check_fail` step, the server gets no new connection later
-    /// than this (ms after the step) until it recovers (needs `load.new_connections`).
+    /// After a `server_down` / `check_fail` / `drain` step, the server gets no new connection
+    /// later than this (ms after the step) until it recovers (`server_up`, `check_pass`,
+    /// `enable`; needs `load.new_connections`).
     pub removed_within_ms: Option<u64>,
-    /// After a `server_up` / `check_pass` step, the server gets a new connection within
+    /// After a `server_up` / `check_pass` / `enable` step, the server gets a new connection within
     /// this (ms after the step).
     pub returned_within_ms: Option<u64>,
     /// Failover: the ATM running every service at the end.
@@ -444,6 +461,9 @@ impl Step {
             v.extend(&r.atms);
             v.extend(r.weight.as_ref().map(|w| &w.server));
             v.extend(r.add_server.iter().chain(&r.remove_server));
+        }
+        for o in [&self.drain, &self.enable].into_iter().flatten() {
+            v.extend(o.atms.iter().chain([&o.server]));
         }
         v
     }

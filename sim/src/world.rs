@@ -14,12 +14,23 @@ use std::task::Waker;
 use clusterserver::config::Config;
 use clusterserver::core::election::Role;
 use clusterserver::driver::Command;
+use clusterserver::overrides::ServerOp;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::rng::SplitMix64;
 use crate::scenario::Forge;
 
 pub type Shared = Rc<RefCell<World>>;
+
+/// What the runner asks of an ATM's data plane, as the daemon's reload and admin channel
+/// ask its TUN worker.
+#[derive(Debug)]
+pub enum DataplaneCommand {
+    /// A live reload to this config (the plan was checked live).
+    Reload(Rc<Config>),
+    /// An operator's change to one server (`cmc drain`, `enable`, …), by index.
+    Server { service: usize, server: usize, op: ServerOp },
+}
 
 /// A client's neighbour entry for the VIP (a simplified Linux NUD state machine).
 #[derive(Clone, Debug)]
@@ -65,8 +76,12 @@ pub struct HostState {
     pub role: Option<Role>,
     pub epoch: u64,
     pub commands: Option<UnboundedSender<Command>>,
-    /// An ATM's data plane takes live reloads here (the daemon's reload, see `runner`).
-    pub reloads: Option<UnboundedSender<Rc<Config>>>,
+    /// An ATM's data plane takes live reloads and operators' server changes here (the
+    /// daemon's reload and admin requests, see `runner`).
+    pub dataplane: Option<UnboundedSender<DataplaneCommand>>,
+    /// The host's `/run` (tmpfs): files by name, such as the daemon's server state file.
+    /// A killed daemon's files stay; a machine that goes down loses them.
+    pub run_dir: BTreeMap<String, Vec<u8>>,
     /// The config an ATM's daemon runs (as started or last reloaded).
     pub running_config: Option<Rc<Config>>,
     pub promotions: Vec<(u64, u64)>,
@@ -178,6 +193,8 @@ impl World {
         h.running = false;
         h.frozen = false;
         h.commands = None;
+        h.dataplane = None;
+        h.run_dir.clear();
         if h.cluster.is_some() {
             h.role = Some(Role::Backup);
         }
@@ -196,6 +213,7 @@ impl World {
         h.running = false;
         h.frozen = false;
         h.commands = None;
+        h.dataplane = None;
         if h.cluster.is_some() {
             h.role = Some(Role::Backup);
         }

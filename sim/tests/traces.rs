@@ -50,6 +50,24 @@ fn different_seeds_differ_somewhere() {
 }
 
 #[test]
+fn a_drain_is_lost_with_the_machine_and_the_expectation_says_so() {
+    // The invariant can fail: a drain is kept in the state file under /run, which a killed
+    // daemon keeps and a lost machine does not. Crash atm2 instead of killing its daemon and
+    // its restarted daemon forgets the drain, so node2 takes new connections once it is
+    // primary.
+    let (_, mut s) = scenarios().into_iter().find(|(n, _)| n == "drain-survives-restart").expect("scenario");
+    let kill = s.steps.iter_mut().find(|st| st.kill.as_deref() == Some("atm2")).expect("kill atm2");
+    kill.crash = kill.kill.take();
+    let o = runner::run(&s, 1).expect("run");
+    assert!(
+        o.violations.iter().any(|v| v.starts_with("node2: removed")),
+        "the drain was kept across a lost machine: {}",
+        o.summary()
+    );
+    assert!(o.trace.iter().all(|l| !l.contains("atm2     server overrides restored")), "{}", o.summary());
+}
+
+#[test]
 fn without_connection_sync_long_lived_flows_are_lost() {
     // The invariant can fail: the same failover with connection sync switched off must lose
     // the flows (the new primary's engine has no entry for them and drops their segments).

@@ -101,7 +101,7 @@ pub struct ConnectionQuery {
 }
 
 /// An operator's change to one server.
-pub use crate::daemon::servers::ServerOp;
+pub use crate::overrides::ServerOp;
 
 /// A request for the daemon's control loop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

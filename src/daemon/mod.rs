@@ -114,7 +114,6 @@ mod node;
 pub mod processor;
 mod reload;
 pub mod server_state;
-pub mod servers;
 pub mod setup;
 
 use std::cell::RefCell;
@@ -510,7 +509,7 @@ fn restore_overrides(shell: &Shell<DaemonProcessor>, cfg: &Config, me: usize, pa
             return;
         }
     };
-    let (overrides, dropped) = server_state::by_index(cfg, &saved);
+    let (overrides, dropped) = crate::overrides::file::by_index(cfg, &saved);
     if dropped > 0 {
         tracing::warn!(target: "clusterserverd", file = %path.display(), dropped, "saved overrides of servers no longer in the config (or moved) were dropped");
     }

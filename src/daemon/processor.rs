@@ -39,7 +39,7 @@ use crate::dataplane::sync::{
 };
 use crate::time::Instant;
 
-use super::servers::ServerControl;
+use crate::overrides::ServerControl;
 
 /// Packets between two sync flushes on the packet path.
 pub const FLUSH_EVERY: u32 = 32;

@@ -184,7 +184,7 @@ impl Reloader<'_> {
     /// Each server's (up, weight the operator leaves it) as the worker's [`ServerControl`]
     /// has them now, per service (what active-active's announcer counts).
     ///
-    /// [`ServerControl`]: super::servers::ServerControl
+    /// [`ServerControl`]: crate::overrides::ServerControl
     pub async fn server_states(&self) -> Result<Vec<Vec<(bool, u32)>>, String> {
         let (tx, rx) = oneshot::channel();
         let tx = Mutex::new(Some(tx));
@@ -275,7 +275,8 @@ impl Saver {
         }
         *last = Some(generation);
         let cfg = self.live.get().cfg.clone();
-        if let Err(e) = server_state::save(&self.path, &cfg, self.me, server_state::by_name(&cfg, &overrides))
+        if let Err(e) =
+            server_state::save(&self.path, &cfg, self.me, crate::overrides::file::by_name(&cfg, &overrides))
         {
             tracing::warn!(target: "clusterserverd::reload", file = %self.path.display(), error = %e, "cannot save the operators' server overrides (they will not survive a restart)");
         }

@@ -1,4 +1,5 @@
-//! The operator's hand on each real server, kept beside the engine on the TUN worker.
+//! The operator's hand on each real server, kept beside the engine (the daemon's TUN
+//! worker, the simulator's data plane): sans-IO, so both run this code.
 //!
 //! Two sources change a server: the health checks (up/down) and the operator (weight,
 //! drain, enable, disable). The engine has one weight and one `up` per server, so this
@@ -13,8 +14,10 @@
 //!
 //! The runtime weight is the operator's (`cmc weight`) if set, else the configured one. An
 //! operator's state and weight are **overrides**: they outlive reloads (carried by
-//! [`ServerControl::reconfigure`]) and restarts (the daemon saves them, see
-//! [`super::server_state`]). `cmc enable` clears both: the server is back to its config.
+//! [`ServerControl::reconfigure`]) and restarts (saved in the state file whose format is
+//! [`file`]). `cmc enable` clears both: the server is back to its config.
+
+pub mod file;
 
 use crate::config::{Service, diff::Remap};
 use crate::dataplane::engine::{Engine, EngineError};
