@@ -153,6 +153,7 @@ fn engine_config(
             icmp_timeout_s: 30,
         },
         local_addr: Ipv4Addr::new(10, 77, 2, 1),
+        local_addr6: core::net::Ipv6Addr::UNSPECIFIED,
         path_mtu: 1500,
         seed: 7,
     }

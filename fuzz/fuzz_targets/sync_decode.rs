@@ -41,6 +41,7 @@ fuzz_target!(|data: &[u8]| {
         services: vec![svc],
         table: config::Table { max_connections: 8, ..config::Table::default() },
         local_addr: Ipv4Addr::new(10, 0, 0, 1),
+        local_addr6: core::net::Ipv6Addr::UNSPECIFIED,
         path_mtu: 1500,
         seed: 1,
     });

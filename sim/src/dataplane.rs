@@ -74,8 +74,14 @@ pub async fn run(
     };
     let table = Table { max_connections: SIM_TABLE, ..cfg.table.clone() };
     let seed = world.borrow().seed;
-    let ecfg =
-        EngineConfig { services: cfg.services.clone(), table, local_addr: local, path_mtu: 1500, seed };
+    let ecfg = EngineConfig {
+        services: cfg.services.clone(),
+        table,
+        local_addr: local,
+        local_addr6: std::net::Ipv6Addr::UNSPECIFIED,
+        path_mtu: 1500,
+        seed,
+    };
     let mut engine = Engine::new(&ecfg);
     engine.set_active(false);
     engine.set_sync(cfg.sync.connections);
@@ -284,7 +290,7 @@ fn forward(
     tx: &mut [u8],
 ) -> Option<(usize, SocketAddr)> {
     match engine.process(clock.now(), pkt, tx) {
-        Verdict::L2 { len, next_hop } => Some((len, SocketAddr::new(IpAddr::V4(next_hop), NODE_PORT))),
+        Verdict::L2 { len, next_hop } => Some((len, SocketAddr::new(next_hop, NODE_PORT))),
         Verdict::Tun { len } if len >= 20 => {
             let dst = IpAddr::V4(Ipv4Addr::new(tx[16], tx[17], tx[18], tx[19]));
             let port = if servers.contains(&dst) { NODE_PORT } else { crate::flows::FLOW_PORT };

@@ -130,6 +130,7 @@ fn atm(i: usize, atms: usize, svc: &Service, now: Instant, incarnation: u64, m: 
         services: vec![svc.clone()],
         table: config::Table::default(),
         local_addr: Ipv4Addr::new(10, 91, 0, 1 + i as u8),
+        local_addr6: core::net::Ipv6Addr::UNSPECIFIED,
         path_mtu: 1500,
         seed: 91,
     });
@@ -200,7 +201,7 @@ pub fn run_with(
         .collect();
     // Flows start over the first second, so sync records keep coming from every ATM.
     let start_at: Vec<u64> = (0..flows).map(|_| rng.next_u64() % 100 * TICK_MS).collect();
-    let mut server_of: Vec<Option<Ipv4Addr>> = vec![None; flows];
+    let mut server_of: Vec<Option<std::net::IpAddr>> = vec![None; flows];
     let mut routes: Vec<Option<usize>> = vec![None; flows];
     let mut last_ok: Vec<u64> = start_at.clone();
     let mut broken: BTreeSet<usize> = BTreeSet::new();

@@ -649,6 +649,11 @@ fn start_shell(
         services: crate::node::without_self(&cfg.services, &local),
         table: cfg.table.clone(),
         local_addr,
+        local_addr6: setup::local_addr6(
+            cfg,
+            me,
+            &std::fs::read_to_string("/proc/net/if_inet6").unwrap_or_default(),
+        ),
         path_mtu: 1500,
         // The same on every ATM: schedulers agree across a failover.
         seed: u64::from(cfg.cluster.id),

@@ -203,3 +203,47 @@ mod tests {
         assert_eq!(dr_interface(&c, &addrs, "eth0"), None);
     }
 }
+
+/// The ATM's own IPv6 address: source of IPv6-in-IPv6 outer headers and of the ICMPv6
+/// errors the engine makes. Its configured address if that is IPv6, else the first global
+/// (scope 0), non-tentative address of its interface in `if_inet6` (the text of
+/// `/proc/net/if_inet6`); unspecified if it has none (IPv6 tunnel services then drop).
+pub fn local_addr6(cfg: &Config, me: usize, if_inet6: &str) -> std::net::Ipv6Addr {
+    if let IpAddr::V6(a) = cfg.atms[me].address {
+        return a;
+    }
+    let iface = &cfg.atms[me].interface;
+    if_inet6
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let [hex, _, _, scope, flags, name] = f.as_slice() else { return None };
+            let tentative = u32::from_str_radix(flags, 16).ok()? & 0x40 != 0;
+            if name != iface || *scope != "00" || tentative || hex.len() != 32 {
+                return None;
+            }
+            u128::from_str_radix(hex, 16).ok().map(std::net::Ipv6Addr::from_bits)
+        })
+        .next()
+        .unwrap_or(std::net::Ipv6Addr::UNSPECIFIED)
+}
+
+#[cfg(test)]
+mod local6_tests {
+    #[test]
+    fn the_first_global_settled_address_of_the_interface() {
+        let opts = crate::config::LoadOptions { check_files: false, base_dir: "/etc/clusterserver".into() };
+        let cfg =
+            crate::config::parse_str("nat-2atm.json5", include_str!("../../config/nat-2atm.json5"), &opts)
+                .expect("cfg");
+        let text = "fe8000000000000000fc00fffe000001 04 40 20 80     eth0\n\
+                    20010db8000000000000000000000009 04 40 00 c0     eth0\n\
+                    20010db8000000000000000000000002 05 40 00 80     eth1\n\
+                    20010db8000000000000000000000003 04 40 00 80     eth0\n";
+        assert_eq!(
+            super::local_addr6(&cfg, 0, text),
+            "2001:db8::3".parse::<std::net::Ipv6Addr>().expect("ip")
+        );
+        assert!(super::local_addr6(&cfg, 0, "").is_unspecified());
+    }
+}

@@ -94,24 +94,30 @@
 #[cfg(test)]
 mod active_active_tests;
 mod affinity;
+mod family;
 mod forward;
 mod icmp;
+mod icmp6;
 mod reconfig;
 pub mod select;
 mod syncing;
 pub use syncing::WALK_SLOTS_PER_CALL;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests6;
 mod verdict;
 
-use core::net::{IpAddr, Ipv4Addr};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::collections::VecDeque;
 
 use crate::config::{self, Forwarding, OnDown};
 use crate::dataplane::conntrack::{ConnTable, Entry, FLAG_NAT, FwdKey, RevKey, State};
 use crate::dataplane::sync::SyncRecord;
+use crate::dataplane::wire::ipv6 as wire_ipv6;
 use crate::dataplane::wire::{Ipv4Packet, TcpPacket, UdpPacket, proto, tcp::flags};
 use crate::time::Instant;
+use family::{Family, Flows, L3, PerFamily, V6};
 pub use reconfig::{ORPHAN, Reload, ReloadStats};
 pub use select::{Select, ServerSlot};
 pub use verdict::{DropReason, EngineError, EngineStats, Verdict};
@@ -123,6 +129,9 @@ pub struct EngineConfig {
     pub table: config::Table,
     /// The ATM's own address: source of tunnel outer headers and of ICMP errors it makes.
     pub local_addr: Ipv4Addr,
+    /// The same for IPv6 (IPv6-in-IPv6 outer headers, ICMPv6 errors); unspecified when
+    /// the ATM has no IPv6 address (IPv6 tunnel services then drop with `NoServer`).
+    pub local_addr6: Ipv6Addr,
     /// Path MTU towards tunnelled servers.
     pub path_mtu: u16,
     /// Seeds the table's hash and the schedulers.
@@ -132,16 +141,16 @@ pub struct EngineConfig {
 /// A configured service as the engine keeps it.
 #[derive(Debug)]
 struct Svc {
-    /// `None` for non-IPv4 VIPs (kept so indices match the config; never matched).
-    vip: Option<Ipv4Addr>,
+    /// The VIP, of either family (a packet of the other family never matches it).
+    vip: IpAddr,
     port: u16,
     proto: u8,
     forwarding: Forwarding,
     persistence_s: u32,
     on_down: OnDown,
     servers: Vec<ServerSlot>,
-    /// IPv4 address of each server (`UNSPECIFIED` for others: never picked).
-    addrs: Vec<Ipv4Addr>,
+    /// Address of each server (of the VIP's family: `--check` refuses others).
+    addrs: Vec<IpAddr>,
     sched: Box<dyn Select>,
     /// Per server, indexed like `servers`.
     counters: Vec<ServerCounters>,
@@ -174,11 +183,12 @@ const EXPIRE_BUDGET: usize = 32;
 #[derive(Debug)]
 pub struct Engine {
     svcs: Vec<Svc>,
-    table: ConnTable<Ipv4Addr>,
-    affinity: affinity::Affinity<Ipv4Addr>,
+    /// Connection and affinity tables of each family.
+    flows: Flows,
     /// The seed the engine was built with (schedulers of services added by a reload).
     seed: u64,
     local_addr: Ipv4Addr,
+    local_addr6: Ipv6Addr,
     path_mtu: u16,
     ident: u16,
     active: bool,
@@ -196,8 +206,6 @@ pub struct Engine {
     /// Segments of the packet being processed: a GSO super-packet counts as the wire
     /// packets it becomes in the per-server packet counters (1 otherwise).
     segments: u32,
-    /// Next slot of a full resync in progress.
-    resync_cursor: Option<u32>,
     /// A planned handover is under way: half-open entries are synced too (see
     /// [`Engine::set_handing_over`]).
     handing_over: bool,
@@ -222,30 +230,35 @@ fn l4_proto(p: config::Protocol) -> u8 {
     }
 }
 
-/// Records of the affinity table: a quarter of the connection table's, if any service uses
-/// persistence.
-fn affinity_records(svcs: &[Svc], table: &config::Table) -> usize {
-    let persist = svcs.iter().any(|s| s.persistence_s > 0);
+/// Records of a family's affinity table: a quarter of the connection table's, if any
+/// service of the family uses persistence.
+fn affinity_records(svcs: &[Svc], table: &config::Table, v6: bool) -> usize {
+    let persist = svcs.iter().any(|s| s.persistence_s > 0 && s.vip.is_ipv6() == v6);
     if persist { (table.max_connections as usize / 4).max(1024) } else { 0 }
+}
+
+/// Slots of a family's connection table: `max_connections` if a service of the family
+/// exists, else one (an engine without IPv6 services holds no IPv6 table).
+fn table_slots(svcs: &[Svc], table: &config::Table, v6: bool) -> config::Table {
+    let any = svcs.iter().any(|s| s.vip.is_ipv6() == v6);
+    config::Table { max_connections: if any { table.max_connections } else { 1 }, ..table.clone() }
+}
+
+fn per_family<A: Family>(svcs: &[Svc], table: &config::Table, seed: u64, v6: bool) -> PerFamily<A> {
+    PerFamily {
+        table: ConnTable::new(&table_slots(svcs, table, v6), seed),
+        affinity: affinity::Affinity::new(affinity_records(svcs, table, v6), seed.rotate_left(17)),
+        resync_cursor: None,
+    }
 }
 
 impl Svc {
     /// A service of the config with these server slots (indexed like `s.servers`).
     fn build(s: &config::Service, servers: Vec<ServerSlot>, seed: u64) -> Svc {
-        let addrs = s
-            .servers
-            .iter()
-            .map(|srv| match srv.address {
-                IpAddr::V4(a) => a,
-                IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
-            })
-            .collect();
+        let addrs = s.servers.iter().map(|srv| srv.address).collect();
         let sched = select::build(s.scheduler, &servers, seed);
         Svc {
-            vip: match s.vip {
-                IpAddr::V4(a) => Some(a),
-                IpAddr::V6(_) => None,
-            },
+            vip: s.vip,
             port: s.port,
             proto: l4_proto(s.protocol),
             forwarding: s.forwarding,
@@ -261,7 +274,7 @@ impl Svc {
 }
 
 /// Decrements the active count of the server an entry pointed at.
-fn release(svcs: &mut [Svc], e: &Entry<Ipv4Addr>) {
+fn release<A: Family>(svcs: &mut [Svc], e: &Entry<A>) {
     if let Some(s) =
         svcs.get_mut(usize::from(e.service)).and_then(|s| s.servers.get_mut(usize::from(e.server_idx)))
     {
@@ -281,20 +294,22 @@ impl Engine {
                 Svc::build(s, s.servers.iter().map(ServerSlot::from_config).collect(), cfg.seed ^ i as u64)
             })
             .collect();
-        let aff_records = affinity_records(&svcs, &cfg.table);
+        let flows = Flows {
+            v4: per_family(&svcs, &cfg.table, cfg.seed, false),
+            v6: per_family(&svcs, &cfg.table, cfg.seed ^ 0x6666, true),
+        };
         Engine {
             svcs,
-            table: ConnTable::new(&cfg.table, cfg.seed),
-            affinity: affinity::Affinity::new(aff_records, cfg.seed.rotate_left(17)),
+            flows,
             seed: cfg.seed,
             local_addr: cfg.local_addr,
+            local_addr6: cfg.local_addr6,
             path_mtu: cfg.path_mtu,
             ident: cfg.seed as u16,
             active: true,
             sync_enabled: false,
             pickup: false,
             sync_queue: VecDeque::with_capacity(SYNC_QUEUE),
-            resync_cursor: None,
             handing_over: false,
             partial_csum: false,
             in_place: false,
@@ -304,8 +319,9 @@ impl Engine {
         }
     }
 
-    /// Processes one IPv4 packet. `tx` should hold at least `rx.len() + 20` bytes (tunnel
-    /// outer header) or 576 (ICMP errors); a smaller one drops with `BufferTooSmall`.
+    /// Processes one IPv4 or IPv6 packet. `tx` should hold at least `rx.len() + 40` bytes
+    /// (tunnel outer header) or 1280 (ICMP errors); a smaller one drops with
+    /// `BufferTooSmall`.
     pub fn process(&mut self, now: Instant, rx: &[u8], tx: &mut [u8]) -> Verdict {
         self.stats.packets += 1;
         if self.stats.packets % EXPIRE_EVERY == 0 {
@@ -367,21 +383,21 @@ impl Engine {
     }
 
     /// A NAT rewrite: copied into `tx`, or held for [`Engine::process_in_place`].
-    fn nat(&mut self, ip: &Ipv4Packet<&[u8]>, tx: &mut [u8], rw: forward::Rewrite) -> Verdict {
+    fn nat<P: L3>(&mut self, ip: &P, tx: &mut [u8], rw: forward::Rewrite) -> Verdict {
         if self.in_place {
             self.pending = Some(InPlace::Rewrite(rw));
-            return Verdict::Tun { len: ip.packet().len() };
+            return Verdict::Tun { len: ip.bytes().len() };
         }
-        forward::rewrite(ip, tx, rw)
+        forward::rewrite(ip.bytes(), tx, rw)
     }
 
     /// Direct routing: copied into `tx`, or left in place for [`Engine::process_in_place`].
-    fn direct(&mut self, ip: &Ipv4Packet<&[u8]>, tx: &mut [u8], server: Ipv4Addr) -> Verdict {
+    fn direct<P: L3>(&mut self, ip: &P, tx: &mut [u8], server: IpAddr) -> Verdict {
         if self.in_place {
             self.pending = Some(InPlace::Unchanged);
-            return Verdict::L2 { len: ip.packet().len(), next_hop: server };
+            return Verdict::L2 { len: ip.bytes().len(), next_hop: server };
         }
-        forward::direct(ip, tx, server)
+        forward::direct(ip.bytes(), tx, server)
     }
 
     /// Whether `rx` may be processed whole by [`Engine::process_offloaded`] as a GSO
@@ -390,22 +406,38 @@ impl Engine {
     /// keep the packet's layout, direct routing copies it unchanged (the shell frames it
     /// with its GSO header); packets of no service are NAT replies or drops. No side effect.
     pub(crate) fn takes_whole(&self, rx: &[u8]) -> bool {
-        let Ok(ip) = Ipv4Packet::new_checked(rx) else { return false };
-        let p = ip.protocol();
+        if rx.first().is_some_and(|b| b >> 4 == 6) {
+            return V6::parse(rx).is_ok_and(|ip| self.whole(&ip));
+        }
+        Ipv4Packet::new_checked(rx).is_ok_and(|ip| self.whole(&ip))
+    }
+
+    fn whole<P: L3>(&self, ip: &P) -> bool {
+        let p = ip.proto();
         if p != proto::TCP && p != proto::UDP {
             return false;
         }
-        let Ok((_, dport, _)) = l4_ports(p, ip.payload()) else { return false };
-        match self.find_service(ip.dst_addr(), dport, p) {
+        let Ok((_, dport, _)) = l4_ports(p, ip.l4()) else { return false };
+        match self.find_service(ip.dst(), dport, p) {
             Some(i) => self.svcs[i].forwarding != Forwarding::Tunnel,
             None => true,
         }
     }
 
-    /// Reclaims up to `budget` expired entries; the shell may call it when idle.
+    /// Reclaims up to `budget` expired entries (of both families); the shell may call it
+    /// when idle.
     pub fn expire(&mut self, now: Instant, budget: usize) -> usize {
         let svcs = &mut self.svcs;
-        self.table.expire(now, budget, &mut |e| release(svcs, e))
+        let n = self.flows.v4.table.expire(now, budget, &mut |e| release(svcs, e));
+        n + self.flows.v6.table.expire(now, budget.saturating_sub(n), &mut |e| release(svcs, e))
+    }
+
+    fn tab<A: Family>(&self) -> &ConnTable<A> {
+        &A::of(&self.flows).table
+    }
+
+    fn tab_mut<A: Family>(&mut self) -> &mut ConnTable<A> {
+        &mut A::of_mut(&mut self.flows).table
     }
 
     fn dispatch(&mut self, now: Instant, rx: &[u8], tx: &mut [u8]) -> Verdict {
@@ -414,7 +446,7 @@ impl Engine {
         }
         match rx.first() {
             None => return Verdict::Drop(DropReason::Truncated),
-            Some(b) if b >> 4 == 6 => return Verdict::Drop(DropReason::UnsupportedProtocol),
+            Some(b) if b >> 4 == 6 => return self.dispatch6(now, rx, tx),
             Some(_) => {}
         }
         let ip = match Ipv4Packet::new_checked(rx) {
@@ -437,41 +469,61 @@ impl Engine {
         }
     }
 
-    fn find_service(&self, vip: Ipv4Addr, port: u16, proto: u8) -> Option<usize> {
-        self.svcs.iter().position(|s| s.vip == Some(vip) && s.port == port && s.proto == proto)
+    /// An IPv6 packet: the fixed header checked, the extension headers walked (anything
+    /// the walk refuses is counted and dropped), later fragments dropped as for IPv4.
+    fn dispatch6(&mut self, now: Instant, rx: &[u8], tx: &mut [u8]) -> Verdict {
+        let ip = match V6::parse(rx) {
+            Ok(ip) => ip,
+            Err(r) => return Verdict::Drop(r),
+        };
+        if ip.up.frag_offset.is_some_and(|o| o != 0) {
+            return Verdict::Drop(DropReason::LaterFragment);
+        }
+        if ip.ip.hop_limit() == 0 {
+            return Verdict::Drop(DropReason::TtlExceeded);
+        }
+        match ip.up.proto {
+            proto::TCP | proto::UDP => self.transport(now, &ip, tx),
+            proto::ICMPV6 => icmp6::handle(self, now, &ip, tx),
+            _ => Verdict::Drop(DropReason::UnsupportedProtocol),
+        }
+    }
+
+    fn find_service<A: Family>(&self, vip: A, port: u16, proto: u8) -> Option<usize> {
+        self.svcs.iter().position(|s| family::same(s.vip, vip) && s.port == port && s.proto == proto)
     }
 
     /// The slot of a live entry; an expired one found on the way is reclaimed.
-    fn lookup_fwd(&mut self, key: &FwdKey<Ipv4Addr>, now: Instant) -> Option<u32> {
-        let slot = self.table.find_fwd(key)?;
-        if self.table.is_expired(slot, now) {
-            self.remove_slot(slot);
+    fn lookup_fwd<A: Family>(&mut self, key: &FwdKey<A>, now: Instant) -> Option<u32> {
+        let slot = self.tab::<A>().find_fwd(key)?;
+        if self.tab::<A>().is_expired(slot, now) {
+            self.remove_slot::<A>(slot);
             return None;
         }
         Some(slot)
     }
 
-    fn lookup_rev(&mut self, key: &RevKey<Ipv4Addr>, now: Instant) -> Option<u32> {
-        let slot = self.table.find_rev(key)?;
-        if self.table.is_expired(slot, now) {
-            self.remove_slot(slot);
+    fn lookup_rev<A: Family>(&mut self, key: &RevKey<A>, now: Instant) -> Option<u32> {
+        let slot = self.tab::<A>().find_rev(key)?;
+        if self.tab::<A>().is_expired(slot, now) {
+            self.remove_slot::<A>(slot);
             return None;
         }
         Some(slot)
     }
 
-    fn remove_slot(&mut self, slot: u32) {
-        let e = self.table.remove(slot);
+    fn remove_slot<A: Family>(&mut self, slot: u32) {
+        let e = self.tab_mut::<A>().remove(slot);
         release(&mut self.svcs, &e);
     }
 
-    fn transport(&mut self, now: Instant, ip: &Ipv4Packet<&[u8]>, tx: &mut [u8]) -> Verdict {
-        let p = ip.protocol();
-        let (sport, dport, fl) = match l4_ports(p, ip.payload()) {
+    fn transport<P: L3>(&mut self, now: Instant, ip: &P, tx: &mut [u8]) -> Verdict {
+        let p = ip.proto();
+        let (sport, dport, fl) = match l4_ports(p, ip.l4()) {
             Ok(x) => x,
             Err(r) => return Verdict::Drop(r),
         };
-        let (src, dst) = (ip.src_addr(), ip.dst_addr());
+        let (src, dst) = (ip.src(), ip.dst());
         if let Some(svc) = self.find_service(dst, dport, p) {
             let key = FwdKey { proto: p, client: src, client_port: sport, vip: dst, vip_port: dport };
             return self.client_packet(now, ip, tx, svc, &key, fl);
@@ -483,18 +535,18 @@ impl Engine {
         }
     }
 
-    fn client_packet(
+    fn client_packet<P: L3>(
         &mut self,
         now: Instant,
-        ip: &Ipv4Packet<&[u8]>,
+        ip: &P,
         tx: &mut [u8],
         svc: usize,
-        key: &FwdKey<Ipv4Addr>,
+        key: &FwdKey<P::A>,
         fl: u8,
     ) -> Verdict {
         let slot = match self.lookup_fwd(key, now) {
             Some(slot) => {
-                let e = self.table.get(slot);
+                let e = self.tab::<P::A>().get(slot);
                 let s = &self.svcs[svc];
                 // An entry whose server a reload removed (`on_down: keep`) points at no slot:
                 // it carries on to its address but is never reused for a new connection.
@@ -506,17 +558,17 @@ impl Engine {
                     && fl & (flags::SYN | flags::ACK) == flags::SYN
                     && matches!(e.state, State::Closing | State::SynSent);
                 if !slot_ok && new_conn {
-                    self.remove_slot(slot);
+                    self.remove_slot::<P::A>(slot);
                     match self.new_flow(now, svc, key, fl) {
                         Ok(slot) => slot,
                         Err(r) => return Verdict::Drop(r),
                     }
                 } else if server.is_some_and(|x| !x.up) && s.on_down == OnDown::Reset {
-                    self.remove_slot(slot);
+                    self.remove_slot::<P::A>(slot);
                     match self.new_flow(now, svc, key, fl) {
                         Ok(slot) => slot,
                         Err(_) if key.proto == proto::TCP && fl & flags::RST == 0 => {
-                            let v = forward::tcp_reset(ip, tx);
+                            let v = ip.reset(tx);
                             if matches!(v, Verdict::Tun { .. }) {
                                 self.stats.resets_sent += 1;
                             }
@@ -525,7 +577,7 @@ impl Engine {
                         Err(_) => return Verdict::Drop(DropReason::ServerDown),
                     }
                 } else {
-                    self.hit(now, slot, fl, true);
+                    self.hit::<P::A>(now, slot, fl, true);
                     slot
                 }
             }
@@ -534,19 +586,21 @@ impl Engine {
                 Err(r) => return Verdict::Drop(r),
             },
         };
-        let e = *self.table.get(slot);
+        let e = *self.tab::<P::A>().get(slot);
         if let Some(c) = self.svcs[svc].counters.get_mut(usize::from(e.server_idx)) {
             c.packets_in += u64::from(self.segments);
-            c.bytes_in += u64::from(ip.total_len());
+            c.bytes_in += ip.bytes().len() as u64;
         }
         let server = e.server;
         match self.svcs[svc].forwarding {
             Forwarding::Nat => {
                 let rw = forward::Rewrite {
                     side: forward::Side::Dst,
-                    addr: server,
+                    addr: server.into(),
                     port: e.server_port,
                     partial: self.partial_csum,
+                    l4_offset: ip.l4_offset(),
+                    proto: ip.proto(),
                 };
                 let v = self.nat(ip, tx, rw);
                 if matches!(v, Verdict::Tun { .. }) {
@@ -554,14 +608,48 @@ impl Engine {
                 }
                 v
             }
-            Forwarding::Dr => self.direct(ip, tx, server),
-            Forwarding::Tunnel => self.tunnel(ip, tx, server, true),
+            Forwarding::Dr => self.direct(ip, tx, server.into()),
+            Forwarding::Tunnel => ip.tunnel(self, tx, server, true),
         }
+    }
+
+    /// IPv6-in-IPv6 towards `server`; a packet that would exceed the path MTU gets Packet
+    /// Too Big instead when `may_reply` (IPv6 routers never fragment; the client's stack
+    /// lowers its path MTU and resends), else it is dropped (`TooBig`).
+    fn tunnel6(&mut self, ip: &V6<'_>, tx: &mut [u8], server: Ipv6Addr, may_reply: bool) -> Verdict {
+        if self.local_addr6.is_unspecified() {
+            return Verdict::Drop(DropReason::NoServer);
+        }
+        let len = ip.bytes().len();
+        let mtu = usize::from(self.path_mtu);
+        if len + wire_ipv6::HEADER_LEN > mtu {
+            if !may_reply {
+                return Verdict::Drop(DropReason::TooBig);
+            }
+            let inner_mtu = mtu.saturating_sub(wire_ipv6::HEADER_LEN).max(1280) as u32;
+            let v = forward::icmp6_error(
+                ip.bytes(),
+                tx,
+                self.local_addr6,
+                forward::icmp6::PACKET_TOO_BIG,
+                0,
+                inner_mtu,
+            );
+            if matches!(v, Verdict::Tun { .. }) {
+                self.stats.frag_needed_sent += 1;
+            }
+            return v;
+        }
+        let v = forward::encapsulate6(ip, tx, self.local_addr6, server);
+        if matches!(v, Verdict::Tun { .. }) {
+            self.stats.tunnelled += 1;
+        }
+        v
     }
 
     /// Encapsulates towards `server`; an oversized DF packet gets frag-needed instead when
     /// `may_reply` (never in answer to an ICMP error).
-    fn tunnel(
+    fn tunnel4(
         &mut self,
         ip: &Ipv4Packet<&[u8]>,
         tx: &mut [u8],
@@ -584,29 +672,24 @@ impl Engine {
         v
     }
 
-    fn nat_reply(
-        &mut self,
-        now: Instant,
-        ip: &Ipv4Packet<&[u8]>,
-        tx: &mut [u8],
-        slot: u32,
-        fl: u8,
-    ) -> Verdict {
-        self.hit(now, slot, fl, false);
-        let e = *self.table.get(slot);
+    fn nat_reply<P: L3>(&mut self, now: Instant, ip: &P, tx: &mut [u8], slot: u32, fl: u8) -> Verdict {
+        self.hit::<P::A>(now, slot, fl, false);
+        let e = *self.tab::<P::A>().get(slot);
         if let Some(c) = self
             .svcs
             .get_mut(usize::from(e.service))
             .and_then(|s| s.counters.get_mut(usize::from(e.server_idx)))
         {
             c.packets_out += u64::from(self.segments);
-            c.bytes_out += u64::from(ip.total_len());
+            c.bytes_out += ip.bytes().len() as u64;
         }
         let rw = forward::Rewrite {
             side: forward::Side::Src,
-            addr: e.vip,
+            addr: e.vip.into(),
             port: e.vip_port,
             partial: self.partial_csum,
+            l4_offset: ip.l4_offset(),
+            proto: ip.proto(),
         };
         let v = self.nat(ip, tx, rw);
         if matches!(v, Verdict::Tun { .. }) {
@@ -617,27 +700,27 @@ impl Engine {
 
     /// Updates state and idle time of a hit, offering changes to sync.
     #[inline]
-    fn hit(&mut self, now: Instant, slot: u32, fl: u8, from_client: bool) {
-        let e = self.table.get(slot);
+    fn hit<A: Family>(&mut self, now: Instant, slot: u32, fl: u8, from_client: bool) {
+        let e = self.tab::<A>().get(slot);
         let next = if e.proto == proto::TCP {
             tcp_next(e.state, fl, from_client, e.flags & FLAG_NAT != 0)
         } else {
             e.state
         };
         if next != e.state {
-            self.table.set_state(slot, next, now);
-            self.offer_sync(slot, now, true);
+            self.tab_mut::<A>().set_state(slot, next, now);
+            self.offer_sync::<A>(slot, now, true);
         } else {
-            self.table.touch(slot, now);
-            self.offer_sync(slot, now, false);
+            self.tab_mut::<A>().touch(slot, now);
+            self.offer_sync::<A>(slot, now, false);
         }
     }
 
-    fn new_flow(
+    fn new_flow<A: Family>(
         &mut self,
         now: Instant,
         svc_idx: usize,
-        key: &FwdKey<Ipv4Addr>,
+        key: &FwdKey<A>,
         fl: u8,
     ) -> Result<u32, DropReason> {
         let mid_flow =
@@ -649,7 +732,8 @@ impl Engine {
         let svc_id = u16::try_from(svc_idx).map_err(|_| DropReason::NoService)?;
         let svc = &mut self.svcs[svc_idx];
         let sticky = if svc.persistence_s > 0 {
-            self.affinity
+            A::of(&self.flows)
+                .affinity
                 .get(svc_id, key.client, now_s)
                 .map(usize::from)
                 .filter(|&i| svc.servers.get(i).is_some_and(ServerSlot::available))
@@ -661,18 +745,15 @@ impl Engine {
             None => {
                 let h = flow_hash(key);
                 svc.sched
-                    .pick(h, IpAddr::V4(key.client), &svc.servers)
+                    .pick(h, key.client.into(), &svc.servers)
                     .filter(|&i| i < svc.servers.len())
                     .ok_or(DropReason::NoServer)?
             }
         };
-        let server = svc.addrs[idx];
-        if server.is_unspecified() {
-            return Err(DropReason::NoServer);
-        }
+        let server = A::from_ip(svc.addrs[idx]).ok_or(DropReason::NoServer)?;
         let server_idx = u16::try_from(idx).map_err(|_| DropReason::NoServer)?;
         if svc.persistence_s > 0 {
-            self.affinity.put(svc_id, key.client, server_idx, now_s, svc.persistence_s);
+            A::of_mut(&mut self.flows).affinity.put(svc_id, key.client, server_idx, now_s, svc.persistence_s);
         }
         let server_port = svc.servers[idx].port;
         let nat = svc.forwarding == Forwarding::Nat;
@@ -712,7 +793,7 @@ impl Engine {
         if let Some(c) = self.svcs[usize::from(svc_id)].counters.get_mut(usize::from(server_idx)) {
             c.connections += 1;
         }
-        self.offer_sync(slot, now, true);
+        self.offer_sync::<A>(slot, now, true);
         Ok(slot)
     }
 
@@ -736,9 +817,9 @@ impl Engine {
         self.pickup = on;
     }
 
-    fn insert(&mut self, entry: Entry<Ipv4Addr>, now: Instant) -> u32 {
+    fn insert<A: Family>(&mut self, entry: Entry<A>, now: Instant) -> u32 {
         let svcs = &mut self.svcs;
-        let slot = self.table.insert(entry, now, &mut |e| release(svcs, e));
+        let slot = A::of_mut(&mut self.flows).table.insert(entry, now, &mut |e| release(svcs, e));
         if let Some(s) = self.svcs[usize::from(entry.service)].servers.get_mut(usize::from(entry.server_idx))
         {
             s.active += 1;
@@ -788,24 +869,33 @@ impl Engine {
 
     /// Counters.
     pub fn stats(&self) -> EngineStats {
-        let t = self.table.stats();
+        let (t4, t6) = (self.flows.v4.table.stats(), self.flows.v6.table.stats());
         EngineStats {
-            table_len: self.table.len() as u64,
-            table_expired: t.expired,
-            evicted_embryonic: t.evicted_embryonic,
-            evicted_other: t.evicted_other,
+            table_len: (self.flows.v4.table.len() + self.flows.v6.table.len()) as u64,
+            table_expired: t4.expired + t6.expired,
+            evicted_embryonic: t4.evicted_embryonic + t6.evicted_embryonic,
+            evicted_other: t4.evicted_other + t6.evicted_other,
             ..self.stats
         }
     }
 
-    /// The connection table (read-only: listings, memory figures).
+    /// The IPv4 connection table (read-only: listings, memory figures).
     pub fn table(&self) -> &ConnTable<Ipv4Addr> {
-        &self.table
+        &self.flows.v4.table
     }
 
-    /// Heap bytes of the table and the affinity table.
+    /// The IPv6 connection table (one slot unless a service has an IPv6 VIP).
+    pub fn table6(&self) -> &ConnTable<Ipv6Addr> {
+        &self.flows.v6.table
+    }
+
+    /// Heap bytes of the tables and the affinity tables of both families.
     pub fn memory_bytes(&self) -> usize {
-        self.table.memory_bytes() + self.affinity.memory_bytes()
+        let f = &self.flows;
+        f.v4.table.memory_bytes()
+            + f.v4.affinity.memory_bytes()
+            + f.v6.table.memory_bytes()
+            + f.v6.affinity.memory_bytes()
     }
 }
 
@@ -822,8 +912,8 @@ fn l4_ports(p: u8, l4: &[u8]) -> Result<(u16, u16, u8), DropReason> {
 
 /// The hash of a flow for hashing schedulers. Unseeded on purpose: every ATM must map a flow
 /// to the same Maglev slot (the table index uses its own seeded hash against collisions).
-fn flow_hash(k: &FwdKey<Ipv4Addr>) -> u64 {
-    let a = u64::from(k.client.to_bits()) << 32 | u64::from(k.vip.to_bits());
+fn flow_hash<A: Family>(k: &FwdKey<A>) -> u64 {
+    let a = A::flow_word(k.client, k.vip);
     let b = u64::from(k.client_port) << 24 | u64::from(k.vip_port) << 8 | u64::from(k.proto);
     let h = a.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let h = (h.rotate_left(27) ^ b).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);

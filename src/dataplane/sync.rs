@@ -11,7 +11,8 @@
 //!      8     4  cluster id
 //!     12     8  session: grows across sender restarts (e.g. wall-clock ms at start)
 //!     20     8  sequence number within the session, from 1
-//!     28  26·N  records (kind 0); nothing (kind 1); 16 bytes (kind 2, see below)
+//!     28   ...  N records (kind 0: 26 bytes each for IPv4, 62 for IPv6); nothing (kind
+//!                 1); 16 bytes (kind 2, see below)
 //!    end    32  HMAC-SHA256 (cluster secret) over every byte before it
 //! ```
 //!
@@ -27,10 +28,13 @@
 //! Byte 5 was a reserved zero before these kinds existed, so earlier version-1 receivers take
 //! a request as an empty batch and refuse an end marker (length): mixing versions is safe.
 //!
-//! A record: address family (4), protocol, state ([`State::to_u8`]), reserved, client,
-//! VIP and server addresses (4 bytes each), their ports, and the remaining idle time in
-//! milliseconds (u32), all big-endian. An IPv6 family (16-byte addresses) fits the same
-//! layout later; this version refuses family values other than 4.
+//! A record: address family (4 or 6), protocol, state ([`State::to_u8`]), reserved,
+//! client, VIP and server addresses (4 bytes each for family 4, 16 for family 6), their
+//! ports, and the remaining idle time in milliseconds (u32), all big-endian. A datagram
+//! carries records of **one family** (the sender starts a new datagram when the family
+//! changes): a receiver from before IPv6, which takes only 26-byte records, refuses a
+//! datagram of IPv6 records as a whole (`BadLength`) and still applies every IPv4 one.
+//! An IPv4 datagram holds up to [`MAX_RECORDS`] records, an IPv6 one [`MAX_RECORDS_V6`].
 //!
 //! # Authentication and replay
 //!
@@ -48,7 +52,7 @@
 //! [`SyncSender::poll_timeout`]. Changes beyond what the rate allows wait in the engine's
 //! bounded queue (overflow is counted there); periodic refreshes resend live entries.
 
-use core::net::{IpAddr, Ipv4Addr, SocketAddr};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
@@ -65,9 +69,12 @@ pub const MAGIC: [u8; 4] = *b"CSYN";
 pub const VERSION: u8 = 1;
 const HEADER: usize = 28;
 const RECORD_V4: usize = 26;
+const RECORD_V6: usize = 62;
 const MAC_LEN: usize = 32;
-/// Records per datagram (fits a 1400-byte datagram).
+/// IPv4 records per datagram (fits a 1400-byte datagram).
 pub const MAX_RECORDS: usize = 48;
+/// IPv6 records per datagram (no larger than a full IPv4 one).
+pub const MAX_RECORDS_V6: usize = 20;
 /// Largest datagram the sender writes.
 pub const MAX_DATAGRAM: usize = HEADER + MAX_RECORDS * RECORD_V4 + MAC_LEN;
 /// How long a partial batch may wait before it is sent.
@@ -148,16 +155,22 @@ pub struct Batch<'a> {
     pub header: BatchHeader,
     pub kind: Kind,
     records: &'a [u8],
+    count: usize,
 }
 
 impl<'a> Batch<'a> {
     /// The records, in order.
     pub fn records(&self) -> impl Iterator<Item = SyncRecord> + 'a {
-        self.records.chunks_exact(RECORD_V4).filter_map(|r| read_record(r).ok())
+        let mut rest = self.records;
+        std::iter::from_fn(move || {
+            let (r, n) = read_record(rest).ok()?;
+            rest = &rest[n..];
+            Some(r)
+        })
     }
 
     pub fn len(&self) -> usize {
-        self.records.len() / RECORD_V4
+        self.count
     }
 
     pub fn is_empty(&self) -> bool {
@@ -169,51 +182,74 @@ fn mac_for(secret: &[u8]) -> HmacSha256 {
     <HmacSha256 as KeyInit>::new_from_slice(secret).expect("HMAC takes keys of any length")
 }
 
-fn v4(a: SocketAddr) -> Option<(Ipv4Addr, u16)> {
-    match a {
-        SocketAddr::V4(a) => Some((*a.ip(), a.port())),
-        SocketAddr::V6(_) => None,
+/// Bytes of a record of `r`'s family, or `None` when its addresses are of mixed families.
+fn record_len(r: &SyncRecord) -> Option<usize> {
+    match (r.client.ip(), r.vip.ip(), r.server.ip()) {
+        (IpAddr::V4(_), IpAddr::V4(_), IpAddr::V4(_)) => Some(RECORD_V4),
+        (IpAddr::V6(_), IpAddr::V6(_), IpAddr::V6(_)) => Some(RECORD_V6),
+        _ => None,
     }
 }
 
-fn write_record(b: &mut [u8], r: &SyncRecord) -> bool {
-    let (Some(c), Some(v), Some(s)) = (v4(r.client), v4(r.vip), v4(r.server)) else {
-        return false;
-    };
-    b[0] = 4;
+/// Writes `r` at the start of `b` (which has room for it); returns its length.
+fn write_record(b: &mut [u8], r: &SyncRecord) -> Option<usize> {
+    let len = record_len(r)?;
+    let a = if len == RECORD_V4 { 4 } else { 16 };
+    b[0] = if a == 4 { 4 } else { 6 };
     b[1] = r.proto;
     b[2] = r.state.to_u8();
     b[3] = 0;
-    b[4..8].copy_from_slice(&c.0.octets());
-    b[8..12].copy_from_slice(&v.0.octets());
-    b[12..16].copy_from_slice(&s.0.octets());
-    b[16..18].copy_from_slice(&c.1.to_be_bytes());
-    b[18..20].copy_from_slice(&v.1.to_be_bytes());
-    b[20..22].copy_from_slice(&s.1.to_be_bytes());
-    b[22..26].copy_from_slice(&r.remaining_ms.to_be_bytes());
-    true
+    for (i, sa) in [r.client, r.vip, r.server].iter().enumerate() {
+        let at = 4 + i * a;
+        match sa.ip() {
+            IpAddr::V4(ip) => b[at..at + 4].copy_from_slice(&ip.octets()),
+            IpAddr::V6(ip) => b[at..at + 16].copy_from_slice(&ip.octets()),
+        }
+        let pat = 4 + 3 * a + 2 * i;
+        b[pat..pat + 2].copy_from_slice(&sa.port().to_be_bytes());
+    }
+    let rat = 4 + 3 * a + 6;
+    b[rat..rat + 4].copy_from_slice(&r.remaining_ms.to_be_bytes());
+    Some(len)
 }
 
-fn read_record(b: &[u8]) -> Result<SyncRecord, ()> {
-    if b.len() != RECORD_V4 || b[0] != 4 || b[3] != 0 {
+/// The record at the start of `b` and its length.
+fn read_record(b: &[u8]) -> Result<(SyncRecord, usize), ()> {
+    let (a, len) = match b.first() {
+        Some(4) => (4, RECORD_V4),
+        Some(6) => (16, RECORD_V6),
+        _ => return Err(()),
+    };
+    if b.len() < len || b[3] != 0 {
         return Err(());
     }
     let state = State::from_u8(b[2]).ok_or(())?;
-    let addr = |at: usize, port_at: usize| {
-        let ip = Ipv4Addr::new(b[at], b[at + 1], b[at + 2], b[at + 3]);
-        SocketAddr::new(IpAddr::V4(ip), u16::from_be_bytes([b[port_at], b[port_at + 1]]))
+    let addr = |i: usize| {
+        let at = 4 + i * a;
+        let ip = if a == 4 {
+            IpAddr::V4(Ipv4Addr::new(b[at], b[at + 1], b[at + 2], b[at + 3]))
+        } else {
+            let mut o = [0u8; 16];
+            o.copy_from_slice(&b[at..at + 16]);
+            IpAddr::V6(Ipv6Addr::from(o))
+        };
+        let pat = 4 + 3 * a + 2 * i;
+        SocketAddr::new(ip, u16::from_be_bytes([b[pat], b[pat + 1]]))
     };
-    Ok(SyncRecord {
+    let rat = 4 + 3 * a + 6;
+    let rec = SyncRecord {
         proto: b[1],
         state,
-        client: addr(4, 16),
-        vip: addr(8, 18),
-        server: addr(12, 20),
-        remaining_ms: u32::from_be_bytes([b[22], b[23], b[24], b[25]]),
-    })
+        client: addr(0),
+        vip: addr(1),
+        server: addr(2),
+        remaining_ms: u32::from_be_bytes([b[rat], b[rat + 1], b[rat + 2], b[rat + 3]]),
+    };
+    Ok((rec, len))
 }
 
-/// Writes a datagram; records that are not IPv4 are skipped. Returns the length.
+/// Writes a datagram; records whose addresses mix families are skipped. The caller keeps
+/// to one family per datagram (module docs). Returns the length.
 pub fn encode(
     secret: &[u8],
     header: &BatchHeader,
@@ -230,14 +266,15 @@ fn encode_with(
     out: &mut [u8],
 ) -> Result<usize, SyncError> {
     let n = records.len().min(usize::from(u16::MAX));
-    if out.len() < HEADER + n * RECORD_V4 + MAC_LEN {
+    let body: usize = records[..n].iter().filter_map(record_len).sum();
+    if out.len() < HEADER + body + MAC_LEN {
         return Err(SyncError::BufferTooSmall);
     }
     let mut at = HEADER;
     let mut count: u16 = 0;
     for r in &records[..n] {
-        if write_record(&mut out[at..at + RECORD_V4], r) {
-            at += RECORD_V4;
+        if let Some(len) = write_record(&mut out[at..], r) {
+            at += len;
             count += 1;
         }
     }
@@ -341,15 +378,25 @@ fn decode_with<'a>(mac: &HmacSha256, cluster_id: u32, d: &'a [u8]) -> Result<Bat
         if count != 0 || (kind == Kind::FullSyncRequest && !records.is_empty()) {
             return Err(SyncError::BadLength);
         }
-        return Ok(Batch { header, kind, records: &[] });
+        return Ok(Batch { header, kind, records: &[], count: 0 });
     }
-    if records.len() != count * RECORD_V4 {
+    let mut at = 0;
+    let mut family = None;
+    for i in 0..count {
+        if at >= records.len() {
+            return Err(SyncError::BadLength);
+        }
+        let (r, n) = read_record(&records[at..]).map_err(|()| SyncError::BadRecord(i))?;
+        // One family per datagram (module docs).
+        if *family.get_or_insert(r.vip.is_ipv4()) != r.vip.is_ipv4() {
+            return Err(SyncError::BadRecord(i));
+        }
+        at += n;
+    }
+    if at != records.len() {
         return Err(SyncError::BadLength);
     }
-    for (i, r) in records.chunks_exact(RECORD_V4).enumerate() {
-        read_record(r).map_err(|()| SyncError::BadRecord(i))?;
-    }
-    Ok(Batch { header, kind, records })
+    Ok(Batch { header, kind, records, count })
 }
 
 /// Sender counters.
@@ -369,6 +416,9 @@ pub struct SyncSender {
     session: u64,
     seq: u64,
     pending: Vec<SyncRecord>,
+    /// A record of the other family than `pending`'s, pulled from the engine: it starts
+    /// the next datagram (one family per datagram).
+    held: Option<SyncRecord>,
     first_pending_at: Instant,
     min_interval_ns: u64,
     next_send_at: Instant,
@@ -386,6 +436,7 @@ impl SyncSender {
             session,
             seq: 0,
             pending: Vec::with_capacity(MAX_RECORDS),
+            held: None,
             first_pending_at: Instant::ZERO,
             min_interval_ns: 1_000_000_000 / u64::from(max_datagrams_per_s.max(1)),
             next_send_at: Instant::ZERO,
@@ -407,10 +458,20 @@ impl SyncSender {
 
     /// The next datagram into `out` (at least [`MAX_DATAGRAM`] bytes), if one is due.
     pub fn poll_transmit(&mut self, now: Instant, engine: &mut Engine, out: &mut [u8]) -> Option<usize> {
-        while self.pending.len() < MAX_RECORDS {
+        if self.pending.is_empty()
+            && let Some(r) = self.held.take()
+        {
+            self.first_pending_at = now;
+            self.pending.push(r);
+        }
+        while !self.batch_full() && self.held.is_none() {
             let Some(r) = engine.poll_sync(now) else {
                 break;
             };
+            if self.pending.first().is_some_and(|p| p.vip.is_ipv4() != r.vip.is_ipv4()) {
+                self.held = Some(r);
+                break;
+            }
             if self.pending.is_empty() {
                 self.first_pending_at = now;
             }
@@ -453,20 +514,28 @@ impl SyncSender {
     /// The batch being filled is full: [`SyncSender::poll_transmit`] pulls no more records
     /// from the engine until it went out.
     pub fn batch_full(&self) -> bool {
-        self.pending.len() >= MAX_RECORDS
+        self.pending.len() >= self.capacity() || self.held.is_some()
+    }
+
+    /// Records the batch being filled can take (by its family).
+    fn capacity(&self) -> usize {
+        match self.pending.first() {
+            Some(r) if r.vip.is_ipv6() => MAX_RECORDS_V6,
+            _ => MAX_RECORDS,
+        }
     }
 
     /// Records taken from the engine so far (sent, or waiting in the current batch): once
     /// [`SenderStats::records`] reaches this value, every one of them has been sent.
     pub fn pulled(&self) -> u64 {
-        self.stats.records + self.pending.len() as u64
+        self.stats.records + self.pending.len() as u64 + u64::from(self.held.is_some())
     }
 
     fn due_at(&self) -> Option<Instant> {
         if self.pending.is_empty() {
             return None;
         }
-        let flush = if self.prompt || self.pending.len() >= MAX_RECORDS {
+        let flush = if self.prompt || self.batch_full() {
             self.first_pending_at
         } else {
             Instant::from_nanos(self.first_pending_at.as_nanos().saturating_add(FLUSH_AFTER_MS * 1_000_000))

@@ -273,6 +273,7 @@ mod tests {
             services: vec![svc],
             table: Table::default(),
             local_addr: "10.0.0.1".parse().expect("ip"),
+            local_addr6: core::net::Ipv6Addr::UNSPECIFIED,
             path_mtu: 1500,
             seed: 1,
         })

@@ -152,6 +152,6 @@ impl PacketProcessor for MiniDr {
             return Disposition::Drop;
         }
         tx[..rx.len()].copy_from_slice(rx);
-        Disposition::L2 { len: rx.len(), next_hop: self.server }
+        Disposition::L2 { len: rx.len(), next_hop: std::net::IpAddr::V4(self.server) }
     }
 }

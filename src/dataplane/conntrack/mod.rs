@@ -37,25 +37,55 @@
 
 pub mod index;
 
-use core::net::Ipv4Addr;
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::config;
 use crate::time::Instant;
 use index::Index;
 
-/// An address family usable in the table (IPv4 now; IPv6 is another impl).
-pub trait FlowAddr: Copy + Eq + core::fmt::Debug {
+/// An address family usable in the table: IPv4 and IPv6.
+pub trait FlowAddr: Copy + Eq + core::fmt::Debug + Into<IpAddr> {
     /// A placeholder for free slots.
     const UNSPECIFIED: Self;
-    /// The address folded into 64 bits for hashing.
-    fn word(self) -> u64;
+    /// The address folded into 64 bits for hashing, under the table's `seed`. An IPv4
+    /// address is its 32 bits (the seed goes into the mix after); an IPv6 address is
+    /// folded through the seed, so that clients who choose their interface identifiers
+    /// cannot pick addresses that collide whatever the seed.
+    fn word(self, seed: u64) -> u64;
+    /// The address of this family in `ip`, if it is one.
+    fn from_ip(ip: IpAddr) -> Option<Self>;
 }
 
 impl FlowAddr for Ipv4Addr {
     const UNSPECIFIED: Self = Ipv4Addr::UNSPECIFIED;
     #[inline]
-    fn word(self) -> u64 {
+    fn word(self, _seed: u64) -> u64 {
         u64::from(self.to_bits())
+    }
+    #[inline]
+    fn from_ip(ip: IpAddr) -> Option<Self> {
+        match ip {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        }
+    }
+}
+
+impl FlowAddr for Ipv6Addr {
+    const UNSPECIFIED: Self = Ipv6Addr::UNSPECIFIED;
+    #[inline]
+    fn word(self, seed: u64) -> u64 {
+        let b = self.to_bits();
+        let (hi, lo) = ((b >> 64) as u64, b as u64);
+        let h = (hi ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29) ^ lo;
+        h.wrapping_mul(0xC2B2_AE3D_27D4_EB4F) ^ (h >> 32)
+    }
+    #[inline]
+    fn from_ip(ip: IpAddr) -> Option<Self> {
+        match ip {
+            IpAddr::V6(a) => Some(a),
+            IpAddr::V4(_) => None,
+        }
     }
 }
 
@@ -107,7 +137,7 @@ const NANOS_PER_S: u64 = 1_000_000_000;
 /// Entry flag: the entry is NAT-forwarded and present in the reverse index.
 pub const FLAG_NAT: u8 = 1;
 
-/// One tracked connection. 48 bytes for IPv4.
+/// One tracked connection. 48 bytes for IPv4, 88 for IPv6.
 #[derive(Clone, Copy, Debug)]
 pub struct Entry<A: FlowAddr> {
     pub client: A,
@@ -301,15 +331,15 @@ impl<A: FlowAddr> ConnTable<A> {
 
     #[inline]
     fn fwd_hash(&self, k: &FwdKey<A>) -> u32 {
-        let a = k.client.word() ^ (u64::from(k.client_port) << 32) ^ (u64::from(k.proto) << 48);
-        let b = k.vip.word() ^ (u64::from(k.vip_port) << 32);
+        let a = k.client.word(self.seed) ^ (u64::from(k.client_port) << 32) ^ (u64::from(k.proto) << 48);
+        let b = k.vip.word(self.seed) ^ (u64::from(k.vip_port) << 32);
         mix(self.seed, a, b)
     }
 
     #[inline]
     fn rev_hash(&self, k: &RevKey<A>) -> u32 {
-        let a = k.server.word() ^ (u64::from(k.server_port) << 32) ^ (u64::from(k.proto) << 48);
-        let b = k.client.word() ^ (u64::from(k.client_port) << 32);
+        let a = k.server.word(!self.seed) ^ (u64::from(k.server_port) << 32) ^ (u64::from(k.proto) << 48);
+        let b = k.client.word(!self.seed) ^ (u64::from(k.client_port) << 32);
         mix(!self.seed, a, b)
     }
 

@@ -48,6 +48,7 @@ fn atm(atm: u8, svc: &Service) -> Engine {
         services: vec![svc.clone()],
         table: config::Table { max_connections: 10_000, ..config::Table::default() },
         local_addr: Ipv4Addr::new(10, 0, 0, atm),
+        local_addr6: core::net::Ipv6Addr::UNSPECIFIED,
         path_mtu: 1500,
         seed: 1000 + u64::from(atm),
     });
@@ -66,7 +67,7 @@ fn next_hop(e: &mut Engine, now: Instant, n: u64, flags: u8) -> Option<Ipv4Addr>
     let mut tx = vec![0u8; 2048];
     let pkt = build::tcp(flow(n), (VIP, 80), flags, b"");
     match e.process(now, &pkt, &mut tx) {
-        Verdict::L2 { next_hop, .. } => Some(next_hop),
+        Verdict::L2 { next_hop: IpAddr::V4(h), .. } => Some(h),
         _ => None,
     }
 }

@@ -41,7 +41,8 @@ impl<A: FlowAddr> Affinity<A> {
     }
 
     fn set_of(&self, service: u16, client: A) -> usize {
-        let h = (client.word() ^ (u64::from(service) << 48) ^ self.seed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let h = (client.word(self.seed) ^ (u64::from(service) << 48) ^ self.seed)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
         ((h >> 32) as usize) & (self.sets.len() - 1)
     }
 

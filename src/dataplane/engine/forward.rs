@@ -1,15 +1,33 @@
-//! The packet transforms: NAT rewrite, direct-routing copy, IP-in-IP encapsulation and the
-//! fragmentation-needed error. Each writes into the caller's `tx` and returns the verdict;
-//! checksums are patched incrementally (RFC 1624), never recomputed over the payload.
+//! The packet transforms: NAT rewrite, direct-routing copy, IP-in-IP and IPv6-in-IPv6
+//! encapsulation, and the errors for an oversized tunnel packet (fragmentation needed,
+//! Packet Too Big). Each writes into the caller's `tx` and returns the verdict; checksums
+//! are patched incrementally (RFC 1624), never recomputed over the payload.
 
-use core::net::Ipv4Addr;
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use super::family::V6;
 use super::{DropReason, Verdict};
 use crate::dataplane::wire::icmp::kind;
 use crate::dataplane::wire::ipv4::{HEADER_LEN, Ipv4Repr};
+use crate::dataplane::wire::ipv6::{self, Ipv6Packet};
 use crate::dataplane::wire::{
     IcmpPacket, Ipv4Packet, TcpPacket, UdpPacket, be16, checksum, proto, put16, tcp,
 };
+
+/// ICMPv6 message types the engine makes or translates (RFC 4443).
+pub(super) mod icmp6 {
+    pub const DEST_UNREACHABLE: u8 = 1;
+    pub const PACKET_TOO_BIG: u8 = 2;
+    pub const TIME_EXCEEDED: u8 = 3;
+    pub const PARAMETER_PROBLEM: u8 = 4;
+    /// Error messages are types 0 to 127.
+    pub fn is_error(t: u8) -> bool {
+        t < 128
+    }
+}
+
+/// The minimum IPv6 link MTU (RFC 8200): an ICMPv6 error we make fits in it.
+const IPV6_MIN_MTU: usize = 1280;
 
 /// Which endpoint a NAT rewrite changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,39 +42,94 @@ pub(super) enum Side {
 /// fits in 576 bytes).
 const MAX_QUOTE: usize = 576 - HEADER_LEN - 8;
 
-fn copy_in<'a>(ip: &Ipv4Packet<&[u8]>, tx: &'a mut [u8], at: usize) -> Option<&'a mut [u8]> {
-    let pkt = ip.packet();
+fn copy_in<'a>(pkt: &[u8], tx: &'a mut [u8], at: usize) -> Option<&'a mut [u8]> {
     let out = tx.get_mut(at..at + pkt.len())?;
     out.copy_from_slice(pkt);
     Some(out)
 }
 
-/// One NAT rewrite: which endpoint becomes `addr:port`. With `partial`, the transport
-/// checksum field holds only the pseudo-header sum (checksum offload, `NEEDS_CSUM`): the
-/// address change is applied to it and the port change is not (the device sums the ports
-/// itself).
+/// One NAT rewrite: which endpoint becomes `addr:port` (an address of the packet's family),
+/// with the transport header at `l4_offset` (IPv6: after its extension headers). With
+/// `partial`, the transport checksum field holds only the pseudo-header sum (checksum
+/// offload, `NEEDS_CSUM`): the address change is applied to it and the port change is not
+/// (the device sums the ports itself).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Rewrite {
     pub side: Side,
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
     pub partial: bool,
+    pub l4_offset: usize,
+    pub proto: u8,
 }
 
 /// NAT: copies the packet into `tx` and rewrites it there (see [`apply`]).
-pub(super) fn rewrite(ip: &Ipv4Packet<&[u8]>, tx: &mut [u8], rw: Rewrite) -> Verdict {
-    let Some(out) = copy_in(ip, tx, 0) else {
+pub(super) fn rewrite(pkt: &[u8], tx: &mut [u8], rw: Rewrite) -> Verdict {
+    let Some(out) = copy_in(pkt, tx, 0) else {
         return Verdict::Drop(DropReason::BufferTooSmall);
     };
     apply(out, rw);
     Verdict::Tun { len: out.len() }
 }
 
-/// Rewrites one endpoint of the IPv4 TCP/UDP packet `out` (already parsed by the engine, so
-/// its headers are whole) in place, patching the IP and transport checksums incrementally.
-/// The whole-packet path calls it on the packet as read, saving a copy of up to 64 KB.
+/// Rewrites one endpoint of the TCP/UDP packet `out` (already parsed by the engine, so its
+/// headers are whole) in place, patching the checksums incrementally (IPv4's header
+/// checksum; the transport checksum, whose pseudo-header covers the address in both
+/// families). The whole-packet path calls it on the packet as read, saving a copy of up to
+/// 64 KB.
 pub(super) fn apply(out: &mut [u8], rw: Rewrite) {
-    let Rewrite { side, addr, port, partial } = rw;
+    match rw.addr {
+        IpAddr::V4(a) => apply4(out, rw, a),
+        IpAddr::V6(a) => apply6(out, rw, a),
+    }
+}
+
+fn apply6(out: &mut [u8], rw: Rewrite, addr: Ipv6Addr) {
+    let Rewrite { side, port, partial, l4_offset, proto: l4, .. } = rw;
+    let mut p = Ipv6Packet::new_unchecked(&mut *out);
+    let old = match side {
+        Side::Src => p.src_bytes(),
+        Side::Dst => p.dst_bytes(),
+    };
+    match side {
+        Side::Src => p.set_src_addr(addr),
+        Side::Dst => p.set_dst_addr(addr),
+    }
+    patch_transport(&mut out[l4_offset..], l4, side, &old, &addr.octets(), port, partial);
+}
+
+/// The transport half of a NAT rewrite: checksum for the address change, then the port.
+fn patch_transport(seg: &mut [u8], l4: u8, side: Side, old: &[u8], new: &[u8], port: u16, partial: bool) {
+    if partial {
+        let at = if l4 == proto::TCP { 16 } else { 6 };
+        let c = checksum::update_partial(be16(seg, at), old, new);
+        put16(seg, at, c);
+        put16(seg, if side == Side::Src { 0 } else { 2 }, port);
+        return;
+    }
+    match l4 {
+        proto::TCP => {
+            let mut t = TcpPacket::new_unchecked(seg);
+            t.patch_pseudo_addr(old, new);
+            match side {
+                Side::Src => t.set_src_port(port),
+                Side::Dst => t.set_dst_port(port),
+            }
+        }
+        proto::UDP => {
+            let mut u = UdpPacket::new_unchecked(seg);
+            u.patch_pseudo_addr(old, new);
+            match side {
+                Side::Src => u.set_src_port(port),
+                Side::Dst => u.set_dst_port(port),
+            }
+        }
+        _ => {}
+    }
+}
+
+fn apply4(out: &mut [u8], rw: Rewrite, addr: Ipv4Addr) {
+    let Rewrite { side, port, partial, .. } = rw;
     let mut p = Ipv4Packet::new_unchecked(out);
     let old = match side {
         Side::Src => p.src_bytes(),
@@ -68,41 +141,108 @@ pub(super) fn apply(out: &mut [u8], rw: Rewrite) {
     }
     let new = addr.octets();
     let l4 = p.protocol();
-    let seg = p.payload_mut();
-    if partial {
-        let at = if l4 == proto::TCP { 16 } else { 6 };
-        let c = checksum::update_partial(be16(seg, at), &old, &new);
-        put16(seg, at, c);
-        put16(seg, if side == Side::Src { 0 } else { 2 }, port);
-        return;
-    }
-    match l4 {
-        proto::TCP => {
-            let mut t = TcpPacket::new_unchecked(seg);
-            t.patch_pseudo_addr(&old, &new);
-            match side {
-                Side::Src => t.set_src_port(port),
-                Side::Dst => t.set_dst_port(port),
-            }
-        }
-        proto::UDP => {
-            let mut u = UdpPacket::new_unchecked(seg);
-            u.patch_pseudo_addr(&old, &new);
-            match side {
-                Side::Src => u.set_src_port(port),
-                Side::Dst => u.set_dst_port(port),
-            }
-        }
-        _ => {}
-    }
+    patch_transport(p.payload_mut(), l4, side, &old, &new, port, partial);
 }
 
 /// Direct routing: the packet unchanged, framed to the server by the shell.
-pub(super) fn direct(ip: &Ipv4Packet<&[u8]>, tx: &mut [u8], server: Ipv4Addr) -> Verdict {
-    match copy_in(ip, tx, 0) {
+pub(super) fn direct(pkt: &[u8], tx: &mut [u8], server: IpAddr) -> Verdict {
+    match copy_in(pkt, tx, 0) {
         Some(out) => Verdict::L2 { len: out.len(), next_hop: server },
         None => Verdict::Drop(DropReason::BufferTooSmall),
     }
+}
+
+/// IPv6-in-IPv6 (RFC 2473): a 40-byte outer header from `local` to `server`, next header
+/// 41, hop limit 64. (No tunnel encapsulation limit option: the receiving node decapsulates
+/// once and delivers.)
+pub(super) fn encapsulate6(ip: &V6<'_>, tx: &mut [u8], local: Ipv6Addr, server: Ipv6Addr) -> Verdict {
+    let pkt = ip.ip.packet();
+    let Ok(plen) = u16::try_from(pkt.len()) else {
+        return Verdict::Drop(DropReason::TooBig);
+    };
+    if copy_in(pkt, tx, ipv6::HEADER_LEN).is_none() {
+        return Verdict::Drop(DropReason::BufferTooSmall);
+    }
+    Ipv6Packet::new_unchecked(&mut tx[..ipv6::HEADER_LEN]).emit_header(local, server, proto::IPV6, plen, 64);
+    Verdict::Tun { len: ipv6::HEADER_LEN + pkt.len() }
+}
+
+/// An ICMPv6 error of `msg_type`/`code` from `local` to the source of `pkt` (an IPv6
+/// packet), quoting as much of it as fits in the minimum MTU (RFC 4443 section 2.4).
+pub(super) fn icmp6_error(
+    pkt: &[u8],
+    tx: &mut [u8],
+    local: Ipv6Addr,
+    msg_type: u8,
+    code: u8,
+    rest: u32,
+) -> Verdict {
+    let Ok(orig) = Ipv6Packet::new_checked(pkt) else { return Verdict::Drop(DropReason::Truncated) };
+    let quote = pkt.len().min(IPV6_MIN_MTU - ipv6::HEADER_LEN - 8);
+    let total = ipv6::HEADER_LEN + 8 + quote;
+    let Some(out) = tx.get_mut(..total) else {
+        return Verdict::Drop(DropReason::BufferTooSmall);
+    };
+    let dst = orig.src_addr();
+    out[ipv6::HEADER_LEN + 8..].copy_from_slice(&pkt[..quote]);
+    let m = &mut out[ipv6::HEADER_LEN..];
+    m[0] = msg_type;
+    m[1] = code;
+    m[2..4].fill(0);
+    m[4..8].copy_from_slice(&rest.to_be_bytes());
+    let len = (8 + quote) as u32;
+    let acc = checksum::pseudo_header_v6(local.octets(), dst.octets(), proto::ICMPV6, len);
+    let c = !checksum::fold(checksum::sum(acc, m));
+    put16(m, 2, c);
+    Ipv6Packet::new_unchecked(&mut out[..ipv6::HEADER_LEN]).emit_header(
+        local,
+        dst,
+        proto::ICMPV6,
+        len as u16,
+        64,
+    );
+    Verdict::Tun { len: total }
+}
+
+/// A TCP RST answering the IPv6 TCP segment `ip` (as [`tcp_reset`]).
+pub(super) fn tcp_reset6(ip: &V6<'_>, tx: &mut [u8]) -> Verdict {
+    let Ok(seg) = TcpPacket::new_checked(&ip.ip.packet()[ip.up.offset..]) else {
+        return Verdict::Drop(DropReason::Truncated);
+    };
+    const TOTAL: usize = ipv6::HEADER_LEN + 20;
+    let Some(out) = tx.get_mut(..TOTAL) else {
+        return Verdict::Drop(DropReason::BufferTooSmall);
+    };
+    let data = ip.ip.packet().len().saturating_sub(ip.up.offset + seg.header_len()) as u32;
+    let t = &mut out[ipv6::HEADER_LEN..];
+    reset_segment(&seg, data, t);
+    let (src, dst) = (ip.ip.dst_addr(), ip.ip.src_addr());
+    let acc = checksum::pseudo_header_v6(src.octets(), dst.octets(), proto::TCP, 20);
+    let c = !checksum::fold(checksum::sum(acc, t));
+    put16(t, 16, c);
+    Ipv6Packet::new_unchecked(&mut out[..ipv6::HEADER_LEN]).emit_header(src, dst, proto::TCP, 20, 64);
+    Verdict::Tun { len: TOTAL }
+}
+
+/// The 20-byte RST segment (checksum 0) answering `seg`, which carried `data` bytes (RFC
+/// 9293 section 3.10.7.1: `<SEQ=SEG.ACK><CTL=RST>` if it had ACK, else
+/// `<SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>`).
+fn reset_segment(seg: &TcpPacket<&[u8]>, data: u32, t: &mut [u8]) {
+    let fl = seg.flags();
+    let (seq, ack, flags) = if fl & tcp::flags::ACK != 0 {
+        (seg.ack_number(), 0, tcp::flags::RST)
+    } else {
+        let ctl = u32::from(fl & tcp::flags::SYN != 0) + u32::from(fl & tcp::flags::FIN != 0);
+        let ack = seg.seq_number().wrapping_add(data).wrapping_add(ctl);
+        (0, ack, tcp::flags::RST | tcp::flags::ACK)
+    };
+    t.fill(0);
+    put16(t, 0, seg.dst_port());
+    put16(t, 2, seg.src_port());
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    t[8..12].copy_from_slice(&ack.to_be_bytes());
+    t[12] = 0x50;
+    t[13] = flags;
 }
 
 /// IP-in-IP (RFC 2003): a 20-byte outer header from `local` to `server`, DF copied from
@@ -118,7 +258,7 @@ pub(super) fn encapsulate(
     let Ok(total) = u16::try_from(inner + HEADER_LEN) else {
         return Verdict::Drop(DropReason::TooBig);
     };
-    if copy_in(ip, tx, HEADER_LEN).is_none() {
+    if copy_in(ip.packet(), tx, HEADER_LEN).is_none() {
         return Verdict::Drop(DropReason::BufferTooSmall);
     }
     Ipv4Packet::new_unchecked(&mut tx[..HEADER_LEN]).emit_header(&Ipv4Repr {
@@ -161,9 +301,8 @@ pub(super) fn frag_needed(ip: &Ipv4Packet<&[u8]>, tx: &mut [u8], local: Ipv4Addr
     Verdict::Tun { len: total }
 }
 
-/// A TCP RST answering `ip` (a TCP segment), from its destination to its source (RFC 9293
-/// section 3.10.7.1: `<SEQ=SEG.ACK><CTL=RST>` if it had ACK, else
-/// `<SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>`).
+/// A TCP RST answering `ip` (a TCP segment), from its destination to its source (see
+/// [`reset_segment`]).
 pub(super) fn tcp_reset(ip: &Ipv4Packet<&[u8]>, tx: &mut [u8]) -> Verdict {
     let Ok(seg) = TcpPacket::new_checked(ip.payload()) else {
         return Verdict::Drop(DropReason::Truncated);
@@ -172,23 +311,9 @@ pub(super) fn tcp_reset(ip: &Ipv4Packet<&[u8]>, tx: &mut [u8]) -> Verdict {
     let Some(out) = tx.get_mut(..TOTAL) else {
         return Verdict::Drop(DropReason::BufferTooSmall);
     };
-    let fl = seg.flags();
-    let (seq, ack, flags) = if fl & tcp::flags::ACK != 0 {
-        (seg.ack_number(), 0, tcp::flags::RST)
-    } else {
-        let data = ip.payload().len().saturating_sub(seg.header_len()) as u32;
-        let ctl = u32::from(fl & tcp::flags::SYN != 0) + u32::from(fl & tcp::flags::FIN != 0);
-        let ack = seg.seq_number().wrapping_add(data).wrapping_add(ctl);
-        (0, ack, tcp::flags::RST | tcp::flags::ACK)
-    };
+    let data = ip.payload().len().saturating_sub(seg.header_len()) as u32;
     let t = &mut out[HEADER_LEN..];
-    t.fill(0);
-    put16(t, 0, seg.dst_port());
-    put16(t, 2, seg.src_port());
-    t[4..8].copy_from_slice(&seq.to_be_bytes());
-    t[8..12].copy_from_slice(&ack.to_be_bytes());
-    t[12] = 0x50;
-    t[13] = flags;
+    reset_segment(&seg, data, t);
     let (src, dst) = (ip.dst_addr(), ip.src_addr());
     let acc = checksum::pseudo_header_v4(src.octets(), dst.octets(), proto::TCP, 20);
     let c = !checksum::fold(checksum::sum(acc, t));

@@ -67,7 +67,7 @@ pub(super) fn handle(eng: &mut Engine, now: Instant, ip: &Ipv4Packet<&[u8]>, tx:
     if ip.dst_addr() == q.src
         && let Some(slot) = eng.lookup_rev(&rk, now)
     {
-        let e = *eng.table.get(slot);
+        let e = *eng.tab::<Ipv4Addr>().get(slot);
         return count(eng, translate(ip, tx, &q, true, e.vip, e.vip_port));
     }
     // From the client side, to the VIP, about a reply the client got from the VIP.
@@ -75,11 +75,11 @@ pub(super) fn handle(eng: &mut Engine, now: Instant, ip: &Ipv4Packet<&[u8]>, tx:
     if ip.dst_addr() == q.src
         && let Some(slot) = eng.lookup_fwd(&fk, now)
     {
-        let e = *eng.table.get(slot);
+        let e = *eng.tab::<Ipv4Addr>().get(slot);
         return match eng.svcs[usize::from(e.service)].forwarding {
             Forwarding::Nat => count(eng, translate(ip, tx, &q, false, e.server, e.server_port)),
-            Forwarding::Dr => forward::direct(ip, tx, e.server),
-            Forwarding::Tunnel => eng.tunnel(ip, tx, e.server, false),
+            Forwarding::Dr => forward::direct(ip.packet(), tx, e.server.into()),
+            Forwarding::Tunnel => eng.tunnel4(ip, tx, e.server, false),
         };
     }
     Verdict::Drop(DropReason::IcmpNoFlow)

@@ -29,7 +29,9 @@
 use crate::config::{self, OnDown, diff::Remap};
 use crate::time::Instant;
 
-use super::{Engine, ServerCounters, ServerSlot, Svc, affinity_records, secs};
+use super::family::Family;
+use super::{Engine, ServerCounters, ServerSlot, Svc, affinity_records, secs, table_slots};
+use core::net::{Ipv4Addr, Ipv6Addr};
 
 /// The `server_idx` of an entry whose server a reload removed (`on_down: keep`).
 pub const ORPHAN: u16 = u16::MAX;
@@ -125,44 +127,61 @@ impl Engine {
             svcs.push(svc);
         }
         self.svcs = svcs;
+        self.renumber::<Ipv4Addr>(now, r, &mut stats);
+        self.renumber::<Ipv6Addr>(now, r, &mut stats);
+        stats
+    }
+}
+
+impl Engine {
+    /// Renumbers one family's table and affinity table to the new services (module docs).
+    /// The first IPv6 service added by a reload allocates the IPv6 table (it held one
+    /// slot and no entry); the table's size otherwise stays (see the module docs).
+    fn renumber<A: Family>(&mut self, now: Instant, r: &Reload<'_>, stats: &mut ReloadStats) {
+        let v6 = A::IS_V6;
+        let wanted = table_slots(&self.svcs, r.table, v6);
+        if self.tab::<A>().is_empty() && self.tab::<A>().capacity() < wanted.max_connections as usize {
+            A::of_mut(&mut self.flows).table =
+                crate::dataplane::conntrack::ConnTable::new(&wanted, self.seed ^ if v6 { 0x6666 } else { 0 });
+        }
         let map = |svc: u16, idx: u16| -> Option<(u16, u16)> {
             let (s, k) = r.remap.server(usize::from(svc), usize::from(idx))?;
             Some((u16::try_from(s).ok()?, u16::try_from(k).ok()?))
         };
-        for slot in 0..self.table.used_end() {
-            let e = *self.table.get(slot);
+        for slot in 0..self.tab::<A>().used_end() {
+            let e = *self.tab::<A>().get(slot);
             if e.state == crate::dataplane::conntrack::State::Free {
                 continue;
             }
             let new_svc = r.remap.services.get(usize::from(e.service)).copied().flatten();
             let Some(ns) = new_svc.and_then(|s| u16::try_from(s).ok()) else {
-                self.table.remove(slot);
+                self.tab_mut::<A>().remove(slot);
                 stats.entries_dropped += 1;
                 continue;
             };
             match map(e.service, e.server_idx) {
                 Some((_, k)) => {
-                    let m = self.table.get_mut(slot);
+                    let m = self.tab_mut::<A>().get_mut(slot);
                     m.service = ns;
                     m.server_idx = k;
                     stats.entries_kept += 1;
                 }
                 None if self.svcs[usize::from(ns)].on_down == OnDown::Reset => {
-                    self.table.remove(slot);
+                    self.tab_mut::<A>().remove(slot);
                     stats.entries_reset += 1;
                 }
                 None => {
-                    let m = self.table.get_mut(slot);
+                    let m = self.tab_mut::<A>().get_mut(slot);
                     m.service = ns;
                     m.server_idx = ORPHAN;
                     stats.entries_orphaned += 1;
                 }
             }
         }
-        let records = affinity_records(&self.svcs, r.table);
-        self.affinity = self.affinity.remapped(records, secs(now), map);
-        self.table.set_timeouts(r.table);
-        stats
+        let records = affinity_records(&self.svcs, r.table, v6);
+        let f = A::of_mut(&mut self.flows);
+        f.affinity = f.affinity.remapped(records, secs(now), map);
+        f.table.set_timeouts(r.table);
     }
 }
 

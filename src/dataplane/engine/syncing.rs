@@ -17,8 +17,9 @@
 //! the sender. (A shadow entry sits in its idle list by arrival order, so under a full
 //! table eviction order among shadow entries is by sync arrival.)
 
-use core::net::{IpAddr, Ipv4Addr, SocketAddr};
+use core::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use super::family::Family;
 use super::{Engine, EngineError, SYNC_QUEUE, secs};
 
 /// Slots a full resync looks at per [`Engine::poll_sync`] call at most (some tens of
@@ -30,23 +31,23 @@ use crate::dataplane::sync::SyncRecord;
 use crate::dataplane::wire::proto;
 use crate::time::Instant;
 
-fn v4(a: SocketAddr) -> Result<(Ipv4Addr, u16), EngineError> {
-    match a {
-        SocketAddr::V4(a) => Ok((*a.ip(), a.port())),
-        SocketAddr::V6(_) => Err(EngineError::Sync("IPv6 flow")),
-    }
+/// The address of family `A` and port of `a`.
+fn of<A: Family>(a: SocketAddr) -> Result<(A, u16), EngineError> {
+    let ip = A::from_ip(a.ip()).ok_or(EngineError::Sync("addresses of different families"))?;
+    Ok((ip, a.port()))
 }
 
 impl Engine {
-    fn record(&self, slot: u32, now: Instant) -> SyncRecord {
-        let e = self.table.get(slot);
+    fn record<A: Family>(&self, slot: u32, now: Instant) -> SyncRecord {
+        let t = self.tab::<A>();
+        let e = t.get(slot);
         SyncRecord {
             proto: e.proto,
             state: e.state,
-            client: SocketAddr::from((e.client, e.client_port)),
-            vip: SocketAddr::from((e.vip, e.vip_port)),
-            server: SocketAddr::from((e.server, e.server_port)),
-            remaining_ms: u32::try_from(self.table.remaining_ns(slot, now) / 1_000_000).unwrap_or(u32::MAX),
+            client: SocketAddr::new(e.client.into(), e.client_port),
+            vip: SocketAddr::new(e.vip.into(), e.vip_port),
+            server: SocketAddr::new(e.server.into(), e.server_port),
+            remaining_ms: u32::try_from(t.remaining_ns(slot, now) / 1_000_000).unwrap_or(u32::MAX),
         }
     }
 
@@ -54,21 +55,21 @@ impl Engine {
     /// offer is older than half its timeout. Half-open entries are synced only during a
     /// handover ([`Engine::set_handing_over`]): a SYN flood must not flood the sync channel
     /// too.
-    pub(super) fn offer_sync(&mut self, slot: u32, now: Instant, force: bool) {
+    pub(super) fn offer_sync<A: Family>(&mut self, slot: u32, now: Instant, force: bool) {
         if !self.sync_enabled {
             return;
         }
-        let e = self.table.get(slot);
+        let e = self.tab::<A>().get(slot);
         if matches!(e.state, State::SynSent | State::SynRecv) && !self.handing_over {
             return;
         }
         let now16 = secs(now) as u16;
-        let refresh_s = (self.table.timeout_ns(e.state) / 2_000_000_000).clamp(1, 30_000) as u16;
+        let refresh_s = (self.tab::<A>().timeout_ns(e.state) / 2_000_000_000).clamp(1, 30_000) as u16;
         if !force && now16.wrapping_sub(e.synced_s) < refresh_s {
             return;
         }
-        let rec = self.record(slot, now);
-        self.table.get_mut(slot).synced_s = now16;
+        let rec = self.record::<A>(slot, now);
+        self.tab_mut::<A>().get_mut(slot).synced_s = now16;
         if self.sync_queue.len() < SYNC_QUEUE {
             self.sync_queue.push_back(rec);
             self.stats.sync_queued += 1;
@@ -85,28 +86,39 @@ impl Engine {
     /// [`WALK_SLOTS_PER_CALL`] slots and returns `None` with the walk still under way
     /// ([`Engine::full_sync_running`]) when it found nothing in them. The packet path runs
     /// between two calls, so a walk of a large table never holds forwarding up (a whole
-    /// walk of a million slots in one call stalled a lab's clients for 50 to 100 ms).
+    /// walk of a million slots in one call stalled a lab's clients for 50 to 100 ms). The
+    /// IPv4 table is walked first, then the IPv6 one.
     pub fn poll_sync(&mut self, now: Instant) -> Option<SyncRecord> {
         if let Some(r) = self.sync_queue.pop_front() {
             return Some(r);
         }
-        let mut slot = self.resync_cursor?;
-        let end = self.table.used_end();
+        if self.flows.v4.resync_cursor.is_some() {
+            let r = self.walk::<Ipv4Addr>(now);
+            if r.is_some() || self.flows.v4.resync_cursor.is_some() {
+                return r;
+            }
+        }
+        self.walk::<Ipv6Addr>(now)
+    }
+
+    fn walk<A: Family>(&mut self, now: Instant) -> Option<SyncRecord> {
+        let mut slot = A::of(&self.flows).resync_cursor?;
+        let end = self.tab::<A>().used_end();
         let stop = end.min(slot.saturating_add(WALK_SLOTS_PER_CALL));
         while slot < stop {
-            let e = self.table.get(slot);
+            let e = self.tab::<A>().get(slot);
             let syncable = match e.state {
                 State::Free => false,
                 State::SynSent | State::SynRecv => self.handing_over,
                 State::Established | State::Closing | State::Udp => true,
             };
-            if syncable && !self.table.is_expired(slot, now) {
-                self.resync_cursor = Some(slot + 1);
-                return Some(self.record(slot, now));
+            if syncable && !self.tab::<A>().is_expired(slot, now) {
+                A::of_mut(&mut self.flows).resync_cursor = Some(slot + 1);
+                return Some(self.record::<A>(slot, now));
             }
             slot += 1;
         }
-        self.resync_cursor = (slot < end).then_some(slot);
+        A::of_mut(&mut self.flows).resync_cursor = (slot < end).then_some(slot);
         None
     }
 
@@ -134,14 +146,15 @@ impl Engine {
     /// Starts (or restarts) sending every live entry, for a backup that (re)joins.
     pub fn start_full_sync(&mut self) {
         if self.sync_enabled {
-            self.resync_cursor = Some(0);
+            self.flows.v4.resync_cursor = Some(0);
+            self.flows.v6.resync_cursor = Some(0);
         }
     }
 
     /// A full resync is still walking the table (records of it may still come from
     /// [`Engine::poll_sync`]).
     pub fn full_sync_running(&self) -> bool {
-        self.resync_cursor.is_some()
+        self.flows.v4.resync_cursor.is_some() || self.flows.v6.resync_cursor.is_some()
     }
 
     /// Turns the recording of changes for connection sync on or off (off at start).
@@ -149,7 +162,8 @@ impl Engine {
         self.sync_enabled = enabled;
         if !enabled {
             self.sync_queue.clear();
-            self.resync_cursor = None;
+            self.flows.v4.resync_cursor = None;
+            self.flows.v6.resync_cursor = None;
         }
     }
 
@@ -158,9 +172,16 @@ impl Engine {
     /// (made by a gracefully draining predecessor or a briefly co-active peer) and keeps its
     /// own view of those it has.
     pub fn apply_sync(&mut self, now: Instant, rec: &SyncRecord) -> Result<(), EngineError> {
-        let (client, cport) = v4(rec.client)?;
-        let (vip, vport) = v4(rec.vip)?;
-        let (server, sport) = v4(rec.server)?;
+        match rec.vip {
+            SocketAddr::V4(_) => self.apply_in::<Ipv4Addr>(now, rec),
+            SocketAddr::V6(_) => self.apply_in::<Ipv6Addr>(now, rec),
+        }
+    }
+
+    fn apply_in<A: Family>(&mut self, now: Instant, rec: &SyncRecord) -> Result<(), EngineError> {
+        let (client, cport) = of::<A>(rec.client)?;
+        let (vip, vport) = of::<A>(rec.vip)?;
+        let (server, sport) = of::<A>(rec.server)?;
         let ok_state = match rec.proto {
             proto::TCP => rec.state != State::Udp && rec.state != State::Free,
             proto::UDP => rec.state == State::Udp,
@@ -174,21 +195,21 @@ impl Engine {
         let server_idx = svc
             .servers
             .iter()
-            .position(|s| s.address == IpAddr::V4(server) && s.port == sport)
+            .position(|s| s.address == server.into() && s.port == sport)
             .ok_or(EngineError::Sync("unknown server"))?;
         let nat = svc.forwarding == Forwarding::Nat;
         let key = FwdKey { proto: rec.proto, client, client_port: cport, vip, vip_port: vport };
-        if self.is_active() && self.table.find_fwd(&key).is_some() {
+        if self.is_active() && self.tab::<A>().find_fwd(&key).is_some() {
             return Ok(());
         }
-        let slot = match self.table.find_fwd(&key) {
-            Some(slot) if usize::from(self.table.get(slot).server_idx) == server_idx => {
-                self.table.set_state(slot, rec.state, now);
+        let slot = match self.tab::<A>().find_fwd(&key) {
+            Some(slot) if usize::from(self.tab::<A>().get(slot).server_idx) == server_idx => {
+                self.tab_mut::<A>().set_state(slot, rec.state, now);
                 slot
             }
             found => {
                 if let Some(slot) = found {
-                    self.remove_slot(slot);
+                    self.remove_slot::<A>(slot);
                 }
                 let rk = crate::dataplane::conntrack::RevKey {
                     proto: rec.proto,
@@ -197,8 +218,8 @@ impl Engine {
                     client,
                     client_port: cport,
                 };
-                if nat && let Some(other) = self.table.find_rev(&rk) {
-                    self.remove_slot(other);
+                if nat && let Some(other) = self.tab::<A>().find_rev(&rk) {
+                    self.remove_slot::<A>(other);
                 }
                 let entry = Entry::new(
                     rec.proto,
@@ -213,11 +234,12 @@ impl Engine {
                 self.insert(entry, now)
             }
         };
-        let timeout = self.table.timeout_ns(rec.state);
+        let t = self.tab_mut::<A>();
+        let timeout = t.timeout_ns(rec.state);
         let remaining = (u64::from(rec.remaining_ms) * 1_000_000).min(timeout);
         let last_seen = now.as_nanos().saturating_add(remaining).saturating_sub(timeout);
-        self.table.set_last_seen(slot, last_seen);
-        self.table.get_mut(slot).synced_s = secs(now) as u16;
+        t.set_last_seen(slot, last_seen);
+        t.get_mut(slot).synced_s = secs(now) as u16;
         self.stats.sync_applied += 1;
         Ok(())
     }

@@ -35,6 +35,7 @@ pub(crate) fn engine_with(services: Vec<Service>, max: u32) -> Engine {
         services,
         table: config::Table { max_connections: max, ..config::Table::default() },
         local_addr: LOCAL,
+        local_addr6: core::net::Ipv6Addr::UNSPECIFIED,
         path_mtu: 1500,
         seed: 42,
     })
@@ -74,27 +75,27 @@ fn nat_round_trip_tracks_tcp_state() {
     assert!(build::checksums_valid(&out));
     assert_eq!(addrs(&out), (CLIENT, 40000, S1, 8080));
     let slot = e
-        .table
+        .table()
         .find_fwd(&FwdKey { proto: 6, client: CLIENT, client_port: 40000, vip: VIP, vip_port: 80 })
         .unwrap();
-    assert_eq!(e.table.get(slot).state, State::SynSent);
+    assert_eq!(e.table().get(slot).state, State::SynSent);
 
     let synack = build::tcp((S1, 8080), (CLIENT, 40000), SYN | ACK, b"");
     let (v, out) = run(&mut e, t(1), &synack);
     assert!(matches!(v, Verdict::Tun { .. }));
     assert!(build::checksums_valid(&out));
     assert_eq!(addrs(&out), (VIP, 80, CLIENT, 40000));
-    assert_eq!(e.table.get(slot).state, State::SynRecv);
+    assert_eq!(e.table().get(slot).state, State::SynRecv);
 
     let ack = build::tcp((CLIENT, 40000), (VIP, 80), ACK, b"GET / HTTP/1.0\r\n\r\n");
     let (_, out) = run(&mut e, t(2), &ack);
     assert!(build::checksums_valid(&out));
-    assert_eq!(e.table.get(slot).state, State::Established);
+    assert_eq!(e.table().get(slot).state, State::Established);
     assert_eq!(e.servers(0)[0].active, 1);
 
     let fin = build::tcp((S1, 8080), (CLIENT, 40000), FIN | ACK, b"");
     run(&mut e, t(3), &fin);
-    assert_eq!(e.table.get(slot).state, State::Closing);
+    assert_eq!(e.table().get(slot).state, State::Closing);
     let s = e.stats();
     assert_eq!((s.nat_to_server, s.nat_to_client, s.new_connections), (2, 2, 1));
     let c = e.server_counters(0)[0];
@@ -138,11 +139,11 @@ fn direct_routing_keeps_the_packet() {
     let mut e = engine(Forwarding::Dr);
     let syn = build::tcp((CLIENT, 40000), (VIP, 80), SYN, b"");
     let (v, out) = run(&mut e, t(0), &syn);
-    assert_eq!(v, Verdict::L2 { len: syn.len(), next_hop: S1 });
+    assert_eq!(v, Verdict::L2 { len: syn.len(), next_hop: IpAddr::V4(S1) });
     assert_eq!(out, syn);
     let ack = build::tcp((CLIENT, 40000), (VIP, 80), ACK, b"");
     run(&mut e, t(1), &ack);
-    let (_, e0) = e.table.iter().next().unwrap();
+    let (_, e0) = e.table().iter().next().unwrap();
     assert_eq!(e0.state, State::Established);
     assert_eq!(e.stats().direct_routed, 2);
 }
@@ -214,11 +215,12 @@ fn bad_packets_are_counted_by_reason() {
         (syn[..30].to_vec(), DropReason::Truncated),
         (
             {
+                // An IPv4 packet whose version says 6: its "payload length" runs past it.
                 let mut b = syn.clone();
                 b[0] = 0x60;
                 b
             },
-            DropReason::UnsupportedProtocol,
+            DropReason::Truncated,
         ),
         (
             {
@@ -425,18 +427,21 @@ proptest! {
         };
         let ip = Ipv4Packet::new_checked(&pkt[..]).unwrap();
         let mut tx = vec![0u8; pkt.len()];
-        let v = forward::rewrite(&ip, &mut tx, forward::Rewrite { side: forward::Side::Dst, addr: server, port: sport, partial: false });
+        let rw = forward::Rewrite { side: forward::Side::Dst, addr: IpAddr::V4(server), port: sport, partial: false, l4_offset: 20, proto: ip.protocol() };
+        let v = forward::rewrite(ip.packet(), &mut tx, rw);
         prop_assert_eq!(v, Verdict::Tun { len: pkt.len() });
         prop_assert!(build::checksums_valid(&tx));
         let ip2 = Ipv4Packet::new_checked(&tx[..]).unwrap();
         let mut back = vec![0u8; pkt.len()];
-        forward::rewrite(&ip2, &mut back, forward::Rewrite { side: forward::Side::Dst, addr: VIP, port: 80, partial: false });
+        let rw = forward::Rewrite { side: forward::Side::Dst, addr: IpAddr::V4(VIP), port: 80, partial: false, l4_offset: 20, proto: ip2.protocol() };
+        forward::rewrite(ip2.packet(), &mut back, rw);
         prop_assert_eq!(&back, &pkt);
         // The reply direction too.
         let reply = if tcp { build::tcp((server, sport), (client, cport), fl, &payload) } else { build::udp((server, sport), (client, cport), &payload) };
         let ip3 = Ipv4Packet::new_checked(&reply[..]).unwrap();
         let mut out = vec![0u8; reply.len()];
-        forward::rewrite(&ip3, &mut out, forward::Rewrite { side: forward::Side::Src, addr: VIP, port: 80, partial: false });
+        let rw = forward::Rewrite { side: forward::Side::Src, addr: IpAddr::V4(VIP), port: 80, partial: false, l4_offset: 20, proto: ip3.protocol() };
+        forward::rewrite(ip3.packet(), &mut out, rw);
         prop_assert!(build::checksums_valid(&out));
     }
 
@@ -498,7 +503,7 @@ fn full_resync_stops_at_the_used_slots_and_walks_in_bounded_steps() {
         run(&mut big, t(0), &build::udp((CLIENT, port), (VIP, 80), b"q"));
     }
     while big.poll_sync(t(1)).is_some() {}
-    assert_eq!(big.table.used_end(), 5);
+    assert_eq!(big.table().used_end(), 5);
     big.start_full_sync();
     assert_eq!(std::iter::from_fn(|| big.poll_sync(t(1))).count(), 5);
     assert!(!big.full_sync_running(), "one call reached the end of the used slots");
@@ -519,7 +524,7 @@ fn full_resync_stops_at_the_used_slots_and_walks_in_bounded_steps() {
     }
     let later = t(400_000);
     while e.expire(later, 1024) > 0 {}
-    assert_eq!(e.table.len(), 10);
+    assert_eq!(e.table().len(), 10);
     while e.poll_sync(later).is_some() {}
     e.start_full_sync();
     let (mut got, mut empty_calls) = (0, 0);
@@ -555,7 +560,7 @@ fn half_open_flows_are_synced_only_while_handing_over() {
     let mut successor = engine(Forwarding::Dr);
     successor.apply_sync(t(3), &new).unwrap();
     let (v, _) = run(&mut successor, t(3), &build::tcp((CLIENT, 10), (VIP, 80), ACK, b"GET"));
-    assert!(matches!(v, Verdict::L2 { next_hop, .. } if IpAddr::V4(next_hop) == new.server.ip()), "{v:?}");
+    assert!(matches!(v, Verdict::L2 { next_hop, .. } if next_hop == new.server.ip()), "{v:?}");
 }
 
 /// Offloaded packets: the partial checksum patched by the engine, then finished as the

@@ -1,6 +1,6 @@
 //! What `process` returns, why packets drop, and the engine's counters.
 
-use core::net::Ipv4Addr;
+use core::net::IpAddr;
 
 use crate::dataplane::wire;
 
@@ -12,8 +12,8 @@ pub enum Verdict {
     /// the client).
     Tun { len: usize },
     /// `tx[..len]` is the client's IP packet, VIP untouched, to be sent in an Ethernet frame
-    /// to `next_hop`'s MAC (direct routing).
-    L2 { len: usize, next_hop: Ipv4Addr },
+    /// to `next_hop`'s MAC (direct routing; an IPv6 server for an IPv6 packet).
+    L2 { len: usize, next_hop: IpAddr },
     /// Dropped; counted under this reason.
     Drop(DropReason),
 }
@@ -28,7 +28,8 @@ pub enum DropReason {
     BadHeader,
     /// IPv4 header checksum wrong.
     BadChecksum,
-    /// Not TCP, UDP or ICMP over IPv4 (IPv6 included, for now).
+    /// Not TCP, UDP or ICMP (ICMPv6), or an IPv6 extension header the engine does not walk
+    /// (ESP, AH, mobility, more than eight).
     UnsupportedProtocol,
     /// A fragment with offset > 0 (see the module docs).
     LaterFragment,

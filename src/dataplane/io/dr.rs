@@ -7,15 +7,17 @@
 //! super-packet taken whole from the TUN (see [`super::vnet`]) keeps its own, so one send
 //! carries up to 64 KB and the kernel segments it (or the veth takes it whole). The server's
 //! MAC comes from the kernel's neighbour table (rtnetlink), cached per worker for
-//! [`NEIGHBOUR_TTL`]. On a miss the sender pokes the kernel into resolving the address (a
-//! one-byte UDP datagram to the discard port, which makes the kernel ARP for it), drops the
+//! [`NEIGHBOUR_TTL`]. IPv6 packets go the same way (ethertype `0x86DD`, the server's entry
+//! in the kernel's IPv6 neighbour table, resolved by NDP). On a miss the sender pokes the
+//! kernel into resolving the address (a one-byte UDP datagram to the discard port, which
+//! makes the kernel ARP or send a Neighbor Solicitation for it), drops the
 //! packet and counts `l2_no_neighbour`; the miss is remembered for [`MISS_TTL`], after which
 //! the client's retransmission finds the entry. Health
 //! checks normally keep servers' entries fresh, so misses are rare.
 
 use std::collections::BTreeMap;
 use std::io::IoSlice;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -41,8 +43,17 @@ pub struct DrSender {
     src_mac: [u8; 6],
     handle: rtnetlink::Handle,
     /// Next hop -> (MAC, or `None` for a remembered miss; when it was read).
-    cache: BTreeMap<Ipv4Addr, (Option<[u8; 6]>, Instant)>,
+    cache: BTreeMap<IpAddr, (Option<[u8; 6]>, Instant)>,
     poke: Option<UdpSocket>,
+    poke6: Option<UdpSocket>,
+}
+
+/// IPv6's ethertype.
+const ETH_P_IPV6: u16 = 0x86DD;
+
+/// The ethertype of an IP packet, from its version nibble.
+fn ethertype(packet: &[u8]) -> u16 {
+    if packet.first().is_some_and(|b| b >> 4 == 6) { ETH_P_IPV6 } else { ETH_P_IP }
 }
 
 impl DrSender {
@@ -69,12 +80,13 @@ impl DrSender {
             handle,
             cache: BTreeMap::new(),
             poke: UdpSocket::bind("0.0.0.0:0").ok(),
+            poke6: UdpSocket::bind("[::]:0").ok(),
         })
     }
 
     /// Sends `packet` (complete checksums) to `next_hop`'s MAC; failures are counted in
     /// `stats`.
-    pub async fn send(&mut self, now: Instant, packet: &[u8], next_hop: Ipv4Addr, stats: &ShellStats) {
+    pub async fn send(&mut self, now: Instant, packet: &[u8], next_hop: IpAddr, stats: &ShellStats) {
         self.send_whole(now, VirtioNetHdr::default(), packet, next_hop, stats, 1).await;
     }
 
@@ -87,7 +99,7 @@ impl DrSender {
         now: Instant,
         hdr: VirtioNetHdr,
         packet: &[u8],
-        next_hop: Ipv4Addr,
+        next_hop: IpAddr,
         stats: &ShellStats,
         segments: u64,
     ) {
@@ -95,7 +107,7 @@ impl DrSender {
             ShellStats::add(&stats.l2_no_neighbour, segments);
             return;
         };
-        let Ok(head) = vnet_frame_header(hdr, mac, self.src_mac) else {
+        let Ok(head) = vnet_frame_header(hdr, mac, self.src_mac, ethertype(packet)) else {
             ShellStats::add(&stats.tx_l2_errors, 1);
             return;
         };
@@ -106,7 +118,7 @@ impl DrSender {
         }
     }
 
-    async fn resolve(&mut self, now: Instant, ip: Ipv4Addr) -> Option<[u8; 6]> {
+    async fn resolve(&mut self, now: Instant, ip: IpAddr) -> Option<[u8; 6]> {
         if let Some((mac, at)) = self.cache.get(&ip) {
             let ttl = if mac.is_some() { NEIGHBOUR_TTL } else { MISS_TTL };
             if now.saturating_since(*at) < ttl {
@@ -114,11 +126,12 @@ impl DrSender {
             }
         }
         let mac = netlink::neighbour_mac(&self.handle, self.ifindex, ip).await.ok().flatten();
+        let poke = if ip.is_ipv4() { &self.poke } else { &self.poke6 };
         if mac.is_none()
-            && let Some(p) = &self.poke
+            && let Some(p) = poke
         {
-            // Errors don't matter: the point is the kernel's ARP request.
-            let _ = p.send_to(&[0], SocketAddrV4::new(ip, 9));
+            // Errors don't matter: the point is the kernel's ARP request (or NS).
+            let _ = p.send_to(&[0], SocketAddr::new(ip, 9));
         }
         if self.cache.len() >= MAX_NEIGHBOURS {
             self.cache.clear();
@@ -128,22 +141,23 @@ impl DrSender {
     }
 }
 
-/// Writes an Ethernet II frame (`dst`, `src`, IPv4 ethertype, `packet`) into `out`.
+/// Writes an Ethernet II frame (`dst`, `src`, the packet's ethertype, `packet`) into `out`.
 pub fn build_frame(dst: [u8; 6], src: [u8; 6], packet: &[u8], out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(&dst);
     out.extend_from_slice(&src);
-    out.extend_from_slice(&ETH_P_IP.to_be_bytes());
+    out.extend_from_slice(&ethertype(packet).to_be_bytes());
     out.extend_from_slice(packet);
 }
 
 /// The virtio-net header `hdr` (its offsets moved past the Ethernet header when the
-/// checksum is partial) followed by the Ethernet header (`dst`, `src`, IPv4): what a
+/// checksum is partial) followed by the Ethernet header (`dst`, `src`, `ethertype`): what a
 /// `PACKET_VNET_HDR` socket sends in front of the packet.
 pub fn vnet_frame_header(
     mut hdr: VirtioNetHdr,
     dst: [u8; 6],
     src: [u8; 6],
+    ethertype: u16,
 ) -> std::io::Result<[u8; VIRTIO_NET_HDR_LEN + ETH_HLEN as usize]> {
     if hdr.flags & vnet::F_NEEDS_CSUM != 0 {
         hdr.csum_start += ETH_HLEN;
@@ -155,7 +169,7 @@ pub fn vnet_frame_header(
     hdr.encode(&mut h[..VIRTIO_NET_HDR_LEN])?;
     h[VIRTIO_NET_HDR_LEN..VIRTIO_NET_HDR_LEN + 6].copy_from_slice(&dst);
     h[VIRTIO_NET_HDR_LEN + 6..VIRTIO_NET_HDR_LEN + 12].copy_from_slice(&src);
-    h[VIRTIO_NET_HDR_LEN + 12..].copy_from_slice(&ETH_P_IP.to_be_bytes());
+    h[VIRTIO_NET_HDR_LEN + 12..].copy_from_slice(&ethertype.to_be_bytes());
     Ok(h)
 }
 
@@ -169,7 +183,7 @@ fn vnet_frame(
     out: &mut Vec<u8>,
 ) -> std::io::Result<()> {
     out.clear();
-    out.extend_from_slice(&vnet_frame_header(hdr, dst, src)?);
+    out.extend_from_slice(&vnet_frame_header(hdr, dst, src, ethertype(packet))?);
     out.extend_from_slice(packet);
     Ok(())
 }
@@ -189,6 +203,8 @@ mod tests {
         assert_eq!(&out[6..12], &[2; 6]);
         assert_eq!(&out[12..14], &[0x08, 0x00]);
         assert_eq!(&out[14..], &[0x45, 0, 0, 20]);
+        build_frame([1; 6], [2; 6], &[0x60, 0, 0, 0], &mut out);
+        assert_eq!(&out[12..14], &[0x86, 0xDD], "IPv6 ethertype");
     }
 
     #[test]

@@ -76,7 +76,6 @@ pub mod netlink;
 pub mod tun;
 pub mod vnet;
 
-use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::types::Forwarding;
@@ -88,7 +87,7 @@ pub enum Disposition {
     /// Write `tx[..len]` back to the TUN (the kernel routes it on).
     Tun { len: usize },
     /// Direct routing: send `tx[..len]` in an Ethernet frame to `next_hop`'s MAC.
-    L2 { len: usize, next_hop: Ipv4Addr },
+    L2 { len: usize, next_hop: std::net::IpAddr },
     /// Drop (the processor counts why).
     Drop,
 }

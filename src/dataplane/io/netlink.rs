@@ -255,7 +255,7 @@ pub async fn cleanup(
 pub async fn neighbour_mac(
     handle: &Handle,
     ifindex: u32,
-    ip: Ipv4Addr,
+    ip: std::net::IpAddr,
 ) -> Result<Option<[u8; 6]>, ShellError> {
     let mut neighbours = handle.neighbours().get().execute();
     while let Some(n) = neighbours.try_next().await.map_err(nl("list neighbours"))? {
@@ -271,7 +271,12 @@ pub async fn neighbour_mac(
         let mut mac = None;
         for a in &n.attributes {
             match a {
-                NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => dst = Some(*d),
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => {
+                    dst = Some(std::net::IpAddr::V4(*d))
+                }
+                NeighbourAttribute::Destination(NeighbourAddress::Inet6(d)) => {
+                    dst = Some(std::net::IpAddr::V6(*d))
+                }
                 NeighbourAttribute::LinkLayerAddress(m) => mac = <[u8; 6]>::try_from(&m[..]).ok(),
                 _ => {}
             }

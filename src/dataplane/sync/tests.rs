@@ -97,6 +97,7 @@ pub(crate) fn udp_engine(
         services: vec![svc],
         table: crate::config::Table::default(),
         local_addr: Ipv4Addr::new(10, 0, 0, 1),
+        local_addr6: core::net::Ipv6Addr::UNSPECIFIED,
         path_mtu: 1500,
         seed: 1,
     });
@@ -259,6 +260,7 @@ fn malformed_or_unauthenticated_full_sync_messages_are_refused_and_counted() {
         services: vec![],
         table: crate::config::Table::default(),
         local_addr: core::net::Ipv4Addr::new(10, 0, 0, 1),
+        local_addr6: core::net::Ipv6Addr::UNSPECIFIED,
         path_mtu: 1500,
         seed: 1,
     });

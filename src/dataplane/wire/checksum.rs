@@ -41,6 +41,15 @@ pub fn pseudo_header_v4(src: [u8; 4], dst: [u8; 4], protocol: u8, len: u16) -> u
     acc + u64::from(protocol) + u64::from(len)
 }
 
+/// The running sum of an IPv6 pseudo-header (RFC 8200 section 8.1) for `len` bytes of
+/// upper-layer `protocol`.
+#[inline]
+pub fn pseudo_header_v6(src: [u8; 16], dst: [u8; 16], protocol: u8, len: u32) -> u64 {
+    let acc = sum(0, &src);
+    let acc = sum(acc, &dst);
+    acc + u64::from(protocol) + u64::from(len >> 16) + u64::from(len & 0xFFFF)
+}
+
 /// RFC 1624 eq. 3: the checksum after one 16-bit word of the covered data went from `old`
 /// to `new`.
 #[inline]

@@ -5,19 +5,21 @@
 //! over `AsMut<[u8]>` also offer setters that patch checksums incrementally (RFC 1624) so a
 //! rewrite touches only the bytes it changes.
 //!
-//! Only IPv4 is implemented. IPv6 fits beside it: an `Ipv6Packet` view with the same shape,
-//! and the transport views are already address-family neutral (their pseudo-header updates
-//! take byte slices of either address length).
+//! IPv4 ([`Ipv4Packet`]) and IPv6 ([`Ipv6Packet`], with a bounded extension-header walk)
+//! have the same shape; the transport views are address-family neutral (their
+//! pseudo-header updates take byte slices of either address length).
 
 pub mod build;
 pub mod checksum;
 pub mod icmp;
 pub mod ipv4;
+pub mod ipv6;
 pub mod tcp;
 pub mod udp;
 
 pub use icmp::IcmpPacket;
 pub use ipv4::Ipv4Packet;
+pub use ipv6::Ipv6Packet;
 pub use tcp::TcpPacket;
 pub use udp::UdpPacket;
 
@@ -45,6 +47,10 @@ pub mod proto {
     pub const TCP: u8 = 6;
     /// UDP.
     pub const UDP: u8 = 17;
+    /// IPv6 encapsulated (RFC 2473; in IPv4: RFC 4213).
+    pub const IPV6: u8 = 41;
+    /// ICMP for IPv6.
+    pub const ICMPV6: u8 = 58;
 }
 
 /// Reads a big-endian u16 at `at`; callers have checked the length.

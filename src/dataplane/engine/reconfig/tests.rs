@@ -54,6 +54,7 @@ fn engine(services: &[Service]) -> Engine {
         services: services.to_vec(),
         table: config::Table { max_connections: 10_000, ..config::Table::default() },
         local_addr: Ipv4Addr::new(10, 0, 0, 1),
+        local_addr6: core::net::Ipv6Addr::UNSPECIFIED,
         path_mtu: 1500,
         seed: 7,
     })
