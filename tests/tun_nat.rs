@@ -93,7 +93,7 @@ fn nat_run<P: PacketProcessor + 'static>(
     let (c, a, s) = topology(&mut lab);
     spawn_server(&mut lab, &s, SERVER);
     let cfg = shell_config(offload);
-    let steer = vec![SteerRule::to_vip(VIP), SteerRule::nat_replies(SERVER.into())];
+    let steer = vec![SteerRule::to_vip(VIP), SteerRule::nat_replies(std::net::IpAddr::V4(SERVER))];
     let (stop, done) = start_shell(&a, cfg, steer, make);
     let result = run_client(&c, SocketAddr::from((VIP, PORT)));
     if let Some(change) = change {

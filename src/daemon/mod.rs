@@ -282,7 +282,7 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
         tracing::warn!(target: "clusterserverd", configured = %atm.interface, actual = %my_if.iface, "the ATM address is on another interface than configured");
     }
     rt.block_on(clear_local_vips(&handle, cfg, &addrs))?;
-    warn_if_no_forwarding();
+    warn_if_no_forwarding(cfg);
     let secret = read_secret(cfg)?;
     let admin_token = load_admin_token(cfg);
     let admin_listener = match crate::admin::bind(cfg.admin_port()) {
@@ -613,10 +613,14 @@ async fn clear_local_vips(
     Ok(())
 }
 
-fn warn_if_no_forwarding() {
+fn warn_if_no_forwarding(cfg: &Config) {
     let f = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default();
     if f.trim() != "1" {
         tracing::warn!(target: "clusterserverd", "net.ipv4.ip_forward is off: VIP traffic cannot reach the data plane (the daemon does not change host-wide settings)");
+    }
+    let f6 = std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/forwarding").unwrap_or_default();
+    if cfg.services.iter().any(|s| s.vip.is_ipv6()) && f6.trim() != "1" {
+        tracing::warn!(target: "clusterserverd", "net.ipv6.conf.all.forwarding is off: IPv6 VIP traffic cannot reach the data plane (the daemon does not change host-wide settings)");
     }
 }
 

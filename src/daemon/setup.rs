@@ -2,9 +2,7 @@
 //! addresses, its ports, the names and ids of what it creates, and the kernel steering.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
-
-use ipnet::Ipv4Net;
+use std::net::IpAddr;
 
 use crate::config::{Config, DEFAULT_ADMIN_PORT, DEFAULT_HEARTBEAT_PORT, Forwarding};
 use crate::dataplane::io::netlink::SteerRule;
@@ -74,8 +72,8 @@ pub fn owned(cfg: &Config) -> Owned {
     Owned { tun_name: format!("csd{short}"), table_id: 1_710_000 + short, rule_priority: 17_100 }
 }
 
-/// The steering rules: every IPv4 service VIP into the TUN, and for NAT services the replies
-/// of their servers.
+/// The steering rules: every service VIP (both families) into the TUN, and for NAT services
+/// the replies of their servers.
 pub fn steering(cfg: &Config) -> Vec<SteerRule> {
     let mut out: Vec<SteerRule> = Vec::new();
     let mut push = |r: SteerRule| {
@@ -84,35 +82,66 @@ pub fn steering(cfg: &Config) -> Vec<SteerRule> {
         }
     };
     for s in &cfg.services {
-        if let IpAddr::V4(vip) = s.vip {
-            push(SteerRule::to_vip(vip));
-        }
+        push(SteerRule::to_vip(s.vip));
     }
     for s in cfg.services.iter().filter(|s| s.forwarding == Forwarding::Nat) {
         for srv in &s.servers {
-            if let IpAddr::V4(a) = srv.address {
-                push(SteerRule::nat_replies(Ipv4Net::from(a)));
-            }
+            push(SteerRule::nat_replies(ipnet::IpNet::from(srv.address)));
         }
     }
     out
 }
 
-/// For every IPv4 VIP, the interface that answers ARP for it: the one whose subnet contains
-/// it (first match), else `default_iface`.
-pub fn arp_interfaces(cfg: &Config, addrs: &[IfAddr], default_iface: &str) -> BTreeMap<Ipv4Addr, String> {
+/// For every VIP, the interface that answers ARP (IPv4) or Neighbor Solicitations (IPv6)
+/// for it: the one whose subnet contains it (first match; IPv6 subnets from
+/// `/proc/net/if_inet6`), else `default_iface`.
+pub fn arp_interfaces(cfg: &Config, addrs: &[IfAddr], default_iface: &str) -> BTreeMap<IpAddr, String> {
+    let v6 = if cfg.vips().iter().any(IpAddr::is_ipv6) {
+        ipv6_subnets(&std::fs::read_to_string("/proc/net/if_inet6").unwrap_or_default())
+    } else {
+        Vec::new()
+    };
+    arp_interfaces_with(cfg, addrs, &v6, default_iface)
+}
+
+/// [`arp_interfaces`] over the IPv6 subnets `v6` (net, interface).
+pub fn arp_interfaces_with(
+    cfg: &Config,
+    addrs: &[IfAddr],
+    v6: &[(ipnet::Ipv6Net, String)],
+    default_iface: &str,
+) -> BTreeMap<IpAddr, String> {
     cfg.vips()
         .into_iter()
-        .filter_map(|v| match v {
-            IpAddr::V4(a) => Some(a),
-            IpAddr::V6(_) => None,
-        })
         .map(|v| {
-            let iface = addrs
-                .iter()
-                .find(|a| a.prefix_len < 32 && a.contains(v) && !a.iface.is_empty())
-                .map_or(default_iface, |a| a.iface.as_str());
-            (v, iface.to_string())
+            let iface = match v {
+                IpAddr::V4(v) => addrs
+                    .iter()
+                    .find(|a| a.prefix_len < 32 && a.contains(v) && !a.iface.is_empty())
+                    .map(|a| a.iface.as_str()),
+                IpAddr::V6(v) => {
+                    v6.iter().find(|(n, _)| n.prefix_len() < 128 && n.contains(&v)).map(|(_, i)| i.as_str())
+                }
+            };
+            (v, iface.unwrap_or(default_iface).to_string())
+        })
+        .collect()
+}
+
+/// The global IPv6 subnets of the interfaces in `if_inet6` (the text of
+/// `/proc/net/if_inet6`): (subnet, interface).
+pub fn ipv6_subnets(if_inet6: &str) -> Vec<(ipnet::Ipv6Net, String)> {
+    if_inet6
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let [hex, _, plen, scope, _, name] = f.as_slice() else { return None };
+            if *scope != "00" || hex.len() != 32 {
+                return None;
+            }
+            let a = std::net::Ipv6Addr::from_bits(u128::from_str_radix(hex, 16).ok()?);
+            let net = ipnet::Ipv6Net::new(a, u8::from_str_radix(plen, 16).ok()?).ok()?;
+            Some((net.trunc(), name.to_string()))
         })
         .collect()
 }
@@ -131,6 +160,8 @@ pub fn dr_interface(cfg: &Config, addrs: &[IfAddr], default_iface: &str) -> Opti
 mod tests {
     use super::*;
     use crate::config::{LoadOptions, parse_str};
+    use ipnet::Ipv4Net;
+    use std::net::Ipv4Addr;
 
     fn cfg() -> Config {
         let text = r#"{
@@ -196,10 +227,12 @@ mod tests {
         };
         let addrs = [a("eth0", [10, 0, 1, 1]), a("eth1", [10, 0, 2, 1])];
         let m = arp_interfaces(&c, &addrs, "eth0");
-        assert_eq!(m[&Ipv4Addr::new(10, 0, 1, 99)], "eth0");
-        assert_eq!(m[&Ipv4Addr::new(10, 0, 2, 254)], "eth1");
+        assert_eq!(m[&IpAddr::from([10, 0, 1, 99])], "eth0");
+        assert_eq!(m[&IpAddr::from([10, 0, 2, 254])], "eth1");
         let m = arp_interfaces(&c, &addrs[..1], "eth0");
-        assert_eq!(m[&Ipv4Addr::new(10, 0, 2, 254)], "eth0");
+        assert_eq!(m[&IpAddr::from([10, 0, 2, 254])], "eth0");
+        let nets = ipv6_subnets("fd000002000000000000000000000002 05 40 00 80     eth1\n");
+        assert_eq!(nets, vec![("fd00:2::/64".parse().expect("net"), "eth1".to_string())]);
         assert_eq!(dr_interface(&c, &addrs, "eth0"), None);
     }
 }

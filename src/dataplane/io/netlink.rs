@@ -13,7 +13,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
 use rtnetlink::packet_route::route::RouteAttribute;
@@ -25,22 +25,28 @@ use super::ShellError;
 /// One steering rule: packets matching all of its set fields are routed into the TUN.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SteerRule {
-    pub to: Option<Ipv4Net>,
-    pub from: Option<Ipv4Net>,
+    /// Of one family with `from` (an IPv4 or an IPv6 rule).
+    pub to: Option<IpNet>,
+    pub from: Option<IpNet>,
     /// Only packets that arrived on this interface (keeps packets the shell wrote back to the
     /// TUN from matching again when they have the same addresses).
     pub iif: Option<String>,
 }
 
 impl SteerRule {
-    /// Requests to a VIP.
-    pub fn to_vip(vip: Ipv4Addr) -> Self {
-        SteerRule { to: Some(Ipv4Net::from(vip)), from: None, iif: None }
+    /// Requests to a VIP (of either family).
+    pub fn to_vip(vip: impl Into<IpAddr>) -> Self {
+        SteerRule { to: Some(IpNet::from(vip.into())), from: None, iif: None }
     }
 
     /// NAT replies from real servers in `servers`.
-    pub fn nat_replies(servers: Ipv4Net) -> Self {
-        SteerRule { to: None, from: Some(servers), iif: None }
+    pub fn nat_replies(servers: impl Into<IpNet>) -> Self {
+        SteerRule { to: None, from: Some(servers.into()), iif: None }
+    }
+
+    /// Whether this is an IPv6 rule.
+    pub fn is_v6(&self) -> bool {
+        matches!(self.to.or(self.from), Some(IpNet::V6(_)))
     }
 }
 
@@ -100,7 +106,25 @@ pub async fn install(
         .execute()
         .await
         .map_err(nl(format!("add default route to table {table_id}")))?;
+    ensure_route6(handle, tun_index, table_id).await?;
     add_rules(handle, table_id, priority, rules).await
+}
+
+/// The IPv6 default route into the TUN in `table_id` (for IPv6 VIPs and servers), added
+/// once; a TUN on a host with IPv6 disabled cannot take one, and the error says so.
+pub async fn ensure_route6(handle: &Handle, tun_index: u32, table_id: u32) -> Result<(), ShellError> {
+    let route = RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+        .destination_prefix(std::net::Ipv6Addr::UNSPECIFIED, 0)
+        .output_interface(tun_index)
+        .table_id(table_id)
+        .build();
+    match handle.route().add(route).execute().await {
+        Ok(()) => Ok(()),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
+        // IPv6 disabled on this host (or the TUN): only IPv4 is steered.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EACCES => Ok(()),
+        Err(e) => Err(nl(format!("add IPv6 default route to table {table_id}"))(e)),
+    }
 }
 
 /// Adds steering rules to a running shell's table (a live reload: a new VIP, a new NAT
@@ -116,11 +140,25 @@ pub async fn add_rules(
         if let Some(iif) = &r.iif {
             add = add.input_interface(iif.clone());
         }
+        if r.is_v6() {
+            let mut add = add.v6();
+            for (net, dst) in [(r.to, true), (r.from, false)] {
+                if let Some(IpNet::V6(n)) = net {
+                    add = if dst {
+                        add.destination_prefix(n.addr(), n.prefix_len())
+                    } else {
+                        add.source_prefix(n.addr(), n.prefix_len())
+                    };
+                }
+            }
+            add.execute().await.map_err(nl(format!("add rule {r:?}")))?;
+            continue;
+        }
         let mut add = add.v4();
-        if let Some(to) = r.to {
+        if let Some(IpNet::V4(to)) = r.to {
             add = add.destination_prefix(to.addr(), to.prefix_len());
         }
-        if let Some(from) = r.from {
+        if let Some(IpNet::V4(from)) = r.from {
             add = add.source_prefix(from.addr(), from.prefix_len());
         }
         add.execute().await.map_err(nl(format!("add rule {r:?}")))?;
@@ -137,8 +175,9 @@ pub async fn del_rules(
     priority: u32,
     rules: &[SteerRule],
 ) -> Result<usize, ShellError> {
-    let all: Vec<RuleMessage> =
+    let mut all: Vec<RuleMessage> =
         handle.rule().get(IpVersion::V4).execute().try_collect().await.map_err(nl("list rules"))?;
+    all.extend(rules6(handle).await?);
     let mut deleted = 0;
     for r in all {
         if rule_table(&r) != table_id || rule_priority(&r) != Some(priority) {
@@ -147,8 +186,8 @@ pub async fn del_rules(
         let prefix = |len: u8, want: fn(&RuleAttribute) -> Option<IpAddr>| {
             let addr = r.attributes.iter().find_map(want)?;
             match addr {
-                IpAddr::V4(a) => Ipv4Net::new(a, len).ok(),
-                IpAddr::V6(_) => None,
+                IpAddr::V4(a) => Ipv4Net::new(a, len).ok().map(IpNet::V4),
+                IpAddr::V6(a) => Ipv6Net::new(a, len).ok().map(IpNet::V6),
             }
         };
         let to = prefix(r.header.dst_len, |a| match a {
@@ -170,6 +209,15 @@ pub async fn del_rules(
         }
     }
     Ok(deleted)
+}
+
+/// The IPv6 rules (none where IPv6 is disabled).
+async fn rules6(handle: &Handle) -> Result<Vec<RuleMessage>, ShellError> {
+    match handle.rule().get(IpVersion::V6).execute().try_collect().await {
+        Ok(v) => Ok(v),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EAFNOSUPPORT => Ok(Vec::new()),
+        Err(e) => Err(nl("list IPv6 rules")(e)),
+    }
 }
 
 fn rule_table(r: &RuleMessage) -> u32 {
@@ -199,21 +247,29 @@ pub async fn remove(
     priority: u32,
 ) -> Result<usize, ShellError> {
     let mut deleted = 0;
-    let rules: Vec<RuleMessage> =
+    let mut rules: Vec<RuleMessage> =
         handle.rule().get(IpVersion::V4).execute().try_collect().await.map_err(nl("list rules"))?;
+    rules.extend(rules6(handle).await?);
     for r in rules {
         if rule_table(&r) == table_id && rule_priority(&r) == Some(priority) {
             handle.rule().del(r).execute().await.map_err(nl("delete rule"))?;
             deleted += 1;
         }
     }
-    let routes: Vec<_> = handle
+    let mut routes: Vec<_> = handle
         .route()
         .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
         .execute()
         .try_collect()
         .await
         .map_err(nl("list routes"))?;
+    let routes6: Result<Vec<_>, _> = handle
+        .route()
+        .get(RouteMessageBuilder::<std::net::Ipv6Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await;
+    routes.extend(routes6.unwrap_or_default());
     for r in routes {
         let table = r
             .attributes

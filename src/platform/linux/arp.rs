@@ -20,18 +20,33 @@
 //! routed by its kernel's main table (no black hole made by us). A daemon death is no worse
 //! than a host loss.
 //!
-//! Each VIP is answered on the interface whose connected IPv4 subnet contains it (a NAT
+//! Each VIP is answered on the interface whose connected subnet contains it (a NAT
 //! `gateway_vip` lives on the server-side subnet), else on the ATM's own interface.
+//!
+//! ## IPv6: Neighbor Discovery, the same way
+//!
+//! An IPv6 VIP is owned the same way over NDP ([`crate::dataplane::wire::ndp`]): a second
+//! packet socket per port takes only Neighbor Solicitations (a classic BPF filter in the
+//! kernel, so IPv6 traffic through the ATM is not copied to user space), the port joins
+//! each IPv6 VIP's solicited-node multicast group (so the interface's multicast filter lets
+//! the solicitations in; never the kernel's address, so the kernel answers nothing), the
+//! primary answers with a solicited Neighbor Advertisement (Override set) and announces on
+//! promotion with unsolicited ones to all nodes, as often as the `arp` settings say. A
+//! host with IPv6 disabled gets no NDP socket (IPv4 is served as before).
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockFilter, Socket, Type};
 use tokio::io::unix::AsyncFd;
 
 use super::netsys::{async_socket, bind_packet_socket};
+use crate::dataplane::wire::ndp;
+
+/// `ETH_P_IPV6` in host order.
+const ETH_P_IPV6: u16 = 0x86DD;
 
 /// `ETH_P_ARP` in host order.
 pub const ETH_P_ARP: u16 = 0x0806;
@@ -84,27 +99,113 @@ pub fn gratuitous(mac: [u8; 6], vip: Ipv4Addr) -> [u8; FRAME_LEN] {
     frame(BROADCAST_MAC, 1, mac, vip, [0; 6], vip)
 }
 
-/// One interface's packet socket.
+/// One interface's packet sockets: ARP, and Neighbor Solicitations.
 #[derive(Debug)]
 pub struct ArpPort {
     pub iface: String,
     pub mac: [u8; 6],
+    ifindex: u32,
     fd: AsyncFd<Socket>,
+    /// `None` where IPv6 is off (the socket or its filter could not be set up).
+    nd: Option<AsyncFd<Socket>>,
+    /// Holds the solicited-node memberships of the IPv6 VIPs answered here.
+    groups: Option<std::net::UdpSocket>,
+    joined: RefCell<BTreeSet<Ipv6Addr>>,
+}
+
+/// Classic BPF: accept IPv6 frames carrying ICMPv6 type 135 right after the fixed header
+/// (a Neighbor Solicitation); drop everything else in the kernel.
+fn ns_filter() -> [SockFilter; 8] {
+    // BPF_LD|BPF_H|BPF_ABS = 0x28, BPF_LD|BPF_B|BPF_ABS = 0x30, BPF_JMP|BPF_JEQ|BPF_K = 0x15,
+    // BPF_RET|BPF_K = 0x06.
+    [
+        SockFilter::new(0x28, 0, 0, 12),
+        SockFilter::new(0x15, 0, 5, u32::from(ETH_P_IPV6)),
+        SockFilter::new(0x30, 0, 0, 20),
+        SockFilter::new(0x15, 0, 3, 58),
+        SockFilter::new(0x30, 0, 0, 54),
+        SockFilter::new(0x15, 0, 1, u32::from(ndp::NEIGHBOR_SOLICITATION)),
+        SockFilter::new(0x06, 0, 0, 0xFFFF),
+        SockFilter::new(0x06, 0, 0, 0),
+    ]
+}
+
+fn open_nd(ifindex: u32) -> io::Result<(AsyncFd<Socket>, std::net::UdpSocket)> {
+    let socket = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(i32::from(ETH_P_IPV6.to_be()))))?;
+    socket.attach_filter(&ns_filter())?;
+    bind_packet_socket(&socket, ifindex, ETH_P_IPV6)?;
+    socket.set_nonblocking(true)?;
+    let groups = std::net::UdpSocket::bind("[::]:0")?;
+    Ok((async_socket(socket)?, groups))
+}
+
+async fn recv_on(fd: &AsyncFd<Socket>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        let mut guard = fd.readable().await?;
+        match guard.try_io(|fd| {
+            let mut s: &Socket = fd.get_ref();
+            s.read(buf)
+        }) {
+            Ok(r) => return r,
+            Err(_would_block) => continue,
+        }
+    }
 }
 
 impl ArpPort {
-    /// Opens an ARP packet socket on interface `ifindex` (needs `CAP_NET_RAW`); call inside a
-    /// tokio runtime.
+    /// Opens an ARP packet socket on interface `ifindex` (needs `CAP_NET_RAW`), and the NDP
+    /// one where IPv6 is on; call inside a tokio runtime.
     pub fn open(iface: &str, ifindex: u32, mac: [u8; 6]) -> io::Result<Self> {
         let socket =
             Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(i32::from(ETH_P_ARP.to_be()))))?;
         bind_packet_socket(&socket, ifindex, ETH_P_ARP)?;
         socket.set_nonblocking(true)?;
-        Ok(ArpPort { iface: iface.to_string(), mac, fd: async_socket(socket)? })
+        let (nd, groups) = match open_nd(ifindex) {
+            Ok((nd, g)) => (Some(nd), Some(g)),
+            Err(e) => {
+                tracing::info!(%iface, error = %e, "no NDP socket (IPv6 off?): IPv6 VIPs are not answered here");
+                (None, None)
+            }
+        };
+        Ok(ArpPort {
+            iface: iface.to_string(),
+            mac,
+            ifindex,
+            fd: async_socket(socket)?,
+            nd,
+            groups,
+            joined: RefCell::new(BTreeSet::new()),
+        })
+    }
+
+    /// Joins the solicited-node group of every IPv6 VIP in `vips` not joined yet.
+    fn join(&self, vips: impl Iterator<Item = Ipv6Addr>) {
+        let Some(g) = &self.groups else { return };
+        let mut joined = self.joined.borrow_mut();
+        for v in vips {
+            let group = ndp::solicited_node(v);
+            if !joined.contains(&group) {
+                match g.join_multicast_v6(&group, self.ifindex) {
+                    Ok(()) => {
+                        joined.insert(group);
+                    }
+                    Err(e) => {
+                        tracing::warn!(iface = %self.iface, %group, error = %e, "cannot join the solicited-node group of an IPv6 VIP")
+                    }
+                }
+            }
+        }
     }
 
     fn send(&self, f: &[u8; FRAME_LEN]) -> io::Result<()> {
         self.fd.get_ref().send(f).map(|_| ())
+    }
+
+    fn send_nd(&self, f: &[u8]) -> io::Result<()> {
+        match &self.nd {
+            Some(nd) => nd.get_ref().send(f).map(|_| ()),
+            None => Err(io::Error::other(format!("no NDP socket on {}", self.iface))),
+        }
     }
 
     async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
@@ -127,6 +228,9 @@ pub struct ArpStats {
     pub requests_answered: u64,
     pub gratuitous_sent: u64,
     pub send_errors: u64,
+    /// Neighbor Solicitations answered and unsolicited advertisements sent (IPv6).
+    pub solicitations_answered: u64,
+    pub advertisements_sent: u64,
 }
 
 /// Answers ARP for the VIPs this ATM holds and sends its gratuitous ARPs (module docs).
@@ -134,15 +238,16 @@ pub struct ArpStats {
 pub struct ArpResponder {
     ports: Vec<ArpPort>,
     /// VIP -> index in `ports`.
-    port_of: RefCell<BTreeMap<Ipv4Addr, usize>>,
-    held: RefCell<BTreeSet<Ipv4Addr>>,
+    port_of: RefCell<BTreeMap<IpAddr, usize>>,
+    held: RefCell<BTreeSet<IpAddr>>,
     stats: RefCell<ArpStats>,
 }
 
 impl ArpResponder {
     /// `port_of` maps every VIP to its port; VIPs missing from it are never answered.
-    pub fn new(ports: Vec<ArpPort>, port_of: BTreeMap<Ipv4Addr, usize>) -> Self {
+    pub fn new(ports: Vec<ArpPort>, port_of: BTreeMap<IpAddr, usize>) -> Self {
         assert!(port_of.values().all(|i| *i < ports.len()), "VIP mapped to a missing port");
+        join_groups(&ports, &port_of);
         ArpResponder {
             ports,
             port_of: RefCell::new(port_of),
@@ -154,17 +259,19 @@ impl ArpResponder {
     /// A live reload: the VIPs and the interface each is answered on. Every interface must
     /// have a port already (sockets are opened at start-up); otherwise nothing changes and
     /// the error names the VIP and interface.
-    pub fn map_vips(&self, per_vip: &BTreeMap<Ipv4Addr, String>) -> Result<(), String> {
-        *self.port_of.borrow_mut() = self.resolve(per_vip)?;
+    pub fn map_vips(&self, per_vip: &BTreeMap<IpAddr, String>) -> Result<(), String> {
+        let map = self.resolve(per_vip)?;
+        join_groups(&self.ports, &map);
+        *self.port_of.borrow_mut() = map;
         Ok(())
     }
 
     /// Whether [`ArpResponder::map_vips`] would succeed (changes nothing).
-    pub fn check_vips(&self, per_vip: &BTreeMap<Ipv4Addr, String>) -> Result<(), String> {
+    pub fn check_vips(&self, per_vip: &BTreeMap<IpAddr, String>) -> Result<(), String> {
         self.resolve(per_vip).map(|_| ())
     }
 
-    fn resolve(&self, per_vip: &BTreeMap<Ipv4Addr, String>) -> Result<BTreeMap<Ipv4Addr, usize>, String> {
+    fn resolve(&self, per_vip: &BTreeMap<IpAddr, String>) -> Result<BTreeMap<IpAddr, usize>, String> {
         let mut map = BTreeMap::new();
         for (vip, iface) in per_vip {
             let Some(i) = self.ports.iter().position(|p| &p.iface == iface) else {
@@ -178,12 +285,12 @@ impl ArpResponder {
     }
 
     /// Starts answering for `vips`.
-    pub fn hold(&self, vips: impl IntoIterator<Item = Ipv4Addr>) {
+    pub fn hold(&self, vips: impl IntoIterator<Item = IpAddr>) {
         self.held.borrow_mut().extend(vips);
     }
 
     /// Stops answering for `vips`.
-    pub fn release(&self, vips: impl IntoIterator<Item = Ipv4Addr>) {
+    pub fn release(&self, vips: impl IntoIterator<Item = IpAddr>) {
         let mut held = self.held.borrow_mut();
         for v in vips {
             held.remove(&v);
@@ -194,16 +301,21 @@ impl ArpResponder {
         *self.stats.borrow()
     }
 
-    /// One gratuitous ARP per VIP, each on its port. The first error is returned after
-    /// every VIP has been tried.
-    pub fn announce(&self, vips: impl IntoIterator<Item = Ipv4Addr>) -> io::Result<()> {
+    /// One gratuitous ARP (IPv4) or unsolicited Neighbor Advertisement (IPv6) per VIP,
+    /// each on its port. The first error is returned after every VIP has been tried.
+    pub fn announce(&self, vips: impl IntoIterator<Item = IpAddr>) -> io::Result<()> {
         let mut first = None;
         for v in vips {
             let Some(port) = self.port_of.borrow().get(&v).map(|i| &self.ports[*i]) else { continue };
             let mut st = self.stats.borrow_mut();
-            match port.send(&gratuitous(port.mac, v)) {
-                Ok(()) => st.gratuitous_sent += 1,
-                Err(e) => {
+            let sent = match v {
+                IpAddr::V4(a) => port.send(&gratuitous(port.mac, a)),
+                IpAddr::V6(a) => port.send_nd(&ndp::unsolicited(port.mac, a)),
+            };
+            match (sent, v.is_ipv4()) {
+                (Ok(()), true) => st.gratuitous_sent += 1,
+                (Ok(()), false) => st.advertisements_sent += 1,
+                (Err(e), _) => {
                     st.send_errors += 1;
                     first.get_or_insert(e);
                 }
@@ -215,12 +327,41 @@ impl ArpResponder {
     /// Answers requests forever (returns only on a socket error).
     pub async fn serve(&self) -> io::Result<()> {
         if self.ports.is_empty() {
-            // No IPv4 VIP to answer for: nothing to serve (and `select_all` needs one future).
+            // No VIP to answer for: nothing to serve (and `select_all` needs one future).
             return std::future::pending().await;
         }
-        let futures = self.ports.iter().map(|p| Box::pin(self.serve_port(p)));
-        let (r, _, _) = futures::future::select_all(futures).await;
+        let arp = self.ports.iter().map(|p| {
+            Box::pin(self.serve_port(p))
+                as std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<()>> + '_>>
+        });
+        let nd = self.ports.iter().filter(|p| p.nd.is_some()).map(|p| {
+            Box::pin(self.serve_nd(p))
+                as std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<()>> + '_>>
+        });
+        let (r, _, _) = futures::future::select_all(arp.chain(nd)).await;
         r
+    }
+
+    /// Answers Neighbor Solicitations for the IPv6 VIPs held on this port.
+    async fn serve_nd(&self, port: &ArpPort) -> io::Result<()> {
+        let Some(fd) = &port.nd else { return std::future::pending().await };
+        let mut buf = [0u8; 256];
+        loop {
+            let n = recv_on(fd, &mut buf).await?;
+            let Some(ns) = ndp::parse_solicitation(&buf[..n]) else { continue };
+            let target = IpAddr::V6(ns.target);
+            if ns.src_mac == port.mac
+                || !self.held.borrow().contains(&target)
+                || self.port_of.borrow().get(&target).map(|i| &self.ports[*i].iface) != Some(&port.iface)
+            {
+                continue;
+            }
+            let mut st = self.stats.borrow_mut();
+            match port.send_nd(&ndp::answer(port.mac, &ns)) {
+                Ok(()) => st.solicitations_answered += 1,
+                Err(_) => st.send_errors += 1,
+            }
+        }
     }
 
     async fn serve_port(&self, port: &ArpPort) -> io::Result<()> {
@@ -228,12 +369,12 @@ impl ArpResponder {
         loop {
             let n = port.recv(&mut buf).await?;
             let Some(req) = parse_request(&buf[..n]) else { continue };
+            let target = IpAddr::V4(req.target_ip);
             // Our own frames (packet sockets also see outgoing traffic) and requests for
             // addresses we do not hold (or hold on another interface).
             if req.sender_mac == port.mac
-                || !self.held.borrow().contains(&req.target_ip)
-                || self.port_of.borrow().get(&req.target_ip).map(|i| &self.ports[*i].iface)
-                    != Some(&port.iface)
+                || !self.held.borrow().contains(&target)
+                || self.port_of.borrow().get(&target).map(|i| &self.ports[*i].iface) != Some(&port.iface)
             {
                 continue;
             }
@@ -243,6 +384,16 @@ impl ArpResponder {
                 Err(_) => st.send_errors += 1,
             }
         }
+    }
+}
+
+/// Joins, on each port, the solicited-node groups of the IPv6 VIPs it answers.
+fn join_groups(ports: &[ArpPort], port_of: &BTreeMap<IpAddr, usize>) {
+    for (i, p) in ports.iter().enumerate() {
+        p.join(port_of.iter().filter(|(_, j)| **j == i).filter_map(|(v, _)| match v {
+            IpAddr::V6(a) => Some(*a),
+            IpAddr::V4(_) => None,
+        }));
     }
 }
 

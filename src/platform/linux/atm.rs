@@ -99,13 +99,6 @@ pub fn wall_clock_incarnation() -> u64 {
         .unwrap_or(1)
 }
 
-fn v4s(vips: &[IpAddr]) -> impl Iterator<Item = Ipv4Addr> + '_ {
-    vips.iter().filter_map(|v| match v {
-        IpAddr::V4(a) => Some(*a),
-        IpAddr::V6(_) => None,
-    })
-}
-
 impl LinuxPlatform {
     pub fn new(
         node: String,
@@ -194,13 +187,13 @@ impl Platform for LinuxPlatform {
     async fn take_vips(&self, vips: &[IpAddr]) -> io::Result<()> {
         // Forward first, then answer ARP: traffic never reaches an inactive engine here.
         (self.engine)(EngineOp::SetActive(true));
-        self.arp.hold(v4s(vips));
+        self.arp.hold(vips.iter().copied());
         tracing::info!(node = %self.node, vips = ?vips, "VIPs taken");
         Ok(())
     }
 
     async fn release_vips(&self, vips: &[IpAddr]) -> io::Result<()> {
-        self.arp.release(v4s(vips));
+        self.arp.release(vips.iter().copied());
         (self.engine)(EngineOp::SetActive(false));
         tracing::info!(node = %self.node, vips = ?vips, "VIPs released");
         Ok(())
@@ -208,19 +201,19 @@ impl Platform for LinuxPlatform {
 
     async fn drain_vips(&self, vips: &[IpAddr]) -> io::Result<()> {
         // ARP goes to the successor; the engine stays active until the process exits.
-        self.arp.release(v4s(vips));
+        self.arp.release(vips.iter().copied());
         tracing::info!(node = %self.node, vips = ?vips, "VIPs released; still forwarding what arrives until exit");
         Ok(())
     }
 
     async fn drop_vips(&self, vips: &[IpAddr]) -> io::Result<()> {
-        self.arp.release(v4s(vips));
+        self.arp.release(vips.iter().copied());
         tracing::info!(node = %self.node, vips = ?vips, "VIPs removed by a reload: no longer answered");
         Ok(())
     }
 
     async fn send_garp(&self, vips: &[IpAddr]) -> io::Result<()> {
-        self.arp.announce(v4s(vips))
+        self.arp.announce(vips.iter().copied())
     }
 
     async fn probe(&self, target: IpAddr, timeout: Duration) -> bool {
