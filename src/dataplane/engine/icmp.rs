@@ -85,17 +85,18 @@ pub(super) fn handle(eng: &mut Engine, now: Instant, ip: &Ipv4Packet<&[u8]>, tx:
     Verdict::Drop(DropReason::IcmpNoFlow)
 }
 
-fn count(eng: &mut Engine, v: Verdict) -> Verdict {
+/// Counts a translated error (either family).
+pub(super) fn count(eng: &mut Engine, v: Verdict) -> Verdict {
     if matches!(v, Verdict::Tun { .. }) {
         eng.stats.icmp_translated += 1;
     }
     v
 }
 
-/// Writes `new` over the ICMP message bytes at `at` (even offset), patching the ICMP
-/// checksum.
-fn set(m: &mut [u8], at: usize, new: &[u8]) {
-    let mut old = [0u8; 4];
+/// Writes `new` (up to 16 bytes) over the ICMP or ICMPv6 message bytes at `at` (even
+/// offset), patching the message checksum.
+pub(super) fn set(m: &mut [u8], at: usize, new: &[u8]) {
+    let mut old = [0u8; 16];
     let n = new.len();
     old[..n].copy_from_slice(&m[at..at + n]);
     m[at..at + n].copy_from_slice(new);

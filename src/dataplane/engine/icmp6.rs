@@ -13,6 +13,7 @@ use core::net::Ipv6Addr;
 
 use super::family::{L3, V6};
 use super::forward::icmp6;
+use super::icmp::{count, set};
 use super::{DropReason, Engine, Verdict};
 use crate::config::Forwarding;
 use crate::dataplane::conntrack::{FwdKey, RevKey};
@@ -96,23 +97,6 @@ pub(super) fn handle(eng: &mut Engine, now: Instant, ip: &V6<'_>, tx: &mut [u8])
         };
     }
     Verdict::Drop(DropReason::IcmpNoFlow)
-}
-
-fn count(eng: &mut Engine, v: Verdict) -> Verdict {
-    if matches!(v, Verdict::Tun { .. }) {
-        eng.stats.icmp_translated += 1;
-    }
-    v
-}
-
-/// Writes `new` over the message bytes at `at` (even offset), patching the ICMPv6 checksum.
-fn set(m: &mut [u8], at: usize, new: &[u8]) {
-    let mut old = [0u8; 16];
-    let n = new.len();
-    old[..n].copy_from_slice(&m[at..at + n]);
-    m[at..at + n].copy_from_slice(new);
-    let c = checksum::update_bytes(be16(m, 2), &old[..n], new);
-    put16(m, 2, c);
 }
 
 /// Copies the error and rewrites it. `to_client`: outer source and quoted destination

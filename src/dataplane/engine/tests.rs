@@ -49,7 +49,7 @@ fn t(ms: u64) -> Instant {
     Instant::from_millis(ms)
 }
 
-fn run(e: &mut Engine, now: Instant, pkt: &[u8]) -> (Verdict, Vec<u8>) {
+pub(crate) fn run(e: &mut Engine, now: Instant, pkt: &[u8]) -> (Verdict, Vec<u8>) {
     let mut tx = vec![0u8; 2048];
     let v = e.process(now, pkt, &mut tx);
     let len = match v {

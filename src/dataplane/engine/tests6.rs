@@ -1,6 +1,7 @@
 //! The engine on IPv6: NAT66, direct routing, IPv6-in-IPv6, extension headers, ICMPv6
 //! errors, sync and a dual-stack engine. Checksums are checked by full recomputation.
 
+use super::tests::run;
 use super::*;
 use crate::config::{Protocol, SchedulerKind, Server, Service};
 use crate::dataplane::sync::{SyncReceiver, SyncSender};
@@ -57,17 +58,6 @@ fn engine6(services: Vec<Service>, local6: Ipv6Addr) -> Engine {
         path_mtu: 1500,
         seed: 42,
     })
-}
-
-fn run(e: &mut Engine, now: Instant, pkt: &[u8]) -> (Verdict, Vec<u8>) {
-    let mut tx = vec![0u8; 2048];
-    let v = e.process(now, pkt, &mut tx);
-    let len = match v {
-        Verdict::Tun { len } | Verdict::L2 { len, .. } => len,
-        Verdict::Drop(_) => 0,
-    };
-    tx.truncate(len);
-    (v, tx)
 }
 
 /// (src, sport, dst, dport) of a TCP/UDP IPv6 packet without extension headers.

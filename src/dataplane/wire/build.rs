@@ -11,26 +11,38 @@ use super::{Ipv4Packet, proto};
 
 /// A TCP/IPv4 packet `src → dst` with the given flags and payload (DF set, TTL 64).
 pub fn tcp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: u8, payload: &[u8]) -> Vec<u8> {
+    let seg = tcp_segment(src.1, dst.1, flags, payload);
+    ip(src.0, dst.0, proto::TCP, seg, 16)
+}
+
+/// A 20-byte TCP header (checksum 0) and `payload`.
+fn tcp_segment(sport: u16, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
     let mut seg = vec![0u8; 20];
-    seg[0..2].copy_from_slice(&src.1.to_be_bytes());
-    seg[2..4].copy_from_slice(&dst.1.to_be_bytes());
+    seg[0..2].copy_from_slice(&sport.to_be_bytes());
+    seg[2..4].copy_from_slice(&dport.to_be_bytes());
     seg[4..8].copy_from_slice(&0x0102_0304u32.to_be_bytes());
     seg[8..12].copy_from_slice(&0x0a0b_0c0du32.to_be_bytes());
     seg[12] = 0x50;
     seg[13] = flags;
     seg[14..16].copy_from_slice(&64240u16.to_be_bytes());
     seg.extend_from_slice(payload);
-    ip(src.0, dst.0, proto::TCP, seg, 16)
+    seg
 }
 
 /// A UDP/IPv4 datagram with a computed checksum.
 pub fn udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), payload: &[u8]) -> Vec<u8> {
+    let seg = udp_segment(src.1, dst.1, payload);
+    ip(src.0, dst.0, proto::UDP, seg, 6)
+}
+
+/// An 8-byte UDP header (checksum 0) and `payload`.
+fn udp_segment(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     let mut seg = vec![0u8; 8];
-    seg[0..2].copy_from_slice(&src.1.to_be_bytes());
-    seg[2..4].copy_from_slice(&dst.1.to_be_bytes());
+    seg[0..2].copy_from_slice(&sport.to_be_bytes());
+    seg[2..4].copy_from_slice(&dport.to_be_bytes());
     seg[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
     seg.extend_from_slice(payload);
-    ip(src.0, dst.0, proto::UDP, seg, 6)
+    seg
 }
 
 /// Wraps a transport segment in an IPv4 header and fills the transport checksum at
@@ -115,25 +127,13 @@ pub fn tcp6_ext(
     first: u8,
     ext: &[u8],
 ) -> Vec<u8> {
-    let mut seg = vec![0u8; 20];
-    seg[0..2].copy_from_slice(&src.1.to_be_bytes());
-    seg[2..4].copy_from_slice(&dst.1.to_be_bytes());
-    seg[4..8].copy_from_slice(&0x0102_0304u32.to_be_bytes());
-    seg[8..12].copy_from_slice(&0x0a0b_0c0du32.to_be_bytes());
-    seg[12] = 0x50;
-    seg[13] = flags;
-    seg[14..16].copy_from_slice(&64240u16.to_be_bytes());
-    seg.extend_from_slice(payload);
+    let seg = tcp_segment(src.1, dst.1, flags, payload);
     ip6(src.0, dst.0, proto::TCP, seg, 16, first, ext)
 }
 
 /// A UDP/IPv6 datagram with a computed checksum.
 pub fn udp6(src: (Ipv6Addr, u16), dst: (Ipv6Addr, u16), payload: &[u8]) -> Vec<u8> {
-    let mut seg = vec![0u8; 8];
-    seg[0..2].copy_from_slice(&src.1.to_be_bytes());
-    seg[2..4].copy_from_slice(&dst.1.to_be_bytes());
-    seg[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    seg.extend_from_slice(payload);
+    let seg = udp_segment(src.1, dst.1, payload);
     ip6(src.0, dst.0, proto::UDP, seg, 6, proto::UDP, &[])
 }
 
