@@ -19,7 +19,9 @@ fn load_example(path: &Path, dir: &TempDir) -> Config {
 fn every_example_loads_with_files_checked() {
     let examples = json5_files("config");
     let names: Vec<String> = examples.iter().map(|p| stem(p)).collect();
-    for wanted in ["nat-2atm", "dr-2atm", "tunnel-2atm", "nat-3atm", "dr-3atm"] {
+    for wanted in
+        ["nat-2atm", "dr-2atm", "tunnel-2atm", "nat-3atm", "dr-3atm", "nat66-2atm", "dual-stack-2atm"]
+    {
         assert!(names.iter().any(|n| n == wanted), "config/{wanted}.json5 is missing");
     }
     let dir = secrets_dir("examples");
@@ -44,6 +46,17 @@ fn examples_cover_each_forwarding_and_atm_count() {
         assert!(seen.contains(&(f, 2)), "no 2-ATM {f:?} example");
     }
     assert!(seen.contains(&(Forwarding::Nat, 3)) && seen.contains(&(Forwarding::Dr, 3)));
+}
+
+#[test]
+fn the_ipv6_and_dual_stack_examples_are_what_they_say() {
+    let dir = secrets_dir("families");
+    let v6 = load_example(Path::new(support::MANIFEST_DIR).join("config/nat66-2atm.json5").as_path(), &dir);
+    assert!(v6.services.iter().all(|s| s.vip.is_ipv6() && s.servers.iter().all(|x| x.address.is_ipv6())));
+    assert!(v6.atms.iter().all(|a| a.address.is_ipv4()), "heartbeats over IPv4");
+    let dual =
+        load_example(Path::new(support::MANIFEST_DIR).join("config/dual-stack-2atm.json5").as_path(), &dir);
+    assert!(dual.services.iter().any(|s| s.vip.is_ipv4()) && dual.services.iter().any(|s| s.vip.is_ipv6()));
 }
 
 #[test]
