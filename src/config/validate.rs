@@ -52,14 +52,6 @@ fn family(ip: IpAddr) -> &'static str {
 
 pub(crate) fn service(cx: &mut Cx, path: &str, s: &Service) {
     gateway(cx, path, s);
-    // ICMP checks are IPv4 only (the checker sends ICMPv4 echo).
-    let v6 = s.servers.iter().position(|srv| srv.address.is_ipv6());
-    for (i, c) in s.checks.iter().enumerate() {
-        if let (CheckKind::Ping, Some(j)) = (c.kind, v6) {
-            let msg = format!("ping checks need IPv4 servers; servers[{j}] is {}", s.servers[j].address);
-            cx.error_at(&format!("{path}.checks[{i}].kind"), msg);
-        }
-    }
     for (i, srv) in s.servers.iter().enumerate() {
         let at = format!("{path}.servers[{i}]");
         if srv.address.is_ipv4() != s.vip.is_ipv4() {

@@ -460,12 +460,9 @@ async fn rewrite_bird(
 
 /// Pings every reachlist host at once; the number that answered.
 async fn reachable(hosts: Vec<IpAddr>, timeout: Duration) -> u32 {
-    let pings = hosts.into_iter().map(|h| async move {
-        match h {
-            IpAddr::V4(a) => crate::platform::linux::icmp::ping(a, timeout).await.unwrap_or(false),
-            IpAddr::V6(_) => false,
-        }
-    });
+    let pings = hosts
+        .into_iter()
+        .map(|h| async move { crate::platform::linux::icmp::ping_ip(h, timeout).await.unwrap_or(false) });
     let answers = futures::future::join_all(pings).await;
     answers.into_iter().filter(|&ok| ok).count() as u32
 }

@@ -217,13 +217,10 @@ impl Platform for LinuxPlatform {
     }
 
     async fn probe(&self, target: IpAddr, timeout: Duration) -> bool {
-        match target {
-            IpAddr::V4(t) => super::icmp::ping(t, timeout).await.unwrap_or_else(|e| {
-                tracing::warn!(%target, error = %e, "probe failed");
-                false
-            }),
-            IpAddr::V6(_) => false,
-        }
+        super::icmp::ping_ip(target, timeout).await.unwrap_or_else(|e| {
+            tracing::warn!(%target, error = %e, "probe failed");
+            false
+        })
     }
 
     fn observe(&self, now: Instant, node: &crate::core::node::AtmNode) {

@@ -2,7 +2,7 @@
 //! programs (ASA programs and TLCLB agents). Each run returns a [`Report`] whose
 //! [`Outcome`] the health state machine ([`crate::health`]) counts.
 //!
-//! * **ping**: one ICMP echo on a raw socket ([`super::icmp::ping`]); IPv4 only.
+//! * **ping**: one ICMP or ICMPv6 echo on a raw socket ([`super::icmp::ping_ip`]).
 //! * **tcp**: a TCP connect; up once the handshake completes (the connection is closed at
 //!   once).
 //! * **http / https**: `GET path HTTP/1.1` with `Connection: close`, up iff the status
@@ -114,8 +114,7 @@ fn reason(e: &io::Error) -> String {
 }
 
 async fn ping(address: IpAddr, timeout: Duration) -> io::Result<()> {
-    let IpAddr::V4(a) = address else { return Err(io::Error::other("ping_ipv6_unsupported")) };
-    match super::icmp::ping(a, timeout).await? {
+    match super::icmp::ping_ip(address, timeout).await? {
         true => Ok(()),
         false => Err(io::Error::other("no_echo_reply")),
     }
