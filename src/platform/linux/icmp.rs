@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use tokio::io::unix::AsyncFd;
 
 static SEQ: AtomicU16 = AtomicU16::new(1);
 
@@ -69,16 +70,22 @@ pub fn is_reply6(msg: &[u8], id: u16, seq: u16) -> bool {
     msg.len() >= 8 && msg[0] == 129 && msg[4..6] == id.to_be_bytes() && msg[6..8] == seq.to_be_bytes()
 }
 
-/// Sends one ICMPv6 echo to `target` and waits up to `timeout` for its reply from it.
-pub async fn ping6(target: Ipv6Addr, timeout: Duration) -> io::Result<bool> {
-    let socket = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?;
+/// A raw echo socket of `domain`/`protocol`, registered with the reactor, and the
+/// `(id, seq)` of the next request.
+fn echo_socket(domain: Domain, protocol: Protocol) -> io::Result<(AsyncFd<Socket>, u16, u16)> {
+    let socket = Socket::new(domain, Type::RAW, Some(protocol))?;
     socket.set_nonblocking(true)?;
     let fd = super::netsys::async_socket(socket)?;
     let id = (std::process::id() & 0xffff) as u16;
-    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    // Connected: the kernel delivers to this socket only what comes from `target`.
-    fd.get_ref().connect(&SockAddr::from(SocketAddrV6::new(target, 0, 0, 0)))?;
-    fd.get_ref().send(&echo_request6(id, seq))?;
+    Ok((fd, id, SEQ.fetch_add(1, Ordering::Relaxed)))
+}
+
+/// Reads `fd` until a datagram `is_reply` accepts (`true`), or `timeout` passes (`false`).
+async fn wait_reply(
+    fd: &AsyncFd<Socket>,
+    timeout: Duration,
+    is_reply: impl Fn(&[u8]) -> bool,
+) -> io::Result<bool> {
     let wait = async {
         let mut buf = [0u8; 1500];
         loop {
@@ -87,7 +94,7 @@ pub async fn ping6(target: Ipv6Addr, timeout: Duration) -> io::Result<bool> {
                 let mut s: &Socket = s.get_ref();
                 s.read(&mut buf)
             }) {
-                Ok(Ok(n)) if is_reply6(&buf[..n], id, seq) => return Ok::<_, io::Error>(true),
+                Ok(Ok(n)) if is_reply(&buf[..n]) => return Ok::<_, io::Error>(true),
                 Ok(Ok(_)) | Err(_) => continue,
                 Ok(Err(e)) => return Err(e),
             }
@@ -99,32 +106,20 @@ pub async fn ping6(target: Ipv6Addr, timeout: Duration) -> io::Result<bool> {
     }
 }
 
+/// Sends one ICMPv6 echo to `target` and waits up to `timeout` for its reply from it.
+pub async fn ping6(target: Ipv6Addr, timeout: Duration) -> io::Result<bool> {
+    let (fd, id, seq) = echo_socket(Domain::IPV6, Protocol::ICMPV6)?;
+    // Connected: the kernel delivers to this socket only what comes from `target`.
+    fd.get_ref().connect(&SockAddr::from(SocketAddrV6::new(target, 0, 0, 0)))?;
+    fd.get_ref().send(&echo_request6(id, seq))?;
+    wait_reply(&fd, timeout, |m| is_reply6(m, id, seq)).await
+}
+
 /// Sends one echo to `target` and waits up to `timeout` for its reply.
 pub async fn ping(target: Ipv4Addr, timeout: Duration) -> io::Result<bool> {
-    let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?;
-    socket.set_nonblocking(true)?;
-    let fd = super::netsys::async_socket(socket)?;
-    let id = (std::process::id() & 0xffff) as u16;
-    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let (fd, id, seq) = echo_socket(Domain::IPV4, Protocol::ICMPV4)?;
     fd.get_ref().send_to(&echo_request(id, seq), &SockAddr::from(SocketAddrV4::new(target, 0)))?;
-    let wait = async {
-        let mut buf = [0u8; 1500];
-        loop {
-            let mut guard = fd.readable().await?;
-            match guard.try_io(|s| {
-                let mut s: &Socket = s.get_ref();
-                s.read(&mut buf)
-            }) {
-                Ok(Ok(n)) if is_reply(&buf[..n], target, id, seq) => return Ok::<_, io::Error>(true),
-                Ok(Ok(_)) | Err(_) => continue,
-                Ok(Err(e)) => return Err(e),
-            }
-        }
-    };
-    match tokio::time::timeout(timeout, wait).await {
-        Ok(r) => r,
-        Err(_) => Ok(false),
-    }
+    wait_reply(&fd, timeout, |p| is_reply(p, target, id, seq)).await
 }
 
 #[cfg(test)]
