@@ -69,6 +69,9 @@ pub struct LabOutcome {
 /// Steps of `s` the lab cannot perform, described.
 pub fn unsupported(s: &Scenario) -> Vec<String> {
     let mut v = Vec::new();
+    if s.topology.ip != clustersim::scenario::IpFamily::Ipv4 {
+        v.push(format!("the lab has no {:?} topology yet", s.topology.ip));
+    }
     for st in &s.steps {
         let k = st.kind().unwrap_or("?");
         if !SUPPORTED.contains(&k) && !crate::health::KINDS.contains(&k) {

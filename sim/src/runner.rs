@@ -112,6 +112,9 @@ impl Outcome {
 
 /// Builds and runs `scenario` with `seed`.
 pub fn run(scenario: &Scenario, seed: u64) -> anyhow::Result<Outcome> {
+    if scenario.topology.ip != crate::scenario::IpFamily::Ipv4 {
+        anyhow::bail!("topology.ip {:?}: the simulator has no IPv6 LAN yet", scenario.topology.ip);
+    }
     let duration_ms = scenario.duration_ms();
     let tick = Duration::from_millis(4);
     let mut sim = turmoil::Builder::new()

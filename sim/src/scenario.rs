@@ -69,6 +69,21 @@ pub struct Topology {
     /// A second cluster (id + 1, same ports, own secret and VIP) on the same subnet.
     #[serde(default)]
     pub second_cluster: bool,
+    /// The service's address family: `ipv4` (default), `ipv6` (VIP, gateway VIP, real
+    /// servers and clients on IPv6; the ATMs' heartbeats stay on IPv4, as in a dual-stack
+    /// LAN) or `dual` (one IPv4 and one IPv6 service on the same servers).
+    #[serde(default)]
+    pub ip: IpFamily,
+}
+
+/// The address family of a scenario's service(s).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpFamily {
+    #[default]
+    Ipv4,
+    Ipv6,
+    Dual,
 }
 
 fn one() -> usize {
