@@ -129,13 +129,20 @@ pub(crate) fn whole(cx: &mut Cx, d: &Draft) {
             }
         }
     }
-    if let Some(c) = &d.cluster {
-        if c.heartbeat_mode == HeartbeatMode::Broadcast {
-            for (i, _) in atms.iter().filter(|(_, a)| a.address.is_ipv6()) {
-                let msg = "broadcast heartbeats need IPv4 ATM addresses (use \"both\" or \"unicast\")";
-                cx.error_at(&format!("atms[{i}].address"), msg);
-            }
+    // Heartbeats, connection sync and the admin channel between ATMs run over one socket
+    // family (IPv6 ATMs multicast to a link-local group where IPv4 ones broadcast).
+    if let Some((_, first)) = atms.first() {
+        for (i, a) in atms.iter().skip(1).filter(|(_, a)| a.address.is_ipv4() != first.address.is_ipv4()) {
+            let msg = format!(
+                "expected an {} address like atms[0] ({}): heartbeats and connection sync between ATMs use one family, found {}",
+                family(first.address),
+                first.address,
+                a.address
+            );
+            cx.error_at(&format!("atms[{i}].address"), msg);
         }
+    }
+    if let Some(c) = &d.cluster {
         ports(cx, c, &d.sync);
         mode(cx, c, d, &atms);
     }
