@@ -131,7 +131,9 @@ impl Measures {
 fn atm(i: usize, atms: usize, svc: &Service, now: Instant, incarnation: u64, m: Measures) -> Atm {
     let mut engine = Engine::new(&EngineConfig {
         services: vec![svc.clone()],
-        table: config::Table::default(),
+        // The model's flows number in the hundreds: a table of 65,536 holds them without
+        // allocating the default million slots per ATM and (re)start of every seed.
+        table: config::Table { max_connections: 65_536, ..config::Table::default() },
         local_addr: Ipv4Addr::new(10, 91, 0, 1 + i as u8),
         local_addr6: core::net::Ipv6Addr::UNSPECIFIED,
         path_mtu: 1500,
