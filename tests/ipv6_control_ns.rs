@@ -13,13 +13,12 @@ mod support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::time::Duration;
 
 use support::daemon::{DaemonLab, cmc};
 use support::traffic::{echo_once, in_netns};
 use support::wait::wait_until;
-use support::{in_ns, is_root, ns_output, run};
+use support::{in_ns, ipv6, ns_output};
 
 const HELPER_ENV: &str = "CSL_C6_HELPER";
 const VIP: &str = "[fd00:65::99]:8080";
@@ -44,19 +43,6 @@ const CONFIG: &str = r#"{
 }
 "#;
 
-fn v6(ns: &str, cidr: &str, dev: &str) {
-    in_ns(ns, &["ip", "addr", "add", cidr, "dev", dev, "nodad"]);
-}
-
-/// A veth `dev` in `ns`, up, with only IPv6 address `cidr`, whose peer joins `br` in `sw`.
-fn attach6(ns: &str, dev: &str, cidr: &str, sw: &str, port: &str, br: &str) {
-    run(&["ip", "link", "add", dev, "netns", ns, "type", "veth", "peer", "name", port, "netns", sw]);
-    in_ns(sw, &["ip", "link", "set", port, "master", br]);
-    in_ns(sw, &["ip", "link", "set", port, "up"]);
-    v6(ns, cidr, dev);
-    in_ns(ns, &["ip", "link", "set", dev, "up"]);
-}
-
 /// One line through an open connection: sent, and the same line read back.
 fn echo_line(s: &mut TcpStream, line: &str) -> bool {
     if s.write_all(format!("{line}\n").as_bytes()).is_err() {
@@ -69,12 +55,7 @@ fn echo_line(s: &mut TcpStream, line: &str) -> bool {
 
 #[test]
 fn ipv6_only_atms_elect_sync_answer_cmc_and_fail_over_keeping_a_connection() {
-    if std::env::var(HELPER_ENV).is_ok() {
-        return;
-    }
-    if !is_root() || !Path::new("/dev/net/tun").exists() || !Path::new("/proc/net/if_inet6").exists() {
-        println!("SKIPPED: needs root, /dev/net/tun and IPv6");
-        eprintln!("SKIPPED: needs root, /dev/net/tun and IPv6");
+    if !ipv6::can_run(HELPER_ENV) {
         return;
     }
     let mut lab = DaemonLab::new("csl-c6", "");
@@ -82,27 +63,20 @@ fn ipv6_only_atms_elect_sync_answer_cmc_and_fail_over_keeping_a_connection() {
     let (a1, a2) = (lab.ns("atm1"), lab.ns("atm2"));
     lab.net.bridge(&sw, "brf");
     lab.net.bridge(&sw, "brb");
-    attach6(&client, "eth0", "fd00:65::10/64", &sw, "c0", "brf");
+    lab.net.attach6(&client, "eth0", "fd00:65::10/64", &sw, "c0", "brf");
     for (ns, n) in [(&a1, 1), (&a2, 2)] {
-        attach6(ns, "eth0", &format!("fd00:65::{n}/64"), &sw, &format!("a{n}f"), "brf");
-        attach6(ns, "eth1", &format!("fd00:66::1{n}/64"), &sw, &format!("a{n}b"), "brb");
+        lab.net.attach6(ns, "eth0", &format!("fd00:65::{n}/64"), &sw, &format!("a{n}f"), "brf");
+        lab.net.attach6(ns, "eth1", &format!("fd00:66::1{n}/64"), &sw, &format!("a{n}b"), "brb");
         in_ns(ns, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
     }
-    attach6(&server, "eth0", "fd00:66::20/64", &sw, "s0", "brb");
+    lab.net.attach6(&server, "eth0", "fd00:66::20/64", &sw, "s0", "brb");
     in_ns(&server, &["ip", "-6", "route", "add", "default", "via", "fd00:66::1"]);
     for ns in [&client, &a1, &a2, &server] {
         let v4 = ns_output(ns, &["ip", "-4", "-o", "addr", "show", "scope", "global"]);
         assert!(v4.trim().is_empty(), "{ns} has no IPv4 address: {v4}");
     }
-    {
-        use std::os::unix::fs::PermissionsExt;
-        for (f, t) in [("secret", "lab-secret-0123456789\n"), ("admin.token", TOKEN)] {
-            let p = lab.net.dir.join(f);
-            std::fs::write(&p, t).expect("file");
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        }
-        std::fs::write(lab.net.dir.join("c6.json5"), CONFIG).expect("config");
-    }
+    let files = [("secret", "lab-secret-0123456789\n"), ("admin.token", TOKEN), ("c6.json5", CONFIG)];
+    ipv6::write_private(&lab.net.dir, &files);
     let srv = support::spawn_echo_helper(&server, HELPER_ENV, "[fd00:66::20]:8080");
     lab.net.others.push(srv);
     let config = lab.net.dir.join("c6.json5");
