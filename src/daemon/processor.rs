@@ -310,6 +310,10 @@ impl PacketProcessor for DaemonProcessor {
         self.publish_join();
     }
 
+    fn l2_next_hops(&self, out: &mut Vec<std::net::IpAddr>) {
+        self.engine.dr_servers(out);
+    }
+
     fn wake_socket(&self) -> Option<BorrowedFd<'_>> {
         self.socket.as_ref().map(AsFd::as_fd)
     }

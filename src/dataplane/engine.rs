@@ -807,6 +807,18 @@ impl Engine {
     }
 
     /// The servers of a service as the scheduler sees them (with active counts).
+    /// Appends the addresses of every direct-routing service's servers (deduplicated): the
+    /// next hops of [`Verdict::L2`].
+    pub fn dr_servers(&self, out: &mut Vec<IpAddr>) {
+        for s in self.svcs.iter().filter(|s| s.forwarding == Forwarding::Dr) {
+            for a in &s.addrs {
+                if !out.contains(a) {
+                    out.push(*a);
+                }
+            }
+        }
+    }
+
     pub fn servers(&self, service: usize) -> &[ServerSlot] {
         self.svcs.get(service).map_or(&[], |s| &s.servers)
     }

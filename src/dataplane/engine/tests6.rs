@@ -170,6 +170,17 @@ fn direct_routing_frames_the_unchanged_packet_to_the_ipv6_server() {
 }
 
 #[test]
+fn the_direct_routing_servers_are_listed_once_for_neighbour_warming() {
+    let mut svcs = vec![service6(Forwarding::Dr, Protocol::Tcp), service6(Forwarding::Dr, Protocol::Udp)];
+    svcs.push(service6(Forwarding::Tunnel, Protocol::Tcp));
+    svcs[2].servers[0].address = IpAddr::V6(a("fd00:1::99"));
+    let e = engine6(svcs, local6());
+    let mut hops = Vec::new();
+    e.dr_servers(&mut hops);
+    assert_eq!(hops, vec![IpAddr::V6(s1()), IpAddr::V6(s2())], "DR servers once each, no tunnel server");
+}
+
+#[test]
 fn ipv6_in_ipv6_tunnel_and_packet_too_big() {
     let mut e = engine6(vec![service6(Forwarding::Tunnel, Protocol::Tcp)], local6());
     let syn = build::tcp6((client(), 40000), (vip(), 80), SYN, b"");

@@ -125,6 +125,10 @@ pub trait PacketProcessor: Send {
     /// idle connections here, so a quiet ATM's table still empties). Bounded work.
     fn on_tick(&mut self, _now: Instant) {}
 
+    /// The next hops direct-routed packets may go to (the direct-routing servers), into
+    /// `out`: the shell keeps their neighbour entries resolved (see [`dr::DrSender::warm`]).
+    fn l2_next_hops(&self, _out: &mut Vec<std::net::IpAddr>) {}
+
     /// A socket whose arrivals the processor wants to handle as they come rather than on
     /// the next tick (the daemon's connection-sync socket: a successor must apply what its
     /// predecessor sends before the clients' next packets). The shell watches a duplicate

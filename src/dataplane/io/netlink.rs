@@ -313,6 +313,16 @@ pub async fn neighbour_mac(
     ifindex: u32,
     ip: std::net::IpAddr,
 ) -> Result<Option<[u8; 6]>, ShellError> {
+    Ok(neighbour_macs(handle, ifindex).await?.get(&ip).copied())
+}
+
+/// Every usable entry (as [`neighbour_mac`]) of the kernel's neighbour tables, both
+/// families, on interface `ifindex`: one dump.
+pub async fn neighbour_macs(
+    handle: &Handle,
+    ifindex: u32,
+) -> Result<std::collections::BTreeMap<std::net::IpAddr, [u8; 6]>, ShellError> {
+    let mut out = std::collections::BTreeMap::new();
     let mut neighbours = handle.neighbours().get().execute();
     while let Some(n) = neighbours.try_next().await.map_err(nl("list neighbours"))? {
         if n.header.ifindex != ifindex
@@ -337,11 +347,11 @@ pub async fn neighbour_mac(
                 _ => {}
             }
         }
-        if dst == Some(ip) && mac.is_some() {
-            return Ok(mac);
+        if let (Some(d), Some(m)) = (dst, mac) {
+            out.insert(d, m);
         }
     }
-    Ok(None)
+    Ok(out)
 }
 
 /// Tunes the TUN's IPv4 sysctls for packets the shell writes into it:

@@ -366,6 +366,8 @@ impl<P: PacketProcessor> Worker<P> {
             }
         };
         let mut b = Buffers::new();
+        let mut hops = Vec::new();
+        let mut warmed_at: Option<Instant> = None;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // One timer, moved when the processor's wake-up time changes (a new timer per read
@@ -397,6 +399,14 @@ impl<P: PacketProcessor> Worker<P> {
                 _ = tick.tick() => {
                     let now = self.now();
                     self.processor.on_tick(now);
+                    if let Some(d) = dr.as_mut()
+                        && warmed_at.is_none_or(|t| now.saturating_since(t) >= super::dr::WARM_EVERY)
+                    {
+                        warmed_at = Some(now);
+                        hops.clear();
+                        self.processor.l2_next_hops(&mut hops);
+                        d.warm(now, &hops).await;
+                    }
                     continue;
                 }
                 _ = &mut wake, if wake_at.is_some() => {
