@@ -18,6 +18,7 @@ pub mod bench;
 pub mod bench_report;
 pub mod config_sync;
 pub mod delay;
+pub mod family;
 pub mod faults;
 pub mod health;
 pub mod lab;
