@@ -85,7 +85,8 @@ fn an_ipv6_nat_service_is_served_and_survives_the_primary_daemon() {
         lab.net.forwarding(ns);
         in_ns(ns, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
         v6(ns, &format!("fd00:61::{n}/64"), "eth0");
-        v6(ns, &format!("fd00:62::{n}/64"), "eth1");
+        // Not ::1: that is the gateway VIP, which no ATM may hold as a kernel address.
+        v6(ns, &format!("fd00:62::1{n}/64"), "eth1");
     }
     v6(&server, "fd00:62::20/64", "eth0");
     in_ns(&server, &["ip", "-6", "route", "add", "default", "via", "fd00:62::1"]);

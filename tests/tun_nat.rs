@@ -207,8 +207,9 @@ fn tcp_through_tun_tunnel_and_decap() {
             return;
         }
         let policy = DecapPolicy {
-            allowed_sources: vec![Ipv4Addr::new(10, 77, 2, 1)],
-            allowed_destinations: vec![VIP],
+            kinds: Vec::new(),
+            allowed_sources: vec![Ipv4Addr::new(10, 77, 2, 1).into()],
+            allowed_destinations: vec![VIP.into()],
         };
         // The kernel's ipip where present (then there are no user-space counters), else ours.
         match NodeDecap::start("csdecap0", policy) {

@@ -46,6 +46,15 @@ pub(crate) fn check(cx: &mut Cx, path: &str, c: &Check) {
     }
 }
 
+/// Addresses no real server has: the engine uses the first two as stand-ins for a tunnel
+/// server of the other family (`dataplane::engine::family`), the others are not hosts.
+fn reserved(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => a.octets()[0] >= 224,
+        IpAddr::V6(a) => a.to_ipv4_mapped().is_some() || a.is_multicast(),
+    }
+}
+
 fn family(ip: IpAddr) -> &'static str {
     if ip.is_ipv4() { "IPv4" } else { "IPv6" }
 }
@@ -54,8 +63,19 @@ pub(crate) fn service(cx: &mut Cx, path: &str, s: &Service) {
     gateway(cx, path, s);
     for (i, srv) in s.servers.iter().enumerate() {
         let at = format!("{path}.servers[{i}]");
-        if srv.address.is_ipv4() != s.vip.is_ipv4() {
-            let msg = format!("expected an {} address like the VIP, found {}", family(s.vip), srv.address);
+        // A tunnel carries either family in either (4in6, 6in4); NAT and DR cannot.
+        if srv.address.is_ipv4() != s.vip.is_ipv4() && s.forwarding != Forwarding::Tunnel {
+            let msg = format!(
+                "expected an {} address like the VIP, found {} (only tunnel forwarding crosses families)",
+                family(s.vip),
+                srv.address
+            );
+            cx.error_at(&format!("{at}.address"), msg);
+        } else if reserved(srv.address) {
+            let msg = format!(
+                "{} is not a host address a real server can have (reserved 240.0.0.0/4, IPv4-mapped ::ffff:0:0/96 or multicast)",
+                srv.address
+            );
             cx.error_at(&format!("{at}.address"), msg);
         } else if srv.address == s.vip {
             cx.error_at(&format!("{at}.address"), "a real server cannot have the service's VIP");

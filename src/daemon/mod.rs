@@ -254,7 +254,7 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
         let a = host::addresses(&h).await.map_err(|e| DaemonError::Netlink(e.to_string()))?;
         Ok::<_, DaemonError>((h, a))
     })?;
-    let local: Vec<IpAddr> = addrs.iter().map(|a| IpAddr::V4(a.addr)).collect();
+    let local: Vec<IpAddr> = addrs.iter().map(|a| a.addr).collect();
     let (me, is_node) = match setup::host_role(cfg, &local) {
         HostRole::Atm { atm, node } => (atm, node),
         HostRole::Node => {
@@ -275,7 +275,7 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
     let host_err = |what: String| DaemonError::Host { atm: atm.name.clone(), what };
     let my_if = addrs
         .iter()
-        .find(|a| IpAddr::V4(a.addr) == atm.address)
+        .find(|a| a.addr == atm.address)
         .ok_or_else(|| host_err("its address is not IPv4 on this host".into()))?
         .clone();
     if my_if.iface != atm.interface {
@@ -603,7 +603,7 @@ async fn clear_local_vips(
     addrs: &[IfAddr],
 ) -> Result<(), DaemonError> {
     for v in cfg.vips() {
-        for a in addrs.iter().filter(|a| IpAddr::V4(a.addr) == v) {
+        for a in addrs.iter().filter(|a| a.addr == v) {
             host::remove_address(handle, a.index, a.addr)
                 .await
                 .map_err(|e| DaemonError::Netlink(e.to_string()))?;
@@ -643,11 +643,19 @@ fn start_shell(
         rule_priority: owned.rule_priority,
         dr_interface: setup::dr_interface(cfg, addrs, iface),
     };
+    // The IPv4 source of IP-in-IP and IPv6-in-IPv4 outer headers and of ICMP errors: the
+    // ATM's address, or for an IPv6-addressed ATM its interface's first IPv4 address.
     let local_addr = match cfg.atms[me].address {
         IpAddr::V4(a) => a,
-        IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+        IpAddr::V6(_) => addrs
+            .iter()
+            .find_map(|x| match x.addr {
+                IpAddr::V4(a) if x.iface == *iface => Some(a),
+                _ => None,
+            })
+            .unwrap_or(Ipv4Addr::UNSPECIFIED),
     };
-    let local: Vec<IpAddr> = addrs.iter().map(|a| IpAddr::V4(a.addr)).collect();
+    let local: Vec<IpAddr> = addrs.iter().map(|a| a.addr).collect();
     let ecfg = EngineConfig {
         // An ATM that is also a real server never schedules to itself (see `without_self`).
         services: crate::node::without_self(&cfg.services, &local),

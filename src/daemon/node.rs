@@ -30,16 +30,12 @@ const DECAP_READY_LIMIT: Duration = Duration::from_secs(2);
 
 /// This node's name (its first server entry's), the names of what it owns, and its plan.
 pub(super) fn describe(cfg: &Config, addrs: &[IfAddr]) -> (String, NodeNames, NodePlan) {
-    let pairs: Vec<(String, Ipv4Addr)> = addrs.iter().map(|a| (a.iface.clone(), a.addr)).collect();
-    let local: Vec<IpAddr> = addrs.iter().map(|a| IpAddr::V4(a.addr)).collect();
+    let pairs: Vec<(String, IpAddr)> = addrs.iter().map(|a| (a.iface.clone(), a.addr)).collect();
+    let local: Vec<IpAddr> = addrs.iter().map(|a| a.addr).collect();
     let me = cfg.services.iter().flat_map(|s| &s.servers).find(|s| local.contains(&s.address));
     let (name, addr) = match me {
         Some(s) => (s.name.clone(), s.address),
         None => ("node".to_string(), IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-    };
-    let addr = match addr {
-        IpAddr::V4(a) => a,
-        IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
     };
     let names = plan_mod::names(cfg, &node::state_dir(), addr);
     (name, names, plan_mod::plan(cfg, &pairs))
@@ -53,7 +49,7 @@ async fn live_reload(
     new: &Config,
     addrs: &[IfAddr],
 ) -> Result<(), String> {
-    let local: Vec<IpAddr> = addrs.iter().map(|a| IpAddr::V4(a.addr)).collect();
+    let local: Vec<IpAddr> = addrs.iter().map(|a| a.addr).collect();
     if !matches!(super::setup::host_role(new, &local), super::setup::HostRole::Node) {
         return Err("this host is no longer a node only".into());
     }
@@ -65,7 +61,7 @@ async fn live_reload(
     let changes = setup.reconfigure(plan).await.map_err(|e| format!("applying it live failed: {e}"))?;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let p = setup.plan();
-    let show = |v: &[Ipv4Addr]| v.iter().map(Ipv4Addr::to_string).collect::<Vec<_>>().join(",");
+    let show = |v: &[IpAddr]| v.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(",");
     let what = match changes.is_empty() {
         true => "reload applied live: this node's set-up needs no change",
         false => "reload applied live: node set-up changed in place",
@@ -111,7 +107,7 @@ pub(super) fn run(
             (sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?, sig(SignalKind::hangup())?);
         let mut setup = set_up(handle, names, plan, true).await?;
         let p = setup.plan();
-        let vips: Vec<String> = p.vips.iter().map(Ipv4Addr::to_string).collect();
+        let vips: Vec<String> = p.vips.iter().map(IpAddr::to_string).collect();
         tracing::info!(target: "clusterserverd", node = %name, role = %"node", services = %p.services.join(","), vips = %vips.join(","), arp_hiding = p.hides_arp(), decap = %setup.decap_kind(), "ready");
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         let mut running = cfg.clone();

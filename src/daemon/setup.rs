@@ -92,56 +92,20 @@ pub fn steering(cfg: &Config) -> Vec<SteerRule> {
     out
 }
 
-/// For every VIP, the interface that answers ARP (IPv4) or Neighbor Solicitations (IPv6)
-/// for it: the one whose subnet contains it (first match; IPv6 subnets from
-/// `/proc/net/if_inet6`), else `default_iface`.
-pub fn arp_interfaces(cfg: &Config, addrs: &[IfAddr], default_iface: &str) -> BTreeMap<IpAddr, String> {
-    let v6 = if cfg.vips().iter().any(IpAddr::is_ipv6) {
-        ipv6_subnets(&std::fs::read_to_string("/proc/net/if_inet6").unwrap_or_default())
-    } else {
-        Vec::new()
-    };
-    arp_interfaces_with(cfg, addrs, &v6, default_iface)
+/// Whether `a`'s subnet (not a host address) holds `ip`: the interface to reach `ip` on.
+fn on_subnet(a: &IfAddr, ip: IpAddr) -> bool {
+    let host = if a.addr.is_ipv4() { 32 } else { 128 };
+    a.prefix_len < host && a.contains(ip) && !a.iface.is_empty()
 }
 
-/// [`arp_interfaces`] over the IPv6 subnets `v6` (net, interface).
-pub fn arp_interfaces_with(
-    cfg: &Config,
-    addrs: &[IfAddr],
-    v6: &[(ipnet::Ipv6Net, String)],
-    default_iface: &str,
-) -> BTreeMap<IpAddr, String> {
+/// For every VIP, the interface that answers ARP (IPv4) or Neighbor Solicitations (IPv6)
+/// for it: the one whose subnet contains it (first match), else `default_iface`.
+pub fn arp_interfaces(cfg: &Config, addrs: &[IfAddr], default_iface: &str) -> BTreeMap<IpAddr, String> {
     cfg.vips()
         .into_iter()
         .map(|v| {
-            let iface = match v {
-                IpAddr::V4(v) => addrs
-                    .iter()
-                    .find(|a| a.prefix_len < 32 && a.contains(v) && !a.iface.is_empty())
-                    .map(|a| a.iface.as_str()),
-                IpAddr::V6(v) => {
-                    v6.iter().find(|(n, _)| n.prefix_len() < 128 && n.contains(&v)).map(|(_, i)| i.as_str())
-                }
-            };
-            (v, iface.unwrap_or(default_iface).to_string())
-        })
-        .collect()
-}
-
-/// The global IPv6 subnets of the interfaces in `if_inet6` (the text of
-/// `/proc/net/if_inet6`): (subnet, interface).
-pub fn ipv6_subnets(if_inet6: &str) -> Vec<(ipnet::Ipv6Net, String)> {
-    if_inet6
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let [hex, _, plen, scope, _, name] = f.as_slice() else { return None };
-            if *scope != "00" || hex.len() != 32 {
-                return None;
-            }
-            let a = std::net::Ipv6Addr::from_bits(u128::from_str_radix(hex, 16).ok()?);
-            let net = ipnet::Ipv6Net::new(a, u8::from_str_radix(plen, 16).ok()?).ok()?;
-            Some((net.trunc(), name.to_string()))
+            let iface = addrs.iter().find(|a| on_subnet(a, v)).map_or(default_iface, |a| a.iface.as_str());
+            (v, iface.to_string())
         })
         .collect()
 }
@@ -151,8 +115,7 @@ pub fn ipv6_subnets(if_inet6: &str) -> Vec<(ipnet::Ipv6Net, String)> {
 pub fn dr_interface(cfg: &Config, addrs: &[IfAddr], default_iface: &str) -> Option<String> {
     let srv =
         cfg.services.iter().filter(|s| s.forwarding == Forwarding::Dr).flat_map(|s| &s.servers).next()?;
-    let IpAddr::V4(a) = srv.address else { return Some(default_iface.to_string()) };
-    let found = addrs.iter().find(|x| x.prefix_len < 32 && x.contains(a)).map(|x| x.iface.clone());
+    let found = addrs.iter().find(|x| on_subnet(x, srv.address)).map(|x| x.iface.clone());
     Some(found.unwrap_or_else(|| default_iface.to_string()))
 }
 
@@ -218,22 +181,34 @@ mod tests {
     #[test]
     fn arp_interface_per_vip() {
         let c = cfg();
-        let a = |iface: &str, addr: [u8; 4]| IfAddr {
+        let a = |iface: &str, addr: &str, prefix_len| IfAddr {
             iface: iface.into(),
             index: 1,
             mac: None,
-            addr: addr.into(),
-            prefix_len: 24,
+            addr: ip(addr),
+            prefix_len,
         };
-        let addrs = [a("eth0", [10, 0, 1, 1]), a("eth1", [10, 0, 2, 1])];
+        let addrs = [a("eth0", "10.0.1.1", 24), a("eth1", "10.0.2.1", 24), a("eth1", "fd00:2::2", 64)];
         let m = arp_interfaces(&c, &addrs, "eth0");
         assert_eq!(m[&IpAddr::from([10, 0, 1, 99])], "eth0");
         assert_eq!(m[&IpAddr::from([10, 0, 2, 254])], "eth1");
         let m = arp_interfaces(&c, &addrs[..1], "eth0");
         assert_eq!(m[&IpAddr::from([10, 0, 2, 254])], "eth0");
-        let nets = ipv6_subnets("fd000002000000000000000000000002 05 40 00 80     eth1\n");
-        assert_eq!(nets, vec![("fd00:2::/64".parse().expect("net"), "eth1".to_string())]);
         assert_eq!(dr_interface(&c, &addrs, "eth0"), None);
+        let v6 = parse_str(
+            "t.json5",
+            r#"{
+          cluster: { name: "t", id: 7, secret_file: "/dev/null" },
+          atms: [ { name: "atm1", address: "10.0.1.1", interface: "eth0" } ],
+          services: [ { name: "web6", vip: "fd00:2::99", port: 80, forwarding: "dr",
+                        servers: [ { name: "s1", address: "fd00:2::20" } ] } ],
+        }"#,
+            &LoadOptions::default(),
+        )
+        .expect("valid");
+        assert_eq!(arp_interfaces(&v6, &addrs, "eth0")[&ip("fd00:2::99")], "eth1");
+        assert_eq!(arp_interfaces(&v6, &addrs[..2], "eth0")[&ip("fd00:2::99")], "eth0");
+        assert_eq!(dr_interface(&v6, &addrs, "eth0").as_deref(), Some("eth1"));
     }
 }
 

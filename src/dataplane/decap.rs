@@ -1,28 +1,36 @@
-//! Node-side IP-in-IP decapsulation (RFC 2003), sans-IO.
+//! Node-side decapsulation of the four tunnels an ATM makes (RFC 2003 IP-in-IP, RFC 2473
+//! IPv6-in-IPv6, and the cross-family IPv4-in-IPv6 and IPv6-in-IPv4 of RFC 2473 / RFC 4213),
+//! sans-IO.
 //!
-//! In tunnel mode the primary ATM wraps each client packet in an outer IPv4 header (protocol 4)
-//! addressed to the real server. A node whose kernel has the `ipip` module lets the kernel
-//! decapsulate; this kernel (and many containers) has none, so the node's daemon reads the
-//! outer packets from a raw `IPPROTO_IPIP` socket, calls [`Decapsulator::decapsulate`], and
-//! writes the inner packet to a TUN device: the node's stack then delivers it to the VIP
-//! configured on its loopback, and the server answers the client directly.
+//! In tunnel mode the primary ATM wraps each client packet in an outer header addressed to
+//! the real server: outer family = the server's address family, inner = the VIP's. A node
+//! whose kernel has the `ipip` module lets the kernel decapsulate IPv4-in-IPv4; this kernel
+//! (and many containers) has neither `ipip` nor `ip6_tunnel` nor `sit`, so the node's daemon
+//! reads the outer packets from raw sockets (one per outer family and inner protocol it
+//! needs), calls [`Decapsulator::decapsulate`] (IPv4 outer: the raw socket returns the
+//! outer header) or [`Decapsulator::decapsulate6`] (IPv6 outer: a raw IPv6 socket returns
+//! only the payload, the source comes with it), and writes the inner packet to a TUN device:
+//! the node's stack then delivers it to the VIP configured on its loopback, and the server
+//! answers the client directly.
 //!
 //! ## Contract
 //!
-//! * Input: one whole IPv4 packet as a raw socket returns it (outer header included).
-//! * Output: the inner IPv4 packet, a sub-slice of the input (no copy), trimmed to the inner
-//!   header's total length. Everything else is an error value, counted in [`DecapStats`] and
+//! * Output: the inner packet, a sub-slice of the input (no copy), trimmed to the inner
+//!   header's length. Everything else is an error value, counted in [`DecapStats`] and
 //!   dropped; nothing is logged per packet.
-//! * Both headers are validated (version, header length, total length, header checksum); outer
-//!   fragments are refused (the kernel reassembles before a raw socket sees a packet, so a
-//!   fragment here is malformed). Because a decapsulator that injects whatever it is given into
-//!   the local stack is a spoofing relay, the outer source can be restricted to the ATMs'
-//!   addresses and the inner destination to the VIPs ([`DecapPolicy`]).
+//! * Headers are validated (version, header length, total or payload length, IPv4 header
+//!   checksums); the inner version must be the one the outer protocol number says. Outer
+//!   IPv4 fragments are refused (the kernel reassembles before a raw socket sees a packet,
+//!   so a fragment here is malformed). Because a decapsulator that injects whatever it is
+//!   given into the local stack is a spoofing relay, the outer source can be restricted to
+//!   the ATMs' addresses and the inner destination to the VIPs ([`DecapPolicy`]).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// IP protocol number of IP-in-IP.
+/// IP protocol number of IP-in-IP (an IPv4 packet inside).
 pub const IPPROTO_IPIP: u8 = 4;
+/// IP protocol number of an IPv6 packet inside (IPv6-in-IPv4 and IPv6-in-IPv6).
+pub const IPPROTO_IPV6: u8 = 41;
 
 /// Why a packet was dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -33,18 +41,20 @@ pub enum DecapError {
     OuterMalformed,
     #[error("decap: outer header checksum is wrong")]
     OuterChecksum,
-    #[error("decap: outer protocol {0} is not IP-in-IP (4)")]
+    #[error("decap: outer protocol {0} is not IP-in-IP (4) or IPv6-in-IP (41)")]
     NotIpip(u8),
     #[error("decap: outer packet is a fragment")]
     Fragment,
     #[error("decap: outer source {0} is not an allowed ATM")]
-    SourceNotAllowed(Ipv4Addr),
-    #[error("decap: inner packet is not IPv4, or has a bad header or total length")]
+    SourceNotAllowed(IpAddr),
+    #[error(
+        "decap: inner packet is not of the family the outer protocol says, or has a bad header or length"
+    )]
     InnerMalformed,
     #[error("decap: inner header checksum is wrong")]
     InnerChecksum,
     #[error("decap: inner destination {0} is not a VIP of this node")]
-    DestinationNotAllowed(Ipv4Addr),
+    DestinationNotAllowed(IpAddr),
 }
 
 impl DecapError {
@@ -75,11 +85,59 @@ pub struct DecapStats {
     pub dropped: [u64; DROP_REASONS],
 }
 
-/// Which outer sources and inner destinations are accepted; an empty list accepts any.
+impl DecapStats {
+    /// Adds `other`'s counts (one decapsulator per raw socket, reported together).
+    pub fn add(&mut self, other: &DecapStats) {
+        self.decapsulated += other.decapsulated;
+        for (a, b) in self.dropped.iter_mut().zip(other.dropped) {
+            *a += b;
+        }
+    }
+}
+
+/// One kind of tunnel a node receives: the outer header's family and the inner packet's
+/// (which the outer protocol number names: 4 for IPv4, 41 for IPv6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TunnelKind {
+    pub outer_v6: bool,
+    pub inner_v6: bool,
+}
+
+impl TunnelKind {
+    /// The outer protocol number (next header) of this kind.
+    pub fn protocol(self) -> u8 {
+        if self.inner_v6 { IPPROTO_IPV6 } else { IPPROTO_IPIP }
+    }
+
+    /// `4in4`, `6in6`, `4in6`, `6in4` (for logs).
+    pub fn name(self) -> &'static str {
+        match (self.inner_v6, self.outer_v6) {
+            (false, false) => "4in4",
+            (true, true) => "6in6",
+            (false, true) => "4in6",
+            (true, false) => "6in4",
+        }
+    }
+}
+
+/// Which tunnels are received, which outer sources and inner destinations are accepted. A
+/// source is checked against the listed addresses of its own family; none of that family
+/// accepts any (an IPv4-addressed cluster tunnels over IPv6 from each ATM's first global
+/// IPv6 address, which the config does not name). An empty destination list accepts any.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DecapPolicy {
-    pub allowed_sources: Vec<Ipv4Addr>,
-    pub allowed_destinations: Vec<Ipv4Addr>,
+    /// Deduplicated, sorted.
+    pub kinds: Vec<TunnelKind>,
+    pub allowed_sources: Vec<IpAddr>,
+    pub allowed_destinations: Vec<IpAddr>,
+}
+
+impl DecapPolicy {
+    /// Whether IPv6 outer sources go unchecked (no ATM address is IPv6) while a kind with an
+    /// IPv6 outer header is received: worth a warning at start-up.
+    pub fn unchecked_v6_sources(&self) -> bool {
+        self.kinds.iter().any(|k| k.outer_v6) && !self.allowed_sources.iter().any(IpAddr::is_ipv6)
+    }
 }
 
 /// The decapsulator: a policy and counters.
@@ -100,18 +158,31 @@ impl Decapsulator {
         &self.stats
     }
 
-    /// The inner packet of `outer`, or the reason it is dropped (also counted).
+    /// The inner packet of the IPv4 packet `outer` (header included, as a raw IPv4 socket
+    /// returns it), or the reason it is dropped (also counted).
     pub fn decapsulate<'a>(&mut self, outer: &'a [u8]) -> Result<&'a [u8], DecapError> {
-        match self.check(outer) {
-            Ok(inner) => {
-                self.stats.decapsulated += 1;
-                Ok(inner)
-            }
-            Err(e) => {
-                self.stats.dropped[e.index()] += 1;
-                Err(e)
-            }
+        let r = self.check(outer);
+        self.count(r)
+    }
+
+    /// The inner packet carried by an IPv6 packet from `src` with next header `next` whose
+    /// payload (after any extension headers) is `payload`, as a raw IPv6 socket returns it.
+    pub fn decapsulate6<'a>(
+        &mut self,
+        src: Ipv6Addr,
+        next: u8,
+        payload: &'a [u8],
+    ) -> Result<&'a [u8], DecapError> {
+        let r = self.check6(src, next, payload);
+        self.count(r)
+    }
+
+    fn count<'a>(&mut self, r: Result<&'a [u8], DecapError>) -> Result<&'a [u8], DecapError> {
+        match r {
+            Ok(_) => self.stats.decapsulated += 1,
+            Err(e) => self.stats.dropped[e.index()] += 1,
         }
+        r
     }
 
     fn check<'a>(&self, packet: &'a [u8]) -> Result<&'a [u8], DecapError> {
@@ -122,32 +193,65 @@ impl Decapsulator {
         if checksum(&packet[..outer.header_len]) != 0 {
             return Err(DecapError::OuterChecksum);
         }
-        if packet[9] != IPPROTO_IPIP {
-            return Err(DecapError::NotIpip(packet[9]));
+        let proto = packet[9];
+        if proto != IPPROTO_IPIP && proto != IPPROTO_IPV6 {
+            return Err(DecapError::NotIpip(proto));
         }
         let frag = u16::from_be_bytes([packet[6], packet[7]]);
         if frag & 0x3fff != 0 {
             return Err(DecapError::Fragment);
         }
         let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
-        if !allowed(&self.policy.allowed_sources, src) {
-            return Err(DecapError::SourceNotAllowed(src));
+        self.source(IpAddr::V4(src))?;
+        self.inner(proto, &packet[outer.header_len..outer.total_len])
+    }
+
+    fn check6<'a>(&self, src: Ipv6Addr, next: u8, payload: &'a [u8]) -> Result<&'a [u8], DecapError> {
+        if next != IPPROTO_IPIP && next != IPPROTO_IPV6 {
+            return Err(DecapError::NotIpip(next));
         }
-        let rest = &packet[outer.header_len..outer.total_len];
-        let inner = ipv4_header(rest).ok_or(DecapError::InnerMalformed)?;
-        if checksum(&rest[..inner.header_len]) != 0 {
-            return Err(DecapError::InnerChecksum);
+        self.source(IpAddr::V6(src))?;
+        self.inner(next, payload)
+    }
+
+    fn source(&self, src: IpAddr) -> Result<(), DecapError> {
+        let mut same = self.policy.allowed_sources.iter().filter(|a| a.is_ipv4() == src.is_ipv4()).peekable();
+        if same.peek().is_none() || same.any(|a| *a == src) {
+            Ok(())
+        } else {
+            Err(DecapError::SourceNotAllowed(src))
         }
-        let dst = Ipv4Addr::new(rest[16], rest[17], rest[18], rest[19]);
-        if !allowed(&self.policy.allowed_destinations, dst) {
+    }
+
+    /// The inner packet `rest` of outer protocol `proto`, validated and trimmed.
+    fn inner<'a>(&self, proto: u8, rest: &'a [u8]) -> Result<&'a [u8], DecapError> {
+        let (dst, len) = if proto == IPPROTO_IPIP {
+            let inner = ipv4_header(rest).ok_or(DecapError::InnerMalformed)?;
+            if checksum(&rest[..inner.header_len]) != 0 {
+                return Err(DecapError::InnerChecksum);
+            }
+            (IpAddr::V4(Ipv4Addr::new(rest[16], rest[17], rest[18], rest[19])), inner.total_len)
+        } else {
+            let len = ipv6_len(rest).ok_or(DecapError::InnerMalformed)?;
+            let octets: [u8; 16] = rest[24..40].try_into().map_err(|_| DecapError::InnerMalformed)?;
+            (IpAddr::V6(Ipv6Addr::from(octets)), len)
+        };
+        if !self.policy.allowed_destinations.is_empty() && !self.policy.allowed_destinations.contains(&dst) {
             return Err(DecapError::DestinationNotAllowed(dst));
         }
-        Ok(&rest[..inner.total_len])
+        Ok(&rest[..len])
     }
 }
 
-fn allowed(list: &[Ipv4Addr], a: Ipv4Addr) -> bool {
-    list.is_empty() || list.contains(&a)
+/// The length of the IPv6 packet at the start of `p` (version 6, header and payload within
+/// `p`; a jumbogram's zero payload length is refused: no tunnel carries one).
+fn ipv6_len(p: &[u8]) -> Option<usize> {
+    if p.len() < 40 || p[0] >> 4 != 6 {
+        return None;
+    }
+    let plen = usize::from(u16::from_be_bytes([p[4], p[5]]));
+    let total = 40 + plen;
+    (plen > 0 && total <= p.len()).then_some(total)
 }
 
 struct Header {
@@ -225,8 +329,11 @@ mod tests {
         let i = inner(b"hello");
         let mut o = outer(&i);
         o.extend_from_slice(&[0xee; 3]); // link-layer padding after the outer total length
-        let mut d =
-            Decapsulator::new(DecapPolicy { allowed_sources: vec![ATM], allowed_destinations: vec![VIP] });
+        let mut d = Decapsulator::new(DecapPolicy {
+            allowed_sources: vec![ATM.into()],
+            allowed_destinations: vec![VIP.into()],
+            ..DecapPolicy::default()
+        });
         assert_eq!(d.decapsulate(&o), Ok(&i[..]));
         assert_eq!(d.stats().decapsulated, 1);
     }
@@ -234,8 +341,11 @@ mod tests {
     #[test]
     fn drops_are_counted() {
         let i = inner(b"x");
-        let mut d =
-            Decapsulator::new(DecapPolicy { allowed_sources: vec![ATM], allowed_destinations: vec![VIP] });
+        let mut d = Decapsulator::new(DecapPolicy {
+            allowed_sources: vec![ATM.into()],
+            allowed_destinations: vec![VIP.into()],
+            ..DecapPolicy::default()
+        });
         let mut bad_sum = outer(&i);
         bad_sum[10] ^= 1;
         let mut frag = outer(&i);
@@ -261,8 +371,8 @@ mod tests {
             (&frag, DecapError::Fragment),
             (&bad_inner, DecapError::InnerChecksum),
             (&not_ipip, DecapError::NotIpip(17)),
-            (&wrong_src, DecapError::SourceNotAllowed(CLIENT)),
-            (&outer(&to_other), DecapError::DestinationNotAllowed(ATM)),
+            (&wrong_src, DecapError::SourceNotAllowed(CLIENT.into())),
+            (&outer(&to_other), DecapError::DestinationNotAllowed(ATM.into())),
             (&outer(&[0x45, 0, 0, 40]), DecapError::InnerMalformed),
         ];
         for (p, e) in cases {
@@ -271,6 +381,87 @@ mod tests {
         assert_eq!(d.stats().decapsulated, 0);
         assert_eq!(d.stats().dropped.iter().sum::<u64>(), 8);
         assert_eq!(d.stats().dropped[DecapError::Fragment.index()], 1);
+    }
+
+    const ATM6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+    const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x99);
+
+    /// An IPv6 packet from 2001:db8::7 to `dst` with `payload` (next header TCP).
+    fn inner6(dst: Ipv6Addr, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x60, 0, 0, 0];
+        p.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        p.extend_from_slice(&[6, 64]);
+        p.extend_from_slice(&Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7).octets());
+        p.extend_from_slice(&dst.octets());
+        p.extend_from_slice(payload);
+        p
+    }
+
+    fn policy() -> DecapPolicy {
+        DecapPolicy {
+            kinds: Vec::new(),
+            allowed_sources: vec![ATM.into(), ATM6.into()],
+            allowed_destinations: vec![VIP.into(), VIP6.into()],
+        }
+    }
+
+    #[test]
+    fn every_family_pair_decapsulates() {
+        let mut d = Decapsulator::new(policy());
+        // 6in6 and 4in6: a raw IPv6 socket gives the payload; trailing bytes are trimmed.
+        let i6 = inner6(VIP6, b"hello");
+        let mut padded = i6.clone();
+        padded.push(0xee);
+        assert_eq!(d.decapsulate6(ATM6, IPPROTO_IPV6, &padded), Ok(&i6[..]));
+        let i4 = inner(b"hi");
+        assert_eq!(d.decapsulate6(ATM6, IPPROTO_IPIP, &i4), Ok(&i4[..]));
+        // 6in4: the outer IPv4 header says 41.
+        let mut o = ipv4_header_bytes(ATM, NODE, IPPROTO_IPV6, i6.len()).to_vec();
+        o.extend_from_slice(&i6);
+        assert_eq!(d.decapsulate(&o), Ok(&i6[..]));
+        assert_eq!(d.stats().decapsulated, 3);
+    }
+
+    #[test]
+    fn ipv6_drops_are_counted() {
+        let mut d = Decapsulator::new(policy());
+        let other = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x55);
+        let i6 = inner6(VIP6, b"x");
+        // An IPv4 packet where the protocol says IPv6, and the reverse.
+        assert_eq!(d.decapsulate6(ATM6, IPPROTO_IPV6, &inner(b"x")), Err(DecapError::InnerMalformed));
+        assert_eq!(d.decapsulate6(ATM6, IPPROTO_IPIP, &i6), Err(DecapError::InnerMalformed));
+        assert_eq!(
+            d.decapsulate6(ATM6, IPPROTO_IPV6, &i6[..40]),
+            Err(DecapError::InnerMalformed),
+            "truncated"
+        );
+        assert_eq!(d.decapsulate6(ATM6, 17, &i6), Err(DecapError::NotIpip(17)));
+        assert_eq!(d.decapsulate6(other, IPPROTO_IPV6, &i6), Err(DecapError::SourceNotAllowed(other.into())));
+        let to_other = inner6(other, b"x");
+        assert_eq!(
+            d.decapsulate6(ATM6, IPPROTO_IPV6, &to_other),
+            Err(DecapError::DestinationNotAllowed(other.into()))
+        );
+        assert_eq!(d.stats().dropped.iter().sum::<u64>(), 6);
+        assert_eq!(d.stats().decapsulated, 0);
+    }
+
+    #[test]
+    fn a_family_without_listed_sources_accepts_any_source_of_it() {
+        let p = DecapPolicy {
+            kinds: vec![TunnelKind { outer_v6: true, inner_v6: true }],
+            allowed_sources: vec![ATM.into()],
+            allowed_destinations: vec![VIP6.into()],
+        };
+        assert!(p.unchecked_v6_sources());
+        let mut d = Decapsulator::new(p);
+        let i6 = inner6(VIP6, b"x");
+        assert_eq!(d.decapsulate6(ATM6, IPPROTO_IPV6, &i6), Ok(&i6[..]));
+        // IPv4 sources are still checked.
+        let mut o = ipv4_header_bytes(CLIENT, NODE, IPPROTO_IPV6, i6.len()).to_vec();
+        o.extend_from_slice(&i6);
+        assert_eq!(d.decapsulate(&o), Err(DecapError::SourceNotAllowed(CLIENT.into())));
+        assert!(!policy().unchecked_v6_sources());
     }
 
     #[test]

@@ -12,10 +12,10 @@
 //!   index and leaves as VIP:port → client.
 //! * **Direct routing**: the packet is copied unchanged and returned as [`Verdict::L2`] with
 //!   the server as next hop: the shell frames it to the server's MAC.
-//! * **IP-in-IP**: an outer header (protocol 4, `local_addr` → server, DF copied from the
-//!   inner packet) is prepended. If the result would exceed `path_mtu` and the inner packet
-//!   has DF set, the client gets ICMP fragmentation-needed with MTU `path_mtu - 20`
-//!   instead; without DF the outer packet is sent and the kernel fragments it.
+//! * **Tunnel**: an outer header towards the server is prepended (IP-in-IP, IPv6-in-IPv6,
+//!   or across families IPv4-in-IPv6 and IPv6-in-IPv4; see [`tunnel`] for the headers and
+//!   the path-MTU rules: a packet that would not fit gets fragmentation-needed or Packet
+//!   Too Big, as its own family says).
 //!
 //! # Validation and drops
 //!
@@ -101,11 +101,14 @@ mod icmp6;
 mod reconfig;
 pub mod select;
 mod syncing;
+mod tunnel;
 pub use syncing::WALK_SLOTS_PER_CALL;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests6;
+#[cfg(test)]
+mod tunnel_tests;
 mod verdict;
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -114,7 +117,6 @@ use std::collections::VecDeque;
 use crate::config::{self, Forwarding, OnDown};
 use crate::dataplane::conntrack::{ConnTable, Entry, FLAG_NAT, FwdKey, RevKey, State};
 use crate::dataplane::sync::SyncRecord;
-use crate::dataplane::wire::ipv6 as wire_ipv6;
 use crate::dataplane::wire::{Ipv4Packet, TcpPacket, UdpPacket, proto, tcp::flags};
 use crate::time::Instant;
 use family::{Family, Flows, L3, PerFamily, V6};
@@ -609,67 +611,8 @@ impl Engine {
                 v
             }
             Forwarding::Dr => self.direct(ip, tx, server.into()),
-            Forwarding::Tunnel => ip.tunnel(self, tx, server, true),
+            Forwarding::Tunnel => self.tunnel_flow(ip, tx, &e, true),
         }
-    }
-
-    /// IPv6-in-IPv6 towards `server`; a packet that would exceed the path MTU gets Packet
-    /// Too Big instead when `may_reply` (IPv6 routers never fragment; the client's stack
-    /// lowers its path MTU and resends), else it is dropped (`TooBig`).
-    fn tunnel6(&mut self, ip: &V6<'_>, tx: &mut [u8], server: Ipv6Addr, may_reply: bool) -> Verdict {
-        if self.local_addr6.is_unspecified() {
-            return Verdict::Drop(DropReason::NoServer);
-        }
-        let len = ip.bytes().len();
-        let mtu = usize::from(self.path_mtu);
-        if len + wire_ipv6::HEADER_LEN > mtu {
-            if !may_reply {
-                return Verdict::Drop(DropReason::TooBig);
-            }
-            let inner_mtu = mtu.saturating_sub(wire_ipv6::HEADER_LEN).max(1280) as u32;
-            let v = forward::icmp6_error(
-                ip.bytes(),
-                tx,
-                self.local_addr6,
-                forward::icmp6::PACKET_TOO_BIG,
-                0,
-                inner_mtu,
-            );
-            if matches!(v, Verdict::Tun { .. }) {
-                self.stats.frag_needed_sent += 1;
-            }
-            return v;
-        }
-        let v = forward::encapsulate6(ip, tx, self.local_addr6, server);
-        if matches!(v, Verdict::Tun { .. }) {
-            self.stats.tunnelled += 1;
-        }
-        v
-    }
-
-    /// Encapsulates towards `server`; an oversized DF packet gets frag-needed instead when
-    /// `may_reply` (never in answer to an ICMP error).
-    fn tunnel4(
-        &mut self,
-        ip: &Ipv4Packet<&[u8]>,
-        tx: &mut [u8],
-        server: Ipv4Addr,
-        may_reply: bool,
-    ) -> Verdict {
-        let len = usize::from(ip.total_len());
-        if len + 20 > usize::from(self.path_mtu) && ip.dont_frag() && may_reply {
-            let v = forward::frag_needed(ip, tx, self.local_addr, self.path_mtu.saturating_sub(20));
-            if matches!(v, Verdict::Tun { .. }) {
-                self.stats.frag_needed_sent += 1;
-            }
-            return v;
-        }
-        self.ident = self.ident.wrapping_add(1);
-        let v = forward::encapsulate(ip, tx, self.local_addr, server, self.ident);
-        if matches!(v, Verdict::Tun { .. }) {
-            self.stats.tunnelled += 1;
-        }
-        v
     }
 
     fn nat_reply<P: L3>(&mut self, now: Instant, ip: &P, tx: &mut [u8], slot: u32, fl: u8) -> Verdict {
@@ -750,7 +693,13 @@ impl Engine {
                     .ok_or(DropReason::NoServer)?
             }
         };
-        let server = A::from_ip(svc.addrs[idx]).ok_or(DropReason::NoServer)?;
+        // A tunnel server of the other family is kept as its stand-in (`Family::token`).
+        let addr = svc.addrs[idx];
+        let server = match A::from_ip(addr) {
+            Some(a) => a,
+            None if svc.forwarding == Forwarding::Tunnel => A::token(addr),
+            None => return Err(DropReason::NoServer),
+        };
         let server_idx = u16::try_from(idx).map_err(|_| DropReason::NoServer)?;
         if svc.persistence_s > 0 {
             A::of_mut(&mut self.flows).affinity.put(svc_id, key.client, server_idx, now_s, svc.persistence_s);

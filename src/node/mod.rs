@@ -5,37 +5,45 @@
 //!
 //! ## What a node needs, per forwarding method
 //!
-//! * **Direct routing** and **tunnel**: the service VIP as a /32 on `lo`, so the node's stack
-//!   accepts packets addressed to it and answers from it; and ARP hiding
+//! * **Direct routing** and **tunnel**: the service VIP as a /32 (IPv6: /128, without
+//!   duplicate-address detection) on `lo`, so the node's stack accepts packets addressed to
+//!   it and answers from it; and, for IPv4 VIPs, ARP hiding
 //!   (`arp_ignore = 1`: answer only for addresses of the receiving interface; `arp_announce
 //!   = 2`: never use the VIP as the source of an ARP request), on `all` and on every
 //!   interface that holds one of this node's server addresses. The seed's `hidden` flag is
 //!   gone from Linux; these two are its replacement. A sysctl is only ever *raised* to what
 //!   is needed (the kernel uses the maximum of `all` and the interface), never lowered.
-//! * **Tunnel**: IP-in-IP decapsulation, by the kernel's `ipip` where present, else the
-//!   user-space decapsulator ([`crate::dataplane::io::decap_loop`]), which accepts outer
-//!   packets only from the ATMs' addresses and inner packets only to the tunnel VIPs; and
-//!   `all.rp_filter` 0 ([`tunnel_rp_filter`]: the decapsulator's device has no address).
+//!   IPv6 needs no hiding: Linux answers a Neighbor Solicitation only for an address of the
+//!   interface it arrived on (`ndisc_recv_ns` looks the target up strictly on that device),
+//!   so a VIP on `lo` is never advertised on the wire (shown in `tests/node_ns.rs`).
+//! * **Tunnel**: decapsulation of what the ATM sends (outer family: the node's server
+//!   address's; inner: the VIP's, so 4in4, 6in6, 4in6 or 6in4), by the kernel's `ipip` where
+//!   present and only IPv4-in-IPv4 is needed, else the user-space decapsulator
+//!   ([`crate::dataplane::io::decap_loop`]), which accepts outer packets only from the ATMs'
+//!   addresses and inner packets only to the tunnel VIPs; and `all.rp_filter` 0
+//!   ([`tunnel_rp_filter`]: the decapsulator's device has no address).
 //! * **NAT**: nothing to configure; the node must route its replies through the service's
 //!   `gateway_vip` (which moves with the primary). The daemon reads the routing table and
 //!   warns, naming the service, when the default route goes elsewhere.
 //!
 //! ## Marks (crash safety)
 //!
-//! Everything added is recognisable without memory: VIPs carry the address label
+//! Everything added is recognisable without memory: IPv4 VIPs carry the address label
 //! `lo:csd<cluster id>` ([`VIP_LABEL_PREFIX`], [`NodeNames::vip_label`]) on `lo`, so two
-//! clusters' daemons on one host never remove each other's; the decapsulator's TUN is named
+//! clusters' daemons on one host never remove each other's; IPv6 addresses have no labels,
+//! so IPv6 VIPs carry the prefix-route metric [`NodeNames::vip_metric`] (`ip -6 addr show
+//! lo` shows it), derived from the cluster id; the decapsulator's TUN is named
 //! from the cluster id
 //! ([`NodeNames::decap_tun`]). Sysctls cannot be marked, so their previous values are written
 //! to a state file ([`NodeState`]) *before* they are changed. A daemon started after a SIGKILL
 //! reads that file, restores what it lists, removes every `lo` address with our label and the
 //! TUN by name, and only then sets up again.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use crate::config::{Config, Forwarding, Service};
-use crate::dataplane::decap::DecapPolicy;
+use crate::dataplane::decap::{DecapPolicy, TunnelKind};
 
 /// Start of the address label of every VIP the node set-up puts on `lo` (`ip addr show lo`
 /// shows it); the cluster id follows.
@@ -51,7 +59,7 @@ pub const ARP_HIDING: [(&str, u8); 2] = [("arp_ignore", 1), ("arp_announce", 2)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NatCheck {
     pub service: String,
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
 }
 
 /// What this node needs. Empty when the host serves no service.
@@ -59,9 +67,9 @@ pub struct NatCheck {
 pub struct NodePlan {
     /// VIPs of the direct-routing and tunnel services this node serves (deduplicated, config
     /// order), to be put on `lo`.
-    pub vips: Vec<Ipv4Addr>,
-    /// Interfaces holding this node's server addresses of those services (ARP hiding there
-    /// and on `all`).
+    pub vips: Vec<IpAddr>,
+    /// Interfaces holding this node's IPv4 server addresses of the services with IPv4 VIPs
+    /// (ARP hiding there and on `all`).
     pub arp_ifaces: Vec<String>,
     /// Tunnel services present: decapsulate with this policy.
     pub decap: Option<DecapPolicy>,
@@ -72,9 +80,9 @@ pub struct NodePlan {
 }
 
 impl NodePlan {
-    /// Whether ARP hiding is needed (any VIP on `lo`).
+    /// Whether ARP hiding is needed (any IPv4 VIP on `lo`).
     pub fn hides_arp(&self) -> bool {
-        !self.vips.is_empty()
+        self.vips.iter().any(IpAddr::is_ipv4)
     }
 
     /// The sysctls to raise: `(key under /proc/sys/net/ipv4/conf, value)`, `all` first.
@@ -92,13 +100,6 @@ impl NodePlan {
     }
 }
 
-fn v4(a: IpAddr) -> Option<Ipv4Addr> {
-    match a {
-        IpAddr::V4(a) => Some(a),
-        IpAddr::V6(_) => None,
-    }
-}
-
 fn push_unique<T: PartialEq>(v: &mut Vec<T>, x: T) {
     if !v.contains(&x) {
         v.push(x);
@@ -111,32 +112,40 @@ pub fn served<'a>(cfg: &'a Config, local: &[IpAddr]) -> impl Iterator<Item = &'a
     cfg.services.iter().filter(move |s| s.servers.iter().any(|x| local.contains(&x.address)))
 }
 
-/// The plan of a host whose IPv4 addresses are `addrs` (`(interface, address)`).
-pub fn plan(cfg: &Config, addrs: &[(String, Ipv4Addr)]) -> NodePlan {
-    let local: Vec<IpAddr> = addrs.iter().map(|(_, a)| IpAddr::V4(*a)).collect();
+/// The plan of a host whose addresses are `addrs` (`(interface, address)`, both families).
+pub fn plan(cfg: &Config, addrs: &[(String, IpAddr)]) -> NodePlan {
+    let local: Vec<IpAddr> = addrs.iter().map(|(_, a)| *a).collect();
     let mut p = NodePlan::default();
     let mut tunnel_vips = Vec::new();
+    let mut kinds = Vec::new();
     for s in served(cfg, &local) {
         push_unique(&mut p.services, s.name.clone());
         if s.forwarding == Forwarding::Nat {
-            p.nat.push(NatCheck { service: s.name.clone(), gateway: s.gateway_vip.and_then(v4) });
+            p.nat.push(NatCheck { service: s.name.clone(), gateway: s.gateway_vip });
             continue;
         }
-        let Some(vip) = v4(s.vip) else { continue };
-        push_unique(&mut p.vips, vip);
-        if s.forwarding == Forwarding::Tunnel {
-            push_unique(&mut tunnel_vips, vip);
-        }
+        push_unique(&mut p.vips, s.vip);
         for srv in s.servers.iter().filter(|x| local.contains(&x.address)) {
-            let ifaces = addrs.iter().filter(|(_, a)| IpAddr::V4(*a) == srv.address);
+            if s.forwarding == Forwarding::Tunnel {
+                push_unique(&mut tunnel_vips, s.vip);
+                push_unique(
+                    &mut kinds,
+                    TunnelKind { outer_v6: srv.address.is_ipv6(), inner_v6: s.vip.is_ipv6() },
+                );
+            }
+            if s.vip.is_ipv6() || srv.address.is_ipv6() {
+                continue;
+            }
+            let ifaces = addrs.iter().filter(|(_, a)| *a == srv.address);
             for (iface, _) in ifaces.filter(|(i, _)| i != "lo") {
                 push_unique(&mut p.arp_ifaces, iface.clone());
             }
         }
     }
     if !tunnel_vips.is_empty() {
-        let allowed_sources = cfg.atms.iter().filter_map(|a| v4(a.address)).collect();
-        p.decap = Some(DecapPolicy { allowed_sources, allowed_destinations: tunnel_vips });
+        kinds.sort();
+        let allowed_sources = cfg.atms.iter().map(|a| a.address).collect();
+        p.decap = Some(DecapPolicy { kinds, allowed_sources, allowed_destinations: tunnel_vips });
     }
     p
 }
@@ -158,7 +167,7 @@ pub fn without_self(services: &[Service], local: &[IpAddr]) -> Vec<Service> {
 
 /// Whether a NAT node's replies go through `gateway`: the main table's default gateway (or
 /// a more specific route the caller resolved) equals it.
-pub fn routes_via(default_gateways: &[Ipv4Addr], gateway: Ipv4Addr) -> bool {
+pub fn routes_via(default_gateways: &[IpAddr], gateway: IpAddr) -> bool {
     default_gateways.contains(&gateway)
 }
 
@@ -168,18 +177,26 @@ pub fn routes_via(default_gateways: &[Ipv4Addr], gateway: Ipv4Addr) -> bool {
 pub struct NodeNames {
     /// TUN of the user-space decapsulator (`csn<id>`, at most 15 bytes).
     pub decap_tun: String,
-    /// Label of the VIPs on `lo` (`lo:csd<id>`, at most 15 bytes).
+    /// Label of the IPv4 VIPs on `lo` (`lo:csd<id>`, at most 15 bytes).
     pub vip_label: String,
+    /// Prefix-route metric of the IPv6 VIPs on `lo` (their mark: IPv6 addresses have no
+    /// label): [`VIP_METRIC_BASE`] plus the short cluster id.
+    pub vip_metric: u32,
     /// State file.
     pub state_file: PathBuf,
 }
 
+/// Base of [`NodeNames::vip_metric`]: "cs" in ASCII, high enough that no hand-made or
+/// distribution route on `lo` uses it.
+pub const VIP_METRIC_BASE: u32 = 0x6373_0000;
+
 /// The names for cluster `cfg` on a node whose first served address is `me`.
-pub fn names(cfg: &Config, state_dir: &std::path::Path, me: Ipv4Addr) -> NodeNames {
+pub fn names(cfg: &Config, state_dir: &std::path::Path, me: IpAddr) -> NodeNames {
     let short = cfg.cluster.id % 100_000;
     NodeNames {
         decap_tun: format!("csn{short}"),
         vip_label: format!("{VIP_LABEL_PREFIX}{short}"),
+        vip_metric: VIP_METRIC_BASE + short,
         state_file: state_dir.join(format!("node-{}-{me}.state", cfg.cluster.id)),
     }
 }
@@ -190,8 +207,8 @@ pub fn names(cfg: &Config, state_dir: &std::path::Path, me: Ipv4Addr) -> NodeNam
 pub struct NodeState {
     /// `(key under /proc/sys/net/ipv4/conf, previous value)`, in the order changed.
     pub sysctls: Vec<(String, String)>,
-    /// VIPs added to `lo` (also findable by their label).
-    pub vips: Vec<Ipv4Addr>,
+    /// VIPs added to `lo` (also findable by their label or metric).
+    pub vips: Vec<IpAddr>,
     /// A kernel IP-in-IP device brought up or created (`tunl0` or `csipip0`).
     pub kernel_decap: Option<String>,
 }

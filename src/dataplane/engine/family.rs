@@ -44,6 +44,13 @@ pub(crate) trait Family: FlowAddr {
     /// The hashing schedulers' flow hash input: both addresses in 64 bits, unseeded (every
     /// ATM must map a flow to the same Maglev slot).
     fn flow_word(client: Self, vip: Self) -> u64;
+    /// The server `ip` as this family's entries and sync records hold it: itself, or for a
+    /// tunnel server of the other family a stand-in no real server has (an IPv4 server in
+    /// an IPv6 entry: its IPv4-mapped address; an IPv6 server in an IPv4 entry: 28 bits
+    /// folded from it in the reserved 240.0.0.0/4). Every ATM computes the same one.
+    fn token(ip: IpAddr) -> Self;
+    /// Whether `self` is a stand-in made by [`Family::token`].
+    fn is_token(self) -> bool;
 }
 
 impl Family for Ipv4Addr {
@@ -57,6 +64,20 @@ impl Family for Ipv4Addr {
     #[inline]
     fn flow_word(client: Self, vip: Self) -> u64 {
         u64::from(client.to_bits()) << 32 | u64::from(vip.to_bits())
+    }
+    fn token(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(a) => a,
+            IpAddr::V6(a) => {
+                let b = a.to_bits();
+                let folded = (b >> 96) as u32 ^ (b >> 64) as u32 ^ (b >> 32) as u32 ^ b as u32;
+                Ipv4Addr::from_bits(0xf000_0000 | (folded & 0x0fff_ffff))
+            }
+        }
+    }
+    #[inline]
+    fn is_token(self) -> bool {
+        self.octets()[0] >= 240
     }
 }
 
@@ -73,6 +94,16 @@ impl Family for Ipv6Addr {
         let (c, v) = (client.to_bits(), vip.to_bits());
         let fold = |x: u128| (x >> 64) as u64 ^ (x as u64).rotate_left(21);
         fold(c) ^ fold(v).rotate_left(32)
+    }
+    fn token(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V6(a) => a,
+            IpAddr::V4(a) => a.to_ipv6_mapped(),
+        }
+    }
+    #[inline]
+    fn is_token(self) -> bool {
+        self.to_ipv4_mapped().is_some()
     }
 }
 
@@ -91,9 +122,11 @@ pub(crate) trait L3 {
     fn l4(&self) -> &[u8] {
         &self.bytes()[self.l4_offset()..]
     }
-    /// Encapsulates towards `server` (IP-in-IP, IPv6-in-IPv6); an oversized packet gets
-    /// the family's "too big" error instead when `may_reply`.
-    fn tunnel(&self, eng: &mut Engine, tx: &mut [u8], server: Self::A, may_reply: bool) -> Verdict;
+    /// Whether a router may fragment this packet (IPv4 without DF).
+    fn may_fragment(&self) -> bool;
+    /// This family's "too big" error to the packet's source, for a path MTU of `mtu`
+    /// (IPv4: fragmentation-needed, only with DF; IPv6: Packet Too Big, at least 1280).
+    fn too_big(&self, eng: &Engine, tx: &mut [u8], mtu: u16) -> Verdict;
     /// A TCP RST answering this TCP segment, from its destination to its source.
     fn reset(&self, tx: &mut [u8]) -> Verdict;
 }
@@ -115,8 +148,14 @@ impl L3 for Ipv4Packet<&[u8]> {
     fn bytes(&self) -> &[u8] {
         self.packet()
     }
-    fn tunnel(&self, eng: &mut Engine, tx: &mut [u8], server: Ipv4Addr, may_reply: bool) -> Verdict {
-        eng.tunnel4(self, tx, server, may_reply)
+    fn may_fragment(&self) -> bool {
+        !self.dont_frag()
+    }
+    fn too_big(&self, eng: &Engine, tx: &mut [u8], mtu: u16) -> Verdict {
+        if !self.dont_frag() {
+            return Verdict::Drop(DropReason::TooBig);
+        }
+        forward::frag_needed(self, tx, eng.local_addr, mtu)
     }
     fn reset(&self, tx: &mut [u8]) -> Verdict {
         forward::tcp_reset(self, tx)
@@ -161,8 +200,12 @@ impl L3 for V6<'_> {
     fn bytes(&self) -> &[u8] {
         self.ip.packet()
     }
-    fn tunnel(&self, eng: &mut Engine, tx: &mut [u8], server: Ipv6Addr, may_reply: bool) -> Verdict {
-        eng.tunnel6(self, tx, server, may_reply)
+    fn may_fragment(&self) -> bool {
+        false
+    }
+    fn too_big(&self, eng: &Engine, tx: &mut [u8], mtu: u16) -> Verdict {
+        let mtu = u32::from(mtu).max(1280);
+        forward::icmp6_error(self.ip.packet(), tx, eng.local_addr6, forward::icmp6::PACKET_TOO_BIG, 0, mtu)
     }
     fn reset(&self, tx: &mut [u8]) -> Verdict {
         forward::tcp_reset6(self, tx)

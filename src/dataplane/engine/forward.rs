@@ -152,18 +152,23 @@ pub(super) fn direct(pkt: &[u8], tx: &mut [u8], server: IpAddr) -> Verdict {
     }
 }
 
-/// IPv6-in-IPv6 (RFC 2473): a 40-byte outer header from `local` to `server`, next header
-/// 41, hop limit 64. (No tunnel encapsulation limit option: the receiving node decapsulates
-/// once and delivers.)
-pub(super) fn encapsulate6(ip: &V6<'_>, tx: &mut [u8], local: Ipv6Addr, server: Ipv6Addr) -> Verdict {
-    let pkt = ip.ip.packet();
+/// An IPv6 outer header (RFC 2473): 40 bytes from `local` to `server`, next header `next`
+/// (41: IPv6-in-IPv6; 4: IPv4-in-IPv6), hop limit 64, before the whole packet `pkt`. (No
+/// tunnel encapsulation limit option: the receiving node decapsulates once and delivers.)
+pub(super) fn encapsulate6(
+    pkt: &[u8],
+    tx: &mut [u8],
+    local: Ipv6Addr,
+    server: Ipv6Addr,
+    next: u8,
+) -> Verdict {
     let Ok(plen) = u16::try_from(pkt.len()) else {
         return Verdict::Drop(DropReason::TooBig);
     };
     if copy_in(pkt, tx, ipv6::HEADER_LEN).is_none() {
         return Verdict::Drop(DropReason::BufferTooSmall);
     }
-    Ipv6Packet::new_unchecked(&mut tx[..ipv6::HEADER_LEN]).emit_header(local, server, proto::IPV6, plen, 64);
+    Ipv6Packet::new_unchecked(&mut tx[..ipv6::HEADER_LEN]).emit_header(local, server, next, plen, 64);
     Verdict::Tun { len: ipv6::HEADER_LEN + pkt.len() }
 }
 
@@ -245,30 +250,30 @@ fn reset_segment(seg: &TcpPacket<&[u8]>, data: u32, t: &mut [u8]) {
     t[13] = flags;
 }
 
-/// IP-in-IP (RFC 2003): a 20-byte outer header from `local` to `server`, DF copied from
-/// the inner packet.
+/// An IPv4 outer header: 20 bytes from `local` to `server`, protocol `protocol` (4: IP-in-IP,
+/// RFC 2003, DF copied from the inner packet; 41: IPv6-in-IPv4, RFC 4213, DF set), before
+/// the whole packet `pkt`.
 pub(super) fn encapsulate(
-    ip: &Ipv4Packet<&[u8]>,
+    pkt: &[u8],
     tx: &mut [u8],
     local: Ipv4Addr,
     server: Ipv4Addr,
-    ident: u16,
+    (protocol, ident, dont_frag): (u8, u16, bool),
 ) -> Verdict {
-    let inner = usize::from(ip.total_len());
-    let Ok(total) = u16::try_from(inner + HEADER_LEN) else {
+    let Ok(total) = u16::try_from(pkt.len() + HEADER_LEN) else {
         return Verdict::Drop(DropReason::TooBig);
     };
-    if copy_in(ip.packet(), tx, HEADER_LEN).is_none() {
+    if copy_in(pkt, tx, HEADER_LEN).is_none() {
         return Verdict::Drop(DropReason::BufferTooSmall);
     }
     Ipv4Packet::new_unchecked(&mut tx[..HEADER_LEN]).emit_header(&Ipv4Repr {
         src: local,
         dst: server,
-        protocol: proto::IPIP,
+        protocol,
         total_len: total,
         ident,
         ttl: 64,
-        dont_frag: ip.dont_frag(),
+        dont_frag,
     });
     Verdict::Tun { len: usize::from(total) }
 }

@@ -79,7 +79,7 @@ pub(super) fn handle(eng: &mut Engine, now: Instant, ip: &Ipv4Packet<&[u8]>, tx:
         return match eng.svcs[usize::from(e.service)].forwarding {
             Forwarding::Nat => count(eng, translate(ip, tx, &q, false, e.server, e.server_port)),
             Forwarding::Dr => forward::direct(ip.packet(), tx, e.server.into()),
-            Forwarding::Tunnel => eng.tunnel4(ip, tx, e.server, false),
+            Forwarding::Tunnel => eng.tunnel_flow(ip, tx, &e, false),
         };
     }
     Verdict::Drop(DropReason::IcmpNoFlow)

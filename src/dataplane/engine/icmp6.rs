@@ -93,7 +93,7 @@ pub(super) fn handle(eng: &mut Engine, now: Instant, ip: &V6<'_>, tx: &mut [u8])
         return match eng.svcs[usize::from(e.service)].forwarding {
             Forwarding::Nat => count(eng, translate(ip, tx, &q, false, e.server, e.server_port)),
             Forwarding::Dr => super::forward::direct(ip.bytes(), tx, e.server.into()),
-            Forwarding::Tunnel => eng.tunnel6(ip, tx, e.server, false),
+            Forwarding::Tunnel => eng.tunnel_flow(ip, tx, &e, false),
         };
     }
     Verdict::Drop(DropReason::IcmpNoFlow)

@@ -195,7 +195,8 @@ impl Engine {
         let server_idx = svc
             .servers
             .iter()
-            .position(|s| s.address == server.into() && s.port == sport)
+            // A cross-family tunnel server travels as its stand-in (`Family::token`).
+            .position(|s| A::token(s.address) == server && s.port == sport)
             .ok_or(EngineError::Sync("unknown server"))?;
         let nat = svc.forwarding == Forwarding::Nat;
         let key = FwdKey { proto: rec.proto, client, client_port: cport, vip, vip_port: vport };

@@ -1,13 +1,18 @@
-//! Node-side IP-in-IP loop: a raw `IPPROTO_IPIP` socket in, a TUN device out.
+//! Node-side decapsulation loop: raw sockets in (one per [`TunnelKind`] the node receives),
+//! a TUN device out.
 //!
-//! Used on a real server in tunnel mode when the kernel has no `ipip` module
-//! ([`super::netlink::kernel_has_ipip`] says whether it has; prefer the kernel's then). The
-//! raw socket receives every IPv4 packet of protocol 4 addressed to this host, outer header
-//! included; [`Decapsulator`] validates and strips it; the inner packet is written to the TUN,
-//! so the node's stack receives it as if it had arrived on that interface and delivers it to
-//! the VIP on the loopback. The TUN gets reverse-path filtering off (the client's address
-//! routes elsewhere; see [`super::netlink::tune_tun_sysctls`]). One thread, one packet per syscall: tunnel traffic is the request
-//! direction only, the heavy replies leave the node directly.
+//! Used on a real server in tunnel mode when the kernel cannot decapsulate what it needs
+//! (it has no `ipip` module, [`super::netlink::kernel_has_ipip`], or the node receives IPv6
+//! or cross-family tunnels, which would need `ip6_tunnel` or `sit`). A raw IPv4 socket of
+//! protocol 4 or 41 receives every such IPv4 packet addressed to this host, outer header
+//! included; a raw IPv6 socket of next header 4 or 41 receives the payload after the IPv6
+//! header and its extension headers, and the source beside it. [`Decapsulator`] validates
+//! and strips; the inner packet (IPv4 or IPv6: a TUN without packet information tells them
+//! apart by the version nibble) is written to the TUN, so the node's stack receives it as
+//! if it had arrived on that interface and delivers it to the VIP on the loopback. The TUN
+//! gets IPv4 reverse-path filtering off (the client's address routes elsewhere; see
+//! [`super::netlink::tune_tun_sysctls`]). One thread, one packet per syscall: tunnel traffic
+//! is the request direction only, the heavy replies leave the node directly.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +24,7 @@ use tun_rs::{AsyncDevice, DeviceBuilder};
 
 use super::ShellError;
 use super::netlink;
-use crate::dataplane::decap::{DecapPolicy, DecapStats, Decapsulator, IPPROTO_IPIP};
+use crate::dataplane::decap::{DecapPolicy, DecapStats, Decapsulator, TunnelKind};
 
 /// Reads per wake-up before yielding (bounds one iteration of the loop).
 const BURST: usize = 64;
@@ -33,10 +38,17 @@ pub enum NodeDecap {
     User(DecapShell),
 }
 
+/// Whether the kernel's decapsulation serves `policy`: `ipip` is present and only IPv4 in
+/// IPv4 is received (an empty kind list means that, for policies built by hand).
+pub fn kernel_serves(policy: &DecapPolicy) -> bool {
+    let only_4in4 = policy.kinds.iter().all(|k| !k.outer_v6 && !k.inner_v6);
+    only_4in4 && netlink::kernel_has_ipip()
+}
+
 impl NodeDecap {
     /// Chooses and starts the decapsulation for this node, in the calling thread's namespace.
     pub fn start(tun_name: &str, policy: DecapPolicy) -> Result<NodeDecap, ShellError> {
-        if !netlink::kernel_has_ipip() {
+        if !kernel_serves(&policy) {
             return DecapShell::start(tun_name, policy).map(NodeDecap::User);
         }
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -71,9 +83,20 @@ impl DecapShell {
             .build_sync()
             .map_err(tun_err)?;
         netlink::tune_tun_sysctls(tun_name)?;
-        let raw = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(i32::from(IPPROTO_IPIP))))
-            .map_err(ShellError::RawSocket)?;
-        raw.set_nonblocking(true).map_err(ShellError::RawSocket)?;
+        // A policy built by hand without kinds means IP-in-IP, as before kinds existed.
+        let kinds = if policy.kinds.is_empty() {
+            vec![TunnelKind { outer_v6: false, inner_v6: false }]
+        } else {
+            policy.kinds.clone()
+        };
+        let mut raws = Vec::new();
+        for kind in kinds {
+            let domain = if kind.outer_v6 { Domain::IPV6 } else { Domain::IPV4 };
+            let raw = Socket::new(domain, Type::RAW, Some(Protocol::from(i32::from(kind.protocol()))))
+                .map_err(ShellError::RawSocket)?;
+            raw.set_nonblocking(true).map_err(ShellError::RawSocket)?;
+            raws.push((raw, kind));
+        }
         let (stop_tx, stop_rx) = watch::channel(false);
         let ready = Arc::new(AtomicBool::new(false));
         let ready2 = Arc::clone(&ready);
@@ -84,7 +107,7 @@ impl DecapShell {
                     .enable_all()
                     .build()
                     .map_err(ShellError::Runtime)?;
-                rt.block_on(run(dev, raw, policy, stop_rx, ready2))
+                rt.block_on(run(dev, raws, policy, stop_rx, ready2))
             })
             .map_err(ShellError::Runtime)?;
         Ok(DecapShell { stop_tx, thread: Some(thread), ready })
@@ -116,37 +139,63 @@ impl Drop for DecapShell {
 
 async fn run(
     dev: tun_rs::SyncDevice,
-    raw: Socket,
+    raws: Vec<(Socket, TunnelKind)>,
     policy: DecapPolicy,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     ready: Arc<AtomicBool>,
 ) -> Result<DecapStats, ShellError> {
     let dev = AsyncDevice::new(dev).map_err(|source| ShellError::Tun { name: "decap".into(), source })?;
     // A raw IP socket read with recv(2) is what a datagram socket does: tokio's UdpSocket
-    // wrapper gives readiness without an unsafe registration (`recv` returns one packet).
-    let raw =
-        tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(raw)).map_err(ShellError::RawSocket)?;
+    // wrapper gives readiness without an unsafe registration (`recv_from` returns one packet
+    // and, for IPv6, its source).
+    let mut socks = Vec::new();
+    for (raw, kind) in raws {
+        let s =
+            tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(raw)).map_err(ShellError::RawSocket)?;
+        socks.push((s, kind));
+    }
+    ready.store(true, Ordering::Release);
+    let loops = socks.iter().map(|(s, kind)| receive(&dev, s, *kind, policy.clone(), stop.clone()));
+    let per_socket = futures::future::try_join_all(loops).await?;
+    let mut total = DecapStats::default();
+    for s in &per_socket {
+        total.add(s);
+    }
+    Ok(total)
+}
+
+/// Decapsulates what `raw` (of `kind`) receives until `stop` changes; its counters.
+async fn receive(
+    dev: &AsyncDevice,
+    raw: &tokio::net::UdpSocket,
+    kind: TunnelKind,
+    policy: DecapPolicy,
+    mut stop: watch::Receiver<bool>,
+) -> Result<DecapStats, ShellError> {
     let mut decap = Decapsulator::new(policy);
     let mut buf = vec![0u8; 65535];
-    ready.store(true, Ordering::Release);
     loop {
         let first = tokio::select! {
             biased;
             _ = stop.changed() => return Ok(*decap.stats()),
-            r = raw.recv(&mut buf) => r.map_err(ShellError::RawSocket)?,
+            r = raw.recv_from(&mut buf) => r.map_err(ShellError::RawSocket)?,
         };
-        let mut n = first;
+        let (mut n, mut from) = first;
         // Bounded: at most BURST packets per wake-up.
         for left in (0..BURST).rev() {
-            if let Ok(inner) = decap.decapsulate(&buf[..n]) {
+            let inner = match from {
+                std::net::SocketAddr::V6(a) => decap.decapsulate6(*a.ip(), kind.protocol(), &buf[..n]),
+                std::net::SocketAddr::V4(_) => decap.decapsulate(&buf[..n]),
+            };
+            if let Ok(inner) = inner {
                 // A failed write loses one packet, like a full queue would; TCP recovers.
                 let _ = dev.send(inner).await;
             }
             if left == 0 {
                 break;
             }
-            n = match raw.try_recv(&mut buf) {
-                Ok(n) => n,
+            (n, from) = match raw.try_recv_from(&mut buf) {
+                Ok(r) => r,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(ShellError::RawSocket(e)),
             };

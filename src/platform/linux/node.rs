@@ -1,5 +1,6 @@
-//! Cluster-node set-up, the side effects: VIPs on `lo` (rtnetlink, labelled
-//! `lo:csd<cluster id>`), ARP-hiding sysctls (previous values saved first), the IP-in-IP
+//! Cluster-node set-up, the side effects: VIPs on `lo` (rtnetlink; IPv4 labelled
+//! `lo:csd<cluster id>`, IPv6 added without DAD and marked by their route metric),
+//! ARP-hiding sysctls (previous values saved first), the IP-in-IP
 //! decapsulation (kernel `ipip` when present, else the user-space
 //! [`DecapShell`]), the NAT route check, and their undoing. The plan comes from
 //! [`crate::node::plan`]; the marks that make a restart after SIGKILL safe are described
@@ -12,11 +13,11 @@
 //! VIPs → decapsulation → state file. Undo runs in reverse and deletes the state file last,
 //! so a crash at any point leaves a file that lists at least what was changed.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
@@ -136,8 +137,8 @@ pub struct NodeSetup {
 /// What [`NodeSetup::reconfigure`] changed, for the log.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeChanges {
-    pub vips_added: Vec<Ipv4Addr>,
-    pub vips_removed: Vec<Ipv4Addr>,
+    pub vips_added: Vec<IpAddr>,
+    pub vips_removed: Vec<IpAddr>,
     /// Decapsulation started, stopped or restarted.
     pub decap: bool,
 }
@@ -163,19 +164,35 @@ fn label_of(m: &AddressMessage) -> Option<&str> {
     })
 }
 
-fn v4_of(m: &AddressMessage) -> Option<Ipv4Addr> {
+fn metric_of(m: &AddressMessage) -> Option<u32> {
     m.attributes.iter().find_map(|a| match a {
-        AddressAttribute::Local(IpAddr::V4(v)) | AddressAttribute::Address(IpAddr::V4(v)) => Some(*v),
+        AddressAttribute::RoutePriority(p) => Some(*p),
         _ => None,
     })
 }
 
-/// The addresses on `lo` that carry `label`.
-pub async fn labelled_vips(handle: &Handle, label: &str) -> Result<Vec<Ipv4Addr>, NodeError> {
-    Ok(labelled(handle, label).await?.iter().filter_map(v4_of).collect())
+fn addr_of(m: &AddressMessage) -> Option<IpAddr> {
+    m.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Local(v) | AddressAttribute::Address(v) => Some(*v),
+        _ => None,
+    })
 }
 
-async fn labelled(handle: &Handle, label: &str) -> Result<Vec<AddressMessage>, NodeError> {
+/// Whether `m` carries our mark: the label (IPv4) or the route metric (IPv6).
+fn is_ours(m: &AddressMessage, names: &NodeNames) -> bool {
+    match addr_of(m) {
+        Some(IpAddr::V4(_)) => label_of(m) == Some(names.vip_label.as_str()),
+        Some(IpAddr::V6(_)) => metric_of(m) == Some(names.vip_metric),
+        None => false,
+    }
+}
+
+/// The addresses on `lo` that carry our mark.
+pub async fn marked_vips(handle: &Handle, names: &NodeNames) -> Result<Vec<IpAddr>, NodeError> {
+    Ok(marked(handle, names).await?.iter().filter_map(addr_of).collect())
+}
+
+async fn marked(handle: &Handle, names: &NodeNames) -> Result<Vec<AddressMessage>, NodeError> {
     let lo = lo_index(handle).await?;
     let msgs: Vec<AddressMessage> = handle
         .address()
@@ -185,13 +202,13 @@ async fn labelled(handle: &Handle, label: &str) -> Result<Vec<AddressMessage>, N
         .try_collect()
         .await
         .map_err(nl("list addresses on lo"))?;
-    Ok(msgs.into_iter().filter(|m| m.header.index == lo && label_of(m) == Some(label)).collect())
+    Ok(msgs.into_iter().filter(|m| m.header.index == lo && is_ours(m, names)).collect())
 }
 
-async fn remove_vip(handle: &Handle, label: &str, vip: Ipv4Addr) -> Result<bool, NodeError> {
+async fn remove_vip(handle: &Handle, names: &NodeNames, vip: IpAddr) -> Result<bool, NodeError> {
     let mut removed = false;
-    for m in labelled(handle, label).await? {
-        if v4_of(&m) == Some(vip) {
+    for m in marked(handle, names).await? {
+        if addr_of(&m) == Some(vip) {
             handle.address().del(m).execute().await.map_err(nl(format!("remove {vip} from lo")))?;
             removed = true;
         }
@@ -199,16 +216,25 @@ async fn remove_vip(handle: &Handle, label: &str, vip: Ipv4Addr) -> Result<bool,
     Ok(removed)
 }
 
-/// Adds `vip`/32 on `lo` with our label. `Ok(false)` when it is already there (configured
-/// by hand: then it is not ours to remove).
-async fn add_vip(handle: &Handle, label: &str, vip: Ipv4Addr) -> Result<bool, NodeError> {
+/// Adds `vip` on `lo` as a host address with our mark (IPv4: /32 and the label; IPv6: /128,
+/// no duplicate-address detection, the metric). `Ok(false)` when it is already there
+/// (configured by hand: then it is not ours to remove).
+async fn add_vip(handle: &Handle, names: &NodeNames, vip: IpAddr) -> Result<bool, NodeError> {
     let lo = lo_index(handle).await?;
-    let mut req = handle.address().add(lo, IpAddr::V4(vip), 32);
-    req.message_mut().attributes.push(AddressAttribute::Label(label.to_string()));
+    let plen = if vip.is_ipv4() { 32 } else { 128 };
+    let mut req = handle.address().add(lo, vip, plen);
+    let attrs = &mut req.message_mut().attributes;
+    match vip {
+        IpAddr::V4(_) => attrs.push(AddressAttribute::Label(names.vip_label.clone())),
+        IpAddr::V6(_) => {
+            attrs.push(AddressAttribute::Flags(AddressFlags::Nodad));
+            attrs.push(AddressAttribute::RoutePriority(names.vip_metric));
+        }
+    }
     match req.execute().await {
         Ok(()) => Ok(true),
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(false),
-        Err(e) => Err(nl(format!("add {vip}/32 to lo"))(e)),
+        Err(e) => Err(nl(format!("add {vip}/{plen} to lo"))(e)),
     }
 }
 
@@ -232,7 +258,7 @@ async fn remove_link(handle: &Handle, name: &str) -> Result<bool, NodeError> {
 }
 
 /// Clears what a killed run left: restores the sysctls its state file lists, removes every
-/// `lo` address with our label, the decapsulator's TUN and a kernel decap device it brought
+/// `lo` address with our mark, the decapsulator's TUN and a kernel decap device it brought
 /// up, then deletes the file. Returns how many things were undone.
 pub async fn clear_leftovers(handle: &Handle, names: &NodeNames) -> Result<usize, NodeError> {
     let path = &names.state_file;
@@ -247,8 +273,8 @@ pub async fn clear_leftovers(handle: &Handle, names: &NodeNames) -> Result<usize
         restore_sysctl(k, v)?;
         n += 1;
     }
-    for m in labelled(handle, &names.vip_label).await? {
-        handle.address().del(m).execute().await.map_err(nl("remove a labelled VIP from lo"))?;
+    for m in marked(handle, names).await? {
+        handle.address().del(m).execute().await.map_err(nl("remove a marked VIP from lo"))?;
         n += 1;
     }
     if let Some(d) = &st.kernel_decap {
@@ -264,15 +290,23 @@ pub async fn clear_leftovers(handle: &Handle, names: &NodeNames) -> Result<usize
     Ok(n)
 }
 
-/// The gateways of the main table's default routes.
-pub async fn default_gateways(handle: &Handle) -> Result<Vec<Ipv4Addr>, NodeError> {
-    let routes: Vec<_> = handle
+/// The gateways of the main table's default routes, IPv4 and IPv6.
+pub async fn default_gateways(handle: &Handle) -> Result<Vec<IpAddr>, NodeError> {
+    let mut routes: Vec<_> = handle
         .route()
         .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
         .execute()
         .try_collect()
         .await
         .map_err(nl("list routes"))?;
+    let v6: Vec<_> = handle
+        .route()
+        .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl("list IPv6 routes"))?;
+    routes.extend(v6);
     let main = u32::from(libc::RT_TABLE_MAIN);
     Ok(routes
         .iter()
@@ -286,7 +320,8 @@ pub async fn default_gateways(handle: &Handle) -> Result<Vec<Ipv4Addr>, NodeErro
         })
         .filter_map(|r| {
             r.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(IpAddr::V4(*g)),
+                RouteAttribute::Gateway(RouteAddress::Inet6(g)) => Some(IpAddr::V6(*g)),
                 _ => None,
             })
         })
@@ -349,8 +384,8 @@ impl NodeSetup {
         Ok(())
     }
 
-    /// Starts decapsulation (the kernel's IP-in-IP where present, else in user space) and
-    /// turns `all/rp_filter` off while it runs.
+    /// Starts decapsulation (the kernel's IP-in-IP where present and enough, else in user
+    /// space) and turns `all/rp_filter` off while it runs.
     async fn start_decap(&mut self, policy: DecapPolicy) -> Result<(), NodeError> {
         let path = self.names.state_file.clone();
         let key = "all/rp_filter";
@@ -361,7 +396,10 @@ impl NodeSetup {
             write_sysctl(key, want)?;
             tracing::warn!(target: "clusterserverd::node", from = %cur, to = want, "tunnel: net.ipv4.conf.all.rp_filter set to 0 until exit (decapsulated packets carry client sources on an address-less device; per-interface values still apply)");
         }
-        let d = if netlink::kernel_has_ipip() {
+        if policy.unchecked_v6_sources() {
+            tracing::warn!(target: "clusterserverd::node", "tunnel over IPv6: outer IPv6 sources are not restricted (the ATMs' configured addresses are IPv4; the ATMs tunnel from their interfaces' IPv6 addresses); inner destinations are still only this node's tunnel VIPs");
+        }
+        let d = if crate::dataplane::io::decap_loop::kernel_serves(&policy) {
             // The fallback device may pre-exist: remember its sysctls (set to 0 / 1 by
             // enable_kernel_ipip) and leave it up on undo if it was up before.
             let was_up = link_up(&self.handle, "tunl0").await?;
@@ -415,7 +453,7 @@ impl NodeSetup {
         let mut ch = NodeChanges::default();
         self.raise_sysctls()?;
         for vip in old.vips.iter().filter(|v| !self.plan.vips.contains(v)) {
-            remove_vip(&self.handle, &self.names.vip_label, *vip).await?;
+            remove_vip(&self.handle, &self.names, *vip).await?;
             self.state.vips.retain(|v| v != vip);
             save(&path, &self.state)?;
             ch.vips_removed.push(*vip);
@@ -461,16 +499,15 @@ impl NodeSetup {
     }
 
     /// Adds one VIP to `lo`, recorded in the state file first.
-    async fn add_one(&mut self, vip: Ipv4Addr) -> Result<(), NodeError> {
+    async fn add_one(&mut self, vip: IpAddr) -> Result<(), NodeError> {
         if !self.state.vips.contains(&vip) {
             self.state.vips.push(vip);
             save(&self.names.state_file, &self.state)?;
         }
-        let label = &self.names.vip_label;
-        if !add_vip(&self.handle, label, vip).await?
-            && !labelled_vips(&self.handle, label).await?.contains(&vip)
+        if !add_vip(&self.handle, &self.names, vip).await?
+            && !marked_vips(&self.handle, &self.names).await?.contains(&vip)
         {
-            tracing::warn!(target: "clusterserverd::node", vip = %vip, "the VIP is already on lo without our label (configured by hand?): left alone");
+            tracing::warn!(target: "clusterserverd::node", vip = %vip, "the VIP is already on lo without our mark (configured by hand?): left alone");
         }
         Ok(())
     }
@@ -492,7 +529,7 @@ impl NodeSetup {
                     tracing::warn!(target: "clusterserverd::node", service = %c.service, gateway_vip = %g, default_gateways = ?gws, "NAT service {}: this node's default route does not go through the service's gateway_vip {g}: its replies will bypass the ATM and clients will drop them; route them via {g}", c.service);
                 }
                 None => {
-                    tracing::warn!(target: "clusterserverd::node", service = %c.service, "NAT service {} has no IPv4 gateway_vip: cannot check this node's return route", c.service);
+                    tracing::warn!(target: "clusterserverd::node", service = %c.service, "NAT service {} has no gateway_vip: cannot check this node's return route", c.service);
                 }
             }
         }
@@ -510,7 +547,7 @@ impl NodeSetup {
             if self.vips_wanted {
                 self.add_one(vip).await?;
             } else {
-                remove_vip(&self.handle, &self.names.vip_label, vip).await?;
+                remove_vip(&self.handle, &self.names, vip).await?;
             }
         }
         if !present {
@@ -543,7 +580,7 @@ impl NodeSetup {
     pub async fn undo(&mut self) -> Result<Option<DecapStats>, NodeError> {
         self.closed = true;
         let stats = self.stop_decap().await?;
-        for m in labelled(&self.handle, &self.names.vip_label).await? {
+        for m in marked(&self.handle, &self.names).await? {
             self.handle.address().del(m).execute().await.map_err(nl("remove a VIP from lo"))?;
         }
         for (k, v) in self.state.sysctls.iter().rev() {
