@@ -23,6 +23,7 @@ pub mod faults;
 pub mod health;
 pub mod lab;
 pub mod measure;
+pub mod ndp;
 pub mod nodes;
 pub mod ns;
 pub mod report;

@@ -10,7 +10,7 @@
 //! An IPv6 VIP has no label (Linux keeps labels for IPv4 only): the set-up check looks for
 //! the VIP as a /128 on `lo`. Linux answers a Neighbor Solicitation only for addresses on the
 //! interface it arrived on, so IPv6 needs no hiding sysctl; that the nodes never answer one
-//! is measured, not assumed (the NDP probe of the IPv6 labs).
+//! is measured, not assumed ([`crate::ndp`]).
 
 use std::path::Path;
 

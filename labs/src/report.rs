@@ -135,6 +135,7 @@ pub fn outcome(
         per_family: if results.iter().any(|(k, _)| k.contains(' ')) { per_family } else { BTreeMap::new() },
         by_server,
         flow_notes: notes,
+        ndp: Vec::new(),
         requests,
         dir: dir.to_path_buf(),
     }
@@ -209,6 +210,7 @@ pub fn write(lo: &LabOutcome) -> anyhow::Result<()> {
         "long_lived": o.long_lived,
         "long_lived_lost": o.long_lived_lost,
         "flow_notes": lo.flow_notes,
+        "ndp": lo.ndp,
         "faults": o.faults,
         "series_per_100ms": o.series,
     });
@@ -234,6 +236,9 @@ pub fn summary(lo: &LabOutcome) -> String {
     }
     for (k, (out, flows, lost)) in &lo.per_family {
         s += &format!("{k}: outage {out} ms, long-lived lost {lost}/{flows}\n");
+    }
+    for l in &lo.ndp {
+        s += &format!("{l}\n");
     }
     s += &format!("requests: {}\n", lo.requests);
     s

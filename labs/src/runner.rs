@@ -53,11 +53,6 @@ pub const SUPPORTED: &[&str] = &[
     "enable",
 ];
 
-/// Whether the node daemon sets up IPv6 VIPs for direct routing and tunnel (VIP on `lo`,
-/// IPv6-in-IPv6 decapsulation): until it does, IPv6 DR and tunnel scenarios are SKIPPED
-/// with the reason, not failed.
-const NODE_SETS_UP_IPV6: bool = false;
-
 /// The lab's figures: the simulator's [`Outcome`] plus what only a real run shows.
 #[derive(Debug)]
 pub struct LabOutcome {
@@ -71,6 +66,8 @@ pub struct LabOutcome {
     pub per_family: BTreeMap<String, (u64, u64, u64)>,
     pub by_server: BTreeMap<String, BTreeMap<String, u64>>,
     pub flow_notes: Vec<String>,
+    /// Who answered the end-of-run Neighbor Solicitations for the IPv6 VIP (DR and tunnel).
+    pub ndp: Vec<String>,
     pub requests: u64,
     pub dir: PathBuf,
 }
@@ -78,12 +75,6 @@ pub struct LabOutcome {
 /// Steps of `s` the lab cannot perform, described.
 pub fn unsupported(s: &Scenario) -> Vec<String> {
     let mut v = Vec::new();
-    if crate::family::has_v6(s.topology.ip) && s.topology.forwarding != "nat" && !NODE_SETS_UP_IPV6 {
-        v.push(format!(
-            "IPv6 {} needs the node daemon to put the IPv6 VIP on the real servers' lo, which it does not yet",
-            s.topology.forwarding
-        ));
-    }
     if crate::family::has_v6(s.topology.ip) && s.topology.second_cluster {
         v.push("the lab's second cluster is IPv4 only".into());
     }
@@ -453,6 +444,13 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
     for (c, f, _) in &loads {
         lab.wait_or_kill(&format!("{c}/load{}", f.suffix()), 5_000)?;
     }
+    // With the nodes still set up: nobody but the primary answers NDP for the IPv6 VIP.
+    let (ndp_lines, ndp_problems) = if crate::family::has_v6(s.topology.ip) && s.topology.forwarding != "nat"
+    {
+        ndp_check(&lab, &atms, &stopped)?
+    } else {
+        (Vec::new(), Vec::new())
+    };
     let node_problems = crate::nodes::stop_and_check(&mut lab, &node_before)?;
     for (c, _) in &clients {
         let _ = lab.signal(&format!("{c}/tcpdump"), Signal::SIGINT);
@@ -485,6 +483,8 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
         crate::report::outcome(s, t0, duration_ms, &results, &arp, &vips, &macs, pcaps, faults_log, dir);
     lo.outcome.rejected = rejected;
     lo.outcome.violations.extend(node_problems);
+    lo.outcome.violations.extend(ndp_problems);
+    lo.ndp = ndp_lines;
     crate::health::check(s, &mut lo.outcome, &results, t0);
     if s.failover.is_some() {
         let r = clustersim::services_check::check(s, &crate::services::read_log(dir));
@@ -513,6 +513,48 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
         }
     }
     Ok(lo)
+}
+
+/// Probes who answers Neighbor Solicitations for the IPv6 VIP from the first client
+/// ([`crate::ndp`]): the report lines and the violations.
+fn ndp_check(
+    lab: &Lab,
+    atms: &[(String, String)],
+    stopped: &[String],
+) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let primaries: Vec<&String> = atms
+        .iter()
+        .map(|(a, _)| a)
+        .filter(|a| a.starts_with("atm") && !stopped.contains(a))
+        .filter(|a| {
+            // The log of the daemon running now: a restarted one appends to its
+            // predecessor's, and starts as backup without a role-change line.
+            let text = lab.log_text(&format!("{a}/daemon"));
+            let current = text.rfind(" ready ").map_or(text.as_str(), |i| &text[i..]);
+            parse_daemon_log(current).roles.last().is_some_and(|r| r.1 == "primary")
+        })
+        .collect();
+    let [primary] = primaries.as_slice() else {
+        return Ok((Vec::new(), vec![format!("NDP: no single primary to probe at the end ({primaries:?})")]));
+    };
+    let primary_mac = crate::measure::mac_text(&topology::mac_of(&lab.plan.host(primary)?.ns, "eth0")?);
+    let mut nodes = Vec::new();
+    for h in lab.plan.of_role(Role::Node) {
+        nodes.push((h.name.clone(), crate::measure::mac_text(&topology::mac_of(&h.ns, "eth0")?)));
+    }
+    let client = lab.plan.of_role(Role::Client).first().map(|h| (*h).clone()).context("no client")?;
+    let mut args = vec![
+        "ndp-probe".to_string(),
+        "eth0".into(),
+        client.addr_in(Family::V6).to_string(),
+        crate::family::vip6().to_string(),
+    ];
+    args.extend(nodes.iter().map(|(_, m)| m.clone()));
+    args.push(primary_mac.clone());
+    let cmd = lab.command(&client.name, &helper_exe()?, &args)?;
+    let (mut lines, v) = crate::ndp::check(cmd, &primary_mac, &nodes)?;
+    lines.iter_mut().for_each(|l| *l = format!("{l} (primary {primary})"));
+    Ok((lines, v))
 }
 
 /// The daemon logs of the second cluster's ATMs (`other*`), by name.
