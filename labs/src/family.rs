@@ -87,11 +87,15 @@ pub fn families(ip: IpFamily) -> Vec<Family> {
     }
 }
 
-/// The key of a client's per-family figures (neighbour entries, announcements, outages):
-/// the client's name for the scenario's first family, as the simulator names them, and
-/// `"client ipv6"` for the second family of a dual-stack service.
-pub fn key(client: &str, f: Family, ip: IpFamily) -> String {
-    if families(ip)[0] == f { client.to_string() } else { format!("{client} {}", f.name()) }
+/// The family client number `n` (1-based) uses, as in the simulator: a dual-stack
+/// scenario's clients alternate, client1 IPv4, client2 IPv6, client3 IPv4...
+pub fn of_client(ip: IpFamily, n: u32) -> Family {
+    match ip {
+        IpFamily::Ipv4 => Family::V4,
+        IpFamily::Ipv6 => Family::V6,
+        IpFamily::Dual if n % 2 == 1 => Family::V4,
+        IpFamily::Dual => Family::V6,
+    }
 }
 
 /// Whether the lab's hosts get IPv6 addresses.
@@ -110,5 +114,7 @@ mod tests {
         assert_eq!(gateway_vip6(), "fd00:c5:1::254".parse::<Ipv6Addr>().expect("v6"));
         assert_ne!(v6_of(Ipv4Addr::new(10, 0, 0, 25)), v6_of(Ipv4Addr::new(10, 0, 0, 205)));
         assert_eq!(families(IpFamily::Dual), vec![Family::V4, Family::V6]);
+        let dual: Vec<Family> = (1..=3).map(|n| of_client(IpFamily::Dual, n)).collect();
+        assert_eq!(dual, vec![Family::V4, Family::V6, Family::V4]);
     }
 }

@@ -68,25 +68,11 @@ pub fn outcome(
     let mut series = BTreeMap::new();
     let mut by_server = BTreeMap::new();
     let (mut long_lived, mut lost, mut notes, mut requests) = (0, 0, Vec::new(), 0);
-    let mut per_family = BTreeMap::new();
-    for (key, r) in results {
-        // A dual-stack client's second family (`client1 ipv6`) counts for the client: its
-        // outage is the worse family's, its losses and answers add up.
-        let c = key.split_once(' ').map_or(key.as_str(), |(c, _)| c).to_string();
-        let out = if r.requests.is_empty() { duration_ms } else { r.outage_ms(rate) };
-        per_family.insert(key.clone(), (out, r.flows, r.flows_lost));
-        let o = outage_ms.entry(c.clone()).or_insert(0);
-        *o = out.max(*o);
-        *lost_requests.entry(c.clone()).or_insert(0) += r.lost();
-        let sr: &mut Vec<u32> =
-            series.entry(c.clone()).or_insert_with(|| vec![0; duration_ms.div_ceil(100) as usize]);
-        for (x, y) in sr.iter_mut().zip(r.series(t0, duration_ms.div_ceil(100) as usize)) {
-            *x += y;
-        }
-        let bs: &mut BTreeMap<String, u64> = by_server.entry(c.clone()).or_default();
-        for (srv, n) in r.by_server() {
-            *bs.entry(srv).or_insert(0) += n;
-        }
+    for (c, r) in results {
+        outage_ms.insert(c.clone(), if r.requests.is_empty() { duration_ms } else { r.outage_ms(rate) });
+        lost_requests.insert(c.clone(), r.lost());
+        series.insert(c.clone(), r.series(t0, duration_ms.div_ceil(100) as usize));
+        by_server.insert(c.clone(), r.by_server());
         long_lived += r.flows;
         // A flow whose server a `reload` removed ends by design (`on_down`), as in the
         // simulator: not lost.
@@ -96,7 +82,7 @@ pub fn outcome(
             !servers.is_empty() && servers.split('+').next().is_some_and(|first| removed.contains(&first))
         };
         lost += r.flows_lost - r.lost_flow_servers.iter().filter(|s| by_design(s)).count() as u64;
-        notes.extend(r.flow_notes.iter().map(|n| format!("{key}: {n}")));
+        notes.extend(r.flow_notes.iter().map(|n| format!("{c}: {n}")));
         requests += r.requests.len() as u64;
     }
     let name = |m: &str| macs.get(m).cloned().unwrap_or_else(|| m.to_string());
@@ -132,7 +118,7 @@ pub fn outcome(
         outcome: o,
         arp_changes,
         arp_packets,
-        per_family: if results.iter().any(|(k, _)| k.contains(' ')) { per_family } else { BTreeMap::new() },
+        client_family: BTreeMap::new(),
         by_server,
         flow_notes: notes,
         ndp: Vec::new(),
@@ -206,7 +192,7 @@ pub fn write(lo: &LabOutcome) -> anyhow::Result<()> {
         "arp_packets": lo.arp_packets,
         "requests": lo.requests,
         "answered_by_server": lo.by_server,
-        "per_family": lo.per_family.iter().map(|(k, (o, f, l))| (k.clone(), json!({"outage_ms": o, "long_lived": f, "long_lived_lost": l}))).collect::<BTreeMap<_, _>>(),
+        "client_family": lo.client_family,
         "long_lived": o.long_lived,
         "long_lived_lost": o.long_lived_lost,
         "flow_notes": lo.flow_notes,
@@ -234,8 +220,9 @@ pub fn summary(lo: &LabOutcome) -> String {
             p.iter().filter(|x| x.2).count()
         );
     }
-    for (k, (out, flows, lost)) in &lo.per_family {
-        s += &format!("{k}: outage {out} ms, long-lived lost {lost}/{flows}\n");
+    if lo.client_family.values().any(|f| f != "ipv4") {
+        let f: Vec<String> = lo.client_family.iter().map(|(c, f)| format!("{c} {f}")).collect();
+        s += &format!("client families: {}\n", f.join(", "));
     }
     for l in &lo.ndp {
         s += &format!("{l}\n");

@@ -61,9 +61,8 @@ pub struct LabOutcome {
     pub arp_changes: BTreeMap<String, Vec<(u64, String)>>,
     /// ARP packets sent for the VIP, per client capture: (ms, owner, gratuitous).
     pub arp_packets: BTreeMap<String, Vec<(u64, String, bool)>>,
-    /// A dual-stack run's figures per client and family (`client1`, `client1 ipv6`):
-    /// (outage ms, long-lived flows, flows lost); empty for one family.
-    pub per_family: BTreeMap<String, (u64, u64, u64)>,
+    /// Each client's family (`ipv4`, `ipv6`).
+    pub client_family: BTreeMap<String, String>,
     pub by_server: BTreeMap<String, BTreeMap<String, u64>>,
     pub flow_notes: Vec<String>,
     /// Who answered the end-of-run Neighbor Solicitations for the IPv6 VIP (DR and tunnel).
@@ -299,33 +298,36 @@ pub fn start_backends(lab: &mut Lab, duration_ms: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One client's load in one family: the client, the family, its output file.
+/// One client's load: the client, its family, its output file.
 pub type LoadOut = (String, Family, PathBuf);
 
-/// Starts the load on every client, one load per service family (a dual-stack client loads
-/// both VIPs, each measured on its own): returns their output files.
+/// Starts the load on every client, each on its family's VIP (a dual-stack scenario's
+/// clients alternate families, as in the simulator): returns their output files.
 pub fn start_load(lab: &mut Lab, s: &Scenario, duration_ms: u64) -> anyhow::Result<Vec<LoadOut>> {
     let exe = helper_exe()?;
     let rate = rate_of(s);
-    let clients: Vec<String> = lab.plan.of_role(Role::Client).iter().map(|h| h.name.clone()).collect();
+    let clients: Vec<(String, Family)> = lab
+        .plan
+        .of_role(Role::Client)
+        .iter()
+        .map(|h| (h.name.clone(), h.client_family(lab.plan.ip)))
+        .collect();
     let total = s.load.long_lived as usize;
     let mut outs = Vec::new();
-    for f in crate::family::families(lab.plan.ip) {
-        for (i, c) in clients.iter().enumerate() {
-            let flows = total / clients.len() + usize::from(i < total % clients.len());
-            let out = lab.dir.join(format!("{c}-load{}.csv", f.suffix()));
-            let args = vec![
-                "load".into(),
-                SocketAddr::new(f.vip(), 80).to_string(),
-                SocketAddr::new(f.vip(), STREAM_PORT).to_string(),
-                rate.to_string(),
-                duration_ms.to_string(),
-                flows.to_string(),
-                out.display().to_string(),
-            ];
-            lab.spawn(&format!("{c}/load{}", f.suffix()), c, &exe, &args)?;
-            outs.push((c.clone(), f, out));
-        }
+    for (i, (c, f)) in clients.iter().enumerate() {
+        let flows = total / clients.len() + usize::from(i < total % clients.len());
+        let out = lab.dir.join(format!("{c}-load{}.csv", f.suffix()));
+        let args = vec![
+            "load".into(),
+            SocketAddr::new(f.vip(), 80).to_string(),
+            SocketAddr::new(f.vip(), STREAM_PORT).to_string(),
+            rate.to_string(),
+            duration_ms.to_string(),
+            flows.to_string(),
+            out.display().to_string(),
+        ];
+        lab.spawn(&format!("{c}/load"), c, &exe, &args)?;
+        outs.push((c.clone(), *f, out));
     }
     Ok(outs)
 }
@@ -365,6 +367,9 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
     let clients: Vec<(String, String)> =
         lab.plan.of_role(Role::Client).iter().map(|h| (h.name.clone(), h.ns.clone())).collect();
     let fams = crate::family::families(s.topology.ip);
+    let family_of = |c: &str| lab.plan.host(c).map_or(Family::V4, |h| h.client_family(s.topology.ip));
+    let client_family: BTreeMap<String, Family> =
+        clients.iter().map(|(c, _)| (c.clone(), family_of(c))).collect();
     for (c, _) in &clients {
         let pcap = dir.join(format!("{c}.pcap"));
         // ARP, and for IPv6 the Neighbor Advertisements (ICMPv6 type 136).
@@ -372,12 +377,9 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
         let args = ["-i", "eth0", "-U", "-n", "-w", &pcap.display().to_string(), filter].map(String::from);
         lab.spawn(&format!("{c}/tcpdump"), c, Path::new("/usr/bin/tcpdump"), &args)?;
     }
-    let mut arp_pollers: Vec<(String, Poller)> = fams
+    let mut arp_pollers: Vec<(String, Poller)> = clients
         .iter()
-        .flat_map(|f| clients.iter().map(move |(c, n)| (*f, c, n)))
-        .map(|(f, c, n)| {
-            (crate::family::key(c, f, s.topology.ip), Poller::start(n, Probe::NeighbourMac(f.vip())))
-        })
+        .map(|(c, n)| (c.clone(), Poller::start(n, Probe::NeighbourMac(client_family[c].vip()))))
         .collect();
     let atms: Vec<(String, String)> = lab
         .plan
@@ -441,8 +443,8 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    for (c, f, _) in &loads {
-        lab.wait_or_kill(&format!("{c}/load{}", f.suffix()), 5_000)?;
+    for (c, _, _) in &loads {
+        lab.wait_or_kill(&format!("{c}/load"), 5_000)?;
     }
     // With the nodes still set up: nobody but the primary answers NDP for the IPv6 VIP.
     let (ndp_lines, ndp_problems) = if crate::family::has_v6(s.topology.ip) && s.topology.forwarding != "nat"
@@ -460,22 +462,19 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
         arp_pollers.drain(..).map(|(c, p)| (c, p.finish().unwrap_or_default())).collect();
     let (vips, rejected) = roles_from_logs(&lab, &atms, &downs);
     let macs = atm_macs(&lab)?;
-    // Keyed by client, and `client ipv6` for a dual-stack service's second family.
     let results: Vec<(String, ClientResult)> = loads
         .iter()
-        .map(|(c, f, out)| {
-            let r = ClientResult::parse(&std::fs::read_to_string(out).unwrap_or_default());
-            (crate::family::key(c, *f, s.topology.ip), r)
+        .map(|(c, _, out)| {
+            (c.clone(), ClientResult::parse(&std::fs::read_to_string(out).unwrap_or_default()))
         })
         .collect();
-    let pcaps = fams
+    let pcaps = clients
         .iter()
-        .flat_map(|f| clients.iter().map(move |(c, _)| (*f, c)))
-        .map(|(f, c)| {
+        .map(|(c, _)| {
             let b = std::fs::read(dir.join(format!("{c}.pcap"))).unwrap_or_default();
-            let pk = pcap_neighbour(&b, f.vip()).unwrap_or_default();
+            let pk = pcap_neighbour(&b, client_family[c].vip()).unwrap_or_default();
             let pk = pk.into_iter().map(|(t, m, g)| (t.saturating_sub(t0), owner(&macs, &m), g)).collect();
-            (crate::family::key(c, f, s.topology.ip), pk)
+            (c.clone(), pk)
         })
         .collect();
     lab.teardown();
@@ -485,6 +484,7 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
     lo.outcome.violations.extend(node_problems);
     lo.outcome.violations.extend(ndp_problems);
     lo.ndp = ndp_lines;
+    lo.client_family = client_family.into_iter().map(|(c, f)| (c, f.name().to_string())).collect();
     crate::health::check(s, &mut lo.outcome, &results, t0);
     if s.failover.is_some() {
         let r = clustersim::services_check::check(s, &crate::services::read_log(dir));
@@ -542,7 +542,9 @@ fn ndp_check(
     for h in lab.plan.of_role(Role::Node) {
         nodes.push((h.name.clone(), crate::measure::mac_text(&topology::mac_of(&h.ns, "eth0")?)));
     }
-    let client = lab.plan.of_role(Role::Client).first().map(|h| (*h).clone()).context("no client")?;
+    let ip = lab.plan.ip;
+    let client = lab.plan.of_role(Role::Client).into_iter().find(|h| h.client_family(ip) == Family::V6);
+    let client = client.cloned().context("no IPv6 client")?;
     let mut args = vec![
         "ndp-probe".to_string(),
         "eth0".into(),
@@ -837,9 +839,8 @@ fn apply(
         }
         "miss_garp" => {
             let m = st.miss_garp.as_ref().context("miss_garp")?;
-            for f in crate::family::families(plan.ip) {
-                faults::miss_garp(&plan, &m.client, f.vip(), m.count)?;
-            }
+            let f = plan.host(&m.client)?.client_family(plan.ip);
+            faults::miss_garp(&plan, &m.client, f.vip(), m.count)?;
         }
         "forge" => {
             let f = st.forge.as_ref().context("forge")?;

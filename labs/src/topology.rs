@@ -78,6 +78,11 @@ impl Host {
         f.addr(self.addr())
     }
 
+    /// The family of a client's load (its number decides in a dual-stack scenario).
+    pub fn client_family(&self, ip: IpFamily) -> Family {
+        family::of_client(ip, classify(&self.name).map_or(1, |(_, n)| n))
+    }
+
     /// Every address of the host's interfaces, both families.
     pub fn all_addrs(&self) -> Vec<IpAddr> {
         let mut v: Vec<IpAddr> = self.ifaces.iter().map(|i| IpAddr::V4(i.addr)).collect();
