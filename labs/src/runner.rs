@@ -87,6 +87,22 @@ pub fn unsupported(s: &Scenario) -> Vec<String> {
     v
 }
 
+/// What the lab cannot run in the scenario file at `path`, read from its text: keys newer
+/// than the typed format this build knows are refused by name rather than ignored. Today
+/// `topology.mode: "active-active"`: active-active runs in its own lab (`clusterlab
+/// active-active`, IPv4 over BGP), not in the scenario runner, which would run it as
+/// primary/backup.
+pub fn unsupported_file(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let v: serde_json::Value = json5::from_str(&text).unwrap_or_default();
+    match v.pointer("/topology/mode").and_then(|m| m.as_str()) {
+        None | Some("primary-backup") => Vec::new(),
+        Some(mode) => vec![format!(
+            "topology.mode {mode:?}: the scenario runner runs primary/backup clusters only (active-active is `clusterlab active-active`, IPv4 BGP)"
+        )],
+    }
+}
+
 static HELPER: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 /// Sets the `clusterlab` executable that runs the helpers (`load`, `stream-server`, `forge`)
@@ -877,4 +893,25 @@ fn apply(
         _ => format!("{kind} {host}"),
     };
     Ok(format!("fault: {what}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_active_active_file_is_refused_by_name() {
+        let d = std::env::temp_dir().join(format!("csl-unsupported-{}", std::process::id()));
+        std::fs::create_dir_all(&d).expect("dir");
+        let aa = d.join("aa.json5");
+        std::fs::write(&aa, "{ name: 'x', topology: { atms: 3, ip: 'ipv6', mode: 'active-active' } }")
+            .expect("w");
+        let pb = d.join("pb.json5");
+        std::fs::write(&pb, "{ name: 'y', topology: { atms: 2, mode: 'primary-backup' } }").expect("w");
+        let v = unsupported_file(&aa);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].contains("active-active"));
+        assert!(unsupported_file(&pb).is_empty());
+        let _ = std::fs::remove_dir_all(&d);
+    }
 }
