@@ -36,7 +36,14 @@ pub enum Command {
     Reconfigure(Box<Config>),
 }
 
-/// Where heartbeats go: the broadcast address and/or every other ATM, per config.
+/// The link-local multicast group of heartbeats between ATMs with IPv6 addresses, in place
+/// of broadcast (which IPv6 lacks): `ff02::17:100` ("17100", the heartbeat port). Every
+/// cluster on the link shares it, as clusters share a broadcast address; the cluster id and
+/// the authenticator inside each heartbeat keep them apart.
+pub const HEARTBEAT_GROUP6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0x17, 0x100);
+
+/// Where heartbeats go: the broadcast address (or IPv6 group) and/or every other ATM, per
+/// config.
 pub fn heartbeat_targets(cfg: &Config, me: usize, broadcast: Option<IpAddr>, port: u16) -> Vec<SocketAddr> {
     let mode = cfg.cluster.heartbeat_mode;
     let mut out = Vec::new();

@@ -53,10 +53,12 @@ fn the_ipv6_and_dual_stack_examples_are_what_they_say() {
     let dir = secrets_dir("families");
     let v6 = load_example(Path::new(support::MANIFEST_DIR).join("config/nat66-2atm.json5").as_path(), &dir);
     assert!(v6.services.iter().all(|s| s.vip.is_ipv6() && s.servers.iter().all(|x| x.address.is_ipv6())));
-    assert!(v6.atms.iter().all(|a| a.address.is_ipv4()), "heartbeats over IPv4");
+    assert!(v6.atms.iter().all(|a| a.address.is_ipv6()), "IPv6 only: heartbeats and sync over IPv6 too");
+    assert!(v6.arbitration.reachlist.iter().all(std::net::IpAddr::is_ipv6));
     let dual =
         load_example(Path::new(support::MANIFEST_DIR).join("config/dual-stack-2atm.json5").as_path(), &dir);
     assert!(dual.services.iter().any(|s| s.vip.is_ipv4()) && dual.services.iter().any(|s| s.vip.is_ipv6()));
+    assert!(dual.atms.iter().all(|a| a.address.is_ipv4()), "the dual-stack example's ATMs speak IPv4");
 }
 
 #[test]

@@ -39,7 +39,11 @@ fn the_daemon_starts_ready_and_stops_cleanly_on_every_example() {
         assert!(Command::new("ip").args(["netns", "add", &ns.0]).status().expect("ip").success());
         in_ns(&ns.0, &["ip", "link", "set", "lo", "up"]);
         in_ns(&ns.0, &["ip", "link", "add", &atm.interface, "type", "veth", "peer", "name", "peer0"]);
-        in_ns(&ns.0, &["ip", "addr", "add", &format!("{}/24", atm.address), "dev", &atm.interface]);
+        let (plen, nodad) = if atm.address.is_ipv4() { (24, None) } else { (64, Some("nodad")) };
+        let cidr = format!("{}/{plen}", atm.address);
+        let mut add = vec!["ip", "addr", "add", cidr.as_str(), "dev", atm.interface.as_str()];
+        add.extend(nodad);
+        in_ns(&ns.0, &add);
         in_ns(&ns.0, &["ip", "link", "set", &atm.interface, "up"]);
         in_ns(&ns.0, &["ip", "link", "set", "peer0", "up"]);
         in_ns(&ns.0, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);

@@ -14,13 +14,12 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use support::daemon::DaemonLab;
 use support::traffic::echo_once;
 use support::wait::wait_until;
-use support::{in_ns, is_root, ns_output};
+use support::{in_ns, ipv6};
 
 const HELPER_ENV: &str = "CSL_V6_HELPER";
 const VIP: &str = "[fd00:61::99]:8080";
@@ -43,30 +42,9 @@ const CONFIG: &str = r#"{
 }
 "#;
 
-fn v6(ns: &str, cidr: &str, dev: &str) {
-    in_ns(ns, &["ip", "addr", "add", cidr, "dev", dev, "nodad"]);
-}
-
-/// The MAC the client's neighbour table gives the VIP, if any usable entry.
-fn vip_mac(client: &str) -> Option<String> {
-    let out = ns_output(client, &["ip", "-6", "neigh", "show", "fd00:61::99"]);
-    let f: Vec<&str> = out.split_whitespace().collect();
-    let i = f.iter().position(|w| *w == "lladdr")?;
-    (!out.contains("FAILED")).then(|| f.get(i + 1).map(|m| m.to_string())).flatten()
-}
-
-fn mac_of(ns: &str, dev: &str) -> String {
-    ns_output(ns, &["cat", &format!("/sys/class/net/{dev}/address")]).trim().to_string()
-}
-
 #[test]
 fn an_ipv6_nat_service_is_served_and_survives_the_primary_daemon() {
-    if std::env::var(HELPER_ENV).is_ok() {
-        return;
-    }
-    if !is_root() || !Path::new("/dev/net/tun").exists() || !Path::new("/proc/net/if_inet6").exists() {
-        println!("SKIPPED: needs root, /dev/net/tun and IPv6");
-        eprintln!("SKIPPED: needs root, /dev/net/tun and IPv6");
+    if !ipv6::can_run(HELPER_ENV) {
         return;
     }
     let mut lab = DaemonLab::new("csl-v6", "");
@@ -80,23 +58,17 @@ fn an_ipv6_nat_service_is_served_and_survives_the_primary_daemon() {
     lab.net.attach(&a1, "eth1", "10.61.2.1/24", &sw, "a1b", "brb");
     lab.net.attach(&a2, "eth1", "10.61.2.2/24", &sw, "a2b", "brb");
     lab.net.attach(&server, "eth0", "10.61.2.20/24", &sw, "s0", "brb");
-    v6(&client, "fd00:61::10/64", "eth0");
+    ipv6::addr6(&client, "fd00:61::10/64", "eth0");
     for (ns, n) in [(&a1, 1), (&a2, 2)] {
         lab.net.forwarding(ns);
         in_ns(ns, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
-        v6(ns, &format!("fd00:61::{n}/64"), "eth0");
+        ipv6::addr6(ns, &format!("fd00:61::{n}/64"), "eth0");
         // Not ::1: that is the gateway VIP, which no ATM may hold as a kernel address.
-        v6(ns, &format!("fd00:62::1{n}/64"), "eth1");
+        ipv6::addr6(ns, &format!("fd00:62::1{n}/64"), "eth1");
     }
-    v6(&server, "fd00:62::20/64", "eth0");
+    ipv6::addr6(&server, "fd00:62::20/64", "eth0");
     in_ns(&server, &["ip", "-6", "route", "add", "default", "via", "fd00:62::1"]);
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let secret = lab.net.dir.join("secret");
-        std::fs::write(&secret, "lab-secret-0123456789\n").expect("secret");
-        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        std::fs::write(lab.net.dir.join("v6.json5"), CONFIG).expect("config");
-    }
+    ipv6::write_private(&lab.net.dir, &[("secret", "lab-secret-0123456789\n"), ("v6.json5", CONFIG)]);
     let srv = support::spawn_echo_helper(&server, HELPER_ENV, "[fd00:62::20]:8080");
     lab.net.others.push(srv);
     let config = lab.net.dir.join("v6.json5");
@@ -110,7 +82,11 @@ fn an_ipv6_nat_service_is_served_and_survives_the_primary_daemon() {
     wait_until("the IPv6 service answers through the VIP", Duration::from_secs(10), || {
         echo_once(&client, addr, Duration::from_millis(500))
     });
-    assert_eq!(vip_mac(&client), Some(mac_of(first_ns, "eth0")), "the VIP is at the primary's MAC (NDP)");
+    assert_eq!(
+        ipv6::neigh_mac(&client, "fd00:61::99"),
+        Some(ipv6::mac_of(first_ns, "eth0")),
+        "the VIP is at the primary's MAC (NDP)"
+    );
     let ok = (0..20).filter(|_| echo_once(&client, addr, Duration::from_secs(1))).count();
     assert_eq!(ok, 20, "requests through the IPv6 VIP");
 
@@ -121,8 +97,8 @@ fn an_ipv6_nat_service_is_served_and_survives_the_primary_daemon() {
     });
     println!("IPv6 service back {took:?} after SIGKILL of {first}");
     assert_eq!(
-        vip_mac(&client),
-        Some(mac_of(other_ns, "eth0")),
+        ipv6::neigh_mac(&client, "fd00:61::99"),
+        Some(ipv6::mac_of(other_ns, "eth0")),
         "the backup's advertisement moved the client's neighbour entry"
     );
     let ok = (0..20).filter(|_| echo_once(&client, addr, Duration::from_secs(1))).count();

@@ -14,13 +14,12 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use support::daemon::DaemonLab;
 use support::traffic::echo_once;
 use support::wait::wait_until;
-use support::{in_ns, is_root, ns_output};
+use support::{in_ns, ipv6, ns_output};
 
 const HELPER_ENV: &str = "CSL_N6_HELPER";
 
@@ -54,35 +53,14 @@ const VIPS: [(&str, &str); 4] = [
     ("[fd00:63::97]:8080", "IPv6-in-IPv4"),
 ];
 
-fn v6(ns: &str, cidr: &str, dev: &str) {
-    in_ns(ns, &["ip", "addr", "add", cidr, "dev", dev, "nodad"]);
-}
-
 /// `lo`'s addresses, one `ip -o addr` line each.
 fn lo_addrs(ns: &str) -> String {
     ns_output(ns, &["ip", "-o", "addr", "show", "dev", "lo"])
 }
 
-/// The client's neighbour entry for `ip`: the MAC, if it has a usable one.
-fn neigh_mac(ns: &str, ip: &str) -> Option<String> {
-    let out = ns_output(ns, &["ip", "neigh", "show", ip]);
-    let f: Vec<&str> = out.split_whitespace().collect();
-    let i = f.iter().position(|w| *w == "lladdr")?;
-    (!out.contains("FAILED")).then(|| f.get(i + 1).map(|m| m.to_string())).flatten()
-}
-
-fn mac_of(ns: &str, dev: &str) -> String {
-    ns_output(ns, &["cat", &format!("/sys/class/net/{dev}/address")]).trim().to_string()
-}
-
 #[test]
 fn ipv6_dr_and_every_tunnel_family_reach_the_node_which_never_answers_ndp_for_its_vips() {
-    if std::env::var(HELPER_ENV).is_ok() {
-        return;
-    }
-    if !is_root() || !Path::new("/dev/net/tun").exists() || !Path::new("/proc/net/if_inet6").exists() {
-        println!("SKIPPED: needs root, /dev/net/tun and IPv6");
-        eprintln!("SKIPPED: needs root, /dev/net/tun and IPv6");
+    if !ipv6::can_run(HELPER_ENV) {
         return;
     }
     let mut lab = DaemonLab::new("csl-n6", "");
@@ -93,16 +71,10 @@ fn ipv6_dr_and_every_tunnel_family_reach_the_node_which_never_answers_ndp_for_it
     lab.net.attach(&server, "eth0", "10.63.0.20/24", &sw, "s0", "br0");
     lab.net.forwarding(&atm);
     in_ns(&atm, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
-    v6(&client, "fd00:63::10/64", "eth0");
-    v6(&atm, "fd00:63::1/64", "eth0");
-    v6(&server, "fd00:63::20/64", "eth0");
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let secret = lab.net.dir.join("secret");
-        std::fs::write(&secret, "lab-secret-0123456789\n").expect("secret");
-        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        std::fs::write(lab.net.dir.join("n6.json5"), CONFIG).expect("config");
-    }
+    ipv6::addr6(&client, "fd00:63::10/64", "eth0");
+    ipv6::addr6(&atm, "fd00:63::1/64", "eth0");
+    ipv6::addr6(&server, "fd00:63::20/64", "eth0");
+    ipv6::write_private(&lab.net.dir, &[("secret", "lab-secret-0123456789\n"), ("n6.json5", CONFIG)]);
     // One dual-stack listener answers on every VIP the node holds.
     let srv = support::spawn_echo_helper(&server, HELPER_ENV, "[::]:8080");
     lab.net.others.push(srv);
@@ -132,9 +104,9 @@ fn ipv6_dr_and_every_tunnel_family_reach_the_node_which_never_answers_ndp_for_it
         let ok = (0..10).filter(|_| echo_once(&client, addr, Duration::from_secs(1))).count();
         assert_eq!(ok, 10, "{kind}: requests through {vip}");
     }
-    let atm_mac = mac_of(&atm, "eth0");
+    let atm_mac = ipv6::mac_of(&atm, "eth0");
     for vip in ["fd00:63::99", "fd00:63::98", "fd00:63::97", "10.63.0.97"] {
-        assert_eq!(neigh_mac(&client, vip), Some(atm_mac.clone()), "{vip} resolves to the ATM only");
+        assert_eq!(ipv6::neigh_mac(&client, vip), Some(atm_mac.clone()), "{vip} resolves to the ATM only");
     }
 
     // With the ATM's daemon gone and the client's cache flushed, nobody answers for the
@@ -149,10 +121,10 @@ fn ipv6_dr_and_every_tunnel_family_reach_the_node_which_never_answers_ndp_for_it
         );
     }
     for vip in ["fd00:63::99", "fd00:63::98", "fd00:63::97"] {
-        assert_eq!(neigh_mac(&client, vip), None, "nobody answered NDP for {vip}");
+        assert_eq!(ipv6::neigh_mac(&client, vip), None, "nobody answered NDP for {vip}");
     }
     assert!(echo_once(&client, "[fd00:63::20]:8080".parse().expect("addr"), Duration::from_secs(2)));
-    assert_eq!(neigh_mac(&client, "fd00:63::20"), Some(mac_of(&server, "eth0")));
+    assert_eq!(ipv6::neigh_mac(&client, "fd00:63::20"), Some(ipv6::mac_of(&server, "eth0")));
 
     // SIGKILL: the marks let the next start clear the VIPs and set them up once.
     lab.daemon_mut("s1").child.kill().expect("kill the node");

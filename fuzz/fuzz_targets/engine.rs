@@ -30,7 +30,9 @@ const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x10, 0, 0, 0, 0, 0x80);
 const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x99, 0, 0, 0, 0, 7);
 const S1_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 3);
 
-fn engine(forwarding: Forwarding, max: u32) -> Engine {
+/// `cross`: tunnel services get servers of the other family (IPv4-in-IPv6, IPv6-in-IPv4).
+fn engine(forwarding: Forwarding, max: u32, cross: bool) -> Engine {
+    let cross = cross && forwarding == Forwarding::Tunnel;
     let svc = |protocol, persistence_s, v6: bool| Service {
         name: "s".into(),
         vip: if v6 { IpAddr::V6(VIP6) } else { IpAddr::V4(VIP) },
@@ -43,7 +45,7 @@ fn engine(forwarding: Forwarding, max: u32) -> Engine {
         on_down: OnDown::Reset,
         servers: vec![Server {
             name: "a".into(),
-            address: if v6 { IpAddr::V6(S1_6) } else { IpAddr::V4(S1) },
+            address: if v6 != cross { IpAddr::V6(S1_6) } else { IpAddr::V4(S1) },
             port: if forwarding == Forwarding::Nat { 8080 } else { 80 },
             weight: 1,
         }],
@@ -81,7 +83,7 @@ fn fix_ip_checksum(p: &mut [u8]) {
 fuzz_target!(|data: &[u8]| {
     let Some((&ctl, mut rest)) = data.split_first() else { return };
     let forwarding = [Forwarding::Nat, Forwarding::Dr, Forwarding::Tunnel, Forwarding::Nat][usize::from(ctl & 3)];
-    let mut e = engine(forwarding, if ctl & 16 != 0 { 4 } else { 1024 });
+    let mut e = engine(forwarding, if ctl & 16 != 0 { 4 } else { 1024 }, ctl & 128 != 0);
     e.set_sync(true);
     let mut tx = vec![0u8; 2048];
     let mut now = 0u64;

@@ -90,10 +90,22 @@ impl Platform for SimAtm {
         Ok(())
     }
 
+    /// A gratuitous ARP for each IPv4 VIP and an unsolicited Neighbor Advertisement
+    /// (Override) for each IPv6 one, as the daemon's announcer sends them.
     async fn send_garp(&self, vips: &[IpAddr]) -> io::Result<()> {
         let sock = SimSocket::bind(&self.world, &self.name, 0).await?;
         for v in vips {
-            sock.send(format!("GARP {v}").as_bytes(), SocketAddr::new(BROADCAST, ARP_PORT)).await?;
+            match v {
+                IpAddr::V4(_) => {
+                    sock.send(format!("GARP {v}").as_bytes(), SocketAddr::new(BROADCAST, ARP_PORT)).await?;
+                }
+                IpAddr::V6(v6) => {
+                    let link = self.world.borrow().hosts.get(&self.name).and_then(|h| h.addr);
+                    if let Some(link) = link {
+                        crate::ndp::send(&sock, &crate::ndp::unsolicited(link, *v6)).await;
+                    }
+                }
+            }
         }
         Ok(())
     }

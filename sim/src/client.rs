@@ -8,14 +8,18 @@
 //! 5 s (`delay_first_probe_time`) probed by unicast ARP once a second, three times; no
 //! answer deletes it and the next probe broadcasts a request (at most one a second). A
 //! gratuitous ARP updates an existing entry and never creates one (`arp_accept=0`).
+//!
+//! An IPv6 VIP (or gateway) is resolved by Neighbor Discovery instead, through the host's
+//! IPv6 neighbour cache, which follows Linux's rules more closely ([`crate::nud`]).
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::time::Duration;
 
 use crate::net::{ARP_PORT, BROADCAST, SERVICE_PORT, SimClock, SimSocket};
+use crate::nud::Use;
 use crate::world::Shared;
 
 /// Interval between service probes.
@@ -108,6 +112,9 @@ impl Neighbours {
 
     /// The owner to send to now, if the cache has one.
     pub async fn lookup(&mut self, world: &Shared, name: &str, now: u64, ip: IpAddr) -> Option<IpAddr> {
+        if let IpAddr::V6(v6) = ip {
+            return self.lookup6(world, name, now, v6).await;
+        }
         match resolve(world, name, now, ip) {
             Resolve::Send(owner) => Some(owner),
             Resolve::Probe(owner) => {
@@ -125,6 +132,31 @@ impl Neighbours {
                 None
             }
         }
+    }
+}
+
+impl Neighbours {
+    /// [`Neighbours::lookup`] for an IPv6 address: one use of the NDP cache entry, with the
+    /// solicitation it calls for (multicast to resolve, unicast to probe).
+    async fn lookup6(&mut self, world: &Shared, name: &str, now: u64, ip: Ipv6Addr) -> Option<IpAddr> {
+        let (usage, failed) = world.borrow_mut().nd(name).use_at(now, ip);
+        if let Some(last) = failed {
+            let mut w = world.borrow_mut();
+            let owner = last.map_or("none".to_string(), |a| w.name_of(a));
+            w.log(now, name, format!("nd {ip}: entry for {owner} failed, resolving again"));
+        }
+        let (send, solicit) = match usage {
+            Use::Send(a) => (Some(a), None),
+            Use::SendAndProbe(a) => (Some(a), Some(Some(a))),
+            Use::Solicit => (None, Some(None)),
+            Use::Wait => (None, None),
+        };
+        if let Some(to) = solicit
+            && let Some(frame) = crate::ndp::solicitation(world, name, ip, to)
+        {
+            crate::ndp::send(&self.arp, &frame).await;
+        }
+        send
     }
 }
 
@@ -189,6 +221,9 @@ fn on_answer(
     if let Some(n) = h.neigh.get_mut(&vip).filter(|n| n.owner == from) {
         n.confirmed_ms = now;
         n.probes = 0;
+    }
+    if let (IpAddr::V6(v6), Some(nd)) = (vip, h.nd.as_mut()) {
+        nd.confirm(now, v6, from);
     }
     let c = &mut h.client;
     c.answered += 1;

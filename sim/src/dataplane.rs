@@ -17,6 +17,11 @@
 //! on the host's simulated `/run` and restored when the daemon starts again, so a drain
 //! outlives a reload and a killed daemon (not a lost machine: `/run` is tmpfs).
 //!
+//! IPv6 rides the same LAN: an IPv6 packet goes to the LAN address (turmoil's) of the host
+//! that has its destination, or next hop, as its own IPv6 address ([`crate::world::World::link_of`]); the
+//! ATM's IPv6 source for IPv6-in-IPv6 is picked by the daemon's own rule from its
+//! interface's addresses ([`clusterserver::daemon::setup::local_addr6`]).
+//!
 //! Servers answer as they would for real: with direct routing and tunnels straight to the
 //! client from the VIP; with NAT from their own address to their default gateway, the
 //! `gateway_vip` that moves with the primary (resolved through the server's own ARP cache),
@@ -24,7 +29,7 @@
 
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
@@ -32,6 +37,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use clusterserver::config::{Config, Table, diff::Remap};
+use clusterserver::daemon::setup;
 use clusterserver::dataplane::engine::{Engine, EngineConfig, Reload, Verdict};
 use clusterserver::dataplane::sync::{MAX_DATAGRAM, PeerReceivers, SyncReceiver, SyncSender};
 use clusterserver::dataplane::wire::build;
@@ -74,11 +80,12 @@ pub async fn run(
     };
     let table = Table { max_connections: SIM_TABLE, ..cfg.table.clone() };
     let seed = world.borrow().seed;
+    let addr6 = world.borrow().hosts.get(&name).and_then(|h| h.addr6);
     let ecfg = EngineConfig {
         services: cfg.services.clone(),
         table,
         local_addr: local,
-        local_addr6: std::net::Ipv6Addr::UNSPECIFIED,
+        local_addr6: setup::local_addr6(&cfg, spec.me, &if_inet6(addr6, &cfg.atms[spec.me].interface)),
         path_mtu: 1500,
         seed,
     };
@@ -109,8 +116,8 @@ pub async fn run(
             r = svc.recv(&mut buf) => {
                 let (n, from) = r?;
                 let pkt = &buf[..n];
-                if pkt.first().is_some_and(|b| b >> 4 == 4) {
-                    if let Some((len, to)) = forward(&mut engine, clock, &servers, pkt, &mut tx) {
+                if pkt.first().is_some_and(|b| b >> 4 == 4 || b >> 4 == 6) {
+                    if let Some((len, to)) = forward(&world, &mut engine, clock, &servers, pkt, &mut tx) {
                         let _ = fwd.send(&tx[..len], to).await;
                     }
                 } else if let Some(answer) = probe_answer(&world, &name, pkt) {
@@ -283,21 +290,37 @@ fn follow_role(world: &Shared, name: &str, engine: &mut Engine, sender: &mut Syn
 /// Runs the engine on one packet; returns the bytes' length and where they go: a server's
 /// [`NODE_PORT`], or (a NAT reply) the client's [`crate::flows::FLOW_PORT`].
 fn forward(
+    world: &Shared,
     engine: &mut Engine,
     clock: SimClock,
     servers: &[IpAddr],
     pkt: &[u8],
     tx: &mut [u8],
 ) -> Option<(usize, SocketAddr)> {
-    match engine.process(clock.now(), pkt, tx) {
-        Verdict::L2 { len, next_hop } => Some((len, SocketAddr::new(next_hop, NODE_PORT))),
-        Verdict::Tun { len } if len >= 20 => {
-            let dst = IpAddr::V4(Ipv4Addr::new(tx[16], tx[17], tx[18], tx[19]));
-            let port = if servers.contains(&dst) { NODE_PORT } else { crate::flows::FLOW_PORT };
-            Some((len, SocketAddr::new(dst, port)))
+    let (len, dst, port) = match engine.process(clock.now(), pkt, tx) {
+        Verdict::L2 { len, next_hop } => (len, next_hop, NODE_PORT),
+        Verdict::Tun { len } => {
+            let dst = destination(tx.get(..len)?)?;
+            (len, dst, if servers.contains(&dst) { NODE_PORT } else { crate::flows::FLOW_PORT })
         }
+        Verdict::Drop(_) => return None,
+    };
+    Some((len, SocketAddr::new(world.borrow().link_of(dst)?, port)))
+}
+
+/// The destination address of an IPv4 or IPv6 packet.
+fn destination(pkt: &[u8]) -> Option<IpAddr> {
+    match pkt.first()? >> 4 {
+        4 => Some(IpAddr::from(<[u8; 4]>::try_from(pkt.get(16..20)?).ok()?)),
+        6 => Some(IpAddr::from(<[u8; 16]>::try_from(pkt.get(24..40)?).ok()?)),
         _ => None,
     }
+}
+
+/// `/proc/net/if_inet6` as the ATM's kernel would show it: its global IPv6 address on
+/// `iface`, if it has one.
+fn if_inet6(addr6: Option<Ipv6Addr>, iface: &str) -> String {
+    addr6.map_or_else(String::new, |a| format!("{:032x} 02 40 00 80 {iface}\n", a.to_bits()))
 }
 
 /// The service probe (`REQ <seq> <vip>`): answered while this host holds the VIP, or drains
@@ -310,13 +333,16 @@ fn probe_answer(world: &Shared, name: &str, pkt: &[u8]) -> Option<String> {
     (h.vips.contains(&vip) || h.draining).then(|| format!("RSP {seq}"))
 }
 
-/// What a simulated real server knows of the service.
+/// What a simulated real server knows of the service(s): one VIP per family it serves.
 #[derive(Clone, Copy, Debug)]
 pub struct NodeSpec {
-    pub vip: Ipv4Addr,
+    pub vip: Option<Ipv4Addr>,
+    pub vip6: Option<Ipv6Addr>,
     pub port: u16,
     /// NAT: replies go to whoever holds this address (the servers' default gateway).
     pub gateway: Option<IpAddr>,
+    /// NAT66: the IPv6 default gateway.
+    pub gateway6: Option<IpAddr>,
 }
 
 /// The software of a real server: its kernel and the TCP responder.
@@ -336,8 +362,8 @@ async fn server(world: Shared, name: String, spec: NodeSpec) -> io::Result<()> {
     let sock = SimSocket::bind(&world, &name, NODE_PORT).await?;
     let mut neigh = crate::client::Neighbours::bind(&world, &name).await?;
     let clock = SimClock::start();
-    let me = match world.borrow().hosts.get(&name).and_then(|h| h.addr) {
-        Some(IpAddr::V4(a)) => a,
+    let (me, me6) = match world.borrow().hosts.get(&name).map(|h| (h.addr, h.addr6)) {
+        Some((Some(IpAddr::V4(a)), a6)) => (a, a6),
         _ => return Ok(()),
     };
     let mut buf = [0u8; 2048];
@@ -355,31 +381,74 @@ async fn server(world: Shared, name: String, spec: NodeSpec) -> io::Result<()> {
             }
         }
         let flags = if syn { 0x12 } else { 0x10 };
-        let (pkt, to) = match spec.gateway {
-            Some(gw) => {
-                let Some(owner) = neigh.lookup(&world, &name, clock.ms(), gw).await else { continue };
-                (
-                    build::tcp((me, spec.port), (client, port), flags, name.as_bytes()),
-                    SocketAddr::new(owner, SERVICE_PORT),
-                )
+        let answer = match client {
+            IpAddr::V4(client) => {
+                let Some(vip) = spec.vip else { continue };
+                match spec.gateway {
+                    Some(gw) => {
+                        let Some(owner) = neigh.lookup(&world, &name, clock.ms(), gw).await else { continue };
+                        Some((
+                            build::tcp((me, spec.port), (client, port), flags, name.as_bytes()),
+                            SocketAddr::new(owner, SERVICE_PORT),
+                        ))
+                    }
+                    None => Some((
+                        build::tcp((vip, spec.port), (client, port), flags, name.as_bytes()),
+                        SocketAddr::new(IpAddr::V4(client), crate::flows::FLOW_PORT),
+                    )),
+                }
             }
-            None => (
-                build::tcp((spec.vip, spec.port), (client, port), flags, name.as_bytes()),
-                SocketAddr::new(IpAddr::V4(client), crate::flows::FLOW_PORT),
-            ),
+            IpAddr::V6(client) => {
+                answer6(&world, &name, &mut neigh, clock, spec, me6, (client, port, flags)).await
+            }
         };
-        let _ = sock.send(&pkt, to).await;
+        if let Some((pkt, to)) = answer {
+            let _ = sock.send(&pkt, to).await;
+        }
     }
 }
 
-/// Source address and port of a forwarded packet (unwrapping IP-in-IP), and whether it is
-/// a SYN.
-fn client_of(pkt: &[u8]) -> Option<(Ipv4Addr, u16, bool)> {
+/// A server's IPv6 answer: NAT66 from its own address through its IPv6 gateway (resolved by
+/// NDP), direct routing and tunnel from the VIP straight to the client.
+async fn answer6(
+    world: &Shared,
+    name: &str,
+    neigh: &mut crate::client::Neighbours,
+    clock: SimClock,
+    spec: NodeSpec,
+    me6: Option<Ipv6Addr>,
+    (client, port, flags): (Ipv6Addr, u16, u8),
+) -> Option<(Vec<u8>, SocketAddr)> {
+    let vip6 = spec.vip6?;
+    match spec.gateway6 {
+        Some(gw) => {
+            let owner = neigh.lookup(world, name, clock.ms(), gw).await?;
+            let pkt = build::tcp6((me6?, spec.port), (client, port), flags, name.as_bytes());
+            Some((pkt, SocketAddr::new(owner, SERVICE_PORT)))
+        }
+        None => {
+            let link = world.borrow().link_of(IpAddr::V6(client))?;
+            let pkt = build::tcp6((vip6, spec.port), (client, port), flags, name.as_bytes());
+            Some((pkt, SocketAddr::new(link, crate::flows::FLOW_PORT)))
+        }
+    }
+}
+
+/// Source address and port of a forwarded packet (unwrapping IP-in-IP and IPv6-in-IPv6),
+/// and whether it is a SYN.
+fn client_of(pkt: &[u8]) -> Option<(IpAddr, u16, bool)> {
+    if pkt.first()? >> 4 == 6 {
+        let inner = if *pkt.get(6)? == 41 { pkt.get(40..)? } else { pkt };
+        let src = Ipv6Addr::from(<[u8; 16]>::try_from(inner.get(8..24)?).ok()?);
+        let tcp = inner.get(40..)?;
+        let port = u16::from_be_bytes([*tcp.first()?, *tcp.get(1)?]);
+        return Some((IpAddr::V6(src), port, tcp.get(13)? & 0x12 == 0x02));
+    }
     let ihl = usize::from(pkt.first()? & 0x0f) * 4;
     let inner = if *pkt.get(9)? == 4 { pkt.get(ihl..)? } else { pkt };
     let ihl = usize::from(inner.first()? & 0x0f) * 4;
     let src = Ipv4Addr::new(*inner.get(12)?, inner[13], inner[14], inner[15]);
     let port = u16::from_be_bytes([*inner.get(ihl)?, *inner.get(ihl + 1)?]);
     let flags = *inner.get(ihl + 13)?;
-    Some((src, port, flags & 0x12 == 0x02))
+    Some((IpAddr::V4(src), port, flags & 0x12 == 0x02))
 }

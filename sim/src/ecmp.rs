@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use clusterserver::config::{self, Forwarding, OnDown, Protocol, SchedulerKind, Server, Service};
@@ -35,6 +35,9 @@ use clusterserver::time::Instant;
 use crate::rng::SplitMix64;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 91, 9, 99);
+/// The IPv6 VIP and its servers' prefix (`active-active` scenarios with `topology.ip: ipv6`);
+/// the ATMs' own addresses (sync, BGP sessions) stay IPv4.
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x91, 0, 0, 0, 0, 0, 0x99);
 /// From an ATM's decision (or its BIRD's death) to the router's table.
 pub const BGP_DELAY_MS: u64 = 5;
 /// The routers' BGP hold time: how long a frozen ATM keeps its flows.
@@ -128,7 +131,9 @@ impl Measures {
 fn atm(i: usize, atms: usize, svc: &Service, now: Instant, incarnation: u64, m: Measures) -> Atm {
     let mut engine = Engine::new(&EngineConfig {
         services: vec![svc.clone()],
-        table: config::Table::default(),
+        // The model's flows number in the hundreds: a table of 65,536 holds them without
+        // allocating the default million slots per ATM and (re)start of every seed.
+        table: config::Table { max_connections: 65_536, ..config::Table::default() },
         local_addr: Ipv4Addr::new(10, 91, 0, 1 + i as u8),
         local_addr6: core::net::Ipv6Addr::UNSPECIFIED,
         path_mtu: 1500,
@@ -155,12 +160,30 @@ fn atm(i: usize, atms: usize, svc: &Service, now: Instant, incarnation: u64, m: 
     }
 }
 
+/// The service of an active-active scenario: `servers` IPv6 (or IPv4) servers, all in.
+fn scenario_service(servers: u8, v6: bool) -> Service {
+    let mut svc = service(servers);
+    for (i, srv) in svc.servers.iter_mut().enumerate() {
+        srv.weight = 1;
+        if v6 {
+            srv.address = IpAddr::V6(Ipv6Addr::new(0xfd00, 0x91, 0, 0, 0, 0, 0, 0x51 + i as u16));
+        }
+    }
+    if v6 {
+        svc.vip = IpAddr::V6(VIP6);
+    }
+    svc
+}
+
 /// The router: next hops in address order, hash-threshold selection.
-fn route(next_hops: &BTreeSet<usize>, flow: (Ipv4Addr, u16)) -> Option<usize> {
+fn route(next_hops: &BTreeSet<usize>, flow: (IpAddr, u16)) -> Option<usize> {
     if next_hops.is_empty() {
         return None;
     }
-    let mut key = flow.0.octets().to_vec();
+    let mut key = match flow.0 {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
     key.extend_from_slice(&flow.1.to_be_bytes());
     let h = stable_hash(&key) >> 33;
     let n = next_hops.len() as u64;
@@ -183,7 +206,66 @@ pub fn run_with(
     end_ms: u64,
     m: Measures,
 ) -> Outcome {
-    let mut svc = service(4);
+    run_service(seed, atms, flows, steps, end_ms, m, service(4))
+}
+
+/// What an active-active scenario ran: the model's outcome, its flows, the faults applied.
+#[derive(Debug)]
+pub struct ScenarioRun {
+    pub outcome: Outcome,
+    pub flows: usize,
+    pub faults: Vec<(u64, String)>,
+}
+
+/// A scenario file in `active-active` mode on this model: `topology.atms` ATMs, `nodes`
+/// servers (default 3), `load.long_lived` flows (default 60), the VIP in `topology.ip`'s
+/// family; `crash`, `restart` (a join), `stop` (a drain) and `freeze` steps, each 0-90 ms
+/// after its time (in 10 ms ticks, from the seed, as the turmoil runner jitters its steps).
+pub fn run_scenario(s: &crate::scenario::Scenario, seed: u64) -> anyhow::Result<ScenarioRun> {
+    use crate::scenario::IpFamily;
+    let t = &s.topology;
+    anyhow::ensure!(t.ip != IpFamily::Dual, "active-active scenarios: topology.ip ipv4 or ipv6");
+    let mut jitter = SplitMix64::derive(seed, "steps");
+    let mut steps = Vec::new();
+    let mut faults = Vec::new();
+    for st in &s.steps {
+        let kind = st.kind()?;
+        let host = st.hosts().first().map(|h| h.as_str()).unwrap_or_default().to_string();
+        let atm = host
+            .strip_prefix("atm")
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| (1..=t.atms).contains(n));
+        let Some(i) = atm.map(|n| n - 1) else {
+            anyhow::bail!("active-active: `{kind}` of {host:?}: only ATMs take steps here");
+        };
+        let step = match kind {
+            "crash" => Step::Crash(i),
+            "restart" => Step::Join(i),
+            "stop" => Step::Drain(i),
+            "freeze" => Step::Freeze(i),
+            other => anyhow::bail!("the active-active model cannot perform `{other}` steps"),
+        };
+        let at = (st.at_ms / TICK_MS + jitter.next_u64() % 10) * TICK_MS;
+        faults.push((at, format!("fault: {kind} {host}")));
+        steps.push((at, step));
+    }
+    let servers = u8::try_from(if t.nodes == 0 { 3 } else { t.nodes }).unwrap_or(u8::MAX);
+    let flows = if s.load.long_lived == 0 { 60 } else { s.load.long_lived as usize };
+    let svc = scenario_service(servers, t.ip == IpFamily::Ipv6);
+    let outcome = run_service(seed, t.atms, flows, &steps, s.duration_ms(), Measures::ON, svc);
+    Ok(ScenarioRun { outcome, flows, faults })
+}
+
+fn run_service(
+    seed: u64,
+    atms: usize,
+    flows: usize,
+    steps: &[(u64, Step)],
+    end_ms: u64,
+    m: Measures,
+    mut svc: Service,
+) -> Outcome {
+    let vip = svc.vip;
     let mut rng = SplitMix64::new(seed);
     let mut trace = String::new();
     let mut now = Instant::ZERO;
@@ -193,10 +275,16 @@ pub fn run_with(
     let mut hops: BTreeSet<usize> = BTreeSet::new();
     let mut pending: Vec<(u64, usize, bool)> = Vec::new();
     let mut frozen_at: BTreeMap<usize, u64> = BTreeMap::new();
-    let flow_ids: Vec<(Ipv4Addr, u16)> = (0..flows)
+    let flow_ids: Vec<(IpAddr, u16)> = (0..flows)
         .map(|_| {
             let x = rng.next_u64();
-            (Ipv4Addr::from(0xc633_0000 | (x as u32 & 0xffff)), 1024 + (x >> 40) as u16 % 60_000)
+            let client = match vip {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(0xc633_0000 | (x as u32 & 0xffff))),
+                IpAddr::V6(_) => {
+                    IpAddr::V6(Ipv6Addr::from_bits(0x2001_0db8_u128 << 96 | u128::from(x as u16)))
+                }
+            };
+            (client, 1024 + (x >> 40) as u16 % 60_000)
         })
         .collect();
     // Flows start over the first second, so sync records keep coming from every ATM.
@@ -308,7 +396,11 @@ pub fn run_with(
                 continue;
             };
             let flags = if server_of[f].is_none() { SYN } else { ACK };
-            let pkt = build::tcp(flow, (VIP, 80), flags, b"");
+            let pkt = match (flow.0, vip) {
+                (IpAddr::V4(c), IpAddr::V4(v)) => build::tcp((c, flow.1), (v, 80), flags, b""),
+                (IpAddr::V6(c), IpAddr::V6(v)) => build::tcp6((c, flow.1), (v, 80), flags, b""),
+                _ => unreachable!("flows are in the VIP's family"),
+            };
             if let Verdict::L2 { next_hop, .. } = a.engine.process(now, &pkt, &mut tx) {
                 match server_of[f] {
                     None => server_of[f] = Some(next_hop),

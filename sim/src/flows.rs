@@ -4,7 +4,7 @@
 //! whose server changes, or that stops being answered, is lost.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use clusterserver::dataplane::wire::build;
@@ -33,11 +33,7 @@ pub struct FlowRec {
 pub async fn run(world: Shared, name: String, vip: IpAddr, count: u16) -> std::io::Result<()> {
     let sock = SimSocket::bind(&world, &name, FLOW_PORT).await?;
     let clock = SimClock::start();
-    let me = match world.borrow().hosts.get(&name).and_then(|h| h.addr) {
-        Some(IpAddr::V4(a)) => a,
-        _ => return Ok(()),
-    };
-    let IpAddr::V4(vip4) = vip else { return Ok(()) };
+    let Some(me) = own_address(&world, &name, vip) else { return Ok(()) };
     let mut next = clock.ms();
     let mut buf = [0u8; 256];
     loop {
@@ -50,18 +46,18 @@ pub async fn run(world: Shared, name: String, vip: IpAddr, count: u16) -> std::i
             }
             _ = tokio::time::sleep(wait) => {
                 next = clock.ms() + SEGMENT_MS;
-                send_round(&world, &name, &sock, me, vip4, count).await;
+                send_round(&world, &name, &sock, me, vip, count).await;
             }
         }
     }
 }
 
 /// One segment per flow to the VIP's current owner: a SYN until the flow is answered.
-async fn send_round(world: &Shared, name: &str, sock: &SimSocket, me: Ipv4Addr, vip: Ipv4Addr, count: u16) {
+async fn send_round(world: &Shared, name: &str, sock: &SimSocket, me: IpAddr, vip: IpAddr, count: u16) {
     let (owner, started) = {
         let mut w = world.borrow_mut();
         let h = w.host(name);
-        let owner = h.neigh.get(&IpAddr::V4(vip)).map(|n| n.owner);
+        let owner = h.owner_of(vip);
         (owner, h.flows.clone())
     };
     let Some(owner) = owner else { return };
@@ -70,8 +66,27 @@ async fn send_round(world: &Shared, name: &str, sock: &SimSocket, me: Ipv4Addr, 
         let answered = started.get(&port).is_some_and(|f| f.server.is_some());
         let flags = if answered { ACK_PSH } else { SYN };
         let payload: &[u8] = if answered { b"x" } else { b"" };
-        let pkt = build::tcp((me, port), (vip, 80), flags, payload);
+        let pkt = segment((me, port), (vip, 80), flags, payload);
         let _ = sock.send(&pkt, SocketAddr::new(owner, SERVICE_PORT)).await;
+    }
+}
+
+/// The client's own address in the VIP's family.
+fn own_address(world: &Shared, name: &str, vip: IpAddr) -> Option<IpAddr> {
+    let w = world.borrow();
+    let h = w.hosts.get(name)?;
+    match vip {
+        IpAddr::V4(_) => h.addr.filter(IpAddr::is_ipv4),
+        IpAddr::V6(_) => h.addr6.map(IpAddr::V6),
+    }
+}
+
+/// A TCP segment `src → dst` in their family (both addresses of one family).
+fn segment(src: (IpAddr, u16), dst: (IpAddr, u16), flags: u8, payload: &[u8]) -> Vec<u8> {
+    match (src.0, dst.0) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => build::tcp((s, src.1), (d, dst.1), flags, payload),
+        (IpAddr::V6(s), IpAddr::V6(d)) => build::tcp6((s, src.1), (d, dst.1), flags, payload),
+        _ => Vec::new(),
     }
 }
 
@@ -92,9 +107,9 @@ fn on_answer(world: &Shared, name: &str, now: u64, pkt: &[u8]) {
     }
 }
 
-/// (destination port, payload as text) of an IPv4/TCP packet.
+/// (destination port, payload as text) of an IPv4/TCP or IPv6/TCP packet.
 fn parse_answer(pkt: &[u8]) -> Option<(u16, String)> {
-    let ihl = usize::from(pkt.first()? & 0x0f) * 4;
+    let ihl = if pkt.first()? >> 4 == 6 { 40 } else { usize::from(pkt.first()? & 0x0f) * 4 };
     let tcp = pkt.get(ihl..)?;
     let port = u16::from_be_bytes([*tcp.get(2)?, *tcp.get(3)?]);
     let off = usize::from(tcp.get(12)? >> 4) * 4;
@@ -159,11 +174,7 @@ pub async fn new_connections(
     let sock = SimSocket::bind(&world, &name, 0).await?;
     let answers = if drain { Some(SimSocket::bind(&world, &name, FLOW_PORT).await?) } else { None };
     let clock = SimClock::start();
-    let me = match world.borrow().hosts.get(&name).and_then(|h| h.addr) {
-        Some(IpAddr::V4(a)) => a,
-        _ => return Ok(()),
-    };
-    let IpAddr::V4(vip4) = vip else { return Ok(()) };
+    let Some(me) = own_address(&world, &name, vip) else { return Ok(()) };
     let every_us = 1_000_000 / u64::from(rate.max(1));
     let mut k: u64 = 0;
     let mut buf = [0u8; 256];
@@ -177,12 +188,12 @@ pub async fn new_connections(
                 r?;
             }
             _ = tokio::time::sleep(wait) => {
-                let owner = world.borrow_mut().host(&name).neigh.get(&vip).map(|n| n.owner);
+                let owner = world.borrow_mut().host(&name).owner_of(vip);
                 let span = u64::from(NEW_CONN_PORTS.end - NEW_CONN_PORTS.start);
                 let port = NEW_CONN_PORTS.start + (k % span) as u16;
                 k += 1;
                 if let Some(owner) = owner {
-                    let pkt = build::tcp((me, port), (vip4, 80), SYN, b"");
+                    let pkt = segment((me, port), (vip, 80), SYN, b"");
                     let _ = sock.send(&pkt, SocketAddr::new(owner, SERVICE_PORT)).await;
                 }
             }

@@ -1,9 +1,11 @@
 //! What every simulated host's kernel does on its own, process or not: answer ARP requests
 //! for the VIPs it holds, keep the ARP cache of a client (see [`crate::client`]), and answer
-//! echo requests (the reachlist probes). It keeps running while the daemon is frozen.
+//! echo requests (the reachlist probes); on a host with an IPv6 address, the same over
+//! Neighbor Discovery ([`crate::ndp`]). It keeps running while the daemon is frozen.
 
 use std::net::{IpAddr, SocketAddr};
 
+use crate::ndp::NDP_PORT;
 use crate::net::{ARP_PORT, ECHO_PORT, SimClock, SimSocket};
 use crate::world::{Neigh, Shared};
 
@@ -38,12 +40,26 @@ pub async fn kernel(world: Shared, name: String) {
         world.borrow_mut().log(0, &name, "kernel: cannot bind ARP/echo ports");
         return;
     };
+    // Only a host with an IPv6 address binds NDP (IPv4 runs stay as they were).
+    let ndp = if world.borrow().hosts.get(&name).is_some_and(|h| h.addr6.is_some()) {
+        SimSocket::bind(&world, &name, NDP_PORT).await.ok()
+    } else {
+        None
+    };
     let clock = SimClock::start();
     let mut buf = [0u8; 256];
     let mut ebuf = [0u8; 256];
+    let mut nbuf = [0u8; 256];
     loop {
         tokio::select! {
             biased;
+            r = async { match &ndp { Some(s) => s.recv(&mut nbuf).await, None => std::future::pending().await } } => {
+                if let (Ok((n, _)), Some(sock)) = (r, &ndp)
+                    && let Some(answer) = crate::ndp::on_frame(&world, &name, clock.ms(), &nbuf[..n])
+                {
+                    crate::ndp::send(sock, &answer).await;
+                }
+            }
             r = arp.recv(&mut buf) => {
                 if let Ok((n, from)) = r {
                     let reply = on_arp(&world, &name, clock.ms(), &buf[..n], from);

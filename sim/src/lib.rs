@@ -8,7 +8,8 @@
 //!
 //! * [`scenario`]: the scenario file format shared with the labs.
 //! * [`world`], [`net`], [`kernel`]: the simulated LAN, sockets with loss, frozen processes,
-//!   and what each host's kernel does (ARP, echo).
+//!   and what each host's kernel does (ARP, echo); [`ndp`] and [`nud`]: Neighbor Discovery
+//!   for IPv6 VIPs and Linux's neighbour cache.
 //! * [`atm`], [`client`], [`rogue`]: the hosts' software.
 //! * [`runner`]: one run with its invariant checks; [`sweep`]: many seeds on all cores.
 //! * [`ecmp`]: active-active mode, stepped: an ECMP router over the announcing ATMs.
@@ -21,7 +22,9 @@ pub mod dataplane;
 pub mod ecmp;
 pub mod flows;
 pub mod kernel;
+pub mod ndp;
 pub mod net;
+pub mod nud;
 pub mod rng;
 pub mod rogue;
 pub mod runner;

@@ -13,7 +13,7 @@ use clusterserver::driver::Command;
 use clusterserver::overrides::ServerOp;
 
 use crate::client::PROBE_MS;
-use crate::scenario::{Scenario, Step};
+use crate::scenario::{IpFamily, Scenario, Step};
 use crate::topology::*;
 use crate::world::{DataplaneCommand, Shared, World};
 
@@ -112,8 +112,8 @@ impl Outcome {
 
 /// Builds and runs `scenario` with `seed`.
 pub fn run(scenario: &Scenario, seed: u64) -> anyhow::Result<Outcome> {
-    if scenario.topology.ip != crate::scenario::IpFamily::Ipv4 {
-        anyhow::bail!("topology.ip {:?}: the simulator has no IPv6 LAN yet", scenario.topology.ip);
+    if scenario.topology.mode == crate::scenario::Mode::ActiveActive {
+        return active_active(scenario, seed);
     }
     let duration_ms = scenario.duration_ms();
     let tick = Duration::from_millis(4);
@@ -134,6 +134,14 @@ pub fn run(scenario: &Scenario, seed: u64) -> anyhow::Result<Outcome> {
         for (n, a) in &addr {
             w.by_addr.insert(*a, n.clone());
             w.host(n).addr = Some(*a);
+        }
+        // IPv6 and dual topologies: every host is dual-stack (heartbeats stay on IPv4).
+        if scenario.topology.ip != IpFamily::Ipv4 {
+            for (n, a) in &addr {
+                let a6 = addr6_of(*a);
+                w.by_addr.insert(IpAddr::V6(a6), n.clone());
+                w.host(n).addr6 = Some(a6);
+            }
         }
     }
     register_hosts(&mut sim, scenario, &world, &addr)?;
@@ -173,7 +181,11 @@ fn register_hosts(
     let vip: IpAddr = VIP.parse()?;
     let atms = pick("atm");
     let nodes = pick("node");
-    let cfg = Rc::new(cluster_config(s, CLUSTER_ID, &atms, reachlist.clone(), vip, &nodes));
+    let family = s.topology.ip;
+    let nodes6: Vec<(String, IpAddr)> =
+        nodes.iter().map(|(n, a)| (n.clone(), IpAddr::V6(addr6_of(*a)))).collect();
+    let cfg = cluster_config(s, CLUSTER_ID, &atms, reachlist.clone(), vip, &nodes);
+    let cfg = Rc::new(with_family(cfg, family, &nodes6));
     world.borrow_mut().config_file = Some(cfg.clone());
     let command_ms = s.failover.as_ref().map_or(0, |f| f.command_ms);
     for (i, (name, _)) in atms.iter().enumerate() {
@@ -204,11 +216,27 @@ fn register_hosts(
         let conns = rate / clients.len() + usize::from(i < rate % clients.len());
         world.borrow_mut().host(name).conn_rate = u32::try_from(conns).unwrap_or(u32::MAX);
     }
-    for (name, _) in routers.iter().chain(&clients) {
+    let users =
+        routers.iter().map(|r| (r, None)).chain(clients.iter().enumerate().map(|(i, c)| (c, Some(i))));
+    for ((name, _), client) in users {
+        let vip = vip_for(family, client);
+        world.borrow_mut().host(name).vip = Some(vip);
         sim.host(name.as_str(), crate::client::software(world.clone(), name.clone(), vip));
     }
-    let IpAddr::V4(vip4) = vip else { bail!("the simulated VIP is IPv4") };
-    let spec = crate::dataplane::NodeSpec { vip: vip4, port: 80, gateway: cfg.services[0].gateway_vip };
+    let of = |v6: bool| cfg.services.iter().find(|svc| svc.vip.is_ipv6() == v6);
+    let spec = crate::dataplane::NodeSpec {
+        vip: of(false).and_then(|svc| match svc.vip {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        }),
+        vip6: of(true).and_then(|svc| match svc.vip {
+            IpAddr::V6(a) => Some(a),
+            IpAddr::V4(_) => None,
+        }),
+        port: 80,
+        gateway: of(false).and_then(|svc| svc.gateway_vip),
+        gateway6: of(true).and_then(|svc| svc.gateway_vip),
+    };
     for (name, _) in &nodes {
         sim.host(name.as_str(), crate::dataplane::node_software(world.clone(), name.clone(), spec));
     }
@@ -315,7 +343,6 @@ impl RunState {
     /// once the primary has been the only one for longer than the client's outage bound.
     fn check_arp_owner(&mut self, world: &Shared, p: &str, now: u64) {
         let w = world.borrow();
-        let vip: IpAddr = VIP.parse().expect("literal");
         let Some(p_addr) = w.hosts.get(p).and_then(|h| h.addr) else { return };
         for (c, bound) in &self.arp_bound_ms {
             if now.saturating_sub(self.last_change_ms) <= bound + 100
@@ -324,11 +351,14 @@ impl RunState {
             {
                 continue;
             }
-            let owner = w.hosts.get(c).and_then(|h| h.neigh.get(&vip)).map(|n| n.owner);
+            let Some(h) = w.hosts.get(c) else { continue };
+            let vip = h.vip.unwrap_or_else(|| VIP.parse().expect("literal"));
+            let owner = h.owner_of(vip);
             if owner.is_some_and(|o| o != p_addr) {
                 let o = owner.map_or("none".into(), |o| w.name_of(o));
+                let cache = cache_name(vip);
                 self.violations.push(format!(
-                    "{c}'s ARP cache points at {o} at {now} ms, {} ms after {p} became the only primary (bound {bound} ms)",
+                    "{c}'s {cache} cache points at {o} at {now} ms, {} ms after {p} became the only primary (bound {bound} ms)",
                     now - self.last_change_ms
                 ));
                 self.arp_violated.insert(c.clone());
@@ -338,7 +368,6 @@ impl RunState {
 
     fn finish(mut self, s: &Scenario, seed: u64, world: &Shared, end: u64) -> Outcome {
         let w = world.borrow();
-        let vip: IpAddr = VIP.parse().expect("literal");
         let mut outage_ms = BTreeMap::new();
         let mut lost_requests = BTreeMap::new();
         let mut arp_owner = BTreeMap::new();
@@ -352,7 +381,8 @@ impl RunState {
             };
             outage_ms.insert(name.clone(), out);
             series.insert(name.clone(), c.buckets.clone());
-            let owner = h.neigh.get(&vip).map_or("none".to_string(), |n| w.name_of(n.owner));
+            let vip = h.vip.unwrap_or_else(|| VIP.parse().expect("literal"));
+            let owner = h.owner_of(vip).map_or("none".to_string(), |o| w.name_of(o));
             arp_owner.insert(name.clone(), owner);
         }
         let long_lived: u64 = w.hosts.values().map(|h| u64::from(h.flows_expected)).sum();
@@ -388,7 +418,11 @@ impl RunState {
         {
             for (c, owner) in &arp_owner {
                 if owner != p && !self.cut(c, p) {
-                    self.violations.push(format!("{c}'s ARP cache points at {owner}, the primary is {p}"));
+                    let vip =
+                        w.hosts.get(c).and_then(|h| h.vip).unwrap_or_else(|| VIP.parse().expect("literal"));
+                    let cache = cache_name(vip);
+                    self.violations
+                        .push(format!("{c}'s {cache} cache points at {owner}, the primary is {p}"));
                 }
             }
         }
@@ -761,6 +795,53 @@ fn apply(
         other => bail!("the simulator cannot perform `{other}` steps yet"),
     }
     Ok(())
+}
+
+/// How the trace names a client's cache for `vip`.
+fn cache_name(vip: IpAddr) -> &'static str {
+    if vip.is_ipv6() { "neighbour" } else { "ARP" }
+}
+
+/// An active-active scenario, on the stepped ECMP model ([`crate::ecmp`]): its flows are the
+/// client's long-lived flows, its longest pause the client's outage.
+fn active_active(s: &Scenario, seed: u64) -> anyhow::Result<Outcome> {
+    let r = crate::ecmp::run_scenario(s, seed)?;
+    let client = "client1".to_string();
+    let mut violations = Vec::new();
+    let max = s.expect.client_outage_ms.get(&client).copied().or(s.expect.max_outage_ms);
+    if let Some(max) = max.filter(|m| r.outcome.longest_pause_ms > *m) {
+        violations.push(format!("{client}: outage {} ms > {max} ms", r.outcome.longest_pause_ms));
+    }
+    if let Some(max) = s.expect.long_lived_lost.filter(|m| r.outcome.broken as u64 > *m) {
+        violations.push(format!("{} of {} long-lived flows lost, at most {max}", r.outcome.broken, r.flows));
+    }
+    let unsupported = [
+        s.expect.primaries_after_heal.map(|_| "primaries_after_heal"),
+        s.expect.final_primary.as_ref().map(|_| "final_primary"),
+        s.expect.max_promotions.map(|_| "max_promotions"),
+    ];
+    if let Some(key) = unsupported.into_iter().flatten().next() {
+        bail!("expect.{key}: active-active scenarios have no primary");
+    }
+    Ok(Outcome {
+        scenario: s.name.clone(),
+        seed,
+        trace: r.outcome.trace.lines().map(String::from).collect(),
+        outage_ms: BTreeMap::from([(client.clone(), r.outcome.longest_pause_ms)]),
+        lost_requests: BTreeMap::new(),
+        primaries: Vec::new(),
+        arp_owner: BTreeMap::new(),
+        promotions: 0,
+        rejected: 0,
+        long_lived: r.flows as u64,
+        long_lived_lost: r.outcome.broken as u64,
+        violations,
+        series: BTreeMap::new(),
+        faults: r.faults,
+        duration_ms: s.duration_ms(),
+        health: Vec::new(),
+        failover: Vec::new(),
+    })
 }
 
 fn reapply_links_down(sim: &mut turmoil::Sim, st: &RunState) {

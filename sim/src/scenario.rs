@@ -71,9 +71,24 @@ pub struct Topology {
     pub second_cluster: bool,
     /// The service's address family: `ipv4` (default), `ipv6` (VIP, gateway VIP, real
     /// servers and clients on IPv6; the ATMs' heartbeats stay on IPv4, as in a dual-stack
-    /// LAN) or `dual` (one IPv4 and one IPv6 service on the same servers).
+    /// LAN) or `dual` (one IPv4 and one IPv6 service on the same servers; the clients
+    /// alternate families: client1 IPv4, client2 IPv6, client3 IPv4...).
     #[serde(default)]
     pub ip: IpFamily,
+    /// `primary-backup` (default) or `active-active`: every ATM announces the VIPs over BGP
+    /// to an ECMP router (the simulator runs its stepped model, [`crate::ecmp`]; `nodes`
+    /// real servers, `load.long_lived` flows; steps `crash`, `restart`, `stop`, `freeze`).
+    #[serde(default)]
+    pub mode: Mode,
+}
+
+/// How the scenario's ATMs share the VIPs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    #[default]
+    PrimaryBackup,
+    ActiveActive,
 }
 
 /// The address family of a scenario's service(s).

@@ -1,11 +1,11 @@
 //! From a scenario's topology to hosts and cluster configs.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::PathBuf;
 
 use clusterserver::config::*;
 
-use crate::scenario::Scenario;
+use crate::scenario::{IpFamily, Scenario};
 
 /// The VIP of the cluster under test, and of the second cluster.
 pub const VIP: &str = "10.0.0.99";
@@ -13,6 +13,9 @@ pub const OTHER_VIP: &str = "10.0.0.199";
 /// The NAT servers' default gateway, which moves with the primary.
 pub const GATEWAY_VIP: &str = "10.0.1.254";
 pub const OTHER_GATEWAY_VIP: &str = "10.0.1.253";
+/// The IPv6 VIP and the NAT66 servers' IPv6 default gateway (IPv6 and dual topologies).
+pub const VIP6: &str = "fd00::99";
+pub const GATEWAY_VIP6: &str = "fd00:1::fe";
 /// Cluster ids.
 pub const CLUSTER_ID: u32 = 7;
 pub const OTHER_CLUSTER_ID: u32 = 8;
@@ -94,6 +97,52 @@ pub fn cluster_config(
         }],
         failover: s.failover.as_ref().map_or_else(Failover::default, failover),
     }
+}
+
+/// A host's IPv6 address in IPv6 and dual topologies: `fd00::` followed by its LAN
+/// (turmoil IPv4) address, so every host is dual-stack on one link.
+pub fn addr6_of(link: IpAddr) -> Ipv6Addr {
+    let bits = match link {
+        IpAddr::V4(a) => u128::from(a.to_bits()),
+        IpAddr::V6(a) => a.to_bits() & 0xffff_ffff,
+    };
+    Ipv6Addr::from_bits(0xfd00_u128 << 112 | bits)
+}
+
+/// The VIP a client or router uses: `client` is its index among the clients (`None`: a
+/// router). `dual` topologies alternate: client1 IPv4, client2 IPv6, client3 IPv4...;
+/// their routers use IPv4.
+pub fn vip_for(family: IpFamily, client: Option<usize>) -> IpAddr {
+    let v6 = match family {
+        IpFamily::Ipv4 => false,
+        IpFamily::Ipv6 => true,
+        IpFamily::Dual => client.is_some_and(|i| i % 2 == 1),
+    };
+    if v6 { VIP6.parse().expect("literal") } else { VIP.parse().expect("literal") }
+}
+
+/// The IPv4 config of [`cluster_config`] in the scenario's family: `ipv6` puts its service on
+/// the IPv6 VIP, gateway and servers (`nodes6`, the nodes' IPv6 addresses); `dual` adds that
+/// IPv6 service (`svc6`) beside the IPv4 one. ATM addresses (heartbeats) stay IPv4.
+pub fn with_family(mut cfg: Config, family: IpFamily, nodes6: &[(String, IpAddr)]) -> Config {
+    let Some(v4) = cfg.services.first().cloned() else { return cfg };
+    let mut v6 = v4.clone();
+    v6.vip = VIP6.parse().expect("literal");
+    v6.gateway_vip = v4.gateway_vip.map(|_| GATEWAY_VIP6.parse().expect("literal"));
+    for srv in &mut v6.servers {
+        if let Some((_, a)) = nodes6.iter().find(|(n, _)| *n == srv.name) {
+            srv.address = *a;
+        }
+    }
+    match family {
+        IpFamily::Ipv4 => {}
+        IpFamily::Ipv6 => cfg.services[0] = v6,
+        IpFamily::Dual => {
+            v6.name = "svc6".into();
+            cfg.services.push(v6);
+        }
+    }
+    cfg
 }
 
 /// The config after a `reload` step's edits (see [`crate::scenario::ReloadStep`]); `nodes`

@@ -7,7 +7,7 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::rc::Rc;
 use std::task::Waker;
 
@@ -41,6 +41,17 @@ pub struct Neigh {
     /// Unicast probes sent since the entry went stale (0 = not probing yet).
     pub probes: u32,
     pub next_probe_ms: u64,
+}
+
+impl HostState {
+    /// Where this host's caches send a packet for `ip` now (ARP or NDP), without running
+    /// the neighbour state machine.
+    pub fn owner_of(&self, ip: IpAddr) -> Option<IpAddr> {
+        match ip {
+            IpAddr::V4(_) => self.neigh.get(&ip).map(|n| n.owner),
+            IpAddr::V6(a) => self.nd.as_ref()?.lladdr(&a),
+        }
+    }
 }
 
 /// Per-client service observations.
@@ -86,6 +97,14 @@ pub struct HostState {
     pub running_config: Option<Rc<Config>>,
     pub promotions: Vec<(u64, u64)>,
     pub neigh: BTreeMap<IpAddr, Neigh>,
+    /// The host's IPv6 address (IPv6 and dual-stack topologies only).
+    pub addr6: Option<Ipv6Addr>,
+    /// The IPv6 neighbour cache ([`crate::nud`]): made by the kernel when first used,
+    /// gone with the kernel.
+    pub nd: Option<crate::nud::Table>,
+    /// A client or router: the VIP it sends its requests and flows to.
+    pub vip: Option<IpAddr>,
+    /// Gratuitous ARPs or unsolicited Neighbor Advertisements to ignore (`miss_garp`).
     pub miss_garp: u32,
     pub client: ClientStats,
     /// Long-lived flows of a client, by source port.
@@ -157,6 +176,23 @@ impl World {
         self.hosts.entry(name.to_string()).or_default()
     }
 
+    /// The host's IPv6 neighbour cache, made on first use with a generator of its own (so
+    /// IPv6 never shifts the world's draws).
+    pub fn nd(&mut self, name: &str) -> &mut crate::nud::Table {
+        let seed = self.seed;
+        let h = self.hosts.entry(name.to_string()).or_default();
+        h.nd.get_or_insert_with(|| crate::nud::Table::new(SplitMix64::derive(seed, &format!("nud {name}"))))
+    }
+
+    /// The LAN address (turmoil's, standing for the MAC) of the host that has `ip` as its
+    /// own address: itself for IPv4, looked up for IPv6.
+    pub fn link_of(&self, ip: IpAddr) -> Option<IpAddr> {
+        match ip {
+            IpAddr::V4(_) => Some(ip),
+            IpAddr::V6(_) => self.hosts.get(self.by_addr.get(&ip)?)?.addr,
+        }
+    }
+
     pub fn name_of(&self, addr: IpAddr) -> String {
         self.by_addr.get(&addr).cloned().unwrap_or_else(|| addr.to_string())
     }
@@ -174,6 +210,7 @@ impl World {
         let h = self.host(name);
         h.vips.clear();
         h.neigh.clear();
+        h.nd = None;
         h.frozen = false;
         h.thaw = None;
         h.killed = false;

@@ -494,9 +494,9 @@ async fn connections(State(ctx): Ctx, q: Result<Query<ConnParams>, QueryRejectio
 }
 
 /// Builds one row of a connection listing (the backend's helper).
-pub fn connection_row(
+pub fn connection_row<A: crate::dataplane::conntrack::FlowAddr>(
     cfg: &Config,
-    e: &crate::dataplane::conntrack::Entry<std::net::Ipv4Addr>,
+    e: &crate::dataplane::conntrack::Entry<A>,
 ) -> Connection {
     let svc = cfg.services.get(usize::from(e.service));
     let proto = match e.proto {
@@ -510,8 +510,8 @@ pub fn connection_row(
             .and_then(|s| s.servers.get(usize::from(e.server_idx)))
             .map_or_else(|| "?".into(), |s| s.name.clone()),
         protocol: proto,
-        client: SocketAddr::from((e.client, e.client_port)).to_string(),
-        vip: SocketAddr::from((e.vip, e.vip_port)).to_string(),
+        client: SocketAddr::new(e.client.into(), e.client_port).to_string(),
+        vip: SocketAddr::new(e.vip.into(), e.vip_port).to_string(),
     }
 }
 

@@ -33,9 +33,10 @@ pub struct Cli {
     /// The cluster's config file (port and token are read from it).
     #[arg(short, long, global = true, default_value = DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
-    /// The daemon's address (default: loopback).
+    /// The daemon: an address (IPv4 or IPv6) or the name of an ATM of the config (default:
+    /// loopback).
     #[arg(long, global = true)]
-    pub host: Option<IpAddr>,
+    pub host: Option<String>,
     /// The admin port (default: from the config).
     #[arg(long, global = true)]
     pub port: Option<u16>,
@@ -278,7 +279,16 @@ pub fn client_for(cli: &Cli) -> anyhow::Result<Client> {
     let services = std::fs::read_to_string("/etc/services").unwrap_or_default();
     crate::daemon::setup::resolve_ports(&mut cfg, &services);
     let port = cli.port.unwrap_or_else(|| cfg.admin_port());
-    let host = cli.host.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let host = match &cli.host {
+        None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        Some(h) => match h.parse::<IpAddr>() {
+            Ok(ip) => ip,
+            Err(_) => cfg.atms.iter().find(|a| a.name == *h).map(|a| a.address).with_context(|| {
+                let names: Vec<&str> = cfg.atms.iter().map(|a| a.name.as_str()).collect();
+                format!("--host {h}: neither an address nor an ATM of the config ({})", names.join(", "))
+            })?,
+        },
+    };
     let token_file = match (&cli.token_file, &cfg.security.token_file) {
         (Some(f), _) => f.clone(),
         (None, Some(f)) => f.clone(),

@@ -617,3 +617,12 @@ pub const DEFAULT_START_ATTEMPTS: u32 = 3;
 pub const DEFAULT_COMMAND_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_SSH_USER: &str = "root";
 pub const DEFAULT_SSH_PORT: u16 = 22;
+
+/// An ATM's BGP router id (BIRD's `router id`, 32 bits): its IPv4 address, or the last 32
+/// bits of its IPv6 address (`--check` refuses two ATMs with the same one).
+pub fn router_id(address: std::net::IpAddr) -> std::net::Ipv4Addr {
+    match address {
+        std::net::IpAddr::V4(a) => a,
+        std::net::IpAddr::V6(a) => std::net::Ipv4Addr::from_bits(a.to_bits() as u32),
+    }
+}

@@ -129,13 +129,20 @@ pub(crate) fn whole(cx: &mut Cx, d: &Draft) {
             }
         }
     }
-    if let Some(c) = &d.cluster {
-        if c.heartbeat_mode == HeartbeatMode::Broadcast {
-            for (i, _) in atms.iter().filter(|(_, a)| a.address.is_ipv6()) {
-                let msg = "broadcast heartbeats need IPv4 ATM addresses (use \"both\" or \"unicast\")";
-                cx.error_at(&format!("atms[{i}].address"), msg);
-            }
+    // Heartbeats, connection sync and the admin channel between ATMs run over one socket
+    // family (IPv6 ATMs multicast to a link-local group where IPv4 ones broadcast).
+    if let Some((_, first)) = atms.first() {
+        for (i, a) in atms.iter().skip(1).filter(|(_, a)| a.address.is_ipv4() != first.address.is_ipv4()) {
+            let msg = format!(
+                "expected an {} address like atms[0] ({}): heartbeats and connection sync between ATMs use one family, found {}",
+                family(first.address),
+                first.address,
+                a.address
+            );
+            cx.error_at(&format!("atms[{i}].address"), msg);
         }
+    }
+    if let Some(c) = &d.cluster {
         ports(cx, c, &d.sync);
         mode(cx, c, d, &atms);
     }
@@ -157,11 +164,36 @@ fn mode(cx: &mut Cx, c: &Cluster, d: &Draft, atms: &[(usize, &Atm)]) {
         _ => {}
     }
     if c.mode == ClusterMode::ActiveActive {
-        for (i, _) in atms.iter().filter(|(_, a)| a.address.is_ipv6()) {
-            let msg = "active-active needs IPv4 ATM addresses (each is the ATM's BGP router id)";
-            cx.error_at(&format!("atms[{i}].address"), msg);
+        // BIRD's router id is 32 bits: an IPv6 ATM's is the low 32 bits of its address.
+        for (j, (i, a)) in atms.iter().enumerate() {
+            let id = crate::config::router_id(a.address);
+            if let Some((k, _)) = atms[..j].iter().find(|(_, b)| crate::config::router_id(b.address) == id) {
+                let msg = format!(
+                    "{} gives the BGP router id {id} that atms[{k}] has too (an IPv6 ATM's router id is the last 32 bits of its address)",
+                    a.address
+                );
+                cx.error_at(&format!("atms[{i}].address"), msg);
+            }
         }
         active_active_services(cx, d, atms);
+        announce_families(cx, d);
+    }
+}
+
+/// Each VIP is announced on the BGP channel of its family, so some neighbor must speak it (an
+/// IPv6 route on an IPv4 session would need an IPv6 next hop the session cannot give).
+fn announce_families(cx: &mut Cx, d: &Draft) {
+    let Some(Some(bgp)) = &d.bgp else { return };
+    for (i, s) in d.services.iter().flatten().enumerate() {
+        let Some(s) = s else { continue };
+        if !bgp.neighbors.iter().any(|n| n.address.is_ipv4() == s.vip.is_ipv4()) {
+            let msg = format!(
+                "{} cannot be announced: no bgp neighbor is {} (each VIP goes out on its family's BGP channel)",
+                s.vip,
+                family(s.vip)
+            );
+            cx.error_at(&format!("services[{i}].vip"), msg);
+        }
     }
 }
 

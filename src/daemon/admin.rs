@@ -48,6 +48,12 @@ pub struct DaemonBackend {
 /// (service, server, operator weight: 0 while drained or disabled).
 pub type ServerChange = (usize, usize, u32);
 
+/// One connection of either table.
+enum Row<'a> {
+    V4(&'a crate::dataplane::conntrack::Entry<std::net::Ipv4Addr>),
+    V6(&'a crate::dataplane::conntrack::Entry<std::net::Ipv6Addr>),
+}
+
 /// Runs `f` on the worker and returns its result.
 fn ask<T: Send + 'static>(
     shell: &ShellControl<DaemonProcessor>,
@@ -98,7 +104,7 @@ fn view(p: &DaemonProcessor) -> DataplaneView {
     DataplaneView {
         active: p.engine.is_active(),
         stats: p.engine.stats(),
-        table_capacity: p.engine.table().capacity() as u64,
+        table_capacity: (p.engine.table().capacity() + p.engine.table6().capacity()) as u64,
         servers,
         sync_sent: p.counters.sent,
         sync_received: p.counters.received,
@@ -117,15 +123,32 @@ impl Backend for DaemonBackend {
         let cfg = self.live.get().cfg.clone();
         ask(&self.shell, move |p| {
             let mut page = ConnectionPage { total: 0, offset: q.offset as u64, connections: Vec::new() };
-            let matching = p.engine.table().iter().map(|(_, e)| e).filter(|e| {
-                q.service.is_none_or(|s| usize::from(e.service) == s)
-                    && q.server.is_none_or(|s| usize::from(e.server_idx) == s)
-                    && q.client.is_none_or(|c| std::net::IpAddr::V4(e.client) == c)
-            });
-            for (i, e) in matching.enumerate() {
+            let wanted = |service: u16, server: u16, client: std::net::IpAddr| {
+                q.service.is_none_or(|s| usize::from(service) == s)
+                    && q.server.is_none_or(|s| usize::from(server) == s)
+                    && q.client.is_none_or(|c| client == c)
+            };
+            // IPv4 connections first, then IPv6: one page over both tables.
+            let v4 = p
+                .engine
+                .table()
+                .iter()
+                .map(|(_, e)| e)
+                .filter(|e| wanted(e.service, e.server_idx, e.client.into()));
+            let v6 = p
+                .engine
+                .table6()
+                .iter()
+                .map(|(_, e)| e)
+                .filter(|e| wanted(e.service, e.server_idx, e.client.into()));
+            let rows = v4.map(Row::V4).chain(v6.map(Row::V6));
+            for (i, r) in rows.enumerate() {
                 page.total += 1;
                 if i >= q.offset && page.connections.len() < q.limit {
-                    page.connections.push(connection_row(&cfg, e));
+                    page.connections.push(match r {
+                        Row::V4(e) => connection_row(&cfg, e),
+                        Row::V6(e) => connection_row(&cfg, e),
+                    });
                 }
             }
             page

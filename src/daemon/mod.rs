@@ -142,7 +142,9 @@ use crate::dataplane::io::{ShellConfig, ShellError, netlink};
 use crate::dataplane::sync::{SyncReceiver, SyncSender};
 use crate::driver::{Command, run_atm};
 use crate::platform::linux::arp::{ArpPort, ArpResponder};
-use crate::platform::linux::atm::{EngineOp, LinuxPlatform, bind_udp, wall_clock_incarnation};
+use crate::platform::linux::atm::{
+    EngineOp, HeartbeatNet, LinuxPlatform, bind_udp, bind_udp6, wall_clock_incarnation,
+};
 use crate::platform::linux::host::{self, IfAddr};
 use admin::{ControlRequest, DaemonBackend};
 use processor::DaemonProcessor;
@@ -276,7 +278,7 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
     let my_if = addrs
         .iter()
         .find(|a| a.addr == atm.address)
-        .ok_or_else(|| host_err("its address is not IPv4 on this host".into()))?
+        .ok_or_else(|| host_err("its address is not on this host".into()))?
         .clone();
     if my_if.iface != atm.interface {
         tracing::warn!(target: "clusterserverd", configured = %atm.interface, actual = %my_if.iface, "the ATM address is on another interface than configured");
@@ -364,7 +366,10 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
         atm.name.clone(),
         names.clone(),
         incarnation,
-        my_if.broadcast(),
+        match atm.address {
+            IpAddr::V4(_) => HeartbeatNet::V4 { broadcast: my_if.broadcast() },
+            IpAddr::V6(_) => HeartbeatNet::V6 { ifindex: my_if.index },
+        },
         Rc::clone(&arp),
         engine_ctl,
     )
@@ -614,12 +619,18 @@ async fn clear_local_vips(
 }
 
 fn warn_if_no_forwarding(cfg: &Config) {
+    // A family is forwarded if a VIP or a (tunnel) server is of it.
+    let uses = |v6: bool| {
+        cfg.services
+            .iter()
+            .any(|s| s.vip.is_ipv6() == v6 || s.servers.iter().any(|x| x.address.is_ipv6() == v6))
+    };
     let f = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default();
-    if f.trim() != "1" {
+    if uses(false) && f.trim() != "1" {
         tracing::warn!(target: "clusterserverd", "net.ipv4.ip_forward is off: VIP traffic cannot reach the data plane (the daemon does not change host-wide settings)");
     }
     let f6 = std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/forwarding").unwrap_or_default();
-    if cfg.services.iter().any(|s| s.vip.is_ipv6()) && f6.trim() != "1" {
+    if uses(true) && f6.trim() != "1" {
         tracing::warn!(target: "clusterserverd", "net.ipv6.conf.all.forwarding is off: IPv6 VIP traffic cannot reach the data plane (the daemon does not change host-wide settings)");
     }
 }
@@ -671,7 +682,14 @@ fn start_shell(
         seed: u64::from(cfg.cluster.id),
     };
     let socket = if cfg.sync.connections {
-        Some(bind_udp(cfg.sync_port()).map_err(io_err(format!("sync socket on port {}", cfg.sync_port())))?)
+        // IPv6: bound to the ATM's own address, so that peers (which tell senders apart by
+        // source address) see it and not another address of the interface.
+        let port = cfg.sync_port();
+        let s = match cfg.atms[me].address {
+            IpAddr::V4(_) => bind_udp(port),
+            IpAddr::V6(a) => bind_udp6(a, port, None),
+        };
+        Some(s.map_err(io_err(format!("sync socket on port {port}")))?)
     } else {
         None
     };

@@ -6,7 +6,8 @@
 //! * [`netlab`]: namespaces, bridges and veth links, and the guard that removes them;
 //! * [`daemon`]: `clusterserverd` processes with their logs, and `cmc` against them;
 //! * [`traffic`]: code inside a namespace, the servers' responder, clients through a VIP;
-//! * [`wait`]: polling with a deadline.
+//! * [`wait`]: polling with a deadline;
+//! * [`ipv6`]: what the IPv6 tests share (skip rule, addresses without DAD, neighbours).
 //!
 //! (Each test binary compiles this module on its own and uses part of it, hence the
 //! `dead_code` allowance.)
@@ -14,6 +15,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod ipv6;
 pub mod netlab;
 pub mod traffic;
 pub mod wait;

@@ -86,6 +86,14 @@ impl NetLab {
         in_ns(ns, &["ip", "link", "set", dev, "up"]);
     }
 
+    /// As [`NetLab::attach`] with only an IPv6 address, added without duplicate-address
+    /// detection.
+    pub fn attach6(&self, ns: &str, dev: &str, cidr: &str, sw: &str, port: &str, bridge: &str) {
+        self.link(ns, dev, sw, port, bridge);
+        super::ipv6::addr6(ns, cidr, dev);
+        in_ns(ns, &["ip", "link", "set", dev, "up"]);
+    }
+
     /// The veth pair, created with each end directly in its namespace.
     fn link(&self, ns: &str, dev: &str, sw: &str, port: &str, bridge: &str) {
         run(&["ip", "link", "add", dev, "netns", ns, "type", "veth", "peer", "name", port, "netns", sw]);

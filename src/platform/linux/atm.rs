@@ -1,7 +1,10 @@
 //! [`LinuxPlatform`]: the real [`Platform`] of an ATM.
 //!
 //! * heartbeats: a tokio UDP socket on `0.0.0.0:port` with `SO_BROADCAST` and `SO_REUSEADDR`;
-//!   the broadcast address is the one of the ATM's own address's subnet;
+//!   the broadcast address is the one of the ATM's own address's subnet. An ATM with an
+//!   IPv6 address uses an IPv6-only socket on `[::]:port` instead, joined to the link-local
+//!   group [`crate::driver::HEARTBEAT_GROUP6`] on its interface, which takes broadcast's
+//!   place (IPv6 has none);
 //! * VIPs: *taking* a VIP activates the packet engine and makes the [`ArpResponder`] answer
 //!   for it; *releasing* does the reverse. The VIP is never a kernel address (see
 //!   [`super::arp`] for why: a dead daemon must answer nothing);
@@ -14,7 +17,7 @@
 
 use std::cell::Cell;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -60,6 +63,37 @@ pub fn bind_udp(port: u16) -> io::Result<std::net::UdpSocket> {
     Ok(s.into())
 }
 
+/// Binds an IPv6-only UDP socket on `addr:port` with `SO_REUSEADDR`; with `group`
+/// (`(group, interface index)`) it joins the link-local multicast group there and sends its
+/// multicast out of that interface (hop limit 1, the default for multicast: the group
+/// never leaves the link).
+pub fn bind_udp6(
+    addr: Ipv6Addr,
+    port: u16,
+    group: Option<(Ipv6Addr, u32)>,
+) -> io::Result<std::net::UdpSocket> {
+    let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_only_v6(true)?;
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&SocketAddr::from((addr, port)).into())?;
+    if let Some((g, ifindex)) = group {
+        s.join_multicast_v6(&g, ifindex)?;
+        s.set_multicast_if_v6(ifindex)?;
+    }
+    Ok(s.into())
+}
+
+/// How the heartbeat socket is opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeartbeatNet {
+    /// IPv4, broadcasting to the subnet's broadcast address (if it has one).
+    V4 { broadcast: Option<Ipv4Addr> },
+    /// IPv6 on the interface of this index, the group [`crate::driver::HEARTBEAT_GROUP6`]
+    /// in broadcast's place.
+    V6 { ifindex: u32 },
+}
+
 /// The ATM's platform. Lives on the daemon's single-threaded control runtime.
 pub struct LinuxPlatform {
     start: tokio::time::Instant,
@@ -67,7 +101,7 @@ pub struct LinuxPlatform {
     node: String,
     /// Names of the ATMs by position (a reload may append some).
     atm_names: std::cell::RefCell<Vec<String>>,
-    broadcast: Option<Ipv4Addr>,
+    net: HeartbeatNet,
     arp: Rc<ArpResponder>,
     engine: Box<dyn Fn(EngineOp)>,
     role: Cell<Role>,
@@ -104,7 +138,7 @@ impl LinuxPlatform {
         node: String,
         atm_names: Vec<String>,
         incarnation: u64,
-        broadcast: Option<Ipv4Addr>,
+        net: HeartbeatNet,
         arp: Rc<ArpResponder>,
         engine: Box<dyn Fn(EngineOp)>,
     ) -> Self {
@@ -113,7 +147,7 @@ impl LinuxPlatform {
             incarnation,
             node,
             atm_names: std::cell::RefCell::new(atm_names),
-            broadcast,
+            net,
             arp,
             engine,
             role: Cell::new(Role::Backup),
@@ -177,11 +211,20 @@ impl Platform for LinuxPlatform {
     }
 
     async fn bind_heartbeat(&self, port: u16) -> io::Result<HeartbeatSocket> {
-        Ok(HeartbeatSocket(UdpSocket::from_std(bind_udp(port)?)?))
+        let s = match self.net {
+            HeartbeatNet::V4 { .. } => bind_udp(port)?,
+            HeartbeatNet::V6 { ifindex } => {
+                bind_udp6(Ipv6Addr::UNSPECIFIED, port, Some((crate::driver::HEARTBEAT_GROUP6, ifindex)))?
+            }
+        };
+        Ok(HeartbeatSocket(UdpSocket::from_std(s)?))
     }
 
     fn broadcast_address(&self) -> Option<IpAddr> {
-        self.broadcast.map(IpAddr::V4)
+        match self.net {
+            HeartbeatNet::V4 { broadcast } => broadcast.map(IpAddr::V4),
+            HeartbeatNet::V6 { .. } => Some(IpAddr::V6(crate::driver::HEARTBEAT_GROUP6)),
+        }
     }
 
     async fn take_vips(&self, vips: &[IpAddr]) -> io::Result<()> {

@@ -37,7 +37,7 @@ pub fn render(cfg: &Config, me: usize, announced: &BTreeSet<IpAddr>) -> String {
         cfg.cluster.name, atm.name
     );
     let _ = writeln!(s, "# it is rewritten on every announce or withdraw.");
-    let _ = writeln!(s, "router id {};", atm.address);
+    let _ = writeln!(s, "router id {};", crate::config::router_id(atm.address));
     let _ = writeln!(s, "log stderr all;");
     let _ = writeln!(s, "protocol device {{ scan time 10; }}");
     for (name, v4) in [("vips4", true), ("vips6", false)] {

@@ -32,7 +32,12 @@ fn rt() -> tokio::runtime::Runtime {
 
 /// A loopback server answering every connection with `answer`; returns its port.
 async fn http_server(answer: &'static str) -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    http_server_on("127.0.0.1:0", answer).await
+}
+
+/// [`http_server`] on `bind` (`[::1]:0` for IPv6).
+async fn http_server_on(bind: &str, answer: &'static str) -> u16 {
+    let l = TcpListener::bind(bind).await.expect("bind");
     let port = l.local_addr().expect("addr").port();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
@@ -114,36 +119,71 @@ fn a_silent_server_times_out() {
     });
 }
 
+/// A TLS server (self-signed) on `bind` answering 200 to anything; returns its port.
+async fn https_server(bind: &str) -> u16 {
+    let cert = rcgen::generate_simple_self_signed(vec!["web.example".into()]).expect("cert");
+    let der = cert.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(cert.key_pair.serialize_der()).expect("key");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![der], key)
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = TcpListener::bind(bind).await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let Ok(mut s) = acceptor.accept(s).await else { continue };
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await;
+            let _ = s.shutdown().await;
+        }
+    });
+    port
+}
+
 #[test]
 fn https_check_completes_a_handshake_with_a_self_signed_server() {
     rt().block_on(async {
-        let cert = rcgen::generate_simple_self_signed(vec!["web.example".into()]).expect("cert");
-        let der = cert.cert.der().clone();
-        let key = rustls::pki_types::PrivateKeyDer::try_from(cert.key_pair.serialize_der()).expect("key");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let cfg = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(vec![der], key)
-            .expect("server config");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = l.local_addr().expect("addr").port();
-        tokio::spawn(async move {
-            while let Ok((s, _)) = l.accept().await {
-                let Ok(mut s) = acceptor.accept(s).await else { continue };
-                let mut buf = [0u8; 1024];
-                let _ = s.read(&mut buf).await;
-                let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await;
-                let _ = s.shutdown().await;
-            }
-        });
+        let port = https_server("127.0.0.1:0").await;
         let r = run(&check(CheckKind::Https, &[], 2000), target(port)).await;
         assert!(r.outcome.passed(), "{r:?}");
         // Plain HTTP to a TLS server is not an answer.
         let r = run(&check(CheckKind::Http, &[], 2000), target(port)).await;
         assert!(!r.outcome.passed(), "{r:?}");
+    });
+}
+
+#[test]
+fn every_check_kind_reaches_an_ipv6_server() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        println!("SKIPPED: no IPv6 loopback here");
+        return;
+    }
+    rt().block_on(async {
+        let v6 = |port| Target { address: "::1".parse().expect("ip"), port, protocol: Protocol::Tcp };
+        let ok = http_server_on("[::1]:0", "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
+        let r = run(&check(CheckKind::Http, &[], 1000), v6(ok)).await;
+        assert!(r.outcome.passed(), "{r:?}");
+        // Last against this server: it wants a GET from every connection.
+        assert!(run(&check(CheckKind::Tcp, &[], 1000), v6(ok)).await.outcome.passed());
+        let tls = https_server("[::1]:0").await;
+        let r = run(&check(CheckKind::Https, &[], 2000), v6(tls)).await;
+        assert!(r.outcome.passed(), "{r:?}");
+        // Programs get the address as written, without brackets (the TLCLB convention).
+        let exec = check(
+            CheckKind::Exec,
+            &["/bin/sh", "-c", "test \"$0\" = ::1 && test \"$1\" = 8080", "{address}", "{port}"],
+            5000,
+        );
+        assert!(run(&exec, v6(8080)).await.outcome.passed());
+        let agent = check(CheckKind::Agent, &["/bin/sh", "-c", "test \"$0 $1 $2\" = \"::1 8080 1\""], 5000);
+        assert!(run(&agent, v6(8080)).await.outcome.passed());
+        assert!(!run(&agent, v6(8081)).await.outcome.passed());
     });
 }
 
