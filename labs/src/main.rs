@@ -135,23 +135,11 @@ fn compare_all(args: &[String]) -> anyhow::Result<bool> {
     let mut rows: Vec<(String, String, String, &str)> = Vec::new();
     let (mut failed, mut skipped) = (0, 0);
     for f in &files {
-        let raw = runner::unsupported_file(f);
-        let s = match Scenario::from_file(f) {
-            Ok(s) => s,
-            // A format this build cannot read yet, refused by name: skipped, said so.
-            Err(_) if !raw.is_empty() => {
-                let name = f.file_stem().map_or(String::new(), |n| n.to_string_lossy().into_owned());
-                skipped += 1;
-                rows.push((name, "-".into(), format!("SKIPPED: {}", raw.join("; ")), "-"));
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
+        let s = Scenario::from_file(f)?;
         let sim = clustersim::runner::run(&s, seed)?;
         let sim_v =
             if sim.passed() { "pass".to_string() } else { format!("FAIL: {}", sim.violations.join("; ")) };
-        let mut cannot = runner::unsupported(&s);
-        cannot.extend(raw);
+        let cannot = runner::unsupported(&s);
         if !cannot.is_empty() {
             skipped += 1;
             rows.push((s.name.clone(), sim_v, format!("SKIPPED: {}", cannot.join("; ")), "-"));
@@ -209,10 +197,6 @@ fn scenario_cmd(args: &[String]) -> anyhow::Result<bool> {
             "--out" => out = Some(std::path::absolute(it.next().context("--out DIR")?)?),
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
-    }
-    let cannot = runner::unsupported_file(&path);
-    if !cannot.is_empty() {
-        bail!("{} cannot run in the lab:\n  {}", path.display(), cannot.join("\n  "));
     }
     let s = Scenario::from_file(&path)?;
     let dir = match out {

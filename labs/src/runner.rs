@@ -74,6 +74,12 @@ pub struct LabOutcome {
 /// Steps of `s` the lab cannot perform, described.
 pub fn unsupported(s: &Scenario) -> Vec<String> {
     let mut v = Vec::new();
+    if s.topology.mode != clustersim::scenario::Mode::PrimaryBackup {
+        v.push(format!(
+            "topology.mode {:?}: the scenario runner runs primary/backup clusters only (active-active is `clusterlab active-active`)",
+            s.topology.mode
+        ));
+    }
     if crate::family::has_v6(s.topology.ip) && s.topology.second_cluster {
         v.push("the lab's second cluster is IPv4 only".into());
     }
@@ -85,22 +91,6 @@ pub fn unsupported(s: &Scenario) -> Vec<String> {
         }
     }
     v
-}
-
-/// What the lab cannot run in the scenario file at `path`, read from its text: keys newer
-/// than the typed format this build knows are refused by name rather than ignored. Today
-/// `topology.mode: "active-active"`: active-active runs in its own lab (`clusterlab
-/// active-active`, IPv4 over BGP), not in the scenario runner, which would run it as
-/// primary/backup.
-pub fn unsupported_file(path: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let v: serde_json::Value = json5::from_str(&text).unwrap_or_default();
-    match v.pointer("/topology/mode").and_then(|m| m.as_str()) {
-        None | Some("primary-backup") => Vec::new(),
-        Some(mode) => vec![format!(
-            "topology.mode {mode:?}: the scenario runner runs primary/backup clusters only (active-active is `clusterlab active-active`, IPv4 BGP)"
-        )],
-    }
 }
 
 static HELPER: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
@@ -900,18 +890,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_active_active_file_is_refused_by_name() {
-        let d = std::env::temp_dir().join(format!("csl-unsupported-{}", std::process::id()));
-        std::fs::create_dir_all(&d).expect("dir");
-        let aa = d.join("aa.json5");
-        std::fs::write(&aa, "{ name: 'x', topology: { atms: 3, ip: 'ipv6', mode: 'active-active' } }")
-            .expect("w");
-        let pb = d.join("pb.json5");
-        std::fs::write(&pb, "{ name: 'y', topology: { atms: 2, mode: 'primary-backup' } }").expect("w");
-        let v = unsupported_file(&aa);
+    fn active_active_scenarios_are_refused_by_name() {
+        let aa = Scenario::parse("{ name: 'x', topology: { atms: 3, nodes: 3, forwarding: 'dr', ip: 'ipv6', mode: 'active-active' } }")
+            .expect("scenario");
+        let v = unsupported(&aa);
         assert_eq!(v.len(), 1, "{v:?}");
-        assert!(v[0].contains("active-active"));
-        assert!(unsupported_file(&pb).is_empty());
-        let _ = std::fs::remove_dir_all(&d);
+        assert!(v[0].contains("active-active"), "{v:?}");
+        let pb =
+            Scenario::parse("{ name: 'y', topology: { atms: 2, nodes: 2, ip: 'dual' } }").expect("scenario");
+        assert!(unsupported(&pb).is_empty());
     }
 }
