@@ -15,7 +15,10 @@
 //!
 //! Loads (each bounded by `--seconds`): iperf3 TCP with 1 and 4 streams, wrk requests/s with
 //! keep-alive and with `Connection: close` (50 connections), small UDP datagrams (iperf3
-//! `-u -l 64` at a bounded offered rate; received packets/s; HAProxy has no UDP).
+//! `-u -l 64` at a bounded offered rate; received packets/s; HAProxy has no UDP); and each of
+//! them again over IPv6 (`-v6`): the lab is dual-stack (every address has its IPv6 twin,
+//! [`crate::family`]), every peer has an IPv6 VIP beside its IPv4 one (our NAT66 and IPv6
+//! direct routing, nftables `ip6` DNAT, HAProxy bound on both), the server the same.
 //!
 //! Routing that is the same for every peer: the client reaches the VIP through a `/32` route
 //! via the balancer's front address (no ARP for the VIP involved), the server's default route
@@ -26,7 +29,7 @@
 //! Everything runs in `csl-lab*` namespaces owned by a [`Lab`] guard (processes killed by
 //! PID, namespaces deleted on exit, error and Ctrl-C).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -38,13 +41,13 @@ use clustersim::topology::{CLUSTER_ID, cluster_config};
 use nix::sys::signal::Signal;
 
 use crate::bench_report::{self, Figure, Load, Peer};
+use crate::family::v6_of;
 use crate::lab::{Lab, check_interrupted};
 use crate::ns;
 use crate::runner;
 use crate::topology::{Plan, Role, VIP};
 
-const TOPOLOGY: &str =
-    r#"{ name: "bench", topology: { atms: 1, nodes: 1, clients: 1, routers: 0, forwarding: "nat" } }"#;
+const TOPOLOGY: &str = r#"{ name: "bench", topology: { atms: 1, nodes: 1, clients: 1, routers: 0, forwarding: "nat", ip: "dual" } }"#;
 const IPERF_PORT: u16 = 5201;
 /// Each peer has its own VIP: sockets a peer leaves behind (HAProxy's TIME_WAIT sockets on
 /// its VIP, conntrack entries) must not meet the next peer's packets (measured: our NAT run
@@ -55,6 +58,8 @@ const HAPROXY_VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 98);
 /// DR's UDP load: an iperf3 server bound to the VIP (an unbound UDP server would answer
 /// from the server's own address, which the client does not accept).
 const IPERF_VIP_PORT: u16 = 5202;
+/// The same for IPv6 (an iperf3 server binds one address).
+const IPERF_VIP6_PORT: u16 = 5203;
 const HTTP_PORT: u16 = 80;
 /// wrk connections (TECH-NOTES' baselines use 50).
 const WRK_CONNECTIONS: u32 = 50;
@@ -75,7 +80,7 @@ pub struct Opts {
     pub loads: Vec<Load>,
 }
 
-pub const USAGE: &str = "clusterlab bench [--reps N] [--seconds S] [--udp-rate R] [--out DIR] [--peers nat,dr,nft,haproxy] [--loads tcp1,tcp4,http,http-close,udp]";
+pub const USAGE: &str = "clusterlab bench [--reps N] [--seconds S] [--udp-rate R] [--out DIR] [--peers nat,dr,nft,haproxy] [--loads tcp1,tcp4,http,http-close,udp,tcp1-v6,tcp4-v6,http-v6,http-close-v6,udp-v6]";
 
 impl Opts {
     pub fn parse(args: &[String]) -> anyhow::Result<Opts> {
@@ -191,6 +196,12 @@ struct Hosts {
 }
 
 impl Hosts {
+    fn server6(&self) -> Ipv6Addr {
+        v6_of(self.server)
+    }
+}
+
+impl Hosts {
     fn of(lab: &Lab) -> anyhow::Result<Hosts> {
         let one = |r: Role| lab.plan.of_role(r).first().map(|h| (*h).clone()).context("bench host");
         let (c, a, n) = (one(Role::Client)?, one(Role::Atm)?, one(Role::Node)?);
@@ -213,6 +224,10 @@ fn bench_config(s: &Scenario, plan: &Plan, dir: &Path, forwarding: Forwarding) -
     };
     let mut cfg =
         cluster_config(s, CLUSTER_ID, &pick(Role::Atm), Vec::new(), IpAddr::V4(VIP), &pick(Role::Node));
+    let twin = |a: IpAddr| match a {
+        IpAddr::V4(a) => IpAddr::V6(v6_of(a)),
+        v6 => v6,
+    };
     cfg.cluster.name = "bench".into();
     let secret = dir.join("secret");
     std::fs::write(&secret, format!("bench secret {}", plan.run_id))?;
@@ -228,15 +243,37 @@ fn bench_config(s: &Scenario, plan: &Plan, dir: &Path, forwarding: Forwarding) -
         servers: base.servers.iter().map(|x| Server { port, ..x.clone() }).collect(),
         ..base.clone()
     };
-    cfg.services = vec![
+    let mut v4 = vec![
         svc("http", HTTP_PORT, Protocol::Tcp),
         svc("iperf", IPERF_PORT, Protocol::Tcp),
         svc("iperf-udp", IPERF_PORT, Protocol::Udp),
     ];
     if forwarding == Forwarding::Dr {
-        cfg.services.push(svc("iperf-vip", IPERF_VIP_PORT, Protocol::Tcp));
-        cfg.services.push(svc("iperf-vip-udp", IPERF_VIP_PORT, Protocol::Udp));
+        v4.push(svc("iperf-vip", IPERF_VIP_PORT, Protocol::Tcp));
+        v4.push(svc("iperf-vip-udp", IPERF_VIP_PORT, Protocol::Udp));
     }
+    // The IPv6 twins: VIP, gateway VIP and server on IPv6 (DR's VIP-bound UDP server has
+    // its own port).
+    let v6: Vec<Service> = v4
+        .iter()
+        .map(|x| Service {
+            name: format!("{}6", x.name),
+            vip: twin(x.vip),
+            port: if x.port == IPERF_VIP_PORT { IPERF_VIP6_PORT } else { x.port },
+            gateway_vip: x.gateway_vip.map(twin),
+            servers: x
+                .servers
+                .iter()
+                .map(|y| Server {
+                    address: twin(y.address),
+                    port: if y.port == IPERF_VIP_PORT { IPERF_VIP6_PORT } else { y.port },
+                    ..y.clone()
+                })
+                .collect(),
+            ..x.clone()
+        })
+        .collect();
+    cfg.services = v4.into_iter().chain(v6).collect();
     Ok(cfg)
 }
 
@@ -246,8 +283,11 @@ fn prepare(lab: &Lab, h: &Hosts) -> anyhow::Result<()> {
     for vip in [VIP, NFT_VIP, HAPROXY_VIP] {
         let vip32 = format!("{vip}/32");
         ns::exec(cns, &["ip", "route", "replace", &vip32, "via", &h.atm_front.to_string()])?;
+        let vip128 = format!("{}/128", v6_of(vip));
+        ns::exec(cns, &["ip", "-6", "route", "replace", &vip128, "via", &v6_of(h.atm_front).to_string()])?;
     }
     ns::exec(nns, &["ip", "route", "replace", "default", "via", &h.atm_back.to_string()])?;
+    ns::exec(nns, &["ip", "-6", "route", "replace", "default", "via", &v6_of(h.atm_back).to_string()])?;
     for sc in
         ["net.ipv4.ip_local_port_range=1024 65000", "net.ipv4.tcp_tw_reuse=1", "net.core.somaxconn=4096"]
     {
@@ -259,6 +299,11 @@ fn prepare(lab: &Lab, h: &Hosts) -> anyhow::Result<()> {
         ns::exec(ans, &["sysctl", "-qw", sc])?;
     }
     ns::exec(ans, &["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000"])?;
+    // The balancer's neighbour entries for the server, as health checks keep them in
+    // production: direct routing reads the server's MAC there, and a miss drops packets
+    // for a second (`dataplane::io::dr::MISS_TTL`) that would count against a short load.
+    ns::exec(ans, &["ping", "-c1", "-W1", &h.server.to_string()])?;
+    ns::exec(ans, &["ping", "-6", "-c1", "-W1", &h.server6().to_string()])?;
     let _ = lab;
     Ok(())
 }
@@ -270,7 +315,7 @@ fn nginx_conf(dir: &Path) -> String {
         "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/bench-nginx.pid;\nerror_log {d}/bench-nginx-error.log;\n\
          events {{ worker_connections 8192; }}\nhttp {{\n  access_log off;\n  keepalive_requests 100000000;\n\
            client_body_temp_path {d}/bench-tmp;\n  proxy_temp_path {d}/bench-tmp;\n  fastcgi_temp_path {d}/bench-tmp;\n\
-           uwsgi_temp_path {d}/bench-tmp;\n  scgi_temp_path {d}/bench-tmp;\n  server {{\n    listen {HTTP_PORT} backlog=4096;\n\
+           uwsgi_temp_path {d}/bench-tmp;\n  scgi_temp_path {d}/bench-tmp;\n  server {{\n    listen {HTTP_PORT} backlog=4096;\n    listen [::]:{HTTP_PORT} backlog=4096;\n\
              location / {{ default_type text/plain; return 200 \"bench\\n\"; }}\n  }}\n}}\n"
     )
 }
@@ -346,11 +391,15 @@ impl Bench<'_> {
     fn ours(&mut self, peer: Peer, daemon: &Path, cfg: &Path) -> anyhow::Result<Vec<Figure>> {
         let dr = peer == Peer::Dr;
         let vip_iperf = format!("{}/iperf3-vip-r{}", self.hosts.node.0, self.rep);
+        let vip_iperf6 = format!("{vip_iperf}-v6");
         if dr {
             configure_dr_nodes(self.lab, VIP)?;
-            let args = ["-s", "-p", &IPERF_VIP_PORT.to_string(), "-B", &VIP.to_string()].map(String::from);
             let node = self.hosts.node.0.clone();
+            let args = ["-s", "-p", &IPERF_VIP_PORT.to_string(), "-B", &VIP.to_string()].map(String::from);
             self.lab.spawn(&vip_iperf, &node, &self.tools.iperf3.clone(), &args)?;
+            let args =
+                ["-s", "-p", &IPERF_VIP6_PORT.to_string(), "-B", &v6_of(VIP).to_string()].map(String::from);
+            self.lab.spawn(&vip_iperf6, &node, &self.tools.iperf3.clone(), &args)?;
         }
         let mut out = Vec::new();
         for &load in &self.opts.loads {
@@ -380,8 +429,10 @@ impl Bench<'_> {
         }
         if dr {
             self.lab.wait_or_kill(&vip_iperf, 0)?;
+            self.lab.wait_or_kill(&vip_iperf6, 0)?;
             let node = self.hosts.node.1.clone();
             ns::exec(&node, &["ip", "addr", "del", &format!("{VIP}/32"), "dev", "lo"])?;
+            ns::exec(&node, &["ip", "addr", "del", &format!("{}/128", v6_of(VIP)), "dev", "lo"])?;
         }
         Ok(out)
     }
@@ -408,14 +459,19 @@ impl Bench<'_> {
     fn nftables(&mut self) -> anyhow::Result<Vec<Figure>> {
         let ans = self.hosts.atm.1.clone();
         let rules = format!(
-            "table ip cslbench {{\n  chain pre {{ type nat hook prerouting priority dstnat; policy accept;\n    ip daddr {NFT_VIP} dnat to {}\n  }}\n}}\n",
-            self.hosts.server
+            "table ip cslbench {{\n  chain pre {{ type nat hook prerouting priority dstnat; policy accept;\n    ip daddr {NFT_VIP} dnat to {}\n  }}\n}}\n\
+             table ip6 cslbench {{\n  chain pre {{ type nat hook prerouting priority dstnat; policy accept;\n    ip6 daddr {} dnat to {}\n  }}\n}}\n",
+            self.hosts.server,
+            v6_of(NFT_VIP),
+            self.hosts.server6()
         );
         ns::exec_input(&ans, &["nft", "-f", "-"], Some(&rules))?;
         let r = self.each_load(Peer::Nft, None);
         let del = ns::exec(&ans, &["nft", "delete", "table", "ip", "cslbench"]);
+        let del6 = ns::exec(&ans, &["nft", "delete", "table", "ip6", "cslbench"]);
         let figures = r?;
         del?;
+        del6?;
         Ok(figures)
     }
 
@@ -425,7 +481,9 @@ impl Bench<'_> {
         let conf = self.lab.dir.join("haproxy.cfg");
         std::fs::write(&conf, haproxy_conf(self.hosts.server))?;
         let vip32 = format!("{HAPROXY_VIP}/32");
+        let vip128 = format!("{}/128", v6_of(HAPROXY_VIP));
         ns::exec(&ans, &["ip", "addr", "add", &vip32, "dev", "lo"])?;
+        ns::exec(&ans, &["ip", "addr", "add", &vip128, "dev", "lo", "nodad"])?;
         let label = format!("{atm}/haproxy-r{}", self.rep);
         let args = ["-db", "-f", &conf.display().to_string()].map(String::from);
         let started = self.lab.spawn(&label, &atm, &self.tools.haproxy.clone(), &args);
@@ -439,13 +497,14 @@ impl Bench<'_> {
         let _ = self.lab.signal(&label, Signal::SIGTERM);
         self.lab.wait_or_kill(&label, 3_000)?;
         ns::exec(&ans, &["ip", "addr", "del", &vip32, "dev", "lo"])?;
+        ns::exec(&ans, &["ip", "addr", "del", &vip128, "dev", "lo"])?;
         r
     }
 
     fn each_load(&mut self, peer: Peer, pid: Option<u32>) -> anyhow::Result<Vec<Figure>> {
         let mut out = Vec::new();
         for &load in &self.opts.loads {
-            if peer == Peer::Haproxy && load == Load::Udp {
+            if peer == Peer::Haproxy && load.base() == Load::Udp {
                 continue; // HAProxy does not balance UDP.
             }
             let cpu0 = pid.and_then(|p| cpu_seconds(p, self.tools.clk_tck));
@@ -467,28 +526,35 @@ impl Bench<'_> {
     /// Runs one load from the client; its figure in the load's unit.
     fn load(&mut self, peer: Peer, load: Load) -> anyhow::Result<f64> {
         let secs = self.opts.seconds.to_string();
-        let vip = peer.vip().to_string();
+        let vip = peer.vip(load.v6()).to_string();
         let port = IPERF_PORT.to_string();
-        let (prog, args): (PathBuf, Vec<String>) = match load {
+        let (prog, args): (PathBuf, Vec<String>) = match load.base() {
             Load::Tcp1 | Load::Tcp4 => {
-                let p = if load == Load::Tcp1 { "1" } else { "4" };
+                let p = if load.base() == Load::Tcp1 { "1" } else { "4" };
                 let a = ["-c", &vip, "-p", &port, "-t", &secs, "-P", p, "-J", "--connect-timeout", "3000"];
                 (self.tools.iperf3.clone(), a.map(String::from).to_vec())
             }
             Load::Udp => {
                 let l = UDP_PAYLOAD.to_string();
-                let port = if peer == Peer::Dr { IPERF_VIP_PORT.to_string() } else { port.clone() };
+                let port = match (peer, load.v6()) {
+                    (Peer::Dr, false) => IPERF_VIP_PORT.to_string(),
+                    (Peer::Dr, true) => IPERF_VIP6_PORT.to_string(),
+                    _ => port.clone(),
+                };
                 let a =
                     ["-c", &vip, "-p", &port, "-t", &secs, "-u", "-l", &l, "-b", &self.opts.udp_rate, "-J"];
                 (self.tools.iperf3.clone(), a.map(String::from).to_vec())
             }
-            Load::Http | Load::HttpClose => {
-                let url = format!("http://{vip}:{HTTP_PORT}/");
+            _ => {
+                let url = match peer.vip(load.v6()) {
+                    IpAddr::V4(a) => format!("http://{a}:{HTTP_PORT}/"),
+                    IpAddr::V6(a) => format!("http://[{a}]:{HTTP_PORT}/"),
+                };
                 let c = WRK_CONNECTIONS.to_string();
                 let d = format!("{secs}s");
                 let mut a: Vec<String> =
                     ["-t", "2", "-c", &c, "-d", &d, "--timeout", "2s"].map(String::from).to_vec();
-                if load == Load::HttpClose {
+                if load.base() == Load::HttpClose {
                     a.extend(["-H".to_string(), "Connection: close".to_string()]);
                 }
                 a.push(url);
@@ -498,10 +564,10 @@ impl Bench<'_> {
         let label =
             format!("{}/{}-{}-r{}-{}", self.hosts.client.0, load.tool(), peer.name(), self.rep, load.name());
         let text = self.run_client(&label, &prog, &args)?;
-        let v = match load {
+        let v = match load.base() {
             Load::Tcp1 | Load::Tcp4 => bench_report::iperf_tcp_gbps(&text),
             Load::Udp => bench_report::iperf_udp_kpps(&text),
-            Load::Http | Load::HttpClose => bench_report::wrk_rps(&text),
+            _ => bench_report::wrk_rps(&text),
         };
         v.with_context(|| format!("{label}: no figure in its output ({})", self.lab.dir.display()))
     }
@@ -529,12 +595,14 @@ impl Bench<'_> {
 }
 
 impl Peer {
-    fn vip(self) -> Ipv4Addr {
-        match self {
+    /// The peer's VIP, IPv4 or its IPv6 twin.
+    fn vip(self, v6: bool) -> IpAddr {
+        let v4 = match self {
             Peer::Nat | Peer::Dr => VIP,
             Peer::Nft => NFT_VIP,
             Peer::Haproxy => HAPROXY_VIP,
-        }
+        };
+        if v6 { IpAddr::V6(v6_of(v4)) } else { IpAddr::V4(v4) }
     }
 }
 
@@ -542,9 +610,14 @@ fn haproxy_conf(server: Ipv4Addr) -> String {
     let mut t = String::from(
         "global\n  maxconn 8000\n\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n",
     );
+    let (vip6, server6) = (v6_of(HAPROXY_VIP), v6_of(server));
     for port in [HTTP_PORT, IPERF_PORT] {
         t += &format!(
             "\nfrontend f{port}\n  bind {HAPROXY_VIP}:{port}\n  default_backend b{port}\n\nbackend b{port}\n  server s1 {server}:{port}\n"
+        );
+        // IPv6 clients to the IPv6 server: HAProxy on IPv6 end to end.
+        t += &format!(
+            "\nfrontend f{port}v6\n  bind [{vip6}]:{port}\n  default_backend b{port}v6\n\nbackend b{port}v6\n  server s1 [{server6}]:{port}\n"
         );
     }
     t
@@ -559,6 +632,8 @@ fn configure_dr_nodes(lab: &Lab, vip: Ipv4Addr) -> anyhow::Result<()> {
             ns::exec(&h.ns, &["sysctl", "-qw", sc])?;
         }
         ns::exec(&h.ns, &["ip", "addr", "replace", &format!("{vip}/32"), "dev", "lo"])?;
+        let vip128 = format!("{}/128", v6_of(vip));
+        ns::exec(&h.ns, &["ip", "addr", "replace", &vip128, "dev", "lo", "nodad"])?;
     }
     Ok(())
 }
@@ -590,5 +665,6 @@ mod tests {
     fn haproxy_config_has_both_ports() {
         let c = haproxy_conf(Ipv4Addr::new(10, 0, 1, 1));
         assert!(c.contains("bind 10.0.0.98:80") && c.contains("server s1 10.0.1.1:5201"));
+        assert!(c.contains("bind [fd00:c5::98]:80") && c.contains("server s1 [fd00:c5:1::1]:5201"));
     }
 }

@@ -53,7 +53,9 @@ impl Peer {
     }
 }
 
-/// What traffic is offered.
+/// What traffic is offered. Each load has an IPv6 twin (`-v6`): the same generator to the
+/// peer's IPv6 VIP, through the same balancer and server (NAT66, IPv6 direct routing,
+/// nftables `ip6` DNAT, HAProxy bound on IPv6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Load {
     Tcp1,
@@ -61,10 +63,43 @@ pub enum Load {
     Http,
     HttpClose,
     Udp,
+    Tcp1V6,
+    Tcp4V6,
+    HttpV6,
+    HttpCloseV6,
+    UdpV6,
 }
 
 impl Load {
-    pub const ALL: [Load; 5] = [Load::Tcp1, Load::Tcp4, Load::Http, Load::HttpClose, Load::Udp];
+    pub const ALL: [Load; 10] = [
+        Load::Tcp1,
+        Load::Tcp4,
+        Load::Http,
+        Load::HttpClose,
+        Load::Udp,
+        Load::Tcp1V6,
+        Load::Tcp4V6,
+        Load::HttpV6,
+        Load::HttpCloseV6,
+        Load::UdpV6,
+    ];
+
+    /// The IPv4 load this one is the twin of (itself for IPv4).
+    pub fn base(self) -> Load {
+        match self {
+            Load::Tcp1V6 => Load::Tcp1,
+            Load::Tcp4V6 => Load::Tcp4,
+            Load::HttpV6 => Load::Http,
+            Load::HttpCloseV6 => Load::HttpClose,
+            Load::UdpV6 => Load::Udp,
+            v4 => v4,
+        }
+    }
+
+    /// Whether the load goes to the IPv6 VIP.
+    pub fn v6(self) -> bool {
+        self.base() != self
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -73,11 +108,16 @@ impl Load {
             Load::Http => "http",
             Load::HttpClose => "http-close",
             Load::Udp => "udp",
+            Load::Tcp1V6 => "tcp1-v6",
+            Load::Tcp4V6 => "tcp4-v6",
+            Load::HttpV6 => "http-v6",
+            Load::HttpCloseV6 => "http-close-v6",
+            Load::UdpV6 => "udp-v6",
         }
     }
 
     pub fn tool(self) -> &'static str {
-        match self {
+        match self.base() {
             Load::Http | Load::HttpClose => "wrk",
             _ => "iperf3",
         }
@@ -90,38 +130,43 @@ impl Load {
             Load::Http => "HTTP keep-alive",
             Load::HttpClose => "HTTP Connection: close",
             Load::Udp => "UDP 64-byte datagrams",
+            Load::Tcp1V6 => "IPv6 TCP, 1 stream",
+            Load::Tcp4V6 => "IPv6 TCP, 4 streams",
+            Load::HttpV6 => "IPv6 HTTP keep-alive",
+            Load::HttpCloseV6 => "IPv6 HTTP Conn.: close",
+            Load::UdpV6 => "IPv6 UDP 64-byte dgrams",
         }
     }
 
     pub fn unit(self) -> &'static str {
-        match self {
+        match self.base() {
             Load::Tcp1 | Load::Tcp4 => "Gbit/s",
             Load::Http | Load::HttpClose => "k req/s",
-            Load::Udp => "k pkt/s",
+            _ => "k pkt/s",
         }
     }
 
     /// What [`Figure::machine_us_per_unit`] divides by.
     pub fn work_unit(self) -> &'static str {
-        match self {
+        match self.base() {
             Load::Tcp1 | Load::Tcp4 => "MB",
             Load::Http | Load::HttpClose => "request",
-            Load::Udp => "datagram",
+            _ => "datagram",
         }
     }
 
     /// Work units in one unit of the figure per second (Gbit/s -> MB, k req/s -> requests).
     fn units_per_value(self) -> f64 {
-        match self {
+        match self.base() {
             Load::Tcp1 | Load::Tcp4 => 1e9 / 8.0 / 1e6,
-            Load::Http | Load::HttpClose | Load::Udp => 1e3,
+            _ => 1e3,
         }
     }
 
     pub fn parse(s: &str) -> anyhow::Result<Load> {
         match Load::ALL.iter().find(|l| l.name() == s) {
             Some(l) => Ok(*l),
-            None => bail!("unknown load {s:?} (tcp1, tcp4, http, http-close, udp)"),
+            None => bail!("unknown load {s:?} (tcp1, tcp4, http, http-close, udp, each also with -v6)"),
         }
     }
 }

@@ -6,7 +6,7 @@
 //! step's NFQUEUE rule (outgoing IPv4 held by `clusterlab delay`, see [`crate::delay`]). `heal` flushes the
 //! partition chains. The tables go with their namespaces.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context, bail};
 use clustersim::scenario::{LinkSetting, OneWay};
@@ -45,7 +45,15 @@ fn addrs(plan: &Plan, hosts: &[String]) -> anyhow::Result<Vec<Ipv4Addr>> {
     Ok(v)
 }
 
-fn set(a: &[Ipv4Addr]) -> String {
+fn addrs6(plan: &Plan, hosts: &[String]) -> anyhow::Result<Vec<Ipv6Addr>> {
+    let mut v = Vec::new();
+    for h in hosts {
+        v.extend(plan.host(h)?.ifaces.iter().filter_map(|i| i.addr6));
+    }
+    Ok(v)
+}
+
+fn set<A: ToString>(a: &[A]) -> String {
     let v: Vec<String> = a.iter().map(ToString::to_string).collect();
     format!("{{ {} }}", v.join(", "))
 }
@@ -54,11 +62,21 @@ fn set(a: &[Ipv4Addr]) -> String {
 /// sender's output and the receiver's input).
 fn block(plan: &Plan, from: &[String], to: &[String]) -> anyhow::Result<()> {
     let (fa, ta) = (addrs(plan, from)?, addrs(plan, to)?);
+    // The IPv6 twins too, in the `ipv6` and `dual` topologies.
+    let (fa6, ta6) = (addrs6(plan, from)?, addrs6(plan, to)?);
     for h in from {
-        nft(&plan.host(h)?.ns, &format!("add rule inet csl part_out ip daddr {} drop\n", set(&ta)))?;
+        let mut rules = format!("add rule inet csl part_out ip daddr {} drop\n", set(&ta));
+        if !ta6.is_empty() {
+            rules += &format!("add rule inet csl part_out ip6 daddr {} drop\n", set(&ta6));
+        }
+        nft(&plan.host(h)?.ns, &rules)?;
     }
     for h in to {
-        nft(&plan.host(h)?.ns, &format!("add rule inet csl part_in ip saddr {} drop\n", set(&fa)))?;
+        let mut rules = format!("add rule inet csl part_in ip saddr {} drop\n", set(&fa));
+        if !fa6.is_empty() {
+            rules += &format!("add rule inet csl part_in ip6 saddr {} drop\n", set(&fa6));
+        }
+        nft(&plan.host(h)?.ns, &rules)?;
     }
     Ok(())
 }
@@ -167,13 +185,24 @@ pub fn server(plan: &Plan, host: &str, down: bool) -> anyhow::Result<()> {
     nft(&h.ns, &script)
 }
 
-/// `client` ignores the next `count` gratuitous ARPs for `vip` (sender and target = VIP): an
-/// ARP-family rule whose `numgen inc` counter only advances on matching packets.
-pub fn miss_garp(plan: &Plan, client: &str, vip: Ipv4Addr, count: u32) -> anyhow::Result<()> {
+/// `client` ignores the next `count` gratuitous announcements of `vip`. IPv4: ARP packets
+/// whose sender and target are the VIP, dropped by an ARP-family rule. IPv6: unsolicited
+/// Neighbor Advertisements (Solicited flag clear) whose target is the VIP, dropped by an
+/// `ip6` rule on input (raw payload: the target at bits 64..192 of the ICMPv6 header, the
+/// flag at bit 33). Either way a `numgen inc` counter only advances on matching packets.
+pub fn miss_garp(plan: &Plan, client: &str, vip: IpAddr, count: u32) -> anyhow::Result<()> {
     let h = plan.host(client)?;
-    let script = format!(
-        "table arp csl {{\n chain input {{ type filter hook input priority 0; policy accept; }}\n}}\n\
-         add rule arp csl input arp saddr ip {vip} arp daddr ip {vip} numgen inc mod 1000000000 < {count} counter drop\n"
-    );
+    let script = match vip {
+        IpAddr::V4(vip) => format!(
+            "table arp csl {{\n chain input {{ type filter hook input priority 0; policy accept; }}\n}}\n\
+             add rule arp csl input arp saddr ip {vip} arp daddr ip {vip} numgen inc mod 1000000000 < {count} counter drop\n"
+        ),
+        IpAddr::V6(vip) => format!(
+            "table ip6 cslnd {{\n chain input {{ type filter hook input priority -10; policy accept; }}\n}}\n\
+             add rule ip6 cslnd input icmpv6 type nd-neighbor-advert @th,33,1 0 @th,64,128 {:#034x} \
+             numgen inc mod 1000000000 < {count} counter drop\n",
+            u128::from(vip)
+        ),
+    };
     nft(&h.ns, &script)
 }

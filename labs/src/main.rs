@@ -3,7 +3,8 @@
 //! | `clusterlab bench [...]` (the data-plane benchmark, [`clusterlab::bench`])
 //! | `clusterlab active-active [--bench] [...]` ([`clusterlab::active_active`])
 //!
-//! Helpers run inside lab namespaces by the runner: `stream-server`, `load`, `forge`, `delay`.
+//! Helpers run inside lab namespaces by the runner: `stream-server`, `load`, `forge`, `delay`,
+//! `ndp-probe`.
 #![allow(clippy::disallowed_methods)] // reason: the lab's helpers use the wall clock
 
 use std::path::{Path, PathBuf};
@@ -89,6 +90,10 @@ fn real_main() -> anyhow::Result<bool> {
                 seed: arg(3)?.parse()?,
                 max_s: arg(4)?.parse::<u64>()?.min(3_600),
             })?;
+            Ok(true)
+        }
+        Some("ndp-probe") => {
+            clusterlab::ndp::probe(&arg(1)?, arg(2)?.parse()?, arg(3)?.parse()?, &args[4.min(args.len())..])?;
             Ok(true)
         }
         Some("forge") => {

@@ -1,6 +1,6 @@
 //! Measurements: pollers of kernel state inside namespaces (each client's neighbour entry for
 //! the VIP, which ATM holds the VIP address), the client's per-request CSV, and the ARP
-//! packets of a tcpdump capture.
+//! packets (IPv4) and Neighbor Advertisements (IPv6) for the VIP in a tcpdump capture.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -25,8 +25,8 @@ pub type Changes = Vec<(u64, String)>;
 /// What a poller reads.
 #[derive(Clone, Copy, Debug)]
 pub enum Probe {
-    /// The MAC of the VIP in the namespace's neighbour table.
-    NeighbourMac(Ipv4Addr),
+    /// The MAC of the VIP in the namespace's neighbour table (ARP or NDP).
+    NeighbourMac(IpAddr),
     /// Whether the namespace has the address.
     HasAddress(Ipv4Addr),
 }
@@ -80,7 +80,7 @@ pub fn mac_text(m: &[u8]) -> String {
     m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
-async fn neighbour(handle: &rtnetlink::Handle, ip: Ipv4Addr) -> anyhow::Result<String> {
+async fn neighbour(handle: &rtnetlink::Handle, ip: IpAddr) -> anyhow::Result<String> {
     let mut list = handle.neighbours().get().execute();
     while let Some(n) = list.try_next().await? {
         if matches!(
@@ -92,7 +92,8 @@ async fn neighbour(handle: &rtnetlink::Handle, ip: Ipv4Addr) -> anyhow::Result<S
         let (mut dst, mut mac) = (None, None);
         for a in &n.attributes {
             match a {
-                NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => dst = Some(*d),
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => dst = Some(IpAddr::V4(*d)),
+                NeighbourAttribute::Destination(NeighbourAddress::Inet6(d)) => dst = Some(IpAddr::V6(*d)),
                 NeighbourAttribute::LinkLayerAddress(m) => mac = Some(mac_text(m)),
                 _ => {}
             }
@@ -206,8 +207,48 @@ impl ClientResult {
     }
 }
 
-/// ARP packets about `ip` (as sender) in a pcap file: (unix ms, sender MAC, gratuitous).
-pub fn pcap_arp(bytes: &[u8], ip: Ipv4Addr) -> anyhow::Result<Vec<(u64, String, bool)>> {
+/// Announcements of `ip` in a pcap file: (unix ms, sender MAC, gratuitous). For IPv4 the
+/// ARP packets whose sender is `ip` (gratuitous: target `ip` too); for IPv6 the Neighbor
+/// Advertisements whose target is `ip` (gratuitous: unsolicited, the Solicited flag clear),
+/// the sender being the Ethernet source.
+pub fn pcap_neighbour(bytes: &[u8], ip: IpAddr) -> anyhow::Result<Vec<(u64, String, bool)>> {
+    let mut out = Vec::new();
+    for (ms, data) in pcap_frames(bytes)? {
+        let found = match ip {
+            IpAddr::V4(v4) => arp_of(data, v4),
+            IpAddr::V6(v6) => na_of(data, v6),
+        };
+        out.extend(found.map(|(mac, g)| (ms, mac, g)));
+    }
+    Ok(out)
+}
+
+/// An ARP packet from `ip`: (sender MAC, gratuitous).
+fn arp_of(data: &[u8], ip: Ipv4Addr) -> Option<(String, bool)> {
+    // Ethernet (14) + ARP (28): ethertype 0x0806, IPv4 over Ethernet.
+    if data.len() < 42 || data[12..14] != [0x08, 0x06] {
+        return None;
+    }
+    let arp = &data[14..];
+    let sender_ip = Ipv4Addr::new(arp[14], arp[15], arp[16], arp[17]);
+    let target_ip = Ipv4Addr::new(arp[24], arp[25], arp[26], arp[27]);
+    (sender_ip == ip).then(|| (mac_text(&arp[8..14]), target_ip == ip))
+}
+
+/// A Neighbor Advertisement for `ip` (no extension headers, as NDP sends them): (Ethernet
+/// source MAC, unsolicited).
+fn na_of(data: &[u8], ip: std::net::Ipv6Addr) -> Option<(String, bool)> {
+    // Ethernet (14) + IPv6 (40) + NA (24): ethertype 0x86dd, next header 58, type 136.
+    if data.len() < 78 || data[12..14] != [0x86, 0xdd] || data[20] != 58 || data[54] != 136 {
+        return None;
+    }
+    let target: [u8; 16] = data[62..78].try_into().ok()?;
+    let solicited = data[58] & 0x40 != 0;
+    (std::net::Ipv6Addr::from(target) == ip).then(|| (mac_text(&data[6..12]), !solicited))
+}
+
+/// The frames of a pcap file (Ethernet link type): (unix ms, bytes).
+fn pcap_frames(bytes: &[u8]) -> anyhow::Result<Vec<(u64, &[u8])>> {
     anyhow::ensure!(bytes.len() >= 24, "pcap: short file");
     let magic = u32::from_le_bytes(bytes[0..4].try_into()?);
     let (le, nanos) = match magic {
@@ -230,16 +271,7 @@ pub fn pcap_arp(bytes: &[u8], ip: Ipv4Addr) -> anyhow::Result<Vec<(u64, String, 
         let data = &bytes[off + 16..(off + 16 + caplen).min(bytes.len())];
         off += 16 + caplen;
         let ms = u64::from(sec) * 1000 + u64::from(frac) / if nanos { 1_000_000 } else { 1000 };
-        // Ethernet (14) + ARP (28): ethertype 0x0806, IPv4 over Ethernet.
-        if data.len() < 42 || data[12..14] != [0x08, 0x06] {
-            continue;
-        }
-        let arp = &data[14..];
-        let sender_ip = Ipv4Addr::new(arp[14], arp[15], arp[16], arp[17]);
-        let target_ip = Ipv4Addr::new(arp[24], arp[25], arp[26], arp[27]);
-        if sender_ip == ip {
-            out.push((ms, mac_text(&arp[8..14]), target_ip == ip));
-        }
+        out.push((ms, data));
     }
     Ok(out)
 }
@@ -272,8 +304,38 @@ mod tests {
         f.extend((frame.len() as u32).to_le_bytes());
         f.extend((frame.len() as u32).to_le_bytes());
         f.extend(&frame);
-        let v = pcap_arp(&f, Ipv4Addr::new(10, 0, 0, 99)).expect("parses");
+        let v = pcap_neighbour(&f, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 99))).expect("parses");
         assert_eq!(v, vec![(5250, "02:00:00:00:00:01".to_string(), true)]);
+    }
+
+    #[test]
+    fn pcap_neighbour_finds_unsolicited_advertisements() {
+        let vip: std::net::Ipv6Addr = "fd00:c5::99".parse().expect("v6");
+        let na = |flags: u8| {
+            let mut fr = vec![0x33, 0x33, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x86, 0xdd];
+            fr.extend([0x60, 0, 0, 0, 0, 32, 58, 255]);
+            fr.extend(vip.octets()); // source
+            fr.extend("ff02::1".parse::<std::net::Ipv6Addr>().expect("v6").octets());
+            fr.extend([136, 0, 0, 0, flags, 0, 0, 0]);
+            fr.extend(vip.octets());
+            fr.extend([2, 1, 2, 0, 0, 0, 0, 2]);
+            fr
+        };
+        let mut f = Vec::new();
+        f.extend(0xa1b2c3d4u32.to_le_bytes());
+        f.extend([2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 1, 0, 0, 0]);
+        for (sec, flags) in [(7u32, 0x20u8), (8, 0x60)] {
+            let frame = na(flags);
+            f.extend(sec.to_le_bytes());
+            f.extend(0u32.to_le_bytes());
+            f.extend((frame.len() as u32).to_le_bytes());
+            f.extend((frame.len() as u32).to_le_bytes());
+            f.extend(&frame);
+        }
+        let v = pcap_neighbour(&f, IpAddr::V6(vip)).expect("parses");
+        let mac = "02:00:00:00:00:02".to_string();
+        assert_eq!(v, vec![(7000, mac.clone(), true), (8000, mac, false)], "override only, then solicited");
+        assert!(pcap_neighbour(&f, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 99))).expect("parses").is_empty());
     }
 }
 

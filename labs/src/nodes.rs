@@ -3,14 +3,20 @@
 //! scenario's forwarding method, and after SIGTERM that the node is exactly as before.
 //!
 //! "As before" is a snapshot ([`NodeLook`]) taken before the daemon starts: the addresses
-//! (with labels), the links, the policy rules, the routes of every table, and the IPv4
-//! `conf` sysctls the node set-up may touch (ARP hiding, reverse-path filtering,
-//! `accept_local`), on `all`, `default` and `eth0`.
+//! (with labels) of both families, the links, the policy rules and the routes of every
+//! table of both families, and the IPv4 `conf` sysctls the node set-up may touch (ARP
+//! hiding, reverse-path filtering, `accept_local`), on `all`, `default` and `eth0`.
+//!
+//! An IPv6 VIP has no label (Linux keeps labels for IPv4 only): the set-up check looks for
+//! the VIP as a /128 on `lo`. Linux answers a Neighbor Solicitation only for addresses on the
+//! interface it arrived on, so IPv6 needs no hiding sysctl; that the nodes never answer one
+//! is measured, not assumed ([`crate::ndp`]).
 
 use std::path::Path;
 
 use anyhow::{Context, bail};
 
+use crate::family::{self, Family};
 use crate::lab::{Lab, check_interrupted};
 use crate::ns;
 use crate::topology::{Role, VIP};
@@ -53,14 +59,23 @@ pub fn look(nsname: &str) -> anyhow::Result<NodeLook> {
             sysctls.push((key, v.trim().to_string()));
         }
     }
+    let both = |args: &[&str]| -> anyhow::Result<Vec<String>> {
+        let mut v = Vec::new();
+        for f in ["-4", "-6"] {
+            let mut a = vec![args[0], f];
+            a.extend(&args[1..]);
+            v.extend(lines(&a)?);
+        }
+        Ok(v)
+    };
     Ok(NodeLook {
-        addrs: lines(&["ip", "-o", "-4", "addr", "show"])?
+        addrs: both(&["ip", "-o", "addr", "show"])?
             .into_iter()
             .map(|l| l.split(" valid_lft").next().unwrap_or(&l).to_string())
             .collect(),
         links,
-        rules: lines(&["ip", "-4", "rule", "show"])?,
-        routes: lines(&["ip", "-4", "route", "show", "table", "all"])?,
+        rules: both(&["ip", "rule", "show"])?,
+        routes: both(&["ip", "route", "show", "table", "all"])?,
         sysctls,
     })
 }
@@ -92,9 +107,21 @@ pub fn differences(node: &str, before: &NodeLook, after: &NodeLook) -> Vec<Strin
 }
 
 /// What the daemon must have set up on a node for `forwarding`, described when missing.
-pub fn set_up_problems(node: &str, forwarding: &str, l: &NodeLook) -> Vec<String> {
+pub fn set_up_problems(node: &str, forwarding: &str, fams: &[Family], l: &NodeLook) -> Vec<String> {
     let mut out = Vec::new();
     if forwarding == "nat" {
+        return out;
+    }
+    if fams.contains(&Family::V6) {
+        let vip = format!(" {}/128 ", family::vip6());
+        if !l.addrs.iter().any(|a| a.contains(" lo ") && a.contains(&vip)) {
+            out.push(format!("{node}: no IPv6 VIP {}/128 on lo", family::vip6()));
+        }
+    }
+    if forwarding == "tunnel" && !l.links.iter().any(|n| n.starts_with("csn")) {
+        out.push(format!("{node}: no decapsulator TUN (csn*) in tunnel mode"));
+    }
+    if !fams.contains(&Family::V4) {
         return out;
     }
     let vip = format!(" {VIP}/32 ");
@@ -108,9 +135,6 @@ pub fn set_up_problems(node: &str, forwarding: &str, l: &NodeLook) -> Vec<String
             get("all/arp_ignore"),
             get("all/arp_announce")
         ));
-    }
-    if forwarding == "tunnel" && !l.links.iter().any(|n| n.starts_with("csn")) {
-        out.push(format!("{node}: no decapsulator TUN (csn*) in tunnel mode"));
     }
     out
 }
@@ -170,7 +194,7 @@ pub fn start(
         start_one(lab, daemon, &n, cfg)?;
         wait_ready(lab, &format!("{n}/daemon"), 0, 5_000)?;
         let l = look(&lab.plan.host(&n)?.ns)?;
-        let problems = set_up_problems(&n, forwarding, &l);
+        let problems = set_up_problems(&n, forwarding, &family::families(lab.plan.ip), &l);
         if !problems.is_empty() {
             bail!("the node daemon did not set its node up:\n  {}", problems.join("\n  "));
         }
@@ -245,8 +269,12 @@ mod tests {
         assert_eq!(d.len(), 2, "{d:?}");
         assert!(d[0].contains("10.0.0.99/32") && d[1].contains("all/arp_ignore was 0, is 1"));
         assert!(differences("node1", &before, &before).is_empty());
-        let p = set_up_problems("node1", "tunnel", &after);
+        let p = set_up_problems("node1", "tunnel", &[Family::V4], &after);
         assert_eq!(p.len(), 2, "ARP hiding and the TUN are missing: {p:?}");
-        assert!(set_up_problems("node1", "nat", &before).is_empty());
+        assert!(set_up_problems("node1", "nat", &[Family::V4], &before).is_empty());
+        let p = set_up_problems("node1", "dr", &[Family::V4, Family::V6], &after);
+        assert_eq!(p.len(), 2, "the IPv6 VIP and ARP hiding are missing: {p:?}");
+        let with6 = l(&["1: lo inet6 fd00:c5::99/128 scope global"], &[]);
+        assert!(set_up_problems("node1", "dr", &[Family::V6], &with6).is_empty());
     }
 }

@@ -118,8 +118,10 @@ pub fn outcome(
         outcome: o,
         arp_changes,
         arp_packets,
+        client_family: BTreeMap::new(),
         by_server,
         flow_notes: notes,
+        ndp: Vec::new(),
         requests,
         dir: dir.to_path_buf(),
     }
@@ -190,9 +192,11 @@ pub fn write(lo: &LabOutcome) -> anyhow::Result<()> {
         "arp_packets": lo.arp_packets,
         "requests": lo.requests,
         "answered_by_server": lo.by_server,
+        "client_family": lo.client_family,
         "long_lived": o.long_lived,
         "long_lived_lost": o.long_lived_lost,
         "flow_notes": lo.flow_notes,
+        "ndp": lo.ndp,
         "faults": o.faults,
         "series_per_100ms": o.series,
     });
@@ -215,6 +219,13 @@ pub fn summary(lo: &LabOutcome) -> String {
             p.len(),
             p.iter().filter(|x| x.2).count()
         );
+    }
+    if lo.client_family.values().any(|f| f != "ipv4") {
+        let f: Vec<String> = lo.client_family.iter().map(|(c, f)| format!("{c} {f}")).collect();
+        s += &format!("client families: {}\n", f.join(", "));
+    }
+    for l in &lo.ndp {
+        s += &format!("{l}\n");
     }
     s += &format!("requests: {}\n", lo.requests);
     s

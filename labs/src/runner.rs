@@ -14,11 +14,12 @@ use clustersim::scenario::{Scenario, Step};
 use clustersim::topology::{CLUSTER_ID, OTHER_CLUSTER_ID, cluster_config};
 use nix::sys::signal::Signal;
 
+use crate::family::Family;
 use crate::faults;
 use crate::lab::{Lab, check_interrupted};
-use crate::measure::{ClientResult, Poller, Probe, parse_daemon_log, pcap_arp};
+use crate::measure::{ClientResult, Poller, Probe, parse_daemon_log, pcap_neighbour};
 use crate::ns;
-use crate::topology::{self, OTHER_VIP, Plan, Role, STREAM_PORT, VIP};
+use crate::topology::{self, OTHER_VIP, Plan, Role, STREAM_PORT};
 use crate::traffic::unix_ms;
 
 /// Default load when the scenario sets none: requests per second per client.
@@ -60,8 +61,12 @@ pub struct LabOutcome {
     pub arp_changes: BTreeMap<String, Vec<(u64, String)>>,
     /// ARP packets sent for the VIP, per client capture: (ms, owner, gratuitous).
     pub arp_packets: BTreeMap<String, Vec<(u64, String, bool)>>,
+    /// Each client's family (`ipv4`, `ipv6`).
+    pub client_family: BTreeMap<String, String>,
     pub by_server: BTreeMap<String, BTreeMap<String, u64>>,
     pub flow_notes: Vec<String>,
+    /// Who answered the end-of-run Neighbor Solicitations for the IPv6 VIP (DR and tunnel).
+    pub ndp: Vec<String>,
     pub requests: u64,
     pub dir: PathBuf,
 }
@@ -69,8 +74,14 @@ pub struct LabOutcome {
 /// Steps of `s` the lab cannot perform, described.
 pub fn unsupported(s: &Scenario) -> Vec<String> {
     let mut v = Vec::new();
-    if s.topology.ip != clustersim::scenario::IpFamily::Ipv4 {
-        v.push(format!("the lab has no {:?} topology yet", s.topology.ip));
+    if s.topology.mode != clustersim::scenario::Mode::PrimaryBackup {
+        v.push(format!(
+            "topology.mode {:?}: the scenario runner runs primary/backup clusters only (active-active is `clusterlab active-active`)",
+            s.topology.mode
+        ));
+    }
+    if crate::family::has_v6(s.topology.ip) && s.topology.second_cluster {
+        v.push("the lab's second cluster is IPv4 only".into());
     }
     for st in &s.steps {
         let k = st.kind().unwrap_or("?");
@@ -137,22 +148,41 @@ pub fn preflight() -> anyhow::Result<()> {
 }
 
 /// The cluster config of the lab, generated like the simulator's, plus the stream service.
+/// The ATMs are on IPv4 whatever the service family (heartbeats, sync, admin); an `ipv6`
+/// service has IPv6 VIP, gateway VIP and servers; `dual` adds an IPv6 twin of the IPv4
+/// service (`svc6`, same servers, their IPv6 addresses) and of the stream service.
 pub fn lab_config(s: &Scenario, plan: &Plan, dir: &Path, other: bool) -> anyhow::Result<Config> {
-    let pick = |r: Role| -> Vec<(String, IpAddr)> {
-        plan.of_role(r).iter().map(|h| (h.name.clone(), IpAddr::V4(h.addr()))).collect()
+    let fams = crate::family::families(plan.ip);
+    let first = fams[0];
+    let pick = |r: Role, f: Family| -> Vec<(String, IpAddr)> {
+        plan.of_role(r).iter().map(|h| (h.name.clone(), h.addr_in(f))).collect()
     };
-    let reach: Vec<IpAddr> = pick(Role::Router).into_iter().map(|(_, a)| a).collect();
+    let reach: Vec<IpAddr> = pick(Role::Router, Family::V4).into_iter().map(|(_, a)| a).collect();
     let (id, atms, vip, nodes) = if other {
-        (OTHER_CLUSTER_ID, pick(Role::Other), IpAddr::V4(OTHER_VIP), Vec::new())
+        let vip = match first {
+            Family::V4 => IpAddr::V4(OTHER_VIP),
+            Family::V6 => IpAddr::V6(crate::family::other_vip6()),
+        };
+        (OTHER_CLUSTER_ID, pick(Role::Other, Family::V4), vip, Vec::new())
     } else {
-        (CLUSTER_ID, pick(Role::Atm), IpAddr::V4(VIP), pick(Role::Node))
+        (CLUSTER_ID, pick(Role::Atm, Family::V4), first.vip(), pick(Role::Node, first))
     };
     let mut cfg = cluster_config(s, id, &atms, reach, vip, &nodes);
     if other {
-        cfg.services[0].servers = pick(Role::Node)
+        cfg.services[0].servers = pick(Role::Node, first)
             .into_iter()
             .map(|(n, a)| clusterserver::config::Server { name: n, address: a, port: 80, weight: 100 })
             .collect();
+    }
+    if first == Family::V6 {
+        cfg.services[0].gateway_vip = cfg.services[0].gateway_vip.map(|gw| match gw {
+            IpAddr::V4(a) => IpAddr::V6(crate::family::v6_of(a)),
+            v6 => v6,
+        });
+    }
+    if fams.len() == 2 {
+        let v6 = twin6(&cfg.services[0], "svc6", vip6_of(vip));
+        cfg.services.push(v6);
     }
     cfg.cluster.name = format!("lab{id}");
     let secret = dir.join(format!("secret{id}"));
@@ -166,20 +196,46 @@ pub fn lab_config(s: &Scenario, plan: &Plan, dir: &Path, other: bool) -> anyhow:
     }
     cfg.cluster.secret_file = secret;
     cfg.security = Security { token_file: Some(token), ..Security::default() };
-    let svc = &cfg.services[0];
-    let stream = Service {
-        name: "stream".into(),
-        port: STREAM_PORT,
-        protocol: Protocol::Tcp,
+    let streams: Vec<Service> = cfg
+        .services
+        .iter()
+        .map(|svc| Service {
+            name: svc.name.replace("svc", "stream"),
+            port: STREAM_PORT,
+            protocol: Protocol::Tcp,
+            servers: svc
+                .servers
+                .iter()
+                .map(|x| clusterserver::config::Server { port: STREAM_PORT, ..x.clone() })
+                .collect(),
+            ..svc.clone()
+        })
+        .collect();
+    cfg.services.extend(streams);
+    Ok(cfg)
+}
+
+/// The IPv6 twin of an IPv4 lab address (unchanged if IPv6 already).
+fn vip6_of(a: IpAddr) -> IpAddr {
+    match a {
+        IpAddr::V4(a) => IpAddr::V6(crate::family::v6_of(a)),
+        v6 => v6,
+    }
+}
+
+/// `svc` on IPv6: VIP `vip`, every server's and the gateway VIP's IPv6 twin.
+fn twin6(svc: &Service, name: &str, vip: IpAddr) -> Service {
+    Service {
+        name: name.into(),
+        vip,
+        gateway_vip: svc.gateway_vip.map(vip6_of),
         servers: svc
             .servers
             .iter()
-            .map(|x| clusterserver::config::Server { port: STREAM_PORT, ..x.clone() })
+            .map(|x| clusterserver::config::Server { address: vip6_of(x.address), ..x.clone() })
             .collect(),
         ..svc.clone()
-    };
-    cfg.services.push(stream);
-    Ok(cfg)
+    }
 }
 
 /// Writes `cfg` as JSON (valid JSON5) and validates it with the daemon's own loader.
@@ -205,13 +261,14 @@ fn strip_nulls(v: &mut serde_json::Value) {
 
 /// nginx as one process (`master_process off`): the lab ends it by PID with SIGKILL, and a
 /// master's workers would outlive it.
-fn nginx_conf(dir: &Path, name: &str) -> String {
+fn nginx_conf(dir: &Path, name: &str, v6: bool) -> String {
     let d = dir.display();
+    let listen6 = if v6 { "listen [::]:80;\n    " } else { "" };
     format!(
         "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/{name}-nginx.pid;\nerror_log {d}/{name}-nginx-error.log;\n\
          events {{ worker_connections 1024; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/{name}-tmp;\n\
            proxy_temp_path {d}/{name}-tmp;\n  fastcgi_temp_path {d}/{name}-tmp;\n  uwsgi_temp_path {d}/{name}-tmp;\n\
-           scgi_temp_path {d}/{name}-tmp;\n  server {{\n    listen 80;\n    location / {{ default_type text/plain; return 200 \"{name}\\n\"; }}\n  }}\n}}\n"
+           scgi_temp_path {d}/{name}-tmp;\n  server {{\n    listen 80;\n    {listen6}location / {{ default_type text/plain; return 200 \"{name}\\n\"; }}\n  }}\n}}\n"
     )
 }
 
@@ -221,7 +278,7 @@ pub fn start_backends(lab: &mut Lab, duration_ms: u64) -> anyhow::Result<()> {
     let nodes: Vec<String> = lab.plan.of_role(Role::Node).iter().map(|h| h.name.clone()).collect();
     for n in &nodes {
         let conf = lab.dir.join(format!("{n}-nginx.conf"));
-        std::fs::write(&conf, nginx_conf(&lab.dir, n))?;
+        std::fs::write(&conf, nginx_conf(&lab.dir, n, crate::family::has_v6(lab.plan.ip)))?;
         lab.spawn(
             &format!("{n}/nginx"),
             n,
@@ -247,27 +304,36 @@ pub fn start_backends(lab: &mut Lab, duration_ms: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts the load on every client: returns their output files.
-pub fn start_load(lab: &mut Lab, s: &Scenario, duration_ms: u64) -> anyhow::Result<Vec<(String, PathBuf)>> {
+/// One client's load: the client, its family, its output file.
+pub type LoadOut = (String, Family, PathBuf);
+
+/// Starts the load on every client, each on its family's VIP (a dual-stack scenario's
+/// clients alternate families, as in the simulator): returns their output files.
+pub fn start_load(lab: &mut Lab, s: &Scenario, duration_ms: u64) -> anyhow::Result<Vec<LoadOut>> {
     let exe = helper_exe()?;
     let rate = rate_of(s);
-    let clients: Vec<String> = lab.plan.of_role(Role::Client).iter().map(|h| h.name.clone()).collect();
+    let clients: Vec<(String, Family)> = lab
+        .plan
+        .of_role(Role::Client)
+        .iter()
+        .map(|h| (h.name.clone(), h.client_family(lab.plan.ip)))
+        .collect();
     let total = s.load.long_lived as usize;
     let mut outs = Vec::new();
-    for (i, c) in clients.iter().enumerate() {
+    for (i, (c, f)) in clients.iter().enumerate() {
         let flows = total / clients.len() + usize::from(i < total % clients.len());
-        let out = lab.dir.join(format!("{c}-load.csv"));
+        let out = lab.dir.join(format!("{c}-load{}.csv", f.suffix()));
         let args = vec![
             "load".into(),
-            SocketAddr::new(IpAddr::V4(VIP), 80).to_string(),
-            SocketAddr::new(IpAddr::V4(VIP), STREAM_PORT).to_string(),
+            SocketAddr::new(f.vip(), 80).to_string(),
+            SocketAddr::new(f.vip(), STREAM_PORT).to_string(),
             rate.to_string(),
             duration_ms.to_string(),
             flows.to_string(),
             out.display().to_string(),
         ];
         lab.spawn(&format!("{c}/load"), c, &exe, &args)?;
-        outs.push((c.clone(), out));
+        outs.push((c.clone(), *f, out));
     }
     Ok(outs)
 }
@@ -306,13 +372,21 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
     start_backends(&mut lab, duration_ms)?;
     let clients: Vec<(String, String)> =
         lab.plan.of_role(Role::Client).iter().map(|h| (h.name.clone(), h.ns.clone())).collect();
+    let fams = crate::family::families(s.topology.ip);
+    let family_of = |c: &str| lab.plan.host(c).map_or(Family::V4, |h| h.client_family(s.topology.ip));
+    let client_family: BTreeMap<String, Family> =
+        clients.iter().map(|(c, _)| (c.clone(), family_of(c))).collect();
     for (c, _) in &clients {
         let pcap = dir.join(format!("{c}.pcap"));
-        let args = ["-i", "eth0", "-U", "-n", "-w", &pcap.display().to_string(), "arp"].map(String::from);
+        // ARP, and for IPv6 the Neighbor Advertisements (ICMPv6 type 136).
+        let filter = if fams.contains(&Family::V6) { "arp or (icmp6 and ip6[40] == 136)" } else { "arp" };
+        let args = ["-i", "eth0", "-U", "-n", "-w", &pcap.display().to_string(), filter].map(String::from);
         lab.spawn(&format!("{c}/tcpdump"), c, Path::new("/usr/bin/tcpdump"), &args)?;
     }
-    let mut arp_pollers: Vec<(String, Poller)> =
-        clients.iter().map(|(c, n)| (c.clone(), Poller::start(n, Probe::NeighbourMac(VIP)))).collect();
+    let mut arp_pollers: Vec<(String, Poller)> = clients
+        .iter()
+        .map(|(c, n)| (c.clone(), Poller::start(n, Probe::NeighbourMac(client_family[c].vip()))))
+        .collect();
     let atms: Vec<(String, String)> = lab
         .plan
         .of_role(Role::Atm)
@@ -375,9 +449,16 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    for (c, _) in &loads {
+    for (c, _, _) in &loads {
         lab.wait_or_kill(&format!("{c}/load"), 5_000)?;
     }
+    // With the nodes still set up: nobody but the primary answers NDP for the IPv6 VIP.
+    let (ndp_lines, ndp_problems) = if crate::family::has_v6(s.topology.ip) && s.topology.forwarding != "nat"
+    {
+        ndp_check(&lab, &atms, &stopped)?
+    } else {
+        (Vec::new(), Vec::new())
+    };
     let node_problems = crate::nodes::stop_and_check(&mut lab, &node_before)?;
     for (c, _) in &clients {
         let _ = lab.signal(&format!("{c}/tcpdump"), Signal::SIGINT);
@@ -389,14 +470,17 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
     let macs = atm_macs(&lab)?;
     let results: Vec<(String, ClientResult)> = loads
         .iter()
-        .map(|(c, f)| (c.clone(), ClientResult::parse(&std::fs::read_to_string(f).unwrap_or_default())))
+        .map(|(c, _, out)| {
+            (c.clone(), ClientResult::parse(&std::fs::read_to_string(out).unwrap_or_default()))
+        })
         .collect();
     let pcaps = clients
         .iter()
         .map(|(c, _)| {
             let b = std::fs::read(dir.join(format!("{c}.pcap"))).unwrap_or_default();
-            let pk = pcap_arp(&b, VIP).unwrap_or_default();
-            (c.clone(), pk.into_iter().map(|(t, m, g)| (t.saturating_sub(t0), owner(&macs, &m), g)).collect())
+            let pk = pcap_neighbour(&b, client_family[c].vip()).unwrap_or_default();
+            let pk = pk.into_iter().map(|(t, m, g)| (t.saturating_sub(t0), owner(&macs, &m), g)).collect();
+            (c.clone(), pk)
         })
         .collect();
     lab.teardown();
@@ -404,6 +488,9 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
         crate::report::outcome(s, t0, duration_ms, &results, &arp, &vips, &macs, pcaps, faults_log, dir);
     lo.outcome.rejected = rejected;
     lo.outcome.violations.extend(node_problems);
+    lo.outcome.violations.extend(ndp_problems);
+    lo.ndp = ndp_lines;
+    lo.client_family = client_family.into_iter().map(|(c, f)| (c, f.name().to_string())).collect();
     crate::health::check(s, &mut lo.outcome, &results, t0);
     if s.failover.is_some() {
         let r = clustersim::services_check::check(s, &crate::services::read_log(dir));
@@ -432,6 +519,50 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
         }
     }
     Ok(lo)
+}
+
+/// Probes who answers Neighbor Solicitations for the IPv6 VIP from the first client
+/// ([`crate::ndp`]): the report lines and the violations.
+fn ndp_check(
+    lab: &Lab,
+    atms: &[(String, String)],
+    stopped: &[String],
+) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let primaries: Vec<&String> = atms
+        .iter()
+        .map(|(a, _)| a)
+        .filter(|a| a.starts_with("atm") && !stopped.contains(a))
+        .filter(|a| {
+            // The log of the daemon running now: a restarted one appends to its
+            // predecessor's, and starts as backup without a role-change line.
+            let text = lab.log_text(&format!("{a}/daemon"));
+            let current = text.rfind(" ready ").map_or(text.as_str(), |i| &text[i..]);
+            parse_daemon_log(current).roles.last().is_some_and(|r| r.1 == "primary")
+        })
+        .collect();
+    let [primary] = primaries.as_slice() else {
+        return Ok((Vec::new(), vec![format!("NDP: no single primary to probe at the end ({primaries:?})")]));
+    };
+    let primary_mac = crate::measure::mac_text(&topology::mac_of(&lab.plan.host(primary)?.ns, "eth0")?);
+    let mut nodes = Vec::new();
+    for h in lab.plan.of_role(Role::Node) {
+        nodes.push((h.name.clone(), crate::measure::mac_text(&topology::mac_of(&h.ns, "eth0")?)));
+    }
+    let ip = lab.plan.ip;
+    let client = lab.plan.of_role(Role::Client).into_iter().find(|h| h.client_family(ip) == Family::V6);
+    let client = client.cloned().context("no IPv6 client")?;
+    let mut args = vec![
+        "ndp-probe".to_string(),
+        "eth0".into(),
+        client.addr_in(Family::V6).to_string(),
+        crate::family::vip6().to_string(),
+    ];
+    args.extend(nodes.iter().map(|(_, m)| m.clone()));
+    args.push(primary_mac.clone());
+    let cmd = lab.command(&client.name, &helper_exe()?, &args)?;
+    let (mut lines, v) = crate::ndp::check(cmd, &primary_mac, &nodes)?;
+    lines.iter_mut().for_each(|l| *l = format!("{l} (primary {primary})"));
+    Ok((lines, v))
 }
 
 /// The daemon logs of the second cluster's ATMs (`other*`), by name.
@@ -714,7 +845,8 @@ fn apply(
         }
         "miss_garp" => {
             let m = st.miss_garp.as_ref().context("miss_garp")?;
-            faults::miss_garp(&plan, &m.client, VIP, m.count)?;
+            let f = plan.host(&m.client)?.client_family(plan.ip);
+            faults::miss_garp(&plan, &m.client, f.vip(), m.count)?;
         }
         "forge" => {
             let f = st.forge.as_ref().context("forge")?;
@@ -751,4 +883,21 @@ fn apply(
         _ => format!("{kind} {host}"),
     };
     Ok(format!("fault: {what}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn active_active_scenarios_are_refused_by_name() {
+        let aa = Scenario::parse("{ name: 'x', topology: { atms: 3, nodes: 3, forwarding: 'dr', ip: 'ipv6', mode: 'active-active' } }")
+            .expect("scenario");
+        let v = unsupported(&aa);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].contains("active-active"), "{v:?}");
+        let pb =
+            Scenario::parse("{ name: 'y', topology: { atms: 2, nodes: 2, ip: 'dual' } }").expect("scenario");
+        assert!(unsupported(&pb).is_empty());
+    }
 }

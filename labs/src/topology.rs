@@ -6,17 +6,25 @@
 //! default route is the gateway VIP that moves with the primary). Every host is a namespace
 //! with `eth0` (and `eth1`). Each veth pair is created inside the switch namespace and its host
 //! end moved straight into the host's namespace: no end ever exists in the root namespace.
+//!
+//! With `topology.ip` `ipv6` or `dual` every interface also gets its IPv6 twin on the same
+//! bridge ([`crate::family`]), without duplicate-address detection, IPv6 forwarding on the
+//! ATMs, and the NAT servers an IPv6 default route via the IPv6 gateway VIP; the bridges then
+//! flood multicast (no MLD snooping), so a Neighbor Solicitation reaches every host as an ARP
+//! request does, whatever MLD report the kernel sent or missed.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 
 use anyhow::{Context, anyhow};
-use clustersim::scenario::Scenario;
+use clustersim::scenario::{IpFamily, Scenario};
 use futures::TryStreamExt;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
+use crate::family::{self, Family, PREFIX6};
 use crate::ns;
 
 pub const FRONT_PREFIX: u8 = 24;
@@ -44,6 +52,8 @@ pub struct Iface {
     pub name: String,
     pub bridge: &'static str,
     pub addr: Ipv4Addr,
+    /// Its IPv6 twin, in the `ipv6` and `dual` topologies.
+    pub addr6: Option<Ipv6Addr>,
     /// Name of the veth end left on the bridge, in the switch namespace.
     pub switch_end: String,
 }
@@ -55,11 +65,29 @@ pub struct Host {
     pub ns: String,
     pub ifaces: Vec<Iface>,
     pub default_gw: Option<Ipv4Addr>,
+    pub default_gw6: Option<Ipv6Addr>,
 }
 
 impl Host {
     pub fn addr(&self) -> Ipv4Addr {
         self.ifaces[0].addr
+    }
+
+    /// The host's first address in `f` (its IPv4 address's twin for IPv6).
+    pub fn addr_in(&self, f: Family) -> IpAddr {
+        f.addr(self.addr())
+    }
+
+    /// The family of a client's load (its number decides in a dual-stack scenario).
+    pub fn client_family(&self, ip: IpFamily) -> Family {
+        family::of_client(ip, classify(&self.name).map_or(1, |(_, n)| n))
+    }
+
+    /// Every address of the host's interfaces, both families.
+    pub fn all_addrs(&self) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = self.ifaces.iter().map(|i| IpAddr::V4(i.addr)).collect();
+        v.extend(self.ifaces.iter().filter_map(|i| i.addr6.map(IpAddr::V6)));
+        v
     }
 }
 
@@ -69,6 +97,8 @@ pub struct Plan {
     pub run_id: String,
     pub switch_ns: String,
     pub nat: bool,
+    /// The service family (`topology.ip`).
+    pub ip: IpFamily,
     pub hosts: BTreeMap<String, Host>,
 }
 
@@ -76,6 +106,8 @@ impl Plan {
     /// The plan of `s` (same host names as the simulator) for run `run_id`.
     pub fn new(s: &Scenario, run_id: &str) -> anyhow::Result<Plan> {
         let nat = s.topology.forwarding == "nat";
+        let ip = s.topology.ip;
+        let fams = family::families(ip);
         let mut hosts = BTreeMap::new();
         for name in s.host_names() {
             let (role, i) = classify(&name)?;
@@ -100,14 +132,18 @@ impl Plan {
                     name: format!("eth{k}"),
                     bridge,
                     addr,
+                    addr6: family::has_v6(ip).then(|| family::v6_of(addr)),
                     switch_end: format!("s-{name}-{k}"),
                 })
                 .collect();
-            let default_gw = (role == Role::Node && nat).then_some(GATEWAY_VIP);
-            let host = Host { name: name.clone(), role, ns: ns::ns_name(run_id, &name), ifaces, default_gw };
+            let gw = role == Role::Node && nat;
+            let default_gw = (gw && fams.contains(&Family::V4)).then_some(GATEWAY_VIP);
+            let default_gw6 = (gw && fams.contains(&Family::V6)).then(family::gateway_vip6);
+            let ns = ns::ns_name(run_id, &name);
+            let host = Host { name: name.clone(), role, ns, ifaces, default_gw, default_gw6 };
             hosts.insert(name, host);
         }
-        Ok(Plan { run_id: run_id.into(), switch_ns: ns::ns_name(run_id, "switch"), nat, hosts })
+        Ok(Plan { run_id: run_id.into(), switch_ns: ns::ns_name(run_id, "switch"), nat, ip, hosts })
     }
 
     pub fn of_role(&self, role: Role) -> Vec<&Host> {
@@ -147,7 +183,14 @@ fn classify(name: &str) -> anyhow::Result<(Role, u32)> {
 pub fn build(plan: &Plan, created: &mut Vec<String>) -> anyhow::Result<()> {
     for name in plan.namespaces() {
         ns::create(&name)?;
-        created.push(name);
+        created.push(name.clone());
+        if family::has_v6(plan.ip) {
+            // Before the veth ends move in: a device takes the namespace's `default` conf
+            // when it arrives, so its link-local address skips DAD too.
+            for k in ["all", "default"] {
+                ns::exec(&name, &["sysctl", "-qw", &format!("net.ipv6.conf.{k}.accept_dad=0")])?;
+            }
+        }
     }
     let bridges: Vec<&'static str> = if plan.nat { vec!["br0", "br1"] } else { vec!["br0"] };
     let mut pairs: Vec<(String, String, &'static str, String)> = Vec::new();
@@ -187,13 +230,18 @@ pub fn build(plan: &Plan, created: &mut Vec<String>) -> anyhow::Result<()> {
         }
         Ok(())
     })?;
+    if family::has_v6(plan.ip) {
+        for b in if plan.nat { ["br0", "br1"].as_slice() } else { ["br0"].as_slice() } {
+            ns::exec(&plan.switch_ns, &["ip", "link", "set", b, "type", "bridge", "mcast_snooping", "0"])?;
+        }
+    }
     for h in plan.hosts.values() {
-        configure_host(h)?;
+        configure_host(h, plan.ip)?;
     }
     Ok(())
 }
 
-fn configure_host(h: &Host) -> anyhow::Result<()> {
+fn configure_host(h: &Host, ip: IpFamily) -> anyhow::Result<()> {
     // Before addresses. ATMs need kernel forwarding: the daemon's steering routes VIP traffic
     // from eth0 into its TUN (measured: with ip_forward=0 nothing reaches the VIP). A side
     // effect the simulator does not model: after a daemon crash (the host stays up) its
@@ -202,11 +250,14 @@ fn configure_host(h: &Host) -> anyhow::Result<()> {
     if matches!(h.role, Role::Atm | Role::Other) {
         sysctls.push("net.ipv4.ip_forward=1");
     }
+    if family::has_v6(ip) && matches!(h.role, Role::Atm | Role::Other) {
+        sysctls.push("net.ipv6.conf.all.forwarding=1");
+    }
     for s in sysctls {
         ns::exec(&h.ns, &["sysctl", "-qw", s])?;
     }
     let ifaces = h.ifaces.clone();
-    let (gw, name) = (h.default_gw, h.name.clone());
+    let (gw, gw6, name) = (h.default_gw, h.default_gw6, h.name.clone());
     ns::netlink_in(&h.ns, move |handle| async move {
         set_up(&handle, "lo").await?;
         for (k, i) in ifaces.iter().enumerate() {
@@ -223,11 +274,20 @@ fn configure_host(h: &Host) -> anyhow::Result<()> {
                 .execute()
                 .await
                 .with_context(|| format!("address {} on {}", i.addr, i.name))?;
+            if let Some(a6) = i.addr6 {
+                let mut req = handle.address().add(idx, a6.into(), PREFIX6);
+                req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+                req.execute().await.with_context(|| format!("address {a6} on {}", i.name))?;
+            }
             handle.link().set(LinkUnspec::new_with_index(idx).up().build()).execute().await.context("up")?;
         }
         if let Some(gw) = gw {
             let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gw).build();
             handle.route().add(route).execute().await.context("default route")?;
+        }
+        if let Some(gw6) = gw6 {
+            let route = RouteMessageBuilder::<Ipv6Addr>::new().gateway(gw6).build();
+            handle.route().add(route).execute().await.context("IPv6 default route")?;
         }
         Ok(())
     })

@@ -33,7 +33,11 @@ pub fn unix_ms() -> u64 {
 
 /// `stream-server PORT NAME MAX_S`: echoes lines prefixed with NAME, for at most MAX_S seconds.
 pub fn stream_server(port: u16, name: &str, max_s: u64) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("bind port {port}"))?;
+    // Both families on one socket (`[::]`, not v6-only: IPv4 clients arrive v4-mapped);
+    // IPv4 alone where the namespace has no IPv6.
+    let listener = TcpListener::bind(("::", port))
+        .or_else(|_| TcpListener::bind(("0.0.0.0", port)))
+        .with_context(|| format!("bind port {port}"))?;
     let open = Arc::new(AtomicUsize::new(0));
     let deadline = unix_ms() + max_s * 1000;
     std::thread::spawn(move || {
