@@ -68,14 +68,22 @@ pub fn look(nsname: &str) -> anyhow::Result<NodeLook> {
         }
         Ok(v)
     };
+    // The kernel's own IPv6 link-local addresses and their routes are left out: every
+    // interface gets them, their duplicate-address detection ends on its own (`tentative`
+    // goes, a `local fe80::…` route comes), and no daemon of ours adds or removes one.
+    let kernel_link_local = |l: &String| l.contains(" fe80::");
     Ok(NodeLook {
         addrs: both(&["ip", "-o", "addr", "show"])?
             .into_iter()
+            .filter(|l| !kernel_link_local(l))
             .map(|l| l.split(" valid_lft").next().unwrap_or(&l).to_string())
             .collect(),
         links,
         rules: both(&["ip", "rule", "show"])?,
-        routes: both(&["ip", "route", "show", "table", "all"])?,
+        routes: both(&["ip", "route", "show", "table", "all"])?
+            .into_iter()
+            .filter(|l| !kernel_link_local(l))
+            .collect(),
         sysctls,
     })
 }
