@@ -20,10 +20,10 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use clusterserver::dataplane::io::netlink::SteerRule;
-use clusterserver::dataplane::io::tun::{Control, Shell};
-use clusterserver::dataplane::io::{PacketProcessor, ShellConfig, StatsSnapshot};
 use clusterserver::platform::linux::netsys::enter_netns;
+use clusterserver::platform::linux::shell::netlink::SteerRule;
+use clusterserver::platform::linux::shell::tun::{Control, Shell};
+use clusterserver::platform::linux::shell::{PacketProcessor, ShellConfig, StatsSnapshot};
 
 mod common;
 use common::lab::{
@@ -188,7 +188,7 @@ fn tcp_through_tun_nat_mini_no_offload() {
 #[test]
 fn tcp_through_tun_tunnel_and_decap() {
     use clusterserver::dataplane::decap::DecapPolicy;
-    use clusterserver::dataplane::io::decap_loop::NodeDecap;
+    use clusterserver::platform::linux::shell::decap_loop::NodeDecap;
     if std::env::var(HELPER_ENV).is_ok() || !can_run() {
         return;
     }
@@ -312,7 +312,7 @@ fn dr_run<P: PacketProcessor + 'static>(
 /// TUN by name) are removed by `cleanup`; a rule with another priority is left alone.
 #[test]
 fn netlink_cleanup_removes_leftovers() {
-    use clusterserver::dataplane::io::netlink;
+    use clusterserver::platform::linux::shell::netlink;
     if std::env::var(HELPER_ENV).is_ok() || !can_run() {
         return;
     }
@@ -350,7 +350,7 @@ fn netlink_cleanup_removes_leftovers() {
 /// failed start leaves no rule, route or TUN behind.
 #[test]
 fn shell_start_failure_cleans_up() {
-    use clusterserver::dataplane::io::Echo;
+    use clusterserver::platform::linux::shell::Echo;
     if std::env::var(HELPER_ENV).is_ok() || !can_run() {
         return;
     }

@@ -301,7 +301,7 @@ fn prepare(lab: &Lab, h: &Hosts) -> anyhow::Result<()> {
     ns::exec(ans, &["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000"])?;
     // The balancer's neighbour entries for the server, as health checks keep them in
     // production: direct routing reads the server's MAC there, and a miss drops packets
-    // for a second (`dataplane::io::dr::MISS_TTL`) that would count against a short load.
+    // for a second (`platform::linux::shell::dr::MISS_TTL`) that would count against a short load.
     ns::exec(ans, &["ping", "-c1", "-W1", &h.server.to_string()])?;
     ns::exec(ans, &["ping", "-6", "-c1", "-W1", &h.server6().to_string()])?;
     let _ = lab;

@@ -73,8 +73,8 @@ use crate::admin::model::VipAnnouncement;
 use crate::admin::state::{ControlOp, Outcome};
 use crate::config::Config;
 use crate::core::announce::{Action, Announcer, Input, JoinSync};
-use crate::dataplane::io::tun::Shell;
 use crate::platform::linux::bird::{self, Bird};
+use crate::platform::linux::shell::tun::Shell;
 use crate::time::Instant;
 
 /// How often the data plane's liveness is probed and BIRD's process checked.

@@ -22,7 +22,7 @@ use crate::admin::server::connection_row;
 use crate::admin::state::{
     Backend, ConnectionQuery, ControlOp, DataplaneView, Outcome, ServerOp, ServerView,
 };
-use crate::dataplane::io::tun::ShellControl;
+use crate::platform::linux::shell::tun::ShellControl;
 
 /// Longest wait for the worker to answer a read or apply a change.
 const WORKER_TIMEOUT: Duration = Duration::from_secs(2);

@@ -34,9 +34,9 @@ use tokio::sync::mpsc;
 
 use crate::admin::CoreBridge;
 use crate::config::{CheckKind, Service, diff::Remap};
-use crate::dataplane::io::tun::Shell;
 use crate::health::{Action, Damping, Health, Input, Outcome, ProbeId, Transition};
 use crate::platform::linux::checks::{self, Report, Target};
+use crate::platform::linux::shell::tun::Shell;
 use crate::time::Instant;
 
 use super::processor::DaemonProcessor;

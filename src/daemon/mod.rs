@@ -18,7 +18,7 @@
 //!    the new, empty shadow engine. (The core also reports a quick restart on its own, from
 //!    the new incarnation in the heartbeats; the quiet period stays as a second line, and so
 //!    that a restarted ex-primary's peers have settled on a new primary before it speaks.)
-//! 5. Crash-safe set-up: [`crate::dataplane::io::tun::Shell::start`] first removes what a
+//! 5. Crash-safe set-up: [`crate::platform::linux::shell::tun::Shell::start`] first removes what a
 //!    killed daemon of this cluster left (rules with our priority and table, routes in our
 //!    table, our TUN by name: [`setup::owned`] derives all three from the cluster id); any
 //!    VIP found as a local address on an interface is removed too (it would make the kernel
@@ -137,8 +137,6 @@ use crate::admin::{AdminHandle, CoreBridge};
 use crate::config::{self, ClusterMode, Config};
 use crate::core::election::AdminRequest;
 use crate::dataplane::engine::{Engine, EngineConfig};
-use crate::dataplane::io::tun::Shell;
-use crate::dataplane::io::{ShellConfig, ShellError, netlink};
 use crate::dataplane::sync::{SyncReceiver, SyncSender};
 use crate::driver::{Command, run_atm};
 use crate::platform::linux::arp::{ArpPort, ArpResponder};
@@ -146,6 +144,8 @@ use crate::platform::linux::atm::{
     EngineOp, HeartbeatNet, LinuxPlatform, bind_udp, bind_udp6, wall_clock_incarnation,
 };
 use crate::platform::linux::host::{self, IfAddr};
+use crate::platform::linux::shell::tun::Shell;
+use crate::platform::linux::shell::{ShellConfig, ShellError, netlink};
 use admin::{ControlRequest, DaemonBackend};
 use processor::DaemonProcessor;
 use setup::HostRole;

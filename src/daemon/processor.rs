@@ -8,7 +8,7 @@
 //! changes queued, a batch due) and on every tick; during a planned handover it sends each
 //! change with the packet that made it. Every ATM applies what it receives as it arrives:
 //! the shell wakes the worker when the sync socket is readable
-//! ([`PacketProcessor::wake_socket`]), and every tick ([`crate::dataplane::io::TICK`],
+//! ([`PacketProcessor::wake_socket`]), and every tick ([`crate::platform::linux::shell::TICK`],
 //! 100 ms) catches anything left. Datagrams are authenticated with
 //! the cluster secret by the codec; a backup ignores nothing but what fails authentication
 //! or replays. An active engine applies incoming sync only for connections it does not know
@@ -33,10 +33,10 @@ use tokio::sync::watch;
 
 use crate::dataplane::engine::{Engine, Reload, ReloadStats, Verdict};
 use crate::dataplane::fullsync::{FullSync, FullSyncStats};
-use crate::dataplane::io::{Disposition, Output, PacketProcessor};
 use crate::dataplane::sync::{
     MAX_DATAGRAM, PeerReceivers, PeerSyncError, Received, SyncReceiver, SyncSender,
 };
+use crate::platform::linux::shell::{Disposition, Output, PacketProcessor};
 use crate::time::Instant;
 
 use crate::overrides::ServerControl;
@@ -287,7 +287,7 @@ impl PacketProcessor for DaemonProcessor {
     }
 
     /// NAT super-packets and partial checksums whole, in place where the engine can (see
-    /// [`crate::dataplane::io::vnet`]).
+    /// [`crate::platform::linux::shell::vnet`]).
     fn process_whole(
         &mut self,
         now: Instant,

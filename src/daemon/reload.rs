@@ -41,12 +41,12 @@ use crate::admin::server::{Live, LiveAdmin};
 use crate::config::diff::{self, How, Item, Plan, Remap};
 use crate::config::{Config, Service};
 use crate::dataplane::engine::{Reload, ReloadStats};
-use crate::dataplane::io::netlink;
-use crate::dataplane::io::tun::{Control, Shell};
 use crate::driver::Command;
 use crate::platform::linux::arp::ArpResponder;
 use crate::platform::linux::atm::LinuxPlatform;
 use crate::platform::linux::host::IfAddr;
+use crate::platform::linux::shell::netlink;
+use crate::platform::linux::shell::tun::{Control, Shell};
 
 /// Longest wait for the TUN worker to apply a reload.
 const WORKER_LIMIT: Duration = Duration::from_secs(5);

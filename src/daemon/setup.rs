@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use crate::config::{Config, DEFAULT_ADMIN_PORT, DEFAULT_HEARTBEAT_PORT, Forwarding};
-use crate::dataplane::io::netlink::SteerRule;
 use crate::platform::linux::host::IfAddr;
+use crate::platform::linux::shell::netlink::SteerRule;
 
 /// What this host is in the cluster (seed 001: "cluster node, ATM, or both").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -104,7 +104,7 @@ mod syncing;
 mod tunnel;
 pub use syncing::WALK_SLOTS_PER_CALL;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 #[cfg(test)]
 mod tests6;
 #[cfg(test)]
@@ -403,7 +403,7 @@ impl Engine {
     }
 
     /// Whether `rx` may be processed whole by [`Engine::process_offloaded`] as a GSO
-    /// super-packet (see `dataplane::io::vnet`): true unless it is a client packet of a
+    /// super-packet (see `platform::linux::shell::vnet`): true unless it is a client packet of a
     /// tunnel service (an outer header and the MTU check need each segment). NAT rewrites
     /// keep the packet's layout, direct routing copies it unchanged (the shell frames it
     /// with its GSO header); packets of no service are NAT replies or drops. No side effect.

@@ -19,7 +19,7 @@
 //! * **Tunnel**: decapsulation of what the ATM sends (outer family: the node's server
 //!   address's; inner: the VIP's, so 4in4, 6in6, 4in6 or 6in4), by the kernel's `ipip` where
 //!   present and only IPv4-in-IPv4 is needed, else the user-space decapsulator
-//!   ([`crate::dataplane::io::decap_loop`]), which accepts outer packets only from the ATMs'
+//!   ([`crate::platform::linux::shell::decap_loop`]), which accepts outer packets only from the ATMs'
 //!   addresses and inner packets only to the tunnel VIPs; and `all.rp_filter` 0
 //!   ([`tunnel_rp_filter`]: the decapsulator's device has no address).
 //! * **NAT**: nothing to configure; the node must route its replies through the service's

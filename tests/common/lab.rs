@@ -10,10 +10,10 @@ use std::process::{Child, Command};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use clusterserver::dataplane::io::netlink::SteerRule;
-use clusterserver::dataplane::io::tun::{Control, Shell};
-use clusterserver::dataplane::io::{PacketProcessor, ShellConfig, StatsSnapshot};
 use clusterserver::platform::linux::netsys::enter_netns;
+use clusterserver::platform::linux::shell::netlink::SteerRule;
+use clusterserver::platform::linux::shell::tun::{Control, Shell};
+use clusterserver::platform::linux::shell::{PacketProcessor, ShellConfig, StatsSnapshot};
 
 pub const SERVER: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 2);
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 9, 1);

@@ -4,7 +4,7 @@ pub mod lab;
 
 use std::net::Ipv4Addr;
 
-use clusterserver::dataplane::io::{Disposition, PacketProcessor};
+use clusterserver::platform::linux::shell::{Disposition, PacketProcessor};
 use clusterserver::time::Instant;
 
 /// A minimal NAT processor for one VIP and one server on one TCP port: requests to the VIP

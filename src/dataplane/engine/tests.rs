@@ -6,10 +6,10 @@ use crate::dataplane::wire::tcp::flags::{ACK, FIN, SYN};
 use crate::dataplane::wire::{self, build};
 use proptest::prelude::*;
 
-const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+pub(crate) const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const LOCAL: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
-const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
-const S1: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 3);
+pub(crate) const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+pub(crate) const S1: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 3);
 const S2: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 4);
 
 fn service(forwarding: Forwarding, protocol: Protocol) -> Service {
@@ -41,11 +41,11 @@ pub(crate) fn engine_with(services: Vec<Service>, max: u32) -> Engine {
     })
 }
 
-fn engine(f: Forwarding) -> Engine {
+pub(crate) fn engine(f: Forwarding) -> Engine {
     engine_with(vec![service(f, Protocol::Tcp), service(f, Protocol::Udp)], 1000)
 }
 
-fn t(ms: u64) -> Instant {
+pub(crate) fn t(ms: u64) -> Instant {
     Instant::from_millis(ms)
 }
 
@@ -60,7 +60,7 @@ pub(crate) fn run(e: &mut Engine, now: Instant, pkt: &[u8]) -> (Verdict, Vec<u8>
     (v, tx)
 }
 
-fn addrs(pkt: &[u8]) -> (Ipv4Addr, u16, Ipv4Addr, u16) {
+pub(crate) fn addrs(pkt: &[u8]) -> (Ipv4Addr, u16, Ipv4Addr, u16) {
     let p = Ipv4Packet::new_checked(pkt).unwrap();
     let l4 = p.payload();
     (p.src_addr(), wire::be16(l4, 0), p.dst_addr(), wire::be16(l4, 2))
@@ -631,70 +631,6 @@ fn a_syn_reusing_the_tuple_of_a_closed_connection_avoids_a_failed_server() {
         let (v, _) = run(&mut e, t(7), &build::tcp((CLIENT, 40002), (VIP, 80), ACK, b"y"));
         assert!(matches!(v, Verdict::L2 { next_hop, .. } if next_hop == first), "{v:?}");
     }
-}
-
-/// A TCP super-packet (GSO, partial checksum) of an established NAT flow, rewritten whole:
-/// its partial sum is the pseudo-header sum of the new addresses (what the kernel's
-/// segmentation starts from), and segmented (tun-rs's `gso_split`) it gives the original
-/// payload in segments whose headers and checksums verify, in both directions; tunnel
-/// packets are not taken whole.
-#[test]
-fn super_packets_rewritten_whole_segment_into_valid_packets() {
-    use crate::dataplane::io::vnet;
-    use tun_rs::{VIRTIO_NET_HDR_GSO_TCPV4, VirtioNetHdr};
-    let mut e = engine(Forwarding::Nat);
-    run(&mut e, t(0), &build::tcp((CLIENT, 7), (VIP, 80), SYN, b""));
-    run(&mut e, t(1), &build::tcp((S1, 8080), (CLIENT, 7), SYN | ACK, b""));
-    run(&mut e, t(2), &build::tcp((CLIENT, 7), (VIP, 80), ACK, b""));
-    let payload: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
-    let partial = |mut p: Vec<u8>| {
-        let ip = Ipv4Packet::new_checked(&p[..]).unwrap();
-        let ps = wire::checksum::pseudo_header_v4(
-            ip.src_bytes(),
-            ip.dst_bytes(),
-            ip.protocol(),
-            ip.payload().len() as u16,
-        );
-        wire::put16(&mut p, 36, wire::checksum::fold(ps));
-        p
-    };
-    let hdr = VirtioNetHdr {
-        flags: vnet::F_NEEDS_CSUM,
-        gso_type: VIRTIO_NET_HDR_GSO_TCPV4,
-        hdr_len: 40,
-        gso_size: 1448,
-        csum_start: 20,
-        csum_offset: 16,
-    };
-    for (pkt, want) in [
-        (build::tcp((CLIENT, 7), (VIP, 80), ACK, &payload), (CLIENT, 7, S1, 8080)),
-        (build::tcp((S1, 8080), (CLIENT, 7), ACK, &payload), (VIP, 80, CLIENT, 7)),
-    ] {
-        let pkt = partial(pkt);
-        assert!(e.takes_whole(&pkt));
-        let mut tx = vec![0u8; 65535];
-        let Verdict::Tun { len } = e.process_offloaded(t(3), &pkt, &mut tx) else { panic!("not forwarded") };
-        assert_eq!(len, pkt.len(), "layout kept");
-        // What the kernel segments from: the pseudo-header sum of the rewritten packet
-        // (tun-rs's split below recomputes it, so this is the check of the partial sum).
-        assert_eq!(&partial(tx[..len].to_vec())[..], &tx[..len], "partial sum patched for the new addresses");
-        let mut bufs = vec![vec![0u8; 1500]; 8];
-        let mut sizes = vec![0; 8];
-        let n = vnet::split(hdr, &mut tx[..len], &mut bufs, &mut sizes).unwrap();
-        assert_eq!(n, 4);
-        let mut data = Vec::new();
-        for i in 0..n {
-            let seg = &bufs[i][..sizes[i]];
-            assert!(build::checksums_valid(seg), "segment {i}");
-            assert_eq!(addrs(seg), want);
-            data.extend_from_slice(&seg[40..]);
-        }
-        assert_eq!(data, payload);
-    }
-    let dr = engine(Forwarding::Dr);
-    assert!(dr.takes_whole(&build::tcp((CLIENT, 7), (VIP, 80), ACK, b"x")));
-    let tunnel = engine(Forwarding::Tunnel);
-    assert!(!tunnel.takes_whole(&build::tcp((CLIENT, 7), (VIP, 80), ACK, b"x")));
 }
 
 /// In place and copied, the whole-packet path gives the same bytes and the same verdicts

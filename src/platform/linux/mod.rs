@@ -11,3 +11,4 @@ pub mod host;
 pub mod icmp;
 pub mod netsys;
 pub mod node;
+pub mod shell;

@@ -22,9 +22,9 @@ use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
 use crate::dataplane::decap::{DecapPolicy, DecapStats};
-use crate::dataplane::io::decap_loop::DecapShell;
-use crate::dataplane::io::{ShellError, netlink};
 use crate::node::{NodeNames, NodePlan, NodeState, STATE_DIR, StateError, needs_raise};
+use crate::platform::linux::shell::decap_loop::DecapShell;
+use crate::platform::linux::shell::{ShellError, netlink};
 
 /// Environment variable that moves the state directory (tests and labs; default
 /// [`STATE_DIR`]).
@@ -399,7 +399,7 @@ impl NodeSetup {
         if policy.unchecked_v6_sources() {
             tracing::warn!(target: "clusterserverd::node", "tunnel over IPv6: outer IPv6 sources are not restricted (the ATMs' configured addresses are IPv4; the ATMs tunnel from their interfaces' IPv6 addresses); inner destinations are still only this node's tunnel VIPs");
         }
-        let d = if crate::dataplane::io::decap_loop::kernel_serves(&policy) {
+        let d = if crate::platform::linux::shell::decap_loop::kernel_serves(&policy) {
             // The fallback device may pre-exist: remember its sysctls (set to 0 / 1 by
             // enable_kernel_ipip) and leave it up on undo if it was up before.
             let was_up = link_up(&self.handle, "tunl0").await?;

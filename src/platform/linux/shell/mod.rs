@@ -1,4 +1,5 @@
-//! The data plane's I/O shell: TUN devices, batching, offloads, direct-routing output and the
+//! The data plane's I/O shell (moved here from `src/dataplane/io/`, so the engine folder holds
+//! no I/O): TUN devices, batching, offloads, direct-routing output and the
 //! kernel steering (routes and rules) that brings VIP traffic to it.
 //!
 //! The packet engine is sans-IO (`process(now, rx, tx) -> verdict`); this shell is everything
@@ -75,6 +76,8 @@ pub mod dr;
 pub mod netlink;
 pub mod tun;
 pub mod vnet;
+#[cfg(test)]
+mod vnet_engine_tests;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
