@@ -58,7 +58,7 @@ pub fn cluster_config(
         },
         atms: atms
             .iter()
-            .map(|(n, a)| Atm { name: n.clone(), address: *a, interface: "eth0".into() })
+            .map(|(n, a)| Atm { name: n.clone(), address: *a, interface: "eth0".into(), dataplane: None })
             .collect(),
         timers: Timers {
             heartbeat_ms: o.heartbeat_ms.unwrap_or(100),
@@ -75,6 +75,7 @@ pub fn cluster_config(
         sync: SyncSettings { connections: o.sync_connections.unwrap_or(true), ..SyncSettings::default() },
         security: Security::default(),
         bgp: None,
+        dataplane: Default::default(),
         services: vec![Service {
             name: "svc".into(),
             vip,

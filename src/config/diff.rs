@@ -338,6 +338,15 @@ fn atms(p: &mut Walk, old: &Config, new: &Config, me: Option<usize>) {
                 p.value(&format!("{key}.interface"), &o.interface, &n.interface);
             }
         }
+        if me.is_none_or(|m| m == i) && new.atms.get(i).is_some_and(|n| n.name == o.name) {
+            let (a, b) = (old.dataplane_of(i), new.dataplane_of(i));
+            p.fixed(
+                &format!("atms.{}.dataplane", o.name),
+                &(a.backend.as_str(), a.queues),
+                &(b.backend.as_str(), b.queues),
+                "the data plane's device, sockets and workers are opened at start-up",
+            );
+        }
     }
     for n in new.atms.iter().skip(old.atms.len()) {
         p.live(format!("atms.{}", n.name), format!("added ({})", n.address));

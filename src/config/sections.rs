@@ -31,6 +31,7 @@ pub(crate) struct Draft {
     /// `None`: absent; `Some(None)`: present with errors.
     pub bgp: Option<Option<Bgp>>,
     pub failover: Failover,
+    pub dataplane: Dataplane,
 }
 
 impl Draft {
@@ -50,6 +51,7 @@ impl Draft {
                 Some(b) => Some(b?),
             },
             failover: self.failover,
+            dataplane: self.dataplane,
             base_dir: std::path::PathBuf::new(),
             relative_paths: Default::default(),
         })
@@ -84,6 +86,7 @@ const TOP: &[&str] = &[
     "services",
     "bgp",
     "failover",
+    "dataplane",
 ];
 
 /// Walks the document.
@@ -109,6 +112,7 @@ pub(crate) fn draft(cx: &mut Cx, root: &Node) -> Draft {
         services: f.req(cx, "services", services),
         bgp: f.node("bgp").map(|n| super::bgp::bgp(cx, n, &f.child("bgp"))),
         failover: f.or(cx, "failover", Failover::default(), |cx, n, p| failover(cx, n, p, &names)),
+        dataplane: f.or(cx, "dataplane", Dataplane::default(), dataplane),
     }
 }
 
@@ -156,11 +160,26 @@ fn atms(cx: &mut Cx, node: &Node, path: &str) -> Option<Vec<Option<Atm>>> {
 }
 
 fn atm(cx: &mut Cx, node: &Node, path: &str) -> Option<Atm> {
-    let f = object(cx, node, path, &["name", "address", "interface"])?;
+    let f = object(cx, node, path, &["name", "address", "interface", "dataplane"])?;
     let name = f.req(cx, "name", name);
     let address = f.req(cx, "address", host_ip);
     let interface = f.req(cx, "interface", interface);
-    Some(Atm { name: name?, address: address?, interface: interface? })
+    let dp = f.node("dataplane").map(|n| dataplane(cx, n, &f.child("dataplane")));
+    Some(Atm { name: name?, address: address?, interface: interface?, dataplane: dp.flatten() })
+}
+
+const BACKENDS: &[(&str, Backend)] = &[("tun", Backend::Tun), ("af_xdp", Backend::AfXdp)];
+
+/// Most data-plane queues (and worker threads) of one ATM.
+pub const MAX_QUEUES: u32 = 64;
+
+/// `dataplane` (top level, or one ATM's): `{ backend: "tun" | "af_xdp", queues: 0..=64 }`.
+fn dataplane(cx: &mut Cx, node: &Node, path: &str) -> Option<Dataplane> {
+    let d = Dataplane::default();
+    let f = object(cx, node, path, &["backend", "queues"])?;
+    let backend = f.or(cx, "backend", d.backend, one_of(BACKENDS));
+    let queues = f.or(cx, "queues", d.queues, int(0, i128::from(MAX_QUEUES)));
+    Some(Dataplane { backend, queues })
 }
 
 /// A Linux interface name: 1..=15 bytes, no '/', ':' or white space.

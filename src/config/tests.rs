@@ -259,3 +259,29 @@ fn failover_backup_must_be_another_atm() {
     assert_eq!(e.len(), 1, "{e:?}");
     assert!(e[0].contains("failover.groups[0].backup: expected another ATM"), "{e:?}");
 }
+
+#[test]
+fn dataplane_defaults_to_tun_and_an_atm_may_choose_its_own() {
+    let c = ok(MINIMAL);
+    assert_eq!(c.dataplane_of(0), Dataplane { backend: Backend::Tun, queues: 0 });
+    let t = MINIMAL
+        .replace("atms: [", "dataplane: { backend: 'af_xdp', queues: 2 },\n  atms: [")
+        .replace(
+            r#"interface: "eth0" }"#,
+            r#"interface: "eth0" }, { name: "atm2", address: "10.0.0.2", interface: "eth0", dataplane: { backend: "tun" } }"#,
+        );
+    let c = ok(&t);
+    assert_eq!(c.dataplane_of(0), Dataplane { backend: Backend::AfXdp, queues: 2 });
+    assert_eq!(c.dataplane_of(1), Dataplane { backend: Backend::Tun, queues: 0 });
+    // The default is left out of the canonical form: older configs keep their digest.
+    assert_eq!(ok(MINIMAL).digest(), ok(&MINIMAL.replace("atms: [", "dataplane: {},\n  atms: [")).digest());
+}
+
+#[test]
+fn a_bad_dataplane_is_named() {
+    let t = MINIMAL.replace("atms: [", "dataplane: { backend: 'dpdk', queues: 65, rings: 1 },\n  atms: [");
+    let e = errors(&t).join("\n");
+    assert!(e.contains("dataplane.backend"), "{e}");
+    assert!(e.contains("dataplane.queues"), "{e}");
+    assert!(e.contains("dataplane.rings") || e.contains("rings"), "{e}");
+}

@@ -39,6 +39,10 @@ pub struct Config {
     /// form when empty, so the digest of a config without failover is what it always was.
     #[serde(skip_serializing_if = "Failover::is_empty")]
     pub failover: Failover,
+    /// The data-plane backend of every ATM without its own `dataplane` (default TUN; left
+    /// out of the canonical form when default).
+    #[serde(skip_serializing_if = "Dataplane::is_default")]
+    pub dataplane: Dataplane,
     /// The directory relative file names were taken from (the config file's), and which of
     /// the file names were written relative. Not part of the canonical form:
     /// [`Config::digest`] hashes the file names as written, so the same text in another
@@ -148,6 +152,52 @@ pub struct Atm {
     pub name: String,
     pub address: IpAddr,
     pub interface: String,
+    /// This ATM's own data-plane choice; `None`: the top-level [`Config::dataplane`]. Left
+    /// out of the canonical form when absent (digests of older configs are unchanged).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dataplane: Option<Dataplane>,
+}
+
+/// How an ATM moves packets (issue 15): the backend under the same sans-IO engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Dataplane {
+    pub backend: Backend,
+    /// Queues (and worker threads); 0: one per core.
+    pub queues: u32,
+}
+
+impl Default for Dataplane {
+    fn default() -> Self {
+        Dataplane { backend: Backend::Tun, queues: 0 }
+    }
+}
+
+impl Dataplane {
+    fn is_default(&self) -> bool {
+        *self == Dataplane::default()
+    }
+}
+
+/// A data-plane backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// A TUN device fed by policy routing (the default, and the fallback): works on any
+    /// kernel with TUN, keeps the kernel's offloads.
+    Tun,
+    /// AF_XDP sockets fed by an XDP program on the ATM's interface (kernel bypass for the
+    /// VIPs' traffic); falls back to TUN, with one log line, where the kernel or driver
+    /// cannot do it.
+    AfXdp,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Tun => "tun",
+            Backend::AfXdp => "af_xdp",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -362,6 +412,11 @@ impl Config {
     /// The admin channel's TCP port (`cmc` and the daemon agree on it through this).
     pub fn admin_port(&self) -> u16 {
         self.cluster.admin_port.unwrap_or(DEFAULT_ADMIN_PORT)
+    }
+
+    /// The data plane of ATM `me`: its own `dataplane`, else the top-level one.
+    pub fn dataplane_of(&self, me: usize) -> Dataplane {
+        self.atms.get(me).and_then(|a| a.dataplane).unwrap_or(self.dataplane)
     }
 
     /// The connection-sync UDP port.

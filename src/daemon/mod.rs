@@ -644,6 +644,10 @@ fn start_shell(
 ) -> Result<Shell<DaemonProcessor>, DaemonError> {
     let owned = setup::owned(cfg);
     let iface = &cfg.atms[me].interface;
+    let dataplane = cfg.dataplane_of(me);
+    if dataplane.backend == crate::config::Backend::AfXdp {
+        tracing::warn!(target: "clusterserverd", iface = %iface, "dataplane.backend af_xdp: not available in this build; using the TUN backend");
+    }
     let shell_cfg = ShellConfig {
         tun_name: owned.tun_name,
         // One queue: one engine, one sync stream (see the processor's docs).
