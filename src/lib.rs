@@ -31,6 +31,7 @@
 
 #[cfg(target_os = "linux")]
 pub mod admin;
+pub mod auth;
 #[cfg(target_os = "linux")]
 pub mod cmc;
 pub mod config;

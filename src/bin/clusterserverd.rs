@@ -124,6 +124,8 @@ fn init_secrets(path: &std::path::Path) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // Fix the process's clock origin before any loop reads it (see `clock`).
+    clusterserver::platform::linux::clock::origin();
     let args = match parse_args(std::env::args().skip(1)) {
         Ok(Parsed::Run(args)) => args,
         Ok(Parsed::Exit(code)) => return code,

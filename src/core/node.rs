@@ -95,7 +95,7 @@ impl AtmNode {
             return Err(DecodeError::FromSelf);
         }
         let window = self.windows.get_mut(sender).ok_or(DecodeError::UnknownSender)?;
-        let checked = window.check_and_update(hb.incarnation, hb.seq);
+        let checked = window.admit(hb.incarnation, hb.seq).map_err(DecodeError::from);
         if checked == Err(DecodeError::Duplicate) {
             self.election.handle_duplicate(sender, hb.incarnation, hb.seq);
         }

@@ -140,8 +140,9 @@ pub(super) async fn control(
     let sig = |k: SignalKind| signal(k).map_err(io_err("signal handler"));
     let (mut term, mut int, mut hup) =
         (sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?, sig(SignalKind::hangup())?);
-    let start = tokio::time::Instant::now();
-    let now = move || Instant::from_nanos(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
+    // The process's clock origin: instants mean the same moment in every loop.
+    let start = crate::platform::linux::clock::origin();
+    let now = crate::platform::linux::clock::now;
     let drain = Duration::from_millis(bgp.drain_ms);
     let mut announcer = Announcer::new(&cfg.services, cfg.arbitration.min_reachable, drain);
     let mut bird: Option<Bird> = None;

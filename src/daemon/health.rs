@@ -37,7 +37,6 @@ use crate::config::{CheckKind, Service, diff::Remap};
 use crate::health::{Action, Damping, Health, Input, Outcome, ProbeId, Transition};
 use crate::platform::linux::checks::{self, Report, Target};
 use crate::platform::linux::shell::tun::Shell;
-use crate::time::Instant;
 
 use super::processor::DaemonProcessor;
 
@@ -129,8 +128,9 @@ pub async fn run<S: ServerSink>(
     sink: &S,
     mut updates: Option<mpsc::UnboundedReceiver<Update>>,
 ) {
-    let start = tokio::time::Instant::now();
-    let now = move || Instant::from_nanos(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
+    // The process's clock origin: instants mean the same moment in every loop.
+    let start = crate::platform::linux::clock::origin();
+    let now = crate::platform::linux::clock::now;
     let mut services: Rc<Vec<Service>> = Rc::new(services.to_vec());
     let mut health = Health::new(&services, Damping::default(), now());
     let mut running: Running = FuturesUnordered::new();

@@ -245,3 +245,15 @@ impl Engine {
         Ok(())
     }
 }
+
+impl crate::dataplane::sync::SyncSource for Engine {
+    fn poll_sync(&mut self, now: Instant) -> Option<SyncRecord> {
+        Engine::poll_sync(self, now)
+    }
+}
+
+impl crate::dataplane::sync::SyncSink for Engine {
+    fn apply_sync(&mut self, now: Instant, rec: &SyncRecord) -> bool {
+        Engine::apply_sync(self, now, rec).is_ok()
+    }
+}

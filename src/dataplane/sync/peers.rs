@@ -9,8 +9,7 @@
 
 use core::net::IpAddr;
 
-use super::{Received, SyncError, SyncReceiver};
-use crate::dataplane::engine::Engine;
+use super::{Received, SyncError, SyncReceiver, SyncSink};
 use crate::time::Instant;
 
 /// Why a datagram was not applied.
@@ -58,7 +57,7 @@ impl PeerReceivers {
         now: Instant,
         from: IpAddr,
         d: &[u8],
-        engine: &mut Engine,
+        engine: &mut impl SyncSink,
     ) -> Result<usize, PeerSyncError> {
         match self.handle_message(now, from, d, engine)? {
             (_, Received::Records(n)) => Ok(n),
@@ -73,7 +72,7 @@ impl PeerReceivers {
         now: Instant,
         from: IpAddr,
         d: &[u8],
-        engine: &mut Engine,
+        engine: &mut impl SyncSink,
     ) -> Result<(usize, Received), PeerSyncError> {
         let i = self.peers.iter().position(|p| *p == from).ok_or(PeerSyncError::UnknownSender)?;
         self.receivers[i].handle_message(now, d, engine).map(|r| (i, r)).map_err(PeerSyncError::Sync)

@@ -143,7 +143,7 @@ impl LinuxPlatform {
         engine: Box<dyn Fn(EngineOp)>,
     ) -> Self {
         LinuxPlatform {
-            start: tokio::time::Instant::now(),
+            start: super::clock::origin(),
             incarnation,
             node,
             atm_names: std::cell::RefCell::new(atm_names),

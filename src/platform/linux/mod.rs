@@ -7,6 +7,7 @@ pub mod arp;
 pub mod atm;
 pub mod bird;
 pub mod checks;
+pub mod clock;
 pub mod host;
 pub mod icmp;
 pub mod netsys;

@@ -174,7 +174,7 @@ impl<P: PacketProcessor + 'static> Shell<P> {
             shell.cfg.rule_priority,
             &shell.steer,
         ))?;
-        let origin = tokio::time::Instant::now();
+        let origin = crate::platform::linux::clock::origin();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         for (q, dev) in devices.into_iter().enumerate() {
             let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
