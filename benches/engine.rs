@@ -55,7 +55,7 @@ fn engine_of(forwarding: Forwarding, v6: bool) -> Engine {
         checks: vec![],
     };
     Engine::new(&EngineConfig {
-        services: vec![svc],
+        services: vec![svc.settings()],
         table: config::Table::default(),
         local_addr: Ipv4Addr::new(10, 0, 0, 1),
         local_addr6: Ipv6Addr::new(0x2001, 0xdb8, 0x10, 0, 0, 0, 0, 1),

@@ -14,7 +14,11 @@
 //! * [`core`] holds the state machines (heartbeat codec, election, node). They take
 //!   `(now, input)` and emit actions; they never read a clock or touch a socket, so the
 //!   simulator (`clustersim`) runs exactly this code under a virtual clock and network.
-//! * [`dataplane`] is the packet engine: `process(now, rx, tx) -> Verdict`, allocation-free.
+//! * [`dataplane`] is the packet engine: `process(now, rx, tx) -> Verdict`, allocation-free,
+//!   with its own settings types ([`dataplane::settings`], built from the config) and no I/O:
+//!   the shells that move packets (TUN, AF_XDP) are in `platform::linux::shell`
+//!   (`tests/dataplane_imports.rs` holds the boundary).
+//! * [`auth`] is the HMAC and replay window that heartbeats and connection sync share.
 //! * [`driver`] turns actions into platform calls and timeouts into sleeps; it is generic
 //!   over [`platform::Platform`], implemented for Linux here and for turmoil in the simulator.
 //! * [`health`] is the sans-IO health-check state machine (rise/fall, flap damping); the

@@ -19,6 +19,7 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ("TcpStream", "sockets"),
     ("TcpListener", "sockets"),
     ("std::os::", "file descriptors and OS specifics"),
+    ("crate::config", "the engine takes its own settings (dataplane::settings), built from the config"),
     ("rtnetlink", "netlink"),
     ("tun_rs", "the TUN device"),
     ("std::fs", "files"),

@@ -131,19 +131,22 @@ fn engine_config(
     use clusterserver::config::{OnDown, Protocol, SchedulerKind, Server, Service, Table};
     use clusterserver::dataplane::engine::EngineConfig;
     EngineConfig {
-        services: vec![Service {
-            name: "echo".into(),
-            vip: VIP.into(),
-            port: PORT,
-            protocol: Protocol::Tcp,
-            forwarding,
-            scheduler: SchedulerKind::Wlc,
-            persistence_s: 0,
-            gateway_vip: None,
-            on_down: OnDown::Keep,
-            servers: vec![Server { name: "s1".into(), address: SERVER.into(), port: PORT, weight: 1 }],
-            checks: Vec::new(),
-        }],
+        services: vec![
+            Service {
+                name: "echo".into(),
+                vip: VIP.into(),
+                port: PORT,
+                protocol: Protocol::Tcp,
+                forwarding,
+                scheduler: SchedulerKind::Wlc,
+                persistence_s: 0,
+                gateway_vip: None,
+                on_down: OnDown::Keep,
+                servers: vec![Server { name: "s1".into(), address: SERVER.into(), port: PORT, weight: 1 }],
+                checks: Vec::new(),
+            }
+            .settings(),
+        ],
         table: Table {
             max_connections: 4096,
             tcp_timeout_s: 900,

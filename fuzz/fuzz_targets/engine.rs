@@ -53,10 +53,10 @@ fn engine(forwarding: Forwarding, max: u32, cross: bool) -> Engine {
     };
     Engine::new(&EngineConfig {
         services: vec![
-            svc(Protocol::Tcp, 0, false),
-            svc(Protocol::Udp, 30, false),
-            svc(Protocol::Tcp, 0, true),
-            svc(Protocol::Udp, 30, true),
+            svc(Protocol::Tcp, 0, false).settings(),
+            svc(Protocol::Udp, 30, false).settings(),
+            svc(Protocol::Tcp, 0, true).settings(),
+            svc(Protocol::Udp, 30, true).settings(),
         ],
         table: config::Table { max_connections: max, ..config::Table::default() },
         local_addr: Ipv4Addr::new(10, 0, 0, 1),

@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
         checks: vec![],
     };
     let mut e = Engine::new(&EngineConfig {
-        services: vec![svc],
+        services: vec![svc.settings()],
         table: config::Table { max_connections: 8, ..config::Table::default() },
         local_addr: Ipv4Addr::new(10, 0, 0, 1),
         local_addr6: core::net::Ipv6Addr::UNSPECIFIED,

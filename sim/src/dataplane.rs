@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use clusterserver::config::{Config, Table, diff::Remap};
+use clusterserver::config::{Config, Service, Table, diff::Remap};
 use clusterserver::daemon::setup;
 use clusterserver::dataplane::engine::{Engine, EngineConfig, Reload, Verdict};
 use clusterserver::dataplane::sync::{MAX_DATAGRAM, PeerReceivers, SyncReceiver, SyncSender};
@@ -82,7 +82,7 @@ pub async fn run(
     let seed = world.borrow().seed;
     let addr6 = world.borrow().hosts.get(&name).and_then(|h| h.addr6);
     let ecfg = EngineConfig {
-        services: cfg.services.clone(),
+        services: Service::all_settings(&cfg.services),
         table,
         local_addr: local,
         local_addr6: setup::local_addr6(&cfg, spec.me, &if_inet6(addr6, &cfg.atms[spec.me].interface)),
@@ -148,10 +148,11 @@ pub async fn run(
                 // overrides carried (`ServerControl::reconfigure`), the sync peers.
                 let remap = Remap::between(&cfg, &new);
                 let table = Table { max_connections: SIM_TABLE, ..new.table.clone() };
-                let r = Reload { old: &cfg.services, new: &new.services, remap: &remap, table: &table };
+                let (old_s, new_s) = (Service::all_settings(&cfg.services), Service::all_settings(&new.services));
+                let r = Reload { old: &old_s, new: &new_s, remap: &remap, table: &table };
                 let st = engine.reconfigure(clock.now(), &r);
                 health.reconfigure(clock.now(), &cfg.services, &new.services, &remap);
-                control.reconfigure(&mut engine, &remap, &new.services);
+                control.reconfigure(&mut engine, &remap, &new_s);
                 peers = new.sync_peers(spec.me);
                 receivers.set_peers(peers.iter().map(|p| p.ip()).collect());
                 servers = server_addresses(&new);

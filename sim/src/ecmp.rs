@@ -130,7 +130,7 @@ impl Measures {
 
 fn atm(i: usize, atms: usize, svc: &Service, now: Instant, incarnation: u64, m: Measures) -> Atm {
     let mut engine = Engine::new(&EngineConfig {
-        services: vec![svc.clone()],
+        services: vec![svc.settings()],
         // The model's flows number in the hundreds: a table of 65,536 holds them without
         // allocating the default million slots per ATM and (re)start of every seed.
         table: config::Table { max_connections: 65_536, ..config::Table::default() },

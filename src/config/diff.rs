@@ -115,15 +115,7 @@ impl Display for Plan {
     }
 }
 
-/// Where each running service and server went in the new config (by name; `None`: gone,
-/// or changed so much that its connections cannot continue).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Remap {
-    /// Per old service: its index in the new config.
-    pub services: Vec<Option<usize>>,
-    /// Per old service, per old server: its index in the new service.
-    pub servers: Vec<Vec<Option<usize>>>,
-}
+pub use crate::dataplane::settings::Remap;
 
 impl Remap {
     /// Matches `old` against `new`: a service by name with the same VIP, port, protocol and
@@ -485,5 +477,7 @@ fn checks_change(o: &[Check], n: &[Check]) -> String {
     )
 }
 
+#[cfg(test)]
+mod reload_tests;
 #[cfg(test)]
 mod tests;

@@ -228,16 +228,6 @@ pub struct Arbitration {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Table {
-    pub max_connections: u32,
-    pub tcp_timeout_s: u64,
-    pub tcp_fin_timeout_s: u64,
-    pub tcp_syn_timeout_s: u64,
-    pub udp_timeout_s: u64,
-    pub icmp_timeout_s: u64,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SyncSettings {
     /// Stream connection-table changes from the primary to the backups.
     pub connections: bool,
@@ -255,40 +245,10 @@ pub struct Security {
     pub token_file: Option<PathBuf>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Forwarding {
-    Nat,
-    Dr,
-    Tunnel,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SchedulerKind {
-    Rr,
-    Wrr,
-    Lc,
-    Wlc,
-    Sh,
-    Mh,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnDown {
-    /// Existing connections to a failed server stay in the table.
-    Keep,
-    /// Existing connections to a failed server are reset.
-    Reset,
-}
+// The data plane's settings types, used by the config as they are (the engine takes its own
+// settings, built from the config: `Service::settings`); re-exported so `config::Forwarding`
+// and the rest keep their names.
+pub use crate::dataplane::settings::{Forwarding, OnDown, Protocol, SchedulerKind, Server, Table};
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Service {
@@ -307,13 +267,28 @@ pub struct Service {
     pub checks: Vec<Check>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Server {
-    pub name: String,
-    pub address: IpAddr,
-    pub port: u16,
-    /// 0 drains: no new connections, existing ones continue.
-    pub weight: u32,
+impl Service {
+    /// The service as the data plane runs it.
+    pub fn settings(&self) -> crate::dataplane::settings::ServiceSettings {
+        crate::dataplane::settings::ServiceSettings {
+            name: self.name.clone(),
+            vip: self.vip,
+            port: self.port,
+            protocol: self.protocol,
+            forwarding: self.forwarding,
+            scheduler: self.scheduler,
+            persistence_s: self.persistence_s,
+            gateway_vip: self.gateway_vip,
+            on_down: self.on_down,
+            servers: self.servers.clone(),
+            has_checks: !self.checks.is_empty(),
+        }
+    }
+
+    /// [`Service::settings`] of each of `services`, in order.
+    pub fn all_settings(services: &[Service]) -> Vec<crate::dataplane::settings::ServiceSettings> {
+        services.iter().map(Service::settings).collect()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -439,18 +414,6 @@ impl Config {
 // Defaults of the optional sections. The loader takes missing keys from these, so this is
 // the one place where a default is written down.
 
-impl SchedulerKind {
-    /// Every scheduler, in the order the docs list them.
-    pub const ALL: [SchedulerKind; 6] = [
-        SchedulerKind::Rr,
-        SchedulerKind::Wrr,
-        SchedulerKind::Lc,
-        SchedulerKind::Wlc,
-        SchedulerKind::Sh,
-        SchedulerKind::Mh,
-    ];
-}
-
 impl Bgp {
     /// The section as ATM `atm` uses it: `{atm}` in the socket and config paths replaced.
     pub fn for_atm(&self, atm: &str) -> Bgp {
@@ -493,19 +456,6 @@ impl Default for Arp {
 impl Default for Arbitration {
     fn default() -> Self {
         Arbitration { reachlist: Vec::new(), min_reachable: 0, probe_interval_ms: 500, probe_timeout_ms: 300 }
-    }
-}
-
-impl Default for Table {
-    fn default() -> Self {
-        Table {
-            max_connections: 1_000_000,
-            tcp_timeout_s: 900,
-            tcp_fin_timeout_s: 120,
-            tcp_syn_timeout_s: 30,
-            udp_timeout_s: 300,
-            icmp_timeout_s: 30,
-        }
     }
 }
 

@@ -673,7 +673,7 @@ fn start_shell(
     let local: Vec<IpAddr> = addrs.iter().map(|a| a.addr).collect();
     let ecfg = EngineConfig {
         // An ATM that is also a real server never schedules to itself (see `without_self`).
-        services: crate::node::without_self(&cfg.services, &local),
+        services: crate::config::Service::all_settings(&crate::node::without_self(&cfg.services, &local)),
         table: cfg.table.clone(),
         local_addr,
         local_addr6: setup::local_addr6(

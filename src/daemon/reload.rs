@@ -212,8 +212,8 @@ impl Reloader<'_> {
     /// Step 1: the engine, the overrides and the sync peers, on the worker.
     async fn data_plane(&self, running: &Config, new: &Config, remap: &Remap) -> Result<ReloadStats, String> {
         let local: Vec<std::net::IpAddr> = self.addrs.iter().map(|a| a.addr).collect();
-        let old_svcs: Vec<Service> = crate::node::without_self(&running.services, &local);
-        let new_svcs: Vec<Service> = crate::node::without_self(&new.services, &local);
+        let old_svcs = Service::all_settings(&crate::node::without_self(&running.services, &local));
+        let new_svcs = Service::all_settings(&crate::node::without_self(&new.services, &local));
         let peers = new.sync_peers(self.me);
         let table = new.table.clone();
         let remap = remap.clone();

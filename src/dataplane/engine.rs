@@ -114,8 +114,8 @@ mod verdict;
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::collections::VecDeque;
 
-use crate::config::{self, Forwarding, OnDown};
 use crate::dataplane::conntrack::{ConnTable, Entry, FLAG_NAT, FwdKey, RevKey, State};
+use crate::dataplane::settings::{self, Forwarding, OnDown};
 use crate::dataplane::sync::SyncRecord;
 use crate::dataplane::wire::{Ipv4Packet, TcpPacket, UdpPacket, proto, tcp::flags};
 use crate::time::Instant;
@@ -127,8 +127,8 @@ pub use verdict::{DropReason, EngineError, EngineStats, Verdict};
 /// What the engine is built from.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
-    pub services: Vec<config::Service>,
-    pub table: config::Table,
+    pub services: Vec<settings::ServiceSettings>,
+    pub table: settings::Table,
     /// The ATM's own address: source of tunnel outer headers and of ICMP errors it makes.
     pub local_addr: Ipv4Addr,
     /// The same for IPv6 (IPv6-in-IPv6 outer headers, ICMPv6 errors); unspecified when
@@ -225,28 +225,28 @@ fn secs(now: Instant) -> u32 {
     u32::try_from(now.as_nanos() / 1_000_000_000).unwrap_or(u32::MAX)
 }
 
-fn l4_proto(p: config::Protocol) -> u8 {
+fn l4_proto(p: settings::Protocol) -> u8 {
     match p {
-        config::Protocol::Tcp => proto::TCP,
-        config::Protocol::Udp => proto::UDP,
+        settings::Protocol::Tcp => proto::TCP,
+        settings::Protocol::Udp => proto::UDP,
     }
 }
 
 /// Records of a family's affinity table: a quarter of the connection table's, if any
 /// service of the family uses persistence.
-fn affinity_records(svcs: &[Svc], table: &config::Table, v6: bool) -> usize {
+fn affinity_records(svcs: &[Svc], table: &settings::Table, v6: bool) -> usize {
     let persist = svcs.iter().any(|s| s.persistence_s > 0 && s.vip.is_ipv6() == v6);
     if persist { (table.max_connections as usize / 4).max(1024) } else { 0 }
 }
 
 /// Slots of a family's connection table: `max_connections` if a service of the family
 /// exists, else one (an engine without IPv6 services holds no IPv6 table).
-fn table_slots(svcs: &[Svc], table: &config::Table, v6: bool) -> config::Table {
+fn table_slots(svcs: &[Svc], table: &settings::Table, v6: bool) -> settings::Table {
     let any = svcs.iter().any(|s| s.vip.is_ipv6() == v6);
-    config::Table { max_connections: if any { table.max_connections } else { 1 }, ..table.clone() }
+    settings::Table { max_connections: if any { table.max_connections } else { 1 }, ..table.clone() }
 }
 
-fn per_family<A: Family>(svcs: &[Svc], table: &config::Table, seed: u64, v6: bool) -> PerFamily<A> {
+fn per_family<A: Family>(svcs: &[Svc], table: &settings::Table, seed: u64, v6: bool) -> PerFamily<A> {
     PerFamily {
         table: ConnTable::new(&table_slots(svcs, table, v6), seed),
         affinity: affinity::Affinity::new(affinity_records(svcs, table, v6), seed.rotate_left(17)),
@@ -256,7 +256,7 @@ fn per_family<A: Family>(svcs: &[Svc], table: &config::Table, seed: u64, v6: boo
 
 impl Svc {
     /// A service of the config with these server slots (indexed like `s.servers`).
-    fn build(s: &config::Service, servers: Vec<ServerSlot>, seed: u64) -> Svc {
+    fn build(s: &settings::ServiceSettings, servers: Vec<ServerSlot>, seed: u64) -> Svc {
         let addrs = s.servers.iter().map(|srv| srv.address).collect();
         let sched = select::build(s.scheduler, &servers, seed);
         Svc {
@@ -270,7 +270,7 @@ impl Svc {
             servers,
             addrs,
             sched,
-            consistent: matches!(s.scheduler, config::SchedulerKind::Mh | config::SchedulerKind::Sh),
+            consistent: matches!(s.scheduler, settings::SchedulerKind::Mh | settings::SchedulerKind::Sh),
         }
     }
 }

@@ -8,5 +8,6 @@ pub mod decap;
 pub mod engine;
 pub mod fullsync;
 pub mod sched;
+pub mod settings;
 pub mod sync;
 pub mod wire;

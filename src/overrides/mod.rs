@@ -19,8 +19,8 @@
 
 pub mod file;
 
-use crate::config::{Service, diff::Remap};
 use crate::dataplane::engine::{Engine, EngineError};
+use crate::dataplane::settings::{Remap, ServiceSettings};
 
 /// The operator's state of one server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
@@ -193,7 +193,7 @@ impl ServerControl {
     /// stays keeps its health and the operator's overrides and takes its new configured
     /// weight; a new one starts as the engine started it (down until its checks pass, or
     /// up), enabled. The engine gets every server whose derived state differs from its own.
-    pub fn reconfigure(&mut self, engine: &mut Engine, remap: &Remap, new: &[Service]) {
+    pub fn reconfigure(&mut self, engine: &mut Engine, remap: &Remap, new: &[ServiceSettings]) {
         let mut inputs = Vec::with_capacity(new.len());
         for (j, svc) in new.iter().enumerate() {
             let from = remap.services.iter().position(|&m| m == Some(j));
@@ -270,7 +270,7 @@ mod tests {
             checks: vec![],
         };
         Engine::new(&EngineConfig {
-            services: vec![svc],
+            services: vec![svc.settings()],
             table: Table::default(),
             local_addr: "10.0.0.1".parse().expect("ip"),
             local_addr6: core::net::Ipv6Addr::UNSPECIFIED,

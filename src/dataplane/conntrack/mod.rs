@@ -39,7 +39,7 @@ pub mod index;
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::config;
+use crate::dataplane::settings;
 use crate::time::Instant;
 use index::Index;
 
@@ -255,7 +255,7 @@ pub struct ConnTable<A: FlowAddr> {
 }
 
 /// The idle timeout of each class, nanoseconds.
-fn timeouts(cfg: &config::Table) -> [u64; CLASSES] {
+fn timeouts(cfg: &settings::Table) -> [u64; CLASSES] {
     let s = |secs: u64| secs.saturating_mul(NANOS_PER_S);
     [s(cfg.tcp_syn_timeout_s), s(cfg.tcp_timeout_s), s(cfg.tcp_fin_timeout_s), s(cfg.udp_timeout_s)]
 }
@@ -269,7 +269,7 @@ fn mix(seed: u64, a: u64, b: u64) -> u32 {
 
 impl<A: FlowAddr> ConnTable<A> {
     /// A table of `cfg.max_connections` slots; the hash seed comes from the engine's seed.
-    pub fn new(cfg: &config::Table, seed: u64) -> Self {
+    pub fn new(cfg: &settings::Table, seed: u64) -> Self {
         let cap = cfg.max_connections.clamp(1, u32::MAX - 1);
         let mut entries = vec![Entry::free(); cap as usize];
         for (i, e) in entries.iter_mut().enumerate() {
@@ -320,7 +320,7 @@ impl<A: FlowAddr> ConnTable<A> {
 
     /// Sets the idle timeouts (a live reload). Each class keeps its order (oldest first):
     /// every entry of a class shares its timeout, so the lists stay sorted by expiry.
-    pub fn set_timeouts(&mut self, cfg: &config::Table) {
+    pub fn set_timeouts(&mut self, cfg: &settings::Table) {
         self.timeout_ns = timeouts(cfg);
     }
 

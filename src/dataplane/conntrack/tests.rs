@@ -1,8 +1,8 @@
 use super::*;
 use crate::dataplane::wire::proto;
 
-fn cfg(max: u32) -> config::Table {
-    config::Table { max_connections: max, ..config::Table::default() }
+fn cfg(max: u32) -> settings::Table {
+    settings::Table { max_connections: max, ..settings::Table::default() }
 }
 
 fn ip(n: u32) -> Ipv4Addr {

@@ -5,8 +5,8 @@
 //! (a server joined after the flow began).
 
 use super::*;
-use crate::config::{Protocol, SchedulerKind, Server, Service};
 use crate::dataplane::sched::maglev;
+use crate::dataplane::settings::{Protocol, SchedulerKind, Server, ServiceSettings as Service};
 use crate::dataplane::sync::{MAX_DATAGRAM, SyncReceiver, SyncSender};
 use crate::dataplane::wire::build;
 use crate::dataplane::wire::tcp::flags::{ACK, SYN};
@@ -37,7 +37,7 @@ fn service(n: u8, drained: u8) -> Service {
                 weight: u32::from(i < n - drained),
             })
             .collect(),
-        checks: vec![],
+        has_checks: false,
     }
 }
 
@@ -46,7 +46,7 @@ fn service(n: u8, drained: u8) -> Service {
 fn atm(atm: u8, svc: &Service) -> Engine {
     let mut e = Engine::new(&EngineConfig {
         services: vec![svc.clone()],
-        table: config::Table { max_connections: 10_000, ..config::Table::default() },
+        table: settings::Table { max_connections: 10_000, ..settings::Table::default() },
         local_addr: Ipv4Addr::new(10, 0, 0, atm),
         local_addr6: core::net::Ipv6Addr::UNSPECIFIED,
         path_mtu: 1500,

@@ -8,8 +8,8 @@
 use core::net::Ipv4Addr;
 
 use super::{DropReason, Engine, Verdict, forward};
-use crate::config::Forwarding;
 use crate::dataplane::conntrack::{FwdKey, RevKey};
+use crate::dataplane::settings::Forwarding;
 use crate::dataplane::wire::{IcmpPacket, Ipv4Packet, be16, checksum, icmp, proto, put16};
 use crate::time::Instant;
 

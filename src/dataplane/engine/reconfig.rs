@@ -26,7 +26,7 @@
 //! Nothing here touches the sync queue: records name addresses, not indices, so records in
 //! flight stay valid, and every ATM applies the same reload itself.
 
-use crate::config::{self, OnDown, diff::Remap};
+use crate::dataplane::settings::{self, OnDown, Remap};
 use crate::time::Instant;
 
 use super::family::Family;
@@ -40,11 +40,11 @@ pub const ORPHAN: u16 = u16::MAX;
 #[derive(Clone, Copy, Debug)]
 pub struct Reload<'a> {
     /// The services the engine runs now (as it was built or last reloaded).
-    pub old: &'a [config::Service],
-    pub new: &'a [config::Service],
+    pub old: &'a [settings::ServiceSettings],
+    pub new: &'a [settings::ServiceSettings],
     /// `Remap::between(old, new)` over the same two lists.
     pub remap: &'a Remap,
-    pub table: &'a config::Table,
+    pub table: &'a settings::Table,
 }
 
 /// What a reload did to the connection table.
@@ -65,7 +65,7 @@ pub struct ReloadStats {
 }
 
 /// Whether a service runs the same way under both configs (its scheduler state may stay).
-fn same_service(o: &config::Service, n: &config::Service) -> bool {
+fn same_service(o: &settings::ServiceSettings, n: &settings::ServiceSettings) -> bool {
     o.scheduler == n.scheduler
         && o.persistence_s == n.persistence_s
         && o.on_down == n.on_down
@@ -109,7 +109,7 @@ impl Engine {
                                 counters.push(c);
                             }
                             None => {
-                                slot.up = n.checks.is_empty();
+                                slot.up = !n.has_checks;
                                 counters.push(ServerCounters::default());
                             }
                         }
@@ -184,6 +184,3 @@ impl Engine {
         f.table.set_timeouts(r.table);
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -9,8 +9,8 @@
 
 use core::net::IpAddr;
 
-use crate::config::{SchedulerKind, Server};
 use crate::dataplane::sched;
+use crate::dataplane::settings::{SchedulerKind, Server};
 
 /// What a scheduler sees of a real server. The engine owns these and updates `weight`,
 /// `up` (health, from `Engine::set_server_state`) and `active` (connections in the table).

@@ -25,8 +25,8 @@ use super::{Engine, EngineError, SYNC_QUEUE, secs};
 /// Slots a full resync looks at per [`Engine::poll_sync`] call at most (some tens of
 /// microseconds).
 pub const WALK_SLOTS_PER_CALL: u32 = 8192;
-use crate::config::Forwarding;
 use crate::dataplane::conntrack::{Entry, FLAG_NAT, FwdKey, State};
+use crate::dataplane::settings::Forwarding;
 use crate::dataplane::sync::SyncRecord;
 use crate::dataplane::wire::proto;
 use crate::time::Instant;

@@ -1,5 +1,5 @@
 use super::*;
-use crate::config::{Protocol, SchedulerKind, Server, Service};
+use crate::dataplane::settings::{Protocol, SchedulerKind, Server, ServiceSettings as Service};
 use crate::dataplane::sync::{SyncReceiver, SyncSender};
 use crate::dataplane::wire::icmp::kind;
 use crate::dataplane::wire::tcp::flags::{ACK, FIN, SYN};
@@ -26,14 +26,14 @@ fn service(forwarding: Forwarding, protocol: Protocol) -> Service {
         gateway_vip: None,
         on_down: OnDown::Keep,
         servers: vec![server("s1", S1), server("s2", S2)],
-        checks: vec![],
+        has_checks: false,
     }
 }
 
 pub(crate) fn engine_with(services: Vec<Service>, max: u32) -> Engine {
     Engine::new(&EngineConfig {
         services,
-        table: config::Table { max_connections: max, ..config::Table::default() },
+        table: settings::Table { max_connections: max, ..settings::Table::default() },
         local_addr: LOCAL,
         local_addr6: core::net::Ipv6Addr::UNSPECIFIED,
         path_mtu: 1500,

@@ -3,7 +3,7 @@
 
 use super::tests::run;
 use super::*;
-use crate::config::{Protocol, SchedulerKind, Server, Service};
+use crate::dataplane::settings::{Protocol, SchedulerKind, Server, ServiceSettings as Service};
 use crate::dataplane::sync::{SyncReceiver, SyncSender};
 use crate::dataplane::wire::ipv6::next;
 use crate::dataplane::wire::tcp::flags::{ACK, SYN};
@@ -45,14 +45,14 @@ fn service6(forwarding: Forwarding, protocol: Protocol) -> Service {
         gateway_vip: None,
         on_down: OnDown::Keep,
         servers: vec![server("s1", s1()), server("s2", s2())],
-        checks: vec![],
+        has_checks: false,
     }
 }
 
 fn engine6(services: Vec<Service>, local6: Ipv6Addr) -> Engine {
     Engine::new(&EngineConfig {
         services,
-        table: config::Table { max_connections: 1000, ..config::Table::default() },
+        table: settings::Table { max_connections: 1000, ..settings::Table::default() },
         local_addr: Ipv4Addr::new(10, 0, 0, 1),
         local_addr6: local6,
         path_mtu: 1500,
@@ -301,8 +301,8 @@ fn a_dual_stack_engine_keeps_both_families_apart() {
     assert_eq!(only4.table6().capacity(), 1);
     let mut e4 = engine6(vec![], local6());
     let new = vec![service6(Forwarding::Nat, Protocol::Tcp)];
-    let remap = crate::config::diff::Remap { services: vec![], servers: vec![] };
-    let table = config::Table { max_connections: 1000, ..config::Table::default() };
+    let remap = crate::dataplane::settings::Remap { services: vec![], servers: vec![] };
+    let table = settings::Table { max_connections: 1000, ..settings::Table::default() };
     e4.reconfigure(t(0), &Reload { old: &[], new: &new, remap: &remap, table: &table });
     assert_eq!(e4.table6().capacity(), 1000);
     assert!(matches!(
@@ -329,7 +329,7 @@ fn persistence_keeps_an_ipv6_client_on_its_server() {
 #[test]
 fn a_million_ipv6_connections_fit_in_256_mb() {
     let mut tab = crate::dataplane::conntrack::ConnTable::<Ipv6Addr>::new(
-        &config::Table { max_connections: 1_000_000, ..config::Table::default() },
+        &settings::Table { max_connections: 1_000_000, ..settings::Table::default() },
         7,
     );
     let mut sink = |_: &Entry<Ipv6Addr>| {};

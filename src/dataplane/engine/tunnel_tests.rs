@@ -3,7 +3,7 @@
 
 use super::tests::run;
 use super::*;
-use crate::config::{Protocol, SchedulerKind, Server, Service};
+use crate::dataplane::settings::{Protocol, SchedulerKind, Server, ServiceSettings as Service};
 use crate::dataplane::sync::{SyncReceiver, SyncSender};
 use crate::dataplane::wire::tcp::flags::{ACK, SYN};
 use crate::dataplane::wire::{Ipv6Packet, build};
@@ -38,14 +38,14 @@ fn tunnel(vip: IpAddr, servers: &[IpAddr]) -> Service {
             .enumerate()
             .map(|(i, s)| Server { name: format!("s{i}"), address: *s, port: 80, weight: 1 })
             .collect(),
-        checks: vec![],
+        has_checks: false,
     }
 }
 
 fn engine(services: Vec<Service>, local6: Ipv6Addr) -> Engine {
     Engine::new(&EngineConfig {
         services,
-        table: config::Table { max_connections: 1000, ..config::Table::default() },
+        table: settings::Table { max_connections: 1000, ..settings::Table::default() },
         local_addr: LOCAL,
         local_addr6: local6,
         path_mtu: 1500,

@@ -8,7 +8,7 @@ const SECRET: &[u8] = b"s3cret";
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 
 fn engine() -> Engine {
-    crate::dataplane::sync::tests::udp_engine(crate::config::SchedulerKind::Mh, 3).0
+    crate::dataplane::sync::tests::udp_engine(crate::dataplane::settings::SchedulerKind::Mh, 3).0
 }
 
 /// One ATM as the daemon's processor holds it.

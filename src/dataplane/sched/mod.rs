@@ -65,7 +65,7 @@ use std::net::IpAddr;
 
 use siphasher::sip::SipHasher13;
 
-pub use crate::config::types::SchedulerKind;
+pub use crate::dataplane::settings::SchedulerKind;
 
 /// One real server as the scheduler sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -60,35 +60,35 @@ fn refuses_tampering_wrong_key_and_cluster() {
 /// An engine with one UDP service (`192.0.2.10:53`, scheduler `scheduler`, `servers` real
 /// servers `10.0.0.3:53` upwards), sync on; also used by the full-sync tests.
 pub(crate) fn udp_engine(
-    scheduler: crate::config::SchedulerKind,
+    scheduler: crate::dataplane::settings::SchedulerKind,
     servers: u8,
 ) -> (crate::dataplane::engine::Engine, core::net::Ipv4Addr) {
     use crate::dataplane::engine::{Engine, EngineConfig};
     use core::net::Ipv4Addr;
     let vip = Ipv4Addr::new(192, 0, 2, 10);
-    let svc = crate::config::Service {
+    let svc = crate::dataplane::settings::ServiceSettings {
         name: "u".into(),
         vip: IpAddr::V4(vip),
         port: 53,
-        protocol: crate::config::Protocol::Udp,
-        forwarding: crate::config::Forwarding::Dr,
+        protocol: crate::dataplane::settings::Protocol::Udp,
+        forwarding: crate::dataplane::settings::Forwarding::Dr,
         scheduler,
         persistence_s: 0,
         gateway_vip: None,
-        on_down: crate::config::OnDown::Keep,
+        on_down: crate::dataplane::settings::OnDown::Keep,
         servers: (0..servers)
-            .map(|i| crate::config::Server {
+            .map(|i| crate::dataplane::settings::Server {
                 name: if servers == 1 { "a".into() } else { format!("s{i}") },
                 address: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3 + i)),
                 port: 53,
                 weight: 1,
             })
             .collect(),
-        checks: vec![],
+        has_checks: false,
     };
     let mut e = Engine::new(&EngineConfig {
         services: vec![svc],
-        table: crate::config::Table::default(),
+        table: crate::dataplane::settings::Table::default(),
         local_addr: Ipv4Addr::new(10, 0, 0, 1),
         local_addr6: core::net::Ipv6Addr::UNSPECIFIED,
         path_mtu: 1500,
@@ -104,7 +104,7 @@ pub(crate) fn udp_engine(
 /// would refuse the older session.
 #[test]
 fn peer_receivers_keep_one_window_per_peer() {
-    let (mut e, _) = udp_engine(crate::config::SchedulerKind::Rr, 1);
+    let (mut e, _) = udp_engine(crate::dataplane::settings::SchedulerKind::Rr, 1);
     let (a, b, stranger): (IpAddr, IpAddr, IpAddr) =
         ("10.0.0.2".parse().unwrap(), "10.0.0.3".parse().unwrap(), "10.0.0.9".parse().unwrap());
     let mut buf = [0u8; MAX_DATAGRAM];
@@ -136,7 +136,7 @@ fn peer_receivers_keep_one_window_per_peer() {
 fn sender_batches_and_respects_the_rate() {
     use crate::dataplane::wire::build;
     use core::net::Ipv4Addr;
-    let (mut e, vip) = udp_engine(crate::config::SchedulerKind::Rr, 1);
+    let (mut e, vip) = udp_engine(crate::dataplane::settings::SchedulerKind::Rr, 1);
     let mut tx = [0u8; 256];
     for p in 0..200u16 {
         let d = build::udp((Ipv4Addr::new(198, 51, 100, 1), 1000 + p), (vip, 53), b"q");
@@ -169,7 +169,7 @@ fn sender_batches_and_respects_the_rate() {
 fn a_prompt_sender_does_not_wait_to_batch_but_keeps_the_rate() {
     use crate::dataplane::wire::build;
     use core::net::Ipv4Addr;
-    let (mut e, vip) = udp_engine(crate::config::SchedulerKind::Rr, 1);
+    let (mut e, vip) = udp_engine(crate::dataplane::settings::SchedulerKind::Rr, 1);
     let mut tx = [0u8; 256];
     let mut out = [0u8; MAX_DATAGRAM];
     let flow = |e: &mut crate::dataplane::engine::Engine, p: u16, tx: &mut [u8]| {
@@ -250,7 +250,7 @@ fn malformed_or_unauthenticated_full_sync_messages_are_refused_and_counted() {
     // The receiver counts each refusal and hands nothing on; a replayed request is refused.
     let mut e = crate::dataplane::engine::Engine::new(&crate::dataplane::engine::EngineConfig {
         services: vec![],
-        table: crate::config::Table::default(),
+        table: crate::dataplane::settings::Table::default(),
         local_addr: core::net::Ipv4Addr::new(10, 0, 0, 1),
         local_addr6: core::net::Ipv6Addr::UNSPECIFIED,
         path_mtu: 1500,

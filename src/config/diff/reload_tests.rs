@@ -1,4 +1,5 @@
-//! Reloads under traffic: flows stay on their servers, removed servers follow `on_down`,
+//! The config diff's remap applied by the engine (`Engine::reconfigure`): reloads under
+//! traffic. Here rather than in the engine's folder because it starts from configs. Flows stay on their servers, removed servers follow `on_down`,
 //! new servers wait for their checks, Maglev moves only the flows of changed servers.
 
 use core::net::{IpAddr, Ipv4Addr};
@@ -6,7 +7,7 @@ use core::net::{IpAddr, Ipv4Addr};
 use crate::config::{
     self, Check, CheckKind, Forwarding, OnDown, Protocol, SchedulerKind, Server, Service, diff::Remap,
 };
-use crate::dataplane::engine::{Engine, EngineConfig, ORPHAN, Reload, Verdict};
+use crate::dataplane::engine::{Engine, EngineConfig, ORPHAN, Reload, ReloadStats, Verdict};
 use crate::dataplane::wire::tcp::flags::{ACK, SYN};
 use crate::dataplane::wire::{self, Ipv4Packet, build};
 use crate::time::Instant;
@@ -51,7 +52,7 @@ fn tcp_check() -> Check {
 
 fn engine(services: &[Service]) -> Engine {
     Engine::new(&EngineConfig {
-        services: services.to_vec(),
+        services: Service::all_settings(services),
         table: config::Table { max_connections: 10_000, ..config::Table::default() },
         local_addr: Ipv4Addr::new(10, 0, 0, 1),
         local_addr6: core::net::Ipv6Addr::UNSPECIFIED,
@@ -62,16 +63,17 @@ fn engine(services: &[Service]) -> Engine {
 
 fn as_config(services: &[Service]) -> config::Config {
     let opts = config::LoadOptions { check_files: false, base_dir: "/etc/clusterserver".into() };
-    let text = include_str!("../../../../config/nat-2atm.json5");
+    let text = include_str!("../../../config/nat-2atm.json5");
     let mut c = config::parse_str("nat-2atm.json5", text, &opts).expect("example config");
     c.services = services.to_vec();
     c
 }
 
-fn reload(e: &mut Engine, old: &[Service], new: &[Service]) -> super::ReloadStats {
+fn reload(e: &mut Engine, old: &[Service], new: &[Service]) -> ReloadStats {
     let remap = Remap::between(&as_config(old), &as_config(new));
     let table = config::Table { max_connections: 10_000, ..config::Table::default() };
-    e.reconfigure(Instant::from_millis(5), &Reload { old, new, remap: &remap, table: &table })
+    let (old, new) = (Service::all_settings(old), Service::all_settings(new));
+    e.reconfigure(Instant::from_millis(5), &Reload { old: &old, new: &new, remap: &remap, table: &table })
 }
 
 /// The server a packet went to (NAT: its destination), or `None` if dropped.
