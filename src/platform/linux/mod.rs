@@ -1,11 +1,12 @@
 //! The Linux platform: the real [`crate::platform::Platform`] of an ATM ([`atm`]), ARP for
 //! the VIPs from user space ([`arp`]), BIRD 2 as the BGP speaker of active-active mode ([`bird`]), health checkers ([`checks`]), ICMP probes ([`icmp`]), cluster-node set-up ([`node`]), the host's addresses
-//! ([`host`]), and the few system calls that need `unsafe` ([`netsys`], every block with a
+//! ([`host`]), the `bpf(2)` system call and an eBPF encoder ([`bpf`]), and the few system calls that need `unsafe` ([`netsys`], every block with a
 //! `// SAFETY:` comment).
 
 pub mod arp;
 pub mod atm;
 pub mod bird;
+pub mod bpf;
 pub mod checks;
 pub mod clock;
 pub mod host;
