@@ -240,6 +240,8 @@ fn reads_answer_json_with_the_token() {
         "clusterserver_server_health{service=\"http\",server=\"web2\",address=\"10.0.0.4\"} 0",
         "clusterserver_server_connections{service=\"http\",server=\"web1\",address=\"10.0.0.3\"} 3",
         "clusterserver_engine_drops_total{reason=\"no_server\"}",
+        "clusterserver_engine_rate_limited_total{kind=\"reset\"} 0",
+        "clusterserver_engine_made_packets_total{kind=\"icmp_error\"} 0",
         "clusterserver_conntrack_capacity 1000",
         "clusterserver_failovers_total 0",
         "clusterserver_peer_up{peer=\"atm2\"} 0",

@@ -27,7 +27,8 @@ use clusterserver::platform::linux::shell::{PacketProcessor, ShellConfig, StatsS
 
 mod common;
 use common::lab::{
-    HELPER_ENV, Lab, PAYLOAD, PORT, SERVER, VIP, can_run, diag, in_ns, run_client, start_shell, topology,
+    HELPER_ENV, Lab, PAYLOAD, PORT, SERVER, VIP, can_run, diag, in_ns, run_client, start_shell,
+    start_shell_shared, topology,
 };
 use common::{MiniDr, MiniNat, MiniTunnel};
 
@@ -173,6 +174,44 @@ fn tcp_through_tun_nat_engine() {
     let cfg = engine_config(Forwarding::Nat);
     let engines = nat_run(true, move |_| Engine::new(&cfg), None);
     println!("engine stats: {:?}", engines[0].stats());
+}
+
+/// NAT on four queues with one engine shared by all of them: the kernel picks a reply's queue
+/// from the reply's own flow hash, so for most connections request and reply land on
+/// different queues; with an engine per queue those replies would find no connection (and
+/// the client no echo). Several connections in turn, each through the shared engine.
+#[test]
+fn tcp_through_tun_nat_engine_shared_queues() {
+    use clusterserver::config::Forwarding;
+    use clusterserver::dataplane::engine::Engine;
+    if std::env::var(HELPER_ENV).is_ok() || !can_run() {
+        return;
+    }
+    const CONNECTIONS: usize = 6;
+    let mut lab = Lab::new();
+    let (c, a, s) = topology(&mut lab);
+    let mut cfg = shell_config(true);
+    cfg.queues = 4;
+    let steer = vec![SteerRule::to_vip(VIP), SteerRule::nat_replies(std::net::IpAddr::V4(SERVER))];
+    let (stop, done) = start_shell_shared(&a, cfg, steer, Engine::new(&engine_config(Forwarding::Nat)));
+    let mut results = Vec::new();
+    for _ in 0..CONNECTIONS {
+        spawn_server(&mut lab, &s, SERVER);
+        results.push(run_client(&c, SocketAddr::from((VIP, PORT))));
+    }
+    let _ = stop.send(None);
+    let (stats, engines) = done.recv_timeout(Duration::from_secs(10)).expect("shell stop").expect("shell");
+    for r in results {
+        let (bytes, _) = r.unwrap_or_else(|e| panic!("client: {e}; shell {stats:?}\natm:\n{}", diag(&a)));
+        assert_eq!(bytes, PAYLOAD);
+    }
+    assert_eq!(engines.len(), 1, "one shared engine comes back");
+    let e = engines[0].stats();
+    println!("4 queues, shared engine: shell {stats:?}; engine {e:?}");
+    // At least one per client (a client retries while its server is not listening yet).
+    assert!(e.new_connections >= CONNECTIONS as u64);
+    assert!(e.nat_to_client > 0 && e.nat_to_server > 0);
+    assert!(stats.rx_bursts > 0 && stats.rx_bursts <= stats.rx_batches);
 }
 
 /// The same without virtio offloads (one packet per read and write).

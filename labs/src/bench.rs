@@ -20,6 +20,17 @@
 //! [`crate::family`]), every peer has an IPv6 VIP beside its IPv4 one (our NAT66 and IPv6
 //! direct routing, nftables `ip6` DNAT, HAProxy bound on both), the server the same.
 //!
+//! **The mixed load** (`mixed`): a saturating 4-stream iperf3 and, beside it for the whole
+//! period, wrk with `Connection: close` to the same VIP; the figure is wrk's requests/s (what
+//! new connections get while a bulk stream fills the data plane), the stream's Gbit/s is
+//! printed beside it, and the ratio to nftables comes from the same run.
+//!
+//! **Backends**: `nat-xdp` and `dr-xdp` run the same daemon with
+//! `dataplane: { backend: "af_xdp" }`. A daemon that cannot run that backend falls back to TUN
+//! and logs [`runner::TUN_FALLBACK`]; the bench then stops measuring that peer and says so,
+//! rather than report TUN figures under an AF_XDP name. `--queues N` sets `dataplane.queues`
+//! (0, the default: one per core).
+//!
 //! Routing that is the same for every peer: the client reaches the VIP through a `/32` route
 //! via the balancer's front address (no ARP for the VIP involved), the server's default route
 //! is the balancer's back address. The daemon is started afresh for every load so that its
@@ -35,7 +46,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use clusterserver::config::{Config, Forwarding, Protocol, Server, Service};
+use clusterserver::config::{Backend, Config, Dataplane, Forwarding, Protocol, Server, Service};
 use clustersim::scenario::Scenario;
 use clustersim::topology::{CLUSTER_ID, cluster_config};
 use nix::sys::signal::Signal;
@@ -78,9 +89,11 @@ pub struct Opts {
     pub out: PathBuf,
     pub peers: Vec<Peer>,
     pub loads: Vec<Load>,
+    /// `dataplane.queues` of our daemon (0: one per core, the shipped default).
+    pub queues: u32,
 }
 
-pub const USAGE: &str = "clusterlab bench [--reps N] [--seconds S] [--udp-rate R] [--out DIR] [--peers nat,dr,nft,haproxy] [--loads tcp1,tcp4,http,http-close,udp,tcp1-v6,tcp4-v6,http-v6,http-close-v6,udp-v6]";
+pub const USAGE: &str = "clusterlab bench [--reps N] [--seconds S] [--udp-rate R] [--out DIR] [--queues N] [--peers nat,dr,nat-xdp,dr-xdp,nft,haproxy] [--loads tcp1,tcp4,http,http-close,udp,tcp1-v6,tcp4-v6,http-v6,http-close-v6,udp-v6,mixed]";
 
 impl Opts {
     pub fn parse(args: &[String]) -> anyhow::Result<Opts> {
@@ -92,6 +105,7 @@ impl Opts {
             out: std::path::absolute("target/bench")?,
             peers: Peer::ALL.to_vec(),
             loads: Load::ALL.to_vec(),
+            queues: 0,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -103,6 +117,7 @@ impl Opts {
                 "--out" => o.out = std::path::absolute(val()?)?,
                 "--peers" => o.peers = val()?.split(',').map(Peer::parse).collect::<Result<_, _>>()?,
                 "--loads" => o.loads = val()?.split(',').map(Load::parse).collect::<Result<_, _>>()?,
+                "--queues" => o.queues = val()?.parse::<u32>()?.min(64),
                 other => bail!("unknown argument {other:?}\nusage: {USAGE}"),
             }
         }
@@ -119,30 +134,59 @@ pub fn run(opts: &Opts) -> anyhow::Result<()> {
     let plan = Plan::new(&s, &ns::new_run_id())?;
     let dir = opts.out.join("lab");
     std::fs::create_dir_all(&dir)?;
-    let nat_cfg = dir.join("nat.json5");
-    let dr_cfg = dir.join("dr.json5");
-    runner::write_config(&bench_config(&s, &plan, &dir, Forwarding::Nat)?, &nat_cfg)?;
-    runner::write_config(&bench_config(&s, &plan, &dir, Forwarding::Dr)?, &dr_cfg)?;
+    let cfg_of = |peer: Peer| -> anyhow::Result<PathBuf> {
+        let path = dir.join(format!("{}.json5", peer.name()));
+        let forwarding = if peer.direct() { Forwarding::Dr } else { Forwarding::Nat };
+        let mut cfg = bench_config(&s, &plan, &dir, forwarding)?;
+        cfg.dataplane = Dataplane {
+            backend: if peer.xdp() { Backend::AfXdp } else { Backend::Tun },
+            queues: opts.queues,
+        };
+        runner::write_config(&cfg, &path)?;
+        Ok(path)
+    };
+    let configs: Vec<(Peer, PathBuf)> = opts
+        .peers
+        .iter()
+        .filter(|p| p.ours())
+        .map(|&p| Ok((p, cfg_of(p)?)))
+        .collect::<anyhow::Result<_>>()?;
     let mut lab = Lab::up(plan, &dir)?;
     let hosts = Hosts::of(&lab)?;
     prepare(&lab, &hosts)?;
     start_servers(&mut lab, &hosts, &tools)?;
     let mut figures: Vec<Figure> = Vec::new();
+    let mut fallbacks: Vec<Peer> = Vec::new();
     for rep in 0..opts.reps {
         for &peer in &opts.peers {
+            if fallbacks.contains(&peer) {
+                continue;
+            }
             eprintln!("bench: rep {}/{} {}", rep + 1, opts.reps, peer.name());
             let mut b = Bench { lab: &mut lab, hosts: &hosts, tools: &tools, opts, rep };
             let got = match peer {
-                Peer::Nat => b.ours(peer, &daemon, &nat_cfg)?,
-                Peer::Dr => b.ours(peer, &daemon, &dr_cfg)?,
                 Peer::Nft => b.nftables()?,
                 Peer::Haproxy => b.haproxy()?,
+                ours => {
+                    let cfg = configs.iter().find(|(p, _)| *p == ours).map(|(_, c)| c.clone());
+                    match b.ours(ours, &daemon, &cfg.context("config of our peer")?)? {
+                        Some(f) => f,
+                        None => {
+                            eprintln!(
+                                "bench: {}: the daemon fell back to the TUN backend (AF_XDP not available): not measured",
+                                peer.name()
+                            );
+                            fallbacks.push(peer);
+                            Vec::new()
+                        }
+                    }
+                }
             };
             figures.extend(got);
         }
     }
     lab.teardown();
-    let report = bench_report::Report::new(opts, figures);
+    let report = bench_report::Report::new(opts, figures).with_fallbacks(fallbacks);
     println!("{}", report.table());
     std::fs::create_dir_all(&opts.out)?;
     let json = opts.out.join("bench.json");
@@ -359,7 +403,7 @@ fn machine_busy_seconds(clk_tck: f64) -> Option<f64> {
 
 /// A load that failed is reported and left out of the figures (the run goes on); Ctrl-C
 /// still ends the run.
-fn skip_failed(r: anyhow::Result<f64>) -> anyhow::Result<Option<f64>> {
+fn skip_failed<T>(r: anyhow::Result<T>) -> anyhow::Result<Option<T>> {
     check_interrupted()?;
     match r {
         Ok(v) => Ok(Some(v)),
@@ -387,9 +431,10 @@ struct Bench<'a> {
 }
 
 impl Bench<'_> {
-    /// Our daemon, started afresh for each load.
-    fn ours(&mut self, peer: Peer, daemon: &Path, cfg: &Path) -> anyhow::Result<Vec<Figure>> {
-        let dr = peer == Peer::Dr;
+    /// Our daemon, started afresh for each load. `None`: an AF_XDP peer whose daemon said
+    /// it fell back to TUN (its figures would be TUN's under another name).
+    fn ours(&mut self, peer: Peer, daemon: &Path, cfg: &Path) -> anyhow::Result<Option<Vec<Figure>>> {
+        let dr = peer.direct();
         let vip_iperf = format!("{}/iperf3-vip-r{}", self.hosts.node.0, self.rep);
         let vip_iperf6 = format!("{vip_iperf}-v6");
         if dr {
@@ -408,6 +453,12 @@ impl Bench<'_> {
             let args = vec!["--config".to_string(), cfg.display().to_string()];
             let pid = self.lab.spawn(&label, &atm, daemon, &args)?;
             self.wait_primary(&label)?;
+            if peer.xdp() && self.lab.log_text(&label).contains(runner::TUN_FALLBACK) {
+                self.lab.signal(&label, Signal::SIGTERM)?;
+                self.lab.wait_or_kill(&label, 5_000)?;
+                self.undo_dr(dr, &vip_iperf, &vip_iperf6)?;
+                return Ok(None);
+            }
             let cpu0 = cpu_seconds(pid, self.tools.clk_tck);
             let m0 = machine_busy_seconds(self.tools.clk_tck);
             let value = self.load(peer, load);
@@ -417,8 +468,9 @@ impl Bench<'_> {
             self.lab.wait_or_kill(&label, 5_000)?;
             let log = self.lab.log_of(&label).map(std::fs::read_to_string).transpose()?.unwrap_or_default();
             let stopped = log.lines().find(|l| l.contains("data plane stopped")).unwrap_or("");
-            let Some(value) = skip_failed(value)? else { continue };
+            let Some((value, side)) = skip_failed(value)? else { continue };
             let mut f = Figure::new(peer, load, self.rep, value);
+            f.side = side;
             f.cpu_s = cpu0.zip(cpu1).map(|(a, b)| b - a);
             f.machine_cpu_s = m0.zip(m1).map(|(a, b)| b - a);
             f.seconds = self.opts.seconds as f64;
@@ -427,14 +479,20 @@ impl Bench<'_> {
             eprintln!("bench:   {}", f.line());
             out.push(f);
         }
+        self.undo_dr(dr, &vip_iperf, &vip_iperf6)?;
+        Ok(Some(out))
+    }
+
+    /// Stops direct routing's VIP-bound servers and removes the node's VIP.
+    fn undo_dr(&mut self, dr: bool, vip_iperf: &str, vip_iperf6: &str) -> anyhow::Result<()> {
         if dr {
-            self.lab.wait_or_kill(&vip_iperf, 0)?;
-            self.lab.wait_or_kill(&vip_iperf6, 0)?;
+            self.lab.wait_or_kill(vip_iperf, 0)?;
+            self.lab.wait_or_kill(vip_iperf6, 0)?;
             let node = self.hosts.node.1.clone();
             ns::exec(&node, &["ip", "addr", "del", &format!("{VIP}/32"), "dev", "lo"])?;
             ns::exec(&node, &["ip", "addr", "del", &format!("{}/128", v6_of(VIP)), "dev", "lo"])?;
         }
-        Ok(out)
+        Ok(())
     }
 
     fn wait_primary(&mut self, label: &str) -> anyhow::Result<()> {
@@ -511,9 +569,10 @@ impl Bench<'_> {
             let m0 = machine_busy_seconds(self.tools.clk_tck);
             let value = self.load(peer, load);
             let m1 = machine_busy_seconds(self.tools.clk_tck);
-            let Some(value) = skip_failed(value)? else { continue };
+            let Some((value, side)) = skip_failed(value)? else { continue };
             let cpu1 = pid.and_then(|p| cpu_seconds(p, self.tools.clk_tck));
             let mut f = Figure::new(peer, load, self.rep, value);
+            f.side = side;
             f.cpu_s = cpu0.zip(cpu1).map(|(a, b)| b - a);
             f.machine_cpu_s = m0.zip(m1).map(|(a, b)| b - a);
             f.seconds = self.opts.seconds as f64;
@@ -523,8 +582,55 @@ impl Bench<'_> {
         Ok(out)
     }
 
-    /// Runs one load from the client; its figure in the load's unit.
-    fn load(&mut self, peer: Peer, load: Load) -> anyhow::Result<f64> {
+    /// Runs one load from the client; its figure in the load's unit (and the mixed load's
+    /// stream throughput).
+    fn load(&mut self, peer: Peer, load: Load) -> anyhow::Result<(f64, Option<f64>)> {
+        if load == Load::Mixed {
+            return self.mixed(peer);
+        }
+        self.single(peer, load).map(|v| (v, None))
+    }
+
+    /// The mixed load: a 4-stream iperf3 for the whole period and, beside it, wrk with
+    /// `Connection: close` to the same VIP; wrk's requests/s and the stream's Gbit/s.
+    fn mixed(&mut self, peer: Peer) -> anyhow::Result<(f64, Option<f64>)> {
+        let vip = peer.vip(false).to_string();
+        // The stream outlasts wrk by a second on each side, so wrk runs beside it throughout.
+        let secs = (self.opts.seconds + 2).to_string();
+        let a = [
+            "-c",
+            &vip,
+            "-p",
+            &IPERF_PORT.to_string(),
+            "-t",
+            &secs,
+            "-P",
+            "4",
+            "-J",
+            "--connect-timeout",
+            "3000",
+        ];
+        let label = format!("{}/iperf3-mixed-{}-r{}", self.hosts.client.0, peer.name(), self.rep);
+        let client = self.hosts.client.0.clone();
+        self.lab.spawn(&label, &client, &self.tools.iperf3.clone(), &a.map(String::from))?;
+        let rps = self.single(peer, Load::Mixed);
+        let limit = Duration::from_secs(self.opts.seconds + 20);
+        let start = Instant::now();
+        while self.lab.exited(&label).is_none() {
+            if check_interrupted().is_err() || start.elapsed() > limit {
+                self.lab.wait_or_kill(&label, 0)?;
+                check_interrupted()?;
+                bail!("{label} did not finish within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let log = self.lab.log_of(&label).context("iperf3 log")?;
+        let gbps = bench_report::iperf_tcp_gbps(&std::fs::read_to_string(log)?);
+        Ok((rps?, gbps))
+    }
+
+    /// One generator's figure (the mixed load's wrk part under [`Load::Mixed`]).
+    fn single(&mut self, peer: Peer, load: Load) -> anyhow::Result<f64> {
         let secs = self.opts.seconds.to_string();
         let vip = peer.vip(load.v6()).to_string();
         let port = IPERF_PORT.to_string();
@@ -536,9 +642,9 @@ impl Bench<'_> {
             }
             Load::Udp => {
                 let l = UDP_PAYLOAD.to_string();
-                let port = match (peer, load.v6()) {
-                    (Peer::Dr, false) => IPERF_VIP_PORT.to_string(),
-                    (Peer::Dr, true) => IPERF_VIP6_PORT.to_string(),
+                let port = match (peer.direct(), load.v6()) {
+                    (true, false) => IPERF_VIP_PORT.to_string(),
+                    (true, true) => IPERF_VIP6_PORT.to_string(),
                     _ => port.clone(),
                 };
                 let a =
@@ -554,7 +660,7 @@ impl Bench<'_> {
                 let d = format!("{secs}s");
                 let mut a: Vec<String> =
                     ["-t", "2", "-c", &c, "-d", &d, "--timeout", "2s"].map(String::from).to_vec();
-                if load.base() == Load::HttpClose {
+                if matches!(load.base(), Load::HttpClose | Load::Mixed) {
                     a.extend(["-H".to_string(), "Connection: close".to_string()]);
                 }
                 a.push(url);
@@ -598,7 +704,7 @@ impl Peer {
     /// The peer's VIP, IPv4 or its IPv6 twin.
     fn vip(self, v6: bool) -> IpAddr {
         let v4 = match self {
-            Peer::Nat | Peer::Dr => VIP,
+            Peer::Nat | Peer::Dr | Peer::NatXdp | Peer::DrXdp => VIP,
             Peer::Nft => NFT_VIP,
             Peer::Haproxy => HAPROXY_VIP,
         };
@@ -653,11 +759,14 @@ mod tests {
     #[test]
     fn options_parse() {
         let a: Vec<String> =
-            ["--reps", "3", "--peers", "nat,nft", "--loads", "tcp1,udp"].map(String::from).to_vec();
+            ["--reps", "3", "--peers", "nat,dr-xdp,nft", "--loads", "tcp1,udp,mixed", "--queues", "2"]
+                .map(String::from)
+                .to_vec();
         let o = Opts::parse(&a).unwrap();
         assert_eq!(o.reps, 3);
-        assert_eq!(o.peers, vec![Peer::Nat, Peer::Nft]);
-        assert_eq!(o.loads, vec![Load::Tcp1, Load::Udp]);
+        assert_eq!(o.queues, 2);
+        assert_eq!(o.peers, vec![Peer::Nat, Peer::DrXdp, Peer::Nft]);
+        assert_eq!(o.loads, vec![Load::Tcp1, Load::Udp, Load::Mixed]);
         assert!(Opts::parse(&["--bogus".to_string()]).is_err());
     }
 

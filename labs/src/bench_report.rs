@@ -13,17 +13,22 @@ use crate::bench::Opts;
 pub enum Peer {
     Nat,
     Dr,
+    /// Our daemon with `dataplane: { backend: "af_xdp" }`, NAT and direct routing.
+    NatXdp,
+    DrXdp,
     Nft,
     Haproxy,
 }
 
 impl Peer {
-    pub const ALL: [Peer; 4] = [Peer::Nat, Peer::Dr, Peer::Nft, Peer::Haproxy];
+    pub const ALL: [Peer; 6] = [Peer::Nat, Peer::Dr, Peer::NatXdp, Peer::DrXdp, Peer::Nft, Peer::Haproxy];
 
     pub fn name(self) -> &'static str {
         match self {
             Peer::Nat => "nat",
             Peer::Dr => "dr",
+            Peer::NatXdp => "nat-xdp",
+            Peer::DrXdp => "dr-xdp",
             Peer::Nft => "nftables",
             Peer::Haproxy => "haproxy",
         }
@@ -33,6 +38,8 @@ impl Peer {
         match self {
             Peer::Nat => "ours NAT",
             Peer::Dr => "ours DR",
+            Peer::NatXdp => "NAT xdp",
+            Peer::DrXdp => "DR xdp",
             Peer::Nft => "nftables",
             Peer::Haproxy => "HAProxy",
         }
@@ -42,14 +49,26 @@ impl Peer {
         Ok(match s {
             "nat" => Peer::Nat,
             "dr" => Peer::Dr,
+            "nat-xdp" => Peer::NatXdp,
+            "dr-xdp" => Peer::DrXdp,
             "nft" | "nftables" => Peer::Nft,
             "haproxy" => Peer::Haproxy,
-            other => bail!("unknown peer {other:?} (nat, dr, nft, haproxy)"),
+            other => bail!("unknown peer {other:?} (nat, dr, nat-xdp, dr-xdp, nft, haproxy)"),
         })
     }
 
-    fn ours(self) -> bool {
-        matches!(self, Peer::Nat | Peer::Dr)
+    pub fn ours(self) -> bool {
+        matches!(self, Peer::Nat | Peer::Dr | Peer::NatXdp | Peer::DrXdp)
+    }
+
+    /// Our daemon forwarding by direct routing (either backend).
+    pub fn direct(self) -> bool {
+        matches!(self, Peer::Dr | Peer::DrXdp)
+    }
+
+    /// Our daemon on the AF_XDP backend.
+    pub fn xdp(self) -> bool {
+        matches!(self, Peer::NatXdp | Peer::DrXdp)
     }
 }
 
@@ -68,10 +87,14 @@ pub enum Load {
     HttpV6,
     HttpCloseV6,
     UdpV6,
+    /// A saturating 4-stream iperf3 and wrk `Connection: close` through the same VIP at
+    /// once: the figure is wrk's requests/s (new connections beside a bulk stream), the
+    /// stream's throughput is kept beside it ([`Figure::side`]).
+    Mixed,
 }
 
 impl Load {
-    pub const ALL: [Load; 10] = [
+    pub const ALL: [Load; 11] = [
         Load::Tcp1,
         Load::Tcp4,
         Load::Http,
@@ -82,6 +105,7 @@ impl Load {
         Load::HttpV6,
         Load::HttpCloseV6,
         Load::UdpV6,
+        Load::Mixed,
     ];
 
     /// The IPv4 load this one is the twin of (itself for IPv4).
@@ -113,12 +137,13 @@ impl Load {
             Load::HttpV6 => "http-v6",
             Load::HttpCloseV6 => "http-close-v6",
             Load::UdpV6 => "udp-v6",
+            Load::Mixed => "mixed",
         }
     }
 
     pub fn tool(self) -> &'static str {
         match self.base() {
-            Load::Http | Load::HttpClose => "wrk",
+            Load::Http | Load::HttpClose | Load::Mixed => "wrk",
             _ => "iperf3",
         }
     }
@@ -135,13 +160,14 @@ impl Load {
             Load::HttpV6 => "IPv6 HTTP keep-alive",
             Load::HttpCloseV6 => "IPv6 HTTP Conn.: close",
             Load::UdpV6 => "IPv6 UDP 64-byte dgrams",
+            Load::Mixed => "close + 4-stream TCP",
         }
     }
 
     pub fn unit(self) -> &'static str {
         match self.base() {
             Load::Tcp1 | Load::Tcp4 => "Gbit/s",
-            Load::Http | Load::HttpClose => "k req/s",
+            Load::Http | Load::HttpClose | Load::Mixed => "k req/s",
             _ => "k pkt/s",
         }
     }
@@ -151,6 +177,8 @@ impl Load {
         match self.base() {
             Load::Tcp1 | Load::Tcp4 => "MB",
             Load::Http | Load::HttpClose => "request",
+            // The stream's bytes dominate the machine's work: no per-request figure.
+            Load::Mixed => "-",
             _ => "datagram",
         }
     }
@@ -166,7 +194,9 @@ impl Load {
     pub fn parse(s: &str) -> anyhow::Result<Load> {
         match Load::ALL.iter().find(|l| l.name() == s) {
             Some(l) => Ok(*l),
-            None => bail!("unknown load {s:?} (tcp1, tcp4, http, http-close, udp, each also with -v6)"),
+            None => {
+                bail!("unknown load {s:?} (tcp1, tcp4, http, http-close, udp, each also with -v6; mixed)")
+            }
         }
     }
 }
@@ -189,6 +219,8 @@ pub struct Figure {
     pub machine_cpu_s: Option<f64>,
     /// The load's length in seconds.
     pub seconds: f64,
+    /// The mixed load's bulk stream, Gbit/s.
+    pub side: Option<f64>,
 }
 
 impl Figure {
@@ -203,6 +235,7 @@ impl Figure {
             batches: None,
             machine_cpu_s: None,
             seconds: 0.0,
+            side: None,
         }
     }
 
@@ -210,6 +243,9 @@ impl Figure {
     /// a megabyte or a datagram costs everything on the path together. On a quiet machine
     /// the difference between two peers is the cost of their balancing itself.
     pub fn machine_us_per_unit(&self) -> Option<f64> {
+        if self.load == Load::Mixed {
+            return None;
+        }
         let work = self.value * self.load.units_per_value() * self.seconds;
         let busy = self.machine_cpu_s?;
         (work > 0.0).then(|| busy * 1e6 / work)
@@ -240,6 +276,9 @@ impl Figure {
         }
         if let Some(u) = self.machine_us_per_unit() {
             t += &format!("  machine {u:.2} us/{}", self.load.work_unit());
+        }
+        if let Some(g) = self.side {
+            t += &format!("  beside {g:.2} Gbit/s of iperf3");
         }
         t
     }
@@ -299,6 +338,10 @@ pub struct Report {
     ns_per_packet: BTreeMap<(Load, Peer), f64>,
     per_read: BTreeMap<(Load, Peer), f64>,
     machine: BTreeMap<(Load, Peer), f64>,
+    /// The mixed load's bulk stream (Gbit/s) per peer.
+    side: BTreeMap<(Load, Peer), f64>,
+    /// Our AF_XDP peers whose daemon fell back to TUN: no figures under their name.
+    fallbacks: Vec<Peer>,
 }
 
 impl Report {
@@ -326,6 +369,7 @@ impl Report {
         let ns_per_packet = med(&|f| f.ns_per_packet());
         let per_read = med(&|f| Some(f.packets? as f64 / f.batches.filter(|b| *b > 0)? as f64));
         let machine = med(&|f| f.machine_us_per_unit());
+        let side = med(&|f| f.side);
         Report {
             reps: opts.reps,
             seconds: opts.seconds,
@@ -338,7 +382,36 @@ impl Report {
             ns_per_packet,
             per_read,
             machine,
+            side,
+            fallbacks: Vec::new(),
         }
+    }
+
+    /// Notes peers whose daemon fell back from AF_XDP to TUN (their figures were not taken).
+    pub fn with_fallbacks(mut self, peers: Vec<Peer>) -> Report {
+        self.fallbacks = peers;
+        self
+    }
+
+    /// The mixed load's section: requests/s through each peer beside the bulk stream, our
+    /// ratio to nftables, and the stream's throughput.
+    fn mixed_table(&self) -> String {
+        if !self.loads.contains(&Load::Mixed) {
+            return String::new();
+        }
+        let mut t = "\n# mixed load: wrk Connection: close and a saturating 4-stream iperf3 through one VIP at once\n".to_string();
+        t += &format!("{:<12} {:>10} {:>12} {:>14}\n", "peer", "k req/s", "vs nftables", "iperf3 Gbit/s");
+        for &p in &self.peers {
+            let Some(v) = self.medians.get(&(Load::Mixed, p)) else { continue };
+            let r = if p.ours() { self.ratio(Load::Mixed, p, Peer::Nft) } else { None };
+            let g = self.side.get(&(Load::Mixed, p)).map_or("-".into(), |g| format!("{g:.2}"));
+            t += &format!(
+                "{:<12} {v:>10.2} {:>12} {g:>14}\n",
+                p.name(),
+                r.map_or("-".into(), |r| format!("{r:.2}x"))
+            );
+        }
+        t
     }
 
     fn ratio(&self, load: Load, ours: Peer, peer: Peer) -> Option<f64> {
@@ -412,6 +485,13 @@ impl Report {
                 t += &format!(" {ns:>14} {pr:>12}");
             }
             t += "\n";
+        }
+        t += &self.mixed_table();
+        for p in &self.fallbacks {
+            t += &format!(
+                "\n# {}: the daemon fell back to the TUN backend (AF_XDP not available): no AF_XDP figures taken\n",
+                p.name()
+            );
         }
         if !self.machine.is_empty() {
             t += "\n# whole-machine CPU per unit of work (all processes and the kernel; meaningful on a quiet machine)\n";
@@ -490,16 +570,21 @@ impl Report {
                 json!({ "peer": f.peer.name(), "load": f.load.name(), "rep": f.rep, "value": f.value,
                         "cpu_s": f.cpu_s, "packets": f.packets, "reads": f.batches,
                         "ns_per_packet": f.ns_per_packet(), "machine_cpu_s": f.machine_cpu_s,
+                        "side_gbps": f.side,
                         "machine_us_per_unit": f.machine_us_per_unit() })
             })
             .collect();
+        let fallbacks: Vec<&str> = self.fallbacks.iter().map(|p| p.name()).collect();
+        let side: serde_json::Map<String, Value> =
+            self.side.iter().map(|((l, p), v)| (format!("{}/{}", l.name(), p.name()), json!(v))).collect();
         json!({ "reps": self.reps, "seconds": self.seconds, "udp_rate": self.udp_rate,
-                "results": rows, "samples": samples })
+                "results": rows, "samples": samples, "fell_back_to_tun": fallbacks,
+                "mixed_iperf3_gbps": side })
     }
 
     /// Grouped bars per load, each group scaled to its largest median, values printed.
     pub fn svg(&self) -> String {
-        const COLOURS: [&str; 4] = ["#1f77b4", "#2ca02c", "#7f7f7f", "#ff7f0e"];
+        const COLOURS: [&str; 6] = ["#1f77b4", "#2ca02c", "#9467bd", "#17becf", "#7f7f7f", "#ff7f0e"];
         let (bar, gap, h, top) = (34.0, 40.0, 220.0, 40.0);
         let group = bar * self.peers.len() as f64 + gap;
         let width = 60.0 + group * self.loads.len() as f64;
@@ -557,6 +642,8 @@ fn short(p: Peer) -> &'static str {
     match p {
         Peer::Nat => "NAT",
         Peer::Dr => "DR",
+        Peer::NatXdp => "NATx",
+        Peer::DrXdp => "DRx",
         Peer::Nft => "nft",
         Peer::Haproxy => "HAP",
     }
@@ -596,6 +683,28 @@ mod tests {
         assert!(t.contains("0.50x") && t.contains("1000"), "{t}");
         assert!(r.svg().starts_with("<svg"));
         assert_eq!(r.json()["results"][0]["ratios"]["nat/nftables"], json!(0.5));
+    }
+
+    #[test]
+    fn mixed_load_and_fallbacks_are_reported() {
+        let opts =
+            Opts::parse(&["--loads".into(), "mixed".into(), "--peers".into(), "nat,nat-xdp,nft".into()])
+                .unwrap();
+        let fig = |peer, krps, gbps| {
+            let mut f = Figure::new(peer, Load::Mixed, 0, krps);
+            f.side = Some(gbps);
+            f.machine_cpu_s = Some(1.0);
+            f.seconds = 5.0;
+            f
+        };
+        let r = Report::new(&opts, vec![fig(Peer::Nat, 6.0, 9.5), fig(Peer::Nft, 12.0, 10.0)])
+            .with_fallbacks(vec![Peer::NatXdp]);
+        let t = r.table();
+        assert!(t.contains("mixed load") && t.contains("0.50x") && t.contains("9.50"), "{t}");
+        assert!(t.contains("nat-xdp: the daemon fell back"), "{t}");
+        assert_eq!(r.json()["fell_back_to_tun"][0], json!("nat-xdp"));
+        assert_eq!(fig(Peer::Nat, 1.0, 1.0).machine_us_per_unit(), None);
+        assert!(Peer::parse("dr-xdp").unwrap().xdp() && Peer::DrXdp.direct() && Peer::DrXdp.ours());
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! `clusterlab run SCENARIO [--out DIR]` | `clusterlab compare SCENARIO [--seed N] [--out DIR]`
-//! | `clusterlab compare --all [--seed N] [--out DIR]`
+//! `clusterlab run SCENARIO [--out DIR] [--backend B]`
+//! | `clusterlab compare SCENARIO [--seed N] [--out DIR] [--backend B]`
+//! | `clusterlab compare --all [--seed N] [--out DIR] [--backend B] [--only A,B]`
 //! | `clusterlab bench [...]` (the data-plane benchmark, [`clusterlab::bench`])
 //! | `clusterlab active-active [--bench] [...]` ([`clusterlab::active_active`])
 //!
@@ -12,11 +13,13 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clusterlab::{active_active, bench, lab, report, rogue, runner, traffic};
+use clusterserver::config::Backend;
 use clustersim::scenario::Scenario;
 
-const USAGE: &str = "usage: clusterlab run SCENARIO [--out DIR]
-       clusterlab compare SCENARIO [--seed N] [--out DIR]
-       clusterlab compare --all [--seed N] [--out DIR]   (every scenario; DIR/NAME per run)
+const USAGE: &str = "usage: clusterlab run SCENARIO [--out DIR] [--backend tun|af_xdp]
+       clusterlab compare SCENARIO [--seed N] [--out DIR] [--backend tun|af_xdp]
+       clusterlab compare --all [--seed N] [--out DIR] [--backend tun|af_xdp] [--only NAME,NAME]
+                                                          (every scenario, or those named; DIR/NAME per run)
        clusterlab bench [--reps N] [--seconds S] [--out DIR] (see scripts/bench)
        clusterlab active-active [--out DIR] [--flows N] [--bfd] [--no-join-sync]  (drain, crash, join, rolling reload adding a server, freeze over BGP/ECMP)
        clusterlab active-active --bench [--seconds S]     (throughput with 1, 2, 3 ATMs)
@@ -118,10 +121,15 @@ fn real_main() -> anyhow::Result<bool> {
 fn compare_all(args: &[String]) -> anyhow::Result<bool> {
     let mut it = args.iter();
     let (mut seed, mut out) = (1u64, std::path::absolute("target/clusterlab")?);
+    let mut only: Option<Vec<String>> = None;
     while let Some(a) = it.next() {
         match a.as_str() {
             "--seed" => seed = it.next().context("--seed N")?.parse()?,
             "--out" => out = std::path::absolute(it.next().context("--out DIR")?)?,
+            "--backend" => runner::set_backend(parse_backend(it.next().context("--backend B")?)?),
+            "--only" => {
+                only = Some(it.next().context("--only NAME,NAME")?.split(',').map(String::from).collect())
+            }
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
@@ -131,6 +139,14 @@ fn compare_all(args: &[String]) -> anyhow::Result<bool> {
         .filter(|p| p.extension().is_some_and(|x| x == "json5"))
         .collect();
     files.sort();
+    if let Some(names) = &only {
+        let stem = |p: &PathBuf| p.file_stem().map(|x| x.to_string_lossy().into_owned()).unwrap_or_default();
+        if let Some(n) = names.iter().find(|n| !files.iter().any(|f| stem(f) == **n)) {
+            bail!("--only: no scenario {n:?} in {}", dir.display());
+        }
+        files.retain(|f| names.contains(&stem(f)));
+    }
+    let backend = runner::backend();
     lab::install_signal_handler();
     let mut rows: Vec<(String, String, String, &str)> = Vec::new();
     let (mut failed, mut skipped) = (0, 0);
@@ -150,11 +166,14 @@ fn compare_all(args: &[String]) -> anyhow::Result<bool> {
             Ok(lo) => {
                 report::write(&lo)?;
                 let o = &lo.outcome;
-                let v = if o.passed() {
+                let mut v = if o.passed() {
                     "pass".to_string()
                 } else {
                     format!("FAIL: {}", o.violations.join("; "))
                 };
+                if backend != Backend::Tun && runner::fell_back(&lo.dir) {
+                    v += " (the daemons fell back to the TUN backend)";
+                }
                 (v, o.passed())
             }
             Err(e) => {
@@ -169,7 +188,7 @@ fn compare_all(args: &[String]) -> anyhow::Result<bool> {
         rows.push((s.name.clone(), sim_v, lab_v, if agree { "yes" } else { "NO" }));
     }
     let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(8).max(8);
-    println!("# every scenario: simulator (seed {seed}) vs lab");
+    println!("# every scenario: simulator (seed {seed}) vs lab, data-plane backend {backend:?}");
     println!("{:w0$}  {:10}  {:10}  lab", "scenario", "agree", "simulator");
     for (n, sv, lv, a) in &rows {
         println!("{n:w0$}  {a:10}  {sv:10}  {lv}");
@@ -180,6 +199,15 @@ fn compare_all(args: &[String]) -> anyhow::Result<bool> {
         ran - failed
     );
     Ok(failed == 0)
+}
+
+/// `tun` or `af_xdp` (the config's spelling).
+fn parse_backend(s: &str) -> anyhow::Result<Backend> {
+    match s {
+        "tun" => Ok(Backend::Tun),
+        "af_xdp" | "af-xdp" | "xdp" => Ok(Backend::AfXdp),
+        other => bail!("unknown backend {other:?} (tun, af_xdp)"),
+    }
 }
 
 fn scenario_cmd(args: &[String]) -> anyhow::Result<bool> {
@@ -195,6 +223,7 @@ fn scenario_cmd(args: &[String]) -> anyhow::Result<bool> {
             "--seed" => seed = it.next().context("--seed N")?.parse()?,
             // Absolute: the generated config names its secret files by this path.
             "--out" => out = Some(std::path::absolute(it.next().context("--out DIR")?)?),
+            "--backend" => runner::set_backend(parse_backend(it.next().context("--backend B")?)?),
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
@@ -216,6 +245,9 @@ fn scenario_cmd(args: &[String]) -> anyhow::Result<bool> {
         Err(e) => return Err(e),
     };
     report::write(&lo)?;
+    if runner::backend() != Backend::Tun && runner::fell_back(&lo.dir) {
+        println!("note: the daemons fell back to the TUN backend (AF_XDP not available)");
+    }
     match &sim {
         Some(sim) => println!("{}", compare_table(&s, sim, Some(&lo.outcome))),
         None => {

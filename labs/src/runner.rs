@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clusterserver::config::{Config, Protocol, Security, Service};
+use clusterserver::config::{Backend, Config, Protocol, Security, Service};
 use clustersim::runner::Outcome;
 use clustersim::scenario::{Scenario, Step};
 use clustersim::topology::{CLUSTER_ID, OTHER_CLUSTER_ID, cluster_config};
@@ -28,6 +28,11 @@ const DEFAULT_RATE: u32 = 100;
 const RATE_CAP: u32 = 200;
 
 /// Steps the lab performs; anything else fails the scenario before it starts.
+/// What the daemon logs when `dataplane.backend: "af_xdp"` is configured but it runs the TUN
+/// backend instead (not built in, or not available here): labs and the bench look for it so
+/// that TUN figures are never reported as AF_XDP ones.
+pub const TUN_FALLBACK: &str = "falling back to the TUN backend";
+
 pub const SUPPORTED: &[&str] = &[
     "crash",
     "kill",
@@ -91,6 +96,29 @@ pub fn unsupported(s: &Scenario) -> Vec<String> {
         }
     }
     v
+}
+
+static BACKEND: std::sync::OnceLock<Backend> = std::sync::OnceLock::new();
+
+/// The data-plane backend every lab ATM is configured with (`dataplane.backend`); default
+/// TUN. Set once, before the first run (`clusterlab compare --all --backend af_xdp`).
+pub fn set_backend(b: Backend) {
+    let _ = BACKEND.set(b);
+}
+
+/// The backend labs configure (see [`set_backend`]).
+pub fn backend() -> Backend {
+    BACKEND.get().copied().unwrap_or(Backend::Tun)
+}
+
+/// Whether a daemon of the run in `dir` said it fell back to TUN ([`TUN_FALLBACK`]).
+pub fn fell_back(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else { return false };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .any(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains(TUN_FALLBACK)))
 }
 
 static HELPER: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
@@ -358,6 +386,7 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
     std::fs::create_dir_all(dir)?;
     let cfg_path = dir.join("clusterserver.json5");
     let mut cfg = lab_config(s, &plan, dir, false)?;
+    cfg.dataplane.backend = backend();
     crate::health::configure_checks(&mut cfg, dir, &daemon)?;
     crate::services::configure(&mut cfg, dir, &plan)?;
     write_config(&cfg, &cfg_path)?;

@@ -140,6 +140,20 @@ fn render_dataplane(reg: &mut Registry, cfg: &Config, dp: &DataplaneView) {
     counter(reg, "engine_new_connections", "Connections scheduled to a server", s.new_connections);
     let drops = DropReason::ALL.iter().map(|r| (l(&[("reason", r.name())]), s.dropped(*r)));
     counters_by(reg, "engine_drops", "Packets the engine dropped, by reason", drops);
+    let made = [("reset", s.resets_sent), ("icmp_error", s.frag_needed_sent)];
+    counters_by(
+        reg,
+        "engine_made_packets",
+        "Packets the engine made itself (TCP resets, ICMP/ICMPv6 errors), by kind",
+        made.iter().map(|(k, v)| (l(&[("kind", k)]), *v)),
+    );
+    let limited = [("reset", s.limited.resets), ("icmp_error", s.limited.icmp_errors)];
+    counters_by(
+        reg,
+        "engine_rate_limited",
+        "Resets and ICMP errors not sent because of their rate limit, by kind",
+        limited.iter().map(|(k, v)| (l(&[("kind", k)]), *v)),
+    );
     gauge(reg, "conntrack_entries", "Entries in the connection table", s.table_len as i64);
     gauge(reg, "conntrack_capacity", "Size limit of the connection table", dp.table_capacity as i64);
     counter(reg, "conntrack_expired", "Connection-table entries expired", s.table_expired);

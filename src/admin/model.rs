@@ -127,6 +127,10 @@ pub struct Stats {
     /// Full sync on join: requests sent and received, end markers sent and received.
     #[serde(default)]
     pub full_sync: [u64; 4],
+    /// Packets the engine made (resets, ICMP errors) and those its rate limits held back:
+    /// resets sent, ICMP errors sent, resets limited, ICMP errors limited.
+    #[serde(default)]
+    pub made_packets: [u64; 4],
     pub admin_refused_acl: u64,
     pub admin_unauthorized: u64,
     pub admin_bad_requests: u64,

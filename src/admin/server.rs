@@ -438,6 +438,7 @@ async fn stats(State(ctx): Ctx) -> Response {
             let f = &dp.full_sync;
             [f.requests_sent, f.requests_received, f.ends_sent, f.ends_received]
         },
+        made_packets: [s.resets_sent, s.frag_needed_sent, s.limited.resets, s.limited.icmp_errors],
         admin_refused_acl: AdminCounters::get(&c.refused_acl),
         admin_unauthorized: AdminCounters::get(&c.unauthorized),
         admin_bad_requests: AdminCounters::get(&c.bad_requests),

@@ -525,6 +525,13 @@ pub fn render_stats(s: &Stats) -> String {
             "full sync requests sent / received, ends sent / received",
             format!("{} / {}, {} / {}", s.full_sync[0], s.full_sync[1], s.full_sync[2], s.full_sync[3]),
         ),
+        (
+            "resets / ICMP errors sent, rate-limited",
+            format!(
+                "{} / {}, {} / {}",
+                s.made_packets[0], s.made_packets[1], s.made_packets[2], s.made_packets[3]
+            ),
+        ),
         ("admin requests", s.admin_requests.to_string()),
         (
             "admin refused (acl / token / bad)",

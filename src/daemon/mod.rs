@@ -635,6 +635,11 @@ fn warn_if_no_forwarding(cfg: &Config) {
     }
 }
 
+/// Cores this process may run on (what `dataplane.queues: 0` means).
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
 fn start_shell(
     cfg: &Config,
     me: usize,
@@ -646,12 +651,14 @@ fn start_shell(
     let iface = &cfg.atms[me].interface;
     let dataplane = cfg.dataplane_of(me);
     if dataplane.backend == crate::config::Backend::AfXdp {
-        tracing::warn!(target: "clusterserverd", iface = %iface, "dataplane.backend af_xdp: not available in this build; using the TUN backend");
+        tracing::warn!(target: "clusterserverd", iface = %iface, "dataplane.backend af_xdp: not available in this build; falling back to the TUN backend");
     }
+    let queues = ShellConfig::queues(dataplane.queues, cores());
+    tracing::info!(target: "clusterserverd", queues, "data plane queues (one engine shared by all)");
     let shell_cfg = ShellConfig {
         tun_name: owned.tun_name,
-        // One queue: one engine, one sync stream (see the processor's docs).
-        queues: 1,
+        // One engine and one sync stream for every queue (see the shell's module docs).
+        queues,
         offload: true,
         mtu: 1500,
         table_id: owned.table_id,
@@ -698,18 +705,14 @@ fn start_shell(
         None
     };
     let peers = cfg.sync_peers(me);
-    let mut socket = Some(socket);
-    let mut built = Some((ecfg, peers));
     let (id, rate, sync_on) = (cfg.cluster.id, cfg.sync.max_datagrams_per_s, cfg.sync.connections);
-    let shell = Shell::start(shell_cfg, setup::steering(cfg), move |_| {
-        let (ecfg, peers) = built.take().expect("one queue");
-        let mut engine = Engine::new(&ecfg);
-        engine.set_active(false);
-        engine.set_sync(sync_on);
-        let sender = SyncSender::new(secret, id, incarnation, rate);
-        let receiver = SyncReceiver::new(secret, id);
-        DaemonProcessor::new(engine, sender, receiver, socket.take().flatten(), peers)
-    })?;
+    let mut engine = Engine::new(&ecfg);
+    engine.set_active(false);
+    engine.set_sync(sync_on);
+    let sender = SyncSender::new(secret, id, incarnation, rate);
+    let receiver = SyncReceiver::new(secret, id);
+    let processor = DaemonProcessor::new(engine, sender, receiver, socket, peers);
+    let shell = Shell::start_shared(shell_cfg, setup::steering(cfg), processor)?;
     Ok(shell)
 }
 

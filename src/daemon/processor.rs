@@ -1,9 +1,17 @@
-//! The daemon's packet processor: the real [`Engine`] plus its connection sync, on the TUN
-//! shell's worker thread.
+//! The daemon's packet processor: the real [`Engine`] plus its connection sync, shared by
+//! every TUN queue's worker ([`crate::platform::linux::shell::tun::Shell::start_shared`]).
 //!
-//! The sync sender needs `&mut Engine`, and the engine lives on the worker (no lock on the
-//! packet path), so the sync socket lives there too: a non-blocking UDP socket on the sync
-//! port. The primary (engine active) pulls its queued changes into the sender every
+//! **One engine for every queue, one sync stream.** The workers take the processor's lock
+//! once per burst of reads (never across a syscall), so the kernel work of the queues runs in
+//! parallel while connection state has one home: a NAT reply finds its connection whichever
+//! queue it arrives on, each connection is synced exactly once (by the one sender), and a
+//! backup applies every record to the engine that will see the connection's packets after a
+//! failover (there is only one), whatever either ATM's queue count. The first queue's worker
+//! owns the processor's housekeeping (ticks, wake-ups, the sync socket's readiness, control
+//! closures), so each runs once.
+//!
+//! The sync sender needs `&mut Engine`, so the sync socket lives with the engine: a
+//! non-blocking UDP socket on the sync port. The primary (engine active) pulls its queued changes into the sender every
 //! [`FLUSH_EVERY`] packets, when the worker wakes for them ([`PacketProcessor::wake_at`]:
 //! changes queued, a batch due) and on every tick; during a planned handover it sends each
 //! change with the packet that made it. Every ATM applies what it receives as it arrives:
@@ -63,7 +71,7 @@ pub struct SyncCounters {
     pub unknown_sender: u64,
 }
 
-/// Engine + sync on one queue.
+/// Engine + sync, shared by the queues (module docs).
 #[derive(Debug)]
 pub struct DaemonProcessor {
     pub engine: Engine,
@@ -133,7 +141,7 @@ impl DaemonProcessor {
     }
 
     /// Joining (active-active): ask every peer for its whole table and publish on `progress`
-    /// which peers have not sent theirs yet. Only the queue that owns the sync socket acts.
+    /// which peers have not sent theirs yet (a processor without a sync socket does nothing).
     pub fn start_join(&mut self, progress: Arc<JoinWatch>) {
         if self.socket.is_none() {
             return;

@@ -98,6 +98,9 @@ mod family;
 mod forward;
 mod icmp;
 mod icmp6;
+pub mod ratelimit;
+#[cfg(test)]
+mod ratelimit_tests;
 mod reconfig;
 pub mod select;
 mod syncing;
@@ -211,6 +214,8 @@ pub struct Engine {
     /// A planned handover is under way: half-open entries are synced too (see
     /// [`Engine::set_handing_over`]).
     handing_over: bool,
+    /// Token buckets on the resets and ICMP errors the engine makes ([`ratelimit`]).
+    limits: ratelimit::RateLimits,
     stats: EngineStats,
 }
 
@@ -317,6 +322,7 @@ impl Engine {
             in_place: false,
             pending: None,
             segments: 1,
+            limits: ratelimit::RateLimits::default(),
             stats: EngineStats::default(),
         }
     }
@@ -326,6 +332,7 @@ impl Engine {
     /// `BufferTooSmall`.
     pub fn process(&mut self, now: Instant, rx: &[u8], tx: &mut [u8]) -> Verdict {
         self.stats.packets += 1;
+        self.limits.set_now(now);
         if self.stats.packets % EXPIRE_EVERY == 0 {
             self.expire(now, EXPIRE_BUDGET);
         }
@@ -569,7 +576,11 @@ impl Engine {
                     self.remove_slot::<P::A>(slot);
                     match self.new_flow(now, svc, key, fl) {
                         Ok(slot) => slot,
-                        Err(_) if key.proto == proto::TCP && fl & flags::RST == 0 => {
+                        Err(_)
+                            if key.proto == proto::TCP
+                                && fl & flags::RST == 0
+                                && self.limits.allow(ratelimit::Kind::Reset) =>
+                        {
                             let v = ip.reset(tx);
                             if matches!(v, Verdict::Tun { .. }) {
                                 self.stats.resets_sent += 1;
@@ -836,6 +847,7 @@ impl Engine {
             table_expired: t4.expired + t6.expired,
             evicted_embryonic: t4.evicted_embryonic + t6.evicted_embryonic,
             evicted_other: t4.evicted_other + t6.evicted_other,
+            limited: self.limits.limited(),
             ..self.stats
         }
     }

@@ -148,6 +148,23 @@ pub fn start_shell<P: PacketProcessor + 'static>(
     steer: Vec<SteerRule>,
     make: impl FnMut(usize) -> P + Send + 'static,
 ) -> (mpsc::Sender<Option<Control<P>>>, mpsc::Receiver<ShellOutcome<P>>) {
+    start_shell_with(ns, move || Shell::start(cfg, steer, make))
+}
+
+/// Like [`start_shell`] with one processor shared by every queue ([`Shell::start_shared`]).
+pub fn start_shell_shared<P: PacketProcessor + 'static>(
+    ns: &str,
+    cfg: ShellConfig,
+    steer: Vec<SteerRule>,
+    processor: P,
+) -> (mpsc::Sender<Option<Control<P>>>, mpsc::Receiver<ShellOutcome<P>>) {
+    start_shell_with(ns, move || Shell::start_shared(cfg, steer, processor))
+}
+
+fn start_shell_with<P: PacketProcessor + 'static>(
+    ns: &str,
+    start: impl FnOnce() -> Result<Shell<P>, clusterserver::platform::linux::shell::ShellError> + Send + 'static,
+) -> (mpsc::Sender<Option<Control<P>>>, mpsc::Receiver<ShellOutcome<P>>) {
     let (stop_tx, stop_rx) = mpsc::channel::<Option<Control<P>>>();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let (done_tx, done_rx) = mpsc::channel();
@@ -157,7 +174,7 @@ pub fn start_shell<P: PacketProcessor + 'static>(
             let _ = ready_tx.send(Err(format!("setns: {e}")));
             return;
         }
-        let shell = match Shell::start(cfg, steer, make) {
+        let shell = match start() {
             Ok(s) => s,
             Err(e) => {
                 let _ = ready_tx.send(Err(e.to_string()));

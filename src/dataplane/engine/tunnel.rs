@@ -56,7 +56,7 @@ impl Engine {
         let mtu = usize::from(self.path_mtu);
         let fragmentable = server.is_ipv4() && ip.may_fragment();
         if len + outer > mtu && !fragmentable {
-            if !may_reply {
+            if !may_reply || !self.limits.allow(super::ratelimit::Kind::IcmpError) {
                 return Verdict::Drop(DropReason::TooBig);
             }
             let v = ip.too_big(self, tx, u16::try_from(mtu.saturating_sub(outer)).unwrap_or(u16::MAX));

@@ -132,6 +132,9 @@ pub struct EngineStats {
     pub sync_queued: u64,
     pub sync_overflow: u64,
     pub sync_applied: u64,
+    /// Resets and ICMP errors not sent because of their rate limit
+    /// ([`super::ratelimit`]); those packets also count under their drop reason.
+    pub limited: super::ratelimit::Limited,
     /// Indexed by `DropReason as usize` (see [`DropReason::ALL`]).
     pub drops: [u64; 16],
 }

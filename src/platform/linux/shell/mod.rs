@@ -78,10 +78,10 @@ pub mod tun;
 pub mod vnet;
 #[cfg(test)]
 mod vnet_engine_tests;
+mod worker;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::config::types::Forwarding;
 use crate::time::Instant;
 
 /// What the shell does with one processed packet.
@@ -201,7 +201,7 @@ pub const MAX_WHOLE: usize = 65535;
 pub struct ShellConfig {
     /// TUN device name (also how [`netlink::cleanup`] finds a stale one).
     pub tun_name: String,
-    /// Queues and worker threads (>= 1). Use [`ShellConfig::queues_for`].
+    /// Queues and worker threads (>= 1). See [`ShellConfig::queues`].
     pub queues: usize,
     /// virtio-net header offloads (TSO/GSO with batched reads and writes).
     pub offload: bool,
@@ -216,13 +216,11 @@ pub struct ShellConfig {
 }
 
 impl ShellConfig {
-    /// The number of queues for a forwarding method on `cores` cores: 1 for NAT (see the
-    /// module docs), one per core otherwise.
-    pub fn queues_for(forwarding: Forwarding, cores: usize) -> usize {
-        match forwarding {
-            Forwarding::Nat => 1,
-            Forwarding::Dr | Forwarding::Tunnel => cores.max(1),
-        }
+    /// The number of queues for `dataplane.queues` (0: one per core) on `cores` cores, at
+    /// most 64 (the TUN driver's limit is higher; more than the cores only adds threads).
+    pub fn queues(configured: u32, cores: usize) -> usize {
+        let n = if configured == 0 { cores } else { usize::try_from(configured).unwrap_or(64) };
+        n.clamp(1, 64)
     }
 }
 
@@ -253,7 +251,10 @@ pub enum ShellError {
 #[derive(Debug, Default)]
 pub struct ShellStats {
     pub rx_packets: AtomicU64,
+    /// Reads from the TUN (a super-packet is one read of many packets).
     pub rx_batches: AtomicU64,
+    /// Wake-ups with reads: bursts of reads processed under one lock of the processor.
+    pub rx_bursts: AtomicU64,
     pub rx_errors: AtomicU64,
     pub tx_tun_packets: AtomicU64,
     pub tx_tun_errors: AtomicU64,
@@ -269,6 +270,7 @@ pub struct ShellStats {
 pub struct StatsSnapshot {
     pub rx_packets: u64,
     pub rx_batches: u64,
+    pub rx_bursts: u64,
     pub rx_errors: u64,
     pub tx_tun_packets: u64,
     pub tx_tun_errors: u64,
@@ -289,6 +291,7 @@ impl ShellStats {
         StatsSnapshot {
             rx_packets: g(&self.rx_packets),
             rx_batches: g(&self.rx_batches),
+            rx_bursts: g(&self.rx_bursts),
             rx_errors: g(&self.rx_errors),
             tx_tun_packets: g(&self.tx_tun_packets),
             tx_tun_errors: g(&self.tx_tun_errors),
@@ -350,10 +353,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn nat_runs_one_queue() {
-        assert_eq!(ShellConfig::queues_for(Forwarding::Nat, 8), 1);
-        assert_eq!(ShellConfig::queues_for(Forwarding::Dr, 2), 2);
-        assert_eq!(ShellConfig::queues_for(Forwarding::Tunnel, 0), 1);
+    fn queues_zero_means_one_per_core() {
+        assert_eq!(ShellConfig::queues(0, 8), 8);
+        assert_eq!(ShellConfig::queues(0, 0), 1);
+        assert_eq!(ShellConfig::queues(3, 2), 3);
+        assert_eq!(ShellConfig::queues(500, 2), 64);
     }
 
     #[test]
