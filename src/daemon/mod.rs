@@ -144,7 +144,9 @@ use crate::platform::linux::atm::{
     EngineOp, HeartbeatNet, LinuxPlatform, bind_udp, bind_udp6, wall_clock_incarnation,
 };
 use crate::platform::linux::host::{self, IfAddr};
+use crate::platform::linux::shell::plane::DataPlane;
 use crate::platform::linux::shell::tun::Shell;
+use crate::platform::linux::shell::xdp::{XdpConfig, XdpShell};
 use crate::platform::linux::shell::{ShellConfig, ShellError, netlink};
 use admin::{ControlRequest, DaemonBackend};
 use processor::DaemonProcessor;
@@ -300,11 +302,11 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
         false => None,
     };
     let incarnation = wall_clock_incarnation();
-    let shell = match start_shell(cfg, me, &addrs, &secret, incarnation) {
+    let shell = match start_shell(cfg, me, &addrs, &secret, incarnation, is_node) {
         Ok(s) => Rc::new(s),
         Err(e) => return Err(undo_node_after(&rt, node_setup, e)),
     };
-    tracing::info!(target: "clusterserverd", tun = %setup::owned(cfg).tun_name, "data plane up");
+    tracing::info!(target: "clusterserverd", backend = shell.backend(), tun = %setup::owned(cfg).tun_name, "data plane up");
     let state_file = server_state::path(&crate::platform::linux::node::state_dir(), cfg, me);
     restore_overrides(&shell, cfg, me, &state_file);
     let live = Live::new(Arc::new(cfg.clone()), Acl::from_config(&cfg.security), admin_token);
@@ -426,7 +428,7 @@ fn run_active_active(
 /// Undoes the node set-up and stops the data plane after the control loop ended.
 fn finish(
     rt: tokio::runtime::Runtime,
-    shell: Rc<Shell<DaemonProcessor>>,
+    shell: Rc<DataPlane<DaemonProcessor>>,
     node_setup: Option<SharedNode>,
     name: &str,
     next: Result<Next, DaemonError>,
@@ -481,7 +483,7 @@ fn open_admin(
     listener: Option<std::net::TcpListener>,
     live: &Arc<Live>,
     me: usize,
-    shell: &Shell<DaemonProcessor>,
+    shell: &DataPlane<DaemonProcessor>,
     server_changes: Option<mpsc::UnboundedSender<admin::ServerChange>>,
     saver: &Arc<reload::Saver>,
 ) -> AdminParts {
@@ -505,7 +507,7 @@ fn open_admin(
 
 /// Puts back the operators' overrides saved by a previous run (see [`server_state`]); a
 /// file that cannot be used is reported and ignored.
-fn restore_overrides(shell: &Shell<DaemonProcessor>, cfg: &Config, me: usize, path: &Path) {
+fn restore_overrides(shell: &DataPlane<DaemonProcessor>, cfg: &Config, me: usize, path: &Path) {
     let saved = match server_state::load(path, cfg, me) {
         Ok(Some(s)) => s,
         Ok(None) => return,
@@ -641,13 +643,12 @@ fn start_shell(
     addrs: &[IfAddr],
     secret: &[u8],
     incarnation: u64,
-) -> Result<Shell<DaemonProcessor>, DaemonError> {
+    is_node: bool,
+) -> Result<DataPlane<DaemonProcessor>, DaemonError> {
     let owned = setup::owned(cfg);
     let iface = &cfg.atms[me].interface;
     let dataplane = cfg.dataplane_of(me);
-    if dataplane.backend == crate::config::Backend::AfXdp {
-        tracing::warn!(target: "clusterserverd", iface = %iface, "dataplane.backend af_xdp: not available in this build; using the TUN backend");
-    }
+    let want_xdp = dataplane.backend == crate::config::Backend::AfXdp;
     let shell_cfg = ShellConfig {
         tun_name: owned.tun_name,
         // One queue: one engine, one sync stream (see the processor's docs).
@@ -701,16 +702,72 @@ fn start_shell(
     let mut socket = Some(socket);
     let mut built = Some((ecfg, peers));
     let (id, rate, sync_on) = (cfg.cluster.id, cfg.sync.max_datagrams_per_s, cfg.sync.connections);
-    let shell = Shell::start(shell_cfg, setup::steering(cfg), move |_| {
-        let (ecfg, peers) = built.take().expect("one queue");
+    let mut factory = move |_| {
+        let (ecfg, peers) = built.take().expect("one engine");
         let mut engine = Engine::new(&ecfg);
         engine.set_active(false);
         engine.set_sync(sync_on);
         let sender = SyncSender::new(secret, id, incarnation, rate);
         let receiver = SyncReceiver::new(secret, id);
         DaemonProcessor::new(engine, sender, receiver, socket.take().flatten(), peers)
-    })?;
-    Ok(shell)
+    };
+    if want_xdp {
+        let why_not = xdp_refusal(is_node).map(str::to_string);
+        let started = match why_not {
+            Some(why) => Err(why),
+            None => {
+                let xcfg = XdpConfig {
+                    interfaces: setup::xdp_interfaces(cfg, addrs, iface),
+                    // One engine and one sync stream, as with TUN: one worker takes every
+                    // RX queue of every interface.
+                    workers: 1,
+                    matches: setup::xdp_matches(cfg, addrs),
+                };
+                // The factory is only called once the sockets are up and attached: a
+                // failure before leaves it unused for the TUN fallback.
+                let mut used = false;
+                let r = XdpShell::start(xcfg, |q| {
+                    used = true;
+                    factory(q)
+                });
+                match r {
+                    Err(e) if used => return Err(DaemonError::Shell(e)),
+                    r => r.map_err(|e| e.to_string()),
+                }
+            }
+        };
+        match started {
+            Ok(x) => {
+                tracing::info!(target: "clusterserverd", backend = "af_xdp", modes = ?x.modes(), "data plane: AF_XDP");
+                return Ok(DataPlane::Xdp(x));
+            }
+            Err(why) => {
+                tracing::warn!(target: "clusterserverd", iface = %iface, reason = %why, "dataplane.backend af_xdp cannot run here; using the TUN backend");
+            }
+        }
+    }
+    let shell = Shell::start(shell_cfg, setup::steering(cfg), factory)?;
+    Ok(DataPlane::Tun(shell))
+}
+
+/// Why the AF_XDP backend is not even tried, if it is not.
+fn xdp_refusal(is_node: bool) -> Option<&'static str> {
+    // The effective uid from procfs (the daemon module has no `unsafe` for geteuid).
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false);
+    if !root {
+        return Some("not root (AF_XDP and BPF need CAP_NET_ADMIN, CAP_BPF and CAP_NET_RAW)");
+    }
+    if is_node {
+        return Some(
+            "this ATM is also a real server (its backup must deliver VIP traffic to itself, which XDP would take)",
+        );
+    }
+    None
 }
 
 async fn open_arp(cfg: &Config, addrs: &[IfAddr], default_iface: &str) -> Result<ArpResponder, DaemonError> {
