@@ -80,7 +80,7 @@ pub struct Opts {
     pub loads: Vec<Load>,
 }
 
-pub const USAGE: &str = "clusterlab bench [--reps N] [--seconds S] [--udp-rate R] [--out DIR] [--peers nat,dr,nft,haproxy] [--loads tcp1,tcp4,http,http-close,udp,tcp1-v6,tcp4-v6,http-v6,http-close-v6,udp-v6]";
+pub const USAGE: &str = "clusterlab bench [--reps N] [--seconds S] [--udp-rate R] [--out DIR] [--peers nat,dr,nat-xdp,dr-xdp,nft,haproxy] [--loads tcp1,tcp4,http,http-close,udp,tcp1-v6,tcp4-v6,http-v6,http-close-v6,udp-v6]";
 
 impl Opts {
     pub fn parse(args: &[String]) -> anyhow::Result<Opts> {
@@ -123,6 +123,13 @@ pub fn run(opts: &Opts) -> anyhow::Result<()> {
     let dr_cfg = dir.join("dr.json5");
     runner::write_config(&bench_config(&s, &plan, &dir, Forwarding::Nat)?, &nat_cfg)?;
     runner::write_config(&bench_config(&s, &plan, &dir, Forwarding::Dr)?, &dr_cfg)?;
+    // The same configs on the AF_XDP backend (peers nat-xdp, dr-xdp).
+    let (nat_xdp_cfg, dr_xdp_cfg) = (dir.join("nat-xdp.json5"), dir.join("dr-xdp.json5"));
+    for (f, c) in [(Forwarding::Nat, &nat_xdp_cfg), (Forwarding::Dr, &dr_xdp_cfg)] {
+        let mut cfg = bench_config(&s, &plan, &dir, f)?;
+        cfg.dataplane.backend = clusterserver::config::Backend::AfXdp;
+        runner::write_config(&cfg, c)?;
+    }
     let mut lab = Lab::up(plan, &dir)?;
     let hosts = Hosts::of(&lab)?;
     prepare(&lab, &hosts)?;
@@ -135,6 +142,8 @@ pub fn run(opts: &Opts) -> anyhow::Result<()> {
             let got = match peer {
                 Peer::Nat => b.ours(peer, &daemon, &nat_cfg)?,
                 Peer::Dr => b.ours(peer, &daemon, &dr_cfg)?,
+                Peer::NatXdp => b.ours(peer, &daemon, &nat_xdp_cfg)?,
+                Peer::DrXdp => b.ours(peer, &daemon, &dr_xdp_cfg)?,
                 Peer::Nft => b.nftables()?,
                 Peer::Haproxy => b.haproxy()?,
             };
@@ -389,7 +398,7 @@ struct Bench<'a> {
 impl Bench<'_> {
     /// Our daemon, started afresh for each load.
     fn ours(&mut self, peer: Peer, daemon: &Path, cfg: &Path) -> anyhow::Result<Vec<Figure>> {
-        let dr = peer == Peer::Dr;
+        let dr = peer.is_dr();
         let vip_iperf = format!("{}/iperf3-vip-r{}", self.hosts.node.0, self.rep);
         let vip_iperf6 = format!("{vip_iperf}-v6");
         if dr {
@@ -537,8 +546,8 @@ impl Bench<'_> {
             Load::Udp => {
                 let l = UDP_PAYLOAD.to_string();
                 let port = match (peer, load.v6()) {
-                    (Peer::Dr, false) => IPERF_VIP_PORT.to_string(),
-                    (Peer::Dr, true) => IPERF_VIP6_PORT.to_string(),
+                    (p, false) if p.is_dr() => IPERF_VIP_PORT.to_string(),
+                    (p, true) if p.is_dr() => IPERF_VIP6_PORT.to_string(),
                     _ => port.clone(),
                 };
                 let a =
@@ -598,7 +607,7 @@ impl Peer {
     /// The peer's VIP, IPv4 or its IPv6 twin.
     fn vip(self, v6: bool) -> IpAddr {
         let v4 = match self {
-            Peer::Nat | Peer::Dr => VIP,
+            Peer::Nat | Peer::Dr | Peer::NatXdp | Peer::DrXdp => VIP,
             Peer::Nft => NFT_VIP,
             Peer::Haproxy => HAPROXY_VIP,
         };

@@ -13,6 +13,9 @@ use crate::bench::Opts;
 pub enum Peer {
     Nat,
     Dr,
+    /// NAT and DR on the AF_XDP backend (`dataplane.backend: af_xdp`); opt-in peers.
+    NatXdp,
+    DrXdp,
     Nft,
     Haproxy,
 }
@@ -24,6 +27,8 @@ impl Peer {
         match self {
             Peer::Nat => "nat",
             Peer::Dr => "dr",
+            Peer::NatXdp => "nat-xdp",
+            Peer::DrXdp => "dr-xdp",
             Peer::Nft => "nftables",
             Peer::Haproxy => "haproxy",
         }
@@ -33,6 +38,8 @@ impl Peer {
         match self {
             Peer::Nat => "ours NAT",
             Peer::Dr => "ours DR",
+            Peer::NatXdp => "ours NAT AF_XDP",
+            Peer::DrXdp => "ours DR AF_XDP",
             Peer::Nft => "nftables",
             Peer::Haproxy => "HAProxy",
         }
@@ -42,14 +49,21 @@ impl Peer {
         Ok(match s {
             "nat" => Peer::Nat,
             "dr" => Peer::Dr,
+            "nat-xdp" => Peer::NatXdp,
+            "dr-xdp" => Peer::DrXdp,
             "nft" | "nftables" => Peer::Nft,
             "haproxy" => Peer::Haproxy,
-            other => bail!("unknown peer {other:?} (nat, dr, nft, haproxy)"),
+            other => bail!("unknown peer {other:?} (nat, dr, nat-xdp, dr-xdp, nft, haproxy)"),
         })
     }
 
     fn ours(self) -> bool {
-        matches!(self, Peer::Nat | Peer::Dr)
+        matches!(self, Peer::Nat | Peer::Dr | Peer::NatXdp | Peer::DrXdp)
+    }
+
+    /// Direct routing (either backend).
+    pub fn is_dr(self) -> bool {
+        matches!(self, Peer::Dr | Peer::DrXdp)
     }
 }
 
@@ -557,6 +571,8 @@ fn short(p: Peer) -> &'static str {
     match p {
         Peer::Nat => "NAT",
         Peer::Dr => "DR",
+        Peer::NatXdp => "NATx",
+        Peer::DrXdp => "DRx",
         Peer::Nft => "nft",
         Peer::Haproxy => "HAP",
     }

@@ -36,6 +36,14 @@
 //! When the daemon dies the TUN closes with it (non-persistent), its route goes, and nothing
 //! answers ARP for the VIP: no black hole on a dead daemon with a live host.
 //!
+//! With `dataplane.backend: af_xdp` ([`crate::platform::linux::shell::xdp`]) no steering
+//! rules are installed: an XDP program on the wire interfaces hands VIP traffic and NAT
+//! replies to the engine through AF_XDP sockets before the kernel routes anything; what
+//! is not the engine's (heartbeats, sync, ARP and NDP, admin, SSH, the host's own traffic)
+//! passes. The program is attached through a BPF link, so a killed daemon leaves nothing
+//! attached. Where it cannot run (not root, no XDP or AF_XDP, the driver refuses, an ATM
+//! that is also a real server), the daemon says why in one line and runs the TUN backend.
+//!
 //! ## ATM and node (seed 002: "the only way that you can have a system act as both")
 //!
 //! A real server of a direct-routing or tunnel service needs the VIP as a local address

@@ -222,6 +222,28 @@ mod tests {
     }
 
     #[test]
+    fn xdp_match_set_and_interfaces() {
+        let c = cfg();
+        let a = |iface: &str, addr: &str, prefix_len| IfAddr {
+            iface: iface.into(),
+            index: 1,
+            mac: None,
+            addr: ip(addr),
+            prefix_len,
+        };
+        let addrs = [a("eth0", "10.0.1.1", 24), a("eth1", "10.0.2.1", 24), a("lo", "127.0.0.1", 8)];
+        let m = xdp_matches(&c, &addrs);
+        assert_eq!(m.vips.iter().copied().collect::<Vec<_>>(), vec![ip("10.0.1.99")]);
+        let port = c.services[0].servers[0].port;
+        assert!(m.replies.contains(&(ip("10.0.2.20"), port, 6)));
+        assert!(m.replies.contains(&(ip("10.0.2.21"), port, 6)));
+        assert_eq!(m.local.len(), 3, "every address of this host stays with the kernel");
+        // The VIP interface, the gateway VIP's and the servers' interface; sorted, once each.
+        assert_eq!(xdp_interfaces(&c, &addrs, "eth0"), vec!["eth0".to_string(), "eth1".to_string()]);
+        assert_eq!(xdp_interfaces(&c, &addrs[..1], "eth0"), vec!["eth0".to_string()]);
+    }
+
+    #[test]
     fn arp_interface_per_vip() {
         let c = cfg();
         let a = |iface: &str, addr: &str, prefix_len| IfAddr {

@@ -88,6 +88,8 @@ pub struct Classified {
     pub proto: u8,
     /// (source, destination) for TCP and UDP.
     pub ports: Option<(u16, u16)>,
+    /// The ICMPv6 type (IPv6 only).
+    pub icmp6_type: Option<u8>,
 }
 
 /// Classifies a frame as the XDP program does (IPv4 fragments and IPv6 with extension
@@ -117,7 +119,8 @@ pub fn classify(frame: &[u8]) -> Result<Classified, FrameError> {
         6 | 17 => Some((be16(ip, l4)?, be16(ip, l4 + 2)?)),
         _ => None,
     };
-    Ok(Classified { src, dst, proto, ports })
+    let icmp6_type = (l.ethertype == ETH_P_IPV6 && proto == 58).then(|| ip.get(l4).copied()).flatten();
+    Ok(Classified { src, dst, proto, ports, icmp6_type })
 }
 
 /// The ethertype of an IP packet, from its version nibble (`None`: not IP).

@@ -20,6 +20,34 @@
 //! holds either through [`super::plane::DataPlane`]. No policy routing is installed: the
 //! classifier takes the engine's traffic before the kernel routes it, NAT replies included.
 //!
+//! ## What the packet path does that TUN's kernel did
+//!
+//! * **Checksums**: frames from a sender that offloads checksums (every veth, virtio-net)
+//!   carry only the pseudo-header sum; TUN gets the kernel's metadata for that, AF_XDP gets
+//!   bare bytes. The worker completes such checksums before the engine's incremental patch
+//!   ([`frame::complete_partial_checksum`], counted in `csum_completed`).
+//! * **Routing and ARP**: `Disposition::Tun` outputs are framed with the next hop's MAC
+//!   from a kernel route lookup and the neighbour table ([`route`]); a miss (a neighbour
+//!   the kernel is still resolving, or a route out of an interface without sockets) goes
+//!   out through a raw `IP_HDRINCL` socket, so the kernel routes it (`tx_fallback`, with the
+//!   reason in `miss_*`). Direct-routing outputs without a neighbour drop, as with TUN.
+//! * **Not done**: ICMP errors about VIP traffic from elsewhere (a router's "fragmentation
+//!   needed" towards a VIP is redirected like any packet to a VIP and the engine handles
+//!   it as TUN's did; one about a NAT server's reply is the kernel's); IPv6 extension
+//!   headers and IPv4 fragments pass to the kernel (the TUN backend's engine drops them
+//!   too). The set of interfaces is fixed at start (a reload that needs a new one is a
+//!   planned handover, like a VIP on an interface without an ARP socket).
+//!
+//! ## Queues and workers
+//!
+//! Sockets are bound on every RX queue the kernel accepts (a veth reports `nproc` queues
+//! and uses one: the first refused queue ends the count). The daemon runs **one worker**
+//! (one engine, one connection-sync stream, as its TUN shell runs one queue): it owns the
+//! sockets of every queue of every interface. More workers split the queues
+//! (`queue % workers`); each then needs an engine that sees both directions of its
+//! connections, which RSS does not promise for NAT (see the TUN shell's "Multi-queue and
+//! NAT").
+//!
 //! ## Bulk TCP: why no multi-buffer, and what it costs
 //!
 //! An XDP program without `BPF_F_XDP_HAS_FRAGS` on a veth makes the kernel turn GRO/GSO

@@ -11,8 +11,8 @@
 //!    own traffic (heartbeats on 17100, sync, admin on 17101, SSH, health-check replies
 //!    from servers, which would otherwise match step 3) goes to the kernel, as the kernel's
 //!    `local` table comes before the TUN backend's steering rules;
-//! 2. **destination is a VIP** (`VIP` key, address only): redirect, except ICMPv6, which
-//!    carries Neighbor Discovery for the VIP (answered by the daemon's own responder on an
+//! 2. **destination is a VIP** (`VIP` key, address only): redirect, except ICMPv6 Neighbor
+//!    Discovery (types 133-137) for the VIP (answered by the daemon's own responder on an
 //!    `AF_PACKET` socket, which never sees a redirected frame). All other traffic to a VIP
 //!    goes to the engine, which drops and counts what no service takes, exactly as the TUN
 //!    backend's `to VIP` rule does; passing it instead would let the kernel forward a packet
@@ -68,6 +68,9 @@ pub const XDP_PASS: i32 = 2;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 const PROTO_ICMPV6: i32 = 58;
+/// ICMPv6 Neighbor Discovery types (router solicitation .. redirect).
+const NDP_FIRST: u8 = 133;
+const NDP_LAST: u8 = 137;
 
 /// What the classifier redirects (see the module docs).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -121,8 +124,10 @@ impl MatchSet {
         if self.local.contains(&p.dst) {
             return false;
         }
-        if self.vips.contains(&p.dst) && p.proto != PROTO_ICMPV6 as u8 {
-            return true;
+        if self.vips.contains(&p.dst) {
+            let ndp = p.proto == PROTO_ICMPV6 as u8
+                && p.icmp6_type.is_none_or(|t| (NDP_FIRST..=NDP_LAST).contains(&t));
+            return !ndp;
         }
         match p.ports {
             Some((sport, _)) => self.replies.contains(&(p.src, sport, p.proto)),
@@ -261,8 +266,16 @@ fn emit_lookups(a: &mut Asm, map: i32, pass: Label, redirect: Label) {
     a.push(Insn::call(helper::MAP_LOOKUP_ELEM));
     let not_vip = a.new_label();
     a.jmp_imm(Cond::Eq, R0, 0, not_vip);
+    // ICMPv6 to a VIP: Neighbor Discovery (types 133-137) stays with the kernel and the
+    // daemon's responder; errors and echo go to the engine. r9 (callee-saved) is still the
+    // transport header.
     a.push(Insn::ldx(Size::B, R3, R10, KS + K_PROTO));
     a.jmp_imm(Cond::Ne, R3, PROTO_ICMPV6, redirect);
+    a.push(Insn::mov_reg(R3, R9)).push(Insn::alu_imm(Alu::Add, R3, 1));
+    a.jmp_reg(Cond::Gt, R3, R8, pass);
+    a.push(Insn::ldx(Size::B, R3, R9, 0));
+    a.jmp_imm(Cond::Lt, R3, i32::from(NDP_FIRST), redirect);
+    a.jmp_imm(Cond::Gt, R3, i32::from(NDP_LAST), redirect);
     a.ja(pass);
     a.label(not_vip);
     a.push_all(&ld_map);
@@ -303,12 +316,16 @@ mod tests {
         wrong_proto[14 + 9] = PROTO_TCP;
         let mut icmp6 = tcp6(v6("fd00::1"), v6("fd00::99"), 1, 2);
         icmp6[14 + 6] = 58;
+        icmp6[14 + 40] = 135; // Neighbor Solicitation
+        let mut too_big = icmp6.clone();
+        too_big[14 + 40] = 2; // Packet Too Big
         vec![
             ("to a VIP", udp4(None, [10, 0, 0, 1], [10, 0, 1, 99], 5000, 80), true),
             ("to a VIP, any port", udp4(None, [10, 0, 0, 1], [10, 0, 1, 99], 5000, 22), true),
             ("to a VIP, VLAN-tagged", udp4(Some(7), [10, 0, 0, 1], [10, 0, 1, 99], 5000, 80), true),
             ("to a VIP over IPv6", tcp6(v6("fd00::1"), v6("fd00::99"), 40000, 80), true),
             ("ICMPv6 to a VIP (NDP)", icmp6, false),
+            ("ICMPv6 error to a VIP", too_big, true),
             ("a NAT reply", udp4(None, [10, 0, 2, 20], [10, 0, 0, 1], 8080, 5000), true),
             ("a NAT reply over IPv6", tcp6(v6("fd00:2::20"), v6("fd00::1"), 8080, 40000), true),
             ("a reply from another port", udp4(None, [10, 0, 2, 20], [10, 0, 0, 1], 8081, 5000), false),
