@@ -74,7 +74,7 @@ use crate::admin::state::{ControlOp, Outcome};
 use crate::config::Config;
 use crate::core::announce::{Action, Announcer, Input, JoinSync};
 use crate::platform::linux::bird::{self, Bird};
-use crate::platform::linux::shell::tun::Shell;
+use crate::platform::linux::shell::plane::DataPlane;
 use crate::time::Instant;
 
 /// How often the data plane's liveness is probed and BIRD's process checked.
@@ -352,7 +352,7 @@ fn stop(announcer: &mut Announcer, now: Instant, node: &str, why: &str) {
 /// Queues a no-op that records its sequence number when the worker runs it; the data plane
 /// is up while the last recorded one is recent.
 fn dataplane_probe(
-    shell: &Shell<DaemonProcessor>,
+    shell: &DataPlane<DaemonProcessor>,
     ack: &Arc<AtomicU64>,
     sent: &mut u64,
     last_ack_at: &mut tokio::time::Instant,

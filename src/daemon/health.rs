@@ -36,7 +36,7 @@ use crate::admin::CoreBridge;
 use crate::config::{CheckKind, Service, diff::Remap};
 use crate::health::{Action, Damping, Health, Input, Outcome, ProbeId, Transition};
 use crate::platform::linux::checks::{self, Report, Target};
-use crate::platform::linux::shell::tun::Shell;
+use crate::platform::linux::shell::plane::DataPlane;
 
 use super::processor::DaemonProcessor;
 
@@ -67,7 +67,7 @@ pub struct Update {
     pub remap: Remap,
 }
 
-impl ServerSink for Shell<DaemonProcessor> {
+impl ServerSink for DataPlane<DaemonProcessor> {
     fn set_up(&self, service: usize, server: usize, up: bool) -> bool {
         let f = Arc::new(move |p: &mut DaemonProcessor| {
             // Health only: an operator's weight, drain or disable stays (see `servers`).
@@ -83,7 +83,7 @@ impl ServerSink for Shell<DaemonProcessor> {
 /// own.
 #[derive(Debug)]
 pub struct Publishing<'a> {
-    pub shell: &'a Shell<DaemonProcessor>,
+    pub shell: &'a DataPlane<DaemonProcessor>,
     pub bridge: Option<&'a CoreBridge>,
     /// Origin of the events' `at_ms` (the control loop's clock).
     pub since: tokio::time::Instant,

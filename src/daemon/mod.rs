@@ -36,6 +36,14 @@
 //! When the daemon dies the TUN closes with it (non-persistent), its route goes, and nothing
 //! answers ARP for the VIP: no black hole on a dead daemon with a live host.
 //!
+//! With `dataplane.backend: af_xdp` ([`crate::platform::linux::shell::xdp`]) no steering
+//! rules are installed: an XDP program on the wire interfaces hands VIP traffic and NAT
+//! replies to the engine through AF_XDP sockets before the kernel routes anything; what
+//! is not the engine's (heartbeats, sync, ARP and NDP, admin, SSH, the host's own traffic)
+//! passes. The program is attached through a BPF link, so a killed daemon leaves nothing
+//! attached. Where it cannot run (not root, no XDP or AF_XDP, the driver refuses, an ATM
+//! that is also a real server), the daemon says why in one line and runs the TUN backend.
+//!
 //! ## ATM and node (seed 002: "the only way that you can have a system act as both")
 //!
 //! A real server of a direct-routing or tunnel service needs the VIP as a local address
@@ -144,7 +152,9 @@ use crate::platform::linux::atm::{
     EngineOp, HeartbeatNet, LinuxPlatform, bind_udp, bind_udp6, wall_clock_incarnation,
 };
 use crate::platform::linux::host::{self, IfAddr};
+use crate::platform::linux::shell::plane::DataPlane;
 use crate::platform::linux::shell::tun::Shell;
+use crate::platform::linux::shell::xdp::{XdpConfig, XdpShell};
 use crate::platform::linux::shell::{ShellConfig, ShellError, netlink};
 use admin::{ControlRequest, DaemonBackend};
 use processor::DaemonProcessor;
@@ -300,11 +310,11 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
         false => None,
     };
     let incarnation = wall_clock_incarnation();
-    let shell = match start_shell(cfg, me, &addrs, &secret, incarnation) {
+    let shell = match start_shell(cfg, me, &addrs, &secret, incarnation, is_node) {
         Ok(s) => Rc::new(s),
         Err(e) => return Err(undo_node_after(&rt, node_setup, e)),
     };
-    tracing::info!(target: "clusterserverd", tun = %setup::owned(cfg).tun_name, "data plane up");
+    tracing::info!(target: "clusterserverd", backend = shell.backend(), tun = %setup::owned(cfg).tun_name, "data plane up");
     let state_file = server_state::path(&crate::platform::linux::node::state_dir(), cfg, me);
     restore_overrides(&shell, cfg, me, &state_file);
     let live = Live::new(Arc::new(cfg.clone()), Acl::from_config(&cfg.security), admin_token);
@@ -426,7 +436,7 @@ fn run_active_active(
 /// Undoes the node set-up and stops the data plane after the control loop ended.
 fn finish(
     rt: tokio::runtime::Runtime,
-    shell: Rc<Shell<DaemonProcessor>>,
+    shell: Rc<DataPlane<DaemonProcessor>>,
     node_setup: Option<SharedNode>,
     name: &str,
     next: Result<Next, DaemonError>,
@@ -481,7 +491,7 @@ fn open_admin(
     listener: Option<std::net::TcpListener>,
     live: &Arc<Live>,
     me: usize,
-    shell: &Shell<DaemonProcessor>,
+    shell: &DataPlane<DaemonProcessor>,
     server_changes: Option<mpsc::UnboundedSender<admin::ServerChange>>,
     saver: &Arc<reload::Saver>,
 ) -> AdminParts {
@@ -505,7 +515,7 @@ fn open_admin(
 
 /// Puts back the operators' overrides saved by a previous run (see [`server_state`]); a
 /// file that cannot be used is reported and ignored.
-fn restore_overrides(shell: &Shell<DaemonProcessor>, cfg: &Config, me: usize, path: &Path) {
+fn restore_overrides(shell: &DataPlane<DaemonProcessor>, cfg: &Config, me: usize, path: &Path) {
     let saved = match server_state::load(path, cfg, me) {
         Ok(Some(s)) => s,
         Ok(None) => return,
@@ -646,15 +656,13 @@ fn start_shell(
     addrs: &[IfAddr],
     secret: &[u8],
     incarnation: u64,
-) -> Result<Shell<DaemonProcessor>, DaemonError> {
+    is_node: bool,
+) -> Result<DataPlane<DaemonProcessor>, DaemonError> {
     let owned = setup::owned(cfg);
     let iface = &cfg.atms[me].interface;
     let dataplane = cfg.dataplane_of(me);
-    if dataplane.backend == crate::config::Backend::AfXdp {
-        tracing::warn!(target: "clusterserverd", iface = %iface, "dataplane.backend af_xdp: not available in this build; falling back to the TUN backend");
-    }
+    let want_xdp = dataplane.backend == crate::config::Backend::AfXdp;
     let queues = ShellConfig::queues(dataplane.queues, cores());
-    tracing::info!(target: "clusterserverd", queues, "data plane queues (one engine shared by all)");
     let shell_cfg = ShellConfig {
         tun_name: owned.tun_name,
         // One engine and one sync stream for every queue (see the shell's module docs).
@@ -711,9 +719,64 @@ fn start_shell(
     engine.set_sync(sync_on);
     let sender = SyncSender::new(secret, id, incarnation, rate);
     let receiver = SyncReceiver::new(secret, id);
-    let processor = DaemonProcessor::new(engine, sender, receiver, socket, peers);
+    // One engine and one sync stream on either backend.
+    let mut processor = Some(DaemonProcessor::new(engine, sender, receiver, socket, peers));
+    if want_xdp {
+        let why_not = xdp_refusal(is_node).map(str::to_string);
+        let started = match why_not {
+            Some(why) => Err(why),
+            None => {
+                let xcfg = XdpConfig {
+                    interfaces: setup::xdp_interfaces(cfg, addrs, iface),
+                    // One engine and one sync stream, as with TUN: one worker takes every
+                    // RX queue of every interface.
+                    workers: 1,
+                    matches: setup::xdp_matches(cfg, addrs),
+                };
+                // The processor is only taken once the sockets are up and attached: a
+                // failure before leaves it for the TUN fallback.
+                let r = XdpShell::start(xcfg, |_| processor.take().expect("one AF_XDP worker"));
+                match r {
+                    Err(e) if processor.is_none() => return Err(DaemonError::Shell(e)),
+                    r => r.map_err(|e| e.to_string()),
+                }
+            }
+        };
+        match started {
+            Ok(x) => {
+                tracing::info!(target: "clusterserverd", backend = "af_xdp", modes = ?x.modes(), "data plane: AF_XDP");
+                return Ok(DataPlane::Xdp(x));
+            }
+            Err(why) => {
+                tracing::warn!(target: "clusterserverd", iface = %iface, reason = %why, "dataplane.backend af_xdp cannot run here; using the TUN backend");
+            }
+        }
+    }
+    tracing::info!(target: "clusterserverd", backend = "tun", queues, "data plane: TUN (one engine shared by every queue)");
+    let processor =
+        processor.take().expect("a failed AF_XDP start returned above once it took the processor");
     let shell = Shell::start_shared(shell_cfg, setup::steering(cfg), processor)?;
-    Ok(shell)
+    Ok(DataPlane::Tun(shell))
+}
+
+/// Why the AF_XDP backend is not even tried, if it is not.
+fn xdp_refusal(is_node: bool) -> Option<&'static str> {
+    // The effective uid from procfs (the daemon module has no `unsafe` for geteuid).
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false);
+    if !root {
+        return Some("not root (AF_XDP and BPF need CAP_NET_ADMIN, CAP_BPF and CAP_NET_RAW)");
+    }
+    if is_node {
+        return Some(
+            "this ATM is also a real server (its backup must deliver VIP traffic to itself, which XDP would take)",
+        );
+    }
+    None
 }
 
 async fn open_arp(cfg: &Config, addrs: &[IfAddr], default_iface: &str) -> Result<ArpResponder, DaemonError> {

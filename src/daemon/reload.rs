@@ -46,14 +46,15 @@ use crate::platform::linux::arp::ArpResponder;
 use crate::platform::linux::atm::LinuxPlatform;
 use crate::platform::linux::host::IfAddr;
 use crate::platform::linux::shell::netlink;
-use crate::platform::linux::shell::tun::{Control, Shell};
+use crate::platform::linux::shell::plane::DataPlane;
+use crate::platform::linux::shell::tun::Control;
 
 /// Longest wait for the TUN worker to apply a reload.
 const WORKER_LIMIT: Duration = Duration::from_secs(5);
 
 /// What a live reload touches, owned by the control loop.
 pub(super) struct Reloader<'a> {
-    pub shell: &'a Shell<DaemonProcessor>,
+    pub shell: &'a DataPlane<DaemonProcessor>,
     /// Primary/backup only (active-active answers no ARP for its VIPs and has no election).
     pub arp: Option<&'a ArpResponder>,
     pub platform: Option<&'a LinuxPlatform>,
@@ -132,7 +133,12 @@ impl Reloader<'_> {
         let (old_rules, new_rules) = (setup::steering(running), setup::steering(new));
         let added: Vec<_> = new_rules.iter().filter(|r| !old_rules.contains(r)).cloned().collect();
         let removed: Vec<_> = old_rules.iter().filter(|r| !new_rules.contains(r)).cloned().collect();
-        if !added.is_empty() {
+        if self.shell.backend() == "af_xdp" {
+            // No steering rules with AF_XDP: the classifier's match set changes in place.
+            self.shell
+                .set_matches(&setup::xdp_matches(new, &self.addrs))
+                .map_err(|e| format!("AF_XDP match set for the new VIPs and servers: {e}"))?;
+        } else if !added.is_empty() {
             netlink::add_rules(&self.netlink, owned.table_id, owned.rule_priority, &added)
                 .await
                 .map_err(|e| format!("steering for the new VIPs and servers: {e}"))?;
@@ -172,6 +178,7 @@ impl Reloader<'_> {
             platform.set_atm_names(new.atms.iter().map(|a| a.name.clone()).collect());
         }
         if !removed.is_empty()
+            && self.shell.backend() == "tun"
             && let Err(e) =
                 netlink::del_rules(&self.netlink, owned.table_id, owned.rule_priority, &removed).await
         {

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use crate::config::{Config, DEFAULT_ADMIN_PORT, DEFAULT_HEARTBEAT_PORT, Forwarding};
 use crate::platform::linux::host::IfAddr;
 use crate::platform::linux::shell::netlink::SteerRule;
+use crate::platform::linux::shell::xdp::program::MatchSet;
 
 /// What this host is in the cluster (seed 001: "cluster node, ATM, or both").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,6 +120,48 @@ pub fn dr_interface(cfg: &Config, addrs: &[IfAddr], default_iface: &str) -> Opti
     Some(found.unwrap_or_else(|| default_iface.to_string()))
 }
 
+/// The AF_XDP backend's interfaces: the ATM's own, every interface that answers for a VIP,
+/// and every interface on whose subnet a real server is (NAT replies and direct-routing
+/// frames arrive or leave there). Sorted, no duplicates, none empty.
+pub fn xdp_interfaces(cfg: &Config, addrs: &[IfAddr], default_iface: &str) -> Vec<String> {
+    let mut out: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    out.insert(default_iface.to_string());
+    out.extend(arp_interfaces(cfg, addrs, default_iface).into_values());
+    for srv in cfg.services.iter().flat_map(|s| &s.servers) {
+        if let Some(a) = addrs.iter().find(|a| on_subnet(a, srv.address)) {
+            out.insert(a.iface.clone());
+        }
+    }
+    out.into_iter().filter(|i| !i.is_empty()).collect()
+}
+
+/// What the AF_XDP classifier redirects: every VIP, the NAT servers' replies (address, port,
+/// protocol), and this host's own addresses left to the kernel (see
+/// [`crate::platform::linux::shell::xdp::program`]).
+pub fn xdp_matches(cfg: &Config, addrs: &[IfAddr]) -> MatchSet {
+    use crate::config::types::Protocol;
+    use crate::platform::linux::shell::xdp::program::{PROTO_TCP, PROTO_UDP};
+    let mut m = MatchSet::default();
+    for s in &cfg.services {
+        m.vips.insert(s.vip);
+        if s.forwarding == Forwarding::Nat {
+            let proto = match s.protocol {
+                Protocol::Tcp => PROTO_TCP,
+                Protocol::Udp => PROTO_UDP,
+            };
+            for srv in &s.servers {
+                m.replies.insert((srv.address, srv.port, proto));
+            }
+        }
+    }
+    m.local.extend(addrs.iter().map(|a| a.addr));
+    // A VIP is never this host's address while the daemon runs (it removes such addresses).
+    for v in &m.vips {
+        m.local.remove(v);
+    }
+    m
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +219,28 @@ mod tests {
         let o = owned(&c);
         assert_eq!(o.tun_name, "csd7");
         assert!(o.tun_name.len() <= 15);
+    }
+
+    #[test]
+    fn xdp_match_set_and_interfaces() {
+        let c = cfg();
+        let a = |iface: &str, addr: &str, prefix_len| IfAddr {
+            iface: iface.into(),
+            index: 1,
+            mac: None,
+            addr: ip(addr),
+            prefix_len,
+        };
+        let addrs = [a("eth0", "10.0.1.1", 24), a("eth1", "10.0.2.1", 24), a("lo", "127.0.0.1", 8)];
+        let m = xdp_matches(&c, &addrs);
+        assert_eq!(m.vips.iter().copied().collect::<Vec<_>>(), vec![ip("10.0.1.99")]);
+        let port = c.services[0].servers[0].port;
+        assert!(m.replies.contains(&(ip("10.0.2.20"), port, 6)));
+        assert!(m.replies.contains(&(ip("10.0.2.21"), port, 6)));
+        assert_eq!(m.local.len(), 3, "every address of this host stays with the kernel");
+        // The VIP interface, the gateway VIP's and the servers' interface; sorted, once each.
+        assert_eq!(xdp_interfaces(&c, &addrs, "eth0"), vec!["eth0".to_string(), "eth1".to_string()]);
+        assert_eq!(xdp_interfaces(&c, &addrs[..1], "eth0"), vec!["eth0".to_string()]);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use super::tests::{CLIENT, VIP, engine, engine_with, run, t};
 use super::*;
-use crate::config::{Protocol, SchedulerKind, Server, Service};
+use crate::dataplane::settings::{Protocol, SchedulerKind, Server, ServiceSettings as Service};
 use crate::dataplane::wire::build;
 use crate::dataplane::wire::tcp::flags::{ACK, SYN};
 
@@ -19,7 +19,7 @@ fn nat_reset_service() -> Service {
         gateway_vip: None,
         on_down: OnDown::Reset,
         servers: vec![s("s1", [10, 0, 1, 3]), s("s2", [10, 0, 1, 4])],
-        checks: vec![],
+        has_checks: false,
     }
 }
 

@@ -46,13 +46,24 @@ const MAX_NEIGHBOURS: usize = 4096;
 #[derive(Debug)]
 pub struct DrSender {
     socket: Socket,
-    ifindex: u32,
     src_mac: [u8; 6],
+    neighbours: Neighbours,
+}
+
+/// The kernel's neighbour table of one interface as a packet path needs it: MACs cached for
+/// [`NEIGHBOUR_TTL`], misses remembered for [`MISS_TTL`], a missing entry poked so the kernel
+/// resolves it, and [`Neighbours::warm`] to keep a list of next hops resolved. Shared by the
+/// TUN backend's [`DrSender`] and the AF_XDP backend (which frames every output itself).
+#[derive(Debug)]
+pub struct Neighbours {
+    ifindex: u32,
     handle: rtnetlink::Handle,
     /// Next hop -> (MAC, or `None` for a remembered miss; when it was read).
     cache: BTreeMap<IpAddr, (Option<[u8; 6]>, Instant)>,
     poke: Option<UdpSocket>,
     poke6: Option<UdpSocket>,
+    /// How long a miss is remembered ([`MISS_TTL`] unless set otherwise).
+    miss_ttl: Duration,
 }
 
 /// IPv6's ethertype.
@@ -80,15 +91,7 @@ impl DrSender {
         bind_packet_socket(&socket, ifindex, ETH_P_IP).map_err(perr)?;
         set_packet_vnet_hdr(&socket).map_err(perr)?;
         socket.set_nonblocking(true).map_err(perr)?;
-        Ok(DrSender {
-            socket,
-            ifindex,
-            src_mac,
-            handle,
-            cache: BTreeMap::new(),
-            poke: UdpSocket::bind("0.0.0.0:0").ok(),
-            poke6: UdpSocket::bind("[::]:0").ok(),
-        })
+        Ok(DrSender { socket, src_mac, neighbours: Neighbours::new(handle, ifindex) })
     }
 
     /// Sends `packet` (complete checksums) to `next_hop`'s MAC; failures are counted in
@@ -110,7 +113,7 @@ impl DrSender {
         stats: &ShellStats,
         segments: u64,
     ) {
-        let Some(mac) = self.resolve(now, next_hop).await else {
+        let Some(mac) = self.neighbours.resolve(now, next_hop).await else {
             ShellStats::add(&stats.l2_no_neighbour, segments);
             return;
         };
@@ -123,6 +126,37 @@ impl DrSender {
             Ok(_) => ShellStats::add(&stats.tx_l2_packets, segments),
             Err(_) => ShellStats::add(&stats.tx_l2_errors, 1),
         }
+    }
+
+    /// Keeps `hops` (the direct-routing servers) resolved (see [`Neighbours::warm`]).
+    pub async fn warm(&mut self, now: Instant, hops: &[IpAddr]) -> usize {
+        self.neighbours.warm(now, hops).await
+    }
+}
+
+impl Neighbours {
+    /// A cache over the neighbour table of interface `ifindex`, read through `handle`.
+    pub fn new(handle: rtnetlink::Handle, ifindex: u32) -> Neighbours {
+        Neighbours {
+            ifindex,
+            handle,
+            cache: BTreeMap::new(),
+            poke: UdpSocket::bind("0.0.0.0:0").ok(),
+            poke6: UdpSocket::bind("[::]:0").ok(),
+            miss_ttl: MISS_TTL,
+        }
+    }
+
+    /// Remembers misses for `ttl` instead of [`MISS_TTL`] (the AF_XDP backend, whose misses
+    /// are not dropped but sent through the kernel, looks again sooner).
+    pub fn with_miss_ttl(mut self, ttl: Duration) -> Neighbours {
+        self.miss_ttl = ttl;
+        self
+    }
+
+    /// The interface this cache is for.
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
     }
 
     /// Keeps `hops` (the direct-routing servers) resolved: one neighbour-table dump; each
@@ -155,9 +189,11 @@ impl DrSender {
         }
     }
 
-    async fn resolve(&mut self, now: Instant, ip: IpAddr) -> Option<[u8; 6]> {
+    /// `ip`'s MAC: cached, else read from the kernel (a miss pokes the kernel and is
+    /// remembered for [`MISS_TTL`] or the TTL set with [`Neighbours::with_miss_ttl`]).
+    pub async fn resolve(&mut self, now: Instant, ip: IpAddr) -> Option<[u8; 6]> {
         if let Some((mac, at)) = self.cache.get(&ip) {
-            let ttl = if mac.is_some() { NEIGHBOUR_TTL } else { MISS_TTL };
+            let ttl = if mac.is_some() { NEIGHBOUR_TTL } else { self.miss_ttl };
             if now.saturating_since(*at) < ttl {
                 return *mac;
             }

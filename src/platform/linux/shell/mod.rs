@@ -74,11 +74,13 @@
 pub mod decap_loop;
 pub mod dr;
 pub mod netlink;
+pub mod plane;
 pub mod tun;
 pub mod vnet;
 #[cfg(test)]
 mod vnet_engine_tests;
 mod worker;
+pub mod xdp;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -68,6 +68,11 @@ impl<P: PacketProcessor + 'static> core::fmt::Debug for ShellControl<P> {
 }
 
 impl<P: PacketProcessor + 'static> ShellControl<P> {
+    /// A controller over these workers' control queues (for other backends of the shell).
+    pub(super) fn from_senders(controls: Vec<mpsc::Sender<Control<P>>>) -> Self {
+        ShellControl { controls }
+    }
+
     /// As [`Shell::apply`].
     pub fn apply(&self, f: Control<P>) -> Result<(), ShellError> {
         for c in &self.controls {
