@@ -314,7 +314,12 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
         Ok(s) => Rc::new(s),
         Err(e) => return Err(undo_node_after(&rt, node_setup, e)),
     };
-    tracing::info!(target: "clusterserverd", backend = shell.backend(), tun = %setup::owned(cfg).tun_name, "data plane up");
+    match shell.backend() {
+        "tun" => {
+            tracing::info!(target: "clusterserverd", backend = "tun", tun = %setup::owned(cfg).tun_name, "data plane up")
+        }
+        b => tracing::info!(target: "clusterserverd", backend = b, "data plane up"),
+    }
     let state_file = server_state::path(&crate::platform::linux::node::state_dir(), cfg, me);
     restore_overrides(&shell, cfg, me, &state_file);
     let live = Live::new(Arc::new(cfg.clone()), Acl::from_config(&cfg.security), admin_token);
@@ -733,6 +738,10 @@ fn start_shell(
                     workers: 1,
                     matches: setup::xdp_matches(cfg, addrs),
                 };
+                // A TUN run of this cluster killed before may have left its steering.
+                if let Err(e) = clean_tun_leftovers(&shell_cfg) {
+                    tracing::warn!(target: "clusterserverd", error = %e, "could not remove a previous TUN run's steering rules");
+                }
                 // The processor is only taken once the sockets are up and attached: a
                 // failure before leaves it for the TUN fallback.
                 let r = XdpShell::start(xcfg, |_| processor.take().expect("one AF_XDP worker"));
@@ -757,6 +766,17 @@ fn start_shell(
         processor.take().expect("a failed AF_XDP start returned above once it took the processor");
     let shell = Shell::start_shared(shell_cfg, setup::steering(cfg), processor)?;
     Ok(DataPlane::Tun(shell))
+}
+
+/// Removes what a killed TUN-backend run of this cluster left (its rules and routes; the
+/// TUN itself went with the process), as [`Shell::start`] does before its own set-up.
+fn clean_tun_leftovers(c: &ShellConfig) -> Result<(), ShellError> {
+    let rt =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(ShellError::Runtime)?;
+    rt.block_on(async {
+        let h = netlink::connect()?;
+        netlink::cleanup(&h, &c.tun_name, c.table_id, c.rule_priority).await.map(drop)
+    })
 }
 
 /// Why the AF_XDP backend is not even tried, if it is not.

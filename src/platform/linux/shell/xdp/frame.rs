@@ -4,6 +4,10 @@
 //!
 //! Untrusted bytes: every function checks lengths and returns an error, never panics
 //! (`fuzz/fuzz_targets/xdp_frame.rs`).
+//!
+//! Output frames are untagged. A tagged frame is accepted (a driver that leaves the tag in
+//! the frame on the parent of a VLAN), but a VLAN deployment names the VLAN's interface as
+//! the wire interface, whose frames arrive and leave untagged.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

@@ -56,8 +56,18 @@
 //! through its virtio-net header. Multi-buffer (`XDP_USE_SG`) would hand us the same frames
 //! chained, not fewer: it saves nothing per segment. So the backend is MTU-frame based; its
 //! strength is small packets (no syscall per packet: one `sendto` kick per batch in copy
-//! mode, none in zero-copy), the TUN backend's is bulk streams. Figures: see the labs'
-//! bench (`scripts/bench --peers nat,nat-xdp`) and the numbers recorded in the issue note.
+//! mode, none in zero-copy), the TUN backend's is bulk streams.
+//!
+//! **Measured, and an open defect** (`clusterlab bench --peers nat,nat-xdp,dr,dr-xdp
+//! --loads tcp1,udp --reps 1`, one run, this 2-vCPU machine): TUN NAT 12.3 Gbit/s on one
+//! TCP stream and 67.4 k 64-byte UDP pkt/s (8.1 us daemon CPU per datagram); the AF_XDP
+//! runs gave no figure: a bulk TCP stream through AF_XDP NAT stalls after a few thousand
+//! segments (reproduced with iperf3 in a one-ATM lab: ~5 MB in the first second, then the
+//! sender's retransmissions of one segment are not answered), although short
+//! request/response traffic works (tests/xdp_ns.rs). A first cause was found and fixed
+//! (copy-mode `sendto` sends at most 32 descriptors; the rest sat in the TX ring: see
+//! [`worker`]'s `kick`); the stall remains and is not yet diagnosed. Until it is, keep
+//! `dataplane.backend: tun` for production traffic.
 
 pub mod attach;
 pub mod frame;

@@ -309,12 +309,9 @@ impl<P: PacketProcessor> Worker<P> {
             }
             ShellStats::add(&self.xstats.tx_frames, n as u64);
             q.clear();
-            if xsk.tx.needs_wakeup() {
-                ShellStats::add(&self.xstats.tx_kicks, 1);
-                if xsk.kick_tx().is_err() {
-                    ShellStats::add(&self.stats.tx_tun_errors, 1);
-                }
-            }
+        }
+        for b in &mut self.socks {
+            kick(&mut b.xsk, &self.stats, &self.xstats);
         }
     }
 
@@ -416,6 +413,34 @@ impl<P: PacketProcessor> Worker<P> {
                 ShellStats::add(&self.xstats.kernel_fill_empty, k.rx_fill_ring_empty_descs);
             }
         }
+    }
+}
+
+/// Most `sendto` kicks per flush of one socket.
+const MAX_KICKS: usize = 16;
+
+/// Has the kernel transmit what `xsk`'s TX ring holds. In copy mode one `sendto` sends at
+/// most a small batch (32 descriptors in Linux 6.x) and leaves the rest in the ring, which
+/// nothing would kick again if no further packet came (a TCP sender waiting for exactly
+/// those segments: a stall, seen in the bench). So it kicks until the ring is empty, the
+/// kernel makes no progress, or [`MAX_KICKS`]; what is left goes with the next flush or
+/// tick.
+fn kick(xsk: &mut Xsk, stats: &ShellStats, xstats: &XdpStats) {
+    let mut pending = xsk.tx.pending();
+    for _ in 0..MAX_KICKS {
+        if pending == 0 || !xsk.tx.needs_wakeup() {
+            return;
+        }
+        ShellStats::add(&xstats.tx_kicks, 1);
+        if xsk.kick_tx().is_err() {
+            ShellStats::add(&stats.tx_tun_errors, 1);
+            return;
+        }
+        let left = xsk.tx.pending();
+        if left >= pending {
+            return;
+        }
+        pending = left;
     }
 }
 
