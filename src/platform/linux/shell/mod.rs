@@ -41,21 +41,43 @@
 //!   smaller buffer and writes each segment with its own syscall instead (which it silently
 //!   did here before, with MTU-sized buffers).
 //!
-//! ## Multi-queue and NAT: one queue
+//! ## Multi-queue and NAT: one engine shared by the queues
 //!
 //! The kernel picks a TUN queue per packet from the flow hash of *that packet*. A NAT reply's
 //! 5-tuple (server -> client) differs from its request's (client -> VIP), so the reply can land
-//! on another queue, whose worker's engine has never seen the connection. Options were a single
-//! queue, one engine shared behind a lock, or steering both directions of a connection to one
-//! queue (an eBPF steering program hashing the client endpoint, `TUNSETSTEERINGEBPF`).
-//! **Decision: NAT runs one queue** ([`ShellConfig::queues_for`]); the measured gain of a
-//! second queue with offloads is small here (~7.6 -> ~8.0 Gbit/s, TECH-NOTES), not worth a lock
-//! on every packet or an eBPF loader. Direct routing and tunnelling only see the request
-//! direction, whose flow hash is stable per connection, so they use one queue per core with an
-//! engine per queue. eBPF steering is the way to lift the NAT limit later. (The kernel's own
-//! TUN flow table, which learns a flow's queue from the packets user space writes, would send
-//! many replies to the right queue by luck of a symmetric hash, but its entries expire after a
-//! few idle seconds: not a correctness guarantee.)
+//! on another queue than its request. Options were a single queue (what ran until issue 15),
+//! steering both directions to one queue with an eBPF program (`TUNSETSTEERINGEBPF`, hashing
+//! the client endpoint), or one engine shared behind a lock. **Decision: one processor (the
+//! engine and its connection sync) shared by every queue** ([`tun::Shell::start_shared`]), locked once per
+//! burst of reads and never across a syscall ([`worker`]): the queues' reads and writes, most
+//! of a packet's cost, run in parallel; only the engine's own work (a few hundred ns a packet)
+//! is serialised. Why not eBPF steering: it needs an engine per queue, hence a sync stream
+//! (or a record router) per engine, a backup whose queue count and hash match the primary's to
+//! apply each record where the connection's packets will arrive, and a program regenerated on
+//! every VIP reload; with one shared engine every connection is synced exactly once and a
+//! backup applies it to the engine that will see it, whatever either ATM's queue count. The
+//! daemon runs `dataplane.queues` queues (0: one per core, [`ShellConfig::queues`]) for every
+//! forwarding method.
+//!
+//! Measured on the 2-vCPU machine, quiet, `clusterlab bench --peers nat,nft --loads
+//! tcp1,http-close,udp,mixed --reps 3` with `--queues 1` then `--queues 2` (medians; ratios to
+//! nftables of the same run; 2026-12-07):
+//!
+//! | load | 1 queue | 2 queues |
+//! | --- | --- | --- |
+//! | HTTP `Connection: close` | 7.72 k/s, 0.69x | 7.40 k/s, 0.64x |
+//! | UDP 64 B | 67.4 k/s, 0.73x | 66.3 k/s, 0.74x |
+//! | mixed (close beside 4 iperf3 streams) | 5.46 k/s, 0.65x (iperf3 4.7 Gbit/s) | 3.77 k/s, 0.47x (iperf3 7.4 Gbit/s) |
+//! | TCP, 1 stream | 10.8 Gbit/s, 0.83x | 9.9 Gbit/s, 0.68x |
+//!
+//! On this machine a second queue does not help: the load generators, nginx, iperf3 and the
+//! kernel's forwarding already fill both cores, so a second worker thread only competes for
+//! them, and under the mixed load the bulk stream takes what the second queue frees (its
+//! throughput rises, the new connections' rate falls). Multi-queue is for ATMs with cores to
+//! spare; where the balancer shares a small machine with other work, `dataplane.queues: 1` is
+//! the better setting. (The kernel's own TUN flow table, which learns a flow's queue from the
+//! packets user space writes, is no correctness guarantee: its entries expire after a few idle
+//! seconds.)
 //!
 //! ## Measured
 //!
@@ -70,6 +92,17 @@
 //! of a TUN data plane (TECH-NOTES' minimal TUN loop: ~0.66x nftables). Small packets cost
 //! one read and one write each (3-7 us of daemon CPU, mostly that kernel work): new
 //! connections/s are ~0.5x nftables for NAT (two TUN crossings per exchange) and ~0.8x for DR.
+//!
+//! Where a small packet's daemon CPU goes (perf, NAT, 64-byte UDP, one queue, issue 15): about
+//! 90 % in the kernel inside our two syscalls: the write (`tun_get_user`: the kernel routes the
+//! packet on, through the lab's bridge and veth, into the server's UDP socket, all in our
+//! context) and the read (`tun_do_read`, the copy out, freeing the skb); `epoll_wait` ~2 %,
+//! tokio ~3 %, the engine and the shell ~2 %. Reading every ready packet before writing (one
+//! select pass and one lock per burst) removes per-wake-up work only when packets queue up;
+//! at these rates they arrive one per wake-up (1.0 packets per read), so daemon CPU per small
+//! packet stayed the same: 7.4 us before (commit 1848c2d) and 7.7 us after, UDP, same quiet
+//! machine, runs minutes apart. Batching the syscalls themselves (io_uring) could save their
+//! entries, a few percent; the rest is forwarding work the kernel does for nftables too.
 
 pub mod decap_loop;
 pub mod dr;
