@@ -221,16 +221,15 @@ mod tests {
         assert!(o.tun_name.len() <= 15);
     }
 
+    /// An address of this host on `iface` (no MAC: the tests do not need one).
+    fn if_addr(iface: &str, addr: &str, prefix_len: u8) -> IfAddr {
+        IfAddr { iface: iface.into(), index: 1, mac: None, addr: ip(addr), prefix_len }
+    }
+
     #[test]
     fn xdp_match_set_and_interfaces() {
         let c = cfg();
-        let a = |iface: &str, addr: &str, prefix_len| IfAddr {
-            iface: iface.into(),
-            index: 1,
-            mac: None,
-            addr: ip(addr),
-            prefix_len,
-        };
+        let a = if_addr;
         let addrs = [a("eth0", "10.0.1.1", 24), a("eth1", "10.0.2.1", 24), a("lo", "127.0.0.1", 8)];
         let m = xdp_matches(&c, &addrs);
         assert_eq!(m.vips.iter().copied().collect::<Vec<_>>(), vec![ip("10.0.1.99")]);
@@ -246,13 +245,7 @@ mod tests {
     #[test]
     fn arp_interface_per_vip() {
         let c = cfg();
-        let a = |iface: &str, addr: &str, prefix_len| IfAddr {
-            iface: iface.into(),
-            index: 1,
-            mac: None,
-            addr: ip(addr),
-            prefix_len,
-        };
+        let a = if_addr;
         let addrs = [a("eth0", "10.0.1.1", 24), a("eth1", "10.0.2.1", 24), a("eth1", "fd00:2::2", 64)];
         let m = arp_interfaces(&c, &addrs, "eth0");
         assert_eq!(m[&IpAddr::from([10, 0, 1, 99])], "eth0");

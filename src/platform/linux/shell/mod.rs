@@ -222,6 +222,16 @@ impl Output {
     }
 }
 
+/// Whether each of `n` workers reported `true` (reading) on `ready` within `timeout` each:
+/// how both backends' `start` waits for its workers.
+pub(crate) fn all_ready(
+    ready: &std::sync::mpsc::Receiver<bool>,
+    n: usize,
+    timeout: std::time::Duration,
+) -> bool {
+    (0..n).all(|_| ready.recv_timeout(timeout) == Ok(true))
+}
+
 /// Period of [`PacketProcessor::on_tick`].
 pub const TICK: std::time::Duration = std::time::Duration::from_millis(100);
 

@@ -223,11 +223,9 @@ impl<P: PacketProcessor + 'static> Shell<P> {
         }
         drop(ready_tx);
         // Return only once every queue reads (or report the first worker's set-up error).
-        for _ in 0..shell.workers.len() {
-            if ready_rx.recv_timeout(START_TIMEOUT) != Ok(true) {
-                shell.shutdown()?;
-                return Err(ShellError::Config("a worker did not start".into()));
-            }
+        if !super::all_ready(&ready_rx, shell.workers.len(), START_TIMEOUT) {
+            shell.shutdown()?;
+            return Err(ShellError::Config("a worker did not start".into()));
         }
         Ok(shell)
     }

@@ -281,11 +281,9 @@ impl<P: PacketProcessor + 'static> XdpShell<P> {
             shell.workers.push(h);
         }
         drop(ready_tx);
-        for _ in 0..shell.workers.len() {
-            if ready_rx.recv_timeout(START_TIMEOUT) != Ok(true) {
-                shell.shutdown()?;
-                return Err(ShellError::Config("an AF_XDP worker did not start".into()));
-            }
+        if !crate::platform::linux::shell::all_ready(&ready_rx, shell.workers.len(), START_TIMEOUT) {
+            shell.shutdown()?;
+            return Err(ShellError::Config("an AF_XDP worker did not start".into()));
         }
         Ok(shell)
     }
