@@ -73,15 +73,17 @@ fn run(args: &[String]) -> anyhow::Result<bool> {
         let n = range.end - range.start;
         #[allow(clippy::disallowed_methods)] // the sweep's own wall time, printed; never inside a run
         let started = std::time::Instant::now();
-        let results = sweep::sweep(&scenario, range, jobs);
+        let results = sweep::sweep(&scenario, range.clone(), jobs);
         let secs = started.elapsed().as_secs_f64();
         let failed: Vec<_> = results.iter().filter(|r| !r.failures.is_empty()).collect();
         for r in &failed {
             println!("FAIL seed {}: {}\n  replay: {}", r.seed, r.failures.join("; "), replay(r.seed));
         }
-        let worst = results.iter().map(|r| r.max_outage_ms).max().unwrap_or(0);
+        // The first seed of the worst outage, to replay it.
+        let worst = results.iter().rev().max_by_key(|r| r.max_outage_ms);
+        let (worst, worst_seed) = worst.map_or((0, range.start), |r| (r.max_outage_ms, r.seed));
         println!(
-            "{}: {n} seeds, {} passed, {} failed, worst outage {worst} ms, {secs:.1} s ({:.1} seeds/s, {jobs} jobs)",
+            "{}: {n} seeds, {} passed, {} failed, worst outage {worst} ms (seed {worst_seed}), {secs:.1} s ({:.1} seeds/s, {jobs} jobs)",
             scenario.name,
             n as usize - failed.len(),
             failed.len(),

@@ -32,9 +32,14 @@
 //!   heartbeats; the successor promotes at once, and the old primary releases its VIPs when it
 //!   hears the successor as primary (or after two dead intervals), then exits. No dead interval,
 //!   and the VIP always has an owner.
-//! * On promotion: take the VIPs, heartbeat, and send `gratuitous_count` gratuitous ARPs
+//! * On promotion: the first gratuitous ARP (NA for IPv6) before any other work, then take
+//!   the VIPs, heartbeat, and send the rest of the `gratuitous_count` gratuitous ARPs
 //!   `gratuitous_interval` apart, then one every `refresh` while primary. On demotion the VIPs
 //!   are released first.
+//! * **Probe early**: a backup starts a reachlist round at the primary's first missed
+//!   heartbeat (no heartbeat for 1.5 of its intervals), so fresh results are in when the
+//!   dead interval ends and promotion does not wait a probe round trip. The decision still
+//!   uses only results that arrived after that first miss.
 //! * An operator's promote of a backup while a primary is up asks rather than takes: the
 //!   backup sets [`FLAG_WANTS_PRIMARY`] in its heartbeats, the primary hands over to it as
 //!   to a graceful stop's successor, and the backup promotes on hearing that. Without a
@@ -229,6 +234,16 @@ pub enum Action {
     Exit,
 }
 
+impl Action {
+    /// Whether it takes, releases or drops VIPs (their order must be kept).
+    pub fn changes_vips(&self) -> bool {
+        matches!(
+            self,
+            Action::TakeVips(_) | Action::ReleaseVips(_) | Action::DrainVips(_) | Action::DropVips(_)
+        )
+    }
+}
+
 /// Operator requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AdminRequest {
@@ -303,6 +318,8 @@ pub struct Election {
     last_probe_round: Option<Instant>,
     /// When the current silence of the primary was noticed (cleared when one is heard).
     suspect_since: Option<Instant>,
+    /// The heartbeat interval of the primary last heard (its heartbeats say it).
+    primary_interval: Option<Duration>,
     reach: Reach,
     garp_left: u32,
     next_garp: Instant,
@@ -343,6 +360,7 @@ impl Election {
             next_probe: now,
             last_probe_round: None,
             suspect_since: None,
+            primary_interval: None,
             reach,
             garp_left: 0,
             next_garp: now,
@@ -464,6 +482,10 @@ impl Election {
             if due > self.last_call {
                 consider(due);
             }
+            let miss = base + self.missed_after();
+            if self.suspect_since.is_none() && self.cfg.reach_total > 0 && miss > self.last_call {
+                consider(miss);
+            }
         }
         Some(t)
     }
@@ -537,6 +559,7 @@ impl Election {
             Role::Backup => {
                 self.last_primary_seen = Some(now);
                 self.suspect_since = None;
+                self.primary_interval = self.peers[from].interval;
                 let to_me = hb.has(FLAG_HANDOVER) && usize::from(hb.handover_to) == self.cfg.me;
                 if to_me && !self.held && self.eligible(now) && self.draining_until.is_none() {
                     self.promote(now, PromoteReason::Handover);
@@ -754,7 +777,10 @@ impl Election {
             Role::Primary if !self.eligible(now) => self.demote(now, DemoteReason::LostArbitration),
             Role::Primary => {}
             Role::Backup if self.draining_until.is_some() => {}
-            Role::Backup => self.consider_promotion(now),
+            Role::Backup => {
+                self.notice_silence(now);
+                self.consider_promotion(now);
+            }
         }
         if self.role == Role::Primary {
             self.run_garp(now);
@@ -879,6 +905,33 @@ impl Election {
         }
     }
 
+    /// No primary heard for [`Election::missed_after`]: the current silence starts now, and
+    /// a reachlist round sent now has its answers in before the dead interval ends.
+    fn notice_silence(&mut self, now: Instant) {
+        if self.suspect_since.is_some() || self.held {
+            return;
+        }
+        let base = self.last_primary_seen.unwrap_or(self.started).max(self.started);
+        if now.saturating_since(base) < self.missed_after() {
+            return;
+        }
+        self.suspect_since = Some(now);
+        // An extra round: the regular ones keep their cadence.
+        if self.cfg.reach_total > 0 && self.last_probe_round.is_none_or(|t| t < now) {
+            self.last_probe_round = Some(now);
+            for target in 0..self.cfg.reach_total {
+                self.actions.push_back(Action::Probe { target });
+            }
+        }
+    }
+
+    /// When the primary's next heartbeat counts as missed: 1.5 of its interval (ours when it
+    /// did not say) after the last one.
+    fn missed_after(&self) -> Duration {
+        let interval = self.primary_interval.unwrap_or(self.cfg.heartbeat).max(self.cfg.heartbeat);
+        interval * 3 / 2
+    }
+
     /// The reachlist rule on probe results newer than `since` (the primary's last sign of
     /// life); asks for a probe round when there are none yet.
     fn fresh_arbitration(&mut self, now: Instant, since: Instant) -> bool {
@@ -908,13 +961,24 @@ impl Election {
         self.role = Role::Primary;
         self.suspect_since = None;
         self.promote_request = None;
-        self.actions.push_back(Action::Event(Event::Promoted { epoch: self.epoch, reason }));
-        self.actions.push_back(Action::TakeVips(self.cfg.vips.clone()));
+        // The first gratuitous ARP (NA) goes before anything else the driver has queued
+        // (events of this evaluation, their log lines): the clients' caches are the outage.
+        // The VIPs are taken right after it, before any log line of the promotion. Only a
+        // VIP action queued earlier (a stalled primary's release in the same call) stays
+        // ahead, so the VIPs' last state is this promotion's.
         self.garp_left = self.cfg.garp_count;
         self.next_garp = now;
         self.next_refresh = None;
+        let queued = self.actions.len();
         self.run_garp(now);
+        let mut first: Vec<Action> = self.actions.drain(queued..).collect();
+        first.push(Action::TakeVips(self.cfg.vips.clone()));
+        let at = self.actions.iter().rposition(Action::changes_vips).map_or(0, |i| i + 1);
+        for (i, a) in first.into_iter().enumerate() {
+            self.actions.insert(at + i, a);
+        }
         self.queue_heartbeat(now);
+        self.actions.push_back(Action::Event(Event::Promoted { epoch: self.epoch, reason }));
     }
 
     fn demote(&mut self, now: Instant, reason: DemoteReason) {

@@ -134,7 +134,7 @@ fn starts_backup_and_promotes_after_dead_interval() {
             (100, In::Tick, "hb B0 elig"),
             (200, In::Tick, "hb B0 elig"),
             (299, In::Tick, ""),
-            (300, In::Tick, "Promoted { epoch: 1, reason: NoPrimary }, take, garp, hb P1 elig"),
+            (300, In::Tick, "garp, take, hb P1 elig, Promoted { epoch: 1, reason: NoPrimary }"),
             (400, In::Tick, "garp, hb P1 elig"),
             (500, In::Tick, "hb P1 elig"),
         ],
@@ -158,7 +158,7 @@ fn backup_stays_while_primary_heard_then_takes_over() {
             (
                 650,
                 In::Tick,
-                "PeerDown { peer: 0 }, Promoted { epoch: 5, reason: NoPrimary }, take, garp, hb P5 elig",
+                "garp, take, PeerDown { peer: 0 }, hb P5 elig, Promoted { epoch: 5, reason: NoPrimary }",
             ),
         ],
     );
@@ -187,7 +187,7 @@ fn lower_listed_atm_waits_its_rank() {
             (
                 600,
                 In::Hb(1, false, 0, E, NONE),
-                "Promoted { epoch: 1, reason: NoPrimary }, take, garp, hb P1 elig",
+                "garp, take, hb P1 elig, Promoted { epoch: 1, reason: NoPrimary }",
             ),
         ],
     );
@@ -199,7 +199,7 @@ fn higher_epoch_primary_wins_and_loser_steps_down() {
         cfg(0, 2, 0, false),
         &[
             (0, In::Tick, "hb B0 elig"),
-            (300, In::Tick, "Promoted { epoch: 1, reason: NoPrimary }, take, garp, hb P1 elig"),
+            (300, In::Tick, "garp, take, hb P1 elig, Promoted { epoch: 1, reason: NoPrimary }"),
             (310, In::Hb(1, true, 1, E, NONE), "PeerUp { peer: 1 }, hb P1 elig, garp"),
             (
                 320,
@@ -216,7 +216,7 @@ fn equal_epoch_earlier_position_wins() {
         cfg(1, 2, 0, false),
         &[
             (0, In::Tick, "hb B0 elig"),
-            (300, In::Tick, "Promoted { epoch: 1, reason: NoPrimary }, take, garp, hb P1 elig"),
+            (300, In::Tick, "garp, take, hb P1 elig, Promoted { epoch: 1, reason: NoPrimary }"),
             (
                 310,
                 In::Hb(0, true, 1, E, NONE),
@@ -241,7 +241,7 @@ fn no_preempt_by_default_and_preempt_when_set() {
         r
     };
     run(cfg(0, 2, 0, false), &fix(rows("hb B3 elig")));
-    run(cfg(0, 2, 0, true), &fix(rows("Promoted { epoch: 4, reason: Preempt }, take, garp, hb P4 elig")));
+    run(cfg(0, 2, 0, true), &fix(rows("garp, take, hb P4 elig, Promoted { epoch: 4, reason: Preempt }")));
 }
 
 #[test]
@@ -250,11 +250,13 @@ fn reachlist_gates_promotion_and_demotes_isolated_primary() {
         cfg(0, 2, 1, false),
         &[
             (0, In::Tick, "probe0, hb B0"),
+            // No primary at 1.5 heartbeats: a fresh round (probe early).
+            (150, In::Tick, "probe0, hb B0"),
             (300, In::Tick, "hb B0"),
             (
                 310,
                 In::Probe(0, true),
-                "ReachChanged { reachable: 1, total: 1 }, Promoted { epoch: 1, reason: NoPrimary }, take, garp, hb P1 elig",
+                "garp, take, ReachChanged { reachable: 1, total: 1 }, hb P1 elig, Promoted { epoch: 1, reason: NoPrimary }",
             ),
             (500, In::Tick, "probe0, garp, hb P1 elig"),
             (510, In::Probe(0, false), ""),
@@ -283,6 +285,9 @@ fn two_atms_backup_reaching_fewer_than_peer_does_not_promote() {
             (0, In::Hb(0, true, 1, E, NONE), "PeerUp { peer: 0 }, probe0, probe1, hb B1"),
             (10, In::Probe(0, false), ""),
             (10, In::Probe(1, false), "ReachChanged { reachable: 0, total: 2 }"),
+            (150, In::Tick, "probe0, probe1, hb B1"),
+            (160, In::Probe(0, false), ""),
+            (160, In::Probe(1, false), ""),
             (400, In::Tick, "hb B1"),
             (500, In::Tick, "PeerDown { peer: 0 }, probe0, probe1, hb B1"),
         ],
@@ -299,7 +304,7 @@ fn three_atms_need_a_majority() {
             (
                 350,
                 In::Hb(2, false, 0, E, NONE),
-                "PeerUp { peer: 2 }, Promoted { epoch: 1, reason: NoPrimary }, take, garp, hb P1 elig",
+                "garp, take, PeerUp { peer: 2 }, hb P1 elig, Promoted { epoch: 1, reason: NoPrimary }",
             ),
             (450, In::Tick, "garp, hb P1 elig"),
             (550, In::Tick, "hb P1 elig"),
@@ -321,7 +326,7 @@ fn stalled_primary_steps_down() {
         cfg(0, 2, 0, false),
         &[
             (0, In::Tick, "hb B0 elig"),
-            (300, In::Tick, "Promoted { epoch: 1, reason: NoPrimary }, take, garp, hb P1 elig"),
+            (300, In::Tick, "garp, take, hb P1 elig, Promoted { epoch: 1, reason: NoPrimary }"),
             (5300, In::Tick, "release, Demoted { epoch: 1, reason: Stalled }, hb B1 elig"),
         ],
     );
@@ -336,7 +341,7 @@ fn graceful_handover_has_no_dead_interval() {
         cfg(0, 2, 0, false),
         &[
             (0, In::Tick, "hb B0 elig"),
-            (300, In::Tick, "Promoted { epoch: 1, reason: NoPrimary }, take, garp, hb P1 elig"),
+            (300, In::Tick, "garp, take, hb P1 elig, Promoted { epoch: 1, reason: NoPrimary }"),
             (350, In::Hb(1, false, 1, E, NONE), "PeerUp { peer: 1 }, garp"),
             (360, In::Shutdown, "HandoverStarted { to: 1 }, hb P1 elig handover->1"),
             (
@@ -359,7 +364,7 @@ fn graceful_handover_has_no_dead_interval() {
             (
                 50,
                 In::Hb(0, true, 1, E | FLAG_HANDOVER, 1),
-                "Promoted { epoch: 2, reason: Handover }, take, garp, hb P2 elig",
+                "garp, take, hb P2 elig, Promoted { epoch: 2, reason: Handover }",
             ),
         ],
     );
@@ -371,7 +376,7 @@ fn shutdown_without_successor_releases_and_exits() {
         cfg(0, 2, 0, false),
         &[
             (0, In::Tick, "hb B0 elig"),
-            (300, In::Tick, "Promoted { epoch: 1, reason: NoPrimary }, take, garp, hb P1 elig"),
+            (300, In::Tick, "garp, take, hb P1 elig, Promoted { epoch: 1, reason: NoPrimary }"),
             (310, In::Shutdown, "release, Demoted { epoch: 1, reason: Shutdown }, hb B1 elig, Exiting, exit"),
         ],
     );
@@ -398,7 +403,7 @@ fn admin_requests_are_checked() {
             (
                 30,
                 In::Hb(0, true, 3, E | FLAG_HANDOVER, 1),
-                "Promoted { epoch: 4, reason: Handover }, take, garp, hb P4 elig",
+                "garp, take, hb P4 elig, Promoted { epoch: 4, reason: Handover }",
             ),
             (40, In::Admin(AdminRequest::Promote), "Refused { what: \"promote\", why: \"already primary\" }"),
         ],
@@ -414,7 +419,7 @@ fn an_operator_promote_without_a_primary_takes_the_role_at_once() {
             (
                 10,
                 In::Admin(AdminRequest::Promote),
-                "Promoted { epoch: 1, reason: Admin }, take, garp, hb P1 elig",
+                "garp, take, hb P1 elig, Promoted { epoch: 1, reason: Admin }",
             ),
         ],
     );
@@ -426,7 +431,7 @@ fn a_primary_hands_over_to_a_backup_that_asks() {
         cfg(0, 2, 0, false),
         &[
             (0, In::Tick, "hb B0 elig"),
-            (300, In::Tick, "Promoted { epoch: 1, reason: NoPrimary }, take, garp, hb P1 elig"),
+            (300, In::Tick, "garp, take, hb P1 elig, Promoted { epoch: 1, reason: NoPrimary }"),
             (310, In::Hb(1, false, 1, E, NONE), "PeerUp { peer: 1 }, garp"),
             (
                 320,
@@ -487,7 +492,7 @@ fn an_operator_stop_holds_a_backup_out_until_start() {
             (
                 430,
                 In::Admin(AdminRequest::Start),
-                "Held { held: false }, Promoted { epoch: 1, reason: NoPrimary }, take, garp, hb P1 elig",
+                "garp, take, Held { held: false }, hb P1 elig, Promoted { epoch: 1, reason: NoPrimary }",
             ),
             (440, In::Admin(AdminRequest::Start), "Refused { what: \"start\", why: \"not stopped\" }"),
         ],
@@ -500,7 +505,7 @@ fn an_operator_stop_on_the_primary_hands_over() {
         cfg(0, 2, 0, false),
         &[
             (0, In::Tick, "hb B0 elig"),
-            (300, In::Tick, "Promoted { epoch: 1, reason: NoPrimary }, take, garp, hb P1 elig"),
+            (300, In::Tick, "garp, take, hb P1 elig, Promoted { epoch: 1, reason: NoPrimary }"),
             (310, In::Hb(1, false, 0, E, NONE), "PeerUp { peer: 1 }, garp"),
             (
                 320,
@@ -520,7 +525,7 @@ fn epochs_never_decrease() {
             (
                 300,
                 In::Hb(1, false, 2, E, NONE),
-                "Promoted { epoch: 10, reason: NoPrimary }, take, garp, hb P10 elig",
+                "garp, take, hb P10 elig, Promoted { epoch: 10, reason: NoPrimary }",
             ),
         ],
     );
@@ -537,7 +542,7 @@ fn epoch_at_the_top_saturates() {
             (
                 300,
                 In::Hb(1, false, u64::MAX, E, NONE),
-                "Promoted { epoch: 18446744073709551615, reason: NoPrimary }, take, garp, hb P18446744073709551615 elig",
+                "garp, take, hb P18446744073709551615 elig, Promoted { epoch: 18446744073709551615, reason: NoPrimary }",
             ),
         ],
     );
@@ -551,7 +556,7 @@ fn quick_restart_of_a_peer_is_reported_down_and_up() {
         cfg(0, 2, 0, false),
         &[
             (0, In::Tick, "hb B0 elig"),
-            (300, In::Tick, "Promoted { epoch: 1, reason: NoPrimary }, take, garp, hb P1 elig"),
+            (300, In::Tick, "garp, take, hb P1 elig, Promoted { epoch: 1, reason: NoPrimary }"),
             (350, In::Hb(1, false, 0, E, NONE), "PeerUp { peer: 1 }, garp"),
             (360, In::Hb(1, false, 0, E, NONE), ""),
             (380, In::Reborn(1, 2), "PeerDown { peer: 1 }, PeerUp { peer: 1 }, garp"),
@@ -673,4 +678,47 @@ fn a_peer_slower_than_us_after_a_reload_is_judged_on_its_own_interval() {
     };
     assert!(!promoted_within(100), "promoted although the primary's heartbeats came on its interval");
     assert!(promoted_within(0), "the test can fail: judged at 20 ms the 100 ms primary looks dead");
+}
+
+#[test]
+fn a_backup_probes_at_the_first_missed_heartbeat_and_promotes_when_the_dead_interval_ends() {
+    let mut c = cfg(1, 2, 1, false);
+    c.probe_interval = Duration::from_millis(5000);
+    run(
+        c,
+        &[
+            (0, In::Hb(0, true, 1, E, NONE), "PeerUp { peer: 0 }, probe0, hb B1"),
+            (5, In::Probe(0, true), "ReachChanged { reachable: 1, total: 1 }"),
+            (100, In::Hb(0, true, 1, E, NONE), "hb B1 elig"),
+            // The primary's heartbeat due at 200 has not come by 250: probe now, not at 400.
+            (250, In::Tick, "probe0, hb B1 elig"),
+            (255, In::Probe(0, true), ""),
+            // The dead interval (of a new peer: 5 heartbeats) ends at 600: the answer is in,
+            // so it promotes at once, the gratuitous ARP before the events queued with it.
+            (
+                600,
+                In::Tick,
+                "garp, take, PeerDown { peer: 0 }, hb P2 elig, Promoted { epoch: 2, reason: NoPrimary }",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn an_answer_from_before_the_first_missed_heartbeat_is_not_fresh() {
+    let mut c = cfg(1, 2, 1, false);
+    c.probe_interval = Duration::from_millis(5000);
+    run(
+        c,
+        &[
+            (0, In::Hb(0, true, 1, E, NONE), "PeerUp { peer: 0 }, probe0, hb B1"),
+            (100, In::Hb(0, true, 1, E, NONE), "hb B1"),
+            // The round of 0 is answered late, before the primary's silence is noticed.
+            (200, In::Probe(0, true), "ReachChanged { reachable: 1, total: 1 }, hb B1 elig"),
+            (250, In::Tick, "probe0"),
+            // The early round has no answer yet at the end of the dead interval: no promotion.
+            (600, In::Tick, "PeerDown { peer: 0 }, hb B1 elig"),
+            (620, In::Probe(0, true), "garp, take, hb P2 elig, Promoted { epoch: 2, reason: NoPrimary }"),
+        ],
+    );
 }
