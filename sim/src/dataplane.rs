@@ -376,6 +376,7 @@ async fn server(world: Shared, name: String, spec: NodeSpec) -> io::Result<()> {
             let h = w.host(&name);
             if syn {
                 h.syns.push(clock.ms());
+                h.syn_clients.push(client);
             }
             if h.server_down {
                 continue;

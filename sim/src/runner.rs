@@ -60,6 +60,20 @@ pub struct HealthFigure {
     pub after_ms: Option<u64>,
 }
 
+/// `expect.persistent_clients`: a client whose new connections reached more than one real
+/// server (simulator and lab), given each client and the servers that took its connections.
+pub fn persistence_violations<'a, S: AsRef<str> + 'a>(
+    served: impl Iterator<Item = (String, &'a BTreeSet<S>)>,
+) -> Vec<String> {
+    served
+        .filter(|(_, s)| s.len() > 1)
+        .map(|(c, s)| {
+            let names: Vec<&str> = s.iter().map(AsRef::as_ref).collect();
+            format!("persistent client {c} reached {} real servers: {}", names.len(), names.join(", "))
+        })
+        .collect()
+}
+
 /// `expect.max_lost_requests` against each client's lost requests (simulator and lab).
 pub fn lost_violations(s: &Scenario, lost: &BTreeMap<String, u64>) -> Vec<String> {
     let Some(max) = s.expect.max_lost_requests else { return Vec::new() };
@@ -413,6 +427,15 @@ impl RunState {
             self.violations
                 .push(format!("{long_lived_lost} of {long_lived} long-lived flows lost, at most {max}"));
         }
+        if s.expect.persistent_clients == Some(true) {
+            let mut served: BTreeMap<IpAddr, BTreeSet<&str>> = BTreeMap::new();
+            for (name, h) in &w.hosts {
+                for c in &h.syn_clients {
+                    served.entry(*c).or_default().insert(name.as_str());
+                }
+            }
+            self.violations.extend(persistence_violations(served.iter().map(|(c, s)| (c.to_string(), s))));
+        }
         if let [p] = final_primaries.as_slice()
             && end.saturating_sub(self.last_change_ms) > 2_000
         {
@@ -532,6 +555,9 @@ impl RunState {
         }
         if e.long_lived_lost.is_some() && s.load.long_lived == 0 {
             v.push("expect.long_lived_lost needs load.long_lived > 0".into());
+        }
+        if e.persistent_clients == Some(true) && s.cluster.persistence_s.unwrap_or(0) == 0 {
+            v.push("expect.persistent_clients needs cluster.persistence_s > 0".into());
         }
     }
 }

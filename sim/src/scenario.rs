@@ -143,6 +143,8 @@ pub struct ClusterOverrides {
     pub spare_servers: Vec<String>,
     /// The service's `on_down` (`keep`, the default, or `reset`).
     pub on_down: Option<String>,
+    /// The service's `persistence_s` (client affinity; 0, the default, is none).
+    pub persistence_s: Option<u64>,
 }
 
 /// A `reload` step: the config file is edited, then the listed ATMs reload it in order
@@ -365,6 +367,9 @@ pub struct Expect {
     pub min_takeovers: Option<usize>,
     /// Failover: most takeovers allowed (0: the backup must never take over).
     pub max_takeovers: Option<usize>,
+    /// `true`: each client's new connections reach one real server over the whole run,
+    /// failovers included (persistence; needs `cluster.persistence_s`).
+    pub persistent_clients: Option<bool>,
 }
 
 impl Scenario {

@@ -83,7 +83,7 @@ pub fn cluster_config(
             protocol: Protocol::Tcp,
             forwarding,
             scheduler: SchedulerKind::Wlc,
-            persistence_s: 0,
+            persistence_s: o.persistence_s.unwrap_or(0),
             gateway_vip: (forwarding == Forwarding::Nat).then(|| {
                 let gw = if id == CLUSTER_ID { GATEWAY_VIP } else { OTHER_GATEWAY_VIP };
                 gw.parse().expect("literal")

@@ -119,6 +119,8 @@ pub struct HostState {
     pub server_down: bool,
     /// A real server: when each new connection (SYN) reached it, ms.
     pub syns: Vec<u64>,
+    /// The client of each of `syns`, in the same order.
+    pub syn_clients: Vec<IpAddr>,
     /// A client: new connections per second it opens (`load.new_connections`).
     pub conn_rate: u32,
 }

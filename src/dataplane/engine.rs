@@ -256,6 +256,7 @@ fn per_family<A: Family>(svcs: &[Svc], table: &settings::Table, seed: u64, v6: b
         table: ConnTable::new(&table_slots(svcs, table, v6), seed),
         affinity: affinity::Affinity::new(affinity_records(svcs, table, v6), seed.rotate_left(17)),
         resync_cursor: None,
+        affinity_cursor: None,
     }
 }
 
@@ -712,11 +713,14 @@ impl Engine {
             None => return Err(DropReason::NoServer),
         };
         let server_idx = u16::try_from(idx).map_err(|_| DropReason::NoServer)?;
-        if svc.persistence_s > 0 {
-            A::of_mut(&mut self.flows).affinity.put(svc_id, key.client, server_idx, now_s, svc.persistence_s);
-        }
+        let persistence_s = svc.persistence_s;
         let server_port = svc.servers[idx].port;
         let nat = svc.forwarding == Forwarding::Nat;
+        if persistence_s > 0
+            && A::of_mut(&mut self.flows).affinity.put(svc_id, key.client, server_idx, now_s, persistence_s)
+        {
+            self.offer_affinity::<A>(svc_idx, key.client, server_idx, persistence_s);
+        }
         if nat {
             let rk = RevKey {
                 proto: key.proto,

@@ -6,7 +6,8 @@
 //! offset  size  field
 //!      0     4  magic "CSYN"
 //!      4     1  version (1)
-//!      5     1  kind: 0 records, 1 full-sync request, 2 end of full sync
+//!      5     1  kind: 0 records, 1 full-sync request, 2 end of full sync, 3 affinity
+//!                 records
 //!      6     2  record count N (0 for kinds 1 and 2)
 //!      8     4  cluster id
 //!     12     8  session: grows across sender restarts (e.g. wall-clock ms at start)
@@ -36,6 +37,18 @@
 //! datagram of IPv6 records as a whole (`BadLength`) and still applies every IPv4 one.
 //! An IPv4 datagram holds up to [`MAX_RECORDS`] records, an IPv6 one [`MAX_RECORDS_V6`].
 //!
+//! # Persistence across a failover (kind 3)
+//!
+//! A service with `persistence_s` sends clients back to the server they last used. That
+//! memory is synced too, so a persistent client keeps its server after a failover: when the
+//! primary makes or renews an affinity entry for a new connection it queues an **affinity
+//! record** (the record layout above: the client with port 0, the service's VIP and port,
+//! the server, the time left in milliseconds; state `Established` for TCP, `Udp` for UDP),
+//! at most once per quarter of `persistence_s` per client and service unless the server
+//! changed, and a full sync walks the affinity tables after the connection tables. They
+//! travel in kind-3 datagrams of their own: a receiver from before them refuses such a
+//! datagram as a whole (unknown kind, counted) and still applies every connection record.
+//!
 //! # Authentication and replay
 //!
 //! The MAC is checked (constant time) before anything else of the datagram is trusted.
@@ -61,8 +74,8 @@ mod wire;
 pub use receiver::{Received, ReceiverStats, SyncReceiver};
 pub use sender::{SenderStats, SyncSender};
 pub use wire::{
-    Batch, BatchHeader, FLUSH_AFTER_MS, Kind, MAGIC, MAX_DATAGRAM, MAX_RECORDS, MAX_RECORDS_V6, SyncError,
-    SyncRecord, VERSION, decode, encode, encode_control,
+    Batch, BatchHeader, FLUSH_AFTER_MS, Kind, MAGIC, MAX_DATAGRAM, MAX_RECORDS, MAX_RECORDS_V6, RecordKind,
+    SyncError, SyncRecord, VERSION, decode, encode, encode_control,
 };
 
 /// Where a [`SyncSender`] pulls changes from (the engine: [`crate::dataplane::engine::Engine`]

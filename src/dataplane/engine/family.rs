@@ -26,6 +26,8 @@ pub(crate) struct PerFamily<A: FlowAddr> {
     pub affinity: Affinity<A>,
     /// Next slot of a full resync of this table in progress.
     pub resync_cursor: Option<u32>,
+    /// Next position of a full resync of the affinity table (after every table's entries).
+    pub affinity_cursor: Option<usize>,
 }
 
 /// Both families' tables.

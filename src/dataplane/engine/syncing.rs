@@ -9,6 +9,13 @@
 //! [`Engine::start_full_sync`] walks the table once, lazily and in bounded steps, for a
 //! backup that (re)joins or a successor about to take over.
 //!
+//! Persistence (client affinity) entries are synced too, as affinity records
+//! ([`crate::dataplane::sync::RecordKind::Affinity`]): queued when the primary makes or
+//! renews one for a new connection (at most every quarter of the timeout per client, unless
+//! the server changed), walked after the connection tables by a full resync, and taken by a
+//! backup into its own affinity table (an active engine keeps the records it has), so a
+//! persistent client keeps its server across a failover.
+//!
 //! On the backup:
 //! Records name addresses, not indices: the receiver resolves the service from the VIP,
 //! port and protocol and the server from its address and port in its own config, so a
@@ -27,7 +34,7 @@ use super::{Engine, EngineError, SYNC_QUEUE, secs};
 pub const WALK_SLOTS_PER_CALL: u32 = 8192;
 use crate::dataplane::conntrack::{Entry, FLAG_NAT, FwdKey, State};
 use crate::dataplane::settings::Forwarding;
-use crate::dataplane::sync::SyncRecord;
+use crate::dataplane::sync::{RecordKind, SyncRecord};
 use crate::dataplane::wire::proto;
 use crate::time::Instant;
 
@@ -42,6 +49,7 @@ impl Engine {
         let t = self.tab::<A>();
         let e = t.get(slot);
         SyncRecord {
+            kind: RecordKind::Connection,
             proto: e.proto,
             state: e.state,
             client: SocketAddr::new(e.client.into(), e.client_port),
@@ -78,6 +86,50 @@ impl Engine {
         }
     }
 
+    /// The affinity record of `client` → server `server_idx` of service `svc_idx` with
+    /// `remaining_s` left (`None` for an index the services no longer have).
+    fn affinity_record<A: Family>(
+        &self,
+        svc_idx: usize,
+        client: A,
+        server_idx: u16,
+        remaining_s: u32,
+    ) -> Option<SyncRecord> {
+        let svc = self.svcs.get(svc_idx)?;
+        let i = usize::from(server_idx);
+        let (addr, port) = (*svc.addrs.get(i)?, svc.servers.get(i)?.port);
+        Some(SyncRecord {
+            kind: RecordKind::Affinity,
+            proto: svc.proto,
+            state: if svc.proto == proto::UDP { State::Udp } else { State::Established },
+            client: SocketAddr::new(client.into(), 0),
+            vip: SocketAddr::new(svc.vip, svc.port),
+            // A cross-family tunnel server travels as its stand-in, as in connection records.
+            server: SocketAddr::new(A::token(addr).into(), port),
+            remaining_ms: remaining_s.saturating_mul(1000),
+        })
+    }
+
+    /// Queues an affinity record for sync (see the module docs).
+    pub(super) fn offer_affinity<A: Family>(
+        &mut self,
+        svc_idx: usize,
+        client: A,
+        server_idx: u16,
+        remaining_s: u32,
+    ) {
+        if !self.sync_enabled {
+            return;
+        }
+        let Some(rec) = self.affinity_record::<A>(svc_idx, client, server_idx, remaining_s) else { return };
+        if self.sync_queue.len() < SYNC_QUEUE {
+            self.sync_queue.push_back(rec);
+            self.stats.sync_queued += 1;
+        } else {
+            self.stats.sync_overflow += 1;
+        }
+    }
+
     /// The next change waiting for connection sync (see [`crate::dataplane::sync`]); then,
     /// during a full resync, the next live synchronisable entry of the table.
     ///
@@ -98,7 +150,29 @@ impl Engine {
                 return r;
             }
         }
-        self.walk::<Ipv6Addr>(now)
+        if self.flows.v6.resync_cursor.is_some() {
+            let r = self.walk::<Ipv6Addr>(now);
+            if r.is_some() || self.flows.v6.resync_cursor.is_some() {
+                return r;
+            }
+        }
+        if self.flows.v4.affinity_cursor.is_some() {
+            let r = self.walk_affinity::<Ipv4Addr>(now);
+            if r.is_some() || self.flows.v4.affinity_cursor.is_some() {
+                return r;
+            }
+        }
+        self.walk_affinity::<Ipv6Addr>(now)
+    }
+
+    /// The next valid affinity record of a full resync (bounded per call like [`Engine::walk`]).
+    fn walk_affinity<A: Family>(&mut self, now: Instant) -> Option<SyncRecord> {
+        let from = A::of(&self.flows).affinity_cursor?;
+        let (found, next) =
+            A::of(&self.flows).affinity.next_valid(from, secs(now), WALK_SLOTS_PER_CALL as usize);
+        A::of_mut(&mut self.flows).affinity_cursor = next;
+        let m = found?;
+        self.affinity_record::<A>(usize::from(m.service), m.client, m.server_idx, m.remaining_s)
     }
 
     fn walk<A: Family>(&mut self, now: Instant) -> Option<SyncRecord> {
@@ -148,13 +222,19 @@ impl Engine {
         if self.sync_enabled {
             self.flows.v4.resync_cursor = Some(0);
             self.flows.v6.resync_cursor = Some(0);
+            self.flows.v4.affinity_cursor = Some(0);
+            self.flows.v6.affinity_cursor = Some(0);
         }
     }
 
     /// A full resync is still walking the table (records of it may still come from
     /// [`Engine::poll_sync`]).
     pub fn full_sync_running(&self) -> bool {
-        self.flows.v4.resync_cursor.is_some() || self.flows.v6.resync_cursor.is_some()
+        let f = &self.flows;
+        f.v4.resync_cursor.is_some()
+            || f.v6.resync_cursor.is_some()
+            || f.v4.affinity_cursor.is_some()
+            || f.v6.affinity_cursor.is_some()
     }
 
     /// Turns the recording of changes for connection sync on or off (off at start).
@@ -164,6 +244,8 @@ impl Engine {
             self.sync_queue.clear();
             self.flows.v4.resync_cursor = None;
             self.flows.v6.resync_cursor = None;
+            self.flows.v4.affinity_cursor = None;
+            self.flows.v6.affinity_cursor = None;
         }
     }
 
@@ -172,10 +254,41 @@ impl Engine {
     /// (made by a gracefully draining predecessor or a briefly co-active peer) and keeps its
     /// own view of those it has.
     pub fn apply_sync(&mut self, now: Instant, rec: &SyncRecord) -> Result<(), EngineError> {
-        match rec.vip {
-            SocketAddr::V4(_) => self.apply_in::<Ipv4Addr>(now, rec),
-            SocketAddr::V6(_) => self.apply_in::<Ipv6Addr>(now, rec),
+        match (rec.vip, rec.kind) {
+            (SocketAddr::V4(_), RecordKind::Connection) => self.apply_in::<Ipv4Addr>(now, rec),
+            (SocketAddr::V6(_), RecordKind::Connection) => self.apply_in::<Ipv6Addr>(now, rec),
+            (SocketAddr::V4(_), RecordKind::Affinity) => self.apply_affinity::<Ipv4Addr>(now, rec),
+            (SocketAddr::V6(_), RecordKind::Affinity) => self.apply_affinity::<Ipv6Addr>(now, rec),
         }
+    }
+
+    /// An affinity record: the client sticks to the server here too, for the time left
+    /// (never longer than this ATM's own `persistence_s`). An active engine keeps a record
+    /// it has.
+    fn apply_affinity<A: Family>(&mut self, now: Instant, rec: &SyncRecord) -> Result<(), EngineError> {
+        let (client, _) = of::<A>(rec.client)?;
+        let (vip, vport) = of::<A>(rec.vip)?;
+        let (server, sport) = of::<A>(rec.server)?;
+        let svc_idx = self.find_service(vip, vport, rec.proto).ok_or(EngineError::Sync("unknown service"))?;
+        let svc = &self.svcs[svc_idx];
+        if svc.persistence_s == 0 {
+            return Err(EngineError::Sync("affinity for a service without persistence"));
+        }
+        let server_idx = svc
+            .servers
+            .iter()
+            .position(|s| A::token(s.address) == server && s.port == sport)
+            .ok_or(EngineError::Sync("unknown server"))?;
+        let remaining_s = rec.remaining_ms.div_ceil(1000).min(svc.persistence_s);
+        let (svc_id, server_idx) = (svc_idx as u16, server_idx as u16);
+        let now_s = secs(now);
+        let affinity = &mut A::of_mut(&mut self.flows).affinity;
+        if self.active && affinity.get(svc_id, client, now_s).is_some() {
+            return Ok(());
+        }
+        affinity.put_synced(svc_id, client, server_idx, now_s, remaining_s);
+        self.stats.sync_applied += 1;
+        Ok(())
     }
 
     fn apply_in<A: Family>(&mut self, now: Instant, rec: &SyncRecord) -> Result<(), EngineError> {

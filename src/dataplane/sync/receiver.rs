@@ -90,7 +90,7 @@ impl SyncReceiver {
         self.stats.accepted += 1;
         let h = batch.header;
         match batch.kind {
-            Kind::Records => {}
+            Kind::Records | Kind::Affinity => {}
             Kind::FullSyncRequest => {
                 self.stats.control += 1;
                 return Ok(Received::FullSyncRequest { session: h.session, seq: h.seq });

@@ -3,8 +3,8 @@
 
 use super::SyncSource;
 use super::wire::{
-    BatchHeader, FLUSH_AFTER_MS, Kind, MAX_RECORDS, MAX_RECORDS_V6, SyncRecord, encode_control_with,
-    encode_with,
+    BatchHeader, FLUSH_AFTER_MS, Kind, MAX_RECORDS, MAX_RECORDS_V6, RecordKind, SyncRecord,
+    encode_control_with, encode_with,
 };
 use crate::auth::Mac;
 use crate::time::Instant;
@@ -19,22 +19,36 @@ pub struct SenderStats {
 }
 
 /// Batches the engine's changes into rate-limited authenticated datagrams (module docs).
+///
+/// A datagram holds records of one family and one kind, so the sender fills one batch per
+/// (family, kind) at once: connections and affinity entries (or IPv4 and IPv6 flows) that
+/// come interleaved still travel in full datagrams.
 #[derive(Debug)]
 pub struct SyncSender {
     mac: Mac,
     cluster_id: u32,
     session: u64,
     seq: u64,
-    pending: Vec<SyncRecord>,
-    /// A record of the other family than `pending`'s, pulled from the engine: it starts
-    /// the next datagram (one family per datagram).
-    held: Option<SyncRecord>,
-    first_pending_at: Instant,
+    /// One batch per [`class`], and when its oldest record was taken.
+    pending: [Vec<SyncRecord>; CLASSES],
+    first_pending_at: [Instant; CLASSES],
     min_interval_ns: u64,
     next_send_at: Instant,
     /// No batching delay (a planned handover: [`SyncSender::set_prompt`]).
     prompt: bool,
     stats: SenderStats,
+}
+
+const CLASSES: usize = 4;
+
+/// The batch a record goes into: bit 0 IPv6, bit 1 affinity.
+fn class(r: &SyncRecord) -> usize {
+    usize::from(r.vip.is_ipv6()) | (usize::from(r.kind == RecordKind::Affinity) << 1)
+}
+
+/// Records a datagram of class `c` can take.
+fn capacity(c: usize) -> usize {
+    if c & 1 == 1 { MAX_RECORDS_V6 } else { MAX_RECORDS }
 }
 
 impl SyncSender {
@@ -45,9 +59,8 @@ impl SyncSender {
             cluster_id,
             session,
             seq: 0,
-            pending: Vec::with_capacity(MAX_RECORDS),
-            held: None,
-            first_pending_at: Instant::ZERO,
+            pending: std::array::from_fn(|c| Vec::with_capacity(capacity(c))),
+            first_pending_at: [Instant::ZERO; CLASSES],
             min_interval_ns: 1_000_000_000 / u64::from(max_datagrams_per_s.max(1)),
             next_send_at: Instant::ZERO,
             prompt: false,
@@ -73,34 +86,26 @@ impl SyncSender {
         engine: &mut impl SyncSource,
         out: &mut [u8],
     ) -> Option<usize> {
-        if self.pending.is_empty()
-            && let Some(r) = self.held.take()
-        {
-            self.first_pending_at = now;
-            self.pending.push(r);
-        }
-        while !self.batch_full() && self.held.is_none() {
+        while !self.batch_full() {
             let Some(r) = engine.poll_sync(now) else {
                 break;
             };
-            if self.pending.first().is_some_and(|p| p.vip.is_ipv4() != r.vip.is_ipv4()) {
-                self.held = Some(r);
-                break;
+            let c = class(&r);
+            if self.pending[c].is_empty() {
+                self.first_pending_at[c] = now;
             }
-            if self.pending.is_empty() {
-                self.first_pending_at = now;
-            }
-            self.pending.push(r);
+            self.pending[c].push(r);
         }
-        if self.pending.is_empty() || now < self.due_at()? {
+        let (due, c) = self.next_due()?;
+        if now < due {
             return None;
         }
         let h = BatchHeader { cluster_id: self.cluster_id, session: self.session, seq: self.seq + 1 };
-        let len = encode_with(&self.mac, &h, &self.pending, out).ok()?;
+        let len = encode_with(&self.mac, &h, &self.pending[c], out).ok()?;
         self.seq += 1;
         self.stats.datagrams += 1;
-        self.stats.records += self.pending.len() as u64;
-        self.pending.clear();
+        self.stats.records += self.pending[c].len() as u64;
+        self.pending[c].clear();
         self.next_send_at = Instant::from_nanos(now.as_nanos().saturating_add(self.min_interval_ns));
         Some(len)
     }
@@ -126,40 +131,38 @@ impl SyncSender {
         self.seq
     }
 
-    /// The batch being filled is full: [`SyncSender::poll_transmit`] pulls no more records
+    /// A batch being filled is full: [`SyncSender::poll_transmit`] pulls no more records
     /// from the engine until it went out.
     pub fn batch_full(&self) -> bool {
-        self.pending.len() >= self.capacity() || self.held.is_some()
+        (0..CLASSES).any(|c| self.pending[c].len() >= capacity(c))
     }
 
-    /// Records the batch being filled can take (by its family).
-    fn capacity(&self) -> usize {
-        match self.pending.first() {
-            Some(r) if r.vip.is_ipv6() => MAX_RECORDS_V6,
-            _ => MAX_RECORDS,
-        }
-    }
-
-    /// Records taken from the engine so far (sent, or waiting in the current batch): once
+    /// Records taken from the engine so far (sent, or waiting in a batch): once
     /// [`SenderStats::records`] reaches this value, every one of them has been sent.
     pub fn pulled(&self) -> u64 {
-        self.stats.records + self.pending.len() as u64 + u64::from(self.held.is_some())
+        self.stats.records + self.pending.iter().map(|p| p.len() as u64).sum::<u64>()
     }
 
-    fn due_at(&self) -> Option<Instant> {
-        if self.pending.is_empty() {
-            return None;
-        }
-        let flush = if self.prompt || self.batch_full() {
-            self.first_pending_at
-        } else {
-            Instant::from_nanos(self.first_pending_at.as_nanos().saturating_add(FLUSH_AFTER_MS * 1_000_000))
-        };
-        Some(flush.max(self.next_send_at))
+    /// The batch to send next and when: a full one at once, else the one whose oldest
+    /// record has waited longest, [`FLUSH_AFTER_MS`] after it came (at once when prompt);
+    /// never before the rate allows.
+    fn next_due(&self) -> Option<(Instant, usize)> {
+        (0..CLASSES)
+            .filter(|&c| !self.pending[c].is_empty())
+            .map(|c| {
+                let first = self.first_pending_at[c];
+                let flush = if self.prompt || self.pending[c].len() >= capacity(c) {
+                    first
+                } else {
+                    Instant::from_nanos(first.as_nanos().saturating_add(FLUSH_AFTER_MS * 1_000_000))
+                };
+                (flush.max(self.next_send_at), c)
+            })
+            .min()
     }
 
     /// When to call [`SyncSender::poll_transmit`] next if nothing else happens.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.due_at()
+        self.next_due().map(|(t, _)| t)
     }
 }

@@ -12,6 +12,7 @@ const SECRET: &[u8] = b"s3cret";
 
 fn rec(n: u16) -> SyncRecord {
     SyncRecord {
+        kind: RecordKind::Connection,
         proto: 6,
         state: State::Established,
         client: SocketAddr::from(([198, 51, 100, 7], 40000 + n)),
@@ -63,6 +64,15 @@ pub(crate) fn udp_engine(
     scheduler: crate::dataplane::settings::SchedulerKind,
     servers: u8,
 ) -> (crate::dataplane::engine::Engine, core::net::Ipv4Addr) {
+    udp_engine_with(scheduler, servers, 0)
+}
+
+/// [`udp_engine`] with `persistence_s`.
+fn udp_engine_with(
+    scheduler: crate::dataplane::settings::SchedulerKind,
+    servers: u8,
+    persistence_s: u64,
+) -> (crate::dataplane::engine::Engine, core::net::Ipv4Addr) {
     use crate::dataplane::engine::{Engine, EngineConfig};
     use core::net::Ipv4Addr;
     let vip = Ipv4Addr::new(192, 0, 2, 10);
@@ -73,7 +83,7 @@ pub(crate) fn udp_engine(
         protocol: crate::dataplane::settings::Protocol::Udp,
         forwarding: crate::dataplane::settings::Forwarding::Dr,
         scheduler,
-        persistence_s: 0,
+        persistence_s,
         gateway_vip: None,
         on_down: crate::dataplane::settings::OnDown::Keep,
         servers: (0..servers)
@@ -241,7 +251,7 @@ fn malformed_or_unauthenticated_full_sync_messages_are_refused_and_counted() {
         d.extend(std::iter::repeat_n(0u8, extra));
         signed(d)
     };
-    assert_eq!(decode(SECRET, 7, &body(3, 0, 0)).unwrap_err(), SyncError::UnknownKind(3));
+    assert_eq!(decode(SECRET, 7, &body(4, 0, 0)).unwrap_err(), SyncError::UnknownKind(4));
     assert_eq!(decode(SECRET, 7, &body(1, 1, 0)).unwrap_err(), SyncError::BadLength);
     assert_eq!(decode(SECRET, 7, &body(1, 0, 4)).unwrap_err(), SyncError::BadLength);
     assert_eq!(decode(SECRET, 7, &body(2, 0, 15)).unwrap_err(), SyncError::BadLength);
@@ -257,7 +267,7 @@ fn malformed_or_unauthenticated_full_sync_messages_are_refused_and_counted() {
         seed: 1,
     });
     let mut r = SyncReceiver::new(SECRET, 7);
-    for bad in [flipped, body(3, 0, 0), body(1, 1, 0), body(2, 0, 15)] {
+    for bad in [flipped, body(4, 0, 0), body(1, 1, 0), body(2, 0, 15)] {
         assert!(r.handle_message(Instant::ZERO, &bad, &mut e).is_err());
     }
     assert_eq!((r.stats().rejected, r.stats().bad_mac, r.stats().control), (4, 1, 0));
@@ -295,4 +305,74 @@ proptest! {
             prop_assert!(b.kind == Kind::Records || b.is_empty());
         }
     }
+}
+
+/// A persistent client keeps its server across a failover: the primary's affinity entries
+/// travel in kind-3 datagrams beside its connection records, and the promoted backup sends
+/// the client's next new flow to the server it had, not where its own scheduler would.
+#[test]
+fn affinity_entries_are_synced_so_a_persistent_client_keeps_its_server() {
+    use crate::dataplane::settings::SchedulerKind;
+    use crate::dataplane::wire::build;
+    use core::net::Ipv4Addr;
+    let t0 = Instant::ZERO;
+    let (mut primary, vip) = udp_engine_with(SchedulerKind::Rr, 3, 300);
+    primary.set_active(true);
+    let mut tx = [0u8; 256];
+    let (c1, c2) = (Ipv4Addr::new(198, 51, 100, 1), Ipv4Addr::new(198, 51, 100, 2));
+    primary.process(t0, &build::udp((c1, 1000), (vip, 53), b"q"), &mut tx);
+    primary.process(t0, &build::udp((c2, 1000), (vip, 53), b"q"), &mut tx);
+    let on = |e: &crate::dataplane::engine::Engine| -> Vec<u64> {
+        e.server_counters(0).iter().map(|c| c.connections).collect()
+    };
+    assert_eq!(on(&primary), [1, 1, 0], "round robin: c1 on s0, c2 on s1");
+
+    let mut sender = SyncSender::new(SECRET, 7, 1, 1_000_000);
+    let mut out = [0u8; MAX_DATAGRAM];
+    let mut wire = Vec::new();
+    let later = Instant::from_millis(FLUSH_AFTER_MS);
+    for now in [t0, later, Instant::from_millis(FLUSH_AFTER_MS + 1)] {
+        while let Some(len) = sender.poll_transmit(now, &mut primary, &mut out) {
+            wire.push(out[..len].to_vec());
+        }
+    }
+    let kinds: Vec<u8> = wire.iter().map(|d| d[5]).collect();
+    assert_eq!(kinds, [0, 3], "connection records, then affinity records in their own datagram");
+
+    let mut failover = |sync: bool| {
+        let (mut backup, _) = udp_engine_with(SchedulerKind::Rr, 3, 300);
+        backup.set_active(false);
+        let mut rx = SyncReceiver::new(SECRET, 7);
+        for d in wire.iter().filter(|_| sync) {
+            rx.handle(later, d, &mut backup).unwrap();
+        }
+        backup.set_active(true);
+        // c2's next connection (a new flow): first on the promoted backup.
+        backup.process(later, &build::udp((c2, 2000), (vip, 53), b"q"), &mut tx);
+        (on(&backup), rx.stats().records_applied)
+    };
+    assert_eq!(failover(true), (vec![0, 1, 0], 4), "c2 kept s1 after the failover");
+    assert_eq!(failover(false), (vec![1, 0, 0], 0), "without the sync, round robin would pick s0");
+}
+
+/// A backup from before affinity records refuses their datagram as a whole (unknown kind)
+/// and applies the connection records; a record for a service without persistence is refused.
+#[test]
+fn affinity_records_decode_and_are_refused_where_they_do_not_fit() {
+    let aff = SyncRecord { kind: RecordKind::Affinity, client: "198.51.100.7:0".parse().unwrap(), ..rec(1) };
+    let mut buf = [0u8; MAX_DATAGRAM];
+    let len = encode(SECRET, &header(1), &[aff, rec(2)], &mut buf).unwrap();
+    assert_eq!(buf[5], 3);
+    let b = decode(SECRET, 7, &buf[..len]).unwrap();
+    assert_eq!(b.kind, Kind::Affinity);
+    assert_eq!(b.records().collect::<Vec<_>>(), [aff], "the connection record of the other kind is skipped");
+    let (mut e, _) = udp_engine(crate::dataplane::settings::SchedulerKind::Rr, 1);
+    let udp = SyncRecord {
+        proto: 17,
+        state: State::Udp,
+        vip: SocketAddr::from(([192, 0, 2, 10], 53)),
+        server: SocketAddr::from(([10, 0, 0, 3], 53)),
+        ..aff
+    };
+    assert!(e.apply_sync(Instant::ZERO, &udp).is_err(), "the service has no persistence");
 }

@@ -23,9 +23,22 @@ pub const MAX_DATAGRAM: usize = HEADER + MAX_RECORDS * RECORD_V4 + MAC_LEN;
 /// How long a partial batch may wait before it is sent.
 pub const FLUSH_AFTER_MS: u64 = 50;
 
-/// One connection as the sync stream carries it.
+/// What a [`SyncRecord`] describes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RecordKind {
+    /// A connection (kind-0 datagrams).
+    #[default]
+    Connection,
+    /// A persistence (client affinity) entry: `client` (port 0) sticks to `server` for the
+    /// service `vip` (with `proto`) for `remaining_ms` more; `state` is `Established` for
+    /// TCP and `Udp` for UDP (kind-3 datagrams).
+    Affinity,
+}
+
+/// One connection (or affinity entry, see [`RecordKind`]) as the sync stream carries it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SyncRecord {
+    pub kind: RecordKind,
     pub proto: u8,
     pub state: State,
     pub client: SocketAddr,
@@ -77,6 +90,9 @@ pub enum Kind {
     FullSyncRequest,
     /// The sender's full sync answering the request `(session, seq)` is complete (kind 2).
     FullSyncEnd { session: u64, seq: u64 },
+    /// Persistence (client affinity) records (kind 3): a receiver from before they existed
+    /// refuses the datagram (unknown kind) and loses nothing else.
+    Affinity,
 }
 
 impl Kind {
@@ -85,6 +101,7 @@ impl Kind {
             Kind::Records => 0,
             Kind::FullSyncRequest => 1,
             Kind::FullSyncEnd { .. } => 2,
+            Kind::Affinity => 3,
         }
     }
 }
@@ -105,10 +122,11 @@ impl<'a> Batch<'a> {
     /// The records, in order.
     pub fn records(&self) -> impl Iterator<Item = SyncRecord> + 'a {
         let mut rest = self.records;
+        let kind = if self.kind == Kind::Affinity { RecordKind::Affinity } else { RecordKind::Connection };
         std::iter::from_fn(move || {
             let (r, n) = read_record(rest).ok()?;
             rest = &rest[n..];
-            Some(r)
+            Some(SyncRecord { kind, ..r })
         })
     }
 
@@ -177,6 +195,7 @@ fn read_record(b: &[u8]) -> Result<(SyncRecord, usize), ()> {
     };
     let rat = 4 + 3 * a + 6;
     let rec = SyncRecord {
+        kind: RecordKind::Connection,
         proto: b[1],
         state,
         client: addr(0),
@@ -187,8 +206,9 @@ fn read_record(b: &[u8]) -> Result<(SyncRecord, usize), ()> {
     Ok((rec, len))
 }
 
-/// Writes a datagram; records whose addresses mix families are skipped. The caller keeps
-/// to one family per datagram (module docs). Returns the length.
+/// Writes a datagram of the first record's kind (kind 0 for connections, 3 for affinity
+/// entries); records whose addresses mix families, or of the other kind, are skipped. The
+/// caller keeps to one family and kind per datagram (module docs). Returns the length.
 pub fn encode(
     secret: &[u8],
     header: &BatchHeader,
@@ -205,13 +225,15 @@ pub(super) fn encode_with(
     out: &mut [u8],
 ) -> Result<usize, SyncError> {
     let n = records.len().min(usize::from(u16::MAX));
-    let body: usize = records[..n].iter().filter_map(record_len).sum();
+    let kind = records.first().map_or(RecordKind::Connection, |r| r.kind);
+    let same = |r: &&SyncRecord| r.kind == kind;
+    let body: usize = records[..n].iter().filter(same).filter_map(record_len).sum();
     if out.len() < HEADER + body + MAC_LEN {
         return Err(SyncError::BufferTooSmall);
     }
     let mut at = HEADER;
     let mut count: u16 = 0;
-    for r in &records[..n] {
+    for r in records[..n].iter().filter(same) {
         if let Some(len) = write_record(&mut out[at..], r) {
             at += len;
             count += 1;
@@ -219,7 +241,7 @@ pub(super) fn encode_with(
     }
     out[0..4].copy_from_slice(&MAGIC);
     out[4] = VERSION;
-    out[5] = Kind::Records.byte();
+    out[5] = if kind == RecordKind::Affinity { Kind::Affinity.byte() } else { Kind::Records.byte() };
     out[6..8].copy_from_slice(&count.to_be_bytes());
     out[8..12].copy_from_slice(&h.cluster_id.to_be_bytes());
     out[12..20].copy_from_slice(&h.session.to_be_bytes());
@@ -246,7 +268,7 @@ pub(super) fn encode_control_with(
     out: &mut [u8],
 ) -> Result<usize, SyncError> {
     let body = match kind {
-        Kind::Records => return encode_with(mac, h, &[], out),
+        Kind::Records | Kind::Affinity => return encode_with(mac, h, &[], out),
         Kind::FullSyncRequest => 0,
         Kind::FullSyncEnd { .. } => END_BODY,
     };
@@ -306,12 +328,13 @@ pub(super) fn decode_with<'a>(mac: &Mac, cluster_id: u32, d: &'a [u8]) -> Result
     let records = &body[HEADER..];
     let kind = match body[5] {
         0 => Kind::Records,
+        3 => Kind::Affinity,
         1 => Kind::FullSyncRequest,
         2 if records.len() == END_BODY => Kind::FullSyncEnd { session: be64(HEADER), seq: be64(HEADER + 8) },
         2 => return Err(SyncError::BadLength),
         k => return Err(SyncError::UnknownKind(k)),
     };
-    if kind != Kind::Records {
+    if !matches!(kind, Kind::Records | Kind::Affinity) {
         if count != 0 || (kind == Kind::FullSyncRequest && !records.is_empty()) {
             return Err(SyncError::BadLength);
         }
