@@ -71,6 +71,7 @@
 
 pub mod attach;
 pub mod frame;
+pub mod pool;
 pub mod program;
 pub mod ring;
 pub mod route;
@@ -84,6 +85,7 @@ use std::thread::JoinHandle;
 use tokio::sync::{mpsc, watch};
 
 use self::attach::{AttachMode, Attachment, LinkInfo};
+use self::pool::TxFrames;
 use self::program::MatchSet;
 use self::socket::{BindMode, RingSizes, Umem, Xsk};
 use self::worker::{Bound, Worker};
@@ -92,9 +94,11 @@ use super::{PacketProcessor, ShellError, ShellStats, StatsSnapshot};
 
 /// RX frames given to each socket's fill ring.
 const RX_FRAMES: u32 = 1024;
-/// TX frames of each worker.
+/// TX frames of each worker: at most one completion ring's worth (see [`pool`]), and no
+/// more than a TX ring holds.
 const TX_FRAMES: u32 = 2048;
 const SIZES: RingSizes = RingSizes { rx: 2048, tx: 2048, fill: 2048, comp: 2048 };
+const _: () = assert!(TX_FRAMES <= SIZES.comp && TX_FRAMES <= SIZES.tx && RX_FRAMES <= SIZES.fill);
 /// How long [`XdpShell::start`] waits for each worker.
 const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -369,12 +373,14 @@ impl<P: PacketProcessor + 'static> Drop for XdpShell<P> {
 }
 
 /// Worker `w`'s UMEM and sockets (queues `q % workers == w` of every port), registered in
-/// the XSK maps, fill rings stocked; plus its free TX frames.
+/// the XSK maps, fill rings stocked; plus its free TX frames ([`TX_FRAMES`] of them, behind
+/// the RX frames of the sockets that bound; the UMEM is sized before binding, for every
+/// queue the link reports, so frames of queues that refused stay unused).
 fn open_worker_sockets(
     a: &Attachment,
     w: usize,
     workers: usize,
-) -> Result<(Umem, Vec<Bound>, Vec<u64>), ShellError> {
+) -> Result<(Umem, Vec<Bound>, TxFrames), ShellError> {
     let mut wanted = Vec::new();
     for (pi, p) in a.ports.iter().enumerate() {
         for q in (0..p.rx_queues).filter(|q| *q as usize % workers == w) {
@@ -410,6 +416,6 @@ fn open_worker_sockets(
         socks.push(Bound { xsk, port: pi });
     }
     let used = socks.len() as u32 * RX_FRAMES;
-    let free = (used..frames).map(Umem::frame_addr).collect();
-    Ok((umem, socks, free))
+    let free = (used..used + TX_FRAMES).map(Umem::frame_addr).collect();
+    Ok((umem, socks, TxFrames::new(free, SIZES.comp)))
 }
