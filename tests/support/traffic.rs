@@ -72,3 +72,58 @@ pub fn answered(ns: &str, addr: SocketAddr, n: usize) -> (BTreeSet<String>, usiz
     .join()
     .expect("client")
 }
+
+/// The line [`bulk_echo`] sends as its `i`-th: 1 KiB, its number and a filler that
+/// changes with it, so a lost, repeated or reordered piece shows.
+fn bulk_line(i: u64, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(format!("{i:012} ").as_bytes());
+    let fill = b'a' + (i % 26) as u8;
+    out.resize(1023, fill);
+    out.push(b'\n');
+}
+
+/// A bulk TCP stream from namespace `ns` to a line echo server at `addr`: `bytes`
+/// (rounded up to whole 1 KiB lines) written by one thread while this one reads the echo
+/// and checks every byte of it. Each step may wait `patience` (a stall shows as a read
+/// timeout, with how far it got). `Ok` is the number of bytes echoed back intact.
+pub fn bulk_echo(ns: &str, addr: SocketAddr, bytes: u64, patience: Duration) -> Result<u64, String> {
+    in_netns(ns, move || {
+        let s = TcpStream::connect_timeout(&addr, patience).map_err(|e| format!("connect {addr}: {e}"))?;
+        s.set_read_timeout(Some(patience)).map_err(|e| e.to_string())?;
+        s.set_write_timeout(Some(patience)).map_err(|e| e.to_string())?;
+        let lines = bytes.div_ceil(1024);
+        let mut w = s.try_clone().map_err(|e| e.to_string())?;
+        let writer = std::thread::spawn(move || {
+            let mut line = Vec::with_capacity(1024);
+            for i in 0..lines {
+                bulk_line(i, &mut line);
+                w.write_all(&line).map_err(|e| format!("write of line {i}: {e}"))?;
+            }
+            Ok::<(), String>(())
+        });
+        let mut r = std::io::BufReader::with_capacity(64 * 1024, s);
+        let (mut want, mut got) = (Vec::with_capacity(1024), vec![0u8; 1024]);
+        let mut echoed = 0u64;
+        let mut result = Ok(());
+        for i in 0..lines {
+            bulk_line(i, &mut want);
+            if let Err(e) = r.read_exact(&mut got) {
+                result = Err(format!("{addr}: echo stopped after {echoed} of {} bytes: {e}", lines * 1024));
+                break;
+            }
+            if got != want {
+                result = Err(format!("{addr}: line {i} came back altered"));
+                break;
+            }
+            echoed += 1024;
+        }
+        let _ = r.get_ref().shutdown(std::net::Shutdown::Both);
+        let wrote = writer.join().map_err(|_| "writer panicked".to_string())?;
+        result?;
+        wrote?;
+        Ok(echoed)
+    })
+    .join()
+    .expect("bulk client thread")
+}

@@ -58,19 +58,36 @@
 //! strength is small packets (no syscall per packet: one `sendto` kick per batch in copy
 //! mode, none in zero-copy), the TUN backend's is bulk streams.
 //!
-//! **Measured, and an open defect** (`clusterlab bench --peers nat,nat-xdp,dr,dr-xdp
-//! --loads tcp1,udp --reps 1`, one run, this 2-vCPU machine): TUN NAT 12.3 Gbit/s on one
-//! TCP stream and 67.4 k 64-byte UDP pkt/s (8.1 us daemon CPU per datagram); the AF_XDP
-//! runs gave no figure: a bulk TCP stream through AF_XDP NAT stalls after a few thousand
-//! segments (reproduced with iperf3 in a one-ATM lab: ~5 MB in the first second, then the
-//! sender's retransmissions of one segment are not answered), although short
-//! request/response traffic works (tests/xdp_ns.rs). A first cause was found and fixed
-//! (copy-mode `sendto` sends at most 32 descriptors; the rest sat in the TX ring: see
-//! [`worker`]'s `kick`); the stall remains and is not yet diagnosed. Until it is, keep
-//! `dataplane.backend: tun` for production traffic.
+//! **The bulk-TCP stall (fixed).** A bulk stream through AF_XDP NAT used to stop after
+//! about 2048 segments (~3 MB; iperf3 showed ~5 MB in its first second, then the sender's
+//! retransmissions of one segment went unanswered, and from then on every flow, new SYNs
+//! included). Two causes, both in the TX path of copy mode: `sendto` sends at most 32
+//! descriptors (fixed earlier: [`worker`]'s `kick`), and the one that stalled: the
+//! completion rings were drained only when fewer than a batch of TX frames was free, while
+//! the free list (4096 frames, the UMEM being sized for both RX queues a veth reports) was
+//! larger than a completion ring (2048). The socket towards the server filled its
+//! completion ring (ring indices read in the lab: producer 2048, consumer 0), the kernel,
+//! which reserves a completion slot per TX descriptor, refused everything after (`sendto`
+//! `EAGAIN`, 533 descriptors left in the TX ring; the server's capture: exactly 2048
+//! segments), and the worker, with 1014 frames still free, never looked again. Every reclaim
+//! now empties every completion ring and the TX pool is at most one completion ring
+//! ([`pool`]); `tests/xdp_ns.rs` pushes 16 MiB each way through every VIP.
+//!
+//! **Measured** (`scripts/bench --reps 1 --seconds 5 --peers nat,nat-xdp,nft --loads
+//! tcp1,http-close,udp,mixed`, one run, this 2-vCPU machine shared with other work: noisy,
+//! compare columns): one TCP stream 1.34 Gbit/s through AF_XDP NAT against 7.68 through the
+//! TUN backend and 11.27 through nftables (6.6 us of daemon CPU per segment: every segment a
+//! frame copied in and out by the kernel); `Connection: close` requests 10.6 k/s (TUN 7.0 k,
+//! nftables 9.3 k: 1.15x); 64-byte UDP 80.6 k pkt/s (TUN 61.2 k, nftables 79.7 k; 6.2 us
+//! daemon CPU per datagram against TUN's 9.8); the mixed load 1.43 k req/s beside 0.87 Gbit/s
+//! of iperf3 (TUN 3.04 k beside 4.90). So: AF_XDP for small packets and many short
+//! connections, TUN for bulk streams. Under a saturating stream the fill ring runs dry at
+//! times (`kernel_fill_empty`: the worker, sharing 2 vCPUs with the load, falls behind) and
+//! the kernel drops those frames; TCP recovers them by retransmission.
 
 pub mod attach;
 pub mod frame;
+pub mod pool;
 pub mod program;
 pub mod ring;
 pub mod route;
@@ -84,6 +101,7 @@ use std::thread::JoinHandle;
 use tokio::sync::{mpsc, watch};
 
 use self::attach::{AttachMode, Attachment, LinkInfo};
+use self::pool::TxFrames;
 use self::program::MatchSet;
 use self::socket::{BindMode, RingSizes, Umem, Xsk};
 use self::worker::{Bound, Worker};
@@ -92,9 +110,11 @@ use super::{PacketProcessor, ShellError, ShellStats, StatsSnapshot};
 
 /// RX frames given to each socket's fill ring.
 const RX_FRAMES: u32 = 1024;
-/// TX frames of each worker.
+/// TX frames of each worker: at most one completion ring's worth (see [`pool`]), and no
+/// more than a TX ring holds.
 const TX_FRAMES: u32 = 2048;
 const SIZES: RingSizes = RingSizes { rx: 2048, tx: 2048, fill: 2048, comp: 2048 };
+const _: () = assert!(TX_FRAMES <= SIZES.comp && TX_FRAMES <= SIZES.tx && RX_FRAMES <= SIZES.fill);
 /// How long [`XdpShell::start`] waits for each worker.
 const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -369,12 +389,14 @@ impl<P: PacketProcessor + 'static> Drop for XdpShell<P> {
 }
 
 /// Worker `w`'s UMEM and sockets (queues `q % workers == w` of every port), registered in
-/// the XSK maps, fill rings stocked; plus its free TX frames.
+/// the XSK maps, fill rings stocked; plus its free TX frames ([`TX_FRAMES`] of them, behind
+/// the RX frames of the sockets that bound; the UMEM is sized before binding, for every
+/// queue the link reports, so frames of queues that refused stay unused).
 fn open_worker_sockets(
     a: &Attachment,
     w: usize,
     workers: usize,
-) -> Result<(Umem, Vec<Bound>, Vec<u64>), ShellError> {
+) -> Result<(Umem, Vec<Bound>, TxFrames), ShellError> {
     let mut wanted = Vec::new();
     for (pi, p) in a.ports.iter().enumerate() {
         for q in (0..p.rx_queues).filter(|q| *q as usize % workers == w) {
@@ -410,6 +432,6 @@ fn open_worker_sockets(
         socks.push(Bound { xsk, port: pi });
     }
     let used = socks.len() as u32 * RX_FRAMES;
-    let free = (used..frames).map(Umem::frame_addr).collect();
-    Ok((umem, socks, free))
+    let free = (used..used + TX_FRAMES).map(Umem::frame_addr).collect();
+    Ok((umem, socks, TxFrames::new(free, SIZES.comp)))
 }

@@ -191,7 +191,7 @@ impl<T: Copy> Consumer<T> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -203,17 +203,18 @@ mod tests {
         assert_eq!(free(8, 3, 3), 8);
     }
 
-    /// A ring in ordinary memory, the test playing the kernel's side.
-    struct Mem {
-        idx: Box<[u32; 3]>,
+    /// A ring in ordinary memory, the test playing the kernel's side (`idx`: producer,
+    /// consumer, flags).
+    pub(crate) struct Mem {
+        pub(crate) idx: Box<[u32; 3]>,
         desc: Vec<u64>,
     }
 
     impl Mem {
-        fn new(size: u32, start: u32) -> Mem {
+        pub(crate) fn new(size: u32, start: u32) -> Mem {
             Mem { idx: Box::new([start, start, 0]), desc: vec![0; size as usize] }
         }
-        fn ptrs(&mut self) -> RingPtrs<u64> {
+        pub(crate) fn ptrs(&mut self) -> RingPtrs<u64> {
             let base = self.idx.as_mut_ptr();
             // SAFETY (test): indices 0..3 are inside the boxed array.
             let (producer, consumer, flags) = unsafe { (base, base.add(1), base.add(2)) };

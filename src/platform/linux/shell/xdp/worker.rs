@@ -7,7 +7,9 @@
 //! the frame is then addressed ([`Router`]) and queued on the TX ring of the output
 //! interface's socket, and the RX frame goes back to its fill ring. After the batch each
 //! TX ring is published and kicked with `sendto` only if the kernel's `need_wakeup` flag
-//! asks; finished TX frames come back through the completion rings. Sleeping is epoll
+//! asks; finished TX frames come back through the completion rings, which are emptied
+//! before every kick and whenever the free list runs low ([`TxFrames`]: a full completion
+//! ring is a TX ring the kernel stops reading). Sleeping is epoll
 //! readiness on the sockets (tokio's `AsyncFd`), beside the same timers and control channel
 //! as the TUN worker: [`TICK`], [`PacketProcessor::wake_at`], the processor's wake socket.
 #![allow(unsafe_code)]
@@ -24,6 +26,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::XdpStats;
 use super::frame::{self, ETH_HLEN};
+use super::pool::TxFrames;
 use super::route::{Miss, Router};
 use super::socket::{FRAME_SIZE, Umem, XdpDesc, Xsk};
 use crate::platform::linux::shell::tun::Control;
@@ -66,7 +69,7 @@ pub struct Worker<P> {
     pub socks: Vec<Bound>,
     pub umem: Umem,
     /// Free TX frames.
-    pub free: Vec<u64>,
+    pub free: TxFrames,
     /// Per port: interface index and MAC.
     pub ports: Vec<(u32, [u8; 6])>,
     /// Next hops kept resolved beside the processor's (the NAT servers).
@@ -264,7 +267,9 @@ impl<P: PacketProcessor> Worker<P> {
                 s.fill.clear();
                 for k in 0..n {
                     let d = s.rx[k];
-                    self.reclaim(s);
+                    if self.free.len() < BATCH {
+                        self.reclaim(s);
+                    }
                     self.frame(d, s, router, fallback).await;
                     s.fill.push(d.addr - d.addr % FRAME_SIZE as u64);
                 }
@@ -283,19 +288,18 @@ impl<P: PacketProcessor> Worker<P> {
         self.reclaim(s);
     }
 
-    /// Finished TX frames back to the free list.
+    /// Finished TX frames back to the free list: every completion ring emptied, however
+    /// many frames are free (a full completion ring stops the kernel's TX: see [`TxFrames`]).
     fn reclaim(&mut self, s: &mut Scratch) {
-        if self.free.len() >= BATCH {
-            return;
-        }
         for b in &mut self.socks {
-            let n = b.xsk.comp.pop(&mut s.comp);
-            self.free.extend_from_slice(&s.comp[..n]);
+            self.free.reclaim(&mut b.xsk.comp, &mut s.comp);
         }
     }
 
-    /// Publishes the queued TX descriptors and kicks where the kernel asks.
+    /// Publishes the queued TX descriptors and kicks where the kernel asks (completions
+    /// taken first, so the kernel has room to complete what it sends).
     fn flush(&mut self, s: &mut Scratch) {
+        self.reclaim(s);
         for (i, q) in s.tx.iter_mut().enumerate() {
             if q.is_empty() {
                 continue;
@@ -304,7 +308,7 @@ impl<P: PacketProcessor> Worker<P> {
             let n = xsk.tx.push(q);
             for d in &q[n..] {
                 // TX ring full: the frame is dropped and returned.
-                self.free.push(d.addr);
+                self.free.put(d.addr);
                 ShellStats::add(&self.stats.dropped, 1);
             }
             ShellStats::add(&self.xstats.tx_frames, n as u64);
@@ -329,13 +333,13 @@ impl<P: PacketProcessor> Worker<P> {
                 return;
             }
         };
-        let Some(tx_addr) = self.free.pop() else {
+        let Some(tx_addr) = self.free.take() else {
             ShellStats::add(&self.xstats.no_tx_frame, 1);
             return;
         };
         let Some((rx, tx)) = self.umem.rx_tx(d.addr + l3.offset as u64, l3.len, tx_addr) else {
             ShellStats::add(&self.stats.rx_errors, 1);
-            self.free.push(tx_addr);
+            self.free.put(tx_addr);
             return;
         };
         match frame::complete_partial_checksum(rx) {
@@ -343,7 +347,7 @@ impl<P: PacketProcessor> Worker<P> {
             Ok(false) => {}
             Err(_) => {
                 ShellStats::add(&self.stats.rx_errors, 1);
-                self.free.push(tx_addr);
+                self.free.put(tx_addr);
                 return;
             }
         }
@@ -358,19 +362,22 @@ impl<P: PacketProcessor> Worker<P> {
         };
         if len == 0 {
             ShellStats::add(&self.stats.dropped, 1);
-            self.free.push(tx_addr);
+            self.free.put(tx_addr);
             return;
         }
         match router.hop(now, target, l2).await {
             Ok(hop) => {
-                let Some(f) = self.umem.frame_mut(tx_addr) else { return };
+                let Some(f) = self.umem.frame_mut(tx_addr) else {
+                    self.free.put(tx_addr);
+                    return;
+                };
                 let et = frame::ethertype_of(&f[ETH_HLEN..]).unwrap_or(frame::ETH_P_IP);
                 if frame::write_eth(f, hop.mac, self.ports[hop.port].1, et).is_err() {
-                    self.free.push(tx_addr);
+                    self.free.put(tx_addr);
                     return;
                 }
                 let Some(sock) = self.socks.iter().position(|b| b.port == hop.port) else {
-                    self.free.push(tx_addr);
+                    self.free.put(tx_addr);
                     return;
                 };
                 s.tx[sock].push(XdpDesc { addr: tx_addr, len: (ETH_HLEN + len) as u32, options: 0 });
@@ -380,11 +387,11 @@ impl<P: PacketProcessor> Worker<P> {
             Err(Miss::NoNeighbour) if l2 => {
                 // As the TUN backend's direct-routing output: dropped, counted, poked.
                 ShellStats::add(&self.stats.l2_no_neighbour, 1);
-                self.free.push(tx_addr);
+                self.free.put(tx_addr);
             }
             Err(_) if l2 => {
                 ShellStats::add(&self.stats.dropped, 1);
-                self.free.push(tx_addr);
+                self.free.put(tx_addr);
             }
             Err(miss) => {
                 let why = match miss {
@@ -399,7 +406,7 @@ impl<P: PacketProcessor> Worker<P> {
                     .is_some_and(|f| fallback.send(&f[ETH_HLEN..], target));
                 let c = if sent { &self.xstats.tx_fallback } else { &self.xstats.tx_fallback_errors };
                 ShellStats::add(c, 1);
-                self.free.push(tx_addr);
+                self.free.put(tx_addr);
             }
         }
     }
