@@ -522,6 +522,15 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
     lo.ndp = ndp_lines;
     lo.client_family = client_family.into_iter().map(|(c, f)| (c, f.name().to_string())).collect();
     crate::health::check(s, &mut lo.outcome, &results, t0);
+    if s.expect.persistent_clients == Some(true) {
+        // Each client's answered requests (each a new connection) by the server that answered.
+        let served: Vec<(String, std::collections::BTreeSet<String>)> = results
+            .iter()
+            .map(|(c, r)| (c.clone(), r.requests.iter().filter(|q| q.2).map(|q| q.3.clone()).collect()))
+            .collect();
+        let v = clustersim::runner::persistence_violations(served.iter().map(|(c, s)| (c.clone(), s)));
+        lo.outcome.violations.extend(v);
+    }
     if s.failover.is_some() {
         let r = clustersim::services_check::check(s, &crate::services::read_log(dir));
         lo.outcome.failover = r.lines;
