@@ -434,11 +434,8 @@ fn run_service(
                 };
                 let r = b.receivers.entry(*from).or_insert_with(|| SyncReceiver::new(SECRET, 91));
                 match r.handle_message(now, d, &mut b.engine) {
-                    Ok(Received::FullSyncRequest { session, seq }) => {
-                        b.full.on_request(*from, session, seq, &mut b.engine);
-                    }
-                    Ok(Received::FullSyncEnd { session, .. }) => {
-                        b.full.on_end(*from, session, b.sender.session());
+                    Ok(r @ Received::FullSyncEnd { .. }) => {
+                        b.full.on_message(*from, &r, &mut b.engine, &b.sender);
                         if b.full.synced() && matches!(b.announcer.join_state(), JoinSync::Waiting { .. }) {
                             b.announcer.handle(now, Input::Synced);
                             if let JoinSync::Synced { since, at } = b.announcer.join_state() {
@@ -451,7 +448,8 @@ fn run_service(
                             }
                         }
                     }
-                    Ok(Received::Records(_)) | Err(_) => {}
+                    Ok(r) => b.full.on_message(*from, &r, &mut b.engine, &b.sender),
+                    Err(_) => {}
                 }
             }
         }

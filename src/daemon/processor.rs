@@ -254,12 +254,11 @@ impl DaemonProcessor {
             };
             self.counters.received += 1;
             match self.receivers.handle_message(now, from.ip(), &self.rbuf[..n], &mut self.engine) {
-                Ok((_, Received::Records(k))) => self.counters.applied_records += k as u64,
-                Ok((i, Received::FullSyncRequest { session, seq })) => {
-                    self.full.on_request(i, session, seq, &mut self.engine);
-                }
-                Ok((i, Received::FullSyncEnd { session, .. })) => {
-                    self.full.on_end(i, session, self.sender.session())
+                Ok((i, r)) => {
+                    if let Received::Records { applied, .. } = r {
+                        self.counters.applied_records += applied as u64;
+                    }
+                    self.full.on_message(i, &r, &mut self.engine, &self.sender);
                 }
                 Err(e) => {
                     self.counters.rejected += 1;

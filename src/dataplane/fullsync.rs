@@ -12,7 +12,10 @@
 //! * **Joiner** ([`FullSync::join`]): sends a request ([`Kind::FullSyncRequest`]) to every
 //!   peer that has not answered yet, again every [`REQUEST_EVERY_MS`] (a request or an end
 //!   marker may be lost: sync is UDP), until every peer's end marker has arrived
-//!   ([`FullSync::synced`]). A peer that never answers (down, or unreachable) is the
+//!   ([`FullSync::synced`]). The end marker counts the record datagrams sent since the
+//!   request ([`EndCount`]); the joiner notes the sequence numbers of the record datagrams
+//!   it got from each peer it waits for, and a peer whose count it did not get in full
+//!   (a datagram of the walk was lost) is asked again at once (`ends_incomplete`). A peer that never answers (down, or unreachable) is the
 //!   announcer's business: it announces anyway after its bounded wait
 //!   ([`crate::core::announce::Announcer::join_sync`]).
 //! * **Peer** ([`FullSync::on_request`]): starts a full walk of its table
@@ -33,7 +36,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::dataplane::engine::Engine;
-use crate::dataplane::sync::{Kind, SyncSender};
+use crate::dataplane::sync::{EndCount, Kind, Received, SyncSender};
 use crate::time::Instant;
 
 /// A joiner re-sends its request to the peers that have not answered this often.
@@ -48,12 +51,21 @@ pub struct FullSyncStats {
     pub ends_received: u64,
     /// End markers that answer no request of ours (an earlier run, a replayed session).
     pub ends_ignored: u64,
+    /// End markers whose count says a record datagram of the answer was lost: asked again.
+    pub ends_incomplete: u64,
 }
+
+/// Sequence numbers a joiner notes per peer at most (a table of 20 million entries): past
+/// it, an end marker is taken on trust as before the count.
+const MAX_NOTED: usize = 1 << 19;
 
 #[derive(Debug)]
 struct Join {
     /// Peers whose end marker has not arrived.
     missing: BTreeSet<usize>,
+    /// Per peer waited for: its session and the record datagrams' sequence numbers got
+    /// from it since the join began.
+    noted: BTreeMap<usize, (u64, BTreeSet<u64>)>,
     next_request_at: Instant,
     outbox: VecDeque<usize>,
 }
@@ -62,8 +74,9 @@ struct Join {
 #[derive(Debug, Default)]
 pub struct FullSync {
     join: Option<Join>,
-    /// Requesters waiting for an end marker: peer -> (their session, their request's seq).
-    waiting: BTreeMap<usize, (u64, u64)>,
+    /// Requesters waiting for an end marker: peer -> (their session, their request's seq,
+    /// our sender's last seq and record datagrams sent when the request came).
+    waiting: BTreeMap<usize, (u64, u64, u64, u64)>,
     /// Once the walk is over: the sender's [`SyncSender::pulled`] then. The end markers go
     /// when its sent-records count reaches it.
     walked_at: Option<u64>,
@@ -83,7 +96,8 @@ impl FullSync {
     /// it answers. With no peers the join is complete at once.
     pub fn join(&mut self, now: Instant, peers: impl IntoIterator<Item = usize>) {
         let missing: BTreeSet<usize> = peers.into_iter().collect();
-        self.join = Some(Join { missing, next_request_at: now, outbox: VecDeque::new() });
+        self.join =
+            Some(Join { missing, noted: BTreeMap::new(), next_request_at: now, outbox: VecDeque::new() });
     }
 
     /// Every peer asked has sent its whole table (or no join was started).
@@ -96,25 +110,85 @@ impl FullSync {
         self.join.as_ref().map(|j| j.missing.iter().copied().collect()).unwrap_or_default()
     }
 
+    /// An authenticated datagram from `peer` ([`crate::dataplane::sync::SyncReceiver`]):
+    /// a request starts the walk, an end marker may end the join with that peer, records
+    /// are noted for the end marker's count. `sender` is ours (its session is what our
+    /// requests' answers echo, its counters what our end markers count).
+    pub fn on_message(&mut self, peer: usize, r: &Received, engine: &mut Engine, sender: &SyncSender) {
+        match *r {
+            Received::FullSyncRequest { session, seq } => self.on_request(peer, session, seq, engine, sender),
+            Received::FullSyncEnd { session, count, from_session, end_seq, .. } => {
+                self.on_end(peer, session, sender.session(), count.map(|c| (c, from_session, end_seq)))
+            }
+            Received::Records { session, seq, .. } => self.on_records(peer, session, seq),
+        }
+    }
+
     /// `peer` asks for a full sync with the request `(session, seq)` (authenticated).
-    pub fn on_request(&mut self, peer: usize, session: u64, seq: u64, engine: &mut Engine) {
+    pub fn on_request(
+        &mut self,
+        peer: usize,
+        session: u64,
+        seq: u64,
+        engine: &mut Engine,
+        sender: &SyncSender,
+    ) {
         self.stats.requests_received += 1;
-        if self.waiting.insert(peer, (session, seq)).is_none() {
+        let base = (session, seq, sender.last_seq(), sender.stats().datagrams);
+        if self.waiting.insert(peer, base).is_none() {
             engine.start_full_sync();
             self.walked_at = None;
         }
     }
 
+    /// A record datagram `(session, seq)` from `peer`: noted while we wait for its answer.
+    pub fn on_records(&mut self, peer: usize, session: u64, seq: u64) {
+        let Some(j) = self.join.as_mut().filter(|j| j.missing.contains(&peer)) else { return };
+        let (s, seqs) = j.noted.entry(peer).or_insert_with(|| (session, BTreeSet::new()));
+        if *s != session {
+            // The peer restarted: what came before is not part of its answer.
+            (*s, *seqs) = (session, BTreeSet::new());
+        }
+        if seqs.len() < MAX_NOTED {
+            seqs.insert(seq);
+        }
+    }
+
     /// `peer` says its full sync answering our request `(session, seq)` is complete.
     /// `my_session` is our sender's session: an end marker for another session answers a
-    /// request of an earlier run of ours and proves nothing about this one.
-    pub fn on_end(&mut self, peer: usize, session: u64, my_session: u64) {
+    /// request of an earlier run of ours and proves nothing about this one. `count` (with
+    /// the peer's session and the end marker's own sequence number) says what it sent: if
+    /// we did not get it all, we ask again at once.
+    pub fn on_end(
+        &mut self,
+        peer: usize,
+        session: u64,
+        my_session: u64,
+        count: Option<(EndCount, u64, u64)>,
+    ) {
         let Some(j) = self.join.as_mut().filter(|_| session == my_session) else {
             self.stats.ends_ignored += 1;
             return;
         };
         self.stats.ends_received += 1;
+        if let Some((c, from_session, end_seq)) = count {
+            let got = j.noted.get(&peer).filter(|(s, _)| *s == from_session).map_or(0, |(_, seqs)| {
+                if seqs.len() >= MAX_NOTED {
+                    return u64::MAX;
+                }
+                seqs.range(c.first.saturating_add(1)..end_seq).count() as u64
+            });
+            if got < c.datagrams {
+                self.stats.ends_incomplete += 1;
+                if j.missing.contains(&peer) && !j.outbox.contains(&peer) {
+                    j.outbox.push_back(peer);
+                }
+                j.noted.remove(&peer);
+                return;
+            }
+        }
         j.missing.remove(&peer);
+        j.noted.remove(&peer);
     }
 
     /// The next request or end marker into `out`, with the peer to send it to. End markers
@@ -131,11 +205,12 @@ impl FullSync {
             self.walked_at = Some(sender.pulled());
         }
         if self.walked_at.is_some_and(|m| sender.stats().records >= m) {
-            let (peer, (session, seq)) = self.waiting.pop_first()?;
+            let (peer, (session, seq, first, datagrams)) = self.waiting.pop_first()?;
             if self.waiting.is_empty() {
                 self.walked_at = None;
             }
-            let len = sender.control(Kind::FullSyncEnd { session, seq }, out)?;
+            let count = Some(EndCount { first, datagrams: sender.stats().datagrams - datagrams });
+            let len = sender.control(Kind::FullSyncEnd { session, seq, count }, out)?;
             self.stats.ends_sent += 1;
             return Some((peer, len));
         }

@@ -24,7 +24,11 @@
 //! ([`crate::dataplane::fullsync`]). The peer walks its table ([`Engine::start_full_sync`]),
 //! sends the records as ordinary kind-0 datagrams, then an **end** marker (kind 2) whose
 //! body echoes the session and sequence number of the request it answers (8 + 8 bytes), so a
-//! joiner never takes the end of a walk that began before it asked for one. Both are numbered
+//! joiner never takes the end of a walk that began before it asked for one. Then 8 + 8
+//! bytes of [`EndCount`]: the sender's sequence number when it took the request and how many
+//! record datagrams it sent from then on; a joiner that received fewer of those lost one
+//! (sync is UDP) and asks again rather than announce with a hole in its table. (An end
+//! marker of 16 bytes, from a sender before the count, is still taken, on trust.) Both are numbered
 //! in the sender's own session like its records and pass the same MAC and replay checks.
 //! Byte 5 was a reserved zero before these kinds existed, so earlier version-1 receivers take
 //! a request as an empty batch and refuse an end marker (length): mixing versions is safe.
@@ -74,8 +78,8 @@ mod wire;
 pub use receiver::{Received, ReceiverStats, SyncReceiver};
 pub use sender::{SenderStats, SyncSender};
 pub use wire::{
-    Batch, BatchHeader, FLUSH_AFTER_MS, Kind, MAGIC, MAX_DATAGRAM, MAX_RECORDS, MAX_RECORDS_V6, RecordKind,
-    SyncError, SyncRecord, VERSION, decode, encode, encode_control,
+    Batch, BatchHeader, EndCount, FLUSH_AFTER_MS, Kind, MAGIC, MAX_DATAGRAM, MAX_RECORDS, MAX_RECORDS_V6,
+    RecordKind, SyncError, SyncRecord, VERSION, decode, encode, encode_control,
 };
 
 /// Where a [`SyncSender`] pulls changes from (the engine: [`crate::dataplane::engine::Engine`]

@@ -56,11 +56,7 @@ fn exchange(now: Instant, from: &mut Node, to: &mut Node, drop_control: bool) ->
     let mut got = Vec::new();
     for d in wire {
         let r = to.receiver.handle_message(now, &d, &mut to.engine).unwrap();
-        match r {
-            Received::FullSyncRequest { session, seq } => to.full.on_request(0, session, seq, &mut to.engine),
-            Received::FullSyncEnd { session, .. } => to.full.on_end(0, session, to.sender.session()),
-            Received::Records(_) => {}
-        }
+        to.full.on_message(0, &r, &mut to.engine, &to.sender);
         got.push(r);
     }
     got
@@ -88,7 +84,8 @@ fn a_joiner_gets_the_whole_table_then_the_end_marker_and_retries_a_lost_request(
     for ms in 0..10 {
         got.extend(exchange(t1 + std::time::Duration::from_millis(ms * 50), &mut peer, &mut joiner, false));
     }
-    let applied: usize = got.iter().map(|r| if let Received::Records(n) = r { *n } else { 0 }).sum();
+    let applied: usize =
+        got.iter().map(|r| if let Received::Records { applied, .. } = r { *applied } else { 0 }).sum();
     // (Records the peer still held back count too: what the joiner learns is the table.)
     assert!(applied >= 150, "{applied}");
     assert!(matches!(got.last(), Some(Received::FullSyncEnd { session: 2, .. })), "{got:?}");
@@ -106,17 +103,17 @@ fn a_joiner_gets_the_whole_table_then_the_end_marker_and_retries_a_lost_request(
 fn an_end_marker_for_another_session_proves_nothing() {
     let mut f = FullSync::new();
     f.join(Instant::ZERO, [0, 1]);
-    f.on_end(0, 99, 5);
+    f.on_end(0, 99, 5, None);
     assert_eq!(f.missing(), vec![0, 1]);
-    f.on_end(1, 5, 5);
+    f.on_end(1, 5, 5, None);
     assert_eq!(f.missing(), vec![0]);
-    f.on_end(0, 5, 5);
+    f.on_end(0, 5, 5, None);
     assert!(f.synced());
     assert_eq!(f.stats().ends_ignored, 1);
     // Not joining: synced, and an end marker is ignored.
     let mut g = FullSync::new();
     assert!(g.synced());
-    g.on_end(0, 5, 5);
+    g.on_end(0, 5, 5, None);
     assert_eq!(g.stats().ends_ignored, 1);
     // A lone ATM has nobody to ask.
     let mut h = FullSync::new();
@@ -128,15 +125,18 @@ fn an_end_marker_for_another_session_proves_nothing() {
 fn a_repeated_request_does_not_restart_the_walk_and_gets_one_end_marker() {
     let mut peer = node(1);
     let mut out = vec![0u8; MAX_DATAGRAM];
-    peer.full.on_request(0, 2, 1, &mut peer.engine);
-    peer.full.on_request(0, 2, 2, &mut peer.engine);
+    peer.full.on_request(0, 2, 1, &mut peer.engine, &peer.sender);
+    peer.full.on_request(0, 2, 2, &mut peer.engine, &peer.sender);
     // The walk of the (empty) table ends at the sender's next flush.
     assert!(peer.full.poll_transmit(Instant::ZERO, &peer.engine, &mut peer.sender, &mut out).is_none());
     assert!(peer.sender.poll_transmit(Instant::ZERO, &mut peer.engine, &mut out).is_none());
     let (to, len) = peer.full.poll_transmit(Instant::ZERO, &peer.engine, &mut peer.sender, &mut out).unwrap();
     assert_eq!(to, 0);
     let b = crate::dataplane::sync::decode(SECRET, 7, &out[..len]).unwrap();
-    assert_eq!(b.kind, Kind::FullSyncEnd { session: 2, seq: 2 }, "echoes the latest request");
+    assert!(
+        matches!(b.kind, Kind::FullSyncEnd { session: 2, seq: 2, count: Some(_) }),
+        "echoes the latest request"
+    );
     assert!(peer.full.poll_transmit(Instant::ZERO, &peer.engine, &mut peer.sender, &mut out).is_none());
 }
 
@@ -148,7 +148,7 @@ fn the_end_marker_is_not_starved_by_a_steady_stream_of_new_connections() {
     let mut tx = [0u8; 256];
     let mut out = vec![0u8; MAX_DATAGRAM];
     while peer.sender.poll_transmit(Instant::ZERO, &mut peer.engine, &mut out).is_some() {}
-    peer.full.on_request(0, 2, 1, &mut peer.engine);
+    peer.full.on_request(0, 2, 1, &mut peer.engine, &peer.sender);
     let mut end_at = None;
     for i in 1..100u16 {
         let now = Instant::from_millis(u64::from(i) * 10);
@@ -160,7 +160,7 @@ fn the_end_marker_is_not_starved_by_a_steady_stream_of_new_connections() {
         assert!(peer.sender.poll_timeout().is_some(), "a batch is always waiting");
         if let Some((_, len)) = peer.full.poll_transmit(now, &peer.engine, &mut peer.sender, &mut out) {
             let b = crate::dataplane::sync::decode(SECRET, 7, &out[..len]).unwrap();
-            assert_eq!(b.kind, Kind::FullSyncEnd { session: 2, seq: 1 });
+            assert!(matches!(b.kind, Kind::FullSyncEnd { session: 2, seq: 1, count: Some(_) }));
             end_at = Some(i);
             break;
         }
@@ -169,4 +169,50 @@ fn the_end_marker_is_not_starved_by_a_steady_stream_of_new_connections() {
     assert!(end_at <= 10, "after about one batch interval, not {end_at} ticks");
     // Every record of the walk (150 + those queued before it) was sent before the marker.
     assert!(peer.sender.stats().records >= 300, "{:?}", peer.sender.stats());
+}
+
+/// A record datagram of the answer is lost: the end marker's count shows it, the joiner asks
+/// again at once (no wait for the retry interval) and is synced by the second answer.
+#[test]
+fn a_joiner_that_lost_a_datagram_of_the_answer_asks_again() {
+    let mut peer = peer_with_flows(150);
+    let mut out = vec![0u8; MAX_DATAGRAM];
+    while peer.sender.poll_transmit(Instant::from_millis(100), &mut peer.engine, &mut out).is_some() {}
+    let mut joiner = node(2);
+    let t0 = Instant::from_millis(1000);
+    joiner.full.join(t0, [0]);
+    exchange(t0, &mut joiner, &mut peer, false);
+    // The walk's datagrams, the first record datagram lost on the way.
+    let mut lost = false;
+    for ms in 0..10 {
+        let now = t0 + std::time::Duration::from_millis(ms * 50);
+        let mut wire = Vec::new();
+        while let Some(len) = peer.sender.poll_transmit(now, &mut peer.engine, &mut out) {
+            wire.push(out[..len].to_vec());
+        }
+        while let Some((_, len)) = peer.full.poll_transmit(now, &peer.engine, &mut peer.sender, &mut out) {
+            wire.push(out[..len].to_vec());
+        }
+        for d in wire {
+            if !lost && d[5] == 0 {
+                lost = true;
+                continue;
+            }
+            let r = joiner.receiver.handle_message(now, &d, &mut joiner.engine).unwrap();
+            joiner.full.on_message(0, &r, &mut joiner.engine, &joiner.sender);
+        }
+    }
+    assert!(lost);
+    assert!(!joiner.full.synced(), "an answer with a hole is not taken");
+    assert_eq!((joiner.full.stats().ends_received, joiner.full.stats().ends_incomplete), (1, 1));
+    // Asked again at once, then the whole answer.
+    let t1 = t0 + std::time::Duration::from_millis(460);
+    let got = exchange(t1, &mut joiner, &mut peer, false);
+    assert!(matches!(got[..], [Received::FullSyncRequest { session: 2, .. }]), "{got:?}");
+    for ms in 0..10 {
+        exchange(t1 + std::time::Duration::from_millis(ms * 50), &mut peer, &mut joiner, false);
+    }
+    assert!(joiner.full.synced());
+    assert_eq!(joiner.full.stats().ends_incomplete, 1);
+    assert!(joiner.engine.stats().sync_applied >= 150);
 }

@@ -60,7 +60,7 @@ impl PeerReceivers {
         engine: &mut impl SyncSink,
     ) -> Result<usize, PeerSyncError> {
         match self.handle_message(now, from, d, engine)? {
-            (_, Received::Records(n)) => Ok(n),
+            (_, Received::Records { applied, .. }) => Ok(applied),
             (_, Received::FullSyncRequest { .. } | Received::FullSyncEnd { .. }) => Ok(0),
         }
     }

@@ -2,7 +2,7 @@
 //! replay window of [`crate::auth`]) and applies their records to a [`SyncSink`].
 
 use super::SyncSink;
-use super::wire::{Kind, SyncError, decode_with};
+use super::wire::{EndCount, Kind, SyncError, decode_with};
 use crate::auth::{Mac, ReplayWindow};
 use crate::time::Instant;
 
@@ -22,12 +22,14 @@ pub struct ReceiverStats {
 /// What an accepted datagram was ([`SyncReceiver::handle_message`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Received {
-    /// Records, of which this many were applied.
-    Records(usize),
+    /// Records, of which `applied` were applied; the datagram's session and sequence number.
+    Records { applied: usize, session: u64, seq: u64 },
     /// The sender asks for a full sync; `session`/`seq` are what the end marker must echo.
     FullSyncRequest { session: u64, seq: u64 },
-    /// The sender's full sync answering our request `(session, seq)` is complete.
-    FullSyncEnd { session: u64, seq: u64 },
+    /// The sender's full sync answering our request `(session, seq)` is complete; `count`
+    /// says what it sent (see [`EndCount`]), in the sender's session `from_session`, the
+    /// end marker being its datagram `end_seq`.
+    FullSyncEnd { session: u64, seq: u64, count: Option<EndCount>, from_session: u64, end_seq: u64 },
 }
 
 /// Authenticates datagrams and applies their records to an (inactive) engine. One replay
@@ -59,7 +61,7 @@ impl SyncReceiver {
     /// full-sync request or end marker: use [`SyncReceiver::handle_message`] to see those).
     pub fn handle(&mut self, now: Instant, d: &[u8], engine: &mut impl SyncSink) -> Result<usize, SyncError> {
         match self.handle_message(now, d, engine)? {
-            Received::Records(n) => Ok(n),
+            Received::Records { applied, .. } => Ok(applied),
             Received::FullSyncRequest { .. } | Received::FullSyncEnd { .. } => Ok(0),
         }
     }
@@ -95,9 +97,15 @@ impl SyncReceiver {
                 self.stats.control += 1;
                 return Ok(Received::FullSyncRequest { session: h.session, seq: h.seq });
             }
-            Kind::FullSyncEnd { session, seq } => {
+            Kind::FullSyncEnd { session, seq, count } => {
                 self.stats.control += 1;
-                return Ok(Received::FullSyncEnd { session, seq });
+                return Ok(Received::FullSyncEnd {
+                    session,
+                    seq,
+                    count,
+                    from_session: h.session,
+                    end_seq: h.seq,
+                });
             }
         }
         let mut applied = 0;
@@ -109,6 +117,6 @@ impl SyncReceiver {
             }
         }
         self.stats.records_applied += applied as u64;
-        Ok(Received::Records(applied))
+        Ok(Received::Records { applied, session: h.session, seq: h.seq })
     }
 }

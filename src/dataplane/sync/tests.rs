@@ -212,11 +212,16 @@ fn full_sync_request_and_end_round_trip() {
     assert_eq!(len, HEADER + MAC_LEN);
     let b = decode(SECRET, 7, &buf[..len]).unwrap();
     assert_eq!((b.header, b.kind, b.len()), (header(3), Kind::FullSyncRequest, 0));
-    let end = Kind::FullSyncEnd { session: 0x0102_0304_0506_0708, seq: 42 };
+    // An end marker from a sender before the count (16 bytes), and one with it (32).
+    let end = Kind::FullSyncEnd { session: 0x0102_0304_0506_0708, seq: 42, count: None };
     let len = encode_control(SECRET, &header(4), end, &mut buf).unwrap();
     assert_eq!(len, HEADER + 16 + MAC_LEN);
     let b = decode(SECRET, 7, &buf[..len]).unwrap();
     assert_eq!((b.header, b.kind, b.len()), (header(4), end, 0));
+    let end = Kind::FullSyncEnd { session: 5, seq: 42, count: Some(EndCount { first: 7, datagrams: 300 }) };
+    let len = encode_control(SECRET, &header(4), end, &mut buf).unwrap();
+    assert_eq!(len, HEADER + 32 + MAC_LEN);
+    assert_eq!(decode(SECRET, 7, &buf[..len]).unwrap().kind, end);
     // Records carry kind 0.
     let len = encode(SECRET, &header(5), &[rec(1)], &mut buf).unwrap();
     assert_eq!(decode(SECRET, 7, &buf[..len]).unwrap().kind, Kind::Records);
@@ -255,6 +260,7 @@ fn malformed_or_unauthenticated_full_sync_messages_are_refused_and_counted() {
     assert_eq!(decode(SECRET, 7, &body(1, 1, 0)).unwrap_err(), SyncError::BadLength);
     assert_eq!(decode(SECRET, 7, &body(1, 0, 4)).unwrap_err(), SyncError::BadLength);
     assert_eq!(decode(SECRET, 7, &body(2, 0, 15)).unwrap_err(), SyncError::BadLength);
+    assert_eq!(decode(SECRET, 7, &body(2, 0, 24)).unwrap_err(), SyncError::BadLength);
     assert_eq!(decode(SECRET, 7, &body(2, 1, 16)).unwrap_err(), SyncError::BadLength);
     assert!(decode(SECRET, 7, &body(2, 0, 16)).is_ok());
     // The receiver counts each refusal and hands nothing on; a replayed request is refused.

@@ -88,8 +88,9 @@ pub enum Kind {
     Records,
     /// A joining ATM asks for the receiver's whole table (kind 1).
     FullSyncRequest,
-    /// The sender's full sync answering the request `(session, seq)` is complete (kind 2).
-    FullSyncEnd { session: u64, seq: u64 },
+    /// The sender's full sync answering the request `(session, seq)` is complete (kind 2);
+    /// `count` says what it sent since the request (`None` from a sender that predates it).
+    FullSyncEnd { session: u64, seq: u64, count: Option<EndCount> },
     /// Persistence (client affinity) records (kind 3): a receiver from before they existed
     /// refuses the datagram (unknown kind) and loses nothing else.
     Affinity,
@@ -106,8 +107,21 @@ impl Kind {
     }
 }
 
-/// Body of an end marker: the request's session and sequence number.
-const END_BODY: usize = 16;
+/// What a full sync sent, as its end marker says: the record datagrams numbered after
+/// `first` and before the end marker itself (every record datagram goes to every peer), so
+/// a joiner that got fewer of them lost some and asks again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndCount {
+    /// The sender's last sequence number when it took the request.
+    pub first: u64,
+    /// Record datagrams it sent from then until the end marker.
+    pub datagrams: u64,
+}
+
+/// Body of an end marker from before [`EndCount`]: the request's session and sequence number.
+const END_BODY_V0: usize = 16;
+/// Body of an end marker: the request's session and sequence number, then the [`EndCount`].
+const END_BODY: usize = 32;
 
 /// A decoded, authenticated datagram; its records were all validated.
 #[derive(Clone, Copy, Debug)]
@@ -270,7 +284,8 @@ pub(super) fn encode_control_with(
     let body = match kind {
         Kind::Records | Kind::Affinity => return encode_with(mac, h, &[], out),
         Kind::FullSyncRequest => 0,
-        Kind::FullSyncEnd { .. } => END_BODY,
+        Kind::FullSyncEnd { count: None, .. } => END_BODY_V0,
+        Kind::FullSyncEnd { count: Some(_), .. } => END_BODY,
     };
     let at = HEADER + body;
     if out.len() < at + MAC_LEN {
@@ -283,9 +298,13 @@ pub(super) fn encode_control_with(
     out[8..12].copy_from_slice(&h.cluster_id.to_be_bytes());
     out[12..20].copy_from_slice(&h.session.to_be_bytes());
     out[20..28].copy_from_slice(&h.seq.to_be_bytes());
-    if let Kind::FullSyncEnd { session, seq } = kind {
+    if let Kind::FullSyncEnd { session, seq, count } = kind {
         out[HEADER..HEADER + 8].copy_from_slice(&session.to_be_bytes());
         out[HEADER + 8..HEADER + 16].copy_from_slice(&seq.to_be_bytes());
+        if let Some(c) = count {
+            out[HEADER + 16..HEADER + 24].copy_from_slice(&c.first.to_be_bytes());
+            out[HEADER + 24..HEADER + 32].copy_from_slice(&c.datagrams.to_be_bytes());
+        }
     }
     let tag = mac.tag(&out[..at]);
     out[at..at + MAC_LEN].copy_from_slice(&tag);
@@ -330,7 +349,12 @@ pub(super) fn decode_with<'a>(mac: &Mac, cluster_id: u32, d: &'a [u8]) -> Result
         0 => Kind::Records,
         3 => Kind::Affinity,
         1 => Kind::FullSyncRequest,
-        2 if records.len() == END_BODY => Kind::FullSyncEnd { session: be64(HEADER), seq: be64(HEADER + 8) },
+        2 if records.len() == END_BODY_V0 || records.len() == END_BODY => Kind::FullSyncEnd {
+            session: be64(HEADER),
+            seq: be64(HEADER + 8),
+            count: (records.len() == END_BODY)
+                .then(|| EndCount { first: be64(HEADER + 16), datagrams: be64(HEADER + 24) }),
+        },
         2 => return Err(SyncError::BadLength),
         k => return Err(SyncError::UnknownKind(k)),
     };
