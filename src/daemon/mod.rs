@@ -713,7 +713,13 @@ fn start_shell(
             IpAddr::V4(_) => bind_udp(port),
             IpAddr::V6(a) => bind_udp6(a, port, None),
         };
-        Some(s.map_err(io_err(format!("sync socket on port {port}")))?)
+        let s = s.map_err(io_err(format!("sync socket on port {port}")))?;
+        // A joiner learns at once that a peer's daemon is gone (ICMP port unreachable)
+        // instead of waiting `join_sync_ms` for it; without it, it waits as before.
+        if let Err(e) = crate::platform::linux::netsys::set_recverr(&s, cfg.atms[me].address.is_ipv6()) {
+            tracing::warn!(target: "clusterserverd", error = %e, "sync socket: no IP_RECVERR; a joiner waits join_sync_ms for a peer whose daemon is gone");
+        }
+        Some(s)
     } else {
         None
     };

@@ -69,6 +69,8 @@ pub struct SyncCounters {
     pub rejected: u64,
     /// Of those, datagrams from an address that is no listed ATM.
     pub unknown_sender: u64,
+    /// ICMP "port unreachable" for a datagram to a peer (its host is up, its daemon not).
+    pub peer_unreachable: u64,
 }
 
 /// Engine + sync, shared by the queues (module docs).
@@ -245,6 +247,7 @@ impl DaemonProcessor {
                 // skip it. Errors that keep coming end the round as if read empty, so the
                 // shell does not call again at once (the next tick tries again).
                 Err(_) => {
+                    peers_gone(sock, &self.peers, &mut self.full, &mut self.counters);
                     errors += 1;
                     if errors > 8 {
                         return true;
@@ -269,6 +272,19 @@ impl DaemonProcessor {
             }
         }
         false
+    }
+}
+
+/// Reads the sync socket's ICMP errors: a peer whose port is closed (its daemon is gone,
+/// its host answers) is no longer waited for by a join (`IP_RECVERR`, set at bind).
+fn peers_gone(sock: &UdpSocket, peers: &[SocketAddr], full: &mut FullSync, counters: &mut SyncCounters) {
+    let mut gone = Vec::new();
+    crate::platform::linux::netsys::unreachable_destinations(sock, &mut gone);
+    for dest in gone {
+        counters.peer_unreachable += 1;
+        if let Some(i) = peers.iter().position(|p| *p == dest) {
+            full.peer_gone(i);
+        }
     }
 }
 

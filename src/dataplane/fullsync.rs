@@ -15,7 +15,9 @@
 //!   ([`FullSync::synced`]). The end marker counts the record datagrams sent since the
 //!   request ([`EndCount`]); the joiner notes the sequence numbers of the record datagrams
 //!   it got from each peer it waits for, and a peer whose count it did not get in full
-//!   (a datagram of the walk was lost) is asked again at once (`ends_incomplete`). A peer that never answers (down, or unreachable) is the
+//!   (a datagram of the walk was lost) is asked again at once (`ends_incomplete`). A peer
+//!   whose host answers our request with ICMP "port unreachable" (its daemon is gone) is
+//!   not waited for ([`FullSync::peer_gone`], from the daemon's `IP_RECVERR`). A peer that never answers (down, or unreachable) is the
 //!   announcer's business: it announces anyway after its bounded wait
 //!   ([`crate::core::announce::Announcer::join_sync`]).
 //! * **Peer** ([`FullSync::on_request`]): starts a full walk of its table
@@ -53,6 +55,8 @@ pub struct FullSyncStats {
     pub ends_ignored: u64,
     /// End markers whose count says a record datagram of the answer was lost: asked again.
     pub ends_incomplete: u64,
+    /// Peers no longer waited for: their daemon is gone ([`FullSync::peer_gone`]).
+    pub peers_gone: u64,
 }
 
 /// Sequence numbers a joiner notes per peer at most (a table of 20 million entries): past
@@ -138,6 +142,18 @@ impl FullSync {
         if self.waiting.insert(peer, base).is_none() {
             engine.start_full_sync();
             self.walked_at = None;
+        }
+    }
+
+    /// A datagram to `peer` came back "port unreachable" (its host is up, its daemon is
+    /// not): a join waits for it no longer (`peers_gone`); it has no table to give.
+    pub fn peer_gone(&mut self, peer: usize) {
+        if let Some(j) = self.join.as_mut()
+            && j.missing.remove(&peer)
+        {
+            j.noted.remove(&peer);
+            j.outbox.retain(|&p| p != peer);
+            self.stats.peers_gone += 1;
         }
     }
 

@@ -216,3 +216,18 @@ fn a_joiner_that_lost_a_datagram_of_the_answer_asks_again() {
     assert_eq!(joiner.full.stats().ends_incomplete, 1);
     assert!(joiner.engine.stats().sync_applied >= 150);
 }
+
+/// A peer whose daemon is gone (its host said "port unreachable") is not waited for; the
+/// others still are.
+#[test]
+fn a_join_does_not_wait_for_a_peer_whose_daemon_is_gone() {
+    let mut f = FullSync::new();
+    f.join(Instant::ZERO, [0, 1]);
+    f.peer_gone(1);
+    assert!(!f.synced());
+    assert_eq!(f.missing(), [0]);
+    f.peer_gone(1);
+    assert_eq!(f.stats().peers_gone, 1, "counted once");
+    f.peer_gone(0);
+    assert!(f.synced());
+}
