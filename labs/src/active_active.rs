@@ -761,7 +761,7 @@ pub fn run(opts: &Opts) -> anyhow::Result<bool> {
         for l in lab
             .text(h)
             .lines()
-            .filter(|l| l.contains("joined: every peer") || l.contains("JOIN SYNC INCOMPLETE"))
+            .filter(|l| l.contains("joined: the connection table") || l.contains("JOIN SYNC INCOMPLETE"))
         {
             let waited = l.split_whitespace().find(|w| w.starts_with("waited_ms=")).unwrap_or("waited_ms=?");
             let missing = l.split_whitespace().find(|w| w.starts_with("missing=")).unwrap_or("");

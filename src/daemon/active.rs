@@ -485,7 +485,7 @@ fn log_join(bridge: &CoreBridge, at_ms: u64, node: &str, state: JoinSync, missin
     let line = match state {
         JoinSync::Synced { since, at } => {
             let waited_ms = at.saturating_since(since).as_millis() as u64;
-            tracing::info!(target: "clusterserverd::bgp", node = %node, waited_ms, "joined: every peer's connection table received; announcing");
+            tracing::info!(target: "clusterserverd::bgp", node = %node, waited_ms, "joined: the connection table of every peer whose daemon runs received; announcing");
             format!("{node} has every peer's connection table after {waited_ms} ms")
         }
         JoinSync::TimedOut { since, at } => {

@@ -282,8 +282,10 @@ fn peers_gone(sock: &UdpSocket, peers: &[SocketAddr], full: &mut FullSync, count
     crate::platform::linux::netsys::unreachable_destinations(sock, &mut gone);
     for dest in gone {
         counters.peer_unreachable += 1;
-        if let Some(i) = peers.iter().position(|p| *p == dest) {
-            full.peer_gone(i);
+        if let Some(i) = peers.iter().position(|p| *p == dest)
+            && full.peer_gone(i)
+        {
+            tracing::info!(target: "clusterserverd::bgp", peer = %dest.ip(), "join: the peer's daemon is gone (its host answers port unreachable): not waiting for its connection table");
         }
     }
 }

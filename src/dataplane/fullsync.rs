@@ -147,14 +147,14 @@ impl FullSync {
 
     /// A datagram to `peer` came back "port unreachable" (its host is up, its daemon is
     /// not): a join waits for it no longer (`peers_gone`); it has no table to give.
-    pub fn peer_gone(&mut self, peer: usize) {
-        if let Some(j) = self.join.as_mut()
-            && j.missing.remove(&peer)
-        {
-            j.noted.remove(&peer);
-            j.outbox.retain(|&p| p != peer);
-            self.stats.peers_gone += 1;
-        }
+    /// Whether a join was waiting for it.
+    pub fn peer_gone(&mut self, peer: usize) -> bool {
+        let Some(j) = self.join.as_mut().filter(|j| j.missing.contains(&peer)) else { return false };
+        j.missing.remove(&peer);
+        j.noted.remove(&peer);
+        j.outbox.retain(|&p| p != peer);
+        self.stats.peers_gone += 1;
+        true
     }
 
     /// A record datagram `(session, seq)` from `peer`: noted while we wait for its answer.

@@ -223,11 +223,11 @@ fn a_joiner_that_lost_a_datagram_of_the_answer_asks_again() {
 fn a_join_does_not_wait_for_a_peer_whose_daemon_is_gone() {
     let mut f = FullSync::new();
     f.join(Instant::ZERO, [0, 1]);
-    f.peer_gone(1);
+    assert!(f.peer_gone(1));
     assert!(!f.synced());
     assert_eq!(f.missing(), [0]);
-    f.peer_gone(1);
+    assert!(!f.peer_gone(1));
     assert_eq!(f.stats().peers_gone, 1, "counted once");
-    f.peer_gone(0);
+    assert!(f.peer_gone(0));
     assert!(f.synced());
 }
