@@ -42,10 +42,23 @@ fn peer_with_flows(flows: u16) -> Node {
 /// `from` flushes its records and control datagrams to `to` (peer index 0 on both sides);
 /// `drop_control` loses its requests and end markers. Returns the kinds `to` received.
 fn exchange(now: Instant, from: &mut Node, to: &mut Node, drop_control: bool) -> Vec<Received> {
+    exchange_losing(now, from, to, drop_control, |_| false)
+}
+
+/// [`exchange`], also losing the record datagrams `lose` picks.
+fn exchange_losing(
+    now: Instant,
+    from: &mut Node,
+    to: &mut Node,
+    drop_control: bool,
+    mut lose: impl FnMut(&[u8]) -> bool,
+) -> Vec<Received> {
     let mut out = vec![0u8; MAX_DATAGRAM];
     let mut wire = Vec::new();
     while let Some(len) = from.sender.poll_transmit(now, &mut from.engine, &mut out) {
-        wire.push(out[..len].to_vec());
+        if !lose(&out[..len]) {
+            wire.push(out[..len].to_vec());
+        }
     }
     while let Some((peer, len)) = from.full.poll_transmit(now, &from.engine, &mut from.sender, &mut out) {
         assert_eq!(peer, 0);
@@ -186,21 +199,9 @@ fn a_joiner_that_lost_a_datagram_of_the_answer_asks_again() {
     let mut lost = false;
     for ms in 0..10 {
         let now = t0 + std::time::Duration::from_millis(ms * 50);
-        let mut wire = Vec::new();
-        while let Some(len) = peer.sender.poll_transmit(now, &mut peer.engine, &mut out) {
-            wire.push(out[..len].to_vec());
-        }
-        while let Some((_, len)) = peer.full.poll_transmit(now, &peer.engine, &mut peer.sender, &mut out) {
-            wire.push(out[..len].to_vec());
-        }
-        for d in wire {
-            if !lost && d[5] == 0 {
-                lost = true;
-                continue;
-            }
-            let r = joiner.receiver.handle_message(now, &d, &mut joiner.engine).unwrap();
-            joiner.full.on_message(0, &r, &mut joiner.engine, &joiner.sender);
-        }
+        exchange_losing(now, &mut peer, &mut joiner, false, |d| {
+            !std::mem::replace(&mut lost, true) && d[5] == 0
+        });
     }
     assert!(lost);
     assert!(!joiner.full.synced(), "an answer with a hole is not taken");
