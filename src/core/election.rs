@@ -40,6 +40,10 @@
 //!   heartbeat (no heartbeat for 1.5 of its intervals), so fresh results are in when the
 //!   dead interval ends and promotion does not wait a probe round trip. The decision still
 //!   uses only results that arrived after that first miss.
+//! * A backup whose eligibility has just come back (a reachlist host answers again, a
+//!   majority forms) waits one missed heartbeat of the primary before it promotes: a healed
+//!   partition gives back the reachlist and the primary together, and the probe answer comes
+//!   first. Promoting on it would move the primary (the backup's epoch is higher).
 //! * An operator's promote of a backup while a primary is up asks rather than takes: the
 //!   backup sets [`FLAG_WANTS_PRIMARY`] in its heartbeats, the primary hands over to it as
 //!   to a graceful stop's successor, and the backup promotes on hearing that. Without a
@@ -320,6 +324,8 @@ pub struct Election {
     suspect_since: Option<Instant>,
     /// The heartbeat interval of the primary last heard (its heartbeats say it).
     primary_interval: Option<Duration>,
+    /// Since when this backup has been eligible without a break (None while it is not).
+    eligible_since: Option<Instant>,
     reach: Reach,
     garp_left: u32,
     next_garp: Instant,
@@ -361,6 +367,7 @@ impl Election {
             last_probe_round: None,
             suspect_since: None,
             primary_interval: None,
+            eligible_since: None,
             reach,
             garp_left: 0,
             next_garp: now,
@@ -485,6 +492,11 @@ impl Election {
             let miss = base + self.missed_after();
             if self.suspect_since.is_none() && self.cfg.reach_total > 0 && miss > self.last_call {
                 consider(miss);
+            }
+            if let Some(settled) = self.eligible_since.map(|e| e + self.missed_after()) {
+                if settled > self.last_call {
+                    consider(settled);
+                }
             }
         }
         Some(t)
@@ -778,6 +790,7 @@ impl Election {
             Role::Primary => {}
             Role::Backup if self.draining_until.is_some() => {}
             Role::Backup => {
+                self.track_eligibility(now);
                 self.notice_silence(now);
                 self.consider_promotion(now);
             }
@@ -897,11 +910,26 @@ impl Election {
         if now.saturating_since(base) < wait {
             return;
         }
+        // Eligibility that has just come back waits out one missed heartbeat of the primary:
+        // a healed partition gives back the reachlist hosts and the primary at once, and the
+        // probe answers come first (one probe round trip against up to one heartbeat).
+        if self.eligible_since.is_none_or(|e| now.saturating_since(e) < self.missed_after()) {
+            return;
+        }
         // The primary went silent: decide on probes sent from now on, not on results from
         // before the silence (the same fault may have cut reachlist hosts too).
         let since = *self.suspect_since.get_or_insert(now);
         if self.fresh_arbitration(now, since) {
             self.promote(now, PromoteReason::NoPrimary);
+        }
+    }
+
+    /// Notes when this backup became eligible (see [`Election::consider_promotion`]).
+    fn track_eligibility(&mut self, now: Instant) {
+        if self.eligible(now) {
+            self.eligible_since.get_or_insert(now);
+        } else {
+            self.eligible_since = None;
         }
     }
 

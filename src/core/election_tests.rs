@@ -253,13 +253,14 @@ fn reachlist_gates_promotion_and_demotes_isolated_primary() {
             // No primary at 1.5 heartbeats: a fresh round (probe early).
             (150, In::Tick, "probe0, hb B0"),
             (300, In::Tick, "hb B0"),
-            (
-                310,
-                In::Probe(0, true),
-                "garp, take, ReachChanged { reachable: 1, total: 1 }, hb P1 elig, Promoted { epoch: 1, reason: NoPrimary }",
-            ),
-            (500, In::Tick, "probe0, garp, hb P1 elig"),
+            // Eligible from 310 ms on: one missed heartbeat (150 ms) passes before it acts.
+            (310, In::Probe(0, true), "ReachChanged { reachable: 1, total: 1 }"),
+            (400, In::Tick, "hb B0 elig"),
+            (459, In::Tick, ""),
+            (460, In::Tick, "garp, take, hb P1 elig, Promoted { epoch: 1, reason: NoPrimary }"),
+            (500, In::Tick, "probe0"),
             (510, In::Probe(0, false), ""),
+            (560, In::Tick, "garp, hb P1 elig"),
             (700, In::Tick, "hb P1 elig"),
             (1000, In::Tick, "probe0, hb P1 elig"),
             (1010, In::Probe(0, false), ""),
@@ -301,15 +302,13 @@ fn three_atms_need_a_majority() {
         &[
             (0, In::Tick, "hb B0"),
             (300, In::Tick, "hb B0"),
-            (
-                350,
-                In::Hb(2, false, 0, E, NONE),
-                "garp, take, PeerUp { peer: 2 }, hb P1 elig, Promoted { epoch: 1, reason: NoPrimary }",
-            ),
-            (450, In::Tick, "garp, hb P1 elig"),
-            (550, In::Tick, "hb P1 elig"),
-            (650, In::Tick, "hb P1 elig"),
-            (750, In::Tick, "hb P1 elig"),
+            // A majority from 350 ms on; one missed heartbeat later it promotes.
+            (350, In::Hb(2, false, 0, E, NONE), "PeerUp { peer: 2 }"),
+            (400, In::Tick, "hb B0 elig"),
+            (500, In::Tick, "garp, take, hb P1 elig, Promoted { epoch: 1, reason: NoPrimary }"),
+            (600, In::Tick, "garp, hb P1 elig"),
+            (700, In::Tick, "hb P1 elig"),
+            (800, In::Tick, "hb P1 elig"),
             (849, In::Tick, ""),
             (
                 850,
@@ -719,6 +718,29 @@ fn an_answer_from_before_the_first_missed_heartbeat_is_not_fresh() {
             // The early round has no answer yet at the end of the dead interval: no promotion.
             (600, In::Tick, "PeerDown { peer: 0 }, hb B1 elig"),
             (620, In::Probe(0, true), "garp, take, hb P2 elig, Promoted { epoch: 2, reason: NoPrimary }"),
+        ],
+    );
+}
+
+#[test]
+fn a_healed_partition_gives_the_primary_back_before_a_backup_acts_on_its_reachlist() {
+    // The partition cut the primary and the reachlist host from this backup; the heal gives
+    // both back, the probe answer first. Promoting on it would be a flap (the backup's higher
+    // epoch wins): the backup waits one missed heartbeat and hears the primary.
+    run(
+        cfg(1, 2, 1, false),
+        &[
+            (0, In::Hb(0, true, 1, E, NONE), "PeerUp { peer: 0 }, probe0, hb B1"),
+            (10, In::Probe(0, false), "ReachChanged { reachable: 0, total: 1 }"),
+            (150, In::Tick, "probe0, hb B1"),
+            (160, In::Probe(0, false), ""),
+            (300, In::Tick, "hb B1"),
+            (500, In::Tick, "PeerDown { peer: 0 }, probe0, hb B1"),
+            (520, In::Probe(0, true), "ReachChanged { reachable: 1, total: 1 }"),
+            (600, In::Tick, "hb B1 elig"),
+            (640, In::Hb(0, true, 1, E, NONE), "PeerUp { peer: 0 }"),
+            (700, In::Tick, "hb B1 elig"),
+            (1000, In::Tick, "probe0, hb B1 elig"),
         ],
     );
 }
