@@ -80,6 +80,8 @@ pub async fn run_atm<P: Platform>(
     let mut services = ServiceSync::new(cfg, me, platform.now());
     let mut commands_open = true;
     let mut buf = [0u8; 2048];
+    // The heartbeat deadline as the last wait began (see `Platform::heartbeat_sent`).
+    let mut hb_due: Option<Instant> = None;
     loop {
         if let Some(s) = &mut services {
             s.sync(&mut node, platform.now());
@@ -95,6 +97,11 @@ pub async fn run_atm<P: Platform>(
             match action {
                 Action::SendHeartbeat(hb) => {
                     let bytes: [u8; HEARTBEAT_LEN] = node.seal(&hb);
+                    // The first heartbeat after its deadline passed is the scheduled one.
+                    let sent = platform.now();
+                    if let Some(due) = hb_due.take().filter(|d| *d <= sent) {
+                        platform.heartbeat_sent(due, sent);
+                    }
                     for t in &targets {
                         if let Err(e) = sock.send_to(&bytes, *t).await {
                             platform.record_error(platform.now(), "send heartbeat", &e);
@@ -120,11 +127,18 @@ pub async fn run_atm<P: Platform>(
         let failover_due = services.as_ref().and_then(|s| s.machine.poll_timeout());
         let due = node.poll_timeout().into_iter().chain(failover_due).min();
         let wait = due.map_or(Duration::from_secs(3600), |t| t.saturating_since(now));
+        hb_due = Some(node.election().heartbeat_due());
         let mut sleep = pin!(tokio::time::sleep(wait));
         tokio::select! {
             biased;
             r = sock.recv_from(&mut buf) => match r {
-                Ok((n, _)) => node.handle_datagram(platform.now(), &buf[..n]),
+                Ok((n, _)) => {
+                    let now = platform.now();
+                    node.handle_datagram(now, &buf[..n]);
+                    if let Some(hb) = node.take_accepted() {
+                        platform.heartbeat_received(now, &hb);
+                    }
+                }
                 Err(e) => platform.record_error(platform.now(), "receive heartbeat", &e),
             },
             cmd = commands.recv(), if commands_open => match cmd {

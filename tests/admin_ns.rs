@@ -389,6 +389,29 @@ fn actions(lab: &Lab, client: &str, mgmt: &str, p: &str, through_vip: u64) {
     ] {
         assert!(ok && out.contains(want), "{want} missing in:\n{out}");
     }
+    // The heartbeat timing histograms count heartbeats: every scheduled one sent (at most
+    // the heartbeats sent), and the peer's accepted ones after its first.
+    let value = |name: &str| {
+        out.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} missing in:\n{out}"))
+    };
+    let jitter = value("clusterserver_heartbeat_send_jitter_seconds_count");
+    let lateness = value("clusterserver_heartbeat_receive_lateness_seconds_count");
+    let sent = value("clusterserver_heartbeats_sent_total");
+    let received = value("clusterserver_heartbeats_received_total");
+    assert!(jitter > 10.0 && jitter <= sent, "send jitter counts {jitter} of {sent} heartbeats sent");
+    assert!(lateness > 10.0 && lateness <= received, "lateness counts {lateness} of {received} received");
+    assert!(
+        out.contains("clusterserver_heartbeat_send_jitter_seconds_bucket{le=\"+Inf\"}"),
+        "no +Inf bucket:\n{out}"
+    );
+    let (ok, text, err) = lab.cmc(mgmt, p, &["stats"]);
+    assert!(
+        ok && text.contains("heartbeat send jitter") && text.contains("p99<="),
+        "cmc stats: {err}\n{text}"
+    );
     let bytes = out
         .lines()
         .find(|l| l.starts_with("clusterserver_server_bytes_total{") && l.contains("to_client"))

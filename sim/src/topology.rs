@@ -64,6 +64,7 @@ pub fn cluster_config(
             heartbeat_ms: o.heartbeat_ms.unwrap_or(100),
             dead_after: o.dead_after.unwrap_or(3),
             preempt: o.preempt.unwrap_or(false),
+            realtime_priority: 0,
         },
         arp: Arp {
             gratuitous_count: o.gratuitous_count.unwrap_or(3),

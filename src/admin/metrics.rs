@@ -13,6 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::state::{AdminCounters, CoreView, DataplaneView};
+use super::timing::Snapshot;
 use crate::config::Config;
 use crate::core::election::Role;
 use crate::core::heartbeat::DecodeError;
@@ -52,6 +53,13 @@ fn l(pairs: &[(&str, &str)]) -> Labels {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
+/// The heartbeat timing histograms as read for one scrape.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timing {
+    pub send_jitter: Snapshot,
+    pub receive_lateness: Snapshot,
+}
+
 /// The exposition text for one scrape.
 pub fn render(
     cfg: &Config,
@@ -59,6 +67,7 @@ pub fn render(
     core: &CoreView,
     dp: Option<&DataplaneView>,
     admin: &AdminCounters,
+    timing: &Timing,
 ) -> String {
     let mut reg = Registry::with_prefix("clusterserver");
     let primary = core.role == Some(Role::Primary);
@@ -84,7 +93,19 @@ pub fn render(
             "Active-active: 1 while this ATM announces the VIP over BGP",
             vips.iter().map(|v| (l(&[("vip", &v.vip)]), i64::from(v.announced))),
         ),
-        None => render_peers(&mut reg, cfg, me, core),
+        None => {
+            render_peers(&mut reg, cfg, me, core);
+            reg.register(
+                "heartbeat_send_jitter_seconds",
+                "Scheduled heartbeats: the moment sent minus the deadline",
+                timing.send_jitter,
+            );
+            reg.register(
+                "heartbeat_receive_lateness_seconds",
+                "Accepted heartbeats: arrival minus the arrival expected from the peer's previous heartbeat (sequence gap times its interval), 0 when early",
+                timing.receive_lateness,
+            );
+        }
     }
     if let Some(dp) = dp {
         render_dataplane(&mut reg, cfg, dp);

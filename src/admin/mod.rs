@@ -50,6 +50,7 @@ pub mod metrics;
 pub mod model;
 pub mod server;
 pub mod state;
+pub mod timing;
 pub mod token;
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -90,6 +91,11 @@ impl CoreBridge {
             c.observed_at = Some(tokio::time::Instant::now());
             c.stats.clone_from(node.stats());
         });
+    }
+
+    /// The heartbeat timing histograms (recorded on the heartbeat thread).
+    pub fn timing(&self) -> &timing::HeartbeatTiming {
+        &self.observed.timing
     }
 
     fn peer(&self, i: usize) -> &str {

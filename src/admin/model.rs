@@ -135,6 +135,41 @@ pub struct Stats {
     pub admin_unauthorized: u64,
     pub admin_bad_requests: u64,
     pub admin_requests: u64,
+    /// Heartbeat send jitter and receive lateness ([`crate::admin::timing`]).
+    #[serde(default)]
+    pub heartbeat_send_jitter: TimingSummary,
+    #[serde(default)]
+    pub heartbeat_receive_lateness: TimingSummary,
+}
+
+/// A latency histogram in short: count, p50 and p99 (bucket upper bounds, capped by the
+/// maximum) and the maximum, in microseconds; `None` while nothing was recorded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimingSummary {
+    pub count: u64,
+    pub p50_us: Option<u64>,
+    pub p99_us: Option<u64>,
+    pub max_us: Option<u64>,
+}
+
+impl TimingSummary {
+    pub fn of(s: &super::timing::Snapshot) -> Self {
+        let us = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let count = s.count();
+        TimingSummary {
+            count,
+            p50_us: s.quantile(0.5).map(us),
+            p99_us: s.quantile(0.99).map(us),
+            max_us: (count > 0).then(|| us(s.max())),
+        }
+    }
+}
+
+impl std::fmt::Display for TimingSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = |x: Option<u64>| x.map_or_else(|| "-".to_string(), |n| format!("{n} µs"));
+        write!(f, "n={} p50<={} p99<={} max={}", self.count, v(self.p50_us), v(self.p99_us), v(self.max_us))
+    }
 }
 
 /// One entry of `GET /v1/connections`.

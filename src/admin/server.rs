@@ -41,7 +41,7 @@ use tokio::sync::{Semaphore, broadcast, watch};
 use super::acl::Acl;
 use super::model::{
     ActionDone, ApiError, Connection, ConnectionPage, EventRecord, MAX_WEIGHT, PeerStatus, ServerStatus,
-    ServiceStatus, Stats, Status, WeightBody,
+    ServiceStatus, Stats, Status, TimingSummary, WeightBody,
 };
 use super::state::{AdminCounters, Backend, ConnectionQuery, ControlOp, Observed, ServerOp};
 use super::token::Token;
@@ -443,6 +443,8 @@ async fn stats(State(ctx): Ctx) -> Response {
         admin_unauthorized: AdminCounters::get(&c.unauthorized),
         admin_bad_requests: AdminCounters::get(&c.bad_requests),
         admin_requests: AdminCounters::get(&c.requests),
+        heartbeat_send_jitter: TimingSummary::of(&ctx.observed.timing.send_jitter.snapshot()),
+        heartbeat_receive_lateness: TimingSummary::of(&ctx.observed.timing.receive_lateness.snapshot()),
     };
     axum::Json(out).into_response()
 }
@@ -542,7 +544,11 @@ async fn events(State(ctx): Ctx) -> Response {
 async fn metrics(State(ctx): Ctx) -> Response {
     let core = ctx.observed.core();
     let dp = ctx.backend.dataplane().await.ok();
-    let text = super::metrics::render(&ctx.cfg(), ctx.me, &core, dp.as_ref(), &ctx.counters);
+    let timing = super::metrics::Timing {
+        send_jitter: ctx.observed.timing.send_jitter.snapshot(),
+        receive_lateness: ctx.observed.timing.receive_lateness.snapshot(),
+    };
+    let text = super::metrics::render(&ctx.cfg(), ctx.me, &core, dp.as_ref(), &ctx.counters, &timing);
     let ct = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     ([(header::CONTENT_TYPE, ct)], text).into_response()
 }

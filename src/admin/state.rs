@@ -175,11 +175,17 @@ impl AdminCounters {
 pub struct Observed {
     core: Mutex<CoreView>,
     events: broadcast::Sender<EventRecord>,
+    /// Heartbeat send jitter and receive lateness: atomics, written without the lock.
+    pub timing: super::timing::HeartbeatTiming,
 }
 
 impl Default for Observed {
     fn default() -> Self {
-        Observed { core: Mutex::new(CoreView::default()), events: broadcast::channel(EVENT_BACKLOG).0 }
+        Observed {
+            core: Mutex::new(CoreView::default()),
+            events: broadcast::channel(EVENT_BACKLOG).0,
+            timing: super::timing::HeartbeatTiming::default(),
+        }
     }
 }
 

@@ -512,6 +512,8 @@ pub fn render_stats(s: &Stats) -> String {
         ("heartbeats sent", s.heartbeats_sent.to_string()),
         ("heartbeats accepted", s.heartbeats_accepted.to_string()),
         ("heartbeats rejected", pairs(&s.heartbeats_rejected)),
+        ("heartbeat send jitter", s.heartbeat_send_jitter.to_string()),
+        ("heartbeat receive lateness", s.heartbeat_receive_lateness.to_string()),
         ("failovers (promotions here)", s.failovers.to_string()),
         ("engine active", s.engine_active.to_string()),
         ("packets", s.packets.to_string()),

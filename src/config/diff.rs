@@ -350,6 +350,7 @@ fn settings(p: &mut Walk, old: &Config, new: &Config) {
     p.value("timers.heartbeat_ms", &t.heartbeat_ms, &u.heartbeat_ms);
     p.value("timers.dead_after", &t.dead_after, &u.dead_after);
     p.value("timers.preempt", &t.preempt, &u.preempt);
+    p.value("timers.realtime_priority", &t.realtime_priority, &u.realtime_priority);
     let (a, b) = (&old.arp, &new.arp);
     p.value("arp.gratuitous_count", &a.gratuitous_count, &b.gratuitous_count);
     p.value("arp.gratuitous_interval_ms", &a.gratuitous_interval_ms, &b.gratuitous_interval_ms);

@@ -33,7 +33,8 @@
 //! | names (cluster, ATM, service, server) | 1..=63 of `[A-Za-z0-9._-]` | typed on the command line, used as metric labels |
 //! | `atms[].interface` | 1..=15 bytes, no `/`, `:`, space | Linux IFNAMSIZ |
 //! | `atms` / `services` / `servers` / `checks` | 1..=32 / 1..=256 / 1..=1024 / 0..=16 | bound everything |
-//! | `timers.heartbeat_ms` | 10..=60000 | below 10 ms is a busy loop, above a minute is no HA |
+//! | `timers.heartbeat_ms` | 5..=60000 | 5 ms holds on the daemon's own heartbeat thread (measured: `clusterlab failover-bench`); below that timer and scheduling jitter approach the dead interval; above a minute is no HA |
+//! | `timers.realtime_priority` | 0..=99 | SCHED_FIFO priority of the heartbeat thread, 0 off (needs `CAP_SYS_NICE`) |
 //! | `timers.dead_after` | 2..=100 | one lost datagram must not cause a failover |
 //! | `arp.gratuitous_count` | 1..=100 | |
 //! | `arp.gratuitous_interval_ms` | 10..=10000 | |

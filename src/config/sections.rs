@@ -196,11 +196,12 @@ fn interface(cx: &mut Cx, node: &Node, path: &str) -> Option<String> {
 
 fn timers(cx: &mut Cx, node: &Node, path: &str) -> Option<Timers> {
     let d = Timers::default();
-    let f = object(cx, node, path, &["heartbeat_ms", "dead_after", "preempt"])?;
-    let heartbeat_ms = f.or(cx, "heartbeat_ms", d.heartbeat_ms, int(10, 60_000));
+    let f = object(cx, node, path, &["heartbeat_ms", "dead_after", "preempt", "realtime_priority"])?;
+    let heartbeat_ms = f.or(cx, "heartbeat_ms", d.heartbeat_ms, int(5, 60_000));
     let dead_after = f.or(cx, "dead_after", d.dead_after, int(2, 100));
     let preempt = f.or(cx, "preempt", d.preempt, boolean);
-    Some(Timers { heartbeat_ms, dead_after, preempt })
+    let realtime_priority = f.or(cx, "realtime_priority", d.realtime_priority, int(0, 99));
+    Some(Timers { heartbeat_ms, dead_after, preempt, realtime_priority })
 }
 
 fn arp(cx: &mut Cx, node: &Node, path: &str) -> Option<Arp> {

@@ -207,6 +207,17 @@ pub struct Timers {
     pub dead_after: u32,
     /// A returning higher-listed ATM takes the primary role back.
     pub preempt: bool,
+    /// SCHED_FIFO priority of the heartbeat thread (1..=99; 0: normal scheduling). Needs
+    /// `CAP_SYS_NICE` (or an `RLIMIT_RTPRIO` at least this high); without it the daemon
+    /// warns once and runs the thread at normal priority. Left out of the serialised form
+    /// (and so of the config digest) while 0, so that configs written before the key
+    /// existed keep their digest.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub realtime_priority: u8,
+}
+
+fn is_zero(n: &u8) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -443,7 +454,7 @@ impl Bgp {
 
 impl Default for Timers {
     fn default() -> Self {
-        Timers { heartbeat_ms: 100, dead_after: 3, preempt: false }
+        Timers { heartbeat_ms: 100, dead_after: 3, preempt: false, realtime_priority: 0 }
     }
 }
 

@@ -453,6 +453,11 @@ impl Election {
         self.actions.pop_front()
     }
 
+    /// When the next heartbeat is due (the driver measures its send jitter against it).
+    pub fn heartbeat_due(&self) -> Instant {
+        self.next_heartbeat
+    }
+
     /// When [`Election::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.exited {
@@ -1046,7 +1051,14 @@ impl Election {
 
     fn queue_heartbeat(&mut self, now: Instant) {
         self.seq += 1;
-        self.next_heartbeat = now + self.cfg.heartbeat;
+        // Drift-free: a heartbeat sent on schedule sets the next deadline from its own
+        // deadline, not from the (later) moment it went out. Off schedule (a promotion, a
+        // handover) or more than half an interval late: the phase restarts from now (two
+        // heartbeats never leave less than half an interval apart).
+        let late = now.saturating_since(self.next_heartbeat);
+        let on_schedule = now >= self.next_heartbeat && late <= self.cfg.heartbeat / 2;
+        let base = if on_schedule { self.next_heartbeat } else { now };
+        self.next_heartbeat = base + self.cfg.heartbeat;
         // A node draining before its exit is no candidate: it must not be handed the VIPs.
         let eligible = !self.held && self.eligible(now) && self.draining_until.is_none();
         let mut flags = if eligible { FLAG_ELIGIBLE } else { 0 };

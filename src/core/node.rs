@@ -36,6 +36,9 @@ pub struct AtmNode {
     windows: Vec<ReplayWindow>,
     stats: NodeStats,
     pending: VecDeque<Action>,
+    /// The heartbeat the last datagram carried, if it was accepted (for the driver's
+    /// receive-lateness measurement: [`AtmNode::take_accepted`]).
+    accepted: Option<Heartbeat>,
 }
 
 impl AtmNode {
@@ -48,6 +51,7 @@ impl AtmNode {
             windows,
             stats: NodeStats::default(),
             pending: VecDeque::new(),
+            accepted: None,
         }
     }
 
@@ -73,8 +77,10 @@ impl AtmNode {
             Ok(hb) => {
                 self.stats.heartbeats_accepted += 1;
                 self.election.handle_heartbeat(now, &hb);
+                self.accepted = Some(hb);
             }
             Err(reason) => {
+                self.accepted = None;
                 let i = DecodeError::ALL.iter().position(|r| *r == reason).unwrap_or(0);
                 self.stats.rejected[i] += 1;
                 let count = self.stats.rejected[i];
@@ -85,6 +91,11 @@ impl AtmNode {
                 self.election.handle_timeout(now);
             }
         }
+    }
+
+    /// The heartbeat of the last datagram if it was accepted, once.
+    pub fn take_accepted(&mut self) -> Option<Heartbeat> {
+        self.accepted.take()
     }
 
     fn accept(&mut self, bytes: &[u8]) -> Result<Heartbeat, DecodeError> {
@@ -148,5 +159,69 @@ impl AtmNode {
     /// Signs a heartbeat for the wire.
     pub fn seal(&self, hb: &Heartbeat) -> [u8; HEARTBEAT_LEN] {
         hb.encode(&self.secret)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn cfg() -> ElectionConfig {
+        ElectionConfig {
+            cluster_id: 7,
+            me: 0,
+            atm_count: 2,
+            heartbeat: Duration::from_millis(5),
+            dead_after: 3,
+            preempt: false,
+            reach_total: 0,
+            min_reachable: 0,
+            probe_interval: Duration::from_millis(500),
+            garp_count: 1,
+            garp_interval: Duration::from_millis(100),
+            garp_refresh: None,
+            vips: vec![],
+            digest: [1; 16],
+            heartbeat_copies: 1,
+        }
+    }
+
+    fn sent(node: &mut AtmNode) -> usize {
+        std::iter::from_fn(|| node.poll_action()).filter(|a| matches!(a, Action::SendHeartbeat(_))).count()
+    }
+
+    /// Late wake-ups (here 0.9 ms each) do not push the schedule back: the deadlines stay
+    /// on the 5 ms grid, so 200 heartbeats take 1 s, not 1.18 s.
+    #[test]
+    fn heartbeat_deadlines_do_not_drift_with_late_wakeups() {
+        let start = Instant::from_nanos(0);
+        let mut node = AtmNode::new(cfg(), b"k".to_vec(), 1, start);
+        node.handle_timeout(start);
+        assert_eq!(sent(&mut node), 1);
+        let mut beats = 0;
+        for _ in 0..200 {
+            let due = node.election().heartbeat_due();
+            let late = due + Duration::from_micros(900);
+            node.handle_timeout(late);
+            beats += sent(&mut node);
+        }
+        assert_eq!(beats, 200);
+        assert_eq!(node.election().heartbeat_due(), start + Duration::from_millis(5 * 201));
+    }
+
+    /// A wake-up more than half an interval late restarts the phase from then (no burst of
+    /// catch-up heartbeats).
+    #[test]
+    fn a_stall_restarts_the_phase_without_a_burst() {
+        let start = Instant::from_nanos(0);
+        let mut node = AtmNode::new(cfg(), b"k".to_vec(), 1, start);
+        node.handle_timeout(start);
+        sent(&mut node);
+        let stalled = start + Duration::from_millis(8);
+        node.handle_timeout(stalled);
+        assert_eq!(sent(&mut node), 1);
+        assert_eq!(node.election().heartbeat_due(), stalled + Duration::from_millis(5));
     }
 }

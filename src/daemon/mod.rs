@@ -117,6 +117,7 @@
 mod active;
 pub mod admin;
 pub mod health;
+mod heartbeat;
 pub mod logging;
 mod node;
 pub mod processor;
@@ -146,10 +147,10 @@ use crate::config::{self, ClusterMode, Config};
 use crate::core::election::AdminRequest;
 use crate::dataplane::engine::{Engine, EngineConfig};
 use crate::dataplane::sync::{SyncReceiver, SyncSender};
-use crate::driver::{Command, run_atm};
+use crate::driver::Command;
 use crate::platform::linux::arp::{ArpPort, ArpResponder};
 use crate::platform::linux::atm::{
-    EngineOp, HeartbeatNet, LinuxPlatform, bind_udp, bind_udp6, wall_clock_incarnation,
+    EngineControl, EngineOp, HeartbeatNet, LinuxPlatform, bind_udp, bind_udp6, wall_clock_incarnation,
 };
 use crate::platform::linux::host::{self, IfAddr};
 use crate::platform::linux::shell::plane::DataPlane;
@@ -354,14 +355,17 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
         return finish(rt, shell, node_setup, &atm.name, next);
     }
     let arp = match rt.block_on(open_arp(cfg, &addrs, &atm.interface)) {
-        Ok(a) => Rc::new(a),
+        Ok(a) => Arc::new(a),
         Err(e) => return Err(undo_node_after(&rt, node_setup, e)),
     };
-    let shell_ctl = Rc::clone(&shell);
+    // Called on the heartbeat thread: the data plane through its thread-safe controller,
+    // the node set-up's netlink work spawned onto the main runtime.
+    let shell_ctl = shell.controller();
     let node_ctl = node_setup.clone();
-    let engine_ctl: Box<dyn Fn(EngineOp)> = Box::new(move |op| {
+    let main_rt = rt.handle().clone();
+    let engine_ctl: EngineControl = Box::new(move |op| {
         if let (EngineOp::SetActive(active), Some(n)) = (op, &node_ctl) {
-            toggle_node_vips(n, active);
+            toggle_node_vips(&main_rt, n, active);
         }
         let r = match op {
             EngineOp::SetActive(a) => {
@@ -385,7 +389,7 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
             IpAddr::V4(_) => HeartbeatNet::V4 { broadcast: my_if.broadcast() },
             IpAddr::V6(_) => HeartbeatNet::V6 { ifindex: my_if.index },
         },
-        Rc::clone(&arp),
+        Arc::clone(&arp),
         engine_ctl,
     )
     .with_failover(crate::platform::linux::atm::FailoverSpec {
@@ -394,12 +398,18 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
     });
     let (observed, admin_rx, admin) = open_admin(admin_listener, &live, me, &shell, None, &saver);
     platform.set_bridge(CoreBridge::new(observed, names, atm.name.clone()));
+    let platform = Arc::new(platform);
     let (core_tx, core_rx) = mpsc::unbounded_channel();
+    let mut heartbeat =
+        match heartbeat::HeartbeatThread::spawn(Arc::clone(&platform), cfg.clone(), me, secret, core_rx) {
+            Ok(h) => h,
+            Err(e) => return Err(undo_node_after(&rt, node_setup, e)),
+        };
     let (health_tx, health_rx) = mpsc::unbounded_channel();
     let reloader = reload::Reloader {
         shell: &shell,
-        arp: Some(&arp),
-        platform: Some(&platform),
+        arp: Some(&*arp),
+        platform: Some(&*platform),
         netlink: handle.clone(),
         addrs: addrs.clone(),
         me,
@@ -410,9 +420,12 @@ fn run_once(path: &Path, cfg: &Config) -> Result<Next, DaemonError> {
         core: Some(core_tx),
         saver,
     };
-    let loop_in = LoopInputs { core_rx, health_rx, admin_rx, secret };
+    let loop_in = LoopInputs { heartbeat: &mut heartbeat.done, health_rx, admin_rx };
     let next = rt.block_on(control(&reloader, path, cfg, loop_in));
+    // Closing the command channel makes a driver still running (the control loop ended on
+    // an error) hand over and return.
     drop(reloader);
+    heartbeat.join();
     if let Some(a) = admin {
         a.stop();
     }
@@ -607,9 +620,9 @@ fn undo_node_after(rt: &tokio::runtime::Runtime, node: Option<SharedNode>, e: Da
 
 /// Takes the node's VIPs off `lo` when this ATM becomes active (holds the VIPs) and puts
 /// them back when it stops being active. Runs as a task on the control runtime.
-fn toggle_node_vips(n: &SharedNode, active: bool) {
+fn toggle_node_vips(main: &tokio::runtime::Handle, n: &SharedNode, active: bool) {
     let n = Arc::clone(n);
-    tokio::spawn(async move {
+    main.spawn(async move {
         if let Err(e) = n.lock().await.set_vips(!active).await {
             tracing::error!(target: "clusterserverd", error = %e, active, "node VIPs on lo");
         }
@@ -888,13 +901,12 @@ const NEIGHBOUR_NEW: Duration = Duration::from_millis(100);
 const NEIGHBOUR_REFRESH: Duration = Duration::from_secs(5);
 
 /// What the control loop reads, besides the reloader's parts.
-struct LoopInputs {
-    /// The core's commands (the reloader holds the sender).
-    core_rx: mpsc::UnboundedReceiver<Command>,
+struct LoopInputs<'a> {
+    /// The heartbeat thread's driver result (the reloader holds the command sender).
+    heartbeat: &'a mut tokio::sync::oneshot::Receiver<std::io::Result<()>>,
     /// Live reloads of the health checks.
     health_rx: mpsc::UnboundedReceiver<health::Update>,
     admin_rx: mpsc::UnboundedReceiver<ControlRequest>,
-    secret: Vec<u8>,
 }
 
 /// What a reload request (SIGHUP, `cmc reload`) ends in, for the caller to act on.
@@ -951,15 +963,16 @@ async fn reload_from(
     }
 }
 
-/// The control loop: the driver, the ARP responder, the signals and the admin channel's
-/// requests.
+/// The control loop on the main runtime: the ARP responder, the health checks, the signals,
+/// reloads and the admin channel's requests; the election driver runs on the heartbeat
+/// thread ([`heartbeat`]) and this loop waits for its end.
 async fn control(
     r: &reload::Reloader<'_>,
     path: &Path,
     cfg: &Config,
-    inputs: LoopInputs,
+    inputs: LoopInputs<'_>,
 ) -> Result<Next, DaemonError> {
-    let LoopInputs { core_rx, health_rx, mut admin_rx, secret } = inputs;
+    let LoopInputs { heartbeat: driver, health_rx, mut admin_rx } = inputs;
     let (shell, me) = (r.shell, r.me);
     let (Some(platform), Some(arp), Some(tx)) = (r.platform, r.arp, r.core.clone()) else {
         return Err(DaemonError::Config("primary/backup control without its election core".into()));
@@ -968,7 +981,6 @@ async fn control(
     let sig = |k: SignalKind| signal(k).map_err(io_err("signal handler"));
     let (mut term, mut int, mut hup) =
         (sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?, sig(SignalKind::hangup())?);
-    let driver = run_atm(platform, cfg, me, secret, core_rx);
     // Health checks run on every ATM, primary or backup (see `health`).
     let serve = async {
         let sink = health::Publishing {
@@ -984,7 +996,7 @@ async fn control(
         );
         served
     };
-    tokio::pin!(driver, serve);
+    tokio::pin!(serve);
     let reload: RefCell<Option<Box<Config>>> = RefCell::new(None);
     let node = cfg.atms[me].name.clone();
     let node = node.as_str();
@@ -1011,7 +1023,8 @@ async fn control(
     loop {
         tokio::select! {
             biased;
-            r = &mut driver => {
+            r = &mut *driver => {
+                let r = r.unwrap_or_else(|_| Err(std::io::Error::other("the heartbeat thread ended without a result")));
                 r.map_err(io_err("heartbeat"))?;
                 return Ok(match reload.borrow_mut().take() {
                     Some(c) => Next::Reload(c),

@@ -176,6 +176,7 @@ impl Reloader<'_> {
         *self.hops.borrow_mut() = super::direct_next_hops(new);
         if let Some(platform) = self.platform {
             platform.set_atm_names(new.atms.iter().map(|a| a.name.clone()).collect());
+            platform.set_realtime_priority(new.timers.realtime_priority);
         }
         if !removed.is_empty()
             && self.shell.backend() == "tun"

@@ -14,6 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::core::election::Event;
+use crate::core::heartbeat::Heartbeat;
 use crate::services;
 use crate::time::Instant;
 
@@ -65,6 +66,19 @@ pub trait Platform {
     /// Called by the driver after each step with the node's current state, for observers
     /// (the daemon's admin channel). The default does nothing (the simulator).
     fn observe(&self, _now: Instant, _node: &crate::core::node::AtmNode) {}
+
+    /// A heartbeat due at `scheduled` went out at `sent` (the daemon's send-jitter
+    /// histogram). Called from the send path: must not block or allocate. Default: nothing.
+    fn heartbeat_sent(&self, scheduled: Instant, sent: Instant) {
+        let _ = (scheduled, sent);
+    }
+
+    /// An authenticated heartbeat was accepted at `now` (the daemon's receive-lateness
+    /// histogram). Called from the receive path: must not block or allocate. Default:
+    /// nothing.
+    fn heartbeat_received(&self, now: Instant, hb: &Heartbeat) {
+        let _ = (now, hb);
+    }
 
     /// Reports a failed side effect (the driver carries on: the next heartbeat or
     /// announcement retries).

@@ -33,11 +33,20 @@
 //! primary answers with a solicited Neighbor Advertisement (Override set) and announces on
 //! promotion with unsolicited ones to all nodes, as often as the `arp` settings say. A
 //! host with IPv6 disabled gets no NDP socket (IPv4 is served as before).
+//!
+//! ## Two threads
+//!
+//! The serve loops run on the daemon's main runtime; taking, releasing and announcing VIPs
+//! come from the heartbeat thread (see [`crate::daemon`]), so that the first gratuitous ARP
+//! leaves at the instant of promotion whatever the main runtime is busy with. The held set,
+//! the VIP map and the counters are behind short `Mutex`es (never held across an `await`);
+//! an announcement is a direct, non-blocking `send` on the packet socket, which is safe
+//! from any thread while the socket's reactor registration belongs to the main runtime.
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use socket2::{Domain, Protocol, SockFilter, Socket, Type};
 use tokio::io::unix::AsyncFd;
@@ -110,7 +119,12 @@ pub struct ArpPort {
     nd: Option<AsyncFd<Socket>>,
     /// Holds the solicited-node memberships of the IPv6 VIPs answered here.
     groups: Option<std::net::UdpSocket>,
-    joined: RefCell<BTreeSet<Ipv6Addr>>,
+    joined: Mutex<BTreeSet<Ipv6Addr>>,
+}
+
+/// A lock that a panicking holder cannot poison for good (the daemon aborts on panic anyway).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Classic BPF: accept IPv6 frames carrying ICMPv6 type 135 right after the fixed header
@@ -174,14 +188,14 @@ impl ArpPort {
             fd: async_socket(socket)?,
             nd,
             groups,
-            joined: RefCell::new(BTreeSet::new()),
+            joined: Mutex::new(BTreeSet::new()),
         })
     }
 
     /// Joins the solicited-node group of every IPv6 VIP in `vips` not joined yet.
     fn join(&self, vips: impl Iterator<Item = Ipv6Addr>) {
         let Some(g) = &self.groups else { return };
-        let mut joined = self.joined.borrow_mut();
+        let mut joined = lock(&self.joined);
         for v in vips {
             let group = ndp::solicited_node(v);
             if !joined.contains(&group) {
@@ -238,9 +252,9 @@ pub struct ArpStats {
 pub struct ArpResponder {
     ports: Vec<ArpPort>,
     /// VIP -> index in `ports`.
-    port_of: RefCell<BTreeMap<IpAddr, usize>>,
-    held: RefCell<BTreeSet<IpAddr>>,
-    stats: RefCell<ArpStats>,
+    port_of: Mutex<BTreeMap<IpAddr, usize>>,
+    held: Mutex<BTreeSet<IpAddr>>,
+    stats: Mutex<ArpStats>,
 }
 
 impl ArpResponder {
@@ -250,9 +264,9 @@ impl ArpResponder {
         join_groups(&ports, &port_of);
         ArpResponder {
             ports,
-            port_of: RefCell::new(port_of),
-            held: RefCell::new(BTreeSet::new()),
-            stats: RefCell::default(),
+            port_of: Mutex::new(port_of),
+            held: Mutex::new(BTreeSet::new()),
+            stats: Mutex::default(),
         }
     }
 
@@ -262,7 +276,7 @@ impl ArpResponder {
     pub fn map_vips(&self, per_vip: &BTreeMap<IpAddr, String>) -> Result<(), String> {
         let map = self.resolve(per_vip)?;
         join_groups(&self.ports, &map);
-        *self.port_of.borrow_mut() = map;
+        *lock(&self.port_of) = map;
         Ok(())
     }
 
@@ -286,19 +300,19 @@ impl ArpResponder {
 
     /// Starts answering for `vips`.
     pub fn hold(&self, vips: impl IntoIterator<Item = IpAddr>) {
-        self.held.borrow_mut().extend(vips);
+        lock(&self.held).extend(vips);
     }
 
     /// Stops answering for `vips`.
     pub fn release(&self, vips: impl IntoIterator<Item = IpAddr>) {
-        let mut held = self.held.borrow_mut();
+        let mut held = lock(&self.held);
         for v in vips {
             held.remove(&v);
         }
     }
 
     pub fn stats(&self) -> ArpStats {
-        *self.stats.borrow()
+        *lock(&self.stats)
     }
 
     /// One gratuitous ARP (IPv4) or unsolicited Neighbor Advertisement (IPv6) per VIP,
@@ -306,8 +320,8 @@ impl ArpResponder {
     pub fn announce(&self, vips: impl IntoIterator<Item = IpAddr>) -> io::Result<()> {
         let mut first = None;
         for v in vips {
-            let Some(port) = self.port_of.borrow().get(&v).map(|i| &self.ports[*i]) else { continue };
-            let mut st = self.stats.borrow_mut();
+            let Some(port) = lock(&self.port_of).get(&v).map(|i| &self.ports[*i]) else { continue };
+            let mut st = lock(&self.stats);
             let sent = match v {
                 IpAddr::V4(a) => port.send(&gratuitous(port.mac, a)),
                 IpAddr::V6(a) => port.send_nd(&ndp::unsolicited(port.mac, a)),
@@ -322,6 +336,12 @@ impl ArpResponder {
             }
         }
         first.map_or(Ok(()), Err)
+    }
+
+    /// Whether `target` is held and answered on `port`.
+    fn answers(&self, target: IpAddr, port: &ArpPort) -> bool {
+        lock(&self.held).contains(&target)
+            && lock(&self.port_of).get(&target).map(|i| &self.ports[*i].iface) == Some(&port.iface)
     }
 
     /// Answers requests forever (returns only on a socket error).
@@ -350,13 +370,10 @@ impl ArpResponder {
             let n = recv_on(fd, &mut buf).await?;
             let Some(ns) = ndp::parse_solicitation(&buf[..n]) else { continue };
             let target = IpAddr::V6(ns.target);
-            if ns.src_mac == port.mac
-                || !self.held.borrow().contains(&target)
-                || self.port_of.borrow().get(&target).map(|i| &self.ports[*i].iface) != Some(&port.iface)
-            {
+            if ns.src_mac == port.mac || !self.answers(target, port) {
                 continue;
             }
-            let mut st = self.stats.borrow_mut();
+            let mut st = lock(&self.stats);
             match port.send_nd(&ndp::answer(port.mac, &ns)) {
                 Ok(()) => st.solicitations_answered += 1,
                 Err(_) => st.send_errors += 1,
@@ -372,13 +389,10 @@ impl ArpResponder {
             let target = IpAddr::V4(req.target_ip);
             // Our own frames (packet sockets also see outgoing traffic) and requests for
             // addresses we do not hold (or hold on another interface).
-            if req.sender_mac == port.mac
-                || !self.held.borrow().contains(&target)
-                || self.port_of.borrow().get(&target).map(|i| &self.ports[*i].iface) != Some(&port.iface)
-            {
+            if req.sender_mac == port.mac || !self.answers(target, port) {
                 continue;
             }
-            let mut st = self.stats.borrow_mut();
+            let mut st = lock(&self.stats);
             match port.send(&reply(port.mac, &req)) {
                 Ok(()) => st.requests_answered += 1,
                 Err(_) => st.send_errors += 1,

@@ -13,12 +13,21 @@
 //! * probes: ICMP echo ([`super::icmp`]);
 //! * the clock: `tokio::time::Instant` since start-up, as [`crate::time::Instant`];
 //! * events: `tracing` lines; role changes have a fixed, parseable form (see
-//!   [`crate::daemon`]).
+//!   [`crate::daemon`]);
+//! * heartbeat timing: send jitter and receive lateness into the admin channel's atomic
+//!   histograms ([`crate::admin::timing`]).
+//!
+//! The platform is `Send + Sync`: the daemon runs the driver on a heartbeat thread of its
+//! own while the main runtime (ARP serve loop, health checks, reloads, admin requests) keeps
+//! a reference for reloads and the health checks' publishing. Everything the election
+//! triggers from the heartbeat thread is cheap there: an atomic flag and a short lock for
+//! the VIPs, a control closure queued to the data plane, a packet-socket `send` for the
+//! gratuitous ARP, a lock-free histogram record per heartbeat.
 
-use std::cell::Cell;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -26,6 +35,7 @@ use tokio::net::UdpSocket;
 
 use super::arp::ArpResponder;
 use crate::core::election::{Event, Role};
+use crate::core::heartbeat::Heartbeat;
 use crate::platform::{DatagramSocket, Platform, ServiceCommand};
 use crate::services::{self, Step};
 use crate::time::Instant;
@@ -94,17 +104,25 @@ pub enum HeartbeatNet {
     V6 { ifindex: u32 },
 }
 
-/// The ATM's platform. Lives on the daemon's single-threaded control runtime.
+/// What the platform asks of the data plane, callable from the heartbeat thread.
+pub type EngineControl = Box<dyn Fn(EngineOp) + Send + Sync>;
+
+/// The ATM's platform. The driver runs on the daemon's heartbeat thread; the main runtime
+/// shares it (module docs).
 pub struct LinuxPlatform {
     start: tokio::time::Instant,
     incarnation: u64,
     node: String,
     /// Names of the ATMs by position (a reload may append some).
-    atm_names: std::cell::RefCell<Vec<String>>,
+    atm_names: Mutex<Vec<String>>,
     net: HeartbeatNet,
-    arp: Rc<ArpResponder>,
-    engine: Box<dyn Fn(EngineOp)>,
-    role: Cell<Role>,
+    arp: Arc<ArpResponder>,
+    engine: EngineControl,
+    primary: AtomicBool,
+    /// `timers.realtime_priority` as configured, and as last applied to the heartbeat
+    /// thread (the driver's thread applies a change at its next step: see `observe`).
+    realtime_wanted: AtomicU8,
+    realtime_applied: AtomicU8,
     /// The admin channel's view of the core (none in tests without one).
     bridge: Option<crate::admin::CoreBridge>,
     /// Service failover: the config's groups, SSH settings and ATM addresses.
@@ -120,7 +138,7 @@ pub struct FailoverSpec {
 
 impl std::fmt::Debug for LinuxPlatform {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LinuxPlatform").field("node", &self.node).field("role", &self.role).finish()
+        f.debug_struct("LinuxPlatform").field("node", &self.node).field("role", &self.role()).finish()
     }
 }
 
@@ -139,18 +157,20 @@ impl LinuxPlatform {
         atm_names: Vec<String>,
         incarnation: u64,
         net: HeartbeatNet,
-        arp: Rc<ArpResponder>,
-        engine: Box<dyn Fn(EngineOp)>,
+        arp: Arc<ArpResponder>,
+        engine: EngineControl,
     ) -> Self {
         LinuxPlatform {
             start: super::clock::origin(),
             incarnation,
             node,
-            atm_names: std::cell::RefCell::new(atm_names),
+            atm_names: Mutex::new(atm_names),
             net,
             arp,
             engine,
-            role: Cell::new(Role::Backup),
+            primary: AtomicBool::new(false),
+            realtime_wanted: AtomicU8::new(0),
+            realtime_applied: AtomicU8::new(0),
             bridge: None,
             failover: None,
         }
@@ -177,20 +197,27 @@ impl LinuxPlatform {
     }
 
     pub fn role(&self) -> Role {
-        self.role.get()
+        if self.primary.load(Ordering::Relaxed) { Role::Primary } else { Role::Backup }
+    }
+
+    /// `timers.realtime_priority` (0: normal scheduling), at start-up and on a live reload:
+    /// the heartbeat thread applies it at its next step.
+    pub fn set_realtime_priority(&self, priority: u8) {
+        self.realtime_wanted.store(priority, Ordering::Relaxed);
     }
 
     fn peer(&self, i: usize) -> String {
-        self.atm_names.borrow().get(i).map_or_else(|| "?".to_string(), String::clone)
+        let names = self.atm_names.lock().unwrap_or_else(PoisonError::into_inner);
+        names.get(i).map_or_else(|| "?".to_string(), String::clone)
     }
 
     /// A live reload: the ATMs' names (appended ones are named in logs from now on).
     pub fn set_atm_names(&self, names: Vec<String>) {
-        *self.atm_names.borrow_mut() = names;
+        *self.atm_names.lock().unwrap_or_else(PoisonError::into_inner) = names;
     }
 
     fn role_change(&self, role: Role, epoch: u64, reason: String) {
-        self.role.set(role);
+        self.primary.store(role == Role::Primary, Ordering::Relaxed);
         let role = match role {
             Role::Primary => "primary",
             Role::Backup => "backup",
@@ -266,9 +293,27 @@ impl Platform for LinuxPlatform {
         })
     }
 
+    /// Also where the driver's thread applies a changed `timers.realtime_priority` to
+    /// itself (the driver calls this on every step, from its own thread).
     fn observe(&self, now: Instant, node: &crate::core::node::AtmNode) {
+        let wanted = self.realtime_wanted.load(Ordering::Relaxed);
+        if wanted != self.realtime_applied.swap(wanted, Ordering::Relaxed) {
+            super::realtime::apply_logged("heartbeat", wanted);
+        }
         if let Some(b) = &self.bridge {
             b.observe(now, node);
+        }
+    }
+
+    fn heartbeat_sent(&self, scheduled: Instant, sent: Instant) {
+        if let Some(b) = &self.bridge {
+            b.timing().sent(scheduled, sent);
+        }
+    }
+
+    fn heartbeat_received(&self, now: Instant, hb: &Heartbeat) {
+        if let Some(b) = &self.bridge {
+            b.timing().received(now, hb);
         }
     }
 
@@ -284,7 +329,7 @@ impl Platform for LinuxPlatform {
             Event::Demoted { epoch, reason } => self.role_change(Role::Backup, *epoch, format!("{reason:?}")),
             Event::PeerUp { peer } => {
                 tracing::info!(node = %self.node, peer = %self.peer(*peer), ms, "peer up");
-                if self.role.get() == Role::Primary {
+                if self.role() == Role::Primary {
                     (self.engine)(EngineOp::FullSync);
                 }
             }
@@ -386,3 +431,10 @@ impl Platform for LinuxPlatform {
         }
     }
 }
+
+/// The heartbeat thread and the main runtime share the platform and the ARP responder.
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    shared::<LinuxPlatform>();
+    shared::<ArpResponder>();
+};

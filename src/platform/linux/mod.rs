@@ -1,5 +1,5 @@
 //! The Linux platform: the real [`crate::platform::Platform`] of an ATM ([`atm`]), ARP for
-//! the VIPs from user space ([`arp`]), BIRD 2 as the BGP speaker of active-active mode ([`bird`]), health checkers ([`checks`]), ICMP probes ([`icmp`]), cluster-node set-up ([`node`]), the host's addresses
+//! the VIPs from user space ([`arp`]), BIRD 2 as the BGP speaker of active-active mode ([`bird`]), health checkers ([`checks`]), ICMP probes ([`icmp`]), cluster-node set-up ([`node`]), real-time scheduling of the heartbeat thread ([`realtime`]), the host's addresses
 //! ([`host`]), the `bpf(2)` system call and an eBPF encoder ([`bpf`]), and the few system calls that need `unsafe` ([`netsys`], every block with a
 //! `// SAFETY:` comment).
 
@@ -13,4 +13,5 @@ pub mod host;
 pub mod icmp;
 pub mod netsys;
 pub mod node;
+pub mod realtime;
 pub mod shell;
