@@ -30,6 +30,7 @@ pub mod report;
 pub mod rogue;
 pub mod runner;
 pub mod services;
+pub mod soak;
 pub mod sshd;
 pub mod topology;
 pub mod traffic;

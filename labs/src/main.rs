@@ -23,6 +23,8 @@ const USAGE: &str = "usage: clusterlab run SCENARIO [--out DIR] [--backend tun|a
        clusterlab bench [--reps N] [--seconds S] [--out DIR] (see scripts/bench)
        clusterlab active-active [--out DIR] [--flows N] [--bfd] [--no-join-sync]  (drain, crash, join, rolling reload adding a server, freeze over BGP/ECMP)
        clusterlab active-active --bench [--seconds S]     (throughput with 1, 2, 3 ATMs)
+       clusterlab soak [--heartbeat-ms MS] [--seconds S] [--realtime-priority N] [--out DIR]
+                                                          (fast heartbeats under saturating TCP and HTTP: role changes, heartbeat jitter)
        clusterlab config-sync [DIR]                       (cmc sync config with running daemons, real sshd)
 SCENARIO is a path or a name in sim/scenarios/ (e.g. primary-crash). Needs root.";
 
@@ -70,6 +72,10 @@ fn real_main() -> anyhow::Result<bool> {
             bench::run(&bench::Opts::parse(&args[1..])?)?;
             Ok(true)
         }
+        Some("soak") => {
+            lab::install_signal_handler();
+            clusterlab::soak::run(&clusterlab::soak::Opts::parse(&args[1..])?)
+        }
         Some("stream-server") => {
             traffic::stream_server(arg(1)?.parse()?, &arg(2)?, arg(3)?.parse()?)?;
             Ok(true)
@@ -79,7 +85,7 @@ fn real_main() -> anyhow::Result<bool> {
                 vip: arg(1)?.parse()?,
                 stream: arg(2)?.parse()?,
                 rate: arg(3)?.parse()?,
-                duration_ms: arg(4)?.parse::<u64>()?.min(600_000),
+                duration_ms: arg(4)?.parse::<u64>()?.min(3_600_000),
                 flows: arg(5)?.parse::<u32>()?.min(256),
                 out: PathBuf::from(arg(6)?),
             };

@@ -149,6 +149,9 @@ fn main() -> ExitCode {
             config.atms.len(),
             config.services.len()
         );
+        for a in config::advice::advice(&config) {
+            println!("warning: {a}");
+        }
         if let Some(running) = &args.against {
             let old = match load(running, false) {
                 Ok(c) => c,

@@ -86,6 +86,7 @@
 //! [`LoadOptions::base_dir`] (the config file's directory for [`load_file`]) in the returned
 //! [`Config`].
 
+pub mod advice;
 pub mod diff;
 pub mod error;
 pub mod json5;

@@ -919,6 +919,13 @@ enum ReloadAnswer {
 }
 
 /// Loads the file and reloads: live when the plan allows, else asks for the handover.
+/// The config's advice ([`crate::config::advice`]), one `warn` line each.
+fn log_advice(node: &str, cfg: &Config) {
+    for a in crate::config::advice::advice(cfg) {
+        tracing::warn!(target: "clusterserverd", node = %node, advice = %a, "config advice");
+    }
+}
+
 async fn reload_from(
     r: &reload::Reloader<'_>,
     path: &Path,
@@ -932,6 +939,7 @@ async fn reload_from(
             return ReloadAnswer::Refused(format!("invalid config, the running one is kept: {e}"));
         }
     };
+    log_advice(node, &new);
     match r.reload(running, new).await {
         Ok(reload::Outcome::Unchanged) => {
             tracing::info!(target: "clusterserverd", node = %node, "reload: config unchanged");
@@ -1001,6 +1009,7 @@ async fn control(
     let node = cfg.atms[me].name.clone();
     let node = node.as_str();
     tracing::info!(target: "clusterserverd", node = %node, heartbeat_port = cfg.heartbeat_port(), sync_port = cfg.sync_port(), "ready");
+    log_advice(node, cfg);
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     // A graceful stop first drains the connection sync (bounded), then hands over.
     let mut draining: Option<Pin<Box<dyn Future<Output = ()>>>> = None;
