@@ -191,6 +191,8 @@ use envelope::Envelope;
 pub use envelope::{Datagram, Protocol, Segment};
 
 mod error;
+
+mod fxhash;
 pub use error::Result;
 
 mod host;

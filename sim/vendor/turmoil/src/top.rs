@@ -3,7 +3,7 @@ use crate::host::Host;
 use crate::rt::Rt;
 use crate::{config, TRACING_TARGET};
 
-use indexmap::IndexMap;
+use crate::fxhash::IndexMap;
 use rand::{Rng, RngCore};
 use rand_distr::{Distribution, Exp};
 use std::collections::VecDeque;
@@ -23,6 +23,15 @@ pub(crate) struct Topology {
     /// forward in the same way we do it elsewhere. We'd like to represent
     /// network state with async in the future.
     rt: Rt<'static>,
+
+    /// The network's time (patch): the runtime's clock, moved by `tick_by` without a
+    /// `block_on` when the tick is a whole number of milliseconds (the runtime's paused
+    /// clock would land on exactly that instant).
+    now: Instant,
+
+    /// The links of each host, as indexes into `links` in their order (patch): delivering
+    /// to a host visits its links only, in the order a scan of `links` would.
+    by_host: IndexMap<IpAddr, Vec<usize>>,
 }
 
 /// This type is used as the key in the [`Topology::links`] map. See [`new`]
@@ -174,17 +183,25 @@ enum State {
 
 impl Topology {
     pub(crate) fn new(config: config::Link) -> Topology {
+        let rt = Rt::no_software();
+        let now = rt.now();
         Topology {
             config,
-            links: IndexMap::new(),
-            rt: Rt::no_software(),
+            links: IndexMap::default(),
+            rt,
+            now,
+            by_host: IndexMap::default(),
         }
     }
 
     /// Register a link between two hosts
     pub(crate) fn register(&mut self, a: IpAddr, b: IpAddr) {
         let pair = Pair::new(a, b);
-        assert!(self.links.insert(pair, Link::new(self.rt.now())).is_none());
+        let (index, old) = self.links.insert_full(pair, Link::new(self.now));
+        assert!(old.is_none());
+        for host in [a, b] {
+            self.by_host.entry(host).or_default().push(index);
+        }
     }
 
     pub(crate) fn set_max_message_latency(&mut self, value: Duration) {
@@ -250,10 +267,12 @@ impl Topology {
 
     // Move messages from any network links to the `dst` host.
     pub(crate) fn deliver_messages(&mut self, rand: &mut dyn RngCore, dst: &mut Host) {
-        for (pair, link) in &mut self.links {
-            if pair.0 == dst.addr || pair.1 == dst.addr {
-                link.deliver_messages(&self.config, rand, dst);
-            }
+        let Some(links) = self.by_host.get(&dst.addr) else {
+            return;
+        };
+        for &i in links {
+            let (_, link) = self.links.get_index_mut(i).expect("link index");
+            link.deliver_messages(&self.config, rand, dst);
         }
     }
 
@@ -284,9 +303,14 @@ impl Topology {
     }
 
     pub(crate) fn tick_by(&mut self, duration: Duration) {
-        let _ = self.rt.tick(duration);
+        if duration.subsec_nanos() % 1_000_000 == 0 {
+            self.now += duration;
+        } else {
+            let _ = self.rt.tick(duration);
+            self.now = self.rt.now();
+        }
         for link in self.links.values_mut() {
-            link.tick(self.rt.now());
+            link.tick(self.now);
         }
     }
 
@@ -330,7 +354,7 @@ impl Link {
             state_b_a: State::Healthy,
             config: config::Link::default(),
             sent: VecDeque::new(),
-            deliverable: IndexMap::new(),
+            deliverable: IndexMap::default(),
             now,
         }
     }
@@ -446,17 +470,23 @@ impl Link {
         rand: &mut dyn RngCore,
         host: &mut Host,
     ) {
-        let deliverable = self
-            .deliverable
-            .entry(host.addr)
-            .or_default()
-            .drain(..)
-            .collect::<Vec<Envelope>>();
+        // Patch: no hashing or allocation when nothing is ready for this host (most ticks).
+        let mut deliverable = match self.deliverable.get_mut(&host.addr) {
+            Some(queue) if !queue.is_empty() => std::mem::take(queue),
+            _ => return,
+        };
 
-        for message in deliverable {
+        for message in deliverable.drain(..) {
             let (src, dst) = (message.src, message.dst);
             if let Err(message) = host.receive_from_network(message) {
                 let _ = self.enqueue_message(global_config, rand, dst, src, message);
+            }
+        }
+
+        // Give the queue its buffer back unless a bounce refilled it meanwhile.
+        if let Some(queue) = self.deliverable.get_mut(&host.addr) {
+            if queue.is_empty() {
+                *queue = deliverable;
             }
         }
     }

@@ -28,7 +28,7 @@
 pub mod shim;
 
 use crate::world::World;
-use indexmap::{IndexMap, IndexSet};
+use crate::fxhash::{IndexMap, IndexSet};
 use rand::{Rng, RngCore};
 use rand_distr::{Distribution, Exp};
 use std::cell::RefCell;
@@ -884,7 +884,7 @@ impl PageCache {
     /// Create a new page cache with the given configuration.
     pub fn new(config: PageCacheConfig) -> Self {
         Self {
-            pages: IndexSet::new(),
+            pages: IndexSet::default(),
             config,
         }
     }
@@ -995,19 +995,19 @@ pub(crate) struct Fs {
 impl Fs {
     /// Create a new empty filesystem.
     pub(crate) fn new(config: FsConfig) -> Self {
-        let mut persisted_dirs = IndexMap::new();
-        let mut synced_entries = IndexSet::new();
+        let mut persisted_dirs = IndexMap::default();
+        let mut synced_entries = IndexSet::default();
         // Root directory exists from the start with epoch timestamp
         persisted_dirs.insert(PathBuf::from("/"), DirData::new(Duration::ZERO));
         synced_entries.insert(PathBuf::from("/"));
 
         Self {
-            persisted_files: IndexMap::new(),
+            persisted_files: IndexMap::default(),
             persisted_dirs,
-            persisted_symlinks: IndexMap::new(),
+            persisted_symlinks: IndexMap::default(),
             synced_entries,
             pending: Vec::new(),
-            open_handles: IndexMap::new(),
+            open_handles: IndexMap::default(),
             next_fd: 0,
             sync_probability: config.sync_probability,
             capacity: config.capacity,

@@ -1,5 +1,5 @@
 use bytes::Bytes;
-use indexmap::{IndexMap, IndexSet};
+use crate::fxhash::{IndexMap, IndexSet};
 use tokio::{
     sync::{mpsc, Mutex},
     time::sleep,
@@ -55,7 +55,11 @@ impl MulticastGroups {
                 members.insert(member);
                 tracing::info!(target: TRACING_TARGET, ?member, group = ?group, protocol = %"UDP", "Join multicast group");
             })
-            .or_insert_with(|| IndexSet::from([member]));
+            .or_insert_with(|| {
+                let mut members = IndexSet::default();
+                members.insert(member);
+                members
+            });
     }
 
     fn leave(&mut self, group: IpAddr, member: SocketAddr) {
