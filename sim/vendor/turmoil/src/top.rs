@@ -158,8 +158,14 @@ struct Link {
     /// or are on hold.
     sent: VecDeque<Sent>,
 
-    /// Messages that are ready to be delivered.
-    deliverable: IndexMap<IpAddr, VecDeque<Envelope>>,
+    /// Messages that are ready to be delivered (patch: a queue for each end, `a` the
+    /// smaller address, instead of a map by destination hashed for every host and step).
+    deliverable_a: VecDeque<Envelope>,
+    deliverable_b: VecDeque<Envelope>,
+
+    /// The link's two ends, `a < b`.
+    a: IpAddr,
+    b: IpAddr,
 
     /// The current network time, moved forward with [`Link::tick`].
     now: Instant,
@@ -197,7 +203,7 @@ impl Topology {
     /// Register a link between two hosts
     pub(crate) fn register(&mut self, a: IpAddr, b: IpAddr) {
         let pair = Pair::new(a, b);
-        let (index, old) = self.links.insert_full(pair, Link::new(self.now));
+        let (index, old) = self.links.insert_full(pair.clone(), Link::new(self.now, &pair));
         assert!(old.is_none());
         for host in [a, b] {
             self.by_host.entry(host).or_default().push(index);
@@ -348,14 +354,27 @@ enum DeliveryStatus {
 }
 
 impl Link {
-    fn new(now: Instant) -> Link {
+    fn new(now: Instant, pair: &Pair) -> Link {
         Link {
             state_a_b: State::Healthy,
             state_b_a: State::Healthy,
             config: config::Link::default(),
             sent: VecDeque::new(),
-            deliverable: IndexMap::default(),
+            deliverable_a: VecDeque::new(),
+            deliverable_b: VecDeque::new(),
+            a: pair.0,
+            b: pair.1,
             now,
+        }
+    }
+
+    /// The queue of messages ready for `dst`, one of the link's ends.
+    fn deliverable_mut(&mut self, dst: IpAddr) -> &mut VecDeque<Envelope> {
+        if dst == self.a {
+            &mut self.deliverable_a
+        } else {
+            debug_assert_eq!(dst, self.b);
+            &mut self.deliverable_b
         }
     }
 
@@ -451,10 +470,7 @@ impl Link {
                         dst: sent.dst,
                         message: sent.protocol,
                     };
-                    self.deliverable
-                        .entry(sent.dst.ip())
-                        .or_default()
-                        .push_back(envelope);
+                    self.deliverable_mut(sent.dst.ip()).push_back(envelope);
                     deliverable += 1;
                 }
             }
@@ -471,10 +487,11 @@ impl Link {
         host: &mut Host,
     ) {
         // Patch: no hashing or allocation when nothing is ready for this host (most ticks).
-        let mut deliverable = match self.deliverable.get_mut(&host.addr) {
-            Some(queue) if !queue.is_empty() => std::mem::take(queue),
-            _ => return,
-        };
+        let queue = self.deliverable_mut(host.addr);
+        if queue.is_empty() {
+            return;
+        }
+        let mut deliverable = std::mem::take(queue);
 
         for message in deliverable.drain(..) {
             let (src, dst) = (message.src, message.dst);
@@ -484,10 +501,9 @@ impl Link {
         }
 
         // Give the queue its buffer back unless a bounce refilled it meanwhile.
-        if let Some(queue) = self.deliverable.get_mut(&host.addr) {
-            if queue.is_empty() {
-                *queue = deliverable;
-            }
+        let queue = self.deliverable_mut(host.addr);
+        if queue.is_empty() {
+            *queue = deliverable;
         }
     }
 
