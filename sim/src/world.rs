@@ -207,15 +207,16 @@ impl World {
 
     /// Whether a datagram from `from` to `to` is lost to the configured loss rate.
     pub fn lose(&mut self, from: IpAddr, to: &str) -> bool {
-        // Per-link rates are rare: no names looked up or copied without one.
-        let p = if self.loss_link.is_empty() {
-            self.loss_all
-        } else {
-            let from = self.name_of(from);
-            let key = if from.as_str() < to { (from, to.to_string()) } else { (to.to_string(), from) };
-            self.loss_link.get(&key).copied().unwrap_or(self.loss_all)
+        // The per-link rates (a few at most) are scanned by name, none copied: this runs for
+        // every datagram received. An address without a host name has no per-link rate.
+        let link = match self.by_addr.get(&from) {
+            Some(f) if !self.loss_link.is_empty() => {
+                let (a, b) = if f.as_str() < to { (f.as_str(), to) } else { (to, f.as_str()) };
+                self.loss_link.iter().find(|((x, y), _)| x == a && y == b).map(|(_, p)| *p)
+            }
+            _ => None,
         };
-        self.rng.chance(p)
+        self.rng.chance(link.unwrap_or(self.loss_all))
     }
 
     /// A host's software (re)started: a fresh kernel holds no VIP and no ARP state.
