@@ -13,6 +13,7 @@ use clustersim::{runner, sweep};
 const USAGE: &str =
     "usage: clustersim run SCENARIO [--seed N | --seeds A..B] [--jobs N] [--quiet] [--chart FILE.svg]
        clustersim list
+       clustersim bench [SCENARIO...] [--seeds N] [--jobs N]
 SCENARIO is a path or a name in sim/scenarios/ (e.g. primary-crash).";
 
 fn main() -> ExitCode {
@@ -47,8 +48,51 @@ fn real_main() -> anyhow::Result<bool> {
             Ok(true)
         }
         Some("run") => run(&args[1..]),
+        Some("bench") => bench(&args[1..]),
         _ => bail!("{USAGE}"),
     }
+}
+
+/// The scenarios `bench` sweeps by default: the issue's reference and the heaviest one
+/// (the most simulated time: 70 s a seed).
+const BENCH_SCENARIOS: [&str; 2] = ["primary-crash", "lossy-heartbeats"];
+
+/// `clustersim bench`: seeds per second of a sweep of each scenario (a benchmark of the
+/// simulator's speed, see docs/SIMULATOR-SPEED.md; the wall clock is read around sweeps
+/// only, never inside a run).
+fn bench(args: &[String]) -> anyhow::Result<bool> {
+    let (mut names, mut seeds, mut jobs) = (Vec::new(), 200u64, None);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--seeds" => seeds = it.next().context("--seeds N")?.parse()?,
+            "--jobs" => jobs = Some(it.next().context("--jobs N")?.parse::<usize>()?),
+            other if other.starts_with("--") => bail!("unknown argument {other:?}\n{USAGE}"),
+            name => names.push(name.to_string()),
+        }
+    }
+    if names.is_empty() {
+        names = BENCH_SCENARIOS.iter().map(|s| s.to_string()).collect();
+    }
+    let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mut ok = true;
+    for name in &names {
+        let scenario = Scenario::from_file(&resolve(name))?;
+        #[allow(clippy::disallowed_methods)] // the sweep's own wall time, printed; never inside a run
+        let started = std::time::Instant::now();
+        let results = sweep::sweep(&scenario, 0..seeds, jobs);
+        let secs = started.elapsed().as_secs_f64();
+        let failed = results.iter().filter(|r| !r.failures.is_empty()).count();
+        ok &= failed == 0;
+        let sim_s = scenario.duration_ms() as f64 / 1000.0;
+        println!(
+            "bench {}: {seeds} seeds of {sim_s:.0} simulated s in {secs:.1} s: {:.1} seeds/s ({:.0} simulated s/s, {jobs} jobs, {failed} failed)",
+            scenario.name,
+            seeds as f64 / secs,
+            seeds as f64 * sim_s / secs,
+        );
+    }
+    Ok(ok)
 }
 
 fn run(args: &[String]) -> anyhow::Result<bool> {

@@ -279,6 +279,8 @@ struct RunState {
     violations: Vec<String>,
     /// Health faults applied: (ms, server, failing).
     health_steps: Vec<(u64, String, bool)>,
+    /// The primaries by cluster as last observed (rebuilt only when they change).
+    by_cluster: BTreeMap<u32, Vec<String>>,
 }
 
 impl RunState {
@@ -307,29 +309,43 @@ impl RunState {
             arp_violated: BTreeSet::new(),
             violations: Vec::new(),
             health_steps: Vec::new(),
+            by_cluster: BTreeMap::new(),
         }
     }
 
     fn cut(&self, a: &str, b: &str) -> bool {
+        // A scan of the few blocks, not a lookup: that would copy both names.
         self.links_down.contains(a)
             || self.links_down.contains(b)
-            || self.blocked.contains(&(a.to_string(), b.to_string()))
-            || self.blocked.contains(&(b.to_string(), a.to_string()))
+            || self.blocked.iter().any(|(x, y)| (x == a && y == b) || (x == b && y == a))
     }
 
     /// Between ticks: primaries timeline and the dual-primary invariant.
     fn observe(&mut self, world: &Shared, now: u64) {
-        let by_cluster = world.borrow().primaries();
-        let mine = by_cluster.get(&CLUSTER_ID).cloned().unwrap_or_default();
-        let label = if mine.is_empty() { "none".to_string() } else { mine.join("+") };
-        if self.last_primaries.as_deref() != Some(&label) {
-            world.borrow_mut().log(now, "sim", format!("primaries: {label}"));
-            self.primaries.push((now, label.clone()));
-            self.last_primaries = Some(label);
-            self.last_change_ms = now;
+        // Every tick: the primaries are rebuilt (and the timeline's label made) only when
+        // they changed.
+        let changed = !world.borrow().same_primaries(&self.by_cluster);
+        if changed {
+            self.by_cluster = world.borrow().primaries();
         }
-        if let [p] = mine.as_slice() {
+        let by_cluster = std::mem::take(&mut self.by_cluster);
+        let mine = by_cluster.get(&CLUSTER_ID).map_or(&[][..], Vec::as_slice);
+        if changed || self.last_primaries.is_none() {
+            let label = if mine.is_empty() { "none".to_string() } else { mine.join("+") };
+            if self.last_primaries.as_deref() != Some(&label) {
+                world.borrow_mut().log(now, "sim", format!("primaries: {label}"));
+                self.primaries.push((now, label.clone()));
+                self.last_primaries = Some(label);
+                self.last_change_ms = now;
+            }
+        }
+        if let [p] = mine {
             self.check_arp_owner(world, p, now);
+        }
+        if by_cluster.values().all(|list| list.len() < 2) {
+            self.dual_since.clear();
+            self.by_cluster = by_cluster;
+            return;
         }
         let mut seen = BTreeSet::new();
         for list in by_cluster.values() {
@@ -351,6 +367,7 @@ impl RunState {
             }
         }
         self.dual_since.retain(|k, _| seen.contains(k));
+        self.by_cluster = by_cluster;
     }
 
     /// Every client that can reach the settled primary `p` has its ARP cache pointing at it

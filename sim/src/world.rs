@@ -174,15 +174,21 @@ impl World {
         self.trace.push(format!("{ms:>7} {host:<8} {}", text.as_ref()));
     }
 
+    /// The host's state, made on first use. Looked up by `&str` first: this runs on every
+    /// poll of a host's daemon and on most datagrams, where `entry(name.to_string())`
+    /// allocated each time.
     pub fn host(&mut self, name: &str) -> &mut HostState {
-        self.hosts.entry(name.to_string()).or_default()
+        if !self.hosts.contains_key(name) {
+            self.hosts.insert(name.to_string(), HostState::default());
+        }
+        self.hosts.get_mut(name).expect("inserted above")
     }
 
     /// The host's IPv6 neighbour cache, made on first use with a generator of its own (so
     /// IPv6 never shifts the world's draws).
     pub fn nd(&mut self, name: &str) -> &mut crate::nud::Table {
         let seed = self.seed;
-        let h = self.hosts.entry(name.to_string()).or_default();
+        let h = self.host(name);
         h.nd.get_or_insert_with(|| crate::nud::Table::new(SplitMix64::derive(seed, &format!("nud {name}"))))
     }
 
@@ -201,10 +207,16 @@ impl World {
 
     /// Whether a datagram from `from` to `to` is lost to the configured loss rate.
     pub fn lose(&mut self, from: IpAddr, to: &str) -> bool {
-        let from = self.name_of(from);
-        let key = if from.as_str() < to { (from, to.to_string()) } else { (to.to_string(), from) };
-        let p = self.loss_link.get(&key).copied().unwrap_or(self.loss_all);
-        self.rng.chance(p)
+        // The per-link rates (a few at most) are scanned by name, none copied: this runs for
+        // every datagram received. An address without a host name has no per-link rate.
+        let link = match self.by_addr.get(&from) {
+            Some(f) if !self.loss_link.is_empty() => {
+                let (a, b) = if f.as_str() < to { (f.as_str(), to) } else { (to, f.as_str()) };
+                self.loss_link.iter().find(|((x, y), _)| x == a && y == b).map(|(_, p)| *p)
+            }
+            _ => None,
+        };
+        self.rng.chance(link.unwrap_or(self.loss_all))
     }
 
     /// A host's software (re)started: a fresh kernel holds no VIP and no ARP state.
@@ -267,6 +279,22 @@ impl World {
         if !frozen && let Some(w) = h.thaw.take() {
             w.wake();
         }
+    }
+
+    /// Whether `known` (as [`World::primaries`] gave it) still lists the ATMs that act as
+    /// primary: the runner asks after every tick, and a scan that allocates nothing
+    /// answers it.
+    pub fn same_primaries(&self, known: &BTreeMap<u32, Vec<String>>) -> bool {
+        let mut seen = 0;
+        for (name, h) in &self.hosts {
+            if let (Some(c), Some(Role::Primary), true, false) = (h.cluster, h.role, h.running, h.frozen) {
+                if !known.get(&c).is_some_and(|v| v.contains(name)) {
+                    return false;
+                }
+                seen += 1;
+            }
+        }
+        seen == known.values().map(Vec::len).sum::<usize>()
     }
 
     /// ATMs that act as primary now (running, not frozen, primary), by cluster.
