@@ -597,22 +597,10 @@ impl Bench<'_> {
         let vip = peer.vip(false).to_string();
         // The stream outlasts wrk by a second on each side, so wrk runs beside it throughout.
         let secs = (self.opts.seconds + 2).to_string();
-        let a = [
-            "-c",
-            &vip,
-            "-p",
-            &IPERF_PORT.to_string(),
-            "-t",
-            &secs,
-            "-P",
-            "4",
-            "-J",
-            "--connect-timeout",
-            "3000",
-        ];
+        let a = iperf_stream_args(&vip, IPERF_PORT, &secs, 4);
         let label = format!("{}/iperf3-mixed-{}-r{}", self.hosts.client.0, peer.name(), self.rep);
         let client = self.hosts.client.0.clone();
-        self.lab.spawn(&label, &client, &self.tools.iperf3.clone(), &a.map(String::from))?;
+        self.lab.spawn(&label, &client, &self.tools.iperf3.clone(), &a)?;
         let rps = self.single(peer, Load::Mixed);
         let limit = Duration::from_secs(self.opts.seconds + 20);
         let start = Instant::now();
@@ -710,6 +698,15 @@ impl Peer {
         };
         if v6 { IpAddr::V6(v6_of(v4)) } else { IpAddr::V4(v4) }
     }
+}
+
+/// The arguments of an iperf3 TCP client with `streams` streams to `vip:port` for `secs`
+/// seconds, JSON output (the mixed load's stream and the soak's).
+pub fn iperf_stream_args(vip: &str, port: u16, secs: &str, streams: u32) -> Vec<String> {
+    let (port, streams) = (port.to_string(), streams.to_string());
+    ["-c", vip, "-p", &port, "-t", secs, "-P", &streams, "-J", "--connect-timeout", "3000"]
+        .map(String::from)
+        .to_vec()
 }
 
 fn haproxy_conf(server: Ipv4Addr) -> String {

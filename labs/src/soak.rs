@@ -31,12 +31,12 @@ use clusterserver::config::{Protocol, Server, Service};
 use clustersim::scenario::Scenario;
 use nix::sys::signal::Signal;
 
-use crate::bench_report;
 use crate::lab::{Lab, check_interrupted};
 use crate::measure::{ClientResult, parse_daemon_log};
 use crate::ns;
 use crate::runner;
 use crate::topology::{Plan, Role};
+use crate::{bench, bench_report};
 
 const IPERF_PORT: u16 = 5201;
 const WRK_CONNECTIONS: u32 = 50;
@@ -165,21 +165,9 @@ pub fn run(opts: &Opts) -> anyhow::Result<bool> {
     let client = lab.plan.of_role(Role::Client).first().map(|h| h.name.clone()).context("client")?;
     let secs = opts.seconds.to_string();
     let vip_s = vip.to_string();
-    let iperf_args = [
-        "-c",
-        &vip_s,
-        "-p",
-        &IPERF_PORT.to_string(),
-        "-t",
-        &secs,
-        "-P",
-        "4",
-        "-J",
-        "--connect-timeout",
-        "3000",
-    ];
+    let iperf_args = bench::iperf_stream_args(&vip_s, IPERF_PORT, &secs, 4);
     let iperf_label = format!("{client}/iperf3");
-    lab.spawn(&iperf_label, &client, &iperf3, &iperf_args.map(String::from))?;
+    lab.spawn(&iperf_label, &client, &iperf3, &iperf_args)?;
     let url = match vip {
         IpAddr::V4(a) => format!("http://{a}/"),
         IpAddr::V6(a) => format!("http://[{a}]/"),
