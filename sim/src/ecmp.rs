@@ -64,6 +64,10 @@ pub enum Step {
     Join(usize),
     /// The drained fourth server gets weight 1 on every ATM (Maglev remaps ~1/4 of flows).
     AddServer,
+    /// ATM `to` loses the next `count` sync record datagrams that reach it while it waits
+    /// for its full sync on join (from the tick after its request went out): the peer's
+    /// end marker then counts records that never arrived.
+    LoseSync { to: usize, count: u32 },
 }
 
 struct Atm {
@@ -74,6 +78,8 @@ struct Atm {
     receivers: BTreeMap<usize, SyncReceiver>,
     /// Full sync on join: asks the peers, answers their requests.
     full: FullSync,
+    /// When this incarnation started (its full-sync requests went out in that tick).
+    born_ms: u64,
     /// Forwards (not crashed, not frozen, not exited).
     running: bool,
     frozen: bool,
@@ -85,6 +91,10 @@ struct Atm {
 pub struct Outcome {
     pub broken: usize,
     pub longest_pause_ms: u64,
+    /// Sync datagrams lost by `Step::LoseSync`.
+    pub sync_lost: u64,
+    /// Joins that announced after the bounded wait, without every peer's table.
+    pub joins_without_sync: u64,
     pub trace: String,
 }
 
@@ -129,6 +139,7 @@ impl Measures {
 }
 
 fn atm(i: usize, atms: usize, svc: &Service, now: Instant, incarnation: u64, m: Measures) -> Atm {
+    let born_ms = now.as_millis();
     let mut engine = Engine::new(&EngineConfig {
         services: vec![svc.settings()],
         // The model's flows number in the hundreds: a table of 65,536 holds them without
@@ -155,6 +166,7 @@ fn atm(i: usize, atms: usize, svc: &Service, now: Instant, incarnation: u64, m: 
         sender: SyncSender::new(SECRET, 91, incarnation, 1_000_000),
         receivers: BTreeMap::new(),
         full,
+        born_ms,
         running: true,
         frozen: false,
     }
@@ -219,8 +231,9 @@ pub struct ScenarioRun {
 
 /// A scenario file in `active-active` mode on this model: `topology.atms` ATMs, `nodes`
 /// servers (default 3), `load.long_lived` flows (default 60), the VIP in `topology.ip`'s
-/// family; `crash`, `restart` (a join), `stop` (a drain) and `freeze` steps, each 0-90 ms
-/// after its time (in 10 ms ticks, from the seed, as the turmoil runner jitters its steps).
+/// family; `crash`, `restart` (a join), `stop` (a drain), `freeze` and `lose_sync` steps,
+/// each 0-90 ms after its time (in 10 ms ticks, from the seed, as the turmoil runner jitters
+/// its steps).
 pub fn run_scenario(s: &crate::scenario::Scenario, seed: u64) -> anyhow::Result<ScenarioRun> {
     use crate::scenario::IpFamily;
     let t = &s.topology;
@@ -230,6 +243,7 @@ pub fn run_scenario(s: &crate::scenario::Scenario, seed: u64) -> anyhow::Result<
     let mut faults = Vec::new();
     for st in &s.steps {
         let kind = st.kind()?;
+        let count = st.lose_sync.as_ref().map_or(0, |l| l.count);
         let host = st.hosts().first().map(|h| h.as_str()).unwrap_or_default().to_string();
         let atm = host
             .strip_prefix("atm")
@@ -243,6 +257,7 @@ pub fn run_scenario(s: &crate::scenario::Scenario, seed: u64) -> anyhow::Result<
             "restart" => Step::Join(i),
             "stop" => Step::Drain(i),
             "freeze" => Step::Freeze(i),
+            "lose_sync" => Step::LoseSync { to: i, count },
             other => anyhow::bail!("the active-active model cannot perform `{other}` steps"),
         };
         let at = (st.at_ms / TICK_MS + jitter.next_u64() % 10) * TICK_MS;
@@ -275,6 +290,9 @@ fn run_service(
     let mut hops: BTreeSet<usize> = BTreeSet::new();
     let mut pending: Vec<(u64, usize, bool)> = Vec::new();
     let mut frozen_at: BTreeMap<usize, u64> = BTreeMap::new();
+    // Record datagrams still to lose, per receiving ATM (`Step::LoseSync`).
+    let mut to_lose: BTreeMap<usize, u32> = BTreeMap::new();
+    let (mut sync_lost, mut joins_without_sync) = (0, 0);
     let flow_ids: Vec<(IpAddr, u16)> = (0..flows)
         .map(|_| {
             let x = rng.next_u64();
@@ -329,6 +347,7 @@ fn run_service(
                     incarnation += 1;
                     nodes[i] = Some(atm(i, atms, &svc, now, 100 + incarnation, m));
                 }
+                Step::LoseSync { to, count } => *to_lose.entry(to).or_default() += count,
             }
         }
         // Hold timers of frozen ATMs.
@@ -350,6 +369,7 @@ fn run_service(
                     let missing: Vec<String> =
                         a.full.missing().iter().map(|p| format!("atm{}", p + 1)).collect();
                     let waited = at.saturating_since(since).as_millis();
+                    joins_without_sync += 1;
                     let _ = writeln!(
                         trace,
                         "{t:>6} ms  atm{} announces without a full sync after {waited} ms (missing {})",
@@ -432,10 +452,26 @@ fn run_service(
                 else {
                     continue;
                 };
+                let joining = matches!(b.announcer.join_state(), JoinSync::Waiting { .. }) && t > b.born_ms;
+                if let Some(n) = to_lose.get_mut(&j).filter(|n| **n > 0 && to.is_none() && joining) {
+                    *n -= 1;
+                    sync_lost += 1;
+                    let _ = writeln!(trace, "{t:>6} ms  sync datagram atm{} -> atm{} lost", from + 1, j + 1);
+                    continue;
+                }
                 let r = b.receivers.entry(*from).or_insert_with(|| SyncReceiver::new(SECRET, 91));
                 match r.handle_message(now, d, &mut b.engine) {
                     Ok(r @ Received::FullSyncEnd { .. }) => {
+                        let incomplete = b.full.stats().ends_incomplete;
                         b.full.on_message(*from, &r, &mut b.engine, &b.sender);
+                        if b.full.stats().ends_incomplete > incomplete {
+                            let _ = writeln!(
+                                trace,
+                                "{t:>6} ms  atm{}: the end marker of atm{} counts records that did not arrive: asked again",
+                                j + 1,
+                                from + 1
+                            );
+                        }
                         if b.full.synced() && matches!(b.announcer.join_state(), JoinSync::Waiting { .. }) {
                             b.announcer.handle(now, Input::Synced);
                             if let JoinSync::Synced { since, at } = b.announcer.join_state() {
@@ -462,5 +498,5 @@ fn run_service(
         }
     }
     let _ = writeln!(trace, "end: {} of {flows} flows broken, longest pause {longest} ms", broken.len());
-    Outcome { broken: broken.len(), longest_pause_ms: longest, trace }
+    Outcome { broken: broken.len(), longest_pause_ms: longest, sync_lost, joins_without_sync, trace }
 }

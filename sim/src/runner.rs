@@ -858,6 +858,23 @@ fn active_active(s: &Scenario, seed: u64) -> anyhow::Result<Outcome> {
     if let Some(max) = s.expect.long_lived_lost.filter(|m| r.outcome.broken as u64 > *m) {
         violations.push(format!("{} of {} long-lived flows lost, at most {max}", r.outcome.broken, r.flows));
     }
+    // A lost sync datagram must be lost (else the step tested nothing) and repaired by asking
+    // again, not papered over by the joiner's bounded wait.
+    let lose = s.steps.iter().filter_map(|st| st.lose_sync.as_ref()).map(|l| u64::from(l.count)).sum::<u64>();
+    if lose > 0 {
+        if r.outcome.sync_lost < lose {
+            violations.push(format!(
+                "lose_sync: {} of {lose} sync datagrams lost (no join waited for them)",
+                r.outcome.sync_lost
+            ));
+        }
+        if r.outcome.joins_without_sync > 0 {
+            violations.push(format!(
+                "{} join(s) announced without every peer's table after a lost sync datagram",
+                r.outcome.joins_without_sync
+            ));
+        }
+    }
     let unsupported = [
         s.expect.primaries_after_heal.map(|_| "primaries_after_heal"),
         s.expect.final_primary.as_ref().map(|_| "final_primary"),

@@ -239,6 +239,20 @@ fn hundred() -> u64 {
     100
 }
 
+/// A `lose_sync` step (active-active): the ATM `to` loses the next `count` connection-sync
+/// record datagrams it gets while it waits for its full sync on join (the answer's end
+/// marker then counts more records than arrived, and the joiner must ask again).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoseSync {
+    pub to: String,
+    #[serde(default = "one_datagram")]
+    pub count: u32,
+}
+fn one_datagram() -> u32 {
+    1
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MissGarp {
@@ -279,6 +293,8 @@ pub struct Step {
     pub backend_start: Option<String>,
     /// Simulator and lab: the client ignores its next `count` gratuitous ARPs.
     pub miss_garp: Option<MissGarp>,
+    /// Active-active: sync record datagrams lost on their way to a joining ATM.
+    pub lose_sync: Option<LoseSync>,
     /// Operator actions through the control core.
     pub promote: Option<String>,
     pub demote: Option<String>,
@@ -315,6 +331,7 @@ impl Step {
             ("backend_stop", self.backend_stop.is_some()),
             ("backend_start", self.backend_start.is_some()),
             ("miss_garp", self.miss_garp.is_some()),
+            ("lose_sync", self.lose_sync.is_some()),
             ("promote", self.promote.is_some()),
             ("demote", self.demote.is_some()),
             ("reload", self.reload.is_some()),
@@ -419,7 +436,12 @@ impl Scenario {
         };
         let mut last = 0;
         for s in &self.steps {
-            s.kind()?;
+            if s.kind()? == "lose_sync" && self.topology.mode != Mode::ActiveActive {
+                bail!(
+                    "step at {} ms: `lose_sync` is for active-active scenarios (the full sync on join)",
+                    s.at_ms
+                );
+            }
             if s.at_ms < last {
                 bail!("step at {} ms comes after a step at {last} ms: steps must be in time order", s.at_ms);
             }
@@ -491,6 +513,9 @@ impl Step {
         }
         if let Some(m) = &self.miss_garp {
             v.push(&m.client);
+        }
+        if let Some(l) = &self.lose_sync {
+            v.push(&l.to);
         }
         if let Some(r) = &self.reload {
             v.extend(&r.atms);

@@ -119,3 +119,24 @@ fn a_joiner_whose_peer_is_down_announces_after_the_bounded_wait() {
     let back = format!("{:>6} ms  router next hops [atm1, atm2]", 3500 + JOIN_SYNC_WAIT_MS + 10);
     assert!(o.trace.contains(&back), "{}", o.trace);
 }
+
+#[test]
+fn a_joiner_that_lost_a_record_datagram_of_its_full_sync_asks_again_and_breaks_no_flow() {
+    // atm2 rejoins after a server was added; the first record datagram that reaches it
+    // during its join is lost. The peer's end marker counts it, so atm2 asks again at once
+    // and announces only with the whole table: no flow breaks, no bounded wait.
+    let steps = [
+        (1000, Step::Crash(1)),
+        (1500, Step::AddServer),
+        (2500, Step::Join(1)),
+        (2500, Step::LoseSync { to: 1, count: 1 }),
+    ];
+    let o = run(7, 3, FLOWS, &steps, 6000);
+    assert_eq!((o.broken, o.sync_lost, o.joins_without_sync), (0, 1, 0), "{}", o.trace);
+    let lost = o.trace.find("-> atm2 lost").expect("a datagram lost");
+    let again = o.trace.find("counts records that did not arrive: asked again").expect("asked again");
+    let synced = o.trace.rfind("atm2 synced from every peer").expect("synced");
+    let back = o.trace.rfind("router next hops [atm1, atm2, atm3]").expect("announced");
+    assert!(lost < again && again < synced && synced < back, "{}", o.trace);
+    snapshot("ecmp_join_lost_record", &o.trace);
+}
