@@ -15,7 +15,9 @@
 //! VIP 10.91.9.99 is on no subnet: only the router reaches it.
 //!
 //! **Scenarios** (one run, in order): atm3 drained (SIGTERM: withdraw, drain, stop); atm2
-//! crashes (SIGKILL; its BIRD dies with it); atm2 joins again; srv3 (drained, weight 0, until
+//! crashes (SIGKILL; its BIRD dies with it); atm2 joins again, losing on the wire the last
+//! record datagram of each peer's full-sync answer ([`crate::lose_sync`]: the join must see
+//! the hole in the end marker's count, ask again and announce with the whole table); srv3 (drained, weight 0, until
 //! then) is added by a rolling reload of the config on atm1, then atm2 (applied live: no
 //! withdrawal, the route and the table unchanged; the lab fails if a next hop goes);
 //! `--no-join-sync` sets `bgp.join_sync_ms` to 0 for the join step; atm2 freezes (SIGSTOP of the
@@ -47,12 +49,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clusterserver::platform::linux::netsys::enter_netns;
 
-use crate::{lab, ns, runner};
+use crate::{lab, lose_sync, ns, runner};
 
 pub const USAGE: &str = "clusterlab active-active [--out DIR] [--flows N] [--bfd] [--no-join-sync] | clusterlab active-active --bench [--seconds S] [--out DIR]";
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 91, 9, 99);
 const STREAM_PORT: u16 = 7000;
+/// The ATMs' sync port (the default: the heartbeat port + 2).
+const SYNC_PORT: u16 = 17102;
 const IPERF_PORT: u16 = 5201;
 const ATMS: [(&str, Ipv4Addr); 3] = [
     ("atm1", Ipv4Addr::new(10, 91, 0, 1)),
@@ -246,6 +250,47 @@ impl AaLab {
         self.spawn(host, host, &daemon, &["--config", cfg.to_str().context("path")?])
     }
 
+    /// Sends `host`'s sync traffic (both ways) through the [`lose_sync`] helper, started and
+    /// bound to its queue before this returns.
+    fn lose_sync(&mut self, host: &str, addr: Ipv4Addr) -> anyhow::Result<()> {
+        let exe = runner::helper_exe()?;
+        self.spawn(LOSE_SYNC, host, &exe, &["lose-sync", &addr.to_string(), "300"])?;
+        wait_text(self, LOSE_SYNC, "lose-sync: bound", Duration::from_secs(10))?;
+        let (n, port, queue) = (self.ns(host), SYNC_PORT.to_string(), lose_sync::QUEUE.to_string());
+        for chain in ["PREROUTING", "OUTPUT"] {
+            ns::exec(
+                &n,
+                &[
+                    "iptables-nft",
+                    "-t",
+                    "mangle",
+                    "-A",
+                    chain,
+                    "-p",
+                    "udp",
+                    "--dport",
+                    &port,
+                    "-j",
+                    "NFQUEUE",
+                    "--queue-num",
+                    &queue,
+                    "--queue-bypass",
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Takes the rules out, then ends the helper (by its PID).
+    fn stop_lose_sync(&mut self, host: &str) -> anyhow::Result<()> {
+        let n = self.ns(host);
+        for chain in ["PREROUTING", "OUTPUT"] {
+            ns::exec(&n, &["iptables-nft", "-t", "mangle", "-F", chain])?;
+        }
+        self.signal(LOSE_SYNC, nix::sys::signal::Signal::SIGKILL)?;
+        self.wait_exit(LOSE_SYNC, Duration::from_secs(5)).map(|_| ())
+    }
+
     fn signal(&mut self, label: &str, sig: nix::sys::signal::Signal) -> anyhow::Result<()> {
         let pid = self.procs.get(label).with_context(|| format!("no process {label}"))?.id();
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig)?;
@@ -369,6 +414,18 @@ impl AaLab {
         }
         Ok(())
     }
+}
+
+/// The log label of the [`lose_sync`] helper.
+const LOSE_SYNC: &str = "atm2-lose-sync";
+
+/// In a daemon's log: answers with a hole asked again, and joins completed with every peer's
+/// table.
+fn join_lines(log: &str) -> (usize, usize) {
+    (
+        log.matches("join: the peer's table arrived with a hole").count(),
+        log.matches("joined: the connection table").count(),
+    )
 }
 
 fn wait_text(lab: &AaLab, label: &str, text: &str, limit: Duration) -> anyhow::Result<()> {
@@ -654,6 +711,7 @@ pub fn run(opts: &Opts) -> anyhow::Result<bool> {
     let load = Load::start(&lab.ns("client"), opts.flows, t0);
     std::thread::sleep(Duration::from_secs(2));
     let mut results = Vec::new();
+    let mut join_loss = String::new();
 
     // 1. Graceful drain of atm3.
     let before = flow_map(&lab, &load);
@@ -691,12 +749,31 @@ pub fn run(opts: &Opts) -> anyhow::Result<bool> {
         route.as_millis() as u64,
     ));
 
-    // 3. atm2 joins again.
+    // 3. atm2 joins again, and (with the join sync on) the last record datagram of each
+    // peer's answer is lost on the wire ([`lose_sync`]): the join must notice the hole, ask
+    // again and announce with the whole table, not after the bounded wait.
     let before = flow_map(&lab, &load);
     let from = ms(t0);
+    let lossy = join_sync_ms > 0;
+    let (asked_before, joined_before) = join_lines(&lab.text("atm2"));
+    if lossy {
+        lab.lose_sync("atm2", ATMS[1].1)?;
+    }
     lab.start_daemon("atm2")?;
     let route = lab.wait_hops(2, Duration::from_secs(30))?;
     std::thread::sleep(STEP_WINDOW);
+    let mut loss_ok = true;
+    if lossy {
+        lab.stop_lose_sync("atm2")?;
+        let dropped = lab.text(LOSE_SYNC).matches("lose-sync: dropped").count();
+        let (asked, joined) = join_lines(&lab.text("atm2"));
+        let (asked, joined) = (asked - asked_before, joined - joined_before);
+        loss_ok = dropped >= 1 && asked >= dropped && joined == 1;
+        join_loss = format!(
+            "join with a lost sync datagram: {dropped} record datagram(s) dropped, {asked} answer(s) seen with a hole and asked again, joined with every peer's table: {}\n",
+            if joined == 1 { "yes" } else { "NO" }
+        );
+    }
     results.push(measure(
         &lab,
         &load,
@@ -755,6 +832,7 @@ pub fn run(opts: &Opts) -> anyhow::Result<bool> {
     lab.thaw(&frozen);
 
     let mut report = report(&results, opts.flows);
+    report += &join_loss;
     report +=
         &format!("join sync (bgp.join_sync_ms {join_sync_ms}), each start of each ATM, from its log:\n");
     for (h, _) in ATMS {
@@ -775,6 +853,7 @@ pub fn run(opts: &Opts) -> anyhow::Result<bool> {
     // a crash or a freeze disturbs no flow on another ATM.
     let reload_ok = results[3..5].iter().all(|r| r.long_lost == 0 && r.others_disturbed == 0);
     let ok = results[0].long_lost == 0
+        && loss_ok
         && results[1].others_disturbed == 0
         && results[5].others_disturbed == 0
         && reload_ok;

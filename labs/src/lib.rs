@@ -22,6 +22,7 @@ pub mod family;
 pub mod faults;
 pub mod health;
 pub mod lab;
+pub mod lose_sync;
 pub mod measure;
 pub mod ndp;
 pub mod nodes;

@@ -101,6 +101,10 @@ fn real_main() -> anyhow::Result<bool> {
             })?;
             Ok(true)
         }
+        Some("lose-sync") => {
+            clusterlab::lose_sync::run(arg(1)?.parse()?, arg(2)?.parse()?)?;
+            Ok(true)
+        }
         Some("ndp-probe") => {
             clusterlab::ndp::probe(&arg(1)?, arg(2)?.parse()?, arg(3)?.parse()?, &args[4.min(args.len())..])?;
             Ok(true)

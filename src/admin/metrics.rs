@@ -206,11 +206,13 @@ fn render_dataplane(reg: &mut Registry, cfg: &Config, dp: &DataplaneView) {
         ("end_sent", f.ends_sent),
         ("end_received", f.ends_received),
         ("end_ignored", f.ends_ignored),
+        ("end_incomplete", f.ends_incomplete),
+        ("peer_gone", f.peers_gone),
     ];
     counters_by(
         reg,
         "full_sync_messages",
-        "Full sync on join (active-active): requests and end markers, by kind",
+        "Full sync on join (active-active): requests and end markers, by kind (end_incomplete: an answer with lost record datagrams, asked again; peer_gone: a peer whose daemon is gone, not waited for)",
         full.iter().map(|(k, v)| (l(&[("kind", k)]), *v)),
     );
     let rows = |f: &dyn Fn(&super::state::ServerView) -> i64| -> Vec<(Labels, i64)> {

@@ -261,7 +261,11 @@ impl DaemonProcessor {
                     if let Received::Records { applied, .. } = r {
                         self.counters.applied_records += applied as u64;
                     }
+                    let incomplete = self.full.stats().ends_incomplete;
                     self.full.on_message(i, &r, &mut self.engine, &self.sender);
+                    if self.full.stats().ends_incomplete > incomplete {
+                        tracing::info!(target: "clusterserverd::bgp", peer = %from.ip(), "join: the peer's table arrived with a hole (its end marker counts record datagrams that were lost): asking again");
+                    }
                 }
                 Err(e) => {
                     self.counters.rejected += 1;
