@@ -1,6 +1,6 @@
 //! The async glue between the control core and a [`Platform`].
 //!
-//! [`run_atm`] owns one [`AtmNode`]: it carries out the node's actions through the platform,
+//! [`run_atm`] owns one [`AtmCore`]: it carries out the core's actions through the platform,
 //! feeds it datagrams, probe results, operator commands and timeouts, and turns
 //! `poll_timeout` into a sleep. It holds no decision of its own. Every `select!` is `biased`
 //! (inputs before timers, in a fixed order) so that a simulated run is a pure function of its
@@ -17,20 +17,20 @@ use futures_util::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 
 use crate::config::{Config, HeartbeatMode};
+use crate::core::atm::AtmCore;
 use crate::core::election::{Action, AdminRequest, ElectionConfig};
 use crate::core::heartbeat::HEARTBEAT_LEN;
-use crate::core::node::AtmNode;
 use crate::platform::{DatagramSocket, Platform, ServiceCommand};
 use crate::services::{self, Failover, Timing};
 use crate::time::Instant;
 
-/// Requests from outside the node (signals, the admin channel, the simulator).
+/// Requests from outside the ATM core (signals, the admin channel, the simulator).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
     /// Graceful stop: hand over, then return.
     Shutdown,
     Admin(AdminRequest),
-    /// A live reload whose plan needs no handover (see [`crate::config::diff`]): the node
+    /// A live reload whose plan needs no handover (see [`crate::config::diff`]): the ATM
     /// keeps its role, epoch and peers; heartbeat targets, the reachlist and the timers
     /// follow the new config.
     Reconfigure(Box<Config>),
@@ -58,14 +58,14 @@ pub fn heartbeat_targets(cfg: &Config, me: usize, broadcast: Option<IpAddr>, por
 }
 
 /// Runs ATM `me` of `cfg` until a [`Command::Shutdown`] has been carried out (or the command
-/// channel closes, which counts as a shutdown). Returns the node for inspection.
+/// channel closes, which counts as a shutdown). Returns the ATM core for inspection.
 pub async fn run_atm<P: Platform>(
     platform: &P,
     cfg: &Config,
     me: usize,
     secret: Vec<u8>,
     mut commands: mpsc::UnboundedReceiver<Command>,
-) -> io::Result<AtmNode> {
+) -> io::Result<AtmCore> {
     let port = cfg.heartbeat_port();
     let sock = platform.bind_heartbeat(port).await?;
     let mut targets = heartbeat_targets(cfg, me, platform.broadcast_address(), port);
@@ -74,7 +74,7 @@ pub async fn run_atm<P: Platform>(
     // Owned: a reload replaces it while jobs of the old one may still run.
     let mut current = Rc::new(cfg.clone());
     let ecfg = ElectionConfig::from_config(cfg, me);
-    let mut node = AtmNode::new(ecfg, secret, platform.incarnation(), platform.now());
+    let mut atm = AtmCore::new(ecfg, secret, platform.incarnation(), platform.now());
     let mut probes = FuturesUnordered::new();
     let mut jobs = FuturesUnordered::new();
     let mut services = ServiceSync::new(cfg, me, platform.now());
@@ -84,19 +84,19 @@ pub async fn run_atm<P: Platform>(
     let mut hb_due: Option<Instant> = None;
     loop {
         if let Some(s) = &mut services {
-            s.sync(&mut node, platform.now());
+            s.sync(&mut atm, platform.now());
             while let Some(action) = s.machine.poll_action() {
                 match action {
                     services::Action::Event(e) => platform.record_failover(platform.now(), &e),
                     a => jobs.push(run_job(platform, Rc::clone(&current), a)),
                 }
             }
-            node.set_holding(s.machine.holding());
+            atm.set_holding(s.machine.holding());
         }
-        while let Some(action) = node.poll_action() {
+        while let Some(action) = atm.poll_action() {
             match action {
                 Action::SendHeartbeat(hb) => {
-                    let bytes: [u8; HEARTBEAT_LEN] = node.seal(&hb);
+                    let bytes: [u8; HEARTBEAT_LEN] = atm.seal(&hb);
                     // The first heartbeat after its deadline passed is the scheduled one.
                     let sent = platform.now();
                     if let Some(due) = hb_due.take().filter(|d| *d <= sent) {
@@ -119,45 +119,45 @@ pub async fn run_atm<P: Platform>(
                     }
                 }
                 Action::Event(ev) => platform.record(platform.now(), &ev),
-                Action::Exit => return Ok(node),
+                Action::Exit => return Ok(atm),
             }
         }
-        platform.observe(platform.now(), &node);
+        platform.observe(platform.now(), &atm);
         let now = platform.now();
         let failover_due = services.as_ref().and_then(|s| s.machine.poll_timeout());
-        let due = node.poll_timeout().into_iter().chain(failover_due).min();
+        let due = atm.poll_timeout().into_iter().chain(failover_due).min();
         let wait = due.map_or(Duration::from_secs(3600), |t| t.saturating_since(now));
-        hb_due = Some(node.election().heartbeat_due());
+        hb_due = Some(atm.election().heartbeat_due());
         let mut sleep = pin!(tokio::time::sleep(wait));
         tokio::select! {
             biased;
             r = sock.recv_from(&mut buf) => match r {
                 Ok((n, _)) => {
                     let now = platform.now();
-                    node.handle_datagram(now, &buf[..n]);
-                    if let Some(hb) = node.take_accepted() {
+                    atm.handle_datagram(now, &buf[..n]);
+                    if let Some(hb) = atm.take_accepted() {
                         platform.heartbeat_received(now, &hb);
                     }
                 }
                 Err(e) => platform.record_error(platform.now(), "receive heartbeat", &e),
             },
             cmd = commands.recv(), if commands_open => match cmd {
-                Some(Command::Admin(r)) => node.handle_admin(platform.now(), r),
-                Some(Command::Shutdown) => node.handle_shutdown(platform.now()),
+                Some(Command::Admin(r)) => atm.handle_admin(platform.now(), r),
+                Some(Command::Shutdown) => atm.handle_shutdown(platform.now()),
                 Some(Command::Reconfigure(new)) => {
                     targets = heartbeat_targets(&new, me, platform.broadcast_address(), port);
                     reachlist = new.arbitration.reachlist.clone();
                     probe_timeout = Duration::from_millis(new.arbitration.probe_timeout_ms);
-                    node.reconfigure(platform.now(), ElectionConfig::from_config(&new, me));
+                    atm.reconfigure(platform.now(), ElectionConfig::from_config(&new, me));
                     current = Rc::from(new);
                 }
                 None => {
                     commands_open = false;
-                    node.handle_shutdown(platform.now());
+                    atm.handle_shutdown(platform.now());
                 }
             },
             Some((target, ok)) = probes.next(), if !probes.is_empty() => {
-                node.handle_probe(platform.now(), target, ok);
+                atm.handle_probe(platform.now(), target, ok);
             }
             Some(input) = jobs.next(), if !jobs.is_empty() => {
                 if let Some(s) = &mut services {
@@ -165,7 +165,7 @@ pub async fn run_atm<P: Platform>(
                 }
             }
             _ = &mut sleep => {
-                node.handle_timeout(platform.now());
+                atm.handle_timeout(platform.now());
                 if let Some(s) = &mut services {
                     s.machine.handle(platform.now(), services::Input::Tick);
                 }
@@ -174,7 +174,7 @@ pub async fn run_atm<P: Platform>(
     }
 }
 
-/// The service-failover machine beside the node, fed from the election's view of the peers.
+/// The service-failover machine beside the ATM core, fed from the election's view of the peers.
 struct ServiceSync {
     machine: Failover,
     /// Per ATM: what the machine was last told (up, holding).
@@ -198,8 +198,8 @@ impl ServiceSync {
 
     /// Tells the machine what changed in the election's view: peers up or down with their
     /// holding maps, and this ATM's arbitration verdict.
-    fn sync(&mut self, node: &mut AtmNode, now: Instant) {
-        let e = node.election();
+    fn sync(&mut self, core: &mut AtmCore, now: Instant) {
+        let e = core.election();
         for atm in (0..self.told.len()).filter(|&a| a != self.me) {
             let holding = e.peer_holding(atm);
             let state = (holding.is_some(), holding.unwrap_or(0));

@@ -11,7 +11,7 @@
 //!   core/, dataplane/ (sans-IO)   <-   driver (async glue)   <-   platform/ (side effects)
 //! ```
 //!
-//! * [`core`] holds the state machines (heartbeat codec, election, node). They take
+//! * [`core`] holds the state machines (heartbeat codec, election, the ATM core). They take
 //!   `(now, input)` and emit actions; they never read a clock or touch a socket, so the
 //!   simulator (`clustersim`) runs exactly this code under a virtual clock and network.
 //! * [`dataplane`] is the packet engine: `process(now, rx, tx) -> Verdict`, allocation-free,

@@ -12,8 +12,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::time::Duration;
 
+use clusterserver::core::atm::AtmCore;
 use clusterserver::core::election::{Action, ElectionConfig};
-use clusterserver::core::node::AtmNode;
 use clusterserver::time::Instant;
 
 struct Counting;
@@ -71,7 +71,7 @@ fn cfg(me: usize) -> ElectionConfig {
 }
 
 /// One step of both nodes at `now`: timers, then each one's heartbeats to the other.
-fn step(nodes: &mut [AtmNode; 2], now: Instant) -> usize {
+fn step(nodes: &mut [AtmCore; 2], now: Instant) -> usize {
     let mut delivered = 0;
     for from in 0..2 {
         nodes[from].handle_timeout(now);
@@ -92,8 +92,8 @@ fn step(nodes: &mut [AtmNode; 2], now: Instant) -> usize {
 fn steady_state_heartbeats_allocate_nothing() {
     let start = Instant::from_nanos(0);
     let mut nodes = [
-        AtmNode::new(cfg(0), b"secret".to_vec(), 1, start),
-        AtmNode::new(cfg(1), b"secret".to_vec(), 2, start),
+        AtmCore::new(cfg(0), b"secret".to_vec(), 1, start),
+        AtmCore::new(cfg(1), b"secret".to_vec(), 2, start),
     ];
     let tick = Duration::from_millis(5);
     let mut now = start;

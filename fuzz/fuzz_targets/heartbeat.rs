@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clusterserver::core::election::{ElectionConfig, Action};
 use clusterserver::core::heartbeat::{HEARTBEAT_LEN, Heartbeat};
-use clusterserver::core::node::AtmNode;
+use clusterserver::core::atm::AtmCore;
 use clusterserver::time::Instant;
 use hmac::{Hmac, KeyInit, Mac};
 use libfuzzer_sys::fuzz_target;
@@ -15,7 +15,7 @@ use sha2::Sha256;
 
 const SECRET: &[u8] = b"fuzz";
 
-fn node() -> AtmNode {
+fn node() -> AtmCore {
     let cfg = ElectionConfig {
         cluster_id: 7,
         me: 0,
@@ -33,7 +33,7 @@ fn node() -> AtmNode {
         digest: [0; 16],
         heartbeat_copies: 2,
     };
-    AtmNode::new(cfg, SECRET.to_vec(), 1, Instant::ZERO)
+    AtmCore::new(cfg, SECRET.to_vec(), 1, Instant::ZERO)
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -295,13 +295,13 @@ impl Platform for LinuxPlatform {
 
     /// Also where the driver's thread applies a changed `timers.realtime_priority` to
     /// itself (the driver calls this on every step, from its own thread).
-    fn observe(&self, now: Instant, node: &crate::core::node::AtmNode) {
+    fn observe(&self, now: Instant, atm: &crate::core::atm::AtmCore) {
         let wanted = self.realtime_wanted.load(Ordering::Relaxed);
         if wanted != self.realtime_applied.swap(wanted, Ordering::Relaxed) {
             super::realtime::apply_logged("heartbeat", wanted);
         }
         if let Some(b) = &self.bridge {
-            b.observe(now, node);
+            b.observe(now, atm);
         }
     }
 
