@@ -20,8 +20,8 @@ use crate::config::{Config, HeartbeatMode};
 use crate::core::atm::AtmCore;
 use crate::core::election::{Action, AdminRequest, ElectionConfig};
 use crate::core::heartbeat::HEARTBEAT_LEN;
+use crate::failover::{self, Failover, Timing};
 use crate::platform::{DatagramSocket, Platform, ServiceCommand};
-use crate::services::{self, Failover, Timing};
 use crate::time::Instant;
 
 /// Requests from outside the ATM core (signals, the admin channel, the simulator).
@@ -77,17 +77,17 @@ pub async fn run_atm<P: Platform>(
     let mut atm = AtmCore::new(ecfg, secret, platform.incarnation(), platform.now());
     let mut probes = FuturesUnordered::new();
     let mut jobs = FuturesUnordered::new();
-    let mut services = ServiceSync::new(cfg, me, platform.now());
+    let mut groups = GroupSync::new(cfg, me, platform.now());
     let mut commands_open = true;
     let mut buf = [0u8; 2048];
     // The heartbeat deadline as the last wait began (see `Platform::heartbeat_sent`).
     let mut hb_due: Option<Instant> = None;
     loop {
-        if let Some(s) = &mut services {
+        if let Some(s) = &mut groups {
             s.sync(&mut atm, platform.now());
             while let Some(action) = s.machine.poll_action() {
                 match action {
-                    services::Action::Event(e) => platform.record_failover(platform.now(), &e),
+                    failover::Action::Event(e) => platform.record_failover(platform.now(), &e),
                     a => jobs.push(run_job(platform, Rc::clone(&current), a)),
                 }
             }
@@ -124,7 +124,7 @@ pub async fn run_atm<P: Platform>(
         }
         platform.observe(platform.now(), &atm);
         let now = platform.now();
-        let failover_due = services.as_ref().and_then(|s| s.machine.poll_timeout());
+        let failover_due = groups.as_ref().and_then(|s| s.machine.poll_timeout());
         let due = atm.poll_timeout().into_iter().chain(failover_due).min();
         let wait = due.map_or(Duration::from_secs(3600), |t| t.saturating_since(now));
         hb_due = Some(atm.election().heartbeat_due());
@@ -160,14 +160,14 @@ pub async fn run_atm<P: Platform>(
                 atm.handle_probe(platform.now(), target, ok);
             }
             Some(input) = jobs.next(), if !jobs.is_empty() => {
-                if let Some(s) = &mut services {
+                if let Some(s) = &mut groups {
                     s.machine.handle(platform.now(), input);
                 }
             }
             _ = &mut sleep => {
                 atm.handle_timeout(platform.now());
-                if let Some(s) = &mut services {
-                    s.machine.handle(platform.now(), services::Input::Tick);
+                if let Some(s) = &mut groups {
+                    s.machine.handle(platform.now(), failover::Input::Tick);
                 }
             }
         }
@@ -175,25 +175,25 @@ pub async fn run_atm<P: Platform>(
 }
 
 /// The service-failover machine beside the ATM core, fed from the election's view of the peers.
-struct ServiceSync {
+struct GroupSync {
     machine: Failover,
     /// Per ATM: what the machine was last told (up, holding).
     told: Vec<Option<(bool, u16)>>,
     me: usize,
 }
 
-impl ServiceSync {
+impl GroupSync {
     /// `None` when this ATM is in no failover group.
     fn new(cfg: &Config, me: usize, now: Instant) -> Option<Self> {
         let f = &cfg.failover;
         if !f.groups.iter().any(|g| g.atm == me || g.backup == me) {
             return None;
         }
-        // Twice the dead interval: a heartbeat there and back after a restart (services docs).
+        // Twice the dead interval: a heartbeat there and back after a restart (failover docs).
         let dead_ms = cfg.timers.heartbeat_ms * u64::from(cfg.timers.dead_after);
         let timing = Timing::from_config(f, Duration::from_millis(2 * dead_ms));
         let machine = Failover::new(f, me, cfg.atms.len(), timing, now);
-        Some(ServiceSync { machine, told: vec![None; cfg.atms.len()], me })
+        Some(GroupSync { machine, told: vec![None; cfg.atms.len()], me })
     }
 
     /// Tells the machine what changed in the election's view: peers up or down with their
@@ -205,35 +205,35 @@ impl ServiceSync {
             let state = (holding.is_some(), holding.unwrap_or(0));
             if self.told[atm] != Some(state) {
                 self.told[atm] = Some(state);
-                let input = services::Input::Peer { atm, up: state.0, holding: state.1 };
+                let input = failover::Input::Peer { atm, up: state.0, holding: state.1 };
                 self.machine.handle(now, input);
             }
         }
         let standby = !e.is_eligible(now);
-        self.machine.handle(now, services::Input::Standby(standby));
+        self.machine.handle(now, failover::Input::Standby(standby));
     }
 }
 
 /// Carries out one command, copy or arbitration round; its result as the machine's input.
-async fn run_job<P: Platform>(platform: &P, cfg: Rc<Config>, action: services::Action) -> services::Input {
+async fn run_job<P: Platform>(platform: &P, cfg: Rc<Config>, action: failover::Action) -> failover::Input {
     match action {
-        services::Action::Run { id, group, service, step, argv, timeout } => {
+        failover::Action::Run { id, group, service, step, argv, timeout } => {
             let cmd = ServiceCommand { group, service, step, argv: &argv };
             let ok = platform.run_service_command(&cmd, timeout).await;
-            services::Input::CommandDone { id, ok }
+            failover::Input::CommandDone { id, ok }
         }
-        services::Action::Mirror { id, group, set, to } => {
+        failover::Action::Mirror { id, group, set, to } => {
             let ok = platform.mirror_set(group, set, to).await;
-            services::Input::MirrorDone { id, ok }
+            failover::Input::MirrorDone { id, ok }
         }
         // A fresh round: every reachlist host probed now, the rule applied to these alone.
-        services::Action::Arbitrate => {
+        failover::Action::Arbitrate => {
             let timeout = Duration::from_millis(cfg.arbitration.probe_timeout_ms);
             let probes = cfg.arbitration.reachlist.iter().map(|&h| platform.probe(h, timeout));
             let ok = futures_util::future::join_all(probes).await.into_iter().filter(|&r| r).count();
-            services::Input::Arbitrated { ok: ok as u64 >= u64::from(cfg.arbitration.min_reachable) }
+            failover::Input::Arbitrated { ok: ok as u64 >= u64::from(cfg.arbitration.min_reachable) }
         }
-        services::Action::Event(_) => unreachable!("events are recorded, not run"),
+        failover::Action::Event(_) => unreachable!("events are recorded, not run"),
     }
 }
 

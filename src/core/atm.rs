@@ -1,6 +1,6 @@
 //! An ATM's control core: the election state machine behind heartbeat authentication.
 //!
-//! (Named for the ATM, not "node": in this project a node is a real server, `crate::node`.)
+//! (Named for the ATM, not "node": a node is a real server, `crate::node`; docs/GLOSSARY.md.)
 //!
 //! [`AtmCore`] takes raw datagrams, checks them (codec, cluster id, HMAC, known sender, replay
 //! window), counts every rejection by reason, and hands good heartbeats to the

@@ -437,7 +437,7 @@ impl Election {
     }
 
     /// What this ATM puts in the `holding` field of its heartbeats from now on (the service
-    /// failover machine's [`crate::services::Failover::holding`]).
+    /// failover machine's [`crate::failover::Failover::holding`]).
     pub fn set_holding(&mut self, holding: u16) {
         self.holding = holding;
     }

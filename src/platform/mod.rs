@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::core::election::Event;
 use crate::core::heartbeat::Heartbeat;
-use crate::services;
+use crate::failover;
 use crate::time::Instant;
 
 /// A bound UDP socket.
@@ -99,7 +99,7 @@ pub trait Platform {
     }
 
     /// Records a service-failover event.
-    fn record_failover(&self, now: Instant, event: &services::Event) {
+    fn record_failover(&self, now: Instant, event: &failover::Event) {
         let _ = (now, event);
     }
 }
@@ -109,7 +109,7 @@ pub trait Platform {
 pub struct ServiceCommand<'a> {
     pub group: usize,
     pub service: usize,
-    pub step: services::Step,
+    pub step: failover::Step,
     pub argv: &'a [String],
 }
 
