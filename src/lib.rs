@@ -57,4 +57,6 @@ pub mod node;
 pub mod overrides;
 pub mod platform;
 pub mod synctool;
+#[doc(hidden)]
+pub mod testkit;
 pub mod time;

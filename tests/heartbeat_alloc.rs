@@ -52,21 +52,10 @@ fn allocations() -> u64 {
 
 fn cfg(me: usize) -> ElectionConfig {
     ElectionConfig {
-        cluster_id: 7,
-        me,
-        atm_count: 2,
         heartbeat: Duration::from_millis(5),
-        dead_after: 3,
-        preempt: false,
-        reach_total: 0,
-        min_reachable: 0,
-        probe_interval: Duration::from_millis(500),
         garp_count: 3,
         garp_interval: Duration::from_millis(5),
-        garp_refresh: None,
-        vips: vec!["10.0.0.99".parse().unwrap()],
-        digest: [1; 16],
-        heartbeat_copies: 1,
+        ..clusterserver::testkit::election(me, 2)
     }
 }
 

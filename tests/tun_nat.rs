@@ -120,24 +120,16 @@ fn tcp_through_tun_nat_mini() {
 fn engine_config(
     forwarding: clusterserver::config::Forwarding,
 ) -> clusterserver::dataplane::engine::EngineConfig {
-    use clusterserver::config::{OnDown, Protocol, SchedulerKind, Server, Service, Table};
+    use clusterserver::config::{SchedulerKind, Service, Table};
     use clusterserver::dataplane::engine::EngineConfig;
     EngineConfig {
         services: vec![
-            Service {
-                name: "echo".into(),
-                vip: VIP.into(),
-                port: PORT,
-                protocol: Protocol::Tcp,
-                forwarding,
-                scheduler: SchedulerKind::Wlc,
-                persistence_s: 0,
-                gateway_vip: None,
-                on_down: OnDown::Keep,
-                servers: vec![Server { name: "s1".into(), address: SERVER.into(), port: PORT, weight: 1 }],
-                checks: Vec::new(),
-            }
-            .settings(),
+            Service::builder("echo", VIP, PORT)
+                .forwarding(forwarding)
+                .scheduler(SchedulerKind::Wlc)
+                .server("s1", SERVER, PORT, 1)
+                .build()
+                .settings(),
         ],
         table: Table {
             max_connections: 4096,

@@ -172,21 +172,10 @@ mod tests {
 
     fn cfg() -> ElectionConfig {
         ElectionConfig {
-            cluster_id: 7,
-            me: 0,
-            atm_count: 2,
             heartbeat: Duration::from_millis(5),
-            dead_after: 3,
-            preempt: false,
-            reach_total: 0,
-            min_reachable: 0,
-            probe_interval: Duration::from_millis(500),
             garp_count: 1,
-            garp_interval: Duration::from_millis(100),
-            garp_refresh: None,
             vips: vec![],
-            digest: [1; 16],
-            heartbeat_copies: 1,
+            ..crate::core::testkit::election(0, 2)
         }
     }
 

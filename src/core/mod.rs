@@ -15,6 +15,8 @@ pub mod arbitration;
 pub mod atm;
 pub mod election;
 pub mod heartbeat;
+#[doc(hidden)]
+pub mod testkit;
 
 #[cfg(test)]
 mod election_tests;
