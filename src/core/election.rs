@@ -6,7 +6,7 @@
 //! until it returns `None`, then sleep until [`Election::poll_timeout`] and call
 //! [`Election::handle_timeout`]. `now` never goes back. Heartbeats given to
 //! [`Election::handle_heartbeat`] are already authenticated and replay-checked (see
-//! [`super::node`]).
+//! [`super::atm`]).
 //!
 //! # Rules (SPEC.md, "Roles and behaviour")
 //!
