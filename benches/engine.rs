@@ -8,10 +8,11 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use clusterserver::config::{self, Forwarding, OnDown, Protocol, SchedulerKind, Server, Service};
+use clusterserver::config::{self, Forwarding, SchedulerKind, Service};
 use clusterserver::dataplane::engine::{Engine, EngineConfig, Verdict};
 use clusterserver::dataplane::wire::tcp::flags::{ACK, SYN};
 use clusterserver::dataplane::wire::{Ipv4Packet, TcpPacket, build};
+use clusterserver::testkit;
 use clusterserver::time::Instant;
 use divan::{Bencher, black_box};
 
@@ -29,31 +30,21 @@ fn engine(forwarding: Forwarding) -> Engine {
 }
 
 fn engine_of(forwarding: Forwarding, v6: bool) -> Engine {
-    let servers = (0..8)
-        .map(|i| Server {
-            name: format!("s{i}"),
-            address: if v6 {
-                IpAddr::V6(Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 10 + u16::from(i)))
-            } else {
-                IpAddr::V4(Ipv4Addr::new(10, 0, 1, 10 + i))
-            },
-            port: if forwarding == Forwarding::Nat { 8080 } else { 80 },
-            weight: 1,
-        })
-        .collect();
-    let svc = Service {
-        name: "web".into(),
-        vip: if v6 { IpAddr::V6(VIP6) } else { IpAddr::V4(VIP) },
-        port: 80,
-        protocol: Protocol::Tcp,
-        forwarding,
-        scheduler: SchedulerKind::Rr,
-        persistence_s: 0,
-        gateway_vip: None,
-        on_down: OnDown::Keep,
-        servers,
-        checks: vec![],
-    };
+    let port = if forwarding == Forwarding::Nat { 8080 } else { 80 };
+    let servers = (0..8).map(|i| {
+        let address = if v6 {
+            IpAddr::V6(Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 10 + u16::from(i)))
+        } else {
+            IpAddr::V4(Ipv4Addr::new(10, 0, 1, 10 + i))
+        };
+        testkit::server(&format!("s{i}"), address, port, 1)
+    });
+    let vip = if v6 { IpAddr::V6(VIP6) } else { IpAddr::V4(VIP) };
+    let svc = Service::builder("web", vip, 80)
+        .forwarding(forwarding)
+        .scheduler(SchedulerKind::Rr)
+        .servers(servers)
+        .build();
     Engine::new(&EngineConfig {
         services: vec![svc.settings()],
         table: config::Table::default(),

@@ -1,6 +1,6 @@
 //! The async glue between the control core and a [`Platform`].
 //!
-//! [`run_atm`] owns one [`AtmNode`]: it carries out the node's actions through the platform,
+//! [`run_atm`] owns one [`AtmCore`]: it carries out the core's actions through the platform,
 //! feeds it datagrams, probe results, operator commands and timeouts, and turns
 //! `poll_timeout` into a sleep. It holds no decision of its own. Every `select!` is `biased`
 //! (inputs before timers, in a fixed order) so that a simulated run is a pure function of its
@@ -17,20 +17,20 @@ use futures_util::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 
 use crate::config::{Config, HeartbeatMode};
+use crate::core::atm::AtmCore;
 use crate::core::election::{Action, AdminRequest, ElectionConfig};
 use crate::core::heartbeat::HEARTBEAT_LEN;
-use crate::core::node::AtmNode;
+use crate::failover::{self, Failover, Timing};
 use crate::platform::{DatagramSocket, Platform, ServiceCommand};
-use crate::services::{self, Failover, Timing};
 use crate::time::Instant;
 
-/// Requests from outside the node (signals, the admin channel, the simulator).
+/// Requests from outside the ATM core (signals, the admin channel, the simulator).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
     /// Graceful stop: hand over, then return.
     Shutdown,
     Admin(AdminRequest),
-    /// A live reload whose plan needs no handover (see [`crate::config::diff`]): the node
+    /// A live reload whose plan needs no handover (see [`crate::config::diff`]): the ATM
     /// keeps its role, epoch and peers; heartbeat targets, the reachlist and the timers
     /// follow the new config.
     Reconfigure(Box<Config>),
@@ -58,14 +58,14 @@ pub fn heartbeat_targets(cfg: &Config, me: usize, broadcast: Option<IpAddr>, por
 }
 
 /// Runs ATM `me` of `cfg` until a [`Command::Shutdown`] has been carried out (or the command
-/// channel closes, which counts as a shutdown). Returns the node for inspection.
+/// channel closes, which counts as a shutdown). Returns the ATM core for inspection.
 pub async fn run_atm<P: Platform>(
     platform: &P,
     cfg: &Config,
     me: usize,
     secret: Vec<u8>,
     mut commands: mpsc::UnboundedReceiver<Command>,
-) -> io::Result<AtmNode> {
+) -> io::Result<AtmCore> {
     let port = cfg.heartbeat_port();
     let sock = platform.bind_heartbeat(port).await?;
     let mut targets = heartbeat_targets(cfg, me, platform.broadcast_address(), port);
@@ -74,29 +74,29 @@ pub async fn run_atm<P: Platform>(
     // Owned: a reload replaces it while jobs of the old one may still run.
     let mut current = Rc::new(cfg.clone());
     let ecfg = ElectionConfig::from_config(cfg, me);
-    let mut node = AtmNode::new(ecfg, secret, platform.incarnation(), platform.now());
+    let mut atm = AtmCore::new(ecfg, secret, platform.incarnation(), platform.now());
     let mut probes = FuturesUnordered::new();
     let mut jobs = FuturesUnordered::new();
-    let mut services = ServiceSync::new(cfg, me, platform.now());
+    let mut groups = GroupSync::new(cfg, me, platform.now());
     let mut commands_open = true;
     let mut buf = [0u8; 2048];
     // The heartbeat deadline as the last wait began (see `Platform::heartbeat_sent`).
     let mut hb_due: Option<Instant> = None;
     loop {
-        if let Some(s) = &mut services {
-            s.sync(&mut node, platform.now());
+        if let Some(s) = &mut groups {
+            s.sync(&mut atm, platform.now());
             while let Some(action) = s.machine.poll_action() {
                 match action {
-                    services::Action::Event(e) => platform.record_failover(platform.now(), &e),
+                    failover::Action::Event(e) => platform.record_failover(platform.now(), &e),
                     a => jobs.push(run_job(platform, Rc::clone(&current), a)),
                 }
             }
-            node.set_holding(s.machine.holding());
+            atm.set_holding(s.machine.holding());
         }
-        while let Some(action) = node.poll_action() {
+        while let Some(action) = atm.poll_action() {
             match action {
                 Action::SendHeartbeat(hb) => {
-                    let bytes: [u8; HEARTBEAT_LEN] = node.seal(&hb);
+                    let bytes: [u8; HEARTBEAT_LEN] = atm.seal(&hb);
                     // The first heartbeat after its deadline passed is the scheduled one.
                     let sent = platform.now();
                     if let Some(due) = hb_due.take().filter(|d| *d <= sent) {
@@ -119,121 +119,121 @@ pub async fn run_atm<P: Platform>(
                     }
                 }
                 Action::Event(ev) => platform.record(platform.now(), &ev),
-                Action::Exit => return Ok(node),
+                Action::Exit => return Ok(atm),
             }
         }
-        platform.observe(platform.now(), &node);
+        platform.observe(platform.now(), &atm);
         let now = platform.now();
-        let failover_due = services.as_ref().and_then(|s| s.machine.poll_timeout());
-        let due = node.poll_timeout().into_iter().chain(failover_due).min();
+        let failover_due = groups.as_ref().and_then(|s| s.machine.poll_timeout());
+        let due = atm.poll_timeout().into_iter().chain(failover_due).min();
         let wait = due.map_or(Duration::from_secs(3600), |t| t.saturating_since(now));
-        hb_due = Some(node.election().heartbeat_due());
+        hb_due = Some(atm.election().heartbeat_due());
         let mut sleep = pin!(tokio::time::sleep(wait));
         tokio::select! {
             biased;
             r = sock.recv_from(&mut buf) => match r {
                 Ok((n, _)) => {
                     let now = platform.now();
-                    node.handle_datagram(now, &buf[..n]);
-                    if let Some(hb) = node.take_accepted() {
+                    atm.handle_datagram(now, &buf[..n]);
+                    if let Some(hb) = atm.take_accepted() {
                         platform.heartbeat_received(now, &hb);
                     }
                 }
                 Err(e) => platform.record_error(platform.now(), "receive heartbeat", &e),
             },
             cmd = commands.recv(), if commands_open => match cmd {
-                Some(Command::Admin(r)) => node.handle_admin(platform.now(), r),
-                Some(Command::Shutdown) => node.handle_shutdown(platform.now()),
+                Some(Command::Admin(r)) => atm.handle_admin(platform.now(), r),
+                Some(Command::Shutdown) => atm.handle_shutdown(platform.now()),
                 Some(Command::Reconfigure(new)) => {
                     targets = heartbeat_targets(&new, me, platform.broadcast_address(), port);
                     reachlist = new.arbitration.reachlist.clone();
                     probe_timeout = Duration::from_millis(new.arbitration.probe_timeout_ms);
-                    node.reconfigure(platform.now(), ElectionConfig::from_config(&new, me));
+                    atm.reconfigure(platform.now(), ElectionConfig::from_config(&new, me));
                     current = Rc::from(new);
                 }
                 None => {
                     commands_open = false;
-                    node.handle_shutdown(platform.now());
+                    atm.handle_shutdown(platform.now());
                 }
             },
             Some((target, ok)) = probes.next(), if !probes.is_empty() => {
-                node.handle_probe(platform.now(), target, ok);
+                atm.handle_probe(platform.now(), target, ok);
             }
             Some(input) = jobs.next(), if !jobs.is_empty() => {
-                if let Some(s) = &mut services {
+                if let Some(s) = &mut groups {
                     s.machine.handle(platform.now(), input);
                 }
             }
             _ = &mut sleep => {
-                node.handle_timeout(platform.now());
-                if let Some(s) = &mut services {
-                    s.machine.handle(platform.now(), services::Input::Tick);
+                atm.handle_timeout(platform.now());
+                if let Some(s) = &mut groups {
+                    s.machine.handle(platform.now(), failover::Input::Tick);
                 }
             }
         }
     }
 }
 
-/// The service-failover machine beside the node, fed from the election's view of the peers.
-struct ServiceSync {
+/// The service-failover machine beside the ATM core, fed from the election's view of the peers.
+struct GroupSync {
     machine: Failover,
     /// Per ATM: what the machine was last told (up, holding).
     told: Vec<Option<(bool, u16)>>,
     me: usize,
 }
 
-impl ServiceSync {
+impl GroupSync {
     /// `None` when this ATM is in no failover group.
     fn new(cfg: &Config, me: usize, now: Instant) -> Option<Self> {
         let f = &cfg.failover;
         if !f.groups.iter().any(|g| g.atm == me || g.backup == me) {
             return None;
         }
-        // Twice the dead interval: a heartbeat there and back after a restart (services docs).
+        // Twice the dead interval: a heartbeat there and back after a restart (failover docs).
         let dead_ms = cfg.timers.heartbeat_ms * u64::from(cfg.timers.dead_after);
         let timing = Timing::from_config(f, Duration::from_millis(2 * dead_ms));
         let machine = Failover::new(f, me, cfg.atms.len(), timing, now);
-        Some(ServiceSync { machine, told: vec![None; cfg.atms.len()], me })
+        Some(GroupSync { machine, told: vec![None; cfg.atms.len()], me })
     }
 
     /// Tells the machine what changed in the election's view: peers up or down with their
     /// holding maps, and this ATM's arbitration verdict.
-    fn sync(&mut self, node: &mut AtmNode, now: Instant) {
-        let e = node.election();
+    fn sync(&mut self, core: &mut AtmCore, now: Instant) {
+        let e = core.election();
         for atm in (0..self.told.len()).filter(|&a| a != self.me) {
             let holding = e.peer_holding(atm);
             let state = (holding.is_some(), holding.unwrap_or(0));
             if self.told[atm] != Some(state) {
                 self.told[atm] = Some(state);
-                let input = services::Input::Peer { atm, up: state.0, holding: state.1 };
+                let input = failover::Input::Peer { atm, up: state.0, holding: state.1 };
                 self.machine.handle(now, input);
             }
         }
         let standby = !e.is_eligible(now);
-        self.machine.handle(now, services::Input::Standby(standby));
+        self.machine.handle(now, failover::Input::Standby(standby));
     }
 }
 
 /// Carries out one command, copy or arbitration round; its result as the machine's input.
-async fn run_job<P: Platform>(platform: &P, cfg: Rc<Config>, action: services::Action) -> services::Input {
+async fn run_job<P: Platform>(platform: &P, cfg: Rc<Config>, action: failover::Action) -> failover::Input {
     match action {
-        services::Action::Run { id, group, service, step, argv, timeout } => {
+        failover::Action::Run { id, group, service, step, argv, timeout } => {
             let cmd = ServiceCommand { group, service, step, argv: &argv };
             let ok = platform.run_service_command(&cmd, timeout).await;
-            services::Input::CommandDone { id, ok }
+            failover::Input::CommandDone { id, ok }
         }
-        services::Action::Mirror { id, group, set, to } => {
+        failover::Action::Mirror { id, group, set, to } => {
             let ok = platform.mirror_set(group, set, to).await;
-            services::Input::MirrorDone { id, ok }
+            failover::Input::MirrorDone { id, ok }
         }
         // A fresh round: every reachlist host probed now, the rule applied to these alone.
-        services::Action::Arbitrate => {
+        failover::Action::Arbitrate => {
             let timeout = Duration::from_millis(cfg.arbitration.probe_timeout_ms);
             let probes = cfg.arbitration.reachlist.iter().map(|&h| platform.probe(h, timeout));
             let ok = futures_util::future::join_all(probes).await.into_iter().filter(|&r| r).count();
-            services::Input::Arbitrated { ok: ok as u64 >= u64::from(cfg.arbitration.min_reachable) }
+            failover::Input::Arbitrated { ok: ok as u64 >= u64::from(cfg.arbitration.min_reachable) }
         }
-        services::Action::Event(_) => unreachable!("events are recorded, not run"),
+        failover::Action::Event(_) => unreachable!("events are recorded, not run"),
     }
 }
 

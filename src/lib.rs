@@ -11,7 +11,7 @@
 //!   core/, dataplane/ (sans-IO)   <-   driver (async glue)   <-   platform/ (side effects)
 //! ```
 //!
-//! * [`core`] holds the state machines (heartbeat codec, election, node). They take
+//! * [`core`] holds the state machines (heartbeat codec, election, the ATM core). They take
 //!   `(now, input)` and emit actions; they never read a clock or touch a socket, so the
 //!   simulator (`clustersim`) runs exactly this code under a virtual clock and network.
 //! * [`dataplane`] is the packet engine: `process(now, rx, tx) -> Verdict`, allocation-free,
@@ -23,13 +23,20 @@
 //!   over [`platform::Platform`], implemented for Linux here and for turmoil in the simulator.
 //! * [`health`] is the sans-IO health-check state machine (rise/fall, flap damping); the
 //!   daemon runs its checks with `platform::linux::checks`, the simulator scripts them.
-//! * [`services`] is the sans-IO service-failover state machine (seed 004's clusterd): which
+//! * [`failover`] is the sans-IO service-group failover state machine (seed 004's clusterd): which
 //!   service groups this ATM runs, takeover, standby, hand-back with mirroring.
 //! * [`overrides`] keeps the operators' drain, disable and weight beside the engine, and
 //!   their state file's format (daemon and simulator run the same code).
 //! * [`config`] parses and validates the operator's JSON5 file into typed structs.
 //!
 //! Time is [`time::Instant`], a number; randomness comes from a seed passed in.
+//!
+//! ## Words
+//!
+//! An *ATM* is a traffic manager (its control core: [`core::atm::AtmCore`]); a *node* is a
+//! real server ([`node`] sets one up); a *service* is a VIP service ([`config::Service`]); a
+//! *service group* is seed 004's set of S/K scripts and mirror sets that fails over between
+//! ATMs ([`failover`]). `docs/GLOSSARY.md` has the rest.
 
 #![deny(unsafe_code)]
 
@@ -44,10 +51,12 @@ pub mod core;
 pub mod daemon;
 pub mod dataplane;
 pub mod driver;
+pub mod failover;
 pub mod health;
 pub mod node;
 pub mod overrides;
 pub mod platform;
-pub mod services;
 pub mod synctool;
+#[doc(hidden)]
+pub mod testkit;
 pub mod time;

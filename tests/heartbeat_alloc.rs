@@ -12,8 +12,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::time::Duration;
 
+use clusterserver::core::atm::AtmCore;
 use clusterserver::core::election::{Action, ElectionConfig};
-use clusterserver::core::node::AtmNode;
 use clusterserver::time::Instant;
 
 struct Counting;
@@ -52,26 +52,15 @@ fn allocations() -> u64 {
 
 fn cfg(me: usize) -> ElectionConfig {
     ElectionConfig {
-        cluster_id: 7,
-        me,
-        atm_count: 2,
         heartbeat: Duration::from_millis(5),
-        dead_after: 3,
-        preempt: false,
-        reach_total: 0,
-        min_reachable: 0,
-        probe_interval: Duration::from_millis(500),
         garp_count: 3,
         garp_interval: Duration::from_millis(5),
-        garp_refresh: None,
-        vips: vec!["10.0.0.99".parse().unwrap()],
-        digest: [1; 16],
-        heartbeat_copies: 1,
+        ..clusterserver::testkit::election(me, 2)
     }
 }
 
 /// One step of both nodes at `now`: timers, then each one's heartbeats to the other.
-fn step(nodes: &mut [AtmNode; 2], now: Instant) -> usize {
+fn step(nodes: &mut [AtmCore; 2], now: Instant) -> usize {
     let mut delivered = 0;
     for from in 0..2 {
         nodes[from].handle_timeout(now);
@@ -92,8 +81,8 @@ fn step(nodes: &mut [AtmNode; 2], now: Instant) -> usize {
 fn steady_state_heartbeats_allocate_nothing() {
     let start = Instant::from_nanos(0);
     let mut nodes = [
-        AtmNode::new(cfg(0), b"secret".to_vec(), 1, start),
-        AtmNode::new(cfg(1), b"secret".to_vec(), 2, start),
+        AtmCore::new(cfg(0), b"secret".to_vec(), 1, start),
+        AtmCore::new(cfg(1), b"secret".to_vec(), 2, start),
     ];
     let tick = Duration::from_millis(5);
     let mut now = start;

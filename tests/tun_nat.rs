@@ -1,5 +1,5 @@
 //! Real TCP through the TUN shell in NAT mode, on namespaces this test creates (SPEC.md, lab
-//! safety): `csl-tn<pid>-client` -- `csl-tn<pid>-atm` -- `csl-tn<pid>-server`, veth pairs
+//! safety): `csl-tn<pid>-<n>-client` -- `…-atm` -- `…-server` (`support::tun`), veth pairs
 //! created directly inside the namespaces (no end ever in the root namespace).
 //!
 //! The shell runs on a dedicated thread that enters the ATM namespace before creating its
@@ -16,7 +16,6 @@
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -25,12 +24,14 @@ use clusterserver::platform::linux::shell::netlink::SteerRule;
 use clusterserver::platform::linux::shell::tun::{Control, Shell};
 use clusterserver::platform::linux::shell::{PacketProcessor, ShellConfig, StatsSnapshot};
 
-mod common;
-use common::lab::{
-    HELPER_ENV, Lab, PAYLOAD, PORT, SERVER, VIP, can_run, diag, in_ns, run_client, start_shell,
-    start_shell_shared, topology,
+mod support;
+use support::netlab::NetLab;
+use support::processors::{MiniDr, MiniNat, MiniTunnel};
+use support::tun::{
+    HELPER_ENV, PAYLOAD, PORT, SERVER, VIP, can_run, diag, lab, run_client, start_shell, start_shell_shared,
+    topology,
 };
-use common::{MiniDr, MiniNat, MiniTunnel};
+use support::{in_ns, ns_output};
 
 /// Helper process: a TCP echo server on `CSL_TN_HELPER=ADDR`, one connection, then exit.
 #[test]
@@ -59,18 +60,8 @@ fn helper_echo_server() {
     let _ = w.shutdown(std::net::Shutdown::Write);
 }
 
-fn spawn_server(lab: &mut Lab, ns: &str, listen: Ipv4Addr) {
-    let exe = std::env::current_exe().expect("current exe");
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .arg(exe)
-        .args(["helper_echo_server", "--exact", "--nocapture", "--test-threads=1"])
-        .env(HELPER_ENV, format!("{listen}:{PORT}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn server");
-    lab.children.push(child);
+fn spawn_server(lab: &mut NetLab, ns: &str, listen: Ipv4Addr) {
+    lab.others.push(support::spawn_echo_helper(ns, HELPER_ENV, &format!("{listen}:{PORT}")));
 }
 
 fn shell_config(offload: bool) -> ShellConfig {
@@ -90,7 +81,7 @@ fn nat_run<P: PacketProcessor + 'static>(
     make: impl FnMut(usize) -> P + Send + 'static,
     change: Option<Control<P>>,
 ) -> Vec<P> {
-    let mut lab = Lab::new();
+    let mut lab = lab();
     let (c, a, s) = topology(&mut lab);
     spawn_server(&mut lab, &s, SERVER);
     let cfg = shell_config(offload);
@@ -129,24 +120,16 @@ fn tcp_through_tun_nat_mini() {
 fn engine_config(
     forwarding: clusterserver::config::Forwarding,
 ) -> clusterserver::dataplane::engine::EngineConfig {
-    use clusterserver::config::{OnDown, Protocol, SchedulerKind, Server, Service, Table};
+    use clusterserver::config::{SchedulerKind, Service, Table};
     use clusterserver::dataplane::engine::EngineConfig;
     EngineConfig {
         services: vec![
-            Service {
-                name: "echo".into(),
-                vip: VIP.into(),
-                port: PORT,
-                protocol: Protocol::Tcp,
-                forwarding,
-                scheduler: SchedulerKind::Wlc,
-                persistence_s: 0,
-                gateway_vip: None,
-                on_down: OnDown::Keep,
-                servers: vec![Server { name: "s1".into(), address: SERVER.into(), port: PORT, weight: 1 }],
-                checks: Vec::new(),
-            }
-            .settings(),
+            Service::builder("echo", VIP, PORT)
+                .forwarding(forwarding)
+                .scheduler(SchedulerKind::Wlc)
+                .server("s1", SERVER, PORT, 1)
+                .build()
+                .settings(),
         ],
         table: Table {
             max_connections: 4096,
@@ -188,7 +171,7 @@ fn tcp_through_tun_nat_engine_shared_queues() {
         return;
     }
     const CONNECTIONS: usize = 6;
-    let mut lab = Lab::new();
+    let mut lab = lab();
     let (c, a, s) = topology(&mut lab);
     let mut cfg = shell_config(true);
     cfg.queues = 4;
@@ -234,7 +217,7 @@ fn tcp_through_tun_tunnel_and_decap() {
     if std::env::var(HELPER_ENV).is_ok() || !can_run() {
         return;
     }
-    let mut lab = Lab::new();
+    let mut lab = lab();
     let (c, a, s) = topology(&mut lab);
     in_ns(&s, &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
     spawn_server(&mut lab, &s, VIP);
@@ -327,7 +310,7 @@ fn dr_run<P: PacketProcessor + 'static>(
     queues: usize,
     make: impl FnMut(usize) -> P + Send + 'static,
 ) -> (StatsSnapshot, Vec<P>) {
-    let mut lab = Lab::new();
+    let mut lab = lab();
     let (c, a, s) = topology(&mut lab);
     in_ns(&s, &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
     spawn_server(&mut lab, &s, VIP);
@@ -358,8 +341,8 @@ fn netlink_cleanup_removes_leftovers() {
     if std::env::var(HELPER_ENV).is_ok() || !can_run() {
         return;
     }
-    let mut lab = Lab::new();
-    let a = lab.ns("atm");
+    let mut lab = lab();
+    let a = lab.add_ns("atm");
     in_ns(&a, &["ip", "tuntap", "add", "cstun9", "mode", "tun"]);
     in_ns(&a, &["ip", "link", "set", "cstun9", "up"]);
     in_ns(&a, &["ip", "route", "add", "default", "dev", "cstun9", "table", "7701"]);
@@ -379,13 +362,10 @@ fn netlink_cleanup_removes_leftovers() {
     .expect("thread")
     .expect("cleanup");
     assert_eq!(removed, 4, "2 rules + 1 route + 1 link");
-    let out = Command::new("ip").args(["netns", "exec", &a, "ip", "rule", "show"]).output().expect("ip rule");
-    let rules = String::from_utf8_lossy(&out.stdout);
+    let rules = ns_output(&a, &["ip", "rule", "show"]);
     assert!(!rules.contains("7701:"), "{rules}");
     assert!(rules.contains("7702:"), "{rules}");
-    let links =
-        Command::new("ip").args(["netns", "exec", &a, "ip", "link", "show"]).output().expect("ip link");
-    assert!(!String::from_utf8_lossy(&links.stdout).contains("cstun9"));
+    assert!(!ns_output(&a, &["ip", "link", "show"]).contains("cstun9"));
 }
 
 /// A worker that cannot set up (DR interface missing) makes `Shell::start` fail, and the
@@ -396,8 +376,8 @@ fn shell_start_failure_cleans_up() {
     if std::env::var(HELPER_ENV).is_ok() || !can_run() {
         return;
     }
-    let mut lab = Lab::new();
-    let a = lab.ns("atm");
+    let mut lab = lab();
+    let a = lab.add_ns("atm");
     let path = format!("/var/run/netns/{a}");
     let err = std::thread::spawn(move || {
         enter_netns(Path::new(&path)).expect("setns");
@@ -409,10 +389,6 @@ fn shell_start_failure_cleans_up() {
     .expect("thread")
     .expect_err("start must fail");
     assert!(err.to_string().contains("nope0"), "{err}");
-    let show = |args: &[&str]| {
-        let out = Command::new("ip").args(["netns", "exec", &a]).args(args).output().expect("ip");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    assert!(!show(&["ip", "rule", "show"]).contains("7700:"));
-    assert!(!show(&["ip", "link", "show"]).contains("cstun0"));
+    assert!(!ns_output(&a, &["ip", "rule", "show"]).contains("7700:"));
+    assert!(!ns_output(&a, &["ip", "link", "show"]).contains("cstun0"));
 }

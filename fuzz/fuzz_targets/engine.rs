@@ -17,7 +17,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use clusterserver::config::{self, Forwarding, OnDown, Protocol, SchedulerKind, Server, Service};
+use clusterserver::config::{self, Forwarding, OnDown, Protocol, SchedulerKind, Service};
 use clusterserver::dataplane::engine::{Engine, EngineConfig};
 use clusterserver::dataplane::wire::{build, checksum, tcp::flags};
 use clusterserver::time::Instant;
@@ -33,23 +33,17 @@ const S1_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 3);
 /// `cross`: tunnel services get servers of the other family (IPv4-in-IPv6, IPv6-in-IPv4).
 fn engine(forwarding: Forwarding, max: u32, cross: bool) -> Engine {
     let cross = cross && forwarding == Forwarding::Tunnel;
-    let svc = |protocol, persistence_s, v6: bool| Service {
-        name: "s".into(),
-        vip: if v6 { IpAddr::V6(VIP6) } else { IpAddr::V4(VIP) },
-        port: 80,
-        protocol,
-        forwarding,
-        scheduler: SchedulerKind::Rr,
-        persistence_s,
-        gateway_vip: None,
-        on_down: OnDown::Reset,
-        servers: vec![Server {
-            name: "a".into(),
-            address: if v6 != cross { IpAddr::V6(S1_6) } else { IpAddr::V4(S1) },
-            port: if forwarding == Forwarding::Nat { 8080 } else { 80 },
-            weight: 1,
-        }],
-        checks: vec![],
+    let svc = |protocol, persistence_s, v6: bool| {
+        let vip = if v6 { IpAddr::V6(VIP6) } else { IpAddr::V4(VIP) };
+        let server = if v6 != cross { IpAddr::V6(S1_6) } else { IpAddr::V4(S1) };
+        Service::builder("s", vip, 80)
+            .protocol(protocol)
+            .forwarding(forwarding)
+            .scheduler(SchedulerKind::Rr)
+            .persistence_s(persistence_s)
+            .on_down(OnDown::Reset)
+            .server("a", server, if forwarding == Forwarding::Nat { 8080 } else { 80 }, 1)
+            .build()
     };
     Engine::new(&EngineConfig {
         services: vec![

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clusterserver::core::election::{ElectionConfig, Action};
 use clusterserver::core::heartbeat::{HEARTBEAT_LEN, Heartbeat};
-use clusterserver::core::node::AtmNode;
+use clusterserver::core::atm::AtmCore;
 use clusterserver::time::Instant;
 use hmac::{Hmac, KeyInit, Mac};
 use libfuzzer_sys::fuzz_target;
@@ -15,30 +15,23 @@ use sha2::Sha256;
 
 const SECRET: &[u8] = b"fuzz";
 
-fn node() -> AtmNode {
+fn atm() -> AtmCore {
     let cfg = ElectionConfig {
-        cluster_id: 7,
-        me: 0,
-        atm_count: 3,
-        heartbeat: Duration::from_millis(100),
-        dead_after: 3,
         preempt: true,
         reach_total: 1,
         min_reachable: 1,
-        probe_interval: Duration::from_millis(500),
         garp_count: 3,
-        garp_interval: Duration::from_millis(100),
         garp_refresh: Some(Duration::from_secs(30)),
-        vips: vec!["10.0.0.99".parse().unwrap()],
         digest: [0; 16],
         heartbeat_copies: 2,
+        ..clusterserver::testkit::election(0, 3)
     };
-    AtmNode::new(cfg, SECRET.to_vec(), 1, Instant::ZERO)
+    AtmCore::new(cfg, SECRET.to_vec(), 1, Instant::ZERO)
 }
 
 fuzz_target!(|data: &[u8]| {
     let _ = Heartbeat::decode(data, 7, SECRET);
-    let mut n = node();
+    let mut n = atm();
     let mut t = 0u64;
     for chunk in data.chunks(HEARTBEAT_LEN - 32) {
         t += u64::from(chunk.first().copied().unwrap_or(0)) * 3;

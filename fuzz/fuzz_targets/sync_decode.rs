@@ -3,9 +3,9 @@
 //! engine through the receiver.
 #![no_main]
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 
-use clusterserver::config::{self, Forwarding, OnDown, Protocol, SchedulerKind, Server, Service};
+use clusterserver::config::{self, Forwarding, SchedulerKind, Service};
 use clusterserver::dataplane::engine::{Engine, EngineConfig};
 use clusterserver::dataplane::sync::{SyncReceiver, decode};
 use clusterserver::time::Instant;
@@ -24,19 +24,11 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(b) = decode(SECRET, 7, &signed) {
         assert_eq!(b.records().count(), b.len());
     }
-    let svc = Service {
-        name: "s".into(),
-        vip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)),
-        port: 80,
-        protocol: Protocol::Tcp,
-        forwarding: Forwarding::Nat,
-        scheduler: SchedulerKind::Rr,
-        persistence_s: 0,
-        gateway_vip: None,
-        on_down: OnDown::Keep,
-        servers: vec![Server { name: "a".into(), address: IpAddr::V4(Ipv4Addr::new(10, 0, 1, 3)), port: 8080, weight: 1 }],
-        checks: vec![],
-    };
+    let svc = Service::builder("s", Ipv4Addr::new(192, 0, 2, 10), 80)
+        .forwarding(Forwarding::Nat)
+        .scheduler(SchedulerKind::Rr)
+        .server("a", Ipv4Addr::new(10, 0, 1, 3), 8080, 1)
+        .build();
     let mut e = Engine::new(&EngineConfig {
         services: vec![svc.settings()],
         table: config::Table { max_connections: 8, ..config::Table::default() },

@@ -389,7 +389,7 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
     let mut cfg = lab_config(s, &plan, dir, false)?;
     cfg.dataplane.backend = backend();
     crate::health::configure_checks(&mut cfg, dir, &daemon)?;
-    crate::services::configure(&mut cfg, dir, &plan)?;
+    crate::failover::configure(&mut cfg, dir, &plan)?;
     write_config(&cfg, &cfg_path)?;
     let other_cfg = dir.join("other.json5");
     if s.topology.second_cluster {
@@ -397,7 +397,7 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
     }
     let mut lab = Lab::up(plan, dir)?;
     faults::install(&lab.plan)?;
-    crate::services::start_sshd(&mut lab, &cfg)?;
+    crate::failover::start_sshd(&mut lab, &cfg)?;
     let duration_ms = s.duration_ms();
     start_backends(&mut lab, duration_ms)?;
     let clients: Vec<(String, String)> =
@@ -459,7 +459,7 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
                 downs.push((h.clone(), unix_ms()));
             }
             if let Some(h) = st.crash.as_ref().filter(|_| s.failover.is_some()) {
-                crate::services::log_crash(dir, h, unix_ms())?;
+                crate::failover::log_crash(dir, h, unix_ms())?;
             }
             let text = apply(&mut lab, st, &daemon, (&cfg_path, &mut file), &mut stopped, &mut crashed)
                 .with_context(|| format!("step at {} ms", st.at_ms))?;
@@ -532,7 +532,7 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
         lo.outcome.violations.extend(v);
     }
     if s.failover.is_some() {
-        let r = clustersim::services_check::check(s, &crate::services::read_log(dir));
+        let r = clustersim::failover_check::check(s, &crate::failover::read_log(dir));
         lo.outcome.failover = r.lines;
         lo.outcome.violations.extend(r.violations);
         // A takeover that ends back home went through a hand-back, with its mirror-back.
@@ -540,7 +540,7 @@ pub fn run(s: &Scenario, dir: &Path) -> anyhow::Result<LabOutcome> {
         if let Some(g) = cfg.failover.groups.first().filter(|g| handed_back && !g.mirrors.is_empty())
             && s.expect.services_final_on.as_deref() == Some(g.atm_name.as_str())
         {
-            match crate::services::check_resync(dir, &g.atm_name, &g.backup_name) {
+            match crate::failover::check_resync(dir, &g.atm_name, &g.backup_name) {
                 Ok(line) => lo.outcome.failover.push(line),
                 Err(v) => lo.outcome.violations.push(v),
             }

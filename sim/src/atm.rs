@@ -11,8 +11,8 @@ use std::time::Duration;
 use clusterserver::config::Config;
 use clusterserver::core::election::{DemoteReason, Event, Role};
 use clusterserver::driver::run_atm;
+use clusterserver::failover::{self, Step};
 use clusterserver::platform::{Platform, ServiceCommand};
-use clusterserver::services::{self, Step};
 use clusterserver::time::Instant;
 use tokio::sync::mpsc;
 
@@ -166,7 +166,7 @@ impl Platform for SimAtm {
         true
     }
 
-    fn record_failover(&self, _now: Instant, event: &services::Event) {
+    fn record_failover(&self, _now: Instant, event: &failover::Event) {
         self.log(format!("failover: {event:?}"));
     }
 }

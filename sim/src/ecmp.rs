@@ -22,7 +22,7 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use clusterserver::config::{self, Forwarding, OnDown, Protocol, SchedulerKind, Server, Service};
+use clusterserver::config::{self, Forwarding, SchedulerKind, Service};
 use clusterserver::core::announce::{Action, Announcer, Input, JoinSync};
 use clusterserver::dataplane::engine::{Engine, EngineConfig, Verdict};
 use clusterserver::dataplane::fullsync::FullSync;
@@ -30,6 +30,7 @@ use clusterserver::dataplane::sched::stable_hash;
 use clusterserver::dataplane::sync::{MAX_DATAGRAM, Received, SyncReceiver, SyncSender};
 use clusterserver::dataplane::wire::build;
 use clusterserver::dataplane::wire::tcp::flags::{ACK, SYN};
+use clusterserver::testkit;
 use clusterserver::time::Instant;
 
 use crate::rng::SplitMix64;
@@ -100,26 +101,19 @@ pub struct Outcome {
 
 /// `servers` real servers; the last one drained (weight 0) until [`Step::AddServer`].
 fn service(servers: u8) -> Service {
-    Service {
-        name: "web".into(),
-        vip: IpAddr::V4(VIP),
-        port: 80,
-        protocol: Protocol::Tcp,
-        forwarding: Forwarding::Dr,
-        scheduler: SchedulerKind::Mh,
-        persistence_s: 0,
-        gateway_vip: None,
-        on_down: OnDown::Keep,
-        servers: (0..servers)
-            .map(|i| Server {
-                name: format!("srv{}", i + 1),
-                address: IpAddr::V4(Ipv4Addr::new(10, 91, 0, 51 + i)),
-                port: 80,
-                weight: u32::from(i + 1 < servers),
-            })
-            .collect(),
-        checks: vec![],
-    }
+    let servers = (0..servers).map(|i| {
+        testkit::server(
+            &format!("srv{}", i + 1),
+            Ipv4Addr::new(10, 91, 0, 51 + i),
+            80,
+            u32::from(i + 1 < servers),
+        )
+    });
+    Service::builder("web", VIP, 80)
+        .forwarding(Forwarding::Dr)
+        .scheduler(SchedulerKind::Mh)
+        .servers(servers)
+        .build()
 }
 
 /// The daemon's consistency measures, each switchable to show what it prevents.

@@ -13,13 +13,14 @@
 //! * [`atm`], [`client`], [`rogue`]: the hosts' software.
 //! * [`runner`]: one run with its invariant checks; [`sweep`]: many seeds on all cores.
 //! * [`ecmp`]: active-active mode, stepped: an ECMP router over the announcing ATMs.
-//! * [`services_check`]: service failover read back from the trace (never on two ATMs).
+//! * [`failover_check`]: service failover read back from the trace (never on two ATMs).
 
 pub mod atm;
 pub mod chart;
 pub mod client;
 pub mod dataplane;
 pub mod ecmp;
+pub mod failover_check;
 pub mod flows;
 pub mod kernel;
 pub mod ndp;
@@ -29,7 +30,6 @@ pub mod rng;
 pub mod rogue;
 pub mod runner;
 pub mod scenario;
-pub mod services_check;
 pub mod sweep;
 pub mod topology;
 pub mod world;

@@ -433,7 +433,7 @@ impl RunState {
         let health = self.health_figures(s, &w, end);
         let mut failover = Vec::new();
         if s.failover.is_some() {
-            let r = crate::services_check::check(s, &w.trace);
+            let r = crate::failover_check::check(s, &w.trace);
             failover = r.lines;
             self.violations.extend(r.violations);
         }

@@ -59,8 +59,8 @@ use std::sync::Arc;
 use socket2::{Domain, Socket, Type};
 use tokio::sync::watch;
 
+use crate::core::atm::AtmCore;
 use crate::core::election::{Event, Role};
-use crate::core::node::AtmNode;
 use crate::time::Instant;
 use state::Observed;
 
@@ -79,17 +79,17 @@ impl CoreBridge {
     }
 
     /// After every driver step: copy what the status and metrics show.
-    pub fn observe(&self, now: Instant, node: &AtmNode) {
-        let e = node.election();
+    pub fn observe(&self, now: Instant, atm: &AtmCore) {
+        let e = atm.election();
         self.observed.update(|c| {
-            c.role = Some(node.role());
-            c.epoch = node.epoch();
+            c.role = Some(atm.role());
+            c.epoch = atm.epoch();
             c.held = e.held();
             c.peers.clear();
             c.peers.extend((0..e.config().atm_count).filter_map(|i| e.peer_view(i)));
             c.observed_ms = now.as_millis();
             c.observed_at = Some(tokio::time::Instant::now());
-            c.stats.clone_from(node.stats());
+            c.stats.clone_from(atm.stats());
         });
     }
 

@@ -14,8 +14,8 @@ use futures::future::BoxFuture;
 use tokio::sync::broadcast;
 
 use super::model::{ConnectionPage, EventRecord};
+use crate::core::atm::AtmStats;
 use crate::core::election::{PeerView, Role};
-use crate::core::node::NodeStats;
 use crate::dataplane::engine::EngineStats;
 
 /// Events kept for a slow SSE reader before it loses the oldest (it is told how many).
@@ -45,7 +45,7 @@ pub struct CoreView {
     pub observed_ms: u64,
     /// When the observation was taken (to age it at query time).
     pub observed_at: Option<tokio::time::Instant>,
-    pub stats: NodeStats,
+    pub stats: AtmStats,
     /// Promotions of this ATM since start-up.
     pub failovers: u64,
     /// Health checks by (service, server, check) index.

@@ -90,6 +90,8 @@ pub mod advice;
 pub mod diff;
 pub mod error;
 pub mod json5;
+#[doc(hidden)]
+pub mod testkit;
 pub mod types;
 
 mod bgp;

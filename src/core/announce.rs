@@ -330,31 +330,19 @@ impl Announcer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Forwarding, OnDown, Protocol, SchedulerKind, Server};
+    use crate::config::{Forwarding, SchedulerKind, testkit};
+    use core::net::Ipv4Addr;
 
     fn service(name: &str, vip: &str, servers: &[u32]) -> Service {
-        Service {
-            name: name.into(),
-            vip: vip.parse().unwrap(),
-            port: 80,
-            protocol: Protocol::Tcp,
-            forwarding: Forwarding::Dr,
-            scheduler: SchedulerKind::Mh,
-            persistence_s: 0,
-            gateway_vip: None,
-            on_down: OnDown::Keep,
-            servers: servers
-                .iter()
-                .enumerate()
-                .map(|(i, &w)| Server {
-                    name: format!("s{i}"),
-                    address: format!("10.0.1.{}", i + 1).parse().unwrap(),
-                    port: 80,
-                    weight: w,
-                })
-                .collect(),
-            checks: Vec::new(),
-        }
+        let servers = servers
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| testkit::server(&format!("s{i}"), Ipv4Addr::new(10, 0, 1, i as u8 + 1), 80, w));
+        Service::builder(name, vip.parse::<IpAddr>().unwrap(), 80)
+            .forwarding(Forwarding::Dr)
+            .scheduler(SchedulerKind::Mh)
+            .servers(servers)
+            .build()
     }
 
     fn set(a: &[&str]) -> BTreeSet<IpAddr> {

@@ -6,7 +6,7 @@
 //! until it returns `None`, then sleep until [`Election::poll_timeout`] and call
 //! [`Election::handle_timeout`]. `now` never goes back. Heartbeats given to
 //! [`Election::handle_heartbeat`] are already authenticated and replay-checked (see
-//! [`super::node`]).
+//! [`super::atm`]).
 //!
 //! # Rules (SPEC.md, "Roles and behaviour")
 //!
@@ -437,7 +437,7 @@ impl Election {
     }
 
     /// What this ATM puts in the `holding` field of its heartbeats from now on (the service
-    /// failover machine's [`crate::services::Failover::holding`]).
+    /// failover machine's [`crate::failover::Failover::holding`]).
     pub fn set_holding(&mut self, holding: u16) {
         self.holding = holding;
     }

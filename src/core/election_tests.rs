@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::election::*;
 use super::heartbeat::*;
+use super::testkit;
 use crate::time::Instant;
 
 #[derive(Clone, Copy, Debug)]
@@ -24,21 +25,10 @@ const NONE: u16 = NO_HANDOVER;
 
 fn cfg(me: usize, n: usize, reach: usize, preempt: bool) -> ElectionConfig {
     ElectionConfig {
-        cluster_id: 7,
-        me,
-        atm_count: n,
-        heartbeat: Duration::from_millis(100),
-        dead_after: 3,
         preempt,
         reach_total: reach,
         min_reachable: u32::from(reach > 0),
-        probe_interval: Duration::from_millis(500),
-        garp_count: 2,
-        garp_interval: Duration::from_millis(100),
-        garp_refresh: None,
-        vips: vec!["10.0.0.99".parse().unwrap()],
-        digest: [1; 16],
-        heartbeat_copies: 1,
+        ..testkit::election(me, n)
     }
 }
 

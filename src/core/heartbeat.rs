@@ -15,7 +15,7 @@
 //!
 //! `holding` (bytes 46..48, reserved and zero before service failover) is the map of home
 //! ATMs (bit = index in `atms`) whose service groups the sender runs as their backup
-//! (`crate::services`); a recovered home waits until its bit is clear.
+//! (`crate::failover`); a recovered home waits until its bit is clear.
 //!
 //! All integers are big-endian. The HMAC-SHA256 covers bytes 0..64 with the cluster secret.
 //! Receivers check, in this order and each failure counted under its own reason: length,

@@ -7,14 +7,16 @@
 //! * [`heartbeat`]: the authenticated heartbeat datagram and the replay window.
 //! * [`arbitration`]: reachlist scores and the loss-adaptive dead interval.
 //! * [`election`]: the primary/backup state machine.
-//! * [`node`]: an ATM = election + heartbeat authentication + counters.
+//! * [`atm`]: one ATM's control core = election + heartbeat authentication + counters.
 //! * [`announce`]: active-active mode's decision to announce or withdraw each VIP over BGP.
 
 pub mod announce;
 pub mod arbitration;
+pub mod atm;
 pub mod election;
 pub mod heartbeat;
-pub mod node;
+#[doc(hidden)]
+pub mod testkit;
 
 #[cfg(test)]
 mod election_tests;

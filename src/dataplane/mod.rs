@@ -10,4 +10,6 @@ pub mod fullsync;
 pub mod sched;
 pub mod settings;
 pub mod sync;
+#[doc(hidden)]
+pub mod testkit;
 pub mod wire;

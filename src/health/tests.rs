@@ -1,43 +1,22 @@
 //! Table tests: (time, result) rows in, transitions out, compared as text.
 
 use super::*;
-use crate::config::{CheckKind, Forwarding, OnDown, Protocol, SchedulerKind, Server};
+use crate::config::{CheckKind, Forwarding, SchedulerKind, testkit};
+use core::net::Ipv4Addr;
 
 fn check(interval_ms: u64, rise: u32, fall: u32) -> Check {
-    Check {
-        kind: CheckKind::Tcp,
-        path: None,
-        expect_status: None,
-        command: Vec::new(),
-        port: None,
-        interval_ms,
-        timeout_ms: interval_ms / 2,
-        rise,
-        fall,
-    }
+    Check { interval_ms, timeout_ms: interval_ms / 2, rise, fall, ..testkit::check(CheckKind::Tcp) }
 }
 
 fn service(servers: usize, checks: Vec<Check>) -> Service {
-    Service {
-        name: "web".into(),
-        vip: "10.0.0.99".parse().expect("ip"),
-        port: 80,
-        protocol: Protocol::Tcp,
-        forwarding: Forwarding::Dr,
-        scheduler: SchedulerKind::Rr,
-        persistence_s: 0,
-        gateway_vip: None,
-        on_down: OnDown::Keep,
-        servers: (0..servers)
-            .map(|i| Server {
-                name: format!("s{i}"),
-                address: format!("10.0.0.{}", 10 + i).parse().expect("ip"),
-                port: 80,
-                weight: 1,
-            })
-            .collect(),
-        checks,
-    }
+    let servers =
+        (0..servers).map(|i| testkit::server(&format!("s{i}"), Ipv4Addr::new(10, 0, 0, 10 + i as u8), 80, 1));
+    Service::builder("web", Ipv4Addr::new(10, 0, 0, 99), 80)
+        .forwarding(Forwarding::Dr)
+        .scheduler(SchedulerKind::Rr)
+        .servers(servers)
+        .checks(checks)
+        .build()
 }
 
 fn ms(t: u64) -> Instant {

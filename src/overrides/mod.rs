@@ -246,29 +246,17 @@ impl ServerControl {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Forwarding, OnDown, Protocol, SchedulerKind, Server, Service, Table};
+    use crate::config::{Forwarding, SchedulerKind, Service, Table};
     use crate::dataplane::engine::EngineConfig;
+    use core::net::Ipv4Addr;
 
     fn engine() -> Engine {
-        let server = |n: &str, a: &str| Server {
-            name: n.into(),
-            address: a.parse().expect("ip"),
-            port: 80,
-            weight: 5,
-        };
-        let svc = Service {
-            name: "web".into(),
-            vip: "10.0.0.99".parse().expect("ip"),
-            port: 80,
-            protocol: Protocol::Tcp,
-            forwarding: Forwarding::Nat,
-            scheduler: SchedulerKind::Wrr,
-            persistence_s: 0,
-            gateway_vip: None,
-            on_down: OnDown::Keep,
-            servers: vec![server("a", "10.0.1.1"), server("b", "10.0.1.2")],
-            checks: vec![],
-        };
+        let svc = Service::builder("web", Ipv4Addr::new(10, 0, 0, 99), 80)
+            .forwarding(Forwarding::Nat)
+            .scheduler(SchedulerKind::Wrr)
+            .server("a", Ipv4Addr::new(10, 0, 1, 1), 80, 5)
+            .server("b", Ipv4Addr::new(10, 0, 1, 2), 80, 5)
+            .build();
         Engine::new(&EngineConfig {
             services: vec![svc.settings()],
             table: Table::default(),

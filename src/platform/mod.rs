@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::core::election::Event;
 use crate::core::heartbeat::Heartbeat;
-use crate::services;
+use crate::failover;
 use crate::time::Instant;
 
 /// A bound UDP socket.
@@ -31,7 +31,7 @@ pub trait Platform {
     /// The current time, on the clock the traces use.
     fn now(&self) -> Instant;
 
-    /// A number that grows across restarts of this node (heartbeat incarnation).
+    /// A number that grows across restarts of this ATM (heartbeat incarnation).
     fn incarnation(&self) -> u64;
 
     /// Binds the heartbeat socket on `port`, broadcast allowed.
@@ -63,9 +63,9 @@ pub trait Platform {
     /// Records an event (the daemon logs it; the simulator also writes it to its trace).
     fn record(&self, now: Instant, event: &Event);
 
-    /// Called by the driver after each step with the node's current state, for observers
+    /// Called by the driver after each step with the ATM core's state, for observers
     /// (the daemon's admin channel). The default does nothing (the simulator).
-    fn observe(&self, _now: Instant, _node: &crate::core::node::AtmNode) {}
+    fn observe(&self, _now: Instant, _atm: &crate::core::atm::AtmCore) {}
 
     /// A heartbeat due at `scheduled` went out at `sent` (the daemon's send-jitter
     /// histogram). Called from the send path: must not block or allocate. Default: nothing.
@@ -99,7 +99,7 @@ pub trait Platform {
     }
 
     /// Records a service-failover event.
-    fn record_failover(&self, now: Instant, event: &services::Event) {
+    fn record_failover(&self, now: Instant, event: &failover::Event) {
         let _ = (now, event);
     }
 }
@@ -109,7 +109,7 @@ pub trait Platform {
 pub struct ServiceCommand<'a> {
     pub group: usize,
     pub service: usize,
-    pub step: services::Step,
+    pub step: failover::Step,
     pub argv: &'a [String],
 }
 

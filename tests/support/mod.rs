@@ -7,7 +7,12 @@
 //! * [`daemon`]: `clusterserverd` processes with their logs, and `cmc` against them;
 //! * [`traffic`]: code inside a namespace, the servers' responder, clients through a VIP;
 //! * [`wait`]: polling with a deadline;
-//! * [`ipv6`]: what the IPv6 tests share (skip rule, addresses without DAD, neighbours).
+//! * [`ipv6`]: what the IPv6 tests share (skip rule, addresses without DAD, neighbours);
+//! * [`tun`], [`processors`]: the TUN shell tests' topology, shell thread and checking
+//!   client, and their minimal NAT, IP-in-IP and DR processors.
+//!
+//! One harness for every test binary (`mod support;`): the TUN tests used to have their own
+//! (`tests/common/`) with a second namespace guard, root check and `ip netns exec` wrapper.
 //!
 //! (Each test binary compiles this module on its own and uses part of it, hence the
 //! `dead_code` allowance.)
@@ -17,7 +22,9 @@
 pub mod daemon;
 pub mod ipv6;
 pub mod netlab;
+pub mod processors;
 pub mod traffic;
+pub mod tun;
 pub mod wait;
 
 use std::fs;

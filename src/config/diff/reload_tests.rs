@@ -2,10 +2,10 @@
 //! traffic. Here rather than in the engine's folder because it starts from configs. Flows stay on their servers, removed servers follow `on_down`,
 //! new servers wait for their checks, Maglev moves only the flows of changed servers.
 
-use core::net::{IpAddr, Ipv4Addr};
+use core::net::Ipv4Addr;
 
 use crate::config::{
-    self, Check, CheckKind, Forwarding, OnDown, Protocol, SchedulerKind, Server, Service, diff::Remap,
+    self, Check, CheckKind, Forwarding, OnDown, SchedulerKind, Server, Service, diff::Remap, testkit,
 };
 use crate::dataplane::engine::{Engine, EngineConfig, ORPHAN, Reload, ReloadStats, Verdict};
 use crate::dataplane::wire::tcp::flags::{ACK, SYN};
@@ -17,37 +17,15 @@ const VIP2: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 
 fn server(i: u8) -> Server {
-    Server { name: format!("s{i}"), address: IpAddr::V4(Ipv4Addr::new(10, 0, 1, i)), port: 8080, weight: 1 }
+    testkit::server(&format!("s{i}"), Ipv4Addr::new(10, 0, 1, i), 8080, 1)
 }
 
 fn service(name: &str, vip: Ipv4Addr, sched: SchedulerKind, servers: Vec<Server>) -> Service {
-    Service {
-        name: name.into(),
-        vip: IpAddr::V4(vip),
-        port: 80,
-        protocol: Protocol::Tcp,
-        forwarding: Forwarding::Nat,
-        scheduler: sched,
-        persistence_s: 0,
-        gateway_vip: None,
-        on_down: OnDown::Keep,
-        servers,
-        checks: vec![],
-    }
+    Service::builder(name, vip, 80).forwarding(Forwarding::Nat).scheduler(sched).servers(servers).build()
 }
 
 fn tcp_check() -> Check {
-    Check {
-        kind: CheckKind::Tcp,
-        path: None,
-        expect_status: None,
-        command: vec![],
-        port: None,
-        interval_ms: 1000,
-        timeout_ms: 500,
-        rise: 2,
-        fall: 3,
-    }
+    Check { interval_ms: 1000, timeout_ms: 500, ..testkit::check(CheckKind::Tcp) }
 }
 
 fn engine(services: &[Service]) -> Engine {

@@ -6,8 +6,9 @@
 
 use super::*;
 use crate::dataplane::sched::maglev;
-use crate::dataplane::settings::{Protocol, SchedulerKind, Server, ServiceSettings as Service};
+use crate::dataplane::settings::{SchedulerKind, ServiceSettings as Service};
 use crate::dataplane::sync::{MAX_DATAGRAM, SyncReceiver, SyncSender};
+use crate::dataplane::testkit;
 use crate::dataplane::wire::build;
 use crate::dataplane::wire::tcp::flags::{ACK, SYN};
 
@@ -19,26 +20,13 @@ fn server_addr(i: u8) -> Ipv4Addr {
 
 /// A DR `mh` service over `n` servers; the last `drained` of them with weight 0.
 fn service(n: u8, drained: u8) -> Service {
-    Service {
-        name: "web".into(),
-        vip: IpAddr::V4(VIP),
-        port: 80,
-        protocol: Protocol::Tcp,
-        forwarding: Forwarding::Dr,
-        scheduler: SchedulerKind::Mh,
-        persistence_s: 0,
-        gateway_vip: None,
-        on_down: OnDown::Keep,
-        servers: (0..n)
-            .map(|i| Server {
-                name: format!("s{i}"),
-                address: IpAddr::V4(server_addr(i)),
-                port: 80,
-                weight: u32::from(i < n - drained),
-            })
-            .collect(),
-        has_checks: false,
-    }
+    let servers =
+        (0..n).map(|i| testkit::server(&format!("s{i}"), server_addr(i), 80, u32::from(i < n - drained)));
+    Service::builder("web", VIP, 80)
+        .forwarding(Forwarding::Dr)
+        .scheduler(SchedulerKind::Mh)
+        .servers(servers)
+        .build()
 }
 
 /// An engine as ATM `atm` builds it: its own local address and (to show `mh` does not

@@ -2,25 +2,18 @@
 
 use super::tests::{CLIENT, VIP, engine, engine_with, run, t};
 use super::*;
-use crate::dataplane::settings::{Protocol, SchedulerKind, Server, ServiceSettings as Service};
+use crate::dataplane::settings::{SchedulerKind, ServiceSettings as Service};
 use crate::dataplane::wire::build;
 use crate::dataplane::wire::tcp::flags::{ACK, SYN};
 
 fn nat_reset_service() -> Service {
-    let s = |n: &str, a: [u8; 4]| Server { name: n.into(), address: IpAddr::from(a), port: 8080, weight: 1 };
-    Service {
-        name: "web".into(),
-        vip: IpAddr::V4(VIP),
-        port: 80,
-        protocol: Protocol::Tcp,
-        forwarding: Forwarding::Nat,
-        scheduler: SchedulerKind::Rr,
-        persistence_s: 0,
-        gateway_vip: None,
-        on_down: OnDown::Reset,
-        servers: vec![s("s1", [10, 0, 1, 3]), s("s2", [10, 0, 1, 4])],
-        has_checks: false,
-    }
+    Service::builder("web", VIP, 80)
+        .forwarding(Forwarding::Nat)
+        .scheduler(SchedulerKind::Rr)
+        .on_down(OnDown::Reset)
+        .server("s1", [10, 0, 1, 3], 8080, 1)
+        .server("s2", [10, 0, 1, 4], 8080, 1)
+        .build()
 }
 
 /// 300 connections whose servers all fail: the first [`ratelimit::BURST`] segments get a

@@ -1,5 +1,5 @@
 use super::*;
-use crate::dataplane::settings::{Protocol, SchedulerKind, Server, ServiceSettings as Service};
+use crate::dataplane::settings::{Protocol, SchedulerKind, ServiceSettings as Service};
 use crate::dataplane::sync::{SyncReceiver, SyncSender};
 use crate::dataplane::wire::icmp::kind;
 use crate::dataplane::wire::tcp::flags::{ACK, FIN, SYN};
@@ -13,21 +13,13 @@ pub(crate) const S1: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 3);
 const S2: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 4);
 
 fn service(forwarding: Forwarding, protocol: Protocol) -> Service {
-    let server =
-        |name: &str, a: Ipv4Addr| Server { name: name.into(), address: IpAddr::V4(a), port: 8080, weight: 1 };
-    Service {
-        name: "web".into(),
-        vip: IpAddr::V4(VIP),
-        port: 80,
-        protocol,
-        forwarding,
-        scheduler: SchedulerKind::Rr,
-        persistence_s: 0,
-        gateway_vip: None,
-        on_down: OnDown::Keep,
-        servers: vec![server("s1", S1), server("s2", S2)],
-        has_checks: false,
-    }
+    Service::builder("web", VIP, 80)
+        .protocol(protocol)
+        .forwarding(forwarding)
+        .scheduler(SchedulerKind::Rr)
+        .server("s1", S1, 8080, 1)
+        .server("s2", S2, 8080, 1)
+        .build()
 }
 
 pub(crate) fn engine_with(services: Vec<Service>, max: u32) -> Engine {

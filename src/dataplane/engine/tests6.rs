@@ -3,8 +3,9 @@
 
 use super::tests::run;
 use super::*;
-use crate::dataplane::settings::{Protocol, SchedulerKind, Server, ServiceSettings as Service};
+use crate::dataplane::settings::{Protocol, SchedulerKind, ServiceSettings as Service};
 use crate::dataplane::sync::{SyncReceiver, SyncSender};
+use crate::dataplane::testkit;
 use crate::dataplane::wire::ipv6::next;
 use crate::dataplane::wire::tcp::flags::{ACK, SYN};
 use crate::dataplane::wire::{Ipv6Packet, build};
@@ -32,21 +33,13 @@ fn local6() -> Ipv6Addr {
 
 fn service6(forwarding: Forwarding, protocol: Protocol) -> Service {
     let port = if forwarding == Forwarding::Nat { 8080 } else { 80 };
-    let server =
-        |name: &str, ip: Ipv6Addr| Server { name: name.into(), address: IpAddr::V6(ip), port, weight: 1 };
-    Service {
-        name: "web6".into(),
-        vip: IpAddr::V6(vip()),
-        port: 80,
-        protocol,
-        forwarding,
-        scheduler: SchedulerKind::Rr,
-        persistence_s: 0,
-        gateway_vip: None,
-        on_down: OnDown::Keep,
-        servers: vec![server("s1", s1()), server("s2", s2())],
-        has_checks: false,
-    }
+    Service::builder("web6", vip(), 80)
+        .protocol(protocol)
+        .forwarding(forwarding)
+        .scheduler(SchedulerKind::Rr)
+        .server("s1", s1(), port, 1)
+        .server("s2", s2(), port, 1)
+        .build()
 }
 
 fn engine6(services: Vec<Service>, local6: Ipv6Addr) -> Engine {
@@ -277,12 +270,7 @@ fn a_dual_stack_engine_keeps_both_families_apart() {
     let svc4 = Service {
         name: "web4".into(),
         vip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)),
-        servers: vec![Server {
-            name: "s1".into(),
-            address: "10.0.1.3".parse().expect("ip"),
-            port: 8080,
-            weight: 1,
-        }],
+        servers: vec![testkit::server("s1", Ipv4Addr::new(10, 0, 1, 3), 8080, 1)],
         ..service6(Forwarding::Nat, Protocol::Tcp)
     };
     let mut e = engine6(vec![svc4, service6(Forwarding::Nat, Protocol::Tcp)], local6());

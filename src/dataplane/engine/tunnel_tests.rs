@@ -3,8 +3,9 @@
 
 use super::tests::run;
 use super::*;
-use crate::dataplane::settings::{Protocol, SchedulerKind, Server, ServiceSettings as Service};
+use crate::dataplane::settings::{SchedulerKind, ServiceSettings as Service};
 use crate::dataplane::sync::{SyncReceiver, SyncSender};
+use crate::dataplane::testkit;
 use crate::dataplane::wire::tcp::flags::{ACK, SYN};
 use crate::dataplane::wire::{Ipv6Packet, build};
 
@@ -23,23 +24,11 @@ fn local6() -> Ipv6Addr {
 
 /// A tunnel service on `vip` with servers `servers` (port 80 throughout).
 fn tunnel(vip: IpAddr, servers: &[IpAddr]) -> Service {
-    Service {
-        name: "tun".into(),
-        vip,
-        port: 80,
-        protocol: Protocol::Tcp,
-        forwarding: Forwarding::Tunnel,
-        scheduler: SchedulerKind::Rr,
-        persistence_s: 0,
-        gateway_vip: None,
-        on_down: OnDown::Keep,
-        servers: servers
-            .iter()
-            .enumerate()
-            .map(|(i, s)| Server { name: format!("s{i}"), address: *s, port: 80, weight: 1 })
-            .collect(),
-        has_checks: false,
-    }
+    Service::builder("tun", vip, 80)
+        .forwarding(Forwarding::Tunnel)
+        .scheduler(SchedulerKind::Rr)
+        .servers(servers.iter().enumerate().map(|(i, s)| testkit::server(&format!("s{i}"), *s, 80, 1)))
+        .build()
 }
 
 fn engine(services: Vec<Service>, local6: Ipv6Addr) -> Engine {

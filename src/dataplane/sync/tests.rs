@@ -74,28 +74,20 @@ fn udp_engine_with(
     persistence_s: u64,
 ) -> (crate::dataplane::engine::Engine, core::net::Ipv4Addr) {
     use crate::dataplane::engine::{Engine, EngineConfig};
+    use crate::dataplane::settings::{Forwarding, Protocol, ServiceSettings};
     use core::net::Ipv4Addr;
     let vip = Ipv4Addr::new(192, 0, 2, 10);
-    let svc = crate::dataplane::settings::ServiceSettings {
-        name: "u".into(),
-        vip: IpAddr::V4(vip),
-        port: 53,
-        protocol: crate::dataplane::settings::Protocol::Udp,
-        forwarding: crate::dataplane::settings::Forwarding::Dr,
-        scheduler,
-        persistence_s,
-        gateway_vip: None,
-        on_down: crate::dataplane::settings::OnDown::Keep,
-        servers: (0..servers)
-            .map(|i| crate::dataplane::settings::Server {
-                name: if servers == 1 { "a".into() } else { format!("s{i}") },
-                address: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3 + i)),
-                port: 53,
-                weight: 1,
-            })
-            .collect(),
-        has_checks: false,
-    };
+    let name = |i: u8| if servers == 1 { "a".to_string() } else { format!("s{i}") };
+    let svc = ServiceSettings::builder("u", vip, 53)
+        .protocol(Protocol::Udp)
+        .forwarding(Forwarding::Dr)
+        .scheduler(scheduler)
+        .persistence_s(persistence_s)
+        .servers(
+            (0..servers)
+                .map(|i| crate::dataplane::testkit::server(&name(i), Ipv4Addr::new(10, 0, 0, 3 + i), 53, 1)),
+        )
+        .build();
     let mut e = Engine::new(&EngineConfig {
         services: vec![svc],
         table: crate::dataplane::settings::Table::default(),

@@ -36,8 +36,8 @@ use tokio::net::UdpSocket;
 use super::arp::ArpResponder;
 use crate::core::election::{Event, Role};
 use crate::core::heartbeat::Heartbeat;
+use crate::failover::{self, Step};
 use crate::platform::{DatagramSocket, Platform, ServiceCommand};
-use crate::services::{self, Step};
 use crate::time::Instant;
 
 /// What the platform asks of the data plane.
@@ -295,13 +295,13 @@ impl Platform for LinuxPlatform {
 
     /// Also where the driver's thread applies a changed `timers.realtime_priority` to
     /// itself (the driver calls this on every step, from its own thread).
-    fn observe(&self, now: Instant, node: &crate::core::node::AtmNode) {
+    fn observe(&self, now: Instant, atm: &crate::core::atm::AtmCore) {
         let wanted = self.realtime_wanted.load(Ordering::Relaxed);
         if wanted != self.realtime_applied.swap(wanted, Ordering::Relaxed) {
             super::realtime::apply_logged("heartbeat", wanted);
         }
         if let Some(b) = &self.bridge {
-            b.observe(now, node);
+            b.observe(now, atm);
         }
     }
 
@@ -418,13 +418,13 @@ impl Platform for LinuxPlatform {
         true
     }
 
-    fn record_failover(&self, now: Instant, event: &services::Event) {
+    fn record_failover(&self, now: Instant, event: &failover::Event) {
         let ms = now.as_millis();
         match event {
-            services::Event::StartFailed { .. } | services::Event::ArbitrationFailed => {
+            failover::Event::StartFailed { .. } | failover::Event::ArbitrationFailed => {
                 tracing::warn!(node = %self.node, ms, ?event, "failover");
             }
-            services::Event::Mirrored { ok: false, .. } | services::Event::Stopped { ok: false, .. } => {
+            failover::Event::Mirrored { ok: false, .. } | failover::Event::Stopped { ok: false, .. } => {
                 tracing::warn!(node = %self.node, ms, ?event, "failover");
             }
             _ => tracing::info!(node = %self.node, ms, ?event, "failover"),

@@ -10,15 +10,13 @@ use super::*;
 fn check(kind: CheckKind, command: &[&str], timeout_ms: u64) -> Check {
     let http = matches!(kind, CheckKind::Http | CheckKind::Https);
     Check {
-        kind,
         path: http.then(|| "/health".to_string()),
-        expect_status: http.then_some(200),
         command: command.iter().map(|s| s.to_string()).collect(),
-        port: None,
         interval_ms: timeout_ms * 2,
         timeout_ms,
         rise: 1,
         fall: 1,
+        ..crate::config::testkit::check(kind)
     }
 }
 

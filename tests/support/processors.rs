@@ -1,6 +1,6 @@
-//! Test helpers shared by the namespace tests: minimal processors here, the lab in [`lab`].
-
-pub mod lab;
+//! Minimal packet processors for the TUN shell tests (`tests/tun_nat.rs`): NAT, IP-in-IP and
+//! direct routing for one VIP, independent of the engine, so that a failure there is the
+//! shell's, the steering's or the kernel configuration's.
 
 use std::net::Ipv4Addr;
 

@@ -1,6 +1,10 @@
 //! Service failover (seed 004's clusterd): a sans-IO state machine ([`Failover`]) that decides
 //! which of the configured service groups this ATM runs, and when.
 //!
+//! Driven by the config's `failover` section ([`crate::config::Failover`]), hence the name: a
+//! "service" alone is a VIP service (`config::Service`); here services come in *groups* of
+//! S/K scripts with mirror sets (docs/GLOSSARY.md).
+//!
 //! The machine never runs a command, copies a file or reads a clock. The daemon runs its
 //! [`Action`]s (commands in their own process group, killed at their timeout; mirror sets
 //! with rsync over SSH) and the simulator answers them from its scripted world; both drive

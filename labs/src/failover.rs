@@ -1,7 +1,7 @@
 //! Service failover in the lab: real S/K scripts (`/bin/sh`) that every ATM's daemon runs,
 //! writing `MS ATM service NAME start|started|stop|stopped` lines to one shared log; the
 //! runner adds its crash faults to the same log and the simulator's checker
-//! ([`clustersim::services_check`]) reads it back: no service on two ATMs at once.
+//! ([`clustersim::failover_check`]) reads it back: no service on two ATMs at once.
 //!
 //! Mirror sets go over real OpenSSH and rsync: every ATM runs Debian's sshd in its namespace
 //! (generated host and user keys, host keys checked), and every ATM has its own copy of the

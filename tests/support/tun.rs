@@ -1,12 +1,13 @@
-//! The namespace lab of the TUN tests: namespaces, veth topology, the shell on a thread in a
-//! namespace, and a checking TCP client (SPEC.md, lab safety: `csl-` names, no veth end in
-//! the root namespace, bounded loads, everything removed by a drop guard).
+//! What the TUN shell tests (`tests/tun_nat.rs`) add to [`super::netlab`]: their
+//! client -- ATM -- server topology, the shell on a thread in a namespace, and a checking TCP
+//! client (SPEC.md, lab safety: `csl-` names, no veth end in the root namespace, bounded
+//! loads, everything removed by the [`NetLab`] guard).
 #![allow(clippy::disallowed_methods)] // reason: a real-network test measures and waits on the wall clock
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,9 @@ use clusterserver::platform::linux::netsys::enter_netns;
 use clusterserver::platform::linux::shell::netlink::SteerRule;
 use clusterserver::platform::linux::shell::tun::{Control, Shell};
 use clusterserver::platform::linux::shell::{PacketProcessor, ShellConfig, StatsSnapshot};
+
+use super::netlab::NetLab;
+use super::{in_ns, is_root, ns_output, run};
 
 pub const SERVER: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 2);
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 9, 1);
@@ -26,10 +30,7 @@ pub const HELPER_ENV: &str = "CSL_TN_HELPER";
 static LABS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 pub fn can_run() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false);
-    let ok = root && Path::new("/dev/net/tun").exists() && Command::new("ip").arg("-V").output().is_ok();
+    let ok = is_root() && Path::new("/dev/net/tun").exists() && Command::new("ip").arg("-V").output().is_ok();
     if !ok {
         println!("SKIPPED: needs root/TUN (and iproute2)");
         eprintln!("SKIPPED: needs root/TUN (and iproute2)");
@@ -37,91 +38,23 @@ pub fn can_run() -> bool {
     ok
 }
 
-pub fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-}
-
-pub fn in_ns(ns: &str, args: &[&str]) {
-    let mut all = vec!["netns", "exec", ns];
-    all.extend_from_slice(args);
-    let out = Command::new("ip").args(&all).output().expect("run ip netns exec");
-    assert!(out.status.success(), "{all:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// The lab: namespaces and child processes, all removed on drop.
-pub struct Lab {
-    prefix: String,
-    namespaces: Vec<String>,
-    pub children: Vec<Child>,
-}
-
-impl Lab {
-    pub fn new() -> Lab {
-        remove_stale();
-        Lab {
-            prefix: format!(
-                "csl-tn{:x}-{}",
-                std::process::id(),
-                LABS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            ),
-            namespaces: Vec::new(),
-            children: Vec::new(),
-        }
-    }
-
-    pub fn ns(&mut self, role: &str) -> String {
-        let name = format!("{}-{role}", self.prefix);
-        ip(&["netns", "add", &name]);
-        self.namespaces.push(name.clone());
-        in_ns(&name, &["ip", "link", "set", "lo", "up"]);
-        name
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            // Only processes this test started, by PID.
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for ns in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-/// Deletes `csl-tn<pid>-*` namespaces whose creating test process is gone.
-pub fn remove_stale() {
-    let Ok(dir) = std::fs::read_dir("/var/run/netns") else {
-        return;
-    };
-    for e in dir.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix("csl-tn") else {
-            continue;
-        };
-        let pid = rest.split('-').next().and_then(|p| u32::from_str_radix(p, 16).ok());
-        if let Some(pid) = pid
-            && !Path::new(&format!("/proc/{pid}")).exists()
-        {
-            let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        }
-    }
+/// A lab of namespaces `csl-tn<pid>-<n>-*` (`n` tells apart the labs of tests running in
+/// parallel in one process); stale ones of killed runs are removed first.
+pub fn lab() -> NetLab {
+    NetLab::new("csl-tn", &format!("-{}", LABS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)))
 }
 
 /// client (c0) -- (a0) atm (a1) -- (s0) server; routes via the ATM both ways.
-pub fn topology(lab: &mut Lab) -> (String, String, String) {
-    let (c, a, s) = (lab.ns("client"), lab.ns("atm"), lab.ns("server"));
+pub fn topology(lab: &mut NetLab) -> (String, String, String) {
+    let (c, a, s) = (lab.add_ns("client"), lab.add_ns("atm"), lab.add_ns("server"));
     // Before the links exist, so they inherit it: the ATM forwards packets whose source
     // routes through another interface (the TUN), and the kernel takes max(all, dev).
     for ns in [&a, &s] {
         in_ns(ns, &["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"]);
         in_ns(ns, &["sysctl", "-qw", "net.ipv4.conf.default.rp_filter=0"]);
     }
-    ip(&["link", "add", "c0", "netns", &c, "type", "veth", "peer", "name", "a0", "netns", &a]);
-    ip(&["link", "add", "s0", "netns", &s, "type", "veth", "peer", "name", "a1", "netns", &a]);
+    run(&["ip", "link", "add", "c0", "netns", &c, "type", "veth", "peer", "name", "a0", "netns", &a]);
+    run(&["ip", "link", "add", "s0", "netns", &s, "type", "veth", "peer", "name", "a1", "netns", &a]);
     for (ns, dev, addr) in [
         (&c, "c0", "10.77.1.2/24"),
         (&a, "a0", "10.77.1.1/24"),
@@ -195,11 +128,7 @@ fn start_shell_with<P: PacketProcessor + 'static>(
 
 /// Interface and protocol counters of a namespace, for failure messages.
 pub fn diag(ns: &str) -> String {
-    let run = |args: &[&str]| {
-        let out = Command::new("ip").args(["netns", "exec", ns]).args(args).output();
-        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
-    };
-    format!("{}{}", run(&["ip", "-s", "-br", "link"]), run(&["nstat", "-as"]))
+    format!("{}{}", ns_output(ns, &["ip", "-s", "-br", "link"]), ns_output(ns, &["nstat", "-as"]))
 }
 
 pub fn pattern(i: usize) -> u8 {

@@ -1,9 +1,11 @@
-//! An ATM's control node: the election state machine behind heartbeat authentication.
+//! An ATM's control core: the election state machine behind heartbeat authentication.
 //!
-//! [`AtmNode`] takes raw datagrams, checks them (codec, cluster id, HMAC, known sender, replay
+//! (Named for the ATM, not "node": a node is a real server, `crate::node`; docs/GLOSSARY.md.)
+//!
+//! [`AtmCore`] takes raw datagrams, checks them (codec, cluster id, HMAC, known sender, replay
 //! window), counts every rejection by reason, and hands good heartbeats to the
 //! [`Election`]. It signs outgoing heartbeats. Same contract as [`Election`]: feed inputs,
-//! drain [`AtmNode::poll_action`], sleep until [`AtmNode::poll_timeout`].
+//! drain [`AtmCore::poll_action`], sleep until [`AtmCore::poll_timeout`].
 
 use std::collections::VecDeque;
 
@@ -11,16 +13,16 @@ use super::election::{Action, AdminRequest, Election, ElectionConfig, Event, Rol
 use super::heartbeat::{DecodeError, HEARTBEAT_LEN, Heartbeat, ReplayWindow};
 use crate::time::Instant;
 
-/// Counters of one node.
+/// Counters of one ATM core.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NodeStats {
+pub struct AtmStats {
     pub heartbeats_sent: u64,
     pub heartbeats_accepted: u64,
     /// Indexed like [`DecodeError::ALL`].
     pub rejected: [u64; DecodeError::ALL.len()],
 }
 
-impl NodeStats {
+impl AtmStats {
     /// Rejections for one reason.
     pub fn rejected_for(&self, reason: DecodeError) -> u64 {
         let i = DecodeError::ALL.iter().position(|r| *r == reason).unwrap_or(0);
@@ -30,26 +32,26 @@ impl NodeStats {
 
 /// One ATM: authentication + election. See the module docs.
 #[derive(Debug)]
-pub struct AtmNode {
+pub struct AtmCore {
     election: Election,
     secret: Vec<u8>,
     windows: Vec<ReplayWindow>,
-    stats: NodeStats,
+    stats: AtmStats,
     pending: VecDeque<Action>,
     /// The heartbeat the last datagram carried, if it was accepted (for the driver's
-    /// receive-lateness measurement: [`AtmNode::take_accepted`]).
+    /// receive-lateness measurement: [`AtmCore::take_accepted`]).
     accepted: Option<Heartbeat>,
 }
 
-impl AtmNode {
-    /// A node for ATM `cfg.me`, signing with `secret`; `incarnation` must grow across restarts.
+impl AtmCore {
+    /// The core of ATM `cfg.me`, signing with `secret`; `incarnation` must grow across restarts.
     pub fn new(cfg: ElectionConfig, secret: Vec<u8>, incarnation: u64, now: Instant) -> Self {
         let windows = vec![ReplayWindow::default(); cfg.atm_count];
-        AtmNode {
+        AtmCore {
             election: Election::new(cfg, incarnation, now),
             secret,
             windows,
-            stats: NodeStats::default(),
+            stats: AtmStats::default(),
             pending: VecDeque::new(),
             accepted: None,
         }
@@ -63,7 +65,7 @@ impl AtmNode {
         self.election.epoch()
     }
 
-    pub fn stats(&self) -> &NodeStats {
+    pub fn stats(&self) -> &AtmStats {
         &self.stats
     }
 
@@ -143,7 +145,7 @@ impl AtmNode {
         self.election.set_holding(holding);
     }
 
-    /// Next action. Heartbeats come out signed: see [`AtmNode::seal`].
+    /// Next action. Heartbeats come out signed: see [`AtmCore::seal`].
     pub fn poll_action(&mut self) -> Option<Action> {
         let a = self.pending.pop_front().or_else(|| self.election.poll_action())?;
         if matches!(a, Action::SendHeartbeat(_)) {
@@ -170,26 +172,15 @@ mod tests {
 
     fn cfg() -> ElectionConfig {
         ElectionConfig {
-            cluster_id: 7,
-            me: 0,
-            atm_count: 2,
             heartbeat: Duration::from_millis(5),
-            dead_after: 3,
-            preempt: false,
-            reach_total: 0,
-            min_reachable: 0,
-            probe_interval: Duration::from_millis(500),
             garp_count: 1,
-            garp_interval: Duration::from_millis(100),
-            garp_refresh: None,
             vips: vec![],
-            digest: [1; 16],
-            heartbeat_copies: 1,
+            ..crate::core::testkit::election(0, 2)
         }
     }
 
-    fn sent(node: &mut AtmNode) -> usize {
-        std::iter::from_fn(|| node.poll_action()).filter(|a| matches!(a, Action::SendHeartbeat(_))).count()
+    fn sent(atm: &mut AtmCore) -> usize {
+        std::iter::from_fn(|| atm.poll_action()).filter(|a| matches!(a, Action::SendHeartbeat(_))).count()
     }
 
     /// Late wake-ups (here 0.9 ms each) do not push the schedule back: the deadlines stay
@@ -197,18 +188,18 @@ mod tests {
     #[test]
     fn heartbeat_deadlines_do_not_drift_with_late_wakeups() {
         let start = Instant::from_nanos(0);
-        let mut node = AtmNode::new(cfg(), b"k".to_vec(), 1, start);
-        node.handle_timeout(start);
-        assert_eq!(sent(&mut node), 1);
+        let mut atm = AtmCore::new(cfg(), b"k".to_vec(), 1, start);
+        atm.handle_timeout(start);
+        assert_eq!(sent(&mut atm), 1);
         let mut beats = 0;
         for _ in 0..200 {
-            let due = node.election().heartbeat_due();
+            let due = atm.election().heartbeat_due();
             let late = due + Duration::from_micros(900);
-            node.handle_timeout(late);
-            beats += sent(&mut node);
+            atm.handle_timeout(late);
+            beats += sent(&mut atm);
         }
         assert_eq!(beats, 200);
-        assert_eq!(node.election().heartbeat_due(), start + Duration::from_millis(5 * 201));
+        assert_eq!(atm.election().heartbeat_due(), start + Duration::from_millis(5 * 201));
     }
 
     /// A wake-up more than half an interval late restarts the phase from then (no burst of
@@ -216,12 +207,12 @@ mod tests {
     #[test]
     fn a_stall_restarts_the_phase_without_a_burst() {
         let start = Instant::from_nanos(0);
-        let mut node = AtmNode::new(cfg(), b"k".to_vec(), 1, start);
-        node.handle_timeout(start);
-        sent(&mut node);
+        let mut atm = AtmCore::new(cfg(), b"k".to_vec(), 1, start);
+        atm.handle_timeout(start);
+        sent(&mut atm);
         let stalled = start + Duration::from_millis(8);
-        node.handle_timeout(stalled);
-        assert_eq!(sent(&mut node), 1);
-        assert_eq!(node.election().heartbeat_due(), stalled + Duration::from_millis(5));
+        atm.handle_timeout(stalled);
+        assert_eq!(sent(&mut atm), 1);
+        assert_eq!(atm.election().heartbeat_due(), stalled + Duration::from_millis(5));
     }
 }
