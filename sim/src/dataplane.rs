@@ -7,10 +7,11 @@
 //! NAT and tunnels). The engine is active exactly while this host's kernel holds the VIPs,
 //! as the daemon will wire it; a backup's engine applies sync records to its shadow table.
 //!
-//! Health: every ATM (primary or backup) runs the real [`Health`] state machine over the
-//! scenario's checks; a check's outcome is scripted by the world (it fails while the server
-//! is `check_fail`, `server_down` or crashed), and each verdict change goes to the engine
-//! and the trace (`health: <server> down|up check=<i> reason=<r>`).
+//! Health: every ATM (primary or backup) runs the daemon's health loop
+//! ([`clusterserver::health::driver::run`]) over the scenario's checks, polled inside this
+//! task; a check's outcome is scripted by the world ([`crate::checks`]), and each verdict
+//! change goes to the trace and, through a queue this loop drains, to the engine (through
+//! the operators' overrides, as in the daemon).
 //!
 //! Operators' overrides (drain, disable, weight) sit beside the engine in the daemon's own
 //! [`ServerControl`], saved after each change and reload in the daemon's state-file format
@@ -41,9 +42,10 @@ use clusterserver::daemon::setup;
 use clusterserver::dataplane::engine::{Engine, EngineConfig, Reload, Verdict};
 use clusterserver::dataplane::sync::{MAX_DATAGRAM, PeerReceivers, SyncReceiver, SyncSender};
 use clusterserver::dataplane::wire::build;
-use clusterserver::health::{Action, Damping, Health, Input, Outcome};
+use clusterserver::health::driver::{self, Update};
 use clusterserver::overrides::{ServerControl, ServerOp, file};
 
+use crate::checks::{HealthVerdict, ScriptedChecker, Verdicts};
 use crate::net::{SERVICE_PORT, SimClock, SimSocket};
 use crate::world::{DataplaneCommand, Shared};
 
@@ -103,16 +105,26 @@ pub async fn run(
     let mut servers = server_addresses(&cfg);
     let (mut buf, mut sbuf, mut tx, mut out) =
         ([0u8; 2048], vec![0u8; MAX_DATAGRAM], [0u8; 2048], vec![0u8; MAX_DATAGRAM]);
-    let mut health = Health::new(&cfg.services, Damping::default(), clock.now());
     let mut control = ServerControl::new(&engine, cfg.services.len());
     restore(&world, &name, &cfg, spec.me, &mut control, &mut engine, clock);
+    // The daemon's health loop, polled first on every turn of this one (as the daemon joins
+    // it with its control loop); its verdicts come back on `verdicts`.
+    let (queue, mut verdicts) = mpsc::unbounded_channel();
+    let (reload_checks, updates) = mpsc::unbounded_channel();
+    let checker = ScriptedChecker { world: world.clone() };
+    let sink = Verdicts { world: world.clone(), name: name.clone(), clock, queue };
+    let services = cfg.services.clone();
+    let checks = driver::run(&checker, &clock, &services, &sink, Some(updates));
+    tokio::pin!(checks);
     loop {
         follow_role(&world, &name, &mut engine, &mut sender);
-        run_checks(&world, &name, &cfg, &mut health, (&mut control, &mut engine), clock);
-        let next = [sender.poll_timeout(), health.poll_timeout()].into_iter().flatten().min();
-        let wait = next.map_or(Duration::from_millis(100), |t| t.saturating_since(clock.now()));
+        apply_verdicts(&mut verdicts, (&mut control, &mut engine));
+        let wait =
+            sender.poll_timeout().map_or(Duration::from_millis(100), |t| t.saturating_since(clock.now()));
         tokio::select! {
             biased;
+            () = &mut checks => {}
+            Some(v) = verdicts.recv() => apply(v, (&mut control, &mut engine)),
             r = svc.recv(&mut buf) => {
                 let (n, from) = r?;
                 let pkt = &buf[..n];
@@ -144,14 +156,18 @@ pub async fn run(
             }
             DataplaneCommand::Reload(new) => {
                 // The daemon's live reload, by the same code: the engine and the checks in
-                // place (`Engine::reconfigure`, `Health::reconfigure`), the operators'
-                // overrides carried (`ServerControl::reconfigure`), the sync peers.
+                // place (`Engine::reconfigure`; the health loop's `Update`, as the daemon's
+                // reloader sends it), the operators' overrides carried
+                // (`ServerControl::reconfigure`), the sync peers.
                 let remap = Remap::between(&cfg, &new);
                 let table = Table { max_connections: SIM_TABLE, ..new.table.clone() };
                 let (old_s, new_s) = (Service::all_settings(&cfg.services), Service::all_settings(&new.services));
                 let r = Reload { old: &old_s, new: &new_s, remap: &remap, table: &table };
+                // Verdicts queued before the reload carry the old indices.
+                apply_verdicts(&mut verdicts, (&mut control, &mut engine));
                 let st = engine.reconfigure(clock.now(), &r);
-                health.reconfigure(clock.now(), &cfg.services, &new.services, &remap);
+                let update = Update { old: cfg.services.clone(), new: new.services.clone(), remap: remap.clone() };
+                let _ = reload_checks.send(update);
                 control.reconfigure(&mut engine, &remap, &new_s);
                 peers = new.sync_peers(spec.me);
                 receivers.set_peers(peers.iter().map(|p| p.ip()).collect());
@@ -224,49 +240,19 @@ fn server_addresses(cfg: &Config) -> Vec<IpAddr> {
     cfg.services.iter().flat_map(|s| s.servers.iter().map(|x| x.address)).collect()
 }
 
-/// Starts the due checks, answers them from the world at once, and applies every verdict
-/// change to the engine (through the operators' overrides).
-fn run_checks(
-    world: &Shared,
-    name: &str,
-    cfg: &Config,
-    health: &mut Health,
+/// Applies the health loop's queued verdicts to the engine, through the operators'
+/// overrides: a health pass never undoes an operator's drain.
+fn apply_verdicts(
+    verdicts: &mut mpsc::UnboundedReceiver<HealthVerdict>,
     (control, engine): (&mut ServerControl, &mut Engine),
-    clock: SimClock,
 ) {
-    let now = clock.now();
-    health.handle(now, Input::Tick);
-    // Bounded: each probe runs at most once per `handle(Tick)`.
-    for _ in 0..64 {
-        let mut ran = false;
-        while let Some(action) = health.poll_action() {
-            match action {
-                Action::RunCheck { probe, .. } => {
-                    let server = &cfg.services[probe.service].servers[probe.server].name;
-                    let failing = world.borrow().hosts.get(server).is_none_or(|h| h.check_fail || !h.running);
-                    let outcome = if failing {
-                        Outcome::Fail { latency: Duration::ZERO, reason: "scripted".into() }
-                    } else {
-                        Outcome::Pass { latency: Duration::ZERO }
-                    };
-                    health.handle(now, Input::Result { probe, outcome });
-                    ran = true;
-                }
-                Action::Transition(t) => {
-                    let server = &cfg.services[t.service].servers[t.server];
-                    // Through the overrides: a health pass never undoes an operator's drain.
-                    control.set_health(engine, t.service, t.server, t.up);
-                    let state = if t.up { "up" } else { "down" };
-                    let text =
-                        format!("health: {} {state} check={} reason={}", server.name, t.check, t.reason);
-                    world.borrow_mut().log(now.as_millis(), name, text);
-                }
-            }
-        }
-        if !ran {
-            break;
-        }
+    while let Ok(v) = verdicts.try_recv() {
+        apply(v, (control, engine));
     }
+}
+
+fn apply((service, server, up): HealthVerdict, (control, engine): (&mut ServerControl, &mut Engine)) {
+    control.set_health(engine, service, server, up);
 }
 
 /// The engine forwards while this host holds the VIPs; a primary whose peer came back

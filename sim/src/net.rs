@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use clusterserver::health::driver::Clock;
 use clusterserver::platform::DatagramSocket;
 use clusterserver::time::Instant;
 
@@ -85,6 +86,17 @@ impl SimClock {
 
     pub fn ms(&self) -> u64 {
         self.now().as_millis()
+    }
+}
+
+/// The health driver's clock in a simulated ATM: virtual instants, turmoil's timers.
+impl Clock for SimClock {
+    fn now(&self) -> Instant {
+        SimClock::now(self)
+    }
+
+    fn at(&self, t: Instant) -> tokio::time::Instant {
+        self.origin + Duration::from_nanos(t.as_nanos()).saturating_sub(self.origin_sim)
     }
 }
 
