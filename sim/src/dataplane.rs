@@ -5,12 +5,18 @@
 //! address its ARP cache gives for the VIP, on [`SERVICE_PORT`]; the engine's output goes to
 //! the server on [`NODE_PORT`] (the next hop for direct routing, the packet's destination for
 //! NAT and tunnels). The engine is active exactly while this host's kernel holds the VIPs,
-//! as the daemon will wire it; a backup's engine applies sync records to its shadow table.
+//! as the daemon wires it; a backup's engine applies sync records to its shadow table.
 //!
-//! Health: every ATM (primary or backup) runs the real [`Health`] state machine over the
-//! scenario's checks; a check's outcome is scripted by the world (it fails while the server
-//! is `check_fail`, `server_down` or crashed), and each verdict change goes to the engine
-//! and the trace (`health: <server> down|up check=<i> reason=<r>`).
+//! The engine and its sync run inside the daemon's own packet processor
+//! ([`DaemonProcessor`]), over a turmoil sync socket ([`SimSyncSocket`]), driven as the
+//! TUN worker drives it: packets through `process`, a [`TICK`], the wake-ups it asks for
+//! (`wake_at`), and the sync socket's readiness (`on_readable`).
+//!
+//! Health: every ATM (primary or backup) runs the daemon's health loop
+//! ([`clusterserver::health::driver::run`]) over the scenario's checks, polled inside this
+//! task; a check's outcome is scripted by the world ([`crate::checks`]), and each verdict
+//! change goes to the trace and, through a queue this loop drains, to the engine (through
+//! the operators' overrides, as in the daemon).
 //!
 //! Operators' overrides (drain, disable, weight) sit beside the engine in the daemon's own
 //! [`ServerControl`], saved after each change and reload in the daemon's state-file format
@@ -32,19 +38,21 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use clusterserver::config::{Config, Service, Table, diff::Remap};
+use clusterserver::daemon::processor::DaemonProcessor;
 use clusterserver::daemon::setup;
-use clusterserver::dataplane::engine::{Engine, EngineConfig, Reload, Verdict};
-use clusterserver::dataplane::sync::{MAX_DATAGRAM, PeerReceivers, SyncReceiver, SyncSender};
+use clusterserver::dataplane::engine::{Engine, EngineConfig, Reload};
+use clusterserver::dataplane::sync::{SyncReceiver, SyncSender};
 use clusterserver::dataplane::wire::build;
-use clusterserver::health::{Action, Damping, Health, Input, Outcome};
+use clusterserver::health::driver::{self, Clock, Update};
 use clusterserver::overrides::{ServerControl, ServerOp, file};
+use clusterserver::platform::linux::shell::{Disposition, TICK};
 
-use crate::net::{SERVICE_PORT, SimClock, SimSocket};
+use crate::checks::{HealthVerdict, ScriptedChecker, Verdicts};
+use crate::net::{SERVICE_PORT, SimClock, SimSocket, SimSyncSocket};
 use crate::world::{DataplaneCommand, Shared};
 
 /// Port on which simulated real servers receive forwarded packets.
@@ -52,6 +60,9 @@ pub const NODE_PORT: u16 = 9000;
 /// Connection-table capacity of a simulated engine (the production default would allocate
 /// tens of MB per engine per seed).
 const SIM_TABLE: u32 = 4096;
+
+/// The daemon's packet processor over the simulated sync socket.
+type Processor = DaemonProcessor<SimSyncSocket>;
 
 /// Everything the data plane needs to know about its ATM.
 #[derive(Debug, Clone)]
@@ -72,7 +83,6 @@ pub async fn run(
 ) -> io::Result<()> {
     let mut cfg = spec.cfg.clone();
     let svc = SimSocket::bind(&world, &name, SERVICE_PORT).await?;
-    let sync = SimSocket::bind(&world, &name, cfg.sync_port()).await?;
     let fwd = SimSocket::bind(&world, &name, 0).await?;
     let local = match cfg.atms[spec.me].address {
         IpAddr::V4(a) => a,
@@ -92,38 +102,39 @@ pub async fn run(
     let mut engine = Engine::new(&ecfg);
     engine.set_active(false);
     engine.set_sync(cfg.sync.connections);
-    let mut sender =
-        SyncSender::new(&spec.secret, cfg.cluster.id, spec.session, cfg.sync.max_datagrams_per_s);
-    let mut peers = cfg.sync_peers(spec.me);
-    // One replay window per peer, as in the daemon (`PeerReceivers`).
-    let mut receivers = PeerReceivers::new(
-        SyncReceiver::new(&spec.secret, cfg.cluster.id),
-        peers.iter().map(|p| p.ip()).collect(),
-    );
+    let sender = SyncSender::new(&spec.secret, cfg.cluster.id, spec.session, cfg.sync.max_datagrams_per_s);
+    let receiver = SyncReceiver::new(&spec.secret, cfg.cluster.id);
+    // As the daemon: a sync socket only with `sync.connections`.
+    let sync = match cfg.sync.connections {
+        true => Some(SimSyncSocket::bind(&world, &name, cfg.sync_port()).await?),
+        false => None,
+    };
+    // The daemon's processor: the engine, the operators' overrides beside it, the sync
+    // sender, one receiver (replay window) per peer, the full sync; driven below as the TUN
+    // worker drives it.
+    let mut p = DaemonProcessor::new(engine, sender, receiver, sync.clone(), cfg.sync_peers(spec.me));
     let mut servers = server_addresses(&cfg);
-    let (mut buf, mut sbuf, mut tx, mut out) =
-        ([0u8; 2048], vec![0u8; MAX_DATAGRAM], [0u8; 2048], vec![0u8; MAX_DATAGRAM]);
-    let mut health = Health::new(&cfg.services, Damping::default(), clock.now());
-    let mut control = ServerControl::new(&engine, cfg.services.len());
-    restore(&world, &name, &cfg, spec.me, &mut control, &mut engine, clock);
+    let (mut buf, mut tx) = ([0u8; 2048], [0u8; 2048]);
+    restore(&world, &name, &cfg, spec.me, &mut p.servers, &mut p.engine, clock);
+    // The daemon's health loop, polled first on every turn of this one (as the daemon joins
+    // it with its control loop); its verdicts come back on `verdicts`.
+    let (queue, mut verdicts) = mpsc::unbounded_channel();
+    let (reload_checks, updates) = mpsc::unbounded_channel();
+    let checker = ScriptedChecker { world: world.clone() };
+    let sink = Verdicts { world: world.clone(), name: name.clone(), clock, queue };
+    let services = cfg.services.clone();
+    let checks = driver::run(&checker, &clock, &services, &sink, Some(updates));
+    tokio::pin!(checks);
+    let mut tick = tokio::time::interval(TICK);
     loop {
-        follow_role(&world, &name, &mut engine, &mut sender);
-        run_checks(&world, &name, &cfg, &mut health, (&mut control, &mut engine), clock);
-        let next = [sender.poll_timeout(), health.poll_timeout()].into_iter().flatten().min();
-        let wait = next.map_or(Duration::from_millis(100), |t| t.saturating_since(clock.now()));
+        follow_role(&world, &name, &mut p);
+        apply_verdicts(&mut verdicts, &mut p);
+        let wake = due_wake(&mut p, clock);
         tokio::select! {
             biased;
-            r = svc.recv(&mut buf) => {
-                let (n, from) = r?;
-                let pkt = &buf[..n];
-                if pkt.first().is_some_and(|b| b >> 4 == 4 || b >> 4 == 6) {
-                    if let Some((len, to)) = forward(&world, &mut engine, clock, &servers, pkt, &mut tx) {
-                        let _ = fwd.send(&tx[..len], to).await;
-                    }
-                } else if let Some(answer) = probe_answer(&world, &name, pkt) {
-                    let _ = svc.send(answer.as_bytes(), from).await;
-                }
-            }
+            () = &mut checks => {}
+            Some(v) = verdicts.recv() => apply(v, &mut p),
+            // The worker's order: control, tick, wake-up, sync socket, packets.
             Some(cmd) = commands.recv() => match cmd {
             DataplaneCommand::Server { service, server, op } => {
                 // The admin channel's server request, by the daemon's code.
@@ -134,27 +145,28 @@ pub async fn run(
                     ServerOp::Enable => "enable".into(),
                     ServerOp::Disable => "disable".into(),
                 };
-                let text = match (control.apply(&mut engine, service, server, op), who) {
+                let text = match (p.servers.apply(&mut p.engine, service, server, op), who) {
                     (Ok(()), Some((svc, srv))) => format!("operator: {what} {srv} (service {svc})"),
                     (Err(e), _) => format!("operator: {what} refused: {e}"),
                     (Ok(()), None) => format!("operator: {what} #{service}/{server}"),
                 };
                 world.borrow_mut().log(clock.now().as_millis(), &name, text);
-                save(&world, &name, &cfg, spec.me, &control);
+                save(&world, &name, &cfg, spec.me, &p.servers);
             }
             DataplaneCommand::Reload(new) => {
-                // The daemon's live reload, by the same code: the engine and the checks in
-                // place (`Engine::reconfigure`, `Health::reconfigure`), the operators'
-                // overrides carried (`ServerControl::reconfigure`), the sync peers.
+                // The daemon's live reload, by the same code: the processor in place
+                // (`DaemonProcessor::reconfigure`: the engine, the operators' overrides, the
+                // sync peers) and the checks (the health loop's `Update`, as the daemon's
+                // reloader sends it).
                 let remap = Remap::between(&cfg, &new);
                 let table = Table { max_connections: SIM_TABLE, ..new.table.clone() };
                 let (old_s, new_s) = (Service::all_settings(&cfg.services), Service::all_settings(&new.services));
                 let r = Reload { old: &old_s, new: &new_s, remap: &remap, table: &table };
-                let st = engine.reconfigure(clock.now(), &r);
-                health.reconfigure(clock.now(), &cfg.services, &new.services, &remap);
-                control.reconfigure(&mut engine, &remap, &new_s);
-                peers = new.sync_peers(spec.me);
-                receivers.set_peers(peers.iter().map(|p| p.ip()).collect());
+                // Verdicts queued before the reload carry the old indices.
+                apply_verdicts(&mut verdicts, &mut p);
+                let st = p.reconfigure(&r, new.sync_peers(spec.me));
+                let update = Update { old: cfg.services.clone(), new: new.services.clone(), remap: remap.clone() };
+                let _ = reload_checks.send(update);
                 servers = server_addresses(&new);
                 let text = format!(
                     "data plane reloaded: flows kept={} dropped={} reset={} orphaned={}",
@@ -162,24 +174,46 @@ pub async fn run(
                 );
                 world.borrow_mut().log(clock.now().as_millis(), &name, text);
                 cfg = new;
-                save(&world, &name, &cfg, spec.me, &control);
+                save(&world, &name, &cfg, spec.me, &p.servers);
             }
             },
-            r = sync.recv(&mut sbuf) => {
+            _ = tick.tick() => p.on_tick(clock.now()),
+            _ = sleep_until(wake) => p.on_wake(clock.now()),
+            r = async { sync.as_ref()?.readable().await.ok() }, if sync.is_some() => {
+                // Bounded rounds until read empty, as the worker's readiness loop.
+                if r.is_some() {
+                    while !p.on_readable(clock.now()) {}
+                }
+            }
+            r = svc.recv(&mut buf) => {
                 let (n, from) = r?;
-                // An active engine learns only connections it has never seen (made by a
-                // draining or briefly co-active peer): Engine::apply_sync.
-                let _ = receivers.handle(clock.now(), from.ip(), &sbuf[..n], &mut engine);
-            }
-            _ = tokio::time::sleep(wait.min(Duration::from_millis(100))) => {
-                engine.expire(clock.now(), 1024);
-            }
-        }
-        while let Some(len) = sender.poll_transmit(clock.now(), &mut engine, &mut out) {
-            for p in &peers {
-                let _ = sync.send(&out[..len], *p).await;
+                let pkt = &buf[..n];
+                if pkt.first().is_some_and(|b| b >> 4 == 4 || b >> 4 == 6) {
+                    if let Some((len, to)) = forward(&world, &mut p, clock, &servers, pkt, &mut tx) {
+                        let _ = fwd.send(&tx[..len], to).await;
+                    }
+                } else if let Some(answer) = probe_answer(&world, &name, pkt) {
+                    let _ = svc.send(answer.as_bytes(), from).await;
+                }
             }
         }
+    }
+}
+
+/// The processor's next wake-up as the worker computes it: one already due runs now.
+fn due_wake(p: &mut Processor, clock: SimClock) -> Option<tokio::time::Instant> {
+    let mut want = p.wake_at();
+    if want.is_some_and(|t| t <= clock.now()) {
+        p.on_wake(clock.now());
+        want = p.wake_at();
+    }
+    want.map(|t| clock.at(t))
+}
+
+async fn sleep_until(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -224,87 +258,55 @@ fn server_addresses(cfg: &Config) -> Vec<IpAddr> {
     cfg.services.iter().flat_map(|s| s.servers.iter().map(|x| x.address)).collect()
 }
 
-/// Starts the due checks, answers them from the world at once, and applies every verdict
-/// change to the engine (through the operators' overrides).
-fn run_checks(
-    world: &Shared,
-    name: &str,
-    cfg: &Config,
-    health: &mut Health,
-    (control, engine): (&mut ServerControl, &mut Engine),
-    clock: SimClock,
-) {
-    let now = clock.now();
-    health.handle(now, Input::Tick);
-    // Bounded: each probe runs at most once per `handle(Tick)`.
-    for _ in 0..64 {
-        let mut ran = false;
-        while let Some(action) = health.poll_action() {
-            match action {
-                Action::RunCheck { probe, .. } => {
-                    let server = &cfg.services[probe.service].servers[probe.server].name;
-                    let failing = world.borrow().hosts.get(server).is_none_or(|h| h.check_fail || !h.running);
-                    let outcome = if failing {
-                        Outcome::Fail { latency: Duration::ZERO, reason: "scripted".into() }
-                    } else {
-                        Outcome::Pass { latency: Duration::ZERO }
-                    };
-                    health.handle(now, Input::Result { probe, outcome });
-                    ran = true;
-                }
-                Action::Transition(t) => {
-                    let server = &cfg.services[t.service].servers[t.server];
-                    // Through the overrides: a health pass never undoes an operator's drain.
-                    control.set_health(engine, t.service, t.server, t.up);
-                    let state = if t.up { "up" } else { "down" };
-                    let text =
-                        format!("health: {} {state} check={} reason={}", server.name, t.check, t.reason);
-                    world.borrow_mut().log(now.as_millis(), name, text);
-                }
-            }
-        }
-        if !ran {
-            break;
-        }
+/// Applies the health loop's queued verdicts to the engine, through the operators'
+/// overrides: a health pass never undoes an operator's drain.
+fn apply_verdicts(verdicts: &mut mpsc::UnboundedReceiver<HealthVerdict>, p: &mut Processor) {
+    while let Ok(v) = verdicts.try_recv() {
+        apply(v, p);
     }
+}
+
+fn apply((service, server, up): HealthVerdict, p: &mut Processor) {
+    p.servers.set_health(&mut p.engine, service, server, up);
 }
 
 /// The engine forwards while this host holds the VIPs; a primary whose peer came back
-/// streams its whole table to it; a draining one (handed over) sends every change at once,
-/// half-open flows included, as the daemon does from the start of its drain.
-fn follow_role(world: &Shared, name: &str, engine: &mut Engine, sender: &mut SyncSender) {
+/// streams its whole table to it; a draining one (handed over) drains its sync as the
+/// daemon's graceful stop does ([`DaemonProcessor::notify_when_drained`]: a full sync, then
+/// every change at once, half-open flows included).
+fn follow_role(world: &Shared, name: &str, p: &mut Processor) {
     let mut w = world.borrow_mut();
     let h = w.host(name);
     let active = !h.vips.is_empty() || h.draining;
-    if active != engine.is_active() {
-        engine.set_active(active);
+    if active != p.engine.is_active() {
+        p.set_active(active);
     }
-    if h.draining != engine.handing_over() {
-        engine.set_handing_over(h.draining);
-        sender.set_prompt(h.draining);
+    if h.draining && !p.engine.handing_over() {
+        // The daemon waits for the notice (bounded); here the handover goes on regardless.
+        let (done, _) = tokio::sync::oneshot::channel();
+        p.notify_when_drained(done);
     }
-    if std::mem::take(&mut h.resync) && active {
-        engine.start_full_sync();
+    if std::mem::take(&mut h.resync) && p.engine.is_active() {
+        p.engine.start_full_sync();
     }
 }
-
 /// Runs the engine on one packet; returns the bytes' length and where they go: a server's
 /// [`NODE_PORT`], or (a NAT reply) the client's [`crate::flows::FLOW_PORT`].
 fn forward(
     world: &Shared,
-    engine: &mut Engine,
+    p: &mut Processor,
     clock: SimClock,
     servers: &[IpAddr],
     pkt: &[u8],
     tx: &mut [u8],
 ) -> Option<(usize, SocketAddr)> {
-    let (len, dst, port) = match engine.process(clock.now(), pkt, tx) {
-        Verdict::L2 { len, next_hop } => (len, next_hop, NODE_PORT),
-        Verdict::Tun { len } => {
+    let (len, dst, port) = match p.process(clock.now(), pkt, tx) {
+        Disposition::L2 { len, next_hop } => (len, next_hop, NODE_PORT),
+        Disposition::Tun { len } => {
             let dst = destination(tx.get(..len)?)?;
             (len, dst, if servers.contains(&dst) { NODE_PORT } else { crate::flows::FLOW_PORT })
         }
-        Verdict::Drop(_) => return None,
+        Disposition::Drop => return None,
     };
     Some((len, SocketAddr::new(world.borrow().link_of(dst)?, port)))
 }

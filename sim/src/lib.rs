@@ -17,6 +17,7 @@
 
 pub mod atm;
 pub mod chart;
+pub mod checks;
 pub mod client;
 pub mod dataplane;
 pub mod ecmp;

@@ -5,9 +5,12 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use clusterserver::daemon::processor::SyncSocket;
+use clusterserver::health::driver::Clock;
 use clusterserver::platform::DatagramSocket;
 use clusterserver::time::Instant;
 
@@ -52,6 +55,38 @@ impl SimSocket {
     }
 }
 
+/// A data plane's sync socket, as the daemon's processor uses its own ([`SyncSocket`]):
+/// turmoil UDP without waiting, the world's loss applied on receive. Shared: the data plane
+/// waits on [`SimSyncSocket::readable`] while the processor holds its clone.
+#[derive(Clone, Debug)]
+pub struct SimSyncSocket(Rc<SimSocket>);
+
+impl SimSyncSocket {
+    pub async fn bind(world: &Shared, me: &str, port: u16) -> io::Result<SimSyncSocket> {
+        Ok(SimSyncSocket(Rc::new(SimSocket::bind(world, me, port).await?)))
+    }
+
+    /// Returns once a datagram waits (it may still be lost on receive).
+    pub async fn readable(&self) -> io::Result<()> {
+        self.0.inner.readable().await
+    }
+}
+
+impl SyncSocket for SimSyncSocket {
+    fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        self.0.inner.try_send_to(buf, to)
+    }
+
+    fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        loop {
+            let (n, from) = self.0.inner.try_recv_from(buf)?;
+            if !self.0.world.borrow_mut().lose(from.ip(), &self.0.me) {
+                return Ok((n, from));
+            }
+        }
+    }
+}
+
 impl DatagramSocket for SimSocket {
     fn recv_from(&self, buf: &mut [u8]) -> impl Future<Output = io::Result<(usize, SocketAddr)>> {
         self.recv(buf)
@@ -85,6 +120,17 @@ impl SimClock {
 
     pub fn ms(&self) -> u64 {
         self.now().as_millis()
+    }
+}
+
+/// The health driver's clock in a simulated ATM: virtual instants, turmoil's timers.
+impl Clock for SimClock {
+    fn now(&self) -> Instant {
+        SimClock::now(self)
+    }
+
+    fn at(&self, t: Instant) -> tokio::time::Instant {
+        self.origin + Duration::from_nanos(t.as_nanos()).saturating_sub(self.origin_sim)
     }
 }
 

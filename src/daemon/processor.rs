@@ -31,7 +31,16 @@
 //! every peer's full-sync request (its table, then an end marker to that peer) and, once the
 //! control loop starts a join ([`DaemonProcessor::start_join`]), asks every peer for theirs
 //! and publishes which peers have not answered yet, until none is left.
+//!
+//! **The simulator drives this processor too.** The sync socket is behind [`SyncSocket`]
+//! (send, non-blocking receive, ICMP errors): the daemon's is a `std` [`UdpSocket`], the
+//! simulator's a turmoil one. The shell's entry points ([`DaemonProcessor::process`],
+//! [`DaemonProcessor::on_tick`], [`DaemonProcessor::on_readable`],
+//! [`DaemonProcessor::wake_at`], [`DaemonProcessor::on_wake`]) are inherent methods the
+//! [`PacketProcessor`] impl forwards to, so a simulated ATM (single-threaded, not `Send`)
+//! calls exactly the code the TUN worker calls.
 
+use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
@@ -59,6 +68,33 @@ const SEND_PER_FLUSH: usize = 64;
 /// [`Engine::poll_sync`]), so packets are forwarded between them.
 const WALK_STEP: Duration = Duration::from_millis(1);
 
+/// The sync socket as the processor uses it: non-blocking on both ends.
+pub trait SyncSocket {
+    fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize>;
+
+    /// One waiting datagram; [`io::ErrorKind::WouldBlock`] when none is.
+    fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)>;
+
+    /// Appends the destinations reported unreachable (ICMP port unreachable) since the last
+    /// call, after `recv_from` failed otherwise than `WouldBlock` (default: none known).
+    fn unreachable(&self, _out: &mut Vec<SocketAddr>) {}
+}
+
+/// The daemon's: a non-blocking UDP socket with `IP_RECVERR`.
+impl SyncSocket for UdpSocket {
+    fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        UdpSocket::send_to(self, buf, to)
+    }
+
+    fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        UdpSocket::recv_from(self, buf)
+    }
+
+    fn unreachable(&self, out: &mut Vec<SocketAddr>) {
+        crate::platform::linux::netsys::unreachable_destinations(self, out);
+    }
+}
+
 /// Counters of the sync path.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SyncCounters {
@@ -75,14 +111,14 @@ pub struct SyncCounters {
 
 /// Engine + sync, shared by the queues (module docs).
 #[derive(Debug)]
-pub struct DaemonProcessor {
+pub struct DaemonProcessor<S = UdpSocket> {
     pub engine: Engine,
     /// Health verdicts and operator changes per server (see [`super::servers`]).
     pub servers: ServerControl,
     sender: SyncSender,
     /// One per entry of `peers`.
     receivers: PeerReceivers,
-    socket: Option<UdpSocket>,
+    socket: Option<S>,
     peers: Vec<SocketAddr>,
     out: Vec<u8>,
     rbuf: Vec<u8>,
@@ -102,7 +138,7 @@ pub struct DaemonProcessor {
 /// took the join up. Empty: every peer's table is here.
 pub type JoinWatch = watch::Sender<Option<Vec<SocketAddr>>>;
 
-impl DaemonProcessor {
+impl<S: SyncSocket> DaemonProcessor<S> {
     /// A live reload on the worker: the engine in place ([`Engine::reconfigure`]), the
     /// operators' overrides carried ([`ServerControl::reconfigure`]), and the sync peers
     /// (a peer that stays keeps its replay window; an appended ATM gets a fresh one).
@@ -119,7 +155,7 @@ impl DaemonProcessor {
         engine: Engine,
         sender: SyncSender,
         receiver: SyncReceiver,
-        socket: Option<UdpSocket>,
+        socket: Option<S>,
         peers: Vec<SocketAddr>,
     ) -> Self {
         let services = (0..).take_while(|&i| !engine.servers(i).is_empty()).count();
@@ -218,7 +254,7 @@ impl DaemonProcessor {
         for _ in 0..SEND_PER_FLUSH {
             let Some(len) = self.sender.poll_transmit(now, &mut self.engine, &mut self.out) else { break };
             for p in &self.peers {
-                match sock.send_to(&self.out[..len], p) {
+                match sock.send_to(&self.out[..len], *p) {
                     Ok(_) => self.counters.sent += 1,
                     Err(_) => self.counters.send_errors += 1,
                 }
@@ -281,9 +317,14 @@ impl DaemonProcessor {
 
 /// Reads the sync socket's ICMP errors: a peer whose port is closed (its daemon is gone,
 /// its host answers) is no longer waited for by a join (`IP_RECVERR`, set at bind).
-fn peers_gone(sock: &UdpSocket, peers: &[SocketAddr], full: &mut FullSync, counters: &mut SyncCounters) {
+fn peers_gone(
+    sock: &impl SyncSocket,
+    peers: &[SocketAddr],
+    full: &mut FullSync,
+    counters: &mut SyncCounters,
+) {
     let mut gone = Vec::new();
-    crate::platform::linux::netsys::unreachable_destinations(sock, &mut gone);
+    sock.unreachable(&mut gone);
     for dest in gone {
         counters.peer_unreachable += 1;
         if let Some(i) = peers.iter().position(|p| *p == dest)
@@ -294,7 +335,7 @@ fn peers_gone(sock: &UdpSocket, peers: &[SocketAddr], full: &mut FullSync, count
     }
 }
 
-impl DaemonProcessor {
+impl<S: SyncSocket> DaemonProcessor<S> {
     /// After one packet (or super-packet): the shell's disposition, and a sync flush every
     /// [`FLUSH_EVERY`] packets.
     fn after_packet(&mut self, now: Instant, v: Verdict) -> Disposition {
@@ -307,12 +348,55 @@ impl DaemonProcessor {
         }
         Disposition::from(v)
     }
+
+    /// One packet ([`PacketProcessor::process`]).
+    pub fn process(&mut self, now: Instant, rx: &[u8], tx: &mut [u8]) -> Disposition {
+        let v = self.engine.process(now, rx, tx);
+        self.after_packet(now, v)
+    }
+
+    /// The shell's tick ([`PacketProcessor::on_tick`]): expiry, sync in and out, the join.
+    pub fn on_tick(&mut self, now: Instant) {
+        self.last_now = now;
+        self.engine.expire(now, 1024);
+        self.receive(now);
+        self.flush(now);
+        self.publish_join();
+    }
+
+    /// Sync arrives: applied at once (a successor learns its predecessor's last connections
+    /// before those clients' next packets), and answered (a full-sync request) at once.
+    /// Whether the socket was read empty.
+    pub fn on_readable(&mut self, now: Instant) -> bool {
+        self.last_now = now;
+        let empty = self.receive(now);
+        self.flush(now);
+        self.publish_join();
+        empty
+    }
+
+    /// Changes waiting in the engine (and room for them in the batch): now; a batch waiting
+    /// in the sender: when it is due; a table walk under way: its next step in a
+    /// millisecond.
+    pub fn wake_at(&self) -> Option<Instant> {
+        self.socket.as_ref()?;
+        if self.engine.sync_pending() && !self.sender.batch_full() {
+            return Some(self.last_now);
+        }
+        let walk = self.engine.full_sync_running().then(|| self.last_now + WALK_STEP);
+        [self.sender.poll_timeout(), walk].into_iter().flatten().min()
+    }
+
+    /// The time [`DaemonProcessor::wake_at`] named has come.
+    pub fn on_wake(&mut self, now: Instant) {
+        self.last_now = now;
+        self.flush(now);
+    }
 }
 
 impl PacketProcessor for DaemonProcessor {
     fn process(&mut self, now: Instant, rx: &[u8], tx: &mut [u8]) -> Disposition {
-        let v = self.engine.process(now, rx, tx);
-        self.after_packet(now, v)
+        DaemonProcessor::process(self, now, rx, tx)
     }
 
     /// NAT super-packets and partial checksums whole, in place where the engine can (see
@@ -332,11 +416,7 @@ impl PacketProcessor for DaemonProcessor {
     }
 
     fn on_tick(&mut self, now: Instant) {
-        self.last_now = now;
-        self.engine.expire(now, 1024);
-        self.receive(now);
-        self.flush(now);
-        self.publish_join();
+        DaemonProcessor::on_tick(self, now);
     }
 
     fn l2_next_hops(&self, out: &mut Vec<std::net::IpAddr>) {
@@ -347,30 +427,15 @@ impl PacketProcessor for DaemonProcessor {
         self.socket.as_ref().map(AsFd::as_fd)
     }
 
-    /// Sync arrives: applied at once (a successor learns its predecessor's last connections
-    /// before those clients' next packets), and answered (a full-sync request) at once.
     fn on_readable(&mut self, now: Instant) -> bool {
-        self.last_now = now;
-        let empty = self.receive(now);
-        self.flush(now);
-        self.publish_join();
-        empty
+        DaemonProcessor::on_readable(self, now)
     }
 
-    /// Changes waiting in the engine (and room for them in the batch): now; a batch waiting
-    /// in the sender: when it is due; a table walk under way: its next step in a
-    /// millisecond.
     fn wake_at(&self) -> Option<Instant> {
-        self.socket.as_ref()?;
-        if self.engine.sync_pending() && !self.sender.batch_full() {
-            return Some(self.last_now);
-        }
-        let walk = self.engine.full_sync_running().then(|| self.last_now + WALK_STEP);
-        [self.sender.poll_timeout(), walk].into_iter().flatten().min()
+        DaemonProcessor::wake_at(self)
     }
 
     fn on_wake(&mut self, now: Instant) {
-        self.last_now = now;
-        self.flush(now);
+        DaemonProcessor::on_wake(self, now);
     }
 }

@@ -1,9 +1,9 @@
 //! Health checking of the real servers: a sans-IO state machine ([`Health`]).
 //!
 //! The machine decides *when* each check runs and *what* its results mean; it never runs a
-//! check, reads a clock or sleeps. The daemon (`crate::daemon::health`) runs the checks with
-//! the Linux checkers (`crate::platform::linux::checks`) and the simulator answers them from
-//! its scripted world; both drive exactly this code.
+//! check, reads a clock or sleeps. One async loop drives it, [`driver::run`], in the daemon
+//! (`crate::daemon::health`, with the Linux checkers of `crate::platform::linux::checks`) and
+//! in the simulator (checks answered from its scripted world): both run exactly this code.
 //!
 //! # Usage contract
 //!
@@ -46,6 +46,7 @@
 //! Per probe ([`ProbeStats`]): passes, failures, timeouts, and latency (sum, max, last) of
 //! every check, whatever its verdict.
 
+pub mod driver;
 #[cfg(test)]
 mod tests;
 

@@ -22,6 +22,7 @@
 //!   stderr are kept (the rest is read and dropped so the program never blocks on a full
 //!   pipe) and returned for the log.
 
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::process::Stdio;
@@ -35,29 +36,30 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::config::{Check, CheckKind, Protocol};
+use crate::config::{Check, CheckKind, Protocol, Server};
 use crate::health::Outcome;
+use crate::health::driver::Checker;
 
 /// Longest HTTP status line read.
 pub const MAX_STATUS_LINE: usize = 1024;
 /// Bytes of stdout and of stderr kept from a program.
 pub const MAX_OUTPUT: usize = 4096;
 
-/// The server a check looks at.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Target {
-    pub address: IpAddr,
-    /// The check's `port`, else the server's.
-    pub port: u16,
-    pub protocol: Protocol,
-}
+pub use crate::health::driver::{Report, Target};
 
-/// What one run found, with a program's output for the log.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Report {
-    pub outcome: Outcome,
-    /// exec/agent: captured stdout and stderr (bounded), else empty.
-    pub output: String,
+/// The daemon's [`Checker`]: every check run for real by [`run`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LinuxChecker;
+
+impl Checker for LinuxChecker {
+    fn run<'a>(
+        &'a self,
+        check: &'a Check,
+        _server: &'a Server,
+        target: Target,
+    ) -> impl Future<Output = Report> + 'a {
+        run(check, target)
+    }
 }
 
 /// Runs `check` once against `target`, giving up after the check's timeout.

@@ -11,6 +11,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::health::driver::Clock;
 use crate::time::Instant;
 
 static ORIGIN: OnceLock<tokio::time::Instant> = OnceLock::new();
@@ -33,6 +34,20 @@ pub fn since_origin(t: tokio::time::Instant) -> Instant {
 /// The monotonic-clock moment of `t` (for timers: `sleep_until(at(deadline))`).
 pub fn at(t: Instant) -> tokio::time::Instant {
     origin() + Duration::from_nanos(t.as_nanos())
+}
+
+/// The process clock as a loop's [`Clock`] (the health driver's in the daemon).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcessClock;
+
+impl Clock for ProcessClock {
+    fn now(&self) -> Instant {
+        now()
+    }
+
+    fn at(&self, t: Instant) -> tokio::time::Instant {
+        at(t)
+    }
 }
 
 #[cfg(test)]
