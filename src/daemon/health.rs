@@ -94,7 +94,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::config::{Check, CheckKind, Forwarding, OnDown, Protocol, SchedulerKind, Server};
+    use crate::config::{Check, CheckKind, Forwarding, SchedulerKind};
+    use crate::testkit;
 
     /// Records verdicts; refuses the first `refuse` deliveries (a full control queue).
     struct Record {
@@ -125,38 +126,21 @@ mod tests {
         let flag = |i: usize| dir.join(format!("down-{i}"));
         let script = format!("test ! -e {}/down-$1", dir.display());
         let check = Check {
-            kind: CheckKind::Exec,
-            path: None,
-            expect_status: None,
             // $1 = the server's port (its index here).
             command: vec!["/bin/sh".into(), "-c".into(), script, "sh".into(), "{port}".into()],
-            port: None,
             interval_ms: 100,
             timeout_ms: 90,
             rise: 2,
             fall: 3,
+            ..testkit::check(CheckKind::Exec)
         };
-        let servers = (0..2)
-            .map(|i| Server {
-                name: format!("s{i}"),
-                address: "127.0.0.1".parse().expect("ip"),
-                port: i as u16,
-                weight: 1,
-            })
-            .collect();
-        let svc = Service {
-            name: "web".into(),
-            vip: "10.0.0.99".parse().expect("ip"),
-            port: 80,
-            protocol: Protocol::Tcp,
-            forwarding: Forwarding::Dr,
-            scheduler: SchedulerKind::Rr,
-            persistence_s: 0,
-            gateway_vip: None,
-            on_down: OnDown::Keep,
-            servers,
-            checks: vec![check],
-        };
+        let localhost: std::net::IpAddr = "127.0.0.1".parse().expect("ip");
+        let svc = Service::builder("web", "10.0.0.99".parse::<std::net::IpAddr>().expect("ip"), 80)
+            .forwarding(Forwarding::Dr)
+            .scheduler(SchedulerKind::Rr)
+            .servers((0..2).map(|i| testkit::server(&format!("s{i}"), localhost, i as u16, 1)))
+            .check(check)
+            .build();
         std::fs::write(flag(1), "").expect("flag");
         let sink = Record {
             got: RefCell::new(Vec::new()),
