@@ -446,8 +446,10 @@ fn run_service(
                 else {
                     continue;
                 };
-                let joining = matches!(b.announcer.join_state(), JoinSync::Waiting { .. }) && t > b.born_ms;
-                if let Some(n) = to_lose.get_mut(&j).filter(|n| **n > 0 && to.is_none() && joining) {
+                // Only while a loss is armed for `j` (most runs never arm one) is its join state asked.
+                let joining =
+                    |b: &Atm| matches!(b.announcer.join_state(), JoinSync::Waiting { .. }) && t > b.born_ms;
+                if let Some(n) = to_lose.get_mut(&j).filter(|n| **n > 0 && to.is_none() && joining(b)) {
                     *n -= 1;
                     sync_lost += 1;
                     let _ = writeln!(trace, "{t:>6} ms  sync datagram atm{} -> atm{} lost", from + 1, j + 1);
